@@ -1,0 +1,102 @@
+"""One frozen Settings object. Every value can be set from the environment
+with the ``STREAMGATE_`` prefix (e.g. ``STREAMGATE_KAFKA_BOOTSTRAP``); secrets
+are ``SecretStr`` so they never print."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+__all__ = ["Settings", "TopicNames", "default_state_dir"]
+
+
+def default_state_dir() -> Path:
+    return Path.home() / ".streamgate"
+
+
+class TopicNames(BaseSettings):
+    """Topic names (DESIGN.md, "Topics"); each overridable, e.g. ``STREAMGATE_TOPIC_RAW``."""
+
+    model_config = SettingsConfigDict(env_prefix="STREAMGATE_TOPIC_", frozen=True, extra="ignore")
+
+    raw: str = "clicks.raw"
+    protected: str = "clicks.protected"
+    dlq: str = "clicks.dlq"
+    features: str = "features.private"
+    frequencies: str = "analytics.frequencies"
+    snapshots: str = "models.snapshots"
+    erasure: str = "privacy.erasure"
+    audit: str = "ops.audit"
+    metrics: str = "ops.metrics"
+
+
+class Settings(BaseSettings):
+    """streamgate settings. Documented in the README ("Settings")."""
+
+    model_config = SettingsConfigDict(env_prefix="STREAMGATE_", frozen=True, extra="ignore")
+
+    # --- where things are -------------------------------------------------
+    kafka_bootstrap: str | None = Field(
+        default=None, description="Kafka bootstrap servers; unset = the embedded dev broker (streamgate dev up)."
+    )
+    redis_url: str | None = Field(
+        default=None, description="Redis URL for the key store; unset = the embedded dev Redis."
+    )
+    state_dir: Path = Field(
+        default_factory=default_state_dir, description="Where the dev stack keeps pid files, logs and state."
+    )
+
+    # --- keys ---------------------------------------------------------------
+    master_key: SecretStr | None = Field(
+        default=None,
+        description="KEK: base64 of 32 bytes, or a keyring 'id1:b64,id2:b64' (oldest first, newest wraps).",
+    )
+    master_key_file: Path | None = Field(
+        default=None, description="KEK keyring file written by `streamgate keys generate` (used if MASTER_KEY unset)."
+    )
+
+    # --- retention / keys ---------------------------------------------------
+    retention_seconds: int = Field(default=30 * 86400, gt=0, description="How long a data key lives after its epoch ends.")
+    epoch_seconds: int = Field(default=86400, gt=0, description="Length of a retention epoch (one DEK per person per epoch).")
+    dek_cache_max_staleness_seconds: float = Field(
+        default=30.0, ge=0, description="An in-process cached data key is re-checked against Redis at least this often."
+    )
+    dek_cache_max_entries: int = Field(default=200_000, gt=0)
+    redis_key_prefix: str = Field(default="sg", description="Prefix of every Redis key streamgate writes.")
+
+    # --- gateway -------------------------------------------------------------
+    schema_name: str = Field(default="clickstream-event.v1", description="Input schema of the raw topic.")
+    max_event_bytes: int = Field(default=64 * 1024, gt=0, description="Larger raw records are dead-lettered (too_large).")
+    batch_max_events: int = Field(default=2000, gt=0, description="Gateway batch size (events per consume/produce cycle).")
+    batch_max_wait_seconds: float = Field(default=0.05, ge=0)
+    retry_backoff_seconds: float = Field(default=0.5, gt=0, description="First backoff when a dependency is down.")
+    retry_backoff_max_seconds: float = Field(default=10.0, gt=0)
+    processing_guarantee: Literal["at_least_once", "exactly_once"] = Field(
+        default="at_least_once",
+        description="at_least_once: idempotent producer + commit after delivery (dedupe downstream by event_id); "
+        "exactly_once: Kafka transactions (needs a broker that hides aborted records).",
+    )
+    consumer_group: str = Field(default="streamgate-gateway")
+    session_timeout_ms: int = Field(default=6000, gt=0, description="Consumer group session timeout.")
+    topic_partitions: int = Field(default=4, gt=0, description="Partitions for topics streamgate creates.")
+    web_port: int = Field(default=6066, description="Faust web server port of a worker (0 = disabled).")
+
+    topics: TopicNames = Field(default_factory=TopicNames)
+
+    def kafka_bootstrap_or_dev(self) -> str:
+        """The configured bootstrap, else the running embedded broker's (raises DevStackError if none)."""
+        if self.kafka_bootstrap:
+            return self.kafka_bootstrap
+        from stream.dev.stack import DevStack
+
+        return DevStack(self.state_dir).require_running().kafka_bootstrap
+
+    def redis_url_or_dev(self) -> str:
+        if self.redis_url:
+            return self.redis_url
+        from stream.dev.stack import DevStack
+
+        return DevStack(self.state_dir).require_running().redis_url

@@ -1,0 +1,66 @@
+"""One root exception, typed subclasses.
+
+Error messages never carry an event's values: they name reason codes, field
+paths declared in a schema, key ids and counts, nothing a producer sent.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "ConfigError",
+    "DecryptError",
+    "DevStackError",
+    "KeyShreddedError",
+    "KeyUnavailableError",
+    "KeyringError",
+    "SchemaPolicyError",
+    "StreamgateError",
+]
+
+
+class StreamgateError(Exception):
+    """Root of every error streamgate raises on purpose."""
+
+
+class ConfigError(StreamgateError):
+    """A setting is missing or malformed."""
+
+
+class SchemaPolicyError(StreamgateError):
+    """A schema is unusable: bad JSON Schema, or a property without a valid ``x-privacy`` policy."""
+
+
+class KeyringError(ConfigError):
+    """The master key (KEK keyring) is missing, malformed or does not hold a needed key id."""
+
+
+class KeyUnavailableError(StreamgateError):
+    """A data key could not be fetched or created (Redis down, KEK missing).
+
+    The gateway fails closed on this error: the event is not emitted and not
+    acknowledged; it is retried when the dependency returns.
+    """
+
+
+class DecryptError(StreamgateError):
+    """A ciphertext could not be decrypted.
+
+    Deliberately opaque: tampering, a wrong field/person/schema binding, a
+    malformed string and a wrong key all raise this same error with the same
+    message, so the error is no oracle.
+    """
+
+    def __init__(self, message: str = "ciphertext could not be decrypted") -> None:
+        super().__init__(message)
+
+
+class KeyShreddedError(DecryptError):
+    """The data key of this ciphertext no longer exists: it was crypto-shredded
+    (retention ended or the person asked for erasure). The plaintext is gone for good."""
+
+    def __init__(self, message: str = "the data key of this ciphertext was shredded") -> None:
+        super().__init__(message)
+
+
+class DevStackError(StreamgateError):
+    """The embedded development stack (local broker / local Redis) could not be started or reached."""
