@@ -1,0 +1,45 @@
+"""Keys, tokens and field encryption: the recipe layer over ``cryptography``'s primitives.
+
+* :mod:`~stream.crypto.keyring` - the KEK keyring (rotation, HKDF purpose keys).
+* :mod:`~stream.crypto.kms` - envelope wrapping of data keys (:class:`LocalKMS`, :class:`KMS` seam).
+* :mod:`~stream.crypto.deks` - per-person, per-epoch data keys in Redis, cached, shreddable.
+* :mod:`~stream.crypto.fields` - the ``sg1`` AEAD ciphertext format of one field value.
+* :mod:`~stream.crypto.tokens` - keyed HMAC tokens (``tk1_``) for identifiers.
+
+Callers get safe defaults and typed, opaque errors (:mod:`stream.errors`);
+nothing here logs, and no error message carries a key or a field value.
+"""
+
+from stream.crypto.deks import DataKey, DekProvider, DekStats, KeyStore, MemoryKeyStore, RedisKeyStore
+from stream.crypto.fields import (
+    CIPHERTEXT_PREFIX,
+    CiphertextHeader,
+    decrypt_value,
+    encrypt_value,
+    is_ciphertext,
+    parse_ciphertext,
+)
+from stream.crypto.keyring import Keyring, key_fingerprint
+from stream.crypto.kms import KMS, LocalKMS
+from stream.crypto.tokens import TOKEN_PREFIX, Tokenizer
+
+__all__ = [
+    "CIPHERTEXT_PREFIX",
+    "KMS",
+    "TOKEN_PREFIX",
+    "CiphertextHeader",
+    "DataKey",
+    "DekProvider",
+    "DekStats",
+    "KeyStore",
+    "Keyring",
+    "LocalKMS",
+    "MemoryKeyStore",
+    "RedisKeyStore",
+    "Tokenizer",
+    "decrypt_value",
+    "encrypt_value",
+    "is_ciphertext",
+    "key_fingerprint",
+    "parse_ciphertext",
+]

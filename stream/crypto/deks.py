@@ -1,0 +1,551 @@
+"""Per-person data keys (DEKs): creation, storage, caching - the crypto-shredding unit.
+
+Every person token gets one AES-256 data key per retention epoch. The key is
+created on first use, wrapped by the KEK (:mod:`stream.crypto.kms`) and stored
+with an expiry at the end of that epoch's retention. Destroying the stored
+(wrapped) key - by expiry or by the shredder - makes every ciphertext under it
+unreadable everywhere: the plaintext key only ever lives in process memory.
+
+Redis layout (:class:`RedisKeyStore`; the shredder relies on it)::
+
+    {prefix}:dek:{subject}:{epoch}   string  stored value, EXPIREAT = expire_at   (SET NX EXAT)
+    {prefix}:deadlines               zset    member "{subject}:{epoch}", score = expire_at (ZADD NX)
+
+``expire_at = (epoch + 1) * epoch_seconds + retention_seconds`` (unix seconds).
+Subjects are person tokens (``[A-Za-z0-9_.=-]``, never ``:``), so a deadline
+member splits unambiguously with ``member.rsplit(":", 1)``. The deadline index
+lets the shredder act even when Redis expiry notifications are missed; ZADD NX
+keeps the first deadline recorded for a key.
+
+Stored value (opaque to the store, parsed only here)::
+
+    b"1." + key_id (16 lowercase hex, ascii) + b"." + KMS blob
+
+The KMS wrap binds ``(subject, epoch, key_id)`` as associated data, so a stored
+value copied to another person's or epoch's slot fails to unwrap.
+
+Key ids: 16 lowercase hex characters, new for every created key (a key
+re-created after shredding gets a new id). With an id key (derived from the
+keyring's root, purpose ``dek-id``, automatic for :class:`LocalKMS`) the id is
+8 random hex characters followed by an 8-hex-character HMAC tag over
+``(subject, epoch, random part)``. That lets the decrypt path tell "this key
+existed and was shredded" (:class:`KeyShreddedError`) from "this header was
+forged, or moved to another person or epoch" (plain :class:`DecryptError`)
+without any tombstones: tampering never masquerades as shredding.
+
+Concurrency: creation is create-if-absent (SET NX) for the whole batch in one
+MULTI/EXEC; a worker that loses a race adopts the winner's value, so all
+workers agree on one key per (subject, epoch).
+
+Cache: :class:`DekProvider` caches unwrapped keys in-process, bounded in size
+(least recently used evicted) and in age: an entry older than ``max_staleness_seconds`` (by
+the injected clock) is re-checked against the store before use, so a cached
+key never outlives a shred by more than that interval. A key whose retention
+deadline has passed is refused even from the cache.
+
+Failures are typed: the store being unreachable, or a stored key that cannot be
+unwrapped, raises :class:`KeyUnavailableError` (the gateway fails closed and
+retries); on the decrypt path a missing key or a different (re-created) key
+raises :class:`KeyShreddedError`, a reference that was never genuine a plain
+:class:`DecryptError`. No error message names a subject.
+"""
+
+from __future__ import annotations
+
+import hmac
+import re
+import secrets
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, NamedTuple, Protocol, runtime_checkable
+
+import redis
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+from stream.crypto.kms import KMS, LocalKMS
+from stream.errors import DecryptError, KeyShreddedError, KeyUnavailableError
+
+__all__ = [
+    "DataKey",
+    "DekProvider",
+    "DekStats",
+    "KeyStore",
+    "MemoryKeyStore",
+    "RedisKeyStore",
+    "check_subject",
+]
+
+_SUBJECT_RE = re.compile(r"[A-Za-z0-9_.=-]{1,128}")
+_KEY_ID_RE = re.compile(rb"[0-9a-f]{16}")
+_VALUE_VERSION = b"1"
+_WRAP_LABEL = b"streamgate/v1/dek"
+_ID_LABEL = b"streamgate/v1/dek-id"
+_ID_KEY_PURPOSE = "dek-id"
+
+
+def check_subject(subject: str) -> str:
+    """Validate a subject (person token). The message never echoes it: it may be a raw identifier by mistake."""
+    if not isinstance(subject, str) or not _SUBJECT_RE.fullmatch(subject):
+        raise ValueError("subject must be a person token: 1-128 characters of [A-Za-z0-9_.=-]")
+    return subject
+
+
+def _check_epoch(epoch: int) -> int:
+    if type(epoch) is not int or epoch < 0:
+        raise ValueError("epoch must be a non-negative int")
+    return epoch
+
+
+def _lp(*parts: bytes) -> bytes:
+    """Length-prefixed concatenation: an unambiguous encoding of a tuple of byte strings."""
+    return b"".join(len(p).to_bytes(4, "big") + p for p in parts)
+
+
+def _wrap_aad(subject: str, epoch: int, key_id: str) -> bytes:
+    return _lp(_WRAP_LABEL, subject.encode("ascii"), str(epoch).encode("ascii"), key_id.encode("ascii"))
+
+
+@dataclass(frozen=True)
+class DataKey:
+    """A ready-to-use data key of one person for one epoch.
+
+    ``aead`` holds the key inside the cipher object; the raw bytes are not kept
+    anywhere else, and neither ``repr`` nor equality looks at it (equality is by
+    ``subject, epoch, key_id``: a key id is random per created key).
+    """
+
+    subject: str
+    epoch: int
+    key_id: str
+    aead: AESGCM = field(repr=False, compare=False)
+    # Per-key memo for format layers (e.g. precomputed ciphertext header and
+    # associated-data tail in stream.crypto.fields). Holds no secrets.
+    _memo: dict[str, Any] = field(default_factory=dict, init=False, repr=False, compare=False)
+
+
+@dataclass
+class DekStats:
+    """Counters for metrics. ``hits``/``misses`` count cache lookups per (subject, epoch)."""
+
+    hits: int = 0
+    misses: int = 0
+    created: int = 0
+    store_reads: int = 0
+
+    def as_dict(self) -> dict[str, int]:
+        return {
+            "hits": self.hits,
+            "misses": self.misses,
+            "created": self.created,
+            "store_reads": self.store_reads,
+        }
+
+
+@runtime_checkable
+class KeyStore(Protocol):
+    """Raw storage of wrapped data keys. Implementations raise :class:`KeyUnavailableError` when unreachable."""
+
+    def get_many(self, refs: Sequence[tuple[str, int]]) -> list[bytes | None]:
+        """Stored values for ``(subject, epoch)`` refs, ``None`` where absent (or expired)."""
+        ...
+
+    def create_many(self, items: Sequence[tuple[str, int, bytes, int]]) -> list[bytes]:
+        """For each ``(subject, epoch, value, expire_at)``: atomically store ``value`` if absent, index the
+        deadline, and return the value stored afterwards (ours, or a concurrent creator's)."""
+        ...
+
+
+class RedisKeyStore:
+    """:class:`KeyStore` on Redis; see the module docstring for the key layout.
+
+    ``client`` must return bytes (``decode_responses=False``). One round trip per
+    batch: ``get_many`` is one MGET, ``create_many`` one pipelined MULTI/EXEC.
+    """
+
+    def __init__(self, client: redis.Redis, prefix: str = "sg") -> None:
+        kwargs: dict[str, Any] = getattr(client, "get_connection_kwargs", dict)()
+        if kwargs.get("decode_responses"):
+            raise ValueError("RedisKeyStore needs a client with decode_responses=False (values are binary)")
+        if not prefix or ":" in prefix:
+            raise ValueError("prefix must be non-empty and contain no ':'")
+        self._client = client
+        self.prefix = prefix
+        self.deadlines_key = f"{prefix}:deadlines"
+
+    def key_name(self, subject: str, epoch: int) -> str:
+        """Redis key holding the wrapped DEK of ``(subject, epoch)``."""
+        return f"{self.prefix}:dek:{subject}:{epoch}"
+
+    @staticmethod
+    def deadline_member(subject: str, epoch: int) -> str:
+        """Member of the deadline zset for ``(subject, epoch)``."""
+        return f"{subject}:{epoch}"
+
+    @staticmethod
+    def parse_deadline_member(member: str | bytes) -> tuple[str, int]:
+        """Inverse of :meth:`deadline_member`."""
+        text = member.decode("ascii") if isinstance(member, bytes) else member
+        subject, _, epoch = text.rpartition(":")
+        return subject, int(epoch)
+
+    def get_many(self, refs: Sequence[tuple[str, int]]) -> list[bytes | None]:
+        if not refs:
+            return []
+        names = [self.key_name(check_subject(s), _check_epoch(e)) for s, e in refs]
+        try:
+            values: Any = self._client.mget(names)
+        except (redis.RedisError, OSError) as exc:
+            raise _unavailable(exc) from None
+        return [None if v is None else bytes(v) for v in values]
+
+    def create_many(self, items: Sequence[tuple[str, int, bytes, int]]) -> list[bytes]:
+        if not items:
+            return []
+        try:
+            pipe = self._client.pipeline(transaction=True)
+            for subject, epoch, value, expire_at in items:
+                name = self.key_name(check_subject(subject), _check_epoch(epoch))
+                pipe.set(name, value, nx=True, exat=int(expire_at))
+                pipe.zadd(self.deadlines_key, {self.deadline_member(subject, epoch): int(expire_at)}, nx=True)
+                pipe.get(name)
+            results = pipe.execute()
+        except (redis.RedisError, OSError) as exc:
+            raise _unavailable(exc) from None
+        stored = results[2::3]
+        if any(v is None for v in stored):
+            # Only possible when expire_at is already in the past by the server's clock.
+            raise KeyUnavailableError("data key expired on creation (its retention deadline has passed)")
+        return [bytes(v) for v in stored]
+
+    def __repr__(self) -> str:
+        return f"RedisKeyStore(prefix={self.prefix!r})"
+
+
+def _unavailable(exc: BaseException) -> KeyUnavailableError:
+    # Name the failure class only: server replies can quote key names, which contain subjects.
+    return KeyUnavailableError(f"data key store unavailable ({type(exc).__name__})")
+
+
+class MemoryKeyStore:
+    """In-memory :class:`KeyStore` for unit tests: same semantics as Redis, expiry by an injected clock."""
+
+    def __init__(self, clock: Callable[[], float] = time.time) -> None:
+        self._clock = clock
+        self._values: dict[tuple[str, int], tuple[bytes, int]] = {}
+        self.deadlines: dict[str, int] = {}
+        self._lock = threading.Lock()
+
+    def _live(self, ref: tuple[str, int], now: float) -> bytes | None:
+        item = self._values.get(ref)
+        if item is None:
+            return None
+        if now >= item[1]:  # Redis semantics: a key is gone from its EXPIREAT second on
+            del self._values[ref]
+            return None
+        return item[0]
+
+    def get_many(self, refs: Sequence[tuple[str, int]]) -> list[bytes | None]:
+        now = self._clock()
+        with self._lock:
+            return [self._live((check_subject(s), _check_epoch(e)), now) for s, e in refs]
+
+    def create_many(self, items: Sequence[tuple[str, int, bytes, int]]) -> list[bytes]:
+        now = self._clock()
+        out: list[bytes] = []
+        with self._lock:
+            for subject, epoch, value, expire_at in items:
+                ref = (check_subject(subject), _check_epoch(epoch))
+                current = self._live(ref, now)
+                if current is None and now < expire_at:
+                    self._values[ref] = (bytes(value), int(expire_at))
+                    current = bytes(value)
+                self.deadlines.setdefault(f"{subject}:{epoch}", int(expire_at))
+                if current is None:
+                    raise KeyUnavailableError(
+                        "data key expired on creation (its retention deadline has passed)"
+                    )
+                out.append(current)
+        return out
+
+    def delete(self, subject: str, epoch: int) -> None:
+        """Shred: remove the stored key (and its deadline entry), as the shredder would."""
+        with self._lock:
+            self._values.pop((subject, epoch), None)
+            self.deadlines.pop(f"{subject}:{epoch}", None)
+
+
+class _Entry(NamedTuple):
+    key: DataKey
+    fetched_at: float
+
+
+class DekProvider:
+    """Hands out data keys: bounded, staleness-checked cache in front of a :class:`KeyStore` and a :class:`KMS`."""
+
+    def __init__(
+        self,
+        store: KeyStore,
+        kms: KMS,
+        *,
+        epoch_seconds: int,
+        retention_seconds: int,
+        max_staleness_seconds: float,
+        max_entries: int,
+        clock: Callable[[], float] = time.time,
+        key_id_key: bytes | None = None,
+    ) -> None:
+        """See the module docstring. ``key_id_key`` authenticates key ids; by default it is derived
+        from the keyring of a :class:`LocalKMS` (``keyring.derive("dek-id")``) and absent otherwise."""
+        if epoch_seconds <= 0 or retention_seconds < 0:
+            raise ValueError("epoch_seconds must be > 0 and retention_seconds >= 0")
+        if max_staleness_seconds < 0 or max_entries <= 0:
+            raise ValueError("max_staleness_seconds must be >= 0 and max_entries > 0")
+        self._store = store
+        self._kms = kms
+        self.epoch_seconds = int(epoch_seconds)
+        self.retention_seconds = int(retention_seconds)
+        self.max_staleness_seconds = float(max_staleness_seconds)
+        self.max_entries = int(max_entries)
+        self._clock = clock
+        self._cache: OrderedDict[tuple[str, int], _Entry] = OrderedDict()
+        self._epochs_of: dict[str, set[int]] = {}
+        self._lock = threading.RLock()
+        self.stats = DekStats()
+        if key_id_key is None and isinstance(kms, LocalKMS):
+            key_id_key = kms.keyring.derive(_ID_KEY_PURPOSE)
+        self._id_key = key_id_key
+
+    # --- time -------------------------------------------------------------------------
+
+    def epoch_of(self, t: float) -> int:
+        """Retention epoch of unix time ``t``."""
+        return int(t // self.epoch_seconds)
+
+    def expire_at(self, epoch: int) -> int:
+        """Unix second at which the keys of ``epoch`` expire: end of the epoch plus retention."""
+        return (epoch + 1) * self.epoch_seconds + self.retention_seconds
+
+    # --- public API ----------------------------------------------------------------------
+
+    def keys_for(self, subjects: Iterable[str], epoch: int) -> dict[str, DataKey]:
+        """Encryption keys of ``subjects`` for ``epoch``, created where absent (the gateway's batch path).
+
+        Fresh cache entries are served directly; the rest cost one ``get_many``
+        and, for keys that do not exist yet, one ``create_many``. On any store
+        failure :class:`KeyUnavailableError` is raised and nothing is returned.
+        Raises ``ValueError`` for an epoch whose retention already ended (a key
+        created for it would be born shredded).
+        """
+        _check_epoch(epoch)
+        wanted = [check_subject(s) for s in dict.fromkeys(subjects)]
+        now = self._clock()
+        if self.expire_at(epoch) <= now:
+            raise ValueError("the retention of this epoch has ended; no data keys can be issued for it")
+        found: dict[str, DataKey] = {}
+        todo: list[str] = []
+        with self._lock:
+            for subject in wanted:
+                key = self._fresh(subject, epoch, now)
+                if key is None:
+                    todo.append(subject)
+                else:
+                    found[subject] = key
+            self.stats.hits += len(found)
+            self.stats.misses += len(todo)
+        if todo:
+            loaded = self._load_or_create(todo, epoch)
+            with self._lock:
+                for key in loaded.values():
+                    self._put(key, now)
+            found.update(loaded)
+        return {s: found[s] for s in wanted}
+
+    def key_for_decrypt(self, subject: str, epoch: int, key_id: str) -> DataKey:
+        """The key that encrypted a ciphertext with header ``(key_id, epoch)`` of ``subject``.
+
+        Raises :class:`KeyShreddedError` if the stored key is gone, its retention
+        deadline passed, or it is a different (re-created) key;
+        :class:`KeyUnavailableError` if the store cannot be reached;
+        :class:`DecryptError` if the reference cannot be genuine: invalid
+        ``subject``/``epoch``, or (with key id authentication) a ``key_id`` that
+        was never issued for this ``(subject, epoch)``.
+        """
+        try:
+            check_subject(subject)
+            _check_epoch(epoch)
+        except ValueError:
+            # A reference no key can have (e.g. a forged event): as opaque as any bad ciphertext.
+            raise DecryptError() from None
+        now = self._clock()
+        if self.expire_at(epoch) <= now:
+            self.invalidate_key(subject, epoch)
+            raise self._gone(subject, epoch, key_id)
+        with self._lock:
+            cached = self._fresh(subject, epoch, now)
+            if cached is not None and cached.key_id == key_id:
+                self.stats.hits += 1
+                return cached
+            self.stats.misses += 1
+        (value,) = self._get([(subject, epoch)])
+        if value is None:
+            self.invalidate_key(subject, epoch)
+            raise self._gone(subject, epoch, key_id)
+        key = self._open(subject, epoch, value)
+        with self._lock:
+            self._put(key, now)
+        if key.key_id != key_id:
+            raise self._gone(subject, epoch, key_id)
+        return key
+
+    def invalidate(self, subject: str | None = None) -> None:
+        """Drop cached keys: all of them, or every epoch of one subject (after shredding it)."""
+        with self._lock:
+            if subject is None:
+                self._cache.clear()
+                self._epochs_of.clear()
+                return
+            for epoch in self._epochs_of.pop(subject, ()):
+                self._cache.pop((subject, epoch), None)
+
+    def invalidate_key(self, subject: str, epoch: int) -> None:
+        """Drop the cached key of one ``(subject, epoch)``."""
+        with self._lock:
+            if self._cache.pop((subject, epoch), None) is not None:
+                self._forget_epoch(subject, epoch)
+
+    @property
+    def hits(self) -> int:
+        return self.stats.hits
+
+    @property
+    def misses(self) -> int:
+        return self.stats.misses
+
+    @property
+    def cache_size(self) -> int:
+        return len(self._cache)
+
+    def __repr__(self) -> str:
+        return f"DekProvider(cached={len(self._cache)}, max_entries={self.max_entries}, stats={self.stats})"
+
+    # --- internals ------------------------------------------------------------------------
+
+    def _fresh(self, subject: str, epoch: int, now: float) -> DataKey | None:
+        """Cached key if confirmed against the store less than ``max_staleness_seconds`` ago (lock held)."""
+        entry = self._cache.get((subject, epoch))
+        if entry is None:
+            return None
+        age = now - entry.fetched_at
+        if not 0 <= age < self.max_staleness_seconds:  # a clock stepping back also forces a re-read
+            return None
+        self._cache.move_to_end((subject, epoch))
+        return entry.key
+
+    def _put(self, key: DataKey, now: float) -> None:
+        """Cache ``key`` (lock held), evicting the least recently used beyond ``max_entries``."""
+        ref = (key.subject, key.epoch)
+        self._cache[ref] = _Entry(key, now)
+        self._cache.move_to_end(ref)
+        self._epochs_of.setdefault(key.subject, set()).add(key.epoch)
+        while len(self._cache) > self.max_entries:
+            (old_subject, old_epoch), _ = self._cache.popitem(last=False)
+            self._forget_epoch(old_subject, old_epoch)
+
+    def _forget_epoch(self, subject: str, epoch: int) -> None:
+        epochs = self._epochs_of.get(subject)
+        if epochs is not None:
+            epochs.discard(epoch)
+            if not epochs:
+                del self._epochs_of[subject]
+
+    def _get(self, refs: list[tuple[str, int]]) -> list[bytes | None]:
+        self.stats.store_reads += 1
+        try:
+            values = self._store.get_many(refs)
+        except KeyUnavailableError:
+            raise
+        except (redis.RedisError, OSError) as exc:
+            raise _unavailable(exc) from None
+        if len(values) != len(refs):
+            raise KeyUnavailableError("data key store returned a malformed answer")
+        return values
+
+    def _load_or_create(self, subjects: list[str], epoch: int) -> dict[str, DataKey]:
+        values = self._get([(s, epoch) for s in subjects])
+        loaded: dict[str, DataKey] = {}
+        fresh: list[tuple[DataKey, bytes]] = []
+        for subject, value in zip(subjects, values, strict=True):
+            if value is None:
+                fresh.append(self._new_key(subject, epoch))
+            else:
+                loaded[subject] = self._open(subject, epoch, value)
+        if fresh:
+            expire_at = self.expire_at(epoch)
+            items = [(key.subject, epoch, value, expire_at) for key, value in fresh]
+            try:
+                winners = self._store.create_many(items)
+            except KeyUnavailableError:
+                raise
+            except (redis.RedisError, OSError) as exc:
+                raise _unavailable(exc) from None
+            if len(winners) != len(items):
+                raise KeyUnavailableError("data key store returned a malformed answer")
+            for (key, ours), stored in zip(fresh, winners, strict=True):
+                if stored == ours:
+                    self.stats.created += 1
+                    loaded[key.subject] = key
+                else:  # a concurrent creator won: adopt its key so every worker agrees
+                    loaded[key.subject] = self._open(key.subject, epoch, stored)
+        return loaded
+
+    def _id_tag(self, subject: str, epoch: int, nonce_hex: str) -> str:
+        assert self._id_key is not None
+        msg = _lp(_ID_LABEL, subject.encode("ascii"), str(epoch).encode("ascii"), nonce_hex.encode("ascii"))
+        return hmac.digest(self._id_key, msg, "sha256")[:4].hex()
+
+    def _new_key_id(self, subject: str, epoch: int) -> str:
+        if self._id_key is None:
+            return secrets.token_hex(8)
+        nonce_hex = secrets.token_hex(4)
+        return nonce_hex + self._id_tag(subject, epoch, nonce_hex)
+
+    def _gone(self, subject: str, epoch: int, key_id: str) -> DecryptError:
+        """The error for a key that is not (or no longer) stored: shredded, unless the id is not genuine."""
+        if self._id_key is not None:
+            genuine = (
+                isinstance(key_id, str)
+                and _KEY_ID_RE.fullmatch(key_id.encode("ascii", "replace")) is not None
+                and hmac.compare_digest(key_id[8:], self._id_tag(subject, epoch, key_id[:8]))
+            )
+            if not genuine:
+                return DecryptError()
+        return KeyShreddedError()
+
+    def _new_key(self, subject: str, epoch: int) -> tuple[DataKey, bytes]:
+        raw = AESGCM.generate_key(bit_length=256)
+        key_id = self._new_key_id(subject, epoch)
+        blob = self._kms.wrap(raw, _wrap_aad(subject, epoch, key_id))
+        value = _VALUE_VERSION + b"." + key_id.encode("ascii") + b"." + blob
+        return DataKey(subject, epoch, key_id, AESGCM(raw)), value
+
+    def _open(self, subject: str, epoch: int, value: bytes) -> DataKey:
+        """Parse and unwrap a stored value. A value that cannot be opened makes the key unusable, not shredded."""
+        version, dot1, rest = value.partition(b".")
+        key_id_raw, dot2, blob = rest.partition(b".")
+        if version != _VALUE_VERSION or not dot1 or not dot2 or not _KEY_ID_RE.fullmatch(key_id_raw):
+            raise KeyUnavailableError("stored data key is malformed")
+        key_id = key_id_raw.decode("ascii")
+        try:
+            raw = self._kms.unwrap(blob, _wrap_aad(subject, epoch, key_id))
+        except DecryptError:
+            raise KeyUnavailableError(
+                "stored data key could not be unwrapped (is its KEK missing from the keyring?)"
+            ) from None
+        try:
+            aead = AESGCM(raw)
+        except ValueError:
+            raise KeyUnavailableError("stored data key is malformed") from None
+        return DataKey(subject, epoch, key_id, aead)

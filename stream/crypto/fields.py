@@ -1,0 +1,187 @@
+"""The field ciphertext format: one encrypted JSON value as a self-describing string.
+
+Format (version ``sg1``)::
+
+    sg1.{key_id}.{epoch}.{base64url(nonce(12) || AES-256-GCM ciphertext || tag(16)), no padding}
+
+* ``key_id`` and ``epoch`` name the data key (:class:`~stream.crypto.deks.DataKey`)
+  so a reader can fetch it - or learn that it was shredded - without trying keys.
+* The plaintext is ``orjson.dumps(value)``: any JSON value round-trips with its
+  type (strings, ints, floats, bools, lists, objects). ``None`` is not encrypted:
+  null stays null. Limits are orjson's: ints must fit in 64 bits, strings must be
+  valid Unicode, and NaN/Infinity (not JSON) serialize as null.
+* The associated data binds the ciphertext to its context::
+
+      LP("sg1") | LP(schema_id) | LP(field_path) | LP(subject) | LP(str(epoch)) | LP(key_id)
+
+  where ``LP(x) = len(x) as 4-byte big-endian || x``. Length prefixes make the
+  encoding injective (``"a|b" + "c"`` cannot collide with ``"a" + "b|c"``), so a
+  ciphertext moved to another schema, field, person, epoch or key fails to
+  authenticate.
+* Nonces are 96 random bits from ``os.urandom`` per value (no counter state to
+  lose across forks or restarts). With one key per person per epoch, the number
+  of encryptions per key stays far below the 2**32 random-nonce bound.
+* Only canonical strings parse: base64url without padding whose unused trailing
+  bits are zero, a canonical decimal epoch, nothing else. So a changed character
+  never decodes to the same bytes - every edit is detected.
+* Every failure of :func:`decrypt_value` (malformed, tampered, wrong binding,
+  wrong key) raises the same :class:`DecryptError` with the same message: the
+  error is no oracle, and it never contains the input.
+"""
+
+from __future__ import annotations
+
+import binascii
+import os
+import re
+from typing import Any, NamedTuple
+
+import orjson
+from cryptography.exceptions import InvalidTag
+
+from stream.crypto.deks import DataKey
+from stream.errors import DecryptError
+
+__all__ = [
+    "CIPHERTEXT_PREFIX",
+    "CiphertextHeader",
+    "decrypt_value",
+    "encrypt_value",
+    "is_ciphertext",
+    "parse_ciphertext",
+]
+
+CIPHERTEXT_PREFIX = "sg1"
+
+_NONCE_BYTES = 12
+_TAG_BYTES = 16
+_VERSION_B = CIPHERTEXT_PREFIX.encode("ascii")
+_CIPHERTEXT_RE = re.compile(r"sg1\.([A-Za-z0-9_-]{1,64})\.(0|[1-9][0-9]{0,17})\.([A-Za-z0-9_-]+)")
+_KEY_ID_RE = re.compile(r"[A-Za-z0-9_-]{1,64}")
+_TO_URLSAFE = bytes.maketrans(b"+/", b"-_")
+_FROM_URLSAFE = bytes.maketrans(b"-_", b"+/")
+_PAD = (b"", b"===", b"==", b"=")
+# Last base64 character allowed when the encoded length is 2 or 3 mod 4: the
+# unused low bits must be zero (canonical encoding), else two strings decode alike.
+_CANONICAL_LAST = ("", "", "AQgw", "AEIMQUYcgkosw048")
+_MIN_BODY = _NONCE_BYTES + _TAG_BYTES
+_AAD_HEAD_CACHE_MAX = 4096
+_MEMO_KEY = "fields/sg1"
+
+_urandom = os.urandom
+_dumps = orjson.dumps
+_b2a = binascii.b2a_base64
+_aad_heads: dict[tuple[str, str], bytes] = {}
+
+
+class CiphertextHeader(NamedTuple):
+    """A parsed ciphertext string. ``body`` is the GCM ciphertext with its tag."""
+
+    version: str
+    key_id: str
+    epoch: int
+    nonce: bytes
+    body: bytes
+
+
+def _lp(part: bytes) -> bytes:
+    return len(part).to_bytes(4, "big") + part
+
+
+def _aad_head(schema_id: str, field_path: str) -> bytes:
+    """``LP(version) | LP(schema_id) | LP(field_path)``, cached per field (schemas have few fields)."""
+    if not isinstance(schema_id, str) or not isinstance(field_path, str):
+        raise TypeError("schema_id and field_path must be str")
+    head = _lp(_VERSION_B) + _lp(schema_id.encode("utf-8")) + _lp(field_path.encode("utf-8"))
+    if len(_aad_heads) >= _AAD_HEAD_CACHE_MAX:
+        _aad_heads.clear()
+    _aad_heads[(schema_id, field_path)] = head
+    return head
+
+
+def _key_parts(key: DataKey) -> tuple[str, bytes]:
+    """``(string header "sg1.{key_id}.{epoch}.", AAD tail LP(subject)|LP(epoch)|LP(key_id))``, memoized per key."""
+    parts: tuple[str, bytes] | None = key._memo.get(_MEMO_KEY)
+    if parts is None:
+        if not _KEY_ID_RE.fullmatch(key.key_id) or type(key.epoch) is not int or key.epoch < 0:
+            raise ValueError("data key has an invalid key_id or epoch")
+        epoch = str(key.epoch)
+        parts = (
+            f"{CIPHERTEXT_PREFIX}.{key.key_id}.{epoch}.",
+            _lp(key.subject.encode("utf-8")) + _lp(epoch.encode("ascii")) + _lp(key.key_id.encode("ascii")),
+        )
+        key._memo[_MEMO_KEY] = parts
+    return parts
+
+
+def encrypt_value(key: DataKey, value: Any, *, schema_id: str, field_path: str) -> str | None:
+    """Encrypt one JSON value for ``(schema_id, field_path)`` under a person's data key; ``None`` stays ``None``.
+
+    Raises ``TypeError`` (naming the field, never the value) if ``value`` is not
+    JSON-serializable by orjson.
+    """
+    if value is None:
+        return None
+    try:
+        plaintext = _dumps(value)
+    except orjson.JSONEncodeError:
+        raise TypeError(f"value of field {field_path!r} is not JSON-serializable") from None
+    head = _aad_heads.get((schema_id, field_path))
+    if head is None:
+        head = _aad_head(schema_id, field_path)
+    header, tail = _key_parts(key)
+    nonce = _urandom(_NONCE_BYTES)
+    body = nonce + key.aead.encrypt(nonce, plaintext, head + tail)
+    return header + _b2a(body, newline=False).translate(_TO_URLSAFE).rstrip(b"=").decode("ascii")
+
+
+def parse_ciphertext(text: str) -> CiphertextHeader:
+    """Split a ciphertext string into its parts; :class:`DecryptError` if it is not a canonical ``sg1`` string.
+
+    Parsing authenticates nothing: use it to find the key, then :func:`decrypt_value`.
+    """
+    match = _CIPHERTEXT_RE.fullmatch(text) if type(text) is str else None
+    if match is None:
+        raise DecryptError()
+    key_id, epoch, b64 = match.groups()
+    rem = len(b64) % 4
+    if rem == 1 or (rem and b64[-1] not in _CANONICAL_LAST[rem]):
+        raise DecryptError()
+    try:
+        raw = binascii.a2b_base64(b64.encode("ascii").translate(_FROM_URLSAFE) + _PAD[rem], strict_mode=True)
+    except (binascii.Error, ValueError):
+        raise DecryptError() from None
+    if len(raw) < _MIN_BODY:
+        raise DecryptError()
+    return CiphertextHeader(CIPHERTEXT_PREFIX, key_id, int(epoch), raw[:_NONCE_BYTES], raw[_NONCE_BYTES:])
+
+
+def decrypt_value(key: DataKey, text: str | None, *, schema_id: str, field_path: str) -> Any:
+    """Decrypt a value written by :func:`encrypt_value` for the same schema, field and person; ``None`` -> ``None``.
+
+    Any failure raises :class:`DecryptError` with its default message. The key
+    must be the one the header names (same ``key_id`` and ``epoch``); look it up
+    with :func:`parse_ciphertext` and the data-key provider.
+    """
+    if text is None:
+        return None
+    try:
+        parsed = parse_ciphertext(text)
+        if parsed.key_id != key.key_id or parsed.epoch != key.epoch:
+            raise DecryptError()
+        head = _aad_heads.get((schema_id, field_path))
+        if head is None:
+            head = _aad_head(schema_id, field_path)
+        plaintext = key.aead.decrypt(parsed.nonce, parsed.body, head + _key_parts(key)[1])
+        return orjson.loads(plaintext)
+    except (DecryptError, InvalidTag, orjson.JSONDecodeError, TypeError, ValueError):
+        raise DecryptError() from None
+
+
+def is_ciphertext(value: Any) -> bool:
+    """True if ``value`` is a well-formed ``sg1`` ciphertext string (structure only, not authenticity)."""
+    try:
+        parse_ciphertext(value)
+    except DecryptError:
+        return False
+    return True

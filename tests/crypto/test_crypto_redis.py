@@ -1,0 +1,164 @@
+"""RedisKeyStore against a real Redis: layout, create-if-absent races, failure mapping.
+
+Uses the project fixtures ``redis_url`` / ``redis_prefix`` (tests/fixtures.py): the
+configured or embedded Redis, and a per-test key prefix cleaned afterwards.
+"""
+
+from __future__ import annotations
+
+import socket
+import threading
+import time
+
+import pytest
+import redis
+from redis.backoff import NoBackoff
+from redis.retry import Retry
+
+from stream.crypto.deks import DataKey, DekProvider, RedisKeyStore
+from stream.crypto.fields import decrypt_value, encrypt_value
+from stream.crypto.keyring import Keyring
+from stream.crypto.kms import LocalKMS
+from stream.errors import KeyShreddedError, KeyUnavailableError
+
+DAY = 86400
+
+
+def make_provider(client: redis.Redis, prefix: str, kms: LocalKMS, **kw: float) -> DekProvider:
+    args = {
+        "epoch_seconds": DAY,
+        "retention_seconds": 7 * DAY,
+        "max_staleness_seconds": 30.0,
+        "max_entries": 10_000,
+    }
+    args.update(kw)
+    return DekProvider(RedisKeyStore(client, prefix=prefix), kms, **args)  # type: ignore[arg-type]
+
+
+@pytest.mark.integration
+def test_layout_set_nx_exat_and_deadline_index(redis_url: str, redis_prefix: str) -> None:
+    url, prefix = redis_url, redis_prefix
+    client = redis.Redis.from_url(url)
+    store = RedisKeyStore(client, prefix=prefix)
+    now = int(time.time())
+    expire_at = now + 3600
+
+    [stored] = store.create_many([("tk1_a", 5, b"first", expire_at)])
+    assert stored == b"first"
+    name = f"{prefix}:dek:tk1_a:5"
+    assert store.key_name("tk1_a", 5) == name
+    assert client.get(name) == b"first"
+    assert 0 < client.ttl(name) <= 3600
+    assert client.expiretime(name) == expire_at
+    assert client.zscore(f"{prefix}:deadlines", "tk1_a:5") == expire_at
+
+    # create-if-absent: a second creator gets the first value; the first deadline is kept
+    [again] = store.create_many([("tk1_a", 5, b"second", expire_at + 999)])
+    assert again == b"first"
+    assert client.expiretime(name) == expire_at
+    assert client.zscore(f"{prefix}:deadlines", "tk1_a:5") == expire_at
+    assert RedisKeyStore.parse_deadline_member(b"tk1_a:5") == ("tk1_a", 5)
+
+    assert store.get_many([("tk1_a", 5), ("tk1_b", 5)]) == [b"first", None]
+    assert store.get_many([]) == [] and store.create_many([]) == []
+
+
+@pytest.mark.integration
+def test_provider_layout_and_shred(redis_url: str, redis_prefix: str) -> None:
+    url, prefix = redis_url, redis_prefix
+    client = redis.Redis.from_url(url)
+    p = make_provider(client, prefix, LocalKMS(Keyring.generate()), max_staleness_seconds=0)
+    epoch = p.epoch_of(time.time())
+    key = p.keys_for(["tk1_alice"], epoch)["tk1_alice"]
+    name = f"{prefix}:dek:tk1_alice:{epoch}"
+    assert client.expiretime(name) == p.expire_at(epoch)
+    assert client.zscore(f"{prefix}:deadlines", f"tk1_alice:{epoch}") == p.expire_at(epoch)
+    raw = client.get(name)
+    assert raw is not None and raw.startswith(b"1." + key.key_id.encode() + b".")
+    text = encrypt_value(key, "alice@example.com", schema_id="s", field_path="email")
+    assert (
+        decrypt_value(
+            p.key_for_decrypt("tk1_alice", epoch, key.key_id), text, schema_id="s", field_path="email"
+        )
+        == "alice@example.com"
+    )
+    client.delete(name)  # what the shredder does
+    with pytest.raises(KeyShreddedError):
+        p.key_for_decrypt("tk1_alice", epoch, key.key_id)
+
+
+@pytest.mark.integration
+def test_racing_workers_agree_on_one_key_per_subject(redis_url: str, redis_prefix: str) -> None:
+    url, prefix = redis_url, redis_prefix
+    kms = LocalKMS(Keyring.generate())
+    subjects = [f"tk1_person{i:03d}" for i in range(200)]
+    n_threads = 8
+    barrier = threading.Barrier(n_threads)
+    results: list[dict[str, DataKey] | BaseException] = [RuntimeError("not run")] * n_threads
+    epoch = int(time.time() // DAY)
+
+    def worker(i: int) -> None:
+        client = redis.Redis.from_url(url)
+        try:
+            provider = make_provider(client, prefix, kms)
+            order = subjects[i * 25 :] + subjects[: i * 25]  # different orders, same set
+            barrier.wait(timeout=10)
+            results[i] = provider.keys_for(order, epoch)
+        except BaseException as exc:  # reported below
+            results[i] = exc
+        finally:
+            client.close()
+
+    threads = [threading.Thread(target=worker, args=(i,)) for i in range(n_threads)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=60)
+    assert all(isinstance(r, dict) for r in results), results
+    maps = [{s: k.key_id for s, k in r.items()} for r in results if isinstance(r, dict)]
+    assert all(m == maps[0] for m in maps)
+    assert set(maps[0]) == set(subjects)
+    assert len(set(maps[0].values())) == 200
+
+    client = redis.Redis.from_url(url)
+    assert len(list(client.scan_iter(match=f"{prefix}:dek:*", count=1000))) == 200
+    assert client.zcard(f"{prefix}:deadlines") == 200
+    # every worker's key decrypts every other worker's ciphertext
+    first, last = results[0], results[-1]
+    assert isinstance(first, dict) and isinstance(last, dict)
+    for s in subjects[:20]:
+        text = encrypt_value(first[s], s, schema_id="s", field_path="f")
+        assert decrypt_value(last[s], text, schema_id="s", field_path="f") == s
+
+
+def _closed_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def test_store_unreachable_raises_key_unavailable() -> None:
+    client = redis.Redis(
+        host="127.0.0.1",
+        port=_closed_port(),
+        socket_connect_timeout=0.5,
+        socket_timeout=0.5,
+        retry=Retry(NoBackoff(), 0),  # fail fast: redis-py retries with backoff by default
+    )
+    store = RedisKeyStore(client, prefix="sgtest-down")
+    with pytest.raises(KeyUnavailableError) as info:
+        store.get_many([("tk1_secret_subject", 1)])
+    assert "tk1_secret_subject" not in str(info.value)
+    with pytest.raises(KeyUnavailableError) as info:
+        store.create_many([("tk1_secret_subject", 1, b"v", int(time.time()) + 60)])
+    assert "tk1_secret_subject" not in str(info.value)
+    provider = make_provider(client, "sgtest-down", LocalKMS(Keyring.generate()))
+    with pytest.raises(KeyUnavailableError):
+        provider.keys_for(["tk1_secret_subject"], provider.epoch_of(time.time()))
+    with pytest.raises(KeyUnavailableError):
+        provider.key_for_decrypt("tk1_secret_subject", provider.epoch_of(time.time()), "0123456789abcdef")
+
+
+def test_decode_responses_client_refused() -> None:
+    with pytest.raises(ValueError):
+        RedisKeyStore(redis.Redis(decode_responses=True))
