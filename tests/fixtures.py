@@ -1,0 +1,172 @@
+"""Project-wide pytest fixtures (registered by tests/conftest.py).
+
+Servers: ``STREAMGATE_KAFKA_BOOTSTRAP`` / ``STREAMGATE_REDIS_URL`` are used when
+set (each on its own); otherwise the embedded dev stack (Tansu broker + Redis,
+``stream.dev.stack``) is started once per test session in a temporary
+directory and stopped at the end of the session.
+
+Isolation: tests share one broker and one Redis (possibly the machine's), so
+every test gets its own topic names (``clicks.raw.t<id>``), Redis key prefix
+(``sgtest-<id>``, whose keys are deleted after the test, never FLUSHALL),
+consumer group and master key.
+"""
+
+from __future__ import annotations
+
+import base64
+import os
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+import redis
+
+from stream.config import Settings, TopicNames
+from stream.dev.stack import DevStack, StackInfo
+
+__all__ = [
+    "StackAddresses",
+    "delete_prefixed_keys",
+    "kafka_bootstrap",
+    "master_key_b64",
+    "redis_client",
+    "redis_prefix",
+    "redis_url",
+    "settings_factory",
+    "stack_addresses",
+    "topic_names",
+    "unique_id",
+]
+
+KAFKA_ENV = "STREAMGATE_KAFKA_BOOTSTRAP"
+REDIS_ENV = "STREAMGATE_REDIS_URL"
+
+
+@dataclass(frozen=True)
+class StackAddresses:
+    """Where the test session's broker and Redis are; ``embedded`` is the dev stack started for it, if any."""
+
+    kafka_bootstrap: str
+    redis_url: str
+    embedded: StackInfo | None = None
+
+
+@pytest.fixture(scope="session")
+def stack_addresses(tmp_path_factory: pytest.TempPathFactory) -> Iterator[StackAddresses]:
+    env_kafka = os.environ.get(KAFKA_ENV) or None
+    env_redis = os.environ.get(REDIS_ENV) or None
+    if env_kafka and env_redis:
+        yield StackAddresses(kafka_bootstrap=env_kafka, redis_url=env_redis)
+        return
+    stack = DevStack(tmp_path_factory.mktemp("devstack"))
+    info = stack.up()
+    try:
+        yield StackAddresses(
+            kafka_bootstrap=env_kafka or info.kafka_bootstrap,
+            redis_url=env_redis or info.redis_url,
+            embedded=info,
+        )
+    finally:
+        stack.down()
+
+
+@pytest.fixture(scope="session")
+def kafka_bootstrap(stack_addresses: StackAddresses) -> str:
+    return stack_addresses.kafka_bootstrap
+
+
+@pytest.fixture(scope="session")
+def redis_url(stack_addresses: StackAddresses) -> str:
+    return stack_addresses.redis_url
+
+
+@pytest.fixture
+def unique_id() -> str:
+    """8 hex digits unique to this test: the suffix of its topics, key prefix and consumer group."""
+    return uuid.uuid4().hex[:8]
+
+
+@pytest.fixture
+def redis_client(redis_url: str) -> Iterator[redis.Redis]:
+    client = redis.Redis.from_url(redis_url)
+    try:
+        yield client
+    finally:
+        client.close()
+
+
+@pytest.fixture
+def redis_prefix(redis_url: str, unique_id: str) -> Iterator[str]:
+    """A key prefix unique to this test; every key starting with it is deleted afterwards."""
+    prefix = f"sgtest-{unique_id}"
+    yield prefix
+    client = redis.Redis.from_url(redis_url, socket_connect_timeout=5.0)
+    try:
+        delete_prefixed_keys(client, prefix)
+    except (redis.RedisError, OSError):
+        pass  # a test that stopped its Redis on purpose leaves nothing we could clean
+    finally:
+        client.close()
+
+
+def delete_prefixed_keys(client: redis.Redis, prefix: str) -> int:
+    """Delete every key starting with ``prefix`` (SCAN + DEL, never FLUSHDB); returns how many.
+
+    Test prefixes all have the same length, so ``<prefix>*`` never matches another test's keys;
+    it covers ``<prefix>:...`` and any other separator a key layout may use.
+    """
+    deleted = 0
+    batch: list[bytes] = []
+    for name in client.scan_iter(match=f"{prefix}*", count=1000):
+        batch.append(name)
+        if len(batch) >= 500:
+            deleted += int(client.delete(*batch))
+            batch.clear()
+    if batch:
+        deleted += int(client.delete(*batch))
+    return deleted
+
+
+@pytest.fixture
+def topic_names(unique_id: str) -> TopicNames:
+    """Every topic name with a per-test suffix, e.g. ``clicks.raw.t3f9a1c2``."""
+    base = TopicNames()
+    return TopicNames(**{name: f"{getattr(base, name)}.t{unique_id}" for name in TopicNames.model_fields})
+
+
+@pytest.fixture
+def master_key_b64() -> str:
+    """A fresh KEK for this test: base64 of 32 random bytes."""
+    return base64.b64encode(os.urandom(32)).decode()
+
+
+@pytest.fixture
+def settings_factory(
+    kafka_bootstrap: str,
+    redis_url: str,
+    redis_prefix: str,
+    topic_names: TopicNames,
+    master_key_b64: str,
+    unique_id: str,
+    tmp_path: Path,
+) -> Callable[..., Settings]:
+    """``settings_factory(**overrides) -> Settings`` pointed at the session's servers, isolated per test."""
+
+    def make(**overrides: Any) -> Settings:
+        values: dict[str, Any] = {
+            "kafka_bootstrap": kafka_bootstrap,
+            "redis_url": redis_url,
+            "redis_key_prefix": redis_prefix,
+            "topics": topic_names,
+            "state_dir": tmp_path,
+            "session_timeout_ms": 6000,
+            "master_key": master_key_b64,
+            "consumer_group": f"sgtest-{unique_id}",
+        }
+        values.update(overrides)
+        return Settings(**values)
+
+    return make
