@@ -1,0 +1,102 @@
+"""The gateway worker: a Faust app hosting the batch engine as a service.
+
+Faust provides the worker lifecycle (signals, graceful shutdown, logging set-up),
+sensors and the web server (``/healthz`` here; metrics join in the ops work).
+The Kafka loop itself is :class:`stream.apps.engine.GatewayEngine` (why a batch
+loop rather than a per-event Faust stream: see that module), which runs in a
+dedicated thread so that per-batch blocking I/O never stalls the event loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import threading
+from typing import Any
+
+import faust
+from faust.app.base import BootStrategy
+from mode import Service
+
+from stream.apps.engine import EngineStats, GatewayEngine
+from stream.components import build_gateway
+from stream.config import Settings
+
+__all__ = ["GatewayService", "create_app"]
+
+log = logging.getLogger("streamgate.gateway")
+
+
+class GatewayService(Service):
+    """Runs the engine in a thread for the lifetime of the Faust worker."""
+
+    def __init__(self, settings: Settings, bootstrap: str, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.settings = settings
+        self.bootstrap = bootstrap
+        self.stop_event = threading.Event()
+        self.engine: GatewayEngine | None = None
+        self._thread_done: asyncio.Future[EngineStats] | None = None
+        self.failed: BaseException | None = None
+
+    async def on_start(self) -> None:
+        # Build in the worker thread's caller: fails fast (and loudly) on a missing KEK.
+        gateway = build_gateway(self.settings)
+        self.engine = GatewayEngine(self.settings, gateway, bootstrap=self.bootstrap)
+        loop = asyncio.get_running_loop()
+        self._thread_done = loop.run_in_executor(None, self._run)
+
+    def _run(self) -> EngineStats:
+        assert self.engine is not None
+        try:
+            return self.engine.run(self.stop_event)
+        except BaseException as exc:  # surfaced by on_stop / healthz
+            self.failed = exc
+            log.exception("gateway engine crashed")
+            raise
+
+    async def on_stop(self) -> None:
+        self.stop_event.set()
+        if self._thread_done is not None:
+            with contextlib.suppress(Exception):
+                await self._thread_done
+
+    @property
+    def healthy(self) -> bool:
+        return self.failed is None and self._thread_done is not None and not self._thread_done.done()
+
+
+def create_app(settings: Settings) -> faust.App:
+    """The gateway's Faust app. ``streamgate gateway`` runs it as a worker."""
+    bootstrap = settings.kafka_bootstrap_or_dev()
+    app = faust.App(
+        "streamgate-gateway",
+        broker=f"kafka://{bootstrap}",
+        web_enabled=settings.web_port > 0,
+        web_port=settings.web_port or 6066,
+        web_bind="127.0.0.1",
+        topic_disable_leader=True,
+        broker_session_timeout=settings.session_timeout_ms / 1000,
+        datadir=str(settings.state_dir / "faust"),
+    )
+    # The gateway's records flow through the engine's own confluent-kafka clients; Faust's
+    # consumer and producer would only idle (and Faust refuses a consumer with no topics).
+    app.boot_strategy = BootStrategy(app, enable_kafka_consumer=False, enable_kafka_producer=False)
+    service = GatewayService(settings, bootstrap)
+    app.service(service)  # type: ignore[arg-type]
+
+    @app.page("/healthz")
+    async def healthz(web: Any, request: Any) -> Any:
+        """Alive: the engine thread runs."""
+        stats = service.engine.stats.as_dict() if service.engine else {}
+        return web.json({"ok": service.healthy, "gateway": stats}, status=200 if service.healthy else 503)
+
+    @app.page("/readyz")
+    async def readyz(web: Any, request: Any) -> Any:
+        """Ready: alive and holding partitions of the raw topic."""
+        ready = service.healthy and service.engine is not None and service.engine.ready
+        return web.json({"ready": ready}, status=200 if ready else 503)
+
+    app.streamgate_service = service  # type: ignore[attr-defined]
+    return app

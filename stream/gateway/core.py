@@ -1,0 +1,215 @@
+"""The gateway's pure core: raw records in, protected events and sealed DLQ records out.
+
+No Kafka here: the adapter in :mod:`stream.apps.gateway` feeds batches of
+:class:`RawRecord` and writes the :class:`BatchResult`. The only I/O is
+through the :class:`~stream.crypto.deks.DekProvider`'s key store, and its
+failure (:class:`~stream.errors.KeyUnavailableError`) propagates *before*
+anything of the batch is returned: the batch fails closed as a whole.
+
+Every input record ends in exactly one of ``BatchResult.protected`` or
+``BatchResult.dead_letters`` (invariant 5), in input order within each list.
+"""
+
+from __future__ import annotations
+
+import base64
+import time
+from collections import Counter
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any, NamedTuple
+
+import orjson
+
+from stream.crypto.deks import DataKey, DekProvider
+from stream.crypto.fields import decrypt_value, encrypt_value, parse_ciphertext
+from stream.crypto.tokens import Tokenizer
+from stream.schema import EventSchema, Reason, Rejection
+
+__all__ = [
+    "DLQ_SCHEMA",
+    "QUARANTINE_SUBJECT",
+    "BatchResult",
+    "Gateway",
+    "RawRecord",
+    "unseal_dead_letter",
+]
+
+DLQ_SCHEMA = "dlq-record.v1"
+#: Reserved subject of the per-epoch quarantine key that seals dead letters. It cannot
+#: collide with a person: person subjects are tokens ("tk1_...").
+QUARANTINE_SUBJECT = "_quarantine"
+
+
+class RawRecord(NamedTuple):
+    """One record as consumed from the raw topic (a tuple: cheap to build per record)."""
+
+    topic: str
+    partition: int
+    offset: int
+    value: bytes | None
+    timestamp_ms: int | None = None
+
+
+@dataclass(slots=True)
+class BatchResult:
+    protected: list[tuple[bytes, bytes]] = field(default_factory=list)  # (key = subject token, value)
+    dead_letters: list[bytes] = field(default_factory=list)
+    reasons: Counter[str] = field(default_factory=Counter)
+    keys_requested: int = 0
+
+    @property
+    def total(self) -> int:
+        return len(self.protected) + len(self.dead_letters)
+
+
+def _seal_path(topic: str, partition: int, offset: int) -> str:
+    return f"source/{topic}/{partition}/{offset}"
+
+
+class Gateway:
+    """Validates raw records against ``schema`` and applies its ``x-privacy`` policy."""
+
+    def __init__(
+        self,
+        schema: EventSchema,
+        tokenizer: Tokenizer,
+        deks: DekProvider,
+        *,
+        max_event_bytes: int = 64 * 1024,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.schema = schema
+        self.schema_id = schema.name
+        self.tokenizer = tokenizer
+        self.deks = deks
+        self.max_event_bytes = max_event_bytes
+        self.clock = clock
+        self.subject_field = schema.subject_field
+        subject_policy = schema.fields[self.subject_field]
+        self._subject_domain = subject_policy.token_domain or self.subject_field
+        self._other_tokens = tuple(
+            (p.name, p.token_domain or p.name)
+            for p in schema.fields.values()
+            if p.policy == "token" and p.name != self.subject_field
+        )
+        self._encrypt_fields = tuple(schema.fields_with("encrypt"))
+        self._drop_fields = tuple(schema.fields_with("drop"))
+
+    # -- decoding and validation -------------------------------------------------
+    def decode(self, value: bytes | None) -> dict[str, Any] | Rejection:
+        if value is None or len(value) == 0:
+            return Rejection(Reason.EMPTY)
+        if len(value) > self.max_event_bytes:
+            return Rejection(Reason.TOO_LARGE)
+        try:
+            event = orjson.loads(value)
+        except orjson.JSONDecodeError:
+            try:
+                value.decode("utf-8")
+            except UnicodeDecodeError:
+                return Rejection(Reason.NOT_UTF8)
+            return Rejection(Reason.NOT_JSON)
+        rejection = self.schema.check(event)
+        if rejection is not None:
+            return rejection
+        return event  # type: ignore[no-any-return]
+
+    # -- the batch ----------------------------------------------------------------
+    def process(self, records: Sequence[RawRecord]) -> BatchResult:
+        """Protect a batch. Raises KeyUnavailableError (and returns nothing) if keys can't be had."""
+        now = self.clock()
+        epoch = self.deks.epoch_of(now)
+        decode = self.decode
+        decoded = [decode(rec.value) for rec in records]
+        events = [d for d in decoded if not isinstance(d, Rejection)]
+        any_rejects = len(events) != len(decoded)
+
+        # Tokens per batch, memoized: the same people and sessions recur within and across batches.
+        tokenize = self.tokenizer.tokens
+        subjects = tokenize(self._subject_domain, [e[self.subject_field] for e in events])
+        for name, domain in self._other_tokens:
+            present = [e for e in events if name in e]
+            for e, tok in zip(present, tokenize(domain, [e[name] for e in present]), strict=True):
+                e[name] = tok
+        need_key: set[str] = set()
+        enc_fields = self._encrypt_fields
+        for e, subject in zip(events, subjects, strict=True):
+            e[self.subject_field] = subject
+            for f in enc_fields:
+                if e.get(f) is not None:
+                    need_key.add(subject)
+                    break
+        if any_rejects:
+            need_key.add(QUARANTINE_SUBJECT)
+
+        keys: dict[str, DataKey] = self.deks.keys_for(need_key, epoch) if need_key else {}
+        result = BatchResult(keys_requested=len(need_key))
+        protect, dumps = self._protect, orjson.dumps
+        protected = result.protected
+        for e, subject in zip(events, subjects, strict=True):
+            protected.append((subject.encode(), dumps(protect(e, keys.get(subject)))))
+        if any_rejects:
+            rejected_at = datetime.fromtimestamp(now, UTC).isoformat().replace("+00:00", "Z")
+            qkey = keys[QUARANTINE_SUBJECT]
+            for rec, d in zip(records, decoded, strict=True):
+                if isinstance(d, Rejection):
+                    result.dead_letters.append(self._dead_letter(rec, d, qkey, rejected_at))
+                    result.reasons[d.reason.value] += 1
+        return result
+
+    def _protect(self, event: dict[str, Any], key: DataKey | None) -> dict[str, Any]:
+        """Tokens are already in place (see process); encrypt and drop. Returns the protected dict."""
+        out: dict[str, Any] = {"_schema": self.schema_id, **event}
+        schema_id = self.schema_id
+        for name in self._encrypt_fields:
+            value = out.get(name)
+            if value is not None:
+                assert key is not None
+                out[name] = encrypt_value(key, value, schema_id=schema_id, field_path=name)
+        for name in self._drop_fields:
+            out.pop(name, None)
+        return out
+
+    def _dead_letter(self, rec: RawRecord, why: Rejection, qkey: DataKey, rejected_at: str) -> bytes:
+        sealed = None
+        if rec.value:
+            sealed = encrypt_value(
+                qkey,
+                base64.b64encode(rec.value).decode("ascii"),
+                schema_id=DLQ_SCHEMA,
+                field_path=_seal_path(rec.topic, rec.partition, rec.offset),
+            )
+        record = {
+            "_schema": DLQ_SCHEMA,
+            "reason": why.reason.value,
+            "path": why.path,
+            "rule": why.rule,
+            "input_schema": self.schema_id,
+            "source": {
+                "topic": rec.topic,
+                "partition": rec.partition,
+                "offset": rec.offset,
+                "timestamp_ms": rec.timestamp_ms,
+            },
+            "size": len(rec.value or b""),
+            "sealed": sealed,
+            "rejected_at": rejected_at,
+        }
+        return orjson.dumps(record)
+
+
+def unseal_dead_letter(record: dict[str, Any], deks: DekProvider) -> bytes | None:
+    """The original bytes of a DLQ record (authorized ops only: needs the master key).
+    Raises DecryptError / KeyShreddedError like any ciphertext."""
+    sealed = record.get("sealed")
+    if sealed is None:
+        return None
+    header = parse_ciphertext(sealed)
+    key = deks.key_for_decrypt(QUARANTINE_SUBJECT, header.epoch, header.key_id)
+    src = record["source"]
+    b64 = decrypt_value(
+        key, sealed, schema_id=DLQ_SCHEMA, field_path=_seal_path(src["topic"], src["partition"], src["offset"])
+    )
+    return base64.b64decode(b64)

@@ -1,0 +1,94 @@
+"""Small helpers for tests that talk to the real broker."""
+
+from __future__ import annotations
+
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
+
+from stream.apps.engine import GatewayEngine
+from stream.components import build_gateway
+from stream.config import Settings
+
+
+@dataclass
+class Rec:
+    topic: str
+    partition: int
+    offset: int
+    key: bytes | None
+    value: bytes | None
+    headers: list[tuple[str, bytes]]
+
+
+def read_topic(bootstrap: str, topic: str, *, expect: int | None = None, idle: float = 3.0,
+               timeout: float = 60.0) -> list[Rec]:
+    """Every record of ``topic``, read from the beginning of each partition until ``expect``
+    records arrived (plus a short grace period to catch extras) or nothing new came for ``idle``
+    seconds. (Not "until the high watermark": the embedded broker reports the watermark of
+    the last *batch*, so reading to it would miss records.)"""
+    c = Consumer({"bootstrap.servers": bootstrap, "group.id": f"t-read-{uuid.uuid4().hex[:6]}",
+                  "enable.auto.commit": False})
+    try:
+        md = c.list_topics(topic, timeout=10).topics[topic]
+        c.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in md.partitions])
+        out: list[Rec] = []
+        deadline = time.monotonic() + timeout
+        last = time.monotonic()
+        while time.monotonic() < deadline:
+            msgs = c.consume(num_messages=1000, timeout=0.2)
+            now = time.monotonic()
+            for m in msgs:
+                if m.error() is None:
+                    out.append(Rec(m.topic(), m.partition(), m.offset(), m.key(), m.value(), list(m.headers() or [])))
+                    last = now
+            if expect is not None and len(out) >= expect:
+                idle = min(idle, 1.0)
+            if now - last > idle:
+                break
+        return out
+    finally:
+        c.close()
+
+
+def count_topic(bootstrap: str, topic: str) -> int:
+    return len(read_topic(bootstrap, topic, idle=1.0))
+
+
+@contextmanager
+def running_engine(settings: Settings, **kw) -> Iterator[GatewayEngine]:
+    """The gateway engine in a background thread for the duration of the block."""
+    engine = GatewayEngine(settings, build_gateway(settings, **kw))
+    stop = threading.Event()
+    errors: list[BaseException] = []
+
+    def target() -> None:
+        try:
+            engine.run(stop)
+        except BaseException as exc:  # reported by the context manager
+            errors.append(exc)
+
+    t = threading.Thread(target=target, daemon=True)
+    t.start()
+    engine.thread = t  # type: ignore[attr-defined]
+    engine.errors = errors  # type: ignore[attr-defined]
+    try:
+        yield engine
+    finally:
+        stop.set()
+        t.join(60)
+    assert not errors, f"engine crashed: {errors!r}"
+
+
+def wait_for(predicate, *, timeout: float = 90.0, interval: float = 0.2, what: str = "condition") -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(interval)
+    raise AssertionError(f"timed out waiting for {what}")
