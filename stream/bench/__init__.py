@@ -1,0 +1,3 @@
+"""Benchmarks: each prints its figure beside a same-run baseline, as a ratio."""
+
+__all__: list[str] = []

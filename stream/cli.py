@@ -1,0 +1,353 @@
+"""``streamgate <command>``: the command-line interface."""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import click
+
+from stream import __version__
+from stream.config import Settings
+from stream.errors import StreamgateError
+
+__all__ = ["main"]
+
+
+def _settings() -> Settings:
+    try:
+        return Settings()
+    except Exception as exc:  # pydantic validation errors: name the variable, not the value
+        raise click.ClickException(f"invalid STREAMGATE_ settings: {exc}") from exc
+
+
+def _err(msg: str) -> None:
+    click.echo(click.style("error: ", fg="red", bold=True) + msg, err=True)
+
+
+class _Group(click.Group):
+    """Turns streamgate's typed errors into one clear line and exit code 1 (no traceback)."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except StreamgateError as exc:
+            _err(f"{type(exc).__name__}: {exc}")
+            sys.exit(1)
+
+
+@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="streamgate")
+@click.option("--log-level", default="warning", show_default=True, help="Python log level for streamgate's loggers.")
+def cli(log_level: str) -> None:
+    """streamgate: an event-streaming privacy gateway for Kafka clickstreams.
+
+    Without STREAMGATE_KAFKA_BOOTSTRAP / STREAMGATE_REDIS_URL the commands use the
+    embedded dev stack (`streamgate dev up`). Settings: see the README.
+    """
+    logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s %(message)s")
+
+
+# --------------------------------------------------------------------------- dev
+@cli.group()
+def dev() -> None:
+    """The embedded dev stack: a local Kafka-protocol broker and a local Redis."""
+
+
+@dev.command("up")
+@click.option("--kafka-port", type=int, default=None, help="Broker port (default: a free port).")
+@click.option("--redis-port", type=int, default=None, help="Redis port (default: a free port).")
+def dev_up(kafka_port: int | None, redis_port: int | None) -> None:
+    """Start the stack (idempotent) and print the variables to export."""
+    from stream.dev.stack import DevStack
+
+    info = DevStack(_settings().state_dir).up(kafka_port=kafka_port, redis_port=redis_port)
+    click.echo(f"# broker: {info.kafka_bootstrap}  redis: {info.redis_url}  logs: {info.log_dir}")
+    click.echo(info.exports())
+
+
+@dev.command("down")
+def dev_down() -> None:
+    """Stop the stack and remove its state."""
+    from stream.dev.stack import DevStack
+
+    stopped = DevStack(_settings().state_dir).down()
+    click.echo("stopped" if stopped else "not running")
+
+
+@dev.command("status")
+def dev_status() -> None:
+    """Show whether the stack runs, and its addresses."""
+    from stream.dev.stack import DevStack
+
+    info = DevStack(_settings().state_dir).status()
+    if info is None:
+        click.echo("not running (start it with: streamgate dev up)")
+        sys.exit(3)
+    click.echo(f"running: broker {info.kafka_bootstrap} (pid {info.broker_pid}), redis {info.redis_url} (pid {info.redis_pid})")
+    click.echo(info.exports())
+
+
+# --------------------------------------------------------------------------- keys
+@cli.group()
+def keys() -> None:
+    """The master key (KEK keyring)."""
+
+
+@keys.command("generate")
+@click.option("--out", "out", type=click.Path(path_type=Path), default=None,
+              help="Keyring file to write (mode 0600). Default: <state_dir>/keyring.json")
+@click.option("--rotate", is_flag=True, help="Add a new newest key to an existing keyring (old keys still unwrap).")
+@click.option("--force", is_flag=True, help="Overwrite an existing keyring file.")
+def keys_generate(out: Path | None, rotate: bool, force: bool) -> None:
+    """Write a new KEK keyring file, or rotate one."""
+    from stream.crypto.keyring import Keyring
+
+    path = out or (_settings().state_dir / "keyring.json")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if rotate:
+        ring = Keyring.load(path).rotated()
+        ring.save(path, overwrite=True)
+    else:
+        ring = Keyring.generate()
+        ring.save(path, overwrite=force)
+    click.echo(f"wrote {path} (key ids: {', '.join(ring.ids)}; newest wraps: {ring.primary_id})")
+    click.echo(f"export STREAMGATE_MASTER_KEY_FILE={path}")
+
+
+# --------------------------------------------------------------------------- workers
+@cli.command()
+@click.option("--loglevel", default="info", show_default=True, type=click.Choice(["crit", "error", "warn", "info", "debug"]))
+def gateway(loglevel: str) -> None:
+    """Run the gateway worker (Faust): clicks.raw -> clicks.protected / clicks.dlq."""
+    from faust.worker import Worker
+
+    from stream.apps.gateway import create_app
+    from stream.crypto.keyring import Keyring
+    from stream.kafka import ensure_topics
+
+    settings = _settings()
+    Keyring.from_settings(settings)  # fail fast on a missing/bad KEK, before starting anything
+    bootstrap = settings.kafka_bootstrap_or_dev()
+    t = settings.topics
+    ensure_topics(bootstrap, [t.raw, t.protected, t.dlq], partitions=settings.topic_partitions)
+    app = create_app(settings)
+    Worker(app, loglevel=loglevel, quiet=True).execute_from_commandline()
+
+
+# --------------------------------------------------------------------------- produce
+@cli.command()
+@click.option("--generate", "generate", type=int, default=None, help="Publish N synthetic clickstream events.")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the synthetic generator.")
+@click.option("--invalid-rate", type=float, default=0.0, show_default=True,
+              help="With --generate: fraction of events replaced by invalid records (they go to the DLQ).")
+@click.option("--file", "file", type=click.File("rb"), default=None, help="Publish the lines of a JSONL file ('-' = stdin).")
+@click.option("--topic", default=None, help="Target topic (default: the raw topic).")
+def produce(generate: int | None, seed: int, invalid_rate: float, file: Any, topic: str | None) -> None:
+    """Publish raw events to clicks.raw (synthetic, from a file, or from stdin)."""
+    import random
+
+    from rich.progress import Progress
+
+    from stream.apps.produce import publish
+    from stream.faults import make_invalid
+    from stream.kafka import ensure_topics
+    from stream.synth import ClickstreamGenerator
+
+    settings = _settings()
+    bootstrap = settings.kafka_bootstrap_or_dev()
+    topic = topic or settings.topics.raw
+    ensure_topics(bootstrap, [topic], partitions=settings.topic_partitions)
+    items: Any
+    total: int | None
+    if generate is not None:
+        rng = random.Random(seed + 1)
+
+        def gen() -> Any:
+            for ev in ClickstreamGenerator(seed=seed).events(generate):
+                yield make_invalid(ev, rng)[1] if rng.random() < invalid_rate else ev
+
+        items, total = gen(), generate
+    else:
+        stream_in = file if file is not None else click.get_binary_stream("stdin")
+        items, total = (line.rstrip(b"\r\n") for line in stream_in if line.strip()), None
+    with Progress(transient=True, disable=not sys.stderr.isatty()) as progress:
+        task = progress.add_task(f"publishing to {topic}", total=total)
+        n = publish(bootstrap, topic, items, on_progress=lambda k: progress.update(task, completed=k))
+    click.echo(f"published {n:,} records to {topic}")
+
+
+# --------------------------------------------------------------------------- decrypt
+@cli.command()
+@click.option("--user", "user", default=None, help="Only this user's events (raw user_id; matched by its token).")
+@click.option("--max", "max_events", type=int, default=None, help="Stop after printing N events.")
+@click.option("--idle-timeout", type=float, default=5.0, show_default=True,
+              help="Stop when no record arrived for this many seconds (0 = follow forever).")
+@click.option("--on-shredded", type=click.Choice(["null", "mask", "raise"]), default="mask", show_default=True,
+              help="What a field whose key was shredded decrypts to.")
+def decrypt(user: str | None, max_events: int | None, idle_timeout: float, on_shredded: str) -> None:
+    """Authorized consumer: print decrypted events of clicks.protected (needs the master key)."""
+    import uuid
+
+    import orjson
+    from confluent_kafka import Consumer
+
+    from stream.components import build_dek_provider
+    from stream.crypto.keyring import Keyring
+    from stream.crypto.tokens import Tokenizer
+    from stream.errors import DecryptError
+    from stream.gateway.reader import ProtectedEventReader
+    from stream.kafka import consumer_config
+    from stream.schema import load_schema
+
+    settings = _settings()
+    keyring = Keyring.from_settings(settings)
+    schema = load_schema(settings.schema_name)
+    reader = ProtectedEventReader(schema, build_dek_provider(settings, keyring), on_shredded=on_shredded)  # type: ignore[arg-type]
+    want = None
+    if user is not None:
+        domain = schema.fields[schema.subject_field].token_domain or schema.subject_field
+        want = Tokenizer(keyring).token(domain, user).encode()
+    consumer = Consumer(consumer_config(settings.kafka_bootstrap_or_dev(), f"streamgate-decrypt-{uuid.uuid4().hex[:8]}",
+                                        session_timeout_ms=settings.session_timeout_ms))
+    consumer.subscribe([settings.topics.protected])
+    printed, failed, last = 0, 0, time.monotonic()
+    out = sys.stdout
+    try:
+        while max_events is None or printed < max_events:
+            msgs = consumer.consume(num_messages=500, timeout=0.5)
+            if not msgs:
+                if idle_timeout and time.monotonic() - last > idle_timeout:
+                    break
+                continue
+            last = time.monotonic()
+            for m in msgs:
+                if m.error() is not None or (want is not None and m.key() != want):
+                    continue
+                try:
+                    event = reader.decrypt(orjson.loads(m.value()))
+                except (DecryptError, orjson.JSONDecodeError):
+                    failed += 1
+                    continue
+                out.write(orjson.dumps(event).decode() + "\n")
+                printed += 1
+                if max_events is not None and printed >= max_events:
+                    break
+    finally:
+        consumer.close()
+    click.echo(f"# {printed} events decrypted" + (f", {failed} could not be decrypted" if failed else ""), err=True)
+
+
+# --------------------------------------------------------------------------- dlq
+@cli.group()
+def dlq() -> None:
+    """The dead-letter topic."""
+
+
+@dlq.command("inspect")
+@click.option("--max", "max_records", type=int, default=20, show_default=True)
+@click.option("--unseal", is_flag=True, help="Also print the original bytes (needs the master key; contains PII).")
+@click.option("--idle-timeout", type=float, default=3.0, show_default=True)
+def dlq_inspect(max_records: int, unseal: bool, idle_timeout: float) -> None:
+    """Print DLQ records (reason, source, size), optionally unsealing the original bytes."""
+    import uuid
+
+    import orjson
+    from confluent_kafka import Consumer
+
+    from stream.components import build_dek_provider
+    from stream.gateway.core import unseal_dead_letter
+    from stream.kafka import consumer_config
+
+    settings = _settings()
+    deks = build_dek_provider(settings) if unseal else None
+    consumer = Consumer(consumer_config(settings.kafka_bootstrap_or_dev(), f"streamgate-dlq-{uuid.uuid4().hex[:8]}",
+                                        session_timeout_ms=settings.session_timeout_ms))
+    consumer.subscribe([settings.topics.dlq])
+    shown, last = 0, time.monotonic()
+    try:
+        while shown < max_records and time.monotonic() - last < idle_timeout:
+            for m in consumer.consume(num_messages=100, timeout=0.5):
+                if m.error() is not None or shown >= max_records:
+                    continue
+                last = time.monotonic()
+                rec = orjson.loads(m.value())
+                src = rec["source"]
+                line = f"{rec['reason']:<17} {src['topic']}[{src['partition']}]@{src['offset']} size={rec['size']}"
+                if rec.get("path"):
+                    line += f" path={rec['path']} rule={rec.get('rule')}"
+                click.echo(line)
+                if deks is not None:
+                    click.echo(f"    original: {unseal_dead_letter(rec, deks)!r}")
+                shown += 1
+    finally:
+        consumer.close()
+
+
+# --------------------------------------------------------------------------- demo / bench
+@cli.command()
+@click.option("--events", "events", type=int, default=20_000, show_default=True, help="Synthetic events to publish.")
+@click.option("--invalid-rate", type=float, default=0.02, show_default=True, help="Fraction of invalid records.")
+@click.option("--seed", type=int, default=0, show_default=True)
+def demo(events: int, invalid_rate: float, seed: int) -> None:
+    """Live demo on the embedded stack: gateway + synthetic clickstream + summary."""
+    from stream.demo import run_demo
+
+    run_demo(_settings(), events=events, invalid_rate=invalid_rate, seed=seed)
+
+
+@cli.group()
+def bench() -> None:
+    """Benchmarks (figures are ratios against a same-run baseline)."""
+
+
+@bench.command("gateway")
+@click.option("--events", "events", type=int, default=100_000, show_default=True)
+@click.option("--invalid-rate", type=float, default=0.01, show_default=True)
+def bench_gateway(events: int, invalid_rate: float) -> None:
+    """Gateway events/s vs a plain confluent-kafka JSON passthrough on the same broker and events."""
+    from stream.bench.gateway import run_gateway_bench
+    from stream.dev.stack import ephemeral_stack
+
+    settings = _settings()
+    master_key = settings.master_key
+    if master_key is None and settings.master_key_file is None:
+        import base64
+
+        master_key = base64.b64encode(os.urandom(32)).decode()  # throwaway key for the benchmark run
+        click.echo("(no master key configured: using a throwaway key for this run)")
+    if isinstance(master_key, str):
+        from pydantic import SecretStr
+
+        master_key = SecretStr(master_key)
+    settings = settings.model_copy(update={"master_key": master_key})
+
+    def go(s: Settings) -> None:
+        r = run_gateway_bench(s, events=events, invalid_rate=invalid_rate, say=click.echo)
+        click.echo("")
+        click.echo(f"events                 {r.events:>12,}  (protected {r.protected:,}, dead-lettered {r.dead_lettered:,})")
+        click.echo(f"passthrough, json      {r.passthrough_rate:>12,.0f} events/s   (baseline)")
+        click.echo(f"passthrough, orjson    {r.passthrough_orjson_rate:>12,.0f} events/s")
+        click.echo(f"gateway                {r.gateway_rate:>12,.0f} events/s")
+        click.echo(f"ratio gateway / passthrough(json)    {r.ratio:.2f}   (target >= 0.30)")
+        click.echo(f"ratio gateway / passthrough(orjson)  {r.ratio_orjson:.2f}")
+        click.echo(f"pure core alone (no Kafka): {r.core_rate:,.0f} events/s")
+
+    if settings.kafka_bootstrap and settings.redis_url:
+        go(settings)
+    else:
+        with ephemeral_stack() as info:
+            go(settings.model_copy(update={"kafka_bootstrap": settings.kafka_bootstrap or info.kafka_bootstrap,
+                                           "redis_url": settings.redis_url or info.redis_url}))
+
+
+def main() -> None:
+    cli(prog_name="streamgate")
+
+
+if __name__ == "__main__":
+    main()
