@@ -10,7 +10,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from stream.errors import SchemaPolicyError
+from stream.fastcheck import compile_predicate
 from stream.schema import POLICIES, EventSchema, Reason, available_schemas, load_schema, schema_document
+from stream.synth import ClickstreamGenerator
 
 NAME = "clickstream-event.v1"
 
@@ -103,15 +105,64 @@ _props = schema_document(NAME)["properties"]
 _values = st.one_of(
     st.none(), st.booleans(), st.integers(-5, 200_000), st.floats(-1, 200_000, allow_nan=False),
     st.text(max_size=6), st.sampled_from(["page_view", "purchase", "US", "mobile", "electronics", "/p/1", "EUR", "ZZZ"]),
+    st.sampled_from([0.0, 3.0, 2.5, -0.0, 1e300]),
     st.lists(st.integers(), max_size=2),
 )
 
 
-@settings(max_examples=400, deadline=None)
-@given(st.dictionaries(st.sampled_from([*_props, "zz"]), _values, max_size=len(_props) + 1))
-def test_compiled_validator_agrees_with_the_reference_implementation(event):
-    """fastjsonschema (hot path) and jsonschema 2020-12 (reference) agree on our keywords."""
-    assert (_FAST.check(event) is None) == _REF.is_valid(event)
+_FULL = load_schema(NAME)
+_BASE = list(ClickstreamGenerator(seed=2).events(40))
+_strings = st.one_of(
+    st.text(max_size=8),
+    st.sampled_from(["a@b.co", "no-at", "10.0.0.1", "::1", "300.1.1.1", "2026-11-26T10:00:00Z", "2026-13-01T00:00:00Z",
+                     "6f1c2e4a-1b2c-4d5e-8f90-123456789abc", "/p/1", "/ bad", "US\n", "usd", "x" * 300]),
+)
+_events = st.one_of(
+    st.dictionaries(st.sampled_from([*_props, "zz"]), _values | _strings, max_size=len(_props) + 1),
+    st.builds(lambda ev, ch: {**ev, **ch}, st.sampled_from(_BASE),
+              st.dictionaries(st.sampled_from([*_props, "zz"]), _values | _strings, max_size=3)),
+    st.builds(lambda ev, drop: {k: v for k, v in ev.items() if k != drop}, st.sampled_from(_BASE), st.sampled_from(list(_props))),
+)
+_EDGES = [
+    None, True, False, 0, 3.0, 2.5, -1, 100_001, 10_001, 1e300, "", "x" * 300, "US\n", "usd", "/ bad", "no-at",
+    "::1", "10.0.0.1", "300.1.1.1", "2026-13-01T00:00:00Z", "2026-11-26T10:00:00+01:00", "page_view", [], {},
+]
+
+
+def _agree(event) -> None:
+    assert _FULL.is_valid(event) == (_FULL.check(event) is None), event
+    assert _FAST.is_valid(event) == (_FAST.check(event) is None), event
+    if not any(isinstance(v, str) and v.endswith("\n") for v in event.values()):
+        # (the reference uses Python's "$", which also matches before a final newline; we follow
+        # ECMA-262, JSON Schema's regex dialect, like fastjsonschema)
+        assert _FAST.is_valid(event) == _REF.is_valid(event), event
+
+
+def test_the_three_validators_agree_on_every_property_edge():
+    """Every property of valid events set to every edge value, exhaustively."""
+    for base in _BASE[:3]:
+        for prop in _props:
+            for edge in _EDGES:
+                _agree({**base, prop: edge})
+
+
+
+@settings(max_examples=600, deadline=None)
+@given(_events)
+def test_the_three_validators_agree(event):
+    """The hot-path predicate, the general validator (fastjsonschema, with formats) and the
+    reference (jsonschema 2020-12, formats left aside as annotations) give the same verdict."""
+    _agree(event)
+
+
+def test_the_predicate_is_the_compiled_one_and_unknown_keywords_fall_back():
+    assert _FULL.is_valid.__name__ == "predicate"
+    doc = schema_document(NAME)
+    doc["properties"]["page"]["multipleOf"] = 2  # outside the compiled subset
+    assert compile_predicate(doc) is None
+    fallback = EventSchema("fallback", doc)
+    assert fallback.is_valid.__name__ != "predicate"
+    assert fallback.is_valid(_BASE[0]) == (fallback.check(_BASE[0]) is None)
 
 
 @pytest.mark.parametrize(
