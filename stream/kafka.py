@@ -44,6 +44,10 @@ def consumer_config(bootstrap: str, group: str, *, session_timeout_ms: int = 600
         "session.timeout.ms": session_timeout_ms,
         "heartbeat.interval.ms": max(500, session_timeout_ms // 5),
         "queued.min.messages": 20000,
+        # librdkafka backs its fetcher off for 1 s (default) once the local queue holds
+        # queued.min.messages; with batch consumption that starves the loop (measured: 12 µs of
+        # waiting per event). Re-check the queue after 5 ms instead.
+        "fetch.queue.backoff.ms": 5,
         "client.id": "streamgate",
     }
     conf.update(extra)

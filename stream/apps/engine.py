@@ -335,12 +335,9 @@ class GatewayEngine:
         if self._exactly_once:
             producer.begin_transaction()
         try:
-            protected_topic, dlq_topic = s.topics.protected, s.topics.dlq
             cb = batch.on_delivery
-            for key, value in result.protected:
-                self._produce(producer, protected_topic, value, key, cb)
-            for value in result.dead_letters:
-                self._produce(producer, dlq_topic, value, None, cb)
+            self._produce_all(producer, s.topics.protected, [{"key": k, "value": v} for k, v in result.protected], cb)
+            self._produce_all(producer, s.topics.dlq, [{"value": v} for v in result.dead_letters], cb)
             if self._exactly_once:
                 offsets = [TopicPartition(t, p, o) for (t, p), o in batch.offsets.items()]
                 producer.send_offsets_to_transaction(offsets, consumer.consumer_group_metadata(), 30)
@@ -357,15 +354,17 @@ class GatewayEngine:
         return True
 
     @staticmethod
-    def _produce(
-        producer: Producer, topic: str, value: bytes, key: bytes | None, cb: Callable[[Any, Any], None]
+    def _produce_all(
+        producer: Producer, topic: str, messages: list[dict[str, Any]], cb: Callable[[Any, Any], None]
     ) -> None:
-        while True:
-            try:
-                producer.produce(topic, value, key, on_delivery=cb)
+        """Queue every message (one produce_batch call; same partitioner as produce()); on a
+        full local queue, serve delivery reports and queue the rest."""
+        while messages:
+            queued = producer.produce_batch(topic, messages, on_delivery=cb)
+            if queued == len(messages):
                 return
-            except BufferError:
-                producer.poll(0.05)
+            messages = [{k: v for k, v in m.items() if k != "_error"} for m in messages if "_error" in m]
+            producer.poll(0.05)
 
     def _account(self, result: BatchResult) -> None:
         st = self.stats

@@ -340,7 +340,7 @@ class DekProvider:
         created for it would be born shredded).
         """
         _check_epoch(epoch)
-        wanted = [check_subject(s) for s in dict.fromkeys(subjects)]
+        wanted = list(dict.fromkeys(subjects))
         now = self._clock()
         if self.expire_at(epoch) <= now:
             raise ValueError("the retention of this epoch has ended; no data keys can be issued for it")
@@ -356,6 +356,10 @@ class DekProvider:
             self.stats.hits += len(found)
             self.stats.misses += len(todo)
         if todo:
+            # Cached subjects were checked when their key was loaded; check the rest before they
+            # reach the store (a raw identifier must never become a Redis key name).
+            for subject in todo:
+                check_subject(subject)
             loaded = self._load_or_create(todo, epoch)
             with self._lock:
                 for key in loaded.values():
