@@ -129,9 +129,11 @@ def gateway(loglevel: str) -> None:
     from stream.apps.gateway import create_app
     from stream.crypto.keyring import Keyring
     from stream.kafka import ensure_topics
+    from stream.schema import load_schema
 
     settings = _settings()
-    Keyring.from_settings(settings)  # fail fast on a missing/bad KEK, before starting anything
+    Keyring.from_settings(settings)  # fail fast on a missing/bad KEK or schema, before starting anything
+    load_schema(settings.schema_name)
     bootstrap = settings.kafka_bootstrap_or_dev()
     t = settings.topics
     ensure_topics(bootstrap, [t.raw, t.protected, t.dlq], partitions=settings.topic_partitions)

@@ -46,6 +46,16 @@ class GatewayService(Service):
         self.engine = GatewayEngine(self.settings, gateway, bootstrap=self.bootstrap)
         loop = asyncio.get_running_loop()
         self._thread_done = loop.run_in_executor(None, self._run)
+        self.add_future(self._watch())
+
+    async def _watch(self) -> None:
+        """An engine that dies takes the worker down (non-zero exit), so a supervisor restarts
+        it; it resumes from the last committed offsets (nothing lost)."""
+        assert self._thread_done is not None
+        try:
+            await self._thread_done
+        except Exception as exc:
+            await self.crash(exc)
 
     def _run(self) -> EngineStats:
         assert self.engine is not None
@@ -70,6 +80,8 @@ class GatewayService(Service):
 def create_app(settings: Settings) -> faust.App:
     """The gateway's Faust app. ``streamgate gateway`` runs it as a worker."""
     bootstrap = settings.kafka_bootstrap_or_dev()
+    datadir = settings.state_dir / "faust"
+    datadir.mkdir(parents=True, exist_ok=True)  # Faust creates only the last level
     app = faust.App(
         "streamgate-gateway",
         broker=f"kafka://{bootstrap}",
@@ -78,7 +90,7 @@ def create_app(settings: Settings) -> faust.App:
         web_bind="127.0.0.1",
         topic_disable_leader=True,
         broker_session_timeout=settings.session_timeout_ms / 1000,
-        datadir=str(settings.state_dir / "faust"),
+        datadir=str(datadir),
     )
     # The gateway's records flow through the engine's own confluent-kafka clients; Faust's
     # consumer and producer would only idle (and Faust refuses a consumer with no topics).
