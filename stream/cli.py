@@ -231,7 +231,7 @@ def decrypt(user: str | None, max_events: int | None, idle_timeout: float, on_sh
                 if m.error() is not None or (want is not None and m.key() != want):
                     continue
                 try:
-                    event = reader.decrypt(orjson.loads(m.value()))
+                    event = reader.decrypt(orjson.loads(m.value() or b""))
                 except (DecryptError, orjson.JSONDecodeError):
                     failed += 1
                     continue
@@ -277,7 +277,7 @@ def dlq_inspect(max_records: int, unseal: bool, idle_timeout: float) -> None:
                 if m.error() is not None or shown >= max_records:
                     continue
                 last = time.monotonic()
-                rec = orjson.loads(m.value())
+                rec = orjson.loads(m.value() or b"")
                 src = rec["source"]
                 line = f"{rec['reason']:<17} {src['topic']}[{src['partition']}]@{src['offset']} size={rec['size']}"
                 if rec.get("path"):
@@ -316,17 +316,14 @@ def bench_gateway(events: int, invalid_rate: float) -> None:
     from stream.dev.stack import ephemeral_stack
 
     settings = _settings()
-    master_key = settings.master_key
-    if master_key is None and settings.master_key_file is None:
+    if settings.master_key is None and settings.master_key_file is None:
         import base64
 
-        master_key = base64.b64encode(os.urandom(32)).decode()  # throwaway key for the benchmark run
-        click.echo("(no master key configured: using a throwaway key for this run)")
-    if isinstance(master_key, str):
         from pydantic import SecretStr
 
-        master_key = SecretStr(master_key)
-    settings = settings.model_copy(update={"master_key": master_key})
+        throwaway = SecretStr(base64.b64encode(os.urandom(32)).decode())  # for this benchmark run only
+        click.echo("(no master key configured: using a throwaway key for this run)")
+        settings = settings.model_copy(update={"master_key": throwaway})
 
     def go(s: Settings) -> None:
         r = run_gateway_bench(s, events=events, invalid_rate=invalid_rate, say=click.echo)

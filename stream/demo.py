@@ -48,10 +48,10 @@ class _Outputs:
     def __init__(self, consumer: Consumer, settings: Settings, since_ms: int) -> None:
         self.c, self.t, self.since_ms = consumer, settings.topics, since_ms
         self.want_ids: set[str] = set()
-        self.want_sources: set[tuple[int, int]] = set()
+        self.want_sources: set[tuple[Any, Any]] = set()
         self.protected: dict[str, dict[str, Any]] = {}
         self.reasons: Counter[str] = Counter()
-        self._dlq_seen: set[tuple[int, int]] = set()
+        self._dlq_seen: set[tuple[Any, Any]] = set()
         parts = []
         for topic in (self.t.protected, self.t.dlq):
             md = consumer.list_topics(topic, timeout=10).topics[topic]
@@ -64,9 +64,10 @@ class _Outputs:
 
     def poll(self, timeout: float = 0.2) -> None:
         for m in self.c.consume(num_messages=2000, timeout=timeout):
-            if m.error() is not None or m.timestamp()[1] < self.since_ms:
+            value = m.value()
+            if m.error() is not None or value is None or m.timestamp()[1] < self.since_ms:
                 continue
-            rec = orjson.loads(m.value())
+            rec = orjson.loads(value)
             if m.topic() == self.t.protected:
                 if rec.get("event_id") in self.want_ids:
                     self.protected[rec["event_id"]] = rec
@@ -74,7 +75,7 @@ class _Outputs:
                 src = rec.get("source", {})
                 where = (src.get("partition"), src.get("offset"))
                 if src.get("topic") == self.t.raw and where in self.want_sources and where not in self._dlq_seen:
-                    self._dlq_seen.add(where)  # type: ignore[arg-type]
+                    self._dlq_seen.add(where)
                     self.reasons[rec["reason"]] += 1
 
 

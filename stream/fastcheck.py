@@ -45,14 +45,18 @@ _TYPE_TESTS = {
 }
 
 
+def _regex_check(rx: re.Pattern[str]) -> Callable[[str], bool]:
+    match = rx.match
+    return lambda s: match(s) is not None
+
+
 def _format_checks(extra: Mapping[str, str | Callable[[str], bool]]) -> dict[str, Callable[[str], bool]]:
     checks: dict[str, Callable[[str], bool]] = {}
     for name, pattern in {**CodeGeneratorDraft07.FORMAT_REGEXS, **extra}.items():
         if callable(pattern):
             checks[name] = pattern
         else:
-            rx = re.compile(pattern)
-            checks[name] = lambda s, _m=rx.match: _m(s) is not None
+            checks[name] = _regex_check(re.compile(pattern))
     return checks
 
 

@@ -228,10 +228,12 @@ class GatewayEngine:
             self._account(done.result)
         if not offsets or self._consumer is None:
             return
+        tps = [TopicPartition(t, p, o) for (t, p), o in offsets.items()]
         try:
-            self._consumer.commit(
-                offsets=[TopicPartition(t, p, o) for (t, p), o in offsets.items()], asynchronous=not sync
-            )
+            if sync:
+                self._consumer.commit(offsets=tps, asynchronous=False)
+            else:
+                self._consumer.commit(offsets=tps, asynchronous=True)
         except KafkaException as exc:
             # e.g. the partitions were taken by a rebalance: their new owner re-processes from the
             # last commit (at-least-once; downstream dedupes by event_id).
@@ -250,7 +252,10 @@ class GatewayEngine:
                 log.warning("consumer error", extra={"error": err.str()})
                 continue
             ts_type, ts = m.timestamp()
-            records.append(RawRecord(m.topic(), m.partition(), m.offset(), m.value(), ts if ts_type else None))
+            # a consumed message without error always has topic, partition and offset
+            records.append(
+                RawRecord(m.topic(), m.partition(), m.offset(), m.value(), ts if ts_type else None)  # type: ignore[arg-type]
+            )
         if records:
             now = time.monotonic()
             if self.stats.first_event_at is None:
@@ -273,9 +278,10 @@ class GatewayEngine:
                 msgs = consumer.consume(num_messages=1, timeout=min(0.2, max(0.0, deadline - time.monotonic())))
                 if msgs:  # only possible after a rebalance assigned new, unpaused partitions: rewind them
                     for m in msgs:
-                        if m.error() is None:
-                            consumer.seek(TopicPartition(m.topic(), m.partition(), m.offset()))
-                            consumer.pause([TopicPartition(m.topic(), m.partition())])
+                        topic, partition, offset = m.topic(), m.partition(), m.offset()
+                        if m.error() is None and topic is not None and partition is not None and offset is not None:
+                            consumer.seek(TopicPartition(topic, partition, offset))
+                            consumer.pause([TopicPartition(topic, partition)])
         finally:
             assignment = consumer.assignment()
             if assignment:

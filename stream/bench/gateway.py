@@ -22,6 +22,7 @@ import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import orjson
 from confluent_kafka import Consumer, Producer
@@ -57,6 +58,10 @@ class BenchResult:
         return self.gateway_rate / self.passthrough_orjson_rate if self.passthrough_orjson_rate else 0.0
 
 
+def _json_dumps(value: Any) -> bytes:
+    return json.dumps(value).encode()
+
+
 def _passthrough(
     bootstrap: str, src: str, dst: str, n: int, batch: int, session_timeout_ms: int, codec: str = "json"
 ) -> float:
@@ -71,10 +76,13 @@ def _passthrough(
     consumer.subscribe([src])
     seen = 0
     t0: float | None = None
+    loads: Callable[[bytes], Any]
+    dumps: Callable[[Any], bytes]
+    bad: type[Exception]
     if codec == "orjson":
         loads, dumps, bad = orjson.loads, orjson.dumps, orjson.JSONDecodeError
     else:
-        loads, dumps, bad = json.loads, (lambda v: json.dumps(v).encode()), ValueError  # type: ignore[assignment]
+        loads, dumps, bad = json.loads, _json_dumps, ValueError
     try:
         while seen < n:
             msgs = consumer.consume(num_messages=batch, timeout=0.05)
@@ -85,7 +93,7 @@ def _passthrough(
             for m in msgs:
                 if m.error() is not None:
                     continue
-                value = m.value()
+                value = m.value() or b""
                 try:
                     out = dumps(loads(value))
                 except bad:
