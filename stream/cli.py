@@ -193,17 +193,15 @@ def produce(generate: int | None, seed: int, invalid_rate: float, file: Any, top
               help="What a field whose key was shredded decrypts to.")
 def decrypt(user: str | None, max_events: int | None, idle_timeout: float, on_shredded: str) -> None:
     """Authorized consumer: print decrypted events of clicks.protected (needs the master key)."""
-    import uuid
 
     import orjson
-    from confluent_kafka import Consumer
 
     from stream.components import build_dek_provider
     from stream.crypto.keyring import Keyring
     from stream.crypto.tokens import Tokenizer
     from stream.errors import DecryptError
     from stream.gateway.reader import ProtectedEventReader
-    from stream.kafka import consumer_config
+    from stream.kafka import reader_from_beginning
     from stream.schema import load_schema
 
     settings = _settings()
@@ -214,9 +212,7 @@ def decrypt(user: str | None, max_events: int | None, idle_timeout: float, on_sh
     if user is not None:
         domain = schema.fields[schema.subject_field].token_domain or schema.subject_field
         want = Tokenizer(keyring).token(domain, user).encode()
-    consumer = Consumer(consumer_config(settings.kafka_bootstrap_or_dev(), f"streamgate-decrypt-{uuid.uuid4().hex[:8]}",
-                                        session_timeout_ms=settings.session_timeout_ms))
-    consumer.subscribe([settings.topics.protected])
+    consumer = reader_from_beginning(settings.kafka_bootstrap_or_dev(), settings.topics.protected)
     printed, failed, last = 0, 0, time.monotonic()
     out = sys.stdout
     try:
@@ -256,20 +252,16 @@ def dlq() -> None:
 @click.option("--idle-timeout", type=float, default=3.0, show_default=True)
 def dlq_inspect(max_records: int, unseal: bool, idle_timeout: float) -> None:
     """Print DLQ records (reason, source, size), optionally unsealing the original bytes."""
-    import uuid
 
     import orjson
-    from confluent_kafka import Consumer
 
     from stream.components import build_dek_provider
     from stream.gateway.core import unseal_dead_letter
-    from stream.kafka import consumer_config
+    from stream.kafka import reader_from_beginning
 
     settings = _settings()
     deks = build_dek_provider(settings) if unseal else None
-    consumer = Consumer(consumer_config(settings.kafka_bootstrap_or_dev(), f"streamgate-dlq-{uuid.uuid4().hex[:8]}",
-                                        session_timeout_ms=settings.session_timeout_ms))
-    consumer.subscribe([settings.topics.dlq])
+    consumer = reader_from_beginning(settings.kafka_bootstrap_or_dev(), settings.topics.dlq)
     shown, last = 0, time.monotonic()
     try:
         while shown < max_records and time.monotonic() - last < idle_timeout:

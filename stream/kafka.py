@@ -10,13 +10,13 @@ import logging
 from collections.abc import Iterable
 from typing import Any
 
-from confluent_kafka import KafkaError, KafkaException
+from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic
 
 from stream.config import Settings
 from stream.errors import StreamgateError
 
-__all__ = ["all_topics", "consumer_config", "ensure_topics", "producer_config"]
+__all__ = ["all_topics", "consumer_config", "ensure_topics", "producer_config", "reader_from_beginning"]
 
 log = logging.getLogger("streamgate.kafka")
 
@@ -82,3 +82,18 @@ def ensure_topics(bootstrap: str, names: Iterable[str], *, partitions: int = 4, 
             raise StreamgateError(f"cannot create topic {name!r}: {exc}") from exc
     log.info("created topics", extra={"topics": created})
     return created
+
+
+def reader_from_beginning(bootstrap: str, topic: str) -> Consumer:
+    """A consumer assigned every partition of ``topic`` from its beginning: no consumer group
+    join (which takes about half the session timeout), nothing committed. For reading tools."""
+    consumer = Consumer(
+        {"bootstrap.servers": bootstrap, "group.id": "streamgate-reader", "enable.auto.commit": False,
+         "client.id": "streamgate-reader"}
+    )
+    md = consumer.list_topics(topic, timeout=10).topics.get(topic)
+    if md is None or md.error is not None:
+        consumer.close()
+        raise StreamgateError(f"topic {topic!r} does not exist at {bootstrap}")
+    consumer.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in md.partitions])
+    return consumer

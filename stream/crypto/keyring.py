@@ -251,7 +251,7 @@ class Keyring:
         }
         data = (json.dumps(doc, indent=2) + "\n").encode("ascii")
         if not overwrite and path.exists():
-            raise KeyringError(f"refusing to overwrite existing keyring file {path} (pass overwrite=True)")
+            raise KeyringError(f"refusing to overwrite existing keyring file {path} (`streamgate keys generate --force`, or overwrite=True)")
         try:
             path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
             tmp = path.with_name(f".{path.name}.{os.getpid()}.{os.urandom(4).hex()}.tmp")
@@ -271,7 +271,7 @@ class Keyring:
                 os.link(tmp, path)
         except FileExistsError:
             raise KeyringError(
-                f"refusing to overwrite existing keyring file {path} (pass overwrite=True)"
+                f"refusing to overwrite existing keyring file {path} (`streamgate keys generate --force`, or overwrite=True)"
             ) from None
         except OSError as exc:
             raise KeyringError(f"cannot write keyring file {path} ({type(exc).__name__})") from None

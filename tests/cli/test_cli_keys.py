@@ -1,0 +1,127 @@
+"""``streamgate keys generate``: the keyring file, rotation, refusing to overwrite, no key material printed."""
+
+from __future__ import annotations
+
+import base64
+import json
+import stat
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner, Result
+
+from stream.cli import cli
+from stream.crypto.keyring import Keyring
+
+
+def _run(args: list[str], monkeypatch: pytest.MonkeyPatch, state_dir: Path) -> Result:
+    for name in ("STREAMGATE_MASTER_KEY", "STREAMGATE_MASTER_KEY_FILE"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("STREAMGATE_STATE_DIR", str(state_dir))
+    return CliRunner().invoke(cli, args, prog_name="streamgate")
+
+
+def _key_strings(path: Path) -> list[str]:
+    doc = json.loads(path.read_text())
+    return [k["key"] for k in doc["keys"]]
+
+
+def _ids(path: Path) -> list[str]:
+    return [k["id"] for k in json.loads(path.read_text())["keys"]]
+
+
+def _assert_no_key_material(output: str, path: Path) -> None:
+    for b64 in _key_strings(path):
+        raw = base64.b64decode(b64)
+        for form in (b64, b64.rstrip("="), base64.urlsafe_b64encode(raw).decode().rstrip("="), raw.hex()):
+            assert form not in output, "key material printed"
+
+
+def _output(result: Result) -> str:
+    return result.output + (result.stderr or "")
+
+
+def test_generate_writes_a_0600_keyring_and_prints_no_key(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    out = tmp_path / "secrets" / "ring.json"
+    result = _run(["keys", "generate", "--out", str(out)], monkeypatch, tmp_path)
+    assert result.exit_code == 0, _output(result)
+    assert out.exists()
+    assert stat.S_IMODE(out.stat().st_mode) == 0o600
+    ring = Keyring.load(out)  # a valid keyring
+    assert len(ring.ids) == 1
+    assert ring.ids[0] in result.output  # ids are public and printed
+    assert f"STREAMGATE_MASTER_KEY_FILE={out}" in result.output
+    _assert_no_key_material(_output(result), out)
+    # no stray temporary files next to it
+    assert sorted(p.name for p in out.parent.iterdir()) == ["ring.json"]
+
+
+def test_generate_default_path_is_in_the_state_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    result = _run(["keys", "generate"], monkeypatch, tmp_path)
+    assert result.exit_code == 0, _output(result)
+    path = tmp_path / "keyring.json"
+    assert path.exists()
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    _assert_no_key_material(_output(result), path)
+
+
+def test_two_generates_make_different_keys(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    a, b = tmp_path / "a.json", tmp_path / "b.json"
+    assert _run(["keys", "generate", "--out", str(a)], monkeypatch, tmp_path).exit_code == 0
+    assert _run(["keys", "generate", "--out", str(b)], monkeypatch, tmp_path).exit_code == 0
+    assert _key_strings(a) != _key_strings(b)
+    assert _ids(a) != _ids(b)
+
+
+def test_rotate_adds_a_newest_key_and_keeps_the_old_ones(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    out = tmp_path / "ring.json"
+    assert _run(["keys", "generate", "--out", str(out)], monkeypatch, tmp_path).exit_code == 0
+    ids0, keys0 = _ids(out), _key_strings(out)
+
+    r1 = _run(["keys", "generate", "--out", str(out), "--rotate"], monkeypatch, tmp_path)
+    assert r1.exit_code == 0, _output(r1)
+    ids1, keys1 = _ids(out), _key_strings(out)
+    assert len(ids1) == 2
+    assert ids1[:1] == ids0 and keys1[:1] == keys0  # the old key is still there, unchanged, oldest first
+    assert ids1[1] not in ids0
+    assert f"newest wraps: {ids1[1]}" in r1.output
+    assert stat.S_IMODE(out.stat().st_mode) == 0o600
+    _assert_no_key_material(_output(r1), out)
+
+    r2 = _run(["keys", "generate", "--out", str(out), "--rotate"], monkeypatch, tmp_path)
+    assert r2.exit_code == 0, _output(r2)
+    ids2 = _ids(out)
+    assert len(ids2) == 3 and ids2[:2] == ids1
+    assert len(set(_key_strings(out))) == 3
+    ring = Keyring.load(out)
+    assert ring.primary_id == ids2[-1] and ring.root_id == ids0[0]
+    _assert_no_key_material(_output(r2), out)
+
+
+def test_refuses_to_overwrite_without_force(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    out = tmp_path / "ring.json"
+    assert _run(["keys", "generate", "--out", str(out)], monkeypatch, tmp_path).exit_code == 0
+    before = out.read_bytes()
+
+    refused = _run(["keys", "generate", "--out", str(out)], monkeypatch, tmp_path)
+    assert refused.exit_code == 1, _output(refused)
+    assert "refusing to overwrite" in _output(refused)
+    assert "Traceback" not in _output(refused)
+    assert out.read_bytes() == before  # untouched
+
+    forced = _run(["keys", "generate", "--out", str(out), "--force"], monkeypatch, tmp_path)
+    assert forced.exit_code == 0, _output(forced)
+    assert out.read_bytes() != before
+    assert len(_ids(out)) == 1
+    assert _key_strings(out)[0] != json.loads(before)["keys"][0]["key"]
+    assert stat.S_IMODE(out.stat().st_mode) == 0o600
+    _assert_no_key_material(_output(forced), out)
+
+
+def test_rotate_of_a_missing_file_is_a_clear_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    out = tmp_path / "nope.json"
+    result = _run(["keys", "generate", "--out", str(out), "--rotate"], monkeypatch, tmp_path)
+    assert result.exit_code == 1
+    assert "does not exist" in _output(result)
+    assert "Traceback" not in _output(result)
+    assert not out.exists()
