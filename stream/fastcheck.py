@@ -45,19 +45,15 @@ _TYPE_TESTS = {
 }
 
 
-def _regex_check(rx: re.Pattern[str]) -> Callable[[str], bool]:
-    match = rx.match
-    return lambda s: match(s) is not None
+_FormatCheck = re.Pattern[str] | Callable[[str], bool]
 
 
-def _format_checks(extra: Mapping[str, str | Callable[[str], bool]]) -> dict[str, Callable[[str], bool]]:
-    checks: dict[str, Callable[[str], bool]] = {}
-    for name, pattern in {**CodeGeneratorDraft07.FORMAT_REGEXS, **extra}.items():
-        if callable(pattern):
-            checks[name] = pattern
-        else:
-            checks[name] = _regex_check(re.compile(pattern))
-    return checks
+def _format_checks(extra: Mapping[str, str | Callable[[str], bool]]) -> dict[str, _FormatCheck]:
+    """Format name -> compiled regex (matched at the start, anchored by the pattern) or a function."""
+    return {
+        name: pattern if callable(pattern) else re.compile(pattern)
+        for name, pattern in {**CodeGeneratorDraft07.FORMAT_REGEXS, **extra}.items()
+    }
 
 
 FORMAT_CHECKS = _format_checks({})
@@ -68,7 +64,7 @@ class _Unsupported(Exception):
 
 
 class _Emitter:
-    def __init__(self, formats: Mapping[str, Callable[[str], bool]]) -> None:
+    def __init__(self, formats: Mapping[str, _FormatCheck]) -> None:
         self.lines: list[str] = []
         self.env: dict[str, Any] = {}
         self.formats = formats
@@ -109,7 +105,9 @@ class _Emitter:
             str_checks.append(f"{self.name(rx.search, 'rx')}({v}) is not None")
         if "format" in schema:
             check = self.formats.get(schema["format"])
-            if check is not None:  # unknown formats are annotations
+            if isinstance(check, re.Pattern):  # inlined: no Python frame per check
+                str_checks.append(f"{self.name(check.match, 'fmt')}({v}) is not None")
+            elif check is not None:  # (unknown formats are annotations)
                 str_checks.append(f"{self.name(check, 'fmt')}({v})")
         if str_checks:
             parts.append(f"(type({v}) is not str or ({' and '.join(str_checks)}))")
