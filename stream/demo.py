@@ -12,7 +12,6 @@ import contextlib
 import os
 import random
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -33,6 +32,7 @@ from rich.table import Table
 
 from stream.apps.produce import publish
 from stream.config import Settings
+from stream.dev.stack import free_port
 from stream.errors import StreamgateError
 from stream.faults import make_invalid
 from stream.kafka import consumer_config, ensure_topics
@@ -77,12 +77,6 @@ class _Outputs:
                 if src.get("topic") == self.t.raw and where in self.want_sources and where not in self._dlq_seen:
                     self._dlq_seen.add(where)
                     self.reasons[rec["reason"]] += 1
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def _wait_ready(proc: subprocess.Popen[bytes], port: int, log: Path, timeout: float = 90.0) -> None:
@@ -143,7 +137,7 @@ def run_demo(settings: Settings, *, events: int = 20_000, invalid_rate: float = 
 
     gateway_log = run_dir / "gateway.log"
     with _stack(settings, run_dir, console) as (bootstrap, redis_url, _started):
-        web_port = _free_port()
+        web_port = free_port()
         env.update({"STREAMGATE_KAFKA_BOOTSTRAP": bootstrap, "STREAMGATE_REDIS_URL": redis_url,
                     "STREAMGATE_WEB_PORT": str(web_port)})
         s = settings.model_copy(update={"kafka_bootstrap": bootstrap, "redis_url": redis_url,

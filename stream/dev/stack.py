@@ -45,6 +45,7 @@ __all__ = [
     "ephemeral_stack",
     "find_broker_binary",
     "find_redis_binary",
+    "free_port",
 ]
 
 log = logging.getLogger(__name__)
@@ -130,7 +131,8 @@ def find_redis_binary() -> str:
 
 
 # --------------------------------------------------------------------------- process helpers
-def _free_port() -> int:
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that was free a moment ago."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind((_HOST, 0))
         return int(s.getsockname()[1])
@@ -435,10 +437,10 @@ class DevStack:
                 raise DevStackError(
                     f"cannot start the dev {name}: port {port} on {_HOST} is already in use; {_HINT}"
                 )
-        kport = kafka_port if kafka_port is not None else _free_port()
-        rport = redis_port if redis_port is not None else _free_port()
+        kport = kafka_port if kafka_port is not None else free_port()
+        rport = redis_port if redis_port is not None else free_port()
         while rport == kport:
-            rport = _free_port()
+            rport = free_port()
         if kport == rport:  # both given and equal
             raise DevStackError(f"the broker and Redis cannot share port {kport}")
 

@@ -56,10 +56,6 @@ def read_topic(bootstrap: str, topic: str, *, expect: int | None = None, idle: f
         c.close()
 
 
-def count_topic(bootstrap: str, topic: str) -> int:
-    return len(read_topic(bootstrap, topic, idle=1.0))
-
-
 @contextmanager
 def running_engine(settings: Settings, **kw) -> Iterator[GatewayEngine]:
     """The gateway engine in a background thread for the duration of the block."""

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import socket
 import subprocess
 import time
 from collections import Counter
@@ -18,7 +17,7 @@ from kafka_helpers import read_topic, running_engine, wait_for
 
 from stream.apps.produce import publish
 from stream.components import build_dek_provider
-from stream.dev.stack import find_redis_binary
+from stream.dev.stack import find_redis_binary, free_port
 from stream.gateway.reader import ProtectedEventReader
 from stream.kafka import ensure_topics
 from stream.schema import load_schema
@@ -28,17 +27,11 @@ pytestmark = pytest.mark.integration
 SCHEMA = load_schema("clickstream-event.v1")
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 class OwnRedis:
     """A Redis server of this test alone, with an append-only file so keys survive a restart."""
 
     def __init__(self, workdir: Path) -> None:
-        self.port = _free_port()
+        self.port = free_port()
         self.dir = workdir
         self.proc: subprocess.Popen[bytes] | None = None
 
