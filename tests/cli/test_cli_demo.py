@@ -15,6 +15,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from procscan import procs_mentioning
 
 from stream.synth import ClickstreamGenerator
 
@@ -22,28 +23,6 @@ pytestmark = pytest.mark.integration
 
 EVENTS = 2000
 SENSITIVE = ("email", "phone", "ip", "shipping_address", "user_id", "session_id")
-
-
-def _procs_mentioning(needle: str) -> list[tuple[int, str]]:
-    """Live (non-zombie) processes whose command line, environment or working directory mention ``needle``."""
-    raw = needle.encode()
-    found = []
-    for d in Path("/proc").iterdir():
-        if not d.name.isdigit() or int(d.name) == os.getpid():
-            continue
-        try:
-            state = (d / "stat").read_text().rsplit(")", 1)[1].split()[0]
-            if state in ("Z", "X"):
-                continue
-            cmdline = (d / "cmdline").read_bytes()
-            blob = cmdline + b"\0" + (d / "environ").read_bytes()
-            with contextlib.suppress(OSError):
-                blob += b"\0" + os.readlink(d / "cwd").encode()
-        except (OSError, IndexError):
-            continue
-        if raw in blob:
-            found.append((int(d.name), cmdline.replace(b"\0", b" ").decode(errors="replace")))
-    return found
 
 
 @pytest.fixture
@@ -69,7 +48,7 @@ def test_demo_from_nothing(tmp_path: Path, demo_env: dict[str, str]) -> None:
         out, err = proc.communicate(timeout=30)
         pytest.fail(f"demo did not finish within 240 s\n{out}\n{err}")
     finally:
-        leftovers = _procs_mentioning(str(tmp_path))
+        leftovers = procs_mentioning(str(tmp_path).encode())
         for pid, _ in leftovers:  # only processes of this test mention its tmp_path
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)

@@ -35,6 +35,7 @@ from typing import Any
 import orjson
 import pytest
 import redis
+from procscan import procs_mentioning
 
 from stream.config import TopicNames
 from stream.crypto.keyring import Keyring
@@ -100,21 +101,7 @@ def _wait_ready(proc: subprocess.Popen[bytes], port: int, log: Path, timeout: fl
 
 
 def _procs_with(marker: bytes) -> list[int]:
-    """Live (non-zombie) processes whose environment or command line contains ``marker``."""
-    found = []
-    for d in Path("/proc").iterdir():
-        if not d.name.isdigit() or int(d.name) == os.getpid():
-            continue
-        try:
-            state = (d / "stat").read_text().rsplit(")", 1)[1].split()[0]
-            if state in ("Z", "X"):
-                continue
-            blob = (d / "environ").read_bytes() + b"\0" + (d / "cmdline").read_bytes()
-        except (OSError, IndexError):
-            continue
-        if marker in blob:
-            found.append(int(d.name))
-    return found
+    return [pid for pid, _ in procs_mentioning(marker)]
 
 
 def _stop(proc: subprocess.Popen[bytes]) -> None:
