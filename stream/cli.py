@@ -12,21 +12,18 @@ from typing import Any
 import click
 
 from stream import __version__
+from stream.commands import ldp as _ldp_commands
+from stream.commands import ops as _ops_commands
+from stream.commands import retention as _retention_commands
+from stream.commands.common import echo_error, settings
 from stream.config import Settings
 from stream.errors import StreamgateError
 
 __all__ = ["main"]
 
 
-def _settings() -> Settings:
-    try:
-        return Settings()
-    except Exception as exc:  # pydantic validation errors: name the variable, not the value
-        raise click.ClickException(f"invalid STREAMGATE_ settings: {exc}") from exc
-
-
-def _err(msg: str) -> None:
-    click.echo(click.style("error: ", fg="red", bold=True) + msg, err=True)
+_settings = settings
+_err = echo_error
 
 
 class _Group(click.Group):
@@ -334,6 +331,10 @@ def bench_gateway(events: int, invalid_rate: float) -> None:
         with ephemeral_stack() as info:
             go(settings.model_copy(update={"kafka_bootstrap": settings.kafka_bootstrap or info.kafka_bootstrap,
                                            "redis_url": settings.redis_url or info.redis_url}))
+
+
+for _area in (_ldp_commands, _retention_commands, _ops_commands):
+    _area.register(cli)
 
 
 def main() -> None:

@@ -82,9 +82,50 @@ class Settings(BaseSettings):
     consumer_group: str = Field(default="streamgate-gateway")
     session_timeout_ms: int = Field(default=6000, gt=0, description="Consumer group session timeout.")
     topic_partitions: int = Field(default=4, gt=0, description="Partitions for topics streamgate creates.")
-    web_port: int = Field(default=6066, description="Faust web server port of a worker (0 = disabled).")
+    web_port: int | None = Field(
+        default=None,
+        description="Web server port (health, metrics) of a worker; unset = the worker's default "
+        "(gateway 6066, privatizer 6067, shredder 6068); 0 = disabled.",
+    )
+    web_bind: str = Field(default="127.0.0.1", description="Address the workers' web servers bind to.")
+
+    # --- privatizer (local differential privacy) ----------------------------
+    ldp_epsilon: float = Field(
+        default=1.0, gt=0, le=20,
+        description="Default epsilon of one LDP report of one attribute (a schema's x-privacy.epsilon overrides it).",
+    )
+    ldp_budget_epsilon: float = Field(
+        default=8.0, gt=0,
+        description="Privacy budget per person, per attribute, per retention epoch (sequential composition); "
+        "reports beyond it are suppressed and counted.",
+    )
+    ldp_window_seconds: float = Field(default=60.0, gt=0, description="Tumbling window of the frequency estimates.")
+    ldp_seed: int | None = Field(
+        default=None, description="Seed of the LDP randomness, for tests and benchmarks only; unset = the OS CSPRNG."
+    )
+    privatizer_consumer_group: str = Field(default="streamgate-privatizer")
+
+    # --- shredder (retention, erasure) ----------------------------------------
+    shredder_consumer_group: str = Field(default="streamgate-shredder")
+    shredder_interval_seconds: float = Field(
+        default=5.0, gt=0, description="How often the shredder scans the deadline index for due keys."
+    )
+
+    # --- ops ------------------------------------------------------------------
+    metrics_interval_seconds: float = Field(
+        default=10.0, gt=0, description="Cadence of each worker's snapshot to the ops.metrics topic."
+    )
+    log_format: Literal["text", "json"] = Field(
+        default="text", description="Worker log format; json = one allow-listed JSON object per line."
+    )
 
     topics: TopicNames = Field(default_factory=TopicNames)
+
+    def web_port_for(self, worker: str) -> int:
+        """The web port of ``worker`` (``gateway``, ``privatizer``, ``shredder``); 0 = disabled."""
+        if self.web_port is not None:
+            return self.web_port
+        return {"gateway": 6066, "privatizer": 6067, "shredder": 6068}.get(worker, 6069)
 
     def kafka_bootstrap_or_dev(self) -> str:
         """The configured bootstrap, else the running embedded broker's (raises DevStackError if none)."""

@@ -85,9 +85,9 @@ def create_app(settings: Settings) -> faust.App:
     app = faust.App(
         "streamgate-gateway",
         broker=f"kafka://{bootstrap}",
-        web_enabled=settings.web_port > 0,
-        web_port=settings.web_port or 6066,
-        web_bind="127.0.0.1",
+        web_enabled=settings.web_port_for("gateway") > 0,
+        web_port=settings.web_port_for("gateway") or 6066,
+        web_bind=settings.web_bind,
         topic_disable_leader=True,
         broker_session_timeout=settings.session_timeout_ms / 1000,
         datadir=str(datadir),

@@ -1,0 +1,11 @@
+"""``streamgate`` commands of the retention area."""
+
+from __future__ import annotations
+
+import click
+
+__all__ = ["register"]
+
+
+def register(cli: click.Group) -> None:
+    """Add this area's commands to the ``streamgate`` group."""
