@@ -24,6 +24,7 @@ class Rec:
     key: bytes | None
     value: bytes | None
     headers: list[tuple[str, bytes]]
+    timestamp_ms: int | None = None
 
 
 def read_topic(bootstrap: str, topic: str, *, expect: int | None = None, idle: float = 3.0,
@@ -45,7 +46,8 @@ def read_topic(bootstrap: str, topic: str, *, expect: int | None = None, idle: f
             now = time.monotonic()
             for m in msgs:
                 if m.error() is None:
-                    out.append(Rec(m.topic(), m.partition(), m.offset(), m.key(), m.value(), list(m.headers() or [])))
+                    out.append(Rec(m.topic(), m.partition(), m.offset(), m.key(), m.value(), list(m.headers() or []),
+                               m.timestamp()[1]))
                     last = now
             if expect is not None and len(out) >= expect:
                 idle = min(idle, 1.0)
