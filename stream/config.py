@@ -110,6 +110,23 @@ class Settings(BaseSettings):
     shredder_interval_seconds: float = Field(
         default=5.0, gt=0, description="How often the shredder scans the deadline index for due keys."
     )
+    shredder_batch_size: int = Field(
+        default=500, gt=0, description="Keys claimed and destroyed per atomic Redis step (one receipt batch)."
+    )
+    shredder_lease_seconds: float = Field(
+        default=60.0, gt=0,
+        description="A claimed key whose receipt is not delivered after this long is finished by another shredder.",
+    )
+    shredder_instance_id: str | None = Field(
+        default=None,
+        description="Stable id of this shredder instance (receipts' worker; a restart resumes its own pending "
+        "work at once); unset = the host name.",
+    )
+    topics_config: Path | None = Field(
+        default=None,
+        description="Topics config file (partitions, retention.ms, segment.ms, cleanup.policy, keyed_by_subject); "
+        "unset = the packaged ops/topics.yaml.",
+    )
 
     # --- ops ------------------------------------------------------------------
     metrics_interval_seconds: float = Field(
