@@ -1,4 +1,10 @@
-"""Wiring: build the pure core's parts from Settings (keyring, key store, DEK provider, gateway)."""
+"""Wiring: build the pure core's parts from Settings (keyring, key store, DEK provider, gateway).
+
+Long-running workers pass ``listen=True`` to :func:`build_dek_provider` / :func:`build_gateway`:
+the provider then drops keys the shredder announces on ``{prefix}:shredded`` at once
+(:func:`start_invalidation`; the staleness bound remains the guarantee). The listener is
+reachable as ``invalidation_listener(provider)``.
+"""
 
 from __future__ import annotations
 
@@ -15,9 +21,19 @@ from stream.crypto.keyring import Keyring
 from stream.crypto.kms import LocalKMS
 from stream.crypto.tokens import Tokenizer
 from stream.gateway.core import Gateway
+from stream.retention.invalidation import ShredListener
 from stream.schema import load_schema
 
-__all__ = ["build_dek_provider", "build_gateway", "redis_client"]
+__all__ = [
+    "build_dek_provider",
+    "build_gateway",
+    "invalidation_listener",
+    "redis_client",
+    "start_invalidation",
+]
+
+#: Listeners started by start_invalidation, by id() of their provider (a DekProvider has no slot for it).
+_LISTENERS: dict[int, ShredListener] = {}
 
 
 def redis_client(settings: Settings) -> redis.Redis:
@@ -37,10 +53,13 @@ def build_dek_provider(
     *,
     client: redis.Redis | None = None,
     clock: Callable[[], float] = time.time,
+    listen: bool = False,
 ) -> DekProvider:
+    """The DEK provider of ``settings``. ``listen=True`` (long-running workers) also subscribes it to
+    the shredder's invalidation channel (:func:`start_invalidation`)."""
     keyring = keyring or Keyring.from_settings(settings)
     store = RedisKeyStore(client or redis_client(settings), prefix=settings.redis_key_prefix)
-    return DekProvider(
+    provider = DekProvider(
         store,
         LocalKMS(keyring),
         epoch_seconds=settings.epoch_seconds,
@@ -49,6 +68,31 @@ def build_dek_provider(
         max_entries=settings.dek_cache_max_entries,
         clock=clock,
     )
+    if listen:
+        start_invalidation(settings, provider)
+    return provider
+
+
+def start_invalidation(settings: Settings, provider: DekProvider) -> ShredListener:
+    """Start a daemon :class:`ShredListener` that drops ``provider``'s cached keys when the shredder
+    announces them (one key, or every key of a person), and everything after a reconnect."""
+
+    def on_shred(subject: str, epoch: int | None) -> None:
+        if epoch is None:
+            provider.invalidate(subject)
+        else:
+            provider.invalidate_key(subject, epoch)
+
+    listener = ShredListener(
+        lambda: redis_client(settings), settings.redis_key_prefix, on_shred, on_reset=provider.invalidate
+    ).start()
+    _LISTENERS[id(provider)] = listener
+    return listener
+
+
+def invalidation_listener(provider: DekProvider) -> ShredListener | None:
+    """The listener :func:`start_invalidation` attached to ``provider``, if any."""
+    return _LISTENERS.get(id(provider))
 
 
 def build_gateway(
@@ -57,12 +101,14 @@ def build_gateway(
     keyring: Keyring | None = None,
     client: redis.Redis | None = None,
     clock: Callable[[], float] = time.time,
+    listen: bool = False,
 ) -> Gateway:
+    """The gateway core of ``settings``; ``listen=True`` for a long-running worker (see module docstring)."""
     keyring = keyring or Keyring.from_settings(settings)
     return Gateway(
         load_schema(settings.schema_name),
         Tokenizer(keyring),
-        build_dek_provider(settings, keyring, client=client, clock=clock),
+        build_dek_provider(settings, keyring, client=client, clock=clock, listen=listen),
         max_event_bytes=settings.max_event_bytes,
         clock=clock,
     )

@@ -113,6 +113,11 @@ class Settings(BaseSettings):
     shredder_batch_size: int = Field(
         default=500, gt=0, description="Keys claimed and destroyed per atomic Redis step (one receipt batch)."
     )
+    shredder_lead_seconds: float = Field(
+        default=10.0, ge=0,
+        description="Keys are destroyed up to this long before their deadline (so the shredder, not Redis's lazy "
+        "expiry, destroys them and the receipt names the key id).",
+    )
     shredder_lease_seconds: float = Field(
         default=60.0, gt=0,
         description="A claimed key whose receipt is not delivered after this long is finished by another shredder.",
