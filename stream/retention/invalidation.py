@@ -96,10 +96,10 @@ class ShredListener:
             pubsub: Any = None
             try:
                 client = self.client_factory()
-                pubsub = client.pubsub(ignore_subscribe_messages=True)
+                pubsub = client.pubsub()
                 pubsub.subscribe(self.channel)
                 # wait for the subscription confirmation before declaring readiness
-                confirm = pubsub.get_message(ignore_subscribe_messages=False, timeout=2.0)
+                confirm = pubsub.get_message(timeout=2.0)
                 if confirm is None or confirm.get("type") != "subscribe":
                     raise redis.ConnectionError("no subscription confirmation")
                 if self.on_reset is not None:
@@ -108,7 +108,15 @@ class ShredListener:
                 attempt = 0
                 while not self._stop.is_set():
                     msg = pubsub.get_message(timeout=0.5)
-                    if msg is None or msg.get("type") != "message":
+                    if msg is None:
+                        continue
+                    if msg.get("type") == "subscribe":
+                        # redis-py reconnected and re-subscribed by itself: messages may have been missed
+                        self.reconnects += 1
+                        if self.on_reset is not None:
+                            self.on_reset()
+                        continue
+                    if msg.get("type") != "message":
                         continue
                     parsed = parse_message(msg.get("data", b""))
                     if parsed is None:

@@ -1,0 +1,76 @@
+"""Helpers of the retention tests: an injected clock, protected events of chosen people at chosen
+times (the real gateway core), the privatizer's memo/budget entries, readers."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+import redis
+
+from stream.components import build_dek_provider, build_gateway
+from stream.config import Settings
+from stream.crypto.keyring import Keyring
+from stream.crypto.tokens import Tokenizer
+from stream.gateway.core import RawRecord
+from stream.gateway.reader import ProtectedEventReader
+from stream.schema import load_schema
+from stream.synth import ClickstreamGenerator
+
+__all__ = ["Clock", "add_ldp_entries", "protect", "reader", "redis_keys_of", "token_of"]
+
+
+class Clock:
+    """A controllable clock (unix seconds)."""
+
+    def __init__(self, t: float) -> None:
+        self.t = float(t)
+
+    def __call__(self) -> float:
+        return self.t
+
+    def advance(self, seconds: float) -> None:
+        self.t += seconds
+
+
+def token_of(settings: Settings, user_id: str) -> str:
+    schema = load_schema(settings.schema_name)
+    domain = schema.fields[schema.subject_field].token_domain or schema.subject_field
+    return Tokenizer(Keyring.from_settings(settings)).token(domain, user_id)
+
+
+def protect(settings: Settings, clock: Clock, users: list[str], per_user: int = 2, *, seed: int = 0,
+            gateway: Any = None) -> list[dict[str, Any]]:
+    """Protected events (dicts) of ``users``, ``per_user`` each, encrypted at ``clock``'s epoch."""
+    gw = gateway or build_gateway(settings, clock=clock)
+    raws = []
+    gen = ClickstreamGenerator(seed=seed).events(len(users) * per_user * 3)
+    for i, ev in enumerate(gen):
+        if len(raws) >= len(users) * per_user:
+            break
+        ev = dict(ev, user_id=users[i % len(users)], email=f"person{i}@example.org")
+        raws.append(RawRecord("clicks.raw", 0, i, orjson.dumps(ev), None))
+    result = gw.process(raws)
+    assert not result.dead_letters
+    return [orjson.loads(v) for _, v in result.protected]
+
+
+def add_ldp_entries(client: redis.Redis, prefix: str, subject: str, epoch: int, expire_at: int) -> None:
+    """What the privatizer writes for (subject, epoch): memo and budget hashes expiring with the DEK."""
+    memo, budget = f"{prefix}:memo:{subject}:{epoch}", f"{prefix}:budget:{subject}:{epoch}"
+    pipe = client.pipeline(transaction=True)
+    pipe.hset(memo, "country:abc", '{"v": 1}')
+    pipe.hset(budget, "country", 1000000)
+    pipe.expireat(memo, expire_at)
+    pipe.expireat(budget, expire_at)
+    pipe.zadd(f"{prefix}:deadlines", {f"{subject}:{epoch}": expire_at}, nx=True)
+    pipe.execute()
+
+
+def redis_keys_of(client: redis.Redis, prefix: str, subject: str) -> list[str]:
+    return sorted(k.decode() for kind in ("dek", "memo", "budget")
+                  for k in client.scan_iter(match=f"{prefix}:{kind}:{subject}:*"))
+
+
+def reader(settings: Settings, clock: Clock, **kw: Any) -> ProtectedEventReader:
+    return ProtectedEventReader(load_schema(settings.schema_name), build_dek_provider(settings, clock=clock), **kw)
