@@ -126,16 +126,19 @@ def gateway(loglevel: str) -> None:
     from stream.apps.gateway import create_app
     from stream.crypto.keyring import Keyring
     from stream.kafka import ensure_topics
+    from stream.ops.logging import configure_logging
     from stream.schema import load_schema
 
     settings = _settings()
+    configure_logging(settings, loglevel)  # allow-listed fields only (STREAMGATE_LOG_FORMAT=text|json)
     Keyring.from_settings(settings)  # fail fast on a missing/bad KEK or schema, before starting anything
     load_schema(settings.schema_name)
     bootstrap = settings.kafka_bootstrap_or_dev()
     t = settings.topics
     ensure_topics(bootstrap, [t.raw, t.protected, t.dlq], partitions=settings.topic_partitions)
     app = create_app(settings)
-    Worker(app, loglevel=loglevel, quiet=True).execute_from_commandline()
+    # override_logging=False: Faust keeps the allow-listed logging configured above
+    Worker(app, loglevel=loglevel, quiet=True, override_logging=False).execute_from_commandline()
 
 
 # --------------------------------------------------------------------------- produce

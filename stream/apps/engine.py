@@ -23,6 +23,15 @@ go. ``exactly_once``: the batch's outputs and
 offsets go in one Kafka transaction (needs a broker that hides aborted
 records from ``read_committed`` consumers, e.g. Apache Kafka).
 
+Metrics
+-------
+With a :class:`stream.ops.metrics.WorkerMetrics` the loop reports, once per batch
+(never per event): events in, events out by topic and dead letters by reason
+(when the batch's outputs are accounted), the batch's processing time (protect +
+produce), the DEK cache totals, and Redis errors (each fail-closed retry). The
+consumer lag per assigned partition (log end from the cached high watermark minus
+the consumer's position) is refreshed at most every ``LAG_INTERVAL_SECONDS``.
+
 Fail closed
 -----------
 If the key store (Redis) or the KEK is unavailable the core raises before
@@ -53,10 +62,14 @@ from stream.config import Settings
 from stream.errors import KeyUnavailableError, StreamgateError
 from stream.gateway.core import BatchResult, Gateway, RawRecord
 from stream.kafka import consumer_config, producer_config
+from stream.ops.metrics import WorkerMetrics
 
-__all__ = ["EngineStats", "GatewayEngine"]
+__all__ = ["LAG_INTERVAL_SECONDS", "EngineStats", "GatewayEngine"]
 
 log = logging.getLogger("streamgate.gateway")
+
+#: How often the engine refreshes its consumer-lag gauges (cheap, but not per batch).
+LAG_INTERVAL_SECONDS = 1.0
 
 
 @dataclass
@@ -95,6 +108,14 @@ class EngineStats:
         }
 
 
+def _kafka_error(exc: KafkaException) -> str:
+    """``NAME: description`` of a Kafka error (log-safe: librdkafka's text, no record content)."""
+    err = exc.args[0] if exc.args else None
+    if isinstance(err, KafkaError):
+        return f"{err.name()}: {err.str()}"
+    return type(exc).__name__
+
+
 class _InFlight:
     """A produced batch waiting for its delivery reports."""
 
@@ -123,6 +144,7 @@ class GatewayEngine:
         bootstrap: str | None = None,
         on_batch: Callable[[EngineStats], None] | None = None,
         consumer_overrides: dict[str, Any] | None = None,
+        metrics: WorkerMetrics | None = None,
     ) -> None:
         self.settings = settings
         self.gateway = gateway
@@ -137,6 +159,8 @@ class GatewayEngine:
         self._producer: Producer | None = None
         self.assigned: set[tuple[str, int]] = set()
         self._consumer_overrides = consumer_overrides or {}
+        self.metrics = metrics if metrics is not None else WorkerMetrics("gateway")
+        self._lag_at = 0.0
 
     # -- clients --------------------------------------------------------------------
     def _make_clients(self) -> tuple[Consumer, Producer]:
@@ -211,6 +235,34 @@ class GatewayEngine:
     def _service(self, producer: Producer) -> None:
         producer.poll(0)  # serve delivery reports
         self._commit_delivered(sync=False)
+        if self.metrics is not None and self._consumer is not None:
+            now = time.monotonic()
+            if now - self._lag_at >= LAG_INTERVAL_SECONDS:
+                self._lag_at = now
+                self._update_lag(self._consumer, self.metrics)
+
+    def _update_lag(self, consumer: Consumer, metrics: WorkerMetrics) -> None:
+        """Lag per assigned partition: cached high watermark (from the last fetch) minus position."""
+        try:
+            assignment = consumer.assignment()
+            positions = consumer.position(assignment) if assignment else []
+        except KafkaException:
+            return
+        held: list[int] = []
+        for tp in positions:
+            try:
+                _low, high = consumer.get_watermark_offsets(tp, cached=True)
+            except KafkaException:
+                continue
+            if high < 0:
+                continue
+            pos = tp.offset if tp.offset >= 0 else None
+            if pos is None:  # nothing consumed yet on this partition: all of it is behind
+                low = _low if _low >= 0 else 0
+                pos = low
+            metrics.set_lag(tp.partition, max(0, high - pos))
+            held.append(tp.partition)
+        metrics.clear_lag(held)
 
     def _commit_delivered(self, *, sync: bool) -> None:
         """Commit the offsets of the leading batches whose every record was delivered."""
@@ -237,7 +289,7 @@ class GatewayEngine:
         except KafkaException as exc:
             # e.g. the partitions were taken by a rebalance: their new owner re-processes from the
             # last commit (at-least-once; downstream dedupes by event_id).
-            log.warning("offset commit failed", extra={"error": str(exc)})
+            log.warning("offset commit failed", extra={"error": _kafka_error(exc)})
 
     def _consume(self, consumer: Consumer) -> list[RawRecord]:
         msgs = consumer.consume(num_messages=self.settings.batch_max_events, timeout=self.settings.batch_max_wait_seconds)
@@ -261,6 +313,8 @@ class GatewayEngine:
             if self.stats.first_event_at is None:
                 self.stats.first_event_at = now
             self.stats.consumed += len(records)
+            if self.metrics is not None:
+                self.metrics.events_in(len(records))
         return records
 
     def _backoff(self, attempt: int) -> float:
@@ -299,10 +353,13 @@ class GatewayEngine:
             self._drop_revoked()
             if not self._held:
                 return True
+            started = time.perf_counter()
             try:
                 result = self.gateway.process(self._held)
             except KeyUnavailableError:
                 self.stats.fail_closed_retries += 1
+                if self.metrics is not None:
+                    self.metrics.redis_error()
                 delay = self._backoff(attempt)
                 attempt += 1
                 log.warning(
@@ -315,9 +372,13 @@ class GatewayEngine:
             if not self._held:
                 return True
             if self._deliver(consumer, producer, result):
+                if self.metrics is not None:
+                    self.metrics.observe_batch(time.perf_counter() - started, len(self._held))
                 self._held = []
                 return True
             self.stats.produce_retries += 1
+            if self.metrics is not None:
+                self.metrics.produce_retry()
             delay = self._backoff(attempt)
             attempt += 1
             log.warning("produce failed: batch will be re-protected and re-sent", extra={"retry_in_s": delay})
@@ -351,7 +412,7 @@ class GatewayEngine:
                 self._account(result)
                 return True
         except KafkaException as exc:
-            log.warning("produce error", extra={"error": str(exc)})
+            log.warning("produce error", extra={"error": _kafka_error(exc)})
             if self._exactly_once:
                 with contextlib.suppress(KafkaException):
                     producer.abort_transaction(30)
@@ -379,5 +440,14 @@ class GatewayEngine:
         st.reasons.update(result.reasons)
         st.batches += 1
         st.last_event_at = time.monotonic()
+        m = self.metrics
+        if m is not None:
+            if result.protected:
+                m.events_out("protected", len(result.protected))
+            if result.dead_letters:
+                m.events_out("dlq", len(result.dead_letters))
+                m.dead_lettered_many(result.reasons)
+            ds = self.gateway.deks.stats
+            m.set_dek_cache(ds.hits, ds.misses, ds.created)
         if self.on_batch is not None:
             self.on_batch(st)

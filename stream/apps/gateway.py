@@ -1,7 +1,9 @@
 """The gateway worker: a Faust app hosting the batch engine as a service.
 
-Faust provides the worker lifecycle (signals, graceful shutdown, logging set-up),
-sensors and the web server (``/healthz`` here; metrics join in the ops work).
+Faust provides the worker lifecycle (signals, graceful shutdown), sensors and the
+web server: ``/healthz``, ``/readyz`` and ``/metrics`` come from
+:func:`stream.ops.worker.install_ops` (ready = the engine runs, holds partitions of
+the raw topic, and the broker, Redis and the KEK are reachable).
 The Kafka loop itself is :class:`stream.apps.engine.GatewayEngine` (why a batch
 loop rather than a per-event Faust stream: see that module), which runs in a
 dedicated thread so that per-batch blocking I/O never stalls the event loop.
@@ -22,6 +24,8 @@ from mode import Service
 from stream.apps.engine import EngineStats, GatewayEngine
 from stream.components import build_gateway
 from stream.config import Settings
+from stream.ops.metrics import WorkerMetrics
+from stream.ops.worker import install_ops
 
 __all__ = ["GatewayService", "create_app"]
 
@@ -31,10 +35,11 @@ log = logging.getLogger("streamgate.gateway")
 class GatewayService(Service):
     """Runs the engine in a thread for the lifetime of the Faust worker."""
 
-    def __init__(self, settings: Settings, bootstrap: str, **kwargs: Any) -> None:
+    def __init__(self, settings: Settings, bootstrap: str, metrics: WorkerMetrics | None = None, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.settings = settings
         self.bootstrap = bootstrap
+        self.metrics = metrics
         self.stop_event = threading.Event()
         self.engine: GatewayEngine | None = None
         self._thread_done: asyncio.Future[EngineStats] | None = None
@@ -43,7 +48,7 @@ class GatewayService(Service):
     async def on_start(self) -> None:
         # Build in the worker thread's caller: fails fast (and loudly) on a missing KEK.
         gateway = build_gateway(self.settings)
-        self.engine = GatewayEngine(self.settings, gateway, bootstrap=self.bootstrap)
+        self.engine = GatewayEngine(self.settings, gateway, bootstrap=self.bootstrap, metrics=self.metrics)
         loop = asyncio.get_running_loop()
         self._thread_done = loop.run_in_executor(None, self._run)
         self.add_future(self._watch())
@@ -95,20 +100,15 @@ def create_app(settings: Settings) -> faust.App:
     # The gateway's records flow through the engine's own confluent-kafka clients; Faust's
     # consumer and producer would only idle (and Faust refuses a consumer with no topics).
     app.boot_strategy = BootStrategy(app, enable_kafka_consumer=False, enable_kafka_producer=False)
-    service = GatewayService(settings, bootstrap)
+    metrics = WorkerMetrics("gateway")
+    service = GatewayService(settings, bootstrap, metrics)
     app.service(service)  # type: ignore[arg-type]
-
-    @app.page("/healthz")
-    async def healthz(web: Any, request: Any) -> Any:
-        """Alive: the engine thread runs."""
-        stats = service.engine.stats.as_dict() if service.engine else {}
-        return web.json({"ok": service.healthy, "gateway": stats}, status=200 if service.healthy else 503)
-
-    @app.page("/readyz")
-    async def readyz(web: Any, request: Any) -> Any:
-        """Ready: alive and holding partitions of the raw topic."""
-        ready = service.healthy and service.engine is not None and service.engine.ready
-        return web.json({"ready": ready}, status=200 if ready else 503)
-
+    ops = install_ops(
+        app, settings, worker="gateway", metrics=metrics,
+        alive=lambda: service.healthy,
+        details=lambda: service.engine.stats.as_dict() if service.engine else {},
+        ready=lambda: service.engine is not None and service.engine.ready,
+    )
     app.streamgate_service = service  # type: ignore[attr-defined]
+    app.streamgate_ops = ops  # type: ignore[attr-defined]
     return app

@@ -19,7 +19,8 @@ name                                                  type       labels (besides
 ``streamgate_events_in_total``                        counter                             records consumed from the worker's input topic
 ``streamgate_events_out_total``                       counter    ``topic``                records written, by logical topic (``protected``,
                                                                                           ``dlq``, ``features``, ``frequencies``,
-                                                                                          ``snapshots``, ``audit``, ``metrics``)
+                                                                                          ``snapshots``, ``audit``);
+                                                                                          snapshots to ``ops.metrics`` are counted apart
 ``streamgate_dead_letters_total``                     counter    ``reason``               records dead-lettered, by reason code
                                                                                           (:class:`stream.schema.Reason`)
 ``streamgate_batch_duration_seconds``                 histogram                           wall time to process one batch (protect/privatize
@@ -89,7 +90,7 @@ __all__ = [
 ]
 
 WORKERS = frozenset({"gateway", "privatizer", "shredder"})
-OUT_TOPICS = frozenset({"protected", "dlq", "features", "frequencies", "snapshots", "audit", "metrics"})
+OUT_TOPICS = frozenset({"protected", "dlq", "features", "frequencies", "snapshots", "audit"})
 SHRED_REASONS = frozenset({"retention", "erasure"})
 DEPENDENCIES = frozenset({"broker", "redis", "kek"})
 DLQ_REASONS = frozenset(r.value for r in Reason)

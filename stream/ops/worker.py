@@ -185,7 +185,6 @@ class OpsService(Service):
         if err is None:
             self.published += 1
             self.handle.metrics.snapshot_published()
-            self.handle.metrics.events_out("metrics", 1)
 
 
 def install_ops(

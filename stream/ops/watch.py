@@ -1,0 +1,286 @@
+"""``streamgate ops watch``: what the on-call engineer looks at.
+
+Reads three topics from their beginning with one plain consumer (no group, nothing
+committed): ``ops.metrics`` (latest snapshot per worker), ``ops.audit`` (receipts
+counted by ``kind`` and ``reason``) and ``clicks.dlq`` (dead letters counted by
+``reason``). :class:`WatchState` is the pure part (ingest records, render); the
+functions below do the Kafka reading.
+
+Nothing from a record is printed unless it passes a strict pattern (names, reason
+codes, numbers): a malformed or hostile record shows up as ``other``, never as
+its content.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+import orjson
+from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaException, TopicPartition
+
+from stream.config import Settings
+from stream.errors import StreamgateError
+
+__all__ = ["WatchState", "read_until_idle", "watch_consumer"]
+
+_NAME = re.compile(r"[a-z0-9_.-]{1,64}")
+_WORKER_ORDER = {"gateway": 0, "privatizer": 1, "shredder": 2}
+
+
+def _name(value: Any) -> str:
+    return value if isinstance(value, str) and _NAME.fullmatch(value) else "other"
+
+
+def _num(value: Any) -> float:
+    return float(value) if isinstance(value, int | float) and not isinstance(value, bool) else 0.0
+
+
+def _int(value: Any) -> int:
+    return int(value) if isinstance(value, int) and not isinstance(value, bool) else 0
+
+
+def _counts(value: Any) -> dict[str, int]:
+    out: Counter[str] = Counter()
+    if isinstance(value, dict):
+        for k, v in value.items():
+            out[_name(k)] += _int(v)
+    return dict(out)
+
+
+@dataclass
+class WatchState:
+    """Everything ``ops watch`` shows, built from records of the three topics."""
+
+    workers: dict[str, dict[str, Any]] = field(default_factory=dict)  # latest snapshot per worker
+    dlq: Counter[str] = field(default_factory=Counter)
+    audit: Counter[tuple[str, str]] = field(default_factory=Counter)
+    records: Counter[str] = field(default_factory=Counter)  # per source topic kind
+    malformed: int = 0
+
+    # --- ingest -----------------------------------------------------------------------
+    def add_metrics(self, value: bytes | None) -> None:
+        snap = self._load(value)
+        if snap is None:
+            return
+        self.records["metrics"] += 1
+        worker = _name(snap.get("worker"))
+        prev = self.workers.get(worker)
+        if prev is None or _num(snap.get("ts")) >= _num(prev.get("ts")):
+            self.workers[worker] = snap
+
+    def add_dlq(self, value: bytes | None) -> None:
+        rec = self._load(value)
+        if rec is None:
+            return
+        self.records["dlq"] += 1
+        self.dlq[_name(rec.get("reason"))] += 1
+
+    def add_audit(self, value: bytes | None) -> None:
+        rec = self._load(value)
+        if rec is None:
+            return
+        self.records["audit"] += 1
+        reason = rec.get("reason")
+        self.audit[(_name(rec.get("kind")), _name(reason) if reason is not None else "-")] += 1
+
+    def _load(self, value: bytes | None) -> dict[str, Any] | None:
+        try:
+            rec = orjson.loads(value or b"")
+        except orjson.JSONDecodeError:
+            rec = None
+        if not isinstance(rec, dict):
+            self.malformed += 1
+            return None
+        return rec
+
+    # --- derived ----------------------------------------------------------------------
+    def worker_rows(self, now: float | None = None) -> list[dict[str, Any]]:
+        """One row per worker from its latest snapshot (all values sanitized)."""
+        now = time.time() if now is None else now
+        rows: list[dict[str, Any]] = []
+        for worker, s in sorted(self.workers.items(), key=lambda kv: (_WORKER_ORDER.get(kv[0], 9), kv[0])):
+            raw_rates = s.get("rates")
+            rates: dict[str, Any] = raw_rates if isinstance(raw_rates, dict) else {}
+            lag = _counts(s.get("lag"))
+            rows.append({
+                "worker": worker,
+                "age_s": round(max(0.0, now - _num(s.get("ts"))), 1) if s.get("ts") else None,
+                "in_rate": _num(rates.get("in")),
+                "out_rate": _num(rates.get("out")),
+                "dlq_rate": _num(rates.get("dlq")),
+                "events_in": _int(s.get("events_in")),
+                "events_out": sum(_counts(s.get("events_out")).values()),
+                "dlq": _counts(s.get("dlq")),
+                "lag": _int(s.get("lag_total")) if "lag_total" in s else sum(lag.values()),
+                "lag_by_partition": lag,
+                "redis_errors": _int(s.get("redis_errors")),
+                "keys_shredded": _counts(s.get("keys_shredded")),
+                "shred_due": _int(s.get("shred_due")),
+                "ready": bool(s.get("ready")),
+            })
+        return rows
+
+    def ldp_rows(self) -> list[tuple[str, str, int, float, int]]:
+        """(worker, attribute, reports, epsilon spent, suppressed)."""
+        rows: list[tuple[str, str, int, float, int]] = []
+        for worker, s in self.workers.items():
+            ldp = s.get("ldp")
+            if not isinstance(ldp, dict):
+                continue
+            for attr, row in sorted(ldp.items()):
+                if isinstance(row, dict):
+                    rows.append((worker, _name(attr), _int(row.get("reports")), _num(row.get("epsilon_spent")),
+                                 _int(row.get("suppressed"))))
+        return rows
+
+    def model_rows(self) -> list[tuple[str, str, str, float]]:
+        """(worker, model, metric, value)."""
+        rows: list[tuple[str, str, str, float]] = []
+        for worker, s in self.workers.items():
+            models = s.get("models")
+            if not isinstance(models, dict):
+                continue
+            for model, metrics in sorted(models.items()):
+                if isinstance(metrics, dict):
+                    rows.extend((worker, _name(model), _name(k), _num(v)) for k, v in sorted(metrics.items()))
+        return rows
+
+    # --- rendering ----------------------------------------------------------------------
+    def render_plain(self, now: float | None = None) -> str:
+        """The ``--once`` output: stable, line-oriented, greppable."""
+        now = time.time() if now is None else now
+        stamp = datetime.fromtimestamp(now, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+        lines = [f"streamgate ops watch  {stamp}", ""]
+        rows = self.worker_rows(now)
+        lines.append(f"workers ({len(rows)})")
+        if not rows:
+            lines.append("  (no snapshot on the metrics topic yet)")
+        for r in rows:
+            lines.append(
+                f"  {r['worker']:<11} in={r['in_rate']:.1f}/s out={r['out_rate']:.1f}/s dlq={r['dlq_rate']:.1f}/s"
+                f" events_in={r['events_in']} events_out={r['events_out']} lag={r['lag']}"
+                f" redis_errors={r['redis_errors']} ready={'yes' if r['ready'] else 'no'}"
+                + (f" age={r['age_s']}s" if r["age_s"] is not None else "")
+            )
+            if r["dlq"]:
+                lines.append("    dead letters: " + ", ".join(f"{k}={v}" for k, v in sorted(r["dlq"].items())))
+            if r["lag_by_partition"]:
+                lines.append("    lag by partition: " + ", ".join(
+                    f"{k}={v}" for k, v in sorted(r["lag_by_partition"].items(), key=lambda kv: kv[0])))
+            if r["keys_shredded"] or r["shred_due"]:
+                lines.append("    keys shredded: " + ", ".join(f"{k}={v}" for k, v in sorted(r["keys_shredded"].items()))
+                             + f" (due, not yet shredded: {r['shred_due']})")
+        lines += ["", f"dead-letter topic: {sum(self.dlq.values())} records"]
+        lines += [f"  {reason:<17} {n}" for reason, n in sorted(self.dlq.items(), key=lambda kv: (-kv[1], kv[0]))]
+        lines += ["", f"audit topic: {sum(self.audit.values())} receipts"]
+        lines += [f"  {kind:<17} {reason:<12} {n}"
+                  for (kind, reason), n in sorted(self.audit.items(), key=lambda kv: (-kv[1], kv[0]))]
+        ldp = self.ldp_rows()
+        if ldp:
+            lines += ["", "privacy budget (attribute: reports, epsilon spent, suppressed)"]
+            lines += [f"  {attr:<17} reports={n} epsilon_spent={eps:.3f} suppressed={sup}"
+                      for _w, attr, n, eps, sup in ldp]
+        models = self.model_rows()
+        if models:
+            lines += ["", "models"]
+            lines += [f"  {model:<17} {metric}={value:.4f}" for _w, model, metric, value in models]
+        if self.malformed:
+            lines += ["", f"({self.malformed} records could not be parsed)"]
+        return "\n".join(lines) + "\n"
+
+    def render_rich(self, now: float | None = None) -> Any:
+        """A rich renderable for the live view."""
+        from rich.console import Group
+        from rich.table import Table
+
+        now = time.time() if now is None else now
+        t = Table(title="workers", expand=True)
+        for col in ("worker", "in/s", "out/s", "dlq/s", "events in", "lag", "redis err", "shredded", "ready", "age"):
+            t.add_column(col, justify="left" if col == "worker" else "right")
+        for r in self.worker_rows(now):
+            t.add_row(r["worker"], f"{r['in_rate']:,.1f}", f"{r['out_rate']:,.1f}", f"{r['dlq_rate']:,.1f}",
+                      f"{r['events_in']:,}", f"{r['lag']:,}", str(r["redis_errors"]),
+                      str(sum(r["keys_shredded"].values())), "yes" if r["ready"] else "[red]no[/red]",
+                      f"{r['age_s']}s" if r["age_s"] is not None else "-")
+        d = Table(title=f"dead letters ({sum(self.dlq.values()):,})", expand=True)
+        d.add_column("reason")
+        d.add_column("records", justify="right")
+        for reason, n in self.dlq.most_common():
+            d.add_row(reason, f"{n:,}")
+        a = Table(title=f"audit ({sum(self.audit.values()):,})", expand=True)
+        for col in ("kind", "reason", "receipts"):
+            a.add_column(col, justify="right" if col == "receipts" else "left")
+        for (kind, reason), n in self.audit.most_common(12):
+            a.add_row(kind, reason, f"{n:,}")
+        parts: list[Any] = [t, d, a]
+        ldp = self.ldp_rows()
+        if ldp:
+            b = Table(title="privacy budget", expand=True)
+            for col in ("attribute", "reports", "epsilon spent", "suppressed"):
+                b.add_column(col, justify="left" if col == "attribute" else "right")
+            for _w, attr, n, eps, sup in ldp:
+                b.add_row(attr, f"{n:,}", f"{eps:,.2f}", f"{sup:,}")
+            parts.append(b)
+        models = self.model_rows()
+        if models:
+            m = Table(title="models", expand=True)
+            for col in ("model", "metric", "value"):
+                m.add_column(col)
+            for _w, model, metric, value in models:
+                m.add_row(model, metric, f"{value:.4f}")
+            parts.append(m)
+        return Group(*parts)
+
+
+def watch_consumer(bootstrap: str, settings: Settings) -> tuple[Consumer, dict[str, Callable[[WatchState, bytes | None], None]], list[str]]:
+    """A consumer assigned every partition of the three topics from their beginning; the ingest
+    function per topic; the topics that do not exist (shown as empty)."""
+    t = settings.topics
+    handlers: dict[str, Callable[[WatchState, bytes | None], None]] = {
+        t.metrics: WatchState.add_metrics, t.dlq: WatchState.add_dlq, t.audit: WatchState.add_audit,
+    }
+    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": "streamgate-ops-watch",
+                         "enable.auto.commit": False, "client.id": "streamgate-ops-watch"})
+    try:
+        md = consumer.list_topics(timeout=10)
+    except KafkaException as exc:
+        consumer.close()
+        raise StreamgateError(f"cannot reach Kafka at {bootstrap}") from exc
+    assignment, missing = [], []
+    for topic in handlers:
+        tmd = md.topics.get(topic)
+        if tmd is None or tmd.error is not None:
+            missing.append(topic)
+            continue
+        assignment += [TopicPartition(topic, p, OFFSET_BEGINNING) for p in tmd.partitions]
+    if assignment:
+        consumer.assign(assignment)
+    return consumer, handlers, missing
+
+
+def read_until_idle(consumer: Consumer, handlers: dict[str, Callable[[WatchState, bytes | None], None]],
+                    state: WatchState, *, idle: float, deadline: float | None = None) -> int:
+    """Feed records into ``state`` until nothing arrived for ``idle`` seconds (or ``deadline``,
+    a monotonic time, passed); returns how many records were read."""
+    n, last = 0, time.monotonic()
+    while True:
+        now = time.monotonic()
+        if now - last >= idle or (deadline is not None and now >= deadline):
+            return n
+        if not consumer.assignment():
+            time.sleep(min(0.2, idle))
+            continue
+        for m in consumer.consume(num_messages=1000, timeout=min(0.2, idle)):
+            if m.error() is not None:
+                continue
+            handler = handlers.get(m.topic() or "")
+            if handler is not None:
+                handler(state, m.value())
+                n += 1
+                last = time.monotonic()
