@@ -1,11 +1,263 @@
-"""``streamgate`` commands of the retention area."""
+"""``streamgate`` commands of the retention area: ``shredder``, ``erase``, ``audit``, ``topics apply``."""
 
 from __future__ import annotations
 
+import sys
+import time
+import uuid
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
 import click
 
-__all__ = ["register"]
+from stream.commands.common import settings as _settings
+
+__all__ = ["parse_when", "register"]
+
+
+def parse_when(text: str) -> float:
+    """An RFC 3339 / ISO 8601 time (``2026-11-27T03:00:00Z``; no zone = UTC), or a relative age
+    like ``15m``, ``2h``, ``7d`` (that long ago), as unix seconds."""
+    units = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+    t = text.strip()
+    if t and t[-1] in units and t[:-1].replace(".", "", 1).isdigit():
+        return time.time() - float(t[:-1]) * units[t[-1]]
+    try:
+        dt = datetime.fromisoformat(t.replace("Z", "+00:00"))
+    except ValueError:
+        raise click.BadParameter(f"not a time: {text!r} (use e.g. 2026-11-27T03:00:00Z or 2h / 7d)") from None
+    if dt.tzinfo is None:
+        dt = dt.replace(tzinfo=UTC)
+    return dt.timestamp()
+
+
+def _receipt_time(r: dict[str, Any]) -> float | None:
+    try:
+        return datetime.fromisoformat(str(r.get("at", "")).replace("Z", "+00:00")).timestamp()
+    except ValueError:
+        return None
+
+
+def _subject_of(user: str | None, subject: str | None) -> str | None:
+    if user is None:
+        return subject
+    from stream.crypto.keyring import Keyring
+    from stream.crypto.tokens import Tokenizer
+    from stream.schema import load_schema
+
+    settings = _settings()
+    schema = load_schema(settings.schema_name)
+    domain = schema.fields[schema.subject_field].token_domain or schema.subject_field
+    return Tokenizer(Keyring.from_settings(settings)).token(domain, user)
+
+
+def _format(r: dict[str, Any]) -> str:
+    kind = r.get("kind")
+    if kind == "key_shredded":
+        extra = f"epoch={r.get('epoch')} key={r.get('key_id') or '(expired)'}"
+    elif kind == "erasure":
+        extra = f"{r.get('status')} keys={r.get('keys_shredded')}" + (f" error={r['error']}" if r.get("error") else "")
+    else:
+        extra = ""
+    req = f" request={r['request_id']}" if r.get("request_id") else ""
+    return f"{r.get('at', '?'):<24} {kind!s:<12} {r.get('reason')!s:<9} {r.get('subject') or '-'} {extra}{req}"
+
+
+def read_receipts(bootstrap: str, topic: str, *, idle_timeout: float, stop: Any = None) -> Any:
+    """Yield audit receipts (dicts) from the beginning of ``topic`` until idle (or ``stop(r)`` is true)."""
+    import orjson
+
+    from stream.kafka import reader_from_beginning
+
+    consumer = reader_from_beginning(bootstrap, topic)
+    last = time.monotonic()
+    try:
+        while time.monotonic() - last < idle_timeout:
+            for m in consumer.consume(num_messages=500, timeout=0.3):
+                if m.error() is not None:
+                    continue
+                last = time.monotonic()
+                try:
+                    r = orjson.loads(m.value() or b"")
+                except orjson.JSONDecodeError:
+                    continue
+                if isinstance(r, dict):
+                    yield r
+                    if stop is not None and stop(r):
+                        return
+    finally:
+        consumer.close()
+
+
+def _produce_one(bootstrap: str, topic: str, key: bytes, value: bytes) -> None:
+    from confluent_kafka import Producer
+
+    from stream.errors import StreamgateError
+    from stream.kafka import producer_config
+
+    errors: list[str] = []
+    producer = Producer(producer_config(bootstrap, **{"client.id": "streamgate-erase"}))
+    producer.produce(topic, key=key, value=value,
+                     on_delivery=lambda err, _m: errors.append(err.str()) if err is not None else None)
+    if producer.flush(30) or errors:
+        raise StreamgateError(f"the erasure request was not delivered to {topic}"
+                              + (f": {errors[0]}" if errors else ""))
 
 
 def register(cli: click.Group) -> None:
     """Add this area's commands to the ``streamgate`` group."""
+
+    @cli.command()
+    @click.option("--loglevel", default="info", show_default=True,
+                  type=click.Choice(["crit", "error", "warn", "info", "debug"]))
+    def shredder(loglevel: str) -> None:
+        """Run the shredder worker (Faust): retention from the deadline index, erasure requests.
+
+        Every STREAMGATE_SHREDDER_INTERVAL_SECONDS it destroys the data keys (and LDP memos and
+        budgets) whose retention ended and writes one receipt per key to ops.audit; it executes
+        requests from privacy.erasure as they come. /healthz, /readyz and /metrics on port 6068.
+        """
+        from faust.worker import Worker
+
+        from stream.apps.shredder import create_app
+        from stream.crypto.keyring import Keyring
+        from stream.kafka import ensure_topics
+        from stream.retention.topics import load_topics_config
+        from stream.schema import load_schema
+
+        settings = _settings()
+        Keyring.from_settings(settings)  # fail fast: erasure requests are tokenized with the KEK
+        load_schema(settings.schema_name)
+        load_topics_config(settings, settings.topics_config)
+        bootstrap = settings.kafka_bootstrap_or_dev()
+        ensure_topics(bootstrap, [settings.topics.erasure, settings.topics.audit], partitions=1)
+        Worker(create_app(settings), loglevel=loglevel, quiet=True).execute_from_commandline()
+
+    @cli.command()
+    @click.option("--user", "user", default=None, help="The person's raw user_id (sent to privacy.erasure).")
+    @click.option("--subject", default=None, help="The person's token instead of a user_id.")
+    @click.option("--request-id", default=None, help="Idempotency key of the request (default: a new UUID).")
+    @click.option("--wait", is_flag=True, help="Wait for the shredder's receipt and print it.")
+    @click.option("--timeout", type=float, default=120.0, show_default=True, help="With --wait: give up after S seconds.")
+    def erase(user: str | None, subject: str | None, request_id: str | None, wait: bool, timeout: float) -> None:
+        """Ask for a person's erasure: publish a request to privacy.erasure.
+
+        The shredder destroys every data key, LDP memo and budget entry of the person, tombstones
+        their records in compacted topics keyed by their token, and writes a receipt to ops.audit.
+        Repeating a request (same --request-id) is harmless.
+        """
+        import orjson
+
+        from stream.kafka import ensure_topics
+        from stream.retention.core import check_request_id
+        from stream.retention.receipts import rfc3339
+
+        if (user is None) == (subject is None):
+            raise click.UsageError("give exactly one of --user, --subject")
+        settings = _settings()
+        rid = check_request_id(request_id or str(uuid.uuid4()))
+        token = _subject_of(user, subject)
+        bootstrap = settings.kafka_bootstrap_or_dev()
+        ensure_topics(bootstrap, [settings.topics.erasure], partitions=1)
+        body: dict[str, Any] = {"request_id": rid, "requested_at": rfc3339(time.time())}
+        body["user_id" if user is not None else "subject"] = user if user is not None else subject
+        _produce_one(bootstrap, settings.topics.erasure, (user if user is not None else subject or "").encode(),
+                     orjson.dumps(body))
+        click.echo(f"erasure requested: request_id={rid} subject={token}")
+        if not wait:
+            return
+        click.echo("waiting for the shredder's receipt ...", err=True)
+        deadline = time.monotonic() + timeout
+        ensure_topics(bootstrap, [settings.topics.audit], partitions=1)
+        while time.monotonic() < deadline:
+            for r in read_receipts(bootstrap, settings.topics.audit, idle_timeout=2.0,
+                                   stop=lambda r: r.get("kind") == "erasure" and r.get("request_id") == rid):
+                if r.get("kind") == "erasure" and r.get("request_id") == rid:
+                    click.echo(_format(r))
+                    if r.get("status") != "completed":
+                        sys.exit(1)
+                    return
+            time.sleep(0.5)
+        click.echo(f"error: no receipt for request {rid} within {timeout:.0f} s (is `streamgate shredder` running?)",
+                   err=True)
+        sys.exit(2)
+
+    @cli.command()
+    @click.option("--user", "user", default=None, help="Only receipts of this raw user_id (matched by its token).")
+    @click.option("--subject", default=None, help="Only receipts of this person token.")
+    @click.option("--reason", type=click.Choice(["retention", "erasure"]), default=None, help="Only this reason.")
+    @click.option("--request-id", default=None, help="Only receipts of this erasure request.")
+    @click.option("--since", default=None, help="Only receipts at or after this time (RFC 3339, or 2h / 7d ago).")
+    @click.option("--until", default=None, help="Only receipts before this time (RFC 3339, or 2h / 7d ago).")
+    @click.option("--max", "max_receipts", type=int, default=None, help="Print at most N receipts.")
+    @click.option("--json", "as_json", is_flag=True, help="One JSON receipt per line.")
+    @click.option("--idle-timeout", type=float, default=3.0, show_default=True,
+                  help="Stop reading when nothing new arrived for this many seconds.")
+    def audit(user: str | None, subject: str | None, reason: str | None, request_id: str | None,
+              since: str | None, until: str | None, max_receipts: int | None, as_json: bool,
+              idle_timeout: float) -> None:
+        """Print shredder receipts from ops.audit (deduplicated by receipt_id).
+
+        Each receipt says which person token's key of which epoch died, when, why (retention or
+        erasure, with the request id), and which worker destroyed it.
+        """
+        import orjson
+
+        if user is not None and subject is not None:
+            raise click.UsageError("give at most one of --user, --subject")
+        settings = _settings()
+        want = _subject_of(user, subject)
+        t_since = parse_when(since) if since else None
+        t_until = parse_when(until) if until else None
+        seen: set[str] = set()
+        shown = dupes = 0
+        for r in read_receipts(settings.kafka_bootstrap_or_dev(), settings.topics.audit, idle_timeout=idle_timeout):
+            if r.get("kind") not in ("key_shredded", "erasure"):
+                continue
+            rid = r.get("receipt_id")
+            if isinstance(rid, str):
+                if rid in seen:
+                    dupes += 1
+                    continue
+                seen.add(rid)
+            if want is not None and r.get("subject") != want:
+                continue
+            if reason is not None and r.get("reason") != reason:
+                continue
+            if request_id is not None and r.get("request_id") != request_id:
+                continue
+            at = _receipt_time(r)
+            if (t_since is not None and (at is None or at < t_since)) or (
+                    t_until is not None and (at is None or at >= t_until)):
+                continue
+            click.echo(orjson.dumps(r).decode() if as_json else _format(r))
+            shown += 1
+            if max_receipts is not None and shown >= max_receipts:
+                break
+        click.echo(f"# {shown} receipts" + (f" ({dupes} re-delivered duplicates skipped)" if dupes else ""), err=True)
+
+    @cli.group()
+    def topics() -> None:
+        """Kafka topics: partitions and retention from the ops topics config."""
+
+    @topics.command("apply")
+    @click.option("--config", "config", type=click.Path(path_type=Path, dir_okay=False), default=None,
+                  help="Topics config file (default: STREAMGATE_TOPICS_CONFIG, else the packaged ops/topics.yaml).")
+    @click.option("--dry-run", is_flag=True, help="Only print what would change.")
+    def topics_apply(config: Path | None, dry_run: bool) -> None:
+        """Create missing topics and update retention.ms / segment.ms / cleanup.policy of existing ones.
+
+        Records can outlive retention.ms until their log segment rolls (segment.ms): Kafka deletes
+        whole closed segments only. The config keeps segment.ms below retention.ms for that reason.
+        """
+        from stream.retention.topics import apply_topics, load_topics_config
+
+        settings = _settings()
+        specs = load_topics_config(settings, config or settings.topics_config)
+        changes = apply_topics(settings.kafka_bootstrap_or_dev(), specs, dry_run=dry_run)
+        for c in changes:
+            click.echo(c.describe())
+        n = sum(1 for c in changes if c.action != "unchanged")
+        verb = "would change" if dry_run else "changed"
+        click.echo(f"# {len(changes)} topics, {n} {verb}", err=True)
