@@ -149,7 +149,7 @@ def test_exact_epsilon_hm(eps: float) -> None:
 
 
 def test_hm_eps_star() -> None:
-    assert HM_EPS_STAR == pytest.approx(0.6094, abs=1e-4)
+    assert math.isclose(HM_EPS_STAR, 0.6094, abs_tol=1e-4)
 
 
 # -- the exact laws describe the real samplers --------------------------------------------------------
