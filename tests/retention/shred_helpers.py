@@ -17,7 +17,17 @@ from stream.gateway.reader import ProtectedEventReader
 from stream.schema import load_schema
 from stream.synth import ClickstreamGenerator
 
-__all__ = ["Clock", "add_ldp_entries", "protect", "reader", "redis_keys_of", "token_of"]
+__all__ = [
+    "Clock",
+    "add_ldp_entries",
+    "audit_receipts",
+    "produce",
+    "protect",
+    "reader",
+    "redis_keys_of",
+    "running_shredder",
+    "token_of",
+]
 
 
 class Clock:
@@ -74,3 +84,58 @@ def redis_keys_of(client: redis.Redis, prefix: str, subject: str) -> list[str]:
 
 def reader(settings: Settings, clock: Clock, **kw: Any) -> ProtectedEventReader:
     return ProtectedEventReader(load_schema(settings.schema_name), build_dek_provider(settings, clock=clock), **kw)
+
+
+# --------------------------------------------------------------------------- Kafka-side helpers
+def running_shredder(settings: Settings, clock: Any = None, **kw: Any) -> Any:
+    """Context manager: the shredder engine in a background thread (injected clock)."""
+    import contextlib
+    import threading
+    import time as _time
+
+    from stream.apps.shredder import ShredderEngine
+
+    @contextlib.contextmanager
+    def cm() -> Any:
+        engine = ShredderEngine(settings, clock=clock or _time.time, **kw)
+        stop = threading.Event()
+        errors: list[BaseException] = []
+
+        def target() -> None:
+            try:
+                engine.run(stop)
+            except BaseException as exc:
+                errors.append(exc)
+
+        t = threading.Thread(target=target, daemon=True)
+        t.start()
+        try:
+            yield engine
+        finally:
+            stop.set()
+            t.join(60)
+        assert not errors, f"shredder crashed: {errors!r}"
+
+    return cm()
+
+
+def produce(bootstrap: str, topic: str, items: list[tuple[bytes | None, bytes | None]]) -> None:
+    from confluent_kafka import Producer
+
+    p = Producer({"bootstrap.servers": bootstrap, "enable.idempotence": True, "linger.ms": 5})
+    failed: list[Any] = []
+    for k, v in items:
+        p.produce(topic, key=k, value=v, on_delivery=lambda err, _m: failed.append(err) if err else None)
+    assert p.flush(30) == 0 and not failed
+
+
+def audit_receipts(bootstrap: str, topic: str, *, expect: int | None = None, idle: float = 3.0) -> list[dict[str, Any]]:
+    import sys
+    from pathlib import Path
+
+    apps = str(Path(__file__).resolve().parents[1] / "apps")
+    if apps not in sys.path:
+        sys.path.insert(0, apps)
+    from kafka_helpers import read_topic
+
+    return [orjson.loads(r.value) for r in read_topic(bootstrap, topic, expect=expect, idle=idle) if r.value]

@@ -1,0 +1,214 @@
+"""The shredder engine on the real broker and Redis: retention receipts on ops.audit, erasure
+requests from privacy.erasure across every topic (clicks.protected and a compacted topic keyed by
+the person token), gateway caches, malformed and unknown-person requests. Injected clocks."""
+
+from __future__ import annotations
+
+import sys
+import uuid
+from pathlib import Path
+
+import orjson
+import pytest
+
+_RETENTION_TESTS = str(Path(__file__).resolve().parents[1] / "retention")
+if _RETENTION_TESTS not in sys.path:
+    sys.path.insert(0, _RETENTION_TESTS)
+
+from kafka_helpers import read_topic, running_engine, wait_for  # noqa: E402
+from shred_helpers import (  # noqa: E402
+    Clock,
+    add_ldp_entries,
+    audit_receipts,
+    produce,
+    reader,
+    redis_keys_of,
+    running_shredder,
+    token_of,
+)
+
+from stream.components import build_dek_provider, invalidation_listener  # noqa: E402
+from stream.errors import KeyShreddedError  # noqa: E402
+from stream.kafka import ensure_topics  # noqa: E402
+from stream.retention.redis_store import RedisShredStore  # noqa: E402
+from stream.schema import output_validator  # noqa: E402
+from stream.synth import ClickstreamGenerator  # noqa: E402
+
+pytestmark = pytest.mark.integration
+
+E, R = 3600, 7200
+T0 = 1_900_000_000.0
+VALID = output_validator("audit-receipt.v1")
+
+
+def expire_at(epoch: int) -> int:
+    return (epoch + 1) * E + R
+
+
+@pytest.fixture
+def profiles_topic(unique_id: str) -> str:
+    return f"people.profiles.t{unique_id}"
+
+
+@pytest.fixture
+def settings(settings_factory, tmp_path: Path, unique_id: str, profiles_topic: str):
+    cfg = tmp_path / "topics.yaml"
+    cfg.write_text(
+        "version: 1\n"
+        "topics:\n"
+        "  audit: {partitions: 1, config: {cleanup.policy: delete, retention.ms: 86400000, segment.ms: 3600000}}\n"
+        f"  profiles:\n    name: {profiles_topic}\n    partitions: 2\n    keyed_by_subject: true\n"
+        "    config: {cleanup.policy: compact}\n"
+    )
+    return settings_factory(epoch_seconds=E, retention_seconds=R, shredder_interval_seconds=0.2,
+                            shredder_consumer_group=f"sgshred-{unique_id}", shredder_instance_id="shredder-test",
+                            shredder_batch_size=8, shredder_lead_seconds=0, topics_config=cfg,
+                            dek_cache_max_staleness_seconds=3600.0)
+
+
+def raw_events(users: list[str], per_user: int, seed: int) -> list[bytes]:
+    out = []
+    for i, ev in enumerate(ClickstreamGenerator(seed=seed).events(len(users) * per_user)):
+        out.append(orjson.dumps(dict(ev, user_id=users[i % len(users)], email=f"p{seed}.{i}@example.org")))
+    return out
+
+
+def test_retention_pass_writes_one_valid_receipt_per_key_and_due_epochs_fail(settings, redis_client) -> None:
+    from shred_helpers import protect
+
+    t = settings.topics
+    ensure_topics(settings.kafka_bootstrap, [t.erasure, t.audit], partitions=1)
+    clock = Clock(T0)
+    users = [f"usr_k{i}" for i in range(12)]
+    old = protect(settings, clock, users, 2)
+    e0 = int(T0 // E)
+    for u in users[:4]:
+        add_ldp_entries(redis_client, settings.redis_key_prefix, token_of(settings, u), e0, expire_at(e0))
+    clock.advance(2 * E)
+    new = protect(settings, clock, users, 1, seed=4)
+    clock.t = expire_at(e0)
+    with running_shredder(settings, clock) as engine:
+        wait_for(lambda: engine.ready and engine.stats.retention_shredded >= 12, timeout=60, what="retention pass")
+    receipts = audit_receipts(settings.kafka_bootstrap, t.audit, expect=12)
+    assert len(receipts) == 12 and not any(VALID(r) for r in receipts)
+    assert {r["subject"] for r in receipts} == {token_of(settings, u) for u in users}
+    assert {(r["kind"], r["reason"], r["epoch"], r["worker"]) for r in receipts} == {
+        ("key_shredded", "retention", e0, "shredder-test")}
+    for ev in old:
+        with pytest.raises(KeyShreddedError):
+            reader(settings, Clock(T0)).decrypt(ev)
+    for ev in new:
+        assert reader(settings, clock).decrypt(ev)["email"].endswith("@example.org")
+    for u in users[:4]:
+        assert all(not k.endswith(f":{e0}") for k in redis_keys_of(redis_client, settings.redis_key_prefix,
+                                                                     token_of(settings, u)))
+
+
+def test_erasure_request_makes_one_person_unreadable_in_every_topic(settings, redis_client, profiles_topic) -> None:
+    """privacy.erasure -> shredder: the person's ciphertexts in clicks.protected and in a compacted
+    topic keyed by token become unreadable, the compacted topic gets a tombstone, memo and budget
+    are gone, others are untouched; the running gateway (invalidation channel, staleness bound of an
+    hour on a frozen clock) gives the person's new events a fresh key; receipts are valid."""
+    t = settings.topics
+    bootstrap = settings.kafka_bootstrap
+    ensure_topics(bootstrap, [t.raw, t.protected, t.dlq, t.erasure, t.audit], partitions=2)
+    ensure_topics(bootstrap, [profiles_topic], partitions=2)
+    clock = Clock(T0)
+    prefix = settings.redis_key_prefix
+    gone_user, other_users = "usr_forget_me", ["usr_keep1", "usr_keep2"]
+    gone = token_of(settings, gone_user)
+    e0 = int(T0 // E)
+    with running_engine(settings, clock=clock, listen=True) as gw_engine:
+        listener = invalidation_listener(gw_engine.gateway.deks)
+        assert listener is not None and listener.ready.wait(10)
+        produce(bootstrap, t.raw, [(None, v) for v in raw_events([gone_user, *other_users], 4, seed=1)])
+        before = read_topic(bootstrap, t.protected, expect=12)
+        assert len(before) == 12
+        # a compacted topic keyed by the person token (e.g. latest profile per person)
+        produce(bootstrap, profiles_topic, [(r.key, r.value) for r in before])
+        for tok in (gone, *(token_of(settings, u) for u in other_users)):
+            add_ldp_entries(redis_client, prefix, tok, e0, expire_at(e0))
+
+        rid = f"req-{uuid.uuid4().hex[:8]}"
+        request = {"request_id": rid, "user_id": gone_user, "requested_at": "2030-03-17T17:46:40Z"}
+        with running_shredder(settings, clock) as shredder:
+            produce(bootstrap, t.erasure, [(gone_user.encode(), orjson.dumps(request))])
+            wait_for(lambda: shredder.erasures_committed >= 1, timeout=60, what="erasure committed")
+            produce(bootstrap, t.raw, [(None, v) for v in raw_events([gone_user], 3, seed=2)])
+            after_all = read_topic(bootstrap, t.protected, expect=15)
+    assert len(after_all) == 15
+    rd = reader(settings, clock)
+    before_keys = set()
+    for rec in before:
+        ev = orjson.loads(rec.value)
+        if ev["user_id"] == gone:
+            before_keys.add(ev["email"].split(".")[1])
+            with pytest.raises(KeyShreddedError):
+                rd.decrypt(ev)
+            res = rd.read(ev)
+            assert res.shredded and "email" in res.shredded
+        else:
+            assert rd.decrypt(ev)["email"].endswith("@example.org")
+    new = [orjson.loads(r.value) for r in after_all if r.value not in {b.value for b in before}]
+    assert len(new) == 3
+    for ev in new:  # produced after the erasure: a fresh key, readable
+        assert ev["email"].split(".")[1] not in before_keys
+        assert rd.decrypt(ev)["email"].endswith("@example.org")
+    # the compacted topic: the person's records are unreadable and tombstoned
+    profile = read_topic(bootstrap, profiles_topic, expect=13)
+    tombstones = [r for r in profile if r.value is None]
+    assert [r.key for r in tombstones] == [gone.encode()]
+    for r in profile:
+        if r.value is not None and r.key == gone.encode():
+            with pytest.raises(KeyShreddedError):
+                rd.decrypt(orjson.loads(r.value))
+    # Redis: nothing of the person is left but the fresh key; others keep memo and budget
+    left = redis_keys_of(redis_client, prefix, gone)
+    assert left == [f"{prefix}:dek:{gone}:{e0}"]
+    for u in other_users:
+        assert len(redis_keys_of(redis_client, prefix, token_of(settings, u))) == 3
+    receipts = audit_receipts(bootstrap, t.audit, expect=2)
+    assert not any(VALID(r) for r in receipts)
+    summary = [r for r in receipts if r["kind"] == "erasure"]
+    keys = [r for r in receipts if r["kind"] == "key_shredded"]
+    assert len(summary) == 1 and summary[0]["request_id"] == rid and summary[0]["subject"] == gone
+    assert summary[0]["keys_shredded"] == 1 and summary[0]["status"] == "completed"
+    assert len(keys) == 1 and keys[0]["key_id"] in before_keys and keys[0]["reason"] == "erasure"
+    raw_text = b"".join(orjson.dumps(r) for r in receipts)
+    assert gone_user.encode() not in raw_text
+
+
+def test_malformed_repeated_and_unknown_person_requests(settings, redis_client) -> None:
+    t = settings.topics
+    bootstrap = settings.kafka_bootstrap
+    ensure_topics(bootstrap, [t.erasure, t.audit], partitions=1)
+    clock = Clock(T0)
+    provider = build_dek_provider(settings, clock=clock)
+    known = token_of(settings, "usr_known")
+    provider.keys_for([known], int(T0 // E))
+    reqs = [
+        (b"x", b"not json at all usr_secret_1"),
+        (b"usr_nobody", orjson.dumps({"request_id": "r-nobody", "user_id": "usr_nobody"})),
+        (b"usr_known", orjson.dumps({"request_id": "r-known", "user_id": "usr_known"})),
+        (b"usr_known", orjson.dumps({"request_id": "r-known", "user_id": "usr_known"})),  # repeated
+        (b"usr_other", orjson.dumps({"request_id": "r-known", "user_id": "usr_other"})),  # id reused
+    ]
+    with running_shredder(settings, clock) as engine:
+        produce(bootstrap, t.erasure, reqs)
+        wait_for(lambda: engine.erasures_committed >= 5, timeout=60, what="requests committed")
+    receipts = audit_receipts(bootstrap, t.audit, expect=6)
+    assert not any(VALID(r) for r in receipts)
+    summaries = [r for r in receipts if r["kind"] == "erasure"]
+    assert [(r["request_id"], r["status"], r["error"], r["keys_shredded"]) for r in summaries] == [
+        (None, "rejected", "invalid_request", 0),
+        ("r-nobody", "completed", None, 0),
+        ("r-known", "completed", None, 1),
+        ("r-known", "completed", None, 1),
+        ("r-known", "rejected", "request_id_conflict", 0),
+    ]
+    assert summaries[2] == summaries[3]  # the repeated request: the same receipt again
+    assert len({r["receipt_id"] for r in summaries}) == 4
+    text = b"".join(orjson.dumps(r) for r in receipts)
+    for secret in (b"usr_secret_1", b"usr_nobody", b"usr_known", b"usr_other"):
+        assert secret not in text
+    assert RedisShredStore(redis_client, settings.redis_key_prefix).pending_count() == 0
