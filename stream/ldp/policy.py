@@ -1,0 +1,182 @@
+"""The LDP policy of an input schema: which attributes are randomized, over which domain, how.
+
+Read from the ``ldp`` properties of the schema (policy lives in ``schemas/``, not in code):
+
+* **categorical** - ``enum`` (or ``x-privacy.domain``) is the domain, in schema order. A value
+  outside ``x-privacy.domain`` maps to ``x-privacy.out_of_domain`` (e.g. country codes beyond
+  the listed ones count as ``"other"``). An optional attribute gets one more domain value,
+  :data:`NONE_VALUE`, for "absent": every report carries every attribute, because whether an
+  attribute is present (``category`` only exists on product events) would otherwise leak the
+  randomized ``event_type`` in clear.
+* **numeric** - ``x-privacy.bounds`` ``[lo, hi]`` (else the schema's ``minimum``/``maximum``)
+  is the clamping range; an absent value is reported as ``lo`` (so the published mean of
+  ``price`` is the mean over all events, absent counted as 0 - documented in the README).
+
+``x-privacy.epsilon`` overrides the default epsilon (``STREAMGATE_LDP_EPSILON``) per attribute;
+``x-privacy.mechanism`` hints the mechanism (``GRR``/``OUE``/``OLH`` for categorical;
+``numeric``/``HM``/``PM``/``Duchi`` for numeric). Without a hint a categorical attribute gets
+the frequency oracle with the lower variance for its domain size and epsilon
+(:func:`stream.ldp.oracle.choose_oracle`: GRR iff k < 3e^eps + 2, else OLH) and a numeric
+one the Hybrid Mechanism.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from stream.errors import SchemaPolicyError
+from stream.ldp.numeric import NumericMechanism, make_numeric
+from stream.ldp.oracle import FrequencyOracle, make_oracle
+from stream.schema import EventSchema
+
+__all__ = ["NONE_VALUE", "LdpAttribute", "LdpPolicy"]
+
+#: Domain value of an optional categorical attribute that is absent from the event.
+NONE_VALUE = "_none"
+
+_CATEGORICAL_HINTS = {None, "GRR", "OUE", "OLH"}
+_NUMERIC_HINTS = {"numeric", "HM", "PM", "Duchi"}
+
+
+@dataclass(frozen=True)
+class LdpAttribute:
+    """One randomized attribute: its domain (or bounds), epsilon and mechanism."""
+
+    name: str
+    kind: Literal["categorical", "numeric"]
+    epsilon: float
+    domain: tuple[str, ...] = ()
+    out_of_domain: str | None = None
+    optional: bool = False
+    lo: float = 0.0
+    hi: float = 1.0
+    oracle: FrequencyOracle | None = field(default=None, compare=False, repr=False)
+    numeric: NumericMechanism | None = field(default=None, compare=False, repr=False)
+    _index: Mapping[str, int] = field(default_factory=dict, compare=False, repr=False)
+
+    @property
+    def mechanism(self) -> str:
+        if self.oracle is not None:
+            return self.oracle.name
+        assert self.numeric is not None
+        return self.numeric.name
+
+    @property
+    def k(self) -> int:
+        return len(self.domain)
+
+    def index_of(self, value: Any) -> int | None:
+        """Domain index of a categorical value (absent -> :data:`NONE_VALUE`, out-of-domain ->
+        ``out_of_domain``); None if the value cannot be mapped (the attribute is then not reported)."""
+        if value is None:
+            return self._index.get(NONE_VALUE)
+        idx = self._index.get(value) if isinstance(value, str) else None
+        if idx is None and self.out_of_domain is not None:
+            return self._index.get(self.out_of_domain)
+        return idx
+
+    def clamp(self, value: Any) -> float:
+        """The numeric input of the mechanism: clamped to ``[lo, hi]``; absent or non-numeric -> ``lo``."""
+        if isinstance(value, bool) or not isinstance(value, int | float) or math.isnan(value):
+            return self.lo
+        return min(self.hi, max(self.lo, float(value)))
+
+    def params(self) -> dict[str, Any]:
+        """What a consumer needs to debias a report of this attribute (besides the domain, which
+        is the source schema's)."""
+        if self.oracle is not None:
+            out: dict[str, Any] = {"m": self.oracle.name, "eps": self.epsilon, "k": self.k}
+            p = self.oracle.params()
+            if "g" in p:
+                out["g"] = int(p["g"])
+            return out
+        assert self.numeric is not None
+        return {"m": self.numeric.name, "eps": self.epsilon, "lo": self.lo, "hi": self.hi}
+
+
+def _domain(name: str, spec: Mapping[str, Any], opts: Mapping[str, Any]) -> tuple[list[str], str | None]:
+    raw = opts.get("domain", spec.get("enum"))
+    if not isinstance(raw, list) or not raw or not all(isinstance(v, str) for v in raw):
+        raise SchemaPolicyError(f"ldp property {name!r}: its domain must be a non-empty list of strings")
+    if len(set(raw)) != len(raw) or NONE_VALUE in raw:
+        raise SchemaPolicyError(f"ldp property {name!r}: domain values must be unique and not {NONE_VALUE!r}")
+    ood = opts.get("out_of_domain")
+    if ood is not None and ood not in raw:
+        raise SchemaPolicyError(f"ldp property {name!r}: out_of_domain must be one of its domain values")
+    return list(raw), ood
+
+
+def _bounds(name: str, spec: Mapping[str, Any], opts: Mapping[str, Any]) -> tuple[float, float]:
+    raw = opts.get("bounds", [spec.get("minimum"), spec.get("maximum")])
+    ok = (
+        isinstance(raw, list)
+        and len(raw) == 2
+        and all(isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v) for v in raw)
+        and raw[0] < raw[1]
+    )
+    if not ok:
+        raise SchemaPolicyError(f"ldp property {name!r}: numeric bounds must be [lo, hi] with lo < hi")
+    return float(raw[0]), float(raw[1])
+
+
+class LdpPolicy:
+    """The randomized attributes of one input schema, in schema order."""
+
+    def __init__(self, schema_name: str, attributes: list[LdpAttribute]) -> None:
+        if not attributes:
+            raise SchemaPolicyError(f"schema {schema_name!r} has no ldp properties: nothing to privatize")
+        self.schema_name = schema_name
+        self.attributes: tuple[LdpAttribute, ...] = tuple(attributes)
+        self.by_name: dict[str, LdpAttribute] = {a.name: a for a in attributes}
+
+    @classmethod
+    def from_schema(cls, schema: EventSchema, default_epsilon: float) -> LdpPolicy:
+        props: Mapping[str, Any] = schema.document.get("properties", {})
+        required = set(schema.required)
+        attrs: list[LdpAttribute] = []
+        for name in schema.fields_with("ldp"):
+            spec = props[name]
+            opts = schema.fields[name].options
+            eps = opts.get("epsilon", default_epsilon)
+            if isinstance(eps, bool) or not isinstance(eps, int | float) or not 0 < eps <= 20:
+                raise SchemaPolicyError(f"ldp property {name!r}: epsilon must be a number in (0, 20]")
+            eps = float(eps)
+            hint = opts.get("mechanism")
+            types = spec.get("type")
+            numeric = hint in _NUMERIC_HINTS or types in ("number", "integer")
+            try:
+                if numeric:
+                    if hint is not None and hint not in _NUMERIC_HINTS:
+                        raise SchemaPolicyError(f"ldp property {name!r}: unknown numeric mechanism {hint!r}")
+                    lo, hi = _bounds(name, spec, opts)
+                    mech = make_numeric(eps, lo, hi, None if hint == "numeric" else hint)
+                    attrs.append(LdpAttribute(name, "numeric", eps, optional=name not in required,
+                                              lo=lo, hi=hi, numeric=mech))
+                else:
+                    if hint not in _CATEGORICAL_HINTS:
+                        raise SchemaPolicyError(f"ldp property {name!r}: unknown categorical mechanism {hint!r}")
+                    domain, ood = _domain(name, spec, opts)
+                    optional = name not in required
+                    if optional:
+                        domain.append(NONE_VALUE)
+                    oracle = make_oracle(len(domain), eps, hint)
+                    attrs.append(LdpAttribute(
+                        name, "categorical", eps, domain=tuple(domain), out_of_domain=ood, optional=optional,
+                        oracle=oracle, _index={v: i for i, v in enumerate(domain)},
+                    ))
+            except ValueError as exc:
+                raise SchemaPolicyError(f"ldp property {name!r}: {exc}") from None
+        return cls(schema.name, attrs)
+
+    def describe(self) -> list[dict[str, Any]]:
+        """One line per attribute: what the docs and `streamgate privatizer --explain` show."""
+        rows = []
+        for a in self.attributes:
+            row: dict[str, Any] = {"attribute": a.name, "kind": a.kind, **a.params()}
+            if a.kind == "categorical":
+                row["threshold_3e^eps+2"] = round(3 * math.exp(a.epsilon) + 2, 2)
+            rows.append(row)
+        return rows

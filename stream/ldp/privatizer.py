@@ -1,0 +1,236 @@
+"""The privatizer's pure core: protected events in, local-DP feature reports out.
+
+For each protected event (from ``clicks.protected``) and each ``ldp`` attribute of
+its schema (:mod:`stream.ldp.policy`) the report carries the person's memoized
+permanent randomized response for that value (:mod:`stream.ldp.memo`), or
+nothing for that attribute if the person's budget for it is spent. The report
+(``schemas/private-feature.v1.json``) holds no identifier, no token, no exact
+timestamp - only an hour-of-week bucket, the randomized values and the
+mechanism parameters a consumer needs to debias them.
+
+The retention epoch of a report is the one of the protected record's Kafka
+timestamp (the gateway's clock when it protected the event), so a replay of the
+same records resolves the same memos: at-least-once redelivery re-emits
+identical reports and spends no budget twice. Records whose epoch's retention
+has already ended are not reported (their memos would be born shredded).
+"""
+
+from __future__ import annotations
+
+import hmac
+import random
+import time
+from collections import Counter
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any, NamedTuple
+
+import numpy as np
+import orjson
+
+from stream.ldp.memo import MICRO, MemoCache, MemoRequest, MemoStore
+from stream.ldp.policy import LdpAttribute, LdpPolicy
+
+__all__ = ["FEATURE_SCHEMA", "AttributeReport", "PrivatizeResult", "Privatizer", "ProtectedRecord", "hour_of_week"]
+
+FEATURE_SCHEMA = "private-feature.v1"
+_TAG_LABEL = b"streamgate/v1/ldp-memo"
+
+
+class ProtectedRecord(NamedTuple):
+    """One record of ``clicks.protected``: its value and Kafka timestamp (ms)."""
+
+    value: bytes | None
+    timestamp_ms: int
+
+
+class AttributeReport(NamedTuple):
+    """One emitted report of one attribute, for the windowed aggregator."""
+
+    timestamp_ms: int
+    attribute: str
+    report: Any
+
+
+@dataclass
+class PrivatizeResult:
+    reports: list[bytes] = field(default_factory=list)  # feature reports (JSON), one per reported event
+    attribute_reports: list[AttributeReport] = field(default_factory=list)
+    suppressed: Counter[str] = field(default_factory=Counter)  # attribute -> reports suppressed (budget)
+    epsilon_spent: Counter[str] = field(default_factory=Counter)  # attribute -> epsilon spent on new memos
+    reported: Counter[str] = field(default_factory=Counter)  # attribute -> reports emitted
+    memo_hits: int = 0  # served from the in-process cache
+    memo_resolved: int = 0  # resolved against the store
+    fully_suppressed: int = 0  # events with every attribute suppressed: no report at all
+    skipped: Counter[str] = field(default_factory=Counter)  # reason -> records not reported
+
+
+_HOW_CACHE: dict[str, int] = {}
+
+
+def hour_of_week(ts: Any) -> int | None:
+    """Hour-of-week bucket (0 = Monday 00:00-00:59 UTC .. 167) of an RFC 3339 timestamp; None if unparsable."""
+    if not isinstance(ts, str):
+        return None
+    prefix = ts[:13]
+    if ts.endswith("Z"):
+        cached = _HOW_CACHE.get(prefix)
+        if cached is not None:
+            return cached
+    try:
+        dt = datetime.fromisoformat(ts)
+    except ValueError:
+        return None
+    if dt.tzinfo is not None:
+        off = dt.utcoffset()
+        if off:
+            dt = dt - off
+    how = dt.weekday() * 24 + dt.hour
+    if ts.endswith("Z") and len(_HOW_CACHE) < 100_000:
+        _HOW_CACHE[prefix] = how
+    return how
+
+
+class Privatizer:
+    """Turns batches of protected events into feature reports (see the module docstring)."""
+
+    def __init__(
+        self,
+        policy: LdpPolicy,
+        store: MemoStore,
+        *,
+        memo_key: bytes,
+        subject_field: str,
+        budget_epsilon: float,
+        epoch_seconds: int,
+        retention_seconds: int,
+        rng: np.random.Generator,
+        cache: MemoCache | None = None,
+        clock: Callable[[], float] = time.time,
+        shuffle_seed: int | None = None,
+    ) -> None:
+        if len(memo_key) < 16:
+            raise ValueError("memo_key must be at least 16 bytes")
+        self.policy = policy
+        self.store = store
+        self._memo_key = memo_key
+        self.subject_field = subject_field
+        self.budget_micro = round(budget_epsilon * MICRO)
+        self.epoch_seconds = epoch_seconds
+        self.retention_seconds = retention_seconds
+        self.rng = rng
+        self.cache = cache or MemoCache(max_entries=500_000, max_staleness_seconds=30.0)
+        self._clock = clock
+        # Report order within a batch is shuffled so that it does not mirror the input order.
+        self._shuffle = random.Random(shuffle_seed) if shuffle_seed is not None else random.SystemRandom()
+        self._params = {a.name: a.params() for a in policy.attributes}
+        self._cost = {a.name: round(a.epsilon * MICRO) for a in policy.attributes}
+        self._sig = {a.name: orjson.dumps(a.params(), option=orjson.OPT_SORT_KEYS) for a in policy.attributes}
+
+    # -- helpers ------------------------------------------------------------------------
+    def _tag(self, attribute: str, value: object) -> str:
+        """Memo field: HMAC of (attribute, mechanism parameters, true value); never the value itself."""
+        msg = _TAG_LABEL + b"\x00" + attribute.encode() + b"\x00" + self._sig[attribute] + b"\x00" + repr(value).encode()
+        return attribute + ":" + hmac.digest(self._memo_key, msg, "sha256")[:16].hex()
+
+    def _value_key(self, attr: LdpAttribute, event: dict[str, Any]) -> object | None:
+        if attr.kind == "categorical":
+            return attr.index_of(event.get(attr.name))
+        return attr.clamp(event.get(attr.name))
+
+    def _candidates(self, attr: LdpAttribute, values: list[object]) -> list[str]:
+        if attr.oracle is not None:
+            reports = attr.oracle.perturb(np.asarray(values, dtype=np.int64), self.rng)
+            return [orjson.dumps(r).decode() for r in reports]
+        assert attr.numeric is not None
+        out = attr.numeric.perturb(np.asarray(values, dtype=np.float64), self.rng)
+        return [orjson.dumps(round(float(x), 6)).decode() for x in out]
+
+    # -- the batch ------------------------------------------------------------------------
+    def process(self, records: Sequence[ProtectedRecord]) -> PrivatizeResult:
+        """Privatize a batch. Raises :class:`~stream.errors.KeyUnavailableError` (nothing returned)
+        when the memo store is unreachable: the caller holds the batch and retries (fail closed)."""
+        res = PrivatizeResult()
+        now = self._clock()
+        mono = self.cache.now()
+        attrs = self.policy.attributes
+        schema_name = self.policy.schema_name
+        es, rs = self.epoch_seconds, self.retention_seconds
+        # pass 1: decode, look up the cache, collect what must be resolved
+        rows: list[tuple[int, int | None, dict[str, Any]]] = []  # (ts_ms, hour_of_week, attribute -> report json)
+        pending: dict[tuple[str, int, str, object], list[tuple[int, str]]] = {}
+        for rec in records:
+            try:
+                event = orjson.loads(rec.value) if rec.value else None
+            except orjson.JSONDecodeError:
+                event = None
+            if not isinstance(event, dict) or event.get("_schema") != schema_name:
+                res.skipped["not_protected_event"] += 1
+                continue
+            subject = event.get(self.subject_field)
+            if not isinstance(subject, str) or not subject:
+                res.skipped["no_subject"] += 1
+                continue
+            epoch = int(rec.timestamp_ms // 1000) // es
+            if (epoch + 1) * es + rs <= now:
+                res.skipped["retention_ended"] += 1
+                continue
+            row: dict[str, Any] = {}
+            rows.append((rec.timestamp_ms, hour_of_week(event.get("ts")), row))
+            for attr in attrs:
+                value = self._value_key(attr, event)
+                if value is None:
+                    continue
+                key = (subject, epoch, attr.name, value)
+                hit = self.cache.get(key, mono)
+                if hit is not None:
+                    row[attr.name] = hit
+                    res.memo_hits += 1
+                else:
+                    pending.setdefault(key, []).append((len(rows) - 1, attr.name))
+        # pass 2: fresh candidates (vectorized per attribute), one store round trip for the batch
+        if pending:
+            keys = list(pending)
+            by_attr: dict[str, list[int]] = {}
+            for i, (_s, _e, name, _v) in enumerate(keys):
+                by_attr.setdefault(name, []).append(i)
+            candidates: list[str] = [""] * len(keys)
+            for name, idxs in by_attr.items():
+                attr = self.policy.by_name[name]
+                for i, cand in zip(idxs, self._candidates(attr, [keys[i][3] for i in idxs]), strict=True):
+                    candidates[i] = cand
+            requests = [
+                MemoRequest(s, e, (e + 1) * es + rs, self._tag(name, v), name, self._cost[name], candidates[i])
+                for i, (s, e, name, v) in enumerate(keys)
+            ]
+            results = self.store.resolve(requests, self.budget_micro)
+            res.memo_resolved += len(keys)
+            for key, result in zip(keys, results, strict=True):
+                name = key[2]
+                if result.status == "suppressed" or result.report is None:
+                    res.suppressed[name] += len(pending[key])
+                    continue
+                if result.status == "new":
+                    res.epsilon_spent[name] += self._cost[name] / MICRO
+                self.cache.put(key, result.report, mono)
+                for row_idx, _ in pending[key]:
+                    rows[row_idx][2][name] = result.report
+        # pass 3: assemble the reports
+        self._shuffle.shuffle(rows)
+        params = self._params
+        for ts_ms, how, row in rows:
+            if not row:
+                res.fully_suppressed += 1
+                continue
+            features = {}
+            for name, rep_json in row.items():
+                report = orjson.loads(rep_json)
+                features[name] = {**params[name], "r": report}
+                res.attribute_reports.append(AttributeReport(ts_ms, name, report))
+                res.reported[name] += 1
+            doc: dict[str, Any] = {"schema": FEATURE_SCHEMA, "source_schema": schema_name, "features": features}
+            if how is not None:
+                doc["hour_of_week"] = how
+            res.reports.append(orjson.dumps(doc))
+        return res

@@ -1,0 +1,79 @@
+"""The memo/budget store on a real Redis: same semantics as the in-memory one, atomic, expiring,
+fail-closed when Redis is gone."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import pytest
+import redis
+
+from stream.errors import KeyUnavailableError
+from stream.ldp.memo import MemoRequest, MemoryMemoStore, RedisMemoStore
+
+pytestmark = pytest.mark.integration
+
+
+def _req(subject: str, field: str, cand: str, *, attr: str = "category", cost: int = 1_000_000,
+         epoch: int = 20000, expire_at: int | None = None) -> MemoRequest:
+    return MemoRequest(subject, epoch, expire_at or int(time.time()) + 3600, f"{attr}:{field}", attr, cost, cand)
+
+
+def test_redis_and_memory_stores_agree(redis_client: redis.Redis, redis_prefix: str) -> None:
+    requests = [
+        _req("tk1_a", "x", "1"), _req("tk1_a", "x", "2"),  # memo hit within the batch
+        _req("tk1_a", "y", "3"), _req("tk1_a", "z", "4"),  # third distinct value: over a 2-epsilon budget
+        _req("tk1_b", "x", "5"),
+        _req("tk1_a", "w", "6", attr="device"),  # other attribute, own budget
+    ]
+    redis_store = RedisMemoStore(redis_client, prefix=redis_prefix)
+    got = redis_store.resolve(requests, 2_000_000)
+    want = MemoryMemoStore().resolve(requests, 2_000_000)
+    assert got == want
+    assert [r.status for r in got] == ["new", "memo", "new", "suppressed", "new", "new"]
+    assert got[1].report == "1"
+    # layout: memo + budget hashes with the retention deadline, indexed in the deadline zset
+    mk, bk = redis_store.memo_key("tk1_a", 20000), redis_store.budget_key("tk1_a", 20000)
+    assert redis_client.hget(bk, "category") == b"2000000"
+    assert redis_client.ttl(mk) > 3000 and redis_client.ttl(bk) > 3000
+    assert redis_client.zscore(f"{redis_prefix}:deadlines", "tk1_a:20000") is not None
+    # a second round: all memo hits, no budget spent
+    again = redis_store.resolve(requests[:3], 2_000_000)
+    assert [r.status for r in again] == ["memo", "memo", "memo"]
+    assert redis_client.hget(bk, "category") == b"2000000"
+
+
+def test_concurrent_workers_agree_on_one_response(redis_client: redis.Redis, redis_prefix: str) -> None:
+    stores = [RedisMemoStore(redis.Redis(connection_pool=redis_client.connection_pool), prefix=redis_prefix)
+              for _ in range(4)]
+    results: list[list[str | None]] = [[] for _ in stores]
+    barrier = threading.Barrier(len(stores))
+
+    def work(i: int) -> None:
+        barrier.wait()
+        reqs = [_req(f"tk1_p{j}", "v", f"{i}-{j}") for j in range(300)]
+        results[i] = [r.report for r in stores[i].resolve(reqs, 1_000_000)]
+
+    threads = [threading.Thread(target=work, args=(i,)) for i in range(len(stores))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert all(r == results[0] for r in results)  # every worker sees the same winner per person
+    for j in range(300):
+        assert redis_client.hget(f"{redis_prefix}:budget:tk1_p{j}:20000", "category") == b"1000000"  # charged once
+
+
+def test_unreachable_redis_fails_closed() -> None:
+    dead = redis.Redis(host="127.0.0.1", port=1, socket_connect_timeout=0.2, retry=None)
+    with pytest.raises(KeyUnavailableError, match="unavailable") as info:
+        RedisMemoStore(dead, prefix="x").resolve([_req("tk1_a", "x", "1")], 1_000_000)
+    assert "tk1_a" not in str(info.value)
+
+
+def test_large_batches_are_chunked(redis_client: redis.Redis, redis_prefix: str) -> None:
+    store = RedisMemoStore(redis_client, prefix=redis_prefix, chunk=100)
+    reqs = [_req(f"tk1_q{j % 50}", f"v{j}", str(j), cost=1) for j in range(1234)]
+    got = store.resolve(reqs, 10**9)
+    assert len(got) == 1234 and all(r.status == "new" for r in got)
