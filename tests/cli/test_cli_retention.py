@@ -1,0 +1,182 @@
+"""The retention CLI end to end on the real broker and Redis: ``streamgate topics apply`` (dry run,
+create, idempotent re-apply, update, refusal of segment.ms > retention.ms), ``streamgate shredder``
+as a real worker process (/healthz, /readyz, clean SIGTERM stop), ``streamgate erase --wait`` and
+``streamgate audit`` with its filters."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+import pytest
+from confluent_kafka.admin import AdminClient, ConfigResource
+
+from stream.components import build_dek_provider
+from stream.config import TopicNames
+from stream.crypto.keyring import Keyring
+from stream.crypto.tokens import Tokenizer
+from stream.schema import output_validator
+
+pytestmark = pytest.mark.integration
+
+
+def _cli(*args: str) -> list[str]:
+    return [sys.executable, "-m", "stream.cli", *args]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _env(settings: Any, **extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("STREAMGATE_")}
+    env.update({
+        "STREAMGATE_KAFKA_BOOTSTRAP": settings.kafka_bootstrap,
+        "STREAMGATE_REDIS_URL": settings.redis_url,
+        "STREAMGATE_REDIS_KEY_PREFIX": settings.redis_key_prefix,
+        "STREAMGATE_MASTER_KEY": settings.master_key.get_secret_value(),
+        "STREAMGATE_STATE_DIR": str(settings.state_dir),
+        "STREAMGATE_SESSION_TIMEOUT_MS": "6000",
+    })
+    for name in TopicNames.model_fields:
+        env[f"STREAMGATE_TOPIC_{name.upper()}"] = getattr(settings.topics, name)
+    env.update(extra)
+    return env
+
+
+def _run(env: dict[str, str], *args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(_cli(*args), env=env, capture_output=True, text=True, timeout=timeout)
+
+
+def _configs(bootstrap: str, topic: str) -> dict[str, str]:
+    admin = AdminClient({"bootstrap.servers": bootstrap})
+    (fut,) = admin.describe_configs([ConfigResource("topic", topic)]).values()
+    return {k: e.value for k, e in fut.result(10).items()}
+
+
+def test_topics_apply_creates_updates_and_is_idempotent(settings_factory, tmp_path: Path) -> None:
+    settings = settings_factory()
+    env = _env(settings)
+    dry = _run(env, "topics", "apply", "--dry-run")
+    assert dry.returncode == 0, dry.stderr
+    assert f"create    {settings.topics.raw}" in dry.stdout and "retention.ms: - -> 86400000" in dry.stdout
+    assert "9 topics, 9 would change" in dry.stderr
+    admin = AdminClient({"bootstrap.servers": settings.kafka_bootstrap})
+    assert settings.topics.raw not in admin.list_topics(timeout=10).topics  # a dry run changes nothing
+
+    applied = _run(env, "topics", "apply")
+    assert applied.returncode == 0, applied.stderr
+    raw = _configs(settings.kafka_bootstrap, settings.topics.raw)
+    assert (raw["retention.ms"], raw["segment.ms"], raw["cleanup.policy"]) == ("86400000", "3600000", "delete")
+    snaps = _configs(settings.kafka_bootstrap, settings.topics.snapshots)
+    assert snaps["cleanup.policy"] == "compact"
+    md = admin.list_topics(timeout=10).topics
+    assert len(md[settings.topics.raw].partitions) == 4 and len(md[settings.topics.audit].partitions) == 1
+
+    again = _run(env, "topics", "apply")
+    assert again.returncode == 0 and "9 topics, 0 changed" in again.stderr, again.stderr
+
+    from stream.retention.topics import default_topics_config
+
+    changed = tmp_path / "topics.yaml"
+    changed.write_text(default_topics_config().read_text().replace(
+        "retention.ms: 86400000, segment.ms: 3600000", "retention.ms: 43200000, segment.ms: 1800000"))
+    upd = _run(env, "topics", "apply", "--config", str(changed))
+    assert upd.returncode == 0, upd.stderr
+    assert "update    " + settings.topics.raw in upd.stdout and "retention.ms: 86400000 -> 43200000" in upd.stdout
+    assert _configs(settings.kafka_bootstrap, settings.topics.raw)["segment.ms"] == "1800000"
+
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("topics:\n  raw: {config: {cleanup.policy: delete, retention.ms: 1000, segment.ms: 5000}}\n")
+    refused = _run(env, "topics", "apply", "--config", str(bad))
+    assert refused.returncode == 1 and "segment.ms > retention.ms" in refused.stderr
+
+
+def _get(url: str) -> tuple[int, Any]:
+    try:
+        with urllib.request.urlopen(url, timeout=5) as resp:
+            return resp.status, json.loads(resp.read())
+    except urllib.error.HTTPError as exc:
+        return exc.code, json.loads(exc.read() or b"null")
+
+
+def test_shredder_worker_erase_wait_and_audit(settings_factory, unique_id: str) -> None:
+    settings = settings_factory()
+    port = _free_port()
+    env = _env(settings, STREAMGATE_WEB_PORT=str(port), STREAMGATE_SHREDDER_CONSUMER_GROUP=f"sgcli-shred-{unique_id}",
+               STREAMGATE_SHREDDER_INSTANCE_ID="cli-shredder", STREAMGATE_SHREDDER_INTERVAL_SECONDS="0.5",
+               STREAMGATE_METRICS_INTERVAL_SECONDS="1")
+    # the person has data keys (two epochs) before the erasure
+    keyring = Keyring.from_settings(settings)
+    token = Tokenizer(keyring).token("user_id", "usr_cli_forget")
+    provider = build_dek_provider(settings, keyring)
+    e = provider.epoch_of(time.time())
+    provider.keys_for([token], e)
+    provider.keys_for([token], e - 1)
+
+    log = settings.state_dir / "shredder.log"
+    with open(log, "wb") as f:
+        proc = subprocess.Popen(_cli("shredder"), env=env, stdout=f, stderr=subprocess.STDOUT,
+                                stdin=subprocess.DEVNULL, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 90
+        while True:
+            assert proc.poll() is None, log.read_text()[-3000:]
+            assert time.monotonic() < deadline, log.read_text()[-3000:]
+            try:
+                if _get(f"http://127.0.0.1:{port}/readyz")[0] == 200:
+                    break
+            except OSError:
+                pass
+            time.sleep(0.25)
+        status, body = _get(f"http://127.0.0.1:{port}/healthz")
+        assert status == 200 and body["ok"] is True and body["shredder"]["ticks"] >= 1
+
+        erased = _run(env, "erase", "--user", "usr_cli_forget", "--request-id", "cli-req-1", "--wait",
+                      "--timeout", "60")
+        assert erased.returncode == 0, erased.stderr
+        assert f"request_id=cli-req-1 subject={token}" in erased.stdout
+        assert "completed keys=2" in erased.stdout and "usr_cli_forget" not in erased.stdout
+        again = _run(env, "erase", "--user", "usr_cli_forget", "--request-id", "cli-req-1", "--wait",
+                     "--timeout", "60")
+        assert again.returncode == 0 and "completed keys=2" in again.stdout, again.stderr
+        nobody = _run(env, "erase", "--subject", "tokNobody", "--wait", "--timeout", "60")
+        assert nobody.returncode == 0 and "completed keys=0" in nobody.stdout, nobody.stderr
+
+        audit = _run(env, "audit", "--user", "usr_cli_forget", "--json")
+        assert audit.returncode == 0, audit.stderr
+        receipts = [json.loads(line) for line in audit.stdout.splitlines()]
+        valid = output_validator("audit-receipt.v1")
+        assert not any(valid(r) for r in receipts)
+        assert sorted(r["kind"] for r in receipts) == ["erasure", "key_shredded", "key_shredded"]
+        assert {r["epoch"] for r in receipts if r["kind"] == "key_shredded"} == {e, e - 1}
+        assert "re-delivered duplicates skipped" in audit.stderr  # the repeated request's summary
+
+        text = _run(env, "audit", "--reason", "erasure", "--since", "1h")
+        assert text.returncode == 0 and text.stdout.count("erasure") >= 4 and "tokNobody" in text.stdout
+        assert _run(env, "audit", "--until", "2000-01-01T00:00:00Z").stdout == ""
+        one = _run(env, "audit", "--max", "1", "--json")
+        assert len(one.stdout.splitlines()) == 1
+        assert _run(env, "audit", "--reason", "retention").stdout == ""
+        assert _run(env, "audit", "--since", "yesterday").returncode == 2
+        assert "usr_cli_forget" not in log.read_text()
+    finally:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(10)
+    assert proc.returncode == 0, log.read_text()[-3000:]
