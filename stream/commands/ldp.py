@@ -1,11 +1,215 @@
-"""``streamgate`` commands of the ldp area."""
+"""``streamgate`` commands of the local-DP area: ``privatizer``, ``estimates``, ``bench ldp``."""
 
 from __future__ import annotations
 
+import sys
+import time
+from collections.abc import Mapping, Sequence
+from typing import Any
+
 import click
 
-__all__ = ["register"]
+from stream.commands.common import settings as _settings
+
+__all__ = ["register", "render_estimates"]
+
+
+def render_estimates(records: Sequence[Mapping[str, Any]], *, top: int = 10, truth: Mapping[str, Mapping[str, float]] | None = None) -> Any:
+    """A rich renderable: one table per attribute (top values by projected frequency)."""
+    from rich.console import Group
+    from rich.table import Table
+
+    tables = []
+    for rec in records:
+        n = rec.get("n", 0)
+        title = (f"{rec['attribute']}  ({rec['mechanism']}, eps={rec['eps']}, n={n:,}, "
+                 f"window {rec['window']['start']} .. {rec['window']['end']})")
+        table = Table(title=title, title_justify="left")
+        if rec.get("kind") == "numeric":
+            table.add_column("mean (unbiased)", justify="right")
+            table.add_column("std error", justify="right")
+            table.add_column("95% interval", justify="right")
+            if "mean" in rec:
+                lo, hi = rec["ci95"]
+                table.add_row(f"{rec['mean']:,.2f}", f"{rec['std_error']:,.2f}", f"[{lo:,.1f}, {hi:,.1f}]")
+            tables.append(table)
+            continue
+        attr_truth = (truth or {}).get(str(rec["attribute"]))
+        table.add_column("value")
+        table.add_column("estimate", justify="right")
+        table.add_column("± std err", justify="right")
+        table.add_column("projected", justify="right")
+        if attr_truth is not None:
+            table.add_column("true", justify="right")
+        values = sorted(rec.get("values", []), key=lambda v: -v["projected"])[:top]
+        for v in values:
+            row = [str(v["value"]), f"{v['estimate']:.4f}", f"{v['std_error']:.4f}", f"{v['projected']:.4f}"]
+            if attr_truth is not None:
+                row.append(f"{attr_truth.get(v['value'], 0.0):.4f}")
+            table.add_row(*row)
+        tables.append(table)
+    return Group(*tables)
 
 
 def register(cli: click.Group) -> None:
     """Add this area's commands to the ``streamgate`` group."""
+
+    @cli.command()
+    @click.option("--loglevel", default="info", show_default=True,
+                  type=click.Choice(["crit", "error", "warn", "info", "debug"]))
+    @click.option("--explain", is_flag=True, help="Print each attribute's mechanism, epsilon and domain size, then exit.")
+    def privatizer(loglevel: str, explain: bool) -> None:
+        """Run the privatizer worker (Faust): clicks.protected -> features.private + analytics.frequencies."""
+        from stream.crypto.keyring import Keyring
+        from stream.ldp.policy import LdpPolicy
+        from stream.schema import load_schema
+
+        settings = _settings()
+        policy = LdpPolicy.from_schema(load_schema(settings.schema_name), settings.ldp_epsilon)
+        if explain:
+            for row in policy.describe():
+                click.echo("  ".join(f"{k}={v}" for k, v in row.items()))
+            click.echo(f"budget: {settings.ldp_budget_epsilon} epsilon per person, per attribute, per "
+                       f"{settings.epoch_seconds} s epoch; window {settings.ldp_window_seconds} s")
+            return
+        from faust.worker import Worker
+
+        from stream.apps.privatizer import create_app
+        from stream.kafka import ensure_topics
+
+        Keyring.from_settings(settings)  # fail fast on a missing/bad KEK (the memo key derives from it)
+        bootstrap = settings.kafka_bootstrap_or_dev()
+        t = settings.topics
+        ensure_topics(bootstrap, [t.protected, t.features, t.frequencies], partitions=settings.topic_partitions)
+        app = create_app(settings)
+        Worker(app, loglevel=loglevel, quiet=True).execute_from_commandline()
+
+    @cli.command()
+    @click.option("--follow/--no-follow", default=False, show_default=True,
+                  help="Keep the table live as new windows are published.")
+    @click.option("--total", is_flag=True, help="Merge every window read into one estimate per attribute.")
+    @click.option("--top", type=int, default=10, show_default=True, help="Values shown per attribute.")
+    @click.option("--json", "as_json", is_flag=True, help="Print the (merged) estimate records as JSON lines.")
+    @click.option("--idle-timeout", type=float, default=3.0, show_default=True,
+                  help="Without --follow: stop when nothing arrived for this many seconds.")
+    def estimates(follow: bool, total: bool, top: int, as_json: bool, idle_timeout: float) -> None:
+        """Tail analytics.frequencies as a readable table: per attribute, the latest window
+        (merged over privatizer instances) or, with --total, everything read so far."""
+        import orjson
+        from rich.console import Console
+        from rich.live import Live
+
+        from stream.kafka import reader_from_beginning
+        from stream.ldp.aggregate import merge_records
+        from stream.ldp.policy import LdpPolicy
+        from stream.schema import load_schema
+
+        settings = _settings()
+        policy = LdpPolicy.from_schema(load_schema(settings.schema_name), settings.ldp_epsilon)
+        consumer = reader_from_beginning(settings.kafka_bootstrap_or_dev(), settings.topics.frequencies)
+        # latest record per (worker, attribute, window)
+        seen: dict[tuple[str, str, int], dict[str, Any]] = {}
+
+        def view() -> list[dict[str, Any]]:
+            recs = list(seen.values())
+            if not total and recs:
+                latest = max(int(r["window"]["start_ms"]) for r in recs)
+                recs = [r for r in recs if int(r["window"]["start_ms"]) == latest]
+            return merge_records(policy, recs)
+
+        console = Console()
+        last = time.monotonic()
+        live = Live(render_estimates([], top=top), console=console, auto_refresh=False) if follow and not as_json else None
+        try:
+            if live is not None:
+                live.start()
+            while True:
+                msgs = consumer.consume(num_messages=500, timeout=0.5)
+                got = False
+                for m in msgs:
+                    if m.error() is not None:
+                        continue
+                    try:
+                        rec = orjson.loads(m.value() or b"")
+                        key = (str(rec.get("worker")), str(rec["attribute"]), int(rec["window"]["start_ms"]))
+                    except (orjson.JSONDecodeError, KeyError, TypeError, ValueError):
+                        continue
+                    seen[key] = rec
+                    got = True
+                if got:
+                    last = time.monotonic()
+                    if live is not None:
+                        live.update(render_estimates(view(), top=top), refresh=True)
+                elif not follow and time.monotonic() - last > idle_timeout:
+                    break
+        except KeyboardInterrupt:
+            pass
+        finally:
+            if live is not None:
+                live.stop()
+            consumer.close()
+        if not seen:
+            click.echo("no estimates yet (is the privatizer running? windows close "
+                       f"{settings.ldp_window_seconds:g} s + grace after their start)", err=True)
+            sys.exit(3)
+        if as_json:
+            for rec in view():
+                click.echo(orjson.dumps(rec).decode())
+        elif not follow:
+            console.print(render_estimates(view(), top=top))
+
+    bench = cli.commands.get("bench")
+    assert isinstance(bench, click.Group)
+
+    @bench.command("ldp")
+    @click.option("--n", "n", type=int, default=100_000, show_default=True, help="Users per trial.")
+    @click.option("--trials", type=int, default=None, help="Trials per cell (default: the accuracy table's).")
+    @click.option("--events", type=int, default=50_000, show_default=True, help="Events for the throughput part.")
+    @click.option("--skip-accuracy", is_flag=True, help="Only the throughput part.")
+    @click.option("--skip-throughput", is_flag=True, help="Only the accuracy tables (no broker needed).")
+    @click.option("--seed", type=int, default=0, show_default=True)
+    def bench_ldp(n: int, trials: int | None, events: int, skip_accuracy: bool, skip_throughput: bool,
+                  seed: int) -> None:
+        """Estimator variance (empirical vs closed form) for GRR/OUE/OLH and PM/HM, and privatizer
+        events/s vs a plain JSON passthrough on the same broker."""
+        if not skip_accuracy:
+            from stream.bench.ldp import accuracy_table, format_table, numeric_table
+
+            kwargs: dict[str, Any] = {"n": n, "seed": seed, "say": click.echo}
+            if trials is not None:
+                kwargs["trials"] = trials
+            rows = accuracy_table(**kwargs)
+            click.echo(format_table(rows))
+            nrows = numeric_table(**kwargs)
+            click.echo(format_table(nrows))
+        if not skip_throughput:
+            import base64
+            import os
+
+            from pydantic import SecretStr
+
+            from stream.bench.privatizer import run_privatizer_bench
+            from stream.dev.stack import ephemeral_stack
+
+            settings = _settings()
+            if settings.master_key is None and settings.master_key_file is None:
+                settings = settings.model_copy(
+                    update={"master_key": SecretStr(base64.b64encode(os.urandom(32)).decode())})
+
+            def go(s: Any) -> None:
+                r = run_privatizer_bench(s, events=events, seed=seed, say=click.echo)
+                click.echo("")
+                click.echo(f"events                   {r.events:>10,}  (reports {r.reports:,}, "
+                           f"suppressed attributes {r.suppressed:,})")
+                click.echo(f"passthrough, json        {r.passthrough_rate:>10,.0f} events/s   (baseline)")
+                click.echo(f"privatizer               {r.privatizer_rate:>10,.0f} events/s")
+                click.echo(f"ratio privatizer / passthrough(json)   {r.ratio:.2f}   (target >= 0.30)")
+                click.echo(f"pure core alone (Redis, no Kafka): {r.core_rate:,.0f} events/s")
+
+            if settings.kafka_bootstrap and settings.redis_url:
+                go(settings)
+            else:
+                with ephemeral_stack() as info:
+                    go(settings.model_copy(update={"kafka_bootstrap": settings.kafka_bootstrap or info.kafka_bootstrap,
+                                                   "redis_url": settings.redis_url or info.redis_url}))
+

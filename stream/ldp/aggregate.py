@@ -62,7 +62,7 @@ def _iso(ms: int) -> str:
     return datetime.fromtimestamp(ms / 1000, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
-def estimate_record(attr: LdpAttribute, *, n: int, support: Sequence[int] | None, total: float | None,
+def estimate_record(attr: LdpAttribute, *, n: int, support: Sequence[int] | np.ndarray | None, total: float | None,
                     start_ms: int, end_ms: int, worker: str | None = None) -> dict[str, Any]:
     """The ``analytics.frequencies`` record of one attribute for one window (or a merge of windows)."""
     rec: dict[str, Any] = {
@@ -102,10 +102,10 @@ def estimate_record(attr: LdpAttribute, *, n: int, support: Sequence[int] | None
         rec["sum"] = float(total or 0.0)
         if n > 0:
             mean = float(total or 0.0) / n
-            se = float(mean_std_error(attr.numeric, n, min(attr.hi, max(attr.lo, mean))))
+            sd = float(mean_std_error(attr.numeric, n, min(attr.hi, max(attr.lo, mean))))
             rec["mean"] = round(mean, 6)
-            rec["std_error"] = round(se, 6)
-            rec["ci95"] = [round(mean - 1.96 * se, 6), round(mean + 1.96 * se, 6)]
+            rec["std_error"] = round(sd, 6)
+            rec["ci95"] = [round(mean - 1.96 * sd, 6), round(mean + 1.96 * sd, 6)]
             rec["clipped_mean"] = round(min(attr.hi, max(attr.lo, mean)), 6)
     return rec
 

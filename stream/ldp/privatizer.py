@@ -58,7 +58,7 @@ class PrivatizeResult:
     reports: list[bytes] = field(default_factory=list)  # feature reports (JSON), one per reported event
     attribute_reports: list[AttributeReport] = field(default_factory=list)
     suppressed: Counter[str] = field(default_factory=Counter)  # attribute -> reports suppressed (budget)
-    epsilon_spent: Counter[str] = field(default_factory=Counter)  # attribute -> epsilon spent on new memos
+    epsilon_spent: dict[str, float] = field(default_factory=dict)  # attribute -> epsilon spent on new memos
     reported: Counter[str] = field(default_factory=Counter)  # attribute -> reports emitted
     memo_hits: int = 0  # served from the in-process cache
     memo_resolved: int = 0  # resolved against the store
@@ -212,7 +212,7 @@ class Privatizer:
                     res.suppressed[name] += len(pending[key])
                     continue
                 if result.status == "new":
-                    res.epsilon_spent[name] += self._cost[name] / MICRO
+                    res.epsilon_spent[name] = res.epsilon_spent.get(name, 0.0) + self._cost[name] / MICRO
                 self.cache.put(key, result.report, mono)
                 for row_idx, _ in pending[key]:
                     rows[row_idx][2][name] = result.report

@@ -1,0 +1,466 @@
+"""The privatizer worker: ``clicks.protected`` -> ``features.private`` + ``analytics.frequencies``.
+
+Like the gateway (see :mod:`stream.apps.engine` for why), the Kafka loop is a
+confluent-kafka batch engine hosted as a service inside a Faust worker, which
+provides the lifecycle, the web server (health, metrics) and signals.
+
+Per batch: consume up to ``batch_max_events`` protected records, privatize
+them with the pure core (:class:`stream.ldp.privatizer.Privatizer`, one Redis
+round trip for the memos and budgets of the batch), produce the feature
+reports (no key, no headers, Kafka timestamp floored to the hour), add the
+attribute reports to the tumbling windows (:mod:`stream.ldp.aggregate`),
+publish the windows that closed, wait for delivery, commit.
+
+Guarantees: at-least-once for ``features.private`` (a crash re-emits the
+uncommitted batch; memoization makes the re-emitted reports identical and
+spends no budget twice). Fail closed: if Redis is unreachable the batch is
+held (partitions paused) and retried with backoff; nothing is emitted without
+its memo and budget check. Windows live in memory: on a graceful stop or a
+rebalance the open windows are published as they are (``n`` says how many
+reports they hold); a hard crash loses the counts of the windows open at that
+moment on that worker (the feature reports themselves are not lost).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import socket
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import faust
+import numpy as np
+import orjson
+import redis
+from confluent_kafka import Consumer, KafkaError, KafkaException, Producer, TopicPartition
+from faust.app.base import BootStrategy
+from mode import Service
+
+from stream.config import Settings
+from stream.crypto.keyring import Keyring
+from stream.errors import KeyUnavailableError, StreamgateError
+from stream.kafka import consumer_config, producer_config
+from stream.ldp.aggregate import WindowAggregator
+from stream.ldp.memo import MemoCache, RedisMemoStore
+from stream.ldp.oracle import secure_rng
+from stream.ldp.policy import LdpPolicy
+from stream.ldp.privatizer import Privatizer, PrivatizeResult, ProtectedRecord
+from stream.ops.metrics import WorkerMetrics
+from stream.ops.worker import install_ops
+from stream.retention.invalidation import ShredListener
+from stream.schema import load_schema
+
+__all__ = [
+    "PrivatizerEngine",
+    "PrivatizerService",
+    "PrivatizerStats",
+    "build_privatizer",
+    "create_app",
+    "start_memo_invalidation",
+]
+
+log = logging.getLogger("streamgate.privatizer")
+
+_HOUR_MS = 3_600_000
+_LAG_INTERVAL_SECONDS = 2.0
+
+
+def start_memo_invalidation(settings: Settings, privatizer: Privatizer) -> ShredListener:
+    """Drop cached memos when the shredder announces a shred (one epoch or every epoch of a person),
+    and everything after a reconnect (messages may have been missed); the cache's staleness bound
+    (``dek_cache_max_staleness_seconds``) remains the guarantee."""
+    from stream.components import redis_client
+
+    cache = privatizer.cache
+    return ShredListener(
+        lambda: redis_client(settings), settings.redis_key_prefix,
+        lambda subject, epoch: cache.invalidate(subject, epoch),
+        on_reset=cache.invalidate, name="streamgate-memo-shred-listener",
+    ).start()
+
+
+def build_privatizer(
+    settings: Settings,
+    *,
+    keyring: Keyring | None = None,
+    client: redis.Redis | None = None,
+    clock: Callable[[], float] = time.time,
+) -> Privatizer:
+    """Wire the pure core from settings (the memo key is derived from the keyring: purpose ``ldp-memo``)."""
+    from stream.components import redis_client
+
+    keyring = keyring or Keyring.from_settings(settings)
+    schema = load_schema(settings.schema_name)
+    policy = LdpPolicy.from_schema(schema, settings.ldp_epsilon)
+    rng = np.random.default_rng(settings.ldp_seed) if settings.ldp_seed is not None else secure_rng()
+    return Privatizer(
+        policy,
+        RedisMemoStore(client or redis_client(settings), prefix=settings.redis_key_prefix),
+        memo_key=keyring.derive("ldp-memo"),
+        subject_field=schema.subject_field,
+        budget_epsilon=settings.ldp_budget_epsilon,
+        epoch_seconds=settings.epoch_seconds,
+        retention_seconds=settings.retention_seconds,
+        rng=rng,
+        cache=MemoCache(max_entries=settings.dek_cache_max_entries,
+                        max_staleness_seconds=settings.dek_cache_max_staleness_seconds),
+        clock=clock,
+        shuffle_seed=settings.ldp_seed,
+    )
+
+
+@dataclass
+class PrivatizerStats:
+    consumed: int = 0
+    reports: int = 0
+    fully_suppressed: int = 0
+    windows_published: int = 0
+    estimates_published: int = 0
+    late: int = 0
+    batches: int = 0
+    fail_closed_retries: int = 0
+    memo_hits: int = 0
+    memo_resolved: int = 0
+    suppressed: Counter[str] = field(default_factory=Counter)
+    epsilon_spent: Counter[str] = field(default_factory=Counter)
+    reported: Counter[str] = field(default_factory=Counter)
+    skipped: Counter[str] = field(default_factory=Counter)
+    first_event_at: float | None = None
+    last_event_at: float | None = None
+
+    def rate(self) -> float:
+        if self.first_event_at is None or self.last_event_at is None or self.last_event_at <= self.first_event_at:
+            return 0.0
+        return self.consumed / (self.last_event_at - self.first_event_at)
+
+    def add(self, res: PrivatizeResult) -> None:
+        self.reports += len(res.reports)
+        self.fully_suppressed += res.fully_suppressed
+        self.memo_hits += res.memo_hits
+        self.memo_resolved += res.memo_resolved
+        self.suppressed.update(res.suppressed)
+        self.epsilon_spent.update(res.epsilon_spent)
+        self.reported.update(res.reported)
+        self.skipped.update(res.skipped)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "consumed": self.consumed,
+            "reports": self.reports,
+            "fully_suppressed": self.fully_suppressed,
+            "suppressed": dict(self.suppressed),
+            "epsilon_spent": {k: round(v, 6) for k, v in self.epsilon_spent.items()},
+            "reported": dict(self.reported),
+            "skipped": dict(self.skipped),
+            "memo_hits": self.memo_hits,
+            "memo_resolved": self.memo_resolved,
+            "windows_published": self.windows_published,
+            "estimates_published": self.estimates_published,
+            "late": self.late,
+            "batches": self.batches,
+            "fail_closed_retries": self.fail_closed_retries,
+            "rate": round(self.rate(), 1),
+        }
+
+
+class PrivatizerEngine:
+    """Runs the privatizer on Kafka until ``stop`` is set (or ``max_events`` were consumed)."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        privatizer: Privatizer,
+        *,
+        bootstrap: str | None = None,
+        clock: Callable[[], float] = time.time,
+        on_batch: Callable[[PrivatizerStats, PrivatizeResult, float], None] | None = None,
+        grace_seconds: float = 5.0,
+        idle_seconds: float = 5.0,
+        metrics: WorkerMetrics | None = None,
+    ) -> None:
+        self.settings = settings
+        self.metrics = metrics
+        self.privatizer = privatizer
+        self.bootstrap = bootstrap or settings.kafka_bootstrap_or_dev()
+        self.stats = PrivatizerStats()
+        self.aggregator = WindowAggregator(privatizer.policy, window_seconds=settings.ldp_window_seconds,
+                                           grace_seconds=grace_seconds, idle_seconds=idle_seconds, clock=clock)
+        self.worker_id = f"{socket.gethostname()}-{os.getpid()}"
+        self.assigned: set[tuple[str, int]] = set()
+        self.on_batch = on_batch
+        self._consumer: Consumer | None = None
+        self._producer: Producer | None = None
+        self._failed_deliveries = 0
+        self._lag_at = 0.0
+
+    @property
+    def ready(self) -> bool:
+        return bool(self.assigned)
+
+    # -- callbacks -------------------------------------------------------------------
+    def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        self.assigned.update((tp.topic, tp.partition) for tp in partitions)
+
+    def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        self.assigned.difference_update((tp.topic, tp.partition) for tp in partitions)
+        # Publish the open windows as they are: their remaining records go to the new owner.
+        if self._producer is not None:
+            self._publish(self.aggregator.drain(), self._producer)
+            self._producer.flush(30)
+
+    def _on_delivery(self, err: KafkaError | None, _msg: Any) -> None:
+        if err is not None:
+            self._failed_deliveries += 1
+
+    # -- the loop --------------------------------------------------------------------
+    def run(self, stop: threading.Event, *, max_events: int | None = None) -> PrivatizerStats:
+        s = self.settings
+        consumer = Consumer(consumer_config(self.bootstrap, s.privatizer_consumer_group,
+                                            session_timeout_ms=s.session_timeout_ms))
+        producer = Producer(producer_config(self.bootstrap))
+        self._consumer, self._producer = consumer, producer
+        consumer.subscribe([s.topics.protected], on_assign=self._on_assign, on_revoke=self._on_revoke,
+                           on_lost=self._on_revoke)
+        log.info("privatizer started", extra={"topic": s.topics.protected})
+        try:
+            while not stop.is_set():
+                if max_events is not None and self.stats.consumed >= max_events:
+                    break
+                records, offsets = self._consume(consumer)
+                if records and not self._process(consumer, producer, records, offsets, stop):
+                    break
+                self._publish(self.aggregator.due(), producer)
+                producer.poll(0)
+                self._update_lag(consumer)
+        finally:
+            try:
+                self._publish(self.aggregator.drain(), producer)
+                producer.flush(30)
+            finally:
+                consumer.close()
+                self._consumer = self._producer = None
+            log.info("privatizer stopped", extra=self.stats.as_dict())
+        return self.stats
+
+    def _consume(self, consumer: Consumer) -> tuple[list[ProtectedRecord], dict[tuple[str, int], int]]:
+        s = self.settings
+        msgs = consumer.consume(num_messages=s.batch_max_events, timeout=s.batch_max_wait_seconds)
+        records: list[ProtectedRecord] = []
+        offsets: dict[tuple[str, int], int] = {}
+        for m in msgs:
+            err = m.error()
+            if err is not None:
+                if err.code() == KafkaError._PARTITION_EOF:
+                    continue
+                if err.fatal():
+                    raise StreamgateError(f"fatal Kafka consumer error: {err.str()}")
+                log.warning("consumer error", extra={"error": err.str()})
+                continue
+            _ts_type, ts = m.timestamp()
+            records.append(ProtectedRecord(m.value(), ts))
+            offsets[(m.topic(), m.partition())] = m.offset() + 1  # type: ignore[index,operator]
+        if records:
+            now = time.monotonic()
+            if self.stats.first_event_at is None:
+                self.stats.first_event_at = now
+            self.stats.consumed += len(records)
+        return records, offsets
+
+    def _process(self, consumer: Consumer, producer: Producer, records: list[ProtectedRecord],
+                 offsets: dict[tuple[str, int], int], stop: threading.Event) -> bool:
+        attempt = 0
+        while True:
+            try:
+                t0 = time.perf_counter()
+                res = self.privatizer.process(records)
+                break
+            except KeyUnavailableError:
+                self.stats.fail_closed_retries += 1
+                if self.metrics is not None:
+                    self.metrics.redis_error()
+                s = self.settings
+                delay = min(s.retry_backoff_max_seconds, s.retry_backoff_seconds * 2 ** min(attempt, 16))
+                attempt += 1
+                log.warning("memo store unavailable: batch held (not emitted, not committed), retrying",
+                            extra={"held": len(records), "retry_in_s": round(delay, 2)})
+                if not self._wait_paused(consumer, delay, stop):
+                    return False
+        topic = self.settings.topics.features
+        hour_ms = (int(time.time() * 1000) // _HOUR_MS) * _HOUR_MS
+        produce, cb = producer.produce, self._on_delivery
+        for value in res.reports:  # (produce_batch cannot set timestamps)
+            while True:
+                try:
+                    produce(topic, value, timestamp=hour_ms, on_delivery=cb)
+                    break
+                except BufferError:
+                    producer.poll(0.05)
+        self.aggregator.add(res.attribute_reports)
+        self.stats.late = self.aggregator.late
+        self._publish(self.aggregator.due(), producer)
+        # commit only what was delivered (at-least-once)
+        producer.flush(60)
+        if self._failed_deliveries:
+            raise StreamgateError(f"{self._failed_deliveries} feature reports could not be delivered; "
+                                  "stopping without committing (a restart resumes from the last commit)")
+        tps = [TopicPartition(t, p, o) for (t, p), o in offsets.items() if (t, p) in self.assigned]
+        if tps:
+            try:
+                consumer.commit(offsets=tps, asynchronous=True)
+            except KafkaException as exc:
+                log.warning("offset commit failed", extra={"error": str(exc)})
+        self.stats.add(res)
+        self.stats.batches += 1
+        self.stats.last_event_at = time.monotonic()
+        m = self.metrics
+        if m is not None:
+            m.events_in(len(records))
+            m.events_out("features", len(res.reports))
+            m.observe_batch(time.perf_counter() - t0, len(records))
+            for name, n in res.reported.items():
+                m.ldp_reports(name, self.privatizer.policy.by_name[name].mechanism, n, res.epsilon_spent.get(name, 0.0))
+            for name, n in res.suppressed.items():
+                m.ldp_suppressed(name, n)
+        if self.on_batch is not None:
+            self.on_batch(self.stats, res, time.perf_counter() - t0)
+        return True
+
+    def _update_lag(self, consumer: Consumer) -> None:
+        """Lag per assigned partition (cached high watermark minus position), every few seconds."""
+        m = self.metrics
+        now = time.monotonic()
+        if m is None or now - self._lag_at < _LAG_INTERVAL_SECONDS:
+            return
+        self._lag_at = now
+        try:
+            assignment = consumer.assignment()
+            positions = consumer.position(assignment) if assignment else []
+        except KafkaException:
+            return
+        held: list[int] = []
+        for tp in positions:
+            try:
+                low, high = consumer.get_watermark_offsets(tp, cached=True)
+            except KafkaException:
+                continue
+            if high < 0:
+                continue
+            pos = tp.offset if tp.offset >= 0 else max(low, 0)
+            m.set_lag(tp.partition, max(0, high - pos))
+            held.append(tp.partition)
+        m.clear_lag(held)
+
+    def _wait_paused(self, consumer: Consumer, seconds: float, stop: threading.Event) -> bool:
+        assignment = consumer.assignment()
+        if assignment:
+            consumer.pause(assignment)
+        deadline = time.monotonic() + seconds
+        try:
+            while not stop.is_set() and time.monotonic() < deadline:
+                consumer.poll(min(0.2, max(0.0, deadline - time.monotonic())))
+        finally:
+            assignment = consumer.assignment()
+            if assignment:
+                consumer.resume(assignment)
+        return not stop.is_set()
+
+    def _publish(self, windows: list[Any], producer: Producer) -> None:
+        topic = self.settings.topics.frequencies
+        for win in windows:
+            for rec in self.aggregator.records(win, worker=self.worker_id):
+                producer.produce(topic, key=rec["attribute"].encode(), value=orjson.dumps(rec),
+                                 on_delivery=self._on_delivery)
+                self.stats.estimates_published += 1
+                if self.metrics is not None:
+                    self.metrics.events_out("frequencies", 1)
+            self.stats.windows_published += 1
+
+
+class PrivatizerService(Service):
+    """Runs the engine in a thread for the lifetime of the Faust worker."""
+
+    def __init__(self, settings: Settings, bootstrap: str, metrics: WorkerMetrics | None = None,
+                 **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.settings = settings
+        self.bootstrap = bootstrap
+        self.metrics = metrics
+        self.stop_event = threading.Event()
+        self.engine: PrivatizerEngine | None = None
+        self.listener: ShredListener | None = None
+        self._thread_done: asyncio.Future[PrivatizerStats] | None = None
+        self.failed: BaseException | None = None
+
+    async def on_start(self) -> None:
+        privatizer = build_privatizer(self.settings)
+        self.listener = start_memo_invalidation(self.settings, privatizer)
+        self.engine = PrivatizerEngine(self.settings, privatizer, bootstrap=self.bootstrap, metrics=self.metrics)
+        loop = asyncio.get_running_loop()
+        self._thread_done = loop.run_in_executor(None, self._run)
+        self.add_future(self._watch())
+
+    async def _watch(self) -> None:
+        assert self._thread_done is not None
+        try:
+            await self._thread_done
+        except Exception as exc:
+            await self.crash(exc)
+
+    def _run(self) -> PrivatizerStats:
+        assert self.engine is not None
+        try:
+            return self.engine.run(self.stop_event)
+        except BaseException as exc:
+            self.failed = exc
+            log.exception("privatizer engine crashed")
+            raise
+
+    async def on_stop(self) -> None:
+        self.stop_event.set()
+        if self._thread_done is not None:
+            with contextlib.suppress(Exception):
+                await self._thread_done
+        if self.listener is not None:
+            self.listener.stop()
+
+    @property
+    def healthy(self) -> bool:
+        return self.failed is None and self._thread_done is not None and not self._thread_done.done()
+
+
+def create_app(settings: Settings) -> faust.App:
+    """The privatizer's Faust app. ``streamgate privatizer`` runs it as a worker."""
+    bootstrap = settings.kafka_bootstrap_or_dev()
+    datadir = settings.state_dir / "faust-privatizer"
+    datadir.mkdir(parents=True, exist_ok=True)
+    port = settings.web_port_for("privatizer")
+    app = faust.App(
+        "streamgate-privatizer",
+        broker=f"kafka://{bootstrap}",
+        web_enabled=port > 0,
+        web_port=port or 6067,
+        web_bind=settings.web_bind,
+        topic_disable_leader=True,
+        broker_session_timeout=settings.session_timeout_ms / 1000,
+        datadir=str(datadir),
+    )
+    app.boot_strategy = BootStrategy(app, enable_kafka_consumer=False, enable_kafka_producer=False)
+    metrics = WorkerMetrics("privatizer")
+    service = PrivatizerService(settings, bootstrap, metrics)
+    app.service(service)  # type: ignore[arg-type]
+    ops = install_ops(
+        app, settings, worker="privatizer", metrics=metrics,
+        alive=lambda: service.healthy,
+        details=lambda: service.engine.stats.as_dict() if service.engine else {},
+        ready=lambda: service.engine is not None and service.engine.ready,
+    )
+    app.streamgate_service = service  # type: ignore[attr-defined]
+    app.streamgate_ops = ops  # type: ignore[attr-defined]
+    return app

@@ -1,0 +1,173 @@
+"""The privatizer engine on the real broker and Redis: protected events in, private features and
+frequency estimates out; nothing identifying ever reaches features.private (invariant 1 / 4)."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import threading
+from collections import Counter
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import orjson
+import pytest
+import redis
+from kafka_helpers import read_topic, wait_for
+
+from stream.apps.privatizer import PrivatizerEngine, build_privatizer
+from stream.apps.produce import publish
+from stream.components import build_gateway
+from stream.config import Settings
+from stream.gateway.core import RawRecord
+from stream.kafka import ensure_topics
+from stream.ldp.aggregate import merge_records
+from stream.schema import output_validator
+from stream.synth import ClickstreamGenerator
+
+pytestmark = pytest.mark.integration
+
+N = 4000
+
+
+@contextmanager
+def running_privatizer(settings: Settings) -> Iterator[PrivatizerEngine]:
+    engine = PrivatizerEngine(settings, build_privatizer(settings), grace_seconds=0.5, idle_seconds=1.0)
+    stop = threading.Event()
+    errors: list[BaseException] = []
+
+    def target() -> None:
+        try:
+            engine.run(stop)
+        except BaseException as exc:
+            errors.append(exc)
+
+    t = threading.Thread(target=target, daemon=True)
+    t.start()
+    try:
+        yield engine
+    finally:
+        stop.set()
+        t.join(60)
+    assert not errors, f"privatizer crashed: {errors!r}"
+
+
+def _protect_and_publish(settings: Settings, events: list[dict]) -> list[tuple[bytes, bytes]]:
+    gw = build_gateway(settings)
+    res = gw.process([RawRecord("raw", 0, i, orjson.dumps(e)) for i, e in enumerate(events)])
+    assert not res.dead_letters
+    publish(settings.kafka_bootstrap_or_dev(), settings.topics.protected, [v for _k, v in res.protected])
+    return res.protected
+
+
+def test_privatizer_end_to_end(settings_factory, redis_client: redis.Redis) -> None:
+    settings = settings_factory(ldp_epsilon=2.0, ldp_budget_epsilon=1000.0, ldp_window_seconds=2.0, ldp_seed=1)
+    t = settings.topics
+    bootstrap = settings.kafka_bootstrap_or_dev()
+    ensure_topics(bootstrap, [t.protected, t.features, t.frequencies], partitions=2)
+    gen = ClickstreamGenerator(seed=21, n_users=3000)
+    events = list(gen.events(N))
+    protected = _protect_and_publish(settings, events)
+    with running_privatizer(settings) as engine:
+        wait_for(lambda: engine.stats.reports >= N, what="all feature reports", timeout=120)
+        wait_for(lambda: engine.stats.windows_published >= 1, what="a closed window", timeout=60)
+    assert engine.stats.consumed == N and engine.stats.reports == N and not engine.stats.skipped
+
+    feats = read_topic(bootstrap, t.features, expect=N)
+    assert len(feats) == N
+    check = output_validator("private-feature.v1")
+    blob = b"\n".join(r.value or b"" for r in feats)
+    # invariant 1 for features.private: no key, no header, no token, no identifier, no exact time
+    assert all(r.key is None and not r.headers for r in feats)
+    assert all(r.timestamp_ms is not None and r.timestamp_ms % 3_600_000 == 0 for r in feats)
+    assert b"tk1_" not in blob
+    tokens = {k for k, _v in protected}
+    assert not any(tok in blob for tok in tokens)
+    for ev in events:
+        for f in ("user_id", "session_id", "event_id", "email", "ip", "phone", "shipping_address", "ts"):
+            v = ev.get(f)
+            if isinstance(v, str) and len(v) >= 4:
+                assert v.encode() not in blob, f
+    assert not re.search(rb"\d{4}-\d{2}-\d{2}", blob)
+    for r in feats[:300]:
+        assert check(orjson.loads(r.value or b"")) == []
+
+    # estimates: merged over windows and partitions they cover every event; close to the truth
+    freq = read_topic(bootstrap, t.frequencies)
+    recs = [orjson.loads(r.value or b"") for r in freq]
+    assert all(output_validator("frequency-estimate.v1")(rec) == [] for rec in recs)
+    assert {r.key for r in freq} <= {b"event_type", b"category", b"price", b"device", b"country"}
+    merged = {r["attribute"]: r for r in merge_records(engine.privatizer.policy, recs)}
+    assert merged["event_type"]["n"] == N
+    truth = Counter(e["event_type"] for e in events)
+    for v in merged["event_type"]["values"]:
+        # reports of one person are memoized (correlated), so allow more than the i.i.d. error bars
+        assert abs(v["estimate"] - truth[v["value"]] / N) < max(6 * v["std_error"], 0.03), v
+    top_true = truth.most_common(1)[0][0]
+    top_est = max(merged["event_type"]["values"], key=lambda v: v["projected"])["value"]
+    assert top_est == top_true
+
+    # memos and budgets live under the people's retention, in Redis, with the deadline index
+    memo_keys = list(redis_client.scan_iter(match=f"{settings.redis_key_prefix}:memo:*", count=1000))
+    assert memo_keys and all(redis_client.ttl(k) > 0 for k in memo_keys[:50])
+
+
+def test_replay_reemits_identical_reports_and_spends_nothing(settings_factory) -> None:
+    """At-least-once: a second consumer group re-reading the same records resolves the same memos."""
+    settings = settings_factory(ldp_window_seconds=60.0, ldp_budget_epsilon=1000.0)
+    t = settings.topics
+    bootstrap = settings.kafka_bootstrap_or_dev()
+    ensure_topics(bootstrap, [t.protected, t.features, t.frequencies], partitions=1)
+    _protect_and_publish(settings, list(ClickstreamGenerator(seed=5, n_users=200).events(500)))
+    with running_privatizer(settings) as first:
+        wait_for(lambda: first.stats.reports >= 500, what="first pass")
+    spent_first = sum(first.stats.epsilon_spent.values())
+    assert spent_first > 0
+    replay = settings.model_copy(update={"privatizer_consumer_group": settings.privatizer_consumer_group + "-replay"})
+    with running_privatizer(replay) as second:
+        wait_for(lambda: second.stats.reports >= 500, what="replay")
+    assert sum(second.stats.epsilon_spent.values()) == 0
+    feats = read_topic(bootstrap, t.features, expect=1000)
+    assert len(feats) == 1000
+    first_pass = Counter(r.value for r in feats[:500]) if len({r.partition for r in feats}) == 1 else None
+    if first_pass is not None:
+        assert Counter(r.value for r in feats[500:]) == first_pass
+
+
+def test_redis_down_holds_the_batch(settings_factory, tmp_path) -> None:
+    """Fail closed: with the memo store unreachable nothing is emitted; once it is back, everything is."""
+    from stream.dev.stack import find_redis_binary, free_port
+
+    port = free_port()
+    binary = find_redis_binary()
+    proc = subprocess.Popen([str(binary), "--port", str(port), "--save", "", "--appendonly", "no"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        url = f"redis://127.0.0.1:{port}/0"
+        wait_for(lambda: _pings(url), what="private redis")
+        settings = settings_factory(redis_url=url, retry_backoff_seconds=0.2, retry_backoff_max_seconds=0.5)
+        t = settings.topics
+        bootstrap = settings.kafka_bootstrap_or_dev()
+        ensure_topics(bootstrap, [t.protected, t.features, t.frequencies], partitions=1)
+        _protect_and_publish(settings, list(ClickstreamGenerator(seed=8).events(300)))
+        proc.terminate()
+        proc.wait(10)
+        with running_privatizer(settings) as engine:
+            wait_for(lambda: engine.stats.fail_closed_retries >= 2, what="fail-closed retries")
+            assert engine.stats.reports == 0
+            assert read_topic(bootstrap, t.features, idle=1.0) == []
+            proc = subprocess.Popen([str(binary), "--port", str(port), "--save", "", "--appendonly", "no"],
+                                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            wait_for(lambda: engine.stats.reports >= 300, what="reports after Redis came back")
+        assert len(read_topic(bootstrap, t.features, expect=300)) == 300
+    finally:
+        proc.terminate()
+        proc.wait(10)
+
+
+def _pings(url: str) -> bool:
+    try:
+        return bool(redis.Redis.from_url(url, socket_connect_timeout=0.3).ping())
+    except (redis.RedisError, OSError):
+        return False
+
