@@ -128,6 +128,7 @@ class ShredderEngine:
         self.consumer_overrides = consumer_overrides or {}
         self.shredder: Shredder | None = None
         self.assigned: set[tuple[str, int]] = set()
+        self.joined = False  # the consumer group answered (possibly with no partitions: another instance has them)
         self.ticks = 0
         self.erasures_committed = 0
         self._reported: dict[str, int] = {"retention": 0, "erasure": 0}
@@ -139,13 +140,14 @@ class ShredderEngine:
 
     @property
     def ready(self) -> bool:
-        """Ready once the first scan is done and the erasure topic's partitions are assigned."""
-        return self.ticks > 0 and bool(self.assigned)
+        """Ready once the first scan is done and the consumer group has answered (with this
+        instance's share of the erasure partitions, which may be none when others hold them)."""
+        return self.ticks > 0 and self.joined
 
     def as_dict(self) -> dict[str, Any]:
         d = self.stats.as_dict()
         d.update({"ticks": self.ticks, "erasures_committed": self.erasures_committed,
-                  "assigned": len(self.assigned)})
+                  "assigned": len(self.assigned), "tombstone_topics": len(self.tombstone_topics)})
         return d
 
     def _report(self) -> None:
@@ -182,7 +184,7 @@ class ShredderEngine:
             self.store, KafkaReceiptSink(producer, s.topics.audit), worker=self.worker,
             epoch_seconds=s.epoch_seconds, retention_seconds=s.retention_seconds, clock=self.clock,
             batch_size=s.shredder_batch_size, lease_seconds=s.shredder_lease_seconds,
-            tombstone_topics=self.tombstone_topics)
+            lead_seconds=s.shredder_lead_seconds, tombstone_topics=self.tombstone_topics)
         log.info("shredder started", extra={"worker": self.worker, "interval_s": s.shredder_interval_seconds})
         next_tick, attempt = 0.0, 0
         try:
@@ -217,6 +219,7 @@ class ShredderEngine:
         return self.stats
 
     def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        self.joined = True
         self.assigned.update((tp.topic, tp.partition) for tp in partitions)
 
     def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:

@@ -118,20 +118,28 @@ def register(cli: click.Group) -> None:
         budgets) whose retention ended and writes one receipt per key to ops.audit; it executes
         requests from privacy.erasure as they come. /healthz, /readyz and /metrics on port 6068.
         """
+        from confluent_kafka.admin import AdminClient
         from faust.worker import Worker
 
         from stream.apps.shredder import create_app
         from stream.crypto.keyring import Keyring
+        from stream.errors import ConfigError
         from stream.kafka import ensure_topics
-        from stream.retention.topics import load_topics_config
+        from stream.retention.topics import load_topics_config, tombstone_topics
         from stream.schema import load_schema
 
         settings = _settings()
         Keyring.from_settings(settings)  # fail fast: erasure requests are tokenized with the KEK
         load_schema(settings.schema_name)
-        load_topics_config(settings, settings.topics_config)
+        compacted = tombstone_topics(load_topics_config(settings, settings.topics_config))
         bootstrap = settings.kafka_bootstrap_or_dev()
         ensure_topics(bootstrap, [settings.topics.erasure, settings.topics.audit], partitions=1)
+        if compacted:
+            existing = AdminClient({"bootstrap.servers": bootstrap}).list_topics(timeout=30).topics
+            missing = [t for t in compacted if t not in existing]
+            if missing:
+                raise ConfigError(f"compacted topics keyed by person token are missing: {', '.join(missing)} "
+                                  "(create them with `streamgate topics apply`)")
         Worker(create_app(settings), loglevel=loglevel, quiet=True).execute_from_commandline()
 
     @cli.command()

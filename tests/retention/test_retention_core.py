@@ -228,3 +228,13 @@ def test_candidate_epochs_cover_every_epoch_whose_keys_can_exist() -> None:
     eps = candidate_epochs(now, epoch_seconds=E, retention_seconds=R)
     live = [e for e in range(0, 200) if expire_at(e) > now and e * E <= now]
     assert set(live) <= set(eps)
+
+
+def test_lead_destroys_keys_shortly_before_their_deadline_only() -> None:
+    clock = Clock(0)
+    shredder, store, sink = make(clock, lead_seconds=10)
+    seed(store, ["tokA"], [1, 2])
+    clock.t = expire_at(1) - 5  # within the lead of epoch 1's deadline, far from epoch 2's
+    assert shredder.shred_due() == 1
+    assert sink.receipts[0]["epoch"] == 1 and sink.receipts[0]["key_id"]
+    assert all(store.live("tokA", 2).values())
