@@ -7,7 +7,7 @@ variance of the estimates across trials is compared with the closed form
 ICDE 2019 for PM/HM; Duchi, Jordan, Wainwright, JASA 2018 for Duchi). The
 target is a ratio within 0.9-1.1; each row also carries the standard error of
 its ratio (measured from the trials themselves), which the default trial
-counts keep at about 2 % or less.
+counts keep at about 2.5 % or less.
 
 * Frequencies (:func:`accuracy_table`): a Zipf(1.1) population over ``k``
   values; the per-value variances are pooled over the domain and compared with
@@ -52,7 +52,7 @@ __all__ = [
 
 #: Real OUE bit matrices up to this many cells per trial; beyond, the exact binomial sampler.
 OUE_REAL_CELLS = 2_500_000
-NUMERIC_TRIALS = 2000
+NUMERIC_TRIALS = 3000
 PRICE_LO, PRICE_HI = 0.0, 500.0
 
 

@@ -207,7 +207,10 @@ class HybridMechanism(NumericMechanism):
         if self.alpha == 0.0:
             return self.duchi.perturb_unit(t, rng)
         use_pm = rng.random(t.shape[0]) < self.alpha
-        return np.where(use_pm, self.pm.perturb_unit(t, rng), self.duchi.perturb_unit(t, rng))
+        out = np.empty(t.shape[0], dtype=np.float64)
+        out[use_pm] = self.pm.perturb_unit(t[use_pm], rng)
+        out[~use_pm] = self.duchi.perturb_unit(t[~use_pm], rng)
+        return out
 
     def variance_unit(self, t: np.ndarray | float) -> np.ndarray | float:
         # both components are unbiased: the mixture's variance is the mixture of variances
