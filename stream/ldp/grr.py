@@ -57,7 +57,9 @@ class GRR(FrequencyOracle):
         return out
 
     def support(self, reports: Sequence[Any]) -> np.ndarray:
-        arr = np.asarray(reports, dtype=np.int64).reshape(-1)
+        arr = self._int_reports(reports, "GRR")
+        if arr.ndim != 1:
+            raise ValueError("GRR reports must be integers")
         if arr.size and (int(arr.min()) < 0 or int(arr.max()) >= self.k):
             raise ValueError(f"GRR reports must be indices in [0, {self.k})")
         return np.bincount(arr, minlength=self.k).astype(np.int64)

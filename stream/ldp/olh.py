@@ -144,10 +144,7 @@ class OLH(FrequencyOracle):
     def support(self, reports: Sequence[Any]) -> np.ndarray:
         if len(reports) == 0:
             return np.zeros(self.k, dtype=np.int64)
-        try:
-            arr = np.asarray(reports, dtype=np.int64)
-        except (TypeError, ValueError, OverflowError):
-            raise ValueError("OLH reports must be [a, b, y] integer triples") from None
+        arr = self._int_reports(reports, "OLH")
         if arr.ndim != 2 or arr.shape[1] != 3:
             raise ValueError("OLH reports must be [a, b, y] integer triples")
         a, b, y = arr[:, 0], arr[:, 1], arr[:, 2]

@@ -49,7 +49,7 @@ def secure_rng() -> np.random.Generator:
 
 def check_epsilon(epsilon: float) -> float:
     """``epsilon`` as a float; ValueError unless it is finite and > 0."""
-    if isinstance(epsilon, bool) or not isinstance(epsilon, int | float):
+    if isinstance(epsilon, bool) or not isinstance(epsilon, int | float | np.integer | np.floating):
         raise ValueError(f"epsilon must be a number, got {epsilon!r}")
     eps = float(epsilon)
     if not math.isfinite(eps) or eps <= 0.0:
@@ -100,6 +100,19 @@ class FrequencyOracle(abc.ABC):
             raise ValueError(f"values must be domain indices in [0, {self.k})")
         return arr
 
+    @staticmethod
+    def _int_reports(reports: Sequence[Any], what: str) -> np.ndarray:
+        """Reports as an int64 array; ValueError for anything but integers (no silent truncation)."""
+        try:
+            arr = np.asarray(reports)
+        except ValueError:  # ragged
+            raise ValueError(f"malformed {what} reports") from None
+        if arr.size == 0:
+            return arr.astype(np.int64)
+        if not np.issubdtype(arr.dtype, np.integer) or arr.dtype == np.uint64:
+            raise ValueError(f"{what} reports must be integers")
+        return arr.astype(np.int64)
+
     @abc.abstractmethod
     def perturb(self, values: np.ndarray, rng: np.random.Generator) -> list[Any]:
         """One JSON-ready report per value (``values``: int indices in ``[0, k)``)."""
@@ -126,9 +139,9 @@ class FrequencyOracle(abc.ABC):
         p, q = self.p, self.q
         base = q * (1.0 - q) / (n * (p - q) ** 2)
         slope = (1.0 - p - q) / (n * (p - q))
-        if isinstance(f, np.ndarray):
-            return base + slope * f.astype(np.float64)
-        return base + slope * float(f)
+        if np.ndim(f) == 0:
+            return base + slope * float(f)
+        return base + slope * np.asarray(f, dtype=np.float64)
 
     # -- exact distribution (epsilon tests) ---------------------------------------------------------
     @abc.abstractmethod

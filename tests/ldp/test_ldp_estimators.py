@@ -79,6 +79,8 @@ def test_variance_formula_shapes() -> None:
     o = GRR(5, 1.0)
     p, q, n = o.p, o.q, 100
     assert o.variance(n) == pytest.approx(q * (1 - q) / (n * (p - q) ** 2))
+    assert o.variance(n, [0.0, 0.5]).tolist() == o.variance(n, np.array([0.0, 0.5])).tolist()  # type: ignore[union-attr]
+    assert isinstance(o.variance(n, np.float64(0.2)), float)
     v = o.variance(n, np.array([0.0, 0.5]))
     assert isinstance(v, np.ndarray) and v.shape == (2,)
     assert v[1] == pytest.approx(q * (1 - q) / (n * (p - q) ** 2) + 0.5 * (1 - p - q) / (n * (p - q)))
@@ -109,8 +111,9 @@ def test_grr_reports() -> None:
     assert o.support([0, 3, 3]).tolist() == [1, 0, 0, 2]
     assert o.support([]).tolist() == [0, 0, 0, 0]
     assert o.support([3]).dtype == np.int64
-    with pytest.raises(ValueError):
-        o.support([4])
+    for bad in ([4], [-1], [1.0], ["1"], [True], [[1, 2]], [2**70]):
+        with pytest.raises(ValueError):
+            o.support(bad)
     with pytest.raises(ValueError):
         o.perturb(np.array([4]), np.random.default_rng(0))
     with pytest.raises(ValueError):
@@ -164,7 +167,8 @@ def test_olh_support_matches_naive_count() -> None:
 
 def test_olh_support_rejects_bad_reports() -> None:
     o = OLH(5, 1.0)
-    for bad in ([[0, 1, 1]], [[1, MERSENNE_P, 1]], [[1, 1, o.g]], [[1, 2]], [["x", 1, 1]]):
+    for bad in ([[0, 1, 1]], [[1, MERSENNE_P, 1]], [[1, 1, o.g]], [[1, 2]], [["x", 1, 1]], [[1.0, 1.0, 1.0]],
+                [[1, 1, 1], [1, 1]], [1, 1, 1], [[2**70, 1, 1]]):
         with pytest.raises(ValueError):
             o.support(bad)
     assert o.support([]).tolist() == [0] * 5
