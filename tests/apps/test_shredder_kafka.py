@@ -136,6 +136,7 @@ def test_erasure_request_makes_one_person_unreadable_in_every_topic(settings, re
             wait_for(lambda: shredder.erasures_committed >= 1, timeout=60, what="erasure committed")
             produce(bootstrap, t.raw, [(None, v) for v in raw_events([gone_user], 3, seed=2)])
             after_all = read_topic(bootstrap, t.protected, expect=15)
+        listener.stop()
     assert len(after_all) == 15
     rd = reader(settings, clock)
     before_keys = set()
