@@ -1,9 +1,12 @@
-"""``streamgate demo``: the whole gateway, live, on the embedded stack.
+"""``streamgate demo``: the gateway and the privatizer, live, on the embedded stack.
 
-Starts (or reuses) the stack, starts the gateway worker as a real subprocess
-(``streamgate gateway``), publishes a synthetic clickstream with some invalid
-records mixed in, waits until every event has landed in ``clicks.protected``
-or ``clicks.dlq``, prints a summary and cleans up what it started.
+Starts (or reuses) the stack, starts the gateway and privatizer workers as real
+subprocesses (``streamgate gateway``, ``streamgate privatizer``), publishes a
+synthetic clickstream with some invalid records mixed in, waits until every
+event has landed in ``clicks.protected`` or ``clicks.dlq``, prints a summary,
+waits for the privatizer's feature reports, stops it (it publishes its open
+windows) and shows the estimated population frequencies beside the truth the
+generator knows. It cleans up what it started.
 """
 
 from __future__ import annotations
@@ -136,50 +139,162 @@ def run_demo(settings: Settings, *, events: int = 20_000, invalid_rate: float = 
         console.print(f"no master key configured: generated a throwaway demo keyring at {keyring_path}")
 
     gateway_log = run_dir / "gateway.log"
+    privatizer_log = run_dir / "privatizer.log"
     with _stack(settings, run_dir, console) as (bootstrap, redis_url, _started):
-        web_port = free_port()
-        env.update({"STREAMGATE_KAFKA_BOOTSTRAP": bootstrap, "STREAMGATE_REDIS_URL": redis_url,
-                    "STREAMGATE_WEB_PORT": str(web_port)})
+        env.update({"STREAMGATE_KAFKA_BOOTSTRAP": bootstrap, "STREAMGATE_REDIS_URL": redis_url})
         s = settings.model_copy(update={"kafka_bootstrap": bootstrap, "redis_url": redis_url,
                                         "master_key_file": keyring_path or settings.master_key_file})
         t = s.topics
-        ensure_topics(bootstrap, [t.raw, t.protected, t.dlq], partitions=s.topic_partitions)
+        ensure_topics(bootstrap, [t.raw, t.protected, t.dlq, t.features, t.frequencies], partitions=s.topic_partitions)
+        since_ms = int(time.time() * 1000) - 1000
         probe = Consumer(consumer_config(bootstrap, f"streamgate-demo-{run_id}", session_timeout_ms=s.session_timeout_ms))
-        outputs = _Outputs(probe, s, since_ms=int(time.time() * 1000) - 1000)
-
-        with open(gateway_log, "wb") as logf:
-            proc = subprocess.Popen(
-                [sys.executable, "-m", "stream.cli", "gateway", "--loglevel", "info"],
-                env=env, stdout=logf, stderr=subprocess.STDOUT, start_new_session=True,
-            )
+        outputs = _Outputs(probe, s, since_ms=since_ms)
+        procs: list[subprocess.Popen[bytes]] = []
         try:
-            with console.status("starting the gateway worker (Faust) and joining its consumer group ..."):
-                _wait_ready(proc, web_port, gateway_log)
-            console.print(f"gateway worker ready (pid {proc.pid}, http://127.0.0.1:{web_port}/healthz)")
-            _drive(console, s, outputs, proc, gateway_log, events, invalid_rate, seed)
+            gw_port, pv_port = free_port(), free_port()
+            gw = _start_worker("gateway", {**env, "STREAMGATE_WEB_PORT": str(gw_port)}, gateway_log)
+            gw.web_port = gw_port  # type: ignore[attr-defined]
+            procs.append(gw)
+            pv_env = {**env, "STREAMGATE_WEB_PORT": str(pv_port)}
+            pv = _start_worker("privatizer", pv_env, privatizer_log)
+            pv.web_port = pv_port  # type: ignore[attr-defined]
+            procs.append(pv)
+            with console.status("starting the gateway and privatizer workers (Faust) and joining their groups ..."):
+                _wait_ready(gw, gw_port, gateway_log)
+                _wait_ready(pv, pv_port, privatizer_log)
+            console.print(f"gateway worker ready (pid {gw.pid}, http://127.0.0.1:{gw_port}/healthz); "
+                          f"privatizer ready (pid {pv.pid}, http://127.0.0.1:{pv_port}/healthz)")
+            valid = _drive(console, s, outputs, gw, gateway_log, events, invalid_rate, seed)
+            _privacy_summary(console, s, pv, privatizer_log, valid, since_ms)
         finally:
-            with contextlib.suppress(ProcessLookupError):
-                proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(20)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(5)
+            for proc in procs:
+                _stop(proc)
             probe.close()
-    console.print(f"logs: {run_dir}  (gateway: {gateway_log.name})")
+    console.print(f"logs: {run_dir}  (gateway: {gateway_log.name}, privatizer: {privatizer_log.name})")
     console.rule("done")
+
+
+def _start_worker(name: str, env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
+    with open(log, "wb") as logf:
+        return subprocess.Popen(
+            [sys.executable, "-m", "stream.cli", name, "--loglevel", "info"],
+            env=env, stdout=logf, stderr=subprocess.STDOUT, start_new_session=True,
+        )
+
+
+def _stop(proc: subprocess.Popen[bytes]) -> None:
+    with contextlib.suppress(ProcessLookupError):
+        proc.send_signal(signal.SIGTERM)
+    try:
+        proc.wait(30)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait(5)
+
+
+def _read_since(bootstrap: str, topic: str, since_ms: int, *, expect: int | None, idle: float,
+                timeout: float = 120.0) -> list[bytes]:
+    c = Consumer(consumer_config(bootstrap, f"streamgate-demo-read-{uuid.uuid4().hex[:6]}"))
+    try:
+        md = c.list_topics(topic, timeout=10).topics[topic]
+        c.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in md.partitions])
+        out: list[bytes] = []
+        last, deadline = time.monotonic(), time.monotonic() + timeout
+        while time.monotonic() < deadline and time.monotonic() - last < idle:
+            for m in c.consume(num_messages=2000, timeout=0.2):
+                value = m.value()
+                # features carry an hour-floored timestamp: filter those by the hour of the run
+                if m.error() is None and value is not None and m.timestamp()[1] >= since_ms - 3_600_000:
+                    out.append(value)
+                    last = time.monotonic()
+            if expect is not None and len(out) >= expect:
+                idle = min(idle, 1.0)
+        return out
+    finally:
+        c.close()
+
+
+def _privacy_summary(console: Console, s: Settings, pv: subprocess.Popen[bytes], log: Path,
+                     valid: list[dict[str, Any]], since_ms: int) -> None:
+    """Wait for the privatizer, stop it (it publishes its open windows), then show estimated vs true."""
+    from stream.commands.ldp import render_estimates
+    from stream.ldp.aggregate import merge_records
+    from stream.ldp.policy import NONE_VALUE, LdpPolicy
+    from stream.schema import load_schema
+
+    t = s.topics
+    bootstrap = s.kafka_bootstrap_or_dev()
+    policy = LdpPolicy.from_schema(load_schema(s.schema_name), s.ldp_epsilon)
+    with console.status("privatizer: waiting for the feature reports ..."):
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            if pv.poll() is not None:
+                raise StreamgateError(f"the privatizer worker exited (code {pv.returncode}); see {log}")
+            stats = _healthz_stats(pv, "privatizer")
+            if stats and stats.get("consumed", 0) >= len(valid):
+                break
+            time.sleep(0.5)
+        stats = _healthz_stats(pv, "privatizer") or {}
+        _stop(pv)  # graceful: publishes the windows still open
+    freq = [orjson.loads(v) for v in _read_since(bootstrap, t.frequencies, since_ms, expect=None, idle=3.0)]
+    freq = [r for r in freq if int(r.get("window", {}).get("end_ms", 0)) >= since_ms]
+    n_features = stats.get("reports", 0)
+    table = Table(title="local differential privacy (privatizer)", show_header=False)
+    table.add_row("feature reports -> " + t.features, f"{n_features:,}  (no key, no token, no identifier, "
+                  "hour-of-week only)")
+    table.add_row("epsilon per report", ", ".join(f"{a.name}: {a.epsilon:g} ({a.mechanism})" for a in policy.attributes))
+    table.add_row("suppressed (budget spent)", f"{sum(stats.get('suppressed', {}).values()):,} attribute reports "
+                  f"(budget {s.ldp_budget_epsilon:g} epsilon per person, attribute and day)")
+    table.add_row("memoized reports served", f"{stats.get('memo_hits', 0):,} from cache, "
+                  f"{stats.get('memo_resolved', 0):,} resolved in Redis")
+    table.add_row("estimate records -> " + t.frequencies, f"{len(freq):,}")
+    console.print(table)
+    merged = merge_records(policy, freq)
+    truth: dict[str, dict[str, float]] = {}
+    n = max(1, len(valid))
+    for attr in policy.attributes:
+        if attr.kind != "categorical":
+            continue
+        counts: Counter[str] = Counter()
+        for ev in valid:
+            v = ev.get(attr.name)
+            idx = attr.index_of(v)
+            if idx is not None:
+                counts[attr.domain[idx]] += 1
+        truth[attr.name] = {k: c / n for k, c in counts.items()}
+        truth[attr.name].setdefault(NONE_VALUE, 0.0)
+    shown = [r for r in merged if r["attribute"] in ("event_type", "category", "price")]
+    console.print(render_estimates(shown, top=6, truth=truth))
+    true_mean = sum(policy.by_name["price"].clamp(ev.get("price")) for ev in valid) / n
+    console.print(f"true mean price (absent = 0): {true_mean:,.2f}   "
+                  "(estimates come from randomized reports only; `streamgate estimates --total` shows them any time)")
+
+
+def _healthz_stats(proc: subprocess.Popen[bytes], key: str) -> dict[str, Any] | None:
+    port = getattr(proc, "web_port", None)
+    if port is None:
+        return None
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=2) as resp:
+            body = orjson.loads(resp.read())
+    except (OSError, urllib.error.URLError, orjson.JSONDecodeError):
+        return None
+    stats = body.get(key)
+    return stats if isinstance(stats, dict) else None
 
 
 def _drive(
     console: Console, s: Settings, outputs: _Outputs, proc: subprocess.Popen[bytes],
     gateway_log: Path, events: int, invalid_rate: float, seed: int,
-) -> None:
+) -> list[dict[str, Any]]:
+    """Publish, wait for the gateway's outputs, print the gateway summary; returns the valid events."""
     t = s.topics
     bootstrap = s.kafka_bootstrap_or_dev()
     rng = random.Random(seed + 1)
     gen = ClickstreamGenerator(seed=seed)
     sample: dict[str, Any] | None = None
     invalid_payloads: set[bytes] = set()
+    valid: list[dict[str, Any]] = []
 
     def items() -> Iterator[Any]:
         nonlocal sample
@@ -192,6 +307,7 @@ def _drive(
                 if sample is None and ev.get("email") and ev.get("ip"):
                     sample = ev
                 outputs.want_ids.add(ev["event_id"])
+                valid.append(ev)
                 yield ev
 
     def delivered(msg: Message) -> None:
@@ -253,3 +369,4 @@ def _drive(
         ok = all(back.get(f) == sample.get(f) for f in ("email", "ip", "phone", "user_agent", "shipping_address"))
         console.print(("[green]✓[/]" if ok else "[red]✗[/]") + " decrypting with the master key recovers every encrypted field"
                       f" of event {sample['event_id']} (`streamgate decrypt --user ...`)")
+    return valid

@@ -9,8 +9,16 @@ of the unbiased numeric reports (numeric). When it closes it becomes one
 * ``estimate``: the unbiased estimate (Wang et al. 2017) - may be negative or
   above 1 (it is unbiased precisely because it is not clipped);
 * ``std_error``: sqrt of the closed-form variance at n, epsilon and the
-  estimated frequency (clipped into [0, 1] for the variance), and ``ci95``
-  = estimate +- 1.96 std_error (normal approximation);
+  estimated frequency (clipped into [0, 1] for the variance), times the square
+  root of the *design effect*, and ``ci95`` = estimate +- 1.96 std_error
+  (normal approximation). The design effect: memoization makes the reports of
+  one person about one value identical (one random draw counted ``c`` times),
+  so the variance of a count is ``sum(c^2) * v`` rather than ``n * v``;
+  ``design_effect = sum_c2 / n`` (1 when every report is its own draw). The
+  privatizer knows which reports share a memo (in process, never published)
+  and counts ``sum_c2`` per window. Merging windows sums ``sum_c2``, which
+  treats one person's reports in different windows as independent: the
+  merged standard error is then a lower bound (the per-window ones are not);
 * ``projected``: a consistent post-processed view, the Euclidean projection of
   the estimate vector onto the probability simplex (non-negative, sums to 1);
   biased, but closer to the truth in L2 than the raw vector.
@@ -27,6 +35,7 @@ from __future__ import annotations
 
 import math
 import time
+from collections import Counter
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -49,6 +58,11 @@ class _Acc:
     n: int = 0
     support: np.ndarray | None = None
     total: float = 0.0
+    clusters: Counter[int] = field(default_factory=Counter)
+
+    @property
+    def sum_c2(self) -> int:
+        return sum(c * c for c in self.clusters.values())
 
 
 @dataclass
@@ -63,7 +77,8 @@ def _iso(ms: int) -> str:
 
 
 def estimate_record(attr: LdpAttribute, *, n: int, support: Sequence[int] | np.ndarray | None, total: float | None,
-                    start_ms: int, end_ms: int, worker: str | None = None) -> dict[str, Any]:
+                    start_ms: int, end_ms: int, worker: str | None = None,
+                    sum_c2: int | None = None) -> dict[str, Any]:
     """The ``analytics.frequencies`` record of one attribute for one window (or a merge of windows)."""
     rec: dict[str, Any] = {
         "schema": ESTIMATE_SCHEMA,
@@ -76,13 +91,17 @@ def estimate_record(attr: LdpAttribute, *, n: int, support: Sequence[int] | np.n
     }
     if worker is not None:
         rec["worker"] = worker
+    sum_c2 = n if sum_c2 is None else max(int(sum_c2), n)
+    deff = sum_c2 / n if n > 0 else 1.0
+    rec["sum_c2"] = sum_c2
+    rec["design_effect"] = round(deff, 4)
     if attr.oracle is not None:
         counts = np.asarray(support if support is not None else np.zeros(attr.k), dtype=np.int64)
         rec["support"] = [int(c) for c in counts]
         if n > 0:
             est = attr.oracle.estimate(counts, n)
             var = np.asarray(attr.oracle.variance(n, np.clip(est, 0.0, 1.0)), dtype=np.float64)
-            se = np.sqrt(np.maximum(var, 0.0))
+            se = np.sqrt(np.maximum(var, 0.0) * deff)
             proj = project_simplex(est)
             rec["values"] = [
                 {
@@ -102,7 +121,7 @@ def estimate_record(attr: LdpAttribute, *, n: int, support: Sequence[int] | np.n
         rec["sum"] = float(total or 0.0)
         if n > 0:
             mean = float(total or 0.0) / n
-            sd = float(mean_std_error(attr.numeric, n, min(attr.hi, max(attr.lo, mean))))
+            sd = float(mean_std_error(attr.numeric, n, min(attr.hi, max(attr.lo, mean)))) * math.sqrt(deff)
             rec["mean"] = round(mean, 6)
             rec["std_error"] = round(sd, 6)
             rec["ci95"] = [round(mean - 1.96 * sd, 6), round(mean + 1.96 * sd, 6)]
@@ -122,14 +141,17 @@ def merge_records(policy: LdpPolicy, records: Iterable[Mapping[str, Any]]) -> li
         if not recs:
             continue
         n = sum(int(r["n"]) for r in recs)
+        sum_c2 = sum(int(r.get("sum_c2", r["n"])) for r in recs)
         start = min(int(r["window"]["start_ms"]) for r in recs)
         end = max(int(r["window"]["end_ms"]) for r in recs)
         if attr.oracle is not None:
             support = np.sum([np.asarray(r["support"], dtype=np.int64) for r in recs], axis=0)
-            out.append(estimate_record(attr, n=n, support=support, total=None, start_ms=start, end_ms=end))
+            out.append(estimate_record(attr, n=n, support=support, total=None, start_ms=start, end_ms=end,
+                                       sum_c2=sum_c2))
         else:
             total = sum(float(r.get("sum", 0.0)) for r in recs)
-            out.append(estimate_record(attr, n=n, support=None, total=total, start_ms=start, end_ms=end))
+            out.append(estimate_record(attr, n=n, support=None, total=total, start_ms=start, end_ms=end,
+                                       sum_c2=sum_c2))
     return out
 
 
@@ -165,20 +187,22 @@ class WindowAggregator:
         self.last_add = self._clock()
         grouped: dict[tuple[int, str], list[Any]] = {}
         w = self.window_ms
-        for ts, name, report in reports:
+        for ts, name, report, cluster in reports:
             start = (ts // w) * w
             if start < self.closed_before_ms:
                 self.late += 1
                 continue
-            grouped.setdefault((start, name), []).append(report)
+            grouped.setdefault((start, name), []).append((report, cluster))
             if ts > self.watermark_ms:
                 self.watermark_ms = ts
-        for (start, name), reps in grouped.items():
+        for (start, name), items in grouped.items():
             win = self.windows.get(start)
             if win is None:
                 win = self.windows[start] = WindowState(start, start + w)
             acc = win.accs.setdefault(name, _Acc())
             attr = self.policy.by_name[name]
+            reps = [r for r, _c in items]
+            acc.clusters.update(c for _r, c in items)
             acc.n += len(reps)
             if attr.oracle is not None:
                 sup = attr.oracle.support(reps)
@@ -212,5 +236,5 @@ class WindowAggregator:
             if acc is None:
                 continue
             out.append(estimate_record(attr, n=acc.n, support=acc.support, total=acc.total,
-                                       start_ms=win.start_ms, end_ms=win.end_ms, worker=worker))
+                                       start_ms=win.start_ms, end_ms=win.end_ms, worker=worker, sum_c2=acc.sum_c2))
         return out

@@ -46,11 +46,15 @@ class ProtectedRecord(NamedTuple):
 
 
 class AttributeReport(NamedTuple):
-    """One emitted report of one attribute, for the windowed aggregator."""
+    """One emitted report of one attribute, for the windowed aggregator. ``cluster`` identifies, in
+    this process only, the memo the report came from (a hash of person, epoch, attribute, value):
+    reports of one cluster are identical, not independent, and the aggregator's error bars
+    account for that (design effect). It never leaves the process."""
 
     timestamp_ms: int
     attribute: str
     report: Any
+    cluster: int = 0
 
 
 @dataclass
@@ -158,7 +162,8 @@ class Privatizer:
         schema_name = self.policy.schema_name
         es, rs = self.epoch_seconds, self.retention_seconds
         # pass 1: decode, look up the cache, collect what must be resolved
-        rows: list[tuple[int, int | None, dict[str, Any]]] = []  # (ts_ms, hour_of_week, attribute -> report json)
+        # (ts_ms, hour_of_week, attribute -> (report json, cluster))
+        rows: list[tuple[int, int | None, dict[str, tuple[str, int]]]] = []
         pending: dict[tuple[str, int, str, object], list[tuple[int, str]]] = {}
         for rec in records:
             try:
@@ -176,7 +181,7 @@ class Privatizer:
             if (epoch + 1) * es + rs <= now:
                 res.skipped["retention_ended"] += 1
                 continue
-            row: dict[str, Any] = {}
+            row: dict[str, tuple[str, int]] = {}
             rows.append((rec.timestamp_ms, hour_of_week(event.get("ts")), row))
             for attr in attrs:
                 value = self._value_key(attr, event)
@@ -185,7 +190,7 @@ class Privatizer:
                 key = (subject, epoch, attr.name, value)
                 hit = self.cache.get(key, mono)
                 if hit is not None:
-                    row[attr.name] = hit
+                    row[attr.name] = (hit, hash(key))
                     res.memo_hits += 1
                 else:
                     pending.setdefault(key, []).append((len(rows) - 1, attr.name))
@@ -215,7 +220,7 @@ class Privatizer:
                     res.epsilon_spent[name] = res.epsilon_spent.get(name, 0.0) + self._cost[name] / MICRO
                 self.cache.put(key, result.report, mono)
                 for row_idx, _ in pending[key]:
-                    rows[row_idx][2][name] = result.report
+                    rows[row_idx][2][name] = (result.report, hash(key))
         # pass 3: assemble the reports
         self._shuffle.shuffle(rows)
         params = self._params
@@ -224,10 +229,10 @@ class Privatizer:
                 res.fully_suppressed += 1
                 continue
             features = {}
-            for name, rep_json in row.items():
+            for name, (rep_json, cluster) in row.items():
                 report = orjson.loads(rep_json)
                 features[name] = {**params[name], "r": report}
-                res.attribute_reports.append(AttributeReport(ts_ms, name, report))
+                res.attribute_reports.append(AttributeReport(ts_ms, name, report, cluster))
                 res.reported[name] += 1
             doc: dict[str, Any] = {"schema": FEATURE_SCHEMA, "source_schema": schema_name, "features": features}
             if how is not None:

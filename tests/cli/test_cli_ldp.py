@@ -52,7 +52,8 @@ def test_estimates_merges_windows_and_workers(settings_factory) -> None:
     recs = []
     for worker, part in (("w1", slice(0, 3000)), ("w2", slice(3000, 6000))):
         agg = WindowAggregator(policy, window_seconds=60)
-        agg.add([AttributeReport(now_ms - 120_000 + i * 10, "device", r) for i, r in enumerate(reports[part])])
+        agg.add([AttributeReport(now_ms - 120_000 + i * 10, "device", r, i + part.start)
+                 for i, r in enumerate(reports[part])])
         recs += [rec for w in agg.drain() for rec in agg.records(w, worker=worker)]
     publish(settings.kafka_bootstrap, settings.topics.frequencies, [orjson.dumps(r) for r in recs])
     result = CliRunner().invoke(cli, ["estimates", "--total", "--json", "--idle-timeout", "2"],

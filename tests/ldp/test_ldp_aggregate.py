@@ -96,13 +96,13 @@ def test_windows_close_on_the_watermark_and_when_idle() -> None:
     clock = Clock(1_000_000.0)
     agg = WindowAggregator(POLICY, window_seconds=60, grace_seconds=5, idle_seconds=10, clock=clock)
     t0 = 1_000_000 * 1000 - (1_000_000 * 1000) % 60_000
-    agg.add([AttributeReport(t0 + 1000, "device", 1), AttributeReport(t0 + 2000, "device", 2)])
+    agg.add([AttributeReport(t0 + 1000, "device", 1, 1), AttributeReport(t0 + 2000, "device", 2, 2)])
     assert agg.due() == []
-    agg.add([AttributeReport(t0 + 66_000, "device", 0)])  # watermark past end + grace
+    agg.add([AttributeReport(t0 + 66_000, "device", 0, 3)])  # watermark past end + grace
     (closed,) = agg.due()
     assert closed.start_ms == t0 and closed.accs["device"].n == 2
     # a late record of the closed window is counted, not estimated
-    agg.add([AttributeReport(t0 + 3000, "device", 1)])
+    agg.add([AttributeReport(t0 + 3000, "device", 1, 4)])
     assert agg.late == 1
     # idle: nothing new, clock past the second window's end + grace
     clock.t = (t0 + 130_000) / 1000
@@ -115,3 +115,32 @@ def test_unbiased_record_for_an_empty_window_has_no_values() -> None:
     attr = POLICY.by_name["device"]
     rec = estimate_record(attr, n=0, support=None, total=None, start_ms=0, end_ms=60_000)
     assert rec["values"] == [] and output_validator("frequency-estimate.v1")(rec) == []
+
+
+def test_memoized_repeats_widen_the_error_bars_by_the_design_effect() -> None:
+    """300 people with 40 events each and a stable device: each person's 40 device reports are
+    one memoized draw, so the variance is 40x the i.i.d. one (design effect sum(c^2)/n = 40)."""
+    keyring = Keyring.generate()
+    rng = np.random.default_rng(4)
+    devices = ["desktop", "mobile", "tablet", "other"]
+    people = [(f"person-{i}", devices[rng.choice(4, p=[0.5, 0.3, 0.15, 0.05])]) for i in range(300)]
+    template = list(ClickstreamGenerator(seed=4, n_users=50).events(40))
+    events = []
+    for j in range(40):
+        for uid, dev in people:
+            ev = dict(template[j], user_id=uid, device=dev, event_id=f"00000000-0000-4000-8000-{len(events):012d}")
+            events.append(ev)
+    priv = make_privatizer(epsilon=1.0, budget=1000.0, seed=9)
+    now_ms = int(time.time() * 1000)
+    res = priv.process([ProtectedRecord(v, now_ms) for _k, v in protect(events, keyring)])
+    agg = WindowAggregator(POLICY, window_seconds=3600, clock=Clock(time.time()))
+    agg.add(res.attribute_reports)
+    recs = {r["attribute"]: r for w in agg.drain() for r in agg.records(w)}
+    dev = recs["device"]
+    assert dev["n"] == 12_000 and dev["sum_c2"] == 300 * 40 * 40 and dev["design_effect"] == 40.0
+    attr = POLICY.by_name["device"]
+    assert attr.oracle is not None
+    for v in dev["values"]:
+        iid = float(np.sqrt(attr.oracle.variance(12_000, min(max(v["estimate"], 0.0), 1.0))))
+        assert v["std_error"] == pytest.approx(iid * np.sqrt(40.0), rel=1e-3)
+    assert output_validator("frequency-estimate.v1")(dev) == []
