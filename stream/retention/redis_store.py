@@ -17,6 +17,7 @@ a non-cluster Redis (or one hash slot), like the rest of streamgate's layout.
 from __future__ import annotations
 
 import dataclasses
+import logging
 from collections.abc import Sequence
 from typing import Any
 
@@ -26,6 +27,8 @@ from stream.errors import KeyUnavailableError
 from stream.retention.core import ErasureRecord, PendingShred
 
 __all__ = ["RedisShredStore", "channel_name"]
+
+log = logging.getLogger("streamgate.retention")
 
 
 def channel_name(prefix: str) -> str:
@@ -38,6 +41,8 @@ def channel_name(prefix: str) -> str:
 _CLAIM_FN = r"""
 local prefix, channel, at, worker, lease = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5]
 local function claim(m, reason, rid)
+  local s, e = string.match(m, '^(.+):(%d+)$')
+  if not s then return nil end  -- not a "{subject}:{epoch}" member: dropped from the index by the caller
   local dek = prefix .. ':dek:' .. m
   local memo = prefix .. ':memo:' .. m
   local budget = prefix .. ':budget:' .. m
@@ -47,7 +52,6 @@ local function claim(m, reason, rid)
   if (not score) and (not v) and others == 0 then return nil end
   local key_id = ''
   if v and string.sub(v, 1, 2) == '1.' and string.sub(v, 19, 19) == '.' then key_id = string.sub(v, 3, 18) end
-  local s, e = string.match(m, '^(.*):(%d+)$')
   local field = m .. '|' .. reason .. '|' .. rid .. '|' .. key_id
   local entry = cjson.encode({s, tonumber(e), key_id, reason, rid, at, score or '', worker, lease, worker})
   redis.call('HSETNX', KEYS[2], field, entry)
@@ -149,9 +153,14 @@ class RedisShredStore:
         return ErasureRecord.decode(raw), bool(created)
 
     def pending(self) -> list[PendingShred]:
-        def scan() -> list[PendingShred]:
-            return [_entry(k, v) for k, v in self.client.hscan_iter(self.pending_key, count=self.scan_count)]
-        entries: list[PendingShred] = self._call(scan)
+        def scan() -> list[tuple[Any, Any]]:
+            return list(self.client.hscan_iter(self.pending_key, count=self.scan_count))
+        entries: list[PendingShred] = []
+        for k, v in self._call(scan):
+            try:
+                entries.append(_entry(k, v))
+            except (ValueError, TypeError):  # never written by streamgate: skip, don't block the outbox
+                log.warning("unreadable shredder outbox entry skipped")
         return sorted(entries, key=lambda e: e.field)
 
     def take_over(self, entry: PendingShred, *, worker: str, lease_until: float) -> PendingShred | None:

@@ -306,3 +306,16 @@ def test_start_invalidation_drops_one_epoch_or_all(settings) -> None:
         assert provider.cache_size == 1
     finally:
         listener.stop()
+
+
+def test_foreign_index_members_and_outbox_entries_never_block_the_shredder(settings, redis_client) -> None:
+    prefix = settings.redis_key_prefix
+    clock = Clock(T0)
+    protect(settings, clock, ["usr_ok"], 1)
+    redis_client.zadd(f"{prefix}:deadlines", {"no-epoch-here": 1})
+    redis_client.hset(f"{prefix}:shredder:pending", "garbage", b"not json")
+    clock.t = expire_at(int(T0 // E))
+    sh, store, sink = shredder(settings, clock)
+    assert sh.tick() == 1
+    assert [r["subject"] for r in sink.receipts] == [token_of(settings, "usr_ok")]
+    assert store.due_count(clock.t) == 0
