@@ -20,11 +20,12 @@ def ops() -> None:
 @click.option("--once", is_flag=True, help="Read what is there, print one plain snapshot and exit.")
 @click.option("--interval", type=float, default=2.0, show_default=True, help="Refresh period of the live view (s).")
 @click.option("--idle-timeout", type=float, default=2.0, show_default=True,
-              help="With --once: stop reading when nothing arrived for this long (s).")
+              help="With --once: stop reading when nothing arrived for this long, or this long after "
+                   "reaching the end offsets seen at start (s).")
 def watch(once: bool, interval: float, idle_timeout: float) -> None:
     """Live view over ops.metrics, ops.audit and clicks.dlq: rates, lag, DLQ reasons, shreds,
     privacy budget, model metrics."""
-    from stream.ops.watch import WatchState, read_until_idle, watch_consumer
+    from stream.ops.watch import WatchState, end_offsets, read_until_idle, watch_consumer
 
     settings = _settings()
     consumer, handlers, missing = watch_consumer(settings.kafka_bootstrap_or_dev(), settings)
@@ -32,7 +33,7 @@ def watch(once: bool, interval: float, idle_timeout: float) -> None:
     try:
         if once:
             read_until_idle(consumer, handlers, state, idle=max(0.1, idle_timeout),
-                            deadline=time.monotonic() + 300)
+                            deadline=time.monotonic() + 300, ends=end_offsets(consumer))
             click.echo(state.render_plain(), nl=False)
             if missing:
                 click.echo(f"(topics not found: {', '.join(missing)})")

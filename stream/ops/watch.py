@@ -27,14 +27,17 @@ from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaException, TopicPar
 from stream.config import Settings
 from stream.errors import StreamgateError
 
-__all__ = ["WatchState", "read_until_idle", "watch_consumer"]
+__all__ = ["WatchState", "end_offsets", "read_until_idle", "watch_consumer"]
 
 _NAME = re.compile(r"[a-z0-9_.-]{1,64}")
+_TOKENISH = re.compile(r"tk\d+_")
 _WORKER_ORDER = {"gateway": 0, "privatizer": 1, "shredder": 2}
 
 
 def _name(value: Any) -> str:
-    return value if isinstance(value, str) and _NAME.fullmatch(value) else "other"
+    """A printable name (reason code, kind, worker, attribute), else ``other``: never a token or a value."""
+    ok = isinstance(value, str) and _NAME.fullmatch(value) and not _TOKENISH.match(value)
+    return value if ok else "other"
 
 
 def _num(value: Any) -> float:
@@ -264,14 +267,33 @@ def watch_consumer(bootstrap: str, settings: Settings) -> tuple[Consumer, dict[s
     return consumer, handlers, missing
 
 
+def end_offsets(consumer: Consumer) -> dict[tuple[str, int], int]:
+    """High watermark of every assigned partition, now (what ``--once`` must at least read)."""
+    ends: dict[tuple[str, int], int] = {}
+    for tp in consumer.assignment():
+        try:
+            _low, high = consumer.get_watermark_offsets(tp, timeout=5)
+        except KafkaException:
+            continue
+        ends[(tp.topic, tp.partition)] = high
+    return ends
+
+
 def read_until_idle(consumer: Consumer, handlers: dict[str, Callable[[WatchState, bytes | None], None]],
-                    state: WatchState, *, idle: float, deadline: float | None = None) -> int:
-    """Feed records into ``state`` until nothing arrived for ``idle`` seconds (or ``deadline``,
-    a monotonic time, passed); returns how many records were read."""
+                    state: WatchState, *, idle: float, deadline: float | None = None,
+                    ends: dict[tuple[str, int], int] | None = None) -> int:
+    """Feed records into ``state`` until nothing arrived for ``idle`` seconds, or ``deadline`` (a
+    monotonic time) passed. With ``ends`` (from :func:`end_offsets`): also stop ``idle`` seconds
+    after every partition was read up to its end offset, so topics that never go quiet (the
+    workers publish snapshots on a cadence) still end the read. Returns how many records were read."""
     n, last = 0, time.monotonic()
+    pending = {k: v for k, v in (ends or {}).items() if v > 0}
+    caught_up_at: float | None = time.monotonic() if ends is not None and not pending else None
     while True:
         now = time.monotonic()
         if now - last >= idle or (deadline is not None and now >= deadline):
+            return n
+        if caught_up_at is not None and now - caught_up_at >= idle:
             return n
         if not consumer.assignment():
             time.sleep(min(0.2, idle))
@@ -279,8 +301,14 @@ def read_until_idle(consumer: Consumer, handlers: dict[str, Callable[[WatchState
         for m in consumer.consume(num_messages=1000, timeout=min(0.2, idle)):
             if m.error() is not None:
                 continue
-            handler = handlers.get(m.topic() or "")
+            topic = m.topic() or ""
+            handler = handlers.get(topic)
             if handler is not None:
                 handler(state, m.value())
                 n += 1
                 last = time.monotonic()
+            key = (topic, m.partition() or 0)
+            if key in pending and (m.offset() or 0) + 1 >= pending[key]:
+                del pending[key]
+                if not pending and caught_up_at is None:
+                    caught_up_at = time.monotonic()

@@ -1,0 +1,154 @@
+"""``streamgate ops watch --once`` against a live stack (a real gateway worker, real broker and
+Redis): it prints the worker's current rates and totals, the DLQ reasons and the audit receipts;
+and the pure view (:class:`stream.ops.watch.WatchState`) never prints a record's content."""
+
+from __future__ import annotations
+
+import re
+import time
+import uuid
+from collections import Counter
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import orjson
+import pytest
+from ops_gateway_worker import GatewayWorker, gateway_worker, wait_fresh_snapshot
+
+from stream.apps.produce import publish
+from stream.faults import make_invalid
+from stream.ops.watch import WatchState
+from stream.synth import ClickstreamGenerator
+
+N_EVENTS = 600
+_REASON_OF_FAULT = {"bad_email": "schema_violation", "bad_type": "schema_violation"}
+WORKER_LINE = re.compile(
+    r"^  gateway +in=(?P<in>[\d.]+)/s out=(?P<out>[\d.]+)/s dlq=(?P<dlq>[\d.]+)/s events_in=(?P<events_in>\d+)"
+    r" events_out=(?P<events_out>\d+) lag=(?P<lag>\d+) redis_errors=(?P<redis>\d+) ready=(?P<ready>yes|no)",
+    re.M)
+
+
+@dataclass
+class Live:
+    w: GatewayWorker
+    reasons: Counter[str]
+    audit: Counter[tuple[str, str]]
+    secret: str
+
+
+@pytest.fixture(scope="module")
+def live(kafka_bootstrap: str, redis_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Live]:
+    import random
+
+    state_dir = tmp_path_factory.mktemp("ops-watch")
+    with gateway_worker(kafka_bootstrap, redis_url, state_dir) as w:
+        rng = random.Random(5)
+        reasons: Counter[str] = Counter()
+        items: list[object] = []
+        for ev in ClickstreamGenerator(seed=5).events(N_EVENTS):
+            if rng.random() < 0.05:
+                kind, bad = make_invalid(ev, rng)
+                reasons[_REASON_OF_FAULT.get(kind, kind)] += 1
+                items.append(bad)
+            else:
+                items.append(ev)
+        assert publish(kafka_bootstrap, w.topics.raw, items) == N_EVENTS
+        # audit receipts as the shredder writes them (the shape of stream/retention/receipts.py), plus
+        # one hostile record whose content must never be printed
+        secret = f"hostile.{uuid.uuid4().hex[:6]}@example.org"
+        audit: Counter[tuple[str, str]] = Counter({("key_shredded", "retention"): 3, ("key_shredded", "erasure"): 2,
+                                                   ("erasure", "erasure"): 1})
+        receipts: list[object] = []
+        for (kind, reason), n in audit.items():
+            receipts += [{"kind": kind, "reason": reason, "subject": f"tk1_{uuid.uuid4().hex}", "ts": time.time()}] * n
+        receipts.append({"kind": secret, "reason": "retention"})
+        audit[("other", "retention")] += 1
+        from stream.kafka import ensure_topics
+
+        ensure_topics(kafka_bootstrap, [w.topics.audit], partitions=1)
+        publish(kafka_bootstrap, w.topics.audit, receipts)
+        wait_fresh_snapshot(w, N_EVENTS)
+        yield Live(w, reasons, audit, secret)
+
+
+@pytest.mark.integration
+def test_ops_watch_once_prints_rates_dlq_reasons_and_audit(live: Live) -> None:
+    r = live.w.run("ops", "watch", "--once", "--idle-timeout", "2")
+    assert r.returncode == 0, r.stderr
+    out = r.stdout
+    m = WORKER_LINE.search(out)
+    assert m, out
+    assert int(m["events_in"]) == N_EVENTS
+    assert int(m["events_out"]) == N_EVENTS  # protected + dead-lettered
+    assert m["ready"] == "yes" and int(m["redis"]) == 0
+    for rate in ("in", "out", "dlq"):
+        float(m[rate])  # a number (its value depends on when the last snapshot was taken)
+    # the worker's own DLQ counts, by reason
+    line = re.search(r"^    dead letters: (.*)$", out, re.M)
+    assert line, out
+    assert dict(kv.split("=") for kv in line[1].split(", ")) == {k: str(v) for k, v in live.reasons.items()}
+    # the dead-letter topic, by reason
+    total = sum(live.reasons.values())
+    assert f"dead-letter topic: {total} records" in out
+    for reason, n in live.reasons.items():
+        assert re.search(rf"^  {reason} +{n}$", out, re.M), (reason, out)
+    # the audit topic, by kind and reason; the hostile record shows as "other", never its content
+    assert f"audit topic: {sum(live.audit.values())} receipts" in out
+    for (kind, reason), n in live.audit.items():
+        assert re.search(rf"^  {kind} +{reason} +{n}$", out, re.M), (kind, reason, out)
+    assert live.secret not in out and "tk1_" not in out
+
+
+@pytest.mark.integration
+def test_ops_watch_once_on_topics_that_do_not_exist(live: Live) -> None:
+    env = dict(live.w.env, STREAMGATE_TOPIC_METRICS=f"nothing.{uuid.uuid4().hex[:6]}",
+               STREAMGATE_TOPIC_AUDIT=f"nothing.{uuid.uuid4().hex[:6]}", STREAMGATE_TOPIC_DLQ=f"nothing.{uuid.uuid4().hex[:6]}")
+    import subprocess
+
+    from ops_gateway_worker import cli
+
+    r = subprocess.run(cli("ops", "watch", "--once", "--idle-timeout", "0.5"), env=env, capture_output=True,
+                       text=True, timeout=60)
+    assert r.returncode == 0, r.stderr
+    assert "(no snapshot on the metrics topic yet)" in r.stdout
+    assert "dead-letter topic: 0 records" in r.stdout and "topics not found:" in r.stdout
+
+
+def test_watch_state_never_prints_record_content() -> None:
+    st = WatchState()
+    st.add_dlq(b'{"reason": "not_json"}')
+    st.add_dlq(b'{"reason": "alice@example.org"}')
+    st.add_dlq(b"not json at all: bob@example.org")
+    st.add_audit(orjson.dumps({"kind": "key_shredded", "reason": "tk1_secret_token"}))
+    st.add_metrics(orjson.dumps({"worker": "gateway", "ts": 1.0, "events_in": 5, "dlq": {"carol@example.org": 1},
+                                 "ldp": {"device": {"reports": 4, "epsilon_spent": 2.0, "suppressed": 1}},
+                                 "models": {"ctr": {"auc": 0.75}}, "rates": {"in": 2.5}}))
+    out = st.render_plain(now=2.0)
+    for secret in ("alice", "bob", "carol", "tk1_secret_token"):
+        assert secret not in out
+    assert st.dlq == Counter({"not_json": 1, "other": 1}) and st.malformed == 1
+    assert ("key_shredded", "other") in st.audit
+    assert "in=2.5/s" in out and "events_in=5" in out
+    assert "device            reports=4 epsilon_spent=2.000 suppressed=1" in out
+    assert "ctr               auc=0.7500" in out
+
+
+def test_watch_state_keeps_the_latest_snapshot_per_worker() -> None:
+    st = WatchState()
+    st.add_metrics(orjson.dumps({"worker": "gateway", "ts": 10.0, "events_in": 7}))
+    st.add_metrics(orjson.dumps({"worker": "gateway", "ts": 5.0, "events_in": 3}))  # older, read later
+    st.add_metrics(orjson.dumps({"worker": "shredder", "ts": 9.0, "keys_shredded": {"retention": 2},
+                                 "shred_due": 1}))
+    rows = st.worker_rows(now=12.0)
+    assert [r["worker"] for r in rows] == ["gateway", "shredder"]
+    assert rows[0]["events_in"] == 7 and rows[0]["age_s"] == 2.0
+    assert rows[1]["keys_shredded"] == {"retention": 2}
+    out = st.render_plain(now=12.0)
+    assert "keys shredded: retention=2 (due, not yet shredded: 1)" in out
+    # the rich view renders the same state
+    from rich.console import Console
+
+    console = Console(record=True, width=160)
+    console.print(st.render_rich(now=12.0))
+    text = console.export_text()
+    assert "gateway" in text and "shredder" in text
