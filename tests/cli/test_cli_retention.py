@@ -20,11 +20,16 @@ from typing import Any
 import pytest
 from confluent_kafka.admin import AdminClient, ConfigResource
 
-from stream.components import build_dek_provider
+from stream.components import build_dek_provider, build_gateway
 from stream.config import TopicNames
 from stream.crypto.keyring import Keyring
 from stream.crypto.tokens import Tokenizer
 from stream.schema import output_validator
+
+_RETENTION_TESTS = str(Path(__file__).resolve().parents[1] / "retention")
+if _RETENTION_TESTS not in sys.path:
+    sys.path.insert(0, _RETENTION_TESTS)
+from shred_helpers import Clock, produce, protect  # noqa: E402
 
 pytestmark = pytest.mark.integration
 
@@ -124,6 +129,11 @@ def test_shredder_worker_erase_wait_and_audit(settings_factory, unique_id: str) 
     e = provider.epoch_of(time.time())
     provider.keys_for([token], e)
     provider.keys_for([token], e - 1)
+    # protected events of the person and of someone else on clicks.protected (the gateway's core)
+    events = protect(settings, Clock(time.time()), ["usr_cli_forget", "usr_cli_keep"], 2,
+                     gateway=build_gateway(settings))
+    produce(settings.kafka_bootstrap, settings.topics.protected,
+            [(ev["user_id"].encode(), json.dumps(ev).encode()) for ev in events])
 
     log = settings.state_dir / "shredder.log"
     with open(log, "wb") as f:
@@ -153,6 +163,17 @@ def test_shredder_worker_erase_wait_and_audit(settings_factory, unique_id: str) 
         assert again.returncode == 0 and "completed keys=2" in again.stdout, again.stderr
         nobody = _run(env, "erase", "--subject", "tokNobody", "--wait", "--timeout", "60")
         assert nobody.returncode == 0 and "completed keys=0" in nobody.stdout, nobody.stderr
+
+        # consumers after the shred: a replacement value, never a crash
+        for mode, expected in (("null", None), ("mask", "[shredded]")):
+            dec = _run(env, "decrypt", "--on-shredded", mode, "--idle-timeout", "2")
+            assert dec.returncode == 0, dec.stderr
+            out = [json.loads(line) for line in dec.stdout.splitlines()]
+            assert len(out) == 4 and "4 events decrypted" in dec.stderr
+            assert [ev["email"] for ev in out if ev["user_id"] == token] == [expected, expected]
+            assert all(ev["email"].endswith("@example.org") for ev in out if ev["user_id"] != token)
+        strict = _run(env, "decrypt", "--on-shredded", "raise", "--idle-timeout", "2")
+        assert strict.returncode == 0 and "2 events decrypted, 2 could not be decrypted" in strict.stderr
 
         audit = _run(env, "audit", "--user", "usr_cli_forget", "--json")
         assert audit.returncode == 0, audit.stderr
