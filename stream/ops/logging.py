@@ -12,7 +12,8 @@ every logger (streamgate's, Faust's, librdkafka's):
   text without quotes, braces or ``@``), flat lists of those, and flat dicts of
   numbers keyed by names (counts by reason). Anything else (bytes, nested
   containers, dicts with other values - an event is one -, long or unsafe strings)
-  becomes ``"<redacted:TYPE>"``.
+  becomes ``"<redacted:TYPE>"``; a string holding a person token (``tk1_...``)
+  becomes ``"<redacted:token>"``.
 * The message format string is kept; its ``%`` arguments must be scalars passing
   the same check, so ``log.info("got %s", event)`` prints ``got <redacted:dict>``.
   (The format string itself is the developer's text: never build it with an
@@ -51,12 +52,17 @@ ALLOWED_EXTRA = frozenset({
     "held", "retry_in_s", "error", "count", "n", "reason", "kind", "attempt", "seconds", "port", "interval_s",
     "dependency", "dependencies", "ready", "keys", "shredded", "due", "reports", "suppressed", "windows",
     "model", "metric", "attribute", "epoch", "lag", "events", "status", "group", "key_ids",
+    # privatizer / shredder stats and events
+    "at", "request_id", "repeated", "assigned", "epsilon_spent", "erasures_committed", "estimates_published",
+    "fully_suppressed", "late", "memo_hits", "memo_resolved", "reported", "skipped", "ticks", "tombstone_topics",
+    "windows_published",
 })
-#: Strings an extra or ``%`` argument may be: no quotes, braces, brackets, ``@`` or control characters.
-SAFE_STR = re.compile(r"[A-Za-z0-9 _.,:;/=+()<>#%!?|*~-]{0,200}")
+#: Strings an extra or ``%`` argument may be: no quotes, braces, ``@``, backslashes or control characters.
+SAFE_STR = re.compile(r"[A-Za-z0-9 _.,:;/=+()\[\]<>#%!?|*~-]{0,200}")
 _RESERVED = frozenset(logging.LogRecord("", 0, "", 0, "", None, None).__dict__) | {"message", "asctime"}
 _MAX_ITEMS = 64
 _KEY_RE = re.compile(r"[a-z0-9_.-]{1,64}")
+_TOKEN_RE = re.compile(r"\btk\d+_")  # streamgate's token prefix (stream.crypto.tokens)
 _MARK = "_streamgate_safe"
 
 
@@ -65,6 +71,8 @@ def safe_value(value: Any, depth: int = 0) -> Any:
     if value is None or isinstance(value, bool | int | float):
         return value
     if isinstance(value, str):
+        if _TOKEN_RE.search(value):
+            return "<redacted:token>"
         return value if SAFE_STR.fullmatch(value) else f"<redacted:{'str' if len(value) <= 200 else 'long str'}>"
     if depth == 0 and isinstance(value, list | tuple | set | frozenset) and len(value) <= _MAX_ITEMS:
         items = sorted(value, key=str) if isinstance(value, set | frozenset) else value

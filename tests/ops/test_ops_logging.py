@@ -124,7 +124,8 @@ def test_filter_is_idempotent_and_never_drops() -> None:
     (3, 3), (1.5, 1.5), (None, None), (True, True), ("clicks.raw", "clicks.raw"),
     ("a@b.example", "<redacted:str>"), ('{"k": 1}', "<redacted:str>"), ("x" * 201, "<redacted:long str>"),
     ([1, "two"], [1, "two"]), ({"not_json": 1}, {"not_json": 1}), ({"email": "a"}, "<redacted:dict>"),
-    ([[1]], ["<redacted:list>"]), (b"raw", "<redacted:bytes>"),
+    ([[1]], ["<redacted:list>"]), (b"raw", "<redacted:bytes>"), ("tk1_AbC-9_x", "<redacted:token>"),
+    ("key of tk1_AbC", "<redacted:token>"), ("t[1]@3", "<redacted:str>"),
 ])
 def test_safe_value(value: object, expected: object) -> None:
     assert safe_value(value) == expected
