@@ -26,9 +26,11 @@ from stream.crypto.keyring import Keyring
 from stream.crypto.tokens import Tokenizer
 from stream.schema import output_validator
 
-_RETENTION_TESTS = str(Path(__file__).resolve().parents[1] / "retention")
-if _RETENTION_TESTS not in sys.path:
-    sys.path.insert(0, _RETENTION_TESTS)
+for _dir in ("retention", "apps"):
+    _path = str(Path(__file__).resolve().parents[1] / _dir)
+    if _path not in sys.path:
+        sys.path.insert(0, _path)
+from kafka_helpers import read_topic  # noqa: E402
 from shred_helpers import Clock, produce, protect  # noqa: E402
 
 pytestmark = pytest.mark.integration
@@ -201,3 +203,20 @@ def test_shredder_worker_erase_wait_and_audit(settings_factory, unique_id: str) 
                 proc.kill()
                 proc.wait(10)
     assert proc.returncode == 0, log.read_text()[-3000:]
+
+
+def test_erase_needs_no_master_key_and_publishes_the_documented_request(settings_factory) -> None:
+    settings = settings_factory()
+    env = _env(settings)
+    env.pop("STREAMGATE_MASTER_KEY")
+    done = _run(env, "erase", "--user", "usr_no_kek", "--request-id", "nokek-1")
+    assert done.returncode == 0, done.stderr
+    assert "request_id=nokek-1" in done.stdout and "token not shown" in done.stdout
+    (rec,) = read_topic(settings.kafka_bootstrap, settings.topics.erasure, expect=1)
+    body = json.loads(rec.value)
+    assert rec.key == b"usr_no_kek" and set(body) == {"request_id", "user_id", "requested_at"}
+    assert body["request_id"] == "nokek-1" and body["user_id"] == "usr_no_kek"
+    bad = _run(env, "erase", "--user", "u", "--subject", "t")
+    assert bad.returncode == 2 and "exactly one of --user, --subject" in bad.stderr
+    bad_id = _run(env, "erase", "--user", "u", "--request-id", "has space")
+    assert bad_id.returncode == 1 and "request_id must be" in bad_id.stderr
