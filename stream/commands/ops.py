@@ -25,7 +25,7 @@ def ops() -> None:
 def watch(once: bool, interval: float, idle_timeout: float) -> None:
     """Live view over ops.metrics, ops.audit and clicks.dlq: rates, lag, DLQ reasons, shreds,
     privacy budget, model metrics."""
-    from stream.ops.watch import WatchState, end_offsets, read_until_idle, watch_consumer
+    from stream.ops.watch import WatchState, assign_new, end_offsets, read_until_idle, watch_consumer
 
     settings = _settings()
     consumer, handlers, missing = watch_consumer(settings.kafka_bootstrap_or_dev(), settings)
@@ -40,10 +40,13 @@ def watch(once: bool, interval: float, idle_timeout: float) -> None:
             return
         from rich.live import Live
 
+        checked = time.monotonic()
         with Live(state.render_rich(), refresh_per_second=4, screen=False) as live:
             while True:
                 read_until_idle(consumer, handlers, state, idle=0.2, deadline=time.monotonic() + max(0.2, interval))
                 live.update(state.render_rich())
+                if missing and time.monotonic() - checked > 10:  # topics created after the start
+                    missing, checked = assign_new(consumer, missing), time.monotonic()
     except KeyboardInterrupt:
         pass
     finally:

@@ -27,7 +27,7 @@ from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaException, TopicPar
 from stream.config import Settings
 from stream.errors import StreamgateError
 
-__all__ = ["WatchState", "end_offsets", "read_until_idle", "watch_consumer"]
+__all__ = ["WatchState", "assign_new", "end_offsets", "read_until_idle", "watch_consumer"]
 
 _NAME = re.compile(r"[a-z0-9_.-]{1,64}")
 _TOKENISH = re.compile(r"tk\d+_")
@@ -265,6 +265,25 @@ def watch_consumer(bootstrap: str, settings: Settings) -> tuple[Consumer, dict[s
     if assignment:
         consumer.assign(assignment)
     return consumer, handlers, missing
+
+
+def assign_new(consumer: Consumer, missing: list[str]) -> list[str]:
+    """Add the partitions of topics that did not exist before and do now (from their beginning);
+    returns the topics still missing."""
+    try:
+        md = consumer.list_topics(timeout=5)
+    except KafkaException:
+        return missing
+    found, still = [], []
+    for topic in missing:
+        tmd = md.topics.get(topic)
+        if tmd is None or tmd.error is not None:
+            still.append(topic)
+        else:
+            found += [TopicPartition(topic, p, OFFSET_BEGINNING) for p in tmd.partitions]
+    if found:
+        consumer.incremental_assign(found)
+    return still
 
 
 def end_offsets(consumer: Consumer) -> dict[tuple[str, int], int]:
