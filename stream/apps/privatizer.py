@@ -43,6 +43,7 @@ from confluent_kafka import Consumer, KafkaError, KafkaException, Producer, Topi
 from faust.app.base import BootStrategy
 from mode import Service
 
+from stream.apps.runtime import relaxed_gc
 from stream.config import Settings
 from stream.crypto.keyring import Keyring
 from stream.errors import KeyUnavailableError, StreamgateError
@@ -108,6 +109,7 @@ def build_privatizer(
         budget_epsilon=settings.ldp_budget_epsilon,
         epoch_seconds=settings.epoch_seconds,
         retention_seconds=settings.retention_seconds,
+        retention_margin_seconds=settings.shredder_lead_seconds + 1.0,
         rng=rng,
         cache=MemoCache(max_entries=settings.dek_cache_max_entries,
                         max_staleness_seconds=settings.dek_cache_max_staleness_seconds),
@@ -221,6 +223,10 @@ class PrivatizerEngine:
 
     # -- the loop --------------------------------------------------------------------
     def run(self, stop: threading.Event, *, max_events: int | None = None) -> PrivatizerStats:
+        with relaxed_gc():
+            return self._run(stop, max_events)
+
+    def _run(self, stop: threading.Event, max_events: int | None) -> PrivatizerStats:
         s = self.settings
         consumer = Consumer(consumer_config(self.bootstrap, s.privatizer_consumer_group,
                                             session_timeout_ms=s.session_timeout_ms))

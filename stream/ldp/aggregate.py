@@ -181,7 +181,7 @@ class WindowAggregator:
         self.last_add = clock()
         self.late = 0
 
-    def add(self, reports: Sequence[AttributeReport]) -> None:
+    def add(self, reports: Sequence[AttributeReport | tuple[int, str, Any, int]]) -> None:
         if not reports:
             return
         self.last_add = self._clock()

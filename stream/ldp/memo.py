@@ -28,6 +28,9 @@ Redis layout (the shredder deletes both with the person's keys)::
     {prefix}:deadlines                 zset  member "{subject}:{epoch}" (ZADD NX, as the gateway)
 
 Both hashes expire at the epoch's retention deadline, like the data key.
+The script derives the hash names from the prefix and ``subject:epoch`` (one
+packed argument per request keeps the client-side encoding cheap), so it
+targets a single Redis (or a primary with replicas), not Redis Cluster.
 ``tag`` is an HMAC (key derived from the keyring, purpose ``ldp-memo``) of
 the attribute, its mechanism parameters and the true value, so Redis never
 holds a true value: a memo field cannot be reversed by a dictionary attack
@@ -37,12 +40,11 @@ racing on a new value agree on one response and charge the budget once).
 
 from __future__ import annotations
 
+import itertools
 import threading
 import time
-from collections import OrderedDict
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
-from typing import Literal, NamedTuple, Protocol
+from typing import Any, Literal, NamedTuple, Protocol
 
 import redis
 
@@ -91,35 +93,38 @@ class MemoStore(Protocol):
         ...
 
 
-_RESOLVE_LUA = """
-local budget = tonumber(ARGV[1])
-local n = tonumber(ARGV[2])
+_RESOLVE_LUA = r"""
+local prefix = ARGV[1]
+local budget = tonumber(ARGV[2])
 local out = {}
-local a = 3
-for i = 1, n do
-  local mk = KEYS[2 * i]
-  local bk = KEYS[2 * i + 1]
-  local field, attr, cost = ARGV[a], ARGV[a + 1], tonumber(ARGV[a + 2])
-  local exp, cand, member = ARGV[a + 3], ARGV[a + 4], ARGV[a + 5]
-  a = a + 6
+local dated = {}
+for i = 3, #ARGV do
+  -- one packed argument per request: subject:epoch, field, attribute, cost, expire_at, candidate
+  -- (reports are JSON without newlines: the answer is one newline-joined string)
+  local ref, field, attr, cost, exp, cand = string.match(ARGV[i], '^([^\t]*)\t([^\t]*)\t([^\t]*)\t([^\t]*)\t([^\t]*)\t(.*)$')
+  local mk = prefix .. ':memo:' .. ref
+  local bk = prefix .. ':budget:' .. ref
   local memo = redis.call('HGET', mk, field)
   if memo then
-    out[i] = 'M' .. memo
+    out[#out + 1] = 'M' .. memo
   else
     local spent = tonumber(redis.call('HGET', bk, attr) or '0')
-    if spent + cost > budget then
-      out[i] = 'S'
+    if spent + tonumber(cost) > budget then
+      out[#out + 1] = 'S'
     else
       redis.call('HSET', mk, field, cand)
       redis.call('HINCRBY', bk, attr, cost)
-      redis.call('EXPIREAT', mk, exp)
-      redis.call('EXPIREAT', bk, exp)
-      redis.call('ZADD', KEYS[1], 'NX', exp, member)
-      out[i] = 'N' .. cand
+      if not dated[ref] then
+        redis.call('EXPIREAT', mk, exp)
+        redis.call('EXPIREAT', bk, exp)
+        redis.call('ZADD', KEYS[1], 'NX', exp, ref)
+        dated[ref] = true
+      end
+      out[#out + 1] = 'N' .. cand
     end
   end
 end
-return out
+return table.concat(out, '\n')
 """
 
 
@@ -140,7 +145,7 @@ def _results(raw: Sequence[bytes | str]) -> list[MemoResult]:
 class RedisMemoStore:
     """:class:`MemoStore` on Redis (single instance or primary; all keys of a batch in one EVAL)."""
 
-    def __init__(self, client: redis.Redis, prefix: str = "sg", *, chunk: int = 500) -> None:
+    def __init__(self, client: redis.Redis, prefix: str = "sg", *, chunk: int = 2000) -> None:
         if not prefix or ":" in prefix:
             raise ValueError("prefix must be non-empty and contain no ':'")
         self._client = client
@@ -160,12 +165,14 @@ class RedisMemoStore:
         try:
             for start in range(0, len(requests), self._chunk):
                 part = requests[start : start + self._chunk]
-                keys: list[str] = [self.deadlines_key]
-                args: list[str | int] = [budget_micro, len(part)]
-                for r in part:
-                    keys += [self.memo_key(r.subject, r.epoch), self.budget_key(r.subject, r.epoch)]
-                    args += [r.field, r.attribute, r.cost_micro, r.expire_at, r.candidate, f"{r.subject}:{r.epoch}"]
-                out.extend(_results(self._script(keys=keys, args=args)))
+                args: list[str | int] = [self.prefix, budget_micro]
+                args += [
+                    f"{r.subject}:{r.epoch}\t{r.field}\t{r.attribute}\t{r.cost_micro}\t{r.expire_at}\t{r.candidate}"
+                    for r in part
+                ]
+                raw = self._script(keys=[self.deadlines_key], args=args)
+                text = raw.decode() if isinstance(raw, bytes) else str(raw)
+                out.extend(_results(text.split("\n") if part else []))
         except (redis.RedisError, OSError) as exc:
             raise KeyUnavailableError(f"LDP memo store unavailable ({type(exc).__name__})") from None
         return out
@@ -220,19 +227,15 @@ class MemoryMemoStore:
                 self.expiry.pop(ref, None)
 
 
-@dataclass
-class _Entry:
-    report: str
-    fetched_at: float
-
-
 class MemoCache:
     """Process-local cache of resolved memos, keyed by (subject, epoch, attribute, true value).
 
     It holds true values only in process memory (like the events themselves). Entries are
     trusted for ``max_staleness_seconds`` (the same bound as the data-key cache); after that the
     memo is resolved against the store again, so a shred is honoured within that bound - sooner
-    when a shred notification calls :meth:`invalidate`.
+    when a shred notification calls :meth:`invalidate`. Bounded: beyond ``max_entries`` the
+    oldest inserted entries go first. ``data`` maps a key to ``(report, fetched_at)``; readers
+    on the hot path may look it up directly (dict reads are atomic; writers take the lock).
     """
 
     def __init__(self, *, max_entries: int, max_staleness_seconds: float,
@@ -240,35 +243,35 @@ class MemoCache:
         self.max_entries = max_entries
         self.max_staleness_seconds = max_staleness_seconds
         self._clock = clock
-        self._data: OrderedDict[tuple[str, int, str, object], _Entry] = OrderedDict()
+        self.data: dict[tuple[str, int, str, object], tuple[Any, float]] = {}
         self._lock = threading.Lock()
 
-    def get(self, key: tuple[str, int, str, object], now: float) -> str | None:
-        entry = self._data.get(key)
-        if entry is None:
+    def get(self, key: tuple[str, int, str, object], now: float) -> Any:
+        entry = self.data.get(key)
+        if entry is None or not 0 <= now - entry[1] < self.max_staleness_seconds:
             return None
-        if not 0 <= now - entry.fetched_at < self.max_staleness_seconds:
-            return None
-        return entry.report
+        return entry[0]
 
-    def put(self, key: tuple[str, int, str, object], report: str, now: float) -> None:
+    def put(self, key: tuple[str, int, str, object], report: Any, now: float) -> None:
         with self._lock:
-            self._data[key] = _Entry(report, now)
-            self._data.move_to_end(key)
-            while len(self._data) > self.max_entries:
-                self._data.popitem(last=False)
+            data = self.data
+            data.pop(key, None)
+            data[key] = (report, now)
+            if len(data) > self.max_entries:
+                for old in list(itertools.islice(iter(data), len(data) - self.max_entries)):
+                    del data[old]
 
     def invalidate(self, subject: str | None = None, epoch: int | None = None) -> None:
         """Forget everything, or one subject's memos (all epochs, or one)."""
         with self._lock:
             if subject is None:
-                self._data.clear()
+                self.data.clear()
                 return
-            for key in [k for k in self._data if k[0] == subject and (epoch is None or k[1] == epoch)]:
-                del self._data[key]
+            for key in [k for k in self.data if k[0] == subject and (epoch is None or k[1] == epoch)]:
+                del self.data[key]
 
     def now(self) -> float:
         return self._clock()
 
     def __len__(self) -> int:
-        return len(self._data)
+        return len(self.data)

@@ -12,7 +12,8 @@ The retention epoch of a report is the one of the protected record's Kafka
 timestamp (the gateway's clock when it protected the event), so a replay of the
 same records resolves the same memos: at-least-once redelivery re-emits
 identical reports and spends no budget twice. Records whose epoch's retention
-has already ended are not reported (their memos would be born shredded).
+has already ended - or ends within the shredder's lead time - are not reported
+(their memos would be born shredded, or outlive the shred).
 """
 
 from __future__ import annotations
@@ -60,7 +61,8 @@ class AttributeReport(NamedTuple):
 @dataclass
 class PrivatizeResult:
     reports: list[bytes] = field(default_factory=list)  # feature reports (JSON), one per reported event
-    attribute_reports: list[AttributeReport] = field(default_factory=list)
+    # AttributeReport-shaped tuples (plain tuples on the hot path)
+    attribute_reports: list[tuple[int, str, Any, int]] = field(default_factory=list)
     suppressed: Counter[str] = field(default_factory=Counter)  # attribute -> reports suppressed (budget)
     epsilon_spent: dict[str, float] = field(default_factory=dict)  # attribute -> epsilon spent on new memos
     reported: Counter[str] = field(default_factory=Counter)  # attribute -> reports emitted
@@ -110,6 +112,7 @@ class Privatizer:
         epoch_seconds: int,
         retention_seconds: int,
         rng: np.random.Generator,
+        retention_margin_seconds: float = 0.0,
         cache: MemoCache | None = None,
         clock: Callable[[], float] = time.time,
         shuffle_seed: int | None = None,
@@ -123,6 +126,9 @@ class Privatizer:
         self.budget_micro = round(budget_epsilon * MICRO)
         self.epoch_seconds = epoch_seconds
         self.retention_seconds = retention_seconds
+        # The shredder destroys keys up to its lead time before their deadline; memos (and their
+        # deadline entries) must not be re-created for an epoch it may already have shredded.
+        self.retention_margin_seconds = float(retention_margin_seconds)
         self.rng = rng
         self.cache = cache or MemoCache(max_entries=500_000, max_staleness_seconds=30.0)
         self._clock = clock
@@ -131,17 +137,13 @@ class Privatizer:
         self._params = {a.name: a.params() for a in policy.attributes}
         self._cost = {a.name: round(a.epsilon * MICRO) for a in policy.attributes}
         self._sig = {a.name: orjson.dumps(a.params(), option=orjson.OPT_SORT_KEYS) for a in policy.attributes}
+        self._spec_cache = self._specs()
 
     # -- helpers ------------------------------------------------------------------------
     def _tag(self, attribute: str, value: object) -> str:
         """Memo field: HMAC of (attribute, mechanism parameters, true value); never the value itself."""
         msg = _TAG_LABEL + b"\x00" + attribute.encode() + b"\x00" + self._sig[attribute] + b"\x00" + repr(value).encode()
         return attribute + ":" + hmac.digest(self._memo_key, msg, "sha256")[:16].hex()
-
-    def _value_key(self, attr: LdpAttribute, event: dict[str, Any]) -> object | None:
-        if attr.kind == "categorical":
-            return attr.index_of(event.get(attr.name))
-        return attr.clamp(event.get(attr.name))
 
     def _candidates(self, attr: LdpAttribute, values: list[object]) -> list[str]:
         if attr.oracle is not None:
@@ -152,28 +154,46 @@ class Privatizer:
         return [orjson.dumps(round(float(x), 6)).decode() for x in out]
 
     # -- the batch ------------------------------------------------------------------------
+    def _specs(self) -> list[tuple[str, bool, dict[str, int], int | None, int | None, float, float, bytes]]:
+        """Per attribute, what the hot loop needs: name, categorical?, index, absent/out-of-domain
+        indices, bounds, and the JSON prefix of its feature entry (mechanism parameters)."""
+        out = []
+        for a in self.policy.attributes:
+            prefix = orjson.dumps(a.name) + b":" + orjson.dumps(self._params[a.name])[:-1] + b',"r":'
+            cat = a.kind == "categorical"
+            index = dict(a._index) if cat else {}
+            none_idx = a.index_of(None) if cat else None
+            ood_idx = a.index_of(a.out_of_domain) if cat and a.out_of_domain is not None else None
+            out.append((a.name, cat, index, none_idx, ood_idx, a.lo, a.hi, prefix))
+        return out
+
     def process(self, records: Sequence[ProtectedRecord]) -> PrivatizeResult:
         """Privatize a batch. Raises :class:`~stream.errors.KeyUnavailableError` (nothing returned)
         when the memo store is unreachable: the caller holds the batch and retries (fail closed)."""
         res = PrivatizeResult()
-        now = self._clock()
+        now = self._clock() + self.retention_margin_seconds
         mono = self.cache.now()
-        attrs = self.policy.attributes
+        specs = self._spec_cache
         schema_name = self.policy.schema_name
+        subject_field = self.subject_field
         es, rs = self.epoch_seconds, self.retention_seconds
+        cache_data = self.cache.data
+        stale = self.cache.max_staleness_seconds
+        loads = orjson.loads
         # pass 1: decode, look up the cache, collect what must be resolved
-        # (ts_ms, hour_of_week, attribute -> (report json, cluster))
-        rows: list[tuple[int, int | None, dict[str, tuple[str, int]]]] = []
-        pending: dict[tuple[str, int, str, object], list[tuple[int, str]]] = {}
+        # rows: (ts_ms, hour_of_week, [(spec index, (report json, report), cluster)])
+        rows: list[tuple[int, int | None, list[tuple[int, tuple[bytes, Any], int]]]] = []
+        pending: dict[tuple[str, int, str, object], list[tuple[int, int]]] = {}
+        hits = 0
         for rec in records:
             try:
-                event = orjson.loads(rec.value) if rec.value else None
+                event = loads(rec.value) if rec.value else None
             except orjson.JSONDecodeError:
                 event = None
             if not isinstance(event, dict) or event.get("_schema") != schema_name:
                 res.skipped["not_protected_event"] += 1
                 continue
-            subject = event.get(self.subject_field)
+            subject = event.get(subject_field)
             if not isinstance(subject, str) or not subject:
                 res.skipped["no_subject"] += 1
                 continue
@@ -181,19 +201,34 @@ class Privatizer:
             if (epoch + 1) * es + rs <= now:
                 res.skipped["retention_ended"] += 1
                 continue
-            row: dict[str, tuple[str, int]] = {}
+            row: list[tuple[int, tuple[bytes, Any], int]] = []
+            row_idx = len(rows)
             rows.append((rec.timestamp_ms, hour_of_week(event.get("ts")), row))
-            for attr in attrs:
-                value = self._value_key(attr, event)
-                if value is None:
-                    continue
-                key = (subject, epoch, attr.name, value)
-                hit = self.cache.get(key, mono)
-                if hit is not None:
-                    row[attr.name] = (hit, hash(key))
-                    res.memo_hits += 1
+            for si, (name, cat, index, none_idx, ood_idx, lo, hi, _prefix) in enumerate(specs):
+                raw = event.get(name)
+                value: int | float | None
+                if cat:
+                    if raw is None:
+                        value = none_idx
+                    else:
+                        value = index.get(raw) if isinstance(raw, str) else None
+                        if value is None:
+                            value = ood_idx
+                    if value is None:
+                        continue
                 else:
-                    pending.setdefault(key, []).append((len(rows) - 1, attr.name))
+                    if isinstance(raw, bool) or not isinstance(raw, int | float) or raw != raw:
+                        value = lo
+                    else:
+                        value = min(hi, max(lo, float(raw)))
+                key = (subject, epoch, name, value)
+                hit = cache_data.get(key)
+                if hit is not None and 0 <= mono - hit[1] < stale:
+                    row.append((si, hit[0], hash(key)))
+                    hits += 1
+                else:
+                    pending.setdefault(key, []).append((row_idx, si))
+        res.memo_hits = hits
         # pass 2: fresh candidates (vectorized per attribute), one store round trip for the batch
         if pending:
             keys = list(pending)
@@ -211,6 +246,7 @@ class Privatizer:
             ]
             results = self.store.resolve(requests, self.budget_micro)
             res.memo_resolved += len(keys)
+            cache_put = self.cache.put
             for key, result in zip(keys, results, strict=True):
                 name = key[2]
                 if result.status == "suppressed" or result.report is None:
@@ -218,24 +254,36 @@ class Privatizer:
                     continue
                 if result.status == "new":
                     res.epsilon_spent[name] = res.epsilon_spent.get(name, 0.0) + self._cost[name] / MICRO
-                self.cache.put(key, result.report, mono)
-                for row_idx, _ in pending[key]:
-                    rows[row_idx][2][name] = (result.report, hash(key))
-        # pass 3: assemble the reports
+                entry = (result.report.encode(), loads(result.report))
+                cache_put(key, entry, mono)
+                cluster = hash(key)
+                for row_idx, si in pending[key]:
+                    rows[row_idx][2].append((si, entry, cluster))
+        # pass 3: assemble the reports (as JSON text: prefix of the attribute + report)
         self._shuffle.shuffle(rows)
-        params = self._params
+        head = b'{"schema":"' + FEATURE_SCHEMA.encode() + b'","source_schema":' + orjson.dumps(schema_name)
+        reported = [0] * len(specs)
+        out_reports = res.reports
+        attr_reports = res.attribute_reports
+        names = [sp[0] for sp in specs]
+        prefixes = [sp[7] for sp in specs]
         for ts_ms, how, row in rows:
             if not row:
                 res.fully_suppressed += 1
                 continue
-            features = {}
-            for name, (rep_json, cluster) in row.items():
-                report = orjson.loads(rep_json)
-                features[name] = {**params[name], "r": report}
-                res.attribute_reports.append(AttributeReport(ts_ms, name, report, cluster))
-                res.reported[name] += 1
-            doc: dict[str, Any] = {"schema": FEATURE_SCHEMA, "source_schema": schema_name, "features": features}
-            if how is not None:
-                doc["hour_of_week"] = how
-            res.reports.append(orjson.dumps(doc))
+            row.sort(key=_first)
+            parts = []
+            for si, (rep_json, report), cluster in row:
+                parts.append(prefixes[si] + rep_json + b"}")
+                attr_reports.append((ts_ms, names[si], report, cluster))
+                reported[si] += 1
+            tail = b"}}" if how is None else b'},"hour_of_week":' + str(how).encode() + b"}"
+            out_reports.append(head + b',"features":{' + b",".join(parts) + tail)
+        for si, n in enumerate(reported):
+            if n:
+                res.reported[names[si]] += n
         return res
+
+
+def _first(item: tuple[int, Any, int]) -> int:
+    return item[0]

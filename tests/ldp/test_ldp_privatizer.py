@@ -206,3 +206,20 @@ def test_perturbation_uses_the_configured_epsilon(keyring: Keyring) -> None:
     p = np.exp(eps) / (np.exp(eps) + dev.k - 1)
     se = np.sqrt(p * (1 - p) / n)
     assert abs(truthful / n - p) < 5 * se
+
+
+def test_epochs_the_shredder_may_already_have_shredded_are_not_reported(keyring: Keyring) -> None:
+    """Within the shredder's lead time before the deadline no memo (nor deadline entry) is re-created."""
+    now = time.time()
+    epoch = int((now - 30 * 86400) // 86400)  # the oldest epoch still in retention
+    deadline = (epoch + 1) * 86400 + 30 * 86400
+    assert now < deadline <= now + 86400
+    ts_ms = epoch * 86400 * 1000 + 500
+    store = MemoryMemoStore()
+    priv = make_privatizer(store=store)
+    priv.retention_margin_seconds = deadline - now + 1.0  # the deadline falls within the margin
+    res = priv.process(protected_records([_event(0)], keyring, ts_ms=ts_ms))
+    assert res.reports == [] and res.skipped["retention_ended"] == 1 and not store.deadlines
+    priv.retention_margin_seconds = 0.0  # outside the margin the same record is reported
+    assert len(priv.process(protected_records([_event(0)], keyring, ts_ms=ts_ms)).reports) == 1
+    assert store.deadlines
