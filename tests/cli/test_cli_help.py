@@ -36,6 +36,16 @@ DOCUMENTED = [
     ("demo",),
     ("bench",),
     ("bench", "gateway"),
+    ("bench", "ldp"),
+    ("privatizer",),
+    ("estimates",),
+    ("shredder",),
+    ("erase",),
+    ("audit",),
+    ("topics",),
+    ("topics", "apply"),
+    ("ops",),
+    ("ops", "watch"),
 ]
 
 
