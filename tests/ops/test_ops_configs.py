@@ -1,6 +1,7 @@
 """docker-compose.yml, the Dockerfile and ops/ parse and agree with each other and with the code:
 every service has its config, Prometheus scrapes exactly the workers on their ports, the alert
-rules are valid (``promtool check rules`` when promtool is on PATH, else a schema check), name
+rules are valid (``promtool check rules`` and the alerts' unit tests ``promtool test rules`` when
+promtool is on PATH, else a schema check), name
 only series streamgate declares, and each has a runbook; the Grafana provisioning points at the
 compose Prometheus and the dashboard queries only declared series. (The live cross-check of the
 same names against a running worker's /metrics is in test_ops_metrics.py.)"""
@@ -211,6 +212,22 @@ def test_promtool_checks_rules_and_config(tmp_path: Path) -> None:
     cfg.write_text(prom)
     r = subprocess.run([promtool, "check", "config", str(cfg)], capture_output=True, text=True, timeout=60)
     assert r.returncode == 0, r.stdout + r.stderr
+    # the alerts' unit tests: each fires on the series it should, with its labels and annotations
+    tests = sorted((OPS / "rules" / "tests").glob("*.yml"))
+    assert tests
+    r = subprocess.run([promtool, "test", "rules", *map(str, tests)], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stdout + r.stderr
+
+
+def test_alert_unit_tests_cover_the_required_alerts() -> None:
+    """Lag, DLQ rate, Redis errors, shredder behind, budget exhaustion each have a promtool unit test."""
+    tested = set()
+    for f in (OPS / "rules" / "tests").glob("*.yml"):
+        doc = _yaml(f)
+        assert doc["rule_files"] == ["../streamgate.yml"] or all((f.parent / p).is_file() for p in doc["rule_files"])
+        tested |= {a["alertname"] for t in doc["tests"] for a in t.get("alert_rule_test", [])}
+    assert {"StreamgateConsumerLagHigh", "StreamgateDeadLetterRateHigh", "StreamgateRedisErrors",
+            "StreamgateShredderBehind", "StreamgateBudgetExhaustion"} <= tested
 
 
 # --------------------------------------------------------------------------- grafana
