@@ -25,7 +25,7 @@ records from ``read_committed`` consumers, e.g. Apache Kafka).
 
 Metrics
 -------
-With a :class:`stream.ops.metrics.WorkerMetrics` the loop reports, once per batch
+Into its :class:`stream.ops.metrics.WorkerMetrics` (given, or its own) the loop reports, once per batch
 (never per event): events in, events out by topic and dead letters by reason
 (when the batch's outputs are accounted), the batch's processing time (protect +
 produce), the DEK cache totals, and Redis errors (each fail-closed retry). The
@@ -235,7 +235,7 @@ class GatewayEngine:
     def _service(self, producer: Producer) -> None:
         producer.poll(0)  # serve delivery reports
         self._commit_delivered(sync=False)
-        if self.metrics is not None and self._consumer is not None:
+        if self._consumer is not None:
             now = time.monotonic()
             if now - self._lag_at >= LAG_INTERVAL_SECONDS:
                 self._lag_at = now
@@ -251,15 +251,13 @@ class GatewayEngine:
         held: list[int] = []
         for tp in positions:
             try:
-                _low, high = consumer.get_watermark_offsets(tp, cached=True)
+                low, high = consumer.get_watermark_offsets(tp, cached=True)
             except KafkaException:
                 continue
-            if high < 0:
+            if high < 0:  # no fetch response for this partition yet
                 continue
-            pos = tp.offset if tp.offset >= 0 else None
-            if pos is None:  # nothing consumed yet on this partition: all of it is behind
-                low = _low if _low >= 0 else 0
-                pos = low
+            # no position yet = nothing consumed on this partition: all of it is behind
+            pos = tp.offset if tp.offset >= 0 else max(low, 0)
             metrics.set_lag(tp.partition, max(0, high - pos))
             held.append(tp.partition)
         metrics.clear_lag(held)
@@ -313,8 +311,7 @@ class GatewayEngine:
             if self.stats.first_event_at is None:
                 self.stats.first_event_at = now
             self.stats.consumed += len(records)
-            if self.metrics is not None:
-                self.metrics.events_in(len(records))
+            self.metrics.events_in(len(records))
         return records
 
     def _backoff(self, attempt: int) -> float:
@@ -358,8 +355,7 @@ class GatewayEngine:
                 result = self.gateway.process(self._held)
             except KeyUnavailableError:
                 self.stats.fail_closed_retries += 1
-                if self.metrics is not None:
-                    self.metrics.redis_error()
+                self.metrics.redis_error()
                 delay = self._backoff(attempt)
                 attempt += 1
                 log.warning(
@@ -372,13 +368,11 @@ class GatewayEngine:
             if not self._held:
                 return True
             if self._deliver(consumer, producer, result):
-                if self.metrics is not None:
-                    self.metrics.observe_batch(time.perf_counter() - started, len(self._held))
+                self.metrics.observe_batch(time.perf_counter() - started, len(self._held))
                 self._held = []
                 return True
             self.stats.produce_retries += 1
-            if self.metrics is not None:
-                self.metrics.produce_retry()
+            self.metrics.produce_retry()
             delay = self._backoff(attempt)
             attempt += 1
             log.warning("produce failed: batch will be re-protected and re-sent", extra={"retry_in_s": delay})
@@ -441,13 +435,12 @@ class GatewayEngine:
         st.batches += 1
         st.last_event_at = time.monotonic()
         m = self.metrics
-        if m is not None:
-            if result.protected:
-                m.events_out("protected", len(result.protected))
-            if result.dead_letters:
-                m.events_out("dlq", len(result.dead_letters))
-                m.dead_lettered_many(result.reasons)
-            ds = self.gateway.deks.stats
-            m.set_dek_cache(ds.hits, ds.misses, ds.created)
+        if result.protected:
+            m.events_out("protected", len(result.protected))
+        if result.dead_letters:
+            m.events_out("dlq", len(result.dead_letters))
+            m.dead_lettered_many(result.reasons)
+        ds = self.gateway.deks.stats
+        m.set_dek_cache(ds.hits, ds.misses, ds.created)
         if self.on_batch is not None:
             self.on_batch(st)
