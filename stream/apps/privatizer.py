@@ -9,7 +9,9 @@ them with the pure core (:class:`stream.ldp.privatizer.Privatizer`, one Redis
 round trip for the memos and budgets of the batch), produce the feature
 reports (no key, no headers, Kafka timestamp floored to the hour), add the
 attribute reports to the tumbling windows (:mod:`stream.ldp.aggregate`),
-publish the windows that closed, wait for delivery, commit.
+publish the windows that closed, and go on with the next batch while
+librdkafka delivers; a batch's offsets are committed once its reports (and
+every earlier batch's) are acknowledged.
 
 Guarantees: at-least-once for ``features.private`` (a crash re-emits the
 uncommitted batch; memoization makes the re-emitted reports identical and
@@ -30,7 +32,7 @@ import os
 import socket
 import threading
 import time
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -118,6 +120,22 @@ def build_privatizer(
     )
 
 
+class _Batch:
+    """A produced batch of feature reports waiting for its delivery reports."""
+
+    __slots__ = ("failed", "offsets", "pending")
+
+    def __init__(self, offsets: dict[tuple[str, int], int], pending: int) -> None:
+        self.offsets = offsets
+        self.pending = pending
+        self.failed = 0
+
+    def on_delivery(self, err: KafkaError | None, _msg: Any) -> None:
+        self.pending -= 1
+        if err is not None:
+            self.failed += 1
+
+
 @dataclass
 class PrivatizerStats:
     consumed: int = 0
@@ -200,6 +218,7 @@ class PrivatizerEngine:
         self._consumer: Consumer | None = None
         self._producer: Producer | None = None
         self._failed_deliveries = 0
+        self._inflight: deque[_Batch] = deque()
         self._lag_at = 0.0
 
     @property
@@ -211,11 +230,13 @@ class PrivatizerEngine:
         self.assigned.update((tp.topic, tp.partition) for tp in partitions)
 
     def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
-        self.assigned.difference_update((tp.topic, tp.partition) for tp in partitions)
-        # Publish the open windows as they are: their remaining records go to the new owner.
+        # Publish the open windows as they are (their remaining records go to the new owner),
+        # deliver and commit what was produced, before the partitions go.
         if self._producer is not None:
             self._publish(self.aggregator.drain(), self._producer)
             self._producer.flush(30)
+            self._commit_delivered(consumer, sync=True)
+        self.assigned.difference_update((tp.topic, tp.partition) for tp in partitions)
 
     def _on_delivery(self, err: KafkaError | None, _msg: Any) -> None:
         if err is not None:
@@ -244,11 +265,13 @@ class PrivatizerEngine:
                     break
                 self._publish(self.aggregator.due(), producer)
                 producer.poll(0)
+                self._commit_delivered(consumer, sync=False)
                 self._update_lag(consumer)
         finally:
             try:
                 self._publish(self.aggregator.drain(), producer)
                 producer.flush(30)
+                self._commit_delivered(consumer, sync=True)
             finally:
                 consumer.close()
                 self._consumer = self._producer = None
@@ -300,7 +323,8 @@ class PrivatizerEngine:
                     return False
         topic = self.settings.topics.features
         hour_ms = (int(time.time() * 1000) // _HOUR_MS) * _HOUR_MS
-        produce, cb = producer.produce, self._on_delivery
+        batch = _Batch(offsets, len(res.reports))
+        produce, cb = producer.produce, batch.on_delivery
         for value in res.reports:  # (produce_batch cannot set timestamps)
             while True:
                 try:
@@ -308,20 +332,13 @@ class PrivatizerEngine:
                     break
                 except BufferError:
                     producer.poll(0.05)
+        self._inflight.append(batch)
         self.aggregator.add(res.attribute_reports)
         self.stats.late = self.aggregator.late
         self._publish(self.aggregator.due(), producer)
-        # commit only what was delivered (at-least-once)
-        producer.flush(60)
-        if self._failed_deliveries:
-            raise StreamgateError(f"{self._failed_deliveries} feature reports could not be delivered; "
-                                  "stopping without committing (a restart resumes from the last commit)")
-        tps = [TopicPartition(t, p, o) for (t, p), o in offsets.items() if (t, p) in self.assigned]
-        if tps:
-            try:
-                consumer.commit(offsets=tps, asynchronous=True)
-            except KafkaException as exc:
-                log.warning("offset commit failed", extra={"error": str(exc)})
+        # at-least-once: offsets are committed once the batch (and every earlier one) is delivered
+        producer.poll(0)
+        self._commit_delivered(consumer, sync=False)
         self.stats.add(res)
         self.stats.batches += 1
         self.stats.last_event_at = time.monotonic()
@@ -337,6 +354,30 @@ class PrivatizerEngine:
         if self.on_batch is not None:
             self.on_batch(self.stats, res, time.perf_counter() - t0)
         return True
+
+    def _commit_delivered(self, consumer: Consumer, *, sync: bool) -> None:
+        """Commit the offsets of the leading batches whose every report was delivered."""
+        if self._failed_deliveries:
+            raise StreamgateError(f"{self._failed_deliveries} estimate records could not be delivered; "
+                                  "stopping without committing (a restart resumes from the last commit)")
+        offsets: dict[tuple[str, int], int] = {}
+        inflight = self._inflight
+        while inflight and inflight[0].pending <= 0:
+            done = inflight.popleft()
+            if done.failed:
+                raise StreamgateError(f"{done.failed} feature reports could not be delivered; stopping "
+                                      "without committing (a restart resumes from the last commit)")
+            offsets.update(done.offsets)
+        tps = [TopicPartition(t, p, o) for (t, p), o in offsets.items() if (t, p) in self.assigned]
+        if not tps:
+            return
+        try:
+            if sync:
+                consumer.commit(offsets=tps, asynchronous=False)
+            else:
+                consumer.commit(offsets=tps, asynchronous=True)
+        except KafkaException as exc:  # e.g. taken by a rebalance: the new owner re-processes (same memos)
+            log.warning("offset commit failed", extra={"error": str(exc)})
 
     def _update_lag(self, consumer: Consumer) -> None:
         """Lag per assigned partition (cached high watermark minus position), every few seconds."""

@@ -183,7 +183,7 @@ class Privatizer:
         # pass 1: decode, look up the cache, collect what must be resolved
         # rows: (ts_ms, hour_of_week, [(spec index, (report json, report), cluster)])
         rows: list[tuple[int, int | None, list[tuple[int, tuple[bytes, Any], int]]]] = []
-        pending: dict[tuple[str, int, str, object], list[tuple[int, int]]] = {}
+        pending: dict[tuple[str, int, str, int | float], list[tuple[int, int]]] = {}
         hits = 0
         for rec in records:
             try:
