@@ -30,7 +30,8 @@ Into its :class:`stream.ops.metrics.WorkerMetrics` (given, or its own) the loop 
 (when the batch's outputs are accounted), the batch's processing time (protect +
 produce), the DEK cache totals, and Redis errors (each fail-closed retry). The
 consumer lag per assigned partition (log end from the cached high watermark minus
-the consumer's position) is refreshed at most every ``LAG_INTERVAL_SECONDS``.
+the consumer's position; while paused, the watermark asked from the broker) is
+refreshed at most every ``LAG_INTERVAL_SECONDS``.
 
 Fail closed
 -----------
@@ -236,13 +237,17 @@ class GatewayEngine:
         producer.poll(0)  # serve delivery reports
         self._commit_delivered(sync=False)
         if self._consumer is not None:
-            now = time.monotonic()
-            if now - self._lag_at >= LAG_INTERVAL_SECONDS:
-                self._lag_at = now
-                self._update_lag(self._consumer, self.metrics)
+            self._maybe_update_lag(self._consumer, cached=True)
 
-    def _update_lag(self, consumer: Consumer, metrics: WorkerMetrics) -> None:
-        """Lag per assigned partition: cached high watermark (from the last fetch) minus position."""
+    def _maybe_update_lag(self, consumer: Consumer, *, cached: bool) -> None:
+        now = time.monotonic()
+        if now - self._lag_at >= LAG_INTERVAL_SECONDS:
+            self._lag_at = now
+            self._update_lag(consumer, self.metrics, cached=cached)
+
+    def _update_lag(self, consumer: Consumer, metrics: WorkerMetrics, *, cached: bool) -> None:
+        """Lag per assigned partition: high watermark minus position. ``cached``: the watermark of
+        the last fetch response (free); else asked from the broker (while paused: no fetches)."""
         try:
             assignment = consumer.assignment()
             positions = consumer.position(assignment) if assignment else []
@@ -251,7 +256,8 @@ class GatewayEngine:
         held: list[int] = []
         for tp in positions:
             try:
-                low, high = consumer.get_watermark_offsets(tp, cached=True)
+                low, high = (consumer.get_watermark_offsets(tp, cached=True) if cached
+                             else consumer.get_watermark_offsets(tp, timeout=1.0))
             except KafkaException:
                 continue
             if high < 0:  # no fetch response for this partition yet
@@ -326,6 +332,7 @@ class GatewayEngine:
         deadline = time.monotonic() + seconds
         try:
             while not stop.is_set() and time.monotonic() < deadline:
+                self._maybe_update_lag(consumer, cached=False)  # paused partitions fetch nothing: ask the broker
                 msgs = consumer.consume(num_messages=1, timeout=min(0.2, max(0.0, deadline - time.monotonic())))
                 if msgs:  # only possible after a rebalance assigned new, unpaused partitions: rewind them
                     for m in msgs:

@@ -30,6 +30,7 @@ from kafka_helpers import wait_for  # noqa: E402
 
 pytestmark = pytest.mark.integration
 N = 120
+M = 50
 
 
 class OwnRedis:
@@ -98,11 +99,17 @@ def test_fail_closed_counts_redis_errors_and_lag(settings_factory: Callable[...,
         assert metrics.batch_hist.total == 0  # no batch completed
         text = generate_latest(metrics.registry).decode()
         assert 'streamgate_redis_errors_total{worker="gateway"}' in text
+        # more events while held: the partitions are paused, so they show as lag
+        # (two publishes: the embedded broker's high watermark is the start of the last batch written)
+        more = list(ClickstreamGenerator(seed=4).events(M))
+        publish(settings.kafka_bootstrap_or_dev(), t.raw, more[:-1])
+        publish(settings.kafka_bootstrap_or_dev(), t.raw, more[-1:])
+        wait_for(lambda: metrics.lag.get(0, 0) >= M - 1, timeout=60, what="the backlog as lag")
         own.start()  # Redis back: the held batch goes out once
-        wait_for(lambda: metrics.out.get("protected", 0) >= N, timeout=90, what="the held batch emitted")
+        wait_for(lambda: metrics.out.get("protected", 0) >= N + M, timeout=90, what="everything emitted")
         wait_for(lambda: metrics.lag.get(0) == 0, timeout=30, what="lag 0 after the batch")
         snap = metrics.snapshot()
-        assert snap["events_out"] == {"protected": N} and snap["events_in"] == N
+        assert snap["events_out"] == {"protected": N + M} and snap["events_in"] == N + M
         assert snap["dek_cache"]["created"] > 0 and metrics.batch_hist.total >= 1
     finally:
         stop.set()
