@@ -59,6 +59,7 @@ from typing import Any
 
 from confluent_kafka import Consumer, KafkaError, KafkaException, Producer, TopicPartition
 
+from stream.apps.runtime import relaxed_gc
 from stream.config import Settings
 from stream.errors import KeyUnavailableError, StreamgateError
 from stream.gateway.core import BatchResult, Gateway, RawRecord
@@ -206,6 +207,10 @@ class GatewayEngine:
 
     # -- the loop -------------------------------------------------------------------
     def run(self, stop: threading.Event, *, max_events: int | None = None) -> EngineStats:
+        with relaxed_gc():  # see stream.apps.runtime
+            return self._run(stop, max_events)
+
+    def _run(self, stop: threading.Event, max_events: int | None) -> EngineStats:
         consumer, producer = self._make_clients()
         self._consumer, self._producer = consumer, producer
         s = self.settings

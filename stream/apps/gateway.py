@@ -47,7 +47,8 @@ class GatewayService(Service):
 
     async def on_start(self) -> None:
         # Build in the worker thread's caller: fails fast (and loudly) on a missing KEK.
-        gateway = build_gateway(self.settings)
+        # listen=True: drop cached data keys as soon as the shredder announces them (pub/sub)
+        gateway = build_gateway(self.settings, listen=True)
         self.engine = GatewayEngine(self.settings, gateway, bootstrap=self.bootstrap, metrics=self.metrics)
         loop = asyncio.get_running_loop()
         self._thread_done = loop.run_in_executor(None, self._run)

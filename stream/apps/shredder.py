@@ -132,6 +132,8 @@ class ShredderEngine:
         self.ticks = 0
         self.erasures_committed = 0
         self._reported: dict[str, int] = {"retention": 0, "erasure": 0}
+        self._receipts_reported = 0
+        self._lag_at = 0.0
 
     # -- state -------------------------------------------------------------------------
     @property
@@ -157,6 +159,33 @@ class ShredderEngine:
             if delta > 0 and self.metrics is not None:
                 self.metrics.keys_shredded(reason, delta)
             self._reported[reason] = total
+        if self.metrics is not None and st.receipts > self._receipts_reported:
+            self.metrics.events_out("audit", st.receipts - self._receipts_reported)
+        self._receipts_reported = st.receipts
+
+    def _update_lag(self, consumer: Consumer) -> None:
+        """Lag of the erasure requests per assigned partition (feeds the erasure-backlog alert)."""
+        now = time.monotonic()
+        if self.metrics is None or now - self._lag_at < 2.0:
+            return
+        self._lag_at = now
+        try:
+            assignment = consumer.assignment()
+            positions = consumer.position(assignment) if assignment else []
+        except KafkaException:
+            return
+        held: list[int] = []
+        for tp in positions:
+            try:
+                low, high = consumer.get_watermark_offsets(tp, cached=True)
+            except KafkaException:
+                continue
+            if high < 0:
+                continue
+            pos = tp.offset if tp.offset >= 0 else max(low, 0)
+            self.metrics.set_lag(tp.partition, max(0, high - pos))
+            held.append(tp.partition)
+        self.metrics.clear_lag(held)
 
     def _backlog(self) -> None:
         if self.metrics is None:
@@ -193,6 +222,8 @@ class ShredderEngine:
                     try:
                         n = self.shredder.tick()
                     except (KeyUnavailableError, ShredderError) as exc:
+                        if self.metrics is not None and isinstance(exc, KeyUnavailableError):
+                            self.metrics.redis_error()
                         delay = self._backoff(attempt)
                         attempt += 1
                         log.warning("shred pass failed, retrying", extra={"error": str(exc), "retry_in_s": delay})
@@ -208,8 +239,11 @@ class ShredderEngine:
                 wait = max(0.05, min(0.5, next_tick - time.monotonic()))
                 msgs = consumer.consume(num_messages=50, timeout=wait)
                 if msgs:
+                    if self.metrics is not None:
+                        self.metrics.events_in(sum(1 for m in msgs if m.error() is None))
                     self._handle(consumer, msgs, stop)
                     self._report()
+                self._update_lag(consumer)
         finally:
             try:
                 producer.flush(10)
@@ -244,6 +278,8 @@ class ShredderEngine:
                 self._erase_one(m.value(), f"{topic}/{partition}/{offset}")
             except (KeyUnavailableError, ShredderError) as exc:
                 # not done: rewind to this request and retry it after a backoff (nothing committed)
+                if self.metrics is not None and isinstance(exc, KeyUnavailableError):
+                    self.metrics.redis_error()
                 blocked.add((topic, partition))
                 delay = self._backoff(attempt)
                 attempt += 1

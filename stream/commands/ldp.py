@@ -76,13 +76,16 @@ def register(cli: click.Group) -> None:
 
         from stream.apps.privatizer import create_app
         from stream.kafka import ensure_topics
+        from stream.ops.logging import configure_logging
 
         Keyring.from_settings(settings)  # fail fast on a missing/bad KEK (the memo key derives from it)
         bootstrap = settings.kafka_bootstrap_or_dev()
         t = settings.topics
         ensure_topics(bootstrap, [t.protected, t.features, t.frequencies], partitions=settings.topic_partitions)
         app = create_app(settings)
-        Worker(app, loglevel=loglevel, quiet=True).execute_from_commandline()
+        configure_logging(settings, loglevel)  # allow-listed fields only (STREAMGATE_LOG_FORMAT=text|json)
+        # override_logging=False: Faust keeps the allow-listed logging configured above
+        Worker(app, loglevel=loglevel, quiet=True, override_logging=False).execute_from_commandline()
 
     @cli.command()
     @click.option("--follow/--no-follow", default=False, show_default=True,

@@ -125,6 +125,7 @@ def register(cli: click.Group) -> None:
         from stream.crypto.keyring import Keyring
         from stream.errors import ConfigError
         from stream.kafka import ensure_topics
+        from stream.ops.logging import configure_logging
         from stream.retention.topics import load_topics_config, tombstone_topics
         from stream.schema import load_schema
 
@@ -140,7 +141,9 @@ def register(cli: click.Group) -> None:
             if missing:
                 raise ConfigError(f"compacted topics keyed by person token are missing: {', '.join(missing)} "
                                   "(create them with `streamgate topics apply`)")
-        Worker(create_app(settings), loglevel=loglevel, quiet=True).execute_from_commandline()
+        configure_logging(settings, loglevel)  # allow-listed fields only (STREAMGATE_LOG_FORMAT=text|json)
+        # override_logging=False: Faust keeps the allow-listed logging configured above
+        Worker(create_app(settings), loglevel=loglevel, quiet=True, override_logging=False).execute_from_commandline()
 
     @cli.command()
     @click.option("--user", "user", default=None, help="The person's raw user_id (sent to privacy.erasure).")
