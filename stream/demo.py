@@ -231,7 +231,9 @@ def _privacy_summary(console: Console, s: Settings, pv: subprocess.Popen[bytes],
             if pv.poll() is not None:
                 raise StreamgateError(f"the privatizer worker exited (code {pv.returncode}); see {log}")
             stats = _healthz_stats(pv, "privatizer")
-            if stats and stats.get("consumed", 0) >= len(valid):
+            done = 0 if not stats else (stats.get("reports", 0) + stats.get("fully_suppressed", 0)
+                                        + sum(stats.get("skipped", {}).values()))
+            if done >= len(valid):
                 break
             time.sleep(0.5)
         stats = _healthz_stats(pv, "privatizer") or {}
