@@ -1,8 +1,8 @@
 """The privatizer worker: ``clicks.protected`` -> ``features.private`` + ``analytics.frequencies``.
 
 Like the gateway (see :mod:`stream.apps.engine` for why), the Kafka loop is a
-confluent-kafka batch engine hosted as a service inside a Faust worker, which
-provides the lifecycle, the web server (health, metrics) and signals.
+confluent-kafka batch engine hosted in a Faust worker (:mod:`stream.apps.hosting`),
+which provides the lifecycle, the web server (health, metrics) and signals.
 
 Per batch: consume up to ``batch_max_events`` protected records, privatize
 them with the pure core (:class:`stream.ldp.privatizer.Privatizer`, one Redis
@@ -25,8 +25,6 @@ moment on that worker (the feature reports themselves are not lost).
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import logging
 import os
 import socket
@@ -42,9 +40,8 @@ import numpy as np
 import orjson
 import redis
 from confluent_kafka import Consumer, KafkaError, KafkaException, Producer, TopicPartition
-from faust.app.base import BootStrategy
-from mode import Service
 
+from stream.apps.hosting import report_lag, worker_app
 from stream.apps.runtime import relaxed_gc
 from stream.config import Settings
 from stream.crypto.keyring import Keyring
@@ -56,13 +53,11 @@ from stream.ldp.oracle import secure_rng
 from stream.ldp.policy import LdpPolicy
 from stream.ldp.privatizer import Privatizer, PrivatizeResult, ProtectedRecord
 from stream.ops.metrics import WorkerMetrics
-from stream.ops.worker import install_ops
 from stream.retention.invalidation import ShredListener
 from stream.schema import load_schema
 
 __all__ = [
     "PrivatizerEngine",
-    "PrivatizerService",
     "PrivatizerStats",
     "build_privatizer",
     "create_app",
@@ -220,6 +215,13 @@ class PrivatizerEngine:
         self._failed_deliveries = 0
         self._inflight: deque[_Batch] = deque()
         self._lag_at = 0.0
+        self.listener: ShredListener | None = None
+
+    def close(self) -> None:
+        """Stop the shred listener (called by the hosting service after the loop ended)."""
+        if self.listener is not None:
+            self.listener.stop()
+            self.listener = None
 
     @property
     def ready(self) -> bool:
@@ -380,29 +382,12 @@ class PrivatizerEngine:
             log.warning("offset commit failed", extra={"error": str(exc)})
 
     def _update_lag(self, consumer: Consumer) -> None:
-        """Lag per assigned partition (cached high watermark minus position), every few seconds."""
-        m = self.metrics
+        """Lag per assigned partition, every few seconds."""
         now = time.monotonic()
-        if m is None or now - self._lag_at < _LAG_INTERVAL_SECONDS:
+        if self.metrics is None or now - self._lag_at < _LAG_INTERVAL_SECONDS:
             return
         self._lag_at = now
-        try:
-            assignment = consumer.assignment()
-            positions = consumer.position(assignment) if assignment else []
-        except KafkaException:
-            return
-        held: list[int] = []
-        for tp in positions:
-            try:
-                low, high = consumer.get_watermark_offsets(tp, cached=True)
-            except KafkaException:
-                continue
-            if high < 0:
-                continue
-            pos = tp.offset if tp.offset >= 0 else max(low, 0)
-            m.set_lag(tp.partition, max(0, high - pos))
-            held.append(tp.partition)
-        m.clear_lag(held)
+        report_lag(consumer, self.metrics)
 
     def _wait_paused(self, consumer: Consumer, seconds: float, stop: threading.Event) -> bool:
         assignment = consumer.assignment()
@@ -430,84 +415,14 @@ class PrivatizerEngine:
             self.stats.windows_published += 1
 
 
-class PrivatizerService(Service):
-    """Runs the engine in a thread for the lifetime of the Faust worker."""
-
-    def __init__(self, settings: Settings, bootstrap: str, metrics: WorkerMetrics | None = None,
-                 **kwargs: Any) -> None:
-        super().__init__(**kwargs)
-        self.settings = settings
-        self.bootstrap = bootstrap
-        self.metrics = metrics
-        self.stop_event = threading.Event()
-        self.engine: PrivatizerEngine | None = None
-        self.listener: ShredListener | None = None
-        self._thread_done: asyncio.Future[PrivatizerStats] | None = None
-        self.failed: BaseException | None = None
-
-    async def on_start(self) -> None:
-        privatizer = build_privatizer(self.settings)
-        self.listener = start_memo_invalidation(self.settings, privatizer)
-        self.engine = PrivatizerEngine(self.settings, privatizer, bootstrap=self.bootstrap, metrics=self.metrics)
-        loop = asyncio.get_running_loop()
-        self._thread_done = loop.run_in_executor(None, self._run)
-        self.add_future(self._watch())
-
-    async def _watch(self) -> None:
-        assert self._thread_done is not None
-        try:
-            await self._thread_done
-        except Exception as exc:
-            await self.crash(exc)
-
-    def _run(self) -> PrivatizerStats:
-        assert self.engine is not None
-        try:
-            return self.engine.run(self.stop_event)
-        except BaseException as exc:
-            self.failed = exc
-            log.exception("privatizer engine crashed")
-            raise
-
-    async def on_stop(self) -> None:
-        self.stop_event.set()
-        if self._thread_done is not None:
-            with contextlib.suppress(Exception):
-                await self._thread_done
-        if self.listener is not None:
-            self.listener.stop()
-
-    @property
-    def healthy(self) -> bool:
-        return self.failed is None and self._thread_done is not None and not self._thread_done.done()
-
-
 def create_app(settings: Settings) -> faust.App:
-    """The privatizer's Faust app. ``streamgate privatizer`` runs it as a worker."""
-    bootstrap = settings.kafka_bootstrap_or_dev()
-    datadir = settings.state_dir / "faust-privatizer"
-    datadir.mkdir(parents=True, exist_ok=True)
-    port = settings.web_port_for("privatizer")
-    app = faust.App(
-        "streamgate-privatizer",
-        broker=f"kafka://{bootstrap}",
-        web_enabled=port > 0,
-        web_port=port or 6067,
-        web_bind=settings.web_bind,
-        topic_disable_leader=True,
-        broker_session_timeout=settings.session_timeout_ms / 1000,
-        datadir=str(datadir),
-    )
-    app.boot_strategy = BootStrategy(app, enable_kafka_consumer=False, enable_kafka_producer=False)
-    metrics = WorkerMetrics("privatizer")
-    service = PrivatizerService(settings, bootstrap, metrics)
-    app.service(service)  # type: ignore[arg-type]
-    ops = install_ops(
-        app, settings, worker="privatizer", metrics=metrics,
-        alive=lambda: service.healthy,
-        details=lambda: service.engine.stats.as_dict() if service.engine else {},
-        ready=lambda: service.engine is not None and service.engine.ready,
-    )
-    app.streamgate_service = service  # type: ignore[attr-defined]
-    app.streamgate_ops = ops  # type: ignore[attr-defined]
-    return app
+    """The privatizer's Faust app. ``streamgate privatizer`` runs it as a worker (hosted like every
+    worker: :mod:`stream.apps.hosting`); its memo cache listens on the shredder's channel."""
+
+    def build(metrics: WorkerMetrics) -> PrivatizerEngine:
+        privatizer = build_privatizer(settings)
+        engine = PrivatizerEngine(settings, privatizer, metrics=metrics)
+        engine.listener = start_memo_invalidation(settings, privatizer)
+        return engine
+
+    return worker_app(settings, "privatizer", build, lambda engine: engine.stats.as_dict())

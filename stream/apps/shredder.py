@@ -18,7 +18,6 @@ flush and check every delivery report). Time is injected (``clock=``).
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import logging
 import socket
@@ -31,9 +30,8 @@ import faust
 import orjson
 import redis
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
-from faust.app.base import BootStrategy
-from mode import Service
 
+from stream.apps.hosting import report_lag, worker_app
 from stream.components import redis_client
 from stream.config import Settings
 from stream.crypto.keyring import Keyring
@@ -51,7 +49,7 @@ from stream.retention.redis_store import RedisShredStore
 from stream.retention.topics import load_topics_config, tombstone_topics
 from stream.schema import load_schema
 
-__all__ = ["KafkaReceiptSink", "ShredderEngine", "ShredderService", "create_app", "worker_id"]
+__all__ = ["KafkaReceiptSink", "ShredderEngine", "create_app", "worker_id"]
 
 log = logging.getLogger("streamgate.shredder")
 
@@ -169,23 +167,7 @@ class ShredderEngine:
         if self.metrics is None or now - self._lag_at < 2.0:
             return
         self._lag_at = now
-        try:
-            assignment = consumer.assignment()
-            positions = consumer.position(assignment) if assignment else []
-        except KafkaException:
-            return
-        held: list[int] = []
-        for tp in positions:
-            try:
-                low, high = consumer.get_watermark_offsets(tp, cached=True)
-            except KafkaException:
-                continue
-            if high < 0:
-                continue
-            pos = tp.offset if tp.offset >= 0 else max(low, 0)
-            self.metrics.set_lag(tp.partition, max(0, high - pos))
-            held.append(tp.partition)
-        self.metrics.clear_lag(held)
+        report_lag(consumer, self.metrics)
 
     def _backlog(self) -> None:
         if self.metrics is None:
@@ -315,79 +297,12 @@ class ShredderEngine:
                                         "repeated": outcome.repeated})
 
 
-class ShredderService(Service):
-    """Runs the engine in a thread for the lifetime of the Faust worker."""
-
-    def __init__(self, settings: Settings, bootstrap: str, *, metrics: Any = None, **kwargs: Any) -> None:
-        super().__init__(**kwargs)
-        self.settings = settings
-        self.bootstrap = bootstrap
-        self.metrics = metrics
-        self.stop_event = threading.Event()
-        self.engine: ShredderEngine | None = None
-        self._thread_done: asyncio.Future[ShredStats] | None = None
-        self.failed: BaseException | None = None
-
-    async def on_start(self) -> None:
-        self.engine = ShredderEngine(self.settings, bootstrap=self.bootstrap, metrics=self.metrics)
-        self._thread_done = asyncio.get_running_loop().run_in_executor(None, self._run)
-        self.add_future(self._watch())
-
-    async def _watch(self) -> None:
-        assert self._thread_done is not None
-        try:
-            await self._thread_done
-        except Exception as exc:
-            await self.crash(exc)
-
-    def _run(self) -> ShredStats:
-        assert self.engine is not None
-        try:
-            return self.engine.run(self.stop_event)
-        except BaseException as exc:
-            self.failed = exc
-            log.exception("shredder engine crashed")
-            raise
-
-    async def on_stop(self) -> None:
-        self.stop_event.set()
-        if self._thread_done is not None:
-            with contextlib.suppress(Exception):
-                await self._thread_done
-
-    @property
-    def healthy(self) -> bool:
-        return self.failed is None and self._thread_done is not None and not self._thread_done.done()
-
-
 def create_app(settings: Settings) -> faust.App:
-    """The shredder's Faust app. ``streamgate shredder`` runs it as a worker."""
+    """The shredder's Faust app. ``streamgate shredder`` runs it as a worker (hosted like every
+    worker: :mod:`stream.apps.hosting`)."""
     from stream.ops.metrics import WorkerMetrics
-    from stream.ops.worker import install_ops
 
-    bootstrap = settings.kafka_bootstrap_or_dev()
-    datadir = settings.state_dir / "faust-shredder"
-    datadir.mkdir(parents=True, exist_ok=True)
-    port = settings.web_port_for("shredder")
-    app = faust.App(
-        "streamgate-shredder",
-        broker=f"kafka://{bootstrap}",
-        web_enabled=port > 0,
-        web_port=port or 6068,
-        web_bind=settings.web_bind,
-        topic_disable_leader=True,
-        broker_session_timeout=settings.session_timeout_ms / 1000,
-        datadir=str(datadir),
-    )
-    app.boot_strategy = BootStrategy(app, enable_kafka_consumer=False, enable_kafka_producer=False)
-    metrics = WorkerMetrics("shredder")
-    service = ShredderService(settings, bootstrap, metrics=metrics)
-    app.service(service)  # type: ignore[arg-type]
-    install_ops(
-        app, settings, worker="shredder", metrics=metrics,
-        alive=lambda: service.healthy,
-        details=lambda: service.engine.as_dict() if service.engine else {},
-        ready=lambda: service.engine is not None and service.engine.ready,
-    )
-    app.streamgate_service = service  # type: ignore[attr-defined]
-    return app
+    def build(metrics: WorkerMetrics) -> ShredderEngine:
+        return ShredderEngine(settings, metrics=metrics)
+
+    return worker_app(settings, "shredder", build, lambda engine: engine.as_dict())
