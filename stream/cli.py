@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import os
 import sys
 import time
 from pathlib import Path
@@ -15,8 +14,7 @@ from stream import __version__
 from stream.commands import ldp as _ldp_commands
 from stream.commands import ops as _ops_commands
 from stream.commands import retention as _retention_commands
-from stream.commands.common import echo_error, settings
-from stream.config import Settings
+from stream.commands.common import bench_settings, echo_error, settings
 from stream.errors import StreamgateError
 
 __all__ = ["main"]
@@ -305,35 +303,17 @@ def bench() -> None:
 def bench_gateway(events: int, invalid_rate: float) -> None:
     """Gateway events/s vs a plain confluent-kafka JSON passthrough on the same broker and events."""
     from stream.bench.gateway import run_gateway_bench
-    from stream.dev.stack import ephemeral_stack
 
-    settings = _settings()
-    if settings.master_key is None and settings.master_key_file is None:
-        import base64
-
-        from pydantic import SecretStr
-
-        throwaway = SecretStr(base64.b64encode(os.urandom(32)).decode())  # for this benchmark run only
-        click.echo("(no master key configured: using a throwaway key for this run)")
-        settings = settings.model_copy(update={"master_key": throwaway})
-
-    def go(s: Settings) -> None:
+    with bench_settings(_settings()) as s:
         r = run_gateway_bench(s, events=events, invalid_rate=invalid_rate, say=click.echo)
-        click.echo("")
-        click.echo(f"events                 {r.events:>12,}  (protected {r.protected:,}, dead-lettered {r.dead_lettered:,})")
-        click.echo(f"passthrough, json      {r.passthrough_rate:>12,.0f} events/s   (baseline)")
-        click.echo(f"passthrough, orjson    {r.passthrough_orjson_rate:>12,.0f} events/s")
-        click.echo(f"gateway                {r.gateway_rate:>12,.0f} events/s")
-        click.echo(f"ratio gateway / passthrough(json)    {r.ratio:.2f}   (target >= 0.30)")
-        click.echo(f"ratio gateway / passthrough(orjson)  {r.ratio_orjson:.2f}")
-        click.echo(f"pure core alone (no Kafka): {r.core_rate:,.0f} events/s")
-
-    if settings.kafka_bootstrap and settings.redis_url:
-        go(settings)
-    else:
-        with ephemeral_stack() as info:
-            go(settings.model_copy(update={"kafka_bootstrap": settings.kafka_bootstrap or info.kafka_bootstrap,
-                                           "redis_url": settings.redis_url or info.redis_url}))
+    click.echo("")
+    click.echo(f"events                 {r.events:>12,}  (protected {r.protected:,}, dead-lettered {r.dead_lettered:,})")
+    click.echo(f"passthrough, json      {r.passthrough_rate:>12,.0f} events/s   (baseline)")
+    click.echo(f"passthrough, orjson    {r.passthrough_orjson_rate:>12,.0f} events/s")
+    click.echo(f"gateway                {r.gateway_rate:>12,.0f} events/s")
+    click.echo(f"ratio gateway / passthrough(json)    {r.ratio:.2f}   (target >= 0.30)")
+    click.echo(f"ratio gateway / passthrough(orjson)  {r.ratio_orjson:.2f}")
+    click.echo(f"pure core alone (no Kafka): {r.core_rate:,.0f} events/s")
 
 
 for _area in (_ldp_commands, _retention_commands, _ops_commands):

@@ -9,6 +9,7 @@ from typing import Any
 
 import click
 
+from stream.commands.common import bench_settings
 from stream.commands.common import settings as _settings
 
 __all__ = ["register", "render_estimates"]
@@ -186,33 +187,14 @@ def register(cli: click.Group) -> None:
             nrows = numeric_table(**kwargs)
             click.echo(format_table(nrows))
         if not skip_throughput:
-            import base64
-            import os
-
-            from pydantic import SecretStr
-
             from stream.bench.privatizer import run_privatizer_bench
-            from stream.dev.stack import ephemeral_stack
 
-            settings = _settings()
-            if settings.master_key is None and settings.master_key_file is None:
-                settings = settings.model_copy(
-                    update={"master_key": SecretStr(base64.b64encode(os.urandom(32)).decode())})
-
-            def go(s: Any) -> None:
+            with bench_settings(_settings()) as s:
                 r = run_privatizer_bench(s, events=events, seed=seed, say=click.echo)
-                click.echo("")
-                click.echo(f"events                   {r.events:>10,}  (reports {r.reports:,}, "
-                           f"suppressed attributes {r.suppressed:,})")
-                click.echo(f"passthrough, json        {r.passthrough_rate:>10,.0f} events/s   (baseline)")
-                click.echo(f"privatizer               {r.privatizer_rate:>10,.0f} events/s")
-                click.echo(f"ratio privatizer / passthrough(json)   {r.ratio:.2f}   (target >= 0.30)")
-                click.echo(f"pure core alone (Redis, no Kafka): {r.core_rate:,.0f} events/s")
-
-            if settings.kafka_bootstrap and settings.redis_url:
-                go(settings)
-            else:
-                with ephemeral_stack() as info:
-                    go(settings.model_copy(update={"kafka_bootstrap": settings.kafka_bootstrap or info.kafka_bootstrap,
-                                                   "redis_url": settings.redis_url or info.redis_url}))
-
+            click.echo("")
+            click.echo(f"events                   {r.events:>10,}  (reports {r.reports:,}, "
+                       f"suppressed attributes {r.suppressed:,})")
+            click.echo(f"passthrough, json        {r.passthrough_rate:>10,.0f} events/s   (baseline)")
+            click.echo(f"privatizer               {r.privatizer_rate:>10,.0f} events/s")
+            click.echo(f"ratio privatizer / passthrough(json)   {r.ratio:.2f}   (target >= 0.30)")
+            click.echo(f"pure core alone (Redis, no Kafka): {r.core_rate:,.0f} events/s")
