@@ -213,3 +213,29 @@ def test_malformed_repeated_and_unknown_person_requests(settings, redis_client) 
     for secret in (b"usr_secret_1", b"usr_nobody", b"usr_known", b"usr_other"):
         assert secret not in text
     assert RedisShredStore(redis_client, settings.redis_key_prefix).pending_count() == 0
+
+
+def test_shredder_metrics_move_with_requests_and_receipts(settings) -> None:
+    """The shredder's series: requests in, receipts out (audit), keys shredded by reason, and the
+    erasure consumer's lag gauge (what the erasure-backlog alert reads)."""
+    from stream.ops.metrics import WorkerMetrics
+
+    t = settings.topics
+    bootstrap = settings.kafka_bootstrap
+    ensure_topics(bootstrap, [t.erasure, t.audit], partitions=1)
+    clock = Clock(T0)
+    provider = build_dek_provider(settings, clock=clock)
+    provider.keys_for([token_of(settings, "usr_metrics")], int(T0 // E))
+    metrics = WorkerMetrics("shredder")
+    with running_shredder(settings, clock, metrics=metrics) as engine:
+        produce(bootstrap, t.erasure, [(b"usr_metrics", orjson.dumps({"request_id": "m-1", "user_id": "usr_metrics"}))])
+        wait_for(lambda: engine.erasures_committed >= 1, timeout=60, what="request committed")
+        wait_for(lambda: "0" in metrics.snapshot().get("lag", {}), timeout=30,
+                 what="a lag gauge for the erasure partition")
+    text = "\n".join(f.name + repr([s.labels for s in f.samples]) + repr([s.value for s in f.samples])
+                     for f in metrics.families())
+    values = {(s.name, tuple(sorted(s.labels.items()))): s.value for f in metrics.families() for s in f.samples}
+    assert values[("streamgate_events_in_total", (("worker", "shredder"),))] >= 1, text
+    assert values[("streamgate_events_out_total", (("topic", "audit"), ("worker", "shredder")))] >= 2, text
+    assert values[("streamgate_keys_shredded_total", (("reason", "erasure"), ("worker", "shredder")))] == 1, text
+    assert "usr_metrics" not in text and "tk1_" not in text
