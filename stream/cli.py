@@ -286,7 +286,7 @@ def dlq_inspect(max_records: int, unseal: bool, idle_timeout: float) -> None:
 @click.option("--invalid-rate", type=float, default=0.02, show_default=True, help="Fraction of invalid records.")
 @click.option("--seed", type=int, default=0, show_default=True)
 def demo(events: int, invalid_rate: float, seed: int) -> None:
-    """Live demo on the embedded stack: gateway + privatizer + synthetic clickstream + summary."""
+    """Live demo on the embedded stack: gateway, privatizer and shredder on a synthetic clickstream."""
     from stream.demo import run_demo
 
     run_demo(_settings(), events=events, invalid_rate=invalid_rate, seed=seed)

@@ -1,12 +1,13 @@
-"""``streamgate demo``: the gateway and the privatizer, live, on the embedded stack.
+"""``streamgate demo``: the gateway, the privatizer and the shredder, live, on the embedded stack.
 
-Starts (or reuses) the stack, starts the gateway and privatizer workers as real
-subprocesses (``streamgate gateway``, ``streamgate privatizer``), publishes a
+Starts (or reuses) the stack, starts the three workers as real subprocesses
+(``streamgate gateway``, ``privatizer``, ``shredder``), publishes a
 synthetic clickstream with some invalid records mixed in, waits until every
 event has landed in ``clicks.protected`` or ``clicks.dlq``, prints a summary,
 waits for the privatizer's feature reports, stops it (it publishes its open
 windows) and shows the estimated population frequencies beside the truth the
-generator knows. It cleans up what it started.
+generator knows, then erases the person of the sample event through the shredder
+and shows that event unreadable. It cleans up what it started.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from typing import Any
 import orjson
 from confluent_kafka import OFFSET_BEGINNING, Consumer, Message, TopicPartition
 from rich.console import Console
+from rich.markup import escape
 from rich.panel import Panel
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
@@ -140,18 +142,20 @@ def run_demo(settings: Settings, *, events: int = 20_000, invalid_rate: float = 
 
     gateway_log = run_dir / "gateway.log"
     privatizer_log = run_dir / "privatizer.log"
+    shredder_log = run_dir / "shredder.log"
     with _stack(settings, run_dir, console) as (bootstrap, redis_url, _started):
         env.update({"STREAMGATE_KAFKA_BOOTSTRAP": bootstrap, "STREAMGATE_REDIS_URL": redis_url})
         s = settings.model_copy(update={"kafka_bootstrap": bootstrap, "redis_url": redis_url,
                                         "master_key_file": keyring_path or settings.master_key_file})
         t = s.topics
         ensure_topics(bootstrap, [t.raw, t.protected, t.dlq, t.features, t.frequencies], partitions=s.topic_partitions)
+        ensure_topics(bootstrap, [t.erasure, t.audit], partitions=1)
         since_ms = int(time.time() * 1000) - 1000
         probe = Consumer(consumer_config(bootstrap, f"streamgate-demo-{run_id}", session_timeout_ms=s.session_timeout_ms))
         outputs = _Outputs(probe, s, since_ms=since_ms)
         procs: list[subprocess.Popen[bytes]] = []
         try:
-            gw_port, pv_port = free_port(), free_port()
+            gw_port, pv_port, sh_port = free_port(), free_port(), free_port()
             gw = _start_worker("gateway", {**env, "STREAMGATE_WEB_PORT": str(gw_port)}, gateway_log)
             gw.web_port = gw_port  # type: ignore[attr-defined]
             procs.append(gw)
@@ -159,18 +163,24 @@ def run_demo(settings: Settings, *, events: int = 20_000, invalid_rate: float = 
             pv = _start_worker("privatizer", pv_env, privatizer_log)
             pv.web_port = pv_port  # type: ignore[attr-defined]
             procs.append(pv)
-            with console.status("starting the gateway and privatizer workers (Faust) and joining their groups ..."):
+            sh = _start_worker("shredder", {**env, "STREAMGATE_WEB_PORT": str(sh_port)}, shredder_log)
+            procs.append(sh)
+            with console.status("starting the gateway, privatizer and shredder workers (Faust) ..."):
                 _wait_ready(gw, gw_port, gateway_log)
                 _wait_ready(pv, pv_port, privatizer_log)
-            console.print(f"gateway worker ready (pid {gw.pid}, http://127.0.0.1:{gw_port}/healthz); "
-                          f"privatizer ready (pid {pv.pid}, http://127.0.0.1:{pv_port}/healthz)")
-            valid = _drive(console, s, outputs, gw, gateway_log, events, invalid_rate, seed)
+                _wait_ready(sh, sh_port, shredder_log)
+            console.print(f"workers ready: gateway (pid {gw.pid}, http://127.0.0.1:{gw_port}/metrics), "
+                          f"privatizer (pid {pv.pid}, :{pv_port}), shredder (pid {sh.pid}, :{sh_port})")
+            valid, sample, protected_sample = _drive(console, s, outputs, gw, gateway_log, events, invalid_rate, seed)
             _privacy_summary(console, s, pv, privatizer_log, valid, since_ms)
+            if sample is not None and protected_sample is not None:
+                _erasure_check(console, s, sample, protected_sample, run_id, since_ms)
         finally:
             for proc in procs:
                 _stop(proc)
             probe.close()
-    console.print(f"logs: {run_dir}  (gateway: {gateway_log.name}, privatizer: {privatizer_log.name})")
+    console.print(f"logs: {run_dir}  (gateway: {gateway_log.name}, privatizer: {privatizer_log.name}, "
+                  f"shredder: {shredder_log.name})")
     console.rule("done")
 
 
@@ -288,8 +298,9 @@ def _healthz_stats(proc: subprocess.Popen[bytes], key: str) -> dict[str, Any] | 
 def _drive(
     console: Console, s: Settings, outputs: _Outputs, proc: subprocess.Popen[bytes],
     gateway_log: Path, events: int, invalid_rate: float, seed: int,
-) -> list[dict[str, Any]]:
-    """Publish, wait for the gateway's outputs, print the gateway summary; returns the valid events."""
+) -> tuple[list[dict[str, Any]], dict[str, Any] | None, dict[str, Any] | None]:
+    """Publish, wait for the gateway's outputs, print the gateway summary; returns the valid
+    events, and one raw event with its protected form."""
     t = s.topics
     bootstrap = s.kafka_bootstrap_or_dev()
     rng = random.Random(seed + 1)
@@ -371,4 +382,44 @@ def _drive(
         ok = all(back.get(f) == sample.get(f) for f in ("email", "ip", "phone", "user_agent", "shipping_address"))
         console.print(("[green]✓[/]" if ok else "[red]✗[/]") + " decrypting with the master key recovers every encrypted field"
                       f" of event {sample['event_id']} (`streamgate decrypt --user ...`)")
-    return valid
+    return valid, sample, protected_sample
+
+
+def _erasure_check(console: Console, s: Settings, sample: dict[str, Any], protected_sample: dict[str, Any],
+                   run_id: str, since_ms: int) -> None:
+    """Erase the sample's person through the shredder and show their event is now unreadable."""
+    from stream.apps.produce import encode_raw
+    from stream.commands.retention import read_receipts
+    from stream.components import build_dek_provider
+    from stream.crypto.keyring import Keyring
+    from stream.gateway.reader import SHREDDED_MASK, ProtectedEventReader
+    from stream.retention.receipts import rfc3339
+    from stream.schema import load_schema
+
+    t = s.topics
+    bootstrap = s.kafka_bootstrap_or_dev()
+    rid = f"demo-{run_id}"
+    request = {"request_id": rid, "user_id": sample["user_id"], "requested_at": rfc3339(time.time())}
+    _key, value = encode_raw(request)
+    publish(bootstrap, t.erasure, [value])
+    receipt: dict[str, Any] | None = None
+    with console.status(f"erasure: asked the shredder to forget the sample's person (request {rid}) ..."):
+        deadline = time.monotonic() + 60
+        while receipt is None and time.monotonic() < deadline:
+            for r in read_receipts(bootstrap, t.audit, idle_timeout=1.0,
+                                   stop=lambda r: r.get("kind") == "erasure" and r.get("request_id") == rid):
+                if r.get("kind") == "erasure" and r.get("request_id") == rid:
+                    receipt = r
+    if receipt is None:
+        console.print("[red]✗[/] no erasure receipt within 60 s (see the shredder's log)")
+        return
+    reader = ProtectedEventReader(load_schema(s.schema_name), build_dek_provider(s, Keyring.from_settings(s)),
+                                  on_shredded="mask")
+    after = reader.decrypt(protected_sample)
+    fields = [f for f in ("email", "ip", "phone", "user_agent", "shipping_address") if sample.get(f) is not None]
+    masked = all(after.get(f) == SHREDDED_MASK for f in fields)
+    console.print(f"erasure receipt on {t.audit}: status {receipt.get('status')}, "
+                  f"{receipt.get('keys_shredded')} key(s) destroyed at {receipt.get('at')}")
+    console.print(("[green]✓[/]" if masked else "[red]✗[/]") + f" the same event now reads {fields[0]}="
+                  f"{escape(repr(after.get(fields[0])))} for everyone, master key or not (crypto-shredding; "
+                  "`streamgate audit --reason erasure`)")

@@ -1,7 +1,8 @@
 """``streamgate demo`` from nothing: no Kafka, no Redis, no master key configured.
 
-The demo must start its own embedded stack and gateway worker, account for every event, show
-protected values (tokens / ciphertexts), and leave nothing running behind it.
+The demo must start its own embedded stack and workers, account for every event, show protected
+values (tokens / ciphertexts), estimates from the privatizer, an honoured erasure, and leave nothing
+running behind it.
 """
 
 from __future__ import annotations
@@ -72,6 +73,16 @@ def test_demo_from_nothing(tmp_path: Path, demo_env: dict[str, str]) -> None:
     check = [line for line in out.splitlines() if "decrypting with the master key" in line]
     assert len(check) == 1 and "✓" in check[0] and "✗" not in check[0], out
 
+    # -- the privatizer's side: reports, estimates beside the truth, then the erasure is honoured
+    assert "local differential privacy (privatizer)" in out
+    n_features = int(re.search(r"feature reports -> \S+\s*│\s*([\d,]+)", out)[1].replace(",", ""))  # type: ignore[index]
+    assert 0 < n_features <= protected
+    assert re.search(r"event_type\s+\(GRR, eps=1\.0, n=", out) and re.search(r"category\s+\(OLH, eps=1\.0", out)
+    assert "page_view" in out and "true" in out
+    erased = [line for line in out.splitlines() if "the same event now reads" in line]
+    assert len(erased) == 1 and "✓" in erased[0] and "[shredded]" in erased[0], out
+    assert "erasure receipt on ops.audit: status completed" in out
+
     # -- the logs directory is named and exists, with the gateway's log in it
     m = re.search(r"^logs: (\S+)", out, re.M)
     assert m, out
@@ -95,10 +106,10 @@ def test_demo_from_nothing(tmp_path: Path, demo_env: dict[str, str]) -> None:
     leaked = {(e["event_id"], f) for e in events for f in SENSITIVE
               if isinstance(e.get(f), str) and e[f] not in sample_values and e[f] in out + err}
     assert not leaked, f"plaintext of {len(leaked)} sensitive values in the demo output"
-    gw_log = (logs / "gateway.log").read_text(errors="replace")
+    worker_logs = "".join((logs / f"{w}.log").read_text(errors="replace") for w in ("gateway", "privatizer", "shredder"))
     leaked_log = {(e["event_id"], f) for e in events for f in SENSITIVE
-                  if isinstance(e.get(f), str) and e[f] in gw_log}
-    assert not leaked_log, "plaintext in the demo's gateway log"
+                  if isinstance(e.get(f), str) and e[f] in worker_logs}
+    assert not leaked_log, "plaintext in the demo's worker logs"
 
     # -- the dev stack is reported as not running, both for the state dir and for the demo's own stack
     for state_dir in (tmp_path, logs / "stack"):
