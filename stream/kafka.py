@@ -7,16 +7,23 @@ the pure core never touches Kafka.
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from typing import Any
 
-from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, TopicPartition
+from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, Message, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic
 
 from stream.config import Settings
 from stream.errors import StreamgateError
 
-__all__ = ["all_topics", "consumer_config", "ensure_topics", "producer_config", "reader_from_beginning"]
+__all__ = [
+    "all_topics",
+    "consumer_config",
+    "ensure_topics",
+    "producer_config",
+    "reader_from_beginning",
+    "usable_messages",
+]
 
 log = logging.getLogger("streamgate.kafka")
 
@@ -97,3 +104,20 @@ def reader_from_beginning(bootstrap: str, topic: str) -> Consumer:
         raise StreamgateError(f"topic {topic!r} does not exist at {bootstrap}")
     consumer.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in md.partitions])
     return consumer
+
+
+def usable_messages(msgs: Sequence[Message], logger: logging.Logger = log) -> list[Message]:
+    """The records of a ``consume()`` batch: partition-EOF events dropped, other errors logged
+    (the client retries them), a fatal error raised as :class:`StreamgateError`."""
+    out: list[Message] = []
+    for m in msgs:
+        err = m.error()
+        if err is None:
+            out.append(m)
+        elif err.code() == KafkaError._PARTITION_EOF:
+            continue
+        elif err.fatal():
+            raise StreamgateError(f"fatal Kafka consumer error: {err.str()}")
+        else:
+            logger.warning("consumer error", extra={"error": err.str()})
+    return out

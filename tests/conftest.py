@@ -17,6 +17,7 @@ if _TESTS_DIR not in sys.path:
 from fixtures import (  # noqa: E402
     kafka_bootstrap,
     master_key_b64,
+    own_redis,
     redis_client,
     redis_prefix,
     redis_url,
@@ -29,6 +30,7 @@ from fixtures import (  # noqa: E402
 __all__ = [
     "kafka_bootstrap",
     "master_key_b64",
+    "own_redis",
     "redis_client",
     "redis_prefix",
     "redis_url",

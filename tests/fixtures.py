@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import base64
 import os
+import subprocess
+import time
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -28,10 +30,12 @@ from stream.config import Settings, TopicNames
 from stream.dev.stack import DevStack, StackInfo
 
 __all__ = [
+    "OwnRedis",
     "StackAddresses",
     "delete_prefixed_keys",
     "kafka_bootstrap",
     "master_key_b64",
+    "own_redis",
     "redis_client",
     "redis_prefix",
     "redis_url",
@@ -172,3 +176,61 @@ def settings_factory(
         return Settings(**values)
 
     return make
+
+
+class OwnRedis:
+    """A Redis server of one test alone (append-only, so keys survive a restart): for tests that
+    stop and restart Redis on purpose (fail-closed behaviour)."""
+
+    def __init__(self, workdir: Path) -> None:
+        from stream.dev.stack import free_port
+
+        self.port = free_port()
+        self.dir = workdir
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self) -> None:
+        from stream.dev.stack import find_redis_binary
+
+        self.proc = subprocess.Popen(
+            [find_redis_binary(), "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
+             "--appendonly", "yes", "--appendfsync", "always", "--dir", str(self.dir)],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )
+        client = redis.Redis(port=self.port, socket_connect_timeout=0.5)
+        try:
+            deadline = time.monotonic() + 20
+            while not self.pings(client):
+                if time.monotonic() > deadline:
+                    raise AssertionError("the test's own Redis did not start within 20 s")
+                time.sleep(0.1)
+        finally:
+            client.close()
+
+    @staticmethod
+    def pings(client: redis.Redis) -> bool:
+        try:
+            return bool(client.ping())
+        except (redis.RedisError, OSError):
+            return False
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            self.proc.terminate()
+            self.proc.wait(20)
+            self.proc = None
+
+
+@pytest.fixture
+def own_redis(tmp_path: Path) -> Iterator[OwnRedis]:
+    """A started :class:`OwnRedis` in the test's tmp dir, stopped after the test."""
+    r = OwnRedis(tmp_path)
+    r.start()
+    try:
+        yield r
+    finally:
+        r.stop()

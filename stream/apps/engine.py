@@ -63,7 +63,7 @@ from stream.apps.runtime import relaxed_gc
 from stream.config import Settings
 from stream.errors import KeyUnavailableError, StreamgateError
 from stream.gateway.core import BatchResult, Gateway, RawRecord
-from stream.kafka import consumer_config, producer_config
+from stream.kafka import consumer_config, producer_config, usable_messages
 from stream.ops.metrics import WorkerMetrics
 
 __all__ = ["LAG_INTERVAL_SECONDS", "EngineStats", "GatewayEngine"]
@@ -303,15 +303,7 @@ class GatewayEngine:
     def _consume(self, consumer: Consumer) -> list[RawRecord]:
         msgs = consumer.consume(num_messages=self.settings.batch_max_events, timeout=self.settings.batch_max_wait_seconds)
         records: list[RawRecord] = []
-        for m in msgs:
-            err = m.error()
-            if err is not None:
-                if err.code() == KafkaError._PARTITION_EOF:
-                    continue
-                if err.fatal():
-                    raise StreamgateError(f"fatal Kafka consumer error: {err.str()}")
-                log.warning("consumer error", extra={"error": err.str()})
-                continue
+        for m in usable_messages(msgs, log):
             ts_type, ts = m.timestamp()
             # a consumed message without error always has topic, partition and offset
             records.append(

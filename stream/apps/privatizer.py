@@ -46,7 +46,7 @@ from stream.apps.runtime import relaxed_gc
 from stream.config import Settings
 from stream.crypto.keyring import Keyring
 from stream.errors import KeyUnavailableError, StreamgateError
-from stream.kafka import consumer_config, producer_config
+from stream.kafka import consumer_config, producer_config, usable_messages
 from stream.ldp.aggregate import WindowAggregator
 from stream.ldp.memo import MemoCache, RedisMemoStore
 from stream.ldp.oracle import secure_rng
@@ -285,15 +285,7 @@ class PrivatizerEngine:
         msgs = consumer.consume(num_messages=s.batch_max_events, timeout=s.batch_max_wait_seconds)
         records: list[ProtectedRecord] = []
         offsets: dict[tuple[str, int], int] = {}
-        for m in msgs:
-            err = m.error()
-            if err is not None:
-                if err.code() == KafkaError._PARTITION_EOF:
-                    continue
-                if err.fatal():
-                    raise StreamgateError(f"fatal Kafka consumer error: {err.str()}")
-                log.warning("consumer error", extra={"error": err.str()})
-                continue
+        for m in usable_messages(msgs, log):
             _ts_type, ts = m.timestamp()
             records.append(ProtectedRecord(m.value(), ts))
             offsets[(m.topic(), m.partition())] = m.offset() + 1  # type: ignore[index,operator]

@@ -36,8 +36,8 @@ from stream.components import redis_client
 from stream.config import Settings
 from stream.crypto.keyring import Keyring
 from stream.crypto.tokens import Tokenizer
-from stream.errors import KeyUnavailableError, StreamgateError
-from stream.kafka import consumer_config, producer_config
+from stream.errors import KeyUnavailableError
+from stream.kafka import consumer_config, producer_config, usable_messages
 from stream.retention.core import (
     ErasureConflictError,
     Shredder,
@@ -244,14 +244,7 @@ class ShredderEngine:
     def _handle(self, consumer: Consumer, msgs: list[Message], stop: threading.Event) -> None:
         blocked: set[tuple[str, int]] = set()
         attempt = 0
-        for m in msgs:
-            err = m.error()
-            if err is not None:
-                if err.code() != KafkaError._PARTITION_EOF:
-                    if err.fatal():
-                        raise StreamgateError(f"fatal Kafka consumer error: {err.str()}")
-                    log.warning("consumer error", extra={"error": err.str()})
-                continue
+        for m in usable_messages(msgs, log):
             topic, partition, offset = m.topic(), m.partition(), m.offset()
             assert topic is not None and partition is not None and offset is not None
             if (topic, partition) in blocked:

@@ -8,6 +8,7 @@ import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import Any
 
 from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
 
@@ -59,28 +60,36 @@ def read_topic(bootstrap: str, topic: str, *, expect: int | None = None, idle: f
 
 
 @contextmanager
-def running_engine(settings: Settings, **kw) -> Iterator[GatewayEngine]:
-    """The gateway engine in a background thread for the duration of the block."""
-    engine = GatewayEngine(settings, build_gateway(settings, **kw))
+def running_in_thread(engine: Any, what: str = "engine") -> Iterator[Any]:
+    """Run ``engine.run(stop)`` in a background thread for the duration of the block; on exit
+    stop it, join it, and fail the test if it crashed. The thread and its errors are attached
+    to the engine as ``thread`` / ``errors``."""
     stop = threading.Event()
     errors: list[BaseException] = []
 
     def target() -> None:
         try:
             engine.run(stop)
-        except BaseException as exc:  # reported by the context manager
+        except BaseException as exc:  # reported when the block ends
             errors.append(exc)
 
     t = threading.Thread(target=target, daemon=True)
     t.start()
-    engine.thread = t  # type: ignore[attr-defined]
-    engine.errors = errors  # type: ignore[attr-defined]
+    engine.thread = t
+    engine.errors = errors
     try:
         yield engine
     finally:
         stop.set()
         t.join(60)
-    assert not errors, f"engine crashed: {errors!r}"
+    assert not errors, f"{what} crashed: {errors!r}"
+
+
+@contextmanager
+def running_engine(settings: Settings, **kw) -> Iterator[GatewayEngine]:
+    """The gateway engine in a background thread for the duration of the block."""
+    with running_in_thread(GatewayEngine(settings, build_gateway(settings, **kw))) as engine:
+        yield engine
 
 
 def wait_for(predicate, *, timeout: float = 90.0, interval: float = 0.2, what: str = "condition") -> None:

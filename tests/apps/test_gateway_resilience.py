@@ -3,21 +3,17 @@
 from __future__ import annotations
 
 import json
-import subprocess
 import time
 from collections import Counter
-from pathlib import Path
 
 import orjson
 import pytest
-import redis
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from kafka_helpers import read_topic, running_engine, wait_for
 
 from stream.apps.produce import publish
 from stream.components import build_dek_provider
-from stream.dev.stack import find_redis_binary, free_port
 from stream.gateway.reader import ProtectedEventReader
 from stream.kafka import ensure_topics
 from stream.schema import load_schema
@@ -25,50 +21,6 @@ from stream.synth import ClickstreamGenerator
 
 pytestmark = pytest.mark.integration
 SCHEMA = load_schema("clickstream-event.v1")
-
-
-class OwnRedis:
-    """A Redis server of this test alone, with an append-only file so keys survive a restart."""
-
-    def __init__(self, workdir: Path) -> None:
-        self.port = free_port()
-        self.dir = workdir
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    @property
-    def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
-
-    def start(self) -> None:
-        self.proc = subprocess.Popen(
-            [find_redis_binary(), "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
-             "--appendonly", "yes", "--appendfsync", "always", "--dir", str(self.dir)],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-        )
-        client = redis.Redis(port=self.port, socket_connect_timeout=0.5)
-        wait_for(lambda: _ping(client), timeout=20, what="redis to start")
-
-    def stop(self) -> None:
-        assert self.proc is not None
-        self.proc.terminate()
-        self.proc.wait(20)
-        self.proc = None
-
-
-def _ping(client: redis.Redis) -> bool:
-    try:
-        return bool(client.ping())
-    except redis.RedisError:
-        return False
-
-
-@pytest.fixture
-def own_redis(tmp_path):
-    r = OwnRedis(tmp_path)
-    r.start()
-    yield r
-    if r.proc is not None:
-        r.stop()
 
 
 def test_redis_down_mid_stream_holds_everything_and_loses_nothing(kafka_bootstrap, own_redis, settings_factory):

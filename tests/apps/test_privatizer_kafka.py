@@ -4,8 +4,6 @@ frequency estimates out; nothing identifying ever reaches features.private (inva
 from __future__ import annotations
 
 import re
-import subprocess
-import threading
 from collections import Counter
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -13,7 +11,8 @@ from contextlib import contextmanager
 import orjson
 import pytest
 import redis
-from kafka_helpers import read_topic, wait_for
+from fixtures import OwnRedis
+from kafka_helpers import read_topic, running_in_thread, wait_for
 
 from stream.apps.privatizer import PrivatizerEngine, build_privatizer
 from stream.apps.produce import publish
@@ -33,23 +32,8 @@ N = 4000
 @contextmanager
 def running_privatizer(settings: Settings) -> Iterator[PrivatizerEngine]:
     engine = PrivatizerEngine(settings, build_privatizer(settings), grace_seconds=0.5, idle_seconds=1.0)
-    stop = threading.Event()
-    errors: list[BaseException] = []
-
-    def target() -> None:
-        try:
-            engine.run(stop)
-        except BaseException as exc:
-            errors.append(exc)
-
-    t = threading.Thread(target=target, daemon=True)
-    t.start()
-    try:
-        yield engine
-    finally:
-        stop.set()
-        t.join(60)
-    assert not errors, f"privatizer crashed: {errors!r}"
+    with running_in_thread(engine, "privatizer") as running:
+        yield running
 
 
 def _protect_and_publish(settings: Settings, events: list[dict]) -> list[tuple[bytes, bytes]]:
@@ -134,40 +118,19 @@ def test_replay_reemits_identical_reports_and_spends_nothing(settings_factory) -
         assert Counter(r.value for r in feats[500:]) == first_pass
 
 
-def test_redis_down_holds_the_batch(settings_factory, tmp_path) -> None:
+def test_redis_down_holds_the_batch(settings_factory, own_redis: OwnRedis) -> None:
     """Fail closed: with the memo store unreachable nothing is emitted; once it is back, everything is."""
-    from stream.dev.stack import find_redis_binary, free_port
-
-    port = free_port()
-    binary = find_redis_binary()
-    proc = subprocess.Popen([str(binary), "--port", str(port), "--save", "", "--appendonly", "no"],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        url = f"redis://127.0.0.1:{port}/0"
-        wait_for(lambda: _pings(url), what="private redis")
-        settings = settings_factory(redis_url=url, retry_backoff_seconds=0.2, retry_backoff_max_seconds=0.5)
-        t = settings.topics
-        bootstrap = settings.kafka_bootstrap_or_dev()
-        ensure_topics(bootstrap, [t.protected, t.features, t.frequencies], partitions=1)
-        _protect_and_publish(settings, list(ClickstreamGenerator(seed=8).events(300)))
-        proc.terminate()
-        proc.wait(10)
-        with running_privatizer(settings) as engine:
-            wait_for(lambda: engine.stats.fail_closed_retries >= 2, what="fail-closed retries")
-            assert engine.stats.reports == 0
-            assert read_topic(bootstrap, t.features, idle=1.0) == []
-            proc = subprocess.Popen([str(binary), "--port", str(port), "--save", "", "--appendonly", "no"],
-                                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-            wait_for(lambda: engine.stats.reports >= 300, what="reports after Redis came back")
-        assert len(read_topic(bootstrap, t.features, expect=300)) == 300
-    finally:
-        proc.terminate()
-        proc.wait(10)
-
-
-def _pings(url: str) -> bool:
-    try:
-        return bool(redis.Redis.from_url(url, socket_connect_timeout=0.3).ping())
-    except (redis.RedisError, OSError):
-        return False
+    settings = settings_factory(redis_url=own_redis.url, retry_backoff_seconds=0.2, retry_backoff_max_seconds=0.5)
+    t = settings.topics
+    bootstrap = settings.kafka_bootstrap_or_dev()
+    ensure_topics(bootstrap, [t.protected, t.features, t.frequencies], partitions=1)
+    _protect_and_publish(settings, list(ClickstreamGenerator(seed=8).events(300)))
+    own_redis.stop()
+    with running_privatizer(settings) as engine:
+        wait_for(lambda: engine.stats.fail_closed_retries >= 2, what="fail-closed retries")
+        assert engine.stats.reports == 0
+        assert read_topic(bootstrap, t.features, idle=1.0) == []
+        own_redis.start()
+        wait_for(lambda: engine.stats.reports >= 300, what="reports after Redis came back")
+    assert len(read_topic(bootstrap, t.features, expect=300)) == 300
 

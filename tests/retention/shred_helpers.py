@@ -89,34 +89,18 @@ def reader(settings: Settings, clock: Clock, **kw: Any) -> ProtectedEventReader:
 # --------------------------------------------------------------------------- Kafka-side helpers
 def running_shredder(settings: Settings, clock: Any = None, **kw: Any) -> Any:
     """Context manager: the shredder engine in a background thread (injected clock)."""
-    import contextlib
-    import threading
+    import sys
     import time as _time
+    from pathlib import Path
+
+    apps = str(Path(__file__).resolve().parents[1] / "apps")
+    if apps not in sys.path:
+        sys.path.insert(0, apps)
+    from kafka_helpers import running_in_thread
 
     from stream.apps.shredder import ShredderEngine
 
-    @contextlib.contextmanager
-    def cm() -> Any:
-        engine = ShredderEngine(settings, clock=clock or _time.time, **kw)
-        stop = threading.Event()
-        errors: list[BaseException] = []
-
-        def target() -> None:
-            try:
-                engine.run(stop)
-            except BaseException as exc:
-                errors.append(exc)
-
-        t = threading.Thread(target=target, daemon=True)
-        t.start()
-        try:
-            yield engine
-        finally:
-            stop.set()
-            t.join(60)
-        assert not errors, f"shredder crashed: {errors!r}"
-
-    return cm()
+    return running_in_thread(ShredderEngine(settings, clock=clock or _time.time, **kw), "shredder")
 
 
 def produce(bootstrap: str, topic: str, items: list[tuple[bytes | None, bytes | None]]) -> None:
