@@ -59,6 +59,7 @@ from typing import Any
 
 from confluent_kafka import Consumer, KafkaError, KafkaException, Producer, TopicPartition
 
+from stream.apps.hosting import report_lag
 from stream.apps.runtime import relaxed_gc
 from stream.config import Settings
 from stream.errors import KeyUnavailableError, StreamgateError
@@ -248,30 +249,7 @@ class GatewayEngine:
         now = time.monotonic()
         if now - self._lag_at >= LAG_INTERVAL_SECONDS:
             self._lag_at = now
-            self._update_lag(consumer, self.metrics, cached=cached)
-
-    def _update_lag(self, consumer: Consumer, metrics: WorkerMetrics, *, cached: bool) -> None:
-        """Lag per assigned partition: high watermark minus position. ``cached``: the watermark of
-        the last fetch response (free); else asked from the broker (while paused: no fetches)."""
-        try:
-            assignment = consumer.assignment()
-            positions = consumer.position(assignment) if assignment else []
-        except KafkaException:
-            return
-        held: list[int] = []
-        for tp in positions:
-            try:
-                low, high = (consumer.get_watermark_offsets(tp, cached=True) if cached
-                             else consumer.get_watermark_offsets(tp, timeout=1.0))
-            except KafkaException:
-                continue
-            if high < 0:  # no fetch response for this partition yet
-                continue
-            # no position yet = nothing consumed on this partition: all of it is behind
-            pos = tp.offset if tp.offset >= 0 else max(low, 0)
-            metrics.set_lag(tp.partition, max(0, high - pos))
-            held.append(tp.partition)
-        metrics.clear_lag(held)
+            report_lag(consumer, self.metrics, cached=cached)
 
     def _commit_delivered(self, *, sync: bool) -> None:
         """Commit the offsets of the leading batches whose every record was delivered."""

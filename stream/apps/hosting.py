@@ -134,9 +134,10 @@ def worker_app(
     return app
 
 
-def report_lag(consumer: Consumer, metrics: WorkerMetrics) -> None:
-    """Set the lag gauges: per assigned partition, the cached high watermark (from the last
-    fetch) minus the position; partitions no longer held are dropped."""
+def report_lag(consumer: Consumer, metrics: WorkerMetrics, *, cached: bool = True) -> None:
+    """Set the lag gauges: per assigned partition, the high watermark minus the position;
+    partitions no longer held are dropped. ``cached``: the watermark of the last fetch response
+    (free); else asked from the broker (needed while partitions are paused: no fetches)."""
     try:
         assignment = consumer.assignment()
         positions = consumer.position(assignment) if assignment else []
@@ -145,11 +146,13 @@ def report_lag(consumer: Consumer, metrics: WorkerMetrics) -> None:
     held: list[int] = []
     for tp in positions:
         try:
-            low, high = consumer.get_watermark_offsets(tp, cached=True)
+            low, high = (consumer.get_watermark_offsets(tp, cached=True) if cached
+                         else consumer.get_watermark_offsets(tp, timeout=1.0))
         except KafkaException:
             continue
-        if high < 0:
+        if high < 0:  # no fetch response for this partition yet
             continue
+        # no position yet = nothing consumed on this partition: all of it is behind
         pos = tp.offset if tp.offset >= 0 else max(low, 0)
         metrics.set_lag(tp.partition, max(0, high - pos))
         held.append(tp.partition)
