@@ -8,7 +8,6 @@ that are still alive in Redis are due by the shredder's clock (no sleeping until
 
 from __future__ import annotations
 
-import os
 import signal
 import subprocess
 import sys
@@ -23,9 +22,9 @@ if _RETENTION_TESTS not in sys.path:
     sys.path.insert(0, _RETENTION_TESTS)
 
 from shred_helpers import Clock, add_ldp_entries, audit_receipts  # noqa: E402
+from workers import settings_env  # noqa: E402
 
 from stream.components import build_dek_provider  # noqa: E402
-from stream.config import TopicNames  # noqa: E402
 from stream.kafka import ensure_topics  # noqa: E402
 from stream.schema import output_validator  # noqa: E402
 
@@ -45,25 +44,16 @@ ShredderEngine(Settings(), clock=lambda: time.time() + offset).run(stop)
 
 
 def _env(settings, unique_id: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("STREAMGATE_")}
-    env.update({
-        "STREAMGATE_KAFKA_BOOTSTRAP": settings.kafka_bootstrap,
-        "STREAMGATE_REDIS_URL": settings.redis_url,
-        "STREAMGATE_REDIS_KEY_PREFIX": settings.redis_key_prefix,
-        "STREAMGATE_MASTER_KEY": settings.master_key.get_secret_value(),
-        "STREAMGATE_STATE_DIR": str(settings.state_dir),
-        "STREAMGATE_EPOCH_SECONDS": str(settings.epoch_seconds),
-        "STREAMGATE_RETENTION_SECONDS": str(settings.retention_seconds),
-        "STREAMGATE_SHREDDER_BATCH_SIZE": "10",
-        "STREAMGATE_SHREDDER_INTERVAL_SECONDS": "0.2",
-        "STREAMGATE_SHREDDER_INSTANCE_ID": "shredder-crash-test",
-        "STREAMGATE_SHREDDER_CONSUMER_GROUP": f"sgcrash-{unique_id}",
-        "STREAMGATE_SESSION_TIMEOUT_MS": "6000",
-        "SGTEST_CLOCK_OFFSET": str(OFFSET),
-    })
-    for name in TopicNames.model_fields:
-        env[f"STREAMGATE_TOPIC_{name.upper()}"] = getattr(settings.topics, name)
-    return env
+    return settings_env(
+        settings,
+        STREAMGATE_EPOCH_SECONDS=str(settings.epoch_seconds),
+        STREAMGATE_RETENTION_SECONDS=str(settings.retention_seconds),
+        STREAMGATE_SHREDDER_BATCH_SIZE="10",
+        STREAMGATE_SHREDDER_INTERVAL_SECONDS="0.2",
+        STREAMGATE_SHREDDER_INSTANCE_ID="shredder-crash-test",
+        STREAMGATE_SHREDDER_CONSUMER_GROUP=f"sgcrash-{unique_id}",
+        SGTEST_CLOCK_OFFSET=str(OFFSET),
+    )
 
 
 def _start(env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:

@@ -6,9 +6,6 @@ as a real worker process (/healthz, /readyz, clean SIGTERM stop), ``streamgate e
 from __future__ import annotations
 
 import json
-import os
-import signal
-import socket
 import subprocess
 import sys
 import time
@@ -21,9 +18,9 @@ import pytest
 from confluent_kafka.admin import AdminClient, ConfigResource
 
 from stream.components import build_dek_provider, build_gateway
-from stream.config import TopicNames
 from stream.crypto.keyring import Keyring
 from stream.crypto.tokens import Tokenizer
+from stream.dev.stack import free_port
 from stream.schema import output_validator
 
 for _dir in ("retention", "apps"):
@@ -32,34 +29,13 @@ for _dir in ("retention", "apps"):
         sys.path.insert(0, _path)
 from kafka_helpers import read_topic  # noqa: E402
 from shred_helpers import Clock, produce, protect  # noqa: E402
+from workers import settings_env, stop_process  # noqa: E402
 
 pytestmark = pytest.mark.integration
 
 
 def _cli(*args: str) -> list[str]:
     return [sys.executable, "-m", "stream.cli", *args]
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def _env(settings: Any, **extra: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("STREAMGATE_")}
-    env.update({
-        "STREAMGATE_KAFKA_BOOTSTRAP": settings.kafka_bootstrap,
-        "STREAMGATE_REDIS_URL": settings.redis_url,
-        "STREAMGATE_REDIS_KEY_PREFIX": settings.redis_key_prefix,
-        "STREAMGATE_MASTER_KEY": settings.master_key.get_secret_value(),
-        "STREAMGATE_STATE_DIR": str(settings.state_dir),
-        "STREAMGATE_SESSION_TIMEOUT_MS": "6000",
-    })
-    for name in TopicNames.model_fields:
-        env[f"STREAMGATE_TOPIC_{name.upper()}"] = getattr(settings.topics, name)
-    env.update(extra)
-    return env
 
 
 def _run(env: dict[str, str], *args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
@@ -74,7 +50,7 @@ def _configs(bootstrap: str, topic: str) -> dict[str, str]:
 
 def test_topics_apply_creates_updates_and_is_idempotent(settings_factory, tmp_path: Path) -> None:
     settings = settings_factory()
-    env = _env(settings)
+    env = settings_env(settings)
     dry = _run(env, "topics", "apply", "--dry-run")
     assert dry.returncode == 0, dry.stderr
     assert f"create    {settings.topics.raw}" in dry.stdout and "retention.ms: - -> 86400000" in dry.stdout
@@ -120,8 +96,8 @@ def _get(url: str) -> tuple[int, Any]:
 
 def test_shredder_worker_erase_wait_and_audit(settings_factory, unique_id: str) -> None:
     settings = settings_factory()
-    port = _free_port()
-    env = _env(settings, STREAMGATE_WEB_PORT=str(port), STREAMGATE_SHREDDER_CONSUMER_GROUP=f"sgcli-shred-{unique_id}",
+    port = free_port()
+    env = settings_env(settings, STREAMGATE_WEB_PORT=str(port), STREAMGATE_SHREDDER_CONSUMER_GROUP=f"sgcli-shred-{unique_id}",
                STREAMGATE_SHREDDER_INSTANCE_ID="cli-shredder", STREAMGATE_SHREDDER_INTERVAL_SECONDS="0.5",
                STREAMGATE_METRICS_INTERVAL_SECONDS="1")
     # the person has data keys (two epochs) before the erasure
@@ -195,19 +171,13 @@ def test_shredder_worker_erase_wait_and_audit(settings_factory, unique_id: str) 
         assert _run(env, "audit", "--since", "yesterday").returncode == 2
         assert "usr_cli_forget" not in log.read_text()
     finally:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(30)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(10)
+        stop_process(proc)
     assert proc.returncode == 0, log.read_text()[-3000:]
 
 
 def test_erase_needs_no_master_key_and_publishes_the_documented_request(settings_factory) -> None:
     settings = settings_factory()
-    env = _env(settings)
+    env = settings_env(settings)
     env.pop("STREAMGATE_MASTER_KEY")
     done = _run(env, "erase", "--user", "usr_no_kek", "--request-id", "nokek-1")
     assert done.returncode == 0, done.stderr

@@ -19,7 +19,6 @@ import json
 import os
 import re
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -36,10 +35,12 @@ import orjson
 import pytest
 import redis
 from procscan import procs_mentioning
+from workers import stop_process, worker_env
 
 from stream.config import TopicNames
 from stream.crypto.keyring import Keyring
 from stream.crypto.tokens import Tokenizer
+from stream.dev.stack import free_port
 from stream.schema import load_schema
 from stream.synth import ClickstreamGenerator
 
@@ -59,12 +60,6 @@ READ_IDLE = "3"
 
 
 # --------------------------------------------------------------------------- helpers
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def _tail(path: Path, n: int = 60) -> str:
     try:
         return "\n".join(path.read_text(errors="replace").splitlines()[-n:])
@@ -102,34 +97,6 @@ def _wait_ready(proc: subprocess.Popen[bytes], port: int, log: Path, timeout: fl
 
 def _procs_with(marker: bytes) -> list[int]:
     return [pid for pid, _ in procs_mentioning(marker)]
-
-
-def _stop(proc: subprocess.Popen[bytes]) -> None:
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(10)
-
-
-def _worker_env(*, kafka_bootstrap: str, redis_url: str, prefix: str, master_key: str, state_dir: Path,
-                group: str, topics: TopicNames, web_port: int) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("STREAMGATE_")}
-    env.update({
-        "STREAMGATE_KAFKA_BOOTSTRAP": kafka_bootstrap,
-        "STREAMGATE_REDIS_URL": redis_url,
-        "STREAMGATE_REDIS_KEY_PREFIX": prefix,
-        "STREAMGATE_MASTER_KEY": master_key,
-        "STREAMGATE_STATE_DIR": str(state_dir),
-        "STREAMGATE_SESSION_TIMEOUT_MS": "6000",
-        "STREAMGATE_CONSUMER_GROUP": group,
-        "STREAMGATE_WEB_PORT": str(web_port),
-    })
-    for name in TopicNames.model_fields:
-        env[f"STREAMGATE_TOPIC_{name.upper()}"] = getattr(topics, name)
-    return env
 
 
 # --------------------------------------------------------------------------- the module's worker
@@ -181,9 +148,10 @@ def gw(kafka_bootstrap: str, redis_url: str, tmp_path_factory: pytest.TempPathFa
     prefix = f"sgtest-{uid}"  # same shape as the redis_prefix fixture (module scope can't use it)
     master_key = base64.b64encode(os.urandom(32)).decode()
     group = f"sgcli-{uid}"
-    port = _free_port()
-    env = _worker_env(kafka_bootstrap=kafka_bootstrap, redis_url=redis_url, prefix=prefix, master_key=master_key,
-                      state_dir=state_dir, group=group, topics=topics, web_port=port)
+    port = free_port()
+    env = worker_env(kafka_bootstrap=kafka_bootstrap, redis_url=redis_url, prefix=prefix, master_key=master_key,
+                     state_dir=state_dir, topics=topics, STREAMGATE_CONSUMER_GROUP=group,
+                     STREAMGATE_WEB_PORT=str(port))
 
     events = list(ClickstreamGenerator(seed=11).events(N_EVENTS))
     invalid = _invalid_lines(events, uid)
@@ -209,7 +177,7 @@ def gw(kafka_bootstrap: str, redis_url: str, tmp_path_factory: pytest.TempPathFa
         assert produced.stdout == f"published {len(lines):,} records to {topics.raw}\n"
         yield run
     finally:
-        _stop(proc)
+        stop_process(proc)
         for pid in _procs_with(run.marker):  # only processes this module started carry the marker
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
@@ -468,10 +436,10 @@ def test_gateway_starts_with_a_fresh_state_dir(
     dir that doesn't exist yet (a fresh ~/.streamgate with external Kafka/Redis) used to kill the
     worker at start with FileNotFoundError (fixed in bbcb256)."""
     state_dir = tmp_path / "not" / "yet" / "there"
-    port = _free_port()
-    env = _worker_env(kafka_bootstrap=kafka_bootstrap, redis_url=redis_url, prefix=redis_prefix,
-                      master_key=master_key_b64, state_dir=state_dir, group=f"sgcli-{unique_id}",
-                      topics=topic_names, web_port=port)
+    port = free_port()
+    env = worker_env(kafka_bootstrap=kafka_bootstrap, redis_url=redis_url, prefix=redis_prefix,
+                     master_key=master_key_b64, state_dir=state_dir, topics=topic_names,
+                     STREAMGATE_CONSUMER_GROUP=f"sgcli-{unique_id}", STREAMGATE_WEB_PORT=str(port))
     log = tmp_path / "gateway.log"
     with open(log, "wb") as logf:
         proc = subprocess.Popen(_cli("gateway"), env=env, stdout=logf, stderr=subprocess.STDOUT,
@@ -479,5 +447,5 @@ def test_gateway_starts_with_a_fresh_state_dir(
     try:
         _wait_ready(proc, port, log)
     finally:
-        _stop(proc)
+        stop_process(proc)
     assert proc.returncode == 0

@@ -7,7 +7,6 @@ import base64
 import contextlib
 import json
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -22,6 +21,7 @@ from typing import Any
 
 import redis
 from fixtures import delete_prefixed_keys
+from workers import stop_process, worker_env
 
 from stream.config import TopicNames
 from stream.dev.stack import free_port
@@ -126,23 +126,14 @@ def gateway_worker(kafka_bootstrap: str, redis_url: str, state_dir: Path, *, wai
     prefix = f"sgtest-{uid}"
     master_key = base64.b64encode(os.urandom(32)).decode()
     port = free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith("STREAMGATE_")}
-    env.update({
-        "STREAMGATE_KAFKA_BOOTSTRAP": kafka_bootstrap,
-        "STREAMGATE_REDIS_URL": redis_url,
-        "STREAMGATE_REDIS_KEY_PREFIX": prefix,
-        "STREAMGATE_MASTER_KEY": master_key,
-        "STREAMGATE_STATE_DIR": str(state_dir),
-        "STREAMGATE_SESSION_TIMEOUT_MS": "6000",
-        "STREAMGATE_CONSUMER_GROUP": f"sgops-{uid}",
-        "STREAMGATE_WEB_PORT": str(port),
-        "STREAMGATE_METRICS_INTERVAL_SECONDS": "1",
-        "STREAMGATE_LOG_FORMAT": "json",
-        "STREAMGATE_TOPIC_PARTITIONS": "2",
-    })
-    env.update(extra_env)
-    for name in TopicNames.model_fields:
-        env[f"STREAMGATE_TOPIC_{name.upper()}"] = getattr(topics, name)
+    env = worker_env(kafka_bootstrap=kafka_bootstrap, redis_url=redis_url, prefix=prefix, master_key=master_key,
+                     state_dir=state_dir, topics=topics,
+                     STREAMGATE_CONSUMER_GROUP=f"sgops-{uid}",
+                     STREAMGATE_WEB_PORT=str(port),
+                     STREAMGATE_METRICS_INTERVAL_SECONDS="1",
+                     STREAMGATE_LOG_FORMAT="json",
+                     STREAMGATE_TOPIC_PARTITIONS="2",
+                     **extra_env)
     log = state_dir / "gateway.log"
     with open(log, "wb") as logf:
         proc = subprocess.Popen(cli("gateway", "--loglevel", "info"), env=env, stdout=logf, stderr=subprocess.STDOUT,
@@ -152,13 +143,7 @@ def gateway_worker(kafka_bootstrap: str, redis_url: str, state_dir: Path, *, wai
         _wait_ready(w, path="/readyz" if wait_ready else "/healthz")
         yield w
     finally:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(30)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(10)
+        stop_process(proc)
         client = redis.Redis.from_url(redis_url, socket_connect_timeout=5.0)
         try:
             delete_prefixed_keys(client, prefix)
