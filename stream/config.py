@@ -85,7 +85,7 @@ class Settings(BaseSettings):
     web_port: int | None = Field(
         default=None,
         description="Web server port (health, metrics) of a worker; unset = the worker's default "
-        "(gateway 6066, privatizer 6067, shredder 6068); 0 = disabled.",
+        "(gateway 6066, privatizer 6067, shredder 6068, learner 6069); 0 = disabled.",
     )
     web_bind: str = Field(default="127.0.0.1", description="Address the workers' web servers bind to.")
 
@@ -104,6 +104,45 @@ class Settings(BaseSettings):
         default=None, description="Seed of the LDP randomness, for tests and benchmarks only; unset = the OS CSPRNG."
     )
     privatizer_consumer_group: str = Field(default="streamgate-privatizer")
+
+    # --- online learning (labelled examples in the privatizer, the learner worker) ------------
+    learn_examples: bool = Field(
+        default=True,
+        description="The privatizer also emits labelled training examples (private-example.v1) to features.private.",
+    )
+    learn_label_epsilon: float = Field(
+        default=1.0, gt=0, le=20,
+        description="Epsilon of the randomized-response label of a training example (memoized per person, epoch "
+        "and label value; charged to the person's budget of the pseudo-attribute session_purchase).",
+    )
+    learn_session_gap_seconds: float = Field(
+        default=1800.0, gt=0,
+        description="A session ends after this much inactivity (ingestion time); its examples are then labelled "
+        "and released, whatever the label.",
+    )
+    learn_max_pending: int = Field(
+        default=200_000, gt=0,
+        description="Most unlabelled examples the privatizer holds in memory; beyond it the least recently active "
+        "sessions' examples are dropped (counted), never labelled early.",
+    )
+    learner_consumer_group: str = Field(default="streamgate-learner")
+    learn_model_name: str = Field(
+        default="purchase-propensity", pattern=r"^[a-z0-9][a-z0-9._-]{0,63}$",
+        description="Name of the learner's model (key of its snapshots on models.snapshots).",
+    )
+    learn_snapshot_every: int = Field(
+        default=10_000, gt=0, description="The learner publishes a model snapshot every this many examples learned."
+    )
+    learn_snapshot_interval_seconds: float = Field(
+        default=60.0, gt=0,
+        description="... and at least this often while it learns (and on shutdown).",
+    )
+    learn_correction: bool = Field(
+        default=True, description="Learn with the noise-corrected loss (Natarajan et al. 2013) for the RR label."
+    )
+    learn_debias: bool = Field(
+        default=True, description="Debias the randomized categorical features (unbiased indicators) before learning."
+    )
 
     # --- shredder (retention, erasure) ----------------------------------------
     shredder_consumer_group: str = Field(default="streamgate-shredder")
@@ -144,10 +183,10 @@ class Settings(BaseSettings):
     topics: TopicNames = Field(default_factory=TopicNames)
 
     def web_port_for(self, worker: str) -> int:
-        """The web port of ``worker`` (``gateway``, ``privatizer``, ``shredder``); 0 = disabled."""
+        """The web port of ``worker`` (``gateway``, ``privatizer``, ``shredder``, ``learner``); 0 = disabled."""
         if self.web_port is not None:
             return self.web_port
-        return {"gateway": 6066, "privatizer": 6067, "shredder": 6068}.get(worker, 6069)
+        return {"gateway": 6066, "privatizer": 6067, "shredder": 6068, "learner": 6069}.get(worker, 6070)
 
     def kafka_bootstrap_or_dev(self) -> str:
         """The configured bootstrap, else the running embedded broker's (raises DevStackError if none)."""

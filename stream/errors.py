@@ -10,10 +10,12 @@ __all__ = [
     "ConfigError",
     "DecryptError",
     "DevStackError",
+    "InvalidExampleError",
     "KeyShreddedError",
     "KeyUnavailableError",
     "KeyringError",
     "SchemaPolicyError",
+    "SnapshotError",
     "StreamgateError",
 ]
 
@@ -64,3 +66,11 @@ class KeyShreddedError(DecryptError):
 
 class DevStackError(StreamgateError):
     """The embedded development stack (local broker / local Redis) could not be started or reached."""
+
+
+class InvalidExampleError(StreamgateError):
+    """A record is not a valid local-DP report (private-feature.v1 / private-example.v1): learners refuse it."""
+
+
+class SnapshotError(StreamgateError):
+    """A model snapshot is malformed or fails authentication (it is never unpickled then)."""

@@ -89,7 +89,7 @@ __all__ = [
     "exposed_names",
 ]
 
-WORKERS = frozenset({"gateway", "privatizer", "shredder"})
+WORKERS = frozenset({"gateway", "privatizer", "shredder", "learner"})
 OUT_TOPICS = frozenset({"protected", "dlq", "features", "frequencies", "snapshots", "audit"})
 SHRED_REASONS = frozenset({"retention", "erasure"})
 DEPENDENCIES = frozenset({"broker", "redis", "kek"})
