@@ -48,6 +48,7 @@ from stream.crypto.keyring import Keyring
 from stream.errors import KeyUnavailableError, StreamgateError
 from stream.kafka import consumer_config, producer_config, usable_messages
 from stream.ldp.aggregate import WindowAggregator
+from stream.ldp.labels import LABEL_NAME, ExampleStub, SessionLabeler
 from stream.ldp.memo import MemoCache, RedisMemoStore
 from stream.ldp.oracle import secure_rng
 from stream.ldp.policy import LdpPolicy
@@ -112,6 +113,7 @@ def build_privatizer(
                         max_staleness_seconds=settings.dek_cache_max_staleness_seconds),
         clock=clock,
         shuffle_seed=settings.ldp_seed,
+        label_epsilon=settings.learn_label_epsilon if settings.learn_examples else None,
     )
 
 
@@ -147,6 +149,10 @@ class PrivatizerStats:
     epsilon_spent: Counter[str] = field(default_factory=Counter)
     reported: Counter[str] = field(default_factory=Counter)
     skipped: Counter[str] = field(default_factory=Counter)
+    examples: int = 0  # labelled examples emitted
+    examples_pending: int = 0  # held, waiting for their session to end
+    examples_dropped: Counter[str] = field(default_factory=Counter)  # reason -> dropped unlabelled
+    examples_suppressed: int = 0  # not emitted: the person's label budget is spent
     first_event_at: float | None = None
     last_event_at: float | None = None
 
@@ -174,6 +180,10 @@ class PrivatizerStats:
             "epsilon_spent": {k: round(v, 6) for k, v in self.epsilon_spent.items()},
             "reported": dict(self.reported),
             "skipped": dict(self.skipped),
+            "examples": self.examples,
+            "examples_pending": self.examples_pending,
+            "examples_dropped": dict(self.examples_dropped),
+            "examples_suppressed": self.examples_suppressed,
             "memo_hits": self.memo_hits,
             "memo_resolved": self.memo_resolved,
             "windows_published": self.windows_published,
@@ -216,6 +226,15 @@ class PrivatizerEngine:
         self._inflight: deque[_Batch] = deque()
         self._lag_at = 0.0
         self.listener: ShredListener | None = None
+        # labelled examples: held per session until it ends (stream.learn.labels)
+        self.labeler: SessionLabeler | None = None
+        if privatizer.examples_enabled:
+            self.labeler = SessionLabeler(round(settings.learn_session_gap_seconds * 1000),
+                                          max_pending=settings.learn_max_pending)
+        self._released: list[tuple[ExampleStub, bool]] = []  # ended sessions waiting for their labels
+        self._idle_since = time.time()
+        self._idle_watermark = 0
+        self._example_failures = 0
 
     def close(self) -> None:
         """Stop the shred listener (called by the hosting service after the loop ended)."""
@@ -236,6 +255,7 @@ class PrivatizerEngine:
         # deliver and commit what was produced, before the partitions go.
         if self._producer is not None:
             self._publish(self.aggregator.drain(), self._producer)
+            self._emit_examples(self._producer, final="rebalance")
             self._producer.flush(30)
             self._commit_delivered(consumer, sync=True)
         self.assigned.difference_update((tp.topic, tp.partition) for tp in partitions)
@@ -265,6 +285,9 @@ class PrivatizerEngine:
                 records, offsets = self._consume(consumer)
                 if records and not self._process(consumer, producer, records, offsets, stop):
                     break
+                if not records:
+                    self._idle_tick()
+                self._emit_examples(producer)
                 self._publish(self.aggregator.due(), producer)
                 producer.poll(0)
                 self._commit_delivered(consumer, sync=False)
@@ -272,6 +295,7 @@ class PrivatizerEngine:
         finally:
             try:
                 self._publish(self.aggregator.drain(), producer)
+                self._emit_examples(producer, final="shutdown")
                 producer.flush(30)
                 self._commit_delivered(consumer, sync=True)
             finally:
@@ -327,6 +351,9 @@ class PrivatizerEngine:
                 except BufferError:
                     producer.poll(0.05)
         self._inflight.append(batch)
+        if self.labeler is not None:
+            self.labeler.add(res.examples)
+            self._idle_since, self._idle_watermark = time.time(), self.labeler.watermark_ms
         self.aggregator.add(res.attribute_reports)
         self.stats.late = self.aggregator.late
         self._publish(self.aggregator.due(), producer)
@@ -394,6 +421,68 @@ class PrivatizerEngine:
             if assignment:
                 consumer.resume(assignment)
         return not stop.is_set()
+
+    # -- labelled examples --------------------------------------------------------------
+    def _idle_tick(self) -> None:
+        """No records: the stream's time moves on with the wall clock, so idle sessions end."""
+        if self.labeler is not None and self._idle_watermark:
+            self.labeler.advance(self._idle_watermark + int((time.time() - self._idle_since) * 1000))
+
+    def _on_example_delivery(self, err: KafkaError | None, _msg: Any) -> None:
+        # An example is derived data whose source offsets were committed long ago: a failed
+        # delivery loses that example (counted, logged), it does not stop the worker.
+        if err is not None:
+            self._example_failures += 1
+            self.stats.examples_dropped["delivery_failed"] += 1
+
+    def _emit_examples(self, producer: Producer, *, final: str | None = None) -> None:
+        """Label and produce the examples of the sessions that ended. ``final`` (a stop or a
+        rebalance): the sessions still open are dropped unlabelled (counted with that reason)."""
+        labeler = self.labeler
+        if labeler is None:
+            return
+        items = self._released
+        items.extend(labeler.release())
+        if final is not None:
+            labeler.discard(final)
+        if items:
+            try:
+                res = self.privatizer.label_examples(items)
+            except KeyUnavailableError:
+                if self.metrics is not None:
+                    self.metrics.redis_error()
+                if final is not None:
+                    self.stats.examples_dropped[final] += len(items)
+                    items.clear()
+                else:
+                    log.warning("memo store unavailable: labelled examples held, retrying",
+                                extra={"held": len(items)})
+            else:
+                items.clear()
+                topic = self.settings.topics.features
+                hour_ms = (int(time.time() * 1000) // _HOUR_MS) * _HOUR_MS
+                for value in res.examples:
+                    while True:
+                        try:
+                            producer.produce(topic, value, timestamp=hour_ms, on_delivery=self._on_example_delivery)
+                            break
+                        except BufferError:
+                            producer.poll(0.05)
+                self.stats.examples += len(res.examples)
+                self.stats.examples_suppressed += res.suppressed
+                self.stats.skipped.update({f"example_{k}": v for k, v in res.skipped.items()})
+                if res.epsilon_spent:
+                    self.stats.epsilon_spent.update({LABEL_NAME: res.epsilon_spent})
+                m = self.metrics
+                if m is not None:
+                    m.events_out("features", len(res.examples))
+                    if res.examples:
+                        m.ldp_reports(LABEL_NAME, "grr", len(res.examples), res.epsilon_spent)
+                    if res.suppressed:
+                        m.ldp_suppressed(LABEL_NAME, res.suppressed)
+        self.stats.examples_pending = labeler.pending
+        self.stats.examples_dropped.update(labeler.dropped)
+        labeler.dropped.clear()
 
     def _publish(self, windows: list[Any], producer: Producer) -> None:
         topic = self.settings.topics.frequencies

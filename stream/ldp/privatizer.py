@@ -30,12 +30,24 @@ from typing import Any, NamedTuple
 import numpy as np
 import orjson
 
+from stream.ldp.grr import GRR
+from stream.ldp.labels import LABEL_NAME, POSITIVE_EVENT_TYPE, ExampleStub
 from stream.ldp.memo import MICRO, MemoCache, MemoRequest, MemoStore
 from stream.ldp.policy import LdpAttribute, LdpPolicy
 
-__all__ = ["FEATURE_SCHEMA", "AttributeReport", "PrivatizeResult", "Privatizer", "ProtectedRecord", "hour_of_week"]
+__all__ = [
+    "EXAMPLE_SCHEMA",
+    "FEATURE_SCHEMA",
+    "AttributeReport",
+    "LabelResult",
+    "PrivatizeResult",
+    "Privatizer",
+    "ProtectedRecord",
+    "hour_of_week",
+]
 
 FEATURE_SCHEMA = "private-feature.v1"
+EXAMPLE_SCHEMA = "private-example.v1"
 _TAG_LABEL = b"streamgate/v1/ldp-memo"
 
 
@@ -70,6 +82,20 @@ class PrivatizeResult:
     memo_resolved: int = 0  # resolved against the store
     fully_suppressed: int = 0  # events with every attribute suppressed: no report at all
     skipped: Counter[str] = field(default_factory=Counter)  # reason -> records not reported
+    # with labelled examples on: one stub per reported event (its report body, waiting for the label)
+    examples: list[ExampleStub] = field(default_factory=list)
+
+
+@dataclass
+class LabelResult:
+    """Labelled examples (``private-example.v1`` JSON) and, aligned with them, the stubs they came from
+    (the stubs are for in-process use - e.g. a benchmark scoring against clean labels - never emitted)."""
+
+    examples: list[bytes] = field(default_factory=list)
+    stubs: list[ExampleStub] = field(default_factory=list)
+    suppressed: int = 0  # examples not emitted: the person's label budget is spent
+    epsilon_spent: float = 0.0  # on new label memos
+    skipped: Counter[str] = field(default_factory=Counter)  # reason -> examples not emitted
 
 
 _HOW_CACHE: dict[str, int] = {}
@@ -116,6 +142,8 @@ class Privatizer:
         cache: MemoCache | None = None,
         clock: Callable[[], float] = time.time,
         shuffle_seed: int | None = None,
+        label_epsilon: float | None = None,
+        session_field: str = "session_id",
     ) -> None:
         if len(memo_key) < 16:
             raise ValueError("memo_key must be at least 16 bytes")
@@ -138,6 +166,23 @@ class Privatizer:
         self._cost = {a.name: round(a.epsilon * MICRO) for a in policy.attributes}
         self._sig = {a.name: orjson.dumps(a.params(), option=orjson.OPT_SORT_KEYS) for a in policy.attributes}
         self._spec_cache = self._specs()
+        # Labelled examples (stream.learn.labels): off unless a label epsilon is given.
+        self.session_field = session_field
+        self.label_oracle: GRR | None = None
+        if label_epsilon is not None:
+            if LABEL_NAME in policy.by_name:
+                raise ValueError(f"the schema has an ldp attribute named {LABEL_NAME!r}, the label's pseudo-attribute")
+            self.label_oracle = GRR(2, label_epsilon)
+            params = self.label_oracle.params()
+            self._params[LABEL_NAME] = params
+            self._cost[LABEL_NAME] = round(self.label_oracle.epsilon * MICRO)
+            self._sig[LABEL_NAME] = orjson.dumps(params, option=orjson.OPT_SORT_KEYS)
+            self._label_prefix = (b',"label":{"name":"' + LABEL_NAME.encode() + b'","m":"GRR","eps":'
+                                  + orjson.dumps(self.label_oracle.epsilon) + b',"k":2,"r":')
+
+    @property
+    def examples_enabled(self) -> bool:
+        return self.label_oracle is not None
 
     # -- helpers ------------------------------------------------------------------------
     def _tag(self, attribute: str, value: object) -> str:
@@ -181,8 +226,10 @@ class Privatizer:
         stale = self.cache.max_staleness_seconds
         loads = orjson.loads
         # pass 1: decode, look up the cache, collect what must be resolved
-        # rows: (ts_ms, hour_of_week, [(spec index, (report json, report), cluster)])
-        rows: list[tuple[int, int | None, list[tuple[int, tuple[bytes, Any], int]]]] = []
+        # rows: (ts_ms, hour_of_week, [(spec index, (report json, report), cluster)], example meta)
+        rows: list[tuple[int, int | None, list[tuple[int, tuple[bytes, Any], int]], tuple[str, str, int, bool] | None]] = []
+        examples = self.label_oracle is not None
+        session_field = self.session_field
         pending: dict[tuple[str, int, str, int | float], list[tuple[int, int]]] = {}
         hits = 0
         for rec in records:
@@ -203,7 +250,12 @@ class Privatizer:
                 continue
             row: list[tuple[int, tuple[bytes, Any], int]] = []
             row_idx = len(rows)
-            rows.append((rec.timestamp_ms, hour_of_week(event.get("ts")), row))
+            meta = None
+            if examples:
+                session = event.get(session_field)
+                if isinstance(session, str) and session:
+                    meta = (session, subject, epoch, event.get("event_type") == POSITIVE_EVENT_TYPE)
+            rows.append((rec.timestamp_ms, hour_of_week(event.get("ts")), row, meta))
             for si, (name, cat, index, none_idx, ood_idx, lo, hi, _prefix) in enumerate(specs):
                 raw = event.get(name)
                 value: int | float | None
@@ -267,7 +319,8 @@ class Privatizer:
         attr_reports = res.attribute_reports
         names = [sp[0] for sp in specs]
         prefixes = [sp[7] for sp in specs]
-        for ts_ms, how, row in rows:
+        stubs = res.examples
+        for ts_ms, how, row, meta in rows:
             if not row:
                 res.fully_suppressed += 1
                 continue
@@ -277,11 +330,73 @@ class Privatizer:
                 parts.append(prefixes[si] + rep_json + b"}")
                 attr_reports.append((ts_ms, names[si], report, cluster))
                 reported[si] += 1
-            tail = b"}}" if how is None else b'},"hour_of_week":' + str(how).encode() + b"}"
-            out_reports.append(head + b',"features":{' + b",".join(parts) + tail)
+            body = b'"features":{' + b",".join(parts) + (b"}" if how is None else b'},"hour_of_week":' + str(how).encode())
+            out_reports.append(head + b"," + body + b"}")
+            if meta is not None:
+                stubs.append(ExampleStub(meta[0], meta[1], meta[2], meta[3], body, ts_ms))
         for si, n in enumerate(reported):
             if n:
                 res.reported[names[si]] += n
+        return res
+
+    # -- labelled examples ------------------------------------------------------------------
+    def label_examples(self, items: Sequence[tuple[ExampleStub, bool]]) -> LabelResult:
+        """Randomize the labels of released examples (binary randomized response at the label's
+        epsilon, memoized per person, epoch and true label - so a person's label costs at most
+        two memos per epoch, charged to the budget of the pseudo-attribute ``session_purchase``)
+        and assemble the ``private-example.v1`` records, in shuffled order. Raises
+        :class:`~stream.errors.KeyUnavailableError` (nothing returned, nothing spent twice on a
+        retry) when the memo store is unreachable: the caller keeps the items and retries."""
+        oracle = self.label_oracle
+        if oracle is None:
+            raise RuntimeError("labelled examples are off (no label_epsilon)")
+        res = LabelResult()
+        now = self._clock() + self.retention_margin_seconds
+        mono = self.cache.now()
+        es, rs = self.epoch_seconds, self.retention_seconds
+        cache_data = self.cache.data
+        stale = self.cache.max_staleness_seconds
+        resolved: list[tuple[ExampleStub, bytes | None]] = []
+        pending: dict[tuple[str, int, str, int], list[int]] = {}
+        for stub, label in items:
+            if (stub.epoch + 1) * es + rs <= now:
+                res.skipped["retention_ended"] += 1
+                continue
+            key = (stub.subject, stub.epoch, LABEL_NAME, int(label))
+            hit = cache_data.get(key)
+            idx = len(resolved)
+            if hit is not None and 0 <= mono - hit[1] < stale:
+                resolved.append((stub, hit[0][0]))
+            else:
+                resolved.append((stub, None))
+                pending.setdefault(key, []).append(idx)
+        if pending:
+            keys = list(pending)
+            fresh = oracle.perturb_array(np.asarray([k[3] for k in keys], dtype=np.int64), self.rng)
+            cost = self._cost[LABEL_NAME]
+            requests = [
+                MemoRequest(s, e, (e + 1) * es + rs, self._tag(LABEL_NAME, v), LABEL_NAME, cost, str(int(c)))
+                for (s, e, _n, v), c in zip(keys, fresh, strict=True)
+            ]
+            results = self.store.resolve(requests, self.budget_micro)
+            for key, result in zip(keys, results, strict=True):
+                if result.status == "suppressed" or result.report is None:
+                    continue
+                if result.status == "new":
+                    res.epsilon_spent += cost / MICRO
+                entry = (result.report.encode(), int(result.report))
+                self.cache.put(key, entry, mono)
+                for idx in pending[key]:
+                    resolved[idx] = (resolved[idx][0], entry[0])
+        head = (b'{"schema":"' + EXAMPLE_SCHEMA.encode() + b'","source_schema":'
+                + orjson.dumps(self.policy.schema_name) + b",")
+        prefix = self._label_prefix
+        out = [(stub, r) for stub, r in resolved if r is not None]
+        res.suppressed = len(resolved) - len(out)
+        self._shuffle.shuffle(out)
+        for stub, r in out:
+            res.examples.append(head + stub.body + prefix + r + b"}}")
+            res.stubs.append(stub)
         return res
 
 

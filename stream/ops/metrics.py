@@ -210,7 +210,10 @@ class WorkerMetrics:
             raise ValueError(f"worker must be one of {sorted(WORKERS)}")
         self.worker = worker
         self.registry = registry if registry is not None else CollectorRegistry(auto_describe=False)
-        self._attributes = frozenset(attributes) if attributes is not None else _schema_field_names()
+        # schema field names, plus the label pseudo-attribute of the labelled examples
+        self._attributes = (frozenset(attributes) if attributes is not None else _schema_field_names()) | {
+            "session_purchase"
+        }
         self._lock = threading.Lock()
         self._seen: dict[str, set[str]] = {k: set() for k in _MAX_DISTINCT}
         self.events_in_total = 0

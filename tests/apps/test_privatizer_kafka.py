@@ -134,3 +134,34 @@ def test_redis_down_holds_the_batch(settings_factory, own_redis: OwnRedis) -> No
         wait_for(lambda: engine.stats.reports >= 300, what="reports after Redis came back")
     assert len(read_topic(bootstrap, t.features, expect=300)) == 300
 
+
+
+def test_labelled_examples_are_released_when_sessions_end(settings_factory) -> None:
+    """With labelled examples on, every reported event also yields one private-example.v1 record once its
+    session has been idle for the gap; at label epsilon 20 (flip probability 2e-9) the randomized labels
+    count exactly the events of the sessions that contain a purchase."""
+    settings = settings_factory(ldp_budget_epsilon=1000.0, ldp_seed=5, learn_label_epsilon=20.0,
+                                learn_session_gap_seconds=1.0)
+    t = settings.topics
+    bootstrap = settings.kafka_bootstrap_or_dev()
+    ensure_topics(bootstrap, [t.protected, t.features, t.frequencies], partitions=2)
+    events = list(ClickstreamGenerator(seed=33, n_users=800).events(2000))
+    protected = _protect_and_publish(settings, events)
+    with running_privatizer(settings) as engine:
+        wait_for(lambda: engine.stats.examples >= 2000, what="all labelled examples", timeout=120)
+    st = engine.stats
+    assert st.reports == 2000 and st.examples == 2000 and st.examples_pending == 0 and not st.examples_dropped
+    recs = read_topic(bootstrap, t.features, expect=4000)
+    examples = [r for r in recs if b'"private-example.v1"' in (r.value or b"")]
+    assert len(examples) == 2000 and len(recs) == 4000
+    assert all(r.key is None and not r.headers and r.timestamp_ms % 3_600_000 == 0 for r in examples)
+    check = output_validator("private-example.v1")
+    docs = [orjson.loads(r.value or b"") for r in examples]
+    assert all(check(d) == [] for d in docs)
+    buying = {e["session_id"] for e in events if e["event_type"] == "purchase"}
+    positives = sum(e["session_id"] in buying for e in events)
+    assert 0 < positives < 2000
+    assert sum(d["label"]["r"] for d in docs) == positives
+    blob = b"\n".join(r.value or b"" for r in examples)
+    assert b"tk1_" not in blob and not any(tok in blob for tok, _v in protected)
+    assert not any(e["session_id"].encode() in blob for e in events)

@@ -41,7 +41,7 @@ def protected_records(events: list[dict], keyring: Keyring, ts_ms: int | None = 
 
 def make_privatizer(
     *, epsilon: float = 1.0, budget: float = 8.0, seed: int = 0, store: MemoryMemoStore | None = None,
-    clock: Callable[[], float] = time.time, memo_key: bytes | None = None,
+    clock: Callable[[], float] = time.time, memo_key: bytes | None = None, label_epsilon: float | None = None,
 ) -> Privatizer:
     schema = load_schema(SCHEMA)
     return Privatizer(
@@ -56,4 +56,5 @@ def make_privatizer(
         cache=MemoCache(max_entries=100_000, max_staleness_seconds=30.0),
         clock=clock,
         shuffle_seed=seed,
+        label_epsilon=label_epsilon,
     )
