@@ -22,7 +22,6 @@ from stream.ldp.privatizer import ProtectedRecord
 from stream.schema import output_validator
 from stream.synth import ClickstreamGenerator
 
-
 EPOCH = int(time.time()) // 86400  # make_privatizer: one-day epochs, 30 days of retention
 
 
