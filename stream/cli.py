@@ -12,6 +12,7 @@ import click
 
 from stream import __version__
 from stream.commands import ldp as _ldp_commands
+from stream.commands import learn as _learn_commands
 from stream.commands import ops as _ops_commands
 from stream.commands import retention as _retention_commands
 from stream.commands.common import bench_settings, echo_error, settings
@@ -316,7 +317,7 @@ def bench_gateway(events: int, invalid_rate: float) -> None:
     click.echo(f"pure core alone (no Kafka): {r.core_rate:,.0f} events/s")
 
 
-for _area in (_ldp_commands, _retention_commands, _ops_commands):
+for _area in (_ldp_commands, _retention_commands, _ops_commands, _learn_commands):
     _area.register(cli)
 
 

@@ -46,6 +46,10 @@ DOCUMENTED = [
     ("topics", "apply"),
     ("ops",),
     ("ops", "watch"),
+    ("learner",),
+    ("model",),
+    ("model", "show"),
+    ("model", "predict"),
 ]
 
 

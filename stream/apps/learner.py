@@ -1,0 +1,670 @@
+"""The learner worker: ``features.private`` -> ``models.snapshots`` (+ drift records on ``ops.audit``).
+
+Like every streamgate worker the Kafka loop is a confluent-kafka batch engine hosted in a
+Faust worker (:mod:`stream.apps.hosting`: lifecycle, signals, ``/healthz``, ``/readyz``,
+``/metrics``, ``ops.metrics``). Port: ``settings.web_port_for("learner")`` (6069).
+
+What it does
+------------
+* Consumes ``settings.topics.features`` with the consumer group
+  ``settings.learner_consumer_group`` (a new group starts from the beginning of the topic).
+  Only ``private-example.v1`` records (:meth:`stream.learn.example.PrivateExample.from_json`:
+  local-DP reports only, never a clear value) are learned from; ``private-feature.v1``
+  reports are counted as skipped (``stats.skipped``); anything else is counted by reason
+  (``stats.invalid``: ``not_json``, ``not_object``, ``unknown_schema``, ``invalid_example``)
+  and skipped. A record's content is never logged.
+* **Progressive validation**: for each example the model predicts first
+  (``predict_proba_one``), then learns (``learn_one``). The prediction is scored against the
+  example's *private* (randomized-response) label - the only label the worker ever sees - with
+  :class:`stream.learn.evaluate.ProgressiveValidation` (ROC AUC, log loss), and the
+  per-example log loss feeds a :class:`stream.learn.evaluate.DriftMonitor` (ADWIN). Under
+  label noise these figures are those of the noisy label (the AUC against the noisy label is
+  a monotone shrink of the clean one toward 0.5; the benchmarks measure against clean labels).
+  The progressive metrics cover the examples seen since this worker process started (``n``
+  says how many); ``examples_seen`` is the model's lifetime count.
+* **Drift**: when the monitor fires, one ``ops.audit`` record of kind ``drift``
+  (``schemas/audit-receipt.v1.json``): model name, metric, ``examples_seen``,
+  ``detected_at`` and the detector's parameters - no data values.
+* **Snapshots** (:class:`stream.learn.snapshot.ModelSnapshot`, HMAC-signed with the purpose
+  key ``model-snapshot`` derived from the KEK keyring's root key) go to
+  ``settings.topics.snapshots`` (compacted, key = model name) every
+  ``learn_snapshot_every`` examples, at least every ``learn_snapshot_interval_seconds`` while
+  the model learns, before partitions are revoked and at shutdown. A snapshot carries the
+  metrics, ``examples_seen`` and the epsilon of the reports the model learned from: the
+  label's epsilon, per attribute the feature epsilon seen, and the per-person,
+  per-attribute, per-epoch budget cap (``ldp_budget_epsilon``). Training is
+  post-processing of local-DP reports, so the model adds no privacy cost of its own.
+* **Resume**: at start the worker reads ``models.snapshots`` from the beginning and keeps
+  the newest snapshot of its model name whose signature verifies (unverifiable ones are
+  ignored with a warning, never unpickled); without one it starts a fresh
+  :class:`stream.learn.model.PropensityModel` (``learn_correction``, ``learn_debias``,
+  domains and bounds from the schema's LDP policy).
+
+Offsets: at-least-once learning
+-------------------------------
+The model lives in memory; what is durable is the last delivered snapshot. So a consumed
+offset is committed **only once a delivered snapshot covers it** (the snapshot is produced
+and flushed, its delivery report checked, then the offsets it covers are committed). After a
+crash the worker resumes from the last snapshot and re-reads from the offsets that snapshot
+covered: it re-learns at most the examples seen since the last snapshot, and no example is
+ever lost. Duplicates are possible in one narrow window (snapshot delivered, commit lost):
+those examples are learned twice - harmless for an SGD model. Records that teach nothing
+(skipped, invalid) are committed without a snapshot when no learned example is pending.
+Drift records are produced as they happen and flushed with the next snapshot; an offset is
+committed only after the drift records before it were delivered too (undelivered ones are
+re-sent).
+
+One instance per model name: the model is a single in-memory object; a second instance in
+the same consumer group would learn a share of the partitions and overwrite the first one's
+snapshots. The loop learns tens of thousands of examples per second on one core, far more
+than the labelled stream carries.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import math
+import socket
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+import faust
+import orjson
+from confluent_kafka import (
+    OFFSET_BEGINNING,
+    Consumer,
+    KafkaError,
+    KafkaException,
+    Message,
+    Producer,
+    TopicPartition,
+)
+
+from stream.apps.hosting import report_lag, worker_app
+from stream.config import Settings
+from stream.crypto.keyring import Keyring
+from stream.errors import InvalidExampleError, SnapshotError, StreamgateError
+from stream.kafka import consumer_config, producer_config, usable_messages
+from stream.ldp.policy import LdpPolicy
+from stream.learn.evaluate import DriftMonitor, ProgressiveValidation, log_loss
+from stream.learn.example import EXAMPLE_SCHEMA, FEATURE_SCHEMA, PrivateExample
+from stream.learn.model import PropensityModel
+from stream.learn.snapshot import EPSILON_NOTE, SIGNING_PURPOSE, ModelSnapshot
+from stream.ops.metrics import WorkerMetrics
+from stream.schema import load_schema
+
+__all__ = [
+    "DRIFT_METRIC",
+    "SNAPSHOT_KEY_PURPOSE",
+    "LearnerEngine",
+    "LearnerStats",
+    "create_app",
+    "drift_record",
+    "fresh_model",
+    "latest_snapshot_bytes",
+    "load_latest_snapshot",
+    "read_snapshot_records",
+    "snapshot_key",
+]
+
+log = logging.getLogger("streamgate.learner")
+
+#: Purpose of the snapshot signing key (HKDF of the keyring's root KEK; see :mod:`stream.crypto.keyring`).
+SNAPSHOT_KEY_PURPOSE = SIGNING_PURPOSE
+#: The progressive metric the drift detector watches.
+DRIFT_METRIC = "log_loss"
+_LAG_INTERVAL_SECONDS = 2.0
+#: How many of the newest snapshots of a name are kept as fallbacks when the newest does not verify.
+_RESUME_CANDIDATES = 16
+
+
+def snapshot_key(settings: Settings, keyring: Keyring | None = None) -> bytes:
+    """The key that signs and verifies model snapshots: purpose ``model-snapshot`` of the KEK keyring."""
+    return (keyring or Keyring.from_settings(settings)).derive(SNAPSHOT_KEY_PURPOSE)
+
+
+def fresh_model(settings: Settings, policy: LdpPolicy | None = None) -> PropensityModel:
+    """A new, untrained model configured from ``settings`` (name, label-noise correction, feature
+    debiasing) and the schema's LDP policy (domains, bounds: to name weights and serve on clear values)."""
+    policy = policy or LdpPolicy.from_schema(load_schema(settings.schema_name), settings.ldp_epsilon)
+    return PropensityModel.for_policy(policy, name=settings.learn_model_name, correction=settings.learn_correction,
+                                      debias=settings.learn_debias)
+
+
+def _rfc3339(ts: float) -> str:
+    return datetime.fromtimestamp(ts, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+# --------------------------------------------------------------------------- reading snapshots
+def read_snapshot_records(bootstrap: str, topic: str, name: str, *, keep: int = _RESUME_CANDIDATES,
+                          timeout: float = 30.0) -> list[bytes]:
+    """The values of the newest ``keep`` records keyed ``name`` on ``topic`` (oldest first), read
+    from the beginning of every partition to its end. A tombstone (null value) forgets what came
+    before it. An absent topic reads as empty. Raises :class:`StreamgateError` if the end of the
+    topic is not reached within ``timeout`` seconds.
+
+    (The end is detected with partition-EOF events, which librdkafka derives from fetch
+    responses: the high watermark a ListOffsets request returns is not reliable on every
+    Kafka-protocol broker.)"""
+    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": "streamgate-snapshot-reader",
+                         "enable.auto.commit": False, "enable.partition.eof": True,
+                         "client.id": "streamgate-snapshot-reader"})
+    try:
+        try:
+            md = consumer.list_topics(topic, timeout=10).topics.get(topic)
+        except KafkaException as exc:
+            raise StreamgateError(f"cannot read {topic!r} at {bootstrap}: {exc}") from None
+        if md is None or md.error is not None or not md.partitions:
+            return []
+        consumer.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in md.partitions])
+        pending = set(md.partitions)
+        want = name.encode()
+        found: list[bytes] = []
+        deadline = time.monotonic() + timeout
+        while pending:
+            if time.monotonic() > deadline:
+                raise StreamgateError(f"could not read {topic!r} to its end within {timeout:.0f} s")
+            for m in consumer.consume(num_messages=500, timeout=0.5):
+                err = m.error()
+                if err is not None:
+                    if err.code() == KafkaError._PARTITION_EOF:
+                        pending.discard(m.partition())
+                    elif err.fatal():
+                        raise StreamgateError(f"fatal Kafka consumer error: {err.str()}")
+                    continue
+                if m.key() != want:
+                    continue
+                value = m.value()
+                if value is None:
+                    found.clear()
+                else:
+                    found.append(value)
+                    del found[:-keep]
+        return found
+    finally:
+        consumer.close()
+
+
+def latest_snapshot_bytes(settings: Settings, name: str | None = None) -> bytes | None:
+    """The newest snapshot record of ``name`` (default: ``settings.learn_model_name``), unverified."""
+    found = read_snapshot_records(settings.kafka_bootstrap_or_dev(), settings.topics.snapshots,
+                                  name or settings.learn_model_name, keep=1)
+    return found[-1] if found else None
+
+
+def load_latest_snapshot(settings: Settings, name: str | None = None, *,
+                         keyring: Keyring | None = None) -> ModelSnapshot:
+    """The newest snapshot of model ``name`` (default: ``settings.learn_model_name``), verified with
+    the snapshot key of the configured keyring - what a consumer that serves the model calls::
+
+        snap = load_latest_snapshot(Settings())
+        p = snap.model.predict_proba_one(PrivateExample.from_json(record))      # a private report
+        p = snap.model.predict_proba_event({"event_type": "checkout", ...}, 42)  # clear LDP values
+
+    Raises :class:`SnapshotError` when there is no snapshot of that name yet or the newest one
+    fails verification (it is never unpickled then), :class:`~stream.errors.KeyringError` when
+    no master key is configured."""
+    name = name or settings.learn_model_name
+    key = snapshot_key(settings, keyring)
+    data = latest_snapshot_bytes(settings, name)
+    if data is None:
+        raise SnapshotError(f"no snapshot of model {name!r} on {settings.topics.snapshots} yet "
+                            "(is `streamgate learner` running, and has it learned any example?)")
+    return ModelSnapshot.from_bytes(data, key)
+
+
+# --------------------------------------------------------------------------- audit records
+def drift_record(model: str, examples_seen: int, detector: dict[str, Any], *, at: float, worker: str,
+                 metric: str = DRIFT_METRIC, detections: int | None = None) -> dict[str, Any]:
+    """An ``audit-receipt.v1`` record of kind ``drift``. ``receipt_id`` is sha256 hex of
+    ``audit-receipt.v1|drift|drift|<model>|<metric>|<examples_seen>`` (a re-learned stretch that
+    drifts at the same point gives the same id; consumers dedupe by it)."""
+    rid = hashlib.sha256(f"audit-receipt.v1|drift|drift|{model}|{metric}|{examples_seen}".encode()).hexdigest()
+    rec: dict[str, Any] = {
+        "schema": "audit-receipt.v1", "receipt_id": rid, "kind": "drift", "reason": "drift",
+        "subject": None, "epoch": None, "key_id": None, "request_id": None,
+        "at": _rfc3339(at), "worker": worker,
+        "model": model, "metric": metric, "examples_seen": int(examples_seen), "detected_at": _rfc3339(at),
+        "detector": detector,
+    }
+    if detections is not None:
+        rec["detections"] = int(detections)
+    return rec
+
+
+def _detector_params(monitor: DriftMonitor) -> dict[str, Any]:
+    """The drift detector's name and parameters."""
+    return {"name": "ADWIN", "delta": monitor.delta, "max_loss": round(monitor.max_loss, 6)}
+
+
+def _drift_statistics(monitor: DriftMonitor) -> dict[str, float]:
+    """What the detection saw: ADWIN's window width after it and the mean (clipped) loss just
+    before and after - model statistics, no data values."""
+    last = monitor.last
+    if last is None:
+        return {}
+    return {"width": float(last.width), "mean_loss_before": round(last.mean_before, 6),
+            "mean_loss_after": round(last.mean_after, 6)}
+
+
+# --------------------------------------------------------------------------- the engine
+@dataclass
+class LearnerStats:
+    consumed: int = 0  # records read from the features topic
+    learned: int = 0  # examples learned by this process
+    skipped: Counter[str] = field(default_factory=Counter)  # reason -> records that carry no example
+    invalid: Counter[str] = field(default_factory=Counter)  # reason -> malformed records (skipped)
+    snapshots: int = 0  # snapshots delivered
+    snapshot_failures: int = 0
+    drifts: int = 0  # drift records produced
+    commits: int = 0
+    batches: int = 0
+    resumed_from: int | None = None  # examples_seen of the snapshot resumed from
+    ignored_snapshots: int = 0  # snapshots of our name that failed verification at start
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "consumed": self.consumed, "learned": self.learned, "skipped": dict(self.skipped),
+            "invalid": dict(self.invalid), "snapshots": self.snapshots, "snapshot_failures": self.snapshot_failures,
+            "drifts": self.drifts, "commits": self.commits, "batches": self.batches,
+            "resumed_from": self.resumed_from, "ignored_snapshots": self.ignored_snapshots,
+        }
+
+
+class LearnerEngine:
+    """The learner's loop (module docstring). ``run(stop)`` until ``stop`` is set."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        bootstrap: str | None = None,
+        keyring: Keyring | None = None,
+        metrics: WorkerMetrics | None = None,
+        clock: Callable[[], float] = time.time,
+        consumer_overrides: dict[str, Any] | None = None,
+    ) -> None:
+        self.settings = settings
+        self.bootstrap = bootstrap or settings.kafka_bootstrap_or_dev()
+        self.name = settings.learn_model_name
+        self.key = snapshot_key(settings, keyring)  # fails fast without a KEK
+        self.policy = LdpPolicy.from_schema(load_schema(settings.schema_name), settings.ldp_epsilon)
+        self.metrics = metrics
+        self.clock = clock
+        self.consumer_overrides = consumer_overrides or {}
+        self.worker = f"learner@{socket.gethostname()}"
+        self.stats = LearnerStats()
+        self.model: PropensityModel | None = None
+        self.evaluation = ProgressiveValidation()
+        self.monitor = DriftMonitor()
+        self.label_epsilon: float | None = None
+        self.feature_epsilon: dict[str, float] = {}
+        self.assigned: set[tuple[str, int]] = set()
+        self.joined = False
+        self.started = False
+        self._position: dict[tuple[str, int], int] = {}  # next offset after the last record handled
+        self._committed: dict[tuple[str, int], int] = {}
+        self._since_snapshot = 0  # examples learned that no delivered snapshot covers yet
+        self._snapshot_at = time.monotonic()
+        self._next_attempt = 0.0  # monotonic time before which a failed snapshot is not retried
+        self._attempts = 0
+        self._outbox: dict[int, bytes] = {}  # drift records not yet delivered, by sequence number
+        self._audit_in_flight: set[int] = set()  # ... of which produced and awaiting a delivery report
+        self._audit_seq = 0
+        self._producer: Producer | None = None
+        self._consumer: Consumer | None = None
+        self._lag_at = 0.0
+
+    # -- state -------------------------------------------------------------------------
+    @property
+    def ready(self) -> bool:
+        """Ready once the model is loaded (or fresh) and the consumer group has answered."""
+        return self.started and self.joined
+
+    @property
+    def examples_seen(self) -> int:
+        return self.model.examples_seen if self.model is not None else 0
+
+    def as_dict(self) -> dict[str, Any]:
+        d = self.stats.as_dict()
+        d.update({"model": self.name, "examples_seen": self.examples_seen, "assigned": len(self.assigned),
+                  "metrics": self.evaluation.as_dict()})
+        return d
+
+    def epsilon_info(self) -> dict[str, Any]:
+        """The epsilon of the reports the model learned from (worst case seen per kind)."""
+        return {
+            "label": self.label_epsilon,
+            "features": {k: self.feature_epsilon[k] for k in sorted(self.feature_epsilon)},
+            "budget_per_person_attribute_epoch": self.settings.ldp_budget_epsilon,
+            "note": EPSILON_NOTE + "; budget_per_person_attribute_epoch is the cap the privatizer enforces",
+        }
+
+    def current_metrics(self) -> dict[str, float]:
+        out = {k: float(v) for k, v in self.evaluation.as_dict().items()}
+        out["drifts"] = float(self.monitor.detections)
+        return out
+
+    # -- resume ------------------------------------------------------------------------
+    def resume(self) -> PropensityModel:
+        """The newest verifiable snapshot's model, else a fresh one (module docstring)."""
+        candidates = read_snapshot_records(self.bootstrap, self.settings.topics.snapshots, self.name)
+        for data in reversed(candidates):
+            try:
+                snap = ModelSnapshot.from_bytes(data, self.key)
+            except SnapshotError as exc:
+                self.stats.ignored_snapshots += 1
+                log.warning("snapshot ignored: it does not verify with this keyring",
+                            extra={"model": self.name, "error": str(exc)})
+                continue
+            if snap.name != self.name:
+                self.stats.ignored_snapshots += 1
+                log.warning("snapshot ignored: it names another model", extra={"model": self.name})
+                continue
+            self._merge_epsilon(snap.epsilon)
+            self.stats.resumed_from = snap.examples_seen
+            log.info("resumed from snapshot", extra={"model": self.name, "n": snap.examples_seen,
+                                                     "at": snap.created_at})
+            return snap.model
+        log.info("no snapshot to resume from: starting a fresh model", extra={"model": self.name})
+        return fresh_model(self.settings, self.policy)
+
+    def _merge_epsilon(self, eps: Any) -> None:
+        if not isinstance(eps, dict):
+            return
+        label = eps.get("label")
+        if isinstance(label, int | float) and not isinstance(label, bool):
+            self.label_epsilon = max(float(label), self.label_epsilon or 0.0)
+        feats = eps.get("features")
+        if isinstance(feats, dict):
+            for k, v in feats.items():
+                if isinstance(k, str) and isinstance(v, int | float) and not isinstance(v, bool):
+                    self.feature_epsilon[k] = max(float(v), self.feature_epsilon.get(k, 0.0))
+
+    # -- the loop ----------------------------------------------------------------------
+    def run(self, stop: threading.Event) -> LearnerStats:
+        s = self.settings
+        self.model = self.resume()
+        self._publish_model_metrics()
+        producer = Producer(producer_config(self.bootstrap, **{"client.id": "streamgate-learner"}))
+        consumer = Consumer(consumer_config(self.bootstrap, s.learner_consumer_group,
+                                            session_timeout_ms=s.session_timeout_ms,
+                                            **{"client.id": "streamgate-learner"}, **self.consumer_overrides))
+        self._producer, self._consumer = producer, consumer
+        consumer.subscribe([s.topics.features], on_assign=self._on_assign, on_revoke=self._on_revoke,
+                           on_lost=self._on_lost)
+        self._snapshot_at = time.monotonic()
+        self.started = True
+        log.info("learner started", extra={"topic": s.topics.features, "model": self.name,
+                                           "n": self.examples_seen})
+        try:
+            while not stop.is_set():
+                msgs = consumer.consume(num_messages=s.batch_max_events, timeout=max(0.05, s.batch_max_wait_seconds))
+                if msgs:
+                    self._handle(usable_messages(msgs, log))
+                self._maybe_snapshot()
+                producer.poll(0)
+                self._update_lag(consumer)
+        finally:
+            try:
+                self._checkpoint(sync=True)
+            finally:
+                try:
+                    producer.flush(10)
+                finally:
+                    consumer.close()
+                    self._producer = self._consumer = None
+            log.info("learner stopped", extra={"model": self.name, "n": self.examples_seen,
+                                               "consumed": self.stats.consumed, "skipped": dict(self.stats.skipped),
+                                               "reasons": dict(self.stats.invalid)})
+        return self.stats
+
+    def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        self.joined = True
+        self.assigned.update((tp.topic, tp.partition) for tp in partitions)
+
+    def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        # the partitions go to another member: cover what was learned from them with a snapshot first
+        if self._producer is not None:
+            self._checkpoint(sync=True)
+        self._drop(partitions)
+
+    def _on_lost(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        self._drop(partitions)  # no commit possible; the next owner re-reads them
+
+    def _drop(self, partitions: list[TopicPartition]) -> None:
+        for tp in partitions:
+            key = (tp.topic, tp.partition)
+            self.assigned.discard(key)
+            self._position.pop(key, None)
+            self._committed.pop(key, None)
+
+    def _handle(self, msgs: list[Message]) -> None:
+        assert self.model is not None
+        t0 = time.perf_counter()
+        model, evaluation, monitor = self.model, self.evaluation, self.monitor
+        stats = self.stats
+        every = self.settings.learn_snapshot_every
+        for m in msgs:
+            topic, partition, offset = m.topic(), m.partition(), m.offset()
+            assert topic is not None and partition is not None and offset is not None
+            self._position[(topic, partition)] = offset + 1
+            stats.consumed += 1
+            example = self._parse(m.value())
+            if example is None:
+                continue
+            p = model.predict_proba_one(example)
+            y = bool(example.label)
+            evaluation.update(y, p)
+            model.learn_one(example)
+            stats.learned += 1
+            self._since_snapshot += 1
+            self._note_epsilon(example)
+            if monitor.update(log_loss(y, p)):
+                self._drift()
+            if self._since_snapshot >= every and time.monotonic() >= self._next_attempt:
+                self._checkpoint(sync=False)  # exactly every `every` examples (covers up to this record)
+        stats.batches += 1
+        if self.metrics is not None:
+            self.metrics.events_in(len(msgs))
+            self.metrics.observe_batch(time.perf_counter() - t0, len(msgs))
+            self._publish_model_metrics()
+
+    def _parse(self, value: bytes | None) -> PrivateExample | None:
+        """The example of a record, or None (counted as skipped or invalid by reason)."""
+        stats = self.stats
+        if not value:
+            stats.invalid["empty"] += 1
+            return None
+        try:
+            doc = orjson.loads(value)
+        except orjson.JSONDecodeError:
+            stats.invalid["not_json"] += 1
+            return None
+        if not isinstance(doc, dict):
+            stats.invalid["not_object"] += 1
+            return None
+        kind = doc.get("schema")
+        if kind == FEATURE_SCHEMA:
+            stats.skipped["feature_report"] += 1
+            return None
+        if kind != EXAMPLE_SCHEMA:
+            stats.invalid["unknown_schema"] += 1
+            return None
+        try:
+            example = PrivateExample.from_dict(doc)
+        except InvalidExampleError:
+            stats.invalid["invalid_example"] += 1
+            return None
+        if example.label is None:  # (from_dict guarantees a label for an example; be strict anyway)
+            stats.invalid["invalid_example"] += 1
+            return None
+        return example
+
+    def _note_epsilon(self, example: PrivateExample) -> None:
+        le = example.label_epsilon
+        if le is not None and (self.label_epsilon is None or le > self.label_epsilon):
+            self.label_epsilon = float(le)
+        fe = self.feature_epsilon
+        for name, report in example.features.items():
+            e = report.epsilon
+            if e > fe.get(name, 0.0):
+                fe[name] = float(e)
+
+    def _drift(self) -> None:
+        assert self._producer is not None
+        rec = drift_record(self.name, self.examples_seen, _detector_params(self.monitor), at=self.clock(),
+                           worker=self.worker, detections=self.monitor.detections)
+        stats = _drift_statistics(self.monitor)
+        if stats:
+            rec["statistics"] = stats
+        self._audit_seq += 1
+        self._outbox[self._audit_seq] = orjson.dumps(rec)
+        self._send_audit(self._audit_seq)
+        self.stats.drifts += 1
+        log.warning("drift detected on the progressive metric",
+                    extra={"model": self.name, "metric": DRIFT_METRIC, "n": self.examples_seen})
+
+    def _send_audit(self, seq: int) -> None:
+        """Produce the drift record ``seq`` of the outbox; it leaves the outbox once delivered."""
+        assert self._producer is not None
+        outbox, in_flight = self._outbox, self._audit_in_flight
+
+        def delivered(err: KafkaError | None, _msg: Any) -> None:
+            in_flight.discard(seq)
+            if err is None and outbox.pop(seq, None) is not None and self.metrics is not None:
+                self.metrics.events_out("audit", 1)
+
+        try:
+            self._producer.produce(self.settings.topics.audit, value=outbox[seq], on_delivery=delivered)
+        except (BufferError, KafkaException) as exc:  # re-sent with the next checkpoint
+            log.warning("drift record not queued, will retry", extra={"error": str(exc)})
+            return
+        in_flight.add(seq)
+
+    def _publish_model_metrics(self) -> None:
+        m = self.metrics
+        if m is None:
+            return
+        ev = self.evaluation.as_dict()
+        for metric in ("roc_auc", "log_loss"):
+            v = ev.get(metric)
+            if v is not None and math.isfinite(float(v)):
+                m.set_model_metric(self.name, metric, float(v))
+        m.set_model_metric(self.name, "examples_seen", float(self.examples_seen))
+        m.set_model_metric(self.name, "drifts", float(self.monitor.detections))
+
+    def _update_lag(self, consumer: Consumer) -> None:
+        now = time.monotonic()
+        if self.metrics is None or now - self._lag_at < _LAG_INTERVAL_SECONDS:
+            return
+        self._lag_at = now
+        report_lag(consumer, self.metrics)
+
+    # -- snapshots and commits -------------------------------------------------------------
+    def _maybe_snapshot(self) -> None:
+        s = self.settings
+        now = time.monotonic()
+        if self._since_snapshot <= 0:
+            self._commit_uncovered_free()
+            return
+        due = (self._since_snapshot >= s.learn_snapshot_every
+               or now - self._snapshot_at >= s.learn_snapshot_interval_seconds)
+        if due and now >= self._next_attempt:
+            self._checkpoint(sync=False)
+
+    def _commit_uncovered_free(self) -> None:
+        """No learned example is waiting for a snapshot: the records read since the last commit
+        taught nothing (skipped/invalid), so their offsets can be committed as they are."""
+        if self._outbox or self._position == self._committed:
+            return
+        self._commit(dict(self._position), sync=False)
+
+    def _checkpoint(self, *, sync: bool) -> bool:
+        """Snapshot (if anything was learned since the last one), deliver it and the pending drift
+        records, then commit the offsets the snapshot covers. True when everything was delivered."""
+        producer = self._producer
+        if producer is None or self.model is None:
+            return False
+        if self._since_snapshot <= 0 and not self._outbox:
+            if self._position != self._committed:
+                self._commit(dict(self._position), sync=sync)
+            return True
+        covered = dict(self._position)
+        learned = self._since_snapshot
+        for seq in [q for q in self._outbox if q not in self._audit_in_flight]:  # failed earlier: again
+            self._send_audit(seq)
+        failed: list[str] = []
+        snap_value: bytes | None = None
+        if learned > 0:
+            snap = ModelSnapshot(name=self.name, created_at=_rfc3339(self.clock()),
+                                 examples_seen=self.model.examples_seen, metrics=self.current_metrics(),
+                                 epsilon=self.epsilon_info(), model=self.model)
+            snap_value = snap.to_bytes(self.key)
+
+            def on_snapshot(err: KafkaError | None, _msg: Any) -> None:
+                if err is not None:
+                    failed.append(err.str())
+
+            try:
+                producer.produce(self.settings.topics.snapshots, key=self.name.encode(), value=snap_value,
+                                 on_delivery=on_snapshot)
+            except (BufferError, KafkaException) as exc:
+                failed.append(str(exc))
+        left = producer.flush(30)
+        if failed or left or self._outbox:
+            self.stats.snapshot_failures += 1
+            self._attempts += 1
+            delay = min(self.settings.retry_backoff_max_seconds,
+                        self.settings.retry_backoff_seconds * 2 ** min(self._attempts, 16))
+            self._next_attempt = time.monotonic() + delay
+            log.warning("snapshot not delivered: offsets not committed, retrying",
+                        extra={"model": self.name, "error": failed[0] if failed else "delivery timed out",
+                               "retry_in_s": round(delay, 2), "n": self.examples_seen})
+            return False
+        self._attempts = 0
+        self._next_attempt = 0.0
+        if snap_value is not None:
+            self._since_snapshot -= learned
+            self._snapshot_at = time.monotonic()
+            self.stats.snapshots += 1
+            if self.metrics is not None:
+                self.metrics.events_out("snapshots", 1)
+            log.info("snapshot published", extra={"model": self.name, "n": self.examples_seen,
+                                                  "count": len(snap_value)})
+        self._commit(covered, sync=sync)
+        return True
+
+    def _commit(self, offsets: dict[tuple[str, int], int], *, sync: bool) -> None:
+        assert self._consumer is not None
+        tps = [TopicPartition(t, p, o) for (t, p), o in offsets.items()
+               if (t, p) in self.assigned and self._committed.get((t, p)) != o]
+        if not tps:
+            return
+        try:
+            if sync:
+                self._consumer.commit(offsets=tps, asynchronous=False)
+            else:
+                self._consumer.commit(offsets=tps, asynchronous=True)
+        except KafkaException as exc:  # e.g. taken by a rebalance: the new owner re-reads (at-least-once)
+            log.warning("offset commit failed", extra={"error": str(exc)})
+            return
+        for tp in tps:
+            self._committed[(tp.topic, tp.partition)] = tp.offset
+        self.stats.commits += 1
+
+
+def create_app(settings: Settings) -> faust.App:
+    """The learner's Faust app. ``streamgate learner`` runs it as a worker (hosted like every
+    worker: :mod:`stream.apps.hosting`)."""
+
+    def build(metrics: WorkerMetrics) -> LearnerEngine:
+        return LearnerEngine(settings, metrics=metrics)
+
+    return worker_app(settings, "learner", build, lambda engine: engine.as_dict())

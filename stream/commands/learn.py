@@ -1,0 +1,219 @@
+"""``streamgate`` commands of the learning area: ``learner``, ``model show``, ``model predict``."""
+
+from __future__ import annotations
+
+import math
+import sys
+from collections.abc import Mapping
+from typing import Any
+
+import click
+
+from stream.commands.common import echo_error
+from stream.commands.common import settings as _settings
+
+__all__ = ["model_summary", "register", "render_summary"]
+
+
+def _finite(v: Any) -> float | None:
+    try:
+        f = float(v)
+    except (TypeError, ValueError):
+        return None
+    return f if math.isfinite(f) else None
+
+
+def model_summary(header: Mapping[str, Any], *, verified: bool, weights: Mapping[str, float] | None = None,
+                  intercept: float | None = None, top: int = 10) -> dict[str, Any]:
+    """The ``model show`` view of a snapshot: its public header, whether it was verified, and
+    (only when verified: the weights live in the pickled model) the ``top`` largest weights."""
+    out: dict[str, Any] = {
+        "name": header.get("name"),
+        "created_at": header.get("created_at"),
+        "examples_seen": header.get("examples_seen"),
+        "metrics": {k: _finite(v) for k, v in dict(header.get("metrics") or {}).items()},
+        "epsilon": header.get("epsilon"),
+        "key_id": header.get("key_id"),
+        "verified": verified,
+    }
+    if weights is not None:
+        ranked = sorted(weights.items(), key=lambda kv: (-abs(kv[1]), kv[0]))[:top]
+        out["intercept"] = intercept
+        out["top_weights"] = [{"feature": k, "weight": round(float(w), 6)} for k, w in ranked]
+        out["n_weights"] = len(weights)
+    return out
+
+
+def render_summary(s: Mapping[str, Any]) -> str:
+    """The human form of :func:`model_summary`."""
+    lines = [f"model          {s['name']}",
+             f"created_at     {s['created_at']}",
+             f"examples seen  {s['examples_seen']:,}" if isinstance(s.get("examples_seen"), int)
+             else f"examples seen  {s.get('examples_seen')}",
+             f"verified       {'yes (signature checked, key ' + str(s.get('key_id')) + ')' if s['verified'] else 'NO'}"]
+    metrics = s.get("metrics") or {}
+    if metrics:
+        lines.append("metrics (progressive validation on the private labels):")
+        for k in sorted(metrics):
+            v = metrics[k]
+            lines.append(f"  {k:<12} {'-' if v is None else (f'{v:,.0f}' if k in ('n', 'drifts') else f'{v:.4f}')}")
+    eps = s.get("epsilon") or {}
+    if eps:
+        lines.append("epsilon of the reports learned from:")
+        lines.append(f"  label (session_purchase)  {eps.get('label')}")
+        for attr, e in dict(eps.get("features") or {}).items():
+            lines.append(f"  {attr:<25} {e}")
+        if eps.get("budget_per_person_attribute_epoch") is not None:
+            lines.append(f"  per-person budget cap     {eps['budget_per_person_attribute_epoch']} "
+                         "per attribute per epoch")
+        if eps.get("note"):
+            lines.append(f"  note: {eps['note']}")
+    if "top_weights" in s:
+        lines.append(f"top weights ({len(s['top_weights'])} of {s['n_weights']}; intercept "
+                     f"{s['intercept']:+.4f}):" if s.get("intercept") is not None else "top weights:")
+        for row in s["top_weights"]:
+            lines.append(f"  {row['weight']:+.4f}  {row['feature']}")
+    return "\n".join(lines)
+
+
+def register(cli: click.Group) -> None:
+    """Add this area's commands to the ``streamgate`` group."""
+
+    @cli.command()
+    @click.option("--loglevel", default="info", show_default=True,
+                  type=click.Choice(["crit", "error", "warn", "info", "debug"]))
+    def learner(loglevel: str) -> None:
+        """Run the learner worker (Faust): features.private -> models.snapshots (+ drift on ops.audit).
+
+        Learns the purchase-propensity model online from the privatizer's labelled examples
+        (private-example.v1; feature reports are skipped), with progressive validation, ADWIN drift
+        detection and signed snapshots every STREAMGATE_LEARN_SNAPSHOT_EVERY examples / _INTERVAL_SECONDS;
+        resumes from its latest snapshot. /healthz, /readyz and /metrics on port 6069.
+        """
+        from confluent_kafka.admin import AdminClient
+        from faust.worker import Worker
+
+        from stream.apps.learner import create_app
+        from stream.crypto.keyring import Keyring
+        from stream.kafka import ensure_topics
+        from stream.ops.logging import configure_logging
+        from stream.retention.topics import apply_topics, load_topics_config
+        from stream.schema import load_schema
+
+        settings = _settings()
+        Keyring.from_settings(settings)  # fail fast: snapshots are signed with a key derived from the KEK
+        load_schema(settings.schema_name)
+        bootstrap = settings.kafka_bootstrap_or_dev()
+        t = settings.topics
+        # missing topics are created with their configured policy (models.snapshots is compacted)
+        existing = AdminClient({"bootstrap.servers": bootstrap}).list_topics(timeout=30).topics
+        wanted = {t.features, t.snapshots, t.audit}
+        specs = [s for s in load_topics_config(settings, settings.topics_config)
+                 if s.name in wanted and s.name not in existing]
+        if specs:
+            apply_topics(bootstrap, specs)
+        ensure_topics(bootstrap, [t.features], partitions=settings.topic_partitions)
+        configure_logging(settings, loglevel)  # allow-listed fields only (STREAMGATE_LOG_FORMAT=text|json)
+        # override_logging=False: Faust keeps the allow-listed logging configured above
+        Worker(create_app(settings), loglevel=loglevel, quiet=True, override_logging=False).execute_from_commandline()
+
+    @cli.group()
+    def model() -> None:
+        """Model snapshots on models.snapshots: show the latest, predict with it."""
+
+    @model.command("show")
+    @click.option("--name", default=None, help="Model name (default: STREAMGATE_LEARN_MODEL_NAME).")
+    @click.option("--json", "as_json", is_flag=True, help="Print one JSON object (for machines).")
+    @click.option("--top", type=int, default=10, show_default=True, help="Weights shown (largest |weight| first).")
+    def model_show(name: str | None, as_json: bool, top: int) -> None:
+        """Show the latest snapshot of a model: when, examples seen, metrics, epsilon, top weights.
+
+        The snapshot's signature is checked with the key derived from the master key. Without a
+        master key only its public header is shown, marked as not verified (no weights: the
+        model itself is never unpickled unverified)."""
+        import orjson
+
+        from stream.apps.learner import latest_snapshot_bytes, snapshot_key
+        from stream.errors import KeyringError, SnapshotError
+        from stream.learn.snapshot import ModelSnapshot
+
+        settings = _settings()
+        name = name or settings.learn_model_name
+        try:
+            key: bytes | None = snapshot_key(settings)
+        except KeyringError:
+            key = None
+        data = latest_snapshot_bytes(settings, name)
+        if data is None:
+            echo_error(f"no snapshot of model {name!r} on {settings.topics.snapshots} yet "
+                       "(is `streamgate learner` running, and has it learned any example?)")
+            sys.exit(1)
+        header = ModelSnapshot.read_header(data)
+        if key is None:
+            summary = model_summary(header, verified=False)
+        else:
+            try:
+                snap = ModelSnapshot.from_bytes(data, key)
+            except SnapshotError as exc:
+                hint = (f" (signed with key {header.get('key_id')}; is this the master key the learner uses?)"
+                        if header.get("key_id") else "")
+                raise SnapshotError(f"{exc}{hint}") from None
+            summary = model_summary(header, verified=True, weights=snap.model.weights(),
+                                    intercept=snap.model.intercept, top=top)
+        if as_json:
+            click.echo(orjson.dumps(summary).decode())
+        else:
+            click.echo(render_summary(summary))
+        if key is None:
+            click.echo("warning: no master key configured: the snapshot could not be verified; the header above "
+                       "is unauthenticated (set STREAMGATE_MASTER_KEY or STREAMGATE_MASTER_KEY_FILE)", err=True)
+
+    @model.command("predict")
+    @click.option("--name", default=None, help="Model name (default: STREAMGATE_LEARN_MODEL_NAME).")
+    @click.argument("file", type=click.File("rb"), default="-")
+    def model_predict(name: str | None, file: Any) -> None:
+        """Score JSON lines with the latest verified snapshot: P(session purchase) per line.
+
+        A line is either a local-DP report (private-feature.v1 / private-example.v1, as on
+        features.private) or an object of clear LDP attribute values (e.g. event_type, category,
+        price, device, country, and optionally ts for the hour-of-week bucket) - for serving where
+        those values are legitimately clear. Prints one JSON object per line: {"p": ...} or
+        {"error": "<reason>"}. Needs the master key (the snapshot's signature is checked)."""
+        import orjson
+
+        from stream.apps.learner import load_latest_snapshot
+        from stream.errors import InvalidExampleError
+        from stream.ldp.privatizer import hour_of_week
+        from stream.learn.example import EXAMPLE_SCHEMA, FEATURE_SCHEMA, PrivateExample
+
+        settings = _settings()
+        model_ = load_latest_snapshot(settings, name).model
+        failed = 0
+        for line in file:
+            if not line.strip():
+                continue
+            try:
+                doc = orjson.loads(line)
+            except orjson.JSONDecodeError:
+                click.echo('{"error":"not_json"}')
+                failed += 1
+                continue
+            if not isinstance(doc, dict):
+                click.echo('{"error":"not_object"}')
+                failed += 1
+                continue
+            try:
+                if doc.get("schema") in (FEATURE_SCHEMA, EXAMPLE_SCHEMA):
+                    p = model_.predict_proba_one(PrivateExample.from_dict(doc))
+                else:
+                    how = doc.get("hour_of_week")
+                    if not isinstance(how, int) or isinstance(how, bool):
+                        how = hour_of_week(doc.get("ts"))
+                    p = model_.predict_proba_event(doc, how)
+            except (InvalidExampleError, ValueError, TypeError):
+                click.echo('{"error":"invalid_record"}')
+                failed += 1
+                continue
+            click.echo(orjson.dumps({"p": round(p, 6)}).decode())
+        if failed:
+            click.echo(f"# {failed} lines could not be scored", err=True)
