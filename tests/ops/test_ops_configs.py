@@ -23,7 +23,7 @@ from stream.ops.metrics import SERIES, exposed_names
 
 REPO = Path(__file__).resolve().parents[2]
 OPS = REPO / "ops"
-WORKERS = ("gateway", "privatizer", "shredder")
+WORKERS = ("gateway", "privatizer", "shredder", "learner")
 _DURATION = re.compile(r"^\d+(ms|s|m|h|d|w|y)$")
 _PROM_BUILTINS = {"up"}
 
