@@ -11,9 +11,23 @@ the label noise is the clean log loss (Natarajan et al. 2013). A linear model
 keeps both corrections exact: its score is linear in the features and the log
 loss is linear in the target. Predictions estimate ``P(clean label = 1)``.
 
-Defaults (``learning_rate``, ``l2``, ``scale``) were measured on the synthetic
-clickstream with progressive ROC-AUC against the clean labels; the figures are
-in the README's learning section and in the issue's closing note.
+Defaults (SGD at ``learning_rate=0.01``, ``l2=0``, a ``StandardScaler``) were
+measured on the synthetic clickstream (50k events, seed 7, features and label at
+the same eps), progressive ROC-AUC against the clean labels:
+
+    eps   scaler+SGD 0.01   scaler+SGD 0.003   SGD 0.003   SGD 0.01 (no scaler)
+    2     0.548             0.556              0.571       0.561
+    4     0.694             0.676              0.659       -
+    8     0.797             0.750              0.678       0.703
+    clear features, clean labels: scaler+SGD 0.01 0.802, 0.03 0.831; SGD 0.01 0.704
+
+The scaler wins clearly from eps = 4 up and costs about 0.02 at eps = 2, where
+the noise dominates and smaller steps win; l2 in {1e-4, 1e-3} changed nothing.
+``debias=False`` (raw support indicators) scored 0.583 / 0.671 at eps 2 / 4
+without a scaler (lr 0.01): debiasing is an affine map of each indicator, so it
+does not change what a linear model can express, only the conditioning of SGD
+(the steps grow like 1 / (p - q)^2); it is kept on by default because it makes
+the weights mean what they mean on clear data (:meth:`predict_proba_event`).
 """
 
 from __future__ import annotations
@@ -57,7 +71,7 @@ class PropensityModel:
         debias: bool = True,
         learning_rate: float = 0.01,
         l2: float = 0.0,
-        scale: bool = False,
+        scale: bool = True,
         seed: int | None = None,
         domains: Mapping[str, Sequence[str]] | None = None,
         bounds: Mapping[str, tuple[float, float]] | None = None,
