@@ -132,6 +132,6 @@ def test_serving_on_clear_values_and_named_weights() -> None:
 def test_constructor_validation_and_repr() -> None:
     for kwargs in ({"learning_rate": 0.0}, {"learning_rate": math.inf}, {"l2": -1.0}, {"name": ""}):
         with pytest.raises(ValueError):
-            PropensityModel(**kwargs)  # type: ignore[arg-type]
+            PropensityModel(**kwargs)
     model = PropensityModel(name="m1", learning_rate=0.05, scale=False, seed=3)
     assert "m1" in repr(model) and model.seed == 3 and model.intercept == 0.0
