@@ -367,6 +367,10 @@ class LearnerEngine:
                 self.stats.ignored_snapshots += 1
                 log.warning("snapshot ignored: it names another model", extra={"model": self.name})
                 continue
+            s = self.settings
+            if (snap.model.correction, snap.model.debias) != (s.learn_correction, s.learn_debias):
+                log.warning("the snapshot's model was trained with other learn_correction/learn_debias settings: "
+                            "it keeps its own (start a new model name to change them)", extra={"model": self.name})
             self._merge_epsilon(snap.epsilon)
             self.stats.resumed_from = snap.examples_seen
             log.info("resumed from snapshot", extra={"model": self.name, "n": snap.examples_seen,
