@@ -56,8 +56,9 @@ re-sent).
 
 One instance per model name: the model is a single in-memory object; a second instance in
 the same consumer group would learn a share of the partitions and overwrite the first one's
-snapshots. The loop learns tens of thousands of examples per second on one core, far more
-than the labelled stream carries.
+snapshots. Measured: about 7,000 examples/s on one core (parse, predict, progressive validation,
+learn, drift; most of it in the model's pipeline); a learner that falls behind shows as consumer
+lag (``streamgate_consumer_lag{worker="learner"}``), nothing is dropped.
 """
 
 from __future__ import annotations

@@ -4,7 +4,8 @@ Events from :class:`stream.synth.ClickstreamGenerator`, each LDP attribute pertu
 schema policy's own oracle at ``eps`` (vectorized per attribute, like the privatizer, minus the
 memoization), the label = the generator's clean session label through binary randomized
 response at ``label_eps``. ``flip_after``: from that example on, the label is the opposite of
-the clean one (an abrupt concept drift). Returns the records and what a test needs to score a
+the clean one (``drift="invert"``: an abrupt concept drift) or a fair coin that no longer depends
+on the features (``drift="noise"``). Returns the records and what a test needs to score a
 model against the clean truth (labels, the clear events)."""
 
 from __future__ import annotations

@@ -147,7 +147,8 @@ def test_learns_skips_counts_and_commits_only_what_a_snapshot_covers(settings_fa
     attrs = set(model.domains) | set(model.bounds)
     p_clear = [model.predict_proba_event({a: ev.get(a) for a in attrs}, hour_of_week(ev["ts"]))
                for ev in holdout.events]
-    # measured over 8 seeds (12k train / 6k holdout, eps 4): private 0.61-0.67, clear 0.65-0.72
+    # measured over 8 seeds (12k train / 6k holdout, eps 4, the model's defaults): private 0.60-0.63,
+    # clear 0.61-0.69
     assert auc(p_private, holdout.clean) > 0.56
     assert auc(p_clear, holdout.clean) > 0.58
     assert all(0.0 <= p <= 1.0 for p in p_private + p_clear)
@@ -205,14 +206,13 @@ def publish_raw(settings: Settings, value: bytes) -> None:
 
 
 def test_drift_writes_one_valid_audit_record(settings_factory, unique_id) -> None:
-    """From example 2,000 on the label stops depending on the features (a fair coin): the
-    progressive log loss rises and stays up; ADWIN fires within a few hundred examples (measured
-    over 10 seeds: 240-500 after the change). An abrupt *inversion* of the label is not used: the
-    SGD intercept adapts to it within ~100 examples, too short a bump for ADWIN at delta 0.002.
+    """From example 2,000 on the label is inverted (the relationship flips abruptly): the
+    progressive log loss jumps and ADWIN fires (measured over 10 seeds with the model's defaults:
+    a detection 48-80 examples after the flip in 10 of 10; an earlier one before the flip in 2).
     One partition: the examples are learned in the order they were generated (with two, the
-    interleaving varies from run to run, and so can an early detection before the change)."""
+    interleaving varies from run to run)."""
     settings = _settings(settings_factory, unique_id, partitions=1, learn_snapshot_every=5000)
-    batch = make_examples(4000, seed=21, flip_after=2000, drift="noise")
+    batch = make_examples(4000, seed=21, flip_after=2000)
     publish(settings.kafka_bootstrap_or_dev(), settings.topics.features, batch.records)
     engine = LearnerEngine(settings)
     with running_in_thread(engine, "learner"):
@@ -228,7 +228,7 @@ def test_drift_writes_one_valid_audit_record(settings_factory, unique_id) -> Non
         assert rec["metric"] == "log_loss" and rec["detector"]["name"] == "ADWIN"
         assert rec["detector"]["delta"] == 0.002
         assert rec["subject"] is None and rec["key_id"] is None
-    after = [r["examples_seen"] for r in recs if 2000 < r["examples_seen"] <= 3000]
+    after = [r["examples_seen"] for r in recs if 2000 < r["examples_seen"] <= 2500]
     assert after, [r["examples_seen"] for r in recs]
     (last,) = _snapshots(settings, expect=1)
     assert last.metrics["drifts"] == engine.stats.drifts
