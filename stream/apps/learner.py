@@ -13,8 +13,10 @@ What it does
   reports are counted as skipped (``stats.skipped``); anything else is counted by reason
   (``stats.invalid``: ``not_json``, ``not_object``, ``unknown_schema``, ``invalid_example``)
   and skipped. A record's content is never logged.
-* **Progressive validation**: for each example the model predicts first
-  (``predict_proba_one``), then learns (``learn_one``). The prediction is scored against the
+* **Progressive validation**: the model predicts (``predict_proba_one``) every example of a
+  consumed batch before it learns any of them (``learn_one``): a session's examples arrive
+  together with one label, so predicting each right after learning the previous one would
+  leak that label into the metric. The prediction is scored against the
   example's *private* (randomized-response) label - the only label the worker ever sees - with
   :class:`stream.learn.evaluate.ProgressiveValidation` (ROC AUC, log loss), and the
   per-example log loss feeds a :class:`stream.learn.evaluate.DriftMonitor` (ADWIN). Under
@@ -456,15 +458,18 @@ class LearnerEngine:
         model, evaluation, monitor = self.model, self.evaluation, self.monitor
         stats = self.stats
         every = self.settings.learn_snapshot_every
-        for m in msgs:
+        # Progressive validation per batch: every example of the batch is predicted before any of
+        # it is learned. The examples of one session are released together with one label, so
+        # learning one before predicting the next would leak that label (see stream.learn.model).
+        parsed = [self._parse(m.value()) for m in msgs]
+        predictions = [None if ex is None else model.predict_proba_one(ex) for ex in parsed]
+        for m, example, p in zip(msgs, parsed, predictions, strict=True):
             topic, partition, offset = m.topic(), m.partition(), m.offset()
             assert topic is not None and partition is not None and offset is not None
             self._position[(topic, partition)] = offset + 1
             stats.consumed += 1
-            example = self._parse(m.value())
-            if example is None:
+            if example is None or p is None:
                 continue
-            p = model.predict_proba_one(example)
             y = bool(example.label)
             evaluation.update(y, p)
             model.learn_one(example)

@@ -1,5 +1,5 @@
 """The propensity model learns only from private examples, and it learns something real: on the
-synthetic clickstream privatized at eps = 4 (features and label), progressive ROC-AUC against the
+synthetic clickstream privatized at eps = 4 (features and label), held-out ROC-AUC against the
 generator's clean labels is clearly above 0.5."""
 
 from __future__ import annotations
@@ -26,19 +26,24 @@ EXAMPLES, CLEAN = private_examples(N, epsilon=4.0, label_epsilon=4.0, seed=1)
 
 
 def test_a_model_learns_something_real_at_eps_4() -> None:
+    """Trained on the first 15k private examples, scored on the last 5k (never learned) against the
+    clean labels. Held out, not progressive: the stream's events of one session share a label, so
+    a fast-moving model scored right after learning the session's previous events would look better
+    than it is."""
+    train, test = slice(0, 15_000), slice(15_000, N)
     model = PropensityModel.for_policy(clickstream_policy(4.0))
-    pv = ProgressiveValidation()
-    preds = []
-    for ex, y in zip(EXAMPLES, CLEAN, strict=True):
-        p = model.predict_proba_one(ex)  # before learning it: progressive validation
-        pv.update(bool(y), p)
-        preds.append(p)
+    for ex in EXAMPLES[train]:
         model.learn_one(ex)
-    assert model.examples_seen == N
-    # measured with the defaults (20k events, seeds 1 / 2 / 3): 0.702 / 0.708 / 0.703
-    assert pv.roc_auc() >= 0.62
+    assert model.examples_seen == 15_000
+    pv = ProgressiveValidation()
+    preds = [model.predict_proba_one(ex) for ex in EXAMPLES[test]]
+    for p, y in zip(preds, CLEAN[test], strict=True):
+        pv.update(bool(y), p)
+    # measured with the defaults (held out, seeds 1 / 2 / 3): 0.676 / 0.606 / 0.663; the null's standard
+    # error here is about 0.011, so 0.58 is 7 of them above chance and below every seed measured
+    assert pv.roc_auc() >= 0.58
     # control: the same predictions against shuffled labels score ~0.5, so the bar above is real
-    shuffled = np.random.default_rng(0).permutation(CLEAN)
+    shuffled = np.random.default_rng(0).permutation(CLEAN[test])
     control = ProgressiveValidation()
     for p, y in zip(preds, shuffled, strict=True):
         control.update(bool(y), p)
