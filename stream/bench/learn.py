@@ -178,7 +178,8 @@ def synthetic_run(
     events: int = 60_000,
     holdout: int = 10_000,
     n_users: int = 5_000,
-    gap_seconds: float = 300.0,
+    gap_seconds: float = 120.0,
+    chunk: int = 500,
     budget: float | None = None,
     models: Sequence[str] = tuple(MODELS),
     label_epsilon: float | None = None,
@@ -205,10 +206,26 @@ def synthetic_run(
     positives = 0
 
     def learn(items: list[Any]) -> None:
-        nonlocal n, positives
         res = priv.label_examples(items)
-        examples = [PrivateExample.from_json(raw) for raw in res.examples]
-        clean = [gen.session_label(stub.session) for stub in res.stubs]
+        # chunks of whole sessions (about `chunk` examples): predicted, then learned
+        by_session: dict[str, list[bytes]] = {}
+        for stub, raw in zip(res.stubs, res.examples, strict=True):
+            by_session.setdefault(stub.session, []).append(raw)
+        examples: list[PrivateExample] = []
+        clean: list[bool] = []
+        for sid, raws in by_session.items():
+            label = gen.session_label(sid)
+            examples += [PrivateExample.from_json(raw) for raw in raws]
+            clean += [label] * len(raws)
+            if len(examples) >= chunk:
+                flush(examples, clean)
+                examples, clean = [], []
+        flush(examples, clean)
+
+    def flush(examples: list[PrivateExample], clean: list[bool]) -> None:
+        nonlocal n, positives
+        if not examples:
+            return
         positives += sum(clean)
         n += len(examples)
         for tr in tracks.values():

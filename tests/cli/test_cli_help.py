@@ -37,6 +37,7 @@ DOCUMENTED = [
     ("bench",),
     ("bench", "gateway"),
     ("bench", "ldp"),
+    ("bench", "learn"),
     ("privatizer",),
     ("estimates",),
     ("shredder",),
