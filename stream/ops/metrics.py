@@ -8,7 +8,7 @@ one custom collector turns them into metric families when Prometheus scrapes
 ``GET /metrics``, and :meth:`WorkerMetrics.snapshot` turns the same tallies into
 the compact JSON published to ``ops.metrics``. One source of truth for both.
 
-Series (all carry the label ``worker`` = ``gateway`` | ``privatizer`` | ``shredder``;
+Series (all carry the label ``worker`` = ``gateway`` | ``privatizer`` | ``shredder`` | ``learner``;
 every series is declared by every worker, so ``/metrics`` always lists its
 ``# HELP``/``# TYPE`` even before the first sample):
 

@@ -70,12 +70,13 @@ class OpsHandle:
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     def check_dependencies(self) -> dict[str, bool]:
-        """Broker, Redis and KEK reachability (blocking; cached ``cache_seconds``)."""
+        """Broker, Redis (not for the learner) and KEK reachability (blocking; cached ``cache_seconds``)."""
         with self._lock:
             if time.monotonic() - self._checked_at < self.cache_seconds:
                 return dict(self._checks)
-            checks = {"broker": _broker_ok(self.settings), "redis": _redis_ok(self.settings),
-                      "kek": _kek_ok(self.settings)}
+            checks = {"broker": _broker_ok(self.settings), "kek": _kek_ok(self.settings)}
+            if self.worker != "learner":  # the learner reads Kafka and signs with the KEK; no Redis
+                checks["redis"] = _redis_ok(self.settings)
             self._checks, self._checked_at = checks, time.monotonic()
             return dict(checks)
 
