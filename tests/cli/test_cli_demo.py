@@ -83,6 +83,15 @@ def test_demo_from_nothing(tmp_path: Path, demo_env: dict[str, str]) -> None:
     assert len(erased) == 1 and "✓" in erased[0] and "[shredded]" in erased[0], out
     assert "erasure receipt on ops.audit: status completed" in out
 
+    # -- the learner: every labelled example learned, a signed snapshot loaded, scored on the truth
+    assert "online learning on the private stream (learner, River)" in out
+    learned = re.search(r"demo-\S+: ([\d,]+) examples learned, signed", out)
+    assert learned, out
+    assert int(learned[1].replace(",", "")) == n_features  # one labelled example per feature report
+    truth_auc = float(re.search(r"true labels \(demo only\)\s*│\s*ROC-AUC ([\d.]+)", out)[1])  # type: ignore[index]
+    assert 0.0 <= truth_auc <= 1.0
+    assert re.search(r"largest weights\s*│\s*[a-z_]+=\S+ [+-]\d", out), out
+
     # -- the logs directory is named and exists, with the gateway's log in it
     m = re.search(r"^logs: (\S+)", out, re.M)
     assert m, out
@@ -106,7 +115,8 @@ def test_demo_from_nothing(tmp_path: Path, demo_env: dict[str, str]) -> None:
     leaked = {(e["event_id"], f) for e in events for f in SENSITIVE
               if isinstance(e.get(f), str) and e[f] not in sample_values and e[f] in out + err}
     assert not leaked, f"plaintext of {len(leaked)} sensitive values in the demo output"
-    worker_logs = "".join((logs / f"{w}.log").read_text(errors="replace") for w in ("gateway", "privatizer", "shredder"))
+    worker_logs = "".join((logs / f"{w}.log").read_text(errors="replace")
+                          for w in ("gateway", "privatizer", "learner", "shredder"))
     leaked_log = {(e["event_id"], f) for e in events for f in SENSITIVE
                   if isinstance(e.get(f), str) and e[f] in worker_logs}
     assert not leaked_log, "plaintext in the demo's worker logs"
