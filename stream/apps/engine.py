@@ -59,7 +59,7 @@ from typing import Any
 
 from confluent_kafka import Consumer, KafkaError, KafkaException, Producer, TopicPartition
 
-from stream.apps.hosting import report_lag
+from stream.apps.hosting import LagReporter
 from stream.apps.runtime import relaxed_gc
 from stream.config import Settings
 from stream.errors import KeyUnavailableError, StreamgateError
@@ -163,7 +163,7 @@ class GatewayEngine:
         self.assigned: set[tuple[str, int]] = set()
         self._consumer_overrides = consumer_overrides or {}
         self.metrics = metrics if metrics is not None else WorkerMetrics("gateway")
-        self._lag_at = 0.0
+        self._report_lag = LagReporter(LAG_INTERVAL_SECONDS)
 
     # -- clients --------------------------------------------------------------------
     def _make_clients(self) -> tuple[Consumer, Producer]:
@@ -243,13 +243,7 @@ class GatewayEngine:
         producer.poll(0)  # serve delivery reports
         self._commit_delivered(sync=False)
         if self._consumer is not None:
-            self._maybe_update_lag(self._consumer, cached=True)
-
-    def _maybe_update_lag(self, consumer: Consumer, *, cached: bool) -> None:
-        now = time.monotonic()
-        if now - self._lag_at >= LAG_INTERVAL_SECONDS:
-            self._lag_at = now
-            report_lag(consumer, self.metrics, cached=cached)
+            self._report_lag(self._consumer, self.metrics, cached=True)
 
     def _commit_delivered(self, *, sync: bool) -> None:
         """Commit the offsets of the leading batches whose every record was delivered."""
@@ -307,7 +301,7 @@ class GatewayEngine:
         deadline = time.monotonic() + seconds
         try:
             while not stop.is_set() and time.monotonic() < deadline:
-                self._maybe_update_lag(consumer, cached=False)  # paused partitions fetch nothing: ask the broker
+                self._report_lag(consumer, self.metrics, cached=False)  # paused partitions fetch nothing: ask the broker
                 msgs = consumer.consume(num_messages=1, timeout=min(0.2, max(0.0, deadline - time.monotonic())))
                 if msgs:  # only possible after a rebalance assigned new, unpaused partitions: rewind them
                     for m in msgs:

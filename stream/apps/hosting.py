@@ -19,6 +19,7 @@ import asyncio
 import contextlib
 import logging
 import threading
+import time
 from collections.abc import Callable
 from typing import Any, Protocol
 
@@ -31,7 +32,7 @@ from stream.config import Settings
 from stream.ops.metrics import WorkerMetrics
 from stream.ops.worker import install_ops
 
-__all__ = ["Engine", "EngineService", "report_lag", "worker_app"]
+__all__ = ["Engine", "EngineService", "LagReporter", "report_lag", "worker_app"]
 
 
 class Engine(Protocol):
@@ -132,6 +133,24 @@ def worker_app(
     app.streamgate_service = service  # type: ignore[attr-defined]
     app.streamgate_ops = ops  # type: ignore[attr-defined]
     return app
+
+
+class LagReporter:
+    """:func:`report_lag`, at most every ``interval`` seconds: the gauges need no more, and an
+    uncached report asks the broker once per partition."""
+
+    def __init__(self, interval: float = 2.0) -> None:
+        self.interval = interval
+        self._at = float("-inf")
+
+    def __call__(self, consumer: Consumer, metrics: WorkerMetrics | None, *, cached: bool = True) -> None:
+        if metrics is None:
+            return
+        now = time.monotonic()
+        if now - self._at < self.interval:
+            return
+        self._at = now
+        report_lag(consumer, metrics, cached=cached)
 
 
 def report_lag(consumer: Consumer, metrics: WorkerMetrics, *, cached: bool = True) -> None:

@@ -89,7 +89,7 @@ from confluent_kafka import (
     TopicPartition,
 )
 
-from stream.apps.hosting import report_lag, worker_app
+from stream.apps.hosting import LagReporter, worker_app
 from stream.config import Settings
 from stream.crypto.keyring import Keyring
 from stream.errors import InvalidExampleError, SnapshotError, StreamgateError
@@ -122,7 +122,6 @@ log = logging.getLogger("streamgate.learner")
 SNAPSHOT_KEY_PURPOSE = SIGNING_PURPOSE
 #: The progressive metric the drift detector watches.
 DRIFT_METRIC = "log_loss"
-_LAG_INTERVAL_SECONDS = 2.0
 #: How many of the newest snapshots of a name are kept as fallbacks when the newest does not verify.
 _RESUME_CANDIDATES = 16
 
@@ -322,7 +321,7 @@ class LearnerEngine:
         self._audit_seq = 0
         self._producer: Producer | None = None
         self._consumer: Consumer | None = None
-        self._lag_at = 0.0
+        self._report_lag = LagReporter()
 
     # -- state -------------------------------------------------------------------------
     @property
@@ -417,7 +416,7 @@ class LearnerEngine:
                     self._handle(usable_messages(msgs, log))
                 self._maybe_snapshot()
                 producer.poll(0)
-                self._update_lag(consumer)
+                self._report_lag(consumer, self.metrics)
         finally:
             try:
                 self._checkpoint(sync=True)
@@ -569,13 +568,6 @@ class LearnerEngine:
                 m.set_model_metric(self.name, metric, float(v))
         m.set_model_metric(self.name, "examples_seen", float(self.examples_seen))
         m.set_model_metric(self.name, "drifts", float(self.monitor.detections))
-
-    def _update_lag(self, consumer: Consumer) -> None:
-        now = time.monotonic()
-        if self.metrics is None or now - self._lag_at < _LAG_INTERVAL_SECONDS:
-            return
-        self._lag_at = now
-        report_lag(consumer, self.metrics)
 
     # -- snapshots and commits -------------------------------------------------------------
     def _maybe_snapshot(self) -> None:

@@ -41,7 +41,7 @@ import orjson
 import redis
 from confluent_kafka import Consumer, KafkaError, KafkaException, Producer, TopicPartition
 
-from stream.apps.hosting import report_lag, worker_app
+from stream.apps.hosting import LagReporter, worker_app
 from stream.apps.runtime import relaxed_gc
 from stream.config import Settings
 from stream.crypto.keyring import Keyring
@@ -68,7 +68,6 @@ __all__ = [
 log = logging.getLogger("streamgate.privatizer")
 
 _HOUR_MS = 3_600_000
-_LAG_INTERVAL_SECONDS = 2.0
 
 
 def start_memo_invalidation(settings: Settings, privatizer: Privatizer) -> ShredListener:
@@ -224,7 +223,7 @@ class PrivatizerEngine:
         self._producer: Producer | None = None
         self._failed_deliveries = 0
         self._inflight: deque[_Batch] = deque()
-        self._lag_at = 0.0
+        self._report_lag = LagReporter()
         self.listener: ShredListener | None = None
         # labelled examples: held per session until it ends (stream.learn.labels)
         self.labeler: SessionLabeler | None = None
@@ -291,7 +290,7 @@ class PrivatizerEngine:
                 self._publish(self.aggregator.due(), producer)
                 producer.poll(0)
                 self._commit_delivered(consumer, sync=False)
-                self._update_lag(consumer)
+                self._report_lag(consumer, self.metrics)
         finally:
             try:
                 self._publish(self.aggregator.drain(), producer)
@@ -399,14 +398,6 @@ class PrivatizerEngine:
                 consumer.commit(offsets=tps, asynchronous=True)
         except KafkaException as exc:  # e.g. taken by a rebalance: the new owner re-processes (same memos)
             log.warning("offset commit failed", extra={"error": str(exc)})
-
-    def _update_lag(self, consumer: Consumer) -> None:
-        """Lag per assigned partition, every few seconds."""
-        now = time.monotonic()
-        if self.metrics is None or now - self._lag_at < _LAG_INTERVAL_SECONDS:
-            return
-        self._lag_at = now
-        report_lag(consumer, self.metrics)
 
     def _wait_paused(self, consumer: Consumer, seconds: float, stop: threading.Event) -> bool:
         assignment = consumer.assignment()

@@ -31,7 +31,7 @@ import orjson
 import redis
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
 
-from stream.apps.hosting import report_lag, worker_app
+from stream.apps.hosting import LagReporter, worker_app
 from stream.components import redis_client
 from stream.config import Settings
 from stream.crypto.keyring import Keyring
@@ -131,7 +131,7 @@ class ShredderEngine:
         self.erasures_committed = 0
         self._reported: dict[str, int] = {"retention": 0, "erasure": 0}
         self._receipts_reported = 0
-        self._lag_at = 0.0
+        self._report_lag = LagReporter()
 
     # -- state -------------------------------------------------------------------------
     @property
@@ -160,14 +160,6 @@ class ShredderEngine:
         if self.metrics is not None and st.receipts > self._receipts_reported:
             self.metrics.events_out("audit", st.receipts - self._receipts_reported)
         self._receipts_reported = st.receipts
-
-    def _update_lag(self, consumer: Consumer) -> None:
-        """Lag of the erasure requests per assigned partition (feeds the erasure-backlog alert)."""
-        now = time.monotonic()
-        if self.metrics is None or now - self._lag_at < 2.0:
-            return
-        self._lag_at = now
-        report_lag(consumer, self.metrics)
 
     def _backlog(self) -> None:
         if self.metrics is None:
@@ -225,7 +217,7 @@ class ShredderEngine:
                         self.metrics.events_in(sum(1 for m in msgs if m.error() is None))
                     self._handle(consumer, msgs, stop)
                     self._report()
-                self._update_lag(consumer)
+                self._report_lag(consumer, self.metrics)  # erasure lag feeds the erasure-backlog alert
         finally:
             try:
                 producer.flush(10)
