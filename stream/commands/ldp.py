@@ -72,6 +72,13 @@ def register(cli: click.Group) -> None:
                 click.echo("  ".join(f"{k}={v}" for k, v in row.items()))
             click.echo(f"budget: {settings.ldp_budget_epsilon} epsilon per person, per attribute, per "
                        f"{settings.epoch_seconds} s epoch; window {settings.ldp_window_seconds} s")
+            if settings.learn_examples:
+                click.echo(f"labelled examples: on; label session_purchase by randomized response at epsilon "
+                           f"{settings.learn_label_epsilon} (memoized, under the same budget); a session ends after "
+                           f"{settings.learn_session_gap_seconds:g} s of quiet; at most {settings.learn_max_pending:,} "
+                           "examples held")
+            else:
+                click.echo("labelled examples: off (STREAMGATE_LEARN_EXAMPLES=false)")
             return
         from faust.worker import Worker
 

@@ -40,7 +40,7 @@ name                                                  type       labels (besides
                                                                  ``mechanism``            mechanism
 ``streamgate_ldp_epsilon_spent_total``                counter    ``attribute``            sum of epsilon spent by those reports
 ``streamgate_ldp_suppressed_total``                   counter    ``attribute``            reports suppressed: the person's budget was spent
-``streamgate_model_metric``                           gauge      ``model``, ``metric``    online model quality (e.g. ``auc``, ``accuracy``)
+``streamgate_model_metric``                           gauge      ``model``, ``metric``    the learner's model: ``roc_auc``, ``log_loss``, ``examples_seen``, ``drifts``
 ``streamgate_ready``                                  gauge                               1 when ``/readyz`` last answered ready
 ``streamgate_dependency_up``                          gauge      ``dependency``           last readiness check of ``broker`` / ``redis``
                                                                                           / ``kek`` (1 up, 0 down)
