@@ -70,16 +70,23 @@ log = logging.getLogger("streamgate.privatizer")
 _HOUR_MS = 3_600_000
 
 
-def start_memo_invalidation(settings: Settings, privatizer: Privatizer) -> ShredListener:
+def start_memo_invalidation(settings: Settings, privatizer: Privatizer,
+                            on_erasure: Callable[[str], None] | None = None) -> ShredListener:
     """Drop cached memos when the shredder announces a shred (one epoch or every epoch of a person),
     and everything after a reconnect (messages may have been missed); the cache's staleness bound
-    (``dek_cache_max_staleness_seconds``) remains the guarantee."""
+    (``dek_cache_max_staleness_seconds``) remains the guarantee. ``on_erasure(subject)`` is called
+    for a shred of every epoch of a person (an erasure): the engine drops their held examples."""
     from stream.components import redis_client
 
     cache = privatizer.cache
+
+    def on_shred(subject: str, epoch: int | None) -> None:
+        cache.invalidate(subject, epoch)
+        if epoch is None and on_erasure is not None:
+            on_erasure(subject)
+
     return ShredListener(
-        lambda: redis_client(settings), settings.redis_key_prefix,
-        lambda subject, epoch: cache.invalidate(subject, epoch),
+        lambda: redis_client(settings), settings.redis_key_prefix, on_shred,
         on_reset=cache.invalidate, name="streamgate-memo-shred-listener",
     ).start()
 
@@ -234,6 +241,7 @@ class PrivatizerEngine:
         self._idle_since = time.time()
         self._idle_watermark = 0
         self._example_failures = 0
+        self._erased: deque[str] = deque()  # subjects erased (shred channel thread -> engine loop)
 
     def close(self) -> None:
         """Stop the shred listener (called by the hosting service after the loop ended)."""
@@ -414,6 +422,25 @@ class PrivatizerEngine:
         return not stop.is_set()
 
     # -- labelled examples --------------------------------------------------------------
+    def forget_subject(self, subject: str) -> None:
+        """An erasure of ``subject`` (any thread): their held examples are dropped before the next
+        labelling (they are never emitted, and no label memo is created for them)."""
+        self._erased.append(subject)
+
+    def _drop_erased(self) -> None:
+        if not self._erased:
+            return
+        subjects = set()
+        while self._erased:
+            subjects.add(self._erased.popleft())
+        if self.labeler is not None:
+            for subject in subjects:
+                self.labeler.forget(subject)
+        kept = [item for item in self._released if item[0].subject not in subjects]
+        if len(kept) != len(self._released):
+            self.stats.examples_dropped["erased"] += len(self._released) - len(kept)
+            self._released[:] = kept
+
     def _idle_tick(self) -> None:
         """No records: the stream's time moves on with the wall clock, so idle sessions end."""
         if self.labeler is not None and self._idle_watermark:
@@ -432,6 +459,7 @@ class PrivatizerEngine:
         labeler = self.labeler
         if labeler is None:
             return
+        self._drop_erased()
         items = self._released
         items.extend(labeler.release())
         if final is not None:
@@ -494,7 +522,7 @@ def create_app(settings: Settings) -> faust.App:
     def build(metrics: WorkerMetrics) -> PrivatizerEngine:
         privatizer = build_privatizer(settings)
         engine = PrivatizerEngine(settings, privatizer, metrics=metrics)
-        engine.listener = start_memo_invalidation(settings, privatizer)
+        engine.listener = start_memo_invalidation(settings, privatizer, on_erasure=engine.forget_subject)
         return engine
 
     return worker_app(settings, "privatizer", build, lambda engine: engine.stats.as_dict())

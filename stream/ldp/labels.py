@@ -25,7 +25,8 @@ recently active sessions are dropped (counted in :attr:`SessionLabeler.dropped`)
 labelled early - an early "no purchase" would be a wrong label, not a noisy one. A
 session with more than ``max_per_session`` events keeps only its first ones. A stop
 or crash loses the unlabelled examples of open sessions (never a feature report):
-training examples are a sample of the stream, not a ledger.
+training examples are a sample of the stream, not a ledger. An erased person's held
+examples are dropped (:meth:`SessionLabeler.forget`, driven by the shredder's channel).
 """
 
 from __future__ import annotations
@@ -142,6 +143,24 @@ class SessionLabeler:
         self._sessions.clear()
         self.pending = 0
         return out
+
+    def forget(self, subject: str, reason: str = "erased") -> int:
+        """Drop every held example of one person (an erasure: their pending examples are never
+        emitted); returns how many. Linear in the open sessions - erasures are rare."""
+        n = 0
+        for sid in list(self._sessions):
+            s = self._sessions[sid]
+            kept = [st for st in s.stubs if st.subject != subject]
+            if len(kept) != len(s.stubs):
+                n += len(s.stubs) - len(kept)
+                if kept:
+                    s.stubs = kept
+                else:
+                    del self._sessions[sid]
+        if n:
+            self.pending -= n
+            self.dropped[reason] += n
+        return n
 
     def discard(self, reason: str = "shutdown") -> int:
         """Drop every held example unlabelled (a stop or a rebalance); returns how many."""

@@ -4,6 +4,7 @@ frequency estimates out; nothing identifying ever reaches features.private (inva
 from __future__ import annotations
 
 import re
+import time
 from collections import Counter
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -165,3 +166,34 @@ def test_labelled_examples_are_released_when_sessions_end(settings_factory) -> N
     blob = b"\n".join(r.value or b"" for r in examples)
     assert b"tk1_" not in blob and not any(tok in blob for tok, _v in protected)
     assert not any(e["session_id"].encode() in blob for e in events)
+
+
+def test_an_erasure_drops_the_persons_held_examples(settings_factory, redis_client: redis.Redis) -> None:
+    """The shredder's channel says "every epoch of tk1_a is gone": the privatizer never emits that
+    person's examples still waiting for their session to end (nor creates label memos for them);
+    a retention shred of one epoch of someone else leaves theirs alone (retention is checked when
+    they are labelled)."""
+    from stream.apps.privatizer import start_memo_invalidation
+    from stream.ldp.labels import ExampleStub
+
+    settings = settings_factory(learn_session_gap_seconds=3600.0)
+    priv = build_privatizer(settings)
+    engine = PrivatizerEngine(settings, priv, bootstrap="127.0.0.1:9")  # never connects in this test
+    assert engine.labeler is not None
+    epoch = int(time.time()) // settings.epoch_seconds
+    held = [ExampleStub("s1", "tk1_a", epoch, False, b'"features":{}', 0),
+            ExampleStub("s2", "tk1_b", epoch, False, b'"features":{}', 0)]
+    engine.labeler.add(held)
+    engine._released.append((ExampleStub("s3", "tk1_a", epoch, True, b'"features":{}', 0), True))
+    listener = start_memo_invalidation(settings, priv, on_erasure=engine.forget_subject)
+    try:
+        assert listener.ready.wait(10)
+        channel = f"{settings.redis_key_prefix}:shredded"
+        redis_client.publish(channel, f"tk1_b:{epoch}")  # retention of one epoch: not an erasure
+        redis_client.publish(channel, "tk1_a:*")
+        wait_for(lambda: listener.received >= 2 and len(engine._erased) == 1, what="the shred messages", timeout=10)
+    finally:
+        listener.stop()
+    engine._drop_erased()
+    assert engine.labeler.pending == 1 and engine._released == []
+    assert engine.labeler.dropped["erased"] == 1 and engine.stats.examples_dropped["erased"] == 1

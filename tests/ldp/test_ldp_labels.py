@@ -226,3 +226,12 @@ def test_noise_is_fresh_per_person(keyring: Keyring) -> None:
     rs = Counter(orjson.loads(r)["label"]["r"] for r in priv.label_examples(items).examples)
     assert rs[0] > 50 and rs[1] > 50  # eps = 0.1: close to a coin flip per person
     assert np.isclose(sum(rs.values()), 400)
+
+
+def test_forget_drops_one_persons_held_examples() -> None:
+    lab = SessionLabeler(gap_ms=1000)
+    lab.add([stub("s1", 0, subject="tk1_a"), stub("s1", 1, subject="tk1_a"), stub("s2", 2, subject="tk1_b")])
+    assert lab.forget("tk1_a") == 2 and lab.forget("tk1_nobody") == 0
+    assert lab.pending == 1 and lab.sessions == 1 and lab.dropped == Counter({"erased": 2})
+    lab.advance(10_000)
+    assert [(s.subject, label) for s, label in lab.release()] == [("tk1_b", False)]
