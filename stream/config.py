@@ -27,6 +27,7 @@ class TopicNames(BaseSettings):
     dlq: str = "clicks.dlq"
     features: str = "features.private"
     frequencies: str = "analytics.frequencies"
+    partials: str = "analytics.partials"
     snapshots: str = "models.snapshots"
     erasure: str = "privacy.erasure"
     audit: str = "ops.audit"
@@ -80,6 +81,23 @@ class Settings(BaseSettings):
         "exactly_once: Kafka transactions (needs a broker that hides aborted records).",
     )
     consumer_group: str = Field(default="streamgate-gateway")
+
+    # --- engine (every worker) -------------------------------------------------
+    stall_seconds: float = Field(
+        default=30.0, gt=0,
+        description="A worker with work waiting (lag, held or unacknowledged records) that made no progress "
+        "for this long reports not ready (/readyz, streamgate_ready, a log line).",
+    )
+    max_client_recoveries: int = Field(
+        default=3, ge=0,
+        description="Fatal Kafka client errors survived (clients recreated, resumed from committed offsets) "
+        "within 120 s; one more exits the worker non-zero.",
+    )
+    producer_max_message_bytes: int = Field(
+        default=1_000_000, gt=0,
+        description="The producer's message.max.bytes; checked at start-up against the largest dead letter "
+        "an accepted input can produce.",
+    )
     session_timeout_ms: int = Field(default=6000, gt=0, description="Consumer group session timeout.")
     topic_partitions: int = Field(default=4, gt=0, description="Partitions for topics streamgate creates.")
     web_port: int | None = Field(

@@ -19,20 +19,19 @@ import asyncio
 import contextlib
 import logging
 import threading
-import time
 from collections.abc import Callable
 from typing import Any, Protocol
 
 import faust
-from confluent_kafka import Consumer, KafkaException
 from faust.app.base import BootStrategy
 from mode import Service
 
 from stream.config import Settings
+from stream.errors import StreamgateError
 from stream.ops.metrics import WorkerMetrics
 from stream.ops.worker import install_ops
 
-__all__ = ["Engine", "EngineService", "LagReporter", "report_lag", "worker_app"]
+__all__ = ["Engine", "EngineService", "worker_app"]
 
 
 class Engine(Protocol):
@@ -75,6 +74,10 @@ class EngineService(Service):
         assert self.engine is not None
         try:
             return self.engine.run(self.stop_event)
+        except StreamgateError as exc:  # a typed, explained failure: one line
+            self.failed = exc
+            self._log.critical("%s stopped: %s", self.name, exc)
+            raise
         except BaseException as exc:  # surfaced by /healthz and the worker's exit code
             self.failed = exc
             self._log.exception("%s engine crashed", self.name)
@@ -91,7 +94,8 @@ class EngineService(Service):
 
     @property
     def healthy(self) -> bool:
-        return self.failed is None and self._thread_done is not None and not self._thread_done.done()
+        engine_ok = getattr(self.engine, "healthy", True)
+        return self.failed is None and self._thread_done is not None and not self._thread_done.done() and engine_ok
 
     @property
     def ready(self) -> bool:
@@ -133,46 +137,3 @@ def worker_app(
     app.streamgate_service = service  # type: ignore[attr-defined]
     app.streamgate_ops = ops  # type: ignore[attr-defined]
     return app
-
-
-class LagReporter:
-    """:func:`report_lag`, at most every ``interval`` seconds: the gauges need no more, and an
-    uncached report asks the broker once per partition."""
-
-    def __init__(self, interval: float = 2.0) -> None:
-        self.interval = interval
-        self._at = float("-inf")
-
-    def __call__(self, consumer: Consumer, metrics: WorkerMetrics | None, *, cached: bool = True) -> None:
-        if metrics is None:
-            return
-        now = time.monotonic()
-        if now - self._at < self.interval:
-            return
-        self._at = now
-        report_lag(consumer, metrics, cached=cached)
-
-
-def report_lag(consumer: Consumer, metrics: WorkerMetrics, *, cached: bool = True) -> None:
-    """Set the lag gauges: per assigned partition, the high watermark minus the position;
-    partitions no longer held are dropped. ``cached``: the watermark of the last fetch response
-    (free); else asked from the broker (needed while partitions are paused: no fetches)."""
-    try:
-        assignment = consumer.assignment()
-        positions = consumer.position(assignment) if assignment else []
-    except KafkaException:
-        return
-    held: list[int] = []
-    for tp in positions:
-        try:
-            low, high = (consumer.get_watermark_offsets(tp, cached=True) if cached
-                         else consumer.get_watermark_offsets(tp, timeout=1.0))
-        except KafkaException:
-            continue
-        if high < 0:  # no fetch response for this partition yet
-            continue
-        # no position yet = nothing consumed on this partition: all of it is behind
-        pos = tp.offset if tp.offset >= 0 else max(low, 0)
-        metrics.set_lag(tp.partition, max(0, high - pos))
-        held.append(tp.partition)
-    metrics.clear_lag(held)

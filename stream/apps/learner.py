@@ -69,31 +69,22 @@ import hashlib
 import logging
 import math
 import socket
-import threading
 import time
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, ClassVar
 
 import faust
 import orjson
-from confluent_kafka import (
-    OFFSET_BEGINNING,
-    Consumer,
-    KafkaError,
-    KafkaException,
-    Message,
-    Producer,
-    TopicPartition,
-)
+from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, TopicPartition
 
-from stream.apps.hosting import LagReporter, worker_app
+from stream.apps.hosting import worker_app
 from stream.config import Settings
 from stream.crypto.keyring import Keyring
+from stream.engine import Out, Record, Result, StreamEngine
 from stream.errors import InvalidExampleError, SnapshotError, StreamgateError
-from stream.kafka import consumer_config, producer_config, usable_messages
 from stream.ldp.policy import LdpPolicy
 from stream.learn.evaluate import DriftMonitor, ProgressiveValidation, log_loss
 from stream.learn.example import EXAMPLE_SCHEMA, FEATURE_SCHEMA, PrivateExample
@@ -279,8 +270,12 @@ class LearnerStats:
         }
 
 
-class LearnerEngine:
-    """The learner's loop (module docstring). ``run(stop)`` until ``stop`` is set."""
+class LearnerEngine(StreamEngine):
+    """The learner on the shared engine (module docstring). ``run(stop)`` until ``stop`` is set."""
+
+    name: ClassVar[str] = "learner"
+    tick_interval = 0.5
+    needs_partitions: ClassVar[bool] = False  # a member with no partitions (more learners than partitions) is idle, not ill
 
     def __init__(
         self,
@@ -292,14 +287,11 @@ class LearnerEngine:
         clock: Callable[[], float] = time.time,
         consumer_overrides: dict[str, Any] | None = None,
     ) -> None:
-        self.settings = settings
-        self.bootstrap = bootstrap or settings.kafka_bootstrap_or_dev()
-        self.name = settings.learn_model_name
+        super().__init__(settings, bootstrap=bootstrap, metrics=metrics, clock=clock,
+                         consumer_overrides=consumer_overrides)
+        self.model_name = settings.learn_model_name
         self.key = snapshot_key(settings, keyring)  # fails fast without a KEK
         self.policy = LdpPolicy.from_schema(load_schema(settings.schema_name), settings.ldp_epsilon)
-        self.metrics = metrics
-        self.clock = clock
-        self.consumer_overrides = consumer_overrides or {}
         self.worker = f"learner@{socket.gethostname()}"
         self.stats = LearnerStats()
         self.model: PropensityModel | None = None
@@ -307,37 +299,135 @@ class LearnerEngine:
         self.monitor = DriftMonitor()
         self.label_epsilon: float | None = None
         self.feature_epsilon: dict[str, float] = {}
-        self.assigned: set[tuple[str, int]] = set()
-        self.joined = False
-        self.started = False
-        self._position: dict[tuple[str, int], int] = {}  # next offset after the last record handled
-        self._committed: dict[tuple[str, int], int] = {}
-        self._since_snapshot = 0  # examples learned that no delivered snapshot covers yet
+        self._since_snapshot = 0  # examples learned that no snapshot covers yet
         self._snapshot_at = time.monotonic()
-        self._next_attempt = 0.0  # monotonic time before which a failed snapshot is not retried
-        self._attempts = 0
-        self._outbox: dict[int, bytes] = {}  # drift records not yet delivered, by sequence number
-        self._audit_in_flight: set[int] = set()  # ... of which produced and awaiting a delivery report
-        self._audit_seq = 0
-        self._producer: Producer | None = None
-        self._consumer: Consumer | None = None
-        self._report_lag = LagReporter()
 
     # -- state -------------------------------------------------------------------------
-    @property
-    def ready(self) -> bool:
-        """Ready once the model is loaded (or fresh) and the consumer group has answered."""
-        return self.started and self.joined
-
     @property
     def examples_seen(self) -> int:
         return self.model.examples_seen if self.model is not None else 0
 
     def as_dict(self) -> dict[str, Any]:
         d = self.stats.as_dict()
-        d.update({"model": self.name, "examples_seen": self.examples_seen, "assigned": len(self.assigned),
+        d.update({"model": self.model_name, "examples_seen": self.examples_seen, "assigned": len(self.assigned),
                   "metrics": self.evaluation.as_dict()})
         return d
+
+    def result(self) -> LearnerStats:
+        return self.stats
+
+    # -- hooks -------------------------------------------------------------------------
+    def topics(self) -> list[str]:
+        return [self.settings.topics.features]
+
+    def output_topics(self) -> list[str]:
+        return [self.settings.topics.snapshots, self.settings.topics.audit]
+
+    def group(self) -> str:
+        return self.settings.learner_consumer_group
+
+    def batch_limit(self) -> int:
+        """Consume no further than the next snapshot boundary: snapshots cover exactly every
+        ``learn_snapshot_every`` examples."""
+        left = self.settings.learn_snapshot_every - self._since_snapshot
+        return max(1, min(self.settings.batch_max_events, left))
+
+    def start(self) -> None:
+        self.model = self.resume()
+        self._publish_model_metrics()
+        self._snapshot_at = time.monotonic()
+        log.info("learner ready", extra={"topic": self.settings.topics.features, "model": self.model_name,
+                                         "n": self.examples_seen})
+
+    def reset(self) -> None:
+        """Clients recreated: the model goes back to the newest snapshot, the committed state."""
+        self.model = self.resume()
+        self._since_snapshot = 0
+
+    def revoked(self, partitions: list[tuple[str, int]]) -> Result | None:
+        return self._snapshot()  # the partitions go: cover what was learned from them first
+
+    def finish(self) -> Result | None:
+        return self._snapshot()
+
+    def tick(self) -> Result | None:
+        if self._since_snapshot > 0 and (
+                time.monotonic() - self._snapshot_at >= self.settings.learn_snapshot_interval_seconds):
+            return self._snapshot()
+        return None
+
+    def process(self, records: list[Record]) -> Result:
+        assert self.model is not None
+        t0 = time.perf_counter()
+        model, evaluation, monitor = self.model, self.evaluation, self.monitor
+        stats = self.stats
+        # Progressive validation per batch: every example of the batch is predicted before any of
+        # it is learned. The examples of one session are released together with one label, so
+        # learning one before predicting the next would leak that label (see stream.learn.model).
+        parsed = [self._parse(r.value) for r in records]
+        predictions = [None if ex is None else model.predict_proba_one(ex) for ex in parsed]
+        outs: list[Out] = []
+        learned = 0
+        for example, p in zip(parsed, predictions, strict=True):
+            stats.consumed += 1
+            if example is None or p is None:
+                continue
+            y = bool(example.label)
+            evaluation.update(y, p)
+            model.learn_one(example)
+            learned += 1
+            self._note_epsilon(example)
+            if monitor.update(log_loss(y, p)):
+                outs.append(self._drift())
+        stats.learned += learned
+        self._since_snapshot += learned
+        stats.batches += 1
+        if self.metrics is not None:
+            self.metrics.observe_batch(time.perf_counter() - t0, len(records))
+            self._publish_model_metrics()
+        result = Result(outs, defer=learned > 0)
+        if self._since_snapshot >= self.settings.learn_snapshot_every:
+            snap = self._snapshot()
+            if snap is not None:
+                result.outputs.extend(snap.outputs)
+                result.checkpoint, result.on_delivered = True, snap.on_delivered
+        return result
+
+    # -- outputs -------------------------------------------------------------------------
+    def _snapshot(self) -> Result | None:
+        """A snapshot of everything learned so far; once delivered it frees the offsets it covers."""
+        if self.model is None or self._since_snapshot <= 0:
+            return None
+        snap = ModelSnapshot(name=self.model_name, created_at=_rfc3339(self.clock()),
+                             examples_seen=self.model.examples_seen, metrics=self.current_metrics(),
+                             epsilon=self.epsilon_info(), model=self.model)
+        value = snap.to_bytes(self.key)
+        n = self.model.examples_seen
+        self._since_snapshot = 0
+        self._snapshot_at = time.monotonic()
+
+        def delivered() -> None:
+            self.stats.snapshots += 1
+            self.stats.commits += 1
+            if self.metrics is not None:
+                self.metrics.events_out("snapshots", 1)
+            log.info("snapshot published", extra={"model": self.model_name, "n": n, "count": len(value)})
+
+        return Result([Out(self.settings.topics.snapshots, value, self.model_name.encode())], checkpoint=True,
+                      on_delivered=delivered)
+
+    def _drift(self) -> Out:
+        rec = drift_record(self.model_name, self.examples_seen, _detector_params(self.monitor), at=self.clock(),
+                           worker=self.worker, detections=self.monitor.detections)
+        stats = _drift_statistics(self.monitor)
+        if stats:
+            rec["statistics"] = stats
+        self.stats.drifts += 1
+        if self.metrics is not None:
+            self.metrics.events_out("audit", 1)
+        log.warning("drift detected on the progressive metric",
+                    extra={"model": self.model_name, "metric": DRIFT_METRIC, "n": self.examples_seen})
+        return Out(self.settings.topics.audit, orjson.dumps(rec))
 
     def epsilon_info(self) -> dict[str, Any]:
         """The epsilon of the reports the model learned from (worst case seen per kind)."""
@@ -353,32 +443,31 @@ class LearnerEngine:
         out["drifts"] = float(self.monitor.detections)
         return out
 
-    # -- resume ------------------------------------------------------------------------
     def resume(self) -> PropensityModel:
         """The newest verifiable snapshot's model, else a fresh one (module docstring)."""
-        candidates = read_snapshot_records(self.bootstrap, self.settings.topics.snapshots, self.name)
+        candidates = read_snapshot_records(self.bootstrap, self.settings.topics.snapshots, self.model_name)
         for data in reversed(candidates):
             try:
                 snap = ModelSnapshot.from_bytes(data, self.key)
             except SnapshotError as exc:
                 self.stats.ignored_snapshots += 1
                 log.warning("snapshot ignored: it does not verify with this keyring",
-                            extra={"model": self.name, "error": str(exc)})
+                            extra={"model": self.model_name, "error": str(exc)})
                 continue
-            if snap.name != self.name:
+            if snap.name != self.model_name:
                 self.stats.ignored_snapshots += 1
-                log.warning("snapshot ignored: it names another model", extra={"model": self.name})
+                log.warning("snapshot ignored: it names another model", extra={"model": self.model_name})
                 continue
             s = self.settings
             if (snap.model.correction, snap.model.debias) != (s.learn_correction, s.learn_debias):
                 log.warning("the snapshot's model was trained with other learn_correction/learn_debias settings: "
-                            "it keeps its own (start a new model name to change them)", extra={"model": self.name})
+                            "it keeps its own (start a new model name to change them)", extra={"model": self.model_name})
             self._merge_epsilon(snap.epsilon)
             self.stats.resumed_from = snap.examples_seen
-            log.info("resumed from snapshot", extra={"model": self.name, "n": snap.examples_seen,
+            log.info("resumed from snapshot", extra={"model": self.model_name, "n": snap.examples_seen,
                                                      "at": snap.created_at})
             return snap.model
-        log.info("no snapshot to resume from: starting a fresh model", extra={"model": self.name})
+        log.info("no snapshot to resume from: starting a fresh model", extra={"model": self.model_name})
         return fresh_model(self.settings, self.policy)
 
     def _merge_epsilon(self, eps: Any) -> None:
@@ -392,98 +481,6 @@ class LearnerEngine:
             for k, v in feats.items():
                 if isinstance(k, str) and isinstance(v, int | float) and not isinstance(v, bool):
                     self.feature_epsilon[k] = max(float(v), self.feature_epsilon.get(k, 0.0))
-
-    # -- the loop ----------------------------------------------------------------------
-    def run(self, stop: threading.Event) -> LearnerStats:
-        s = self.settings
-        self.model = self.resume()
-        self._publish_model_metrics()
-        producer = Producer(producer_config(self.bootstrap, **{"client.id": "streamgate-learner"}))
-        consumer = Consumer(consumer_config(self.bootstrap, s.learner_consumer_group,
-                                            session_timeout_ms=s.session_timeout_ms,
-                                            **{"client.id": "streamgate-learner"}, **self.consumer_overrides))
-        self._producer, self._consumer = producer, consumer
-        consumer.subscribe([s.topics.features], on_assign=self._on_assign, on_revoke=self._on_revoke,
-                           on_lost=self._on_lost)
-        self._snapshot_at = time.monotonic()
-        self.started = True
-        log.info("learner started", extra={"topic": s.topics.features, "model": self.name,
-                                           "n": self.examples_seen})
-        try:
-            while not stop.is_set():
-                msgs = consumer.consume(num_messages=s.batch_max_events, timeout=max(0.05, s.batch_max_wait_seconds))
-                if msgs:
-                    self._handle(usable_messages(msgs, log))
-                self._maybe_snapshot()
-                producer.poll(0)
-                self._report_lag(consumer, self.metrics)
-        finally:
-            try:
-                self._checkpoint(sync=True)
-            finally:
-                try:
-                    producer.flush(10)
-                finally:
-                    consumer.close()
-                    self._producer = self._consumer = None
-            log.info("learner stopped", extra={"model": self.name, "n": self.examples_seen,
-                                               "consumed": self.stats.consumed, "skipped": dict(self.stats.skipped),
-                                               "reasons": dict(self.stats.invalid)})
-        return self.stats
-
-    def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
-        self.joined = True
-        self.assigned.update((tp.topic, tp.partition) for tp in partitions)
-
-    def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
-        # the partitions go to another member: cover what was learned from them with a snapshot first
-        if self._producer is not None:
-            self._checkpoint(sync=True)
-        self._drop(partitions)
-
-    def _on_lost(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
-        self._drop(partitions)  # no commit possible; the next owner re-reads them
-
-    def _drop(self, partitions: list[TopicPartition]) -> None:
-        for tp in partitions:
-            key = (tp.topic, tp.partition)
-            self.assigned.discard(key)
-            self._position.pop(key, None)
-            self._committed.pop(key, None)
-
-    def _handle(self, msgs: list[Message]) -> None:
-        assert self.model is not None
-        t0 = time.perf_counter()
-        model, evaluation, monitor = self.model, self.evaluation, self.monitor
-        stats = self.stats
-        every = self.settings.learn_snapshot_every
-        # Progressive validation per batch: every example of the batch is predicted before any of
-        # it is learned. The examples of one session are released together with one label, so
-        # learning one before predicting the next would leak that label (see stream.learn.model).
-        parsed = [self._parse(m.value()) for m in msgs]
-        predictions = [None if ex is None else model.predict_proba_one(ex) for ex in parsed]
-        for m, example, p in zip(msgs, parsed, predictions, strict=True):
-            topic, partition, offset = m.topic(), m.partition(), m.offset()
-            assert topic is not None and partition is not None and offset is not None
-            self._position[(topic, partition)] = offset + 1
-            stats.consumed += 1
-            if example is None or p is None:
-                continue
-            y = bool(example.label)
-            evaluation.update(y, p)
-            model.learn_one(example)
-            stats.learned += 1
-            self._since_snapshot += 1
-            self._note_epsilon(example)
-            if monitor.update(log_loss(y, p)):
-                self._drift()
-            if self._since_snapshot >= every and time.monotonic() >= self._next_attempt:
-                self._checkpoint(sync=False)  # exactly every `every` examples (covers up to this record)
-        stats.batches += 1
-        if self.metrics is not None:
-            self.metrics.events_in(len(msgs))
-            self.metrics.observe_batch(time.perf_counter() - t0, len(msgs))
-            self._publish_model_metrics()
 
     def _parse(self, value: bytes | None) -> PrivateExample | None:
         """The example of a record, or None (counted as skipped or invalid by reason)."""
@@ -526,37 +523,6 @@ class LearnerEngine:
             if e > fe.get(name, 0.0):
                 fe[name] = float(e)
 
-    def _drift(self) -> None:
-        assert self._producer is not None
-        rec = drift_record(self.name, self.examples_seen, _detector_params(self.monitor), at=self.clock(),
-                           worker=self.worker, detections=self.monitor.detections)
-        stats = _drift_statistics(self.monitor)
-        if stats:
-            rec["statistics"] = stats
-        self._audit_seq += 1
-        self._outbox[self._audit_seq] = orjson.dumps(rec)
-        self._send_audit(self._audit_seq)
-        self.stats.drifts += 1
-        log.warning("drift detected on the progressive metric",
-                    extra={"model": self.name, "metric": DRIFT_METRIC, "n": self.examples_seen})
-
-    def _send_audit(self, seq: int) -> None:
-        """Produce the drift record ``seq`` of the outbox; it leaves the outbox once delivered."""
-        assert self._producer is not None
-        outbox, in_flight = self._outbox, self._audit_in_flight
-
-        def delivered(err: KafkaError | None, _msg: Any) -> None:
-            in_flight.discard(seq)
-            if err is None and outbox.pop(seq, None) is not None and self.metrics is not None:
-                self.metrics.events_out("audit", 1)
-
-        try:
-            self._producer.produce(self.settings.topics.audit, value=outbox[seq], on_delivery=delivered)
-        except (BufferError, KafkaException) as exc:  # re-sent with the next checkpoint
-            log.warning("drift record not queued, will retry", extra={"error": str(exc)})
-            return
-        in_flight.add(seq)
-
     def _publish_model_metrics(self) -> None:
         m = self.metrics
         if m is None:
@@ -565,101 +531,9 @@ class LearnerEngine:
         for metric in ("roc_auc", "log_loss"):
             v = ev.get(metric)
             if v is not None and math.isfinite(float(v)):
-                m.set_model_metric(self.name, metric, float(v))
-        m.set_model_metric(self.name, "examples_seen", float(self.examples_seen))
-        m.set_model_metric(self.name, "drifts", float(self.monitor.detections))
-
-    # -- snapshots and commits -------------------------------------------------------------
-    def _maybe_snapshot(self) -> None:
-        s = self.settings
-        now = time.monotonic()
-        if self._since_snapshot <= 0:
-            self._commit_uncovered_free()
-            return
-        due = (self._since_snapshot >= s.learn_snapshot_every
-               or now - self._snapshot_at >= s.learn_snapshot_interval_seconds)
-        if due and now >= self._next_attempt:
-            self._checkpoint(sync=False)
-
-    def _commit_uncovered_free(self) -> None:
-        """No learned example is waiting for a snapshot: the records read since the last commit
-        taught nothing (skipped/invalid), so their offsets can be committed as they are."""
-        if self._outbox or self._position == self._committed:
-            return
-        self._commit(dict(self._position), sync=False)
-
-    def _checkpoint(self, *, sync: bool) -> bool:
-        """Snapshot (if anything was learned since the last one), deliver it and the pending drift
-        records, then commit the offsets the snapshot covers. True when everything was delivered."""
-        producer = self._producer
-        if producer is None or self.model is None:
-            return False
-        if self._since_snapshot <= 0 and not self._outbox:
-            if self._position != self._committed:
-                self._commit(dict(self._position), sync=sync)
-            return True
-        covered = dict(self._position)
-        learned = self._since_snapshot
-        for seq in [q for q in self._outbox if q not in self._audit_in_flight]:  # failed earlier: again
-            self._send_audit(seq)
-        failed: list[str] = []
-        snap_value: bytes | None = None
-        if learned > 0:
-            snap = ModelSnapshot(name=self.name, created_at=_rfc3339(self.clock()),
-                                 examples_seen=self.model.examples_seen, metrics=self.current_metrics(),
-                                 epsilon=self.epsilon_info(), model=self.model)
-            snap_value = snap.to_bytes(self.key)
-
-            def on_snapshot(err: KafkaError | None, _msg: Any) -> None:
-                if err is not None:
-                    failed.append(err.str())
-
-            try:
-                producer.produce(self.settings.topics.snapshots, key=self.name.encode(), value=snap_value,
-                                 on_delivery=on_snapshot)
-            except (BufferError, KafkaException) as exc:
-                failed.append(str(exc))
-        left = producer.flush(30)
-        if failed or left or self._outbox:
-            self.stats.snapshot_failures += 1
-            self._attempts += 1
-            delay = min(self.settings.retry_backoff_max_seconds,
-                        self.settings.retry_backoff_seconds * 2 ** min(self._attempts, 16))
-            self._next_attempt = time.monotonic() + delay
-            log.warning("snapshot not delivered: offsets not committed, retrying",
-                        extra={"model": self.name, "error": failed[0] if failed else "delivery timed out",
-                               "retry_in_s": round(delay, 2), "n": self.examples_seen})
-            return False
-        self._attempts = 0
-        self._next_attempt = 0.0
-        if snap_value is not None:
-            self._since_snapshot -= learned
-            self._snapshot_at = time.monotonic()
-            self.stats.snapshots += 1
-            if self.metrics is not None:
-                self.metrics.events_out("snapshots", 1)
-            log.info("snapshot published", extra={"model": self.name, "n": self.examples_seen,
-                                                  "count": len(snap_value)})
-        self._commit(covered, sync=sync)
-        return True
-
-    def _commit(self, offsets: dict[tuple[str, int], int], *, sync: bool) -> None:
-        assert self._consumer is not None
-        tps = [TopicPartition(t, p, o) for (t, p), o in offsets.items()
-               if (t, p) in self.assigned and self._committed.get((t, p)) != o]
-        if not tps:
-            return
-        try:
-            if sync:
-                self._consumer.commit(offsets=tps, asynchronous=False)
-            else:
-                self._consumer.commit(offsets=tps, asynchronous=True)
-        except KafkaException as exc:  # e.g. taken by a rebalance: the new owner re-reads (at-least-once)
-            log.warning("offset commit failed", extra={"error": str(exc)})
-            return
-        for tp in tps:
-            self._committed[(tp.topic, tp.partition)] = tp.offset
-        self.stats.commits += 1
+                m.set_model_metric(self.model_name, metric, float(v))
+        m.set_model_metric(self.model_name, "examples_seen", float(self.examples_seen))
+        m.set_model_metric(self.model_name, "drifts", float(self.monitor.detections))
 
 
 def create_app(settings: Settings) -> faust.App:

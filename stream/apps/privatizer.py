@@ -4,27 +4,24 @@ Like the gateway (see :mod:`stream.apps.engine` for why), the Kafka loop is a
 confluent-kafka batch engine hosted in a Faust worker (:mod:`stream.apps.hosting`),
 which provides the lifecycle, the web server (health, metrics) and signals.
 
-Per batch: consume up to ``batch_max_events`` protected records, privatize
-them with the pure core (:class:`stream.ldp.privatizer.Privatizer`, one Redis
-round trip for the memos and budgets of the batch), produce the feature
-reports (no key, no headers, Kafka timestamp floored to the hour), add the
-attribute reports to the tumbling windows (:mod:`stream.ldp.aggregate`),
-publish the windows that closed, and go on with the next batch while
-librdkafka delivers; a batch's offsets are committed once its reports (and
-every earlier batch's) are acknowledged.
+Per batch (the loop, holds, produce and commits are :class:`stream.engine.StreamEngine`'s):
+privatize the records of each input partition with the pure core
+(:class:`stream.ldp.privatizer.Privatizer`), produce the feature reports (no key, no headers,
+Kafka timestamp floored to the hour), add the attribute reports to that partition's tumbling
+windows (:mod:`stream.ldp.aggregate`), publish the windows that closed, and write the
+partition's open windows to the compacted ``analytics.partials`` topic with the same batch.
+The batch's offsets are committed once all of it was delivered.
 
-Guarantees: at-least-once for ``features.private`` (a crash re-emits the
-uncommitted batch; memoization makes the re-emitted reports identical and
-spends no budget twice). Fail closed: if Redis is unreachable the batch is
-held (partitions paused) and retried with backoff; nothing is emitted without
-its memo and budget check. Windows live in memory: on a graceful stop or a
-rebalance the open windows are published as they are (``n`` says how many
-reports they hold); a hard crash loses the counts of the windows open at that
-moment on that worker (the feature reports themselves are not lost).
+Guarantees: at-least-once for ``features.private``. Fail closed: with Redis unreachable the
+batch is held and retried. Windows survive a crash: a new owner of a partition (after kill -9
+or a rebalance) restores its open windows from ``analytics.partials`` and skips counting the
+records the restored windows already hold (``next_offset``), so the estimates count every
+report once. A graceful stop publishes the open windows as they are (``n`` says how many).
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import socket
@@ -33,20 +30,19 @@ import time
 from collections import Counter, deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ClassVar
 
 import faust
 import numpy as np
 import orjson
 import redis
-from confluent_kafka import Consumer, KafkaError, KafkaException, Producer, TopicPartition
 
-from stream.apps.hosting import LagReporter, worker_app
-from stream.apps.runtime import relaxed_gc
+from stream.apps.hosting import worker_app
 from stream.config import Settings
 from stream.crypto.keyring import Keyring
+from stream.engine import Out, Record, Result, StreamEngine
 from stream.errors import KeyUnavailableError, StreamgateError
-from stream.kafka import consumer_config, producer_config, usable_messages
+from stream.kafka import reader_from_beginning
 from stream.ldp.aggregate import WindowAggregator
 from stream.ldp.labels import LABEL_NAME, ExampleStub, SessionLabeler
 from stream.ldp.memo import MemoCache, RedisMemoStore
@@ -123,22 +119,6 @@ def build_privatizer(
     )
 
 
-class _Batch:
-    """A produced batch of feature reports waiting for its delivery reports."""
-
-    __slots__ = ("failed", "offsets", "pending")
-
-    def __init__(self, offsets: dict[tuple[str, int], int], pending: int) -> None:
-        self.offsets = offsets
-        self.pending = pending
-        self.failed = 0
-
-    def on_delivery(self, err: KafkaError | None, _msg: Any) -> None:
-        self.pending -= 1
-        if err is not None:
-            self.failed += 1
-
-
 @dataclass
 class PrivatizerStats:
     consumed: int = 0
@@ -201,8 +181,21 @@ class PrivatizerStats:
         }
 
 
-class PrivatizerEngine:
-    """Runs the privatizer on Kafka until ``stop`` is set (or ``max_events`` were consumed)."""
+class _Partition:
+    """The windows of one input partition, and the offset below which its records are counted."""
+
+    __slots__ = ("aggregator", "next_offset")
+
+    def __init__(self, aggregator: WindowAggregator, next_offset: int = 0) -> None:
+        self.aggregator = aggregator
+        self.next_offset = next_offset
+
+
+class PrivatizerEngine(StreamEngine):
+    """The privatizer on the shared engine (module docstring)."""
+
+    name: ClassVar[str] = "privatizer"
+    tick_interval = 0.5
 
     def __init__(
         self,
@@ -216,21 +209,13 @@ class PrivatizerEngine:
         idle_seconds: float = 5.0,
         metrics: WorkerMetrics | None = None,
     ) -> None:
-        self.settings = settings
-        self.metrics = metrics
+        super().__init__(settings, bootstrap=bootstrap, metrics=metrics, clock=clock)
         self.privatizer = privatizer
-        self.bootstrap = bootstrap or settings.kafka_bootstrap_or_dev()
         self.stats = PrivatizerStats()
-        self.aggregator = WindowAggregator(privatizer.policy, window_seconds=settings.ldp_window_seconds,
-                                           grace_seconds=grace_seconds, idle_seconds=idle_seconds, clock=clock)
+        self._grace, self._idle = grace_seconds, idle_seconds
+        self.parts: dict[tuple[str, int], _Partition] = {}
         self.worker_id = f"{socket.gethostname()}-{os.getpid()}"
-        self.assigned: set[tuple[str, int]] = set()
         self.on_batch = on_batch
-        self._consumer: Consumer | None = None
-        self._producer: Producer | None = None
-        self._failed_deliveries = 0
-        self._inflight: deque[_Batch] = deque()
-        self._report_lag = LagReporter()
         self.listener: ShredListener | None = None
         # labelled examples: held per session until it ends (stream.learn.labels)
         self.labeler: SessionLabeler | None = None
@@ -240,7 +225,6 @@ class PrivatizerEngine:
         self._released: list[tuple[ExampleStub, bool]] = []  # ended sessions waiting for their labels
         self._idle_since = time.time()
         self._idle_watermark = 0
-        self._example_failures = 0
         self._erased: deque[str] = deque()  # subjects erased (shred channel thread -> engine loop)
 
     def close(self) -> None:
@@ -249,177 +233,169 @@ class PrivatizerEngine:
             self.listener.stop()
             self.listener = None
 
-    @property
-    def ready(self) -> bool:
-        return bool(self.assigned)
-
-    # -- callbacks -------------------------------------------------------------------
-    def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
-        self.assigned.update((tp.topic, tp.partition) for tp in partitions)
-
-    def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
-        # Publish the open windows as they are (their remaining records go to the new owner),
-        # deliver and commit what was produced, before the partitions go.
-        if self._producer is not None:
-            self._publish(self.aggregator.drain(), self._producer)
-            self._emit_examples(self._producer, final="rebalance")
-            self._producer.flush(30)
-            self._commit_delivered(consumer, sync=True)
-        self.assigned.difference_update((tp.topic, tp.partition) for tp in partitions)
-
-    def _on_delivery(self, err: KafkaError | None, _msg: Any) -> None:
-        if err is not None:
-            self._failed_deliveries += 1
-
-    # -- the loop --------------------------------------------------------------------
-    def run(self, stop: threading.Event, *, max_events: int | None = None) -> PrivatizerStats:
-        with relaxed_gc():
-            return self._run(stop, max_events)
-
-    def _run(self, stop: threading.Event, max_events: int | None) -> PrivatizerStats:
-        s = self.settings
-        consumer = Consumer(consumer_config(self.bootstrap, s.privatizer_consumer_group,
-                                            session_timeout_ms=s.session_timeout_ms))
-        producer = Producer(producer_config(self.bootstrap))
-        self._consumer, self._producer = consumer, producer
-        consumer.subscribe([s.topics.protected], on_assign=self._on_assign, on_revoke=self._on_revoke,
-                           on_lost=self._on_revoke)
-        log.info("privatizer started", extra={"topic": s.topics.protected})
-        try:
-            while not stop.is_set():
-                if max_events is not None and self.stats.consumed >= max_events:
-                    break
-                records, offsets = self._consume(consumer)
-                if records and not self._process(consumer, producer, records, offsets, stop):
-                    break
-                if not records:
-                    self._idle_tick()
-                self._emit_examples(producer)
-                self._publish(self.aggregator.due(), producer)
-                producer.poll(0)
-                self._commit_delivered(consumer, sync=False)
-                self._report_lag(consumer, self.metrics)
-        finally:
-            try:
-                self._publish(self.aggregator.drain(), producer)
-                self._emit_examples(producer, final="shutdown")
-                producer.flush(30)
-                self._commit_delivered(consumer, sync=True)
-            finally:
-                consumer.close()
-                self._consumer = self._producer = None
-            log.info("privatizer stopped", extra=self.stats.as_dict())
+    def run(self, stop: threading.Event, *, max_events: int | None = None) -> PrivatizerStats:  # type: ignore[override]
+        until = None if max_events is None else (lambda: self.stats.consumed >= max_events)
+        super().run(stop, until=until)
         return self.stats
 
-    def _consume(self, consumer: Consumer) -> tuple[list[ProtectedRecord], dict[tuple[str, int], int]]:
-        s = self.settings
-        msgs = consumer.consume(num_messages=s.batch_max_events, timeout=s.batch_max_wait_seconds)
-        records: list[ProtectedRecord] = []
-        offsets: dict[tuple[str, int], int] = {}
-        for m in usable_messages(msgs, log):
-            _ts_type, ts = m.timestamp()
-            records.append(ProtectedRecord(m.value(), ts))
-            offsets[(m.topic(), m.partition())] = m.offset() + 1  # type: ignore[index,operator]
-        if records:
-            now = time.monotonic()
-            if self.stats.first_event_at is None:
-                self.stats.first_event_at = now
-            self.stats.consumed += len(records)
-        return records, offsets
+    # -- hooks -------------------------------------------------------------------------------
+    def topics(self) -> list[str]:
+        return [self.settings.topics.protected]
 
-    def _process(self, consumer: Consumer, producer: Producer, records: list[ProtectedRecord],
-                 offsets: dict[tuple[str, int], int], stop: threading.Event) -> bool:
-        attempt = 0
-        while True:
-            try:
-                t0 = time.perf_counter()
-                res = self.privatizer.process(records)
-                break
-            except KeyUnavailableError:
-                self.stats.fail_closed_retries += 1
-                if self.metrics is not None:
-                    self.metrics.redis_error()
-                s = self.settings
-                delay = min(s.retry_backoff_max_seconds, s.retry_backoff_seconds * 2 ** min(attempt, 16))
-                attempt += 1
-                log.warning("memo store unavailable: batch held (not emitted, not committed), retrying",
-                            extra={"held": len(records), "retry_in_s": round(delay, 2)})
-                if not self._wait_paused(consumer, delay, stop):
-                    return False
-        topic = self.settings.topics.features
-        hour_ms = (int(time.time() * 1000) // _HOUR_MS) * _HOUR_MS
-        batch = _Batch(offsets, len(res.reports))
-        produce, cb = producer.produce, batch.on_delivery
-        for value in res.reports:  # (produce_batch cannot set timestamps)
-            while True:
-                try:
-                    produce(topic, value, timestamp=hour_ms, on_delivery=cb)
-                    break
-                except BufferError:
-                    producer.poll(0.05)
-        self._inflight.append(batch)
+    def output_topics(self) -> list[str]:
+        t = self.settings.topics
+        return [t.features, t.frequencies, t.partials]
+
+    def group(self) -> str:
+        return self.settings.privatizer_consumer_group
+
+    def client_id(self) -> str:
+        return "streamgate"
+
+    def _aggregator(self) -> WindowAggregator:
+        return WindowAggregator(self.privatizer.policy, window_seconds=self.settings.ldp_window_seconds,
+                                grace_seconds=self._grace, idle_seconds=self._idle, clock=self.clock)
+
+    def _part(self, tp: tuple[str, int]) -> _Partition:
+        part = self.parts.get(tp)
+        if part is None:
+            part = self.parts[tp] = _Partition(self._aggregator())
+        return part
+
+    def assigned_partitions(self, partitions: list[tuple[str, int]]) -> None:
+        """Restore the open windows of these partitions from the partials topic (crash recovery)."""
+        wanted = {self._partial_key(tp): tp for tp in partitions}
+        for key, doc in read_partials(self.bootstrap, self.settings.topics.partials, set(wanted)).items():
+            tp = wanted[key]
+            part = self._part(tp)
+            part.aggregator.restore(doc.get("state", {}))
+            part.next_offset = int(doc.get("next_offset", 0))
+            log.info("windows restored", extra={"partition": tp[1], "windows": len(part.aggregator.windows)})
+
+    def revoked(self, partitions: list[tuple[str, int]]) -> Result | None:
+        # the open windows stay in the partials topic for the next owner; examples: see _examples
+        for tp in partitions:
+            self.parts.pop(tp, None)
+        return self._examples(final="rebalance")
+
+    def lost(self, partitions: list[tuple[str, int]]) -> None:
+        for tp in partitions:
+            self.parts.pop(tp, None)
+
+    def reset(self) -> None:
+        self.parts.clear()
         if self.labeler is not None:
-            self.labeler.add(res.examples)
-            self._idle_since, self._idle_watermark = time.time(), self.labeler.watermark_ms
-        self.aggregator.add(res.attribute_reports)
-        self.stats.late = self.aggregator.late
-        self._publish(self.aggregator.due(), producer)
-        # at-least-once: offsets are committed once the batch (and every earlier one) is delivered
-        producer.poll(0)
-        self._commit_delivered(consumer, sync=False)
-        self.stats.add(res)
+            self.labeler.discard("recovery")
+        self._released.clear()
+
+    def finish(self) -> Result | None:
+        """A graceful stop publishes the open windows as they are (``n`` says how many reports)."""
+        outs: list[Out] = []
+        for tp, part in self.parts.items():
+            wins = part.aggregator.drain()
+            if wins:
+                outs.extend(self._estimates(wins))
+                outs.append(self._partial(tp, part))
+        ex = self._examples(final="shutdown")
+        if ex is not None:
+            outs.extend(ex.outputs)
+        return Result(outs)
+
+    def tick(self) -> Result | None:
+        self._idle_tick()
+        outs: list[Out] = []
+        for tp, part in self.parts.items():
+            wins = part.aggregator.due()
+            if wins:
+                outs.extend(self._estimates(wins))
+                outs.append(self._partial(tp, part))
+        ex = self._examples()
+        if ex is not None:
+            outs.extend(ex.outputs)
+        return Result(outs) if outs else None
+
+    def process(self, records: list[Record]) -> Result:
+        t0 = time.perf_counter()
+        by_part: dict[tuple[str, int], list[Record]] = {}
+        for r in records:
+            by_part.setdefault((r.topic, r.partition), []).append(r)
+        # resolve every partition's memos first: a KeyUnavailableError leaves nothing half-done
+        results: list[tuple[tuple[str, int], PrivatizeResult, bool]] = []
+        for tp, recs in by_part.items():
+            part = self._part(tp)
+            counted = [r for r in recs if r.offset < part.next_offset]  # already in restored windows
+            fresh = [r for r in recs if r.offset >= part.next_offset] if counted else recs
+            for group, aggregate in ((counted, False), (fresh, True)):
+                if group:
+                    try:
+                        res = self.privatizer.process([ProtectedRecord(r.value, r.timestamp_ms or 0) for r in group])
+                    except self.hold_on:
+                        self.stats.fail_closed_retries += 1
+                        raise
+                    results.append((tp, res, aggregate))
+        features = self.settings.topics.features
+        hour_ms = (int(time.time() * 1000) // _HOUR_MS) * _HOUR_MS
+        outs: list[Out] = []
+        touched: set[tuple[str, int]] = set()
+        for tp, res, aggregate in results:
+            outs.extend(Out(features, v, None, hour_ms) for v in res.reports)
+            if aggregate:
+                self.parts[tp].aggregator.add(res.attribute_reports)
+                touched.add(tp)
+            if self.labeler is not None:
+                self.labeler.add(res.examples)
+                self._idle_since, self._idle_watermark = time.time(), self.labeler.watermark_ms
+            self._account(res, t0)
+        for tp, recs in by_part.items():
+            part = self.parts[tp]
+            part.next_offset = max(part.next_offset, recs[-1].offset + 1)
+            wins = part.aggregator.due()
+            if wins:
+                outs.extend(self._estimates(wins))
+                touched.add(tp)
+            if tp in touched:
+                outs.append(self._partial(tp, part))
+        self.stats.consumed += len(records)
         self.stats.batches += 1
-        self.stats.last_event_at = time.monotonic()
+        self.stats.late = sum(p.aggregator.late for p in self.parts.values())
+        now = time.monotonic()
+        if self.stats.first_event_at is None:
+            self.stats.first_event_at = now
+        self.stats.last_event_at = now
+        return Result(outs)
+
+    # -- outputs -------------------------------------------------------------------------------
+    def _partial_key(self, tp: tuple[str, int]) -> str:
+        return f"{self.group()}|{tp[0]}|{tp[1]}"
+
+    def _partial(self, tp: tuple[str, int], part: _Partition) -> Out:
+        doc = {"schema": PARTIAL_SCHEMA, "next_offset": part.next_offset, "state": part.aggregator.state()}
+        return Out(self.settings.topics.partials, orjson.dumps(doc), self._partial_key(tp).encode())
+
+    def _estimates(self, windows: list[Any]) -> list[Out]:
+        topic = self.settings.topics.frequencies
+        outs: list[Out] = []
+        agg = next(iter(self.parts.values())).aggregator if self.parts else self._aggregator()
+        for win in windows:
+            for rec in agg.records(win, worker=self.worker_id):
+                outs.append(Out(topic, orjson.dumps(rec), rec["attribute"].encode()))
+            self.stats.windows_published += 1
+        self.stats.estimates_published += len(outs)
+        if self.metrics is not None and outs:
+            self.metrics.events_out("frequencies", len(outs))
+        return outs
+
+    def _account(self, res: PrivatizeResult, t0: float) -> None:
+        self.stats.add(res)
         m = self.metrics
         if m is not None:
-            m.events_in(len(records))
             m.events_out("features", len(res.reports))
-            m.observe_batch(time.perf_counter() - t0, len(records))
             for name, n in res.reported.items():
                 m.ldp_reports(name, self.privatizer.policy.by_name[name].mechanism, n, res.epsilon_spent.get(name, 0.0))
             for name, n in res.suppressed.items():
                 m.ldp_suppressed(name, n)
         if self.on_batch is not None:
             self.on_batch(self.stats, res, time.perf_counter() - t0)
-        return True
-
-    def _commit_delivered(self, consumer: Consumer, *, sync: bool) -> None:
-        """Commit the offsets of the leading batches whose every report was delivered."""
-        if self._failed_deliveries:
-            raise StreamgateError(f"{self._failed_deliveries} estimate records could not be delivered; "
-                                  "stopping without committing (a restart resumes from the last commit)")
-        offsets: dict[tuple[str, int], int] = {}
-        inflight = self._inflight
-        while inflight and inflight[0].pending <= 0:
-            done = inflight.popleft()
-            if done.failed:
-                raise StreamgateError(f"{done.failed} feature reports could not be delivered; stopping "
-                                      "without committing (a restart resumes from the last commit)")
-            offsets.update(done.offsets)
-        tps = [TopicPartition(t, p, o) for (t, p), o in offsets.items() if (t, p) in self.assigned]
-        if not tps:
-            return
-        try:
-            if sync:
-                consumer.commit(offsets=tps, asynchronous=False)
-            else:
-                consumer.commit(offsets=tps, asynchronous=True)
-        except KafkaException as exc:  # e.g. taken by a rebalance: the new owner re-processes (same memos)
-            log.warning("offset commit failed", extra={"error": str(exc)})
-
-    def _wait_paused(self, consumer: Consumer, seconds: float, stop: threading.Event) -> bool:
-        assignment = consumer.assignment()
-        if assignment:
-            consumer.pause(assignment)
-        deadline = time.monotonic() + seconds
-        try:
-            while not stop.is_set() and time.monotonic() < deadline:
-                consumer.poll(min(0.2, max(0.0, deadline - time.monotonic())))
-        finally:
-            assignment = consumer.assignment()
-            if assignment:
-                consumer.resume(assignment)
-        return not stop.is_set()
 
     # -- labelled examples --------------------------------------------------------------
     def forget_subject(self, subject: str) -> None:
@@ -446,47 +422,33 @@ class PrivatizerEngine:
         if self.labeler is not None and self._idle_watermark:
             self.labeler.advance(self._idle_watermark + int((time.time() - self._idle_since) * 1000))
 
-    def _on_example_delivery(self, err: KafkaError | None, _msg: Any) -> None:
-        # An example is derived data whose source offsets were committed long ago: a failed
-        # delivery loses that example (counted, logged), it does not stop the worker.
-        if err is not None:
-            self._example_failures += 1
-            self.stats.examples_dropped["delivery_failed"] += 1
-
-    def _emit_examples(self, producer: Producer, *, final: str | None = None) -> None:
-        """Label and produce the examples of the sessions that ended. ``final`` (a stop or a
-        rebalance): the sessions still open are dropped unlabelled (counted with that reason)."""
+    def _examples(self, *, final: str | None = None) -> Result | None:
+        """Label the examples of the sessions that ended. ``final`` (a stop or a rebalance): the
+        sessions still open are dropped unlabelled (counted with that reason). An example is
+        derived data whose source offsets were committed long ago: it carries no offsets."""
         labeler = self.labeler
         if labeler is None:
-            return
+            return None
         self._drop_erased()
         items = self._released
         items.extend(labeler.release())
         if final is not None:
             labeler.discard(final)
+        outs: list[Out] = []
         if items:
             try:
                 res = self.privatizer.label_examples(items)
             except KeyUnavailableError:
+                if final is None:
+                    raise  # held: the engine backs off and ticks again
                 if self.metrics is not None:
                     self.metrics.redis_error()
-                if final is not None:
-                    self.stats.examples_dropped[final] += len(items)
-                    items.clear()
-                else:
-                    log.warning("memo store unavailable: labelled examples held, retrying",
-                                extra={"held": len(items)})
+                self.stats.examples_dropped[final] += len(items)
+                items.clear()
             else:
                 items.clear()
-                topic = self.settings.topics.features
                 hour_ms = (int(time.time() * 1000) // _HOUR_MS) * _HOUR_MS
-                for value in res.examples:
-                    while True:
-                        try:
-                            producer.produce(topic, value, timestamp=hour_ms, on_delivery=self._on_example_delivery)
-                            break
-                        except BufferError:
-                            producer.poll(0.05)
+                outs = [Out(self.settings.topics.features, v, None, hour_ms) for v in res.examples]
                 self.stats.examples += len(res.examples)
                 self.stats.examples_suppressed += res.suppressed
                 self.stats.skipped.update({f"example_{k}": v for k, v in res.skipped.items()})
@@ -502,17 +464,39 @@ class PrivatizerEngine:
         self.stats.examples_pending = labeler.pending
         self.stats.examples_dropped.update(labeler.dropped)
         labeler.dropped.clear()
+        return Result(outs) if outs else None
 
-    def _publish(self, windows: list[Any], producer: Producer) -> None:
-        topic = self.settings.topics.frequencies
-        for win in windows:
-            for rec in self.aggregator.records(win, worker=self.worker_id):
-                producer.produce(topic, key=rec["attribute"].encode(), value=orjson.dumps(rec),
-                                 on_delivery=self._on_delivery)
-                self.stats.estimates_published += 1
-                if self.metrics is not None:
-                    self.metrics.events_out("frequencies", 1)
-            self.stats.windows_published += 1
+
+PARTIAL_SCHEMA = "window-partial.v1"
+
+
+def read_partials(bootstrap: str, topic: str, keys: set[str], *, idle: float = 1.0) -> dict[str, dict[str, Any]]:
+    """The latest partial-window record of each of ``keys`` (reads the compacted topic once)."""
+    if not keys:
+        return {}
+    try:
+        consumer = reader_from_beginning(bootstrap, topic)
+    except StreamgateError:
+        return {}  # no partials topic yet: nothing to restore
+    found: dict[str, dict[str, Any]] = {}
+    try:
+        deadline = time.monotonic() + 30.0
+        while time.monotonic() < deadline:
+            msgs = consumer.consume(num_messages=1000, timeout=idle)
+            if not msgs:
+                break
+            for m in msgs:
+                if m.error() is not None:
+                    continue
+                key = (m.key() or b"").decode("utf-8", "replace")
+                if key in keys and m.value():
+                    with contextlib.suppress(orjson.JSONDecodeError):
+                        doc = orjson.loads(m.value())  # type: ignore[arg-type]
+                        if isinstance(doc, dict) and doc.get("schema") == PARTIAL_SCHEMA:
+                            found[key] = doc
+    finally:
+        consumer.close()
+    return found
 
 
 def create_app(settings: Settings) -> faust.App:

@@ -21,23 +21,21 @@ from __future__ import annotations
 import contextlib
 import logging
 import socket
-import threading
 import time
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, ClassVar
 
 import faust
 import orjson
 import redis
-from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
 
-from stream.apps.hosting import LagReporter, worker_app
+from stream.apps.hosting import worker_app
 from stream.components import redis_client
 from stream.config import Settings
 from stream.crypto.keyring import Keyring
 from stream.crypto.tokens import Tokenizer
+from stream.engine import NotDeliveredError, Out, Record, Result, StreamEngine
 from stream.errors import KeyUnavailableError
-from stream.kafka import consumer_config, producer_config, usable_messages
 from stream.retention.core import (
     ErasureConflictError,
     Shredder,
@@ -60,46 +58,30 @@ def worker_id(settings: Settings) -> str:
 
 
 class KafkaReceiptSink:
-    """Writes receipts to the audit topic (and tombstones to compacted topics); returns only when
-    every record was acknowledged, else raises :class:`ShredderError`."""
+    """Writes receipts to the audit topic (and tombstones to compacted topics) through the
+    engine; returns only when every record was acknowledged, else raises :class:`ShredderError`."""
 
-    def __init__(self, producer: Producer, topic: str, *, timeout: float = 30.0) -> None:
-        self.producer = producer
+    def __init__(self, deliver: Callable[[list[Out]], None], topic: str) -> None:
+        self._deliver = deliver
         self.topic = topic
-        self.timeout = timeout
         self.delivered = 0
 
-    def _produce(self, topic: str, key: bytes | None, value: bytes | None, cb: Callable[[Any, Any], None]) -> None:
-        while True:
-            try:
-                self.producer.produce(topic, key=key, value=value, on_delivery=cb)
-                return
-            except BufferError:
-                self.producer.poll(0.1)
-
     def deliver(self, receipts: Sequence[dict[str, Any]], tombstones: Sequence[tuple[str, bytes]] = ()) -> None:
-        failed: list[str] = []
-
-        def cb(err: KafkaError | None, _msg: Any) -> None:
-            if err is not None:
-                failed.append(err.str())
-
+        outs = [Out(self.topic, orjson.dumps(r)) for r in receipts]
+        outs.extend(Out(topic, None, key) for topic, key in tombstones)
         try:
-            for r in receipts:
-                self._produce(self.topic, None, orjson.dumps(r), cb)
-            for topic, key in tombstones:
-                self._produce(topic, key, None, cb)
-        except KafkaException as exc:
-            raise ShredderError(f"audit records not queued: {exc}") from None
-        left = self.producer.flush(self.timeout)
-        if left or failed:
-            raise ShredderError(f"{left + len(failed)} audit records not delivered"
-                                + (f" ({failed[0]})" if failed else ""))
+            self._deliver(outs)
+        except NotDeliveredError as exc:
+            raise ShredderError(f"audit records not delivered: {exc}") from None
         self.delivered += len(receipts)
 
 
-class ShredderEngine:
-    """The shredder's loop (module docstring). ``run(stop)`` until ``stop`` is set."""
+class ShredderEngine(StreamEngine):
+    """The shredder's loop on the shared engine (module docstring). ``run(stop)`` until ``stop`` is set."""
+
+    name: ClassVar[str] = "shredder"
+    hold_on: ClassVar[tuple[type[BaseException], ...]] = (KeyUnavailableError, ShredderError)
+    needs_partitions: ClassVar[bool] = False  # one erasure partition: the other instances hold none
 
     def __init__(
         self,
@@ -112,43 +94,47 @@ class ShredderEngine:
         metrics: Any = None,
         consumer_overrides: dict[str, Any] | None = None,
     ) -> None:
-        self.settings = settings
-        self.bootstrap = bootstrap or settings.kafka_bootstrap_or_dev()
+        super().__init__(settings, bootstrap=bootstrap, metrics=metrics, clock=clock,
+                         consumer_overrides=consumer_overrides)
+        self.tick_interval = settings.shredder_interval_seconds
         self.keyring = keyring or Keyring.from_settings(settings)
         self.tokenizer = Tokenizer(self.keyring)
         schema = load_schema(settings.schema_name)
         self.token_domain = schema.fields[schema.subject_field].token_domain or schema.subject_field
         self.store = RedisShredStore(client or redis_client(settings), settings.redis_key_prefix)
-        self.clock = clock
         self.worker = worker_id(settings)
         self.tombstone_topics = tombstone_topics(load_topics_config(settings, settings.topics_config))
-        self.metrics = metrics
-        self.consumer_overrides = consumer_overrides or {}
-        self.shredder: Shredder | None = None
-        self.assigned: set[tuple[str, int]] = set()
-        self.joined = False  # the consumer group answered (possibly with no partitions: another instance has them)
+        self.shredder = Shredder(
+            self.store, KafkaReceiptSink(self.deliver_now, settings.topics.audit), worker=self.worker,
+            epoch_seconds=settings.epoch_seconds, retention_seconds=settings.retention_seconds, clock=clock,
+            batch_size=settings.shredder_batch_size, lease_seconds=settings.shredder_lease_seconds,
+            lead_seconds=settings.shredder_lead_seconds, tombstone_topics=self.tombstone_topics)
         self.ticks = 0
         self.erasures_committed = 0
         self._reported: dict[str, int] = {"retention": 0, "erasure": 0}
         self._receipts_reported = 0
-        self._report_lag = LagReporter()
 
     # -- state -------------------------------------------------------------------------
     @property
     def stats(self) -> ShredStats:
-        return self.shredder.stats if self.shredder is not None else ShredStats()
+        return self.shredder.stats
 
     @property
-    def ready(self) -> bool:
+    def not_ready_reason(self) -> str | None:
         """Ready once the first scan is done and the consumer group has answered (with this
         instance's share of the erasure partitions, which may be none when others hold them)."""
-        return self.ticks > 0 and self.joined
+        if self.started and self.ticks == 0:
+            return "first shred pass not done"
+        return super().not_ready_reason
 
     def as_dict(self) -> dict[str, Any]:
         d = self.stats.as_dict()
         d.update({"ticks": self.ticks, "erasures_committed": self.erasures_committed,
                   "assigned": len(self.assigned), "tombstone_topics": len(self.tombstone_topics)})
         return d
+
+    def result(self) -> ShredStats:
+        return self.stats
 
     def _report(self) -> None:
         st = self.stats
@@ -170,97 +156,46 @@ class ShredderEngine:
             oldest = self.store.oldest_deadline()
             self.metrics.set_shred_backlog(due, max(0.0, now - oldest) if due and oldest is not None else 0.0)
 
-    def _backoff(self, attempt: int) -> float:
-        s = self.settings
-        return min(s.retry_backoff_max_seconds, s.retry_backoff_seconds * (2 ** min(attempt, 16)))
+    # -- hooks -------------------------------------------------------------------------
+    def topics(self) -> list[str]:
+        return [self.settings.topics.erasure]
 
-    # -- the loop ----------------------------------------------------------------------
-    def run(self, stop: threading.Event) -> ShredStats:
-        s = self.settings
-        producer = Producer(producer_config(self.bootstrap, **{"client.id": "streamgate-shredder"}))
-        consumer = Consumer(consumer_config(self.bootstrap, s.shredder_consumer_group,
-                                            session_timeout_ms=s.session_timeout_ms,
-                                            **{"client.id": "streamgate-shredder"}, **self.consumer_overrides))
-        consumer.subscribe([s.topics.erasure], on_assign=self._on_assign, on_revoke=self._on_revoke,
-                           on_lost=self._on_revoke)
-        self.shredder = Shredder(
-            self.store, KafkaReceiptSink(producer, s.topics.audit), worker=self.worker,
-            epoch_seconds=s.epoch_seconds, retention_seconds=s.retention_seconds, clock=self.clock,
-            batch_size=s.shredder_batch_size, lease_seconds=s.shredder_lease_seconds,
-            lead_seconds=s.shredder_lead_seconds, tombstone_topics=self.tombstone_topics)
-        log.info("shredder started", extra={"worker": self.worker, "interval_s": s.shredder_interval_seconds})
-        next_tick, attempt = 0.0, 0
+    def output_topics(self) -> list[str]:
+        return [self.settings.topics.audit]
+
+    def group(self) -> str:
+        return self.settings.shredder_consumer_group
+
+    def batch_limit(self) -> int:
+        return 50
+
+    def start(self) -> None:
+        log.info("shredder starting", extra={"worker": self.worker,
+                                             "interval_s": self.settings.shredder_interval_seconds})
+
+    def tick(self) -> Result | None:
+        """Finish the receipt outbox and shred every key whose deadline passed."""
         try:
-            while not stop.is_set():
-                if time.monotonic() >= next_tick:
-                    try:
-                        n = self.shredder.tick()
-                    except (KeyUnavailableError, ShredderError) as exc:
-                        if self.metrics is not None and isinstance(exc, KeyUnavailableError):
-                            self.metrics.redis_error()
-                        delay = self._backoff(attempt)
-                        attempt += 1
-                        log.warning("shred pass failed, retrying", extra={"error": str(exc), "retry_in_s": delay})
-                        next_tick = time.monotonic() + delay
-                    else:
-                        attempt = 0
-                        self.ticks += 1
-                        if n:
-                            log.info("shred pass", extra={"keys": n})
-                        next_tick = time.monotonic() + s.shredder_interval_seconds
-                    self._report()
-                    self._backlog()
-                wait = max(0.05, min(0.5, next_tick - time.monotonic()))
-                msgs = consumer.consume(num_messages=50, timeout=wait)
-                if msgs:
-                    if self.metrics is not None:
-                        self.metrics.events_in(sum(1 for m in msgs if m.error() is None))
-                    self._handle(consumer, msgs, stop)
-                    self._report()
-                self._report_lag(consumer, self.metrics)  # erasure lag feeds the erasure-backlog alert
+            n = self.shredder.tick()
         finally:
-            try:
-                producer.flush(10)
-            finally:
-                consumer.close()
-            log.info("shredder stopped", extra=self.as_dict())
-        return self.stats
+            self._report()
+            self._backlog()
+        self.ticks += 1
+        if n:
+            log.info("shred pass", extra={"keys": n})
+        return None
 
-    def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
-        self.joined = True
-        self.assigned.update((tp.topic, tp.partition) for tp in partitions)
+    def process(self, records: list[Record]) -> Result:
+        """Execute each request; a failure raises (the batch is held and retried: requests are
+        idempotent by ``request_id``). Offsets are committed after the receipts were delivered."""
+        for r in records:
+            self._erase_one(r.value, f"{r.topic}/{r.partition}/{r.offset}")
+        self._report()
 
-    def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
-        self.assigned.difference_update((tp.topic, tp.partition) for tp in partitions)
+        def committed() -> None:
+            self.erasures_committed += len(records)
 
-    def _handle(self, consumer: Consumer, msgs: list[Message], stop: threading.Event) -> None:
-        blocked: set[tuple[str, int]] = set()
-        attempt = 0
-        for m in usable_messages(msgs, log):
-            topic, partition, offset = m.topic(), m.partition(), m.offset()
-            assert topic is not None and partition is not None and offset is not None
-            if (topic, partition) in blocked:
-                continue
-            try:
-                self._erase_one(m.value(), f"{topic}/{partition}/{offset}")
-            except (KeyUnavailableError, ShredderError) as exc:
-                # not done: rewind to this request and retry it after a backoff (nothing committed)
-                if self.metrics is not None and isinstance(exc, KeyUnavailableError):
-                    self.metrics.redis_error()
-                blocked.add((topic, partition))
-                delay = self._backoff(attempt)
-                attempt += 1
-                log.warning("erasure request failed, retrying", extra={"error": str(exc), "retry_in_s": delay,
-                                                                       "offset": offset})
-                with contextlib.suppress(KafkaException):
-                    consumer.seek(TopicPartition(topic, partition, offset))
-                stop.wait(delay)
-                continue
-            try:
-                consumer.commit(offsets=[TopicPartition(topic, partition, offset + 1)], asynchronous=False)
-                self.erasures_committed += 1
-            except KafkaException as exc:  # redelivered later: requests are idempotent
-                log.warning("offset commit failed", extra={"error": str(exc)})
+        return Result(on_delivered=committed)
 
     def _erase_one(self, value: bytes | None, where: str) -> None:
         assert self.shredder is not None
@@ -280,6 +215,7 @@ class ShredderEngine:
             return
         log.info("erasure done", extra={"request_id": outcome.request_id, "keys": outcome.keys_shredded,
                                         "repeated": outcome.repeated})
+
 
 
 def create_app(settings: Settings) -> faust.App:

@@ -50,6 +50,10 @@ class Tokenizer:
         self._memo_size = max(0, int(memo_size))
         self._lock = threading.Lock()
 
+    @property
+    def keyring(self) -> Keyring:
+        return self._keyring
+
     def _mac_for(self, domain: str) -> HMAC:
         if not isinstance(domain, str) or not domain:
             raise ValueError("token domain must be a non-empty string")

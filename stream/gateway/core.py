@@ -13,6 +13,8 @@ Every input record ends in exactly one of ``BatchResult.protected`` or
 from __future__ import annotations
 
 import base64
+import contextlib
+import hmac
 import time
 from collections import Counter
 from collections.abc import Callable, Sequence
@@ -79,6 +81,7 @@ class Gateway:
         *,
         max_event_bytes: int = 64 * 1024,
         clock: Callable[[], float] = time.time,
+        digest_key: bytes | None = None,
     ) -> None:
         self.schema = schema
         self.schema_id = schema.name
@@ -86,6 +89,7 @@ class Gateway:
         self.deks = deks
         self.max_event_bytes = max_event_bytes
         self.clock = clock
+        self.digest_key = digest_key if digest_key is not None else tokenizer.keyring.derive("dlq-digest")
         self.subject_field = schema.subject_field
         subject_policy = schema.fields[self.subject_field]
         self._subject_domain = subject_policy.token_domain or self.subject_field
@@ -175,8 +179,11 @@ class Gateway:
         return out
 
     def _dead_letter(self, rec: RawRecord, why: Rejection, qkey: DataKey, rejected_at: str) -> bytes:
-        sealed = None
-        if rec.value:
+        sealed = digest = None
+        if why.reason is Reason.TOO_LARGE:
+            # never the raw bytes of an oversized record: a keyed digest, its size and where it was
+            digest = self.digest(rec.value or b"")
+        elif rec.value:
             sealed = encrypt_value(
                 qkey,
                 base64.b64encode(rec.value).decode("ascii"),
@@ -198,6 +205,36 @@ class Gateway:
             "size": len(rec.value or b""),
             "sealed": sealed,
             "rejected_at": rejected_at,
+        }
+        if digest is not None:
+            record["digest"] = digest
+        return orjson.dumps(record)
+
+    def digest(self, value: bytes) -> str:
+        """A keyed digest of ``value`` (HMAC-SHA256 under the ``dlq-digest`` purpose key): it
+        identifies a record to whoever holds the key, and reveals nothing to anyone else."""
+        return "hs1." + base64.urlsafe_b64encode(hmac.digest(self.digest_key, value, "sha256")).decode().rstrip("=")
+
+    def compact_dead_letter(self, value: bytes | None, *, topic: str, error: str) -> bytes:
+        """A dead letter that always fits, for an output Kafka refused for good (``too_large``):
+        the source coordinates when the refused record names them, its size and keyed digest."""
+        source: dict[str, Any] = {"topic": topic, "partition": 0, "offset": 0, "timestamp_ms": None}
+        with contextlib.suppress(Exception):
+            doc = orjson.loads(value or b"")
+            if isinstance(doc, dict) and isinstance(doc.get("source"), dict):
+                source = {k: doc["source"].get(k) for k in ("topic", "partition", "offset", "timestamp_ms")}
+        record = {
+            "_schema": DLQ_SCHEMA,
+            "reason": Reason.TOO_LARGE.value,
+            "path": None,
+            "rule": None,
+            "input_schema": self.schema_id,
+            "source": source,
+            "size": len(value or b""),
+            "sealed": None,
+            "digest": self.digest(value or b""),
+            "refused": error[:200],
+            "rejected_at": datetime.fromtimestamp(self.clock(), UTC).isoformat().replace("+00:00", "Z"),
         }
         return orjson.dumps(record)
 

@@ -238,3 +238,37 @@ class WindowAggregator:
             out.append(estimate_record(attr, n=acc.n, support=acc.support, total=acc.total,
                                        start_ms=win.start_ms, end_ms=win.end_ms, worker=worker, sum_c2=acc.sum_c2))
         return out
+
+    # -- crash recovery: the open windows as a plain value ------------------------------------
+    def state(self) -> dict[str, Any]:
+        """The open windows' counts (not the in-process memo clusters: a restored window's
+        design effect counts only the reports added after the restore)."""
+        return {
+            "closed_before_ms": self.closed_before_ms,
+            "watermark_ms": self.watermark_ms,
+            "late": self.late,
+            "windows": [
+                {"start_ms": w.start_ms, "end_ms": w.end_ms,
+                 "accs": {name: {"n": a.n, "total": a.total,
+                                 "support": None if a.support is None else [int(c) for c in a.support]}
+                          for name, a in w.accs.items()}}
+                for w in self.windows.values()
+            ],
+        }
+
+    def restore(self, state: Mapping[str, Any]) -> None:
+        """Continue from :meth:`state` (attributes the policy no longer has are dropped)."""
+        self.closed_before_ms = int(state.get("closed_before_ms", 0))
+        self.watermark_ms = int(state.get("watermark_ms", 0))
+        self.late = int(state.get("late", 0))
+        self.windows = {}
+        for w in state.get("windows", ()):
+            win = WindowState(int(w["start_ms"]), int(w["end_ms"]))
+            for name, a in w.get("accs", {}).items():
+                if name not in self.policy.by_name:
+                    continue
+                sup = a.get("support")
+                win.accs[name] = _Acc(n=int(a["n"]), total=float(a.get("total", 0.0)),
+                                      support=None if sup is None else np.asarray(sup, dtype=np.int64))
+            self.windows[win.start_ms] = win
+        self.last_add = self._clock()
