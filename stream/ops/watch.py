@@ -29,7 +29,8 @@ import orjson
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaException, TopicPartition
 
 from stream.config import Settings
-from stream.errors import StreamgateError
+from stream.errors import BrokerUnreachableError
+from stream.kafka import client_config
 
 __all__ = ["WatchState", "assign_new", "end_offsets", "read_until_idle", "safe_reason", "watch_consumer"]
 
@@ -287,13 +288,14 @@ def watch_consumer(bootstrap: str, settings: Settings) -> tuple[Consumer, dict[s
     handlers: dict[str, Callable[[WatchState, bytes | None], None]] = {
         t.metrics: WatchState.add_metrics, t.dlq: WatchState.add_dlq, t.audit: WatchState.add_audit,
     }
-    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": "streamgate-ops-watch",
-                         "enable.auto.commit": False, "client.id": "streamgate-ops-watch"})
+    consumer = Consumer(client_config(bootstrap, **{"group.id": "streamgate-ops-watch", "enable.auto.commit": False,
+                                                     "client.id": "streamgate-ops-watch"}))
     try:
         md = consumer.list_topics(timeout=10)
     except KafkaException as exc:
         consumer.close()
-        raise StreamgateError(f"cannot reach Kafka at {bootstrap}") from exc
+        raise BrokerUnreachableError(f"cannot reach Kafka at {bootstrap}; check STREAMGATE_KAFKA_BOOTSTRAP",
+                                     bootstrap=bootstrap) from exc
     assignment, missing = [], []
     for topic in handlers:
         tmd = md.topics.get(topic)
