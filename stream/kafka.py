@@ -132,10 +132,15 @@ def probe_broker(bootstrap: str, *, timeout: float = PROBE_TIMEOUT, setting: str
     quiet = logging.Logger("streamgate.kafka.probe", logging.CRITICAL + 1)  # not in the hierarchy: silent
     conf: dict[str, Any] = {"bootstrap.servers": bootstrap, "logger": quiet, "log_level": 0, "error_cb": errors.append,
                             "socket.connection.setup.timeout.ms": max(1000, int(timeout * 1000))}
-    admin = AdminClient(conf)
+    try:
+        admin = AdminClient(conf)
+    except KafkaException as exc:  # e.g. a malformed address list
+        raise BrokerUnreachableError(f"invalid Kafka address {bootstrap}: {_UNSAFE_CHARS.sub('', str(exc))}"
+                                     + (f"; check {setting}" if setting else ""), bootstrap=bootstrap) from None
     deadline = time.monotonic() + timeout
     while True:
         left = deadline - time.monotonic()
+        started = time.monotonic()
         try:
             admin.list_topics(timeout=max(0.1, min(1.0, left)))
             return
@@ -143,6 +148,7 @@ def probe_broker(bootstrap: str, *, timeout: float = PROBE_TIMEOUT, setting: str
             admin.poll(0)  # serves error_cb
         if left <= 1.0:
             break
+        time.sleep(max(0.0, 0.1 - (time.monotonic() - started)))  # no busy loop if the call fails at once
     transport = [e for e in errors if e.code() != KafkaError._ALL_BROKERS_DOWN]
     cause = _probe_detail((transport or errors)[-1]) if errors else "no answer"
     where = f"; check {setting}" if setting else ""
