@@ -124,7 +124,7 @@ def gateway(loglevel: str) -> None:
 
     from stream.apps.gateway import create_app
     from stream.crypto.keyring import Keyring
-    from stream.kafka import ensure_topics
+    from stream.kafka import ensure_topics, reachable_bootstrap
     from stream.ops.logging import configure_logging
     from stream.schema import load_schema
 
@@ -132,7 +132,7 @@ def gateway(loglevel: str) -> None:
     configure_logging(settings, loglevel)  # allow-listed fields only (STREAMGATE_LOG_FORMAT=text|json)
     Keyring.from_settings(settings)  # fail fast on a missing/bad KEK or schema, before starting anything
     load_schema(settings.schema_name)
-    bootstrap = settings.kafka_bootstrap_or_dev()
+    bootstrap = reachable_bootstrap(settings)
     t = settings.topics
     ensure_topics(bootstrap, [t.raw, t.protected, t.dlq], partitions=settings.topic_partitions)
     app = create_app(settings)
@@ -156,11 +156,11 @@ def produce(generate: int | None, seed: int, invalid_rate: float, file: Any, top
 
     from stream.apps.produce import publish
     from stream.faults import make_invalid
-    from stream.kafka import ensure_topics
+    from stream.kafka import ensure_topics, reachable_bootstrap
     from stream.synth import ClickstreamGenerator
 
     settings = _settings()
-    bootstrap = settings.kafka_bootstrap_or_dev()
+    bootstrap = reachable_bootstrap(settings)
     topic = topic or settings.topics.raw
     ensure_topics(bootstrap, [topic], partitions=settings.topic_partitions)
     items: Any
@@ -200,7 +200,7 @@ def decrypt(user: str | None, max_events: int | None, idle_timeout: float, on_sh
     from stream.crypto.tokens import Tokenizer
     from stream.errors import DecryptError
     from stream.gateway.reader import ProtectedEventReader
-    from stream.kafka import reader_from_beginning
+    from stream.kafka import reachable_bootstrap, reader_from_beginning
     from stream.schema import load_schema
 
     settings = _settings()
@@ -211,7 +211,7 @@ def decrypt(user: str | None, max_events: int | None, idle_timeout: float, on_sh
     if user is not None:
         domain = schema.fields[schema.subject_field].token_domain or schema.subject_field
         want = Tokenizer(keyring).token(domain, user).encode()
-    consumer = reader_from_beginning(settings.kafka_bootstrap_or_dev(), settings.topics.protected)
+    consumer = reader_from_beginning(reachable_bootstrap(settings), settings.topics.protected)
     printed, failed, last = 0, 0, time.monotonic()
     out = sys.stdout
     try:
@@ -256,11 +256,11 @@ def dlq_inspect(max_records: int, unseal: bool, idle_timeout: float) -> None:
 
     from stream.components import build_dek_provider
     from stream.gateway.core import unseal_dead_letter
-    from stream.kafka import reader_from_beginning
+    from stream.kafka import reachable_bootstrap, reader_from_beginning
 
     settings = _settings()
     deks = build_dek_provider(settings) if unseal else None
-    consumer = reader_from_beginning(settings.kafka_bootstrap_or_dev(), settings.topics.dlq)
+    consumer = reader_from_beginning(reachable_bootstrap(settings), settings.topics.dlq)
     shown, last = 0, time.monotonic()
     try:
         while shown < max_records and time.monotonic() - last < idle_timeout:
@@ -289,8 +289,12 @@ def dlq_inspect(max_records: int, unseal: bool, idle_timeout: float) -> None:
 def demo(events: int, invalid_rate: float, seed: int) -> None:
     """Live demo on the embedded stack: gateway, privatizer and shredder on a synthetic clickstream."""
     from stream.demo import run_demo
+    from stream.kafka import probe_broker
 
-    run_demo(_settings(), events=events, invalid_rate=invalid_rate, seed=seed)
+    settings = _settings()
+    if settings.kafka_bootstrap:  # else the embedded stack, started by the demo
+        probe_broker(settings.kafka_bootstrap)
+    run_demo(settings, events=events, invalid_rate=invalid_rate, seed=seed)
 
 
 @cli.group()

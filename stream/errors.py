@@ -7,6 +7,7 @@ paths declared in a schema, key ids and counts, nothing a producer sent.
 from __future__ import annotations
 
 __all__ = [
+    "BrokerUnreachableError",
     "ConfigError",
     "DecryptError",
     "DevStackError",
@@ -26,6 +27,14 @@ class StreamgateError(Exception):
 
 class ConfigError(StreamgateError):
     """A setting is missing or malformed."""
+
+
+class BrokerUnreachableError(StreamgateError):
+    """No Kafka broker answered at the configured bootstrap address (``bootstrap``)."""
+
+    def __init__(self, message: str, *, bootstrap: str = "") -> None:
+        super().__init__(message)
+        self.bootstrap = bootstrap
 
 
 class SchemaPolicyError(StreamgateError):

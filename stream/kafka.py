@@ -7,30 +7,167 @@ the pure core never touches Kafka.
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable, Sequence
+import re
+import threading
+import time
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, Message, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic
 
 from stream.config import Settings
-from stream.errors import StreamgateError
+from stream.errors import BrokerUnreachableError, StreamgateError
 
 __all__ = [
+    "BOOTSTRAP_SETTING",
+    "LIBRDKAFKA_LOGGER",
+    "PROBE_TIMEOUT",
+    "RateLimitFilter",
+    "admin_client",
+    "admin_config",
     "all_topics",
+    "client_config",
     "consumer_config",
     "ensure_topics",
+    "probe_broker",
     "producer_config",
+    "reachable_bootstrap",
     "reader_from_beginning",
     "usable_messages",
 ]
 
 log = logging.getLogger("streamgate.kafka")
 
+#: The environment variable that names the broker (quoted in connection errors).
+BOOTSTRAP_SETTING = "STREAMGATE_KAFKA_BOOTSTRAP"
+#: Seconds :func:`probe_broker` waits for a metadata answer before it gives up.
+PROBE_TIMEOUT = 5.0
+#: The logger every librdkafka client logs to (warning and above, rate-limited).
+LIBRDKAFKA_LOGGER = "streamgate.kafka.librdkafka"
+_LIBRDKAFKA_LOG_LEVEL = 4  # syslog "warning": librdkafka does not even queue info/debug lines
+_UNSAFE_CHARS = re.compile(r"[\'\"{}@\\\x00-\x1f]")
+# counters inside a message ("after 0ms", "3 identical error(s)", "producer-1"), not address parts
+_COUNTERS = re.compile(r"(?<![.:#\d])\d+(?![.:\d])")
+
+
+class RateLimitFilter(logging.Filter):
+    """Drops records below WARNING; passes each distinct message (numbers that are counters, not
+    address parts, ignored) the first time, then at most once every ``every`` seconds, with how
+    many were suppressed in between. Also strips quotes/braces/``@`` so the safe-logging filter
+    (:mod:`stream.ops.logging`) keeps the text instead of redacting it."""
+
+    def __init__(self, every: float = 30.0, *, max_keys: int = 1024,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        super().__init__()
+        self.every = every
+        self.max_keys = max_keys
+        self._clock = clock
+        self._seen: dict[tuple[int, str], list[float]] = {}  # key -> [last emitted at, suppressed since]
+        self._lock = threading.Lock()
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno < logging.WARNING:
+            return False
+        text = _UNSAFE_CHARS.sub("", record.getMessage())[:200]
+        key = (record.levelno, _COUNTERS.sub("N", text))
+        now = self._clock()
+        with self._lock:
+            seen = self._seen.get(key)
+            if seen is not None and now - seen[0] < self.every:
+                seen[1] += 1
+                return False
+            suppressed = int(seen[1]) if seen is not None else 0
+            if seen is None and len(self._seen) >= self.max_keys:
+                self._seen.pop(next(iter(self._seen)))
+            self._seen[key] = [now, 0]
+        if suppressed:
+            record.msg, record.args = "%s (%d similar suppressed in %d s)", (text, suppressed, round(self.every))
+        else:
+            record.msg, record.args = "%s", (text,)
+        return True
+
+
+def _librdkafka_logger() -> logging.Logger:
+    logger = logging.getLogger(LIBRDKAFKA_LOGGER)
+    if not any(isinstance(f, RateLimitFilter) for f in logger.filters):
+        logger.addFilter(RateLimitFilter())
+    return logger
+
+
+def client_config(bootstrap: str, **extra: Any) -> dict[str, Any]:
+    """The settings every client gets: the bootstrap and librdkafka's log lines routed to
+    :data:`LIBRDKAFKA_LOGGER` (warning and above, rate-limited) instead of raw stderr. Those
+    lines are emitted when the client is polled (``poll``/``consume``/``flush``)."""
+    conf: dict[str, Any] = {
+        "bootstrap.servers": bootstrap,
+        "logger": _librdkafka_logger(),
+        "log_level": _LIBRDKAFKA_LOG_LEVEL,
+    }
+    conf.update(extra)
+    return conf
+
+
+def admin_config(bootstrap: str, **extra: Any) -> dict[str, Any]:
+    return client_config(bootstrap, **extra)
+
+
+def admin_client(bootstrap: str, **extra: Any) -> AdminClient:
+    return AdminClient(admin_config(bootstrap, **extra))
+
+
+def _probe_detail(err: KafkaError) -> str:
+    """The useful part of a librdkafka connection error: no ``host/bootstrap:`` prefix, no timing."""
+    text = err.str()
+    text = re.sub(r"^\S+/bootstrap: ", "", text)
+    text = re.sub(r" \(after \d+ms in state \w+.*\)$", "", text)
+    return _UNSAFE_CHARS.sub("", text)
+
+
+def probe_broker(bootstrap: str, *, timeout: float = PROBE_TIMEOUT, setting: str | None = BOOTSTRAP_SETTING) -> None:
+    """Ask ``bootstrap`` for cluster metadata; raise :class:`BrokerUnreachableError` (one line
+    naming the address, the cause and ``setting``) if no answer came within ``timeout`` seconds.
+    Logs nothing: librdkafka's connection errors only feed the exception's message."""
+    errors: list[KafkaError] = []
+    quiet = logging.Logger("streamgate.kafka.probe", logging.CRITICAL + 1)  # not in the hierarchy: silent
+    conf: dict[str, Any] = {"bootstrap.servers": bootstrap, "logger": quiet, "log_level": 0, "error_cb": errors.append,
+                            "socket.connection.setup.timeout.ms": max(1000, int(timeout * 1000))}
+    try:
+        admin = AdminClient(conf)
+    except KafkaException as exc:  # e.g. a malformed address list
+        raise BrokerUnreachableError(f"invalid Kafka address {bootstrap}: {_UNSAFE_CHARS.sub('', str(exc))}"
+                                     + (f"; check {setting}" if setting else ""), bootstrap=bootstrap) from None
+    deadline = time.monotonic() + timeout
+    while True:
+        left = deadline - time.monotonic()
+        started = time.monotonic()
+        try:
+            admin.list_topics(timeout=max(0.1, min(1.0, left)))
+            return
+        except KafkaException:
+            admin.poll(0)  # serves error_cb
+        if left <= 1.0:
+            break
+        time.sleep(max(0.0, 0.1 - (time.monotonic() - started)))  # no busy loop if the call fails at once
+    transport = [e for e in errors if e.code() != KafkaError._ALL_BROKERS_DOWN]
+    cause = _probe_detail((transport or errors)[-1]) if errors else "no answer"
+    where = f"; check {setting}" if setting else ""
+    raise BrokerUnreachableError(f"cannot reach Kafka at {bootstrap} within {timeout:g} s: {cause}{where}",
+                                 bootstrap=bootstrap)
+
+
+def reachable_bootstrap(settings: Settings, *, timeout: float = PROBE_TIMEOUT) -> str:
+    """The configured bootstrap (else the running dev stack's), checked with :func:`probe_broker`."""
+    bootstrap = settings.kafka_bootstrap_or_dev()
+    setting = BOOTSTRAP_SETTING if settings.kafka_bootstrap else \
+        "the embedded dev stack (streamgate dev status) or set " + BOOTSTRAP_SETTING
+    probe_broker(bootstrap, timeout=timeout, setting=setting)
+    return bootstrap
+
 
 def producer_config(bootstrap: str, **extra: Any) -> dict[str, Any]:
     conf: dict[str, Any] = {
-        "bootstrap.servers": bootstrap,
+        **client_config(bootstrap),
         "enable.idempotence": True,  # no duplicates from producer retries; acks=all
         "linger.ms": 5,
         "batch.num.messages": 10000,
@@ -43,7 +180,7 @@ def producer_config(bootstrap: str, **extra: Any) -> dict[str, Any]:
 
 def consumer_config(bootstrap: str, group: str, *, session_timeout_ms: int = 6000, **extra: Any) -> dict[str, Any]:
     conf: dict[str, Any] = {
-        "bootstrap.servers": bootstrap,
+        **client_config(bootstrap),
         "group.id": group,
         "enable.auto.commit": False,  # we commit after the outputs of a batch are delivered
         "enable.auto.offset.store": False,
@@ -69,11 +206,12 @@ def all_topics(settings: Settings) -> list[str]:
 
 def ensure_topics(bootstrap: str, names: Iterable[str], *, partitions: int = 4, timeout: float = 30.0) -> list[str]:
     """Create the topics that don't exist yet; returns the names created."""
-    admin = AdminClient({"bootstrap.servers": bootstrap})
+    admin = admin_client(bootstrap)
     try:
         existing = set(admin.list_topics(timeout=timeout).topics)
     except KafkaException as exc:
-        raise StreamgateError(f"cannot reach Kafka at {bootstrap}: {exc}") from exc
+        raise BrokerUnreachableError(f"cannot reach Kafka at {bootstrap} within {timeout:g} s; check {BOOTSTRAP_SETTING}",
+                                     bootstrap=bootstrap) from exc
     wanted = [n for n in dict.fromkeys(names) if n not in existing]
     if not wanted:
         return []
@@ -95,11 +233,14 @@ def ensure_topics(bootstrap: str, names: Iterable[str], *, partitions: int = 4, 
 def reader_from_beginning(bootstrap: str, topic: str) -> Consumer:
     """A consumer assigned every partition of ``topic`` from its beginning: no consumer group
     join (which takes about half the session timeout), nothing committed. For reading tools."""
-    consumer = Consumer(
-        {"bootstrap.servers": bootstrap, "group.id": "streamgate-reader", "enable.auto.commit": False,
-         "client.id": "streamgate-reader"}
-    )
-    md = consumer.list_topics(topic, timeout=10).topics.get(topic)
+    consumer = Consumer(client_config(bootstrap, **{"group.id": "streamgate-reader", "enable.auto.commit": False,
+                                                     "client.id": "streamgate-reader"}))
+    try:
+        md = consumer.list_topics(topic, timeout=10).topics.get(topic)
+    except KafkaException as exc:
+        consumer.close()
+        raise BrokerUnreachableError(f"cannot reach Kafka at {bootstrap}; check {BOOTSTRAP_SETTING}",
+                                     bootstrap=bootstrap) from exc
     if md is None or md.error is not None:
         consumer.close()
         raise StreamgateError(f"topic {topic!r} does not exist at {bootstrap}")

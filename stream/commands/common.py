@@ -34,6 +34,10 @@ def bench_settings(base: Settings) -> Iterator[Settings]:
     if base.master_key is None and base.master_key_file is None:
         click.echo("(no master key configured: using a throwaway key for this run)")
         base = base.model_copy(update={"master_key": SecretStr(base64.b64encode(os.urandom(32)).decode())})
+    if base.kafka_bootstrap:
+        from stream.kafka import probe_broker
+
+        probe_broker(base.kafka_bootstrap)  # a wrong address: one line, not a hung benchmark
     if base.kafka_bootstrap and base.redis_url:
         yield base
         return

@@ -83,11 +83,11 @@ def register(cli: click.Group) -> None:
         from faust.worker import Worker
 
         from stream.apps.privatizer import create_app
-        from stream.kafka import ensure_topics
+        from stream.kafka import ensure_topics, reachable_bootstrap
         from stream.ops.logging import configure_logging
 
         Keyring.from_settings(settings)  # fail fast on a missing/bad KEK (the memo key derives from it)
-        bootstrap = settings.kafka_bootstrap_or_dev()
+        bootstrap = reachable_bootstrap(settings)
         t = settings.topics
         ensure_topics(bootstrap, [t.protected, t.features, t.frequencies], partitions=settings.topic_partitions)
         app = create_app(settings)
@@ -110,14 +110,14 @@ def register(cli: click.Group) -> None:
         from rich.console import Console
         from rich.live import Live
 
-        from stream.kafka import reader_from_beginning
+        from stream.kafka import reachable_bootstrap, reader_from_beginning
         from stream.ldp.aggregate import merge_records
         from stream.ldp.policy import LdpPolicy
         from stream.schema import load_schema
 
         settings = _settings()
         policy = LdpPolicy.from_schema(load_schema(settings.schema_name), settings.ldp_epsilon)
-        consumer = reader_from_beginning(settings.kafka_bootstrap_or_dev(), settings.topics.frequencies)
+        consumer = reader_from_beginning(reachable_bootstrap(settings), settings.topics.frequencies)
         # latest record per (worker, attribute, window)
         seen: dict[tuple[str, str, int], dict[str, Any]] = {}
 

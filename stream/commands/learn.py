@@ -90,12 +90,11 @@ def register(cli: click.Group) -> None:
         detection and signed snapshots every STREAMGATE_LEARN_SNAPSHOT_EVERY examples / _INTERVAL_SECONDS;
         resumes from its latest snapshot. /healthz, /readyz and /metrics on port 6069.
         """
-        from confluent_kafka.admin import AdminClient
         from faust.worker import Worker
 
         from stream.apps.learner import create_app
         from stream.crypto.keyring import Keyring
-        from stream.kafka import ensure_topics
+        from stream.kafka import admin_client, ensure_topics, reachable_bootstrap
         from stream.ops.logging import configure_logging
         from stream.retention.topics import apply_topics, load_topics_config
         from stream.schema import load_schema
@@ -103,10 +102,10 @@ def register(cli: click.Group) -> None:
         settings = _settings()
         Keyring.from_settings(settings)  # fail fast: snapshots are signed with a key derived from the KEK
         load_schema(settings.schema_name)
-        bootstrap = settings.kafka_bootstrap_or_dev()
+        bootstrap = reachable_bootstrap(settings)
         t = settings.topics
         # missing topics are created with their configured policy (models.snapshots is compacted)
-        existing = AdminClient({"bootstrap.servers": bootstrap}).list_topics(timeout=30).topics
+        existing = admin_client(bootstrap).list_topics(timeout=30).topics
         wanted = {t.features, t.snapshots, t.audit}
         specs = [s for s in load_topics_config(settings, settings.topics_config)
                  if s.name in wanted and s.name not in existing]
@@ -135,9 +134,11 @@ def register(cli: click.Group) -> None:
 
         from stream.apps.learner import latest_snapshot_bytes, snapshot_key
         from stream.errors import KeyringError, SnapshotError
+        from stream.kafka import reachable_bootstrap
         from stream.learn.snapshot import ModelSnapshot
 
         settings = _settings()
+        reachable_bootstrap(settings)  # fail fast with one line on a wrong broker address
         name = name or settings.learn_model_name
         try:
             key: bytes | None = snapshot_key(settings)
@@ -183,10 +184,12 @@ def register(cli: click.Group) -> None:
 
         from stream.apps.learner import load_latest_snapshot
         from stream.errors import InvalidExampleError
+        from stream.kafka import reachable_bootstrap
         from stream.ldp.privatizer import hour_of_week
         from stream.learn.example import EXAMPLE_SCHEMA, FEATURE_SCHEMA, PrivateExample
 
         settings = _settings()
+        reachable_bootstrap(settings)  # fail fast with one line on a wrong broker address
         model_ = load_latest_snapshot(settings, name).model
         failed = 0
         for line in file:

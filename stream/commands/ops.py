@@ -25,10 +25,11 @@ def ops() -> None:
 def watch(once: bool, interval: float, idle_timeout: float) -> None:
     """Live view over ops.metrics, ops.audit and clicks.dlq: rates, lag, DLQ reasons, shreds,
     privacy budget, model metrics."""
+    from stream.kafka import reachable_bootstrap
     from stream.ops.watch import WatchState, assign_new, end_offsets, read_until_idle, watch_consumer
 
     settings = _settings()
-    consumer, handlers, missing = watch_consumer(settings.kafka_bootstrap_or_dev(), settings)
+    consumer, handlers, missing = watch_consumer(reachable_bootstrap(settings), settings)
     state = WatchState()
     try:
         if once:

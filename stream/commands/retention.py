@@ -118,13 +118,12 @@ def register(cli: click.Group) -> None:
         budgets) whose retention ended and writes one receipt per key to ops.audit; it executes
         requests from privacy.erasure as they come. /healthz, /readyz and /metrics on port 6068.
         """
-        from confluent_kafka.admin import AdminClient
         from faust.worker import Worker
 
         from stream.apps.shredder import create_app
         from stream.crypto.keyring import Keyring
         from stream.errors import ConfigError
-        from stream.kafka import ensure_topics
+        from stream.kafka import admin_client, ensure_topics, reachable_bootstrap
         from stream.ops.logging import configure_logging
         from stream.retention.topics import load_topics_config, tombstone_topics
         from stream.schema import load_schema
@@ -133,10 +132,10 @@ def register(cli: click.Group) -> None:
         Keyring.from_settings(settings)  # fail fast: erasure requests are tokenized with the KEK
         load_schema(settings.schema_name)
         compacted = tombstone_topics(load_topics_config(settings, settings.topics_config))
-        bootstrap = settings.kafka_bootstrap_or_dev()
+        bootstrap = reachable_bootstrap(settings)
         ensure_topics(bootstrap, [settings.topics.erasure, settings.topics.audit], partitions=1)
         if compacted:
-            existing = AdminClient({"bootstrap.servers": bootstrap}).list_topics(timeout=30).topics
+            existing = admin_client(bootstrap).list_topics(timeout=30).topics
             missing = [t for t in compacted if t not in existing]
             if missing:
                 raise ConfigError(f"compacted topics keyed by person token are missing: {', '.join(missing)} "
@@ -161,7 +160,7 @@ def register(cli: click.Group) -> None:
         import orjson
 
         from stream.errors import ConfigError
-        from stream.kafka import ensure_topics
+        from stream.kafka import ensure_topics, reachable_bootstrap
         from stream.retention.core import check_request_id
         from stream.retention.receipts import rfc3339
 
@@ -173,7 +172,7 @@ def register(cli: click.Group) -> None:
             token = _subject_of(user, subject)
         except ConfigError:
             token = "(token not shown: no master key here)"
-        bootstrap = settings.kafka_bootstrap_or_dev()
+        bootstrap = reachable_bootstrap(settings)
         ensure_topics(bootstrap, [settings.topics.erasure], partitions=1)
         body: dict[str, Any] = {"request_id": rid, "requested_at": rfc3339(time.time())}
         body["user_id" if user is not None else "subject"] = user if user is not None else subject
@@ -219,6 +218,8 @@ def register(cli: click.Group) -> None:
         """
         import orjson
 
+        from stream.kafka import reachable_bootstrap
+
         if user is not None and subject is not None:
             raise click.UsageError("give at most one of --user, --subject")
         settings = _settings()
@@ -227,7 +228,7 @@ def register(cli: click.Group) -> None:
         t_until = parse_when(until) if until else None
         seen: set[str] = set()
         shown = dupes = 0
-        for r in read_receipts(settings.kafka_bootstrap_or_dev(), settings.topics.audit, idle_timeout=idle_timeout):
+        for r in read_receipts(reachable_bootstrap(settings), settings.topics.audit, idle_timeout=idle_timeout):
             if r.get("kind") not in ("key_shredded", "erasure"):
                 continue
             rid = r.get("receipt_id")
@@ -266,11 +267,12 @@ def register(cli: click.Group) -> None:
         Records can outlive retention.ms until their log segment rolls (segment.ms): Kafka deletes
         whole closed segments only. The config keeps segment.ms below retention.ms for that reason.
         """
+        from stream.kafka import reachable_bootstrap
         from stream.retention.topics import apply_topics, load_topics_config
 
         settings = _settings()
         specs = load_topics_config(settings, config or settings.topics_config)
-        changes = apply_topics(settings.kafka_bootstrap_or_dev(), specs, dry_run=dry_run)
+        changes = apply_topics(reachable_bootstrap(settings), specs, dry_run=dry_run)
         for c in changes:
             click.echo(c.describe())
         n = sum(1 for c in changes if c.action != "unchanged")

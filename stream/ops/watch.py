@@ -7,8 +7,12 @@ counted by ``kind`` and ``reason``) and ``clicks.dlq`` (dead letters counted by
 functions below do the Kafka reading.
 
 Nothing from a record is printed unless it passes a strict pattern (names, reason
-codes, numbers): a malformed or hostile record shows up as ``other``, never as
+codes, numbers; a worker's not-ready reason: one short line of safe characters, no
+token, no ``@``): a malformed or hostile record shows up as ``other``, never as
 its content.
+
+A worker's ``ready`` (and ``reason``) is what its ``/readyz`` computed when the snapshot
+was taken (:meth:`stream.ops.worker.OpsHandle.status`).
 """
 
 from __future__ import annotations
@@ -25,12 +29,28 @@ import orjson
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaException, TopicPartition
 
 from stream.config import Settings
-from stream.errors import StreamgateError
+from stream.errors import BrokerUnreachableError
+from stream.kafka import client_config
 
-__all__ = ["WatchState", "assign_new", "end_offsets", "read_until_idle", "watch_consumer"]
+__all__ = ["WatchState", "assign_new", "end_offsets", "read_until_idle", "safe_reason", "watch_consumer"]
 
 _NAME = re.compile(r"[a-z0-9_.-]{1,64}")
 _TOKENISH = re.compile(r"tk\d+_")
+_REASON = re.compile(r"[A-Za-z0-9 _.,:;/=+()<>#%|~-]{1,200}")
+_REASON_DROP = re.compile(r"[^A-Za-z0-9 _.,:;/=+()<>#%|~-]")
+_REASON_MAX = 200
+
+
+def safe_reason(value: Any) -> str | None:
+    """A not-ready reason fit to publish and print: one line of safe characters (others
+    removed), at most 200 characters, no person token; ``None`` for nothing, ``other`` for a
+    reason that mentions a token."""
+    if not isinstance(value, str):
+        return None
+    text = _REASON_DROP.sub("", " ".join(value.split()))[:_REASON_MAX].strip()
+    if not text:
+        return None
+    return "other" if _TOKENISH.search(value) or not _REASON.fullmatch(text) else text
 _WORKER_ORDER = {"gateway": 0, "privatizer": 1, "shredder": 2}
 
 
@@ -54,6 +74,21 @@ def _counts(value: Any) -> dict[str, int]:
         for k, v in value.items():
             out[_name(k)] += _int(v)
     return dict(out)
+
+
+def _reason_of(snap: dict[str, Any]) -> str | None:
+    """Why a worker was not ready: its published reason (printed only if it is a safe line,
+    exactly as :func:`safe_reason` keeps it), else the failed checks by name."""
+    raw = snap.get("reason")
+    if isinstance(raw, str):
+        kept = safe_reason(raw)
+        return kept if kept == raw else "other"
+    checks = snap.get("checks")
+    if isinstance(checks, dict):
+        failed = sorted({_name(k) for k, v in checks.items() if v is False})
+        if failed:
+            return "failed checks: " + ", ".join(failed)
+    return None
 
 
 @dataclass
@@ -126,6 +161,7 @@ class WatchState:
                 "keys_shredded": _counts(s.get("keys_shredded")),
                 "shred_due": _int(s.get("shred_due")),
                 "ready": bool(s.get("ready")),
+                "reason": None if s.get("ready") else _reason_of(s),
             })
         return rows
 
@@ -171,6 +207,8 @@ class WatchState:
                 f" redis_errors={r['redis_errors']} ready={'yes' if r['ready'] else 'no'}"
                 + (f" age={r['age_s']}s" if r["age_s"] is not None else "")
             )
+            if r["reason"]:
+                lines.append(f"    not ready: {r['reason']}")
             if r["dlq"]:
                 lines.append("    dead letters: " + ", ".join(f"{k}={v}" for k, v in sorted(r["dlq"].items())))
             if r["lag_by_partition"]:
@@ -200,6 +238,7 @@ class WatchState:
     def render_rich(self, now: float | None = None) -> Any:
         """A rich renderable for the live view."""
         from rich.console import Group
+        from rich.markup import escape
         from rich.table import Table
 
         now = time.time() if now is None else now
@@ -209,7 +248,8 @@ class WatchState:
         for r in self.worker_rows(now):
             t.add_row(r["worker"], f"{r['in_rate']:,.1f}", f"{r['out_rate']:,.1f}", f"{r['dlq_rate']:,.1f}",
                       f"{r['events_in']:,}", f"{r['lag']:,}", str(r["redis_errors"]),
-                      str(sum(r["keys_shredded"].values())), "yes" if r["ready"] else "[red]no[/red]",
+                      str(sum(r["keys_shredded"].values())),
+                      "yes" if r["ready"] else "[red]no[/red]" + (f" ({escape(r['reason'][:60])})" if r["reason"] else ""),
                       f"{r['age_s']}s" if r["age_s"] is not None else "-")
         d = Table(title=f"dead letters ({sum(self.dlq.values()):,})", expand=True)
         d.add_column("reason")
@@ -248,13 +288,14 @@ def watch_consumer(bootstrap: str, settings: Settings) -> tuple[Consumer, dict[s
     handlers: dict[str, Callable[[WatchState, bytes | None], None]] = {
         t.metrics: WatchState.add_metrics, t.dlq: WatchState.add_dlq, t.audit: WatchState.add_audit,
     }
-    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": "streamgate-ops-watch",
-                         "enable.auto.commit": False, "client.id": "streamgate-ops-watch"})
+    consumer = Consumer(client_config(bootstrap, **{"group.id": "streamgate-ops-watch", "enable.auto.commit": False,
+                                                     "client.id": "streamgate-ops-watch"}))
     try:
         md = consumer.list_topics(timeout=10)
     except KafkaException as exc:
         consumer.close()
-        raise StreamgateError(f"cannot reach Kafka at {bootstrap}") from exc
+        raise BrokerUnreachableError(f"cannot reach Kafka at {bootstrap}; check STREAMGATE_KAFKA_BOOTSTRAP",
+                                     bootstrap=bootstrap) from exc
     assignment, missing = [], []
     for topic in handlers:
         tmd = md.topics.get(topic)

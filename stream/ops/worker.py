@@ -10,11 +10,18 @@ adds to the app's web server:
   (metadata request), Redis (PING) and the KEK (keyring loads from the settings).
   The dependency checks run in a thread, each with a short timeout, and are cached
   for :attr:`OpsHandle.cache_seconds`. Body ``{"ready": true}`` (200), or
-  ``{"ready": false, "checks": {...}}`` (503) naming what is missing.
+  ``{"ready": false, "checks": {...}, "reason": "..."}`` (503) naming what is missing
+  and why (the worker's own ``reason()`` when given, e.g. "no progress for 45 s with
+  lag 3100", then each unreachable dependency).
 
-and a service that publishes ``metrics.snapshot()`` plus ``worker``, ``host``, ``pid``
-and ``ts`` (unix seconds) to ``settings.topics.metrics`` (key = worker name) every
-``settings.metrics_interval_seconds``, and one last time at stop.
+and a service that publishes ``metrics.snapshot()`` plus ``worker``, ``host``, ``pid``,
+``ts`` (unix seconds) and the readiness (``ready``, ``reason``, ``checks``) to
+``settings.topics.metrics`` (key = worker name) every ``settings.metrics_interval_seconds``,
+and one last time at stop.
+
+One function decides readiness: :meth:`OpsHandle.status`. ``/readyz``, the snapshot
+(so ``streamgate ops watch``) and the ``streamgate_ready`` gauge all take its answer;
+the publisher and ``/metrics`` refresh it, so none depends on someone polling ``/readyz``.
 """
 
 from __future__ import annotations
@@ -37,19 +44,38 @@ from mode import Service
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from stream.config import Settings
+from stream.kafka import client_config
 from stream.ops.metrics import WorkerMetrics
+from stream.ops.watch import safe_reason
 
-__all__ = ["OpsHandle", "OpsService", "install_ops", "snapshot_record"]
+__all__ = ["OpsHandle", "OpsService", "Readiness", "install_ops", "snapshot_record"]
 
 log = logging.getLogger("streamgate.ops")
 
 _CHECK_TIMEOUT = 2.0
 
 
-def snapshot_record(metrics: WorkerMetrics, worker: str) -> dict[str, Any]:
-    """The ``ops.metrics`` record: the snapshot plus who and when."""
+@dataclass(frozen=True)
+class Readiness:
+    """One answer of :meth:`OpsHandle.status`: ready or not, each check, and why not (one line)."""
+
+    ready: bool
+    checks: dict[str, bool]
+    reason: str | None = None
+
+    def body(self) -> dict[str, Any]:
+        """The ``/readyz`` JSON body."""
+        if self.ready:
+            return {"ready": True}
+        return {"ready": False, "checks": dict(self.checks), "reason": self.reason}
+
+
+def snapshot_record(metrics: WorkerMetrics, worker: str, status: Readiness | None = None) -> dict[str, Any]:
+    """The ``ops.metrics`` record: the snapshot plus who and when, and ``status`` (readiness)."""
     snap = metrics.snapshot()
     snap.update({"worker": worker, "host": socket.gethostname(), "pid": os.getpid(), "ts": round(time.time(), 3)})
+    if status is not None:
+        snap.update({"ready": status.ready, "reason": status.reason, "checks": dict(status.checks)})
     return snap
 
 
@@ -63,71 +89,110 @@ class OpsHandle:
     alive: Callable[[], bool]
     ready_fn: Callable[[], bool] | None = None
     details: Callable[[], dict[str, Any]] | None = None
+    reason_fn: Callable[[], str | None] | None = None
     cache_seconds: float = 3.0
     service: OpsService | None = None
     _checked_at: float = field(default=float("-inf"), repr=False)
-    _checks: dict[str, bool] = field(default_factory=dict, repr=False)
+    _problems: dict[str, str | None] = field(default_factory=dict, repr=False)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    def dependency_problems(self) -> dict[str, str | None]:
+        """Broker, KEK and Redis (not for the learner): ``None`` when fine, else what is wrong
+        (blocking; cached ``cache_seconds``)."""
+        with self._lock:
+            if time.monotonic() - self._checked_at < self.cache_seconds:
+                return dict(self._problems)
+            problems = {"broker": _broker_problem(self.settings), "kek": _kek_problem(self.settings)}
+            if self.worker != "learner":  # the learner reads Kafka and signs with the KEK; no Redis
+                problems["redis"] = _redis_problem(self.settings)
+            self._problems, self._checked_at = problems, time.monotonic()
+            return dict(problems)
 
     def check_dependencies(self) -> dict[str, bool]:
         """Broker, Redis (not for the learner) and KEK reachability (blocking; cached ``cache_seconds``)."""
-        with self._lock:
-            if time.monotonic() - self._checked_at < self.cache_seconds:
-                return dict(self._checks)
-            checks = {"broker": _broker_ok(self.settings), "kek": _kek_ok(self.settings)}
-            if self.worker != "learner":  # the learner reads Kafka and signs with the KEK; no Redis
-                checks["redis"] = _redis_ok(self.settings)
-            self._checks, self._checked_at = checks, time.monotonic()
-            return dict(checks)
+        return {name: problem is None for name, problem in self.dependency_problems().items()}
 
-    def readiness(self) -> tuple[bool, dict[str, bool]]:
-        """(ready, checks): alive, the worker's own condition, then the dependencies."""
+    def status(self) -> Readiness:
+        """The readiness: alive, the worker's own condition, then the dependencies; with the
+        reason when not ready. Updates the ``streamgate_ready`` / ``streamgate_dependency_up``
+        gauges. ``/readyz``, the ``ops.metrics`` snapshot and ``/metrics`` all use this."""
         checks: dict[str, bool] = {"alive": bool(self.alive())}
         if self.ready_fn is not None:
             checks[self.worker] = bool(self.ready_fn())
-        deps = self.check_dependencies()
+        problems = self.dependency_problems()
+        deps = {name: problem is None for name, problem in problems.items()}
         checks.update(deps)
         ready = all(checks.values())
         self.metrics.set_ready(ready, deps)
-        return ready, checks
+        if ready:
+            return Readiness(True, checks)
+        reasons: list[str] = []
+        if not checks["alive"] or not checks.get(self.worker, True):
+            own = self._own_reason()
+            if own:
+                reasons.append(own)
+            elif not checks["alive"]:
+                reasons.append(f"{self.worker} is not running")
+            else:
+                reasons.append(f"{self.worker} is not ready yet (no partitions assigned, or still starting)")
+        reasons += [problem for problem in problems.values() if problem]
+        return Readiness(False, checks, safe_reason("; ".join(reasons)))
+
+    def readiness(self) -> tuple[bool, dict[str, bool]]:
+        """(ready, checks) of :meth:`status`."""
+        st = self.status()
+        return st.ready, st.checks
+
+    def _own_reason(self) -> str | None:
+        if self.reason_fn is None:
+            return None
+        try:
+            text = self.reason_fn()
+        except Exception:  # a broken reason callable must not break /readyz
+            log.warning("readiness reason callable failed", exc_info=True)
+            return None
+        return text if isinstance(text, str) and text.strip() else None
 
 
-def _broker_ok(settings: Settings) -> bool:
+def _broker_problem(settings: Settings) -> str | None:
     try:
         bootstrap = settings.kafka_bootstrap_or_dev()
-        p = Producer({"bootstrap.servers": bootstrap, "client.id": "streamgate-readyz",
-                      "socket.timeout.ms": int(_CHECK_TIMEOUT * 1000)})
+    except Exception as exc:
+        return f"broker not configured ({type(exc).__name__})"
+    try:
+        p = Producer(client_config(bootstrap, **{"client.id": "streamgate-readyz",
+                                                 "socket.timeout.ms": int(_CHECK_TIMEOUT * 1000)}))
         try:
             p.list_topics(timeout=_CHECK_TIMEOUT)
         finally:
             p.flush(0)
-        return True
-    except Exception:  # any failure means "not reachable"; the detail is not needed on /readyz
-        return False
+        return None
+    except Exception:  # any failure means "not reachable"
+        return f"broker unreachable at {bootstrap}"
 
 
-def _redis_ok(settings: Settings) -> bool:
+def _redis_problem(settings: Settings) -> str | None:
     import redis
 
     try:
         client = redis.Redis.from_url(settings.redis_url_or_dev(), socket_timeout=_CHECK_TIMEOUT,
                                       socket_connect_timeout=_CHECK_TIMEOUT)
         try:
-            return bool(client.ping())
+            return None if client.ping() else "redis did not answer PING"
         finally:
             client.close()
-    except Exception:
-        return False
+    except Exception as exc:  # the URL may hold a password: name the error type only
+        return f"redis unreachable ({type(exc).__name__})"
 
 
-def _kek_ok(settings: Settings) -> bool:
+def _kek_problem(settings: Settings) -> str | None:
     from stream.crypto.keyring import Keyring
 
     try:
         Keyring.from_settings(settings)
-        return True
-    except Exception:
-        return False
+        return None
+    except Exception as exc:
+        return f"master key does not load ({type(exc).__name__})"
 
 
 class OpsService(Service):
@@ -161,8 +226,8 @@ class OpsService(Service):
             from stream.kafka import ensure_topics
 
             ensure_topics(bootstrap, [s.topics.metrics], partitions=1, timeout=10.0)
-        producer = Producer({"bootstrap.servers": bootstrap, "client.id": f"streamgate-ops-{h.worker}",
-                             "linger.ms": 50, "message.timeout.ms": 30000})
+        producer = Producer(client_config(bootstrap, **{"client.id": f"streamgate-ops-{h.worker}",
+                                                        "linger.ms": 50, "message.timeout.ms": 30000}))
         interval = s.metrics_interval_seconds
         try:
             h.metrics.snapshot()  # starts the rate window
@@ -174,7 +239,13 @@ class OpsService(Service):
 
     def _publish(self, producer: Producer) -> None:
         h = self.handle
-        record = snapshot_record(h.metrics, h.worker)
+        status: Readiness | None
+        try:
+            status = h.status()  # the same answer /readyz gives now
+        except Exception:
+            log.warning("readiness not computed for the metrics snapshot", exc_info=True)
+            status = None
+        record = snapshot_record(h.metrics, h.worker, status)
         try:
             producer.produce(h.settings.topics.metrics, key=h.worker.encode(), value=orjson.dumps(record),
                              on_delivery=self._delivered)
@@ -198,15 +269,20 @@ def install_ops(
     details: Callable[[], dict[str, Any]] | None = None,
     ready: Callable[[], bool] | None = None,
     publish: bool = True,
+    reason: Callable[[], str | None] | None = None,
 ) -> OpsHandle:
     """Add ``/metrics``, ``/healthz``, ``/readyz`` and the snapshot publisher to ``app``
-    (call before the worker starts). ``publish=False`` skips the publisher (tests)."""
+    (call before the worker starts). ``publish=False`` skips the publisher (tests).
+    ``reason()``: asked when ``alive()`` or ``ready()`` is false, why (one short line,
+    no event values), e.g. ``"fatal client error: ..."``; ``None`` = a generic reason."""
     if worker != metrics.worker:
         raise ValueError("install_ops: worker and metrics.worker differ")
-    handle = OpsHandle(settings, worker, metrics, alive, ready, details)
+    handle = OpsHandle(settings, worker, metrics, alive, ready, details, reason)
 
     @app.page("/metrics")
     async def metrics_page(web: Any, request: Any) -> Any:
+        # refresh streamgate_ready / streamgate_dependency_up (dependency checks are cached)
+        await asyncio.get_running_loop().run_in_executor(None, handle.status)
         body = generate_latest(metrics.registry)
         return web.bytes(body, headers={"Content-Type": CONTENT_TYPE_LATEST})
 
@@ -220,10 +296,8 @@ def install_ops(
 
     @app.page("/readyz")
     async def readyz(web: Any, request: Any) -> Any:
-        ok, checks = await asyncio.get_running_loop().run_in_executor(None, handle.readiness)
-        if ok:
-            return web.json({"ready": True}, status=200)
-        return web.json({"ready": False, "checks": checks}, status=503)
+        status = await asyncio.get_running_loop().run_in_executor(None, handle.status)
+        return web.json(status.body(), status=200 if status.ready else 503)
 
     if publish:
         handle.service = OpsService(handle)

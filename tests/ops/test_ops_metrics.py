@@ -256,7 +256,7 @@ def test_readyz_names_an_unreachable_redis(kafka_bootstrap: str, tmp_path: Path)
         else:
             pytest.fail(f"readyz never reported the partitions held: {body}\n{w.tail()}")
         assert body == {"ready": False, "checks": {"alive": True, "gateway": True, "broker": True, "redis": False,
-                                                    "kek": True}}
+                                                    "kek": True}, "reason": "redis unreachable (ConnectionError)"}
         status, raw, _ = http_get(w.url("/healthz"))
         assert status == 200 and json.loads(raw)["ok"] is True
         _, samples = parse(scrape(w))

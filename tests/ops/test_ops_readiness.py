@@ -1,0 +1,170 @@
+"""Readiness tells the same truth everywhere: ``/readyz``, the ``ops.metrics`` snapshot (so
+``streamgate ops watch``) and the ``streamgate_ready`` gauge all come from
+:meth:`stream.ops.worker.OpsHandle.status`, with a reason when not ready.
+
+The integration tests run a real ``streamgate gateway`` subprocess on the real broker and
+Redis and never ask its ``/readyz`` (nor ``/metrics``) before reading what ``ops watch``
+shows: the snapshot must carry readiness on its own (before, it only echoed the last
+``/readyz`` answer, so a worker nobody probed showed ``ready=no``)."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+from ops_gateway_worker import GatewayWorker, gateway_worker, http_get
+
+from stream.config import Settings
+from stream.dev.stack import free_port
+from stream.ops.metrics import WorkerMetrics
+from stream.ops.watch import WatchState, read_until_idle, safe_reason, watch_consumer
+from stream.ops.worker import OpsHandle, Readiness, snapshot_record
+
+Factory = Callable[..., Settings]
+
+
+# --------------------------------------------------------------------------- OpsHandle.status (real deps)
+def _handle(settings: Settings, *, alive: bool = True, ready: bool = True,
+            reason: Callable[[], str | None] | None = None) -> OpsHandle:
+    return OpsHandle(settings, "gateway", WorkerMetrics("gateway"), lambda: alive, lambda: ready, None, reason)
+
+
+def test_status_ready_with_reachable_dependencies(settings_factory: Factory) -> None:
+    h = _handle(settings_factory())
+    st = h.status()
+    assert st == Readiness(True, {"alive": True, "gateway": True, "broker": True, "kek": True, "redis": True})
+    assert st.body() == {"ready": True}
+    assert h.metrics.ready == 1 and h.metrics.snapshot()["ready"] is True
+
+
+def test_status_not_ready_gives_the_workers_own_reason_then_each_dependency(settings_factory: Factory) -> None:
+    s = settings_factory(redis_url=f"redis://127.0.0.1:{free_port()}/0")
+    h = _handle(s, ready=False, reason=lambda: "no progress for 45 s with lag 3100")
+    st = h.status()
+    assert not st.ready
+    assert st.checks == {"alive": True, "gateway": False, "broker": True, "kek": True, "redis": False}
+    assert st.reason == "no progress for 45 s with lag 3100; redis unreachable (ConnectionError)"
+    assert st.body() == {"ready": False, "checks": st.checks, "reason": st.reason}
+    assert h.metrics.ready == 0 and h.metrics.deps == {"broker": 1, "kek": 1, "redis": 0}
+
+
+def test_status_generic_reasons_and_a_broken_reason_callable(settings_factory: Factory) -> None:
+    s = settings_factory()
+    assert _handle(s, ready=False).status().reason == \
+        "gateway is not ready yet (no partitions assigned, or still starting)"
+    assert _handle(s, alive=False).status().reason == "gateway is not running"
+
+    def broken() -> str:
+        raise RuntimeError("boom")
+
+    assert _handle(s, alive=False, reason=broken).status().reason == "gateway is not running"
+    # the worker's reason is only asked when the worker itself is not ready
+    assert _handle(s, reason=lambda: "fatal client error").status().reason is None
+
+
+def test_status_names_an_unreachable_broker(settings_factory: Factory) -> None:
+    address = f"127.0.0.1:{free_port()}"
+    st = _handle(settings_factory(kafka_bootstrap=address)).status()
+    assert not st.ready and st.checks["broker"] is False
+    assert st.reason == f"broker unreachable at {address}"
+
+
+def test_snapshot_record_carries_the_status(settings_factory: Factory) -> None:
+    h = _handle(settings_factory(redis_url=f"redis://127.0.0.1:{free_port()}/0"))
+    st = h.status()
+    rec = snapshot_record(h.metrics, "gateway", st)
+    assert rec["ready"] is False and rec["reason"] == st.reason and rec["checks"] == st.checks
+
+
+# --------------------------------------------------------------------------- what ops watch prints
+def test_watch_shows_the_reason_and_never_a_hostile_one() -> None:
+    st = WatchState()
+    st.add_metrics(orjson.dumps({"worker": "gateway", "ts": 1.0, "ready": False,
+                                 "reason": "no progress for 45 s with lag 3100",
+                                 "checks": {"alive": True, "gateway": False}}))
+    st.add_metrics(orjson.dumps({"worker": "privatizer", "ts": 1.0, "ready": False,
+                                 "reason": "user alice@example.org tk1_abcdef"}))
+    st.add_metrics(orjson.dumps({"worker": "shredder", "ts": 1.0, "ready": False,
+                                 "checks": {"alive": True, "redis": False, "carol@example.org": False}}))
+    st.add_metrics(orjson.dumps({"worker": "learner", "ts": 1.0, "ready": True, "reason": None}))
+    out = st.render_plain(now=2.0)
+    assert "ready=no age=1.0s\n    not ready: no progress for 45 s with lag 3100\n" in out
+    assert "    not ready: other\n" in out
+    assert "    not ready: failed checks: other, redis\n" in out
+    assert "alice" not in out and "tk1_" not in out and "carol" not in out
+    assert out.count("not ready:") == 3
+    from rich.console import Console
+
+    console = Console(record=True, width=200)
+    console.print(st.render_rich(now=2.0))
+    assert "no (no progress for 45 s with lag 3100)" in console.export_text()
+
+
+def test_safe_reason() -> None:
+    assert safe_reason("fatal client error: Local: Broker transport failure") == \
+        "fatal client error: Local: Broker transport failure"
+    assert safe_reason("line one\nline 'two' {x}") == "line one line two x"
+    assert safe_reason("token tk1_abc") == "other"
+    assert safe_reason("") is None and safe_reason(None) is None
+    assert len(safe_reason("x" * 500) or "") == 200
+
+
+# --------------------------------------------------------------------------- live: /readyz == ops watch
+def _watched(w: GatewayWorker, settings: Settings, until: Callable[[dict[str, Any]], bool],
+             timeout: float = 90.0) -> dict[str, Any]:
+    """The gateway's row as ``ops watch`` computes it (same code, in-process), once ``until(row)``."""
+    consumer, handlers, _missing = watch_consumer(w.bootstrap, settings)
+    state = WatchState()
+    deadline = time.monotonic() + timeout
+    try:
+        while time.monotonic() < deadline:
+            if w.proc.poll() is not None:
+                raise AssertionError(f"the gateway exited:\n{w.tail()}")
+            if not consumer.assignment():  # the metrics topic is created by the worker's publisher
+                consumer.close()
+                consumer, handlers, _missing = watch_consumer(w.bootstrap, settings)
+            read_until_idle(consumer, handlers, state, idle=0.5, deadline=time.monotonic() + 2)
+            rows = [r for r in state.worker_rows() if r["worker"] == "gateway"]
+            if rows and until(rows[0]):
+                return rows[0]
+    finally:
+        consumer.close()
+    raise AssertionError(f"ops watch never showed the expected gateway row: {state.worker_rows()}\n{w.tail()}")
+
+
+def _settings_of(w: GatewayWorker) -> Settings:
+    return Settings(kafka_bootstrap=w.bootstrap, topics=w.topics)
+
+
+@pytest.mark.integration
+def test_ops_watch_agrees_with_readyz_when_ready(kafka_bootstrap: str, redis_url: str, tmp_path: Path) -> None:
+    with gateway_worker(kafka_bootstrap, redis_url, tmp_path, wait_ready=False) as w:  # /readyz never asked
+        row = _watched(w, _settings_of(w), lambda r: r["ready"])
+        assert row["reason"] is None
+        status, body, _ = http_get(w.url("/readyz"), timeout=10)
+        assert (status, json.loads(body)) == (200, {"ready": True})
+        r = w.run("ops", "watch", "--once", "--idle-timeout", "2")
+        assert r.returncode == 0, r.stderr
+        line = next(ln for ln in r.stdout.splitlines() if ln.startswith("  gateway "))
+        assert " ready=yes" in line and "not ready:" not in r.stdout
+
+
+@pytest.mark.integration
+def test_ops_watch_shows_the_readyz_reason_when_not_ready(kafka_bootstrap: str, tmp_path: Path) -> None:
+    dead_redis = f"redis://127.0.0.1:{free_port()}/0"
+    with gateway_worker(kafka_bootstrap, dead_redis, tmp_path, wait_ready=False) as w:
+        holds = _watched(w, _settings_of(w), lambda r: r["reason"] is not None and "gateway" not in r["reason"])
+        assert not holds["ready"] and holds["reason"] == "redis unreachable (ConnectionError)"
+        status, body, _ = http_get(w.url("/readyz"), timeout=10)
+        readyz = json.loads(body)
+        assert status == 503 and readyz["reason"] == holds["reason"]
+        assert readyz["checks"] == {"alive": True, "gateway": True, "broker": True, "redis": False, "kek": True}
+        r = w.run("ops", "watch", "--once", "--idle-timeout", "2")
+        assert r.returncode == 0, r.stderr
+        assert " ready=no" in r.stdout
+        assert f"    not ready: {readyz['reason']}\n" in r.stdout
