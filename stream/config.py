@@ -204,7 +204,9 @@ class Settings(BaseSettings):
         """The web port of ``worker`` (``gateway``, ``privatizer``, ``shredder``, ``learner``); 0 = disabled."""
         if self.web_port is not None:
             return self.web_port
-        return {"gateway": 6066, "privatizer": 6067, "shredder": 6068, "learner": 6069}.get(worker, 6070)
+        from stream.apps.registry import WORKERS
+
+        return WORKERS[worker].port if worker in WORKERS else 6070
 
     def kafka_bootstrap_or_dev(self) -> str:
         """The configured bootstrap, else the running embedded broker's (raises DevStackError if none)."""

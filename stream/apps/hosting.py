@@ -101,6 +101,15 @@ class EngineService(Service):
     def ready(self) -> bool:
         return self.healthy and self.engine is not None and self.engine.ready
 
+    def reason(self) -> str | None:
+        """Why the worker is not alive or not ready (the engine's own words), or None."""
+        if self.failed is not None:
+            return f"{self.name} stopped: {self.failed}"
+        engine = self.engine
+        if engine is None:
+            return f"{self.name} is starting"
+        return getattr(engine, "not_ready_reason", None)
+
 
 def worker_app(
     settings: Settings,
@@ -133,6 +142,7 @@ def worker_app(
         alive=lambda: service.healthy,
         details=lambda: details(service.engine) if service.engine is not None else {},
         ready=lambda: service.engine is not None and service.engine.ready,
+        reason=service.reason,
     )
     app.streamgate_service = service  # type: ignore[attr-defined]
     app.streamgate_ops = ops  # type: ignore[attr-defined]

@@ -44,7 +44,7 @@ from stream.engine.contract import Out, Record, Result
 from stream.engine.health import Progress
 from stream.engine.produce import RateLimitedLog, Sink, Ticket, error_name
 from stream.errors import KeyUnavailableError, StreamgateError
-from stream.kafka import consumer_config, ensure_topics, producer_config
+from stream.kafka import consumer_config, ensure_topics, probe_broker, producer_config
 
 __all__ = ["EngineFatalError", "NotDeliveredError", "StreamEngine"]
 
@@ -98,6 +98,7 @@ class StreamEngine:
         self.recoveries = 0
         self.fatal_error: str | None = None
         self.held_retries = 0
+        self.consumed = 0
         self.replaced = 0
         self._consumer: Consumer | None = None
         self._producer: Producer | None = None
@@ -258,6 +259,7 @@ class StreamEngine:
                 raise _Fatal(error_name(err))
             else:
                 self._client_problem(err)
+        self.consumed += len(out)
         if out and self.metrics is not None:
             self.metrics.events_in(len(out))
         return out
@@ -503,13 +505,11 @@ class StreamEngine:
                                 **self.extra_consumer_config(), **self.consumer_overrides)
         pconf = producer_config(self.bootstrap, **{"client.id": cid, "error_cb": self._on_error},
                                 **self.extra_producer_config())
-        consumer = Consumer(cconf)
         try:
-            consumer.list_topics(timeout=PROBE_SECONDS)
-        except KafkaException as exc:
-            consumer.close()
-            raise EngineFatalError(f"{self.name}: cannot reach Kafka at {self.bootstrap} within "
-                                   f"{PROBE_SECONDS:.0f} s (STREAMGATE_KAFKA_BOOTSTRAP): {error_name(exc)}") from None
+            probe_broker(self.bootstrap, timeout=PROBE_SECONDS)
+        except StreamgateError as exc:
+            raise EngineFatalError(f"{self.name}: {exc}") from None
+        consumer = Consumer(cconf)
         if self.transactional:
             pconf["transactional.id"] = f"{self.group()}-{instance_id()}"
         producer = Producer(pconf)

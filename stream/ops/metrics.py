@@ -74,6 +74,7 @@ from prometheus_client.registry import Collector
 from prometheus_client.utils import floatToGoString
 
 from stream import __version__
+from stream.apps.registry import WORKERS as _REGISTRY
 from stream.schema import Reason
 
 __all__ = [
@@ -89,7 +90,7 @@ __all__ = [
     "exposed_names",
 ]
 
-WORKERS = frozenset({"gateway", "privatizer", "shredder", "learner"})
+WORKERS = frozenset(_REGISTRY)
 OUT_TOPICS = frozenset({"protected", "dlq", "features", "frequencies", "snapshots", "audit"})
 SHRED_REASONS = frozenset({"retention", "erasure"})
 DEPENDENCIES = frozenset({"broker", "redis", "kek"})

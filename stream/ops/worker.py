@@ -43,6 +43,7 @@ from confluent_kafka import KafkaException, Producer
 from mode import Service
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from stream.apps.registry import WORKERS
 from stream.config import Settings
 from stream.kafka import client_config
 from stream.ops.metrics import WorkerMetrics
@@ -103,7 +104,7 @@ class OpsHandle:
             if time.monotonic() - self._checked_at < self.cache_seconds:
                 return dict(self._problems)
             problems = {"broker": _broker_problem(self.settings), "kek": _kek_problem(self.settings)}
-            if self.worker != "learner":  # the learner reads Kafka and signs with the KEK; no Redis
+            if WORKERS[self.worker].uses_redis:
                 problems["redis"] = _redis_problem(self.settings)
             self._problems, self._checked_at = problems, time.monotonic()
             return dict(problems)
