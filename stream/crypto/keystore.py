@@ -7,7 +7,7 @@ encrypted under such a key is unreadable for ever. :class:`KeyStoreGuard`
 identifies the dataset by three values, read in one round trip
 (:class:`RedisIdentityProbe`):
 
-* ``{prefix}:keystore`` - a generation marker, created with SET NX holding a
+* ``{prefix}:keystore`` - a generation marker, created if absent (in a script) holding a
   random id: lost with the data (restart empty, FLUSHALL);
 * the server's ``run_id`` - new on every start (also a restart that kept its
   data: its last second may be lost) and different on another node (failover);
@@ -27,7 +27,7 @@ Durability (``dek_waitaof_timeout_ms``): a key created less than a second
 before a crash under ``everysec`` is lost although events under it may be out
 already; the restart changes ``run_id``, so later batches are safe, but those
 events are not. When a batch loaded or created keys, the end probe therefore
-also writes a tiny key and sends ``WAITAOF 1 0 <timeout>`` (Redis >= 7.2,
+also rewrites the marker (a write of ours) and sends ``WAITAOF 1 0 <timeout>`` (Redis >= 7.2,
 Valkey): every write before it - whoever made it - is fsynced to the AOF before
 the batch is returned. Not confirmed in time: the batch is held and the wait is
 asked again. Unsupported (older server, AOF off): noted once in the log and
@@ -85,55 +85,74 @@ def _text(value: Any) -> str:
     return value.decode("ascii", "replace") if isinstance(value, bytes) else str(value or "")
 
 
+#: One call answers the identity: the marker (created if absent), run_id, master_replid. With
+#: ARGV[2] == "1" the marker is rewritten with its own value: a write of ours, so that a WAITAOF
+#: after it covers every earlier write (whoever made it).
+_IDENTITY_LUA = r"""
+local marker = redis.call('GET', KEYS[1])
+if not marker then
+  marker = ARGV[1]
+  redis.call('SET', KEYS[1], marker)
+elseif ARGV[2] == '1' then
+  redis.call('SET', KEYS[1], marker)
+end
+local server = redis.call('INFO', 'server')
+local replication = redis.call('INFO', 'replication')
+return {marker, string.match(server, 'run_id:(%x+)') or '', string.match(replication, 'master_replid:(%x+)') or ''}
+"""
+
+
 class RedisIdentityProbe:
-    """:class:`IdentityProbe` on Redis: one pipelined round trip (SET NX + GET of the marker,
-    INFO server/replication and, when asked, a write + WAITAOF)."""
+    """:class:`IdentityProbe` on Redis: one round trip (a script reading the marker, run_id and
+    master_replid; when asked, WAITAOF pipelined after it)."""
 
     def __init__(self, client: redis.Redis, prefix: str, *, waitaof_timeout_ms: int = 0) -> None:
         if not prefix or ":" in prefix:
             raise ValueError("prefix must be non-empty and contain no ':'")
         self._client = client
         self.marker_key = f"{prefix}:keystore"
-        self.fsync_key = f"{prefix}:keystore:fsync"
         self.waitaof_timeout_ms = int(waitaof_timeout_ms)
         self.waitaof_supported = self.waitaof_timeout_ms > 0
+        self._script = client.register_script(_IDENTITY_LUA)
 
     def probe(self, durable: bool) -> Probe:
         wait = durable and self.waitaof_supported
-        candidate = secrets.token_hex(8)
         try:
-            pipe = self._client.pipeline(transaction=False)
-            pipe.set(self.marker_key, candidate, nx=True)
-            pipe.get(self.marker_key)
-            pipe.info("server")
-            pipe.info("replication")
-            if wait:
-                # A write of ours first: WAITAOF waits for the fsync of everything up to it.
-                pipe.set(self.fsync_key, b"1", px=60_000)
-                pipe.execute_command("WAITAOF", 1, 0, self.waitaof_timeout_ms)
-            out = pipe.execute(raise_on_error=False)
+            out = self._round_trip(wait)
+            if isinstance(out[0], redis.exceptions.NoScriptError):  # a restarted server: load it again
+                self._client.script_load(_IDENTITY_LUA)
+                out = self._round_trip(wait)
         except (redis.RedisError, OSError) as exc:
             raise KeyUnavailableError(f"data key store unavailable ({type(exc).__name__})") from None
-        for item in out[:4]:
-            if isinstance(item, Exception):
-                raise KeyUnavailableError(f"data key store unavailable ({type(item).__name__})")
-        server, replication = out[2], out[3]
-        identity = StoreIdentity(
-            _text(out[1]), _text(server.get("run_id")), _text(replication.get("master_replid"))
-        )
+        if isinstance(out[0], Exception):
+            raise KeyUnavailableError(f"data key store unavailable ({type(out[0]).__name__})")
+        identity = StoreIdentity(*(_text(v) for v in out[0]))
         fsynced: bool | None = None
         if wait:
-            answer = out[5]
+            answer = out[1]
             if isinstance(answer, redis.ResponseError):
                 # unknown command (Redis < 7.2) or appendonly off: nothing to wait for
                 self.waitaof_supported = False
                 log.info("key store: WAITAOF unavailable (Redis < 7.2 or appendonly off); "
-                         "new data keys are not waited for until the store changes")
+                         "loaded data keys are not waited for until the store changes")
             elif isinstance(answer, Exception):
                 raise KeyUnavailableError(f"data key store unavailable ({type(answer).__name__})")
             else:
                 fsynced = bool(answer) and int(answer[0]) >= 1
         return Probe(identity, fsynced)
+
+    def _round_trip(self, wait: bool) -> list[Any]:
+        # EVALSHA directly (a Script object in a pipeline would ask SCRIPT EXISTS first: one more trip)
+        args = (self._script.sha, 1, self.marker_key, secrets.token_hex(8), "1" if wait else "0")
+        if not wait:
+            try:
+                return [self._client.evalsha(*args)]
+            except redis.exceptions.NoScriptError as exc:
+                return [exc]
+        pipe = self._client.pipeline(transaction=False)
+        pipe.evalsha(*args)
+        pipe.execute_command("WAITAOF", 1, 0, self.waitaof_timeout_ms)
+        return list(pipe.execute(raise_on_error=False))
 
     def rearm(self) -> None:
         """The store changed: try WAITAOF again (the new server may support it)."""
