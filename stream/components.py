@@ -121,7 +121,10 @@ def guard_privatizer(settings: Settings, privatizer: Privatizer, client: redis.R
                      guard: KeyStoreGuard | None = None) -> KeyStoreGuard:
     """Put ``privatizer``'s memo cache under a key-store identity guard: a batch (``process``,
     ``label_examples``) is returned only if Redis kept its identity throughout, and the memo
-    cache is emptied when it changed. Returns the guard (its ``resets`` is the metric)."""
+    cache is emptied when it changed. Returns the guard (its ``resets`` is the metric); idempotent."""
+    existing: KeyStoreGuard | None = getattr(privatizer, "guard", None)
+    if existing is not None:
+        return existing
     guard = guard or build_keystore_guard(settings, client)
     guard.on_reset(privatizer.cache.invalidate)
     privatizer.store = GuardedMemoStore(privatizer.store, guard)

@@ -245,6 +245,7 @@ def test_privatizer_memos_are_dropped_after_a_restart_empty(
         guard = guard_privatizer(s, priv, client) if guarded else None
         if guard is not None:
             assert getattr(priv, "guard") is guard and getattr(priv.store, "prefix") == s.redis_key_prefix  # noqa: B009
+            assert guard_privatizer(s, priv, client) is guard  # idempotent: no second wrapper
         first = retrying(lambda: priv.process(records))
         assert first.reports and first.memo_resolved > 0
         n_memos = _memo_keys(client, s.redis_key_prefix)
