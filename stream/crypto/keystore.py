@@ -178,7 +178,8 @@ class KeyStoreGuard:
         self.resets = 0
         self.checks = 0
         self._callbacks: list[Callable[[], None]] = []
-        self._durable_pending = False
+        self._loads = 0  # note_loaded calls so far
+        self._durable_upto = 0  # ... of which the last confirmed durable
         self._lock = threading.RLock()
 
     def on_reset(self, callback: Callable[[], None]) -> None:
@@ -188,24 +189,27 @@ class KeyStoreGuard:
 
     def note_loaded(self) -> None:
         """Keys or memos were read from / written to the store: confirm their durability at the next check."""
-        self._durable_pending = True
+        self._loads += 1
 
     def check(self) -> bool:
         """Probe once. True: same identity as before (and durable, if that was pending).
         False: the identity changed (caches already dropped) or durability is not confirmed yet.
         The first check only learns the identity."""
         with self._lock:
-            pending = self._durable_pending
-            answer = self.probe.probe(pending)
+            loads = self._loads
+            answer = self.probe.probe(loads != self._durable_upto)
             self.checks += 1
             known, self.identity = self.identity, answer.identity
-            if known is not None and known != answer.identity:
+            if known is None:
+                # Anything cached before the identity was known cannot be vouched for.
+                for callback in self._callbacks:
+                    callback()
+            elif known != answer.identity:
                 self._reset(known.differs(answer.identity))
                 return False
             if answer.durable is False:
                 return False
-            if pending:
-                self._durable_pending = False
+            self._durable_upto = loads
             return True
 
     def reset(self, reason: str = "requested") -> None:
@@ -235,7 +239,7 @@ class KeyStoreGuard:
 
     def _reset(self, reason: str) -> None:
         self.resets += 1
-        self._durable_pending = False  # nothing cached survives the reset
+        self._durable_upto = self._loads  # nothing loaded so far survives the reset in any cache
         rearm = getattr(self.probe, "rearm", None)
         if rearm is not None:
             rearm()

@@ -38,20 +38,25 @@ class FakeProbe:
         self.rearmed += 1
 
 
-def make_guard(probe: FakeProbe | None = None) -> tuple[KeyStoreGuard, FakeProbe, list[str]]:
-    probe = probe or FakeProbe()
+def make_guard(*, learn: bool = True) -> tuple[KeyStoreGuard, FakeProbe, list[str]]:
+    """A guard with one registered cache; ``learn``: its identity already known (A)."""
+    probe = FakeProbe()
     guard = KeyStoreGuard(probe)
     dropped: list[str] = []
     guard.on_reset(lambda: dropped.append("cache"))
+    if learn:
+        assert guard.check()
+        dropped.clear()
     return guard, probe, dropped
 
 
 def test_first_batch_learns_the_identity_before_the_work() -> None:
-    guard, _probe, dropped = make_guard()
-    seen: list[StoreIdentity | None] = []
-    assert guard.run(lambda: seen.append(guard.identity) or "ok") == "ok"
-    assert seen == [A]  # known before any cached key could be used
-    assert guard.checks == 2 and guard.resets == 0 and dropped == []
+    guard, _probe, dropped = make_guard(learn=False)
+    seen: list[tuple[StoreIdentity | None, int]] = []
+    assert guard.run(lambda: seen.append((guard.identity, len(dropped))) or "ok") == "ok"
+    # known before any cached key could be used; what was cached before it was known is dropped
+    assert seen == [(A, 1)]
+    assert guard.checks == 2 and guard.resets == 0 and dropped == ["cache"]
 
 
 def test_steady_state_costs_one_probe_per_batch() -> None:
@@ -186,3 +191,18 @@ def test_provider_registers_its_cache_and_reports_loads() -> None:
 def test_max_attempts_validated() -> None:
     with pytest.raises(ValueError):
         KeyStoreGuard(FakeProbe(), max_attempts=0)
+
+
+def test_a_load_noted_during_a_probe_is_confirmed_by_the_next_one() -> None:
+    guard, probe, _ = make_guard()
+    inner = probe.probe
+
+    def probe_while_another_batch_loads(durable: bool) -> Probe:
+        guard.note_loaded()
+        return inner(durable)
+
+    probe.probe = probe_while_another_batch_loads  # type: ignore[method-assign]
+    assert guard.check()
+    probe.probe = inner  # type: ignore[method-assign]
+    assert guard.check() and probe.asked_durable[-1] is True
+    assert guard.check() and probe.asked_durable[-1] is False
