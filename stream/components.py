@@ -4,12 +4,18 @@ Long-running workers pass ``listen=True`` to :func:`build_dek_provider` / :func:
 the provider then drops keys the shredder announces on ``{prefix}:shredded`` at once
 (:func:`start_invalidation`; the staleness bound remains the guarantee). The listener is
 reachable as ``invalidation_listener(provider)``.
+
+Every provider built here has a key-store identity guard (``provider.guard``,
+:mod:`stream.crypto.keystore`): when Redis lost data its whole cache is dropped and the
+gateway redoes the batch. The privatizer's memo cache joins the same mechanism with
+:func:`guard_privatizer`.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any
 
 import redis
 from redis.backoff import ExponentialBackoff
@@ -18,15 +24,23 @@ from redis.retry import Retry
 from stream.config import Settings
 from stream.crypto.deks import DekProvider, RedisKeyStore
 from stream.crypto.keyring import Keyring
+from stream.crypto.keystore import KeyStoreGuard, RedisIdentityProbe
 from stream.crypto.kms import LocalKMS
 from stream.crypto.tokens import Tokenizer
 from stream.gateway.core import Gateway
 from stream.retention.invalidation import ShredListener
 from stream.schema import load_schema
 
+if TYPE_CHECKING:
+    from stream.ldp.memo import MemoRequest, MemoResult, MemoStore
+    from stream.ldp.privatizer import Privatizer
+
 __all__ = [
+    "GuardedMemoStore",
     "build_dek_provider",
     "build_gateway",
+    "build_keystore_guard",
+    "guard_privatizer",
     "invalidation_listener",
     "redis_client",
     "start_invalidation",
@@ -54,11 +68,14 @@ def build_dek_provider(
     client: redis.Redis | None = None,
     clock: Callable[[], float] = time.time,
     listen: bool = False,
+    guard: bool = True,
 ) -> DekProvider:
     """The DEK provider of ``settings``. ``listen=True`` (long-running workers) also subscribes it to
-    the shredder's invalidation channel (:func:`start_invalidation`)."""
+    the shredder's invalidation channel (:func:`start_invalidation`). ``guard=False`` builds it
+    without a key-store identity guard (tests only)."""
     keyring = keyring or Keyring.from_settings(settings)
-    store = RedisKeyStore(client or redis_client(settings), prefix=settings.redis_key_prefix)
+    client = client or redis_client(settings)
+    store = RedisKeyStore(client, prefix=settings.redis_key_prefix)
     provider = DekProvider(
         store,
         LocalKMS(keyring),
@@ -67,10 +84,63 @@ def build_dek_provider(
         max_staleness_seconds=settings.dek_cache_max_staleness_seconds,
         max_entries=settings.dek_cache_max_entries,
         clock=clock,
+        guard=build_keystore_guard(settings, client) if guard else None,
     )
     if listen:
         start_invalidation(settings, provider)
     return provider
+
+
+def build_keystore_guard(settings: Settings, client: redis.Redis | None = None) -> KeyStoreGuard:
+    """A key-store identity guard on ``settings``' Redis (see :mod:`stream.crypto.keystore`)."""
+    probe = RedisIdentityProbe(
+        client or redis_client(settings), settings.redis_key_prefix,
+        waitaof_timeout_ms=settings.dek_waitaof_timeout_ms,
+    )
+    return KeyStoreGuard(probe)
+
+
+class GuardedMemoStore:
+    """A memo store that tells the guard when memos were resolved (their durability is then confirmed)."""
+
+    def __init__(self, inner: MemoStore, guard: KeyStoreGuard) -> None:
+        self.inner = inner
+        self.guard = guard
+
+    def resolve(self, requests: Sequence[MemoRequest], budget_micro: int) -> list[MemoResult]:
+        out = self.inner.resolve(requests, budget_micro)
+        if requests:
+            self.guard.note_loaded()
+        return out
+
+    def __getattr__(self, name: str) -> Any:  # prefix, memo_key, ... of the wrapped store
+        return getattr(self.inner, name)
+
+
+def guard_privatizer(settings: Settings, privatizer: Privatizer, client: redis.Redis | None = None,
+                     guard: KeyStoreGuard | None = None) -> KeyStoreGuard:
+    """Put ``privatizer``'s memo cache under a key-store identity guard: a batch (``process``,
+    ``label_examples``) is returned only if Redis kept its identity throughout, and the memo
+    cache is emptied when it changed. Returns the guard (its ``resets`` is the metric); idempotent."""
+    existing: KeyStoreGuard | None = getattr(privatizer, "guard", None)
+    if existing is not None:
+        return existing
+    guard = guard or build_keystore_guard(settings, client)
+    guard.on_reset(privatizer.cache.invalidate)
+    privatizer.store = GuardedMemoStore(privatizer.store, guard)
+    process, label_examples = privatizer.process, privatizer.label_examples
+
+    def guarded_process(records: Any) -> Any:
+        return guard.run(lambda: process(records))
+
+    def guarded_label_examples(items: Any) -> Any:
+        return guard.run(lambda: label_examples(items))
+
+    # instance attributes shadow the methods; the engine calls them as before
+    setattr(privatizer, "process", guarded_process)  # noqa: B010
+    setattr(privatizer, "label_examples", guarded_label_examples)  # noqa: B010
+    setattr(privatizer, "guard", guard)  # noqa: B010
+    return guard
 
 
 def start_invalidation(settings: Settings, provider: DekProvider) -> ShredListener:

@@ -66,6 +66,12 @@ class Settings(BaseSettings):
         default=30.0, ge=0, description="An in-process cached data key is re-checked against Redis at least this often."
     )
     dek_cache_max_entries: int = Field(default=200_000, gt=0)
+    dek_waitaof_timeout_ms: int = Field(
+        default=1000, ge=0, le=1500,
+        description="A batch that loaded or created data keys waits (WAITAOF, Redis >= 7.2 with AOF) at most this "
+        "long for Redis to fsync them before it is emitted; not confirmed = batch held. 0 = off; skipped if "
+        "unsupported. At most 1500 (below the 2 s Redis socket timeout).",
+    )
     redis_key_prefix: str = Field(default="sg", description="Prefix of every Redis key streamgate writes.")
 
     # --- gateway -------------------------------------------------------------

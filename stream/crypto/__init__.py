@@ -3,6 +3,7 @@
 * :mod:`~stream.crypto.keyring` - the KEK keyring (rotation, HKDF purpose keys).
 * :mod:`~stream.crypto.kms` - envelope wrapping of data keys (:class:`LocalKMS`, :class:`KMS` seam).
 * :mod:`~stream.crypto.deks` - per-person, per-epoch data keys in Redis, cached, shreddable.
+* :mod:`~stream.crypto.keystore` - the key-store identity guard (drops caches when Redis lost data).
 * :mod:`~stream.crypto.fields` - the ``sg1`` AEAD ciphertext format of one field value.
 * :mod:`~stream.crypto.tokens` - keyed HMAC tokens (``tk1_``) for identifiers.
 
@@ -20,6 +21,7 @@ from stream.crypto.fields import (
     parse_ciphertext,
 )
 from stream.crypto.keyring import Keyring, key_fingerprint
+from stream.crypto.keystore import KeyStoreGuard, RedisIdentityProbe
 from stream.crypto.kms import KMS, LocalKMS
 from stream.crypto.tokens import TOKEN_PREFIX, Tokenizer
 
@@ -32,9 +34,11 @@ __all__ = [
     "DekProvider",
     "DekStats",
     "KeyStore",
+    "KeyStoreGuard",
     "Keyring",
     "LocalKMS",
     "MemoryKeyStore",
+    "RedisIdentityProbe",
     "RedisKeyStore",
     "Tokenizer",
     "decrypt_value",

@@ -41,7 +41,8 @@ Cache: :class:`DekProvider` caches unwrapped keys in-process, bounded in size
 (least recently used evicted) and in age: an entry older than ``max_staleness_seconds`` (by
 the injected clock) is re-checked against the store before use, so a cached
 key never outlives a shred by more than that interval. A key whose retention
-deadline has passed is refused even from the cache.
+deadline has passed is refused even from the cache. With a :class:`KeyStoreGuard`
+(:mod:`stream.crypto.keystore`) the whole cache is dropped when Redis lost data.
 
 Failures are typed: the store being unreachable, or a stored key that cannot be
 unwrapped, raises :class:`KeyUnavailableError` (the gateway fails closed and
@@ -65,6 +66,7 @@ from typing import Any, NamedTuple, Protocol, runtime_checkable
 import redis
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
+from stream.crypto.keystore import KeyStoreGuard
 from stream.crypto.kms import KMS, LocalKMS
 from stream.errors import DecryptError, KeyShreddedError, KeyUnavailableError
 
@@ -296,9 +298,11 @@ class DekProvider:
         max_entries: int,
         clock: Callable[[], float] = time.time,
         key_id_key: bytes | None = None,
+        guard: KeyStoreGuard | None = None,
     ) -> None:
         """See the module docstring. ``key_id_key`` authenticates key ids; by default it is derived
-        from the keyring of a :class:`LocalKMS` (``keyring.derive("dek-id")``) and absent otherwise."""
+        from the keyring of a :class:`LocalKMS` (``keyring.derive("dek-id")``) and absent otherwise.
+        ``guard`` (:mod:`stream.crypto.keystore`) drops the whole cache when the store loses data."""
         if epoch_seconds <= 0 or retention_seconds < 0:
             raise ValueError("epoch_seconds must be > 0 and retention_seconds >= 0")
         if max_staleness_seconds < 0 or max_entries <= 0:
@@ -317,6 +321,9 @@ class DekProvider:
         if key_id_key is None and isinstance(kms, LocalKMS):
             key_id_key = kms.keyring.derive(_ID_KEY_PURPOSE)
         self._id_key = key_id_key
+        self.guard = guard
+        if guard is not None:
+            guard.on_reset(self.invalidate)
 
     # --- time -------------------------------------------------------------------------
 
@@ -361,6 +368,8 @@ class DekProvider:
             for subject in todo:
                 check_subject(subject)
             loaded = self._load_or_create(todo, epoch)
+            if self.guard is not None:
+                self.guard.note_loaded()
             with self._lock:
                 for key in loaded.values():
                     self._put(key, now)

@@ -124,7 +124,15 @@ class Gateway:
 
     # -- the batch ----------------------------------------------------------------
     def process(self, records: Sequence[RawRecord]) -> BatchResult:
-        """Protect a batch. Raises KeyUnavailableError (and returns nothing) if keys can't be had."""
+        """Protect a batch. Raises KeyUnavailableError (and returns nothing) if keys can't be had.
+        With a key-store guard (``deks.guard``) the batch is returned only if Redis kept its
+        identity from before to after it (:mod:`stream.crypto.keystore`); otherwise redone."""
+        guard = self.deks.guard
+        if guard is None:
+            return self._process(records)
+        return guard.run(lambda: self._process(records))
+
+    def _process(self, records: Sequence[RawRecord]) -> BatchResult:
         now = self.clock()
         epoch = self.deks.epoch_of(now)
         decode = self.decode
