@@ -95,15 +95,16 @@ def build_privatizer(
     clock: Callable[[], float] = time.time,
 ) -> Privatizer:
     """Wire the pure core from settings (the memo key is derived from the keyring: purpose ``ldp-memo``)."""
-    from stream.components import redis_client
+    from stream.components import guard_privatizer, redis_client
 
     keyring = keyring or Keyring.from_settings(settings)
     schema = load_schema(settings.schema_name)
     policy = LdpPolicy.from_schema(schema, settings.ldp_epsilon)
     rng = np.random.default_rng(settings.ldp_seed) if settings.ldp_seed is not None else secure_rng()
-    return Privatizer(
+    client = client or redis_client(settings)
+    privatizer = Privatizer(
         policy,
-        RedisMemoStore(client or redis_client(settings), prefix=settings.redis_key_prefix),
+        RedisMemoStore(client, prefix=settings.redis_key_prefix),
         memo_key=keyring.derive("ldp-memo"),
         subject_field=schema.subject_field,
         budget_epsilon=settings.ldp_budget_epsilon,
@@ -117,6 +118,8 @@ def build_privatizer(
         shuffle_seed=settings.ldp_seed,
         label_epsilon=settings.learn_label_epsilon if settings.learn_examples else None,
     )
+    guard_privatizer(settings, privatizer, client)  # no memo outlives the key store's data
+    return privatizer
 
 
 @dataclass
