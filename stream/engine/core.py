@@ -113,6 +113,8 @@ class StreamEngine:
         self._lag_at = float("-inf")
         self._unassigned_since: float | None = None
         self._broker_down_since: float | None = None
+        self._probe_at = float("-inf")
+        self._waiting = False
         self._recent_recoveries: deque[float] = deque()
         self._closing = False
 
@@ -293,10 +295,12 @@ class StreamEngine:
         return min(s.retry_backoff_max_seconds, s.retry_backoff_seconds * (2 ** min(attempt, 16)))
 
     def _wait_paused(self, seconds: float, stop: threading.Event) -> None:
-        """Wait keeping the group membership; paused partitions deliver nothing, and records of
-        partitions assigned meanwhile (not paused yet) are rewound and paused, never dropped."""
+        """Wait keeping the group membership; paused partitions deliver nothing. Records of
+        partitions assigned meanwhile (not paused yet) join the hold and their partitions are
+        paused: nothing polled is ever dropped."""
         consumer = self._consumer
         assert consumer is not None
+        self._waiting = True
         with contextlib.suppress(KafkaException):
             if consumer.assignment():
                 consumer.pause(consumer.assignment())
@@ -307,17 +311,14 @@ class StreamEngine:
                 self.progress.observe(held=len(self._held))
                 msgs = consumer.consume(num_messages=100, timeout=min(0.2, max(0.0, deadline - time.monotonic())))
                 self._check_fatal()
-                rewound: dict[TP, int] = {}
-                for m in msgs:
-                    t, p, o = m.topic(), m.partition(), m.offset()
-                    if m.error() is None and t is not None and p is not None and o is not None:
-                        rewound[(t, p)] = min(o, rewound.get((t, p), o))
-                for (t, p), o in rewound.items():
+                arrived = self._records(msgs)
+                if arrived:
+                    self._held.extend(arrived)
                     with contextlib.suppress(KafkaException):
-                        consumer.seek(TopicPartition(t, p, o))
-                        consumer.pause([TopicPartition(t, p)])
+                        consumer.pause([TopicPartition(t, p) for t, p in {(r.topic, r.partition) for r in arrived}])
                 self._sink_service()
         finally:
+            self._waiting = False
             with contextlib.suppress(KafkaException):
                 if consumer.assignment():
                     consumer.resume(consumer.assignment())
@@ -365,6 +366,7 @@ class StreamEngine:
             self._check_fatal()
 
     def _service(self) -> None:
+        self._broker_back()
         self._sink_service()
         self._commit_delivered(sync=False)
         self._report_lag(cached=True)
@@ -454,6 +456,11 @@ class StreamEngine:
     def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         self.joined = True
         tps = [(tp.topic, tp.partition) for tp in partitions]
+        # librdkafka keeps a partition's pause flag across a rebalance: set it as this moment needs
+        consumer.assign(partitions)
+        with contextlib.suppress(KafkaException):
+            if partitions:
+                (consumer.pause if self._waiting else consumer.resume)(partitions)
         self.assigned.update(tps)
         if tps:
             self.log.info("partitions assigned", extra={"partitions": sorted(p for _, p in tps)})
@@ -573,13 +580,33 @@ class StreamEngine:
         self.progress.problem = None
         self.progress.moved()
 
+    def _broker_back(self) -> None:
+        """After every broker was unreachable, probe (once a second); once one answers, recreate
+        the clients and resume from the committed offsets: a broker that restarted may have lost
+        the group, the idempotent producer's state or the log itself, and a client that carried
+        on from its old positions could skip records."""
+        since = self._broker_down_since
+        if since is None:
+            return
+        now = time.monotonic()
+        if now - self._probe_at < 1.0:
+            return
+        self._probe_at = now
+        try:
+            probe_broker(self.bootstrap, timeout=1.0)
+        except StreamgateError:
+            self.progress.problem = f"broker unreachable for {now - since:.0f} s"
+            return
+        self._broker_down_since = None
+        self.progress.problem = None
+        raise _Fatal(f"the broker is back after {now - since:.0f} s unreachable: resynchronising")
+
     def _watch_assignment(self) -> None:
         """A member with no partitions for a while: if an input topic vanished (a broker that lost
         its data), re-create it and re-subscribe."""
         now = time.monotonic()
         if self.assigned:
             self._unassigned_since = None
-            self._broker_down_since = None
             return
         if self._unassigned_since is None:
             self._unassigned_since = now
@@ -595,7 +622,6 @@ class StreamEngine:
                 self._broker_down_since = now
             self._rlog(logging.WARNING, "probe", "broker unreachable", error=error_name(exc))
             return
-        self._broker_down_since = None
         missing = [t for t in self.topics() if t not in md.topics or md.topics[t].error is not None]
         if not missing and self.joined:
             return

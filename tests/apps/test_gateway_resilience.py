@@ -148,3 +148,25 @@ def test_exactly_once_mode_uses_transactions(kafka_bootstrap, settings_factory):
     with running_engine(s) as engine:
         time.sleep(8)  # a group join takes about half the session timeout
         assert engine.stats.consumed == 0
+
+
+def test_a_near_megabyte_record_among_20000_never_stalls_the_gateway(kafka_bootstrap, settings_factory):
+    """Issue 11: a 900 KB record (the broker takes it; sealed it would not fit) inside 20,000 valid ones. It is dead-lettered
+    as a keyed digest (never its bytes), all 20,000 are protected, and the worker never stalls."""
+    s = settings_factory(batch_max_events=2000)
+    ensure_topics(kafka_bootstrap, [s.topics.raw, s.topics.protected, s.topics.dlq], partitions=2)
+    events = list(ClickstreamGenerator(seed=12).events(20_000))
+    big = b'{"page": "' + b"x" * 900_000 + b'"}'
+    publish(kafka_bootstrap, s.topics.raw, [orjson.dumps(e) for e in events[:10_000]])
+    publish(kafka_bootstrap, s.topics.raw, [big])
+    publish(kafka_bootstrap, s.topics.raw, [orjson.dumps(e) for e in events[10_000:]])
+    with running_engine(s) as engine:
+        wait_for(lambda: engine.stats.emitted >= 20_001, what="every record out", timeout=180)
+        assert engine.progress.stalls == 0 and engine.ready
+    out = read_topic(kafka_bootstrap, s.topics.protected, expect=20_000)
+    assert {orjson.loads(r.value)["event_id"] for r in out} == {e["event_id"] for e in events}
+    (dead,) = read_topic(kafka_bootstrap, s.topics.dlq, idle=1.0)
+    letter = orjson.loads(dead.value)
+    assert letter["reason"] == "too_large" and letter["size"] == len(big)
+    assert letter["sealed"] is None and letter["digest"].startswith("hs1.") and len(dead.value) < 2000
+    assert b"xxxx" not in dead.value
