@@ -35,11 +35,13 @@ from stream.apps.hosting import LagReporter, worker_app
 from stream.components import redis_client
 from stream.config import Settings
 from stream.crypto.keyring import Keyring
+from stream.crypto.signing import signing_key, verify_key
 from stream.crypto.tokens import Tokenizer
 from stream.errors import KeyUnavailableError
 from stream.kafka import consumer_config, producer_config, usable_messages
 from stream.retention.core import (
     ErasureConflictError,
+    ErasureRejectedError,
     Shredder,
     ShredderError,
     ShredStats,
@@ -114,8 +116,10 @@ class ShredderEngine:
     ) -> None:
         self.settings = settings
         self.bootstrap = bootstrap or settings.kafka_bootstrap_or_dev()
-        self.keyring = keyring or Keyring.from_settings(settings)
+        self.keyring = keyring or Keyring.from_settings(settings)  # master keyring, or the shredder credential
         self.tokenizer = Tokenizer(self.keyring)
+        self.erasure_key = verify_key(self.keyring, "erasure")  # only requests signed by the eraser run
+        self.receipt_key = signing_key(self.keyring, "receipt")  # signs every receipt on ops.audit
         schema = load_schema(settings.schema_name)
         self.token_domain = schema.fields[schema.subject_field].token_domain or schema.subject_field
         self.store = RedisShredStore(client or redis_client(settings), settings.redis_key_prefix)
@@ -187,7 +191,8 @@ class ShredderEngine:
             self.store, KafkaReceiptSink(producer, s.topics.audit), worker=self.worker,
             epoch_seconds=s.epoch_seconds, retention_seconds=s.retention_seconds, clock=self.clock,
             batch_size=s.shredder_batch_size, lease_seconds=s.shredder_lease_seconds,
-            lead_seconds=s.shredder_lead_seconds, tombstone_topics=self.tombstone_topics)
+            lead_seconds=s.shredder_lead_seconds, tombstone_topics=self.tombstone_topics,
+            receipt_key=self.receipt_key)
         log.info("shredder started", extra={"worker": self.worker, "interval_s": s.shredder_interval_seconds})
         next_tick, attempt = 0.0, 0
         try:
@@ -265,18 +270,18 @@ class ShredderEngine:
     def _erase_one(self, value: bytes | None, where: str) -> None:
         assert self.shredder is not None
         try:
-            req = parse_erasure_request(value)
-        except ShredderError as exc:
-            log.warning("erasure request rejected", extra={"error": str(exc), "at": where})
-            self.shredder.reject(request_id=None, error="invalid_request", discriminator=where)
+            req = parse_erasure_request(value, self.erasure_key)  # verified before anything is tokenized
+        except ErasureRejectedError as exc:
+            # unauthenticated or malformed: an erasure_rejected record naming nobody (no user_id, no token)
+            log.warning("erasure request rejected", extra={"error": exc.code, "at": where})
+            self.shredder.reject(request_id=None, error=exc.code, discriminator=where)
             return
         subject = req.subject or self.tokenizer.token(self.token_domain, req.user_id or "")
         try:
-            outcome = self.shredder.erase(subject, req.request_id, requested_at=req.requested_at)
+            outcome = self.shredder.erase(subject, req.request_id, requested_at=req.requested_at, digest=req.digest)
         except ErasureConflictError:
             log.warning("erasure request rejected: request_id reused", extra={"at": where})
-            self.shredder.reject(request_id=req.request_id, error="request_id_conflict", discriminator=where,
-                                 requested_at=req.requested_at)
+            self.shredder.reject(request_id=req.request_id, error="request_id_conflict", discriminator=where)
             return
         log.info("erasure done", extra={"request_id": outcome.request_id, "keys": outcome.keys_shredded,
                                         "repeated": outcome.repeated})
