@@ -57,6 +57,11 @@ class Settings(BaseSettings):
     master_key_file: Path | None = Field(
         default=None, description="KEK keyring file written by `streamgate keys generate` (used if MASTER_KEY unset)."
     )
+    key_file: Path | None = Field(
+        default=None,
+        description="This process's role credential (gateway, privatizer, reader, eraser, shredder, learner, "
+        "verifier) written by `streamgate keys roles`; used if MASTER_KEY and MASTER_KEY_FILE are unset.",
+    )
 
     # --- retention / keys ---------------------------------------------------
     retention_seconds: int = Field(default=30 * 86400, gt=0, description="How long a data key lives after its epoch ends.")
