@@ -294,3 +294,43 @@ def test_only_signed_erasure_requests_shred(settings, redis_client) -> None:
     assert user.encode() not in text and token.encode() not in text
     (done,) = [r for r in receipts if r["kind"] == "erasure"]
     assert (done["request_id"], done["subject"], done["keys_shredded"]) == ("legit-1", token, 1)
+
+
+def test_each_role_credential_alone_does_its_part(settings, redis_client, tmp_path: Path) -> None:
+    """No process holds the master key: the gateway credential protects, the eraser credential signs,
+    the shredder credential verifies, shreds and signs receipts, the reader credential decrypts (before)
+    and gets KeyShreddedError (after), the verifier credential checks the receipts."""
+    from stream.crypto.keyring import Keyring
+    from stream.crypto.signing import signing_key, verify_key
+    from stream.retention.core import sign_erasure_request
+    from stream.retention.receipts import verify_receipt
+
+    from stream.schema import load_schema
+
+    master = Keyring.from_settings(settings)
+    domains = sorted({f.token_domain for f in load_schema(settings.schema_name).fields.values() if f.token_domain})
+    as_role = {}
+    for role in ("gateway", "reader", "eraser", "shredder", "verifier"):
+        path = tmp_path / f"{role}.json"
+        master.for_role(role, token_domains=domains).save(path)
+        as_role[role] = settings.model_copy(update={"master_key": None, "key_file": path})
+    t = settings.topics
+    bootstrap = settings.kafka_bootstrap
+    ensure_topics(bootstrap, [t.erasure, t.audit], partitions=1)
+    clock = Clock(T0)
+    events = protect(as_role["gateway"], clock, ["usr_roles"], 2)
+    token = events[0]["user_id"]
+    for ev in events:
+        assert reader(as_role["reader"], clock).decrypt(ev)["email"].endswith("@example.org")
+    request = sign_erasure_request(signing_key(Keyring.from_settings(as_role["eraser"]), "erasure"), "roles-1",
+                                   user_id="usr_roles", requested_at="2030-03-17T17:46:40.000Z")
+    with running_shredder(as_role["shredder"], clock) as engine:
+        produce(bootstrap, t.erasure, [(b"", orjson.dumps(request))])
+        wait_for(lambda: engine.erasures_committed >= 1, timeout=60, what="erasure committed")
+    for ev in events:
+        with pytest.raises(KeyShreddedError):
+            reader(as_role["reader"], clock).decrypt(ev)
+    receipts = audit_receipts(bootstrap, t.audit, expect=2)
+    public = verify_key(Keyring.from_settings(as_role["verifier"]), "receipt")
+    assert len(receipts) == 2 and all(verify_receipt(r, public) for r in receipts)
+    assert {r["subject"] for r in receipts} == {token}
