@@ -270,7 +270,9 @@ class ShredderEngine:
     def _erase_one(self, value: bytes | None, where: str) -> None:
         assert self.shredder is not None
         try:
-            req = parse_erasure_request(value, self.erasure_key)  # verified before anything is tokenized
+            # verified (and fresh: younger than the erasure record's TTL) before anything is tokenized
+            req = parse_erasure_request(value, self.erasure_key, now=self.clock(),
+                                        max_age_seconds=self.settings.retention_seconds + self.settings.epoch_seconds)
         except ErasureRejectedError as exc:
             # unauthenticated or malformed: an erasure_rejected record naming nobody (no user_id, no token)
             log.warning("erasure request rejected", extra={"error": exc.code, "at": where})

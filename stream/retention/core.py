@@ -24,6 +24,11 @@ idempotency key. Redis expiring a key before the shredder reaches it changes not
 the member is still in the index, the claim finds no DEK and the receipt has
 ``key_id: null`` and ``expired_before_shred: true`` - still exactly one receipt.
 
+Erasure authority: a ``privacy.erasure`` record is executed only if it carries a valid Ed25519
+signature by the eraser key over its canonical encoding (request id, user_id or subject, requested_at;
+:func:`parse_erasure_request`) and is recent enough; anything else gets an ``erasure_rejected``
+record naming nobody. A request id reused with other content is refused (``request_id_conflict``).
+
 Erasure: one atomic script claims every (subject, epoch) of the person found in the
 index or among the candidate epochs (those whose keys can still exist), destroys them
 like above with reason ``erasure`` and the request id, PUBLISHes ``{subject}:*`` and
@@ -41,6 +46,7 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any, Protocol
 
 import orjson
@@ -60,6 +66,7 @@ from stream.retention.receipts import erasure_receipt, key_receipt, rejection_re
 
 __all__ = [
     "ERASURE_CONTEXT",
+    "FUTURE_SKEW_SECONDS",
     "ErasureConflictError",
     "ErasureOutcome",
     "ErasureRecord",
@@ -210,6 +217,8 @@ def check_request_id(request_id: Any) -> str:
 
 #: Signature context of erasure requests (:mod:`stream.crypto.signing`).
 ERASURE_CONTEXT = "erasure-request.v1"
+#: How far ahead of the shredder's clock a request's ``requested_at`` may be (clock skew).
+FUTURE_SKEW_SECONDS = 300.0
 
 
 def erasure_message(request_id: str, *, user_id: str | None, subject: str | None, requested_at: str | None) -> bytes:
@@ -233,12 +242,17 @@ def sign_erasure_request(key: Ed25519PrivateKey, request_id: str, *, user_id: st
     return doc
 
 
-def parse_erasure_request(value: bytes | None, verify_key: Ed25519PublicKey) -> ErasureRequest:
+def parse_erasure_request(value: bytes | None, verify_key: Ed25519PublicKey, *, now: float | None = None,
+                          max_age_seconds: float | None = None) -> ErasureRequest:
     """Parse, validate and authenticate one ``privacy.erasure`` record.
 
-    Raises :class:`ErasureRejectedError` with ``code`` ``invalid_request`` (malformed) or
-    ``unauthenticated`` (no valid signature by ``verify_key``). Only a verified request is returned;
-    error messages never quote the record."""
+    Raises :class:`ErasureRejectedError` with ``code`` ``invalid_request`` (malformed),
+    ``unauthenticated`` (no valid signature by ``verify_key``) or, when ``now`` and
+    ``max_age_seconds`` are given, ``stale_request`` (``requested_at`` missing, older than
+    ``max_age_seconds`` or more than :data:`FUTURE_SKEW_SECONDS` ahead of ``now``). The
+    shredder keeps each request's record longer than that age, so an old signed request
+    replayed later is either idempotent or refused - it never erases data created since.
+    Only a verified request is returned; error messages never quote the record."""
     try:
         doc = orjson.loads(value or b"")
     except orjson.JSONDecodeError:
@@ -264,8 +278,22 @@ def parse_erasure_request(value: bytes | None, verify_key: Ed25519PublicKey) -> 
         verify(verify_key, ERASURE_CONTEXT, msg, decode_signature(doc.get("signature")))
     except SignatureError:
         raise ErasureRejectedError("unauthenticated", "erasure request is not signed by the eraser key") from None
+    if now is not None and max_age_seconds is not None:
+        t = _parse_time(requested_at)
+        if t is None or not now - max_age_seconds <= t <= now + FUTURE_SKEW_SECONDS:
+            raise ErasureRejectedError("stale_request", "erasure request is too old, or dated in the future")
     return ErasureRequest(rid, user_id=user_id, subject=subject, requested_at=requested_at,
                           digest=hashlib.sha256(msg).hexdigest())
+
+
+def _parse_time(text: str | None) -> float | None:
+    if text is None:
+        return None
+    try:
+        dt = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    return dt.timestamp() if dt.tzinfo is not None else None
 
 
 def candidate_epochs(now: float, *, epoch_seconds: int, retention_seconds: int, margin: int = 2) -> list[int]:

@@ -244,7 +244,8 @@ def test_shredder_metrics_move_with_requests_and_receipts(settings) -> None:
 
 def test_only_signed_erasure_requests_shred(settings, redis_client) -> None:
     """The audit's attack, on the real broker and Redis: unsigned requests by user_id and by a token
-    copied from a clicks.protected key, and one signed with another key, leave the person's events
+    copied from a clicks.protected key, one signed with another key and a validly signed but stale one
+    (a replay) leave the person's events
     decryptable and the data key in place; each gets an erasure_rejected record naming nobody. The
     signed request then shreds them. Every record on ops.audit carries a valid receipt signature."""
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
@@ -270,26 +271,29 @@ def test_only_signed_erasure_requests_shred(settings, redis_client) -> None:
         (user.encode(), orjson.dumps({"request_id": "att-1", "user_id": user})),
         (token.encode(), orjson.dumps({"request_id": "att-2", "subject": token})),
         (token.encode(), orjson.dumps(forged)),
+        # validly signed but years old: a replay after its record expired must not erase newer data
+        (token.encode(), signed_request(settings, "att-4", subject=token, requested_at="2020-01-01T00:00:00.000Z")),
     ]
     with running_shredder(settings, clock) as engine:
         produce(bootstrap, t.erasure, attacks)
-        wait_for(lambda: engine.erasures_committed >= 3, timeout=60, what="attacks committed")
-        assert engine.stats.erasures_rejected == 3 and engine.stats.erasures == 0
+        wait_for(lambda: engine.erasures_committed >= 4, timeout=60, what="attacks committed")
+        assert engine.stats.erasures_rejected == 4 and engine.stats.erasures == 0
         assert len([k for k in redis_keys_of(redis_client, prefix, token) if ":dek:" in k]) == 1
         for ev in events:  # still readable
             assert reader(settings, clock).decrypt(ev)["email"].endswith("@example.org")
         produce(bootstrap, t.erasure, [(b"", signed_request(settings, "legit-1", subject=token))])
-        wait_for(lambda: engine.erasures_committed >= 4, timeout=60, what="signed request committed")
+        wait_for(lambda: engine.erasures_committed >= 5, timeout=60, what="signed request committed")
     assert redis_keys_of(redis_client, prefix, token) == []
     for ev in events:
         with pytest.raises(KeyShreddedError):
             reader(settings, clock).decrypt(ev)
-    receipts = audit_receipts(bootstrap, t.audit, expect=5)
+    receipts = audit_receipts(bootstrap, t.audit, expect=6)
     assert not any(VALID(r) for r in receipts)
     public = verify_key(Keyring.from_settings(settings), "receipt")
     assert all(verify_receipt(r, public) for r in receipts)
     rejected = [r for r in receipts if r["kind"] == "erasure_rejected"]
-    assert [(r["error"], r["subject"], r["request_id"]) for r in rejected] == [("unauthenticated", None, None)] * 3
+    assert [(r["error"], r["subject"], r["request_id"]) for r in rejected] == [
+        ("unauthenticated", None, None)] * 3 + [("stale_request", None, None)]
     text = b"".join(orjson.dumps(r) for r in rejected)
     assert user.encode() not in text and token.encode() not in text
     (done,) = [r for r in receipts if r["kind"] == "erasure"]
@@ -304,7 +308,6 @@ def test_each_role_credential_alone_does_its_part(settings, redis_client, tmp_pa
     from stream.crypto.signing import signing_key, verify_key
     from stream.retention.core import sign_erasure_request
     from stream.retention.receipts import verify_receipt
-
     from stream.schema import load_schema
 
     master = Keyring.from_settings(settings)

@@ -115,6 +115,26 @@ def test_swapping_user_id_for_subject_is_refused() -> None:
     assert info.value.code == "unauthenticated"
 
 
+def test_freshness_window_when_the_shredder_passes_its_clock() -> None:
+    t0 = 1_764_460_800.0  # 2025-11-30T00:00:00Z
+    doc = _signed(requested_at="2025-11-30T00:00:00.000Z")
+    ok = parse_erasure_request(orjson.dumps(doc), KAT_KEY.public_key(), now=t0 + 3600, max_age_seconds=7200)
+    assert ok.request_id == "req-kat-1"
+    for now in (t0 + 7201, t0 - 301):  # too old; dated too far in the future
+        with pytest.raises(ErasureRejectedError) as info:
+            parse_erasure_request(orjson.dumps(doc), KAT_KEY.public_key(), now=now, max_age_seconds=7200)
+        assert info.value.code == "stale_request"
+    undated = _signed(requested_at="whenever")
+    with pytest.raises(ErasureRejectedError) as info:
+        parse_erasure_request(orjson.dumps(undated), KAT_KEY.public_key(), now=t0, max_age_seconds=7200)
+    assert info.value.code == "stale_request"
+    # unsigned AND stale: reported as unauthenticated (the signature is checked first)
+    with pytest.raises(ErasureRejectedError) as info:
+        parse_erasure_request(orjson.dumps({"request_id": "r", "user_id": "u"}), KAT_KEY.public_key(), now=t0,
+                              max_age_seconds=1)
+    assert info.value.code == "unauthenticated"
+
+
 def test_malformed_requests_are_invalid_before_any_signature_check() -> None:
     with pytest.raises(ErasureRejectedError) as info:
         _parse({"request_id": "bad id", "user_id": "u"})
