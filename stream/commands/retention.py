@@ -116,14 +116,15 @@ def register(cli: click.Group) -> None:
         """Run the shredder worker (Faust): retention from the deadline index, erasure requests.
 
         Every STREAMGATE_SHREDDER_INTERVAL_SECONDS it destroys the data keys (and LDP memos and
-        budgets) whose retention ended and writes one receipt per key to ops.audit; it executes
-        requests from privacy.erasure as they come. /healthz, /readyz and /metrics on port 6068.
+        budgets) whose retention ended and writes one signed receipt per key to ops.audit; it
+        executes requests from privacy.erasure as they come, if signed by the eraser key. /healthz, /readyz and /metrics on port 6068.
         """
         from confluent_kafka.admin import AdminClient
         from faust.worker import Worker
 
         from stream.apps.shredder import create_app
         from stream.crypto.keyring import Keyring
+        from stream.crypto.signing import signing_key, verify_key
         from stream.errors import ConfigError
         from stream.kafka import ensure_topics
         from stream.ops.logging import configure_logging
@@ -131,7 +132,10 @@ def register(cli: click.Group) -> None:
         from stream.schema import load_schema
 
         settings = _settings()
-        Keyring.from_settings(settings)  # fail fast: erasure requests are tokenized with the KEK
+        # fail fast on the shredder's keys: token keys, the eraser's public key, the receipt signing key
+        keyring = Keyring.from_settings(settings)
+        verify_key(keyring, "erasure")
+        signing_key(keyring, "receipt")
         load_schema(settings.schema_name)
         compacted = tombstone_topics(load_topics_config(settings, settings.topics_config))
         bootstrap = settings.kafka_bootstrap_or_dev()
