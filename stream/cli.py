@@ -91,7 +91,7 @@ def dev_status() -> None:
 # --------------------------------------------------------------------------- keys
 @cli.group()
 def keys() -> None:
-    """The master key (KEK keyring)."""
+    """The master key (KEK keyring) and the role credentials derived from it."""
 
 
 @keys.command("generate")
@@ -113,6 +113,43 @@ def keys_generate(out: Path | None, rotate: bool, force: bool) -> None:
         ring.save(path, overwrite=force)
     click.echo(f"wrote {path} (key ids: {', '.join(ring.ids)}; newest wraps: {ring.primary_id})")
     click.echo(f"export STREAMGATE_MASTER_KEY_FILE={path}")
+
+
+@keys.command("roles")
+@click.option("--out", "out", type=click.Path(path_type=Path, file_okay=False), default=None,
+              help="Directory for the credential files <role>.json (mode 0600). Default: <state_dir>/roles")
+@click.option("--role", "roles", multiple=True, help="Only these roles (repeatable). Default: every role.")
+@click.option("--force", is_flag=True, help="Overwrite existing credential files.")
+def keys_roles(out: Path | None, roles: tuple[str, ...], force: bool) -> None:
+    """Issue one least-privilege credential per role from the master keyring.
+
+    Each file holds only keys HKDF-derived for that role (never a raw KEK), so it interoperates
+    with the master key. Give each process its own file as STREAMGATE_KEY_FILE. Re-issue after a
+    KEK rotation (the wrapping keys of new KEKs). Roles: gateway, privatizer, reader, eraser,
+    shredder, learner, verifier (see the README, "Key roles").
+    """
+    from stream.crypto.keyring import ROLES, Keyring
+    from stream.errors import KeyringError
+    from stream.schema import load_schema
+
+    settings = _settings()
+    keyring = Keyring.from_settings(settings)
+    if keyring.role is not None:
+        raise KeyringError("issuing role credentials needs the master keyring, not a role credential")
+    unknown = [r for r in roles if r not in ROLES]
+    if unknown:
+        raise click.BadParameter(f"unknown role {unknown[0]!r} (one of {', '.join(ROLES)})", param_hint="--role")
+    schema = load_schema(settings.schema_name)
+    domains = sorted({f.token_domain for f in schema.fields.values() if f.token_domain})
+    directory = out or (settings.state_dir / "roles")
+    for role in roles or tuple(ROLES):
+        spec = ROLES[role]
+        path = directory / f"{role}.json"
+        keyring.for_role(role, token_domains=domains).save(path, overwrite=force)
+        holds = (["KEK wrapping keys"] if spec.wrap else []) + (["token keys"] if spec.tokens else []) + [
+            p for p in spec.purposes] + [f"public:{n}" for n in spec.public]
+        click.echo(f"wrote {path}  ({role}: {', '.join(holds)})")
+    click.echo(f"# each process gets its own file: export STREAMGATE_KEY_FILE={directory}/<role>.json", err=True)
 
 
 # --------------------------------------------------------------------------- workers

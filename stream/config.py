@@ -50,6 +50,14 @@ class Settings(BaseSettings):
         default_factory=default_state_dir, description="Where the dev stack keeps pid files, logs and state."
     )
 
+    # --- Kafka authentication (docker-compose.yml: SASL/PLAIN, one principal per process) ----
+    kafka_sasl_username: str | None = Field(
+        default=None, description="SASL/PLAIN user of this process's Kafka principal; unset = no SASL."
+    )
+    kafka_sasl_password_file: Path | None = Field(
+        default=None, description="File holding that SASL user's password (a Docker secret)."
+    )
+
     # --- keys ---------------------------------------------------------------
     master_key: SecretStr | None = Field(
         default=None,
@@ -57,6 +65,11 @@ class Settings(BaseSettings):
     )
     master_key_file: Path | None = Field(
         default=None, description="KEK keyring file written by `streamgate keys generate` (used if MASTER_KEY unset)."
+    )
+    key_file: Path | None = Field(
+        default=None,
+        description="This process's role credential (gateway, privatizer, reader, eraser, shredder, learner, "
+        "verifier) written by `streamgate keys roles`; used if MASTER_KEY and MASTER_KEY_FILE are unset.",
     )
 
     # --- retention / keys ---------------------------------------------------
@@ -213,6 +226,18 @@ class Settings(BaseSettings):
         from stream.apps.registry import WORKERS
 
         return WORKERS[worker].port if worker in WORKERS else 6070
+
+    def kafka_security(self) -> dict[str, str]:
+        """librdkafka settings of the SASL principal (``security.protocol``, ``sasl.*``), ``{}`` without one."""
+        if not self.kafka_sasl_username:
+            return {}
+        if self.kafka_sasl_password_file is None:
+            from stream.errors import ConfigError
+
+            raise ConfigError("STREAMGATE_KAFKA_SASL_USERNAME needs STREAMGATE_KAFKA_SASL_PASSWORD_FILE")
+        return {"security.protocol": "SASL_PLAINTEXT", "sasl.mechanism": "PLAIN",
+                "sasl.username": self.kafka_sasl_username,
+                "sasl.password": self.kafka_sasl_password_file.read_text().strip()}
 
     def kafka_bootstrap_or_dev(self) -> str:
         """The configured bootstrap, else the running embedded broker's (raises DevStackError if none)."""

@@ -471,14 +471,18 @@ def _erasure_check(console: Console, s: Settings, sample: dict[str, Any], protec
     from stream.commands.retention import read_receipts
     from stream.components import build_dek_provider
     from stream.crypto.keyring import Keyring
+    from stream.crypto.signing import signing_key
     from stream.gateway.reader import SHREDDED_MASK, ProtectedEventReader
+    from stream.retention.core import sign_erasure_request
     from stream.retention.receipts import rfc3339
     from stream.schema import load_schema
 
     t = s.topics
     bootstrap = s.kafka_bootstrap_or_dev()
     rid = f"demo-{run_id}"
-    request = {"request_id": rid, "user_id": sample["user_id"], "requested_at": rfc3339(time.time())}
+    # signed with the eraser key (derived from the demo's master keyring): the shredder runs nothing else
+    request = sign_erasure_request(signing_key(Keyring.from_settings(s), "erasure"), rid, user_id=sample["user_id"],
+                                   requested_at=rfc3339(time.time()))
     _key, value = encode_raw(request)
     publish(bootstrap, t.erasure, [value])
     receipt: dict[str, Any] | None = None

@@ -7,6 +7,7 @@ the pure core never touches Kafka.
 from __future__ import annotations
 
 import logging
+import os
 import re
 import threading
 import time
@@ -103,9 +104,18 @@ def client_config(bootstrap: str, **extra: Any) -> dict[str, Any]:
         "bootstrap.servers": bootstrap,
         "logger": _librdkafka_logger(),
         "log_level": _LIBRDKAFKA_LOG_LEVEL,
+        **kafka_security(),
     }
     conf.update(extra)
     return conf
+
+
+def kafka_security() -> dict[str, str]:
+    """The process's SASL principal (``STREAMGATE_KAFKA_SASL_USERNAME`` / ``_PASSWORD_FILE``),
+    ``{}`` without one: every client of a process authenticates as the same principal."""
+    if not os.environ.get("STREAMGATE_KAFKA_SASL_USERNAME"):
+        return {}
+    return Settings().kafka_security()
 
 
 def admin_config(bootstrap: str, **extra: Any) -> dict[str, Any]:
@@ -131,7 +141,7 @@ def probe_broker(bootstrap: str, *, timeout: float = PROBE_TIMEOUT, setting: str
     errors: list[KafkaError] = []
     quiet = logging.Logger("streamgate.kafka.probe", logging.CRITICAL + 1)  # not in the hierarchy: silent
     conf: dict[str, Any] = {"bootstrap.servers": bootstrap, "logger": quiet, "log_level": 0, "error_cb": errors.append,
-                            "socket.connection.setup.timeout.ms": max(1000, int(timeout * 1000))}
+                            "socket.connection.setup.timeout.ms": max(1000, int(timeout * 1000)), **kafka_security()}
     try:
         admin = AdminClient(conf)
     except KafkaException as exc:  # e.g. a malformed address list

@@ -27,6 +27,7 @@ from stream.config import Settings
 from stream.engine import Out, Record, Result, StreamEngine
 from stream.errors import ConfigError
 from stream.gateway.core import BatchResult, Gateway, RawRecord
+from stream.kafka import admin_config
 
 __all__ = ["EngineStats", "GatewayEngine", "dead_letter_bound"]
 
@@ -183,7 +184,7 @@ class GatewayEngine(StreamEngine):
 def _topic_max_message_bytes(bootstrap: str, topic: str) -> int | None:
     """The topic's ``max.message.bytes`` (None when the broker does not say)."""
     with contextlib.suppress(KafkaException, ValueError, TypeError, RuntimeError):
-        admin = AdminClient({"bootstrap.servers": bootstrap})
+        admin = AdminClient(admin_config(bootstrap))
         futures = admin.describe_configs([ConfigResource(ConfigResource.Type.TOPIC, topic)], request_timeout=5)
         for fut in futures.values():
             entry = fut.result(timeout=5).get("max.message.bytes")

@@ -27,8 +27,8 @@ What it does
 * **Drift**: when the monitor fires, one ``ops.audit`` record of kind ``drift``
   (``schemas/audit-receipt.v1.json``): model name, metric, ``examples_seen``,
   ``detected_at`` and the detector's parameters - no data values.
-* **Snapshots** (:class:`stream.learn.snapshot.ModelSnapshot`, HMAC-signed with the purpose
-  key ``model-snapshot`` derived from the KEK keyring's root key) go to
+* **Snapshots** (:class:`stream.learn.snapshot.ModelSnapshot`, Ed25519-signed with the
+  learner's snapshot key - the learner credential, or derived from the master keyring) go to
   ``settings.topics.snapshots`` (compacted, key = model name) every
   ``learn_snapshot_every`` examples, at least every ``learn_snapshot_interval_seconds`` while
   the model learns, before partitions are revoked and at shutdown. A snapshot carries the
@@ -79,12 +79,15 @@ from typing import Any, ClassVar
 import faust
 import orjson
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, TopicPartition
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
 from stream.apps.hosting import worker_app
 from stream.config import Settings
 from stream.crypto.keyring import Keyring
+from stream.crypto.signing import signing_key, verify_key
 from stream.engine import Out, Record, Result, StreamEngine
 from stream.errors import InvalidExampleError, SnapshotError, StreamgateError
+from stream.kafka import client_config
 from stream.ldp.policy import LdpPolicy
 from stream.learn.evaluate import DriftMonitor, ProgressiveValidation, log_loss
 from stream.learn.example import EXAMPLE_SCHEMA, FEATURE_SCHEMA, PrivateExample
@@ -105,11 +108,12 @@ __all__ = [
     "load_latest_snapshot",
     "read_snapshot_records",
     "snapshot_key",
+    "snapshot_verify_key",
 ]
 
 log = logging.getLogger("streamgate.learner")
 
-#: Purpose of the snapshot signing key (HKDF of the keyring's root KEK; see :mod:`stream.crypto.keyring`).
+#: Signer name of the snapshot key (:func:`stream.crypto.signing.signing_key`).
 SNAPSHOT_KEY_PURPOSE = SIGNING_PURPOSE
 #: The progressive metric the drift detector watches.
 DRIFT_METRIC = "log_loss"
@@ -117,9 +121,14 @@ DRIFT_METRIC = "log_loss"
 _RESUME_CANDIDATES = 16
 
 
-def snapshot_key(settings: Settings, keyring: Keyring | None = None) -> bytes:
-    """The key that signs and verifies model snapshots: purpose ``model-snapshot`` of the KEK keyring."""
-    return (keyring or Keyring.from_settings(settings)).derive(SNAPSHOT_KEY_PURPOSE)
+def snapshot_key(settings: Settings, keyring: Keyring | None = None) -> Ed25519PrivateKey:
+    """The learner's Ed25519 key that signs model snapshots (the learner credential, or the master keyring)."""
+    return signing_key(keyring or Keyring.from_settings(settings), SNAPSHOT_KEY_PURPOSE)
+
+
+def snapshot_verify_key(settings: Settings, keyring: Keyring | None = None) -> Ed25519PublicKey:
+    """The public key that verifies model snapshots: all a loader holds (the verifier credential suffices)."""
+    return verify_key(keyring or Keyring.from_settings(settings), SNAPSHOT_KEY_PURPOSE)
 
 
 def fresh_model(settings: Settings, policy: LdpPolicy | None = None) -> PropensityModel:
@@ -145,9 +154,9 @@ def read_snapshot_records(bootstrap: str, topic: str, name: str, *, keep: int = 
     (The end is detected with partition-EOF events, which librdkafka derives from fetch
     responses: the high watermark a ListOffsets request returns is not reliable on every
     Kafka-protocol broker.)"""
-    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": "streamgate-snapshot-reader",
-                         "enable.auto.commit": False, "enable.partition.eof": True,
-                         "client.id": "streamgate-snapshot-reader"})
+    consumer = Consumer(client_config(bootstrap, **{"group.id": "streamgate-snapshot-reader",
+                                                    "enable.auto.commit": False, "enable.partition.eof": True,
+                                                    "client.id": "streamgate-snapshot-reader"}))
     try:
         try:
             md = consumer.list_topics(topic, timeout=10).topics.get(topic)
@@ -194,7 +203,7 @@ def latest_snapshot_bytes(settings: Settings, name: str | None = None) -> bytes 
 def load_latest_snapshot(settings: Settings, name: str | None = None, *,
                          keyring: Keyring | None = None) -> ModelSnapshot:
     """The newest snapshot of model ``name`` (default: ``settings.learn_model_name``), verified with
-    the snapshot key of the configured keyring - what a consumer that serves the model calls::
+    the snapshot public key of the configured credential - what a consumer that serves the model calls::
 
         snap = load_latest_snapshot(Settings())
         p = snap.model.predict_proba_one(PrivateExample.from_json(record))      # a private report
@@ -204,7 +213,7 @@ def load_latest_snapshot(settings: Settings, name: str | None = None, *,
     fails verification (it is never unpickled then), :class:`~stream.errors.KeyringError` when
     no master key is configured."""
     name = name or settings.learn_model_name
-    key = snapshot_key(settings, keyring)
+    key = snapshot_verify_key(settings, keyring)
     data = latest_snapshot_bytes(settings, name)
     if data is None:
         raise SnapshotError(f"no snapshot of model {name!r} on {settings.topics.snapshots} yet "
@@ -448,7 +457,7 @@ class LearnerEngine(StreamEngine):
         candidates = read_snapshot_records(self.bootstrap, self.settings.topics.snapshots, self.model_name)
         for data in reversed(candidates):
             try:
-                snap = ModelSnapshot.from_bytes(data, self.key)
+                snap = ModelSnapshot.from_bytes(data, self.key.public_key())
             except SnapshotError as exc:
                 self.stats.ignored_snapshots += 1
                 log.warning("snapshot ignored: it does not verify with this keyring",

@@ -33,11 +33,13 @@ from stream.apps.hosting import worker_app
 from stream.components import redis_client
 from stream.config import Settings
 from stream.crypto.keyring import Keyring
+from stream.crypto.signing import signing_key, verify_key
 from stream.crypto.tokens import Tokenizer
 from stream.engine import NotDeliveredError, Out, Record, Result, StreamEngine
 from stream.errors import KeyUnavailableError
 from stream.retention.core import (
     ErasureConflictError,
+    ErasureRejectedError,
     Shredder,
     ShredderError,
     ShredStats,
@@ -99,6 +101,8 @@ class ShredderEngine(StreamEngine):
         self.tick_interval = settings.shredder_interval_seconds
         self.keyring = keyring or Keyring.from_settings(settings)
         self.tokenizer = Tokenizer(self.keyring)
+        self.erasure_key = verify_key(self.keyring, "erasure")  # only requests signed by the eraser run
+        self.receipt_key = signing_key(self.keyring, "receipt")  # signs every receipt on ops.audit
         schema = load_schema(settings.schema_name)
         self.token_domain = schema.fields[schema.subject_field].token_domain or schema.subject_field
         self.store = RedisShredStore(client or redis_client(settings), settings.redis_key_prefix)
@@ -108,7 +112,8 @@ class ShredderEngine(StreamEngine):
             self.store, KafkaReceiptSink(self.deliver_now, settings.topics.audit), worker=self.worker,
             epoch_seconds=settings.epoch_seconds, retention_seconds=settings.retention_seconds, clock=clock,
             batch_size=settings.shredder_batch_size, lease_seconds=settings.shredder_lease_seconds,
-            lead_seconds=settings.shredder_lead_seconds, tombstone_topics=self.tombstone_topics)
+            lead_seconds=settings.shredder_lead_seconds, tombstone_topics=self.tombstone_topics,
+            receipt_key=self.receipt_key)
         self.ticks = 0
         self.erasures_committed = 0
         self._reported: dict[str, int] = {"retention": 0, "erasure": 0}
@@ -200,18 +205,20 @@ class ShredderEngine(StreamEngine):
     def _erase_one(self, value: bytes | None, where: str) -> None:
         assert self.shredder is not None
         try:
-            req = parse_erasure_request(value)
-        except ShredderError as exc:
-            log.warning("erasure request rejected", extra={"error": str(exc), "at": where})
-            self.shredder.reject(request_id=None, error="invalid_request", discriminator=where)
+            # verified (and fresh: younger than the erasure record's TTL) before anything is tokenized
+            req = parse_erasure_request(value, self.erasure_key, now=self.clock(),
+                                        max_age_seconds=self.settings.retention_seconds + self.settings.epoch_seconds)
+        except ErasureRejectedError as exc:
+            # unauthenticated or malformed: an erasure_rejected record naming nobody (no user_id, no token)
+            log.warning("erasure request rejected", extra={"error": exc.code, "at": where})
+            self.shredder.reject(request_id=None, error=exc.code, discriminator=where)
             return
         subject = req.subject or self.tokenizer.token(self.token_domain, req.user_id or "")
         try:
-            outcome = self.shredder.erase(subject, req.request_id, requested_at=req.requested_at)
+            outcome = self.shredder.erase(subject, req.request_id, requested_at=req.requested_at, digest=req.digest)
         except ErasureConflictError:
             log.warning("erasure request rejected: request_id reused", extra={"at": where})
-            self.shredder.reject(request_id=req.request_id, error="request_id_conflict", discriminator=where,
-                                 requested_at=req.requested_at)
+            self.shredder.reject(request_id=req.request_id, error="request_id_conflict", discriminator=where)
             return
         log.info("erasure done", extra={"request_id": outcome.request_id, "keys": outcome.keys_shredded,
                                         "repeated": outcome.repeated})

@@ -92,15 +92,14 @@ def register(cli: click.Group) -> None:
         """
         from faust.worker import Worker
 
-        from stream.apps.learner import create_app
-        from stream.crypto.keyring import Keyring
+        from stream.apps.learner import create_app, snapshot_key
         from stream.kafka import admin_client, ensure_topics, reachable_bootstrap
         from stream.ops.logging import configure_logging
         from stream.retention.topics import apply_topics, load_topics_config
         from stream.schema import load_schema
 
         settings = _settings()
-        Keyring.from_settings(settings)  # fail fast: snapshots are signed with a key derived from the KEK
+        snapshot_key(settings)  # fail fast: snapshots are signed with the learner's key (credential or master)
         load_schema(settings.schema_name)
         bootstrap = reachable_bootstrap(settings)
         t = settings.topics
@@ -127,12 +126,13 @@ def register(cli: click.Group) -> None:
     def model_show(name: str | None, as_json: bool, top: int) -> None:
         """Show the latest snapshot of a model: when, examples seen, metrics, epsilon, top weights.
 
-        The snapshot's signature is checked with the key derived from the master key. Without a
-        master key only its public header is shown, marked as not verified (no weights: the
-        model itself is never unpickled unverified)."""
+        The snapshot's signature is checked with the snapshot public key (the verifier credential,
+        or the master key). Without one only its public header is shown, marked as not verified
+        (no weights: the model itself is never unpickled unverified)."""
         import orjson
+        from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
-        from stream.apps.learner import latest_snapshot_bytes, snapshot_key
+        from stream.apps.learner import latest_snapshot_bytes, snapshot_verify_key
         from stream.errors import KeyringError, SnapshotError
         from stream.kafka import reachable_bootstrap
         from stream.learn.snapshot import ModelSnapshot
@@ -141,7 +141,7 @@ def register(cli: click.Group) -> None:
         reachable_bootstrap(settings)  # fail fast with one line on a wrong broker address
         name = name or settings.learn_model_name
         try:
-            key: bytes | None = snapshot_key(settings)
+            key: Ed25519PublicKey | None = snapshot_verify_key(settings)
         except KeyringError:
             key = None
         data = latest_snapshot_bytes(settings, name)
@@ -156,7 +156,7 @@ def register(cli: click.Group) -> None:
             try:
                 snap = ModelSnapshot.from_bytes(data, key)
             except SnapshotError as exc:
-                hint = (f" (signed with key {header.get('key_id')}; is this the master key the learner uses?)"
+                hint = (f" (signed with key {header.get('key_id')}; is this the key of the learner that signed it?)"
                         if header.get("key_id") else "")
                 raise SnapshotError(f"{exc}{hint}") from None
             summary = model_summary(header, verified=True, weights=snap.model.weights(),
@@ -166,8 +166,9 @@ def register(cli: click.Group) -> None:
         else:
             click.echo(render_summary(summary))
         if key is None:
-            click.echo("warning: no master key configured: the snapshot could not be verified; the header above "
-                       "is unauthenticated (set STREAMGATE_MASTER_KEY or STREAMGATE_MASTER_KEY_FILE)", err=True)
+            click.echo("warning: no snapshot public key configured: the snapshot could not be verified; the header "
+                       "above is unauthenticated (set STREAMGATE_KEY_FILE to the verifier credential, or the master "
+                       "key)", err=True)
 
     @model.command("predict")
     @click.option("--name", default=None, help="Model name (default: STREAMGATE_LEARN_MODEL_NAME).")
@@ -179,7 +180,7 @@ def register(cli: click.Group) -> None:
         features.private) or an object of clear LDP attribute values (e.g. event_type, category,
         price, device, country, and optionally ts for the hour-of-week bucket) - for serving where
         those values are legitimately clear. Prints one JSON object per line: {"p": ...} or
-        {"error": "<reason>"}. Needs the master key (the snapshot's signature is checked)."""
+        {"error": "<reason>"}. Needs the snapshot public key (verifier credential or master key)."""
         import orjson
 
         from stream.apps.learner import load_latest_snapshot

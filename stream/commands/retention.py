@@ -52,16 +52,17 @@ def _subject_of(user: str | None, subject: str | None) -> str | None:
     return Tokenizer(Keyring.from_settings(settings)).token(domain, user)
 
 
-def _format(r: dict[str, Any]) -> str:
+def _format(r: dict[str, Any], verified: bool | None = None) -> str:
     kind = r.get("kind")
     if kind == "key_shredded":
         extra = f"epoch={r.get('epoch')} key={r.get('key_id') or '(expired)'}"
-    elif kind == "erasure":
+    elif kind in ("erasure", "erasure_rejected"):
         extra = f"{r.get('status')} keys={r.get('keys_shredded')}" + (f" error={r['error']}" if r.get("error") else "")
     else:
         extra = ""
     req = f" request={r['request_id']}" if r.get("request_id") else ""
-    return f"{r.get('at', '?'):<24} {kind!s:<12} {r.get('reason')!s:<9} {r.get('subject') or '-'} {extra}{req}"
+    mark = "" if verified is None else ("verified   " if verified else "UNVERIFIED ")
+    return f"{mark}{r.get('at', '?'):<24} {kind!s:<12} {r.get('reason')!s:<9} {r.get('subject') or '-'} {extra}{req}"
 
 
 def read_receipts(bootstrap: str, topic: str, *, idle_timeout: float, stop: Any = None) -> Any:
@@ -115,13 +116,14 @@ def register(cli: click.Group) -> None:
         """Run the shredder worker (Faust): retention from the deadline index, erasure requests.
 
         Every STREAMGATE_SHREDDER_INTERVAL_SECONDS it destroys the data keys (and LDP memos and
-        budgets) whose retention ended and writes one receipt per key to ops.audit; it executes
-        requests from privacy.erasure as they come. /healthz, /readyz and /metrics on port 6068.
+        budgets) whose retention ended and writes one signed receipt per key to ops.audit; it
+        executes requests from privacy.erasure as they come, if signed by the eraser key. /healthz, /readyz and /metrics on port 6068.
         """
         from faust.worker import Worker
 
         from stream.apps.shredder import create_app
         from stream.crypto.keyring import Keyring
+        from stream.crypto.signing import signing_key, verify_key
         from stream.errors import ConfigError
         from stream.kafka import admin_client, ensure_topics, reachable_bootstrap
         from stream.ops.logging import configure_logging
@@ -129,7 +131,10 @@ def register(cli: click.Group) -> None:
         from stream.schema import load_schema
 
         settings = _settings()
-        Keyring.from_settings(settings)  # fail fast: erasure requests are tokenized with the KEK
+        # fail fast on the shredder's keys: token keys, the eraser's public key, the receipt signing key
+        keyring = Keyring.from_settings(settings)
+        verify_key(keyring, "erasure")
+        signing_key(keyring, "receipt")
         load_schema(settings.schema_name)
         compacted = tombstone_topics(load_topics_config(settings, settings.topics_config))
         bootstrap = reachable_bootstrap(settings)
@@ -151,31 +156,35 @@ def register(cli: click.Group) -> None:
     @click.option("--wait", is_flag=True, help="Wait for the shredder's receipt and print it.")
     @click.option("--timeout", type=float, default=120.0, show_default=True, help="With --wait: give up after S seconds.")
     def erase(user: str | None, subject: str | None, request_id: str | None, wait: bool, timeout: float) -> None:
-        """Ask for a person's erasure: publish a request to privacy.erasure.
+        """Ask for a person's erasure: publish a signed request to privacy.erasure.
 
-        The shredder destroys every data key, LDP memo and budget entry of the person, tombstones
+        The request (request id, user id or token, time) is signed with the eraser key (the eraser
+        credential, or the master key); the shredder executes only requests that verify. It destroys every data key, LDP memo and budget entry of the person, tombstones
         their records in compacted topics keyed by their token, and writes a receipt to ops.audit.
-        Repeating a request (same --request-id) is harmless.
+        A request id names one signed request: the shredder executes a redelivered copy of it once,
+        and refuses a new request under a used id (request_id_conflict).
         """
         import orjson
 
+        from stream.crypto.keyring import Keyring
+        from stream.crypto.signing import signing_key
         from stream.errors import ConfigError
         from stream.kafka import ensure_topics, reachable_bootstrap
-        from stream.retention.core import check_request_id
+        from stream.retention.core import check_request_id, sign_erasure_request
         from stream.retention.receipts import rfc3339
 
         if (user is None) == (subject is None):
             raise click.UsageError("give exactly one of --user, --subject")
         settings = _settings()
         rid = check_request_id(request_id or str(uuid.uuid4()))
-        try:  # the shredder tokenizes the user id; showing the token here needs the master key too
+        key = signing_key(Keyring.from_settings(settings), "erasure")  # the eraser's authority
+        try:  # the shredder tokenizes the user id; showing the token here needs the token key too
             token = _subject_of(user, subject)
         except ConfigError:
-            token = "(token not shown: no master key here)"
+            token = "(token not shown: no token key here)"
         bootstrap = reachable_bootstrap(settings)
         ensure_topics(bootstrap, [settings.topics.erasure], partitions=1)
-        body: dict[str, Any] = {"request_id": rid, "requested_at": rfc3339(time.time())}
-        body["user_id" if user is not None else "subject"] = user if user is not None else subject
+        body = sign_erasure_request(key, rid, user_id=user, subject=subject, requested_at=rfc3339(time.time()))
         _produce_one(bootstrap, settings.topics.erasure, (user if user is not None else subject or "").encode(),
                      orjson.dumps(body))
         click.echo(f"erasure requested: request_id={rid} subject={token}")
@@ -189,7 +198,7 @@ def register(cli: click.Group) -> None:
                                    stop=lambda r: r.get("kind") == "erasure" and r.get("request_id") == rid):
                 if r.get("kind") == "erasure" and r.get("request_id") == rid:
                     click.echo(_format(r))
-                    if r.get("status") != "completed":
+                    if r.get("status") != "completed":  # (waiting trusts the broker; `audit` verifies)
                         sys.exit(1)
                     return
             time.sleep(0.5)
@@ -206,33 +215,46 @@ def register(cli: click.Group) -> None:
     @click.option("--until", default=None, help="Only receipts before this time (RFC 3339, or 2h / 7d ago).")
     @click.option("--max", "max_receipts", type=int, default=None, help="Print at most N receipts.")
     @click.option("--json", "as_json", is_flag=True, help="One JSON receipt per line.")
+    @click.option("--all", "show_all", is_flag=True,
+                  help="Also show unsigned or forged records, marked UNVERIFIED (JSON: a \"verified\" field is added).")
     @click.option("--idle-timeout", type=float, default=3.0, show_default=True,
                   help="Stop reading when nothing new arrived for this many seconds.")
     def audit(user: str | None, subject: str | None, reason: str | None, request_id: str | None,
               since: str | None, until: str | None, max_receipts: int | None, as_json: bool,
-              idle_timeout: float) -> None:
-        """Print shredder receipts from ops.audit (deduplicated by receipt_id).
+              show_all: bool, idle_timeout: float) -> None:
+        """Print shredder receipts from ops.audit, verified and deduplicated by receipt_id.
 
         Each receipt says which person token's key of which epoch died, when, why (retention or
-        erasure, with the request id), and which worker destroyed it.
+        erasure, with the request id), and which worker destroyed it. Every receipt's Ed25519
+        signature is checked with the shredder's public receipt key (the verifier credential, or the
+        master key): unsigned or forged records are left out (counted), or shown marked with --all.
         """
         import orjson
 
+        from stream.crypto.keyring import Keyring
+        from stream.crypto.signing import verify_key
         from stream.kafka import reachable_bootstrap
+        from stream.retention.receipts import verify_receipt
 
         if user is not None and subject is not None:
             raise click.UsageError("give at most one of --user, --subject")
         settings = _settings()
+        public = verify_key(Keyring.from_settings(settings), "receipt")
         want = _subject_of(user, subject)
         t_since = parse_when(since) if since else None
         t_until = parse_when(until) if until else None
         seen: set[str] = set()
-        shown = dupes = 0
+        shown = dupes = unverified = 0
         for r in read_receipts(reachable_bootstrap(settings), settings.topics.audit, idle_timeout=idle_timeout):
-            if r.get("kind") not in ("key_shredded", "erasure"):
+            if r.get("kind") not in ("key_shredded", "erasure", "erasure_rejected"):
                 continue
+            ok = verify_receipt(r, public)
+            if not ok:
+                unverified += 1  # never deduped against: a forged copy cannot hide a real receipt
+                if not show_all:
+                    continue
             rid = r.get("receipt_id")
-            if isinstance(rid, str):
+            if ok and isinstance(rid, str):
                 if rid in seen:
                     dupes += 1
                     continue
@@ -247,11 +269,18 @@ def register(cli: click.Group) -> None:
             if (t_since is not None and (at is None or at < t_since)) or (
                     t_until is not None and (at is None or at >= t_until)):
                 continue
-            click.echo(orjson.dumps(r).decode() if as_json else _format(r))
+            if as_json:
+                click.echo(orjson.dumps(dict(r, verified=ok) if show_all else r).decode())
+            else:
+                click.echo(_format(r, ok if show_all else None))
             shown += 1
             if max_receipts is not None and shown >= max_receipts:
                 break
-        click.echo(f"# {shown} receipts" + (f" ({dupes} re-delivered duplicates skipped)" if dupes else ""), err=True)
+        notes = [f"{dupes} re-delivered duplicates skipped"] if dupes else []
+        if unverified:
+            notes.append(f"{unverified} UNVERIFIED (unsigned or forged) "
+                         + ("shown, marked" if show_all else "left out; --all shows them"))
+        click.echo(f"# {shown} receipts" + (f" ({'; '.join(notes)})" if notes else ""), err=True)
 
     @cli.group()
     def topics() -> None:

@@ -41,7 +41,7 @@ from stream.errors import KeyringError
 if TYPE_CHECKING:
     from stream.config import Settings
 
-__all__ = ["KEY_BYTES", "Keyring", "derive_key", "key_fingerprint"]
+__all__ = ["KEY_BYTES", "ROLES", "WRAP_PURPOSE", "Keyring", "RoleKeyring", "derive_key", "key_fingerprint"]
 
 #: Length of every KEK, in bytes (AES-256 / HMAC-SHA256 strength).
 KEY_BYTES = 32
@@ -52,11 +52,36 @@ _INFO_PREFIX = b"streamgate/v1/"
 #: purpose passed to :func:`derive_key` can ever produce the fingerprint's pre-image.
 _FINGERPRINT_INFO = b"streamgate/key-id"
 _FILE_VERSION = 1
+#: Version of a role credential file (:class:`RoleKeyring`).
+_ROLE_FILE_VERSION = 2
 _ID_RE = re.compile(r"[A-Za-z0-9_-]{1,64}")
+
+#: HKDF purpose of a KEK's data-key wrapping key (used by :class:`stream.crypto.kms.LocalKMS`).
+WRAP_PURPOSE = "dek-wrap"
+
+
+class _RoleSpec(NamedTuple):
+    wrap: bool  # the KEKs' wrapping keys (wrap and unwrap data keys: symmetric, so both)
+    tokens: bool  # the token keys ``token/<domain>`` (pseudonymize identifiers)
+    purposes: tuple[str, ...]  # other purpose keys (Ed25519 seeds are ``sign/<name>``)
+    public: tuple[str, ...]  # Ed25519 public keys of these signers
+
+
+#: What each role's credential holds (``streamgate keys roles``); see the README, "Key roles".
+ROLES: dict[str, _RoleSpec] = {
+    "gateway": _RoleSpec(True, True, ("dek-id",), ()),
+    "privatizer": _RoleSpec(False, False, ("ldp-memo",), ()),
+    "reader": _RoleSpec(True, False, ("dek-id",), ()),
+    "eraser": _RoleSpec(False, False, ("sign/erasure",), ("erasure",)),
+    "shredder": _RoleSpec(False, True, ("sign/receipt",), ("erasure", "receipt")),
+    "learner": _RoleSpec(False, False, ("sign/snapshot",), ("snapshot",)),
+    "verifier": _RoleSpec(False, False, (), ("snapshot", "receipt")),
+}
 
 _SETUP_HINT = (
     "no master key configured: set STREAMGATE_MASTER_KEY (base64 of 32 bytes) or "
-    "STREAMGATE_MASTER_KEY_FILE, or run `streamgate keys generate` to create a keyring file"
+    "STREAMGATE_MASTER_KEY_FILE, or run `streamgate keys generate` to create a keyring file "
+    "(or STREAMGATE_KEY_FILE: a role credential from `streamgate keys roles`)"
 )
 
 
@@ -205,6 +230,8 @@ class Keyring:
             doc = json.loads(raw)
         except (ValueError, UnicodeDecodeError):
             raise KeyringError(f"keyring file {path} is not valid JSON") from None
+        if isinstance(doc, dict) and doc.get("version") == _ROLE_FILE_VERSION:
+            return RoleKeyring.from_doc(doc, str(path))
         if not isinstance(doc, dict) or doc.get("version") != _FILE_VERSION:
             raise KeyringError(f"keyring file {path} is not a version {_FILE_VERSION} keyring")
         keys = doc.get("keys")
@@ -223,12 +250,15 @@ class Keyring:
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Keyring:
-        """The configured keyring: ``settings.master_key``, else ``settings.master_key_file``, else
-        :class:`KeyringError` telling the user how to configure one (fail closed: no key, no service)."""
+        """The configured keyring: ``settings.master_key``, else ``settings.master_key_file``, else the role
+        credential ``settings.key_file`` (a :class:`RoleKeyring`), else :class:`KeyringError` telling the
+        user how to configure one (fail closed: no key, no service)."""
         if settings.master_key is not None:
             return cls.parse(settings.master_key.get_secret_value())
         if settings.master_key_file is not None:
             return cls.load(settings.master_key_file)
+        if settings.key_file is not None:
+            return cls.load(settings.key_file)
         raise KeyringError(_SETUP_HINT)
 
     # --- persistence -------------------------------------------------------------
@@ -241,7 +271,6 @@ class Keyring:
         crash leaves either the old file or the new one. Refuses to replace an
         existing file unless ``overwrite=True``: replacing a keyring destroys keys.
         """
-        path = Path(path)
         doc = {
             "version": _FILE_VERSION,
             "keys": [
@@ -249,36 +278,7 @@ class Keyring:
                 for e in self._entries
             ],
         }
-        data = (json.dumps(doc, indent=2) + "\n").encode("ascii")
-        if not overwrite and path.exists():
-            raise KeyringError(f"refusing to overwrite existing keyring file {path} (`streamgate keys generate --force`, or overwrite=True)")
-        try:
-            path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-            tmp = path.with_name(f".{path.name}.{os.getpid()}.{os.urandom(4).hex()}.tmp")
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0), 0o600)
-        except OSError as exc:
-            raise KeyringError(f"cannot write keyring file {path} ({type(exc).__name__})") from None
-        try:
-            with os.fdopen(fd, "wb") as fh:
-                os.fchmod(fh.fileno(), 0o600)  # in case of an unusual umask / ACL default
-                fh.write(data)
-                fh.flush()
-                os.fsync(fh.fileno())
-            if overwrite:
-                os.replace(tmp, path)
-            else:
-                # link() fails if the target appeared meanwhile: no silent clobbering.
-                os.link(tmp, path)
-        except FileExistsError:
-            raise KeyringError(
-                f"refusing to overwrite existing keyring file {path} (`streamgate keys generate --force`, or overwrite=True)"
-            ) from None
-        except OSError as exc:
-            raise KeyringError(f"cannot write keyring file {path} ({type(exc).__name__})") from None
-        finally:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(tmp)
-        _fsync_dir(path.parent)
+        _write_private(Path(path), doc, overwrite=overwrite)
 
     # --- rotation and access --------------------------------------------------------
 
@@ -317,6 +317,23 @@ class Keyring:
         except (KeyError, TypeError):
             raise KeyringError("the keyring does not hold the requested key id") from None
 
+    @property
+    def role(self) -> str | None:
+        """The role of a :class:`RoleKeyring` credential; ``None`` for the full master keyring."""
+        return None
+
+    def kek_derive(self, key_id: str, purpose: str) -> bytes:
+        """``derive_key(kek(key_id), purpose)``: a per-KEK key (the DEK wrapping key of :mod:`.kms`)."""
+        return derive_key(self.kek(key_id), purpose)
+
+    def public_key(self, name: str) -> bytes:
+        """Raw Ed25519 public key (32 bytes) of signer ``name`` (seed ``derive("sign/" + name)``)."""
+        from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+        from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
+
+        seed = self.derive("sign/" + name)
+        return Ed25519PrivateKey.from_private_bytes(seed).public_key().public_bytes(Encoding.Raw, PublicFormat.Raw)
+
     def derive(self, purpose: str, length: int = KEY_BYTES) -> bytes:
         """The key for ``purpose``: HKDF-SHA256 of the root (oldest) KEK, ``info = b"streamgate/v1/" + purpose``.
 
@@ -332,8 +349,171 @@ class Keyring:
                 self._derived.setdefault(cache_key, key)
         return key
 
+    def for_role(self, role: str, *, token_domains: Iterable[str] = ()) -> RoleKeyring:
+        """The credential of ``role`` (:data:`ROLES`): only the derived keys that role needs, never a raw KEK.
+
+        Derived deterministically, so a role credential and the master keyring interoperate (same
+        tokens, same wrapped keys, same signing keys)."""
+        spec = ROLES.get(role)
+        if spec is None:
+            raise KeyringError(f"unknown role (one of {', '.join(ROLES)})")
+        purposes = list(spec.purposes) + (["token/" + d for d in token_domains] if spec.tokens else [])
+        return RoleKeyring(
+            role,
+            root_id=self.root_id,
+            kek_ids=self.ids if spec.wrap else (),
+            kek_keys={(i, WRAP_PURPOSE): self.kek_derive(i, WRAP_PURPOSE) for i in self.ids} if spec.wrap else {},
+            purpose_keys={p: self.derive(p) for p in purposes},
+            public_keys={n: self.public_key(n) for n in spec.public},
+        )
+
     def __repr__(self) -> str:
         return f"Keyring(ids={self.ids!r}, primary={self.primary_id!r})"
+
+
+class RoleKeyring(Keyring):
+    """A role's credential: a subset of the keys a master :class:`Keyring` derives (see :data:`ROLES`).
+
+    It holds no raw KEK, so it cannot derive anything it was not given: asking for a key outside the
+    role raises :class:`KeyringError` naming the purpose (never key material). Loaded by
+    :meth:`Keyring.load` from a version-2 file, so ``STREAMGATE_MASTER_KEY_FILE`` may point at one.
+    """
+
+    __slots__ = ("_kek_ids", "_kek_keys", "_public_keys", "_purpose_keys", "_role", "_root_id")
+
+    _role: str
+    _root_id: str
+    _kek_ids: tuple[str, ...]
+    _kek_keys: dict[tuple[str, str], bytes]
+    _purpose_keys: dict[str, bytes]
+    _public_keys: dict[str, bytes]
+
+    def __init__(self, role: str, *, root_id: str, kek_ids: Iterable[str], kek_keys: dict[tuple[str, str], bytes],
+                 purpose_keys: dict[str, bytes], public_keys: dict[str, bytes]) -> None:
+        if role not in ROLES:
+            raise KeyringError(f"unknown role (one of {', '.join(ROLES)})")
+        for k in [*kek_keys.values(), *purpose_keys.values(), *public_keys.values()]:
+            if not isinstance(k, bytes) or len(k) != KEY_BYTES:
+                raise KeyringError(f"every key of a role credential must be {KEY_BYTES} bytes")
+        for name, value in (("_role", role), ("_root_id", _check_id(root_id, "root")),
+                            ("_kek_ids", tuple(_check_id(i, "kek") for i in kek_ids)),
+                            ("_kek_keys", dict(kek_keys)), ("_purpose_keys", dict(purpose_keys)),
+                            ("_public_keys", dict(public_keys))):
+            object.__setattr__(self, name, value)
+
+    @property
+    def role(self) -> str:
+        return self._role
+
+    @property
+    def ids(self) -> tuple[str, ...]:
+        return self._kek_ids
+
+    @property
+    def primary_id(self) -> str:
+        if not self._kek_ids:
+            raise KeyringError(f"the {self._role} credential holds no key-encryption key")
+        return self._kek_ids[-1]
+
+    @property
+    def root_id(self) -> str:
+        return self._root_id
+
+    def _missing(self, what: str) -> KeyringError:
+        return KeyringError(f"the {self._role} credential does not hold the {what} key "
+                            "(a command needs its own role's credential, or the master key)")
+
+    def kek(self, key_id: str) -> bytes:
+        raise self._missing("raw KEK")
+
+    def kek_derive(self, key_id: str, purpose: str) -> bytes:
+        try:
+            return self._kek_keys[(key_id, purpose)]
+        except (KeyError, TypeError):
+            raise self._missing(f"{purpose!r}") from None
+
+    def derive(self, purpose: str, length: int = KEY_BYTES) -> bytes:
+        key = self._purpose_keys.get(purpose)
+        if key is None or length != KEY_BYTES:
+            raise self._missing(f"{purpose!r}")
+        return key
+
+    def public_key(self, name: str) -> bytes:
+        key = self._public_keys.get(name)
+        if key is not None:
+            return key
+        if "sign/" + name in self._purpose_keys:
+            return super().public_key(name)
+        raise self._missing(f"{name!r} public")
+
+    def rotated(self) -> Keyring:
+        raise KeyringError("rotate the master keyring, then re-issue the role credentials")
+
+    def save(self, path: Path, *, overwrite: bool = False) -> None:
+        """Write the credential (mode 0600, atomically; as :meth:`Keyring.save`)."""
+        b64 = lambda k: base64.b64encode(k).decode("ascii")  # noqa: E731
+        doc = {
+            "version": _ROLE_FILE_VERSION,
+            "role": self._role,
+            "root_id": self._root_id,
+            "keks": [{"id": i, WRAP_PURPOSE: b64(self._kek_keys[(i, WRAP_PURPOSE)])} for i in self._kek_ids],
+            "keys": {p: b64(k) for p, k in sorted(self._purpose_keys.items())},
+            "public": {n: b64(k) for n, k in sorted(self._public_keys.items())},
+        }
+        _write_private(Path(path), doc, overwrite=overwrite)
+
+    @classmethod
+    def from_doc(cls, doc: dict[str, Any], where: str) -> RoleKeyring:
+        """Parse a version-2 credential file (messages name the position, never the content)."""
+        try:
+            keks = doc.get("keks", [])
+            kek_ids = [str(k["id"]) for k in keks]
+            kek_keys = {(str(k["id"]), WRAP_PURPOSE): _decode_key(k[WRAP_PURPOSE], f"{where}, kek {n}")
+                        for n, k in enumerate(keks, 1)}
+            purpose_keys = {str(p): _decode_key(v, f"{where}, key {p!r}") for p, v in doc.get("keys", {}).items()}
+            public_keys = {str(n): _decode_key(v, f"{where}, public key {n!r}")
+                           for n, v in doc.get("public", {}).items()}
+            return cls(str(doc["role"]), root_id=str(doc["root_id"]), kek_ids=kek_ids, kek_keys=kek_keys,
+                       purpose_keys=purpose_keys, public_keys=public_keys)
+        except (KeyError, TypeError, AttributeError):
+            raise KeyringError(f"{where} is not a valid role credential file") from None
+
+    def __repr__(self) -> str:
+        return f"RoleKeyring(role={self._role!r}, keks={self._kek_ids!r})"
+
+
+def _write_private(path: Path, doc: dict[str, Any], *, overwrite: bool) -> None:
+    """Write ``doc`` as JSON to ``path`` atomically with mode 0600 (see :meth:`Keyring.save`)."""
+    data = (json.dumps(doc, indent=2) + "\n").encode("ascii")
+    if not overwrite and path.exists():
+        raise KeyringError(f"refusing to overwrite existing keyring file {path} (`streamgate keys generate --force`, or overwrite=True)")
+    try:
+        path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.{os.urandom(4).hex()}.tmp")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0), 0o600)
+    except OSError as exc:
+        raise KeyringError(f"cannot write keyring file {path} ({type(exc).__name__})") from None
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            os.fchmod(fh.fileno(), 0o600)  # in case of an unusual umask / ACL default
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        if overwrite:
+            os.replace(tmp, path)
+        else:
+            # link() fails if the target appeared meanwhile: no silent clobbering.
+            os.link(tmp, path)
+    except FileExistsError:
+        raise KeyringError(
+            f"refusing to overwrite existing keyring file {path} (`streamgate keys generate --force`, or overwrite=True)"
+        ) from None
+    except OSError as exc:
+        raise KeyringError(f"cannot write keyring file {path} ({type(exc).__name__})") from None
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+    _fsync_dir(path.parent)
 
 
 def _now_iso() -> str:

@@ -28,7 +28,7 @@ from typing import Protocol, runtime_checkable
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
-from stream.crypto.keyring import Keyring, derive_key
+from stream.crypto.keyring import WRAP_PURPOSE, Keyring
 from stream.errors import DecryptError
 
 __all__ = ["KMS", "LocalKMS"]
@@ -36,7 +36,7 @@ __all__ = ["KMS", "LocalKMS"]
 _VERSION = 1
 _NONCE_BYTES = 12
 _TAG_BYTES = 16
-_WRAP_PURPOSE = "dek-wrap"
+_WRAP_PURPOSE = WRAP_PURPOSE
 _AAD_LABEL = b"streamgate/v1/dek-wrap\x00"
 
 
@@ -63,7 +63,7 @@ class LocalKMS:
         self._ciphers: dict[bytes, AESGCM] = {}
         for key_id in keyring.ids:
             header = _header(key_id)
-            self._ciphers[header] = AESGCM(derive_key(keyring.kek(key_id), _WRAP_PURPOSE))
+            self._ciphers[header] = AESGCM(keyring.kek_derive(key_id, _WRAP_PURPOSE))
         self._primary_id = keyring.primary_id
         self._primary_header = _header(self._primary_id)
 

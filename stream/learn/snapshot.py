@@ -1,32 +1,40 @@
 """Signed model snapshots: what ``models.snapshots`` carries and serving loads.
 
-Why signed: a snapshot holds a pickled River model, and unpickling runs code.
-A consumer must never unpickle bytes it has not authenticated, so the whole
-snapshot is MACed (HMAC-SHA256) under a purpose key derived from the KEK
-(``stream.crypto.keyring.derive_key(kek, "model-snapshot")``; the caller passes
-the derived key, this module does no key management and no I/O), and
-:meth:`ModelSnapshot.from_bytes` checks the tag - in constant time - before it
-parses or unpickles anything. A flipped byte anywhere or a wrong key raises
-:class:`~stream.errors.SnapshotError` and the payload is never loaded.
+Two independent defences, because a snapshot holds a pickled River model:
+
+* **Signature (who made it).** The learner signs the whole snapshot with its Ed25519
+  snapshot key (:mod:`stream.crypto.signing`, signer ``snapshot``: seed derived from the
+  master keyring, or held by the learner credential alone); loaders hold only the
+  *public* key, so a process that can verify snapshots cannot forge them (the old HMAC
+  key let every worker that could check a snapshot also sign one).
+  :meth:`ModelSnapshot.from_bytes` verifies before it parses or unpickles anything.
+* **Restricted unpickling (what it may do).** Even a validly signed payload is loaded
+  with an unpickler whose ``find_class`` resolves only an exact allow-list of the model's
+  classes (:data:`ALLOWED_CLASSES`: the River pipeline, regression, optimizers and
+  scaler, ``collections`` containers, ``builtins.float``, streamgate's model classes) -
+  no functions, no dotted lookups, nothing else. A payload naming anything else
+  (``os.system``, ``builtins.eval``, ...) raises :class:`~stream.errors.SnapshotError`
+  before that object is created: a leaked learner key yields a wrong model, never code
+  execution.
 
 Layout (all lengths big-endian)::
 
-    MAGIC (8 bytes b"SGSNAP\\x00\\x01") | header length (4) | header (JSON, UTF-8) | pickle | HMAC-SHA256 (32)
+    MAGIC (8 bytes b"SGSNAP\x00\x02") | header length (4) | header (JSON, UTF-8) | pickle | Ed25519 signature (64)
 
-The header is public metadata - ``format``, ``name``, ``created_at`` (RFC 3339
-UTC), ``examples_seen``, ``metrics``, ``epsilon`` (``{"label": eps, "features":
-{attr: eps}, "note": ...}``), ``model_sha256`` (of the pickle) and ``key_id`` (a
-public fingerprint of the signing key, so "wrong key" is diagnosable) - and
-:meth:`ModelSnapshot.read_header` returns it without a key and without
-unpickling (for ``streamgate model show``; it is *unauthenticated*, display
-only). The epsilon is what the training data cost the people in it; the model
-is post-processing of LDP reports and spends no further budget.
+The signature covers everything before it (context ``model-snapshot.v2``). The header
+is public metadata - ``format``, ``name``, ``created_at`` (RFC 3339 UTC),
+``examples_seen``, ``metrics``, ``epsilon`` (``{"label": eps, "features": {attr: eps},
+"note": ...}``), ``model_sha256`` (of the pickle) and ``key_id`` (public id of the
+signing key, so "wrong key" is diagnosable) - and :meth:`ModelSnapshot.read_header`
+returns it without a key and without unpickling (for ``streamgate model show``; it is
+*unauthenticated*, display only). The epsilon is what the training data cost the people
+in it; the model is post-processing of LDP reports and spends no further budget.
 """
 
 from __future__ import annotations
 
 import hashlib
-import hmac
+import io
 import math
 import pickle
 import struct
@@ -36,25 +44,45 @@ from datetime import UTC, datetime
 from typing import Any
 
 import orjson
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
-from stream.crypto.keyring import key_fingerprint
+from stream.crypto.signing import SIGNATURE_BYTES, SignatureError, public_key_id, sign, verify
 from stream.errors import SnapshotError
 from stream.learn.model import PropensityModel
 
-__all__ = ["EPSILON_NOTE", "SIGNING_PURPOSE", "SNAPSHOT_FORMAT", "ModelSnapshot"]
+__all__ = ["ALLOWED_CLASSES", "EPSILON_NOTE", "SIGNING_PURPOSE", "SNAPSHOT_FORMAT", "ModelSnapshot"]
 
-SNAPSHOT_FORMAT = "streamgate-model-snapshot.v1"
-#: The HKDF purpose of the signing key (``derive_key(kek, SIGNING_PURPOSE)``).
-SIGNING_PURPOSE = "model-snapshot"
+SNAPSHOT_FORMAT = "streamgate-model-snapshot.v2"
+#: The signer name of the snapshot key (:func:`stream.crypto.signing.signing_key`; seed ``sign/snapshot``).
+SIGNING_PURPOSE = "snapshot"
+#: Exactly the globals a snapshot's pickle may reference (module, name); everything else is refused.
+ALLOWED_CLASSES: frozenset[tuple[str, str]] = frozenset({
+    ("builtins", "float"), ("builtins", "int"), ("builtins", "set"), ("builtins", "frozenset"),
+    ("collections", "Counter"), ("collections", "OrderedDict"), ("collections", "defaultdict"),
+    ("river._river_rust.vectordict", "VectorDict"),
+    ("river.compose.pipeline", "Pipeline"),
+    ("river.linear_model.log_reg", "LogisticRegression"),
+    ("river.optim.ada_grad", "AdaGrad"),
+    ("river.optim.sgd", "SGD"),
+    ("river.optim.initializers", "Zeros"),
+    ("river.optim.schedulers", "Constant"),
+    ("river.optim.losses", "Log"),
+    ("river.preprocessing.scale", "StandardScaler"),
+    ("river.stats.mean", "Mean"),
+    ("river.stats.var", "Var"),
+    ("stream.learn.features", "FeatureMap"),
+    ("stream.learn.losses", "CorrectedLog"),
+    ("stream.learn.model", "PropensityModel"),
+})
+_CONTEXT = "model-snapshot.v2"
 EPSILON_NOTE = (
     "epsilon spent by the people whose reports trained the model (per person and epoch, memoized); "
     "the model is post-processing of local-DP reports and spends no further budget"
 )
 
-_MAGIC = b"SGSNAP\x00\x01"
+_MAGIC = b"SGSNAP\x00\x02"
 _LEN = struct.Struct(">I")
-_TAG_BYTES = 32
-_MIN_KEY_BYTES = 16
+_TAG_BYTES = SIGNATURE_BYTES
 _MAX_HEADER = 1 << 20
 
 
@@ -62,10 +90,33 @@ def _utc_now() -> str:
     return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
-def _check_key(signing_key: bytes) -> bytes:
-    if not isinstance(signing_key, bytes | bytearray) or len(signing_key) < _MIN_KEY_BYTES:
-        raise ValueError(f"signing_key must be at least {_MIN_KEY_BYTES} bytes")
-    return bytes(signing_key)
+class _RefusedGlobal(pickle.UnpicklingError):
+    pass
+
+
+class _RestrictedUnpickler(pickle.Unpickler):
+    """Resolves only :data:`ALLOWED_CLASSES`, and only classes: any other global is refused unloaded."""
+
+    def find_class(self, module: str, name: str) -> Any:
+        if (module, name) not in ALLOWED_CLASSES:
+            raise _RefusedGlobal("global not allowed in a model snapshot")
+        obj = super().find_class(module, name)
+        if not isinstance(obj, type):
+            raise _RefusedGlobal("global not allowed in a model snapshot")
+        return obj
+
+
+def _unpickle(payload: bytes) -> Any:
+    """Load an authenticated payload with the restricted unpickler (never ``pickle.loads``)."""
+    return _RestrictedUnpickler(io.BytesIO(payload)).load()
+
+
+def _verify_key(key: Ed25519PublicKey | Ed25519PrivateKey) -> Ed25519PublicKey:
+    if isinstance(key, Ed25519PrivateKey):
+        return key.public_key()
+    if not isinstance(key, Ed25519PublicKey):
+        raise TypeError("verify_key must be an Ed25519 public key")
+    return key
 
 
 @dataclass(frozen=True)
@@ -117,20 +168,21 @@ class ModelSnapshot:
             out["key_id"] = key_id
         return out
 
-    def to_bytes(self, signing_key: bytes) -> bytes:
+    def to_bytes(self, signing_key: Ed25519PrivateKey) -> bytes:
         """The signed snapshot (layout in the module docstring)."""
-        key = _check_key(signing_key)
+        if not isinstance(signing_key, Ed25519PrivateKey):
+            raise TypeError("signing_key must be an Ed25519 private key (the learner's snapshot key)")
         if not isinstance(self.model, PropensityModel):
             raise SnapshotError("a snapshot holds a PropensityModel")
         payload = pickle.dumps(self.model, protocol=pickle.HIGHEST_PROTOCOL)
-        header = self.header(key_fingerprint(key))
+        header = self.header(public_key_id(signing_key))
         header["model_sha256"] = hashlib.sha256(payload).hexdigest()
         try:
             head = orjson.dumps(header, option=orjson.OPT_SORT_KEYS)
         except TypeError as exc:
             raise SnapshotError(f"snapshot header is not JSON-serializable: {exc}") from None
         body = _MAGIC + _LEN.pack(len(head)) + head + payload
-        return body + hmac.digest(key, body, "sha256")
+        return body + sign(signing_key, _CONTEXT, body)
 
     @staticmethod
     def _split(data: bytes) -> tuple[dict[str, Any], bytes]:
@@ -159,24 +211,31 @@ class ModelSnapshot:
         return header
 
     @classmethod
-    def from_bytes(cls, data: bytes, signing_key: bytes) -> ModelSnapshot:
-        """Authenticate, then load. SnapshotError (and nothing unpickled) on a bad tag or format."""
-        key = _check_key(signing_key)
+    def from_bytes(cls, data: bytes, verify_key: Ed25519PublicKey | Ed25519PrivateKey) -> ModelSnapshot:
+        """Verify, then load with the restricted unpickler. SnapshotError (and nothing unpickled) on a bad
+        signature or format; SnapshotError (and nothing outside :data:`ALLOWED_CLASSES` created) on a
+        payload that references anything else. ``verify_key``: the public key (a private key is accepted
+        and reduced to its public half)."""
+        key = _verify_key(verify_key)
         if not isinstance(data, bytes | bytearray | memoryview):
             raise SnapshotError("a snapshot is bytes")
         data = bytes(data)
         if len(data) <= _TAG_BYTES:
             raise SnapshotError("not a streamgate model snapshot")
         body, tag = data[:-_TAG_BYTES], data[-_TAG_BYTES:]
-        if not hmac.compare_digest(hmac.digest(key, body, "sha256"), tag):
-            raise SnapshotError("snapshot authentication failed (tampered, or signed with another key)")
+        try:
+            verify(key, _CONTEXT, body, tag)
+        except SignatureError:
+            raise SnapshotError("snapshot authentication failed (tampered, or signed with another key)") from None
         # authenticated from here on: only now parse and unpickle
         header, payload = cls._split(data)
         if header.get("model_sha256") != hashlib.sha256(payload).hexdigest():
             raise SnapshotError("snapshot payload does not match its header")
         try:
-            model = pickle.loads(payload)
-        except Exception as exc:  # an authenticated but unloadable payload (e.g. a missing class)
+            model = _unpickle(payload)
+        except _RefusedGlobal:
+            raise SnapshotError("snapshot payload refused: it references a global outside the allow-list") from None
+        except Exception as exc:  # an authenticated but unloadable payload
             raise SnapshotError(f"snapshot payload could not be loaded ({type(exc).__name__})") from None
         if not isinstance(model, PropensityModel):
             raise SnapshotError("snapshot payload is not a PropensityModel")

@@ -24,6 +24,11 @@ idempotency key. Redis expiring a key before the shredder reaches it changes not
 the member is still in the index, the claim finds no DEK and the receipt has
 ``key_id: null`` and ``expired_before_shred: true`` - still exactly one receipt.
 
+Erasure authority: a ``privacy.erasure`` record is executed only if it carries a valid Ed25519
+signature by the eraser key over its canonical encoding (request id, user_id or subject, requested_at;
+:func:`parse_erasure_request`) and is recent enough; anything else gets an ``erasure_rejected``
+record naming nobody. A request id reused with other content is refused (``request_id_conflict``).
+
 Erasure: one atomic script claims every (subject, epoch) of the person found in the
 index or among the candidate epochs (those whose keys can still exist), destroys them
 like above with reason ``erasure`` and the request id, PUBLISHes ``{subject}:*`` and
@@ -35,22 +40,37 @@ the same summary receipt: requests are idempotent.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import re
 import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any, Protocol
 
 import orjson
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
+from stream.crypto.signing import (
+    SignatureError,
+    canonical,
+    decode_signature,
+    encode_signature,
+    public_key_id,
+    sign,
+    verify,
+)
 from stream.errors import StreamgateError
-from stream.retention.receipts import erasure_receipt, key_receipt
+from stream.retention.receipts import erasure_receipt, key_receipt, rejection_receipt, sign_receipt
 
 __all__ = [
+    "ERASURE_CONTEXT",
+    "FUTURE_SKEW_SECONDS",
     "ErasureConflictError",
     "ErasureOutcome",
     "ErasureRecord",
+    "ErasureRejectedError",
     "ErasureRequest",
     "MemoryShredStore",
     "MemorySink",
@@ -62,7 +82,9 @@ __all__ = [
     "ShredderError",
     "candidate_epochs",
     "check_request_id",
+    "erasure_message",
     "parse_erasure_request",
+    "sign_erasure_request",
 ]
 
 _REQUEST_ID_RE = re.compile(r"[A-Za-z0-9_.:-]{1,128}")
@@ -74,7 +96,17 @@ class ShredderError(StreamgateError):
 
 
 class ErasureConflictError(ShredderError):
-    """An erasure request reused the request id of another person's erasure (nothing was done)."""
+    """An erasure request reused the request id of another person's erasure, or of a request with
+    other content (nothing was done)."""
+
+
+class ErasureRejectedError(ShredderError):
+    """An erasure request was refused before anything was done; ``code`` is ``invalid_request`` or
+    ``unauthenticated`` (the audit record's ``error``)."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
 
 
 # --------------------------------------------------------------------------- values
@@ -128,15 +160,17 @@ class ErasureRecord:
     at: float
     keys_shredded: int
     worker: str
+    digest: str = ""  # SHA-256 of the signed request's canonical encoding ("" for unsigned callers)
 
     def encode(self) -> bytes:
         return orjson.dumps({"subject": self.subject, "at": self.at, "keys_shredded": self.keys_shredded,
-                             "worker": self.worker})
+                             "worker": self.worker, "digest": self.digest})
 
     @classmethod
     def decode(cls, raw: bytes | str) -> ErasureRecord:
         d = orjson.loads(raw)
-        return cls(str(d["subject"]), float(d["at"]), int(d["keys_shredded"]), str(d["worker"]))
+        return cls(str(d["subject"]), float(d["at"]), int(d["keys_shredded"]), str(d["worker"]),
+                   str(d.get("digest") or ""))
 
 
 @dataclass(frozen=True)
@@ -147,6 +181,7 @@ class ErasureRequest:
     user_id: str | None = field(default=None, repr=False)
     subject: str | None = None
     requested_at: str | None = None
+    digest: str = ""  # SHA-256 hex of the signed canonical encoding (replay-with-other-content check)
 
 
 @dataclass(frozen=True)
@@ -180,26 +215,85 @@ def check_request_id(request_id: Any) -> str:
     return request_id
 
 
-def parse_erasure_request(value: bytes | None) -> ErasureRequest:
-    """Parse and validate one ``privacy.erasure`` record. Error messages never quote the record."""
+#: Signature context of erasure requests (:mod:`stream.crypto.signing`).
+ERASURE_CONTEXT = "erasure-request.v1"
+#: How far ahead of the shredder's clock a request's ``requested_at`` may be (clock skew).
+FUTURE_SKEW_SECONDS = 300.0
+
+
+def erasure_message(request_id: str, *, user_id: str | None, subject: str | None, requested_at: str | None) -> bytes:
+    """The canonical bytes an erasure request's signature covers: request id, which identifier
+    (``user_id`` or ``subject``) and its value, and ``requested_at``."""
+    kind, ident = ("user_id", user_id) if user_id is not None else ("subject", subject)
+    return canonical([ERASURE_CONTEXT, request_id, kind, ident, requested_at])
+
+
+def sign_erasure_request(key: Ed25519PrivateKey, request_id: str, *, user_id: str | None = None,
+                         subject: str | None = None, requested_at: str) -> dict[str, Any]:
+    """The signed ``privacy.erasure`` document (what ``streamgate erase`` publishes)."""
+    check_request_id(request_id)
+    if (user_id is None) == (subject is None):
+        raise ValueError("exactly one of user_id, subject")
+    msg = erasure_message(request_id, user_id=user_id, subject=subject, requested_at=requested_at)
+    doc: dict[str, Any] = {"request_id": request_id, "requested_at": requested_at}
+    doc["user_id" if user_id is not None else "subject"] = user_id if user_id is not None else subject
+    doc["signer"] = public_key_id(key)
+    doc["signature"] = encode_signature(sign(key, ERASURE_CONTEXT, msg))
+    return doc
+
+
+def parse_erasure_request(value: bytes | None, verify_key: Ed25519PublicKey, *, now: float | None = None,
+                          max_age_seconds: float | None = None) -> ErasureRequest:
+    """Parse, validate and authenticate one ``privacy.erasure`` record.
+
+    Raises :class:`ErasureRejectedError` with ``code`` ``invalid_request`` (malformed),
+    ``unauthenticated`` (no valid signature by ``verify_key``) or, when ``now`` and
+    ``max_age_seconds`` are given, ``stale_request`` (``requested_at`` missing, older than
+    ``max_age_seconds`` or more than :data:`FUTURE_SKEW_SECONDS` ahead of ``now``). The
+    shredder keeps each request's record longer than that age, so an old signed request
+    replayed later is either idempotent or refused - it never erases data created since.
+    Only a verified request is returned; error messages never quote the record."""
     try:
         doc = orjson.loads(value or b"")
     except orjson.JSONDecodeError:
-        raise ShredderError("erasure request is not JSON") from None
+        raise ErasureRejectedError("invalid_request", "erasure request is not JSON") from None
     if not isinstance(doc, dict):
-        raise ShredderError("erasure request is not a JSON object")
-    rid = check_request_id(doc.get("request_id"))
+        raise ErasureRejectedError("invalid_request", "erasure request is not a JSON object")
+    try:
+        rid = check_request_id(doc.get("request_id"))
+    except ShredderError as exc:
+        raise ErasureRejectedError("invalid_request", str(exc)) from None
     user_id, subject = doc.get("user_id"), doc.get("subject")
     if user_id is not None and (not isinstance(user_id, str) or not 0 < len(user_id) <= 512):
-        raise ShredderError("erasure request: user_id must be a non-empty string")
+        raise ErasureRejectedError("invalid_request", "erasure request: user_id must be a non-empty string")
     if subject is not None and (not isinstance(subject, str) or not _SUBJECT_RE.fullmatch(subject)):
-        raise ShredderError("erasure request: subject must be a person token")
+        raise ErasureRejectedError("invalid_request", "erasure request: subject must be a person token")
     if (user_id is None) == (subject is None):
-        raise ShredderError("erasure request needs exactly one of user_id, subject")
+        raise ErasureRejectedError("invalid_request", "erasure request needs exactly one of user_id, subject")
     requested_at = doc.get("requested_at")
     if requested_at is not None and (not isinstance(requested_at, str) or len(requested_at) > 64):
-        raise ShredderError("erasure request: requested_at must be an RFC 3339 string")
-    return ErasureRequest(rid, user_id=user_id, subject=subject, requested_at=requested_at)
+        raise ErasureRejectedError("invalid_request", "erasure request: requested_at must be an RFC 3339 string")
+    msg = erasure_message(rid, user_id=user_id, subject=subject, requested_at=requested_at)
+    try:
+        verify(verify_key, ERASURE_CONTEXT, msg, decode_signature(doc.get("signature")))
+    except SignatureError:
+        raise ErasureRejectedError("unauthenticated", "erasure request is not signed by the eraser key") from None
+    if now is not None and max_age_seconds is not None:
+        t = _parse_time(requested_at)
+        if t is None or not now - max_age_seconds <= t <= now + FUTURE_SKEW_SECONDS:
+            raise ErasureRejectedError("stale_request", "erasure request is too old, or dated in the future")
+    return ErasureRequest(rid, user_id=user_id, subject=subject, requested_at=requested_at,
+                          digest=hashlib.sha256(msg).hexdigest())
+
+
+def _parse_time(text: str | None) -> float | None:
+    if text is None:
+        return None
+    try:
+        dt = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    return dt.timestamp() if dt.tzinfo is not None else None
 
 
 def candidate_epochs(now: float, *, epoch_seconds: int, retention_seconds: int, margin: int = 2) -> list[int]:
@@ -219,7 +313,7 @@ class ShredStore(Protocol):
         ...
 
     def erase_subject(self, subject: str, epochs: Sequence[int], *, request_id: str, at: float, worker: str,
-                      lease_until: float, record_ttl: int) -> tuple[ErasureRecord, bool]:
+                      lease_until: float, record_ttl: int, digest: str = "") -> tuple[ErasureRecord, bool]:
         """Atomically claim and destroy every key of ``subject`` (indexed ones and ``epochs``) and store
         the erasure record; if a record for ``request_id`` exists, touch nothing and return it.
         Returns ``(record, created)``."""
@@ -324,7 +418,7 @@ class MemoryShredStore:
         return [e for e in out if e is not None]
 
     def erase_subject(self, subject: str, epochs: Sequence[int], *, request_id: str, at: float, worker: str,
-                      lease_until: float, record_ttl: int) -> tuple[ErasureRecord, bool]:
+                      lease_until: float, record_ttl: int, digest: str = "") -> tuple[ErasureRecord, bool]:
         with self._lock:
             if request_id in self.erasures:
                 return ErasureRecord.decode(self.erasures[request_id]), False
@@ -335,7 +429,7 @@ class MemoryShredStore:
                 entry = self._claim(m, "erasure", request_id, at, worker, lease_until)
                 if entry is not None and entry.key_id is not None:
                     n += 1
-            record = ErasureRecord(subject, at, n, worker)
+            record = ErasureRecord(subject, at, n, worker, digest)
             self.erasures[request_id] = record.encode()
             self.published.append(f"{subject}:*")
             return record, True
@@ -387,6 +481,7 @@ class Shredder:
         tombstone_topics: Iterable[str] = (),
         lead_seconds: float = 0.0,
         on_progress: Callable[[ShredStats], None] | None = None,
+        receipt_key: Ed25519PrivateKey | None = None,
     ) -> None:
         if batch_size <= 0 or lease_seconds <= 0 or lead_seconds < 0:
             raise ValueError("batch_size and lease_seconds must be > 0, lead_seconds >= 0")
@@ -401,12 +496,18 @@ class Shredder:
         self.tombstone_topics = tuple(tombstone_topics)
         self.lead_seconds = float(lead_seconds)
         self.on_progress = on_progress
+        self.receipt_key = receipt_key
         self.stats = ShredStats()
+
+    def _signed(self, receipts: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+        if self.receipt_key is None:
+            return list(receipts)
+        return [sign_receipt(r, self.receipt_key) for r in receipts]
 
     # -- outbox ------------------------------------------------------------------------
     def _finish(self, entries: Sequence[PendingShred], extra: Sequence[dict[str, Any]] = (),
                 tombstones: Sequence[tuple[str, bytes]] = ()) -> int:
-        receipts = [e.receipt() for e in entries] + list(extra)
+        receipts = self._signed([e.receipt() for e in entries] + list(extra))
         if receipts or tombstones:
             self.sink.deliver(receipts, tombstones)
         self.store.done(entries)
@@ -465,9 +566,11 @@ class Shredder:
 
     # -- erasure ---------------------------------------------------------------------------
     def erase(self, subject: str, request_id: str, *, requested_at: str | None = None,
-              record_ttl: int | None = None) -> ErasureOutcome:
+              record_ttl: int | None = None, digest: str = "") -> ErasureOutcome:
         """Destroy every key, memo and budget entry of ``subject`` now; deliver one receipt per key, one
-        for the request, and tombstones for the configured compacted topics. Idempotent per ``request_id``."""
+        for the request, and tombstones for the configured compacted topics. Idempotent per ``request_id``;
+        the same ``request_id`` with another subject or another request ``digest`` (a replayed id with
+        different content) raises :class:`ErasureConflictError` and does nothing."""
         if not _SUBJECT_RE.fullmatch(subject):
             raise ShredderError("subject must be a person token")
         check_request_id(request_id)
@@ -476,8 +579,8 @@ class Shredder:
         ttl = record_ttl or (self.retention_seconds + 2 * self.epoch_seconds)
         record, created = self.store.erase_subject(subject, epochs, request_id=request_id, at=now,
                                                    worker=self.worker, lease_until=now + self.lease_seconds,
-                                                   record_ttl=ttl)
-        if record.subject != subject:
+                                                   record_ttl=ttl, digest=digest)
+        if record.subject != subject or (record.digest and digest and record.digest != digest):
             raise ErasureConflictError("request_id was already used for another person's erasure")
         if not created:
             self.store.publish(f"{subject}:*")
@@ -489,12 +592,11 @@ class Shredder:
         self.stats.erasures += 1
         return ErasureOutcome(request_id, subject, record.keys_shredded, not created, n)
 
-    def reject(self, *, request_id: str | None, error: str, discriminator: str,
-               requested_at: str | None = None) -> dict[str, Any]:
-        """Deliver a ``rejected`` erasure receipt for a request that cannot be executed."""
-        receipt = erasure_receipt(subject=None, request_id=request_id, at=self.clock(), worker=self.worker,
-                                  keys_shredded=0, status="rejected", error=error, requested_at=requested_at,
-                                  discriminator=discriminator)
+    def reject(self, *, request_id: str | None, error: str, discriminator: str) -> dict[str, Any]:
+        """Deliver an ``erasure_rejected`` record (no person, no identifier) for a request that is not
+        executed. Pass ``request_id`` only for an authenticated request."""
+        (receipt,) = self._signed([rejection_receipt(error=error, at=self.clock(), worker=self.worker,
+                                                     discriminator=discriminator, request_id=request_id)])
         self.sink.deliver([receipt])
         self.stats.erasures_rejected += 1
         self.stats.receipts += 1

@@ -15,6 +15,16 @@ Idempotency key: ``receipt_id`` is deterministic::
 with ``""`` for absent values. A crash between delivering a receipt and recording
 that it was delivered re-delivers the *same* receipt (same id, same content);
 consumers (and ``streamgate audit``) dedupe by ``receipt_id``.
+
+Authenticity: ``receipt_id`` is no MAC (anyone can compute it). The shredder signs every
+receipt with its Ed25519 receipt key (:mod:`stream.crypto.signing`, signer ``receipt``):
+``signer`` is the key's public id and ``signature`` covers the canonical receipt - the
+receipt without ``signature`` as JSON with sorted keys and no whitespace. Ed25519 is
+deterministic, so a re-delivered receipt carries the same signature. ``streamgate audit``
+verifies with the public key and flags anything unsigned or forged.
+
+A refused erasure request gets a ``kind="erasure_rejected"`` record that names no person
+(``subject`` null, and ``request_id`` null unless the request was authenticated).
 """
 
 from __future__ import annotations
@@ -23,16 +33,35 @@ import hashlib
 from datetime import UTC, datetime
 from typing import Any
 
+import orjson
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+
+from stream.crypto.signing import (
+    SignatureError,
+    decode_signature,
+    encode_signature,
+    public_key_id,
+    sign,
+    verify,
+)
+
 __all__ = [
+    "RECEIPT_CONTEXT",
     "RECEIPT_SCHEMA",
     "dedupe",
     "erasure_receipt",
     "key_receipt",
     "receipt_id",
+    "receipt_message",
+    "rejection_receipt",
     "rfc3339",
+    "sign_receipt",
+    "verify_receipt",
 ]
 
 RECEIPT_SCHEMA = "audit-receipt.v1"
+#: Signature context of receipts (:mod:`stream.crypto.signing`).
+RECEIPT_CONTEXT = "audit-receipt.v1"
 
 
 def rfc3339(t: float) -> str:
@@ -91,6 +120,53 @@ def erasure_receipt(*, subject: str | None, request_id: str | None, at: float, w
         "at": rfc3339(at),
         "worker": worker,
     }
+
+
+def rejection_receipt(*, error: str, at: float, worker: str, discriminator: str,
+                      request_id: str | None = None) -> dict[str, Any]:
+    """The record of a refused erasure request: no person, no identifier (``request_id`` only when the
+    request was authenticated); ``discriminator`` (its topic coordinates) makes the id unique."""
+    return {
+        "schema": RECEIPT_SCHEMA,
+        "receipt_id": receipt_id("erasure_rejected", "erasure", None, None, None,
+                                 f"{request_id or ''}@{discriminator}"),
+        "kind": "erasure_rejected",
+        "reason": "erasure",
+        "status": "rejected",
+        "error": error,
+        "subject": None,
+        "epoch": None,
+        "key_id": None,
+        "keys_shredded": 0,
+        "request_id": request_id,
+        "at": rfc3339(at),
+        "worker": worker,
+    }
+
+
+def receipt_message(receipt: dict[str, Any]) -> bytes:
+    """The canonical bytes a receipt's signature covers: every field but ``signature``, as JSON with
+    sorted keys."""
+    return orjson.dumps({k: v for k, v in receipt.items() if k != "signature"}, option=orjson.OPT_SORT_KEYS)
+
+
+def sign_receipt(receipt: dict[str, Any], key: Ed25519PrivateKey) -> dict[str, Any]:
+    """``receipt`` plus ``signer`` (public key id) and ``signature`` (Ed25519, base64url)."""
+    out = {k: v for k, v in receipt.items() if k != "signature"}
+    out["signer"] = public_key_id(key)
+    out["signature"] = encode_signature(sign(key, RECEIPT_CONTEXT, receipt_message(out)))
+    return out
+
+
+def verify_receipt(receipt: Any, key: Ed25519PublicKey) -> bool:
+    """Whether ``receipt`` carries a valid signature by ``key`` (unsigned, altered, forged: False)."""
+    if not isinstance(receipt, dict):
+        return False
+    try:
+        verify(key, RECEIPT_CONTEXT, receipt_message(receipt), decode_signature(receipt.get("signature")))
+    except (SignatureError, TypeError):
+        return False
+    return True
 
 
 def dedupe(receipts: list[dict[str, Any]]) -> list[dict[str, Any]]:

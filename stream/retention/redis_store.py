@@ -74,16 +74,18 @@ end
 return out
 """
 
-# KEYS[3] erasure record; ARGV[6] request_id, ARGV[7] subject, ARGV[8] record ttl, ARGV[9..] members
+# KEYS[3] erasure record; ARGV[6] request_id, ARGV[7] subject, ARGV[8] record ttl, ARGV[9] request digest,
+# ARGV[10..] members
 _ERASE = _CLAIM_FN + r"""
 local existing = redis.call('GET', KEYS[3])
 if existing then return {0, existing} end
 local n = 0
-for i = 9, #ARGV do
+for i = 10, #ARGV do
   local r = claim(ARGV[i], 'erasure', ARGV[6])
   if r and string.find(r[1], '|', 1, true) and not string.match(r[1], '|$') then n = n + 1 end
 end
-local record = cjson.encode({subject = ARGV[7], at = tonumber(at), keys_shredded = n, worker = worker})
+local record = cjson.encode({subject = ARGV[7], at = tonumber(at), keys_shredded = n, worker = worker,
+                             digest = ARGV[9]})
 redis.call('SET', KEYS[3], record, 'EX', tonumber(ARGV[8]))
 redis.call('PUBLISH', channel, ARGV[7] .. ':*')
 return {1, record}
@@ -145,11 +147,11 @@ class RedisShredStore:
         return [m for m in members if m.rpartition(":")[0] == subject]
 
     def erase_subject(self, subject: str, epochs: Sequence[int], *, request_id: str, at: float, worker: str,
-                      lease_until: float, record_ttl: int) -> tuple[ErasureRecord, bool]:
+                      lease_until: float, record_ttl: int, digest: str = "") -> tuple[ErasureRecord, bool]:
         members = sorted(set(self.subject_members(subject)) | {f"{subject}:{e}" for e in epochs})
         created, raw = self._call(
             self._erase, keys=[self.deadlines_key, self.pending_key, self.erasure_key(request_id)],
-            args=[*self._base_args(at, worker, lease_until), request_id, subject, int(record_ttl), *members])
+            args=[*self._base_args(at, worker, lease_until), request_id, subject, int(record_ttl), digest, *members])
         return ErasureRecord.decode(raw), bool(created)
 
     def pending(self) -> list[PendingShred]:

@@ -26,6 +26,7 @@ from confluent_kafka.admin import AdminClient, AlterConfigOpType, ConfigEntry, C
 
 from stream.config import Settings, TopicNames
 from stream.errors import ConfigError, StreamgateError
+from stream.kafka import admin_config
 
 __all__ = [
     "TopicChange",
@@ -145,7 +146,7 @@ def apply_topics(bootstrap: str, specs: list[TopicSpec], *, dry_run: bool = Fals
                  timeout: float = 30.0) -> list[TopicChange]:
     """Create missing topics with their configs; set differing configs of existing ones
     (IncrementalAlterConfigs). Returns what was (or, with ``dry_run``, would be) done."""
-    admin = AdminClient({"bootstrap.servers": bootstrap})
+    admin = AdminClient(admin_config(bootstrap))
     try:
         existing = admin.list_topics(timeout=timeout).topics
     except KafkaException as exc:

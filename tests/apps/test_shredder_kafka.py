@@ -21,9 +21,11 @@ from shred_helpers import (  # noqa: E402
     add_ldp_entries,
     audit_receipts,
     produce,
+    protect,
     reader,
     redis_keys_of,
     running_shredder,
+    signed_request,
     token_of,
 )
 
@@ -74,7 +76,6 @@ def raw_events(users: list[str], per_user: int, seed: int) -> list[bytes]:
 
 
 def test_retention_pass_writes_one_valid_receipt_per_key_and_due_epochs_fail(settings, redis_client) -> None:
-    from shred_helpers import protect
 
     t = settings.topics
     ensure_topics(settings.kafka_bootstrap, [t.erasure, t.audit], partitions=1)
@@ -130,9 +131,9 @@ def test_erasure_request_makes_one_person_unreadable_in_every_topic(settings, re
             add_ldp_entries(redis_client, prefix, tok, e0, expire_at(e0))
 
         rid = f"req-{uuid.uuid4().hex[:8]}"
-        request = {"request_id": rid, "user_id": gone_user, "requested_at": "2030-03-17T17:46:40Z"}
+        request = signed_request(settings, rid, user_id=gone_user)
         with running_shredder(settings, clock) as shredder:
-            produce(bootstrap, t.erasure, [(gone_user.encode(), orjson.dumps(request))])
+            produce(bootstrap, t.erasure, [(gone_user.encode(), request)])
             wait_for(lambda: shredder.erasures_committed >= 1, timeout=60, what="erasure committed")
             produce(bootstrap, t.raw, [(None, v) for v in raw_events([gone_user], 3, seed=2)])
             after_all = read_topic(bootstrap, t.protected, expect=15)
@@ -189,17 +190,17 @@ def test_malformed_repeated_and_unknown_person_requests(settings, redis_client) 
     provider.keys_for([known], int(T0 // E))
     reqs = [
         (b"x", b"not json at all usr_secret_1"),
-        (b"usr_nobody", orjson.dumps({"request_id": "r-nobody", "user_id": "usr_nobody"})),
-        (b"usr_known", orjson.dumps({"request_id": "r-known", "user_id": "usr_known"})),
-        (b"usr_known", orjson.dumps({"request_id": "r-known", "user_id": "usr_known"})),  # repeated
-        (b"usr_other", orjson.dumps({"request_id": "r-known", "user_id": "usr_other"})),  # id reused
+        (b"usr_nobody", signed_request(settings, "r-nobody", user_id="usr_nobody")),
+        (b"usr_known", signed_request(settings, "r-known", user_id="usr_known")),
+        (b"usr_known", signed_request(settings, "r-known", user_id="usr_known")),  # repeated
+        (b"usr_other", signed_request(settings, "r-known", user_id="usr_other")),  # id reused
     ]
     with running_shredder(settings, clock) as engine:
         produce(bootstrap, t.erasure, reqs)
         wait_for(lambda: engine.erasures_committed >= 5, timeout=60, what="requests committed")
     receipts = audit_receipts(bootstrap, t.audit, expect=6)
     assert not any(VALID(r) for r in receipts)
-    summaries = [r for r in receipts if r["kind"] == "erasure"]
+    summaries = [r for r in receipts if r["kind"] in ("erasure", "erasure_rejected")]
     assert [(r["request_id"], r["status"], r["error"], r["keys_shredded"]) for r in summaries] == [
         (None, "rejected", "invalid_request", 0),
         ("r-nobody", "completed", None, 0),
@@ -228,7 +229,7 @@ def test_shredder_metrics_move_with_requests_and_receipts(settings) -> None:
     provider.keys_for([token_of(settings, "usr_metrics")], int(T0 // E))
     metrics = WorkerMetrics("shredder")
     with running_shredder(settings, clock, metrics=metrics) as engine:
-        produce(bootstrap, t.erasure, [(b"usr_metrics", orjson.dumps({"request_id": "m-1", "user_id": "usr_metrics"}))])
+        produce(bootstrap, t.erasure, [(b"usr_metrics", signed_request(settings, "m-1", user_id="usr_metrics"))])
         wait_for(lambda: engine.erasures_committed >= 1, timeout=60, what="request committed")
         wait_for(lambda: "0" in metrics.snapshot().get("lag", {}), timeout=30,
                  what="a lag gauge for the erasure partition")
@@ -239,3 +240,100 @@ def test_shredder_metrics_move_with_requests_and_receipts(settings) -> None:
     assert values[("streamgate_events_out_total", (("topic", "audit"), ("worker", "shredder")))] >= 2, text
     assert values[("streamgate_keys_shredded_total", (("reason", "erasure"), ("worker", "shredder")))] == 1, text
     assert "usr_metrics" not in text and "tk1_" not in text
+
+
+def test_only_signed_erasure_requests_shred(settings, redis_client) -> None:
+    """The audit's attack, on the real broker and Redis: unsigned requests by user_id and by a token
+    copied from a clicks.protected key, one signed with another key and a validly signed but stale one
+    (a replay) leave the person's events
+    decryptable and the data key in place; each gets an erasure_rejected record naming nobody. The
+    signed request then shreds them. Every record on ops.audit carries a valid receipt signature."""
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+    from stream.crypto.keyring import Keyring
+    from stream.crypto.signing import verify_key
+    from stream.retention.core import sign_erasure_request
+    from stream.retention.receipts import verify_receipt
+
+    t = settings.topics
+    bootstrap = settings.kafka_bootstrap
+    ensure_topics(bootstrap, [t.erasure, t.audit], partitions=1)
+    clock = Clock(T0)
+    user = "usr_victim"
+    token = token_of(settings, user)
+    events = protect(settings, clock, [user], 2)
+    assert all(ev["user_id"] == token for ev in events)  # the token anyone reading clicks.protected sees
+    prefix = settings.redis_key_prefix
+    assert len([k for k in redis_keys_of(redis_client, prefix, token) if ":dek:" in k]) == 1
+    forged = sign_erasure_request(Ed25519PrivateKey.generate(), "att-3", subject=token,
+                                  requested_at="2030-03-17T17:46:40.000Z")
+    attacks = [
+        (user.encode(), orjson.dumps({"request_id": "att-1", "user_id": user})),
+        (token.encode(), orjson.dumps({"request_id": "att-2", "subject": token})),
+        (token.encode(), orjson.dumps(forged)),
+        # validly signed but years old: a replay after its record expired must not erase newer data
+        (token.encode(), signed_request(settings, "att-4", subject=token, requested_at="2020-01-01T00:00:00.000Z")),
+    ]
+    with running_shredder(settings, clock) as engine:
+        produce(bootstrap, t.erasure, attacks)
+        wait_for(lambda: engine.erasures_committed >= 4, timeout=60, what="attacks committed")
+        assert engine.stats.erasures_rejected == 4 and engine.stats.erasures == 0
+        assert len([k for k in redis_keys_of(redis_client, prefix, token) if ":dek:" in k]) == 1
+        for ev in events:  # still readable
+            assert reader(settings, clock).decrypt(ev)["email"].endswith("@example.org")
+        produce(bootstrap, t.erasure, [(b"", signed_request(settings, "legit-1", subject=token))])
+        wait_for(lambda: engine.erasures_committed >= 5, timeout=60, what="signed request committed")
+    assert redis_keys_of(redis_client, prefix, token) == []
+    for ev in events:
+        with pytest.raises(KeyShreddedError):
+            reader(settings, clock).decrypt(ev)
+    receipts = audit_receipts(bootstrap, t.audit, expect=6)
+    assert not any(VALID(r) for r in receipts)
+    public = verify_key(Keyring.from_settings(settings), "receipt")
+    assert all(verify_receipt(r, public) for r in receipts)
+    rejected = [r for r in receipts if r["kind"] == "erasure_rejected"]
+    assert [(r["error"], r["subject"], r["request_id"]) for r in rejected] == [
+        ("unauthenticated", None, None)] * 3 + [("stale_request", None, None)]
+    text = b"".join(orjson.dumps(r) for r in rejected)
+    assert user.encode() not in text and token.encode() not in text
+    (done,) = [r for r in receipts if r["kind"] == "erasure"]
+    assert (done["request_id"], done["subject"], done["keys_shredded"]) == ("legit-1", token, 1)
+
+
+def test_each_role_credential_alone_does_its_part(settings, redis_client, tmp_path: Path) -> None:
+    """No process holds the master key: the gateway credential protects, the eraser credential signs,
+    the shredder credential verifies, shreds and signs receipts, the reader credential decrypts (before)
+    and gets KeyShreddedError (after), the verifier credential checks the receipts."""
+    from stream.crypto.keyring import Keyring
+    from stream.crypto.signing import signing_key, verify_key
+    from stream.retention.core import sign_erasure_request
+    from stream.retention.receipts import verify_receipt
+    from stream.schema import load_schema
+
+    master = Keyring.from_settings(settings)
+    domains = sorted({f.token_domain for f in load_schema(settings.schema_name).fields.values() if f.token_domain})
+    as_role = {}
+    for role in ("gateway", "reader", "eraser", "shredder", "verifier"):
+        path = tmp_path / f"{role}.json"
+        master.for_role(role, token_domains=domains).save(path)
+        as_role[role] = settings.model_copy(update={"master_key": None, "key_file": path})
+    t = settings.topics
+    bootstrap = settings.kafka_bootstrap
+    ensure_topics(bootstrap, [t.erasure, t.audit], partitions=1)
+    clock = Clock(T0)
+    events = protect(as_role["gateway"], clock, ["usr_roles"], 2)
+    token = events[0]["user_id"]
+    for ev in events:
+        assert reader(as_role["reader"], clock).decrypt(ev)["email"].endswith("@example.org")
+    request = sign_erasure_request(signing_key(Keyring.from_settings(as_role["eraser"]), "erasure"), "roles-1",
+                                   user_id="usr_roles", requested_at="2030-03-17T17:46:40.000Z")
+    with running_shredder(as_role["shredder"], clock) as engine:
+        produce(bootstrap, t.erasure, [(b"", orjson.dumps(request))])
+        wait_for(lambda: engine.erasures_committed >= 1, timeout=60, what="erasure committed")
+    for ev in events:
+        with pytest.raises(KeyShreddedError):
+            reader(as_role["reader"], clock).decrypt(ev)
+    receipts = audit_receipts(bootstrap, t.audit, expect=2)
+    public = verify_key(Keyring.from_settings(as_role["verifier"]), "receipt")
+    assert len(receipts) == 2 and all(verify_receipt(r, public) for r in receipts)
+    assert {r["subject"] for r in receipts} == {token}

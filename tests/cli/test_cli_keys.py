@@ -125,3 +125,73 @@ def test_rotate_of_a_missing_file_is_a_clear_error(tmp_path: Path, monkeypatch: 
     assert "does not exist" in _output(result)
     assert "Traceback" not in _output(result)
     assert not out.exists()
+
+
+# --------------------------------------------------------------------------- role credentials
+def _roles(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, *args: str, key_env: dict[str, str]) -> Result:
+    for name in ("STREAMGATE_MASTER_KEY", "STREAMGATE_MASTER_KEY_FILE", "STREAMGATE_KEY_FILE"):
+        monkeypatch.delenv(name, raising=False)
+    for k, v in key_env.items():
+        monkeypatch.setenv(k, v)
+    monkeypatch.setenv("STREAMGATE_STATE_DIR", str(tmp_path))
+    return CliRunner().invoke(cli, ["keys", "roles", *args], prog_name="streamgate")
+
+
+def test_roles_issue_least_privilege_credentials_that_interoperate(tmp_path: Path,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    from stream.crypto.keyring import ROLES, RoleKeyring
+    from stream.crypto.kms import LocalKMS
+    from stream.crypto.signing import sign, signing_key, verify, verify_key
+    from stream.crypto.tokens import Tokenizer
+    from stream.errors import KeyringError
+
+    ring_path = tmp_path / "ring.json"
+    master = Keyring.generate().rotated()  # two KEKs: both wrapping keys go to the roles that unwrap
+    master.save(ring_path)
+    out = tmp_path / "roles"
+    result = _roles(tmp_path, monkeypatch, "--out", str(out), key_env={"STREAMGATE_MASTER_KEY_FILE": str(ring_path)})
+    assert result.exit_code == 0, _output(result)
+    assert sorted(p.name for p in out.iterdir()) == sorted(f"{r}.json" for r in ROLES)
+    creds = {}
+    for role in ROLES:
+        path = out / f"{role}.json"
+        assert stat.S_IMODE(path.stat().st_mode) == 0o600
+        text = path.read_text()
+        for b64 in _key_strings(ring_path):  # no raw KEK in any credential
+            assert b64 not in text
+        cred = Keyring.load(path)
+        assert isinstance(cred, RoleKeyring) and cred.role == role
+        creds[role] = cred
+    _assert_no_key_material(_output(result), ring_path)
+
+    # the gateway wraps, the reader unwraps the same blob (symmetric KEK: each could do both)
+    blob = LocalKMS(creds["gateway"]).wrap(b"k" * 32, b"aad")
+    assert LocalKMS(creds["reader"]).unwrap(blob, b"aad") == b"k" * 32
+    assert LocalKMS(master).unwrap(blob, b"aad") == b"k" * 32
+    # tokens: gateway and shredder tokenize like the master; the reader cannot
+    assert Tokenizer(creds["gateway"]).token("user_id", "u1") == Tokenizer(master).token("user_id", "u1")
+    assert Tokenizer(creds["shredder"]).token("user_id", "u1") == Tokenizer(master).token("user_id", "u1")
+    with pytest.raises(KeyringError):
+        Tokenizer(creds["reader"]).token("user_id", "u1")
+    # signing: only the owner signs; verifiers hold public keys only
+    for signer, owner, holders in (("erasure", "eraser", ["shredder"]), ("receipt", "shredder", ["verifier"]),
+                                   ("snapshot", "learner", ["verifier"])):
+        sig = sign(signing_key(creds[owner], signer), "t", b"m")
+        for h in [*holders, owner]:
+            verify(verify_key(creds[h], signer), "t", b"m", sig)
+        verify(verify_key(master, signer), "t", b"m", sig)
+        for other in ROLES:
+            if other != owner:
+                with pytest.raises(KeyringError):
+                    signing_key(creds[other], signer)
+    for role in ("eraser", "learner", "verifier", "shredder"):
+        with pytest.raises(KeyringError):
+            LocalKMS(creds[role])
+    with pytest.raises(KeyringError):
+        creds["gateway"].kek(master.primary_id)
+    # a role credential cannot issue credentials
+    again = _roles(tmp_path, monkeypatch, "--out", str(tmp_path / "x"),
+                   key_env={"STREAMGATE_KEY_FILE": str(out / "gateway.json")})
+    assert again.exit_code == 1 and "needs the master keyring" in _output(again)
+    refused = _roles(tmp_path, monkeypatch, "--out", str(out), key_env={"STREAMGATE_MASTER_KEY_FILE": str(ring_path)})
+    assert refused.exit_code == 1 and "refusing to overwrite" in _output(refused)

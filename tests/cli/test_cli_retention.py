@@ -162,7 +162,10 @@ def test_shredder_worker_erase_wait_and_audit(settings_factory, unique_id: str) 
         assert not any(valid(r) for r in receipts)
         assert sorted(r["kind"] for r in receipts) == ["erasure", "key_shredded", "key_shredded"]
         assert {r["epoch"] for r in receipts if r["kind"] == "key_shredded"} == {e, e - 1}
-        assert "re-delivered duplicates skipped" in audit.stderr  # the repeated request's summary
+        # the second `erase` re-signed cli-req-1 with another requested_at: other content, refused
+        repeated = _run(env, "audit", "--request-id", "cli-req-1", "--json")
+        kinds = [(r["kind"], r.get("error")) for r in map(json.loads, repeated.stdout.splitlines())]
+        assert kinds.count(("erasure_rejected", "request_id_conflict")) == 1, kinds
 
         text = _run(env, "audit", "--reason", "erasure", "--since", "1h")
         assert text.returncode == 0 and text.stdout.count("erasure") >= 4 and "tokNobody" in text.stdout
@@ -177,18 +180,77 @@ def test_shredder_worker_erase_wait_and_audit(settings_factory, unique_id: str) 
     assert proc.returncode == 0, log.read_text()[-3000:]
 
 
-def test_erase_needs_no_master_key_and_publishes_the_documented_request(settings_factory) -> None:
+def test_erase_signs_with_the_eraser_credential_alone(settings_factory, tmp_path: Path) -> None:
+    """No key, no erasure; the eraser credential (no KEK, no token key) is enough to publish a
+    request that verifies with the master keyring's erasure key."""
+    from stream.crypto.signing import verify_key
+    from stream.retention.core import parse_erasure_request
+
     settings = settings_factory()
+    master = Keyring.from_settings(settings)
+    master.for_role("eraser").save(tmp_path / "eraser.json")
     env = settings_env(settings)
     env.pop("STREAMGATE_MASTER_KEY")
+    refused = _run(env, "erase", "--user", "usr_no_key", "--request-id", "nokey-0")
+    assert refused.returncode == 1 and "no master key configured" in refused.stderr
+    env["STREAMGATE_KEY_FILE"] = str(tmp_path / "eraser.json")
     done = _run(env, "erase", "--user", "usr_no_kek", "--request-id", "nokek-1")
     assert done.returncode == 0, done.stderr
     assert "request_id=nokek-1" in done.stdout and "token not shown" in done.stdout
     (rec,) = read_topic(settings.kafka_bootstrap, settings.topics.erasure, expect=1)
     body = json.loads(rec.value)
-    assert rec.key == b"usr_no_kek" and set(body) == {"request_id", "user_id", "requested_at"}
-    assert body["request_id"] == "nokek-1" and body["user_id"] == "usr_no_kek"
+    assert rec.key == b"usr_no_kek" and set(body) == {"request_id", "user_id", "requested_at", "signer", "signature"}
+    req = parse_erasure_request(rec.value, verify_key(master, "erasure"))
+    assert (req.request_id, req.user_id) == ("nokek-1", "usr_no_kek")
     bad = _run(env, "erase", "--user", "u", "--subject", "t")
     assert bad.returncode == 2 and "exactly one of --user, --subject" in bad.stderr
     bad_id = _run(env, "erase", "--user", "u", "--request-id", "has space")
     assert bad_id.returncode == 1 and "request_id must be" in bad_id.stderr
+
+
+def test_audit_flags_forged_and_unsigned_receipts(settings_factory, tmp_path: Path) -> None:
+    """A forged receipt (altered, or signed by another key) and an unsigned one written to ops.audit
+    are left out of `streamgate audit`, or shown marked UNVERIFIED with --all; a forged copy that
+    reuses a real receipt's id cannot hide the real one. Verifying needs only the verifier credential."""
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+    from stream.crypto.signing import signing_key
+    from stream.retention.receipts import erasure_receipt, key_receipt, sign_receipt
+
+    settings = settings_factory()
+    master = Keyring.from_settings(settings)
+    master.for_role("verifier").save(tmp_path / "verifier.json")
+    key = signing_key(master, "receipt")  # what the shredder signs with
+    real = sign_receipt(key_receipt(reason="erasure", subject="tk1_Real", epoch=3, key_id="0123456789abcdef",
+                                    request_id="r-1", at=time.time(), worker="shredder-1", deadline=None), key)
+    summary = sign_receipt(erasure_receipt(subject="tk1_Real", request_id="r-1", at=time.time(), worker="shredder-1",
+                                           keys_shredded=1), key)
+    altered = dict(real, subject="tk1_Framed")  # same receipt_id and signature, other content
+    foreign = sign_receipt(dict(real, subject="tk1_Other"), Ed25519PrivateKey.generate())
+    unsigned = {k: v for k, v in dict(real, subject="tk1_Unsigned").items() if k not in ("signer", "signature")}
+    topic = settings.topics.audit
+    from stream.kafka import ensure_topics
+
+    ensure_topics(settings.kafka_bootstrap, [topic], partitions=1)  # one partition: the order below holds
+    produce(settings.kafka_bootstrap, topic,
+            [(None, json.dumps(r).encode()) for r in (altered, unsigned, real, summary, foreign, real)])
+    env = settings_env(settings)
+    env.pop("STREAMGATE_MASTER_KEY")
+    env["STREAMGATE_KEY_FILE"] = str(tmp_path / "verifier.json")
+    out = _run(env, "audit", "--json")
+    assert out.returncode == 0, out.stderr
+    shown = [json.loads(line) for line in out.stdout.splitlines()]
+    assert shown == [real, summary]
+    assert "3 UNVERIFIED (unsigned or forged) left out" in out.stderr and "1 re-delivered" in out.stderr
+    marked = _run(env, "audit", "--all")
+    assert marked.returncode == 0, marked.stderr
+    lines = marked.stdout.splitlines()
+    assert len(lines) == 5
+    assert sum(line.startswith("UNVERIFIED") for line in lines) == 3
+    assert all(line.startswith("verified") for line in lines if "tk1_Real" in line)
+    assert all("tk1_Real" not in line for line in lines if line.startswith("UNVERIFIED"))
+    as_json = [json.loads(line) for line in _run(env, "audit", "--all", "--json").stdout.splitlines()]
+    assert [r["verified"] for r in as_json] == [False, False, True, True, False]
+    env.pop("STREAMGATE_KEY_FILE")
+    no_key = _run(env, "audit")
+    assert no_key.returncode == 1 and "no master key configured" in no_key.stderr

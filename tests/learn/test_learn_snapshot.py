@@ -1,10 +1,11 @@
 """Snapshots round-trip, and a consumer never unpickles bytes it has not authenticated: a flipped
-byte anywhere, a wrong key or a forged payload raise SnapshotError before any unpickling."""
+byte anywhere, a wrong key or a forged payload raise SnapshotError before any unpickling. Loading
+needs only the public key, and even a validly signed payload cannot run code: the restricted
+unpickler refuses every global outside the model's classes (os.system never runs)."""
 
 from __future__ import annotations
 
 import hashlib
-import hmac
 import os
 import pickle
 from collections.abc import Callable
@@ -12,9 +13,11 @@ from typing import Any
 
 import orjson
 import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from learn_fixtures import clickstream_policy, private_examples
 
 import stream.learn.snapshot as snapshot_module
+from stream.crypto.signing import sign
 from stream.errors import SnapshotError
 from stream.learn import ModelSnapshot, PropensityModel
 from stream.learn.snapshot import SNAPSHOT_FORMAT
@@ -36,11 +39,11 @@ class _Evil:
         return (_payload_ran, ("unpickled",))
 
 
-def _forge(header: dict[str, Any], payload: bytes, key: bytes) -> bytes:
-    """A snapshot in the documented layout: magic | header length | header | pickle | HMAC-SHA256."""
+def _forge(header: dict[str, Any], payload: bytes, key: Ed25519PrivateKey) -> bytes:
+    """A snapshot in the documented layout: magic | header length | header | pickle | Ed25519 signature."""
     head = orjson.dumps(header)
     body = snapshot_module._MAGIC + len(head).to_bytes(4, "big") + head + payload
-    return body + hmac.digest(key, body, "sha256")
+    return body + sign(key, "model-snapshot.v2", body)
 
 
 @pytest.fixture()
@@ -52,8 +55,8 @@ def trained() -> PropensityModel:
 
 
 @pytest.fixture()
-def key() -> bytes:
-    return os.urandom(32)
+def key() -> Ed25519PrivateKey:
+    return Ed25519PrivateKey.generate()
 
 
 @pytest.fixture()
@@ -65,7 +68,7 @@ def no_unpickling(monkeypatch: pytest.MonkeyPatch) -> list[bytes]:
         calls.append(data)
         raise AssertionError("unpickled")
 
-    monkeypatch.setattr(snapshot_module.pickle, "loads", spy)
+    monkeypatch.setattr(snapshot_module, "_unpickle", spy)
     return calls
 
 
@@ -78,7 +81,7 @@ def _snapshot(model: PropensityModel) -> ModelSnapshot:
     )
 
 
-def test_round_trip_gives_identical_predictions(trained: PropensityModel, key: bytes) -> None:
+def test_round_trip_gives_identical_predictions(trained: PropensityModel, key: Ed25519PrivateKey) -> None:
     snap = _snapshot(trained)
     data = snap.to_bytes(key)
     back = ModelSnapshot.from_bytes(data, key)
@@ -103,7 +106,7 @@ def test_round_trip_gives_identical_predictions(trained: PropensityModel, key: b
 
 
 def test_read_header_needs_no_key_and_does_not_unpickle(
-    trained: PropensityModel, key: bytes, no_unpickling: list[bytes]
+    trained: PropensityModel, key: Ed25519PrivateKey, no_unpickling: list[bytes]
 ) -> None:
     data = _snapshot(trained).to_bytes(key)
     header = ModelSnapshot.read_header(data)
@@ -116,7 +119,7 @@ def test_read_header_needs_no_key_and_does_not_unpickle(
 
 
 def test_a_flipped_byte_anywhere_is_refused_before_unpickling(
-    trained: PropensityModel, key: bytes, no_unpickling: list[bytes]
+    trained: PropensityModel, key: Ed25519PrivateKey, no_unpickling: list[bytes]
 ) -> None:
     data = _snapshot(trained).to_bytes(key)
     for i in range(len(data)):
@@ -133,37 +136,39 @@ def test_a_flipped_byte_anywhere_is_refused_before_unpickling(
 
 
 def test_a_wrong_key_is_refused_before_unpickling(
-    trained: PropensityModel, key: bytes, no_unpickling: list[bytes]
+    trained: PropensityModel, key: Ed25519PrivateKey, no_unpickling: list[bytes]
 ) -> None:
     data = _snapshot(trained).to_bytes(key)
     with pytest.raises(SnapshotError, match="authentication"):
-        ModelSnapshot.from_bytes(data, os.urandom(32))
+        ModelSnapshot.from_bytes(data, Ed25519PrivateKey.generate().public_key())
     assert no_unpickling == []
 
 
-def test_a_forged_payload_is_never_executed(trained: PropensityModel, key: bytes) -> None:
+def test_a_forged_payload_is_never_executed(trained: PropensityModel, key: Ed25519PrivateKey) -> None:
     evil = pickle.dumps(_Evil())
     header = _snapshot(trained).header()
     header["model_sha256"] = hashlib.sha256(evil).hexdigest()
     EXECUTED.clear()
     # signed by an attacker's key: refused, the payload never runs
     with pytest.raises(SnapshotError):
-        ModelSnapshot.from_bytes(_forge(header, evil, os.urandom(32)), key)
+        ModelSnapshot.from_bytes(_forge(header, evil, Ed25519PrivateKey.generate()), key)
     # unsigned garbage tag: refused
-    forged = _forge(header, evil, os.urandom(32))[:-32] + bytes(32)
+    forged = _forge(header, evil, Ed25519PrivateKey.generate())[:-64] + bytes(64)
     with pytest.raises(SnapshotError):
         ModelSnapshot.from_bytes(forged, key)
     # read_header on it does not run it either
     assert ModelSnapshot.read_header(forged)["format"] == SNAPSHOT_FORMAT
     assert EXECUTED == []
-    # control: the payload is live - with the right key it does run (so the checks above mattered),
-    # and a payload that is not a PropensityModel is still refused
-    with pytest.raises(SnapshotError, match="not a PropensityModel"):
+    # validly signed: still refused by the restricted unpickler, never run
+    with pytest.raises(SnapshotError, match="allow-list"):
         ModelSnapshot.from_bytes(_forge(header, evil, key), key)
+    assert EXECUTED == []
+    # control: the payload is live - plain pickle would have run it (so the checks above mattered)
+    pickle.loads(evil)
     assert EXECUTED == ["unpickled"]
 
 
-def test_an_authenticated_payload_must_match_its_header(trained: PropensityModel, key: bytes) -> None:
+def test_an_authenticated_payload_must_match_its_header(trained: PropensityModel, key: Ed25519PrivateKey) -> None:
     payload = pickle.dumps(trained)
     header = _snapshot(trained).header()
     header["model_sha256"] = "0" * 64
@@ -185,7 +190,65 @@ def test_read_header_refuses_non_snapshots(data: bytes) -> None:
 
 def test_keys_must_be_real_keys(trained: PropensityModel) -> None:
     snap = _snapshot(trained)
-    with pytest.raises(ValueError):
-        snap.to_bytes(b"short")
-    with pytest.raises(ValueError):
-        ModelSnapshot.from_bytes(snap.to_bytes(os.urandom(32)), b"")
+    with pytest.raises(TypeError):
+        snap.to_bytes(os.urandom(32))  # type: ignore[arg-type]
+    with pytest.raises(TypeError):
+        ModelSnapshot.from_bytes(snap.to_bytes(Ed25519PrivateKey.generate()), os.urandom(32))  # type: ignore[arg-type]
+
+
+class _System:
+    """Unpickling runs ``os.system(cmd)``: the audit's planted payload."""
+
+    def __init__(self, cmd: str) -> None:
+        self.cmd = cmd
+
+    def __reduce__(self) -> tuple[Callable[[str], int], tuple[str]]:
+        return (os.system, (self.cmd,))
+
+
+def _dotted_global(module: str, name: str) -> bytes:
+    """Protocol-4 pickle calling ``module.name("x")`` via STACK_GLOBAL (dotted names reach attributes)."""
+    def s(text: str) -> bytes:
+        raw = text.encode()
+        return b"\x8c" + bytes([len(raw)]) + raw  # SHORT_BINUNICODE
+    return b"\x80\x04" + s(module) + s(name) + b"\x93" + s("x") + b"\x85R."  # STACK_GLOBAL, TUPLE1, REDUCE
+
+
+def test_a_validly_signed_planted_pickle_is_refused_without_running(
+    trained: PropensityModel, key: Ed25519PrivateKey, tmp_path: Any
+) -> None:
+    """The audit's finding: a pickle that runs os.system, signed with the *real* snapshot key (as if the
+    learner's key leaked), is refused by the restricted unpickler; the command never runs."""
+    marker = tmp_path / "pwned"
+    evil = pickle.dumps(_System(f"touch {marker}"), protocol=pickle.HIGHEST_PROTOCOL)
+    payloads = [
+        evil,
+        pickle.dumps(_System(f"touch {marker}"), protocol=0),
+        _dotted_global("stream.learn.model", "math.floor"),  # a module attribute reached through an allowed module
+        _dotted_global("builtins", "eval"),
+        _dotted_global("stream.learn.losses", "corrected_label"),  # an allowed module's function, not a class
+        _dotted_global("river.compose.pipeline", "Pipeline.__init__"),
+    ]
+    for payload in payloads:
+        header = _snapshot(trained).header()
+        header["model_sha256"] = hashlib.sha256(payload).hexdigest()
+        with pytest.raises(SnapshotError, match="allow-list"):
+            ModelSnapshot.from_bytes(_forge(header, payload, key), key.public_key())
+    assert not marker.exists()
+    # control: the same bytes, unpickled the old way, do run the command
+    pickle.loads(evil)
+    assert marker.exists()
+
+
+def test_loading_needs_only_the_public_key(trained: PropensityModel, key: Ed25519PrivateKey) -> None:
+    data = _snapshot(trained).to_bytes(key)
+    assert ModelSnapshot.from_bytes(data, key.public_key()).model.weights() == trained.weights()
+
+
+@pytest.mark.parametrize("kw", [{"scale": True, "optimizer": "sgd"}, {"correction": False, "debias": False}])
+def test_every_model_configuration_loads_through_the_allow_list(kw: dict[str, Any], key: Ed25519PrivateKey) -> None:
+    model = PropensityModel.for_policy(clickstream_policy(4.0), **kw)
+    for ex in EXAMPLES[:200]:
+        model.learn_one(ex)
+    back = ModelSnapshot.from_bytes(_snapshot(model).to_bytes(key), key.public_key()).model
+    assert back.weights() == model.weights()

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import orjson
 import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from stream.retention.core import (
     ErasureConflictError,
@@ -12,6 +14,7 @@ from stream.retention.core import (
     ShredderError,
     candidate_epochs,
     parse_erasure_request,
+    sign_erasure_request,
 )
 from stream.retention.receipts import dedupe, receipt_id
 from stream.schema import output_validator
@@ -204,6 +207,7 @@ def test_rejected_requests_get_a_rejected_receipt() -> None:
     shredder, _, sink = make(Clock(10))
     r = shredder.reject(request_id=None, error="invalid_request", discriminator="privacy.erasure/0/7")
     assert r["status"] == "rejected" and r["subject"] is None and not VALID(r)
+    assert r["kind"] == "erasure_rejected" and r["request_id"] is None
     assert sink.receipts == [r]
 
 
@@ -212,13 +216,16 @@ def test_rejected_requests_get_a_rejected_receipt() -> None:
                                    b'{"request_id": "r", "user_id": "u", "subject": "t"}',
                                    b'{"request_id": "r", "subject": "not a token"}'])
 def test_malformed_erasure_requests_are_refused_without_echoing_them(value: bytes) -> None:
+    key = Ed25519PrivateKey.generate()
     with pytest.raises(ShredderError) as info:
-        parse_erasure_request(value)
+        parse_erasure_request(value, key.public_key())
     assert "u1" not in str(info.value) and "not a token" not in str(info.value)
 
 
 def test_erasure_request_parses() -> None:
-    req = parse_erasure_request(b'{"request_id": "r-1", "user_id": "usr_1", "requested_at": "2026-01-01T00:00:00Z"}')
+    key = Ed25519PrivateKey.generate()
+    doc = sign_erasure_request(key, "r-1", user_id="usr_1", requested_at="2026-01-01T00:00:00Z")
+    req = parse_erasure_request(orjson.dumps(doc), key.public_key())
     assert (req.request_id, req.user_id, req.subject) == ("r-1", "usr_1", None)
     assert "usr_1" not in repr(req)
 
