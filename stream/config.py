@@ -99,6 +99,13 @@ class Settings(BaseSettings):
         description="Privacy budget per person, per attribute, per retention epoch (sequential composition); "
         "reports beyond it are suppressed and counted.",
     )
+    ldp_person_epsilon: float = Field(
+        default=8.0, gt=0,
+        description="Person-level cap: the total longitudinal epsilon one person's memoized responses (every ldp "
+        "attribute and the label) may spend per retention epoch, in one ledger that erasure does not refund; "
+        "beyond it reports carry data-independent stand-ins. The schema's per-attribute epsilons price a memo, "
+        "so they say how the cap is shared.",
+    )
     ldp_window_seconds: float = Field(default=60.0, gt=0, description="Tumbling window of the frequency estimates.")
     ldp_seed: int | None = Field(
         default=None, description="Seed of the LDP randomness, for tests and benchmarks only; unset = the OS CSPRNG."
