@@ -27,7 +27,12 @@ Mechanisms (the second-round parameters solved so that the composite is exactly
   telemetry data privately", NeurIPS 2017, with Duchi's debiasing): a permanent bit with
   ``P[1] = 1/2 + t tanh(eps_inf/2) / 2`` for ``t`` in ``[-1, 1]``, then kept with ``p2`` where
   ``2 p2 - 1 = tanh(eps1/2) / tanh(eps_inf/2)``: marginally Duchi's mechanism at ``eps_1``, so
-  the report is one of two numbers (no continuous output to fingerprint).
+  the report is one of two numbers (no continuous output to fingerprint). Before the
+  permanent round the value is rounded to a grid of :attr:`LongitudinalDuchi.GRID` + 1 points
+  by Ding et al.'s alpha-point rounding: up iff its position in its cell exceeds ``alpha``,
+  uniform and fixed per (person, epoch, attribute, cell). Over ``alpha`` the rounding is
+  unbiased, and a person's prices in one cell share at most two memos instead of one per
+  distinct price. One report's variance is unchanged: ``E[B^2 - t_r^2] + Var(t_r) = B^2 - t^2``.
 
 Because one report is marginally the one-round oracle at ``eps_1``, a single report is
 debiased and its variance computed exactly as for GRR / OUE / Duchi at ``eps_1``
@@ -201,6 +206,8 @@ class LongitudinalDuchi(LongitudinalMechanism):
     """L-Duchi for a bounded number (reports: one of two values; marginally Duchi at eps_1)."""
 
     name: ClassVar[str] = "L-Duchi"
+    #: cells of the rounding grid over [lo, hi]
+    GRID: ClassVar[int] = 32
 
     def __init__(self, eps_inf: float, eps_1: float, lo: float, hi: float) -> None:
         super().__init__(eps_inf, eps_1)
@@ -208,11 +215,28 @@ class LongitudinalDuchi(LongitudinalMechanism):
         self.s1 = math.tanh(self.eps_inf / 2.0) / 2.0  # P1[1] = 1/2 + s1 t
         self.p2 = 0.5 + 0.5 * math.tanh(self.eps_1 / 2.0) / math.tanh(self.eps_inf / 2.0)
         self.lo, self.hi = self.marginal.lo, self.marginal.hi
+        self.cell = (self.hi - self.lo) / self.GRID
         # the two reports, in attribute units
         self.low_report = float(self.marginal.from_unit(np.asarray(-self.marginal.B)))
         self.high_report = float(self.marginal.from_unit(np.asarray(self.marginal.B)))
 
+    def cell_of(self, value: float) -> tuple[int, float]:
+        """The value's grid cell and its position in it, in [0, 1]."""
+        pos = (min(self.hi, max(self.lo, value)) - self.lo) / self.cell
+        j = min(int(pos), self.GRID - 1)
+        return j, pos - j
+
+    def round_alpha(self, values: np.ndarray, alpha: np.ndarray) -> np.ndarray:
+        """Alpha-point rounding of clamped values to grid indices (0..GRID)."""
+        pos = (np.clip(np.asarray(values, dtype=np.float64), self.lo, self.hi) - self.lo) / self.cell
+        j = np.minimum(np.floor(pos), self.GRID - 1)
+        return (j + (pos - j > alpha)).astype(np.int64)
+
+    def grid_value(self, index: np.ndarray) -> np.ndarray:
+        return self.lo + np.asarray(index, dtype=np.float64) * self.cell
+
     def permanent(self, values: np.ndarray, rng: Rng) -> np.ndarray:
+        """Permanent bits of (already rounded, or any) values in attribute units."""
         t = self.marginal.to_unit(np.asarray(values, dtype=np.float64)).reshape(-1)
         return bernoulli(0.5 + self.s1 * t, t.shape[0], rng).astype(np.int64)
 

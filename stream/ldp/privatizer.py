@@ -216,11 +216,24 @@ class Privatizer:
             lid = self._ledger_ids[ref] = hmac.digest(self._ledger_key, msg, "sha256")[:16].hex()
         return lid
 
+    def _grid_point(self, subject: str, epoch: int, name: str, value: float) -> int:
+        """Alpha-point rounding of a number to its attribute's grid (:class:`LongitudinalDuchi`):
+        alpha is uniform, from an HMAC of (person, epoch, attribute, cell), so a replay rounds alike."""
+        mech = self._mechs[name]
+        assert isinstance(mech, LongitudinalDuchi)
+        j, frac = mech.cell_of(value)
+        if frac <= 0.0:
+            return j
+        msg = b"alpha\x00" + subject.encode() + b"\x00" + str(epoch).encode() + b"\x00" + name.encode() + b"\x00" + str(j).encode()
+        alpha = int.from_bytes(hmac.digest(self._memo_key, msg, "sha256")[:8], "big") / 2.0**64
+        return j + 1 if frac > alpha else j
+
     def _candidates(self, attr: LdpAttribute, values: list[object]) -> list[str]:
         """Fresh permanent responses (int64 as text) for values not memoized yet."""
         mech = self._mechs[attr.name]
-        dtype = np.float64 if attr.kind == "numeric" else np.int64
-        return [str(int(x)) for x in mech.permanent(np.asarray(values, dtype=dtype), self.rng)]
+        if isinstance(mech, LongitudinalDuchi):  # values are grid indices
+            return [str(int(x)) for x in mech.permanent(mech.grid_value(np.asarray(values, dtype=np.int64)), self.rng)]
+        return [str(int(x)) for x in mech.permanent(np.asarray(values, dtype=np.int64), self.rng)]
 
     def _encoders(self) -> list[tuple[LongitudinalMechanism, list[bytes] | None, list[Any] | None]]:
         """Per attribute: its mechanism and, for GRR/Duchi, the JSON text and value of every possible report."""
@@ -311,6 +324,7 @@ class Privatizer:
                         value = lo
                     else:
                         value = min(hi, max(lo, float(raw)))
+                    value = self._grid_point(subject, epoch, name, value)
                 key = (subject, epoch, name, value)
                 hit = cache_data.get(key)
                 if hit is not None and 0 <= mono - hit[1] < stale:
@@ -339,17 +353,17 @@ class Privatizer:
             results = self.store.resolve(requests, self.budget_micro)
             res.memo_resolved += len(keys)
             cache_put = self.cache.put
-            for key, result in zip(keys, results, strict=True):
-                name = key[2]
+            for pkey, result in zip(keys, results, strict=True):
+                name = pkey[2]
                 if result.status == "suppressed" or result.report is None:
                     memo = _OVER
                 else:
                     if result.status == "new":
                         res.epsilon_spent[name] = res.epsilon_spent.get(name, 0.0) + self._cost[name] / MICRO
                     memo = int(result.report)
-                cache_put(key, memo, mono)
-                cluster = hash(key)
-                for row_idx, si in pending[key]:
+                cache_put(pkey, memo, mono)
+                cluster = hash(pkey)
+                for row_idx, si in pending[pkey]:
                     rows[row_idx][2].append((si, memo, cluster))
         # pass 3: fresh instantaneous reports, vectorized per attribute (stand-ins where over the cap)
         nspec = len(specs)
