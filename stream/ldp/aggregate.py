@@ -83,12 +83,8 @@ def _iso(ms: int) -> str:
 def _variance_bound(attr: LdpAttribute, n: int, f: np.ndarray, m: int) -> np.ndarray:
     """Upper bound on Var of the frequency estimates with at most ``m`` reports per permanent response."""
     mech = attr.longitudinal
-    assert attr.oracle is not None
-    p, q = attr.oracle.p, attr.oracle.q
-    bv, bo = mech.between_variance() if isinstance(mech, LongitudinalGRR | LongitudinalOUE) else (0.0, 0.0)
-    per = f * (p * (1 - p) + (m - 1) * bv) + (1 - f) * (q * (1 - q) + (m - 1) * bo)
-    out: np.ndarray = per / (n * (p - q) ** 2)
-    return out
+    assert isinstance(mech, LongitudinalGRR | LongitudinalOUE)
+    return mech.frequency_variance(n, f, m)
 
 
 def estimate_record(attr: LdpAttribute, *, n: int, support: Sequence[int] | np.ndarray | None, total: float | None,

@@ -109,7 +109,30 @@ class LongitudinalMechanism:
         raise NotImplementedError
 
 
-class LongitudinalGRR(LongitudinalMechanism):
+class _Categorical(LongitudinalMechanism):
+    """Frequency estimation over reports that share permanent responses."""
+
+    marginal: GRR | OUE
+
+    def composite(self) -> tuple[float, float]:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def between_variance(self) -> tuple[float, float]:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def frequency_variance(self, n: int, f: np.ndarray | float, m: int = 1) -> np.ndarray:
+        """Var of the frequency estimate ``(C/n - q)/(p - q)`` over ``n`` reports of which every
+        permanent response contributes ``m`` (exact then; an upper bound if it contributes at most ``m``):
+        ``[f (P(1-P) + (m-1) s_bv^2) + (1-f) (Q(1-Q) + (m-1) s_bo^2)] / (n (P-Q)^2)``."""
+        p, q = self.marginal.p, self.marginal.q
+        bv, bo = self.between_variance()
+        fa = np.asarray(f, dtype=np.float64)
+        per = fa * (p * (1 - p) + (m - 1) * bv) + (1 - fa) * (q * (1 - q) + (m - 1) * bo)
+        out: np.ndarray = per / (n * (p - q) ** 2)
+        return out
+
+
+class LongitudinalGRR(_Categorical):
     """L-GRR over ``k`` values (reports: domain indices; marginally GRR(k, eps_1))."""
 
     name: ClassVar[str] = "L-GRR"
@@ -151,7 +174,7 @@ class LongitudinalGRR(LongitudinalMechanism):
         return d2 * self.p1 * (1.0 - self.p1), d2 * self.q1 * (1.0 - self.q1)
 
 
-class LongitudinalOUE(LongitudinalMechanism):
+class LongitudinalOUE(_Categorical):
     """L-OSUE over ``k <= 62`` values (reports: int bitmasks; marginally OUE(k, eps_1))."""
 
     name: ClassVar[str] = "L-OSUE"
