@@ -39,7 +39,15 @@ from stream.ldp.numeric import NumericMechanism
 from stream.ldp.oracle import FrequencyOracle
 from stream.schema import EventSchema
 
-__all__ = ["IRR_FRACTION", "NONE_VALUE", "LdpAttribute", "LdpPolicy", "longitudinal_categorical"]
+__all__ = [
+    "IRR_FRACTION",
+    "NONE_VALUE",
+    "LdpAttribute",
+    "LdpPolicy",
+    "PrivacyAccount",
+    "longitudinal_categorical",
+    "privacy_account",
+]
 
 #: Default per-report epsilon as a fraction of the longitudinal one.
 IRR_FRACTION = 0.5
@@ -215,3 +223,47 @@ class LdpPolicy:
             row["report_as"] = a.params()["m"]
             rows.append(row)
         return rows
+
+
+@dataclass(frozen=True)
+class PrivacyAccount:
+    """The epsilons of a policy under a person cap (what ``privatizer --explain`` states).
+
+    * ``per_report``: attribute (and ``session_purchase``) -> ``eps_1``, what one report of it reveals;
+    * ``per_memo``: attribute -> ``eps_inf``, what all reports of one value reveal, and a memo's price;
+    * ``per_event``: the sum of ``eps_1`` over the attributes - what one feature report reveals about
+      its event (``per_example`` adds the label's);
+    * ``first_event_cost``: the sum of ``eps_inf`` (label included): what a person's first event of an
+      epoch charges to the ledger;
+    * ``person_epoch``: the cap: all memos of one person in one epoch together;
+    * ``epochs_held`` and ``retention_bound = cap x epochs_held``: every epoch whose reports may still be
+      retained (the retention window plus the epoch in progress) has its own ledger, and the bounds add up.
+    """
+
+    per_report: dict[str, float]
+    per_memo: dict[str, float]
+    per_event: float
+    per_example: float | None
+    first_event_cost: float
+    person_epoch: float
+    epochs_held: int
+    retention_bound: float
+
+
+def privacy_account(policy: LdpPolicy, *, person_epsilon: float, epoch_seconds: int, retention_seconds: int,
+                    label_epsilon: float | None = None) -> PrivacyAccount:
+    """The :class:`PrivacyAccount` of ``policy`` (``label_epsilon``: the label's eps_inf, None = examples off)."""
+    per_report = {a.name: a.epsilon_1 for a in policy.attributes}
+    per_memo = {a.name: a.epsilon for a in policy.attributes}
+    label_1 = None if label_epsilon is None else label_epsilon * IRR_FRACTION
+    if label_epsilon is not None and label_1 is not None:
+        per_report["session_purchase"] = label_1
+        per_memo["session_purchase"] = label_epsilon
+    per_event = sum(a.epsilon_1 for a in policy.attributes)
+    epochs = -(-retention_seconds // epoch_seconds) + 1
+    return PrivacyAccount(
+        per_report=per_report, per_memo=per_memo, per_event=per_event,
+        per_example=None if label_1 is None else per_event + label_1,
+        first_event_cost=sum(per_memo.values()), person_epoch=person_epsilon, epochs_held=epochs,
+        retention_bound=person_epsilon * epochs,
+    )
