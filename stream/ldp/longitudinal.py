@@ -270,7 +270,9 @@ class LongitudinalDuchi(LongitudinalMechanism):
         return np.where(keep, m, 1 - m)
 
     def dummy_permanent(self, n: int, rng: Rng) -> np.ndarray:
-        return bernoulli(0.5, n, rng).astype(np.int64)  # the midpoint's permanent bit
+        """Permanent bits of ``lo`` (what an absent value reports): a stand-in pulls the mean towards
+        ``lo``, not towards the midpoint, which for skewed amounts (prices) is far the smaller bias."""
+        return bernoulli(0.5 - self.s1, n, rng).astype(np.int64)
 
     def to_report(self, bits: np.ndarray) -> np.ndarray:
         """Bits -> the unbiased reports in attribute units."""
