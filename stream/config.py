@@ -100,7 +100,7 @@ class Settings(BaseSettings):
         "reports beyond it are suppressed and counted.",
     )
     ldp_person_epsilon: float = Field(
-        default=8.0, gt=0,
+        default=12.0, gt=0,
         description="Person-level cap: the total longitudinal epsilon one person's memoized responses (every ldp "
         "attribute and the label) may spend per retention epoch, in one ledger that erasure does not refund; "
         "beyond it reports carry data-independent stand-ins. The schema's per-attribute epsilons price a memo, "

@@ -42,9 +42,9 @@ def test_the_account_of_the_default_schema() -> None:
     assert acc.per_event == pytest.approx(sum(exact.values())) == pytest.approx(2.5)
     assert acc.per_example == pytest.approx(3.0)
     assert acc.first_event_cost == pytest.approx(6.0)  # 5 attributes + the label, eps_inf 1 each
-    assert acc.person_epoch == s.ldp_person_epsilon == 8.0
+    assert acc.person_epoch == s.ldp_person_epsilon == 12.0
     # a 30-day retention after each 1-day epoch: 31 epochs' reports may be held at once
-    assert acc.epochs_held == 31 and acc.retention_bound == pytest.approx(8.0 * 31)
+    assert acc.epochs_held == 31 and acc.retention_bound == pytest.approx(12.0 * 31)
     # the memo's law: eps_inf exactly (checked for GRR: the ratio of the permanent law)
     dev = policy.by_name["device"].longitudinal
     assert isinstance(dev, LongitudinalGRR) and math.log(dev.p1 / dev.q1) == pytest.approx(acc.per_memo["device"])
@@ -58,8 +58,8 @@ def test_explain_prints_the_account(monkeypatch: pytest.MonkeyPatch) -> None:
     assert "per report: epsilon event_type 0.5, category 0.5, price 0.5, device 0.5, country 0.5, " \
            "session_purchase 0.5" in out
     assert "per event: epsilon 2.5" in out and "3 for a labelled example" in out
-    assert "per person per epoch: at most epsilon 8 " in out and "a first event charges 6" in out
-    assert "over the retention window: at most epsilon 248 = 8 x 31 epochs" in out
+    assert "per person per epoch: at most epsilon 12 " in out and "a first event charges 6" in out
+    assert "over the retention window: at most epsilon 372 = 12 x 31 epochs" in out
     assert "never their ledger" in out and "an observer of features.private cannot" in out
     assert "under the same budget" not in out
     monkeypatch.setenv("STREAMGATE_LDP_PERSON_EPSILON", "4")
