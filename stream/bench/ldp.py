@@ -278,7 +278,7 @@ def longitudinal_table(*, n: int = LONGITUDINAL_N, eps_infs: Sequence[float] = (
     for (mech, k, e, m), ss in zip(cells, seeds, strict=True):
         rng = np.random.default_rng(ss)
         if mech == "L-Duchi":
-            row = _longitudinal_numeric_cell(e, e / 2, n, trials or NUMERIC_TRIALS // 3, seed, rng)
+            row = _longitudinal_numeric_cell(e, e / 2, n, trials or NUMERIC_TRIALS, seed, rng)
         else:
             row = _longitudinal_cell(mech, k, e, e / 2, n, m, trials or auto_trials(k), rng)
         say(f"  {mech:<7} k={k:<3} eps_inf={e:<3g} eps_1={e / 2:<4g} m={m} {row.trials:>5} trials  "
