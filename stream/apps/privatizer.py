@@ -116,6 +116,13 @@ def build_privatizer(
     keyring = keyring or Keyring.from_settings(settings)
     schema = load_schema(settings.schema_name)
     policy = LdpPolicy.from_schema(schema, settings.ldp_epsilon)
+    prices = {a.name: a.epsilon for a in policy.attributes}
+    if settings.learn_examples:
+        prices[LABEL_NAME] = settings.learn_label_epsilon
+    unpayable = sorted(n for n, e in prices.items() if e > settings.ldp_person_epsilon)
+    if unpayable:
+        raise ConfigError(f"STREAMGATE_LDP_PERSON_EPSILON ({settings.ldp_person_epsilon:g}) is below the price of one "
+                          f"memo of {', '.join(unpayable)}: every report of it would be a stand-in")
     rng = secure_rng() if settings.ldp_seed is None else ChaChaRandom(settings.ldp_seed)
     return Privatizer(
         policy,

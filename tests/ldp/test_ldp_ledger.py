@@ -74,3 +74,12 @@ def test_build_privatizer_refuses_a_seed_from_the_environment(monkeypatch: pytes
     monkeypatch.delenv("STREAMGATE_LDP_SEED")
     priv = build_privatizer(settings_factory())
     assert isinstance(priv.rng, ChaChaRandom) and not priv.rng.seeded
+
+
+def test_build_privatizer_refuses_a_cap_below_one_memo(settings_factory) -> None:  # type: ignore[no-untyped-def]
+    from stream.apps.privatizer import build_privatizer
+    from stream.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="session_purchase"):
+        build_privatizer(settings_factory(ldp_person_epsilon=12.0, learn_label_epsilon=20.0))
+    build_privatizer(settings_factory(ldp_person_epsilon=20.0, learn_label_epsilon=20.0))
