@@ -9,8 +9,8 @@ pass a ``seed`` (the key is then SHA-256 of it, for reproducibility); the
 worker builder refuses one.
 
 It offers the subset of :class:`numpy.random.Generator` the mechanisms use:
-:meth:`random` (53-bit uniforms in [0, 1)), :meth:`integers` (uniform integers;
-``floor(u * span)`` of a 53-bit uniform, bias below ``span / 2^53``) and
+:meth:`random` (53-bit uniforms in [0, 1)), :meth:`integers` (exactly uniform integers:
+64-bit words below the largest multiple of the span, reduced modulo it) and
 :meth:`uint32` (raw 32-bit words, for Bernoulli draws by threshold: the
 probability is then quantized to ``2^-32``).
 """
@@ -71,8 +71,21 @@ class ChaChaRandom:
         span = int(high) - int(low)
         if span <= 0:
             raise ValueError("high must be > low")
+        if span > 1 << 62:
+            raise ValueError("span must be at most 2^62")
         n = 1 if size is None else int(size)
-        out = (np.floor(self.random(n) * span).astype(np.int64) + int(low)).astype(dtype)
+        rest = (1 << 64) % span
+        got: list[np.ndarray] = []
+        have = 0
+        while have < n:
+            w = self._words64(n - have + 8)
+            if rest:  # keep words below the largest multiple of span: no modulo bias
+                w = w[w < np.uint64((1 << 64) - rest)]
+            w = w[: n - have]
+            got.append(w)
+            have += w.shape[0]
+        vals = np.concatenate(got) % np.uint64(span) if got else np.zeros(0, dtype=np.uint64)
+        out: np.ndarray = (vals.astype(np.int64) + int(low)).astype(dtype)
         return out if size is not None else out[0]
 
     def shuffle(self, items: list[Any]) -> None:
