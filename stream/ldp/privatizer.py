@@ -156,6 +156,7 @@ class Privatizer:
         # ledger ids: HMAC(ledger key, token || epoch); the worker derives its own key purpose
         self._ledger_key = ledger_key or hmac.digest(memo_key, _LEDGER_LABEL, "sha256")
         self._ledger_ids: dict[tuple[str, int], str] = {}
+        self._alphas: dict[tuple[str, int, str, int], float] = {}  # alpha-point rounding, per cell
         self.policy = policy
         self.store = store
         self._memo_key = memo_key
@@ -224,8 +225,13 @@ class Privatizer:
         j, frac = mech.cell_of(value)
         if frac <= 0.0:
             return j
-        msg = b"alpha\x00" + subject.encode() + b"\x00" + str(epoch).encode() + b"\x00" + name.encode() + b"\x00" + str(j).encode()
-        alpha = int.from_bytes(hmac.digest(self._memo_key, msg, "sha256")[:8], "big") / 2.0**64
+        ref = (subject, epoch, name, j)
+        alpha = self._alphas.get(ref)
+        if alpha is None:
+            if len(self._alphas) > 200_000:
+                self._alphas.clear()
+            msg = b"alpha\x00" + subject.encode() + b"\x00" + str(epoch).encode() + b"\x00" + name.encode() + b"\x00" + str(j).encode()
+            alpha = self._alphas[ref] = int.from_bytes(hmac.digest(self._memo_key, msg, "sha256")[:8], "big") / 2.0**64
         return j + 1 if frac > alpha else j
 
     def _candidates(self, attr: LdpAttribute, values: list[object]) -> list[str]:
