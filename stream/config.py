@@ -96,8 +96,8 @@ class Settings(BaseSettings):
     )
     ldp_budget_epsilon: float = Field(
         default=8.0, gt=0,
-        description="Privacy budget per person, per attribute, per retention epoch (sequential composition); "
-        "reports beyond it are suppressed and counted.",
+        description="Superseded by STREAMGATE_LDP_PERSON_EPSILON (one ledger per person and epoch across "
+        "attributes and the label); the privatizer no longer reads it.",
     )
     ldp_person_epsilon: float = Field(
         default=12.0, gt=0,
