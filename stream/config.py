@@ -133,8 +133,15 @@ class Settings(BaseSettings):
     )
     ldp_budget_epsilon: float = Field(
         default=8.0, gt=0,
-        description="Privacy budget per person, per attribute, per retention epoch (sequential composition); "
-        "reports beyond it are suppressed and counted.",
+        description="Superseded by STREAMGATE_LDP_PERSON_EPSILON (one ledger per person and epoch across "
+        "attributes and the label); the privatizer no longer reads it.",
+    )
+    ldp_person_epsilon: float = Field(
+        default=12.0, gt=0,
+        description="Person-level cap: the total longitudinal epsilon one person's memoized responses (every ldp "
+        "attribute and the label) may spend per retention epoch, in one ledger that erasure does not refund; "
+        "beyond it reports carry data-independent stand-ins. The schema's per-attribute epsilons price a memo, "
+        "so they say how the cap is shared.",
     )
     ldp_window_seconds: float = Field(default=60.0, gt=0, description="Tumbling window of the frequency estimates.")
     ldp_seed: int | None = Field(

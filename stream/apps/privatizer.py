@@ -33,7 +33,6 @@ from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 import faust
-import numpy as np
 import orjson
 import redis
 
@@ -93,21 +92,42 @@ def build_privatizer(
     keyring: Keyring | None = None,
     client: redis.Redis | None = None,
     clock: Callable[[], float] = time.time,
+    allow_seed: bool | None = None,
 ) -> Privatizer:
-    """Wire the pure core from settings (the memo key is derived from the keyring: purpose ``ldp-memo``)."""
-    from stream.components import guard_privatizer, redis_client
+    """Wire the pure core from settings (memo key: keyring purpose ``ldp-memo``; ledger ids: ``ldp-ledger``).
 
+    Noise comes from a ChaCha20 keystream keyed from the OS CSPRNG. ``settings.ldp_seed`` keys it
+    reproducibly instead, for tests and benchmarks only: refused (ConfigError) unless ``allow_seed``
+    - by default, refused when it comes from the environment (``STREAMGATE_LDP_SEED``), i.e. for a worker.
+    """
+    from stream.components import guard_privatizer, redis_client
+    from stream.errors import ConfigError
+    from stream.ldp.csprng import ChaChaRandom
+
+    if allow_seed is None:
+        allow_seed = "STREAMGATE_LDP_SEED" not in os.environ
+    if settings.ldp_seed is not None and not allow_seed:
+        raise ConfigError("STREAMGATE_LDP_SEED is for tests and benchmarks only: a privatizer worker draws its "
+                          "noise from a key out of the OS CSPRNG; unset it")
     keyring = keyring or Keyring.from_settings(settings)
     schema = load_schema(settings.schema_name)
     policy = LdpPolicy.from_schema(schema, settings.ldp_epsilon)
-    rng = np.random.default_rng(settings.ldp_seed) if settings.ldp_seed is not None else secure_rng()
+    prices = {a.name: a.epsilon for a in policy.attributes}
+    if settings.learn_examples:
+        prices[LABEL_NAME] = settings.learn_label_epsilon
+    unpayable = sorted(n for n, e in prices.items() if e > settings.ldp_person_epsilon)
+    if unpayable:
+        raise ConfigError(f"STREAMGATE_LDP_PERSON_EPSILON ({settings.ldp_person_epsilon:g}) is below the price of one "
+                          f"memo of {', '.join(unpayable)}: every report of it would be a stand-in")
+    rng = secure_rng() if settings.ldp_seed is None else ChaChaRandom(settings.ldp_seed)
     client = client or redis_client(settings)
     privatizer = Privatizer(
         policy,
         RedisMemoStore(client, prefix=settings.redis_key_prefix),
         memo_key=keyring.derive("ldp-memo"),
+        ledger_key=keyring.derive("ldp-ledger"),
         subject_field=schema.subject_field,
-        budget_epsilon=settings.ldp_budget_epsilon,
+        budget_epsilon=settings.ldp_person_epsilon,
         epoch_seconds=settings.epoch_seconds,
         retention_seconds=settings.retention_seconds,
         retention_margin_seconds=settings.shredder_lead_seconds + 1.0,

@@ -42,9 +42,12 @@ from stream.ldp.oue import OUE
 
 __all__ = [
     "AccuracyRow",
+    "LongitudinalRow",
     "accuracy_table",
     "auto_trials",
+    "format_longitudinal",
     "format_table",
+    "longitudinal_table",
     "numeric_table",
     "price_population",
     "zipf_counts",
@@ -186,6 +189,111 @@ def format_table(rows: Sequence[AccuracyRow]) -> str:
     for r in rows:
         k = str(r.k) if r.k else "-"
         lines.append(f"{r.mechanism:<9} {k:>4} {r.epsilon:>4g} {r.n:>8,} {r.trials:>6} {r.path:<13} "
+                     f"{r.empirical_var:>13.4e} {r.theoretical_var:>12.4e} {r.ratio:>6.3f} {r.ratio_se:>6.3f}")
+    ok = sum(1 for r in rows if 0.9 <= r.ratio <= 1.1)
+    lines.append(f"{ok}/{len(rows)} cells with ratio in [0.9, 1.1]; total {sum(r.seconds for r in rows):.0f} s")
+    return "\n".join(lines)
+
+
+# -- two-round (longitudinal) mechanisms: what the privatizer runs --------------------------------------------
+
+LONGITUDINAL_N = 20_000
+
+
+@dataclass(frozen=True)
+class LongitudinalRow(AccuracyRow):
+    """A two-round cell: ``eps_inf`` (the memo) besides ``epsilon`` (eps_1, per report) and ``m`` reports
+    per permanent response."""
+
+    eps_inf: float = 0.0
+    m: int = 1
+
+
+def _longitudinal_cell(mech_name: str, k: int, eps_inf: float, eps_1: float, n: int, m: int, trials: int,
+                       rng: np.random.Generator) -> LongitudinalRow:
+    from stream.ldp.longitudinal import LongitudinalGRR, LongitudinalOUE
+
+    t0 = time.perf_counter()
+    mech = LongitudinalGRR(k, eps_inf, eps_1) if mech_name == "L-GRR" else LongitudinalOUE(k, eps_inf, eps_1)
+    users = n // m
+    counts = zipf_counts(users, k)
+    values = np.repeat(np.arange(k, dtype=np.int64), counts)
+    f = counts / users
+    est = np.empty((trials, k))
+    shifts = np.arange(k, dtype=np.int64)
+    for t in range(trials):
+        reps = mech.instantaneous(np.repeat(mech.permanent(values, rng), m), rng)
+        if isinstance(mech, LongitudinalGRR):
+            sup = np.bincount(reps, minlength=k)
+        else:
+            sup = ((reps[:, None] >> shifts) & 1).sum(axis=0)
+        est[t] = mech.marginal.estimate(sup, users * m)
+    dev2 = (est - est.mean(axis=0)) ** 2 * (trials / (trials - 1))
+    per_trial = dev2.mean(axis=1)
+    emp = float(per_trial.mean())
+    theo = float(np.mean(mech.frequency_variance(users * m, f, m)))
+    se = float(per_trial.std(ddof=1) / math.sqrt(trials)) / theo
+    return LongitudinalRow(mech.name, k, eps_1, users * m, trials, emp, theo, emp / theo, se, "perturb",
+                           time.perf_counter() - t0, eps_inf, m)
+
+
+def _longitudinal_numeric_cell(eps_inf: float, eps_1: float, n: int, trials: int, seed: int,
+                               rng: np.random.Generator) -> LongitudinalRow:
+    """L-Duchi with alpha-point rounding (a fresh alpha per user and trial), one report per user."""
+    from stream.ldp.longitudinal import LongitudinalDuchi
+
+    t0 = time.perf_counter()
+    mech = LongitudinalDuchi(eps_inf, eps_1, PRICE_LO, PRICE_HI)
+    x = np.clip(price_population(n, np.random.default_rng(seed)), PRICE_LO, PRICE_HI)
+    means = np.empty(trials)
+    for t in range(trials):
+        grid = mech.grid_value(mech.round_alpha(x, rng.random(n)))
+        means[t] = mech.to_report(mech.instantaneous(mech.permanent(grid, rng), rng)).mean()
+    emp = float(means.var(ddof=1))
+    theo = float(np.mean(mech.marginal.variance(x))) / n  # rounding leaves one report's variance unchanged
+    m4 = float(np.mean((means - means.mean()) ** 4))
+    se = math.sqrt(max(m4 - emp**2, 0.0) / trials) / theo
+    return LongitudinalRow(mech.name, 0, eps_1, n, trials, emp, theo, emp / theo, se, "perturb",
+                           time.perf_counter() - t0, eps_inf, 1)
+
+
+def longitudinal_table(*, n: int = LONGITUDINAL_N, eps_infs: Sequence[float] = (1, 2, 4),
+                       ks: Sequence[int] = (4, 20, 50), ms: Sequence[int] = (1, 4), trials: int | None = None,
+                       seed: int = 0, mechanisms: Sequence[str] = ("L-GRR", "L-OSUE", "L-Duchi"),
+                       say: Callable[[str], object] = print) -> list[LongitudinalRow]:
+    """Empirical vs closed-form variance of the two-round mechanisms (eps_1 = eps_inf / 2): ``n`` reports
+    per trial, ``m`` of them per permanent response (the frequency estimate's closed form with ``m``
+    is exact when every memo contributes ``m``; ``m = 1`` is the one-report variance)."""
+    if n < 4 or (trials is not None and trials < 2):
+        raise ValueError("need n >= 4 and trials >= 2")
+    cells: list[tuple[str, int, float, int]] = []
+    for mech in mechanisms:
+        for e in eps_infs:
+            if mech == "L-Duchi":
+                cells.append((mech, 0, float(e), 1))
+            else:
+                cells += [(mech, k, float(e), m) for k in ks for m in ms]
+    seeds = np.random.SeedSequence([seed, 2]).spawn(len(cells))
+    rows = []
+    for (mech, k, e, m), ss in zip(cells, seeds, strict=True):
+        rng = np.random.default_rng(ss)
+        if mech == "L-Duchi":
+            row = _longitudinal_numeric_cell(e, e / 2, n, trials or NUMERIC_TRIALS, seed, rng)
+        else:
+            row = _longitudinal_cell(mech, k, e, e / 2, n, m, trials or auto_trials(k), rng)
+        say(f"  {mech:<7} k={k:<3} eps_inf={e:<3g} eps_1={e / 2:<4g} m={m} {row.trials:>5} trials  "
+            f"ratio {row.ratio:.3f}  ({row.seconds:.1f} s)")
+        rows.append(row)
+    return rows
+
+
+def format_longitudinal(rows: Sequence[LongitudinalRow]) -> str:
+    head = (f"{'mechanism':<9} {'k':>3} {'eps_inf':>7} {'eps_1':>5} {'m':>2} {'reports':>8} {'trials':>6} "
+            f"{'empirical var':>13} {'closed form':>12} {'ratio':>6} {'± se':>6}")
+    lines = [head, "-" * len(head)]
+    for r in rows:
+        k = str(r.k) if r.k else "-"
+        lines.append(f"{r.mechanism:<9} {k:>3} {r.eps_inf:>7g} {r.epsilon:>5g} {r.m:>2} {r.n:>8,} {r.trials:>6} "
                      f"{r.empirical_var:>13.4e} {r.theoretical_var:>12.4e} {r.ratio:>6.3f} {r.ratio_se:>6.3f}")
     ok = sum(1 for r in rows if 0.9 <= r.ratio <= 1.1)
     lines.append(f"{ok}/{len(rows)} cells with ratio in [0.9, 1.1]; total {sum(r.seconds for r in rows):.0f} s")

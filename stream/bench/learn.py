@@ -4,15 +4,15 @@ For each dataset, epsilon and seed one private stream is built with the producti
 path and several models learn from it side by side (same stream, paired comparison):
 
 * **synthetic** - :class:`stream.synth.ClickstreamGenerator` events go through the pure
-  privatizer (:class:`stream.ldp.privatizer.Privatizer`: the schema's LDP policy at
-  ``epsilon`` per attribute report, memoized per person, an in-memory memo store), the
-  session labeler (:class:`stream.ldp.labels.SessionLabeler`) and the label's randomized
-  response at the same ``epsilon``; each ``private-example.v1`` record is parsed with
+  privatizer (:class:`stream.ldp.privatizer.Privatizer`, two rounds, an in-memory memo store),
+  the session labeler (:class:`stream.ldp.labels.SessionLabeler`) and the label's two-round
+  randomized response; each ``private-example.v1`` record is parsed with
   :meth:`PrivateExample.from_json` exactly as the learner worker does. The clean label of
   every example is the generator's :meth:`~stream.synth.ClickstreamGenerator.session_label`
   (the bench keeps the session id next to the stub, in process; it is never in a record).
-  The per-person budget is not binding here (``budget=None``), so the table isolates the
-  per-report epsilon.
+  ``epsilon`` is the **person budget** per epoch (``STREAMGATE_LDP_PERSON_EPSILON``): the ledger's
+  cap, with every memo (5 attributes and the label) priced ``epsilon /`` :data:`PERSON_SHARES`, so a
+  person's first event takes 6 shares and two more new values fit; past the cap, stand-ins.
 * **phishing** - River's bundled Phishing dataset (1,250 labelled pages, 9 features in
   [0, 1]) as a public sanity check: every page is one person, each feature reported with
   the numeric mechanism (HM on [0, 1]) at ``epsilon``, the label by randomized response.
@@ -74,6 +74,8 @@ __all__ = [
 ]
 
 EPSILONS: tuple[float, ...] = (0.5, 1.0, 2.0, 4.0, 8.0, math.inf)
+#: synthetic runs: a memo (of any attribute or the label) costs the person budget / PERSON_SHARES
+PERSON_SHARES = 8
 #: epsilon = inf runs through the same pipeline at this epsilon (the settings' maximum)
 NONPRIVATE_EPSILON = 20.0
 #: model name -> PropensityModel options
@@ -184,10 +186,13 @@ def synthetic_run(
     models: Sequence[str] = tuple(MODELS),
     label_epsilon: float | None = None,
 ) -> list[LearnRun]:
-    """One private synthetic stream at ``epsilon`` (features; the label too unless ``label_epsilon``
-    is given), several models on it."""
+    """One private synthetic stream at person budget ``epsilon`` (module docstring; ``budget`` overrides the
+    cap, ``label_epsilon`` the label's memo price), several models on it."""
     t0 = time.perf_counter()
-    eps = _eps(epsilon)
+    if math.isinf(epsilon):
+        eps, cap = NONPRIVATE_EPSILON, 1e9
+    else:
+        eps, cap = float(epsilon) / PERSON_SHARES, float(epsilon)
     label_eps = eps if label_epsilon is None else _eps(label_epsilon)
     gen = ClickstreamGenerator(seed=seed, n_users=n_users)
     schema = load_schema(SCHEMA)
@@ -195,7 +200,7 @@ def synthetic_run(
     start = gen.start.timestamp()
     priv = Privatizer(
         policy, MemoryMemoStore(clock=lambda: start), memo_key=random.Random(seed).randbytes(32),
-        subject_field=schema.subject_field, budget_epsilon=budget if budget is not None else 1e9,
+        subject_field=schema.subject_field, budget_epsilon=budget if budget is not None else cap,
         epoch_seconds=86400, retention_seconds=30 * 86400, rng=np.random.default_rng(seed + 7919),
         cache=MemoCache(max_entries=1_000_000, max_staleness_seconds=1e9), clock=lambda: start,
         shuffle_seed=seed, label_epsilon=label_eps,

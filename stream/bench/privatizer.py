@@ -76,13 +76,13 @@ def run_privatizer_bench(
     say(f"    passthrough (json): {pass_rate:,.0f} events/s")
 
     say("(b) privatizer engine ...")
-    engine = PrivatizerEngine(settings, build_privatizer(settings), bootstrap=bootstrap)
+    engine = PrivatizerEngine(settings, build_privatizer(settings, allow_seed=True), bootstrap=bootstrap)
     stats = engine.run(threading.Event(), max_events=len(protected))
     say(f"    privatizer:         {stats.rate():,.0f} events/s")
 
     # the pure core alone, on a fresh Redis prefix (cold, like the engine run)
     core_settings = settings.model_copy(update={"redis_key_prefix": f"sgbench-{run}-core"})
-    core = build_privatizer(core_settings)
+    core = build_privatizer(core_settings, allow_seed=True)
     now_ms = int(time.time() * 1000)
     records = [ProtectedRecord(v, now_ms) for _k, v in protected]
     with relaxed_gc():  # as the engine runs it

@@ -2,13 +2,17 @@
 
 Frequency oracles GRR, OUE, OLH (Wang, Blocki, Li, Jha, USENIX Security 2017);
 numeric mechanisms PM and HM (Wang et al., ICDE 2019) and Duchi's (Duchi,
-Jordan, Wainwright, JASA 2018). No I/O here: policy, memoization, the
+Jordan, Wainwright, JASA 2018); the two-round longitudinal mechanisms the
+privatizer runs (L-GRR, L-OSUE, L-Duchi: :mod:`stream.ldp.longitudinal`) and
+their ChaCha20 noise source (:mod:`stream.ldp.csprng`). No I/O here: policy, memoization, the
 privatizer and aggregation live in sibling modules that build on these.
 """
 
 from __future__ import annotations
 
+from stream.ldp.csprng import ChaChaRandom
 from stream.ldp.grr import GRR
+from stream.ldp.longitudinal import LongitudinalDuchi, LongitudinalGRR, LongitudinalOUE
 from stream.ldp.numeric import (
     HM_EPS_STAR,
     DuchiMechanism,
@@ -30,9 +34,13 @@ __all__ = [
     "MERSENNE_P",
     "OLH",
     "OUE",
+    "ChaChaRandom",
     "DuchiMechanism",
     "FrequencyOracle",
     "HybridMechanism",
+    "LongitudinalDuchi",
+    "LongitudinalGRR",
+    "LongitudinalOUE",
     "NumericMechanism",
     "PiecewiseMechanism",
     "choose_oracle",

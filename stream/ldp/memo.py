@@ -1,41 +1,54 @@
-"""Memoized permanent randomized responses and the per-person privacy budget.
+"""Memoized permanent responses and the person-level privacy ledger.
 
-Longitudinal privacy (the scheme streamgate uses, and why)
------------------------------------------------------------
-A person who reports the same value again must not leak more. streamgate
-memoizes one *permanent* randomized response per (person token, retention
-epoch, attribute, true value) - RAPPOR's permanent randomized response
-(Erlingsson et al., CCS 2014) without the instantaneous round. Every later
-report of that value by that person is the identical memoized response, so
-any number of repeats reveals exactly what one report does: epsilon of that
-attribute. (A second, instantaneous round - RAPPOR's IRR or L-GRR/L-OSUE of
-Arcolezi et al. 2022 - would make repeats look different at the cost of a
-larger variance for the same longitudinal epsilon; we chose plain
-memoization for its exact, simple guarantee and document that identical
-reports can be linked to each other, never to the person.)
+Longitudinal privacy (two rounds, see :mod:`stream.ldp.longitudinal`)
+-------------------------------------------------------------------
+streamgate memoizes one *permanent* randomized response (at the attribute's
+``eps_inf``) per (person token, retention epoch, attribute, true value); every
+report then randomizes that memo afresh at ``eps_1`` (RAPPOR's PRR + IRR; L-GRR /
+L-OSUE of Arcolezi et al. 2022). All reports of one value are post-processing
+of its memo, so together they reveal at most ``eps_inf``; one report reveals at
+most ``eps_1``; and no two reports of a person are identical by construction.
 
-Budget: sequential composition per person, per attribute, per retention
-epoch. Creating a memo for a value not reported before in this epoch spends
-that attribute's epsilon; replaying a memo spends nothing. When a new memo
-would take the person past ``budget_epsilon`` for the attribute, the report
-of that attribute is suppressed (counted, never emitted with extra epsilon).
-Budgets are kept in integer micro-epsilon so sums are exact.
+The ledger: one number per (person, epoch)
+-------------------------------------------
+Every new memo - of any ldp attribute or of the training label - charges its
+``eps_inf`` to one ledger per (person, epoch), capped by
+``STREAMGATE_LDP_PERSON_EPSILON``; replaying a memo charges nothing. The schema's
+per-attribute epsilon is the price of a memo of that attribute, so it says how
+the cap is shared. A memo that would take the ledger past the cap is not
+created: the request is answered ``over`` and the privatizer reports a
+*stand-in* (the mechanism applied to a value drawn independently of the data)
+instead of omitting the attribute.
 
-Redis layout (the shredder deletes both with the person's keys)::
+Why the stand-in and not an omission: whether a request is over the cap is a
+function of the person's *pattern* (how many new values, of which attributes,
+came before), not of the values themselves; but an omitted attribute would show
+that pattern in clear in every later report. A stand-in report has exactly the
+distribution of a genuine report of some value, so a single report does not
+say whether its person is over the cap, and it carries no information about the
+person's value (0 epsilon). The cost is a bias of the estimates towards the
+uniform distribution in proportion to the stand-ins (counted in-process as
+``suppressed``, never published per person).
 
-    {prefix}:memo:{subject}:{epoch}    hash  field "{attribute}:{tag}" -> the report (JSON)
-    {prefix}:budget:{subject}:{epoch}  hash  field "{attribute}"       -> micro-epsilon spent
-    {prefix}:deadlines                 zset  member "{subject}:{epoch}" (ZADD NX, as the gateway)
+Erasure never refunds. The ledger lives under a key that holds no identifier -
+``{prefix}:ledger:{HMAC(ledger key, token || epoch)}``, a plain integer - which the
+shredder does not delete: an erasure destroys the memos (and the data key) but
+what the person spent in that epoch stays spent until the epoch's retention
+ends (its expiry). A person re-appearing after an erasure (same token) finds the
+same ledger. Integer micro-epsilon keeps sums exact.
 
-Both hashes expire at the epoch's retention deadline, like the data key.
-The script derives the hash names from the prefix and ``subject:epoch`` (one
-packed argument per request keeps the client-side encoding cheap), so it
-targets a single Redis (or a primary with replicas), not Redis Cluster.
-``tag`` is an HMAC (key derived from the keyring, purpose ``ldp-memo``) of
-the attribute, its mechanism parameters and the true value, so Redis never
-holds a true value: a memo field cannot be reversed by a dictionary attack
-without the key. One batch is resolved in one EVAL (atomic: two workers
-racing on a new value agree on one response and charge the budget once).
+Redis layout::
+
+    {prefix}:memo:{subject}:{epoch}    hash    field "{attribute}:{tag}" -> the permanent response
+    {prefix}:ledger:{ledger id}        string  micro-epsilon spent (no identifier; erasure keeps it)
+    {prefix}:deadlines                 zset    member "{subject}:{epoch}" (ZADD NX, as the gateway)
+
+Memo and ledger expire at the epoch's retention deadline. ``tag`` is an HMAC (key
+purpose ``ldp-memo``) of the attribute, its parameters and the true value, so
+Redis never holds a true value. One batch is resolved in one EVAL (atomic: two
+workers racing on a new value agree on one response and charge the ledger once).
+The script derives key names from the prefix, so it targets a single Redis (or
+a primary with replicas), not Redis Cluster.
 """
 
 from __future__ import annotations
@@ -60,13 +73,13 @@ __all__ = [
     "RedisMemoStore",
 ]
 
-#: Budgets are stored in integer micro-epsilon.
+#: Ledgers are kept in integer micro-epsilon.
 MICRO = 1_000_000
 
 
 class MemoRequest(NamedTuple):
-    """Resolve the memo of one (subject, epoch, field); ``candidate`` is a fresh randomized response
-    used only if no memo exists yet (and the budget allows it)."""
+    """Resolve the memo of one (subject, epoch, field); ``candidate`` is a fresh permanent response
+    used only if no memo exists yet and the person's ledger (``ledger``: its id) can pay ``cost_micro``."""
 
     subject: str
     epoch: int
@@ -75,6 +88,7 @@ class MemoRequest(NamedTuple):
     attribute: str
     cost_micro: int
     candidate: str
+    ledger: str
 
 
 Status = Literal["memo", "new", "suppressed"]
@@ -88,8 +102,9 @@ class MemoResult(NamedTuple):
 class MemoStore(Protocol):
     def resolve(self, requests: Sequence[MemoRequest], budget_micro: int) -> list[MemoResult]:
         """Per request, in order: the existing memo (``memo``), else the candidate stored as the new
-        memo with its cost charged (``new``), else ``suppressed`` when the budget would be exceeded.
-        Raises :class:`KeyUnavailableError` when the store is unreachable (nothing is emitted)."""
+        memo with its cost charged to the ledger (``new``), else ``suppressed`` when the ledger would
+        pass ``budget_micro`` (the person cap). Raises :class:`KeyUnavailableError` when the store is
+        unreachable (nothing is emitted)."""
         ...
 
 
@@ -99,24 +114,23 @@ local budget = tonumber(ARGV[2])
 local out = {}
 local dated = {}
 for i = 3, #ARGV do
-  -- one packed argument per request: subject:epoch, field, attribute, cost, expire_at, candidate
-  -- (reports are JSON without newlines: the answer is one newline-joined string)
-  local ref, field, attr, cost, exp, cand = string.match(ARGV[i], '^([^\t]*)\t([^\t]*)\t([^\t]*)\t([^\t]*)\t([^\t]*)\t(.*)$')
+  -- one packed argument per request: subject:epoch, field, ledger id, cost, expire_at, candidate
+  local ref, field, ledger, cost, exp, cand = string.match(ARGV[i], '^([^\t]*)\t([^\t]*)\t([^\t]*)\t([^\t]*)\t([^\t]*)\t(.*)$')
   local mk = prefix .. ':memo:' .. ref
-  local bk = prefix .. ':budget:' .. ref
+  local lk = prefix .. ':ledger:' .. ledger
   local memo = redis.call('HGET', mk, field)
   if memo then
     out[#out + 1] = 'M' .. memo
   else
-    local spent = tonumber(redis.call('HGET', bk, attr) or '0')
+    local spent = tonumber(redis.call('GET', lk) or '0')
     if spent + tonumber(cost) > budget then
       out[#out + 1] = 'S'
     else
       redis.call('HSET', mk, field, cand)
-      redis.call('HINCRBY', bk, attr, cost)
+      redis.call('INCRBY', lk, cost)
       if not dated[ref] then
         redis.call('EXPIREAT', mk, exp)
-        redis.call('EXPIREAT', bk, exp)
+        redis.call('EXPIREAT', lk, exp)
         redis.call('ZADD', KEYS[1], 'NX', exp, ref)
         dated[ref] = true
       end
@@ -126,7 +140,6 @@ for i = 3, #ARGV do
 end
 return table.concat(out, '\n')
 """
-
 
 def _results(raw: Sequence[bytes | str]) -> list[MemoResult]:
     out: list[MemoResult] = []
@@ -157,8 +170,8 @@ class RedisMemoStore:
     def memo_key(self, subject: str, epoch: int) -> str:
         return f"{self.prefix}:memo:{subject}:{epoch}"
 
-    def budget_key(self, subject: str, epoch: int) -> str:
-        return f"{self.prefix}:budget:{subject}:{epoch}"
+    def ledger_key(self, ledger: str) -> str:
+        return f"{self.prefix}:ledger:{ledger}"
 
     def resolve(self, requests: Sequence[MemoRequest], budget_micro: int) -> list[MemoResult]:
         out: list[MemoResult] = []
@@ -167,7 +180,7 @@ class RedisMemoStore:
                 part = requests[start : start + self._chunk]
                 args: list[str | int] = [self.prefix, budget_micro]
                 args += [
-                    f"{r.subject}:{r.epoch}\t{r.field}\t{r.attribute}\t{r.cost_micro}\t{r.expire_at}\t{r.candidate}"
+                    f"{r.subject}:{r.epoch}\t{r.field}\t{r.ledger}\t{r.cost_micro}\t{r.expire_at}\t{r.candidate}"
                     for r in part
                 ]
                 raw = self._script(keys=[self.deadlines_key], args=args)
@@ -182,48 +195,55 @@ class RedisMemoStore:
 
 
 class MemoryMemoStore:
-    """In-memory :class:`MemoStore` with the same semantics (expiry by an injected clock), for unit tests."""
+    """In-memory :class:`MemoStore` with the same semantics (expiry by an injected clock), for unit tests.
+    ``ledgers``: ledger id -> micro-epsilon spent; :meth:`delete` (an erasure) keeps them."""
 
     def __init__(self, clock: Callable[[], float] = time.time) -> None:
         self._clock = clock
         self.memos: dict[tuple[str, int], dict[str, str]] = {}
-        self.budgets: dict[tuple[str, int], dict[str, int]] = {}
+        self.ledgers: dict[str, int] = {}
         self.expiry: dict[tuple[str, int], int] = {}
+        self.ledger_expiry: dict[str, int] = {}
         self.deadlines: dict[str, int] = {}
 
-    def _expire(self, ref: tuple[str, int]) -> None:
+    def _expire(self, ref: tuple[str, int], ledger: str) -> None:
+        now = self._clock()
         exp = self.expiry.get(ref)
-        if exp is not None and self._clock() >= exp:
+        if exp is not None and now >= exp:
             self.memos.pop(ref, None)
-            self.budgets.pop(ref, None)
             self.expiry.pop(ref, None)
+        lexp = self.ledger_expiry.get(ledger)
+        if lexp is not None and now >= lexp:
+            self.ledgers.pop(ledger, None)
+            self.ledger_expiry.pop(ledger, None)
 
     def resolve(self, requests: Sequence[MemoRequest], budget_micro: int) -> list[MemoResult]:
         out: list[MemoResult] = []
         for r in requests:
             ref = (r.subject, r.epoch)
-            self._expire(ref)
+            self._expire(ref, r.ledger)
             memo = self.memos.get(ref, {}).get(r.field)
             if memo is not None:
                 out.append(MemoResult("memo", memo))
                 continue
-            spent = self.budgets.get(ref, {}).get(r.attribute, 0)
+            spent = self.ledgers.get(r.ledger, 0)
             if spent + r.cost_micro > budget_micro:
                 out.append(MemoResult("suppressed", None))
                 continue
             self.memos.setdefault(ref, {})[r.field] = r.candidate
-            self.budgets.setdefault(ref, {})[r.attribute] = spent + r.cost_micro
+            self.ledgers[r.ledger] = spent + r.cost_micro
             self.expiry[ref] = r.expire_at
+            self.ledger_expiry[r.ledger] = r.expire_at
             self.deadlines.setdefault(f"{r.subject}:{r.epoch}", r.expire_at)
             out.append(MemoResult("new", r.candidate))
         return out
 
     def delete(self, subject: str, epoch: int | None = None) -> None:
-        """Shred: drop the memos and budgets of one (subject, epoch), or of every epoch of a subject."""
-        for ref in [k for k in self.memos.keys() | self.budgets.keys() if k[0] == subject]:
+        """Shred: drop the memos of one (subject, epoch), or of every epoch of a subject. The ledgers
+        stay: an erasure never refunds what was spent."""
+        for ref in [k for k in self.memos if k[0] == subject]:
             if epoch is None or ref[1] == epoch:
                 self.memos.pop(ref, None)
-                self.budgets.pop(ref, None)
                 self.expiry.pop(ref, None)
 
 

@@ -13,10 +13,10 @@ given value with probability ``q``, so
 
 where ``f`` is the true frequency of ``v`` (Wang et al. 2017, Theorem 2).
 
-Randomness: every randomized method takes a ``numpy.random.Generator``. In
-production it comes from :func:`secure_rng`, numpy's PCG64 seeded with 256
-bits from the operating system's CSPRNG (``secrets``); a fixed seed is only
-used by tests and benchmarks, for reproducibility.
+Randomness: every randomized method takes a ``numpy.random.Generator`` (tests,
+benchmarks) or, in production, :func:`secure_rng`: a ChaCha20 keystream keyed
+from the operating system's CSPRNG (:class:`stream.ldp.csprng.ChaChaRandom`),
+never a non-cryptographic generator whose state its outputs would reveal.
 
 :func:`choose_oracle` picks the mechanism with the smaller variance: GRR iff
 ``k < 3 e^eps + 2``, else OLH (the same variance as OUE with a report of three
@@ -27,11 +27,12 @@ from __future__ import annotations
 
 import abc
 import math
-import secrets
 from collections.abc import Hashable, Sequence
 from typing import Any, ClassVar
 
 import numpy as np
+
+from stream.ldp.csprng import ChaChaRandom
 
 __all__ = [
     "FrequencyOracle",
@@ -42,9 +43,9 @@ __all__ = [
 ]
 
 
-def secure_rng() -> np.random.Generator:
-    """A fresh generator: PCG64 seeded with 256 bits from the OS CSPRNG (production randomness)."""
-    return np.random.Generator(np.random.PCG64(int.from_bytes(secrets.token_bytes(32), "big")))
+def secure_rng() -> ChaChaRandom:
+    """A fresh production noise source: ChaCha20 keyed with 256 bits from the OS CSPRNG."""
+    return ChaChaRandom()
 
 
 def check_epsilon(epsilon: float) -> float:

@@ -12,12 +12,18 @@ Read from the ``ldp`` properties of the schema (policy lives in ``schemas/``, no
   is the clamping range; an absent value is reported as ``lo`` (so the published mean of
   ``price`` is the mean over all events, absent counted as 0 - documented in the README).
 
-``x-privacy.epsilon`` overrides the default epsilon (``STREAMGATE_LDP_EPSILON``) per attribute;
-``x-privacy.mechanism`` hints the mechanism (``GRR``/``OUE``/``OLH`` for categorical;
-``numeric``/``HM``/``PM``/``Duchi`` for numeric). Without a hint a categorical attribute gets
-the frequency oracle with the lower variance for its domain size and epsilon
-(:func:`stream.ldp.oracle.choose_oracle`: GRR iff k < 3e^eps + 2, else OLH) and a numeric
-one the Hybrid Mechanism.
+Every attribute is randomized in two rounds (:mod:`stream.ldp.longitudinal`). Its epsilon -
+``x-privacy.epsilon``, else ``STREAMGATE_LDP_EPSILON`` - is the longitudinal ``eps_inf`` of a
+memoized permanent response (what a memo costs in the person's ledger, so the epsilons say
+how the person cap is shared); ``x-privacy.epsilon_1`` (default ``eps_inf *`` :data:`IRR_FRACTION`)
+is the per-report ``eps_1`` and must be below ``eps_inf``. ``x-privacy.mechanism`` hints the
+mechanism: ``GRR`` (L-GRR) or ``OUE`` (L-OSUE) for categorical, ``numeric``/``Duchi`` (L-Duchi)
+for numeric. Without a hint a categorical attribute gets L-GRR iff ``k < 3 e^eps_1 + 2`` (where
+GRR's variance at ``eps_1`` is the smaller), else L-OSUE. ``OLH``, ``PM`` and ``HM`` are refused:
+an OLH report carries its hash seed (per memo: a fingerprint), PM/HM a continuous value.
+
+A report is marginally the one-round oracle at ``eps_1`` (GRR, OUE or Duchi), so ``params()``
+- what a report carries - names that oracle and ``eps_1``: consumers debias as before.
 """
 
 from __future__ import annotations
@@ -28,17 +34,45 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from stream.errors import SchemaPolicyError
-from stream.ldp.numeric import NumericMechanism, make_numeric
-from stream.ldp.oracle import FrequencyOracle, make_oracle
+from stream.ldp.longitudinal import LongitudinalDuchi, LongitudinalGRR, LongitudinalMechanism, LongitudinalOUE
+from stream.ldp.numeric import NumericMechanism
+from stream.ldp.oracle import FrequencyOracle
 from stream.schema import EventSchema
 
-__all__ = ["NONE_VALUE", "LdpAttribute", "LdpPolicy"]
+__all__ = [
+    "IRR_FRACTION",
+    "NONE_VALUE",
+    "LdpAttribute",
+    "LdpPolicy",
+    "PrivacyAccount",
+    "longitudinal_categorical",
+    "privacy_account",
+]
+
+#: Default per-report epsilon as a fraction of the longitudinal one.
+IRR_FRACTION = 0.5
 
 #: Domain value of an optional categorical attribute that is absent from the event.
 NONE_VALUE = "_none"
 
-_CATEGORICAL_HINTS = {None, "GRR", "OUE", "OLH"}
-_NUMERIC_HINTS = {"numeric", "HM", "PM", "Duchi"}
+_CATEGORICAL_HINTS = {None, "GRR", "OUE"}
+_NUMERIC_HINTS = {"numeric", "Duchi"}
+_REFUSED = {
+    "OLH": "an OLH report carries its hash seed, which a memo would fix per person (a fingerprint); use GRR or OUE",
+    "PM": "a continuous report links a person's reports; use numeric (L-Duchi)",
+    "HM": "a continuous report links a person's reports; use numeric (L-Duchi)",
+}
+
+
+def longitudinal_categorical(k: int, eps_inf: float, eps_1: float, hint: str | None = None) -> LongitudinalMechanism:
+    """L-GRR or L-OSUE for ``k`` values (``hint`` "GRR"/"OUE"; default: GRR iff k < 3 e^eps_1 + 2)."""
+    if hint is None:
+        hint = "GRR" if k < 3.0 * math.exp(eps_1) + 2.0 else "OUE"
+    if hint == "GRR":
+        return LongitudinalGRR(k, eps_inf, eps_1)
+    if hint == "OUE":
+        return LongitudinalOUE(k, eps_inf, eps_1)
+    raise ValueError(f"unknown categorical mechanism {hint!r}")
 
 
 @dataclass(frozen=True)
@@ -47,7 +81,7 @@ class LdpAttribute:
 
     name: str
     kind: Literal["categorical", "numeric"]
-    epsilon: float
+    epsilon: float  # eps_inf: the longitudinal bound of a memo and its price in the ledger
     domain: tuple[str, ...] = ()
     out_of_domain: str | None = None
     optional: bool = False
@@ -55,6 +89,8 @@ class LdpAttribute:
     hi: float = 1.0
     oracle: FrequencyOracle | None = field(default=None, compare=False, repr=False)
     numeric: NumericMechanism | None = field(default=None, compare=False, repr=False)
+    epsilon_1: float = 0.0  # per report
+    longitudinal: LongitudinalMechanism | None = field(default=None, compare=False, repr=False)
     _index: Mapping[str, int] = field(default_factory=dict, compare=False, repr=False)
 
     @property
@@ -88,13 +124,9 @@ class LdpAttribute:
         """What a consumer needs to debias a report of this attribute (besides the domain, which
         is the source schema's)."""
         if self.oracle is not None:
-            out: dict[str, Any] = {"m": self.oracle.name, "eps": self.epsilon, "k": self.k}
-            p = self.oracle.params()
-            if "g" in p:
-                out["g"] = int(p["g"])
-            return out
+            return {"m": self.oracle.name, "eps": self.epsilon_1, "k": self.k}
         assert self.numeric is not None
-        return {"m": self.numeric.name, "eps": self.epsilon, "lo": self.lo, "hi": self.hi}
+        return {"m": self.numeric.name, "eps": self.epsilon_1, "lo": self.lo, "hi": self.hi}
 
 
 def _domain(name: str, spec: Mapping[str, Any], opts: Mapping[str, Any]) -> tuple[list[str], str | None]:
@@ -144,7 +176,13 @@ class LdpPolicy:
             if isinstance(eps, bool) or not isinstance(eps, int | float) or not 0 < eps <= 20:
                 raise SchemaPolicyError(f"ldp property {name!r}: epsilon must be a number in (0, 20]")
             eps = float(eps)
+            eps1 = opts.get("epsilon_1", eps * IRR_FRACTION)
+            if isinstance(eps1, bool) or not isinstance(eps1, int | float) or not 0 < eps1 < eps:
+                raise SchemaPolicyError(f"ldp property {name!r}: epsilon_1 must be a number in (0, epsilon)")
+            eps1 = float(eps1)
             hint = opts.get("mechanism")
+            if hint in _REFUSED:
+                raise SchemaPolicyError(f"ldp property {name!r}: mechanism {hint} refused: {_REFUSED[hint]}")
             types = spec.get("type")
             numeric = hint in _NUMERIC_HINTS or types in ("number", "integer")
             try:
@@ -152,9 +190,10 @@ class LdpPolicy:
                     if hint is not None and hint not in _NUMERIC_HINTS:
                         raise SchemaPolicyError(f"ldp property {name!r}: unknown numeric mechanism {hint!r}")
                     lo, hi = _bounds(name, spec, opts)
-                    mech = make_numeric(eps, lo, hi, None if hint == "numeric" else hint)
+                    lmech = LongitudinalDuchi(eps, eps1, lo, hi)
                     attrs.append(LdpAttribute(name, "numeric", eps, optional=name not in required,
-                                              lo=lo, hi=hi, numeric=mech))
+                                              lo=lo, hi=hi, numeric=lmech.marginal, epsilon_1=eps1,
+                                              longitudinal=lmech))
                 else:
                     if hint not in _CATEGORICAL_HINTS:
                         raise SchemaPolicyError(f"ldp property {name!r}: unknown categorical mechanism {hint!r}")
@@ -162,10 +201,12 @@ class LdpPolicy:
                     optional = name not in required
                     if optional:
                         domain.append(NONE_VALUE)
-                    oracle = make_oracle(len(domain), eps, hint)
+                    cmech = longitudinal_categorical(len(domain), eps, eps1, hint)
+                    oracle: FrequencyOracle = cmech.marginal  # type: ignore[attr-defined]
                     attrs.append(LdpAttribute(
                         name, "categorical", eps, domain=tuple(domain), out_of_domain=ood, optional=optional,
-                        oracle=oracle, _index={v: i for i, v in enumerate(domain)},
+                        oracle=oracle, epsilon_1=eps1, longitudinal=cmech,
+                        _index={v: i for i, v in enumerate(domain)},
                     ))
             except ValueError as exc:
                 raise SchemaPolicyError(f"ldp property {name!r}: {exc}") from None
@@ -175,8 +216,54 @@ class LdpPolicy:
         """One line per attribute: what the docs and `streamgate privatizer --explain` show."""
         rows = []
         for a in self.attributes:
-            row: dict[str, Any] = {"attribute": a.name, "kind": a.kind, **a.params()}
-            if a.kind == "categorical":
-                row["threshold_3e^eps+2"] = round(3 * math.exp(a.epsilon) + 2, 2)
+            assert a.longitudinal is not None
+            row: dict[str, Any] = {"attribute": a.name, "kind": a.kind, "mechanism": a.longitudinal.name,
+                                   "eps_inf": a.epsilon, "eps_1": a.epsilon_1}
+            row.update({k: v for k, v in a.params().items() if k not in ("m", "eps")})
+            row["report_as"] = a.params()["m"]
             rows.append(row)
         return rows
+
+
+@dataclass(frozen=True)
+class PrivacyAccount:
+    """The epsilons of a policy under a person cap (what ``privatizer --explain`` states).
+
+    * ``per_report``: attribute (and ``session_purchase``) -> ``eps_1``, what one report of it reveals;
+    * ``per_memo``: attribute -> ``eps_inf``, what all reports of one value reveal, and a memo's price;
+    * ``per_event``: the sum of ``eps_1`` over the attributes - what one feature report reveals about
+      its event (``per_example`` adds the label's);
+    * ``first_event_cost``: the sum of ``eps_inf`` (label included): what a person's first event of an
+      epoch charges to the ledger;
+    * ``person_epoch``: the cap: all memos of one person in one epoch together;
+    * ``epochs_held`` and ``retention_bound = cap x epochs_held``: every epoch whose reports may still be
+      retained (the retention window plus the epoch in progress) has its own ledger, and the bounds add up.
+    """
+
+    per_report: dict[str, float]
+    per_memo: dict[str, float]
+    per_event: float
+    per_example: float | None
+    first_event_cost: float
+    person_epoch: float
+    epochs_held: int
+    retention_bound: float
+
+
+def privacy_account(policy: LdpPolicy, *, person_epsilon: float, epoch_seconds: int, retention_seconds: int,
+                    label_epsilon: float | None = None) -> PrivacyAccount:
+    """The :class:`PrivacyAccount` of ``policy`` (``label_epsilon``: the label's eps_inf, None = examples off)."""
+    per_report = {a.name: a.epsilon_1 for a in policy.attributes}
+    per_memo = {a.name: a.epsilon for a in policy.attributes}
+    label_1 = None if label_epsilon is None else label_epsilon * IRR_FRACTION
+    if label_epsilon is not None and label_1 is not None:
+        per_report["session_purchase"] = label_1
+        per_memo["session_purchase"] = label_epsilon
+    per_event = sum(a.epsilon_1 for a in policy.attributes)
+    epochs = -(-retention_seconds // epoch_seconds) + 1
+    return PrivacyAccount(
+        per_report=per_report, per_memo=per_memo, per_event=per_event,
+        per_example=None if label_1 is None else per_event + label_1,
+        first_event_cost=sum(per_memo.values()), person_epoch=person_epsilon, epochs_held=epochs,
+        retention_bound=person_epsilon * epochs,
+    )

@@ -58,3 +58,17 @@ def test_bench_helpers() -> None:
         accuracy_table(n=0)
     with pytest.raises(ValueError):
         numeric_table(trials=1)
+
+
+def test_longitudinal_table_small() -> None:
+    from stream.bench.ldp import format_longitudinal, longitudinal_table
+
+    rows = longitudinal_table(n=4000, eps_infs=(2.0,), ks=(4, 20), ms=(1, 4), trials=40, seed=3, say=lambda s: None)
+    assert [(r.mechanism, r.m) for r in rows] == [("L-GRR", 1), ("L-GRR", 4), ("L-GRR", 1), ("L-GRR", 4),
+                                                  ("L-OSUE", 1), ("L-OSUE", 4), ("L-OSUE", 1), ("L-OSUE", 4),
+                                                  ("L-Duchi", 1)]
+    for r in rows:
+        assert r.eps_inf == 2.0 and r.epsilon == 1.0 and r.n == 4000
+        assert 0.5 < r.ratio < 2.0  # 40 trials: loose; the command's trial counts give the real figures
+    text = format_longitudinal(rows)
+    assert "L-OSUE" in text and "cells with ratio in [0.9, 1.1]" in text

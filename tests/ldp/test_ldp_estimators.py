@@ -214,11 +214,25 @@ def test_params() -> None:
     assert GRR(5, 1.0).params()["p"] / GRR(5, 1.0).params()["q"] == pytest.approx(math.e)
 
 
-def test_secure_rng() -> None:
+def test_secure_rng_is_a_chacha20_keystream() -> None:
+    from cryptography.hazmat.primitives.ciphers import Cipher, algorithms
+
+    from stream.ldp.csprng import ChaChaRandom
+
     a, b = secure_rng(), secure_rng()
-    assert isinstance(a, np.random.Generator)
-    assert isinstance(a.bit_generator, np.random.PCG64)
+    assert isinstance(a, ChaChaRandom) and not a.seeded
     assert a.integers(0, 2**62, 4).tolist() != b.integers(0, 2**62, 4).tolist()
+    # a seeded one (tests, benchmarks) is exactly ChaCha20 under SHA-256 of the seed
+    import hashlib
+
+    key = hashlib.sha256(b"streamgate/ldp-test-seed\x00" + b"7").digest()
+    want = Cipher(algorithms.ChaCha20(key, b"\x00" * 16), mode=None).encryptor().update(b"\x00" * 64)
+    assert ChaChaRandom(7).bytes(64) == want
+    u = ChaChaRandom(7).random(200_000)
+    assert u.min() >= 0.0 and u.max() < 1.0 and abs(u.mean() - 0.5) < 0.005
+    ints = ChaChaRandom(8).integers(0, 5, size=100_000)
+    assert set(np.unique(ints).tolist()) == {0, 1, 2, 3, 4}
+    assert np.all(np.abs(np.bincount(ints) / 100_000 - 0.2) < 0.01)
 
 
 # -- post-processing --------------------------------------------------------------------------------------

@@ -1,5 +1,5 @@
-"""The memo/budget store on a real Redis: same semantics as the in-memory one, atomic, expiring,
-fail-closed when Redis is gone."""
+"""The memo store and person ledger on a real Redis: same semantics as the in-memory one, atomic,
+expiring, no refund on erasure, fail-closed when Redis is gone."""
 
 from __future__ import annotations
 
@@ -16,32 +16,47 @@ pytestmark = pytest.mark.integration
 
 
 def _req(subject: str, field: str, cand: str, *, attr: str = "category", cost: int = 1_000_000,
-         epoch: int = 20000, expire_at: int | None = None) -> MemoRequest:
-    return MemoRequest(subject, epoch, expire_at or int(time.time()) + 3600, f"{attr}:{field}", attr, cost, cand)
+         epoch: int = 20000, expire_at: int | None = None, ledger: str | None = None) -> MemoRequest:
+    return MemoRequest(subject, epoch, expire_at or int(time.time()) + 3600, f"{attr}:{field}", attr, cost, cand,
+                       ledger or f"L{subject}{epoch}")
 
 
 def test_redis_and_memory_stores_agree(redis_client: redis.Redis, redis_prefix: str) -> None:
     requests = [
         _req("tk1_a", "x", "1"), _req("tk1_a", "x", "2"),  # memo hit within the batch
-        _req("tk1_a", "y", "3"), _req("tk1_a", "z", "4"),  # third distinct value: over a 2-epsilon budget
+        _req("tk1_a", "y", "3"),
+        _req("tk1_a", "w", "6", attr="device"),  # other attribute, same person ledger: over a 2-epsilon cap
         _req("tk1_b", "x", "5"),
-        _req("tk1_a", "w", "6", attr="device"),  # other attribute, own budget
+        _req("tk1_a", "x", "7"),  # memo replays cost nothing, even at the cap
     ]
     redis_store = RedisMemoStore(redis_client, prefix=redis_prefix)
     got = redis_store.resolve(requests, 2_000_000)
     want = MemoryMemoStore().resolve(requests, 2_000_000)
     assert got == want
-    assert [r.status for r in got] == ["new", "memo", "new", "suppressed", "new", "new"]
+    assert [r.status for r in got] == ["new", "memo", "new", "suppressed", "new", "memo"]
     assert got[1].report == "1"
-    # layout: memo + budget hashes with the retention deadline, indexed in the deadline zset
-    mk, bk = redis_store.memo_key("tk1_a", 20000), redis_store.budget_key("tk1_a", 20000)
-    assert redis_client.hget(bk, "category") == b"2000000"
-    assert redis_client.ttl(mk) > 3000 and redis_client.ttl(bk) > 3000
+    # layout: the memo hash by token, the ledger under its id only: one integer
+    mk, lk = redis_store.memo_key("tk1_a", 20000), redis_store.ledger_key("Ltk1_a20000")
+    assert redis_client.get(lk) == b"2000000" and redis_client.type(lk) == b"string"
+    assert redis_client.ttl(mk) > 3000 and redis_client.ttl(lk) > 3000
     assert redis_client.zscore(f"{redis_prefix}:deadlines", "tk1_a:20000") is not None
-    # a second round: all memo hits, no budget spent
+    assert not redis_client.exists(f"{redis_prefix}:budget:tk1_a:20000")  # no per-attribute budget any more
     again = redis_store.resolve(requests[:3], 2_000_000)
     assert [r.status for r in again] == ["memo", "memo", "memo"]
-    assert redis_client.hget(bk, "category") == b"2000000"
+    assert redis_client.get(lk) == b"2000000"
+
+
+def test_deleting_memos_keeps_the_ledger(redis_client: redis.Redis, redis_prefix: str) -> None:
+    """What the shredder deletes (memo hash, old budget hash) is not the ledger: nothing is refunded."""
+    store = RedisMemoStore(redis_client, prefix=redis_prefix)
+    assert store.resolve([_req("tk1_e", "x", "1"), _req("tk1_e", "y", "2")], 2_000_000)[1].status == "new"
+    redis_client.delete(store.memo_key("tk1_e", 20000), f"{redis_prefix}:budget:tk1_e:20000")
+    got = store.resolve([_req("tk1_e", "x", "3"), _req("tk1_e", "z", "4")], 2_000_000)
+    assert [r.status for r in got] == ["suppressed", "suppressed"]
+    mem = MemoryMemoStore()
+    mem.resolve([_req("tk1_e", "x", "1"), _req("tk1_e", "y", "2")], 2_000_000)
+    mem.delete("tk1_e")
+    assert [r.status for r in mem.resolve([_req("tk1_e", "x", "3")], 2_000_000)] == ["suppressed"]
 
 
 def test_concurrent_workers_agree_on_one_response(redis_client: redis.Redis, redis_prefix: str) -> None:
@@ -62,7 +77,7 @@ def test_concurrent_workers_agree_on_one_response(redis_client: redis.Redis, red
         t.join()
     assert all(r == results[0] for r in results)  # every worker sees the same winner per person
     for j in range(300):
-        assert redis_client.hget(f"{redis_prefix}:budget:tk1_p{j}:20000", "category") == b"1000000"  # charged once
+        assert redis_client.get(f"{redis_prefix}:ledger:Ltk1_p{j}20000") == b"1000000"  # charged once
 
 
 def test_unreachable_redis_fails_closed() -> None:

@@ -48,21 +48,24 @@ def test_policy_from_the_shipped_schema() -> None:
     assert names == ["event_type", "category", "price", "device", "country"]
     cat = policy.by_name["category"]
     assert cat.domain[-1] == NONE_VALUE and cat.optional and cat.k == 31
-    # default oracle choice: GRR iff k < 3e^eps + 2 (= 10.15 at eps=1)
-    assert policy.by_name["event_type"].mechanism == "GRR"  # k = 7, required: no _none
-    assert policy.by_name["device"].mechanism == "GRR"  # k = 5
-    assert cat.mechanism == "OLH"  # k = 31
-    assert policy.by_name["country"].mechanism == "OLH"  # 33 codes incl. other, + _none
+    # two rounds everywhere: eps_inf = 1 (the memo's price), eps_1 = 0.5 per report;
+    # L-GRR iff k < 3 e^eps_1 + 2 (= 6.95), else L-OSUE; numbers: L-Duchi
+    for a in policy.attributes:
+        assert (a.epsilon, a.epsilon_1) == (1.0, 0.5)
+    mechs = {a.name: a.longitudinal.name for a in policy.attributes if a.longitudinal is not None}
+    assert mechs == {"event_type": "L-OSUE", "category": "L-OSUE", "price": "L-Duchi", "device": "L-GRR",
+                     "country": "L-OSUE"}
+    # a report is marginally the one-round oracle at eps_1, and says so
+    assert policy.by_name["device"].params() == {"m": "GRR", "eps": 0.5, "k": 5}
     assert policy.by_name["country"].index_of("ZZ") == policy.by_name["country"].index_of("other")
     price = policy.by_name["price"]
-    assert (price.lo, price.hi, price.mechanism) == (0.0, 5000.0, "HM")
+    assert (price.lo, price.hi, price.mechanism) == (0.0, 5000.0, "Duchi")
     assert price.clamp(9999) == 5000.0 and price.clamp(None) == 0.0 and price.clamp(-3) == 0.0
-    # at a large epsilon GRR wins for the 31-value category domain too
-    assert LdpPolicy.from_schema(load_schema("clickstream-event.v1"), 4.0).by_name["category"].mechanism == "GRR"
 
 
 @pytest.mark.parametrize("patch", [
     {"epsilon": 0}, {"epsilon": "1"}, {"mechanism": "RAPPOR"}, {"out_of_domain": "nowhere"},
+    {"mechanism": "OLH"}, {"mechanism": "HM"}, {"epsilon": 1.0, "epsilon_1": 1.0}, {"epsilon_1": 0},
 ])
 def test_bad_ldp_policies_are_refused(patch: dict) -> None:
     doc = schema_document("clickstream-event.v1")
@@ -107,69 +110,79 @@ def test_feature_reports_hold_no_identifier_token_or_timestamp(keyring: Keyring)
         assert set(doc) <= {"schema", "source_schema", "hour_of_week", "features"}
 
 
-def test_repeated_reports_of_one_value_are_one_permanent_response(keyring: Keyring) -> None:
-    """1,000 reports of the same value by the same person reveal what one report does:
-    every emitted value is the identical memoized response, and epsilon is spent once."""
+def test_repeated_reports_of_one_value_share_one_memo_but_not_their_contents(keyring: Keyring) -> None:
+    """1,000 reports of the same values by the same person: one memo per value (eps_inf spent once,
+    later batches served from the cache), yet the reports differ - fresh instantaneous noise."""
     records = protected_records([_event(i) for i in range(1000)], keyring)
     store = MemoryMemoStore()
     priv = make_privatizer(store=store)
     res = priv.process(records[:400])
-    res2 = priv.process(records[400:])  # later batches: served from the cache
+    res2 = priv.process(records[400:])
     reports = [orjson.loads(r)["features"] for r in res.reports + res2.reports]
     assert len(reports) == 1000
-    for attr in ("event_type", "category", "price", "device", "country"):
-        distinct = {orjson.dumps(r[attr]) for r in reports}
-        assert len(distinct) == 1, attr
     assert res.epsilon_spent == {a: 1.0 for a in ("event_type", "category", "price", "device", "country")}
-    assert sum(res2.epsilon_spent.values()) == 0
-    assert res2.memo_hits == 600 * 5
+    assert sum(res2.epsilon_spent.values()) == 0 and res2.memo_hits == 600 * 5
+    (memos,) = store.memos.values()
+    assert len(memos) == 5
+    for attr in ("event_type", "category", "price", "device", "country"):
+        assert len({orjson.dumps(r[attr]["r"]) for r in reports}) > 1, attr
+    assert len({orjson.dumps(r) for r in reports}) > 900  # whole reports almost never repeat
 
 
 def test_a_fresh_process_resolves_the_same_memo_from_the_store(keyring: Keyring) -> None:
     records = protected_records([_event(0)], keyring)
     store, key = MemoryMemoStore(), b"k" * 32
-    first = make_privatizer(store=store, memo_key=key, seed=1).process(records)
-    second = make_privatizer(store=store, memo_key=key, seed=2).process(records)  # other randomness, same memo
-    assert orjson.loads(first.reports[0])["features"] == orjson.loads(second.reports[0])["features"]
-    assert sum(second.epsilon_spent.values()) == 0
+    first = make_privatizer(store=store, memo_key=key, seed=1)
+    first.process(records)
+    second = make_privatizer(store=store, memo_key=key, seed=2)  # other randomness, same memos
+    res = second.process(records)
+    assert sum(res.epsilon_spent.values()) == 0 and res.memo_resolved == 5
+    (memos,) = store.memos.values()
+    assert len(memos) == 5
 
 
-def test_budget_exhaustion_suppresses_and_never_spends_more(keyring: Keyring) -> None:
-    """Budget 3 epsilon per attribute at epsilon 1: three distinct categories are reported, the
-    fourth and later are suppressed (counted), repeats of memoized ones still go out."""
+def test_the_person_cap_spans_attributes_and_beyond_it_stand_ins_are_reported(keyring: Keyring) -> None:
+    """Cap 7 at eps_inf 1: the first event spends 5 (one memo per attribute), two more new values fit,
+    later new values get stand-ins - the attribute is still present - and the ledger never passes 7."""
     cats = ["books", "music", "toys", "shoes", "garden", "books"]
     records = protected_records([_event(i, category=c) for i, c in enumerate(cats)], keyring)
     store = MemoryMemoStore()
-    priv = make_privatizer(store=store, budget=3.0)
+    priv = make_privatizer(store=store, budget=7.0)
     res = priv.process(records)
-    assert res.suppressed["category"] == 2
-    assert res.reported["category"] == 4  # books, music, toys, books again
+    assert res.suppressed["category"] == 2  # shoes, garden
+    assert res.reported["category"] == 6  # every event reports every attribute
     assert res.epsilon_spent["category"] == 3.0
-    (budget,) = store.budgets.values()
-    assert budget["category"] == 3_000_000  # micro-epsilon, never above the budget
-    # other attributes are unaffected (one distinct value each)
-    assert res.reported["device"] == 6
-    # a later batch with yet another value is still suppressed
-    res2 = priv.process(protected_records([_event(9, category="tools")], keyring))
-    assert res2.suppressed["category"] == 1 and "category" not in orjson.loads(res2.reports[0])["features"]
+    (spent,) = store.ledgers.values()
+    assert spent == 7_000_000  # micro-epsilon: one ledger for the person, at the cap
+    feats = [orjson.loads(r)["features"] for r in res.reports]
+    assert all(set(f) == {"event_type", "category", "price", "device", "country"} for f in feats)
+    res2 = priv.process(protected_records([_event(9, category="tools", device="tablet")], keyring))
+    assert res2.suppressed == {"category": 1, "device": 1} and not res2.epsilon_spent
+    assert set(orjson.loads(res2.reports[0])["features"]) == {"event_type", "category", "price", "device", "country"}
 
 
-def test_fully_suppressed_events_emit_nothing(keyring: Keyring) -> None:
-    priv = make_privatizer(budget=1.0)
-    a = protected_records([_event(0)], keyring)
-    b = protected_records([_event(1, event_type="search", category="music", device="tablet", country="FR",
-                                  price=3.0)], keyring)
-    assert len(priv.process(a).reports) == 1
-    res = priv.process(b)
-    assert res.reports == [] and res.fully_suppressed == 1
+def test_stand_ins_carry_no_information_about_the_value(keyring: Keyring) -> None:
+    """Over the cap, the report of a person's device is the same law whatever the device is."""
+    n = 3000
+    dist = {}
+    for device in ("desktop", "tablet"):
+        priv = make_privatizer(budget=0.5, seed=7)  # below any memo's price: every report is a stand-in
+        events = [_event(i, user_id=f"u{i}", device=device) for i in range(n)]
+        res = priv.process(protected_records(events, keyring))
+        assert res.suppressed["device"] == n and not res.epsilon_spent
+        dist[device] = np.bincount([orjson.loads(r)["features"]["device"]["r"] for r in res.reports], minlength=5) / n
+    assert np.allclose(dist["desktop"], 0.2, atol=0.035) and np.allclose(dist["tablet"], 0.2, atol=0.035)
 
 
-def test_each_person_has_their_own_budget_and_memos(keyring: Keyring) -> None:
-    priv = make_privatizer(budget=1.0)
+def test_each_person_has_their_own_ledger_and_memos(keyring: Keyring) -> None:
+    store = MemoryMemoStore()
+    priv = make_privatizer(budget=5.0, store=store)
     recs = protected_records([_event(0, user_id="u1", category="books"), _event(1, user_id="u2", category="music")],
                              keyring)
     res = priv.process(recs)
     assert res.reported["category"] == 2 and not res.suppressed
+    assert sorted(store.ledgers.values()) == [5_000_000, 5_000_000]
+    assert all(re.fullmatch(r"[0-9a-f]{32}", lid) for lid in store.ledgers)  # ids hold no token
 
 
 def test_expired_epochs_are_not_reported(keyring: Keyring) -> None:
@@ -195,15 +208,16 @@ def test_memo_fields_never_hold_true_values(keyring: Keyring) -> None:
     assert all(re.fullmatch(r"[a-z_]+:[0-9a-f]{32}", f) for f in memos)
 
 
-def test_perturbation_uses_the_configured_epsilon(keyring: Keyring) -> None:
-    """Many people with the same true device: the share of truthful GRR reports is p = e^eps/(e^eps+k-1)."""
+def test_perturbation_uses_the_configured_epsilons(keyring: Keyring) -> None:
+    """Many people with the same true device: the share of truthful reports is GRR's p at eps_1."""
     eps, n = 1.0, 4000
     events = [_event(i, user_id=f"user-{i}", device="desktop") for i in range(n)]
     res = make_privatizer(epsilon=eps, seed=5).process(protected_records(events, keyring))
     policy = LdpPolicy.from_schema(load_schema("clickstream-event.v1"), eps)
     dev = policy.by_name["device"]
     truthful = sum(orjson.loads(r)["features"]["device"]["r"] == dev.index_of("desktop") for r in res.reports)
-    p = np.exp(eps) / (np.exp(eps) + dev.k - 1)
+    e1 = np.exp(dev.epsilon_1)
+    p = e1 / (e1 + dev.k - 1)
     se = np.sqrt(p * (1 - p) / n)
     assert abs(truthful / n - p) < 5 * se
 

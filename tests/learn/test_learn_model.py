@@ -22,7 +22,9 @@ from stream.learn import (
 from stream.synth import ClickstreamGenerator
 
 N = 20_000
-EXAMPLES, CLEAN = private_examples(N, epsilon=4.0, label_epsilon=4.0, seed=1)
+# features at eps_inf 8 per memo: 4 per report (eps_1 = eps_inf / 2), the level these figures were measured at;
+# the fixture randomizes the labels itself, at 4
+EXAMPLES, CLEAN = private_examples(N, epsilon=8.0, label_epsilon=4.0, seed=1)
 
 
 def test_a_model_learns_something_real_at_eps_4() -> None:
@@ -31,7 +33,7 @@ def test_a_model_learns_something_real_at_eps_4() -> None:
     a fast-moving model scored right after learning the session's previous events would look better
     than it is."""
     train, test = slice(0, 15_000), slice(15_000, N)
-    model = PropensityModel.for_policy(clickstream_policy(4.0))
+    model = PropensityModel.for_policy(clickstream_policy(8.0))
     for ex in EXAMPLES[train]:
         model.learn_one(ex)
     assert model.examples_seen == 15_000
