@@ -287,7 +287,7 @@ def _privacy_summary(console: Console, s: Settings, pv: subprocess.Popen[bytes],
                   "hour-of-week only)")
     table.add_row("epsilon per report", ", ".join(f"{a.name}: {a.epsilon:g} ({a.mechanism})" for a in policy.attributes))
     table.add_row("suppressed (budget spent)", f"{sum(stats.get('suppressed', {}).values()):,} attribute reports "
-                  f"(budget {s.ldp_budget_epsilon:g} epsilon per person, attribute and day)")
+                  f"(at most {s.ldp_person_epsilon:g} epsilon per person and day, every attribute and the label together)")
     table.add_row("memoized reports served", f"{stats.get('memo_hits', 0):,} from cache, "
                   f"{stats.get('memo_resolved', 0):,} resolved in Redis")
     table.add_row("estimate records -> " + t.frequencies, f"{len(freq):,}")

@@ -34,7 +34,7 @@ What it does
   the model learns, before partitions are revoked and at shutdown. A snapshot carries the
   metrics, ``examples_seen`` and the epsilon of the reports the model learned from: the
   label's epsilon, per attribute the feature epsilon seen, and the per-person,
-  per-attribute, per-epoch budget cap (``ldp_budget_epsilon``). Training is
+  per-epoch ledger cap (``ldp_person_epsilon``). Training is
   post-processing of local-DP reports, so the model adds no privacy cost of its own.
 * **Resume**: at start the worker reads ``models.snapshots`` from the beginning and keeps
   the newest snapshot of its model name whose signature verifies (unverifiable ones are
@@ -443,8 +443,8 @@ class LearnerEngine(StreamEngine):
         return {
             "label": self.label_epsilon,
             "features": {k: self.feature_epsilon[k] for k in sorted(self.feature_epsilon)},
-            "budget_per_person_attribute_epoch": self.settings.ldp_budget_epsilon,
-            "note": EPSILON_NOTE + "; budget_per_person_attribute_epoch is the cap the privatizer enforces",
+            "budget_per_person_epoch": self.settings.ldp_person_epsilon,
+            "note": EPSILON_NOTE + "; budget_per_person_epoch is the ledger cap the privatizer enforces",
         }
 
     def current_metrics(self) -> dict[str, float]:

@@ -42,7 +42,7 @@ from stream.crypto.keyring import Keyring
 from stream.engine import Out, Record, Result, StreamEngine
 from stream.errors import KeyUnavailableError, StreamgateError
 from stream.kafka import reader_from_beginning
-from stream.ldp.aggregate import WindowAggregator
+from stream.ldp.aggregate import MAX_REPORTS_PER_MEMO, WindowAggregator
 from stream.ldp.labels import LABEL_NAME, ExampleStub, SessionLabeler
 from stream.ldp.memo import MemoCache, RedisMemoStore
 from stream.ldp.oracle import secure_rng
@@ -231,8 +231,10 @@ class PrivatizerEngine(StreamEngine):
         grace_seconds: float = 5.0,
         idle_seconds: float = 5.0,
         metrics: WorkerMetrics | None = None,
+        max_reports_per_memo: int = MAX_REPORTS_PER_MEMO,
     ) -> None:
         super().__init__(settings, bootstrap=bootstrap, metrics=metrics, clock=clock)
+        self._m = max_reports_per_memo
         self.privatizer = privatizer
         self.stats = PrivatizerStats()
         self._grace, self._idle = grace_seconds, idle_seconds
@@ -277,7 +279,8 @@ class PrivatizerEngine(StreamEngine):
 
     def _aggregator(self) -> WindowAggregator:
         return WindowAggregator(self.privatizer.policy, window_seconds=self.settings.ldp_window_seconds,
-                                grace_seconds=self._grace, idle_seconds=self._idle, clock=self.clock)
+                                grace_seconds=self._grace, idle_seconds=self._idle, clock=self.clock,
+                                max_reports_per_memo=self._m)
 
     def _part(self, tp: tuple[str, int]) -> _Partition:
         part = self.parts.get(tp)

@@ -94,13 +94,20 @@ def _learner_out(s: Settings, engines: list[StreamEngine]) -> Counter[str]:
 
 
 def _erasure_inputs(s: Settings, n: int, seed: int) -> list[tuple[str, bytes]]:
+    """Erasure requests signed by the eraser (the authority), as `streamgate erase` writes them."""
     import uuid
 
+    from stream.crypto.keyring import Keyring
+    from stream.crypto.signing import signing_key
+    from stream.retention.core import sign_erasure_request
+    from stream.retention.receipts import rfc3339
+
+    key = signing_key(Keyring.from_settings(s), "erasure")
     out = []
     for i in range(n):
         rid = f"req-{seed}-{i}-{uuid.uuid4().hex[:6]}"
-        out.append((rid, orjson.dumps({"request_id": rid, "user_id": f"u{seed}-{i}",
-                                       "requested_at": "2026-11-30T00:00:00Z"})))
+        body = sign_erasure_request(key, rid, user_id=f"u{seed}-{i}", requested_at=rfc3339(time.time()))
+        out.append((rid, orjson.dumps(body)))
     return out
 
 
@@ -129,7 +136,7 @@ HARNESSES = {
 def _settings(settings_factory: Any, unique_id: str, **kw: Any) -> Settings:
     values: dict[str, Any] = dict(
         batch_max_events=200, retry_backoff_seconds=0.2, retry_backoff_max_seconds=1.0, ldp_seed=3,
-        ldp_budget_epsilon=1000.0, ldp_window_seconds=2.0, learn_snapshot_every=300,
+        ldp_person_epsilon=1000.0, ldp_window_seconds=2.0, learn_snapshot_every=300,
         learn_snapshot_interval_seconds=2.0, shredder_interval_seconds=1.0,
         learner_consumer_group=f"sgl-{unique_id}", privatizer_consumer_group=f"sgp-{unique_id}",
         shredder_consumer_group=f"sgs-{unique_id}", stall_seconds=5.0,
@@ -370,15 +377,16 @@ def test_privatizer_windows_survive_a_crash(settings_factory, unique_id):
     s = _settings(settings_factory, unique_id, ldp_window_seconds=3600.0)
     h = HARNESSES["privatizer"]
     sent = h.inputs(s, 1000, 7)
+    uncapped = 10**6  # no per-memo count cap: n must count every report exactly once
     bootstrap = s.kafka_bootstrap_or_dev()
     publish(bootstrap, s.topics.protected, [v for _, v in sent[:600]])
-    first = crashing(h.make(s))
+    first = crashing(PrivatizerEngine(s, build_privatizer(s), max_reports_per_memo=uncapped))
     with running_in_thread(first, "privatizer 1"):
         wait_for(lambda: first.stats.consumed >= 600, what="the first 600")  # type: ignore[attr-defined]
         time.sleep(1.0)  # their partials delivered
     assert first.stats.windows_published == 0  # type: ignore[attr-defined]
     publish(bootstrap, s.topics.protected, [v for _, v in sent[600:]])
-    second = h.make(s)
+    second = PrivatizerEngine(s, build_privatizer(s), max_reports_per_memo=uncapped)
     with running_in_thread(second, "privatizer 2"):
         wait_for(lambda: second.stats.consumed >= 400, what="the rest")  # type: ignore[attr-defined]
     # the graceful stop of the second publishes the open windows: they hold every report once
@@ -391,4 +399,6 @@ def test_privatizer_windows_survive_a_crash(settings_factory, unique_id):
     print(f"\nCONFORMANCE windows-crash privatizer: inputs={len(sent)} estimate_n={counts} "
           f"expected={dict(offline.reported)}")
     assert counts == dict(offline.reported)
+    # the restored window says its memos may count up to 2 m times (error bars stay upper bounds)
+    assert {r["max_reports_per_memo"] for r in merged} == {2 * uncapped}
 

@@ -128,7 +128,7 @@ def test_learns_skips_counts_and_commits_only_what_a_snapshot_covers(settings_fa
     assert last.epsilon["label"] == 4.0
     assert set(last.epsilon["features"]) == {"event_type", "category", "price", "device", "country"}
     assert set(last.epsilon["features"].values()) == {4.0}
-    assert last.epsilon["budget_per_person_attribute_epoch"] == settings.ldp_budget_epsilon
+    assert last.epsilon["budget_per_person_epoch"] == settings.ldp_person_epsilon
     assert "post-processing" in last.epsilon["note"]
 
     # metrics: events in, snapshots out, the model's gauges

@@ -46,7 +46,7 @@ def _protect_and_publish(settings: Settings, events: list[dict]) -> list[tuple[b
 
 
 def test_privatizer_end_to_end(settings_factory, redis_client: redis.Redis) -> None:
-    settings = settings_factory(ldp_epsilon=2.0, ldp_budget_epsilon=1000.0, ldp_window_seconds=2.0, ldp_seed=1)
+    settings = settings_factory(ldp_epsilon=2.0, ldp_person_epsilon=1000.0, ldp_window_seconds=2.0, ldp_seed=1)
     t = settings.topics
     bootstrap = settings.kafka_bootstrap_or_dev()
     ensure_topics(bootstrap, [t.protected, t.features, t.frequencies], partitions=2)
@@ -83,7 +83,7 @@ def test_privatizer_end_to_end(settings_factory, redis_client: redis.Redis) -> N
     assert all(output_validator("frequency-estimate.v1")(rec) == [] for rec in recs)
     assert {r.key for r in freq} <= {b"event_type", b"category", b"price", b"device", b"country"}
     merged = {r["attribute"]: r for r in merge_records(engine.privatizer.policy, recs)}
-    assert merged["event_type"]["n"] == N
+    assert 0.5 * N < merged["event_type"]["n"] <= N  # each memo counts at most m times per window
     truth = Counter(e["event_type"] for e in events)
     for v in merged["event_type"]["values"]:
         # reports of one person are memoized (correlated), so allow more than the i.i.d. error bars
@@ -97,9 +97,10 @@ def test_privatizer_end_to_end(settings_factory, redis_client: redis.Redis) -> N
     assert memo_keys and all(redis_client.ttl(k) > 0 for k in memo_keys[:50])
 
 
-def test_replay_reemits_identical_reports_and_spends_nothing(settings_factory) -> None:
-    """At-least-once: a second consumer group re-reading the same records resolves the same memos."""
-    settings = settings_factory(ldp_window_seconds=60.0, ldp_budget_epsilon=1000.0)
+def test_replay_reemits_reports_and_spends_nothing(settings_factory) -> None:
+    """At-least-once: a second consumer group re-reading the same records resolves the same memos
+    (nothing more is spent); each report's instantaneous round is fresh, so no report repeats."""
+    settings = settings_factory(ldp_window_seconds=60.0, ldp_person_epsilon=1000.0)
     t = settings.topics
     bootstrap = settings.kafka_bootstrap_or_dev()
     ensure_topics(bootstrap, [t.protected, t.features, t.frequencies], partitions=1)
@@ -114,9 +115,6 @@ def test_replay_reemits_identical_reports_and_spends_nothing(settings_factory) -
     assert sum(second.stats.epsilon_spent.values()) == 0
     feats = read_topic(bootstrap, t.features, expect=1000)
     assert len(feats) == 1000
-    first_pass = Counter(r.value for r in feats[:500]) if len({r.partition for r in feats}) == 1 else None
-    if first_pass is not None:
-        assert Counter(r.value for r in feats[500:]) == first_pass
 
 
 def test_redis_down_holds_the_batch(settings_factory, own_redis: OwnRedis) -> None:
@@ -141,7 +139,7 @@ def test_labelled_examples_are_released_when_sessions_end(settings_factory) -> N
     """With labelled examples on, every reported event also yields one private-example.v1 record once its
     session has been idle for the gap; at label epsilon 20 (flip probability 2e-9) the randomized labels
     count exactly the events of the sessions that contain a purchase."""
-    settings = settings_factory(ldp_budget_epsilon=1000.0, ldp_seed=5, learn_label_epsilon=20.0,
+    settings = settings_factory(ldp_person_epsilon=1000.0, ldp_seed=5, learn_label_epsilon=20.0,
                                 learn_session_gap_seconds=1.0)
     t = settings.topics
     bootstrap = settings.kafka_bootstrap_or_dev()
