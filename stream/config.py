@@ -260,3 +260,24 @@ class Settings(BaseSettings):
         from stream.dev.stack import DevStack
 
         return DevStack(self.state_dir).require_running().redis_url
+
+
+def settings_markdown() -> str:
+    """docs/settings.md: every setting, its environment variable, default and description."""
+    rows = ["# Settings", "",
+            "Every setting is an environment variable (`STREAMGATE_` + the name in capitals); topic names are",
+            "`STREAMGATE_TOPIC_<NAME>`. Generated from `stream/config.py` by",
+            "`python -c 'from stream.config import settings_markdown as m; print(m(), end=\"\")' > docs/settings.md`",
+            "(a test checks it is current).", "",
+            "| variable | default | what it does |", "|---|---|---|"]
+    for name, field in Settings.model_fields.items():
+        if name == "topics":
+            continue
+        default = field.default if field.default_factory is None else "(computed)"
+        shown = "unset" if default is None else f"`{default}`"
+        desc = (field.description or "").replace("|", "\\|").replace("\n", " ")
+        rows.append(f"| `STREAMGATE_{name.upper()}` | {shown} | {desc} |")
+    rows += ["", "| topic variable | default |", "|---|---|"]
+    for name, field in TopicNames.model_fields.items():
+        rows.append(f"| `STREAMGATE_TOPIC_{name.upper()}` | `{field.default}` |")
+    return "\n".join(rows) + "\n"

@@ -377,7 +377,8 @@ def test_secrets_script_writes_0600_role_credentials_and_a_matching_user_table(t
     assert {p: p.read_bytes() for p in before} == before
 
 
-def test_readme_never_makes_a_key_world_readable() -> None:
-    text = (REPO / "README.md").read_text()
-    assert not re.search(r"chmod\s+0?6[4-7][4-7]", text)
-    assert "**Key roles**" in text and "| verifier |" in text
+def test_docs_never_make_a_key_world_readable() -> None:
+    for doc in [REPO / "README.md", *sorted((REPO / "docs").glob("*.md"))]:
+        assert not re.search(r"chmod\s+0?6[4-7][4-7]", doc.read_text()), doc.name
+    ops = (REPO / "docs" / "operations.md").read_text()
+    assert "**Key roles**" in ops and "| verifier |" in ops
