@@ -150,10 +150,14 @@ def run_latency_bench(
     seed: int = 5,
     producer: dict[str, Any] | None = None,
     consumer: dict[str, Any] | None = None,
+    pipeline: bool = True,
     say: Callable[[str], None] = print,
 ) -> LatencyResult:
     """Latency per offered rate and path (module docstring). ``producer`` / ``consumer``: client
-    settings over the defaults of :mod:`stream.kafka`, for every client (workers and this bench)."""
+    settings over the defaults of :mod:`stream.kafka`, for every client (workers and this bench).
+    ``pipeline=False``: no privatizer (the gateway alone on the cores)."""
+    if not rates or min(rates) <= 0 or seconds <= 0 or warmup < 0:
+        raise ValueError("at least one rate, each > 0; seconds > 0; warmup >= 0")
     bootstrap = settings.kafka_bootstrap_or_dev()
     run = uuid.uuid4().hex[:8]
     topics = TopicNames(raw=f"bench.lat.raw.{run}", protected=f"bench.lat.protected.{run}",
@@ -186,21 +190,23 @@ def run_latency_bench(
         j = v.find(_EVENT_ID)
         seq_of[v[j + 12 : j + 48]] = i
 
-    say("starting the gateway and the privatizer (one process each) ...")
+    say("starting the gateway" + (" and the privatizer (one process each)" if pipeline else " (one process)") + " ...")
     gw = start_workers("gateway", s, 1, gated=False, tweaks=tweaks)
-    priv = start_workers("privatizer", s, 1, gated=False, tweaks=tweaks)
+    priv = start_workers("privatizer", s, 1, gated=False, tweaks=tweaks) if pipeline else None
     readers = {
         "kafka": _Reader(bootstrap, topics.raw, partitions, cconf, ids=True),
         "gateway": _Reader(bootstrap, topics.protected, partitions, cconf, ids=True),
-        "pipeline": _Reader(bootstrap, topics.features, partitions, cconf, ids=False),
     }
+    if pipeline:
+        readers["pipeline"] = _Reader(bootstrap, topics.features, partitions, cconf, ids=False)
     stack = stack_pids(s)
     result = LatencyResult([], info)
     prod = Producer(producer_config(bootstrap, **{"client.id": "bench-latency", **pconf}))
     sent_at: list[float] = []
     try:
         gw.wait_assigned(partitions)
-        priv.wait_assigned(partitions)
+        if priv is not None:
+            priv.wait_assigned(partitions)
         for r in readers.values():
             r.start()
         start = 0
@@ -208,15 +214,13 @@ def run_latency_bench(
             n = int(rate * (warmup + seconds))
             skip = int(rate * warmup)
             say(f"offering {rate:,} events/s for {warmup + seconds:g} s ...")
-            meter = CpuMeter({"broker": [stack["broker"]], "redis": [stack["redis"]],
-                              "gateway": gw.pids, "privatizer": priv.pids})
+            meter = CpuMeter({"broker": [stack["broker"]], "redis": [stack["redis"]], "gateway": gw.pids,
+                              **({"privatizer": priv.pids} if priv is not None else {})})
             meter.start()
             achieved = _pace(prod, topics.raw, events[start : start + n], rate, sent_at)
             prod.flush(30)
             deadline = time.monotonic() + 30
-            while time.monotonic() < deadline and min(len(readers["kafka"].arrivals),
-                                                      len(readers["gateway"].arrivals),
-                                                      len(readers["pipeline"].arrivals)) < start + n:
+            while time.monotonic() < deadline and min(len(r.arrivals) for r in readers.values()) < start + n:
                 time.sleep(0.05)
             result.cpu[rate] = meter.stop()
             counted = range(start + skip, start + n)
@@ -247,7 +251,8 @@ def run_latency_bench(
             if r.is_alive():
                 r.join(5)
         gw.close()
-        priv.close()
+        if priv is not None:
+            priv.close()
     return result
 
 

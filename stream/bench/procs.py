@@ -71,16 +71,16 @@ def _engine(kind: str, settings: Settings, tweaks: dict[str, dict[str, Any]] | N
         def extra_producer_config(self) -> dict[str, Any]:
             return {**super().extra_producer_config(), **(tweaks or {}).get("producer", {})}
 
-        def _consume(self) -> list[Any]:  # noqa: ANN401
+        def _consume(self) -> list[Any]:
             consumer = self._consumer
             if not self._gated or self.gate is None:
-                return super()._consume()  # type: ignore[no-any-return]
+                return super()._consume()
             with contextlib.suppress(KafkaException):
                 if consumer.assignment():
                     if self.gate.is_set():
                         consumer.resume(consumer.assignment())
                         self._gated = False
-                        return super()._consume()  # type: ignore[no-any-return]
+                        return super()._consume()
                     consumer.pause(consumer.assignment())
             msgs = consumer.consume(num_messages=500, timeout=0.05)
             self._check_fatal()
@@ -145,7 +145,7 @@ class WorkerGroup:
         if not gated:
             self.gate.set()
         self.stop = _CTX.Event()
-        self.assigned = _CTX.Array("i", n)
+        self.assigned: Any = _CTX.Array("i", n)
         self.done = _CTX.Value("q", 0)
         self.out: Any = _CTX.Queue()
         self.procs = [
@@ -166,7 +166,7 @@ class WorkerGroup:
         deadline = time.monotonic() + timeout
         since: float | None = None
         while time.monotonic() < deadline:
-            counts = list(self.assigned)
+            counts = self.assigned[:]
             if all(c > 0 for c in counts) and sum(counts) == partitions:
                 since = since or time.monotonic()
                 if time.monotonic() - since >= stable:
@@ -176,7 +176,7 @@ class WorkerGroup:
             if any(not p.is_alive() for p in self.procs):
                 raise RuntimeError(f"a {self.kind} process exited early: {self.reports(1.0)}")
             time.sleep(0.05)
-        raise RuntimeError(f"{self.kind}: group did not settle within {timeout:.0f} s (assigned {list(self.assigned)})")
+        raise RuntimeError(f"{self.kind}: group did not settle within {timeout:.0f} s (assigned {self.assigned[:]})")
 
     def open(self) -> None:
         self.gate.set()
