@@ -303,7 +303,10 @@ class CpuMeter:
             self.shares[n] = None if c is None or n not in self._c0 else (c - self._c0[n]) / wall / self.ncpu
         m1 = _machine_busy()
         if self._m0 is not None and m1 is not None and m1[1] > self._m0[1]:
-            self.shares["machine"] = (m1[0] - self._m0[0]) / (m1[1] - self._m0[1])
+            machine = (m1[0] - self._m0[0]) / (m1[1] - self._m0[1])
+            ours = sum(v for v in self.shares.values() if v is not None)
+            self.shares["other"] = max(0.0, machine - ours)
+            self.shares["machine"] = machine
         return self.shares
 
 

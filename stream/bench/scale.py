@@ -13,6 +13,7 @@ the workers, so the ratio's ceiling is what they leave.
 
 from __future__ import annotations
 
+import os
 import time
 import uuid
 from collections.abc import Callable, Sequence
@@ -39,6 +40,13 @@ class ScalePhase:
     reports: list[WorkerReport]
     cpu: dict[str, float | None] = field(default_factory=dict)  # name -> share of all cores
     seconds: float = 0.0  # wall time of the measured interval
+    ncpu: int = 1
+
+    @property
+    def per_cpu_second(self) -> float:
+        """Events per CPU-second the workers used (what scaling keeps when cores are free)."""
+        w = self.cpu.get("workers")
+        return self.rate / (w * self.ncpu) if w else 0.0
 
     @property
     def consumed(self) -> int:
@@ -127,7 +135,8 @@ def run_scale_bench(
             group = start_workers(w, s, n, target=counts[w])
             try:
                 group.wait_assigned(partitions)
-                meter = CpuMeter({"broker": [stack["broker"]], "redis": [stack["redis"]], "workers": group.pids})
+                meter = CpuMeter({"broker": [stack["broker"]], "redis": [stack["redis"]], "workers": group.pids,
+                                  "bench": [os.getpid()]})
                 meter.start()
                 group.open()
                 deadline = time.monotonic() + max(120.0, counts[w] / 200)
@@ -139,7 +148,7 @@ def run_scale_bench(
                 reports = group.reports()
             finally:
                 group.close()
-            phase = ScalePhase(w, n, counts[w], reports, cpu, meter.seconds)
+            phase = ScalePhase(w, n, counts[w], reports, cpu, meter.seconds, meter.ncpu)
             for r in reports:
                 if r.error:
                     say(f"    process {r.index} failed: {r.error}")
@@ -150,8 +159,8 @@ def run_scale_bench(
 
 def format_scale(r: ScaleResult) -> str:
     """The table printed by ``streamgate bench scale``."""
-    lines = [f"{'worker':<11}{'procs':>5}  {'per process (events, events/s)':<46}{'total ev/s':>11}"
-             f"{'broker':>8}{'redis':>8}{'workers':>9}{'machine':>9}"]
+    lines = [f"{'worker':<11}{'procs':>5}  {'per process (events @ events/s)':<46}{'total ev/s':>11}"
+             f"{'broker':>8}{'redis':>7}{'workers':>9}{'other':>7}{'machine':>9}{'ev/worker-cpu-s':>17}"]
     for p in r.phases:
         per = ", ".join(f"#{x.index} {x.consumed:,} @ {x.rate:,.0f}" for x in p.reports)
 
@@ -160,8 +169,11 @@ def format_scale(r: ScaleResult) -> str:
             return "n/a" if v is None else f"{v:.0%}"
 
         lines.append(f"{p.worker:<11}{p.processes:>5}  {per:<46}{p.rate:>11,.0f}"
-                     f"{pct('broker'):>8}{pct('redis'):>8}{pct('workers'):>9}{pct('machine'):>9}")
-    lines.append("(CPU: share of all cores during the phase; machine = everything, other users included)")
+                     f"{pct('broker'):>8}{pct('redis'):>7}{pct('workers'):>9}{pct('other'):>7}{pct('machine'):>9}"
+                     f"{p.per_cpu_second:>17,.0f}")
+    ncpu = r.phases[0].ncpu if r.phases else 1
+    lines.append(f"(CPU: share of all {ncpu} cores during the phase; other = processes outside this benchmark; "
+                 "machine = everything)")
     for w in dict.fromkeys(p.worker for p in r.phases):
         if r.phase(w, 1) and r.phase(w, 2):
             lines.append(f"ratio {w} 2 / 1 processes: {r.ratio(w):.2f}   (target >= 1.5)")
