@@ -23,6 +23,7 @@ throughput only through smaller batches (``streamgate bench gateway`` shows it).
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 import uuid
@@ -214,7 +215,8 @@ def run_latency_bench(
             n = int(rate * (warmup + seconds))
             skip = int(rate * warmup)
             say(f"offering {rate:,} events/s for {warmup + seconds:g} s ...")
-            meter = CpuMeter({"broker": [stack["broker"]], "redis": [stack["redis"]], "gateway": gw.pids,
+            meter = CpuMeter({"broker": [stack["broker"]], "redis": [stack["redis"]], "bench": [os.getpid()],
+                              "gateway": gw.pids,
                               **({"privatizer": priv.pids} if priv is not None else {})})
             meter.start()
             achieved = _pace(prod, topics.raw, events[start : start + n], rate, sent_at)
