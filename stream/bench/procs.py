@@ -40,6 +40,8 @@ class WorkerReport:
     first_at: float | None  # time.monotonic() (system-wide on Linux: comparable across processes)
     last_at: float | None
     error: str | None = None
+    rewound: int = 0  # partitions rewound while gated
+    seek_failed: int = 0  # rewinds that failed (their records would be skipped: the phase stalls)
 
 
 def _engine(kind: str, settings: Settings, tweaks: dict[str, dict[str, Any]] | None = None) -> Any:
@@ -63,7 +65,9 @@ def _engine(kind: str, settings: Settings, tweaks: dict[str, dict[str, Any]] | N
 
         gate: Any = None
         on_idle: Any = None
-        _gated = True
+        rewound = 0  # partitions rewound while gated (records fetched before the pause)
+        seek_failed = 0
+        _resumed: frozenset[tuple[str, int]] = frozenset()
 
         def extra_consumer_config(self) -> dict[str, Any]:
             return {**super().extra_consumer_config(), **(tweaks or {}).get("consumer", {})}
@@ -73,14 +77,16 @@ def _engine(kind: str, settings: Settings, tweaks: dict[str, dict[str, Any]] | N
 
         def _consume(self) -> list[Any]:
             consumer = self._consumer
-            if not self._gated or self.gate is None:
+            if self.gate is None or self.gate.is_set():
+                # resume whatever is assigned now (a pause can outlive a rebalance in the client)
+                with contextlib.suppress(KafkaException):
+                    now = frozenset(self.assigned)
+                    if now != self._resumed:
+                        consumer.resume([TopicPartition(t, p) for t, p in now])
+                        self._resumed = now
                 return super()._consume()
             with contextlib.suppress(KafkaException):
                 if consumer.assignment():
-                    if self.gate.is_set():
-                        consumer.resume(consumer.assignment())
-                        self._gated = False
-                        return super()._consume()
                     consumer.pause(consumer.assignment())
             msgs = consumer.consume(num_messages=500, timeout=0.05)
             self._check_fatal()
@@ -90,9 +96,12 @@ def _engine(kind: str, settings: Settings, tweaks: dict[str, dict[str, Any]] | N
                     tp = (m.topic(), m.partition())
                     rewind[tp] = min(m.offset(), rewind.get(tp, m.offset()))
             for (t, p), o in rewind.items():
-                with contextlib.suppress(KafkaException):
+                try:
                     consumer.seek(TopicPartition(t, p, o))
                     consumer.pause([TopicPartition(t, p)])
+                    self.rewound += 1
+                except KafkaException:
+                    self.seek_failed += 1
             if self.on_idle is not None:
                 self.on_idle(len(self.assigned))
             return []
@@ -132,7 +141,8 @@ def _child(kind: str, settings: Settings, index: int, gate: Any, assigned: Any, 
     except Exception as exc:  # reported to the parent, which says so
         error = f"{type(exc).__name__}: {exc}"
     st = engine.stats
-    out.put(WorkerReport(index, os.getpid(), st.consumed, st.rate(), st.first_event_at, st.last_event_at, error))
+    out.put(WorkerReport(index, os.getpid(), st.consumed, st.rate(), st.first_event_at, st.last_event_at, error,
+                         engine.rewound, engine.seek_failed))
 
 
 class WorkerGroup:
@@ -185,9 +195,8 @@ class WorkerGroup:
         return self.target is not None and self.done.value >= self.target
 
     def reports(self, timeout: float = 120.0) -> list[WorkerReport]:
-        """Every member's report (stops them first when there is no target)."""
-        if self.target is None:
-            self.stop.set()
+        """Every member's report (asks them to stop first: once the target was reached, or not)."""
+        self.stop.set()
         got: list[WorkerReport] = []
         deadline = time.monotonic() + timeout
         while len(got) < self.n and time.monotonic() < deadline:

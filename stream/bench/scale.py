@@ -31,6 +31,9 @@ from stream.synth import ClickstreamGenerator
 
 __all__ = ["ScalePhase", "ScaleResult", "format_scale", "run_scale_bench"]
 
+#: A phase that made no progress for this long is stopped (and reported as such).
+STALL_SECONDS = 30.0
+
 
 @dataclass
 class ScalePhase:
@@ -139,11 +142,16 @@ def run_scale_bench(
                                   "bench": [os.getpid()]})
                 meter.start()
                 group.open()
-                deadline = time.monotonic() + max(120.0, counts[w] / 200)
-                while not group.finished() and time.monotonic() < deadline:
+                last, moved = -1, time.monotonic()
+                while not group.finished() and time.monotonic() - moved < STALL_SECONDS:
                     if not any(p.is_alive() for p in group.procs):
                         break
+                    if group.done.value != last:
+                        last, moved = group.done.value, time.monotonic()
                     time.sleep(0.01)
+                if not group.finished():
+                    say(f"    stopped: {group.done.value:,} of {counts[w]:,} events after no progress for "
+                        f"{STALL_SECONDS:.0f} s")
                 cpu = meter.stop()
                 reports = group.reports()
             finally:
@@ -152,6 +160,10 @@ def run_scale_bench(
             for r in reports:
                 if r.error:
                     say(f"    process {r.index} failed: {r.error}")
+                if r.seek_failed:
+                    say(f"    process {r.index}: {r.seek_failed} rewind(s) failed while gated")
+            if len(reports) < n:
+                say(f"    only {len(reports)} of {n} processes reported")
             say(f"    {phase.consumed:,} events, {phase.rate:,.0f} events/s total")
             result.phases.append(phase)
     return result
@@ -159,21 +171,24 @@ def run_scale_bench(
 
 def format_scale(r: ScaleResult) -> str:
     """The table printed by ``streamgate bench scale``."""
-    lines = [f"{'worker':<11}{'procs':>5}  {'per process (events @ events/s)':<46}{'total ev/s':>11}"
+    lines = [f"{'worker':<11}{'procs':>5}  {'per process (events @ events/s)':<56}{'total ev/s':>11}"
              f"{'broker':>8}{'redis':>7}{'workers':>9}{'other':>7}{'machine':>9}{'ev/worker-cpu-s':>17}"]
     for p in r.phases:
-        per = ", ".join(f"#{x.index} {x.consumed:,} @ {x.rate:,.0f}" for x in p.reports)
+        t0 = min((x.first_at for x in p.reports if x.first_at is not None), default=0.0)
+        per = ", ".join(f"#{x.index} {x.consumed:,} @ {x.rate:,.0f}"
+                        + (f" (+{x.first_at - t0:.2f} s)" if p.processes > 1 and x.first_at is not None else "")
+                        for x in p.reports)
 
         def pct(name: str, p: ScalePhase = p) -> str:
             v = p.cpu.get(name)
             return "n/a" if v is None else f"{v:.0%}"
 
-        lines.append(f"{p.worker:<11}{p.processes:>5}  {per:<46}{p.rate:>11,.0f}"
+        lines.append(f"{p.worker:<11}{p.processes:>5}  {per:<56}{p.rate:>11,.0f}"
                      f"{pct('broker'):>8}{pct('redis'):>7}{pct('workers'):>9}{pct('other'):>7}{pct('machine'):>9}"
                      f"{p.per_cpu_second:>17,.0f}")
     ncpu = r.phases[0].ncpu if r.phases else 1
     lines.append(f"(CPU: share of all {ncpu} cores during the phase; other = processes outside this benchmark; "
-                 "machine = everything)")
+                 "machine = everything;\n +x s: how much later than the group's first event a process began)")
     for w in dict.fromkeys(p.worker for p in r.phases):
         if r.phase(w, 1) and r.phase(w, 2):
             lines.append(f"ratio {w} 2 / 1 processes: {r.ratio(w):.2f}   (target >= 1.5)")

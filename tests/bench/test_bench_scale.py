@@ -30,7 +30,8 @@ def test_bench_scale_small(settings_factory: Callable[..., Settings]) -> None:
     assert math.isfinite(r.ratio("gateway")) and r.ratio("privatizer") >= 0
     text = format_scale(r)
     assert "ratio gateway 2 / 1 processes" in text and "ratio privatizer 2 / 1 processes" in text
-    assert len(text.splitlines()) == 1 + 4 + 1 + 2
+    rows = [line for line in text.splitlines() if line.startswith(("gateway ", "privatizer "))]
+    assert len(rows) == 4
     assert any("events/s total" in line for line in said)
 
 
