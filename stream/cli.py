@@ -322,7 +322,7 @@ def bench_gateway(events: int, invalid_rate: float) -> None:
 
 
 @bench.command("scale")
-@click.option("--events", "events", type=int, default=40_000, show_default=True, help="Events per worker.")
+@click.option("--events", "events", type=int, default=100_000, show_default=True, help="Events per worker.")
 @click.option("--partitions", type=int, default=4, show_default=True, help="Partitions of the input topics.")
 @click.option("--worker", "workers", type=click.Choice(["gateway", "privatizer"]), multiple=True,
               help="Worker(s) to measure (default: both).")
@@ -346,8 +346,9 @@ def bench_scale(events: int, partitions: int, workers: tuple[str, ...]) -> None:
 @click.option("--linger-ms", type=int, default=None, help="Override the producers' linger.ms.")
 @click.option("--fetch-wait-ms", type=int, default=None, help="Override the consumers' fetch.wait.max.ms.")
 @click.option("--batch-wait", type=float, default=None, help="Override STREAMGATE_BATCH_MAX_WAIT_SECONDS.")
+@click.option("--gateway-only", is_flag=True, help="No privatizer: the gateway alone on the cores.")
 def bench_latency(rates: str, seconds: float, warmup: float, partitions: int, linger_ms: int | None,
-                  fetch_wait_ms: int | None, batch_wait: float | None) -> None:
+                  fetch_wait_ms: int | None, batch_wait: float | None, gateway_only: bool) -> None:
     """End-to-end latency (p50/p99/max) at fixed offered rates: produce -> clicks.protected / features.private."""
     from stream.bench.latency import format_latency, run_latency_bench
 
@@ -364,7 +365,7 @@ def bench_latency(rates: str, seconds: float, warmup: float, partitions: int, li
         base = base.model_copy(update={"batch_max_wait_seconds": batch_wait})
     with bench_settings(base) as s:
         r = run_latency_bench(s, rates=offered, seconds=seconds, warmup=warmup, partitions=partitions,
-                              producer=producer, consumer=consumer, say=click.echo)
+                              producer=producer, consumer=consumer, pipeline=not gateway_only, say=click.echo)
     click.echo("")
     click.echo(format_latency(r))
     five = r.row(5000, "gateway")

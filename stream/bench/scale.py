@@ -20,13 +20,14 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import orjson
+from confluent_kafka import Consumer, TopicPartition
 
 from stream.apps.produce import publish
 from stream.bench.procs import CpuMeter, WorkerReport, stack_pids, start_workers
 from stream.components import build_gateway
 from stream.config import Settings, TopicNames
 from stream.gateway.core import RawRecord
-from stream.kafka import ensure_topics
+from stream.kafka import consumer_config, ensure_topics
 from stream.synth import ClickstreamGenerator
 
 __all__ = ["ScalePhase", "ScaleResult", "format_scale", "run_scale_bench"]
@@ -93,10 +94,20 @@ def _privatizer_input(settings: Settings, bootstrap: str, topic: str, events: in
     return publish(bootstrap, topic, protected)  # keyed by the token (user_id field)
 
 
+def _commit_start(bootstrap: str, group: str, topic: str, partitions: int) -> None:
+    """Commit offset 0 of every partition for the (still empty) group, so its members start
+    fetching from a committed offset (no offset reset while the gate holds them paused)."""
+    c = Consumer(consumer_config(bootstrap, group))
+    try:
+        c.commit(offsets=[TopicPartition(topic, p, 0) for p in range(partitions)], asynchronous=False)
+    finally:
+        c.close()
+
+
 def run_scale_bench(
     settings: Settings,
     *,
-    events: int = 40_000,
+    events: int = 100_000,
     partitions: int = 4,
     processes: Sequence[int] = (1, 2),
     workers: Sequence[str] = ("gateway", "privatizer"),
@@ -134,6 +145,7 @@ def run_scale_bench(
             outs = [topics.protected, topics.dlq] if w == "gateway" else [topics.features, topics.frequencies,
                                                                         topics.partials]
             ensure_topics(bootstrap, outs, partitions=partitions)
+            _commit_start(bootstrap, s.consumer_group, inputs[w], partitions)
             say(f"{w} x{n}: starting {n} process(es), waiting for the group to settle ...")
             group = start_workers(w, s, n, target=counts[w])
             try:
