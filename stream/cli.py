@@ -358,6 +358,58 @@ def bench_gateway(events: int, invalid_rate: float) -> None:
     click.echo(f"pure core alone (no Kafka): {r.core_rate:,.0f} events/s")
 
 
+@bench.command("scale")
+@click.option("--events", "events", type=int, default=100_000, show_default=True, help="Events per worker.")
+@click.option("--partitions", type=int, default=4, show_default=True, help="Partitions of the input topics.")
+@click.option("--worker", "workers", type=click.Choice(["gateway", "privatizer"]), multiple=True,
+              help="Worker(s) to measure (default: both).")
+def bench_scale(events: int, partitions: int, workers: tuple[str, ...]) -> None:
+    """Gateway and privatizer with 1, then 2 processes in one consumer group: events/s and 2-vs-1 ratio."""
+    from stream.bench.scale import format_scale, run_scale_bench
+
+    with bench_settings(_settings()) as s:
+        r = run_scale_bench(s, events=events, partitions=partitions, workers=workers or ("gateway", "privatizer"),
+                            say=click.echo)
+    click.echo("")
+    click.echo(format_scale(r))
+
+
+@bench.command("latency")
+@click.option("--rates", default="1000,5000,20000", show_default=True, help="Offered events/s, comma-separated.")
+@click.option("--seconds", type=float, default=4.0, show_default=True, help="Measured seconds per rate.")
+@click.option("--warmup", type=float, default=1.0, show_default=True, help="Seconds per rate not counted.")
+@click.option("--partitions", type=int, default=1, show_default=True,
+              help="Partitions per topic (1: features.private is matched exactly).")
+@click.option("--linger-ms", type=int, default=None, help="Override the producers' linger.ms.")
+@click.option("--fetch-wait-ms", type=int, default=None, help="Override the consumers' fetch.wait.max.ms.")
+@click.option("--batch-wait", type=float, default=None, help="Override STREAMGATE_BATCH_MAX_WAIT_SECONDS.")
+@click.option("--gateway-only", is_flag=True, help="No privatizer: the gateway alone on the cores.")
+def bench_latency(rates: str, seconds: float, warmup: float, partitions: int, linger_ms: int | None,
+                  fetch_wait_ms: int | None, batch_wait: float | None, gateway_only: bool) -> None:
+    """End-to-end latency (p50/p99/max) at fixed offered rates: produce -> clicks.protected / features.private."""
+    from stream.bench.latency import format_latency, run_latency_bench
+
+    try:
+        offered = [int(x) for x in rates.split(",") if x.strip()]
+    except ValueError:
+        raise click.BadParameter("comma-separated integers, e.g. 1000,5000", param_hint="--rates") from None
+    if not offered or min(offered) <= 0:
+        raise click.BadParameter("at least one rate, each > 0", param_hint="--rates")
+    producer = {} if linger_ms is None else {"linger.ms": linger_ms}
+    consumer = {} if fetch_wait_ms is None else {"fetch.wait.max.ms": fetch_wait_ms}
+    base = _settings()
+    if batch_wait is not None:
+        base = base.model_copy(update={"batch_max_wait_seconds": batch_wait})
+    with bench_settings(base) as s:
+        r = run_latency_bench(s, rates=offered, seconds=seconds, warmup=warmup, partitions=partitions,
+                              producer=producer, consumer=consumer, pipeline=not gateway_only, say=click.echo)
+    click.echo("")
+    click.echo(format_latency(r))
+    five = r.row(5000, "gateway")
+    if five is not None:
+        click.echo(f"gateway p99 at 5,000 events/s: {five.p99_ms:.1f} ms   (target < 50)")
+
+
 for _area in (_ldp_commands, _retention_commands, _ops_commands, _learn_commands):
     _area.register(cli)
 
