@@ -152,7 +152,8 @@ class Gateway:
 
         # Tokens per batch, memoized: the same people and sessions recur within and across batches.
         tokenize = self.tokenizer.tokens
-        subjects = tokenize(self._subject_domain, [e[self.subject_field] for e in events])
+        expire_at = self.deks.expire_at(epoch)  # person tokens (tk2) live as long as the batch's keys
+        subjects = tokenize(self._subject_domain, [e[self.subject_field] for e in events], expire_at=expire_at)
         for name, domain in self._other_tokens:
             present = [e for e in events if name in e]
             for e, tok in zip(present, tokenize(domain, [e[name] for e in present]), strict=True):
@@ -172,7 +173,7 @@ class Gateway:
                       if isinstance(d, Rejection) and d.reason is not Reason.TOO_LARGE
                       and (uid := self._parse_subject(rec.value)) is not None]
             if owners:
-                toks = tokenize(self._subject_domain, [uid for _, uid in owners])
+                toks = tokenize(self._subject_domain, [uid for _, uid in owners], expire_at=expire_at)
                 rejected_subjects = {i: tok for (i, _), tok in zip(owners, toks, strict=True)}
                 need_key.update(rejected_subjects.values())
             if len(rejected_subjects) < len(decoded) - len(events):
