@@ -110,6 +110,7 @@ class Gateway:
         )
         self._is_valid = schema.is_valid
         self._encrypt_fields = tuple(schema.fields_with("encrypt"))
+        self._pads = {n: schema.fields[n].pad for n in self._encrypt_fields}
         self._drop_fields = tuple(schema.fields_with("drop"))
 
     # -- decoding and validation -------------------------------------------------
@@ -208,12 +209,12 @@ class Gateway:
     def _protect(self, event: dict[str, Any], key: DataKey | None) -> dict[str, Any]:
         """Tokens are already in place (see process); encrypt and drop. Returns the protected dict."""
         out: dict[str, Any] = {"_schema": self.schema_id, **event}
-        schema_id = self.schema_id
+        schema_id, pads = self.schema_id, self._pads
         for name in self._encrypt_fields:
             value = out.get(name)
             if value is not None:
                 assert key is not None
-                out[name] = encrypt_value(key, value, schema_id=schema_id, field_path=name)
+                out[name] = encrypt_value(key, value, schema_id=schema_id, field_path=name, pad=pads[name])
         for name in self._drop_fields:
             out.pop(name, None)
         return out
