@@ -25,7 +25,7 @@ from stream.config import Settings
 from stream.crypto.deks import DekProvider, RedisKeyStore
 from stream.crypto.keyring import Keyring
 from stream.crypto.keystore import KeyStoreGuard, RedisIdentityProbe
-from stream.crypto.kms import LocalKMS
+from stream.crypto.kms import LocalKMS, WrapCounter
 from stream.crypto.tokens import Pseudonyms, Tokenizer
 from stream.gateway.core import Gateway
 from stream.retention.invalidation import ShredListener
@@ -88,6 +88,8 @@ def build_dek_provider(
         max_entries=settings.dek_cache_max_entries,
         clock=clock,
         guard=build_keystore_guard(settings, client) if guard else None,
+        wrap_counter=WrapCounter(client, settings.redis_key_prefix, warn_at=settings.kek_wrap_warn_at,
+                                 refuse_at=settings.kek_wrap_limit),
     )
     if listen:
         start_invalidation(settings, provider, tokenizer)

@@ -79,6 +79,13 @@ class Settings(BaseSettings):
         default=30.0, ge=0, description="An in-process cached data key is re-checked against Redis at least this often."
     )
     dek_cache_max_entries: int = Field(default=200_000, gt=0)
+    kek_wrap_warn_at: int = Field(
+        default=2**30, gt=0, description="Wraps under one KEK at which a rotation warning is logged (stream.crypto.kms)."
+    )
+    kek_wrap_limit: int = Field(
+        default=2**31, gt=0,
+        description="Wraps under one KEK beyond which new data keys are refused (fail closed) until the KEK is rotated.",
+    )
     pseudonym_tokens: bool = Field(
         default=False,
         description="Person tokens are tk2: keyed by a per-person secret in Redis that erasure destroys, so an "
