@@ -183,3 +183,21 @@ def test_redis_losing_the_secrets_is_noticed_by_the_guard_and_tokens_change(tk2)
     new = gw.process([rec]).protected[0][0].decode()
     assert new != tok and gw.deks.guard.resets == 1
     assert build_pseudonyms(tk2).lookup("usr_loss") == new
+
+
+def test_tk2_events_follow_the_output_schema_and_erasure_also_reaches_tk1_era_data(settings, tk2) -> None:
+    """Switching pseudonym_tokens on: data written under the tk1 token before the switch is still
+    within retention; an erasure by user_id destroys the keys of both tokens."""
+    clock = Clock(T0)
+    old = build_gateway(settings, clock=clock).process([RawRecord("clicks.raw", 0, 0, orjson.dumps(event("usr_era")), None)])
+    new = build_gateway(tk2, clock=clock).process([RawRecord("clicks.raw", 0, 1, orjson.dumps(event("usr_era")), None)])
+    tk1, tok2 = old.protected[0][0].decode(), new.protected[0][0].decode()
+    assert tk1.startswith("tk1_") and tok2.startswith("tk2_")
+    assert output_validator("protected-event.v1")(orjson.loads(new.protected[0][1])) == []
+    engine = ShredderEngine(tk2, clock=clock)
+    engine.shredder.sink = MemorySink()
+    engine._erase_one(signed_request(tk2, "req-era", user_id="usr_era"), "t/0/0")
+    rc = redis_client(tk2)
+    prefix = tk2.redis_key_prefix
+    assert not list(rc.scan_iter(match=f"{prefix}:dek:{tk1}:*")) and not list(rc.scan_iter(match=f"{prefix}:dek:{tok2}:*"))
+    assert {r["subject"] for r in engine.shredder.sink.receipts} == {tk1, tok2}
