@@ -47,8 +47,8 @@ __all__ = [
 ]
 
 DLQ_SCHEMA = "dlq-record.v1"
-#: Reserved subject of the per-epoch quarantine key that seals dead letters. It cannot
-#: collide with a person: person subjects are tokens ("tk1_...").
+#: Reserved subject of the per-epoch quarantine key that seals dead letters without a parseable
+#: person. It cannot collide with a person: person subjects are tokens ("tk1_..." / "tk2_...").
 QUARANTINE_SUBJECT = "_quarantine"
 
 

@@ -201,3 +201,15 @@ def test_tk2_events_follow_the_output_schema_and_erasure_also_reaches_tk1_era_da
     prefix = tk2.redis_key_prefix
     assert not list(rc.scan_iter(match=f"{prefix}:dek:{tk1}:*")) and not list(rc.scan_iter(match=f"{prefix}:dek:{tok2}:*"))
     assert {r["subject"] for r in engine.shredder.sink.receipts} == {tk1, tok2}
+
+
+def test_erasure_by_tk2_token_destroys_the_secret_too(tk2) -> None:
+    from shred_helpers import token_of
+
+    tok = token_of(tk2, "usr_by_token")
+    other = token_of(tk2, "usr_kept")
+    pseud = build_pseudonyms(tk2)
+    assert pseud.lookup("usr_by_token") == tok
+    shredder(tk2, Clock(T0)).erase(tok, "req-by-token")
+    assert pseud.lookup("usr_by_token") is None and pseud.lookup("usr_kept") == other
+    assert redis_client(tk2).get(f"{tk2.redis_key_prefix}:ptok:{tok}") is None
