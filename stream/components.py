@@ -25,8 +25,8 @@ from stream.config import Settings
 from stream.crypto.deks import DekProvider, RedisKeyStore
 from stream.crypto.keyring import Keyring
 from stream.crypto.keystore import KeyStoreGuard, RedisIdentityProbe
-from stream.crypto.kms import LocalKMS
-from stream.crypto.tokens import Tokenizer
+from stream.crypto.kms import LocalKMS, WrapCounter
+from stream.crypto.tokens import Pseudonyms, Tokenizer
 from stream.gateway.core import Gateway
 from stream.retention.invalidation import ShredListener
 from stream.schema import load_schema
@@ -40,6 +40,8 @@ __all__ = [
     "build_dek_provider",
     "build_gateway",
     "build_keystore_guard",
+    "build_pseudonyms",
+    "build_tokenizer",
     "guard_privatizer",
     "invalidation_listener",
     "redis_client",
@@ -69,10 +71,11 @@ def build_dek_provider(
     clock: Callable[[], float] = time.time,
     listen: bool = False,
     guard: bool = True,
+    tokenizer: Tokenizer | None = None,
 ) -> DekProvider:
     """The DEK provider of ``settings``. ``listen=True`` (long-running workers) also subscribes it to
-    the shredder's invalidation channel (:func:`start_invalidation`). ``guard=False`` builds it
-    without a key-store identity guard (tests only)."""
+    the shredder's invalidation channel (:func:`start_invalidation`; ``tokenizer``'s memo is cleared
+    there too). ``guard=False`` builds it without a key-store identity guard (tests only)."""
     keyring = keyring or Keyring.from_settings(settings)
     client = client or redis_client(settings)
     store = RedisKeyStore(client, prefix=settings.redis_key_prefix)
@@ -85,9 +88,11 @@ def build_dek_provider(
         max_entries=settings.dek_cache_max_entries,
         clock=clock,
         guard=build_keystore_guard(settings, client) if guard else None,
+        wrap_counter=WrapCounter(client, settings.redis_key_prefix, warn_at=settings.kek_wrap_warn_at,
+                                 refuse_at=settings.kek_wrap_limit),
     )
     if listen:
-        start_invalidation(settings, provider)
+        start_invalidation(settings, provider, tokenizer)
     return provider
 
 
@@ -143,18 +148,27 @@ def guard_privatizer(settings: Settings, privatizer: Privatizer, client: redis.R
     return guard
 
 
-def start_invalidation(settings: Settings, provider: DekProvider) -> ShredListener:
+def start_invalidation(settings: Settings, provider: DekProvider, tokenizer: Tokenizer | None = None) -> ShredListener:
     """Start a daemon :class:`ShredListener` that drops ``provider``'s cached keys when the shredder
-    announces them (one key, or every key of a person), and everything after a reconnect."""
+    announces them (one key, or every key of a person), and everything after a reconnect. With a
+    ``tokenizer``, an erasure (``{token}:*``) also drops its memo entries of that person (a tk2
+    person then gets a new token), and a reconnect its whole memo."""
 
     def on_shred(subject: str, epoch: int | None) -> None:
         if epoch is None:
             provider.invalidate(subject)
+            if tokenizer is not None:
+                tokenizer.forget(subject)
         else:
             provider.invalidate_key(subject, epoch)
 
+    def on_reset() -> None:
+        provider.invalidate()
+        if tokenizer is not None:
+            tokenizer.clear_memo()
+
     listener = ShredListener(
-        lambda: redis_client(settings), settings.redis_key_prefix, on_shred, on_reset=provider.invalidate
+        lambda: redis_client(settings), settings.redis_key_prefix, on_shred, on_reset=on_reset
     ).start()
     _LISTENERS[id(provider)] = listener
     return listener
@@ -175,10 +189,28 @@ def build_gateway(
 ) -> Gateway:
     """The gateway core of ``settings``; ``listen=True`` for a long-running worker (see module docstring)."""
     keyring = keyring or Keyring.from_settings(settings)
-    return Gateway(
-        load_schema(settings.schema_name),
-        Tokenizer(keyring),
-        build_dek_provider(settings, keyring, client=client, clock=clock, listen=listen),
-        max_event_bytes=settings.max_event_bytes,
-        clock=clock,
-    )
+    client = client or redis_client(settings)
+    schema = load_schema(settings.schema_name)
+    tokenizer = Tokenizer(keyring)
+    provider = build_dek_provider(settings, keyring, client=client, clock=clock, listen=listen, tokenizer=tokenizer)
+    if settings.pseudonym_tokens:
+        tokenizer.pseudonyms = build_pseudonyms(settings, keyring, client=client, clock=clock, guard=provider.guard)
+    return Gateway(schema, tokenizer, provider, max_event_bytes=settings.max_event_bytes, clock=clock)
+
+
+def build_pseudonyms(settings: Settings, keyring: Keyring | None = None, *, client: redis.Redis | None = None,
+                     clock: Callable[[], float] = time.time, guard: KeyStoreGuard | None = None) -> Pseudonyms:
+    """The tk2 pseudonym store of ``settings``' person domain (:class:`stream.crypto.tokens.Pseudonyms`);
+    ``guard`` drops its cache when Redis lost data (pass the DEK provider's)."""
+    schema = load_schema(settings.schema_name)
+    domain = schema.fields[schema.subject_field].token_domain or schema.subject_field
+    return Pseudonyms(keyring or Keyring.from_settings(settings), client or redis_client(settings),
+                      settings.redis_key_prefix, domain=domain,
+                      max_staleness_seconds=settings.dek_cache_max_staleness_seconds, clock=clock, guard=guard)
+
+
+def build_tokenizer(settings: Settings, keyring: Keyring | None = None, **kw: Any) -> Tokenizer:
+    """A tokenizer of ``settings``: tk2 person tokens when ``pseudonym_tokens`` is on."""
+    keyring = keyring or Keyring.from_settings(settings)
+    pseud = build_pseudonyms(settings, keyring, **kw) if settings.pseudonym_tokens else None
+    return Tokenizer(keyring, pseudonyms=pseud)

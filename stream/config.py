@@ -79,6 +79,19 @@ class Settings(BaseSettings):
         default=30.0, ge=0, description="An in-process cached data key is re-checked against Redis at least this often."
     )
     dek_cache_max_entries: int = Field(default=200_000, gt=0)
+    kek_wrap_warn_at: int = Field(
+        default=2**30, gt=0, description="Wraps under one KEK at which a rotation warning is logged (stream.crypto.kms)."
+    )
+    kek_wrap_limit: int = Field(
+        default=2**31, gt=0,
+        description="Wraps under one KEK beyond which new data keys are refused (fail closed) until the KEK is rotated.",
+    )
+    pseudonym_tokens: bool = Field(
+        default=False,
+        description="Person tokens are tk2: keyed by a per-person secret in Redis that erasure destroys, so an "
+        "erased person's retained records can no longer be linked to their user_id, not even with the master key "
+        "(stream.crypto.tokens). Off: tk1 (keyring-only HMAC, recomputable for ever).",
+    )
     dek_waitaof_timeout_ms: int = Field(
         default=1000, ge=0, le=1500,
         description="A batch that loaded or created data keys waits (WAITAOF, Redis >= 7.2 with AOF) at most this "

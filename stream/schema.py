@@ -9,7 +9,9 @@ carries ``x-privacy``, either a string shorthand or an object with a
 ``token``   replace with a keyed HMAC token (``{"policy": "token", "subject": true}``
             marks the property that identifies the person: its token is the
             protected record's key and every ciphertext is bound to it)
-``encrypt`` AEAD under the person's data key (null stays null)
+``encrypt`` AEAD under the person's data key (null stays null); ``"pad": true`` or
+            ``"pad": [bytes, ...]`` pads the plaintext to length buckets first
+            (:data:`DEFAULT_PAD_BUCKETS` for ``true``; see :mod:`stream.crypto.fields`)
 ``drop``    removed at the gateway
 ``ldp``     passes the gateway clear inside ``clicks.protected``; the privatizer
             randomizes it (domain from ``enum``/``domain`` or numeric bounds)
@@ -30,6 +32,7 @@ from __future__ import annotations
 
 import enum
 import functools
+import itertools
 import json
 import re
 from collections.abc import Callable, Mapping
@@ -93,6 +96,26 @@ class FieldPolicy:
     subject: bool = False
     token_domain: str | None = None
     options: Mapping[str, Any] = field(default_factory=dict)
+    pad: tuple[int, ...] | None = None  # encrypt only: length buckets of the plaintext
+
+
+#: Buckets of ``"pad": true``: short values hide within 16..256 bytes, longer ones in 256-byte steps.
+DEFAULT_PAD_BUCKETS = (16, 32, 64, 128, 256)
+
+
+def _parse_pad(name: str, policy: str, raw: Any) -> tuple[int, ...] | None:
+    if raw is None or raw is False:
+        return None
+    if policy != "encrypt":
+        raise SchemaPolicyError(f"property {name!r}: x-privacy.pad only applies to an 'encrypt' property")
+    if raw is True:
+        return DEFAULT_PAD_BUCKETS
+    ok = isinstance(raw, list) and raw and all(type(b) is int and 2 <= b <= 1 << 20 for b in raw)
+    if not ok or any(a >= b for a, b in itertools.pairwise(raw)):
+        raise SchemaPolicyError(
+            f"property {name!r}: x-privacy.pad must be true or a non-empty increasing list of sizes in bytes"
+        )
+    return tuple(raw)
 
 
 def _schemas_dir() -> Path:
@@ -145,7 +168,9 @@ def _parse_policy(name: str, spec: Mapping[str, Any]) -> FieldPolicy:
                 f"property {name!r}: an ldp property needs a domain (enum, x-privacy.domain) or minimum/maximum bounds"
             )
     token_domain = str(raw.get("domain_name", name)) if policy == "token" else None
-    return FieldPolicy(name=name, policy=policy, subject=subject, token_domain=token_domain, options=options)
+    pad = _parse_pad(name, policy, raw.get("pad"))
+    return FieldPolicy(name=name, policy=policy, subject=subject, token_domain=token_domain, options=options,
+                       pad=pad)
 
 
 class EventSchema:

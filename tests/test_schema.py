@@ -11,7 +11,15 @@ from hypothesis import strategies as st
 
 from stream.errors import SchemaPolicyError
 from stream.fastcheck import compile_predicate
-from stream.schema import POLICIES, EventSchema, Reason, available_schemas, load_schema, schema_document
+from stream.schema import (
+    DEFAULT_PAD_BUCKETS,
+    POLICIES,
+    EventSchema,
+    Reason,
+    available_schemas,
+    load_schema,
+    schema_document,
+)
 from stream.synth import ClickstreamGenerator
 
 NAME = "clickstream-event.v1"
@@ -46,7 +54,8 @@ def test_protected_schema_is_derived_from_the_input_policy():
         if f.policy == "drop":
             assert name not in props
         elif f.policy == "token":
-            assert props[name]["pattern"].startswith("^tk1_")
+            # the subject may be a tk2 pseudonym (pseudonym_tokens); other token fields stay tk1
+            assert props[name]["pattern"].startswith("^tk[12]_" if f.subject else "^tk1_")
         elif f.policy == "encrypt":
             assert props[name]["type"] == ["string", "null"] and props[name]["pattern"].startswith("^sg1")
         else:
@@ -74,6 +83,10 @@ def _doc_with(**changes):
         (_doc_with(**{"email__x-privacy": {"policy": "encrypt", "subject": True}}), "subject"),
         (_doc_with(**{"quantity__x-privacy": "ldp"}), "domain"),  # only a minimum: no domain
         (_doc_with(**{"page__type": "nonsense"}), "JSON Schema"),
+        (_doc_with(**{"page__x-privacy": {"policy": "clear", "pad": True}}), "pad"),
+        (_doc_with(**{"email__x-privacy": {"policy": "encrypt", "pad": [64, 32]}}), "pad"),
+        (_doc_with(**{"email__x-privacy": {"policy": "encrypt", "pad": []}}), "pad"),
+        (_doc_with(**{"email__x-privacy": {"policy": "encrypt", "pad": "64"}}), "pad"),
     ],
 )
 def test_a_schema_without_a_complete_policy_is_refused(doc, needle):
@@ -184,3 +197,16 @@ def test_formats_are_enforced(field, value, reason):
     assert s.check(ok) is None
     rejection = s.check({**ok, field: value})
     assert rejection is not None and rejection.reason == reason and rejection.path == field
+
+
+def test_pad_defaults_and_the_shipped_buckets():
+    assert _parse_pad_of({"policy": "encrypt", "pad": True}) == DEFAULT_PAD_BUCKETS
+    assert _parse_pad_of({"policy": "encrypt"}) is None
+    fields = load_schema(NAME).fields
+    assert fields["email"].pad == (64, 128, 256) and fields["ip"].pad == (48,)
+    assert fields["phone"].pad and fields["shipping_address"].pad
+    assert fields["user_agent"].pad is None
+
+
+def _parse_pad_of(x_privacy):
+    return EventSchema("padded", _doc_with(**{"email__x-privacy": x_privacy})).fields["email"].pad

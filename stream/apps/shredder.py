@@ -213,8 +213,26 @@ class ShredderEngine(StreamEngine):
             log.warning("erasure request rejected", extra={"error": exc.code, "at": where})
             self.shredder.reject(request_id=None, error=exc.code, discriminator=where)
             return
-        subject = req.subject or self.tokenizer.token(self.token_domain, req.user_id or "")
         try:
+            subject = req.subject
+            if subject is None:
+                user_id = req.user_id or ""
+                subject = self.tokenizer.token(self.token_domain, user_id)  # tk1
+                if self.settings.pseudonym_tokens:
+                    # tk2: the token is found through the person's secret (none: a token nobody has). Data of
+                    # the tk1 era still within retention after the switch is erased first, under its tk1 token.
+                    from stream.components import build_pseudonyms
+                    from stream.retention.core import candidate_epochs
+
+                    pseud = self.__dict__.get("_pseudonyms")
+                    if pseud is None:
+                        pseud = self.__dict__["_pseudonyms"] = build_pseudonyms(
+                            self.settings, self.keyring, client=self.store.client)
+                    epochs = candidate_epochs(self.clock(), epoch_seconds=self.settings.epoch_seconds,
+                                              retention_seconds=self.settings.retention_seconds)
+                    if self.store.has_keys(subject, epochs):
+                        self.shredder.erase(subject, f"{req.request_id[:120]}.tk1", requested_at=req.requested_at)
+                    subject = pseud.lookup(user_id) or pseud.absent_token(req.request_id)
             outcome = self.shredder.erase(subject, req.request_id, requested_at=req.requested_at, digest=req.digest)
         except ErasureConflictError:
             log.warning("erasure request rejected: request_id reused", extra={"at": where})
@@ -222,6 +240,7 @@ class ShredderEngine(StreamEngine):
             return
         log.info("erasure done", extra={"request_id": outcome.request_id, "keys": outcome.keys_shredded,
                                         "repeated": outcome.repeated})
+
 
 
 

@@ -67,7 +67,7 @@ import redis
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from stream.crypto.keystore import KeyStoreGuard
-from stream.crypto.kms import KMS, LocalKMS
+from stream.crypto.kms import KMS, LocalKMS, WrapCounter
 from stream.errors import DecryptError, KeyShreddedError, KeyUnavailableError
 
 __all__ = [
@@ -299,8 +299,10 @@ class DekProvider:
         clock: Callable[[], float] = time.time,
         key_id_key: bytes | None = None,
         guard: KeyStoreGuard | None = None,
+        wrap_counter: WrapCounter | None = None,
     ) -> None:
-        """See the module docstring. ``key_id_key`` authenticates key ids; by default it is derived
+        """See the module docstring. ``wrap_counter`` (:mod:`stream.crypto.kms`) counts wraps per KEK
+        and refuses new keys beyond the KEK's limit. ``key_id_key`` authenticates key ids; by default it is derived
         from the keyring of a :class:`LocalKMS` (``keyring.derive("dek-id")``) and absent otherwise.
         ``guard`` (:mod:`stream.crypto.keystore`) drops the whole cache when the store loses data."""
         if epoch_seconds <= 0 or retention_seconds < 0:
@@ -324,6 +326,7 @@ class DekProvider:
         self.guard = guard
         if guard is not None:
             guard.on_reset(self.invalidate)
+        self.wrap_counter = wrap_counter
 
     # --- time -------------------------------------------------------------------------
 
@@ -490,6 +493,10 @@ class DekProvider:
         values = self._get([(s, epoch) for s in subjects])
         loaded: dict[str, DataKey] = {}
         fresh: list[tuple[DataKey, bytes]] = []
+        missing = sum(v is None for v in values)
+        if missing and self.wrap_counter is not None:
+            # counted (one INCRBY) before any wrap; beyond the KEK's limit nothing is wrapped
+            self.wrap_counter.reserve(str(getattr(self._kms, "primary_id", "kms")), missing)
         for subject, value in zip(subjects, values, strict=True):
             if value is None:
                 fresh.append(self._new_key(subject, epoch))

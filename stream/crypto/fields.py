@@ -24,6 +24,12 @@ Format (version ``sg1``)::
 * Only canonical strings parse: base64url without padding whose unused trailing
   bits are zero, a canonical decimal epoch, nothing else. So a changed character
   never decodes to the same bytes - every edit is detected.
+* Length hiding (``pad=buckets``, the schema's ``x-privacy.pad``): the plaintext is
+  padded before encryption to the smallest bucket that holds it plus one byte, or to
+  a multiple of the largest bucket beyond it: ``json || 0x80 || 0x00*``. JSON text
+  never ends in ``0x80`` or ``0x00``, so decryption strips padding whenever present
+  and unpadded ciphertexts (same ``sg1`` format) read as before. The padding is
+  inside the AEAD: it is authenticated like the value. Only the bucket leaks.
 * Every failure of :func:`decrypt_value` (malformed, tampered, wrong binding,
   wrong key) raises the same :class:`DecryptError` with the same message: the
   error is no oracle, and it never contains the input.
@@ -48,7 +54,9 @@ __all__ = [
     "decrypt_value",
     "encrypt_value",
     "is_ciphertext",
+    "pad_plaintext",
     "parse_ciphertext",
+    "unpad_plaintext",
 ]
 
 CIPHERTEXT_PREFIX = "sg1"
@@ -114,8 +122,32 @@ def _key_parts(key: DataKey) -> tuple[str, bytes]:
     return parts
 
 
-def encrypt_value(key: DataKey, value: Any, *, schema_id: str, field_path: str) -> str | None:
+def pad_plaintext(plaintext: bytes, buckets: tuple[int, ...]) -> bytes:
+    """``plaintext || 0x80 || 0x00*`` up to the smallest bucket >= len + 1 (beyond the largest
+    bucket: the next multiple of it). ``buckets``: increasing positive sizes."""
+    need = len(plaintext) + 1
+    for size in buckets:
+        if need <= size:
+            break
+    else:
+        size = -(-need // buckets[-1]) * buckets[-1]
+    return plaintext + b"\x80" + bytes(size - need)
+
+
+def unpad_plaintext(padded: bytes) -> bytes:
+    """Inverse of :func:`pad_plaintext`; unpadded JSON (never ending in 0x80/0x00) is returned as is."""
+    if not padded or padded[-1] not in (0x00, 0x80):
+        return padded
+    body = padded.rstrip(b"\x00")
+    if not body or body[-1] != 0x80:
+        raise DecryptError()
+    return body[:-1]
+
+
+def encrypt_value(key: DataKey, value: Any, *, schema_id: str, field_path: str,
+                  pad: tuple[int, ...] | None = None) -> str | None:
     """Encrypt one JSON value for ``(schema_id, field_path)`` under a person's data key; ``None`` stays ``None``.
+    ``pad``: length buckets (module docstring).
 
     Raises ``TypeError`` (naming the field, never the value) if ``value`` is not
     JSON-serializable by orjson.
@@ -126,6 +158,8 @@ def encrypt_value(key: DataKey, value: Any, *, schema_id: str, field_path: str) 
         plaintext = _dumps(value)
     except orjson.JSONEncodeError:
         raise TypeError(f"value of field {field_path!r} is not JSON-serializable") from None
+    if pad:
+        plaintext = pad_plaintext(plaintext, pad)
     head = _aad_heads.get((schema_id, field_path))
     if head is None:
         head = _aad_head(schema_id, field_path)
@@ -173,7 +207,7 @@ def decrypt_value(key: DataKey, text: str | None, *, schema_id: str, field_path:
         if head is None:
             head = _aad_head(schema_id, field_path)
         plaintext = key.aead.decrypt(parsed.nonce, parsed.body, head + _key_parts(key)[1])
-        return orjson.loads(plaintext)
+        return orjson.loads(unpad_plaintext(plaintext))
     except (DecryptError, InvalidTag, orjson.JSONDecodeError, TypeError, ValueError):
         raise DecryptError() from None
 

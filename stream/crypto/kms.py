@@ -18,20 +18,45 @@ LocalKMS blob format (all binary)::
   epoch and key id), so a blob copied to another person's slot does not unwrap.
 * Every unwrap failure - truncated blob, unknown version or KEK id, wrong
   ``aad``, tampering - raises the same opaque :class:`DecryptError`.
+
+Usage limits (:class:`WrapCounter`): wraps use AES-GCM with a random 96-bit nonce,
+and NIST SP 800-38D caps random-nonce GCM at 2**32 invocations per key (nonce
+collision probability about q**2 / 2**97: 2**-33 at 2**32). Every wrap batch
+therefore reserves its count first with one atomic ``INCRBY`` on
+``{prefix}:kek-wraps:{kek_id}`` (Redis, shared by every worker): at
+``warn_at`` (default 2**30) each crossing is logged and counted (``warnings``,
+``last_total``: metric-ready); beyond ``refuse_at`` (default 2**31, half the NIST
+bound) no new key is wrapped: :class:`KekUsageExceededError` (a
+:class:`KeyUnavailableError`: the gateway fails closed and holds its batch) until the
+KEK is rotated (``streamgate keys rotate``: a new KEK starts its own count). We
+keep GCM rather than switch to a nonce-free wrap (AES-KW, RFC 3394; or GCM-SIV)
+because the stored blobs, their associated-data binding and the KMS seam stay as
+they are; the counter is a conservative, cheap guard (one round trip per batch
+that creates keys). A Redis data loss resets the count (an undercount); with
+limits this far below the bound that costs margin, not safety.
 """
 
 from __future__ import annotations
 
+import logging
 import os
+import threading
 from typing import Protocol, runtime_checkable
 
+import redis
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from stream.crypto.keyring import WRAP_PURPOSE, Keyring
-from stream.errors import DecryptError
+from stream.errors import DecryptError, KeyUnavailableError
 
-__all__ = ["KMS", "LocalKMS"]
+__all__ = ["KMS", "KekUsageExceededError", "LocalKMS", "WrapCounter"]
+
+log = logging.getLogger("streamgate.kms")
+
+#: Wraps per KEK at which a warning is logged, and beyond which new wraps are refused.
+WRAP_WARN_AT = 2**30
+WRAP_REFUSE_AT = 2**31
 
 _VERSION = 1
 _NONCE_BYTES = 12
@@ -101,3 +126,53 @@ class LocalKMS:
 def _header(key_id: str) -> bytes:
     raw = key_id.encode("ascii")
     return bytes((_VERSION, len(raw))) + raw
+
+
+class KekUsageExceededError(KeyUnavailableError):
+    """The primary KEK reached its wrap limit: no new data key is wrapped until the KEK is rotated."""
+
+
+class WrapCounter:
+    """Counts wraps per KEK in Redis (module docstring). Thread-safe; one INCRBY per reservation."""
+
+    def __init__(self, client: redis.Redis, prefix: str, *, warn_at: int = WRAP_WARN_AT,
+                 refuse_at: int = WRAP_REFUSE_AT) -> None:
+        if not prefix or ":" in prefix:
+            raise ValueError("prefix must be non-empty and contain no ':'")
+        if not 0 < warn_at <= refuse_at:
+            raise ValueError("need 0 < warn_at <= refuse_at")
+        self._client = client
+        self.prefix = prefix
+        self.warn_at = int(warn_at)
+        self.refuse_at = int(refuse_at)
+        self.warnings = 0  # reservations that ended at or above warn_at
+        self.refusals = 0
+        self.last_total: dict[str, int] = {}
+        self._lock = threading.Lock()
+
+    def key_name(self, kek_id: str) -> str:
+        return f"{self.prefix}:kek-wraps:{kek_id}"
+
+    def reserve(self, kek_id: str, n: int) -> int:
+        """Count ``n`` wraps under ``kek_id`` before doing them; returns the new total. Raises
+        :class:`KekUsageExceededError` beyond ``refuse_at`` (nothing may be wrapped then)."""
+        try:
+            total = int(self._client.incrby(self.key_name(kek_id), int(n)))
+        except (redis.RedisError, OSError) as exc:
+            raise KeyUnavailableError(f"data key store unavailable ({type(exc).__name__})") from None
+        with self._lock:
+            self.last_total[kek_id] = total
+            if total > self.refuse_at:
+                self.refusals += 1
+                raise KekUsageExceededError(
+                    f"KEK {kek_id} reached its wrap limit ({self.refuse_at} data keys): rotate the KEK "
+                    "(streamgate keys rotate); new data keys are refused until then"
+                )
+            if total >= self.warn_at:
+                self.warnings += 1
+                log.warning("KEK nears its wrap limit: rotate it soon",
+                            extra={"kek_id": kek_id, "wraps": total, "limit": self.refuse_at})
+        return total
+
+    def __repr__(self) -> str:
+        return f"WrapCounter(prefix={self.prefix!r}, warn_at={self.warn_at}, refuse_at={self.refuse_at})"

@@ -8,6 +8,13 @@ anything of the batch is returned: the batch fails closed as a whole.
 
 Every input record ends in exactly one of ``BatchResult.protected`` or
 ``BatchResult.dead_letters`` (invariant 5), in input order within each list.
+
+Dead letters are sealed under the *person's* data key whenever the rejected record
+still names a person (a JSON object whose subject field is a string the schema could
+accept): erasing that person then makes their dead letters unsealable too. Only a
+record without a parseable subject is sealed under the per-epoch quarantine key.
+The DLQ record names the key's subject (``sealed_for``: the person token, or
+``"_quarantine"``); the ciphertext is bound to it, so changing it fails to unseal.
 """
 
 from __future__ import annotations
@@ -27,6 +34,7 @@ import orjson
 from stream.crypto.deks import DataKey, DekProvider
 from stream.crypto.fields import decrypt_value, encrypt_value, parse_ciphertext
 from stream.crypto.tokens import Tokenizer
+from stream.errors import DecryptError
 from stream.schema import EventSchema, Reason, Rejection
 
 __all__ = [
@@ -39,8 +47,8 @@ __all__ = [
 ]
 
 DLQ_SCHEMA = "dlq-record.v1"
-#: Reserved subject of the per-epoch quarantine key that seals dead letters. It cannot
-#: collide with a person: person subjects are tokens ("tk1_...").
+#: Reserved subject of the per-epoch quarantine key that seals dead letters without a parseable
+#: person. It cannot collide with a person: person subjects are tokens ("tk1_..." / "tk2_...").
 QUARANTINE_SUBJECT = "_quarantine"
 
 
@@ -93,6 +101,8 @@ class Gateway:
         self.subject_field = schema.subject_field
         subject_policy = schema.fields[self.subject_field]
         self._subject_domain = subject_policy.token_domain or self.subject_field
+        subject_spec = schema.document.get("properties", {}).get(self.subject_field, {})
+        self._subject_max_len = int(subject_spec.get("maxLength", 128))
         self._other_tokens = tuple(
             (p.name, p.token_domain or p.name)
             for p in schema.fields.values()
@@ -100,6 +110,7 @@ class Gateway:
         )
         self._is_valid = schema.is_valid
         self._encrypt_fields = tuple(schema.fields_with("encrypt"))
+        self._pads = {n: schema.fields[n].pad for n in self._encrypt_fields}
         self._drop_fields = tuple(schema.fields_with("drop"))
 
     # -- decoding and validation -------------------------------------------------
@@ -142,7 +153,8 @@ class Gateway:
 
         # Tokens per batch, memoized: the same people and sessions recur within and across batches.
         tokenize = self.tokenizer.tokens
-        subjects = tokenize(self._subject_domain, [e[self.subject_field] for e in events])
+        expire_at = self.deks.expire_at(epoch)  # person tokens (tk2) live as long as the batch's keys
+        subjects = tokenize(self._subject_domain, [e[self.subject_field] for e in events], expire_at=expire_at)
         for name, domain in self._other_tokens:
             present = [e for e in events if name in e]
             for e, tok in zip(present, tokenize(domain, [e[name] for e in present]), strict=True):
@@ -155,8 +167,18 @@ class Gateway:
                 if e.get(f) is not None:
                     need_key.add(subject)
                     break
+        rejected_subjects: dict[int, str] = {}
         if any_rejects:
-            need_key.add(QUARANTINE_SUBJECT)
+            # a rejected record that still names a person is sealed under that person's key
+            owners = [(i, uid) for i, (rec, d) in enumerate(zip(records, decoded, strict=True))
+                      if isinstance(d, Rejection) and d.reason is not Reason.TOO_LARGE
+                      and (uid := self._parse_subject(rec.value)) is not None]
+            if owners:
+                toks = tokenize(self._subject_domain, [uid for _, uid in owners], expire_at=expire_at)
+                rejected_subjects = {i: tok for (i, _), tok in zip(owners, toks, strict=True)}
+                need_key.update(rejected_subjects.values())
+            if len(rejected_subjects) < len(decoded) - len(events):
+                need_key.add(QUARANTINE_SUBJECT)
 
         keys: dict[str, DataKey] = self.deks.keys_for(need_key, epoch) if need_key else {}
         result = BatchResult(keys_requested=len(need_key))
@@ -166,34 +188,46 @@ class Gateway:
             protected.append((subject.encode(), dumps(protect(e, keys.get(subject)))))
         if any_rejects:
             rejected_at = datetime.fromtimestamp(now, UTC).isoformat().replace("+00:00", "Z")
-            qkey = keys[QUARANTINE_SUBJECT]
-            for rec, d in zip(records, decoded, strict=True):
+            for i, (rec, d) in enumerate(zip(records, decoded, strict=True)):
                 if isinstance(d, Rejection):
-                    result.dead_letters.append(self._dead_letter(rec, d, qkey, rejected_at))
+                    owner = rejected_subjects.get(i, QUARANTINE_SUBJECT)
+                    result.dead_letters.append(self._dead_letter(rec, d, keys.get(owner), rejected_at))
                     result.reasons[d.reason.value] += 1
         return result
+
+    def _parse_subject(self, value: bytes | None) -> str | None:
+        """The subject (user_id) of a rejected record, if it names one the schema could accept."""
+        try:
+            doc = orjson.loads(value or b"")
+        except orjson.JSONDecodeError:
+            return None
+        uid = doc.get(self.subject_field) if isinstance(doc, dict) else None
+        if type(uid) is not str or not 0 < len(uid) <= self._subject_max_len:
+            return None
+        return uid
 
     def _protect(self, event: dict[str, Any], key: DataKey | None) -> dict[str, Any]:
         """Tokens are already in place (see process); encrypt and drop. Returns the protected dict."""
         out: dict[str, Any] = {"_schema": self.schema_id, **event}
-        schema_id = self.schema_id
+        schema_id, pads = self.schema_id, self._pads
         for name in self._encrypt_fields:
             value = out.get(name)
             if value is not None:
                 assert key is not None
-                out[name] = encrypt_value(key, value, schema_id=schema_id, field_path=name)
+                out[name] = encrypt_value(key, value, schema_id=schema_id, field_path=name, pad=pads[name])
         for name in self._drop_fields:
             out.pop(name, None)
         return out
 
-    def _dead_letter(self, rec: RawRecord, why: Rejection, qkey: DataKey, rejected_at: str) -> bytes:
+    def _dead_letter(self, rec: RawRecord, why: Rejection, key: DataKey | None, rejected_at: str) -> bytes:
         sealed = digest = None
         if why.reason is Reason.TOO_LARGE:
             # never the raw bytes of an oversized record: a keyed digest, its size and where it was
             digest = self.digest(rec.value or b"")
         elif rec.value:
+            assert key is not None
             sealed = encrypt_value(
-                qkey,
+                key,
                 base64.b64encode(rec.value).decode("ascii"),
                 schema_id=DLQ_SCHEMA,
                 field_path=_seal_path(rec.topic, rec.partition, rec.offset),
@@ -214,6 +248,9 @@ class Gateway:
             "sealed": sealed,
             "rejected_at": rejected_at,
         }
+        if sealed is not None:
+            assert key is not None
+            record["sealed_for"] = key.subject
         if digest is not None:
             record["digest"] = digest
         return orjson.dumps(record)
@@ -248,13 +285,18 @@ class Gateway:
 
 
 def unseal_dead_letter(record: dict[str, Any], deks: DekProvider) -> bytes | None:
-    """The original bytes of a DLQ record (authorized ops only: needs the master key).
-    Raises DecryptError / KeyShreddedError like any ciphertext."""
+    """The original bytes of a DLQ record (authorized ops only: needs the master key), sealed under
+    the person's key (``sealed_for``: their token) or the quarantine key (``sealed_for`` absent in
+    records written before person sealing). Raises DecryptError / KeyShreddedError like any
+    ciphertext: after the person's erasure, KeyShreddedError."""
     sealed = record.get("sealed")
     if sealed is None:
         return None
+    owner = record.get("sealed_for", QUARANTINE_SUBJECT)
+    if type(owner) is not str:
+        raise DecryptError()
     header = parse_ciphertext(sealed)
-    key = deks.key_for_decrypt(QUARANTINE_SUBJECT, header.epoch, header.key_id)
+    key = deks.key_for_decrypt(owner, header.epoch, header.key_id)
     src = record["source"]
     b64 = decrypt_value(
         key, sealed, schema_id=DLQ_SCHEMA, field_path=_seal_path(src["topic"], src["partition"], src["offset"])

@@ -7,6 +7,7 @@
     {prefix}:deadlines                    zset member "{subject}:{epoch}", score = expire_at
     {prefix}:shredder:pending             hash: the receipt outbox (see stream.retention.core)
     {prefix}:erasure:{request_id}         string: the record of a processed erasure request (EX = retention)
+    {prefix}:ptok:{token} / pid:{lookup}  the person's tk2 secret (stream.crypto.tokens): deleted by the erasure
     {prefix}:shredded                     pub/sub channel: "{subject}:{epoch}" or "{subject}:*"
 
 Claim-and-destroy runs as one Lua script per batch (atomic: one winner per member
@@ -84,6 +85,11 @@ for i = 10, #ARGV do
   local r = claim(ARGV[i], 'erasure', ARGV[6])
   if r and string.find(r[1], '|', 1, true) and not string.match(r[1], '|$') then n = n + 1 end
 end
+-- the person's tk2 secret: without it nobody can recompute the token from the user_id
+local ptok = prefix .. ':ptok:' .. ARGV[7]
+local lookup = redis.call('GET', ptok)
+if lookup then redis.call('DEL', prefix .. ':pid:' .. lookup) end
+redis.call('DEL', ptok)
 local record = cjson.encode({subject = ARGV[7], at = tonumber(at), keys_shredded = n, worker = worker,
                              digest = ARGV[9]})
 redis.call('SET', KEYS[3], record, 'EX', tonumber(ARGV[8]))
@@ -153,6 +159,11 @@ class RedisShredStore:
             self._erase, keys=[self.deadlines_key, self.pending_key, self.erasure_key(request_id)],
             args=[*self._base_args(at, worker, lease_until), request_id, subject, int(record_ttl), digest, *members])
         return ErasureRecord.decode(raw), bool(created)
+
+    def has_keys(self, subject: str, epochs: Sequence[int]) -> bool:
+        """Whether any DEK of ``subject`` exists among ``epochs`` (one EXISTS)."""
+        names = [f"{self.prefix}:dek:{subject}:{e}" for e in epochs]
+        return bool(names) and int(self._call(self.client.exists, *names)) > 0
 
     def pending(self) -> list[PendingShred]:
         def scan() -> list[tuple[Any, Any]]:

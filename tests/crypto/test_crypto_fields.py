@@ -214,3 +214,41 @@ def test_data_key_repr_hides_key() -> None:
     key = DataKey("tk1_a", 1, "0123456789abcdef", AESGCM(raw))
     text = repr(key)
     assert "tk1_a" in text and "aead" not in text and raw.hex() not in text and repr(raw) not in text
+
+
+@given(st.binary(max_size=700), st.sampled_from([(16,), (16, 32, 64), (48,), (64, 128, 256)]))
+@settings(max_examples=300, deadline=None)
+def test_padding_round_trips_and_lands_in_a_bucket(body: bytes, buckets: tuple[int, ...]) -> None:
+    from stream.crypto.fields import pad_plaintext, unpad_plaintext
+
+    plain = body.rstrip(b"\x00\x80") + b'"'  # JSON text never ends in 0x00 / 0x80
+    padded = pad_plaintext(plain, buckets)
+    assert len(padded) in buckets or len(padded) % buckets[-1] == 0
+    assert len(padded) > len(plain) and unpad_plaintext(padded) == plain
+    assert unpad_plaintext(plain) == plain  # unpadded (legacy) plaintexts read as before
+
+
+def test_padded_values_decrypt_and_hide_their_length() -> None:
+    key = make_key()
+    values = ["a@b.io", "x" * 17 + "@b.io", "y" * 30 + "@b.io"]
+    cts = [encrypt_value(key, v, schema_id=SCHEMA, field_path="email", pad=(64, 128, 256)) for v in values]
+    assert len({len(c or "") for c in cts}) == 1
+    assert [decrypt_value(key, c, schema_id=SCHEMA, field_path="email") for c in cts] == values
+    # a longer value moves to the next bucket; unpadded ones keep decrypting
+    assert len(encrypt_value(key, "z" * 70, schema_id=SCHEMA, field_path="email", pad=(64, 128)) or "") > len(cts[0] or "")
+    plain = encrypt_value(key, "a@b.io", schema_id=SCHEMA, field_path="email")
+    assert decrypt_value(key, plain, schema_id=SCHEMA, field_path="email") == "a@b.io"
+
+
+def test_bad_padding_is_the_one_opaque_error() -> None:
+    key = make_key()
+    head = encrypt_value(key, 1, schema_id=SCHEMA, field_path="f").rsplit(".", 1)[0]  # type: ignore[union-attr]
+    import os
+
+    nonce = os.urandom(12)
+    from stream.crypto.fields import _aad_head, _key_parts
+
+    body = nonce + key.aead.encrypt(nonce, b"1\x00\x00", _aad_head(SCHEMA, "f") + _key_parts(key)[1])
+    forged = head + "." + base64.urlsafe_b64encode(body).decode().rstrip("=")
+    with pytest.raises(DecryptError, match=OPAQUE):
+        decrypt_value(key, forged, schema_id=SCHEMA, field_path="f")

@@ -59,3 +59,13 @@ def test_repr_hides_keys() -> None:
     t.token("user", "x")
     assert "user" in repr(t)
     assert RING.derive("token/user").hex() not in repr(t)
+
+
+def test_forget_drops_only_the_erased_persons_memo_entries():
+    tk = Tokenizer(Keyring.generate())
+    a, _b = tk.tokens("user_id", ["alice", "bob"])
+    tk.tokens("session_id", ["alice"])  # same string, other domain, other token: stays
+    assert tk.forget(a) == 1
+    assert ("user_id", "alice") not in tk._memo and ("user_id", "bob") in tk._memo
+    assert ("session_id", "alice") in tk._memo
+    assert tk.tokens("user_id", ["alice"]) == [a]  # tk1: recomputed, same token

@@ -242,3 +242,20 @@ def test_dlq_path_names_only_schema_properties(sample_events):
     rec = orjson.loads(gw.process(records([orjson.dumps(ev)])).dead_letters[0])
     assert rec["reason"] == "unknown_field" and rec["path"] is None
     assert b"secret@example.com" not in base64.b64decode(rec["sealed"].split(".")[-1] + "==", altchars=b"-_")
+
+
+def test_padding_hides_email_and_ip_lengths(sample_events):
+    gw, deks, _ = make_gateway()
+    base = next(e for e in sample_events if e.get("email") and e.get("ip"))
+    emails = ["a@b.io", "jane.doe123@example.org", "jane.doe.smith@long-company-name.com"]
+    assert [len(e) for e in emails] == [6, 23, 36]
+    ips = ["1.2.3.4", "255.255.255.255", "2001:db8::1", "ffff:ffff:ffff:ffff:ffff:ffff:255.255.255.255"]
+    evs = [dict(base, email=e) for e in emails] + [dict(base, ip=ip) for ip in ips]
+    result = gw.process(records([orjson.dumps(e) for e in evs]))
+    assert not result.dead_letters
+    out = [orjson.loads(v) for _, v in result.protected]
+    assert len({len(o["email"]) for o in out[:3]}) == 1
+    assert len({len(o["ip"]) for o in out[3:]}) == 1
+    reader = ProtectedEventReader(SCHEMA, deks)
+    assert [reader.decrypt(o)["email"] for o in out[:3]] == emails
+    assert [reader.decrypt(o)["ip"] for o in out[3:]] == ips

@@ -45,6 +45,11 @@ class Clock:
 
 
 def token_of(settings: Settings, user_id: str) -> str:
+    """The person token of ``user_id``: tk1, or (``pseudonym_tokens``) the tk2 token, created if absent."""
+    if settings.pseudonym_tokens:
+        from stream.components import build_pseudonyms
+
+        return build_pseudonyms(settings).tokens([user_id], 2**33)[0]
     schema = load_schema(settings.schema_name)
     domain = schema.fields[schema.subject_field].token_domain or schema.subject_field
     return Tokenizer(Keyring.from_settings(settings)).token(domain, user_id)

@@ -1,0 +1,215 @@
+"""Erasure reaches beyond the DEKs (issue 13): dead letters sealed under the person's key,
+token memos dropped on the shred channel, pseudonyms that unlink on erasure. Real Redis."""
+
+from __future__ import annotations
+
+import time
+
+import orjson
+import pytest
+from shred_helpers import Clock, signed_request
+
+from stream.apps.shredder import ShredderEngine
+from stream.components import (
+    build_dek_provider,
+    build_gateway,
+    build_pseudonyms,
+    invalidation_listener,
+    redis_client,
+)
+from stream.errors import KeyShreddedError
+from stream.gateway.core import QUARANTINE_SUBJECT, RawRecord, unseal_dead_letter
+from stream.retention.core import MemorySink, Shredder
+from stream.retention.redis_store import RedisShredStore
+from stream.schema import output_validator
+from stream.synth import ClickstreamGenerator
+
+pytestmark = pytest.mark.integration
+
+E, R = 3600, 7200
+T0 = 1_900_000_000.0
+
+
+@pytest.fixture
+def settings(settings_factory):
+    return settings_factory(epoch_seconds=E, retention_seconds=R, dek_cache_max_staleness_seconds=30)
+
+
+def shredder(settings, clock) -> Shredder:
+    store = RedisShredStore(redis_client(settings), settings.redis_key_prefix)
+    return Shredder(store, MemorySink(), worker="w1", epoch_seconds=E, retention_seconds=R, clock=clock)
+
+
+def event(user_id: str, **over) -> dict:
+    ev = next(iter(ClickstreamGenerator(seed=3).events(1)))
+    return dict(ev, user_id=user_id, **over)
+
+
+def test_dead_letters_of_a_person_die_with_the_person_quarantined_ones_survive(settings) -> None:
+    clock = Clock(T0)
+    gw = build_gateway(settings, clock=clock)
+    person = orjson.dumps(event("usr_dead_letter", email="not an email"))  # schema violation, user_id parses
+    nobody = b'{"user_id": 17, "oops": true'  # not JSON: no subject
+    ok = orjson.dumps(event("usr_dead_letter"))
+    result = gw.process([RawRecord("clicks.raw", 0, i, v, None) for i, v in enumerate([person, nobody, ok])])
+    assert len(result.protected) == 1 and len(result.dead_letters) == 2
+    dl_person, dl_nobody = (orjson.loads(d) for d in result.dead_letters)
+    check = output_validator("dlq-record.v1")
+    assert check(dl_person) == [] and check(dl_nobody) == []
+    token = result.protected[0][0].decode()
+    assert dl_person["sealed_for"] == token and dl_nobody["sealed_for"] == QUARANTINE_SUBJECT
+    assert b"usr_dead_letter" not in result.dead_letters[0]
+    assert unseal_dead_letter(dl_person, build_dek_provider(settings, clock=clock)) == person
+    assert unseal_dead_letter(dl_nobody, build_dek_provider(settings, clock=clock)) == nobody
+
+    shredder(settings, clock).erase(token, "req-dlq-1")
+
+    deks = build_dek_provider(settings, clock=clock)
+    with pytest.raises(KeyShreddedError):
+        unseal_dead_letter(dl_person, deks)
+    assert unseal_dead_letter(dl_nobody, deks) == nobody
+    # the binding: claiming the quarantine key for the person's dead letter does not unseal it
+    with pytest.raises(Exception) as info:
+        unseal_dead_letter({**dl_person, "sealed_for": QUARANTINE_SUBJECT}, deks)
+    assert type(info.value).__name__ in {"DecryptError", "KeyShreddedError"}
+
+
+def wait_for(cond, timeout: float = 10.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while not cond() and time.monotonic() < deadline:
+        time.sleep(0.02)
+    return cond()
+
+
+def test_tokenizer_memo_drops_an_erased_person_on_the_shred_channel(settings) -> None:
+    s = settings.model_copy(update={"dek_cache_max_staleness_seconds": 3600.0})
+    clock = Clock(T0)
+    gw = build_gateway(s, clock=clock, listen=True)
+    listener = invalidation_listener(gw.deks)
+    assert listener is not None and listener.ready.wait(10)
+    try:
+        out = gw.process([RawRecord("clicks.raw", 0, i, orjson.dumps(event(u)), None)
+                          for i, u in enumerate(["usr_memo_a", "usr_memo_b"])])
+        tok_a = out.protected[0][0].decode()
+        memo = gw.tokenizer._memo
+        assert ("user_id", "usr_memo_a") in memo and ("user_id", "usr_memo_b") in memo
+        shredder(s, clock).erase(tok_a, "req-memo")
+        assert wait_for(lambda: ("user_id", "usr_memo_a") not in memo)
+        assert ("user_id", "usr_memo_b") in memo  # only the erased person's entries
+    finally:
+        listener.stop()
+
+
+@pytest.fixture
+def tk2(settings):
+    return settings.model_copy(update={"pseudonym_tokens": True, "dek_cache_max_staleness_seconds": 3600.0})
+
+
+def all_tokens_of(settings, user_id: str) -> set[str]:
+    """Every token anyone holding the full master keyring and Redis can compute from ``user_id``."""
+    from stream.crypto.keyring import Keyring
+    from stream.crypto.tokens import Tokenizer
+
+    pseud = build_pseudonyms(settings)
+    tk1 = Tokenizer(Keyring.from_settings(settings)).token(pseud.domain, user_id)
+    return {tk1, pseud.lookup(user_id) or tk1, pseud.tokens([user_id], 2**33)[0]}
+
+
+def test_tk2_tokens_are_stable_while_the_person_exists(tk2) -> None:
+    clock = Clock(T0)
+    first = build_gateway(tk2, clock=clock).process([RawRecord("clicks.raw", 0, 0, orjson.dumps(event("usr_s")), None)])
+    tok = first.protected[0][0].decode()
+    assert tok.startswith("tk2_")
+    clock.advance(2 * E)  # a later epoch, another process, no cache
+    again = build_gateway(tk2, clock=clock).process([RawRecord("clicks.raw", 0, 1, orjson.dumps(event("usr_s")), None)])
+    assert again.protected[0][0].decode() == tok
+    assert build_pseudonyms(tk2).lookup("usr_s") == tok
+    # one secret per person, living exactly as long as their newest key
+    rc = redis_client(tk2)
+    newest = (int(clock() // E) + 1) * E + R
+    assert rc.expiretime(f"{tk2.redis_key_prefix}:ptok:{tok}") == newest
+    assert rc.expiretime(f"{tk2.redis_key_prefix}:dek:{tok}:{int(clock() // E)}") == newest
+    assert tok in all_tokens_of(tk2, "usr_s")
+
+
+def test_after_erasure_nobody_can_link_the_retained_token_to_the_user_id(tk2) -> None:
+    clock = Clock(T0)
+    gw = build_gateway(tk2, clock=clock, listen=True)
+    listener = invalidation_listener(gw.deks)
+    assert listener is not None and listener.ready.wait(10)
+    try:
+        before = gw.process([RawRecord("clicks.raw", 0, i, orjson.dumps(event(u)), None)
+                             for i, u in enumerate(["usr_gone", "usr_stays"])])
+        retained = {k.decode() for k, _ in before.protected}
+        old = before.protected[0][0].decode()
+        stays = before.protected[1][0].decode()
+        assert old in all_tokens_of(tk2, "usr_gone")
+
+        engine = ShredderEngine(tk2, clock=clock)
+        engine.shredder.sink = MemorySink()
+        engine._erase_one(signed_request(tk2, "req-unlink", user_id="usr_gone"), "t/0/0")
+        assert engine.shredder.stats.erasures == 1
+
+        assert old in retained and old not in all_tokens_of(tk2, "usr_gone")
+        prefix = tk2.redis_key_prefix
+        rc = redis_client(tk2)
+        assert not list(rc.scan_iter(match=f"{prefix}:ptok:{old}")) and not list(rc.scan_iter(match=f"{prefix}:dek:{old}:*"))
+        assert build_pseudonyms(tk2).lookup("usr_stays") == stays
+        # the running gateway forgot the person at once: a re-appearing user_id gets a new token
+        assert wait_for(lambda: ("usr_gone" not in gw.tokenizer.pseudonyms._memo))
+        after = gw.process([RawRecord("clicks.raw", 0, 9, orjson.dumps(event("usr_gone")), None)])
+        new = after.protected[0][0].decode()
+        assert new != old and new.startswith("tk2_")
+        # a redelivered request is the same request (not a conflict), and erases nothing new
+        engine._erase_one(signed_request(tk2, "req-unlink", user_id="usr_gone"), "t/0/1")
+        assert engine.shredder.stats.erasures_rejected == 0
+        assert build_pseudonyms(tk2).lookup("usr_gone") == new
+    finally:
+        listener.stop()
+
+
+def test_redis_losing_the_secrets_is_noticed_by_the_guard_and_tokens_change(tk2) -> None:
+    """Documented trade-off: a Redis data loss changes every tk2 token; the key-store guard drops the
+    cached secrets at once instead of issuing tokens whose secret no longer exists."""
+    clock = Clock(T0)
+    gw = build_gateway(tk2, clock=clock)
+    rec = RawRecord("clicks.raw", 0, 0, orjson.dumps(event("usr_loss")), None)
+    tok = gw.process([rec]).protected[0][0].decode()
+    assert gw.process([rec]).protected[0][0].decode() == tok  # cached
+    rc = redis_client(tk2)
+    from tests.fixtures import delete_prefixed_keys
+
+    delete_prefixed_keys(rc, tk2.redis_key_prefix)  # the data loss (marker included)
+    new = gw.process([rec]).protected[0][0].decode()
+    assert new != tok and gw.deks.guard.resets == 1
+    assert build_pseudonyms(tk2).lookup("usr_loss") == new
+
+
+def test_tk2_events_follow_the_output_schema_and_erasure_also_reaches_tk1_era_data(settings, tk2) -> None:
+    """Switching pseudonym_tokens on: data written under the tk1 token before the switch is still
+    within retention; an erasure by user_id destroys the keys of both tokens."""
+    clock = Clock(T0)
+    old = build_gateway(settings, clock=clock).process([RawRecord("clicks.raw", 0, 0, orjson.dumps(event("usr_era")), None)])
+    new = build_gateway(tk2, clock=clock).process([RawRecord("clicks.raw", 0, 1, orjson.dumps(event("usr_era")), None)])
+    tk1, tok2 = old.protected[0][0].decode(), new.protected[0][0].decode()
+    assert tk1.startswith("tk1_") and tok2.startswith("tk2_")
+    assert output_validator("protected-event.v1")(orjson.loads(new.protected[0][1])) == []
+    engine = ShredderEngine(tk2, clock=clock)
+    engine.shredder.sink = MemorySink()
+    engine._erase_one(signed_request(tk2, "req-era", user_id="usr_era"), "t/0/0")
+    rc = redis_client(tk2)
+    prefix = tk2.redis_key_prefix
+    assert not list(rc.scan_iter(match=f"{prefix}:dek:{tk1}:*")) and not list(rc.scan_iter(match=f"{prefix}:dek:{tok2}:*"))
+    assert {r["subject"] for r in engine.shredder.sink.receipts} == {tk1, tok2}
+
+
+def test_erasure_by_tk2_token_destroys_the_secret_too(tk2) -> None:
+    from shred_helpers import token_of
+
+    tok = token_of(tk2, "usr_by_token")
+    other = token_of(tk2, "usr_kept")
+    pseud = build_pseudonyms(tk2)
+    assert pseud.lookup("usr_by_token") == tok
+    shredder(tk2, Clock(T0)).erase(tok, "req-by-token")
+    assert pseud.lookup("usr_by_token") is None and pseud.lookup("usr_kept") == other
+    assert redis_client(tk2).get(f"{tk2.redis_key_prefix}:ptok:{tok}") is None
