@@ -93,6 +93,7 @@ def build_privatizer(
     client: redis.Redis | None = None,
     clock: Callable[[], float] = time.time,
     allow_seed: bool | None = None,
+    guard: bool = True,
 ) -> Privatizer:
     """Wire the pure core from settings (memo key: keyring purpose ``ldp-memo``; ledger ids: ``ldp-ledger``).
 
@@ -138,7 +139,8 @@ def build_privatizer(
         shuffle_seed=settings.ldp_seed,
         label_epsilon=settings.learn_label_epsilon if settings.learn_examples else None,
     )
-    guard_privatizer(settings, privatizer, client)  # no memo outlives the key store's data
+    if guard:  # no memo outlives the key store's data
+        guard_privatizer(settings, privatizer, client)
     return privatizer
 
 

@@ -69,8 +69,8 @@ class _RoleSpec(NamedTuple):
 
 #: What each role's credential holds (``streamgate keys roles``); see the README, "Key roles".
 ROLES: dict[str, _RoleSpec] = {
-    "gateway": _RoleSpec(True, True, ("dek-id",), ()),
-    "privatizer": _RoleSpec(False, False, ("ldp-memo",), ()),
+    "gateway": _RoleSpec(True, True, ("dek-id", "dlq-digest"), ()),
+    "privatizer": _RoleSpec(False, False, ("ldp-memo", "ldp-ledger"), ()),
     "reader": _RoleSpec(True, False, ("dek-id",), ()),
     "eraser": _RoleSpec(False, False, ("sign/erasure",), ("erasure",)),
     "shredder": _RoleSpec(False, True, ("sign/receipt",), ("erasure", "receipt")),

@@ -241,7 +241,7 @@ def test_privatizer_memos_are_dropped_after_a_restart_empty(
     records = [ProtectedRecord(v, int(time.time() * 1000)) for _, v in protected]
     client = redis.Redis.from_url(own_redis.url)
     try:
-        priv = build_privatizer(s, client=client)
+        priv = build_privatizer(s, client=client, guard=False)
         guard = guard_privatizer(s, priv, client) if guarded else None
         if guard is not None:
             assert getattr(priv, "guard") is guard and getattr(priv.store, "prefix") == s.redis_key_prefix  # noqa: B009
