@@ -353,7 +353,7 @@ class StreamEngine:
             producer.send_offsets_to_transaction(tps, consumer.consumer_group_metadata(), 30)
             producer.commit_transaction(60)
         except (KafkaException, _Fatal) as exc:
-            with contextlib.suppress(KafkaException):
+            with contextlib.suppress(KafkaException, SystemError):
                 producer.abort_transaction(30)
             raise _Fatal(f"transaction aborted: {error_name(exc) if isinstance(exc, KafkaException) else exc}") from None
         for tp, o in ticket.offsets.items():
@@ -491,8 +491,17 @@ class StreamEngine:
 
     def _on_error(self, err: KafkaError) -> None:
         """librdkafka's error callback (both clients)."""
+        try:
+            self._handle_client_error(err)
+        except Exception as exc:  # never let an exception escape into librdkafka's callback
+            self._fatal = f"client error could not be handled: {type(exc).__name__}: {exc}"
+
+    def _handle_client_error(self, err: KafkaError) -> None:
         if err.fatal():
-            self._fatal = error_name(err)
+            if self._sink is not None:
+                self._sink.on_fatal(error_name(err))
+            else:
+                self._fatal = error_name(err)
         else:
             self._client_problem(err)
 
@@ -671,7 +680,7 @@ class StreamEngine:
                 try:
                     self._emit(self.finish())
                     self._drain()
-                except (_Fatal, KafkaException) as exc:
+                except (_Fatal, KafkaException, SystemError) as exc:
                     self.log.warning("shutdown: outputs not delivered (the restart re-reads them)",
                                      extra={"error": str(exc)})
         finally:

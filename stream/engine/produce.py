@@ -48,7 +48,10 @@ _FATAL_CODES = frozenset(
         for name in ("_FATAL", "_FENCED", "PRODUCER_FENCED", "INVALID_PRODUCER_EPOCH", "OUT_OF_ORDER_SEQUENCE_NUMBER",
                      "UNKNOWN_PRODUCER_ID", "INVALID_PRODUCER_ID_MAPPING", "TOPIC_AUTHORIZATION_FAILED",
                      "CLUSTER_AUTHORIZATION_FAILED", "TRANSACTIONAL_ID_AUTHORIZATION_FAILED",
-                     "SASL_AUTHENTICATION_FAILED", "_AUTHENTICATION", "_INCONSISTENT")
+                     "SASL_AUTHENTICATION_FAILED", "_AUTHENTICATION", "_INCONSISTENT",
+                     # librdkafka purges queued records only after a fatal error or an aborted
+                     # transaction (the engine never purges): the client must be recreated
+                     "_PURGE_QUEUE", "_PURGE_INFLIGHT")
     ) if c is not None
 )
 
@@ -114,8 +117,11 @@ class Ticket:
     def on_delivery(self, err: KafkaError | None, msg: Any) -> None:
         if err is None:
             self.pending -= 1
-        else:
+            return
+        try:
             self.sink.failed(self, err, msg)
+        except Exception as exc:  # never let an exception escape into librdkafka's callback
+            self.sink.on_fatal(f"delivery report could not be handled: {type(exc).__name__}: {exc}")
 
 
 class Sink:
@@ -132,11 +138,17 @@ class Sink:
         self.producer = producer
         self.undeliverable = undeliverable
         self.on_retry = on_retry
-        self.on_fatal = on_fatal
+        self._on_fatal = on_fatal
+        self.fatal = False  # the client is unusable: nothing more is sent through it
         self.on_replaced = on_replaced
         self._redo: list[tuple[Ticket, Out]] = []
         self._rlog = RateLimitedLog(log)
         self.retries = 0
+
+    def on_fatal(self, why: str) -> None:
+        self.fatal = True
+        self._redo.clear()
+        self._on_fatal(why)
 
     # -- queueing ---------------------------------------------------------------------------
     def send(self, ticket: Ticket) -> None:
@@ -195,7 +207,7 @@ class Sink:
             if again:
                 self._count_retry(len(again), "produce queue full or broker away: records re-queued",
                                   "queue")
-                self.producer.poll(0.05)
+                self._poll(0.05)
             pending = again
 
     def _raised(self, ticket: Ticket, pending: list[tuple[Out, dict[str, Any]]], exc: KafkaException) -> None:
@@ -219,7 +231,9 @@ class Sink:
                 return
             except BufferError:
                 self._count_retry(1, "produce queue full: records re-queued", "queue")
-                self.producer.poll(0.05)
+                self._poll(0.05)
+                if self.fatal:
+                    return
             except KafkaException as exc:
                 self._refused(ticket, o, exc)
                 return
@@ -250,11 +264,14 @@ class Sink:
     # -- delivery reports ---------------------------------------------------------------------
     def failed(self, ticket: Ticket, err: KafkaError, msg: Any) -> None:
         """A delivery report with an error (called from ``poll``/``flush``)."""
-        o = _out_of(ticket, msg)
+        if self.fatal:
+            return  # the engine recreates the client and resumes from the committed offsets
         disposition = classify(err)
-        if disposition is Disposition.FATAL:
+        if disposition is Disposition.FATAL:  # (a purged message's accessors may fail: not touched)
             self.on_fatal(error_name(err))
-        elif disposition is Disposition.RECORD:
+            return
+        o = _out_of(ticket, msg)
+        if disposition is Disposition.RECORD:
             self._replace(ticket, o, error_name(err))
         else:
             self._count_retry(1, "delivery failed, record re-sent", "delivery", error=error_name(err))
@@ -274,10 +291,19 @@ class Sink:
         self.on_retry(n)
         self._rlog(logging.WARNING, key, msg, count=n, retries=self.retries, **extra)
 
+    def _poll(self, timeout: float, *, flush: bool = False) -> int:
+        """``poll`` / ``flush``; a client that fails inside them (confluent-kafka raises
+        SystemError from a fatal transactional producer) is reported fatal."""
+        try:
+            return self.producer.flush(timeout) if flush else (self.producer.poll(timeout) and 0)
+        except (SystemError, KafkaException) as exc:
+            self.on_fatal(f"producer failed: {error_name(exc)}: {exc}")
+            return 1
+
     def service(self, timeout: float = 0.0) -> None:
         """Serve delivery reports and re-send what asked for it."""
-        self.producer.poll(timeout)
-        if self._redo:
+        self._poll(timeout)
+        if self._redo and not self.fatal:
             redo, self._redo = self._redo, []
             for ticket, o in redo:
                 self._single(ticket, o)
@@ -287,7 +313,9 @@ class Sink:
         how many records are still undelivered."""
         deadline = time.monotonic() + timeout
         while True:
-            left = self.producer.flush(max(0.0, min(1.0, deadline - time.monotonic())))
+            left = self._poll(max(0.0, min(1.0, deadline - time.monotonic())), flush=True)
+            if self.fatal:
+                return max(left, 1)
             if self._redo:
                 self.service()
                 left += 1

@@ -402,3 +402,32 @@ def test_privatizer_windows_survive_a_crash(settings_factory, unique_id):
     # the restored window says its memos may count up to 2 m times (error bars stay upper bounds)
     assert {r["max_reports_per_memo"] for r in merged} == {2 * uncapped}
 
+
+
+def test_a_fatal_producer_error_recreates_the_clients_and_loses_nothing(settings_factory, unique_id):
+    """A real fatal client error: another producer takes over the gateway's transactional id
+    (fencing it). The gateway recreates its clients, resumes from the committed offsets, and
+    every event ends in clicks.protected."""
+    from confluent_kafka import Producer
+
+    from stream.engine.core import instance_id
+    from stream.kafka import producer_config
+
+    h = HARNESSES["gateway"]
+    s = _settings(settings_factory, unique_id, processing_guarantee="exactly_once")
+    sent = h.inputs(s, 600, 8)
+    bootstrap = s.kafka_bootstrap_or_dev()
+    engine = h.make(s)
+    with running_in_thread(engine, "gateway"):
+        publish(bootstrap, s.topics.raw, [v for _, v in sent[:300]])
+        _done(h, s, sent[:300], [engine])
+        fencer = Producer(producer_config(bootstrap, **{"transactional.id": f"{s.consumer_group}-{instance_id()}"}))
+        fencer.init_transactions(30)  # the broker fences the gateway's producer epoch
+        t0 = time.monotonic()
+        publish(bootstrap, s.topics.raw, [v for _, v in sent[300:]])
+        got = _done(h, s, sent, [engine])
+        took = time.monotonic() - t0
+        assert engine.recoveries >= 1 and engine.healthy
+    missing, dups = _score(h, sent, got)
+    _report("fatal-producer", "gateway", len(sent), missing, dups, took)
+    assert missing == 0
