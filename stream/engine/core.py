@@ -65,7 +65,12 @@ class NotDeliveredError(StreamgateError):
 
 
 class _Fatal(Exception):
-    """Internal: a client went fatal; the loop recreates the clients."""
+    """Internal: a client went fatal; the loop recreates the clients (only the producer when
+    only the producer failed: the consumer keeps its group membership and rewinds)."""
+
+    def __init__(self, why: str, *, producer_only: bool = False) -> None:
+        super().__init__(why)
+        self.producer_only = producer_only
 
 
 class StreamEngine:
@@ -107,6 +112,7 @@ class StreamEngine:
         self._tickets: deque[Ticket] = deque()
         self._committed: dict[TP, int] = {}
         self._fatal: str | None = None
+        self._producer_fatal: str | None = None
         self._attempt = 0
         self._next_tick = 0.0
         self._tick_attempt = 0
@@ -214,7 +220,7 @@ class StreamEngine:
                     try:
                         self._step(stop)
                     except _Fatal as exc:
-                        self._recover(str(exc), stop)
+                        self._recover(str(exc), producer_only=exc.producer_only)
             except EngineFatalError as exc:
                 self.fatal_error = str(exc)
                 raise
@@ -236,8 +242,11 @@ class StreamEngine:
 
     def _check_fatal(self) -> None:
         if self._fatal is not None:
-            why, self._fatal = self._fatal, None
+            why, self._fatal, self._producer_fatal = self._fatal, None, None
             raise _Fatal(why)
+        if self._producer_fatal is not None:
+            why, self._producer_fatal = self._producer_fatal, None
+            raise _Fatal(why, producer_only=True)
 
     # -- consume ---------------------------------------------------------------------------
     def _consume(self) -> list[Record]:
@@ -355,7 +364,8 @@ class StreamEngine:
         except (KafkaException, _Fatal) as exc:
             with contextlib.suppress(KafkaException, SystemError):
                 producer.abort_transaction(30)
-            raise _Fatal(f"transaction aborted: {error_name(exc) if isinstance(exc, KafkaException) else exc}") from None
+            why = error_name(exc) if isinstance(exc, KafkaException) else str(exc)
+            raise _Fatal(f"transaction aborted: {why}", producer_only=True) from None
         for tp, o in ticket.offsets.items():
             self._committed[tp] = o
         ticket.offsets = {}
@@ -419,8 +429,8 @@ class StreamEngine:
         ticket = Ticket(self._sink, {}, outs)
         self._sink.send(ticket)
         self._sink.flush(timeout)
-        if self._fatal is not None:
-            raise NotDeliveredError(f"Kafka client failed: {self._fatal}")
+        if self._fatal is not None or self._producer_fatal is not None:
+            raise NotDeliveredError(f"Kafka client failed: {self._fatal or self._producer_fatal}")
         if not ticket.done:
             raise NotDeliveredError(f"{ticket.pending} of {len(outs)} records not delivered within {timeout:.0f} s")
 
@@ -468,7 +478,7 @@ class StreamEngine:
 
     def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         tps = [(tp.topic, tp.partition) for tp in partitions]
-        if not self._closing and self._producer is not None and self._fatal is None:
+        if not self._closing and self._producer is not None and self._fatal is None and self._producer_fatal is None:
             try:
                 self._emit(self.revoked(tps))
                 self._drain()
@@ -489,21 +499,28 @@ class StreamEngine:
         if self._held:
             self._held = [r for r in self._held if (r.topic, r.partition) not in gone]
 
-    def _on_error(self, err: KafkaError) -> None:
-        """librdkafka's error callback (both clients)."""
+    def _on_consumer_error(self, err: KafkaError) -> None:
+        """librdkafka's error callback of the consumer."""
         try:
-            self._handle_client_error(err)
+            if err.fatal():
+                self._fatal = error_name(err)
+            else:
+                self._client_problem(err)
         except Exception as exc:  # never let an exception escape into librdkafka's callback
             self._fatal = f"client error could not be handled: {type(exc).__name__}: {exc}"
 
-    def _handle_client_error(self, err: KafkaError) -> None:
-        if err.fatal():
-            if self._sink is not None:
-                self._sink.on_fatal(error_name(err))
+    def _on_producer_error(self, err: KafkaError) -> None:
+        """librdkafka's error callback of the producer."""
+        try:
+            if err.fatal():
+                if self._sink is not None:
+                    self._sink.on_fatal(error_name(err))
+                else:
+                    self._producer_fatal = error_name(err)
             else:
-                self._fatal = error_name(err)
-        else:
-            self._client_problem(err)
+                self._client_problem(err)
+        except Exception as exc:
+            self._producer_fatal = f"client error could not be handled: {type(exc).__name__}: {exc}"
 
     def _client_problem(self, err: KafkaError) -> None:
         code = err.code()
@@ -513,34 +530,53 @@ class StreamEngine:
 
     # -- clients -------------------------------------------------------------------------------
     def _connect(self) -> None:
-        s = self.settings
-        cid = self.client_id()
-        cconf = consumer_config(self.bootstrap, self.group(), session_timeout_ms=s.session_timeout_ms,
-                                **{"client.id": cid, "error_cb": self._on_error,
-                                   "topic.metadata.refresh.interval.ms": 10_000},
-                                **self.extra_consumer_config(), **self.consumer_overrides)
-        pconf = producer_config(self.bootstrap, **{"client.id": cid, "error_cb": self._on_error},
-                                **self.extra_producer_config())
         try:
             probe_broker(self.bootstrap, timeout=PROBE_SECONDS)
         except StreamgateError as exc:
             raise EngineFatalError(f"{self.name}: {exc}") from None
+        s = self.settings
+        cconf = consumer_config(self.bootstrap, self.group(), session_timeout_ms=s.session_timeout_ms,
+                                **{"client.id": self.client_id(), "error_cb": self._on_consumer_error,
+                                   "topic.metadata.refresh.interval.ms": 10_000},
+                                **self.extra_consumer_config(), **self.consumer_overrides)
         consumer = Consumer(cconf)
-        if self.transactional:
-            pconf["transactional.id"] = f"{self.group()}-{instance_id()}"
-        producer = Producer(pconf)
-        if self.transactional:
-            producer.init_transactions(30)
-        self._consumer, self._producer = consumer, producer
-        self._sink = Sink(producer, undeliverable=self.undeliverable, on_retry=self._count_retry,
-                          on_fatal=self._set_fatal, on_replaced=self._count_replaced)
+        self._consumer = consumer
+        self._new_producer()
         self.joined = False
         self._unassigned_since = time.monotonic()
         consumer.subscribe(self.topics(), on_assign=self._on_assign, on_revoke=self._on_revoke,
                            on_lost=self._on_lost)
 
+    def _new_producer(self) -> None:
+        pconf = producer_config(self.bootstrap, **{"client.id": self.client_id(), "error_cb": self._on_producer_error},
+                                **self.extra_producer_config())
+        if self.transactional:
+            pconf["transactional.id"] = f"{self.group()}-{instance_id()}"
+        producer = Producer(pconf)
+        if self.transactional:
+            producer.init_transactions(30)
+        self._producer = producer
+        self._sink = Sink(producer, undeliverable=self.undeliverable, on_retry=self._count_retry,
+                          on_fatal=self._set_fatal, on_replaced=self._count_replaced)
+
+    def _rewind_to_committed(self) -> None:
+        """Seek every assigned partition back to its committed offset (after the producer was
+        recreated: what was consumed but not committed is read again)."""
+        consumer = self._consumer
+        assert consumer is not None
+        assignment = consumer.assignment()
+        if not assignment:
+            return
+        positions = {(tp.topic, tp.partition): tp.offset for tp in consumer.position(assignment)}
+        for tp in consumer.committed(assignment, timeout=10):
+            if positions.get((tp.topic, tp.partition), -1) < 0:
+                continue  # nothing fetched yet: it starts from the committed offset anyway
+            offset = tp.offset if tp.offset >= 0 else consumer.get_watermark_offsets(tp, timeout=5)[0]
+            consumer.seek(TopicPartition(tp.topic, tp.partition, offset))
+        self._committed.clear()
+
     def _set_fatal(self, why: str) -> None:
-        self._fatal = why
+        self._producer_fatal = why
 
     def _count_retry(self, n: int) -> None:
         if self.metrics is not None:
@@ -565,8 +601,10 @@ class StreamEngine:
         self._committed.clear()
         self.joined = False
 
-    def _recover(self, why: str, stop: threading.Event) -> None:
-        """A client went fatal: recreate both and resume from the committed offsets."""
+    def _recover(self, why: str, *, producer_only: bool = False) -> None:
+        """A client went fatal: recreate it and resume from the committed offsets. A failed
+        producer alone is replaced and the consumer rewound (its group membership kept);
+        otherwise both clients are recreated."""
         now = time.monotonic()
         recent = self._recent_recoveries
         recent.append(now)
@@ -578,14 +616,29 @@ class StreamEngine:
         if len(recent) > self.settings.max_client_recoveries:
             raise EngineFatalError(f"{self.name}: Kafka client failed {len(recent)} times in 120 s, "
                                    f"last: {why}")
-        self.log.error("fatal Kafka client error: recreating the clients, resuming from committed offsets",
+        what = "the producer" if producer_only else "the clients"
+        self.log.error(f"fatal Kafka client error: recreating {what}, resuming from committed offsets",
                        extra={"error": why, "recoveries": self.recoveries})
         self.progress.problem = f"recovering from a fatal client error: {why}"
         self._held = []
         self._tickets.clear()
-        self._close_clients()
-        self.reset()
-        self._connect()
+        if producer_only and self._consumer is not None:
+            old, self._producer, self._sink = self._producer, None, None
+            if old is not None:
+                with contextlib.suppress(Exception):
+                    old.purge(in_queue=True, in_flight=True, blocking=False)
+            self.reset()
+            self._new_producer()
+            try:
+                self._rewind_to_committed()
+            except (KafkaException, SystemError) as exc:  # cannot rewind: start the consumer afresh too
+                self.log.warning("rewind failed: recreating the consumer too", extra={"error": error_name(exc)})
+                self._close_clients()
+                self._connect()
+        else:
+            self._close_clients()
+            self.reset()
+            self._connect()
         self.progress.problem = None
         self.progress.moved()
 
@@ -676,7 +729,7 @@ class StreamEngine:
 
     def _shutdown(self) -> None:
         try:
-            if self._producer is not None and self._fatal is None:
+            if self._producer is not None and self._fatal is None and self._producer_fatal is None:
                 try:
                     self._emit(self.finish())
                     self._drain()

@@ -179,7 +179,11 @@ def _done(h: Harness, s: Settings, sent: list[tuple[str, bytes]], engines: list[
         got = h.produced(s, engines)
         return all(got[k] >= v for k, v in want.items())
 
-    wait_for(complete, timeout=timeout, interval=1.0, what=f"{h.name} outputs for every input")
+    try:
+        wait_for(complete, timeout=timeout, interval=1.0, what=f"{h.name} outputs for every input")
+    except AssertionError as exc:  # say what the engines were doing
+        states = [(e.name, e.not_ready_reason, e.recoveries, getattr(e, "errors", None)) for e in engines]
+        raise AssertionError(f"{exc}; engines: {states}") from None
     return got
 
 
