@@ -22,7 +22,7 @@ from ops_gateway_worker import GatewayWorker, gateway_worker, http_get
 from stream.config import Settings
 from stream.dev.stack import free_port
 from stream.ops.metrics import WorkerMetrics
-from stream.ops.watch import WatchState, read_until_idle, safe_reason, watch_consumer
+from stream.ops.watch import WatchState, assign_new, read_until_idle, safe_reason, watch_consumer
 from stream.ops.worker import OpsHandle, Readiness, snapshot_record
 
 Factory = Callable[..., Settings]
@@ -118,16 +118,15 @@ def test_safe_reason() -> None:
 def _watched(w: GatewayWorker, settings: Settings, until: Callable[[dict[str, Any]], bool],
              timeout: float = 90.0) -> dict[str, Any]:
     """The gateway's row as ``ops watch`` computes it (same code, in-process), once ``until(row)``."""
-    consumer, handlers, _missing = watch_consumer(w.bootstrap, settings)
+    consumer, handlers, missing = watch_consumer(w.bootstrap, settings)
     state = WatchState()
     deadline = time.monotonic() + timeout
     try:
         while time.monotonic() < deadline:
             if w.proc.poll() is not None:
                 raise AssertionError(f"the gateway exited:\n{w.tail()}")
-            if not consumer.assignment():  # the metrics topic is created by the worker's publisher
-                consumer.close()
-                consumer, handlers, _missing = watch_consumer(w.bootstrap, settings)
+            if missing:  # the metrics topic is created by the worker's publisher: assign it once it exists
+                missing = assign_new(consumer, missing)
             read_until_idle(consumer, handlers, state, idle=0.5, deadline=time.monotonic() + 2)
             rows = [r for r in state.worker_rows() if r["worker"] == "gateway"]
             if rows and until(rows[0]):
