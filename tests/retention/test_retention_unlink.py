@@ -177,7 +177,7 @@ def test_redis_losing_the_secrets_is_noticed_by_the_guard_and_tokens_change(tk2)
     tok = gw.process([rec]).protected[0][0].decode()
     assert gw.process([rec]).protected[0][0].decode() == tok  # cached
     rc = redis_client(tk2)
-    from tests.fixtures import delete_prefixed_keys
+    from fixtures import delete_prefixed_keys
 
     delete_prefixed_keys(rc, tk2.redis_key_prefix)  # the data loss (marker included)
     new = gw.process([rec]).protected[0][0].decode()
