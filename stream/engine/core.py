@@ -382,9 +382,8 @@ class StreamEngine:
         self._report_lag(cached=True)
         self._watch_assignment()
         if self.progress.observe(held=len(self._held), inflight=sum(t.pending for t in self._tickets)):
+            # /readyz, ops watch and the streamgate_ready gauge read the reason from the engine
             self.log.warning("no progress: not ready", extra={"reason": self.progress.reason})
-            if self.metrics is not None and hasattr(self.metrics, "stalled"):
-                self.metrics.stalled()
 
     def _commit_delivered(self, *, sync: bool) -> None:
         """Commit the offsets of the leading finished results (module docstring)."""
@@ -611,8 +610,6 @@ class StreamEngine:
         while recent and now - recent[0] > 120:
             recent.popleft()
         self.recoveries += 1
-        if self.metrics is not None and hasattr(self.metrics, "client_recovered"):
-            self.metrics.client_recovered()
         if len(recent) > self.settings.max_client_recoveries:
             raise EngineFatalError(f"{self.name}: Kafka client failed {len(recent)} times in 120 s, "
                                    f"last: {why}")
