@@ -1,20 +1,11 @@
-"""Registers the project-wide fixtures of tests/fixtures.py.
+"""Registers the project-wide fixtures of ``tests/support/fixtures.py``.
 
-The test folders have no ``__init__.py``; the tests directory is put on
-``sys.path`` here so ``fixtures`` (and helpers next to the tests) import with a
-plain ``pytest`` from the repository root, whatever the import mode.
+``tests`` is a package: helpers import as ``tests.support.<module>``.
 """
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
-_TESTS_DIR = str(Path(__file__).resolve().parent)
-if _TESTS_DIR not in sys.path:
-    sys.path.insert(0, _TESTS_DIR)
-
-from fixtures import (  # noqa: E402
+from tests.support.fixtures import (
     kafka_bootstrap,
     master_key_b64,
     own_redis,

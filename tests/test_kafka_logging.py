@@ -25,14 +25,7 @@ from stream.kafka import (
     probe_broker,
     producer_config,
 )
-
-
-class _Clock:
-    def __init__(self) -> None:
-        self.t = 1000.0
-
-    def __call__(self) -> float:
-        return self.t
+from tests.support.clock import Clock
 
 
 def _record(msg: str, level: int = logging.ERROR, *args: object) -> logging.LogRecord:
@@ -40,7 +33,7 @@ def _record(msg: str, level: int = logging.ERROR, *args: object) -> logging.LogR
 
 
 def test_rate_limit_passes_first_then_one_per_window_with_the_suppressed_count() -> None:
-    clock = _Clock()
+    clock = Clock(1000.0)
     f = RateLimitFilter(every=30.0, clock=clock)
     line = "FAIL [rdkafka#producer-1] 127.0.0.1:9/bootstrap: Connect to ipv4#127.0.0.1:9 failed: Connection refused (after {}ms in state CONNECT)"
     assert f.filter(_record(line.format(0)))

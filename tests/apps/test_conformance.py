@@ -20,7 +20,6 @@ from typing import Any
 
 import orjson
 import pytest
-from kafka_helpers import read_topic, running_in_thread, wait_for
 
 from stream.apps.engine import GatewayEngine
 from stream.apps.learner import LearnerEngine
@@ -33,6 +32,7 @@ from stream.engine import StreamEngine
 from stream.gateway.core import RawRecord
 from stream.kafka import ensure_topics
 from stream.synth import ClickstreamGenerator
+from tests.support.kafka import read_topic, running_in_thread, wait_for
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -84,7 +84,7 @@ def _privatizer_out(s: Settings, engines: list[StreamEngine]) -> Counter[str]:
 
 
 def _example_inputs(s: Settings, n: int, seed: int) -> list[tuple[str, bytes]]:
-    from learner_examples import make_examples
+    from tests.support.learner_examples import make_examples
 
     return [(str(i), v) for i, v in enumerate(make_examples(n, seed=seed).records)]
 

@@ -9,7 +9,6 @@ from collections import Counter
 import orjson
 import pytest
 from confluent_kafka.admin import AdminClient
-from kafka_helpers import read_topic, running_engine, wait_for
 
 from stream.apps.produce import publish
 from stream.components import build_dek_provider
@@ -20,6 +19,7 @@ from stream.gateway.reader import ProtectedEventReader
 from stream.kafka import ensure_topics
 from stream.schema import load_schema, output_validator
 from stream.synth import ClickstreamGenerator
+from tests.support.kafka import read_topic, running_engine, wait_for
 
 pytestmark = pytest.mark.integration
 

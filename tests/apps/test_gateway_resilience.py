@@ -10,7 +10,6 @@ import orjson
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from kafka_helpers import read_topic, running_engine, wait_for
 
 from stream.apps.produce import publish
 from stream.components import build_dek_provider
@@ -18,6 +17,7 @@ from stream.gateway.reader import ProtectedEventReader
 from stream.kafka import ensure_topics
 from stream.schema import load_schema
 from stream.synth import ClickstreamGenerator
+from tests.support.kafka import read_topic, running_engine, wait_for
 
 pytestmark = pytest.mark.integration
 SCHEMA = load_schema("clickstream-event.v1")

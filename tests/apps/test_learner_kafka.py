@@ -13,8 +13,6 @@ from typing import Any
 import orjson
 import pytest
 from confluent_kafka import Consumer, TopicPartition
-from kafka_helpers import read_topic, running_in_thread, wait_for
-from learner_examples import auc, feature_report, make_examples
 
 from stream.apps.learner import LearnerEngine, fresh_model, load_latest_snapshot, snapshot_key
 from stream.apps.produce import publish
@@ -26,6 +24,8 @@ from stream.learn.example import PrivateExample
 from stream.learn.snapshot import ModelSnapshot
 from stream.ops.metrics import WorkerMetrics
 from stream.schema import output_validator
+from tests.support.kafka import read_topic, running_in_thread, wait_for
+from tests.support.learner_examples import auc, feature_report, make_examples
 
 pytestmark = pytest.mark.integration
 

@@ -12,8 +12,6 @@ from contextlib import contextmanager
 import orjson
 import pytest
 import redis
-from fixtures import OwnRedis
-from kafka_helpers import read_topic, running_in_thread, wait_for
 
 from stream.apps.privatizer import PrivatizerEngine, build_privatizer
 from stream.apps.produce import publish
@@ -24,6 +22,8 @@ from stream.kafka import ensure_topics
 from stream.ldp.aggregate import merge_records
 from stream.schema import output_validator
 from stream.synth import ClickstreamGenerator
+from tests.support.fixtures import OwnRedis
+from tests.support.kafka import read_topic, running_in_thread, wait_for
 
 pytestmark = pytest.mark.integration
 

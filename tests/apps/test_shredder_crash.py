@@ -17,16 +17,11 @@ from pathlib import Path
 
 import pytest
 
-_RETENTION_TESTS = str(Path(__file__).resolve().parents[1] / "retention")
-if _RETENTION_TESTS not in sys.path:
-    sys.path.insert(0, _RETENTION_TESTS)
-
-from shred_helpers import Clock, add_ldp_entries, audit_receipts  # noqa: E402
-from workers import settings_env  # noqa: E402
-
-from stream.components import build_dek_provider  # noqa: E402
-from stream.kafka import ensure_topics  # noqa: E402
-from stream.schema import output_validator  # noqa: E402
+from stream.components import build_dek_provider
+from stream.kafka import ensure_topics
+from stream.schema import output_validator
+from tests.support.shred import Clock, add_ldp_entries, audit_receipts
+from tests.support.workers import settings_env
 
 pytestmark = pytest.mark.integration
 

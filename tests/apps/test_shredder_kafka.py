@@ -4,19 +4,20 @@ the person token), gateway caches, malformed and unknown-person requests. Inject
 
 from __future__ import annotations
 
-import sys
 import uuid
 from pathlib import Path
 
 import orjson
 import pytest
 
-_RETENTION_TESTS = str(Path(__file__).resolve().parents[1] / "retention")
-if _RETENTION_TESTS not in sys.path:
-    sys.path.insert(0, _RETENTION_TESTS)
-
-from kafka_helpers import read_topic, running_engine, wait_for  # noqa: E402
-from shred_helpers import (  # noqa: E402
+from stream.components import build_dek_provider, invalidation_listener
+from stream.errors import KeyShreddedError
+from stream.kafka import ensure_topics
+from stream.retention.redis_store import RedisShredStore
+from stream.schema import output_validator
+from stream.synth import ClickstreamGenerator
+from tests.support.kafka import read_topic, running_engine, wait_for
+from tests.support.shred import (
     Clock,
     add_ldp_entries,
     audit_receipts,
@@ -28,13 +29,6 @@ from shred_helpers import (  # noqa: E402
     signed_request,
     token_of,
 )
-
-from stream.components import build_dek_provider, invalidation_listener  # noqa: E402
-from stream.errors import KeyShreddedError  # noqa: E402
-from stream.kafka import ensure_topics  # noqa: E402
-from stream.retention.redis_store import RedisShredStore  # noqa: E402
-from stream.schema import output_validator  # noqa: E402
-from stream.synth import ClickstreamGenerator  # noqa: E402
 
 pytestmark = pytest.mark.integration
 

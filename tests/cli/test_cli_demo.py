@@ -16,9 +16,9 @@ import sys
 from pathlib import Path
 
 import pytest
-from procscan import procs_mentioning
 
 from stream.synth import ClickstreamGenerator
+from tests.support.procscan import procs_mentioning
 
 pytestmark = pytest.mark.integration
 

@@ -5,8 +5,6 @@ exit 1), and scoring private reports and clear values."""
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
 from typing import Any
 
 import orjson
@@ -14,19 +12,15 @@ import pytest
 from click.testing import CliRunner
 from confluent_kafka import Producer
 
-_APPS = str(Path(__file__).resolve().parents[1] / "apps")
-if _APPS not in sys.path:
-    sys.path.insert(0, _APPS)
-from learner_examples import feature_report, make_examples  # noqa: E402
-from workers import settings_env  # noqa: E402
-
-from stream.apps.learner import fresh_model, snapshot_key  # noqa: E402
-from stream.cli import cli  # noqa: E402
-from stream.config import Settings  # noqa: E402
-from stream.crypto.keyring import Keyring  # noqa: E402
-from stream.kafka import ensure_topics, producer_config  # noqa: E402
-from stream.learn.example import PrivateExample  # noqa: E402
-from stream.learn.snapshot import ModelSnapshot  # noqa: E402
+from stream.apps.learner import fresh_model, snapshot_key
+from stream.cli import cli
+from stream.config import Settings
+from stream.crypto.keyring import Keyring
+from stream.kafka import ensure_topics, producer_config
+from stream.learn.example import PrivateExample
+from stream.learn.snapshot import ModelSnapshot
+from tests.support.learner_examples import feature_report, make_examples
+from tests.support.workers import settings_env
 
 pytestmark = pytest.mark.integration
 

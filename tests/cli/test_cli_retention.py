@@ -23,14 +23,9 @@ from stream.crypto.keyring import Keyring
 from stream.crypto.tokens import Tokenizer
 from stream.dev.stack import free_port
 from stream.schema import output_validator
-
-for _dir in ("retention", "apps"):
-    _path = str(Path(__file__).resolve().parents[1] / _dir)
-    if _path not in sys.path:
-        sys.path.insert(0, _path)
-from kafka_helpers import read_topic  # noqa: E402
-from shred_helpers import Clock, produce, protect  # noqa: E402
-from workers import settings_env, stop_process  # noqa: E402
+from tests.support.kafka import read_topic
+from tests.support.shred import Clock, produce, protect
+from tests.support.workers import settings_env, stop_process
 
 pytestmark = pytest.mark.integration
 

@@ -13,13 +13,8 @@ import pytest
 
 from stream.crypto.keyring import ROLES, Keyring
 from stream.schema import load_schema
-
-for _dir in ("retention", "apps"):
-    _path = str(Path(__file__).resolve().parents[1] / _dir)
-    if _path not in sys.path:
-        sys.path.insert(0, _path)
-from shred_helpers import Clock, produce, protect  # noqa: E402
-from workers import settings_env  # noqa: E402
+from tests.support.shred import Clock, produce, protect
+from tests.support.workers import settings_env
 
 pytestmark = pytest.mark.integration
 

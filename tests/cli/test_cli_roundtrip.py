@@ -34,8 +34,6 @@ from typing import Any
 import orjson
 import pytest
 import redis
-from procscan import procs_mentioning
-from workers import stop_process, worker_env
 
 from stream.config import TopicNames
 from stream.crypto.keyring import Keyring
@@ -43,12 +41,10 @@ from stream.crypto.tokens import Tokenizer
 from stream.dev.stack import free_port
 from stream.schema import load_schema
 from stream.synth import ClickstreamGenerator
-
-_APPS_TESTS = str(Path(__file__).resolve().parents[1] / "apps")
-if _APPS_TESTS not in sys.path:
-    sys.path.insert(0, _APPS_TESTS)
-from fixtures import delete_prefixed_keys  # noqa: E402
-from kafka_helpers import read_topic  # noqa: E402
+from tests.support.fixtures import delete_prefixed_keys
+from tests.support.kafka import read_topic
+from tests.support.procscan import procs_mentioning
+from tests.support.workers import stop_process, worker_env
 
 pytestmark = pytest.mark.integration
 

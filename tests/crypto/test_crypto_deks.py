@@ -12,21 +12,13 @@ from stream.crypto.fields import decrypt_value, encrypt_value, parse_ciphertext
 from stream.crypto.keyring import Keyring
 from stream.crypto.kms import LocalKMS
 from stream.errors import DecryptError, KeyShreddedError, KeyUnavailableError
+from tests.support.clock import Clock
 
 DAY = 86400
 EPOCH = 20000
 T0 = EPOCH * DAY + 100.0
 
 
-class Clock:
-    def __init__(self, t: float = T0) -> None:
-        self.t = t
-
-    def __call__(self) -> float:
-        return self.t
-
-    def advance(self, seconds: float) -> None:
-        self.t += seconds
 
 
 class CountingStore(MemoryKeyStore):
@@ -55,7 +47,7 @@ class CountingStore(MemoryKeyStore):
 
 @pytest.fixture
 def clock() -> Clock:
-    return Clock()
+    return Clock(T0)
 
 
 @pytest.fixture

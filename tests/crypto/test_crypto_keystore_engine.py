@@ -4,14 +4,11 @@ mid-stream. Every event protected after the restart must decrypt with a fresh re
 from __future__ import annotations
 
 import shutil
-import sys
 import time
 from collections.abc import Callable
-from pathlib import Path
 
 import orjson
 import pytest
-from fixtures import OwnRedis
 
 from stream.apps.engine import GatewayEngine
 from stream.apps.produce import publish
@@ -23,9 +20,8 @@ from stream.gateway.reader import ProtectedEventReader
 from stream.kafka import ensure_topics
 from stream.schema import load_schema
 from stream.synth import ClickstreamGenerator
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "apps"))
-from kafka_helpers import read_topic, running_in_thread, wait_for
+from tests.support.fixtures import OwnRedis
+from tests.support.kafka import read_topic, running_in_thread, wait_for
 
 pytestmark = pytest.mark.integration
 SCHEMA = load_schema("clickstream-event.v1")

@@ -14,7 +14,6 @@ from typing import Any, TypeVar
 import orjson
 import pytest
 import redis
-from fixtures import OwnRedis
 
 from stream.apps.privatizer import build_privatizer
 from stream.components import build_dek_provider, build_gateway, guard_privatizer
@@ -27,6 +26,7 @@ from stream.gateway.reader import ProtectedEventReader
 from stream.ldp.privatizer import ProtectedRecord
 from stream.schema import load_schema
 from stream.synth import ClickstreamGenerator
+from tests.support.fixtures import OwnRedis
 
 pytestmark = pytest.mark.integration
 

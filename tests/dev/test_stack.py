@@ -18,12 +18,12 @@ import pytest
 import redis
 from confluent_kafka import Consumer, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic
-from fixtures import delete_prefixed_keys
 
 from stream.config import TopicNames
 from stream.dev import stack as stack_mod
 from stream.dev.stack import DevStack, StackInfo, ephemeral_stack, find_redis_binary
 from stream.errors import DevStackError
+from tests.support.fixtures import delete_prefixed_keys
 
 pytestmark = pytest.mark.integration
 

@@ -21,17 +21,12 @@ from stream.gateway.core import Gateway, RawRecord, unseal_dead_letter
 from stream.gateway.reader import SHREDDED_MASK, ProtectedEventReader
 from stream.schema import load_schema, output_validator
 from stream.synth import ClickstreamGenerator
+from tests.support.clock import Clock
 
 SCHEMA = load_schema("clickstream-event.v1")
 ENCRYPTED = SCHEMA.fields_with("encrypt")
 
 
-class Clock:
-    def __init__(self, t: float = 1_800_000_000.0) -> None:
-        self.t = t
-
-    def __call__(self) -> float:
-        return self.t
 
 
 def make_gateway(keyring: Keyring | None = None, store: MemoryKeyStore | None = None, clock: Clock | None = None):

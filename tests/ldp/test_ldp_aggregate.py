@@ -7,7 +7,6 @@ from collections import Counter
 
 import numpy as np
 import pytest
-from ldp_fixtures import make_privatizer, protect
 
 from stream.crypto.keyring import Keyring
 from stream.ldp.aggregate import WindowAggregator, estimate_record, merge_records
@@ -15,16 +14,12 @@ from stream.ldp.policy import NONE_VALUE, LdpPolicy
 from stream.ldp.privatizer import AttributeReport, ProtectedRecord
 from stream.schema import load_schema, output_validator
 from stream.synth import ClickstreamGenerator
+from tests.support.clock import Clock
+from tests.support.ldp import make_privatizer, protect
 
 POLICY = LdpPolicy.from_schema(load_schema("clickstream-event.v1"), 2.0)
 
 
-class Clock:
-    def __init__(self, t: float) -> None:
-        self.t = t
-
-    def __call__(self) -> float:
-        return self.t
 
 
 @pytest.fixture(scope="module")

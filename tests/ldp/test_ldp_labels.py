@@ -12,7 +12,6 @@ from datetime import datetime
 import numpy as np
 import orjson
 import pytest
-from ldp_fixtures import make_privatizer, protected_records
 
 from stream.crypto.keyring import Keyring
 from stream.errors import KeyUnavailableError
@@ -21,6 +20,7 @@ from stream.ldp.memo import MemoryMemoStore
 from stream.ldp.privatizer import ProtectedRecord
 from stream.schema import output_validator
 from stream.synth import ClickstreamGenerator
+from tests.support.ldp import make_privatizer, protected_records
 
 EPOCH = int(time.time()) // 86400  # make_privatizer: one-day epochs, 30 days of retention
 

@@ -8,13 +8,13 @@ import time
 import orjson
 import pytest
 import redis
-from ldp_fixtures import make_privatizer, protect
 
 from stream.crypto.keyring import Keyring
 from stream.ldp.labels import ExampleStub
 from stream.ldp.memo import MICRO, RedisMemoStore
 from stream.ldp.privatizer import ProtectedRecord
 from stream.retention.redis_store import RedisShredStore
+from tests.support.ldp import make_privatizer, protect
 
 pytestmark = pytest.mark.integration
 

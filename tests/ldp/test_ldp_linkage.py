@@ -15,12 +15,12 @@ import time
 import orjson
 import pytest
 import redis
-from ldp_fixtures import make_privatizer, protect
 
 from stream.crypto.keyring import Keyring
 from stream.ldp.memo import RedisMemoStore
 from stream.ldp.privatizer import ProtectedRecord
 from stream.synth import ClickstreamGenerator
+from tests.support.ldp import make_privatizer, protect
 
 pytestmark = pytest.mark.integration
 

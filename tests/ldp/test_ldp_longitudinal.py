@@ -109,10 +109,9 @@ def test_alpha_point_rounding_is_unbiased_and_bounds_the_memos_of_a_cell() -> No
     # in the privatizer: 50 distinct prices of one person in one cell share at most two memos
     import time
 
-    from ldp_fixtures import make_privatizer, protected_records
-
     from stream.crypto.keyring import Keyring
     from stream.ldp.memo import MemoryMemoStore
+    from tests.support.ldp import make_privatizer, protected_records
 
     store = MemoryMemoStore()
     priv = make_privatizer(store=store, budget=100.0)

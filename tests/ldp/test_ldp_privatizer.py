@@ -8,7 +8,6 @@ import time
 import numpy as np
 import orjson
 import pytest
-from ldp_fixtures import make_privatizer, protect, protected_records
 
 from stream.crypto.keyring import Keyring
 from stream.errors import SchemaPolicyError
@@ -17,6 +16,7 @@ from stream.ldp.policy import NONE_VALUE, LdpPolicy
 from stream.ldp.privatizer import ProtectedRecord, hour_of_week
 from stream.schema import EventSchema, load_schema, output_validator, schema_document
 from stream.synth import ClickstreamGenerator
+from tests.support.ldp import make_privatizer, protect, protected_records
 
 
 @pytest.fixture()

@@ -12,7 +12,6 @@ import orjson
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from learn_fixtures import real_privatizer_output
 
 from stream.errors import InvalidExampleError, StreamgateError
 from stream.learn.example import (
@@ -26,6 +25,7 @@ from stream.learn.example import (
 )
 from stream.schema import output_validator
 from stream.synth import ClickstreamGenerator
+from tests.support.learn import real_privatizer_output
 
 
 def _valid() -> dict[str, Any]:

@@ -9,7 +9,6 @@ import math
 import numpy as np
 import orjson
 import pytest
-from learn_fixtures import clickstream_policy, private_examples, real_privatizer_output
 
 from stream.errors import InvalidExampleError
 from stream.learn import (
@@ -20,6 +19,7 @@ from stream.learn import (
     flip_probability,
 )
 from stream.synth import ClickstreamGenerator
+from tests.support.learn import clickstream_policy, private_examples, real_privatizer_output
 
 N = 20_000
 # features at eps_inf 8 per memo: 4 per report (eps_1 = eps_inf / 2), the level these figures were measured at;

@@ -14,13 +14,13 @@ from typing import Any
 import orjson
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-from learn_fixtures import clickstream_policy, private_examples
 
 import stream.learn.snapshot as snapshot_module
 from stream.crypto.signing import sign
 from stream.errors import SnapshotError
 from stream.learn import ModelSnapshot, PropensityModel
 from stream.learn.snapshot import SNAPSHOT_FORMAT
+from tests.support.learn import clickstream_policy, private_examples
 
 EXAMPLES, _CLEAN = private_examples(800, epsilon=4.0, label_epsilon=4.0, seed=11)
 

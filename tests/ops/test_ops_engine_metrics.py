@@ -4,9 +4,7 @@ the lag gauge shows the backlog while held."""
 
 from __future__ import annotations
 
-import sys
 from collections.abc import Callable
-from pathlib import Path
 
 import pytest
 from prometheus_client import generate_latest
@@ -18,12 +16,8 @@ from stream.config import Settings
 from stream.kafka import ensure_topics
 from stream.ops.metrics import WorkerMetrics
 from stream.synth import ClickstreamGenerator
-
-_APPS_TESTS = str(Path(__file__).resolve().parents[1] / "apps")
-if _APPS_TESTS not in sys.path:
-    sys.path.insert(0, _APPS_TESTS)
-from fixtures import OwnRedis  # noqa: E402
-from kafka_helpers import running_in_thread, wait_for  # noqa: E402
+from tests.support.fixtures import OwnRedis
+from tests.support.kafka import running_in_thread, wait_for
 
 pytestmark = pytest.mark.integration
 N = 120

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import re
-import sys
 import time
 import uuid
 from collections import Counter
@@ -20,7 +19,13 @@ from typing import Any
 import orjson
 import pytest
 import yaml
-from ops_gateway_worker import (
+from prometheus_client.parser import text_string_to_metric_families
+
+from stream.dev.stack import free_port
+from stream.ops.logging import ALLOWED_EXTRA
+from stream.ops.metrics import SERIES
+from stream.synth import ClickstreamGenerator
+from tests.support.gateway_worker import (
     GatewayWorker,
     gateway_worker,
     http_get,
@@ -28,17 +33,7 @@ from ops_gateway_worker import (
     scrape,
     wait_fresh_snapshot,
 )
-from prometheus_client.parser import text_string_to_metric_families
-
-from stream.dev.stack import free_port
-from stream.ops.logging import ALLOWED_EXTRA
-from stream.ops.metrics import SERIES
-from stream.synth import ClickstreamGenerator
-
-_APPS_TESTS = str(Path(__file__).resolve().parents[1] / "apps")
-if _APPS_TESTS not in sys.path:
-    sys.path.insert(0, _APPS_TESTS)
-from kafka_helpers import read_topic  # noqa: E402
+from tests.support.kafka import read_topic
 
 pytestmark = pytest.mark.integration
 

@@ -17,13 +17,13 @@ from typing import Any
 
 import orjson
 import pytest
-from ops_gateway_worker import GatewayWorker, gateway_worker, http_get
 
 from stream.config import Settings
 from stream.dev.stack import free_port
 from stream.ops.metrics import WorkerMetrics
 from stream.ops.watch import WatchState, assign_new, read_until_idle, safe_reason, watch_consumer
 from stream.ops.worker import OpsHandle, Readiness, snapshot_record
+from tests.support.gateway_worker import GatewayWorker, gateway_worker, http_get
 
 Factory = Callable[..., Settings]
 

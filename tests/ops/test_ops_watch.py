@@ -13,12 +13,12 @@ from dataclasses import dataclass
 
 import orjson
 import pytest
-from ops_gateway_worker import GatewayWorker, gateway_worker, wait_fresh_snapshot
 
 from stream.apps.produce import publish
 from stream.faults import make_invalid
 from stream.ops.watch import WatchState
 from stream.synth import ClickstreamGenerator
+from tests.support.gateway_worker import GatewayWorker, gateway_worker, wait_fresh_snapshot
 
 N_EVENTS = 600
 _REASON_OF_FAULT = {"bad_email": "schema_violation", "bad_type": "schema_violation"}
@@ -105,7 +105,7 @@ def test_ops_watch_once_on_topics_that_do_not_exist(live: Live) -> None:
                STREAMGATE_TOPIC_AUDIT=f"nothing.{uuid.uuid4().hex[:6]}", STREAMGATE_TOPIC_DLQ=f"nothing.{uuid.uuid4().hex[:6]}")
     import subprocess
 
-    from ops_gateway_worker import cli
+    from tests.support.gateway_worker import cli
 
     r = subprocess.run(cli("ops", "watch", "--once", "--idle-timeout", "0.5"), env=env, capture_output=True,
                        text=True, timeout=60)
@@ -159,7 +159,7 @@ def test_ops_watch_live_view_renders_and_stops_on_interrupt(live: Live) -> None:
     import signal
     import subprocess
 
-    from ops_gateway_worker import cli
+    from tests.support.gateway_worker import cli
 
     proc = subprocess.Popen(cli("ops", "watch", "--interval", "0.5"), env=dict(live.w.env, COLUMNS="160"),
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)

@@ -18,17 +18,12 @@ from stream.retention.core import (
 )
 from stream.retention.receipts import dedupe, receipt_id
 from stream.schema import output_validator
+from tests.support.clock import Clock
 
 E, R = 100, 1000  # epoch and retention seconds
 VALID = output_validator("audit-receipt.v1")
 
 
-class Clock:
-    def __init__(self, t: float) -> None:
-        self.t = t
-
-    def __call__(self) -> float:
-        return self.t
 
 
 def expire_at(epoch: int) -> int:

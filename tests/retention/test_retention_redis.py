@@ -8,7 +8,6 @@ import time
 
 import pytest
 import redis
-from shred_helpers import Clock, add_ldp_entries, protect, reader, redis_keys_of, token_of
 
 from stream.components import build_dek_provider, invalidation_listener, redis_client, start_invalidation
 from stream.errors import DecryptError, KeyShreddedError
@@ -17,6 +16,7 @@ from stream.retention.core import MemorySink, Shredder, ShredderError
 from stream.retention.invalidation import ShredListener, parse_message
 from stream.retention.redis_store import RedisShredStore
 from stream.schema import output_validator
+from tests.support.shred import Clock, add_ldp_entries, protect, reader, redis_keys_of, token_of
 
 pytestmark = pytest.mark.integration
 

@@ -7,7 +7,6 @@ import time
 
 import orjson
 import pytest
-from shred_helpers import Clock, signed_request
 
 from stream.apps.shredder import ShredderEngine
 from stream.components import (
@@ -23,6 +22,7 @@ from stream.retention.core import MemorySink, Shredder
 from stream.retention.redis_store import RedisShredStore
 from stream.schema import output_validator
 from stream.synth import ClickstreamGenerator
+from tests.support.shred import Clock, signed_request
 
 pytestmark = pytest.mark.integration
 
@@ -177,7 +177,7 @@ def test_redis_losing_the_secrets_is_noticed_by_the_guard_and_tokens_change(tk2)
     tok = gw.process([rec]).protected[0][0].decode()
     assert gw.process([rec]).protected[0][0].decode() == tok  # cached
     rc = redis_client(tk2)
-    from fixtures import delete_prefixed_keys
+    from tests.support.fixtures import delete_prefixed_keys
 
     delete_prefixed_keys(rc, tk2.redis_key_prefix)  # the data loss (marker included)
     new = gw.process([rec]).protected[0][0].decode()
@@ -204,7 +204,7 @@ def test_tk2_events_follow_the_output_schema_and_erasure_also_reaches_tk1_era_da
 
 
 def test_erasure_by_tk2_token_destroys_the_secret_too(tk2) -> None:
-    from shred_helpers import token_of
+    from tests.support.shred import token_of
 
     tok = token_of(tk2, "usr_by_token")
     other = token_of(tk2, "usr_kept")

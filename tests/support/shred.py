@@ -16,6 +16,7 @@ from stream.gateway.core import RawRecord
 from stream.gateway.reader import ProtectedEventReader
 from stream.schema import load_schema
 from stream.synth import ClickstreamGenerator
+from tests.support.clock import Clock
 
 __all__ = [
     "Clock",
@@ -31,17 +32,6 @@ __all__ = [
 ]
 
 
-class Clock:
-    """A controllable clock (unix seconds)."""
-
-    def __init__(self, t: float) -> None:
-        self.t = float(t)
-
-    def __call__(self) -> float:
-        return self.t
-
-    def advance(self, seconds: float) -> None:
-        self.t += seconds
 
 
 def token_of(settings: Settings, user_id: str) -> str:
@@ -106,16 +96,10 @@ def reader(settings: Settings, clock: Clock, **kw: Any) -> ProtectedEventReader:
 # --------------------------------------------------------------------------- Kafka-side helpers
 def running_shredder(settings: Settings, clock: Any = None, **kw: Any) -> Any:
     """Context manager: the shredder engine in a background thread (injected clock)."""
-    import sys
     import time as _time
-    from pathlib import Path
-
-    apps = str(Path(__file__).resolve().parents[1] / "apps")
-    if apps not in sys.path:
-        sys.path.insert(0, apps)
-    from kafka_helpers import running_in_thread
 
     from stream.apps.shredder import ShredderEngine
+    from tests.support.kafka import running_in_thread
 
     return running_in_thread(ShredderEngine(settings, clock=clock or _time.time, **kw), "shredder")
 
@@ -131,12 +115,7 @@ def produce(bootstrap: str, topic: str, items: list[tuple[bytes | None, bytes | 
 
 
 def audit_receipts(bootstrap: str, topic: str, *, expect: int | None = None, idle: float = 3.0) -> list[dict[str, Any]]:
-    import sys
-    from pathlib import Path
 
-    apps = str(Path(__file__).resolve().parents[1] / "apps")
-    if apps not in sys.path:
-        sys.path.insert(0, apps)
-    from kafka_helpers import read_topic
+    from tests.support.kafka import read_topic
 
     return [orjson.loads(r.value) for r in read_topic(bootstrap, topic, expect=expect, idle=idle) if r.value]

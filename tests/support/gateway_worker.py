@@ -20,11 +20,11 @@ from pathlib import Path
 from typing import Any
 
 import redis
-from fixtures import delete_prefixed_keys
-from workers import stop_process, worker_env
 
 from stream.config import TopicNames
 from stream.dev.stack import free_port
+from tests.support.fixtures import delete_prefixed_keys
+from tests.support.workers import stop_process, worker_env
 
 __all__ = ["GatewayWorker", "cli", "gateway_worker", "http_get", "json_lines", "sample", "scrape", "wait_fresh_snapshot"]
 

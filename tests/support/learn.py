@@ -13,8 +13,6 @@ the privatizer.
 from __future__ import annotations
 
 import math
-import sys
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -34,9 +32,6 @@ __all__ = [
 ]
 
 # the LDP tests' helpers (gateway core + privatizer with in-memory stores), reused, not copied
-_LDP_TESTS = str(Path(__file__).resolve().parent.parent / "ldp")
-if _LDP_TESTS not in sys.path:
-    sys.path.append(_LDP_TESTS)
 
 SOURCE_SCHEMA = "clickstream-event.v1"
 
@@ -107,10 +102,9 @@ def real_privatizer_output(
 ) -> tuple[list[bytes], list[bytes], list[bytes]]:
     """Run ``n`` synthetic events through the real gateway core and privatizer: (protected event
     values, private-feature.v1 reports, private-example.v1 records). Uses the LDP tests' helpers."""
-    from ldp_fixtures import make_privatizer, protected_records
-
     from stream.crypto.keyring import Keyring
     from stream.ldp.labels import SessionLabeler
+    from tests.support.ldp import make_privatizer, protected_records
 
     events = list(ClickstreamGenerator(seed, n_users=200).events(n))
     records = protected_records(events, Keyring.generate())
