@@ -96,14 +96,17 @@ def keys() -> None:
 
 @keys.command("generate")
 @click.option("--out", "out", type=click.Path(path_type=Path), default=None,
-              help="Keyring file to write (mode 0600). Default: <state_dir>/keyring.json")
+              help="Keyring file to write (mode 0600). Default: <state_dir>/keyring.json, where every "
+                   "command and worker finds it when no key is configured.")
 @click.option("--rotate", is_flag=True, help="Add a new newest key to an existing keyring (old keys still unwrap).")
 @click.option("--force", is_flag=True, help="Overwrite an existing keyring file.")
 def keys_generate(out: Path | None, rotate: bool, force: bool) -> None:
     """Write a new KEK keyring file, or rotate one."""
-    from stream.crypto.keyring import Keyring
+    from stream.crypto.keyring import Keyring, default_keyring_path
 
-    path = out or (_settings().state_dir / "keyring.json")
+    settings = _settings()
+    default = default_keyring_path(settings)
+    path = out or default
     path.parent.mkdir(parents=True, exist_ok=True)
     if rotate:
         ring = Keyring.load(path).rotated()
@@ -112,7 +115,14 @@ def keys_generate(out: Path | None, rotate: bool, force: bool) -> None:
         ring = Keyring.generate()
         ring.save(path, overwrite=force)
     click.echo(f"wrote {path} (key ids: {', '.join(ring.ids)}; newest wraps: {ring.primary_id})")
-    click.echo(f"export STREAMGATE_MASTER_KEY_FILE={path}")
+    if path.resolve() == default.resolve():
+        configured = settings.master_key is not None or settings.master_key_file is not None
+        if configured:
+            click.echo("note: STREAMGATE_MASTER_KEY(_FILE) is set and takes precedence over this file", err=True)
+        else:
+            click.echo("every streamgate command and worker now finds it (no export needed)")
+    else:
+        click.echo(f"export STREAMGATE_MASTER_KEY_FILE={path}")
 
 
 @keys.command("roles")

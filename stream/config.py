@@ -4,6 +4,7 @@ are ``SecretStr`` so they never print."""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Literal
 
@@ -14,7 +15,9 @@ __all__ = ["Settings", "TopicNames", "default_state_dir"]
 
 
 def default_state_dir() -> Path:
-    return Path.home() / ".streamgate"
+    """``STREAMGATE_HOME`` if set, else ``~/.streamgate``."""
+    home = os.environ.get("STREAMGATE_HOME")
+    return Path(home).expanduser() if home else Path.home() / ".streamgate"
 
 
 class TopicNames(BaseSettings):
@@ -47,7 +50,9 @@ class Settings(BaseSettings):
         default=None, description="Redis URL for the key store; unset = the embedded dev Redis."
     )
     state_dir: Path = Field(
-        default_factory=default_state_dir, description="Where the dev stack keeps pid files, logs and state."
+        default_factory=default_state_dir,
+        description="Where the dev stack keeps pid files, logs, state and the default keyring "
+        "(keyring.json); default STREAMGATE_HOME, else ~/.streamgate.",
     )
 
     # --- Kafka authentication (docker-compose.yml: SASL/PLAIN, one principal per process) ----
@@ -64,7 +69,8 @@ class Settings(BaseSettings):
         description="KEK: base64 of 32 bytes, or a keyring 'id1:b64,id2:b64' (oldest first, newest wraps).",
     )
     master_key_file: Path | None = Field(
-        default=None, description="KEK keyring file written by `streamgate keys generate` (used if MASTER_KEY unset)."
+        default=None, description="KEK keyring file written by `streamgate keys generate` (used if MASTER_KEY is unset); "
+        "unset = <state_dir>/keyring.json when that file exists."
     )
     key_file: Path | None = Field(
         default=None,

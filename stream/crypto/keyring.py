@@ -79,10 +79,15 @@ ROLES: dict[str, _RoleSpec] = {
 }
 
 _SETUP_HINT = (
-    "no master key configured: set STREAMGATE_MASTER_KEY (base64 of 32 bytes) or "
-    "STREAMGATE_MASTER_KEY_FILE, or run `streamgate keys generate` to create a keyring file "
-    "(or STREAMGATE_KEY_FILE: a role credential from `streamgate keys roles`)"
+    "no master key configured: run `streamgate keys generate` (it writes <state_dir>/keyring.json, "
+    "found there by default), or set STREAMGATE_MASTER_KEY (base64 of 32 bytes) or "
+    "STREAMGATE_MASTER_KEY_FILE (or STREAMGATE_KEY_FILE: a role credential from `streamgate keys roles`)"
 )
+
+
+def default_keyring_path(settings: Settings) -> Path:
+    """Where ``streamgate keys generate`` writes, and where a process looks when no key is configured."""
+    return settings.state_dir / "keyring.json"
 
 
 def _hkdf(key: bytes, info: bytes, length: int) -> bytes:
@@ -259,6 +264,9 @@ class Keyring:
             return cls.load(settings.master_key_file)
         if settings.key_file is not None:
             return cls.load(settings.key_file)
+        default = default_keyring_path(settings)
+        if default.exists():
+            return cls.load(default)
         raise KeyringError(_SETUP_HINT)
 
     # --- persistence -------------------------------------------------------------
