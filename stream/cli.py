@@ -16,7 +16,8 @@ from stream.commands import learn as _learn_commands
 from stream.commands import ops as _ops_commands
 from stream.commands import retention as _retention_commands
 from stream.commands.common import bench_settings, echo_error, settings
-from stream.errors import StreamgateError
+from stream.config import Settings
+from stream.errors import StreamgateError, TopicMissingError
 
 __all__ = ["main"]
 
@@ -31,9 +32,28 @@ class _Group(click.Group):
     def invoke(self, ctx: click.Context) -> Any:
         try:
             return super().invoke(ctx)
+        except TopicMissingError as exc:
+            _err(f"{type(exc).__name__}: {exc}")
+            hint = _writer_hint(exc.topic)
+            if hint:
+                click.echo(hint, err=True)
+            sys.exit(1)
         except StreamgateError as exc:
             _err(f"{type(exc).__name__}: {exc}")
             sys.exit(1)
+
+
+def _writer_hint(topic: str) -> str:
+    from stream.apps.registry import writer_of
+
+    try:
+        spec = writer_of(Settings(), topic)
+    except Exception:  # settings already reported or unreadable: no hint rather than a second error
+        return ""
+    if spec is None:
+        return ""
+    return (f"hint: {topic} is created by the {spec.name}, which has not run against this broker yet: "
+            f"start it with `streamgate {spec.name}` (and what feeds it), or run `streamgate demo`")
 
 
 @click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})

@@ -18,6 +18,7 @@ __all__ = [
     "SchemaPolicyError",
     "SnapshotError",
     "StreamgateError",
+    "TopicMissingError",
 ]
 
 
@@ -27,6 +28,14 @@ class StreamgateError(Exception):
 
 class ConfigError(StreamgateError):
     """A setting is missing or malformed."""
+
+
+class TopicMissingError(StreamgateError):
+    """A topic a reading command needs does not exist yet (``topic``): its writer never ran."""
+
+    def __init__(self, message: str, *, topic: str = "") -> None:
+        super().__init__(message)
+        self.topic = topic
 
 
 class BrokerUnreachableError(StreamgateError):

@@ -18,7 +18,7 @@ from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaExcepti
 from confluent_kafka.admin import AdminClient, NewTopic
 
 from stream.config import Settings
-from stream.errors import BrokerUnreachableError, StreamgateError
+from stream.errors import BrokerUnreachableError, StreamgateError, TopicMissingError
 
 __all__ = [
     "BOOTSTRAP_SETTING",
@@ -31,6 +31,7 @@ __all__ = [
     "client_config",
     "consumer_config",
     "ensure_topics",
+    "group_members",
     "probe_broker",
     "producer_config",
     "reachable_bootstrap",
@@ -245,6 +246,23 @@ def ensure_topics(bootstrap: str, names: Iterable[str], *, partitions: int = 4, 
     return created
 
 
+def group_members(bootstrap: str, group: str, *, timeout: float = 10.0) -> int | None:
+    """How many members consumer group ``group`` has now (0 for an unknown or empty group), or
+    None when the broker would not say."""
+    try:
+        future = admin_client(bootstrap).describe_consumer_groups([group], request_timeout=timeout)[group]
+        return len(future.result(timeout=timeout).members)
+    except KafkaException as exc:
+        err = exc.args[0] if exc.args else None
+        if isinstance(err, KafkaError) and err.code() == KafkaError.GROUP_ID_NOT_FOUND:
+            return 0
+        log.info("cannot describe consumer group", extra={"group": group, "error": str(exc)})
+        return None
+    except Exception as exc:  # a broker without DescribeGroups: say nothing rather than guess
+        log.info("cannot describe consumer group", extra={"group": group, "error": str(exc)})
+        return None
+
+
 def reader_from_beginning(bootstrap: str, topic: str) -> Consumer:
     """A consumer assigned every partition of ``topic`` from its beginning: no consumer group
     join (which takes about half the session timeout), nothing committed. For reading tools."""
@@ -258,7 +276,7 @@ def reader_from_beginning(bootstrap: str, topic: str) -> Consumer:
                                      bootstrap=bootstrap) from exc
     if md is None or md.error is not None:
         consumer.close()
-        raise StreamgateError(f"topic {topic!r} does not exist at {bootstrap}")
+        raise TopicMissingError(f"topic {topic!r} does not exist at {bootstrap}", topic=topic)
     consumer.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in md.partitions])
     return consumer
 

@@ -12,7 +12,7 @@ import tempfile
 os.environ["STREAMGATE_HOME"] = tempfile.mkdtemp(prefix="streamgate-home-")
 os.environ.pop("STREAMGATE_STATE_DIR", None)
 
-from tests.support.fixtures import (  # noqa: E402
+from tests.support.fixtures import (
     kafka_bootstrap,
     master_key_b64,
     own_redis,

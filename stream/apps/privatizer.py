@@ -40,7 +40,7 @@ from stream.apps.hosting import worker_app
 from stream.config import Settings
 from stream.crypto.keyring import Keyring
 from stream.engine import Out, Record, Result, StreamEngine
-from stream.errors import KeyUnavailableError, StreamgateError
+from stream.errors import KeyUnavailableError, TopicMissingError
 from stream.kafka import reader_from_beginning
 from stream.ldp.aggregate import MAX_REPORTS_PER_MEMO, WindowAggregator
 from stream.ldp.labels import LABEL_NAME, ExampleStub, SessionLabeler
@@ -504,7 +504,7 @@ def read_partials(bootstrap: str, topic: str, keys: set[str], *, idle: float = 1
         return {}
     try:
         consumer = reader_from_beginning(bootstrap, topic)
-    except StreamgateError:
+    except TopicMissingError:
         return {}  # no partials topic yet: nothing to restore
     found: dict[str, dict[str, Any]] = {}
     try:

@@ -188,6 +188,14 @@ def register(cli: click.Group) -> None:
         _produce_one(bootstrap, settings.topics.erasure, (user if user is not None else subject or "").encode(),
                      orjson.dumps(body))
         click.echo(f"erasure requested: request_id={rid} subject={token}")
+        from stream.apps.registry import WORKERS
+        from stream.kafka import group_members
+
+        shredders = group_members(bootstrap, WORKERS["shredder"].group(settings))
+        if shredders == 0:
+            click.echo(f"warning: no shredder is running (its consumer group "
+                       f"{WORKERS['shredder'].group(settings)!r} has no members): the request waits in "
+                       f"{settings.topics.erasure} until `streamgate shredder` runs", err=True)
         if not wait:
             return
         click.echo("waiting for the shredder's receipt ...", err=True)

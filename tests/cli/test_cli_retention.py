@@ -133,6 +133,7 @@ def test_shredder_worker_erase_wait_and_audit(settings_factory, unique_id: str) 
         assert erased.returncode == 0, erased.stderr
         assert f"request_id=cli-req-1 subject={token}" in erased.stdout
         assert "completed keys=2" in erased.stdout and "usr_cli_forget" not in erased.stdout
+        assert "no shredder is running" not in erased.stderr  # the running one is seen
         again = _run(env, "erase", "--user", "usr_cli_forget", "--request-id", "cli-req-1", "--wait",
                      "--timeout", "60")
         assert again.returncode == 0 and "completed keys=2" in again.stdout, again.stderr
@@ -192,6 +193,7 @@ def test_erase_signs_with_the_eraser_credential_alone(settings_factory, tmp_path
     done = _run(env, "erase", "--user", "usr_no_kek", "--request-id", "nokek-1")
     assert done.returncode == 0, done.stderr
     assert "request_id=nokek-1" in done.stdout and "token not shown" in done.stdout
+    assert "no shredder is running" in done.stderr and "streamgate shredder" in done.stderr
     (rec,) = read_topic(settings.kafka_bootstrap, settings.topics.erasure, expect=1)
     body = json.loads(rec.value)
     assert rec.key == b"usr_no_kek" and set(body) == {"request_id", "user_id", "requested_at", "signer", "signature"}
