@@ -215,15 +215,23 @@ def gateway(loglevel: str) -> None:
               help="With --generate: fraction of events replaced by invalid records (they go to the DLQ).")
 @click.option("--file", "file", type=click.File("rb"), default=None, help="Publish the lines of a JSONL file ('-' = stdin).")
 @click.option("--topic", default=None, help="Target topic (default: the raw topic).")
-def produce(generate: int | None, seed: int, invalid_rate: float, file: Any, topic: str | None) -> None:
-    """Publish raw events to clicks.raw (synthetic, from a file, or from stdin)."""
+@click.option("--allow-invalid", is_flag=True,
+              help="With --file/stdin: also send lines that are not valid events (the gateway dead-letters them).")
+def produce(generate: int | None, seed: int, invalid_rate: float, file: Any, topic: str | None,
+            allow_invalid: bool) -> None:
+    """Publish raw events to clicks.raw (synthetic, from a file, or from stdin).
+
+    Lines from a file or stdin are checked against the schema first, as the gateway will: invalid
+    ones are counted and not sent (exit code 1), unless --allow-invalid.
+    """
     import random
 
     from rich.progress import Progress
 
-    from stream.apps.produce import publish
+    from stream.apps.produce import LineCheck, publish
     from stream.faults import make_invalid
     from stream.kafka import ensure_topics, reachable_bootstrap
+    from stream.schema import load_schema
     from stream.synth import ClickstreamGenerator
 
     settings = _settings()
@@ -232,6 +240,7 @@ def produce(generate: int | None, seed: int, invalid_rate: float, file: Any, top
     ensure_topics(bootstrap, [topic], partitions=settings.topic_partitions)
     items: Any
     total: int | None
+    check: LineCheck | None = None
     if generate is not None:
         rng = random.Random(seed + 1)
 
@@ -242,11 +251,25 @@ def produce(generate: int | None, seed: int, invalid_rate: float, file: Any, top
         items, total = gen(), generate
     else:
         stream_in = file if file is not None else click.get_binary_stream("stdin")
-        items, total = (line.rstrip(b"\r\n") for line in stream_in if line.strip()), None
+        lines = (line.rstrip(b"\r\n") for line in stream_in if line.strip())
+        if topic == settings.topics.raw:
+            check = LineCheck(load_schema(settings.schema_name), max_event_bytes=settings.max_event_bytes)
+            items = (line for line in lines if check(line) or allow_invalid)
+        else:
+            items = lines
+        total = None
     with Progress(transient=True, disable=not sys.stderr.isatty()) as progress:
         task = progress.add_task(f"publishing to {topic}", total=total)
         n = publish(bootstrap, topic, items, on_progress=lambda k: progress.update(task, completed=k))
     click.echo(f"published {n:,} records to {topic}")
+    if check is not None and check.invalid:
+        if allow_invalid:
+            click.echo(f"warning: {check.summary()}: sent anyway (--allow-invalid); the gateway dead-letters them",
+                       err=True)
+        else:
+            _err(f"{check.summary()}: not sent. Fix them, or send them anyway with --allow-invalid "
+                 "(the gateway dead-letters them)")
+            sys.exit(1)
 
 
 # --------------------------------------------------------------------------- decrypt

@@ -168,8 +168,9 @@ def gw(kafka_bootstrap: str, redis_url: str, tmp_path_factory: pytest.TempPathFa
               n_lines=len(lines), secrets=secrets)
     try:
         _wait_ready(proc, port, log)
-        produced = run.run("produce", "--file", str(events_file))
+        produced = run.run("produce", "--file", str(events_file), "--allow-invalid")
         assert produced.returncode == 0, produced.stderr
+        assert f"{len(invalid):,} of {len(lines):,} lines are not valid" in produced.stderr
         assert produced.stdout == f"published {len(lines):,} records to {topics.raw}\n"
         yield run
     finally:
