@@ -187,9 +187,7 @@ def keys_roles(out: Path | None, roles: tuple[str, ...], force: bool) -> None:
 @click.option("--loglevel", default="info", show_default=True, type=click.Choice(["crit", "error", "warn", "info", "debug"]))
 def gateway(loglevel: str) -> None:
     """Run the gateway worker (Faust): clicks.raw -> clicks.protected / clicks.dlq."""
-    from faust.worker import Worker
-
-    from stream.apps.gateway import create_app
+    from stream.apps.registry import run_worker
     from stream.crypto.keyring import Keyring
     from stream.kafka import ensure_topics, reachable_bootstrap
     from stream.ops.logging import configure_logging
@@ -202,9 +200,7 @@ def gateway(loglevel: str) -> None:
     bootstrap = reachable_bootstrap(settings)
     t = settings.topics
     ensure_topics(bootstrap, [t.raw, t.protected, t.dlq], partitions=settings.topic_partitions)
-    app = create_app(settings)
-    # override_logging=False: Faust keeps the allow-listed logging configured above
-    Worker(app, loglevel=loglevel, quiet=True, override_logging=False).execute_from_commandline()
+    run_worker(settings, "gateway", loglevel)
 
 
 # --------------------------------------------------------------------------- produce
@@ -376,15 +372,21 @@ def dlq_inspect(max_records: int, unseal: bool, idle_timeout: float) -> None:
 @click.option("--events", "events", type=int, default=20_000, show_default=True, help="Synthetic events to publish.")
 @click.option("--invalid-rate", type=float, default=0.02, show_default=True, help="Fraction of invalid records.")
 @click.option("--seed", type=int, default=0, show_default=True)
-def demo(events: int, invalid_rate: float, seed: int) -> None:
-    """Live demo on the embedded stack: gateway, privatizer and shredder on a synthetic clickstream."""
+@click.option("--epsilon", type=click.FloatRange(min=0.01, max=20), default=None,
+              help="Epsilon per report in the demo (default 4, weaker than the workers' default 1, so that "
+                   "the demo's few events visibly teach the model).")
+def demo(events: int, invalid_rate: float, seed: int, epsilon: float | None) -> None:
+    """Live demo on the embedded stack: gateway, privatizer, learner and shredder on a synthetic clickstream."""
     from stream.demo import run_demo
     from stream.kafka import probe_broker
 
     settings = _settings()
     if settings.kafka_bootstrap:  # else the embedded stack, started by the demo
         probe_broker(settings.kafka_bootstrap)
-    run_demo(settings, events=events, invalid_rate=invalid_rate, seed=seed)
+    from stream.demo import DEMO_EPSILON
+
+    run_demo(settings, events=events, invalid_rate=invalid_rate, seed=seed,
+             epsilon=DEMO_EPSILON if epsilon is None else epsilon)
 
 
 @cli.group()

@@ -66,5 +66,7 @@ def run_worker(settings: Settings, name: str, loglevel: str) -> None:
 
     configure_logging(settings, loglevel)  # allow-listed fields only (STREAMGATE_LOG_FORMAT=text|json)
     # override_logging=False: Faust keeps the allow-listed logging configured above
-    Worker(WORKERS[name].create_app(settings), loglevel=loglevel, quiet=True,
-           override_logging=False).execute_from_commandline()
+    worker = Worker(WORKERS[name].create_app(settings), loglevel=loglevel, quiet=True, override_logging=False)
+    if not (worker.stdout.isatty() if hasattr(worker.stdout, "isatty") else False):
+        worker.spinner = None  # its finish() writes cursor escapes even into a log file
+    worker.execute_from_commandline()

@@ -56,7 +56,7 @@ log = logging.getLogger("streamgate.shredder")
 
 def worker_id(settings: Settings) -> str:
     """This instance's stable id: ``STREAMGATE_SHREDDER_INSTANCE_ID`` or the host name."""
-    return settings.shredder_instance_id or f"shredder@{socket.gethostname()}"
+    return settings.shredder_instance_id or f"shredder-{socket.gethostname()}"
 
 
 class KafkaReceiptSink:

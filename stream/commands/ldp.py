@@ -136,20 +136,16 @@ def register(cli: click.Group) -> None:
         if settings.ldp_seed is not None:
             raise click.ClickException("STREAMGATE_LDP_SEED is for tests and benchmarks only: a privatizer worker "
                                        "draws its noise from a key out of the OS CSPRNG; unset it")
-        from faust.worker import Worker
 
-        from stream.apps.privatizer import create_app
         from stream.kafka import ensure_topics, reachable_bootstrap
-        from stream.ops.logging import configure_logging
 
         Keyring.from_settings(settings)  # fail fast on a missing/bad KEK (the memo key derives from it)
         bootstrap = reachable_bootstrap(settings)
         t = settings.topics
         ensure_topics(bootstrap, [t.protected, t.features, t.frequencies], partitions=settings.topic_partitions)
-        app = create_app(settings)
-        configure_logging(settings, loglevel)  # allow-listed fields only (STREAMGATE_LOG_FORMAT=text|json)
-        # override_logging=False: Faust keeps the allow-listed logging configured above
-        Worker(app, loglevel=loglevel, quiet=True, override_logging=False).execute_from_commandline()
+        from stream.apps.registry import run_worker
+
+        run_worker(settings, "privatizer", loglevel)
 
     @cli.command()
     @click.option("--follow/--no-follow", default=False, show_default=True,

@@ -90,11 +90,9 @@ def register(cli: click.Group) -> None:
         detection and signed snapshots every STREAMGATE_LEARN_SNAPSHOT_EVERY examples / _INTERVAL_SECONDS;
         resumes from its latest snapshot. /healthz, /readyz and /metrics on port 6069.
         """
-        from faust.worker import Worker
 
-        from stream.apps.learner import create_app, snapshot_key
+        from stream.apps.learner import snapshot_key
         from stream.kafka import admin_client, ensure_topics, reachable_bootstrap
-        from stream.ops.logging import configure_logging
         from stream.retention.topics import apply_topics, load_topics_config
         from stream.schema import load_schema
 
@@ -111,9 +109,9 @@ def register(cli: click.Group) -> None:
         if specs:
             apply_topics(bootstrap, specs)
         ensure_topics(bootstrap, [t.features], partitions=settings.topic_partitions)
-        configure_logging(settings, loglevel)  # allow-listed fields only (STREAMGATE_LOG_FORMAT=text|json)
-        # override_logging=False: Faust keeps the allow-listed logging configured above
-        Worker(create_app(settings), loglevel=loglevel, quiet=True, override_logging=False).execute_from_commandline()
+        from stream.apps.registry import run_worker
+
+        run_worker(settings, "learner", loglevel)
 
     @cli.group()
     def model() -> None:

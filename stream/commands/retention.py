@@ -119,14 +119,11 @@ def register(cli: click.Group) -> None:
         budgets) whose retention ended and writes one signed receipt per key to ops.audit; it
         executes requests from privacy.erasure as they come, if signed by the eraser key. /healthz, /readyz and /metrics on port 6068.
         """
-        from faust.worker import Worker
 
-        from stream.apps.shredder import create_app
         from stream.crypto.keyring import Keyring
         from stream.crypto.signing import signing_key, verify_key
         from stream.errors import ConfigError
         from stream.kafka import admin_client, ensure_topics, reachable_bootstrap
-        from stream.ops.logging import configure_logging
         from stream.retention.topics import load_topics_config, tombstone_topics
         from stream.schema import load_schema
 
@@ -145,9 +142,9 @@ def register(cli: click.Group) -> None:
             if missing:
                 raise ConfigError(f"compacted topics keyed by person token are missing: {', '.join(missing)} "
                                   "(create them with `streamgate topics apply`)")
-        configure_logging(settings, loglevel)  # allow-listed fields only (STREAMGATE_LOG_FORMAT=text|json)
-        # override_logging=False: Faust keeps the allow-listed logging configured above
-        Worker(create_app(settings), loglevel=loglevel, quiet=True, override_logging=False).execute_from_commandline()
+        from stream.apps.registry import run_worker
+
+        run_worker(settings, "shredder", loglevel)
 
     @cli.command()
     @click.option("--user", "user", default=None, help="The person's raw user_id (sent to privacy.erasure).")

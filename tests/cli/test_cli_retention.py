@@ -174,6 +174,7 @@ def test_shredder_worker_erase_wait_and_audit(settings_factory, unique_id: str) 
     finally:
         stop_process(proc)
     assert proc.returncode == 0, log.read_text()[-3000:]
+    assert b"\x1b" not in log.read_bytes()  # no terminal escapes (Faust's spinner) in a log file
 
 
 def test_erase_signs_with_the_eraser_credential_alone(settings_factory, tmp_path: Path) -> None:
