@@ -30,7 +30,7 @@ from tests.support.shred import (
     token_of,
 )
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 E, R = 3600, 7200
 T0 = 1_900_000_000.0

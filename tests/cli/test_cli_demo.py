@@ -20,7 +20,7 @@ import pytest
 from stream.synth import ClickstreamGenerator
 from tests.support.procscan import procs_mentioning
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 EVENTS = 2000
 SENSITIVE = ("email", "phone", "ip", "shipping_address", "user_id", "session_id")

@@ -22,7 +22,7 @@ from stream.learn.snapshot import ModelSnapshot
 from tests.support.learner_examples import feature_report, make_examples
 from tests.support.workers import settings_env
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 
 def _trained_snapshot(settings: Settings, n: int = 3000) -> ModelSnapshot:

@@ -27,7 +27,7 @@ from tests.support.kafka import read_topic
 from tests.support.shred import Clock, produce, protect
 from tests.support.workers import settings_env, stop_process
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 
 def _cli(*args: str) -> list[str]:

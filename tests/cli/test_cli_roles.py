@@ -16,7 +16,7 @@ from stream.schema import load_schema
 from tests.support.shred import Clock, produce, protect
 from tests.support.workers import settings_env
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 
 def _run(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:

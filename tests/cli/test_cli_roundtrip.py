@@ -46,7 +46,7 @@ from tests.support.kafka import read_topic
 from tests.support.procscan import procs_mentioning
 from tests.support.workers import stop_process, worker_env
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 ENCRYPTED = ("email", "phone", "ip", "user_agent", "shipping_address")
 CLEAR = ("event_id", "event_type", "ts", "page", "product_id", "currency", "quantity", "category", "price",

@@ -35,7 +35,7 @@ from tests.support.gateway_worker import (
 )
 from tests.support.kafka import read_topic
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 REPO = Path(__file__).resolve().parents[2]
 N_VALID = 400
