@@ -31,7 +31,7 @@ __all__ = [
     "client_config",
     "consumer_config",
     "ensure_topics",
-    "group_members",
+    "group_active",
     "probe_broker",
     "producer_config",
     "reachable_bootstrap",
@@ -246,21 +246,23 @@ def ensure_topics(bootstrap: str, names: Iterable[str], *, partitions: int = 4, 
     return created
 
 
-def group_members(bootstrap: str, group: str, *, timeout: float = 10.0) -> int | None:
-    """How many members consumer group ``group`` has now (0 for an unknown or empty group), or
-    None when the broker would not say."""
+def group_active(bootstrap: str, group: str, *, timeout: float = 5.0) -> bool | None:
+    """Whether consumer group ``group`` has live members now (by its state: some brokers do not list
+    the members), or None when the broker would not say."""
+    from confluent_kafka import ConsumerGroupState
+
+    admin = admin_client(bootstrap)  # kept referenced until the future resolves
     try:
-        future = admin_client(bootstrap).describe_consumer_groups([group], request_timeout=timeout)[group]
-        return len(future.result(timeout=timeout).members)
-    except KafkaException as exc:
-        err = exc.args[0] if exc.args else None
-        if isinstance(err, KafkaError) and err.code() == KafkaError.GROUP_ID_NOT_FOUND:
-            return 0
-        log.info("cannot describe consumer group", extra={"group": group, "error": str(exc)})
+        state = admin.describe_consumer_groups([group], request_timeout=timeout)[group].result(timeout=timeout).state
+    except Exception as exc:  # unsupported or unreachable: say nothing rather than guess
+        log.info("cannot describe consumer group", extra={"group": group, "error": str(exc)[:200]})
         return None
-    except Exception as exc:  # a broker without DescribeGroups: say nothing rather than guess
-        log.info("cannot describe consumer group", extra={"group": group, "error": str(exc)})
-        return None
+    if state in (ConsumerGroupState.EMPTY, ConsumerGroupState.DEAD):
+        return False
+    if state in (ConsumerGroupState.STABLE, ConsumerGroupState.PREPARING_REBALANCING,
+                 ConsumerGroupState.COMPLETING_REBALANCING):
+        return True
+    return None
 
 
 def reader_from_beginning(bootstrap: str, topic: str) -> Consumer:

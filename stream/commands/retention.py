@@ -186,10 +186,9 @@ def register(cli: click.Group) -> None:
                      orjson.dumps(body))
         click.echo(f"erasure requested: request_id={rid} subject={token}")
         from stream.apps.registry import WORKERS
-        from stream.kafka import group_members
+        from stream.kafka import group_active
 
-        shredders = group_members(bootstrap, WORKERS["shredder"].group(settings))
-        if shredders == 0:
+        if group_active(bootstrap, WORKERS["shredder"].group(settings)) is False:
             click.echo(f"warning: no shredder is running (its consumer group "
                        f"{WORKERS['shredder'].group(settings)!r} has no members): the request waits in "
                        f"{settings.topics.erasure} until `streamgate shredder` runs", err=True)
