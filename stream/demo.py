@@ -145,8 +145,8 @@ def run_demo(settings: Settings, *, events: int = 20_000, invalid_rate: float = 
     settings = settings.model_copy(update={"ldp_epsilon": epsilon, "learn_label_epsilon": epsilon,
                                            "ldp_person_epsilon": person_cap})
     console.print(f"privacy in this demo: epsilon {epsilon:g} per report, at most {person_cap:g} per person per day "
-                  "(defaults: 1 and 12). Weaker than the defaults so that "
-                  f"{events:,} events visibly teach the model; `--epsilon 1` shows the default's cost.")
+                  "(defaults: 1 and 12): weaker than the defaults, so that a demo's few events can teach the model; "
+                  "`--epsilon 1` shows what the defaults cost.")
 
     env = dict(os.environ)
     env.update({"STREAMGATE_LDP_EPSILON": f"{epsilon:g}", "STREAMGATE_LEARN_LABEL_EPSILON": f"{epsilon:g}",
