@@ -62,7 +62,7 @@ import redis
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.hmac import HMAC
 
-from stream.crypto.keyring import Keyring
+from stream.crypto.keyring import PSEUDONYM_PURPOSES, Keyring
 from stream.errors import KeyUnavailableError
 
 if TYPE_CHECKING:
@@ -216,8 +216,9 @@ class Pseudonyms:
         self.domain = domain
         self.prefix = prefix
         self._client = client
-        self._lookup_key = keyring.derive("pseudonym-lookup/" + domain)
-        self._token_mac = HMAC(keyring.derive("token2/" + domain), hashes.SHA256())
+        lookup_purpose, token_purpose = PSEUDONYM_PURPOSES
+        self._lookup_key = keyring.derive(lookup_purpose + domain)
+        self._token_mac = HMAC(keyring.derive(token_purpose + domain), hashes.SHA256())
         self._script = client.register_script(_ENSURE_LUA)
         self._memo: OrderedDict[str, _Pseud] = OrderedDict()
         self._memo_size = max(1, int(memo_size))
