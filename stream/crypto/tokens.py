@@ -12,11 +12,11 @@
   reach for any realistic number of people.
 * Keys come from the keyring's root KEK, so tokens survive KEK rotation.
 
-Pseudonyms that unlink on erasure (``tk2``, :class:`Pseudonyms`, opt-in with
-``STREAMGATE_PSEUDONYM_TOKENS``): a ``tk1`` token can be recomputed from the
-user_id by any holder of the master key for ever, even after the person's
-erasure. A ``tk2`` token also needs a random per-person secret ``S`` kept in
-Redis and destroyed on erasure::
+Pseudonyms that unlink on erasure (``tk2``, :class:`Pseudonyms`; person tokens
+are tk2 by default, ``STREAMGATE_PSEUDONYM_TOKENS=false`` opts out): a ``tk1``
+token can be recomputed from the user_id by any holder of the master key for
+ever, even after the person's erasure. A ``tk2`` token also needs a random
+per-person secret ``S`` kept in Redis and destroyed on erasure::
 
     L     = hex(HMAC-SHA256(K_lookup, utf8(user_id))[:16])     K_lookup = derive("pseudonym-lookup/" + domain)
     token = "tk2_" + base64url(HMAC-SHA256(K_tk2, S || utf8(user_id)))[:22]
