@@ -354,6 +354,8 @@ def bench_gateway(events: int, invalid_rate: float) -> None:
     with bench_settings(_settings()) as s:
         r = run_gateway_bench(s, events=events, invalid_rate=invalid_rate, say=click.echo)
     click.echo("")
+    click.echo(f"person tokens          {'tk2' if s.pseudonym_tokens else 'tk1'} (STREAMGATE_PSEUDONYM_TOKENS); "
+               f"padding as the schema says")
     click.echo(f"events                 {r.events:>12,}  (protected {r.protected:,}, dead-lettered {r.dead_lettered:,})")
     click.echo(f"passthrough, json      {r.passthrough_rate:>12,.0f} events/s   (baseline)")
     click.echo(f"passthrough, orjson    {r.passthrough_orjson_rate:>12,.0f} events/s")
