@@ -175,8 +175,8 @@ def keys_roles(out: Path | None, roles: tuple[str, ...], force: bool) -> None:
     for role in roles or tuple(ROLES):
         spec = ROLES[role]
         path = directory / f"{role}.json"
-        keyring.for_role(role, token_domains=domains).save(path, overwrite=force)
-        holds = (["KEK wrapping keys"] if spec.wrap else []) + (["token keys"] if spec.tokens else []) + [
+        keyring.for_role(role, token_domains=domains, person_domain=schema.subject_domain).save(path, overwrite=force)
+        holds = (["KEK wrapping keys"] if spec.wrap else []) + (["token keys (tk1, tk2)"] if spec.tokens else []) + [
             p for p in spec.purposes] + [f"public:{n}" for n in spec.public]
         click.echo(f"wrote {path}  ({role}: {', '.join(holds)})")
     click.echo(f"# each process gets its own file: export STREAMGATE_KEY_FILE={directory}/<role>.json", err=True)
@@ -270,7 +270,9 @@ def produce(generate: int | None, seed: int, invalid_rate: float, file: Any, top
 
 # --------------------------------------------------------------------------- decrypt
 @cli.command()
-@click.option("--user", "user", default=None, help="Only this user's events (raw user_id; matched by its token).")
+@click.option("--user", "user", default=None,
+              help="Only this user's events (raw user_id; matched by its tk2 token, looked up, never created, "
+              "and its tk1 token). An erased person's tk2 records no longer match.")
 @click.option("--max", "max_events", type=int, default=None, help="Stop after printing N events.")
 @click.option("--idle-timeout", type=float, default=5.0, show_default=True,
               help="Stop when no record arrived for this many seconds (0 = follow forever).")
@@ -281,9 +283,9 @@ def decrypt(user: str | None, max_events: int | None, idle_timeout: float, on_sh
 
     import orjson
 
-    from stream.components import build_dek_provider
+    from stream.components import build_dek_provider, person_tokens
     from stream.crypto.keyring import Keyring
-    from stream.crypto.tokens import Tokenizer
+    from stream.crypto.tokens import PSEUDONYM_PREFIX
     from stream.errors import DecryptError
     from stream.gateway.reader import ProtectedEventReader
     from stream.kafka import reachable_bootstrap, reader_from_beginning
@@ -294,9 +296,12 @@ def decrypt(user: str | None, max_events: int | None, idle_timeout: float, on_sh
     schema = load_schema(settings.schema_name)
     reader = ProtectedEventReader(schema, build_dek_provider(settings, keyring), on_shredded=on_shredded)  # type: ignore[arg-type]
     want = None
-    if user is not None:
-        domain = schema.fields[schema.subject_field].token_domain or schema.subject_field
-        want = Tokenizer(keyring).token(domain, user).encode()
+    if user is not None:  # looked up, never created: an erased person's records no longer match
+        tokens = person_tokens(settings, user, keyring)
+        want = {t.encode() for t in tokens}
+        if settings.pseudonym_tokens and not any(t.startswith(PSEUDONYM_PREFIX) for t in tokens):
+            click.echo("# no tk2 pseudonym for this user (never seen, erased or expired): "
+                       "only records from before tk2 can match", err=True)
     consumer = reader_from_beginning(reachable_bootstrap(settings), settings.topics.protected)
     printed, failed, last = 0, 0, time.monotonic()
     out = sys.stdout
@@ -309,7 +314,7 @@ def decrypt(user: str | None, max_events: int | None, idle_timeout: float, on_sh
                 continue
             last = time.monotonic()
             for m in msgs:
-                if m.error() is not None or (want is not None and m.key() != want):
+                if m.error() is not None or (want is not None and m.key() not in want):
                     continue
                 try:
                     event = reader.decrypt(orjson.loads(m.value() or b""))
@@ -404,6 +409,8 @@ def bench_gateway(events: int, invalid_rate: float) -> None:
     with bench_settings(_settings()) as s:
         r = run_gateway_bench(s, events=events, invalid_rate=invalid_rate, say=click.echo)
     click.echo("")
+    click.echo(f"person tokens          {'tk2' if s.pseudonym_tokens else 'tk1'} (STREAMGATE_PSEUDONYM_TOKENS); "
+               f"padding as the schema says")
     click.echo(f"events                 {r.events:>12,}  (protected {r.protected:,}, dead-lettered {r.dead_lettered:,})")
     click.echo(f"passthrough, json      {r.passthrough_rate:>12,.0f} events/s   (baseline)")
     click.echo(f"passthrough, orjson    {r.passthrough_orjson_rate:>12,.0f} events/s")

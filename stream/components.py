@@ -44,6 +44,7 @@ __all__ = [
     "build_tokenizer",
     "guard_privatizer",
     "invalidation_listener",
+    "person_tokens",
     "redis_client",
     "start_invalidation",
 ]
@@ -202,11 +203,25 @@ def build_pseudonyms(settings: Settings, keyring: Keyring | None = None, *, clie
                      clock: Callable[[], float] = time.time, guard: KeyStoreGuard | None = None) -> Pseudonyms:
     """The tk2 pseudonym store of ``settings``' person domain (:class:`stream.crypto.tokens.Pseudonyms`);
     ``guard`` drops its cache when Redis lost data (pass the DEK provider's)."""
-    schema = load_schema(settings.schema_name)
-    domain = schema.fields[schema.subject_field].token_domain or schema.subject_field
     return Pseudonyms(keyring or Keyring.from_settings(settings), client or redis_client(settings),
-                      settings.redis_key_prefix, domain=domain,
+                      settings.redis_key_prefix, domain=load_schema(settings.schema_name).subject_domain,
                       max_staleness_seconds=settings.dek_cache_max_staleness_seconds, clock=clock, guard=guard)
+
+
+def person_tokens(settings: Settings, user_id: str, keyring: Keyring | None = None, *,
+                  client: redis.Redis | None = None, legacy: bool = True) -> list[str]:
+    """The tokens ``user_id``'s records may carry, found without creating anything (``decrypt --user``,
+    ``audit --user``, ``erase``). With ``pseudonym_tokens``: the tk2 token while the person has a secret
+    (none: never seen, erased or expired), then (``legacy``) the tk1 token of records written before the
+    switch. Off: the tk1 token."""
+    keyring = keyring or Keyring.from_settings(settings)
+    out: list[str] = []
+    if settings.pseudonym_tokens:
+        tok = build_pseudonyms(settings, keyring, client=client).lookup(user_id)
+        out += [tok] if tok is not None else []
+        if not legacy:
+            return out
+    return [*out, Tokenizer(keyring).token(load_schema(settings.schema_name).subject_domain, user_id)]
 
 
 def build_tokenizer(settings: Settings, keyring: Keyring | None = None, **kw: Any) -> Tokenizer:

@@ -93,10 +93,11 @@ class Settings(BaseSettings):
         description="Wraps under one KEK beyond which new data keys are refused (fail closed) until the KEK is rotated.",
     )
     pseudonym_tokens: bool = Field(
-        default=False,
+        default=True,
         description="Person tokens are tk2: keyed by a per-person secret in Redis that erasure destroys, so an "
         "erased person's retained records can no longer be linked to their user_id, not even with the master key "
-        "(stream.crypto.tokens). Off: tk1 (keyring-only HMAC, recomputable for ever).",
+        "(stream.crypto.tokens). Opting out (false) costs that: tk1 tokens are a keyring-only HMAC, so any "
+        "keyring holder can recompute an erased person's token from their user_id for ever.",
     )
     dek_waitaof_timeout_ms: int = Field(
         default=1000, ge=0, le=1500,

@@ -41,7 +41,8 @@ from stream.errors import KeyringError
 if TYPE_CHECKING:
     from stream.config import Settings
 
-__all__ = ["KEY_BYTES", "ROLES", "WRAP_PURPOSE", "Keyring", "RoleKeyring", "derive_key", "key_fingerprint"]
+__all__ = ["KEY_BYTES", "PSEUDONYM_PURPOSES", "ROLES", "WRAP_PURPOSE", "Keyring", "RoleKeyring", "derive_key",
+           "key_fingerprint"]
 
 #: Length of every KEK, in bytes (AES-256 / HMAC-SHA256 strength).
 KEY_BYTES = 32
@@ -58,11 +59,13 @@ _ID_RE = re.compile(r"[A-Za-z0-9_-]{1,64}")
 
 #: HKDF purpose of a KEK's data-key wrapping key (used by :class:`stream.crypto.kms.LocalKMS`).
 WRAP_PURPOSE = "dek-wrap"
+#: HKDF purpose prefixes (``+ domain``) of tk2 person tokens: lookup id and token key (:mod:`.tokens`).
+PSEUDONYM_PURPOSES = ("pseudonym-lookup/", "token2/")
 
 
 class _RoleSpec(NamedTuple):
     wrap: bool  # the KEKs' wrapping keys (wrap and unwrap data keys: symmetric, so both)
-    tokens: bool  # the token keys ``token/<domain>`` (pseudonymize identifiers)
+    tokens: bool  # the token keys ``token/<domain>``, and the person domain's tk2 keys (pseudonymize identifiers)
     purposes: tuple[str, ...]  # other purpose keys (Ed25519 seeds are ``sign/<name>``)
     public: tuple[str, ...]  # Ed25519 public keys of these signers
 
@@ -357,15 +360,22 @@ class Keyring:
                 self._derived.setdefault(cache_key, key)
         return key
 
-    def for_role(self, role: str, *, token_domains: Iterable[str] = ()) -> RoleKeyring:
+    def for_role(self, role: str, *, token_domains: Iterable[str] = (),
+                 person_domain: str | None = None) -> RoleKeyring:
         """The credential of ``role`` (:data:`ROLES`): only the derived keys that role needs, never a raw KEK.
 
+        A role with token keys gets ``token/<d>`` for each of ``token_domains`` and, for
+        ``person_domain``, the keys of tk2 person tokens (:class:`stream.crypto.tokens.Pseudonyms`).
         Derived deterministically, so a role credential and the master keyring interoperate (same
         tokens, same wrapped keys, same signing keys)."""
         spec = ROLES.get(role)
         if spec is None:
             raise KeyringError(f"unknown role (one of {', '.join(ROLES)})")
-        purposes = list(spec.purposes) + (["token/" + d for d in token_domains] if spec.tokens else [])
+        purposes = list(spec.purposes)
+        if spec.tokens:
+            purposes += ["token/" + d for d in token_domains]
+            if person_domain:
+                purposes += [p + person_domain for p in PSEUDONYM_PURPOSES]
         return RoleKeyring(
             role,
             root_id=self.root_id,

@@ -12,11 +12,11 @@
   reach for any realistic number of people.
 * Keys come from the keyring's root KEK, so tokens survive KEK rotation.
 
-Pseudonyms that unlink on erasure (``tk2``, :class:`Pseudonyms`, opt-in with
-``STREAMGATE_PSEUDONYM_TOKENS``): a ``tk1`` token can be recomputed from the
-user_id by any holder of the master key for ever, even after the person's
-erasure. A ``tk2`` token also needs a random per-person secret ``S`` kept in
-Redis and destroyed on erasure::
+Pseudonyms that unlink on erasure (``tk2``, :class:`Pseudonyms`; person tokens
+are tk2 by default, ``STREAMGATE_PSEUDONYM_TOKENS=false`` opts out): a ``tk1``
+token can be recomputed from the user_id by any holder of the master key for
+ever, even after the person's erasure. A ``tk2`` token also needs a random
+per-person secret ``S`` kept in Redis and destroyed on erasure::
 
     L     = hex(HMAC-SHA256(K_lookup, utf8(user_id))[:16])     K_lookup = derive("pseudonym-lookup/" + domain)
     token = "tk2_" + base64url(HMAC-SHA256(K_tk2, S || utf8(user_id)))[:22]
@@ -62,7 +62,7 @@ import redis
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.hmac import HMAC
 
-from stream.crypto.keyring import Keyring
+from stream.crypto.keyring import PSEUDONYM_PURPOSES, Keyring
 from stream.errors import KeyUnavailableError
 
 if TYPE_CHECKING:
@@ -216,8 +216,9 @@ class Pseudonyms:
         self.domain = domain
         self.prefix = prefix
         self._client = client
-        self._lookup_key = keyring.derive("pseudonym-lookup/" + domain)
-        self._token_mac = HMAC(keyring.derive("token2/" + domain), hashes.SHA256())
+        lookup_purpose, token_purpose = PSEUDONYM_PURPOSES
+        self._lookup_key = keyring.derive(lookup_purpose + domain)
+        self._token_mac = HMAC(keyring.derive(token_purpose + domain), hashes.SHA256())
         self._script = client.register_script(_ENSURE_LUA)
         self._memo: OrderedDict[str, _Pseud] = OrderedDict()
         self._memo_size = max(1, int(memo_size))

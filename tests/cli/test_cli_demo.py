@@ -102,8 +102,9 @@ def test_demo_from_nothing(tmp_path: Path, demo_env: dict[str, str]) -> None:
     assert (logs / "gateway.log").is_file()
 
     # -- the protected panel shows tokens and ciphertexts
-    assert "tk1_" in out and "sg1." in out
-    assert re.search(r'"user_id": "tk1_', out) and re.search(r'"session_id": "tk1_', out)
+    assert "tk2_" in out and "sg1." in out
+    # person tokens are tk2 by default (unlinked on erasure); session tokens stay tk1
+    assert re.search(r'"user_id": "tk2_', out) and re.search(r'"session_id": "tk1_', out)
 
     # -- no sensitive plaintext except the one raw sample shown on purpose (each of its values once)
     events = list(ClickstreamGenerator(seed=0).events(EVENTS))  # the demo's default seed

@@ -17,10 +17,9 @@ from typing import Any
 import pytest
 from confluent_kafka.admin import AdminClient, ConfigResource
 
-from stream.components import build_dek_provider, build_gateway
+from stream.components import build_dek_provider, build_gateway, person_tokens
 from stream.config import TopicNames
 from stream.crypto.keyring import Keyring
-from stream.crypto.tokens import Tokenizer
 from stream.dev.stack import free_port
 from stream.schema import output_validator
 from tests.support.kafka import read_topic
@@ -97,18 +96,17 @@ def test_shredder_worker_erase_wait_and_audit(settings_factory, unique_id: str) 
     env = settings_env(settings, STREAMGATE_WEB_PORT=str(port), STREAMGATE_SHREDDER_CONSUMER_GROUP=f"sgcli-shred-{unique_id}",
                STREAMGATE_SHREDDER_INSTANCE_ID="cli-shredder", STREAMGATE_SHREDDER_INTERVAL_SECONDS="0.5",
                STREAMGATE_METRICS_INTERVAL_SECONDS="1")
-    # the person has data keys (two epochs) before the erasure
-    keyring = Keyring.from_settings(settings)
-    token = Tokenizer(keyring).token("user_id", "usr_cli_forget")
-    provider = build_dek_provider(settings, keyring)
-    e = provider.epoch_of(time.time())
-    provider.keys_for([token], e)
-    provider.keys_for([token], e - 1)
     # protected events of the person and of someone else on clicks.protected (the gateway's core)
     events = protect(settings, Clock(time.time()), ["usr_cli_forget", "usr_cli_keep"], 2,
                      gateway=build_gateway(settings))
     produce(settings.kafka_bootstrap, settings.topics.protected,
             [(ev["user_id"].encode(), json.dumps(ev).encode()) for ev in events])
+    # the person's tk2 token (the default) has data keys of two epochs before the erasure
+    token = events[0]["user_id"]
+    assert token.startswith("tk2_") and person_tokens(settings, "usr_cli_forget", legacy=False) == [token]
+    provider = build_dek_provider(settings)
+    e = provider.epoch_of(time.time())
+    provider.keys_for([token], e - 1)
 
     log = settings.state_dir / "shredder.log"
     with open(log, "wb") as f:
@@ -151,7 +149,11 @@ def test_shredder_worker_erase_wait_and_audit(settings_factory, unique_id: str) 
         strict = _run(env, "decrypt", "--on-shredded", "raise", "--idle-timeout", "2")
         assert strict.returncode == 0 and "2 events decrypted, 2 could not be decrypted" in strict.stderr
 
-        audit = _run(env, "audit", "--user", "usr_cli_forget", "--json")
+        # unlinked: the user_id no longer leads to the receipts of its erased token, the token itself does
+        unlinked = _run(env, "audit", "--user", "usr_cli_forget", "--json")
+        assert unlinked.returncode == 0 and unlinked.stdout == "", unlinked.stderr
+        assert person_tokens(settings, "usr_cli_forget", legacy=False) == []
+        audit = _run(env, "audit", "--subject", token, "--json")
         assert audit.returncode == 0, audit.stderr
         receipts = [json.loads(line) for line in audit.stdout.splitlines()]
         valid = output_validator("audit-receipt.v1")
