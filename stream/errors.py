@@ -15,6 +15,7 @@ __all__ = [
     "KeyShreddedError",
     "KeyUnavailableError",
     "KeyringError",
+    "ModelUpdateError",
     "SchemaPolicyError",
     "SnapshotError",
     "StreamgateError",
@@ -92,3 +93,7 @@ class InvalidExampleError(StreamgateError):
 
 class SnapshotError(StreamgateError):
     """A model snapshot is malformed or fails authentication (it is never unpickled then)."""
+
+
+class ModelUpdateError(StreamgateError):
+    """A federated model update is malformed or fails authentication (it is never merged then)."""
