@@ -32,6 +32,7 @@ class TopicNames(BaseSettings):
     frequencies: str = "analytics.frequencies"
     partials: str = "analytics.partials"
     snapshots: str = "models.snapshots"
+    updates: str = "models.updates"
     erasure: str = "privacy.erasure"
     audit: str = "ops.audit"
     metrics: str = "ops.metrics"
@@ -205,6 +206,23 @@ class Settings(BaseSettings):
     learn_snapshot_interval_seconds: float = Field(
         default=60.0, gt=0,
         description="... and at least this often while it learns (and on shutdown).",
+    )
+    learn_federated: bool = Field(
+        default=False,
+        description="Federated learning: learners in one group each train on their partitions and publish signed "
+        "local updates to models.updates; the member holding the model's partition of models.updates merges them "
+        "(FedAvg by example count) into the global model on models.snapshots, which every learner adopts.",
+    )
+    learn_update_every: int = Field(
+        default=1000, gt=0, description="Federated: a learner publishes a local update every this many examples ..."
+    )
+    learn_update_interval_seconds: float = Field(
+        default=5.0, gt=0, description="... and at least this often while it learns (and before a rebalance, at shutdown)."
+    )
+    learn_aggregate_wait_seconds: float = Field(
+        default=2.0, gt=0,
+        description="Federated: the aggregator merges a round once every recently active learner sent an update, or "
+        "this long after the round's first update.",
     )
     learn_correction: bool = Field(
         default=True, description="Learn with the noise-corrected loss (Natarajan et al. 2013) for the RR label."

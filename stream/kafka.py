@@ -216,8 +216,8 @@ def consumer_config(bootstrap: str, group: str, *, session_timeout_ms: int = 600
 
 def all_topics(settings: Settings) -> list[str]:
     t = settings.topics
-    return [t.raw, t.protected, t.dlq, t.features, t.frequencies, t.partials, t.snapshots, t.erasure, t.audit,
-            t.metrics]
+    return [t.raw, t.protected, t.dlq, t.features, t.frequencies, t.partials, t.snapshots, t.updates, t.erasure,
+            t.audit, t.metrics]
 
 
 def ensure_topics(bootstrap: str, names: Iterable[str], *, partitions: int = 4, timeout: float = 30.0) -> list[str]:

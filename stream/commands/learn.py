@@ -82,13 +82,19 @@ def register(cli: click.Group) -> None:
     @cli.command()
     @click.option("--loglevel", default="info", show_default=True,
                   type=click.Choice(["crit", "error", "warn", "info", "debug"]))
-    def learner(loglevel: str) -> None:
+    @click.option("--federated/--single", default=None,
+                  help="One of N federated learners (default: STREAMGATE_LEARN_FEDERATED, off).")
+    def learner(loglevel: str, federated: bool | None) -> None:
         """Run the learner worker (Faust): features.private -> models.snapshots (+ drift on ops.audit).
 
         Learns the purchase-propensity model online from the privatizer's labelled examples
         (private-example.v1; feature reports are skipped), with progressive validation, ADWIN drift
         detection and signed snapshots every STREAMGATE_LEARN_SNAPSHOT_EVERY examples / _INTERVAL_SECONDS;
         resumes from its latest snapshot. /healthz, /readyz and /metrics on port 6069.
+
+        --federated: run as many learners as you like in one group; each publishes signed local
+        updates to models.updates, the one holding that topic's partition merges them (FedAvg) into
+        the global model on models.snapshots, and every learner adopts it (docs/learning.md).
         """
 
         from stream.apps.learner import snapshot_key
@@ -97,13 +103,15 @@ def register(cli: click.Group) -> None:
         from stream.schema import load_schema
 
         settings = _settings()
+        if federated is not None:
+            settings = settings.model_copy(update={"learn_federated": federated})
         snapshot_key(settings)  # fail fast: snapshots are signed with the learner's key (credential or master)
         load_schema(settings.schema_name)
         bootstrap = reachable_bootstrap(settings)
         t = settings.topics
         # missing topics are created with their configured policy (models.snapshots is compacted)
         existing = admin_client(bootstrap).list_topics(timeout=30).topics
-        wanted = {t.features, t.snapshots, t.audit}
+        wanted = {t.features, t.snapshots, t.audit} | ({t.updates} if settings.learn_federated else set())
         specs = [s for s in load_topics_config(settings, settings.topics_config)
                  if s.name in wanted and s.name not in existing]
         if specs:
