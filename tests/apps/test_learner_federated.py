@@ -20,6 +20,7 @@ from stream.apps.learner import snapshot_key
 from stream.apps.produce import publish
 from stream.config import Settings
 from stream.crypto.keyring import Keyring
+from stream.engine import EngineFatalError
 from stream.errors import ModelUpdateError
 from stream.kafka import ensure_topics, producer_config
 from stream.learn.federated import ModelUpdate, Parameters
@@ -213,3 +214,33 @@ def test_the_other_instance_takes_over_aggregation_when_the_aggregator_goes(sett
         assert 0 <= x_uncovered <= lost <= x_uncovered + UPDATE_EVERY  # the open steps (+ an update in flight)
         assert duplicates <= 2 * UPDATE_EVERY
     assert y.stats.learned == n - u_x + duplicates
+
+
+def test_an_aggregator_that_dies_takes_its_learner_down(settings_factory, unique_id) -> None:
+    """No silent stall: an aggregator thread that fails stops the learner with a fatal error (the worker
+    exits non-zero and its supervisor restarts it)."""
+    s = _settings(settings_factory, unique_id)
+    publish(s.kafka_bootstrap_or_dev(), s.topics.features, make_examples(1000, seed=33).records)
+    engine = FederatedLearnerEngine(s)
+    assert engine.aggregator is not None
+
+    def boom(records: Any) -> Any:
+        raise RuntimeError("aggregator bug")
+
+    engine.aggregator.process = boom  # type: ignore[method-assign]
+    errors: list[BaseException] = []
+    stop = threading.Event()
+
+    def run() -> None:
+        try:
+            engine.run(stop)
+        except BaseException as exc:
+            errors.append(exc)
+
+    t = threading.Thread(target=run, daemon=True)
+    t.start()
+    t.join(90)
+    stop.set()
+    assert not t.is_alive()
+    assert len(errors) == 1 and isinstance(errors[0], EngineFatalError) and "aggregator bug" in str(errors[0])
+    assert engine.fatal_error is not None and not engine.healthy
