@@ -58,7 +58,9 @@ re-sent).
 
 One instance per model name: the model is a single in-memory object; a second instance in
 the same consumer group would learn a share of the partitions and overwrite the first one's
-snapshots. Measured: about 7,000 examples/s on one core (parse, predict, progressive validation,
+snapshots. For N instances, run them federated (``STREAMGATE_LEARN_FEDERATED``,
+:mod:`stream.apps.federated`): each publishes local updates and one of them merges them into the
+global model. Measured: about 7,000 examples/s on one core (parse, predict, progressive validation,
 learn, drift; most of it in the model's pipeline); a learner that falls behind shows as consumer
 lag (``streamgate_consumer_lag{worker="learner"}``), nothing is dropped.
 """

@@ -61,7 +61,13 @@ class FedPhase:
     workers_cpu: float | None = None  # share of all cores while learning
     broker_cpu: float | None = None
     machine_cpu: float | None = None  # everything on the machine (other users' jobs too)
+    ncpu: int = 1
     error: str | None = None
+
+    @property
+    def per_cpu_second(self) -> float:
+        """Examples per CPU-second the learner processes used (what scaling keeps when cores are free)."""
+        return self.rate / (self.workers_cpu * self.ncpu) if self.workers_cpu else 0.0
 
     @property
     def consumed(self) -> int:
@@ -123,6 +129,7 @@ def _phase(settings: Settings, name: str, records: int, holdout: Holdout, say: C
         learned_at = time.monotonic()
         cpu = meter.stop()
         phase.workers_cpu, phase.broker_cpu, phase.machine_cpu = cpu.get("workers"), cpu.get("broker"), cpu.get("machine")
+        phase.ncpu = meter.ncpu
         if group.done.value < records:
             phase.error = f"stopped: {group.done.value:,} of {records:,} examples after no progress"
         elif feed is not None:  # wait for the global version that covers every example
@@ -230,7 +237,7 @@ def format_federated(runs: Sequence[FedRun]) -> str:
     """The table printed by ``streamgate bench learn --federated``."""
     head = (f"{'seed':>4} {'examples':>9} {'AUC single':>11} {'AUC fed x2':>11} {'gap':>8} {'single ex/s':>12} "
             f"{'fed x2 ex/s':>12} {'ratio':>6} {'cpu 1/2':>9} {'broker 1/2':>11} {'machine 1/2':>12} {'versions':>9} "
-            f"{'settle s':>9}")
+            f"{'settle s':>9} {'ex/cpu-s 1/2':>14}")
     lines = [head, "-" * len(head)]
     for r in runs:
         s, f = r.phases["single"], r.phases["federated"]
@@ -238,7 +245,7 @@ def format_federated(runs: Sequence[FedRun]) -> str:
         lines.append(f"{r.seed:>4} {r.examples:>9,} {s.auc:>11.4f} {f.auc:>11.4f} {r.auc_gap:>+8.4f} {s.rate:>12,.0f} "
                      f"{f.rate:>12,.0f} {r.ratio:>6.2f} {_pair(s.workers_cpu, f.workers_cpu):>9} "
                      f"{_pair(s.broker_cpu, f.broker_cpu):>11} {_pair(s.machine_cpu, f.machine_cpu):>12} "
-                     f"{f.version:>9} {settle:>9}")
+                     f"{f.version:>9} {settle:>9} {f'{s.per_cpu_second:,.0f}/{f.per_cpu_second:,.0f}':>14}")
     if len(runs) > 1:
         gaps = [r.auc_gap for r in runs]
         ratios = [r.ratio for r in runs]
@@ -250,5 +257,5 @@ def format_federated(runs: Sequence[FedRun]) -> str:
     lines.append(f"AUC: held-out continuation on clear values vs clean labels. |gap| <= {worst:.4f}: {verdict} the "
                  "0.01 target. cpu / broker / machine: share of all cores while learning, single/federated (machine: "
                  "everything, other users' jobs too); settle: seconds from the last batch to the global version "
-                 "covering every example.")
+                 "covering every example; ex/cpu-s: examples per CPU-second of the learner processes.")
     return "\n".join(lines)
