@@ -56,7 +56,7 @@ from stream.learn.snapshot import EPSILON_NOTE, ModelSnapshot
 from stream.ops.metrics import WorkerMetrics
 
 __all__ = ["AggregatorEngine", "AggregatorStats", "FederatedLearnerEngine", "FederatedStats", "SnapshotFeed",
-           "aggregator_group", "instance_name", "newest_verified"]
+           "aggregator_group", "highest_version", "instance_name", "newest_verified"]
 
 log = logging.getLogger("streamgate.learner")
 
@@ -86,6 +86,24 @@ def newest_verified(candidates: list[bytes], key: Ed25519PublicKey, name: str) -
             continue
         return snap, ignored
     return None, ignored
+
+
+def highest_version(candidates: list[bytes], key: Ed25519PublicKey, name: str) -> tuple[ModelSnapshot | None, int]:
+    """The verified snapshot of ``name`` with the highest global version among ``candidates`` (the
+    newest of equals; a single learner's snapshots are version 0), and how many did not verify."""
+    best: ModelSnapshot | None = None
+    ignored = 0
+    for data in candidates:
+        try:
+            snap = ModelSnapshot.from_bytes(data, key)
+        except SnapshotError:
+            ignored += 1
+            continue
+        if snap.name != name:
+            ignored += 1
+        elif best is None or snap.version >= best.version:
+            best = snap
+    return best, ignored
 
 
 class SnapshotFeed:
@@ -287,12 +305,12 @@ class AggregatorEngine(StreamEngine):
         self.round.clear()
 
     def _load(self) -> None:
-        """Take over: the newest verified global version (else a fresh model), and the update offsets it covers."""
+        """Take over: the highest verified global version (else a fresh model), and the update offsets it covers."""
         s = self.settings
         candidates = read_snapshot_records(self.bootstrap, s.topics.snapshots, self.model_name)
-        snap, ignored = newest_verified(candidates, self.key.public_key(), self.model_name)
+        snap, ignored = highest_version(candidates, self.key.public_key(), self.model_name)
         if ignored:
-            log.warning("aggregator: newer snapshots ignored (they do not verify)", extra={"count": ignored})
+            log.warning("aggregator: snapshots ignored (they do not verify)", extra={"count": ignored})
         self.round.clear()
         self._sender_metrics.clear()
         self.frontier = {}

@@ -244,3 +244,23 @@ def test_an_aggregator_that_dies_takes_its_learner_down(settings_factory, unique
     assert not t.is_alive()
     assert len(errors) == 1 and isinstance(errors[0], EngineFatalError) and "aggregator bug" in str(errors[0])
     assert engine.fatal_error is not None and not engine.healthy
+
+
+def test_a_new_aggregator_resumes_from_the_highest_verified_version(settings_factory, unique_id) -> None:
+    """Not simply the last record: a single learner's snapshot (version 0) written later, a forged
+    version 9 and another model's version 7 do not win over version 5."""
+    from stream.apps.federated import highest_version
+    from stream.apps.learner import fresh_model
+
+    s = _settings(settings_factory, unique_id)
+    key = snapshot_key(s)
+
+    def snap(version: int | None, *, name: str | None = None, signer: Any = key) -> bytes:
+        fed = None if version is None else {"version": version}
+        return ModelSnapshot(name=name or s.learn_model_name, created_at="2026-01-01T00:00:00.000Z", examples_seen=1,
+                             metrics={}, epsilon={}, model=fresh_model(s), federation=fed).to_bytes(signer)
+
+    forged = snap(9, signer=snapshot_key(s, Keyring.generate()))
+    best, ignored = highest_version([snap(2), snap(5), snap(3), snap(None), forged, snap(7, name="other")],
+                                    key.public_key(), s.learn_model_name)
+    assert best is not None and best.version == 5 and ignored == 2
