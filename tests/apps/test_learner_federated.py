@@ -28,7 +28,7 @@ from stream.learn.snapshot import ModelSnapshot
 from tests.support.kafka import Rec, read_topic, running_in_thread, wait_for
 from tests.support.learner_examples import make_examples
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 UPDATE_EVERY = 300
 

@@ -162,7 +162,6 @@ def test_sigkill_of_the_aggregating_learner_mid_stream(settings_factory, unique_
         wait_for(lambda: any(v.federation["aggregator"] == survivor_id for _t, v in watch.seen), timeout=120,
                  what="a global version from the survivor")
         first_new = next((tm, v) for tm, v in watch.seen if v.federation["aggregator"] == survivor_id)
-        took_partitions = next((x["t"] for x in survivor.status() if x["t"] > killed_at and x["assigned"] == 4), None)
         producer.join(60)
 
         def caught_up() -> bool:
@@ -170,6 +169,7 @@ def test_sigkill_of_the_aggregating_learner_mid_stream(settings_factory, unique_
             return x.get("learned", 0) + at_kill["learned"] >= N and x.get("uncovered") == 0 and \
                 bool(watch.seen) and watch.seen[-1][1].examples_seen >= N and x.get("version") == watch.seen[-1][1].version
         wait_for(caught_up, timeout=180, interval=0.5, what="the survivor merging the whole stream")
+        took_partitions = next((x["t"] for x in survivor.status() if x["t"] > killed_at and x["assigned"] == 4), None)
     finally:
         stop_producing.set()
         for ln in learners:

@@ -12,7 +12,7 @@ import pytest
 from stream.bench.federated import format_federated, run_federated_bench
 from stream.config import Settings
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 
 def test_bench_learn_federated_small(settings_factory: Callable[..., Settings]) -> None:
