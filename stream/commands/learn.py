@@ -36,6 +36,9 @@ def model_summary(header: Mapping[str, Any], *, verified: bool, weights: Mapping
         "key_id": header.get("key_id"),
         "verified": verified,
     }
+    fed = header.get("federation")
+    if isinstance(fed, Mapping):  # a federated global model
+        out["federation"] = {k: fed.get(k) for k in ("version", "aggregator", "merged_updates", "senders")}
     if weights is not None:
         ranked = sorted(weights.items(), key=lambda kv: (-abs(kv[1]), kv[0]))[:top]
         out["intercept"] = intercept
@@ -51,6 +54,11 @@ def render_summary(s: Mapping[str, Any]) -> str:
              f"examples seen  {s['examples_seen']:,}" if isinstance(s.get("examples_seen"), int)
              else f"examples seen  {s.get('examples_seen')}",
              f"verified       {'yes (signature checked, key ' + str(s.get('key_id')) + ')' if s['verified'] else 'NO'}"]
+    fed = s.get("federation")
+    if fed:
+        senders = fed.get("senders") or []
+        lines.append(f"global version {fed.get('version')} (federated: the last round merged {fed.get('merged_updates')} "
+                     f"updates from {len(senders)} learner(s); aggregated by {fed.get('aggregator')})")
     metrics = s.get("metrics") or {}
     if metrics:
         lines.append("metrics (progressive validation on the private labels):")
