@@ -389,7 +389,6 @@ class LearnerEngine(StreamEngine):
 
     def process(self, records: list[Record]) -> Result:
         assert self.model is not None
-        t0 = time.perf_counter()
         model, evaluation, monitor = self.model, self.evaluation, self.monitor
         stats = self.stats
         if stats.first_event_at is None:
@@ -416,8 +415,7 @@ class LearnerEngine(StreamEngine):
         self._uncovered += learned
         stats.batches += 1
         stats.last_event_at = time.monotonic()
-        if self.metrics is not None:
-            self.metrics.observe_batch(time.perf_counter() - t0, len(records))
+        if self.metrics is not None:  # (the engine observes the batch itself)
             self._publish_model_metrics()
         result = Result(outs, defer=learned > 0)
         if self._uncovered >= self.cover_every():
