@@ -62,6 +62,7 @@ from typing import Any, Literal, NamedTuple, Protocol
 import redis
 
 from stream.errors import KeyUnavailableError
+from stream.ldp.ledger import MICRO, ledger_key
 
 __all__ = [
     "MICRO",
@@ -72,10 +73,6 @@ __all__ = [
     "MemoryMemoStore",
     "RedisMemoStore",
 ]
-
-#: Ledgers are kept in integer micro-epsilon.
-MICRO = 1_000_000
-
 
 class MemoRequest(NamedTuple):
     """Resolve the memo of one (subject, epoch, field); ``candidate`` is a fresh permanent response
@@ -114,10 +111,9 @@ local budget = tonumber(ARGV[2])
 local out = {}
 local dated = {}
 for i = 3, #ARGV do
-  -- one packed argument per request: subject:epoch, field, ledger id, cost, expire_at, candidate
-  local ref, field, ledger, cost, exp, cand = string.match(ARGV[i], '^([^\t]*)\t([^\t]*)\t([^\t]*)\t([^\t]*)\t([^\t]*)\t(.*)$')
+  -- one packed argument per request: subject:epoch, field, ledger key, cost, expire_at, candidate
+  local ref, field, lk, cost, exp, cand = string.match(ARGV[i], '^([^\t]*)\t([^\t]*)\t([^\t]*)\t([^\t]*)\t([^\t]*)\t(.*)$')
   local mk = prefix .. ':memo:' .. ref
-  local lk = prefix .. ':ledger:' .. ledger
   local memo = redis.call('HGET', mk, field)
   if memo then
     out[#out + 1] = 'M' .. memo
@@ -171,7 +167,7 @@ class RedisMemoStore:
         return f"{self.prefix}:memo:{subject}:{epoch}"
 
     def ledger_key(self, ledger: str) -> str:
-        return f"{self.prefix}:ledger:{ledger}"
+        return ledger_key(self.prefix, ledger)
 
     def resolve(self, requests: Sequence[MemoRequest], budget_micro: int) -> list[MemoResult]:
         out: list[MemoResult] = []
@@ -180,7 +176,8 @@ class RedisMemoStore:
                 part = requests[start : start + self._chunk]
                 args: list[str | int] = [self.prefix, budget_micro]
                 args += [
-                    f"{r.subject}:{r.epoch}\t{r.field}\t{r.ledger}\t{r.cost_micro}\t{r.expire_at}\t{r.candidate}"
+                    f"{r.subject}:{r.epoch}\t{r.field}\t{ledger_key(self.prefix, r.ledger)}\t{r.cost_micro}\t"
+                    f"{r.expire_at}\t{r.candidate}"
                     for r in part
                 ]
                 raw = self._script(keys=[self.deadlines_key], args=args)
