@@ -34,8 +34,9 @@ Erasure never refunds. The ledger lives under a key that holds no identifier -
 ``{prefix}:ledger:{HMAC(ledger key, token || epoch)}``, a plain integer - which the
 shredder does not delete: an erasure destroys the memos (and the data key) but
 what the person spent in that epoch stays spent until the epoch's retention
-ends (its expiry). A person re-appearing after an erasure (same token) finds the
-same ledger. Integer micro-epsilon keeps sums exact.
+ends (its expiry). A person re-appearing after an erasure finds the same ledger
+(tk1 token) or, with a new tk2 token, ledgers the gateway already set to the cap up
+to the erasure's epoch (:mod:`stream.ldp.ledger`). Integer micro-epsilon keeps sums exact.
 
 Redis layout::
 
