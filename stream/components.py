@@ -195,17 +195,27 @@ def build_gateway(
     tokenizer = Tokenizer(keyring)
     provider = build_dek_provider(settings, keyring, client=client, clock=clock, listen=listen, tokenizer=tokenizer)
     if settings.pseudonym_tokens:
-        tokenizer.pseudonyms = build_pseudonyms(settings, keyring, client=client, clock=clock, guard=provider.guard)
+        # a person returning after an erasure starts with exhausted ledgers (stream.ldp.ledger)
+        from stream.ldp.ledger import LEDGER_PURPOSE, LedgerExhauster
+
+        ledgers = LedgerExhauster(client, settings.redis_key_prefix, keyring.derive(LEDGER_PURPOSE),
+                                  budget_epsilon=settings.ldp_person_epsilon, epoch_seconds=settings.epoch_seconds,
+                                  retention_seconds=settings.retention_seconds)
+        tokenizer.pseudonyms = build_pseudonyms(settings, keyring, client=client, clock=clock, guard=provider.guard,
+                                                on_erased=ledgers.exhaust)
     return Gateway(schema, tokenizer, provider, max_event_bytes=settings.max_event_bytes, clock=clock)
 
 
 def build_pseudonyms(settings: Settings, keyring: Keyring | None = None, *, client: redis.Redis | None = None,
-                     clock: Callable[[], float] = time.time, guard: KeyStoreGuard | None = None) -> Pseudonyms:
+                     clock: Callable[[], float] = time.time, guard: KeyStoreGuard | None = None,
+                     on_erased: Callable[[dict[str, int], float], object] | None = None) -> Pseudonyms:
     """The tk2 pseudonym store of ``settings``' person domain (:class:`stream.crypto.tokens.Pseudonyms`);
-    ``guard`` drops its cache when Redis lost data (pass the DEK provider's)."""
+    ``guard`` drops its cache when Redis lost data (pass the DEK provider's); ``on_erased``: the
+    gateway's ledger exhauster."""
     return Pseudonyms(keyring or Keyring.from_settings(settings), client or redis_client(settings),
                       settings.redis_key_prefix, domain=load_schema(settings.schema_name).subject_domain,
-                      max_staleness_seconds=settings.dek_cache_max_staleness_seconds, clock=clock, guard=guard)
+                      max_staleness_seconds=settings.dek_cache_max_staleness_seconds, clock=clock, guard=guard,
+                      on_erased=on_erased)
 
 
 def person_tokens(settings: Settings, user_id: str, keyring: Keyring | None = None, *,

@@ -44,6 +44,7 @@ from stream.errors import KeyUnavailableError, TopicMissingError
 from stream.kafka import reader_from_beginning
 from stream.ldp.aggregate import MAX_REPORTS_PER_MEMO, WindowAggregator
 from stream.ldp.labels import LABEL_NAME, ExampleStub, SessionLabeler
+from stream.ldp.ledger import LEDGER_PURPOSE
 from stream.ldp.memo import MemoCache, RedisMemoStore
 from stream.ldp.oracle import secure_rng
 from stream.ldp.policy import LdpPolicy
@@ -126,7 +127,7 @@ def build_privatizer(
         policy,
         RedisMemoStore(client, prefix=settings.redis_key_prefix),
         memo_key=keyring.derive("ldp-memo"),
-        ledger_key=keyring.derive("ldp-ledger"),
+        ledger_key=keyring.derive(LEDGER_PURPOSE),
         subject_field=schema.subject_field,
         budget_epsilon=settings.ldp_person_epsilon,
         epoch_seconds=settings.epoch_seconds,

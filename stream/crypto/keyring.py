@@ -72,7 +72,8 @@ class _RoleSpec(NamedTuple):
 
 #: What each role's credential holds (``streamgate keys roles``); see the README, "Key roles".
 ROLES: dict[str, _RoleSpec] = {
-    "gateway": _RoleSpec(True, True, ("dek-id", "dlq-digest"), ()),
+    # ldp-ledger: to exhaust the ledgers of a person returning after an erasure (stream.ldp.ledger)
+    "gateway": _RoleSpec(True, True, ("dek-id", "dlq-digest", "ldp-ledger"), ()),
     "privatizer": _RoleSpec(False, False, ("ldp-memo", "ldp-ledger"), ()),
     "reader": _RoleSpec(True, False, ("dek-id",), ()),
     "eraser": _RoleSpec(False, False, ("sign/erasure",), ("erasure",)),

@@ -24,6 +24,7 @@ per-person secret ``S`` kept in Redis and destroyed on erasure::
 
     {prefix}:pid:{L}        b"2." + token + b"." + S (32 random bytes)   EXPIREAT = longest DEK of the person
     {prefix}:ptok:{token}   L                                          same expiry
+    {prefix}:perased:{L}    epoch of the person's last erasure          EXPIREAT = that epoch's deadline
 
 ``S`` is created once (in a script: create-if-absent, first writer wins) and
 its keys' expiry is raised (``EXPIREAT GT``) to the retention deadline of the
@@ -32,7 +33,10 @@ so a person who is never seen again loses ``S`` together with their last key.
 The shredder deletes both keys in its erasure script (by token; by user_id it
 finds the token through ``L``). Afterwards nobody - master key and Redis dump
 included - can recompute the token from the user_id: the records retained under
-it are unlinkable, and the person, if seen again, gets a new token.
+it are unlinkable, and the person, if seen again, gets a new token. The same script leaves the
+erased marker ``perased`` (no token in it); the mint reports it, and :meth:`Pseudonyms.tokens`
+hands the new token to ``on_erased`` before returning it - the gateway then exhausts the new
+token's ε ledgers up to that epoch (:mod:`stream.ldp.ledger`), so the erasure refunds nothing.
 
 ``S`` is mixed with a keyring key, so Redis alone does not let anyone confirm
 a guessed user_id either. Cached in-process per value like DEKs (bounded,
@@ -173,12 +177,15 @@ class Tokenizer:
 _SECRET_BYTES = 32
 _VALUE_RE = re.compile(rb"2\.(tk2_[A-Za-z0-9_-]{22})\.(.{32})", re.DOTALL)
 
-# KEYS: pid keys; ARGV[1] prefix, ARGV[2] expire_at, then (candidate value, candidate token) per key.
-# Create-if-absent (first writer wins, with its token index); otherwise raise both expiries (GT).
+# KEYS: n pid keys, then their n erased markers; ARGV[1] prefix, ARGV[2] expire_at, then (candidate
+# value, candidate token) per person. Create-if-absent (first writer wins, with its token index);
+# otherwise raise both expiries (GT). Returns per person its value and its erased marker ('' if none).
 _ENSURE_LUA = r"""
 local prefix, exat = ARGV[1], ARGV[2]
+local n = #KEYS / 2
 local out = {}
-for i, k in ipairs(KEYS) do
+for i = 1, n do
+  local k = KEYS[i]
   local v = redis.call('GET', k)
   if not v then
     v = ARGV[1 + 2 * i]
@@ -189,7 +196,8 @@ for i, k in ipairs(KEYS) do
     local tok = string.match(v, '^2%.(tk2_[A-Za-z0-9_-]+)%.')
     if tok then redis.call('EXPIREAT', prefix .. ':ptok:' .. tok, exat, 'GT') end
   end
-  out[i] = v
+  out[2 * i - 1] = v
+  out[2 * i] = redis.call('GET', KEYS[n + i]) or ''
 end
 return out
 """
@@ -210,7 +218,11 @@ class Pseudonyms:
 
     def __init__(self, keyring: Keyring, client: redis.Redis, prefix: str, *, domain: str,
                  memo_size: int = _DEFAULT_MEMO, max_staleness_seconds: float = 30.0,
-                 clock: Callable[[], float] = time.time, guard: KeyStoreGuard | None = None) -> None:
+                 clock: Callable[[], float] = time.time, guard: KeyStoreGuard | None = None,
+                 on_erased: Callable[[dict[str, int], float], object] | None = None) -> None:
+        """``on_erased(token -> erasure epoch, now)``: called by :meth:`tokens` before it returns the
+        tokens of people who carry an erased marker (the gateway exhausts their ledgers:
+        :class:`stream.ldp.ledger.LedgerExhauster`); an exception fails the call."""
         if not prefix or ":" in prefix:
             raise ValueError("prefix must be non-empty and contain no ':'")
         self.domain = domain
@@ -226,7 +238,9 @@ class Pseudonyms:
         self._clock = clock
         self._lock = threading.Lock()
         self.guard = guard
+        self.on_erased = on_erased
         self.created = 0
+        self.returned = 0  # people minted while their erased marker lived (counted per round trip)
         self.round_trips = 0
         if guard is not None:
             guard.on_reset(self.clear)
@@ -249,6 +263,10 @@ class Pseudonyms:
 
     def ptok_key(self, token: str) -> str:
         return f"{self.prefix}:ptok:{token}"
+
+    def perased_key(self, lookup_id: str) -> str:
+        """The erased marker of a person: the epoch of their last erasure (written by the shredder)."""
+        return f"{self.prefix}:perased:{lookup_id}"
 
     # -- the gateway's path ---------------------------------------------------------
     def tokens(self, values: Sequence[str], expire_at: int) -> list[str]:
@@ -277,25 +295,38 @@ class Pseudonyms:
 
     def _ensure(self, values: list[str], expire_at: int) -> dict[str, str]:
         keys: list[str] = []
+        marks: list[str] = []
         args: list[bytes | str | int] = [self.prefix, expire_at]
         for v in values:
             secret = os.urandom(_SECRET_BYTES)
             tok = self.token_from(secret, v)
-            keys.append(self.pid_key(self.lookup_id(v)))
+            lookup = self.lookup_id(v)
+            keys.append(self.pid_key(lookup))
+            marks.append(self.perased_key(lookup))
             args += [b"2." + tok.encode("ascii") + b"." + secret, tok]
         try:
-            stored: Any = self._script(keys=keys, args=args)
+            stored: Any = self._script(keys=keys + marks, args=args)
         except (redis.RedisError, OSError) as exc:
             raise KeyUnavailableError(f"pseudonym store unavailable ({type(exc).__name__})") from None
         self.round_trips += 1
         if self.guard is not None:
             self.guard.note_loaded()
         out: dict[str, str] = {}
-        for v, raw, cand in zip(values, stored, args[3::2], strict=True):
+        erased: dict[str, int] = {}
+        for v, raw, mark, cand in zip(values, stored[0::2], stored[1::2], args[3::2], strict=True):
             secret = self._parse(raw)
-            out[v] = self.token_from(secret, v)
+            out[v] = tok = self.token_from(secret, v)
             if bytes(raw) == cand:
                 self.created += 1
+            if mark:
+                try:
+                    erased[tok] = int(mark)
+                except ValueError:
+                    raise KeyUnavailableError("stored erased marker is malformed") from None
+        if erased:
+            self.returned += len(erased)
+            if self.on_erased is not None:
+                self.on_erased(erased, self._clock())
         return out
 
     @staticmethod

@@ -34,8 +34,9 @@ Erasure never refunds. The ledger lives under a key that holds no identifier -
 ``{prefix}:ledger:{HMAC(ledger key, token || epoch)}``, a plain integer - which the
 shredder does not delete: an erasure destroys the memos (and the data key) but
 what the person spent in that epoch stays spent until the epoch's retention
-ends (its expiry). A person re-appearing after an erasure (same token) finds the
-same ledger. Integer micro-epsilon keeps sums exact.
+ends (its expiry). A person re-appearing after an erasure finds the same ledger
+(tk1 token) or, with a new tk2 token, ledgers the gateway already set to the cap up
+to the erasure's epoch (:mod:`stream.ldp.ledger`). Integer micro-epsilon keeps sums exact.
 
 Redis layout::
 
@@ -62,6 +63,7 @@ from typing import Any, Literal, NamedTuple, Protocol
 import redis
 
 from stream.errors import KeyUnavailableError
+from stream.ldp.ledger import MICRO, ledger_key
 
 __all__ = [
     "MICRO",
@@ -72,10 +74,6 @@ __all__ = [
     "MemoryMemoStore",
     "RedisMemoStore",
 ]
-
-#: Ledgers are kept in integer micro-epsilon.
-MICRO = 1_000_000
-
 
 class MemoRequest(NamedTuple):
     """Resolve the memo of one (subject, epoch, field); ``candidate`` is a fresh permanent response
@@ -114,10 +112,9 @@ local budget = tonumber(ARGV[2])
 local out = {}
 local dated = {}
 for i = 3, #ARGV do
-  -- one packed argument per request: subject:epoch, field, ledger id, cost, expire_at, candidate
-  local ref, field, ledger, cost, exp, cand = string.match(ARGV[i], '^([^\t]*)\t([^\t]*)\t([^\t]*)\t([^\t]*)\t([^\t]*)\t(.*)$')
+  -- one packed argument per request: subject:epoch, field, ledger key, cost, expire_at, candidate
+  local ref, field, lk, cost, exp, cand = string.match(ARGV[i], '^([^\t]*)\t([^\t]*)\t([^\t]*)\t([^\t]*)\t([^\t]*)\t(.*)$')
   local mk = prefix .. ':memo:' .. ref
-  local lk = prefix .. ':ledger:' .. ledger
   local memo = redis.call('HGET', mk, field)
   if memo then
     out[#out + 1] = 'M' .. memo
@@ -171,7 +168,7 @@ class RedisMemoStore:
         return f"{self.prefix}:memo:{subject}:{epoch}"
 
     def ledger_key(self, ledger: str) -> str:
-        return f"{self.prefix}:ledger:{ledger}"
+        return ledger_key(self.prefix, ledger)
 
     def resolve(self, requests: Sequence[MemoRequest], budget_micro: int) -> list[MemoResult]:
         out: list[MemoResult] = []
@@ -180,7 +177,8 @@ class RedisMemoStore:
                 part = requests[start : start + self._chunk]
                 args: list[str | int] = [self.prefix, budget_micro]
                 args += [
-                    f"{r.subject}:{r.epoch}\t{r.field}\t{r.ledger}\t{r.cost_micro}\t{r.expire_at}\t{r.candidate}"
+                    f"{r.subject}:{r.epoch}\t{r.field}\t{ledger_key(self.prefix, r.ledger)}\t{r.cost_micro}\t"
+                    f"{r.expire_at}\t{r.candidate}"
                     for r in part
                 ]
                 raw = self._script(keys=[self.deadlines_key], args=args)

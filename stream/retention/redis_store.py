@@ -8,6 +8,7 @@
     {prefix}:shredder:pending             hash: the receipt outbox (see stream.retention.core)
     {prefix}:erasure:{request_id}         string: the record of a processed erasure request (EX = retention)
     {prefix}:ptok:{token} / pid:{lookup}  the person's tk2 secret (stream.crypto.tokens): deleted by the erasure
+    {prefix}:perased:{lookup}             written by that erasure: its epoch (stream.ldp.ledger), no token
     {prefix}:shredded                     pub/sub channel: "{subject}:{epoch}" or "{subject}:*"
 
 Claim-and-destroy runs as one Lua script per batch (atomic: one winner per member
@@ -76,19 +77,28 @@ return out
 """
 
 # KEYS[3] erasure record; ARGV[6] request_id, ARGV[7] subject, ARGV[8] record ttl, ARGV[9] request digest,
-# ARGV[10..] members
+# ARGV[10] erased marker's epoch, ARGV[11] its expire_at ('' and '': none), ARGV[12..] members
 _ERASE = _CLAIM_FN + r"""
 local existing = redis.call('GET', KEYS[3])
 if existing then return {0, existing} end
 local n = 0
-for i = 10, #ARGV do
+for i = 12, #ARGV do
   local r = claim(ARGV[i], 'erasure', ARGV[6])
   if r and string.find(r[1], '|', 1, true) and not string.match(r[1], '|$') then n = n + 1 end
 end
 -- the person's tk2 secret: without it nobody can recompute the token from the user_id
 local ptok = prefix .. ':ptok:' .. ARGV[7]
 local lookup = redis.call('GET', ptok)
-if lookup then redis.call('DEL', prefix .. ':pid:' .. lookup) end
+if lookup then
+  redis.call('DEL', prefix .. ':pid:' .. lookup)
+  -- the erased marker (stream.ldp.ledger): the person's next token finds its ledgers exhausted
+  if ARGV[10] ~= '' then
+    local mark = prefix .. ':perased:' .. lookup
+    if tonumber(redis.call('GET', mark) or '-1') < tonumber(ARGV[10]) then
+      redis.call('SET', mark, ARGV[10], 'EXAT', ARGV[11])
+    end
+  end
+end
 redis.call('DEL', ptok)
 local record = cjson.encode({subject = ARGV[7], at = tonumber(at), keys_shredded = n, worker = worker,
                              digest = ARGV[9]})
@@ -153,11 +163,14 @@ class RedisShredStore:
         return [m for m in members if m.rpartition(":")[0] == subject]
 
     def erase_subject(self, subject: str, epochs: Sequence[int], *, request_id: str, at: float, worker: str,
-                      lease_until: float, record_ttl: int, digest: str = "") -> tuple[ErasureRecord, bool]:
+                      lease_until: float, record_ttl: int, digest: str = "",
+                      erased: tuple[int, int] | None = None) -> tuple[ErasureRecord, bool]:
         members = sorted(set(self.subject_members(subject)) | {f"{subject}:{e}" for e in epochs})
+        mark = [int(erased[0]), int(erased[1])] if erased is not None else ["", ""]
         created, raw = self._call(
             self._erase, keys=[self.deadlines_key, self.pending_key, self.erasure_key(request_id)],
-            args=[*self._base_args(at, worker, lease_until), request_id, subject, int(record_ttl), digest, *members])
+            args=[*self._base_args(at, worker, lease_until), request_id, subject, int(record_ttl), digest, *mark,
+                  *members])
         return ErasureRecord.decode(raw), bool(created)
 
     def has_keys(self, subject: str, epochs: Sequence[int]) -> bool:

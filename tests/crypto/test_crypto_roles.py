@@ -47,6 +47,17 @@ def test_only_the_gateway_and_the_shredder_hold_tk2_keys_and_only_of_the_person_
             cred.derive(p + "session_id")
 
 
+@pytest.mark.parametrize("role", list(ROLES))
+def test_only_the_privatizer_and_the_gateway_hold_the_ledger_key(role: str) -> None:
+    """The gateway exhausts the ledgers of a person returning after an erasure (stream.ldp.ledger)."""
+    cred = MASTER.for_role(role, token_domains=["user_id"], person_domain="user_id")
+    if role in ("privatizer", "gateway"):
+        assert cred.derive("ldp-ledger") == MASTER.derive("ldp-ledger")
+    else:
+        with pytest.raises(KeyringError, match=f"{role} credential"):
+            cred.derive("ldp-ledger")
+
+
 def test_nothing_outside_the_role_is_available() -> None:
     reader = MASTER.for_role("reader", token_domains=["user_id"], person_domain="user_id")
     for call in (lambda: reader.kek("root"), lambda: reader.derive("token/user_id"),
