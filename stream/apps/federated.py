@@ -402,7 +402,7 @@ class FederatedLearnerEngine(LearnerEngine):
         super().__init__(settings, bootstrap=bootstrap, keyring=keyring, metrics=metrics, clock=clock,
                          consumer_overrides=consumer_overrides)
         self.instance = instance_name()
-        self.worker = f"learner@{self.instance}"
+        self.worker = f"learner-{self.instance}"
         self.stats = FederatedStats()
         self.version = 0
         self.anchor = Parameters({})

@@ -311,7 +311,7 @@ class LearnerEngine(StreamEngine):
         self.model_name = settings.learn_model_name
         self.key = snapshot_key(settings, keyring)  # fails fast without a KEK
         self.policy = LdpPolicy.from_schema(load_schema(settings.schema_name), settings.ldp_epsilon)
-        self.worker = f"learner@{socket.gethostname()}"
+        self.worker = f"learner-{socket.gethostname()}"
         self.stats = LearnerStats()
         self.model: PropensityModel | None = None
         self.evaluation = ProgressiveValidation()

@@ -108,12 +108,23 @@ def test_compose_workers(compose: dict[str, Any], worker: str) -> None:
     port = int(env["STREAMGATE_WEB_PORT"])
     assert port == Settings(web_port=None).web_port_for(worker)  # the same port as the worker's default
     assert str(port) in svc["expose"]
+    replicas = svc.get("deploy", {}).get("replicas", 1)
+    if replicas > 1:  # replicas share the consumer group; a published host port would collide
+        assert "ports" not in svc
+    if worker == "learner":  # several learners train one model only when federated
+        assert replicas > 1 and env["STREAMGATE_LEARN_FEDERATED"] == "true"
     check = " ".join(svc["healthcheck"]["test"])
     assert f"127.0.0.1:{port}/readyz" in check
     deps = svc["depends_on"]
     assert deps["kafka"]["condition"] == "service_healthy" and deps["redis"]["condition"] == "service_healthy"
     assert deps["topics"]["condition"] == "service_completed_successfully"
     assert deps["acls"]["condition"] == "service_completed_successfully"
+
+
+def test_compose_scales_the_partitioned_workers_out(compose: dict[str, Any]) -> None:
+    replicas = {w: compose["services"][w].get("deploy", {}).get("replicas", 1) for w in WORKERS}
+    assert replicas["gateway"] >= 2 and replicas["privatizer"] >= 2 and replicas["learner"] >= 2
+    assert replicas["shredder"] == 1
 
 
 def test_compose_mounts_exist(compose: dict[str, Any]) -> None:
@@ -152,6 +163,10 @@ def test_prometheus_scrapes_every_worker(compose: dict[str, Any]) -> None:
                 targets[host] = port
                 if host in WORKERS:
                     assert job.get("metrics_path", "/metrics") == "/metrics"
+        for sd in job.get("dns_sd_configs", []):  # replicated workers: every container behind the name
+            assert sd["type"] == "A" and len(sd["names"]) == 1
+            targets[sd["names"][0]] = str(sd["port"])
+            assert job.get("metrics_path", "/metrics") == "/metrics"
     for worker in WORKERS:
         assert worker in targets, f"prometheus does not scrape {worker}"
         assert targets[worker] == _env(compose["services"][worker])["STREAMGATE_WEB_PORT"]
