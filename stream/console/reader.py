@@ -103,7 +103,9 @@ class TopicReader:
         self.bootstrap, self.names, self.state, self.lock = bootstrap, names, state, lock
         self.verifiers = verifiers or Verifiers()
         self.on_change = on_change
-        self.assigned: list[str] = []  # the topics the consumer is assigned now (from the client)
+        # the topics the client says it is assigned (updated by the reader's own thread: a
+        # confluent-kafka consumer must not be called from another thread while it consumes)
+        self.assigned: list[str] = []
         self.missing: list[str] = []
         self.error: str | None = None
         self._stop = threading.Event()
@@ -132,11 +134,14 @@ class TopicReader:
         return self
 
     def stop(self) -> None:
+        """End the thread, then close the consumer (``assigned`` keeps its last assignment)."""
         self._stop.set()
         if self._thread is not None:
             self._thread.join(15)
         if self.consumer is not None:
             with contextlib.suppress(Exception):
+                if self._thread is None or not self._thread.is_alive():
+                    self.assigned = sorted({tp.topic for tp in self.consumer.assignment()})
                 self.consumer.close()
             self.consumer = None
 
