@@ -152,6 +152,9 @@ class _Handler(BaseHTTPRequestHandler):
             self._send(HTTPStatus.SEE_OTHER, b"", "text/plain", {"Location": url.path or "/", "Set-Cookie": cookie})
             return
         path = url.path
+        if path == "/favicon.ico":
+            self._send(HTTPStatus.NO_CONTENT, b"", "image/x-icon")
+            return
         if path in ("/", "/index.html"):
             found = static_file("index.html")
         elif path.startswith("/static/"):

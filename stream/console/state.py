@@ -23,7 +23,7 @@ from stream.ldp.aggregate import ESTIMATE_SCHEMA, merge_records
 from stream.ldp.policy import LdpPolicy
 from stream.ops.watch import safe_reason
 
-__all__ = ["ConsoleState", "Truth", "merged_view", "rates_between", "sum_counts"]
+__all__ = ["ConsoleState", "Truth", "merged_view", "own_rates", "rates_between", "sum_counts"]
 
 _NAME = re.compile(r"[a-z0-9_.-]{1,64}")
 _TOKENISH = re.compile(r"tk\d+_")
@@ -97,6 +97,20 @@ def rates_between(prev: Mapping[str, Any], cur: Mapping[str, Any]) -> dict[str, 
         "features": b.get("features", 0) - a.get("features", 0),
     }
     return {k: round(max(0, d) / dt, 2) for k, d in deltas.items()}
+
+
+def own_rates(snap: Mapping[str, Any]) -> dict[str, float]:
+    """The rates a snapshot carries itself (over the interval since the worker's previous one), for
+    an instance's first snapshot, when there is nothing to take differences from. ``protected`` is
+    ``out - dlq`` for a worker that writes nothing else (the gateway), ``features`` is ``out`` for
+    one that writes only feature reports; else 0 (not known from the snapshot alone)."""
+    raw = snap.get("rates")
+    r: Mapping[str, Any] = raw if isinstance(raw, dict) else {}
+    out, dlq = _num(r.get("out")), _num(r.get("dlq"))
+    kinds = set(_counts(snap.get("events_out")))
+    return {"in": _num(r.get("in")), "out": out, "dlq": dlq,
+            "protected": round(max(0.0, out - dlq), 2) if kinds and kinds <= {"protected", "dlq"} else 0.0,
+            "features": out if kinds == {"features"} else 0.0}
 
 
 @dataclass(frozen=True)
@@ -195,13 +209,11 @@ class ConsoleState:
         prev = self._instances.get(key)
         if prev is not None and ts <= _num(prev.snap.get("ts")):
             return  # a re-delivered or older snapshot
-        rates = rates_between(prev.snap, snap) if prev is not None else dict.fromkeys(_RATE_KEYS, 0.0)
+        rates = rates_between(prev.snap, snap) if prev is not None else own_rates(snap)
         self._instances[key] = _Instance(snap, rates)
         live = self._live(worker)
         point = {"ts": ts, **{k: round(sum(i.rates[k] for i in live), 2) for k in _RATE_KEYS}}
-        series = self._series.setdefault(worker, deque(maxlen=self.history))
-        if prev is not None:
-            series.append(point)
+        self._series.setdefault(worker, deque(maxlen=self.history)).append(point)
         self.records["metrics"] += 1
         self.version += 1
 

@@ -65,6 +65,15 @@ def test_instances_add_up_and_gone_ones_drop_out(policy: LdpPolicy) -> None:
     assert p["workers"][0]["reason"] == "no progress for 45 s with lag 3100"
 
 
+def test_the_first_snapshot_of_an_instance_brings_its_own_rates(policy: LdpPolicy) -> None:
+    st = ConsoleState(policy)
+    snap = gateway_snap(T0, events=100, protected=90, dlq={"empty": 10})
+    snap["rates"] = {"in": 10.0, "out": 10.0, "dlq": 1.0}
+    st.add_metrics(snap)
+    (point,) = st.view(T0)["pipeline"]["series"]
+    assert (point["in"], point["protected"], point["dlq"]) == (10.0, 9.0, 1.0)
+
+
 def test_rates_of_a_restarted_counter_are_zero() -> None:
     prev = {"ts": 10.0, "events_in": 500, "events_out": {"protected": 500}}
     cur = {"ts": 20.0, "events_in": 20, "events_out": {"protected": 20}}

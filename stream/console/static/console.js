@@ -157,9 +157,9 @@ function estimateRow(v, truthKnown, xmax) {
   for (const x of [lo, hi]) if (x >= 0 && x <= xmax) s.append(svg("line", { x1: c(x), x2: c(x), y1: 3, y2: 11, class: "whisker" }));
   s.append(svg("line", { x1: c(est), x2: c(est), y1: 0, y2: 14, class: "estmark" }));
   if (truth !== null && truth !== undefined) s.append(svg("line", { x1: c(truth), x2: c(truth), y1: 0, y2: 14, class: "truthmark" }));
-  const text = el("span", { class: "nums" }, el("span", { class: "proj" }, f3(proj)), " est ", el("span", { class: "est" }, f3(est)),
-    " ", el("span", { class: "ci" }, `[${f3(lo)}, ${f3(hi)}]`));
-  if (truthKnown) text.append(" true ", el("span", { class: "truth" }, truth === null || truth === undefined ? "-" : f3(truth)));
+  const text = el("span", { class: "nums" }, el("span", { class: "num-proj" }, f3(proj)), " est ",
+    el("span", { class: "num-est" }, f3(est)), " ", el("span", { class: "num-ci" }, `[${f3(lo)}, ${f3(hi)}]`));
+  if (truthKnown) text.append(" true ", el("span", { class: "num-truth" }, truth === null || truth === undefined ? "-" : f3(truth)));
   return el("div", { class: "barrow est", "data-value": value }, el("span", { class: "lab" }, value), s, text);
 }
 
@@ -203,9 +203,9 @@ function renderEstimates(e) {
       { band: pts.map((w) => [mid(w), w.ci95[0], w.ci95[1]]), hline: num.merged ? num.merged.truth : null, yfmt: f1 });
     const m = num.merged;
     $("#mean-merged").replaceChildren(...(m && m.mean !== null && m.mean !== undefined ? [
-      "all windows: mean ", el("span", { class: "mean", "data-attr": num.name }, f2(m.mean)), " ",
-      el("span", { class: "ci" }, `[${f2(m.ci95[0])}, ${f2(m.ci95[1])}]`), ` from ${int(m.n)} reports`,
-      ...(m.truth !== null && m.truth !== undefined ? ["; true mean ", el("span", { class: "truth" }, f2(m.truth))] : []),
+      "all windows: mean ", el("span", { class: "num-mean", "data-attr": num.name }, f2(m.mean)), " ",
+      el("span", { class: "num-ci" }, `[${f2(m.ci95[0])}, ${f2(m.ci95[1])}]`), ` from ${int(m.n)} reports`,
+      ...(m.truth !== null && m.truth !== undefined ? ["; true mean ", el("span", { class: "num-truth" }, f2(m.truth))] : []),
     ] : ["no estimate yet"]));
   }
 }
