@@ -240,7 +240,11 @@ def _start_console(console: Console, s: Settings, bootstrap: str, since_ms: int,
         return None
     from stream.console import ConsoleService
 
-    live = ConsoleService(s, host=host, port=port, token=token, since_ms=since_ms, bootstrap=bootstrap).start()
+    try:
+        live = ConsoleService(s, host=host, port=port, token=token, since_ms=since_ms, bootstrap=bootstrap).start()
+    except OSError as exc:  # the port is taken: the demo goes on without its console
+        console.print(f"[yellow]console not started: cannot serve on {host}:{port} ({exc.strerror or exc})[/]")
+        return None
     console.print(f"console: {live.login_url}  (live while the demo runs; --hold keeps it open after the summary)")
     return live
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import logging
+import socket
 import threading
 from collections.abc import Callable
 from http import HTTPStatus
@@ -106,6 +107,8 @@ class ConsoleHTTPServer(ThreadingHTTPServer):
         self.stopping = stop
         self.sse_interval = sse_interval
         self.bound_host = address[0]
+        if ":" in address[0]:
+            self.address_family = socket.AF_INET6
         super().__init__(address, _Handler)
 
 

@@ -182,6 +182,7 @@ class ConsoleState:
     _drifts: deque[dict[str, Any]] = field(default_factory=deque)
     _models: dict[str, deque[dict[str, Any]]] = field(default_factory=dict)
     _seen_snapshots: set[tuple[str, str, int]] = field(default_factory=set)
+    _window_views: dict[tuple[str, int], tuple[int, dict[str, Any] | None]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self._receipts = deque(maxlen=self.receipts_kept)
@@ -235,6 +236,7 @@ class ConsoleState:
         if len(windows) > self.windows_kept:
             for old in sorted(windows)[: len(windows) - self.windows_kept]:
                 del windows[old]
+                self._window_views.pop((rec["attribute"], old), None)
         self.records["frequencies"] += 1
         self.version += 1
 
@@ -379,11 +381,20 @@ class ConsoleState:
                                      "merged": merged_view(self.policy, [r for s in starts for r in windows[s]], self.truth)}
             if attr.kind == "categorical":
                 entry["windows"] = [v for s in starts[-self.windows_shown:]
-                                    if (v := merged_view(self.policy, windows[s])) is not None]
+                                    if (v := self._window_view(attr.name, s)) is not None]
             else:
-                entry["series"] = [v for s in starts if (v := merged_view(self.policy, windows[s])) is not None]
+                entry["series"] = [v for s in starts if (v := self._window_view(attr.name, s)) is not None]
             attrs.append(entry)
         return {"attributes": attrs, "truth": self.truth.as_dict() if self.truth is not None else None}
+
+    def _window_view(self, attribute: str, start: int) -> dict[str, Any] | None:
+        """One window's merged view, computed again only when a record of it arrived."""
+        records = self._windows[attribute][start]
+        cached = self._window_views.get((attribute, start))
+        if cached is None or cached[0] != len(records):
+            cached = (len(records), merged_view(self.policy, records))
+            self._window_views[(attribute, start)] = cached
+        return cached[1]
 
     def _privacy(self) -> dict[str, Any]:
         ldp: dict[str, dict[str, float]] = {}

@@ -197,3 +197,12 @@ def test_person_epsilon_histograms_of_privatizers_add_up(policy: LdpPolicy) -> N
     p = st.view(T0)["privacy"]
     assert p["person_epsilon"]["counts"] == [1, 3, 4] and p["person_epsilon"]["people"] == 8  # epoch 6 is older
     assert p["ldp"]["event_type"] == {"reports": 30, "epsilon_spent": 6.0, "suppressed": 9} and p["suppressed"] == 9
+
+
+def test_a_window_view_follows_a_late_partition(policy: LdpPolicy) -> None:
+    st = ConsoleState(policy)
+    st.add_frequency(freq(policy, "price", T0, n=100, total=10_000.0))
+    assert st.view(T0)["estimates"]["attributes"][0]["series"][0]["n"] == 100
+    st.add_frequency(freq(policy, "price", T0, n=50, total=2_000.0))  # another partition of that window
+    (window,) = st.view(T0)["estimates"]["attributes"][0]["series"]
+    assert window["n"] == 150 and window["mean"] == 80.0
