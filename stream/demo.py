@@ -32,7 +32,7 @@ import uuid
 from collections import Counter
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import orjson
 from confluent_kafka import OFFSET_BEGINNING, Consumer, Message, TopicPartition
@@ -49,6 +49,9 @@ from stream.errors import StreamgateError
 from stream.faults import make_invalid
 from stream.kafka import consumer_config, ensure_topics
 from stream.synth import ClickstreamGenerator
+
+if TYPE_CHECKING:
+    from stream.console import ConsoleService, Truth
 
 __all__ = ["DEMO_SESSION_GAP_SECONDS", "run_demo"]
 
@@ -185,8 +188,9 @@ def run_demo(settings: Settings, *, events: int = 20_000, invalid_rate: float = 
         probe = Consumer(consumer_config(bootstrap, f"streamgate-demo-{run_id}", session_timeout_ms=s.session_timeout_ms))
         outputs = _Outputs(probe, s, since_ms=since_ms)
         procs: list[subprocess.Popen[bytes]] = []
-        live = _start_console(console, s, bootstrap, since_ms, console_port, console_host, console_token)
+        live: ConsoleService | None = None
         try:
+            live = _start_console(console, s, bootstrap, since_ms, console_port, console_host, console_token)
             gw_port, pv_port, sh_port, ln_port = free_port(), free_port(), free_port(), free_port()
             gw = _start_worker("gateway", {**env, "STREAMGATE_WEB_PORT": str(gw_port)}, gateway_log)
             gw.web_port = gw_port  # type: ignore[attr-defined]
@@ -234,7 +238,7 @@ def run_demo(settings: Settings, *, events: int = 20_000, invalid_rate: float = 
 
 
 def _start_console(console: Console, s: Settings, bootstrap: str, since_ms: int, port: int | None, host: str,
-                   token: str | None) -> Any:
+                   token: str | None) -> ConsoleService | None:
     """The live console of this run (records since the run started), or None."""
     if port is None:
         return None
@@ -273,7 +277,7 @@ def _truth(s: Settings, valid: list[dict[str, Any]]) -> tuple[dict[str, dict[str
     return truth, true_mean
 
 
-def _console_truth(s: Settings, valid: list[dict[str, Any]], run_id: str) -> Any:
+def _console_truth(s: Settings, valid: list[dict[str, Any]], run_id: str) -> Truth:
     from stream.console import Truth
 
     freqs, mean = _truth(s, valid)

@@ -181,7 +181,6 @@ class ConsoleState:
     _unverified: int = 0
     _drifts: deque[dict[str, Any]] = field(default_factory=deque)
     _models: dict[str, deque[dict[str, Any]]] = field(default_factory=dict)
-    _seen_snapshots: set[tuple[str, str, int]] = field(default_factory=set)
     _window_views: dict[tuple[str, int], tuple[int, dict[str, Any] | None]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -213,6 +212,9 @@ class ConsoleState:
         rates = rates_between(prev.snap, snap) if prev is not None else own_rates(snap)
         self._instances[key] = _Instance(snap, rates)
         live = self._live(worker)
+        if len(self._instances) > 64:  # restarted workers leave instances behind: forget the gone ones
+            keep = {id(i) for w in self.workers() for i in self._live(w)}
+            self._instances = {k: i for k, i in self._instances.items() if id(i) in keep}
         point = {"ts": ts, **{k: round(sum(i.rates[k] for i in live), 2) for k in _RATE_KEYS}}
         self._series.setdefault(worker, deque(maxlen=self.history)).append(point)
         self.records["metrics"] += 1
@@ -292,19 +294,18 @@ class ConsoleState:
         if ts * 1000 < self.since_ms:
             return
         name = _name(header.get("name"))
-        ident = (name, str(header["created_at"]), _int(header.get("examples_seen")))
-        if ident in self._seen_snapshots:
-            return
-        self._seen_snapshots.add(ident)
+        series = self._models.setdefault(name, deque(maxlen=self.history))
+        if any(p["created_at"] == header["created_at"] and p["examples_seen"] == _int(header.get("examples_seen"))
+               for p in series):
+            return  # a re-delivered snapshot
         raw_metrics = header.get("metrics")
         metrics: dict[str, Any] = raw_metrics if isinstance(raw_metrics, dict) else {}
         key_id = header.get("key_id")
-        point = {"ts": ts, "created_at": header["created_at"], "examples_seen": ident[2],
+        point = {"ts": ts, "created_at": header["created_at"], "examples_seen": _int(header.get("examples_seen")),
                  "roc_auc": _opt_num(metrics.get("roc_auc")), "log_loss": _opt_num(metrics.get("log_loss")),
                  "drifts": int(_num(metrics.get("drifts"))),
                  "key_id": key_id if isinstance(key_id, str) and _NAME.fullmatch(key_id) else None,
                  "verified": verified}
-        series = self._models.setdefault(name, deque(maxlen=self.history))
         series.append(point)
         if len(series) > 1 and series[-2]["ts"] > ts:
             ordered = sorted(series, key=lambda p: p["ts"])

@@ -206,3 +206,11 @@ def test_a_window_view_follows_a_late_partition(policy: LdpPolicy) -> None:
     st.add_frequency(freq(policy, "price", T0, n=50, total=2_000.0))  # another partition of that window
     (window,) = st.view(T0)["estimates"]["attributes"][0]["series"]
     assert window["n"] == 150 and window["mean"] == 80.0
+
+
+def test_instances_of_restarted_workers_are_forgotten(policy: LdpPolicy) -> None:
+    st = ConsoleState(policy, live_seconds=60)
+    for pid in range(200):  # a worker restarted 200 times, an hour apart
+        st.add_metrics(gateway_snap(T0 + 3600 * pid, pid=pid, events=pid, protected=pid, dlq={}))
+    assert len(st._instances) <= 65
+    assert st.view(T0 + 3600 * 199)["pipeline"]["events_in"] == 199
