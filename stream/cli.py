@@ -372,6 +372,43 @@ def dlq_inspect(max_records: int, unseal: bool, idle_timeout: float) -> None:
         consumer.close()
 
 
+# --------------------------------------------------------------------------- console
+@cli.command("console")
+@click.option("--host", default="127.0.0.1", show_default=True,
+              help="Address to bind (loopback by default; anything else should have a --token).")
+@click.option("--port", type=int, default=6070, show_default=True, help="Port to serve on (0: any free port).")
+@click.option("--token", envvar="STREAMGATE_CONSOLE_TOKEN", default=None,
+              help="Access token: every request needs it (?token= once, then a cookie). Env: STREAMGATE_CONSOLE_TOKEN.")
+@click.option("--since", default=None, help="Ignore records older than this (RFC 3339, or 2h / 7d ago).")
+def console_command(host: str, port: int, token: str | None, since: str | None) -> None:
+    """Live privacy console in the browser: pipeline, estimates, privacy budget and erasures, model.
+
+    Reads only ops.metrics, analytics.frequencies, ops.audit and models.snapshots (never a raw or
+    protected event); receipts and snapshots are verified with the keyring's public keys (the
+    verifier credential is enough). Serves until Ctrl-C.
+    """
+    from stream.commands.retention import parse_when
+    from stream.console import ConsoleService
+    from stream.console.service import hold_until_interrupted
+    from stream.kafka import reachable_bootstrap
+
+    settings = _settings()
+    since_ms = int(parse_when(since) * 1000) if since else 0
+    service = ConsoleService(settings, host=host, port=port, token=token, since_ms=since_ms,
+                             bootstrap=reachable_bootstrap(settings))
+    try:
+        service.start()
+    except OSError as exc:
+        raise click.ClickException(f"cannot serve on {host}:{port} ({exc.strerror or exc})") from None
+    if host not in ("127.0.0.1", "localhost", "::1") and not token:
+        _err(f"the console is bound to {host} without a token: anyone who reaches it can read it")
+    click.echo(f"streamgate console: {service.login_url}  (Ctrl-C stops it)")
+    try:
+        hold_until_interrupted()
+    finally:
+        service.stop()
+
+
 # --------------------------------------------------------------------------- demo / bench
 @cli.command()
 @click.option("--events", "events", type=int, default=20_000, show_default=True, help="Synthetic events to publish.")
@@ -380,8 +417,19 @@ def dlq_inspect(max_records: int, unseal: bool, idle_timeout: float) -> None:
 @click.option("--epsilon", type=click.FloatRange(min=0.01, max=20), default=None,
               help="Epsilon per report in the demo (default 4, weaker than the workers' default 1, so that "
                    "the demo's few events visibly teach the model).")
-def demo(events: int, invalid_rate: float, seed: int, epsilon: float | None) -> None:
-    """Live demo on the embedded stack: gateway, privatizer, learner and shredder on a synthetic clickstream."""
+@click.option("--console-port", type=int, default=0, show_default=True,
+              help="Port of the live console (0: any free port); its URL is printed.")
+@click.option("--no-console", is_flag=True, help="Do not serve the live console.")
+@click.option("--hold", is_flag=True, help="Keep the console serving after the summary, until Ctrl-C.")
+def demo(events: int, invalid_rate: float, seed: int, epsilon: float | None, console_port: int, no_console: bool,
+         hold: bool) -> None:
+    """Live demo on the embedded stack: gateway, privatizer, learner and shredder on a synthetic clickstream.
+
+    It serves the live console (`streamgate console`) while it runs and prints its URL
+    (a token from STREAMGATE_CONSOLE_TOKEN is honoured)."""
+    import os
+
+    from stream.console.service import hold_until_interrupted
     from stream.demo import run_demo
     from stream.kafka import probe_broker
 
@@ -391,7 +439,10 @@ def demo(events: int, invalid_rate: float, seed: int, epsilon: float | None) -> 
     from stream.demo import DEMO_EPSILON
 
     run_demo(settings, events=events, invalid_rate=invalid_rate, seed=seed,
-             epsilon=DEMO_EPSILON if epsilon is None else epsilon)
+             epsilon=DEMO_EPSILON if epsilon is None else epsilon,
+             console_port=None if no_console else console_port,
+             console_token=os.environ.get("STREAMGATE_CONSOLE_TOKEN") or None,
+             hold=hold_until_interrupted if hold and not no_console else None)
 
 
 @cli.group()

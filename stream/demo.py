@@ -11,6 +11,10 @@ frequencies beside the truth the generator knows, then lets the learner finish,
 loads its signed snapshot and scores it against the true labels, then erases the
 person of the sample event through the shredder and shows that event unreadable.
 It cleans up what it started.
+
+Meanwhile it serves the live console (:mod:`stream.console`) and prints its URL; the console
+gets the truth the generator knows, drawn beside the estimates. ``hold`` (``--hold``) keeps
+it serving after the summary until Ctrl-C.
 """
 
 from __future__ import annotations
@@ -26,9 +30,9 @@ import urllib.error
 import urllib.request
 import uuid
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import orjson
 from confluent_kafka import OFFSET_BEGINNING, Consumer, Message, TopicPartition
@@ -45,6 +49,9 @@ from stream.errors import StreamgateError
 from stream.faults import make_invalid
 from stream.kafka import consumer_config, ensure_topics
 from stream.synth import ClickstreamGenerator
+
+if TYPE_CHECKING:
+    from stream.console import ConsoleService, Truth
 
 __all__ = ["DEMO_EPSILON", "DEMO_PERSON_MEMOS", "DEMO_SESSION_GAP_SECONDS", "run_demo"]
 
@@ -134,8 +141,24 @@ def _stack(settings: Settings, run_dir: Path, console: Console) -> Iterator[tupl
             cm.__exit__(None, None, None)
 
 
+def _settings_env(s: Settings) -> dict[str, str]:
+    """The workers' environment for what ``s`` says about topics, key prefix, groups and the master key
+    (the same values the CLI read from the environment; a caller's own settings reach the workers too)."""
+    env = {f"STREAMGATE_TOPIC_{name.upper()}": getattr(s.topics, name) for name in type(s.topics).model_fields}
+    env.update({"STREAMGATE_REDIS_KEY_PREFIX": s.redis_key_prefix, "STREAMGATE_CONSUMER_GROUP": s.consumer_group,
+                "STREAMGATE_PRIVATIZER_CONSUMER_GROUP": s.privatizer_consumer_group,
+                "STREAMGATE_SHREDDER_CONSUMER_GROUP": s.shredder_consumer_group})
+    if s.master_key is not None:
+        env["STREAMGATE_MASTER_KEY"] = s.master_key.get_secret_value()
+    return env
+
+
 def run_demo(settings: Settings, *, events: int = 20_000, invalid_rate: float = 0.02, seed: int = 0,
-             epsilon: float = DEMO_EPSILON) -> None:
+             epsilon: float = DEMO_EPSILON, console_port: int | None = 0, console_host: str = "127.0.0.1",
+             console_token: str | None = None, hold: Callable[[], None] | None = None) -> None:
+    """The demo (module docstring). ``console_port``: where the live console serves (0: a free port;
+    None: no console). ``hold``: called after the summary while the console still serves (``--hold``:
+    until Ctrl-C)."""
     console = Console(stderr=False)
     run_id = time.strftime("%Y%m%d-%H%M%S") + "-" + uuid.uuid4().hex[:4]
     run_dir = settings.state_dir / "demo" / run_id
@@ -166,6 +189,7 @@ def run_demo(settings: Settings, *, events: int = 20_000, invalid_rate: float = 
     learner_log = run_dir / "learner.log"
     model_name = f"demo-{run_id}".lower()
     with _stack(settings, run_dir, console) as (bootstrap, redis_url, _started):
+        env.update(_settings_env(settings))
         env.update({"STREAMGATE_KAFKA_BOOTSTRAP": bootstrap, "STREAMGATE_REDIS_URL": redis_url})
         s = settings.model_copy(update={"kafka_bootstrap": bootstrap, "redis_url": redis_url,
                                         "master_key_file": keyring_path or settings.master_key_file,
@@ -177,7 +201,9 @@ def run_demo(settings: Settings, *, events: int = 20_000, invalid_rate: float = 
         probe = Consumer(consumer_config(bootstrap, f"streamgate-demo-{run_id}", session_timeout_ms=s.session_timeout_ms))
         outputs = _Outputs(probe, s, since_ms=since_ms)
         procs: list[subprocess.Popen[bytes]] = []
+        live: ConsoleService | None = None
         try:
+            live = _start_console(console, s, bootstrap, since_ms, console_port, console_host, console_token)
             gw_port, pv_port, sh_port, ln_port = free_port(), free_port(), free_port(), free_port()
             gw = _start_worker("gateway", {**env, "STREAMGATE_WEB_PORT": str(gw_port)}, gateway_log)
             gw.web_port = gw_port  # type: ignore[attr-defined]
@@ -204,17 +230,71 @@ def run_demo(settings: Settings, *, events: int = 20_000, invalid_rate: float = 
                           f"privatizer (pid {pv.pid}, :{pv_port}), learner (pid {ln.pid}, :{ln_port}), "
                           f"shredder (pid {sh.pid}, :{sh_port})")
             valid, sample, protected_sample = _drive(console, s, outputs, gw, gateway_log, events, invalid_rate, seed)
+            if live is not None:
+                live.set_truth(_console_truth(s, valid, run_id))
             examples = _privacy_summary(console, s, pv, privatizer_log, valid, since_ms)
             _learning_summary(console, s, ln, learner_log, valid, examples)
             if sample is not None and protected_sample is not None:
                 _erasure_check(console, s, sample, protected_sample, run_id, since_ms)
+            if live is not None and hold is not None:
+                console.print(f"the console keeps serving at {live.login_url}  (Ctrl-C ends the demo)")
+                hold()
         finally:
             for proc in procs:
                 _stop(proc)
             probe.close()
+            if live is not None:
+                live.stop()
     console.print(f"logs: {run_dir}  (gateway: {gateway_log.name}, privatizer: {privatizer_log.name}, "
                   f"learner: {learner_log.name}, shredder: {shredder_log.name})")
     console.rule("done")
+
+
+def _start_console(console: Console, s: Settings, bootstrap: str, since_ms: int, port: int | None, host: str,
+                   token: str | None) -> ConsoleService | None:
+    """The live console of this run (records since the run started), or None."""
+    if port is None:
+        return None
+    from stream.console import ConsoleService
+
+    try:
+        live = ConsoleService(s, host=host, port=port, token=token, since_ms=since_ms, bootstrap=bootstrap).start()
+    except OSError as exc:  # the port is taken: the demo goes on without its console
+        console.print(f"[yellow]console not started: cannot serve on {host}:{port} ({exc.strerror or exc})[/]")
+        return None
+    console.print(f"console: {live.login_url}  (live while the demo runs; --hold keeps it open after the summary)")
+    return live
+
+
+def _truth(s: Settings, valid: list[dict[str, Any]]) -> tuple[dict[str, dict[str, float]], float]:
+    """What the generator knows for sure: per categorical attribute the frequency of each value among
+    the valid events, and their mean price (absent = 0)."""
+    from stream.ldp.policy import NONE_VALUE, LdpPolicy
+    from stream.schema import load_schema
+
+    policy = LdpPolicy.from_schema(load_schema(s.schema_name), s.ldp_epsilon)
+    truth: dict[str, dict[str, float]] = {}
+    n = max(1, len(valid))
+    for attr in policy.attributes:
+        if attr.kind != "categorical":
+            continue
+        counts: Counter[str] = Counter()
+        for ev in valid:
+            v = ev.get(attr.name)
+            idx = attr.index_of(v)
+            if idx is not None:
+                counts[attr.domain[idx]] += 1
+        truth[attr.name] = {k: c / n for k, c in counts.items()}
+        truth[attr.name].setdefault(NONE_VALUE, 0.0)
+    true_mean = sum(policy.by_name["price"].clamp(ev.get("price")) for ev in valid) / n
+    return truth, true_mean
+
+
+def _console_truth(s: Settings, valid: list[dict[str, Any]], run_id: str) -> Truth:
+    from stream.console import Truth
+
+    freqs, mean = _truth(s, valid)
+    return Truth(frequencies=freqs, means={"price": mean}, events=len(valid), label=f"demo {run_id}")
 
 
 def _start_worker(name: str, env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
@@ -264,7 +344,7 @@ def _privacy_summary(console: Console, s: Settings, pv: subprocess.Popen[bytes],
     labelled examples it emitted."""
     from stream.commands.ldp import render_estimates
     from stream.ldp.aggregate import merge_records
-    from stream.ldp.policy import NONE_VALUE, LdpPolicy
+    from stream.ldp.policy import LdpPolicy
     from stream.schema import load_schema
 
     t = s.topics
@@ -307,22 +387,9 @@ def _privacy_summary(console: Console, s: Settings, pv: subprocess.Popen[bytes],
     table.add_row("estimate records -> " + t.frequencies, f"{len(freq):,}")
     console.print(table)
     merged = merge_records(policy, freq)
-    truth: dict[str, dict[str, float]] = {}
-    n = max(1, len(valid))
-    for attr in policy.attributes:
-        if attr.kind != "categorical":
-            continue
-        counts: Counter[str] = Counter()
-        for ev in valid:
-            v = ev.get(attr.name)
-            idx = attr.index_of(v)
-            if idx is not None:
-                counts[attr.domain[idx]] += 1
-        truth[attr.name] = {k: c / n for k, c in counts.items()}
-        truth[attr.name].setdefault(NONE_VALUE, 0.0)
+    truth, true_mean = _truth(s, valid)
     shown = [r for r in merged if r["attribute"] in ("event_type", "category", "price")]
     console.print(render_estimates(shown, top=6, truth=truth))
-    true_mean = sum(policy.by_name["price"].clamp(ev.get("price")) for ev in valid) / n
     console.print(f"true mean price (absent = 0): {true_mean:,.2f}   "
                   "(estimates come from randomized reports only; `streamgate estimates --total` shows them any time)")
     return int(stats.get("examples", 0))

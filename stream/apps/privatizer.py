@@ -423,6 +423,7 @@ class PrivatizerEngine(StreamEngine):
                 m.ldp_reports(name, self.privatizer.policy.by_name[name].mechanism, n, res.epsilon_spent.get(name, 0.0))
             for name, n in res.suppressed.items():
                 m.ldp_suppressed(name, n)
+            m.set_person_epsilon(self.privatizer.spend.as_dict())
         if self.on_batch is not None:
             self.on_batch(self.stats, res, time.perf_counter() - t0)
 
@@ -490,6 +491,7 @@ class PrivatizerEngine(StreamEngine):
                         m.ldp_reports(LABEL_NAME, "grr", len(res.examples), res.epsilon_spent)
                     if res.suppressed:
                         m.ldp_suppressed(LABEL_NAME, res.suppressed)
+                    m.set_person_epsilon(self.privatizer.spend.as_dict())
         self.stats.examples_pending = labeler.pending
         self.stats.examples_dropped.update(labeler.dropped)
         labeler.dropped.clear()

@@ -47,6 +47,7 @@ __all__ = [
     "PrivatizeResult",
     "Privatizer",
     "ProtectedRecord",
+    "SpendHistogram",
     "hour_of_week",
 ]
 
@@ -102,6 +103,53 @@ class LabelResult:
     suppressed: int = 0  # examples whose label is a stand-in: the person's ledger is at its cap
     epsilon_spent: float = 0.0  # on new label memos
     skipped: Counter[str] = field(default_factory=Counter)  # reason -> examples not emitted
+
+
+class SpendHistogram:
+    """How much ε this process charged per person (ledger) in the newest epoch it saw, as counts
+    per bin of width cap/``BINS``; the last bin holds the people at the cap. Kept in process
+    memory by ledger id (never a token); only the counts are published (``ops.metrics``). A
+    person charged by another process, or before a restart, is missing or counted low here."""
+
+    BINS = 12
+
+    def __init__(self, cap_epsilon: float, *, max_people: int = 200_000) -> None:
+        self.cap_micro = max(1, round(cap_epsilon * MICRO))
+        self.max_people = max_people
+        self.epoch: int | None = None
+        self.counts = [0] * (self.BINS + 1)
+        self.untracked = 0  # people beyond max_people this epoch (not in the counts)
+        self._spent: dict[str, int] = {}
+
+    def _bin(self, micro: int) -> int:
+        return min(self.BINS, micro * self.BINS // self.cap_micro)
+
+    def charge(self, epoch: int, ledger: str, micro: int) -> None:
+        """``micro`` micro-ε charged to ``ledger`` in ``epoch`` (older epochs than the newest are ignored)."""
+        if self.epoch is None or epoch > self.epoch:
+            self.epoch, self._spent, self.untracked = epoch, {}, 0
+            self.counts = [0] * (self.BINS + 1)
+        elif epoch < self.epoch:
+            return
+        old = self._spent.get(ledger)
+        if old is None:
+            if len(self._spent) >= self.max_people:
+                self.untracked += 1
+                return
+            old_bin = None
+            old = 0
+        else:
+            old_bin = self._bin(old)
+        new = old + micro
+        self._spent[ledger] = new
+        if old_bin is not None:
+            self.counts[old_bin] -= 1
+        self.counts[self._bin(new)] += 1
+
+    def as_dict(self) -> dict[str, Any]:
+        """The published form: epoch, cap, bin width, counts per bin, people counted, untracked."""
+        return {"epoch": self.epoch, "cap": self.cap_micro / MICRO, "bin_width": self.cap_micro / MICRO / self.BINS,
+                "counts": list(self.counts), "people": len(self._spent), "untracked": self.untracked}
 
 
 _HOW_CACHE: dict[str, int] = {}
@@ -163,6 +211,7 @@ class Privatizer:
         self._memo_key = memo_key
         self.subject_field = subject_field
         self.budget_micro = round(budget_epsilon * MICRO)
+        self.spend = SpendHistogram(budget_epsilon)  # ε per person this process charged (counts only)
         self.epoch_seconds = epoch_seconds
         self.retention_seconds = retention_seconds
         # The shredder destroys keys up to its lead time before their deadline; memos (and their
@@ -359,13 +408,15 @@ class Privatizer:
             results = self.store.resolve(requests, self.budget_micro)
             res.memo_resolved += len(keys)
             cache_put = self.cache.put
-            for pkey, result in zip(keys, results, strict=True):
+            charge = self.spend.charge
+            for pkey, result, request in zip(keys, results, requests, strict=True):
                 name = pkey[2]
                 if result.status == "suppressed" or result.report is None:
                     memo = _OVER
                 else:
                     if result.status == "new":
                         res.epsilon_spent[name] = res.epsilon_spent.get(name, 0.0) + self._cost[name] / MICRO
+                        charge(request.epoch, request.ledger, request.cost_micro)
                     memo = int(result.report)
                 cache_put(pkey, memo, mono)
                 cluster = hash(pkey)
@@ -481,12 +532,13 @@ class Privatizer:
                 for (s, e, _n, v), c in zip(keys, fresh, strict=True)
             ]
             results = self.store.resolve(requests, self.budget_micro)
-            for key, result in zip(keys, results, strict=True):
+            for key, result, request in zip(keys, results, requests, strict=True):
                 if result.status == "suppressed" or result.report is None:
                     memo = _OVER
                 else:
                     if result.status == "new":
                         res.epsilon_spent += cost / MICRO
+                        self.spend.charge(request.epoch, request.ledger, cost)
                     memo = int(result.report)
                 self.cache.put(key, memo, mono)
                 for idx in pending[key]:

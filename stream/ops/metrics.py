@@ -47,6 +47,10 @@ name                                                  type       labels (besides
 ``streamgate_metrics_snapshots_total``                counter                             snapshots published to ``ops.metrics``
 ====================================================  =========  =======================  ==============================================
 
+The ``ops.metrics`` snapshot also carries ``ldp_person_epsilon`` (privatizer only, no Prometheus
+series): how much ε the process charged per person in the newest epoch, as counts per bin
+(:class:`stream.ldp.privatizer.SpendHistogram`) - counts only, no identifier.
+
 Labels can never carry a personal value or a token: every label value is checked
 against a fixed set (``worker``, ``topic``, ``reason``, shred ``reason``,
 ``dependency``), the field names of the shipped schemas (``attribute``) or the
@@ -233,6 +237,7 @@ class WorkerMetrics:
         self.epsilon: dict[str, float] = {}
         self.suppressed: Counter[str] = Counter()
         self.models: dict[tuple[str, str], float] = {}
+        self.person_epsilon: dict[str, Any] | None = None
         self.ready = 0
         self.deps: dict[str, int] = {}
         self.snapshots_published = 0
@@ -356,6 +361,20 @@ class WorkerMetrics:
         with self._lock:
             self.suppressed[attribute] += n
 
+    def set_person_epsilon(self, histogram: dict[str, Any]) -> None:
+        """The privatizer's ε-per-person histogram (:meth:`SpendHistogram.as_dict`): numbers only."""
+        counts = histogram.get("counts")
+        if not isinstance(counts, list) or not all(type(c) is int and c >= 0 for c in counts):
+            raise ValueError("person epsilon histogram: counts must be non-negative ints")
+        epoch = histogram.get("epoch")
+        clean: dict[str, Any] = {"epoch": epoch if type(epoch) is int else None, "counts": list(counts)}
+        for key in ("cap", "bin_width"):
+            clean[key] = float(histogram.get(key, 0.0))
+        for key in ("people", "untracked"):
+            clean[key] = self._count(int(histogram.get(key, 0)))
+        with self._lock:
+            self.person_epsilon = clean
+
     def set_model_metric(self, model: str, metric: str, value: float) -> None:
         model = self._free("model", model)
         metric = self._free("metric", metric)
@@ -403,6 +422,9 @@ class WorkerMetrics:
             models: dict[str, dict[str, float]] = {}
             for (model, metric), v in self.models.items():
                 models.setdefault(model, {})[metric] = v
+            extra: dict[str, Any] = {}
+            if self.person_epsilon is not None:
+                extra["ldp_person_epsilon"] = dict(self.person_epsilon, counts=list(self.person_epsilon["counts"]))
             return {
                 "worker": self.worker,
                 "events_in": self.events_in_total,
@@ -422,6 +444,7 @@ class WorkerMetrics:
                 "ldp": ldp,
                 "models": models,
                 "ready": bool(self.ready),
+                **extra,
             }
 
     def families(self) -> list[Metric]:

@@ -34,6 +34,7 @@ DOCUMENTED = [
     ("dlq",),
     ("dlq", "inspect"),
     ("demo",),
+    ("console",),
     ("bench",),
     ("bench", "gateway"),
     ("bench", "ldp"),

@@ -103,3 +103,13 @@ def test_worker_names_and_registries() -> None:
     assert _samples(b)[("streamgate_events_in_total", (("worker", "gateway"),))] == 0
     with pytest.raises(ValueError):  # the same series twice in one registry
         WorkerMetrics("gateway", reg)
+
+
+def test_person_epsilon_histogram_is_numbers_only() -> None:
+    m = WorkerMetrics("privatizer")
+    assert "ldp_person_epsilon" not in m.snapshot()
+    m.set_person_epsilon({"epoch": 3, "cap": 12.0, "bin_width": 1.0, "counts": [0, 2, 1], "people": 3, "untracked": 0})
+    assert m.snapshot()["ldp_person_epsilon"] == {"epoch": 3, "cap": 12.0, "bin_width": 1.0, "counts": [0, 2, 1],
+                                                  "people": 3, "untracked": 0}
+    with pytest.raises(ValueError):
+        m.set_person_epsilon({"counts": ["tk1_abc"]})

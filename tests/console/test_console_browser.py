@@ -1,0 +1,297 @@
+"""The console in a real headless browser (Chromium via Selenium), on the demo's own run.
+
+One demo run (the four workers as processes, on the test's broker, Redis and topics) is held open
+after its summary; the page is opened with its token and every view is checked against what the
+topics carry - counts, an estimate with its interval and the truth, a receipt with its
+signature - and photographed to ``$STREAMGATE_ARTIFACTS`` (default ``artifacts/console/``).
+Without Chromium, chromedriver or Selenium the tests are skipped, naming what is missing.
+"""
+
+from __future__ import annotations
+
+import base64
+import os
+import random
+import shutil
+import threading
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+import redis
+
+from stream.config import Settings, TopicNames
+from stream.console import console_topics
+from stream.crypto.keyring import Keyring
+from stream.crypto.signing import verify_key
+from stream.demo import run_demo
+from stream.dev.stack import free_port
+from stream.faults import make_invalid
+from stream.ldp.aggregate import merge_records
+from stream.ldp.policy import LdpPolicy
+from stream.learn.snapshot import ModelSnapshot
+from stream.retention.receipts import verify_receipt
+from stream.schema import load_schema
+from stream.synth import ClickstreamGenerator
+from tests.support.fixtures import delete_prefixed_keys
+from tests.support.kafka import read_topic
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+
+REPO = Path(__file__).resolve().parents[2]
+EVENTS = 2000
+INVALID_RATE = 0.02
+TOKEN = "browser-test-token"
+VIEWS = ("pipeline", "estimates", "privacy", "model")
+
+
+def _find(env: str, names: tuple[str, ...], paths: tuple[str, ...]) -> str | None:
+    if os.environ.get(env):
+        return os.environ[env] if os.access(os.environ[env], os.X_OK) else None
+    for name in names:
+        found = shutil.which(name)
+        if found:
+            return found
+    return next((p for p in paths if os.access(p, os.X_OK)), None)
+
+
+def artifacts_dir() -> Path:
+    d = Path(os.environ.get("STREAMGATE_ARTIFACTS") or REPO / "artifacts" / "console")
+    d.mkdir(parents=True, exist_ok=True)
+    return d
+
+
+@pytest.fixture(scope="module")
+def driver() -> Iterator[Any]:
+    """A headless Chromium; the test is skipped (naming what is missing) when there is none."""
+    try:
+        from selenium import webdriver
+        from selenium.webdriver.chrome.service import Service
+    except ImportError:
+        pytest.skip("selenium is not installed (pip install '.[test]')")
+    chromium = _find("STREAMGATE_CHROMIUM", ("chromium", "chromium-browser", "google-chrome"), ("/usr/bin/chromium",))
+    if chromium is None:
+        pytest.skip("no Chromium browser found: install Debian's chromium (or set STREAMGATE_CHROMIUM)")
+    chromedriver = _find("STREAMGATE_CHROMEDRIVER", ("chromedriver",), ("/usr/bin/chromedriver",))
+    if chromedriver is None:
+        pytest.skip("no chromedriver found: install Debian's chromium-driver (or set STREAMGATE_CHROMEDRIVER)")
+    opts = webdriver.ChromeOptions()
+    opts.binary_location = chromium
+    for arg in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--window-size=1400,1000",
+                "--disable-gpu", "--no-first-run"):
+        opts.add_argument(arg)
+    opts.set_capability("goog:loggingPrefs", {"browser": "ALL"})
+    d = webdriver.Chrome(service=Service(chromedriver), options=opts)
+    try:
+        yield d
+    finally:
+        d.quit()
+
+
+@dataclass
+class Run:
+    settings: Settings
+    url: str
+    valid: list[dict[str, Any]]
+
+
+def _valid_events() -> list[dict[str, Any]]:
+    """The demo's valid events, drawn exactly as it draws them (seed 0)."""
+    rng = random.Random(1)
+    valid = []
+    for ev in ClickstreamGenerator(seed=0).events(EVENTS):
+        if rng.random() < INVALID_RATE:
+            make_invalid(ev, rng)
+        else:
+            valid.append(ev)
+    return valid
+
+
+@pytest.fixture(scope="module")
+def demo(driver: Any, kafka_bootstrap: str, redis_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Run]:
+    """The demo on the session's broker and Redis with topics, key prefix and groups of its own, held
+    open after its summary while the tests look at its console."""
+    uid = uuid.uuid4().hex[:8]
+    base = TopicNames()
+    settings = Settings(
+        kafka_bootstrap=kafka_bootstrap, redis_url=redis_url, redis_key_prefix=f"sgtest-{uid}",
+        topics=TopicNames(**{n: f"{getattr(base, n)}.t{uid}" for n in TopicNames.model_fields}),
+        state_dir=tmp_path_factory.mktemp("console-demo"), session_timeout_ms=6000,
+        master_key=base64.b64encode(os.urandom(32)).decode(),
+        consumer_group=f"sgtest-{uid}", privatizer_consumer_group=f"sgtest-priv-{uid}",
+        shredder_consumer_group=f"sgtest-shred-{uid}",
+    )
+    port = free_port()
+    held, release = threading.Event(), threading.Event()
+    errors: list[BaseException] = []
+
+    def hold() -> None:
+        held.set()
+        release.wait(900)
+
+    def run() -> None:
+        try:
+            run_demo(settings, events=EVENTS, invalid_rate=INVALID_RATE, console_port=port, console_token=TOKEN,
+                     hold=hold)
+        except BaseException as exc:  # reported by the fixture
+            errors.append(exc)
+            held.set()
+
+    thread = threading.Thread(target=run, name="demo", daemon=True)
+    thread.start()
+    try:
+        assert held.wait(480), "the demo did not reach its summary within 480 s"
+        assert not errors, f"the demo failed: {errors[0]!r}"
+        yield Run(settings, f"http://127.0.0.1:{port}/", _valid_events())
+    finally:
+        release.set()
+        thread.join(180)
+        client = redis.Redis.from_url(redis_url)
+        try:
+            delete_prefixed_keys(client, settings.redis_key_prefix)
+        finally:
+            client.close()
+    assert not thread.is_alive(), "the demo did not end after its hold"
+    assert not errors, f"the demo failed: {errors[0]!r}"
+
+
+def _wait(driver: Any, predicate: Callable[[], bool], what: str, timeout: float = 90.0) -> None:
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    WebDriverWait(driver, timeout, poll_frequency=0.25).until(lambda _d: predicate(), message=f"waiting for {what}")
+
+
+def _text(driver: Any, css: str) -> str:
+    from selenium.common.exceptions import NoSuchElementException, StaleElementReferenceException
+
+    try:
+        return str(driver.find_element("css selector", css).text).strip()
+    except (NoSuchElementException, StaleElementReferenceException):
+        return ""
+
+
+def _show(driver: Any, view: str) -> None:
+    driver.find_element("css selector", f'#tabs button[data-view="{view}"]').click()
+    _wait(driver, lambda: driver.find_element("css selector", f"section#{view}").is_displayed(), f"the {view} view")
+
+
+def _shoot(driver: Any, view: str) -> Path:
+    path = artifacts_dir() / f"{view}.png"
+    driver.save_screenshot(str(path))
+    assert path.stat().st_size > 10_000
+    return path
+
+
+def _latest(records: list[Any], worker: str) -> dict[str, Any]:
+    snaps = [orjson.loads(r.value) for r in records]
+    return max((s for s in snaps if s.get("worker") == worker), key=lambda s: s["ts"])
+
+
+@pytest.fixture(scope="module")
+def page(driver: Any, demo: Run) -> Any:
+    """The console opened with its token (which it trades for a cookie, leaving the URL)."""
+    driver.get(demo.url + "?token=" + TOKEN)
+    _wait(driver, lambda: bool(driver.execute_script("return document.body.dataset.version")), "the first state")
+    assert "token=" not in driver.current_url
+    return driver
+
+
+def test_pipeline_counts_match_the_gateway_snapshot(page: Any, demo: Run) -> None:
+    t = demo.settings.topics
+    _show(page, "pipeline")
+    gw = _latest(read_topic(demo.settings.kafka_bootstrap, t.metrics, idle=2.0), "gateway")
+    assert gw["events_in"] == EVENTS  # every event of the run went through the gateway
+    want = {"events_in": gw["events_in"], "protected": gw["events_out"]["protected"],
+            "dead_lettered": gw["events_out"]["dlq"]}
+    for key, n in want.items():
+        _wait(page, lambda key=key, n=n: _text(page, f'[data-k="{key}"]') == f"{n:,}", f"{key} = {n:,}")
+    assert want["protected"] + want["dead_lettered"] == EVENTS
+    for reason, n in gw["dlq"].items():
+        assert _text(page, f'#dlq-reasons [data-reason="{reason}"] .val') == f"{n:,}"
+    for worker in ("gateway", "privatizer", "learner", "shredder"):  # (the demo stopped the privatizer and learner)
+        assert _text(page, f'#workers tr[data-worker="{worker}"]').startswith(worker)
+    gateway_row = _text(page, '#workers tr[data-worker="gateway"]')
+    assert " ready " in f" {gateway_row} " and "not ready" not in gateway_row, gateway_row
+    _wait(page, lambda: bool(page.find_elements("css selector", "#rates-chart svg polyline")), "the rates chart")
+    _shoot(page, "pipeline")
+
+
+def test_an_estimate_its_interval_and_the_truth(page: Any, demo: Run) -> None:
+    s = demo.settings
+    policy = LdpPolicy.from_schema(load_schema(s.schema_name), s.ldp_epsilon)
+    records = [orjson.loads(r.value) for r in read_topic(s.kafka_bootstrap, s.topics.frequencies, idle=2.0)]
+    merged = {r["attribute"]: r for r in merge_records(policy, records)}
+    page_view = next(v for v in merged["event_type"]["values"] if v["value"] == "page_view")
+    truth = sum(1 for e in demo.valid if e["event_type"] == "page_view") / len(demo.valid)
+    _show(page, "estimates")
+    row = '#freq [data-value="page_view"]'
+    _wait(page, lambda: _text(page, f"{row} .num-proj") == f"{page_view['projected']:.3f}", "the merged page_view estimate")
+    lo, hi = page_view["ci95"]
+    assert _text(page, f"{row} .num-est") == f"{page_view['estimate']:.3f}"
+    assert _text(page, f"{row} .num-ci") == f"[{lo:.3f}, {hi:.3f}]"
+    assert _text(page, f"{row} .num-truth") == f"{truth:.3f}"
+    assert f"n = {merged['event_type']['n']:,} reports" in _text(page, "#window-info")
+    price = merged["price"]
+    assert _text(page, '#mean-merged .num-mean[data-attr="price"]') == f"{price['mean']:.2f}"
+    assert _text(page, "#mean-merged .num-ci") == f"[{price['ci95'][0]:.2f}, {price['ci95'][1]:.2f}]"
+    true_mean = sum(policy.by_name["price"].clamp(e.get("price")) for e in demo.valid) / len(demo.valid)
+    assert _text(page, "#mean-merged .num-truth") == f"{true_mean:.2f}"
+    assert page.find_elements("css selector", "#mean-chart svg circle")
+    _shoot(page, "estimates")
+
+
+def test_privacy_budget_and_a_verified_erasure_receipt(page: Any, demo: Run) -> None:
+    s = demo.settings
+    t = s.topics
+    audit = [orjson.loads(r.value) for r in read_topic(s.kafka_bootstrap, t.audit, idle=2.0)]
+    (receipt,) = [r for r in audit if r.get("kind") == "erasure"]
+    assert verify_receipt(receipt, verify_key(Keyring.from_settings(s), "receipt"))  # as `streamgate audit` checks it
+    metrics = read_topic(s.kafka_bootstrap, t.metrics, idle=2.0)
+    pv, sh = _latest(metrics, "privatizer"), _latest(metrics, "shredder")
+    _show(page, "privacy")
+    row = f'#receipts tr[data-request="{receipt["request_id"]}"]'
+    _wait(page, lambda: _text(page, f"{row} .status") == "completed", "the erasure receipt")
+    assert _text(page, f"{row} .keys") == f"{receipt['keys_shredded']:,}" and receipt["keys_shredded"] >= 1
+    assert page.find_element("css selector", f"{row} .sig span").get_attribute("data-verified") == "true"
+    assert "✓ verified" in _text(page, f"{row} .sig")
+    assert receipt["receipt_id"][:16] in _text(page, row)
+    assert receipt["subject"] not in page.page_source  # the person's token is not shown
+    suppressed = sum(r["suppressed"] for r in pv["ldp"].values())
+    _wait(page, lambda: _text(page, '[data-k="suppressed"]') == f"{suppressed:,}", "the suppressed reports")
+    assert _text(page, '[data-k="keys_shredded"]') == f"{sum(sh['keys_shredded'].values()):,}"
+    hist = pv["ldp_person_epsilon"]
+    bars = [int(e.text) for e in page.find_elements("css selector", "#hist g[data-bin] text.count")]
+    assert bars == hist["counts"] and sum(bars) == hist["people"] > 0
+    _shoot(page, "privacy")
+
+
+def test_model_snapshots_with_their_signatures(page: Any, demo: Run) -> None:
+    s = demo.settings
+    snaps = [ModelSnapshot.read_header(r.value) for r in read_topic(s.kafka_bootstrap, s.topics.snapshots, idle=2.0)]
+    newest = max(snaps, key=lambda h: h["created_at"])
+    _show(page, "model")
+    row = f'#snapshots tr[data-model="{newest["name"]}"]'
+    _wait(page, lambda: _text(page, f"{row} .examples") == f"{newest['examples_seen']:,}", "the newest snapshot")
+    assert _text(page, f"{row} .auc") == f"{newest['metrics']['roc_auc']:.3f}"
+    assert _text(page, f"{row} .loss") == f"{newest['metrics']['log_loss']:.3f}"
+    assert page.find_element("css selector", f"{row} .sig span").get_attribute("data-verified") == "true"
+    assert page.find_elements("css selector", "#auc-chart svg circle")
+    _shoot(page, "model")
+
+
+def test_reads_only_the_derived_topics_and_wants_the_token(page: Any, demo: Run) -> None:
+    topics = sorted(console_topics(demo.settings.topics))
+    assert _text(page, "#reading") == ", ".join(topics)
+    t = demo.settings.topics
+    assert t.raw not in page.page_source and t.protected not in page.page_source
+    severe = [e for e in page.get_log("browser") if e.get("level") == "SEVERE"]
+    assert not severe, severe  # no script error, nothing blocked by the content security policy
+    page.delete_all_cookies()
+    page.get(demo.url)
+    assert "token" in _text(page, "body") and not page.find_elements("css selector", "#tabs")
+    page.get(demo.url + "?token=" + TOKEN + "#privacy")
+    _wait(page, lambda: bool(page.execute_script("return document.body.dataset.version")), "the state after login")

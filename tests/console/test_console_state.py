@@ -1,0 +1,216 @@
+"""The console's state folding (pure): records of the derived topics in, the page's JSON out."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from stream.config import Settings
+from stream.console.reader import Verifiers
+from stream.console.state import ConsoleState, Truth, rates_between
+from stream.ldp.aggregate import estimate_record, merge_records
+from stream.ldp.policy import LdpPolicy
+from stream.ops.metrics import WorkerMetrics
+from stream.ops.worker import snapshot_record
+from stream.retention.receipts import erasure_receipt, key_receipt, sign_receipt
+from stream.schema import load_schema
+
+T0 = 1_800_000_000.0
+
+
+@pytest.fixture(scope="module")
+def policy() -> LdpPolicy:
+    s = Settings()
+    return LdpPolicy.from_schema(load_schema(s.schema_name), s.ldp_epsilon)
+
+
+def gateway_snap(ts: float, *, pid: int = 1, events: int, protected: int, dlq: dict[str, int],
+                 ready: bool = True, reason: str | None = None) -> dict[str, Any]:
+    m = WorkerMetrics("gateway")
+    m.events_in(events)
+    m.events_out("protected", protected)
+    m.events_out("dlq", sum(dlq.values()))
+    m.dead_lettered_many(dlq)
+    m.set_lag(0, 7)
+    snap = snapshot_record(m, "gateway")
+    snap.update({"ts": ts, "pid": pid, "host": "h", "ready": ready, "reason": reason})
+    return snap
+
+
+def test_gateway_totals_rates_reasons_and_readiness(policy: LdpPolicy) -> None:
+    st = ConsoleState(policy, live_seconds=60)
+    st.add_metrics(gateway_snap(T0, events=100, protected=90, dlq={"not_json": 10}))
+    st.add_metrics(gateway_snap(T0 + 10, events=1100, protected=1070, dlq={"not_json": 20, "empty": 10}))
+    st.add_metrics(gateway_snap(T0 + 5, events=50, protected=50, dlq={}))  # older, re-delivered: ignored
+    p = st.view(T0 + 12)["pipeline"]
+    assert (p["events_in"], p["protected"], p["dead_lettered"]) == (1100, 1070, 30)
+    assert p["dlq_by_reason"] == {"not_json": 20, "empty": 10}
+    assert list(p["dlq_by_reason"]) == ["not_json", "empty"]  # most first
+    assert p["rates"]["in"] == 100.0 and p["rates"]["protected"] == 98.0 and p["rates"]["dlq"] == 2.0
+    (row,) = p["workers"]
+    assert row["worker"] == "gateway" and row["lag"] == 7 and row["ready"] and row["age_s"] == 2.0
+
+
+def test_instances_add_up_and_gone_ones_drop_out(policy: LdpPolicy) -> None:
+    st = ConsoleState(policy, live_seconds=60)
+    st.add_metrics(gateway_snap(T0, pid=1, events=10, protected=10, dlq={}))
+    st.add_metrics(gateway_snap(T0 + 1000, pid=2, events=5, protected=4, dlq={"empty": 1},
+                                ready=False, reason="no progress for 45 s with lag 3100"))
+    st.add_metrics(gateway_snap(T0 + 1001, pid=3, events=7, protected=7, dlq={}))
+    p = st.view(T0 + 1002)["pipeline"]
+    assert p["events_in"] == 12 and [r["pid"] for r in p["workers"]] == [2, 3]  # pid 1 is long gone
+    assert p["workers"][0]["reason"] == "no progress for 45 s with lag 3100"
+
+
+def test_the_first_snapshot_of_an_instance_brings_its_own_rates(policy: LdpPolicy) -> None:
+    st = ConsoleState(policy)
+    snap = gateway_snap(T0, events=100, protected=90, dlq={"empty": 10})
+    snap["rates"] = {"in": 10.0, "out": 10.0, "dlq": 1.0}
+    st.add_metrics(snap)
+    (point,) = st.view(T0)["pipeline"]["series"]
+    assert (point["in"], point["protected"], point["dlq"]) == (10.0, 9.0, 1.0)
+
+
+def test_rates_of_a_restarted_counter_are_zero() -> None:
+    prev = {"ts": 10.0, "events_in": 500, "events_out": {"protected": 500}}
+    cur = {"ts": 20.0, "events_in": 20, "events_out": {"protected": 20}}
+    assert rates_between(prev, cur) == {"in": 0.0, "out": 0.0, "protected": 0.0, "dlq": 0.0, "features": 0.0}
+
+
+def freq(policy: LdpPolicy, attr: str, start_s: float, support: list[int] | None = None, n: int = 0,
+         total: float | None = None) -> dict[str, Any]:
+    a = policy.by_name[attr]
+    start = int(start_s * 1000)
+    return estimate_record(a, n=n, support=support, total=total, start_ms=start, end_ms=start + 60_000, worker="w")
+
+
+def test_estimates_merge_windows_and_partitions_like_the_estimates_command(policy: LdpPolicy) -> None:
+    st = ConsoleState(policy)
+    k = policy.by_name["event_type"].k
+    recs = [freq(policy, "event_type", T0, [40 + i for i in range(k)], n=200),
+            freq(policy, "event_type", T0, [30] * k, n=150),  # another partition, same window
+            freq(policy, "event_type", T0 + 60, [50] * k, n=210)]
+    for r in recs:
+        st.add_frequency(orjson.loads(orjson.dumps(r)))
+    st.set_truth(Truth(frequencies={"event_type": {"page_view": 0.5}}, means={"price": 99.0}, events=10))
+    est = st.view(T0)["estimates"]
+    (entry,) = est["attributes"]
+    expected = merge_records(policy, recs)[0]
+    merged = entry["merged"]
+    assert merged["n"] == 560 and merged["windows"] == 2
+    row = next(v for v in merged["values"] if v[0] == "page_view")
+    want = next(v for v in expected["values"] if v["value"] == "page_view")
+    assert row[1:5] == [want["projected"], want["estimate"], *want["ci95"]] and row[5] == 0.5
+    assert [w["n"] for w in entry["windows"]] == [350, 210]  # per window: its partitions merged
+    assert all(v[5] is None for w in entry["windows"] for v in w["values"])  # the truth is of the whole run
+    assert est["truth"]["events"] == 10
+
+
+def test_numeric_attribute_gives_a_mean_per_window(policy: LdpPolicy) -> None:
+    st = ConsoleState(policy)
+    st.add_frequency(freq(policy, "price", T0, n=100, total=12_000.0))
+    st.add_frequency(freq(policy, "price", T0 + 60, n=100, total=8_000.0))
+    st.set_truth(Truth(means={"price": 101.0}))
+    (entry,) = st.view(T0)["estimates"]["attributes"]
+    assert [w["mean"] for w in entry["series"]] == [120.0, 80.0]
+    assert entry["merged"]["mean"] == 100.0 and entry["merged"]["truth"] == 101.0
+    lo, hi = entry["merged"]["ci95"]
+    assert lo < 100.0 < hi
+
+
+def test_records_before_since_are_left_out(policy: LdpPolicy) -> None:
+    st = ConsoleState(policy, since_ms=int((T0 + 100) * 1000))
+    st.add_metrics(gateway_snap(T0, events=1, protected=1, dlq={}))
+    st.add_frequency(freq(policy, "price", T0, n=10, total=1.0))
+    st.add_audit(erasure_receipt(subject="tk1_x", request_id="r1", at=T0, worker="w", keys_shredded=1), None)
+    view = st.view(T0 + 200)
+    assert view["pipeline"]["workers"] == [] and view["estimates"]["attributes"] == []
+    assert view["privacy"]["receipts"] == [] and st.records == {}
+
+
+def test_receipts_are_verified_deduplicated_and_name_nobody(policy: LdpPolicy) -> None:
+    key = Ed25519PrivateKey.generate()
+    verify = Verifiers(receipt_key=key.public_key())
+    st = ConsoleState(policy)
+    good = sign_receipt(erasure_receipt(subject="tk1_person", request_id="req-1", at=T0, worker="w", keys_shredded=3), key)
+    forged = dict(good, keys_shredded=0)
+    shred = sign_receipt(key_receipt(reason="erasure", subject="tk1_person", epoch=1, key_id="k", request_id="req-1",
+                                     at=T0, worker="w", deadline=None), key)
+    for rec in (forged, good, good, shred):  # a forged copy first, then the real one twice
+        st.add_audit(rec, verify.receipt(rec))
+    p = st.view(T0)["privacy"]
+    assert [(r["request_id"], r["keys_shredded"], r["verified"]) for r in p["receipts"]] == [
+        ("req-1", 3, True), ("req-1", 0, False)]
+    assert p["receipts"][0]["receipt_id"] == good["receipt_id"][:16]
+    assert p["unverified"] == 1
+    assert {(a["kind"], a["count"]) for a in p["audit"]} == {("erasure", 2), ("key_shredded", 1)}
+    assert b"tk1_" not in orjson.dumps(st.view(T0))
+
+
+def test_snapshots_and_drift_events_make_the_model_view(policy: LdpPolicy) -> None:
+    st = ConsoleState(policy)
+
+    def header(at: str, n: int, auc: float) -> dict[str, Any]:
+        return {"format": "streamgate-model-snapshot.v2", "name": "m1", "created_at": at, "examples_seen": n,
+                "metrics": {"roc_auc": auc, "log_loss": 0.6, "drifts": 1.0}, "key_id": "kabc"}
+
+    st.add_snapshot(header("2027-01-15T08:00:10.000Z", 200, 0.61), True)
+    st.add_snapshot(header("2027-01-15T08:00:00.000Z", 100, 0.55), False)
+    st.add_snapshot(header("2027-01-15T08:00:10.000Z", 200, 0.61), True)  # re-delivered
+    st.add_snapshot(b"not a header", None)
+    st.add_audit({"kind": "drift", "reason": "drift", "model": "m1", "metric": "log_loss", "examples_seen": 150,
+                  "at": "2027-01-15T08:00:05.000Z", "receipt_id": "d" * 64}, None)
+    m = st.view(T0)["model"]
+    (model,) = m["models"]
+    assert [p["examples_seen"] for p in model["series"]] == [100, 200]  # in time order
+    assert [(v["roc_auc"], v["verified"]) for v in model["versions"]] == [(0.61, True), (0.55, False)]
+    assert m["drifts"][0]["examples_seen"] == 150 and st.malformed == 1
+
+
+def test_hostile_names_and_reasons_are_never_shown(policy: LdpPolicy) -> None:
+    st = ConsoleState(policy)
+    snap = gateway_snap(T0, events=1, protected=1, dlq={}, ready=False, reason="stuck on tk1_abcdef person")
+    snap["worker"] = "tk1_secret"
+    snap["dlq"] = {"<script>": 3}
+    st.add_metrics(snap)
+    st.add_audit({"kind": "erasure", "status": "tk1_zzz", "request_id": "a b <c>", "at": "bad"}, None)
+    text = orjson.dumps(st.view(T0)).decode()
+    assert "tk1_" not in text and "<script>" not in text and "a b <c>" not in text
+    (row,) = st.view(T0)["pipeline"]["workers"]
+    assert row["worker"] == "other" and row["reason"] == "other"
+
+
+def test_person_epsilon_histograms_of_privatizers_add_up(policy: LdpPolicy) -> None:
+    st = ConsoleState(policy)
+    for pid, epoch, counts in ((1, 7, [1, 2, 3]), (2, 7, [0, 1, 1]), (3, 6, [9, 9, 9])):
+        m = WorkerMetrics("privatizer")
+        m.set_person_epsilon({"epoch": epoch, "cap": 2.0, "bin_width": 1.0, "counts": counts, "people": sum(counts),
+                              "untracked": 0})
+        m.ldp_reports("event_type", "oue", 10, 2.0)
+        m.ldp_suppressed("event_type", 3)
+        snap = snapshot_record(m, "privatizer")
+        snap.update({"ts": T0 + pid, "pid": pid})
+        st.add_metrics(snap)
+    p = st.view(T0)["privacy"]
+    assert p["person_epsilon"]["counts"] == [1, 3, 4] and p["person_epsilon"]["people"] == 8  # epoch 6 is older
+    assert p["ldp"]["event_type"] == {"reports": 30, "epsilon_spent": 6.0, "suppressed": 9} and p["suppressed"] == 9
+
+
+def test_a_window_view_follows_a_late_partition(policy: LdpPolicy) -> None:
+    st = ConsoleState(policy)
+    st.add_frequency(freq(policy, "price", T0, n=100, total=10_000.0))
+    assert st.view(T0)["estimates"]["attributes"][0]["series"][0]["n"] == 100
+    st.add_frequency(freq(policy, "price", T0, n=50, total=2_000.0))  # another partition of that window
+    (window,) = st.view(T0)["estimates"]["attributes"][0]["series"]
+    assert window["n"] == 150 and window["mean"] == 80.0
+
+
+def test_instances_of_restarted_workers_are_forgotten(policy: LdpPolicy) -> None:
+    st = ConsoleState(policy, live_seconds=60)
+    for pid in range(200):  # a worker restarted 200 times, an hour apart
+        st.add_metrics(gateway_snap(T0 + 3600 * pid, pid=pid, events=pid, protected=pid, dlq={}))
+    assert len(st._instances) <= 65
+    assert st.view(T0 + 3600 * 199)["pipeline"]["events_in"] == 199
