@@ -173,11 +173,11 @@ def _broker_problem(settings: Settings) -> str | None:
 
 
 def _redis_problem(settings: Settings) -> str | None:
-    import redis
+    from stream.redisdb import client_for
 
     try:
-        client = redis.Redis.from_url(settings.redis_url_or_dev(), socket_timeout=_CHECK_TIMEOUT,
-                                      socket_connect_timeout=_CHECK_TIMEOUT)
+        # on a cluster: every node answers PING
+        client = client_for(settings, socket_timeout=_CHECK_TIMEOUT, socket_connect_timeout=_CHECK_TIMEOUT)
         try:
             return None if client.ping() else "redis did not answer PING"
         finally:

@@ -7,12 +7,12 @@ import time
 
 import orjson
 import pytest
-import redis
 
 from stream.crypto.keyring import Keyring
 from stream.ldp.labels import ExampleStub
 from stream.ldp.memo import MICRO, RedisMemoStore
 from stream.ldp.privatizer import ProtectedRecord
+from stream.redisdb import RedisClient
 from stream.retention.redis_store import RedisShredStore
 from tests.support.ldp import make_privatizer, protect
 
@@ -29,7 +29,7 @@ def _event(i: int) -> dict:
     }
 
 
-def test_repeated_erasures_within_an_epoch_spend_no_more_than_the_cap(redis_client: redis.Redis,
+def test_repeated_erasures_within_an_epoch_spend_no_more_than_the_cap(redis_client: RedisClient,
                                                                        redis_prefix: str) -> None:
     keyring = Keyring.generate()
     now_ms = int(time.time() * 1000)
