@@ -10,7 +10,7 @@ import pytest
 from redis.cluster import RedisCluster
 
 from stream.components import build_dek_provider, invalidation_listener, redis_client, start_invalidation
-from stream.errors import DecryptError, KeyShreddedError
+from stream.errors import DecryptError, KeyShreddedError, KeyUnavailableError
 from stream.gateway.reader import SHREDDED_MASK, Shredded
 from stream.redisdb import deadlines_key, pending_key
 from stream.retention.core import MemorySink, Shredder, ShredderError
@@ -323,3 +323,56 @@ def test_foreign_index_members_and_outbox_entries_never_block_the_shredder(setti
     assert sh.tick() == 1
     assert [r["subject"] for r in sink.receipts] == [token_of(settings, "usr_ok")]
     assert store.due_count(clock.t) == 0
+
+
+# --- the claim's steps are separate (one hash slot each): a crash between them ------------------------------
+
+
+def test_a_crash_between_claim_and_destroy_is_finished_by_whoever_takes_the_entry(settings, redis_client) -> None:
+    """Claimed (outbox entry written, index entry gone) but not destroyed: the restarted shredder destroys
+    the keys before it delivers their receipts."""
+    prefix = settings.redis_key_prefix
+    clock = Clock(T0)
+    users = [f"usr_cr{i}" for i in range(6)]
+    protect(settings, clock, users, 1)
+    e0 = int(T0 // E)
+    clock.t = expire_at(e0)
+    sh, store, sink = shredder(settings, clock, worker="a", batch_size=50)
+
+    def crash(entries):
+        raise KeyUnavailableError("killed between claim and destroy (simulated)")
+
+    store._destroy_all = crash
+    with pytest.raises(KeyUnavailableError):
+        sh.shred_due()
+    assert store.pending_count() == 6 and store.due_count(clock.t) == 0 and not sink.receipts
+    toks = [token_of(settings, u) for u in users]
+    assert all(redis_client.exists(key_name(prefix, "dek", t, e0)) for t in toks)  # still there
+
+    again, store2, sink2 = shredder(settings, clock, worker="a")
+    assert again.recover() == 6
+    assert not any(redis_client.exists(key_name(prefix, "dek", t, e0)) for t in toks)
+    assert sorted(r["subject"] for r in sink2.receipts) == sorted(toks)
+    assert all(r["key_id"] for r in sink2.receipts) and store2.pending_count() == 0
+
+
+def test_an_interrupted_erasure_is_redone_by_the_redelivered_request(settings, redis_client) -> None:
+    prefix = settings.redis_key_prefix
+    clock = Clock(T0)
+    protect(settings, clock, ["usr_int"], 1)
+    clock.advance(E)
+    protect(settings, clock, ["usr_int"], 1, seed=2)
+    tok = token_of(settings, "usr_int")
+    sh, store, sink = shredder(settings, clock)
+    destroy_all = store._destroy_all
+    store._destroy_all = lambda entries: (_ for _ in ()).throw(KeyUnavailableError("killed (simulated)"))
+    with pytest.raises(KeyUnavailableError):
+        sh.erase(tok, "req-int")
+    assert len(redis_keys_of(redis_client, prefix, tok)) == 2 and store.pending_count() == 2
+    store._destroy_all = destroy_all
+    out = sh.erase(tok, "req-int")  # the request comes again (its offset was not committed)
+    assert out.keys_shredded == 2 and not out.repeated
+    assert redis_keys_of(redis_client, prefix, tok) == []
+    assert sorted(r["kind"] for r in sink.receipts) == ["erasure", "key_shredded", "key_shredded"]
+    assert len({r["receipt_id"] for r in sink.receipts}) == 3
+    assert store.pending_count() == 0
