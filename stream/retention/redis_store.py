@@ -18,7 +18,9 @@ a Redis Cluster alike):
    shard: ZSCORE + ZREM make the claim exclusive (with several shredders exactly one wins a
    member) and the outbox entry (with the key id) is written in the same step;
 3. **destroy** in the person's slot: DEL memo and budget, and the data key if it is still the
-   claimed one (a key created after the claim is another key), then PUBLISH.
+   claimed one (a key created after the claim is another key), and PUBLISH (one script).
+
+Steps 1 and 3 are one script per slot (on a single server: one for the whole batch).
 
 A crash between 2 and 3 leaves an outbox entry whose keys still exist: whoever finishes the
 entry (:meth:`RedisShredStore.take_over`, the same instance after a restart or another one
@@ -86,13 +88,28 @@ end
 return out
 """
 
-# KEYS: (dek, memo, budget) per member, one person; ARGV: the claimed key id per member ("" = none).
+# KEYS: (dek, memo, budget) per member, one slot. Returns (key id or "", 1 if any of them exists) per member.
+_READ = r"""
+local out = {}
+for i = 1, #KEYS, 3 do
+  local v = redis.call('GET', KEYS[i])
+  local key_id = ''
+  if v and string.sub(v, 1, 2) == '1.' and string.sub(v, 19, 19) == '.' then key_id = string.sub(v, 3, 18) end
+  out[#out + 1] = key_id
+  out[#out + 1] = (v and 1) or redis.call('EXISTS', KEYS[i + 1], KEYS[i + 2])
+end
+return out
+"""
+
+# KEYS: (dek, memo, budget) per member, one slot; ARGV[1] channel, then (claimed key id or "", member) per
+# member. The data key goes only if it is still the claimed one; memo and budget always; then PUBLISH.
 _DESTROY = r"""
-for i = 1, #ARGV do
-  local dek = KEYS[3 * i - 2]
+for i = 1, #KEYS / 3 do
+  local dek, key_id = KEYS[3 * i - 2], ARGV[2 * i]
   local v = redis.call('GET', dek)
-  if v and ARGV[i] ~= '' and string.sub(v, 3, 18) == ARGV[i] then redis.call('DEL', dek) end
+  if v and key_id ~= '' and string.sub(v, 3, 18) == key_id then redis.call('DEL', dek) end
   redis.call('DEL', KEYS[3 * i - 1], KEYS[3 * i])
+  redis.call('PUBLISH', ARGV[1], ARGV[2 * i + 1])
 end
 return 1
 """
@@ -103,16 +120,6 @@ if redis.call('HGET', KEYS[1], ARGV[1]) == ARGV[2] then
 end
 return 0
 """
-
-
-def _key_id(value: Any) -> str:
-    """The key id of a stored data key ("" if absent or not a streamgate value)."""
-    if value is None:
-        return ""
-    v = bytes(value)
-    if v[:2] == b"1." and v[18:19] == b"." and all(c in b"0123456789abcdef" for c in v[2:18]):
-        return v[2:18].decode("ascii")
-    return ""
 
 
 def _entry(field: bytes | str, raw: bytes | str) -> PendingShred:
@@ -132,6 +139,7 @@ class RedisShredStore:
         self.cluster = is_cluster(client)
         self.channel = channel_name(prefix)
         self.scan_count = scan_count
+        self._read_ids = client.register_script(_READ)
         self._claim = client.register_script(_CLAIM)
         self._destroy = client.register_script(_DESTROY)
         self._take_over = client.register_script(_TAKE_OVER)
@@ -171,20 +179,27 @@ class RedisShredStore:
         return result
 
     # -- the three steps -----------------------------------------------------------------
+    def _by_slot(self, items: Sequence[tuple[str, str]]) -> list[list[tuple[str, str]]]:
+        """``(subject, epoch)`` items grouped per hash slot (one group on a single server)."""
+        groups: dict[int, list[tuple[str, str]]] = {}
+        for subject, epoch in items:
+            slot = key_slot(person_tag(subject).encode()) if self.cluster else 0
+            groups.setdefault(slot, []).append((subject, epoch))
+        return list(groups.values())
+
     def _read(self, members: Sequence[str]) -> dict[str, tuple[str, bool]]:
         """Step 1: per parsable member, (key id of its data key, whether dek/memo/budget exist)."""
-        parsed = [m for m in members if m.rpartition(":")[2].isdigit() and m.rpartition(":")[0]]
-
-        def fill(pipe: Any) -> None:
-            for m in parsed:
-                subject, _, epoch = m.rpartition(":")
-                dek, memo, budget = self.key_names(subject, epoch)
-                pipe.get(dek)
-                pipe.exists(memo, budget)
-
-        answers = self._pipe(fill) if parsed else []
-        return {m: (_key_id(answers[2 * i]), answers[2 * i] is not None or int(answers[2 * i + 1]) > 0)
-                for i, m in enumerate(parsed)}
+        parsed = [m.rpartition(":") for m in members]
+        items = [(s, e) for s, _, e in parsed if s and e.isdigit()]
+        groups = self._by_slot(items)
+        calls: list[tuple[list[str], list[str]]] = [([k for s, e in g for k in self.key_names(s, e)], []) for g in groups]
+        out: dict[str, tuple[str, bool]] = {}
+        for g, raw in zip(groups, self._call(eval_many, self.client, self._read_ids, calls), strict=True):
+            for i, (subject, epoch) in enumerate(g):
+                key_id = raw[2 * i]
+                out[f"{subject}:{epoch}"] = (key_id.decode("ascii") if isinstance(key_id, bytes) else str(key_id),
+                                             int(raw[2 * i + 1]) > 0)
+        return out
 
     def _claim_in(self, shard_members: dict[int, list[str]], read: dict[str, tuple[str, bool]], *, reason: str,
                   request_id: str, at: float, worker: str, lease_until: float, indexed_only: bool) -> list[PendingShred]:
@@ -207,22 +222,17 @@ class RedisShredStore:
         return entries
 
     def _destroy_all(self, entries: Sequence[PendingShred]) -> None:
-        """Step 3: destroy the claimed keys (one script per person slot) and announce them."""
+        """Step 3: destroy the claimed keys and announce them (one script per person slot)."""
         if not entries:
             return
-        groups: dict[Any, tuple[list[str], list[str]]] = {}
-        for e in entries:
-            group = key_slot(person_tag(e.subject).encode()) if self.cluster else 0
-            keys, args = groups.setdefault(group, ([], []))
-            keys += self.key_names(e.subject, e.epoch)
-            args.append(e.key_id or "")
-        self._call(eval_many, self.client, self._destroy, list(groups.values()))
-
-        def fill(pipe: Any) -> None:
-            for e in entries:
-                pipe.execute_command("PUBLISH", self.channel, f"{e.subject}:{e.epoch}")  # pipe.publish: refused on a cluster
-
-        self._pipe(fill)
+        by_ref = {(e.subject, str(e.epoch)): e.key_id or "" for e in entries}
+        calls = []
+        for g in self._by_slot(list(by_ref)):
+            args: list[str] = [self.channel]
+            for subject, epoch in g:
+                args += [by_ref[(subject, epoch)], f"{subject}:{epoch}"]
+            calls.append(([k for s, e in g for k in self.key_names(s, e)], args))
+        self._call(eval_many, self.client, self._destroy, calls)
 
     # -- the port ------------------------------------------------------------------------
     def claim_due(self, now: float, limit: int, *, at: float, worker: str, lease_until: float) -> list[PendingShred]:
