@@ -35,12 +35,14 @@ from redis.backoff import ExponentialBackoff
 from redis.cluster import RedisCluster
 from redis.commands.core import Script
 from redis.crc import key_slot
+from redis.exceptions import RedisClusterException
 from redis.retry import Retry
 
 if TYPE_CHECKING:
     from stream.config import Settings
 
 __all__ = [
+    "REDIS_ERRORS",
     "RedisClient",
     "check_prefix",
     "client_for",
@@ -60,6 +62,10 @@ __all__ = [
 
 #: One Redis server or a Redis Cluster (redis-py clients; bytes, not decoded).
 RedisClient: TypeAlias = "redis.Redis | RedisCluster"
+
+#: What a Redis call raises when the store is unreachable or refuses: redis-py's cluster client also
+#: raises ``RedisClusterException`` (no reachable node, slots not covered), which is no ``RedisError``.
+REDIS_ERRORS: tuple[type[BaseException], ...] = (redis.RedisError, RedisClusterException, OSError)
 
 SLOTS = 16384
 

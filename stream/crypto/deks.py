@@ -68,13 +68,13 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple, Protocol, runtime_checkable
 
-import redis
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from stream.crypto.keystore import KeyStoreGuard
 from stream.crypto.kms import KMS, LocalKMS, WrapCounter
 from stream.errors import DecryptError, KeyShreddedError, KeyUnavailableError
 from stream.redisdb import (
+    REDIS_ERRORS,
     RedisClient,
     check_prefix,
     deadline_shard,
@@ -218,7 +218,7 @@ class RedisKeyStore:
         names = [self.key_name(check_subject(s), _check_epoch(e)) for s, e in refs]
         try:
             values = mget(self._client, names)
-        except (redis.RedisError, OSError) as exc:
+        except REDIS_ERRORS as exc:
             raise _unavailable(exc) from None
         return [None if v is None else bytes(v) for v in values]
 
@@ -241,7 +241,7 @@ class RedisKeyStore:
                 pipe.set(name, value, nx=True, exat=int(expire_at))
                 pipe.get(name)
             results = pipe.execute()
-        except (redis.RedisError, OSError) as exc:
+        except REDIS_ERRORS as exc:
             raise _unavailable(exc) from None
         stored = results[len(results) - 2 * len(items) + 1 :: 2]
         if any(v is None for v in stored):
@@ -510,7 +510,7 @@ class DekProvider:
             values = self._store.get_many(refs)
         except KeyUnavailableError:
             raise
-        except (redis.RedisError, OSError) as exc:
+        except REDIS_ERRORS as exc:
             raise _unavailable(exc) from None
         if len(values) != len(refs):
             raise KeyUnavailableError("data key store returned a malformed answer")
@@ -536,7 +536,7 @@ class DekProvider:
                 winners = self._store.create_many(items)
             except KeyUnavailableError:
                 raise
-            except (redis.RedisError, OSError) as exc:
+            except REDIS_ERRORS as exc:
                 raise _unavailable(exc) from None
             if len(winners) != len(items):
                 raise KeyUnavailableError("data key store returned a malformed answer")

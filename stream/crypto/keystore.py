@@ -55,7 +55,7 @@ import redis
 from redis.cluster import RedisCluster
 
 from stream.errors import KeyUnavailableError
-from stream.redisdb import RedisClient, check_prefix, slot_tag
+from stream.redisdb import REDIS_ERRORS, RedisClient, check_prefix, slot_tag
 
 __all__ = ["ClusterIdentityProbe", "IdentityProbe", "KeyStoreGuard", "Probe", "RedisIdentityProbe", "StoreIdentity",
            "identity_probe"]
@@ -133,7 +133,7 @@ class RedisIdentityProbe:
             if isinstance(out[0], redis.exceptions.NoScriptError):  # a restarted server: load it again
                 self._client.script_load(_IDENTITY_LUA)
                 out = self._round_trip(wait)
-        except (redis.RedisError, OSError) as exc:
+        except REDIS_ERRORS as exc:
             raise KeyUnavailableError(f"data key store unavailable ({type(exc).__name__})") from None
         if isinstance(out[0], Exception):
             raise KeyUnavailableError(f"data key store unavailable ({type(out[0]).__name__})")
@@ -218,7 +218,7 @@ class ClusterIdentityProbe:
         except KeyUnavailableError:
             # a node gone or a slot moved: learn the cluster's layout again before the next try
             self._layout = None
-            with contextlib.suppress(redis.RedisError, OSError):
+            with contextlib.suppress(*REDIS_ERRORS):
                 self._client.nodes_manager.initialize()
             raise
         ids = [a.identity for _, a in answers]

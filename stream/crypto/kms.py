@@ -43,13 +43,12 @@ import os
 import threading
 from typing import Protocol, runtime_checkable
 
-import redis
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from stream.crypto.keyring import WRAP_PURPOSE, Keyring
 from stream.errors import DecryptError, KeyUnavailableError
-from stream.redisdb import RedisClient, check_prefix
+from stream.redisdb import REDIS_ERRORS, RedisClient, check_prefix
 
 __all__ = ["KMS", "KekUsageExceededError", "LocalKMS", "WrapCounter"]
 
@@ -158,7 +157,7 @@ class WrapCounter:
         :class:`KekUsageExceededError` beyond ``refuse_at`` (nothing may be wrapped then)."""
         try:
             total = int(self._client.incrby(self.key_name(kek_id), int(n)))
-        except (redis.RedisError, OSError) as exc:
+        except REDIS_ERRORS as exc:
             raise KeyUnavailableError(f"data key store unavailable ({type(exc).__name__})") from None
         with self._lock:
             self.last_total[kek_id] = total

@@ -66,13 +66,12 @@ from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any, NamedTuple
 
-import redis
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.hmac import HMAC
 
 from stream.crypto.keyring import Keyring
 from stream.errors import KeyUnavailableError
-from stream.redisdb import RedisClient, check_prefix, eval_many, is_cluster, mget, person_tag
+from stream.redisdb import REDIS_ERRORS, RedisClient, check_prefix, eval_many, is_cluster, mget, person_tag
 
 if TYPE_CHECKING:
     from stream.crypto.keystore import KeyStoreGuard
@@ -312,7 +311,7 @@ class Pseudonyms:
             else:
                 stored = self._script(keys=keys, args=args)
                 self.round_trips += 1
-        except (redis.RedisError, OSError) as exc:
+        except REDIS_ERRORS as exc:
             raise KeyUnavailableError(f"pseudonym store unavailable ({type(exc).__name__})") from None
         if self.guard is not None:
             self.guard.note_loaded()
@@ -368,7 +367,7 @@ class Pseudonyms:
         or expired). Creates nothing."""
         try:
             raw = self._client.get(self.pid_key(self.lookup_id(value)))
-        except (redis.RedisError, OSError) as exc:
+        except REDIS_ERRORS as exc:
             raise KeyUnavailableError(f"pseudonym store unavailable ({type(exc).__name__})") from None
         return None if raw is None else self.token_from(self._parse(raw), value)
 

@@ -63,10 +63,9 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any, Literal, NamedTuple, Protocol
 
-import redis
-
 from stream.errors import KeyUnavailableError
 from stream.redisdb import (
+    REDIS_ERRORS,
     RedisClient,
     check_prefix,
     deadline_shard,
@@ -212,7 +211,7 @@ class RedisMemoStore:
                 for i, res in zip(part, _results(text.split("\n")), strict=True):
                     out[i] = res
             self._index([requests[i] for i, res in enumerate(out) if res is not None and res.status == "new"])
-        except (redis.RedisError, OSError) as exc:
+        except REDIS_ERRORS as exc:
             raise KeyUnavailableError(f"LDP memo store unavailable ({type(exc).__name__})") from None
         return [res for res in out if res is not None]
 

@@ -20,7 +20,7 @@ from typing import Any
 
 import redis
 
-from stream.redisdb import RedisClient
+from stream.redisdb import REDIS_ERRORS, RedisClient
 
 __all__ = ["ShredListener", "parse_message"]
 
@@ -128,7 +128,7 @@ class ShredListener:
                         self.on_shred(*parsed)
                     except Exception:  # a bad callback must not kill the listener
                         log.exception("shred callback failed")
-            except (redis.RedisError, OSError) as exc:
+            except REDIS_ERRORS as exc:
                 self.ready.clear()
                 self.reconnects += 1
                 delay = min(self.backoff_max_seconds, self.backoff_seconds * (2 ** min(attempt, 10)))

@@ -38,10 +38,9 @@ import logging
 from collections.abc import Sequence
 from typing import Any
 
-import redis
-
 from stream.errors import KeyUnavailableError
 from stream.redisdb import (
+    REDIS_ERRORS,
     RedisClient,
     check_prefix,
     deadline_shard,
@@ -167,7 +166,7 @@ class RedisShredStore:
     def _call(self, fn: Any, *args: Any, **kwargs: Any) -> Any:
         try:
             return fn(*args, **kwargs)
-        except (redis.RedisError, OSError) as exc:
+        except REDIS_ERRORS as exc:
             raise KeyUnavailableError(f"key store unavailable ({type(exc).__name__})") from None
 
     def _pipe(self, fill: Any) -> list[Any]:

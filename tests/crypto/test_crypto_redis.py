@@ -11,6 +11,7 @@ import threading
 import time
 import zlib
 from collections.abc import Callable
+from pathlib import Path
 
 import pytest
 import redis
@@ -21,9 +22,13 @@ from redis.retry import Retry
 from stream.crypto.deks import DataKey, DekProvider, RedisKeyStore
 from stream.crypto.fields import decrypt_value, encrypt_value
 from stream.crypto.keyring import Keyring
+from stream.crypto.keystore import identity_probe
 from stream.crypto.kms import LocalKMS
 from stream.errors import KeyShreddedError, KeyUnavailableError
-from stream.redisdb import RedisClient
+from stream.ldp.memo import MemoRequest, RedisMemoStore
+from stream.redisdb import RedisClient, connect
+from stream.retention.redis_store import RedisShredStore
+from tests.support.cluster import OwnCluster
 
 DAY = 86400
 
@@ -173,3 +178,32 @@ def test_store_unreachable_raises_key_unavailable() -> None:
 def test_decode_responses_client_refused() -> None:
     with pytest.raises(ValueError):
         RedisKeyStore(redis.Redis(decode_responses=True))
+
+
+def test_a_cluster_that_goes_away_fails_closed(tmp_path: Path) -> None:
+    """Every store on a Redis Cluster whose masters are gone raises KeyUnavailableError (the worker holds
+    its batch), never redis-py's cluster errors."""
+    cluster = OwnCluster(tmp_path)
+    cluster.start()
+    client = connect(cluster.url, cluster=True, socket_connect_timeout=0.5, socket_timeout=0.5,
+                     retry=Retry(NoBackoff(), 0))
+    try:
+        store = RedisKeyStore(client, prefix="sgdown")
+        epoch = int(time.time() // DAY)
+        assert store.create_many([("tk1_up", epoch, b"v", int(time.time()) + 60)]) == [b"v"]
+        shreds = RedisShredStore(client, "sgdown")
+        memos = RedisMemoStore(client, "sgdown")
+        cluster.stop()
+        calls: list[Callable[[], object]] = [
+            lambda: store.get_many([("tk1_up", epoch)]),
+            lambda: store.create_many([("tk1_new", epoch, b"v", int(time.time()) + 60)]),
+            lambda: shreds.claim_due(time.time(), 10, at=time.time(), worker="w", lease_until=time.time() + 60),
+            lambda: memos.resolve([MemoRequest("tk1_up", epoch, int(time.time()) + 60, "a:x", "a", 1, "c", "L")], 10),
+            lambda: identity_probe(client, "sgdown").probe(False),
+        ]
+        for call in calls:
+            with pytest.raises(KeyUnavailableError):
+                call()
+    finally:
+        client.close()
+        cluster.stop()
