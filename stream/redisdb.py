@@ -88,6 +88,11 @@ def client_for(settings: Settings, **overrides: Any) -> RedisClient:
         "retry": Retry(ExponentialBackoff(cap=0.5, base=0.05), 2),
     }
     kwargs.update(overrides)
+    if settings.redis_cluster and not settings.redis_url:
+        from stream.errors import ConfigError
+
+        raise ConfigError("STREAMGATE_REDIS_CLUSTER needs STREAMGATE_REDIS_URL (a node of the cluster): "
+                          "the embedded dev Redis is one server")
     return connect(settings.redis_url_or_dev(), cluster=settings.redis_cluster, **kwargs)
 
 

@@ -19,14 +19,15 @@ from redis.backoff import NoBackoff
 from redis.cluster import RedisCluster
 from redis.retry import Retry
 
+from stream.config import Settings
 from stream.crypto.deks import DataKey, DekProvider, RedisKeyStore
 from stream.crypto.fields import decrypt_value, encrypt_value
 from stream.crypto.keyring import Keyring
 from stream.crypto.keystore import identity_probe
 from stream.crypto.kms import LocalKMS
-from stream.errors import KeyShreddedError, KeyUnavailableError
+from stream.errors import ConfigError, KeyShreddedError, KeyUnavailableError
 from stream.ldp.memo import MemoRequest, RedisMemoStore
-from stream.redisdb import RedisClient, connect
+from stream.redisdb import RedisClient, client_for, connect
 from stream.retention.redis_store import RedisShredStore
 from tests.support.cluster import OwnCluster
 
@@ -207,3 +208,8 @@ def test_a_cluster_that_goes_away_fails_closed(tmp_path: Path) -> None:
     finally:
         client.close()
         cluster.stop()
+
+
+def test_cluster_without_a_url_is_a_config_error(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="STREAMGATE_REDIS_URL"):
+        client_for(Settings(redis_cluster=True, state_dir=tmp_path))
