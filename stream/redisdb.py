@@ -55,7 +55,6 @@ __all__ = [
     "mget",
     "pending_key",
     "person_tag",
-    "pipeline",
     "shard_tag",
     "slot_tag",
 ]
@@ -146,11 +145,6 @@ def deadlines_key(prefix: str, shard: int) -> str:
 
 def pending_key(prefix: str, shard: int) -> str:
     return f"{prefix}:shredder:pending:{shard_tag(shard)}"
-
-
-def pipeline(client: RedisClient, *, transaction: bool = False) -> Any:
-    """A pipeline; on a cluster it sends each node its commands in order (one round trip per node)."""
-    return client.pipeline(transaction=transaction)
 
 
 def mget(client: RedisClient, names: Sequence[str]) -> list[Any]:
