@@ -13,8 +13,8 @@ consumer group and master key.
 Redis Cluster: ``redis_backend`` is ``"single"`` here; ``tests/crypto``, ``tests/retention`` and
 ``tests/ldp`` override it with :func:`redis_backend_both`, so every test there that touches Redis
 runs on the single server and on a local three-master cluster (:class:`tests.support.cluster.OwnCluster`,
-started once per session on first use). ``redis_url``, ``redis_client``, ``redis_connect`` and
-``settings_factory`` follow the backend. A test that needs a server of its own (``own_redis``)
+started once per session on first use). ``redis_test_url``, ``redis_client``, ``redis_connect`` and
+``settings_factory`` follow the backend; ``redis_url`` (session-scoped) is the single server. A test that needs a server of its own (``own_redis``)
 runs once: :data:`SINGLE_REDIS_ONLY`.
 """
 
@@ -53,6 +53,7 @@ __all__ = [
     "redis_cluster_server",
     "redis_connect",
     "redis_prefix",
+    "redis_test_url",
     "redis_url",
     "settings_factory",
     "stack_addresses",
@@ -124,19 +125,26 @@ def redis_cluster_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[O
         cluster.stop()
 
 
+@pytest.fixture(scope="session")
+def redis_url(stack_addresses: StackAddresses) -> str:
+    """The session's single Redis server (any scope; ``redis_test_url`` follows the backend)."""
+    return stack_addresses.redis_url
+
+
 @pytest.fixture
-def redis_url(redis_backend: str, request: pytest.FixtureRequest) -> str:
+def redis_test_url(redis_backend: str, request: pytest.FixtureRequest) -> str:
+    """The URL of the test's Redis: the single server, or a node of the cluster (``redis_backend``)."""
     if redis_backend == "cluster":
         return str(request.getfixturevalue("redis_cluster_server").url)
-    return str(request.getfixturevalue("stack_addresses").redis_url)
+    return str(request.getfixturevalue("redis_url"))
 
 
 @pytest.fixture
-def redis_connect(redis_url: str, redis_backend: str) -> Callable[..., RedisClient]:
+def redis_connect(redis_test_url: str, redis_backend: str) -> Callable[..., RedisClient]:
     """``redis_connect(**kwargs)``: a new client of the test's Redis (a ``RedisCluster`` on the cluster)."""
 
     def make(**kwargs: Any) -> RedisClient:
-        return connect(redis_url, cluster=redis_backend == "cluster", **kwargs)
+        return connect(redis_test_url, cluster=redis_backend == "cluster", **kwargs)
 
     return make
 
@@ -207,7 +215,7 @@ def master_key_b64() -> str:
 @pytest.fixture
 def settings_factory(
     kafka_bootstrap: str,
-    redis_url: str,
+    redis_test_url: str,
     redis_prefix: str,
     topic_names: TopicNames,
     master_key_b64: str,
@@ -220,7 +228,7 @@ def settings_factory(
     def make(**overrides: Any) -> Settings:
         values: dict[str, Any] = {
             "kafka_bootstrap": kafka_bootstrap,
-            "redis_url": redis_url,
+            "redis_url": redis_test_url,
             "redis_cluster": redis_backend == "cluster",
             "redis_key_prefix": redis_prefix,
             "topics": topic_names,
