@@ -235,7 +235,26 @@ class RedisShredStore:
 
     # -- the port ------------------------------------------------------------------------
     def claim_due(self, now: float, limit: int, *, at: float, worker: str, lease_until: float) -> list[PendingShred]:
-        """Claim and destroy up to ``limit`` members due at ``now``, from every shard (one read of all shards)."""
+        """Claim and destroy up to ``limit`` members due at ``now``, from every shard. Fewer than ``limit``
+        only when fewer are due: members another shredder won between the read and the claim are made up
+        for by reading again."""
+        entries: list[PendingShred] = []
+        while len(entries) < limit:
+            want = int(limit) - len(entries)
+            due = self._due(now, want)
+            if not due:
+                break
+            read = self._read([m for ms in due.values() for m in ms])
+            got = self._claim_in(due, read, reason="retention", request_id="", at=at, worker=worker,
+                                 lease_until=lease_until, indexed_only=True)
+            self._destroy_all(got)
+            entries += got
+            if sum(len(ms) for ms in due.values()) < want:
+                break  # every due member was read
+        return entries
+
+    def _due(self, now: float, limit: int) -> dict[int, list[str]]:
+        """Up to ``limit`` due members, per shard (one pipelined read of every shard; the first shard rotates)."""
         order = [(self._cursor + i) % self.shards for i in range(self.shards)]
         self._cursor = (self._cursor + 1) % self.shards
 
@@ -252,13 +271,7 @@ class RedisShredStore:
                 left -= len(take)
             if left <= 0:
                 break
-        if not due:
-            return []
-        read = self._read([m for ms in due.values() for m in ms])
-        entries = self._claim_in(due, read, reason="retention", request_id="", at=at, worker=worker,
-                                 lease_until=lease_until, indexed_only=True)
-        self._destroy_all(entries)
-        return entries
+        return due
 
     def subject_members(self, subject: str) -> list[str]:
         """Deadline-index members of ``subject`` in its shard (ZSCAN MATCH; token characters are no glob characters)."""
