@@ -16,7 +16,8 @@ from stream.commands import learn as _learn_commands
 from stream.commands import ops as _ops_commands
 from stream.commands import retention as _retention_commands
 from stream.commands.common import bench_settings, echo_error, settings
-from stream.errors import StreamgateError
+from stream.config import Settings
+from stream.errors import StreamgateError, TopicMissingError
 
 __all__ = ["main"]
 
@@ -31,9 +32,28 @@ class _Group(click.Group):
     def invoke(self, ctx: click.Context) -> Any:
         try:
             return super().invoke(ctx)
+        except TopicMissingError as exc:
+            _err(f"{type(exc).__name__}: {exc}")
+            hint = _writer_hint(exc.topic)
+            if hint:
+                click.echo(hint, err=True)
+            sys.exit(1)
         except StreamgateError as exc:
             _err(f"{type(exc).__name__}: {exc}")
             sys.exit(1)
+
+
+def _writer_hint(topic: str) -> str:
+    from stream.apps.registry import writer_of
+
+    try:
+        spec = writer_of(Settings(), topic)
+    except Exception:  # settings already reported or unreadable: no hint rather than a second error
+        return ""
+    if spec is None:
+        return ""
+    return (f"hint: {topic} is created by the {spec.name}, which has not run against this broker yet: "
+            f"start it with `streamgate {spec.name}` (and what feeds it), or run `streamgate demo`")
 
 
 @click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
@@ -96,14 +116,17 @@ def keys() -> None:
 
 @keys.command("generate")
 @click.option("--out", "out", type=click.Path(path_type=Path), default=None,
-              help="Keyring file to write (mode 0600). Default: <state_dir>/keyring.json")
+              help="Keyring file to write (mode 0600). Default: <state_dir>/keyring.json, where every "
+                   "command and worker finds it when no key is configured.")
 @click.option("--rotate", is_flag=True, help="Add a new newest key to an existing keyring (old keys still unwrap).")
 @click.option("--force", is_flag=True, help="Overwrite an existing keyring file.")
 def keys_generate(out: Path | None, rotate: bool, force: bool) -> None:
     """Write a new KEK keyring file, or rotate one."""
-    from stream.crypto.keyring import Keyring
+    from stream.crypto.keyring import Keyring, default_keyring_path
 
-    path = out or (_settings().state_dir / "keyring.json")
+    settings = _settings()
+    default = default_keyring_path(settings)
+    path = out or default
     path.parent.mkdir(parents=True, exist_ok=True)
     if rotate:
         ring = Keyring.load(path).rotated()
@@ -112,7 +135,14 @@ def keys_generate(out: Path | None, rotate: bool, force: bool) -> None:
         ring = Keyring.generate()
         ring.save(path, overwrite=force)
     click.echo(f"wrote {path} (key ids: {', '.join(ring.ids)}; newest wraps: {ring.primary_id})")
-    click.echo(f"export STREAMGATE_MASTER_KEY_FILE={path}")
+    if path.resolve() == default.resolve():
+        configured = settings.master_key is not None or settings.master_key_file is not None
+        if configured:
+            click.echo("note: STREAMGATE_MASTER_KEY(_FILE) is set and takes precedence over this file", err=True)
+        else:
+            click.echo("every streamgate command and worker now finds it (no export needed)")
+    else:
+        click.echo(f"export STREAMGATE_MASTER_KEY_FILE={path}")
 
 
 @keys.command("roles")
@@ -145,8 +175,8 @@ def keys_roles(out: Path | None, roles: tuple[str, ...], force: bool) -> None:
     for role in roles or tuple(ROLES):
         spec = ROLES[role]
         path = directory / f"{role}.json"
-        keyring.for_role(role, token_domains=domains).save(path, overwrite=force)
-        holds = (["KEK wrapping keys"] if spec.wrap else []) + (["token keys"] if spec.tokens else []) + [
+        keyring.for_role(role, token_domains=domains, person_domain=schema.subject_domain).save(path, overwrite=force)
+        holds = (["KEK wrapping keys"] if spec.wrap else []) + (["token keys (tk1, tk2)"] if spec.tokens else []) + [
             p for p in spec.purposes] + [f"public:{n}" for n in spec.public]
         click.echo(f"wrote {path}  ({role}: {', '.join(holds)})")
     click.echo(f"# each process gets its own file: export STREAMGATE_KEY_FILE={directory}/<role>.json", err=True)
@@ -157,9 +187,7 @@ def keys_roles(out: Path | None, roles: tuple[str, ...], force: bool) -> None:
 @click.option("--loglevel", default="info", show_default=True, type=click.Choice(["crit", "error", "warn", "info", "debug"]))
 def gateway(loglevel: str) -> None:
     """Run the gateway worker (Faust): clicks.raw -> clicks.protected / clicks.dlq."""
-    from faust.worker import Worker
-
-    from stream.apps.gateway import create_app
+    from stream.apps.registry import run_worker
     from stream.crypto.keyring import Keyring
     from stream.kafka import ensure_topics, reachable_bootstrap
     from stream.ops.logging import configure_logging
@@ -172,9 +200,7 @@ def gateway(loglevel: str) -> None:
     bootstrap = reachable_bootstrap(settings)
     t = settings.topics
     ensure_topics(bootstrap, [t.raw, t.protected, t.dlq], partitions=settings.topic_partitions)
-    app = create_app(settings)
-    # override_logging=False: Faust keeps the allow-listed logging configured above
-    Worker(app, loglevel=loglevel, quiet=True, override_logging=False).execute_from_commandline()
+    run_worker(settings, "gateway", loglevel)
 
 
 # --------------------------------------------------------------------------- produce
@@ -185,15 +211,23 @@ def gateway(loglevel: str) -> None:
               help="With --generate: fraction of events replaced by invalid records (they go to the DLQ).")
 @click.option("--file", "file", type=click.File("rb"), default=None, help="Publish the lines of a JSONL file ('-' = stdin).")
 @click.option("--topic", default=None, help="Target topic (default: the raw topic).")
-def produce(generate: int | None, seed: int, invalid_rate: float, file: Any, topic: str | None) -> None:
-    """Publish raw events to clicks.raw (synthetic, from a file, or from stdin)."""
+@click.option("--allow-invalid", is_flag=True,
+              help="With --file/stdin: also send lines that are not valid events (the gateway dead-letters them).")
+def produce(generate: int | None, seed: int, invalid_rate: float, file: Any, topic: str | None,
+            allow_invalid: bool) -> None:
+    """Publish raw events to clicks.raw (synthetic, from a file, or from stdin).
+
+    Lines from a file or stdin are checked against the schema first, as the gateway will: invalid
+    ones are counted and not sent (exit code 1), unless --allow-invalid.
+    """
     import random
 
     from rich.progress import Progress
 
-    from stream.apps.produce import publish
+    from stream.apps.produce import LineCheck, publish
     from stream.faults import make_invalid
     from stream.kafka import ensure_topics, reachable_bootstrap
+    from stream.schema import load_schema
     from stream.synth import ClickstreamGenerator
 
     settings = _settings()
@@ -202,6 +236,7 @@ def produce(generate: int | None, seed: int, invalid_rate: float, file: Any, top
     ensure_topics(bootstrap, [topic], partitions=settings.topic_partitions)
     items: Any
     total: int | None
+    check: LineCheck | None = None
     if generate is not None:
         rng = random.Random(seed + 1)
 
@@ -212,16 +247,32 @@ def produce(generate: int | None, seed: int, invalid_rate: float, file: Any, top
         items, total = gen(), generate
     else:
         stream_in = file if file is not None else click.get_binary_stream("stdin")
-        items, total = (line.rstrip(b"\r\n") for line in stream_in if line.strip()), None
+        lines = (line.rstrip(b"\r\n") for line in stream_in if line.strip())
+        if topic == settings.topics.raw:
+            check = LineCheck(load_schema(settings.schema_name), max_event_bytes=settings.max_event_bytes)
+            items = (line for line in lines if check(line) or allow_invalid)
+        else:
+            items = lines
+        total = None
     with Progress(transient=True, disable=not sys.stderr.isatty()) as progress:
         task = progress.add_task(f"publishing to {topic}", total=total)
         n = publish(bootstrap, topic, items, on_progress=lambda k: progress.update(task, completed=k))
     click.echo(f"published {n:,} records to {topic}")
+    if check is not None and check.invalid:
+        if allow_invalid:
+            click.echo(f"warning: {check.summary()}: sent anyway (--allow-invalid); the gateway dead-letters them",
+                       err=True)
+        else:
+            _err(f"{check.summary()}: not sent. Fix them, or send them anyway with --allow-invalid "
+                 "(the gateway dead-letters them)")
+            sys.exit(1)
 
 
 # --------------------------------------------------------------------------- decrypt
 @cli.command()
-@click.option("--user", "user", default=None, help="Only this user's events (raw user_id; matched by its token).")
+@click.option("--user", "user", default=None,
+              help="Only this user's events (raw user_id; matched by its tk2 token, looked up, never created, "
+              "and its tk1 token). An erased person's tk2 records no longer match.")
 @click.option("--max", "max_events", type=int, default=None, help="Stop after printing N events.")
 @click.option("--idle-timeout", type=float, default=5.0, show_default=True,
               help="Stop when no record arrived for this many seconds (0 = follow forever).")
@@ -232,9 +283,9 @@ def decrypt(user: str | None, max_events: int | None, idle_timeout: float, on_sh
 
     import orjson
 
-    from stream.components import build_dek_provider
+    from stream.components import build_dek_provider, person_tokens
     from stream.crypto.keyring import Keyring
-    from stream.crypto.tokens import Tokenizer
+    from stream.crypto.tokens import PSEUDONYM_PREFIX
     from stream.errors import DecryptError
     from stream.gateway.reader import ProtectedEventReader
     from stream.kafka import reachable_bootstrap, reader_from_beginning
@@ -245,9 +296,12 @@ def decrypt(user: str | None, max_events: int | None, idle_timeout: float, on_sh
     schema = load_schema(settings.schema_name)
     reader = ProtectedEventReader(schema, build_dek_provider(settings, keyring), on_shredded=on_shredded)  # type: ignore[arg-type]
     want = None
-    if user is not None:
-        domain = schema.fields[schema.subject_field].token_domain or schema.subject_field
-        want = Tokenizer(keyring).token(domain, user).encode()
+    if user is not None:  # looked up, never created: an erased person's records no longer match
+        tokens = person_tokens(settings, user, keyring)
+        want = {t.encode() for t in tokens}
+        if settings.pseudonym_tokens and not any(t.startswith(PSEUDONYM_PREFIX) for t in tokens):
+            click.echo("# no tk2 pseudonym for this user (never seen, erased or expired): "
+                       "only records from before tk2 can match", err=True)
     consumer = reader_from_beginning(reachable_bootstrap(settings), settings.topics.protected)
     printed, failed, last = 0, 0, time.monotonic()
     out = sys.stdout
@@ -260,7 +314,7 @@ def decrypt(user: str | None, max_events: int | None, idle_timeout: float, on_sh
                 continue
             last = time.monotonic()
             for m in msgs:
-                if m.error() is not None or (want is not None and m.key() != want):
+                if m.error() is not None or (want is not None and m.key() not in want):
                     continue
                 try:
                     event = reader.decrypt(orjson.loads(m.value() or b""))
@@ -323,15 +377,21 @@ def dlq_inspect(max_records: int, unseal: bool, idle_timeout: float) -> None:
 @click.option("--events", "events", type=int, default=20_000, show_default=True, help="Synthetic events to publish.")
 @click.option("--invalid-rate", type=float, default=0.02, show_default=True, help="Fraction of invalid records.")
 @click.option("--seed", type=int, default=0, show_default=True)
-def demo(events: int, invalid_rate: float, seed: int) -> None:
-    """Live demo on the embedded stack: gateway, privatizer and shredder on a synthetic clickstream."""
+@click.option("--epsilon", type=click.FloatRange(min=0.01, max=20), default=None,
+              help="Epsilon per report in the demo (default 4, weaker than the workers' default 1, so that "
+                   "the demo's few events visibly teach the model).")
+def demo(events: int, invalid_rate: float, seed: int, epsilon: float | None) -> None:
+    """Live demo on the embedded stack: gateway, privatizer, learner and shredder on a synthetic clickstream."""
     from stream.demo import run_demo
     from stream.kafka import probe_broker
 
     settings = _settings()
     if settings.kafka_bootstrap:  # else the embedded stack, started by the demo
         probe_broker(settings.kafka_bootstrap)
-    run_demo(settings, events=events, invalid_rate=invalid_rate, seed=seed)
+    from stream.demo import DEMO_EPSILON
+
+    run_demo(settings, events=events, invalid_rate=invalid_rate, seed=seed,
+             epsilon=DEMO_EPSILON if epsilon is None else epsilon)
 
 
 @cli.group()
@@ -349,6 +409,8 @@ def bench_gateway(events: int, invalid_rate: float) -> None:
     with bench_settings(_settings()) as s:
         r = run_gateway_bench(s, events=events, invalid_rate=invalid_rate, say=click.echo)
     click.echo("")
+    click.echo(f"person tokens          {'tk2' if s.pseudonym_tokens else 'tk1'} (STREAMGATE_PSEUDONYM_TOKENS); "
+               f"padding as the schema says")
     click.echo(f"events                 {r.events:>12,}  (protected {r.protected:,}, dead-lettered {r.dead_lettered:,})")
     click.echo(f"passthrough, json      {r.passthrough_rate:>12,.0f} events/s   (baseline)")
     click.echo(f"passthrough, orjson    {r.passthrough_orjson_rate:>12,.0f} events/s")

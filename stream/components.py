@@ -41,6 +41,7 @@ __all__ = [
     "build_tokenizer",
     "guard_privatizer",
     "invalidation_listener",
+    "person_tokens",
     "redis_client",
     "start_invalidation",
 ]
@@ -185,19 +186,43 @@ def build_gateway(
     tokenizer = Tokenizer(keyring)
     provider = build_dek_provider(settings, keyring, client=client, clock=clock, listen=listen, tokenizer=tokenizer)
     if settings.pseudonym_tokens:
-        tokenizer.pseudonyms = build_pseudonyms(settings, keyring, client=client, clock=clock, guard=provider.guard)
+        # a person returning after an erasure starts with exhausted ledgers (stream.ldp.ledger)
+        from stream.ldp.ledger import LEDGER_PURPOSE, LedgerExhauster
+
+        ledgers = LedgerExhauster(client, settings.redis_key_prefix, keyring.derive(LEDGER_PURPOSE),
+                                  budget_epsilon=settings.ldp_person_epsilon, epoch_seconds=settings.epoch_seconds,
+                                  retention_seconds=settings.retention_seconds)
+        tokenizer.pseudonyms = build_pseudonyms(settings, keyring, client=client, clock=clock, guard=provider.guard,
+                                                on_erased=ledgers.exhaust)
     return Gateway(schema, tokenizer, provider, max_event_bytes=settings.max_event_bytes, clock=clock)
 
 
 def build_pseudonyms(settings: Settings, keyring: Keyring | None = None, *, client: RedisClient | None = None,
-                     clock: Callable[[], float] = time.time, guard: KeyStoreGuard | None = None) -> Pseudonyms:
+                     clock: Callable[[], float] = time.time, guard: KeyStoreGuard | None = None,
+                     on_erased: Callable[[dict[str, int], float], object] | None = None) -> Pseudonyms:
     """The tk2 pseudonym store of ``settings``' person domain (:class:`stream.crypto.tokens.Pseudonyms`);
-    ``guard`` drops its cache when Redis lost data (pass the DEK provider's)."""
-    schema = load_schema(settings.schema_name)
-    domain = schema.fields[schema.subject_field].token_domain or schema.subject_field
+    ``guard`` drops its cache when Redis lost data (pass the DEK provider's); ``on_erased``: the
+    gateway's ledger exhauster."""
     return Pseudonyms(keyring or Keyring.from_settings(settings), client or redis_client(settings),
-                      settings.redis_key_prefix, domain=domain,
-                      max_staleness_seconds=settings.dek_cache_max_staleness_seconds, clock=clock, guard=guard)
+                      settings.redis_key_prefix, domain=load_schema(settings.schema_name).subject_domain,
+                      max_staleness_seconds=settings.dek_cache_max_staleness_seconds, clock=clock, guard=guard,
+                      on_erased=on_erased)
+
+
+def person_tokens(settings: Settings, user_id: str, keyring: Keyring | None = None, *,
+                  client: RedisClient | None = None, legacy: bool = True) -> list[str]:
+    """The tokens ``user_id``'s records may carry, found without creating anything (``decrypt --user``,
+    ``audit --user``, ``erase``). With ``pseudonym_tokens``: the tk2 token while the person has a secret
+    (none: never seen, erased or expired), then (``legacy``) the tk1 token of records written before the
+    switch. Off: the tk1 token."""
+    keyring = keyring or Keyring.from_settings(settings)
+    out: list[str] = []
+    if settings.pseudonym_tokens:
+        tok = build_pseudonyms(settings, keyring, client=client).lookup(user_id)
+        out += [tok] if tok is not None else []
+        if not legacy:
+            return out
+    return [*out, Tokenizer(keyring).token(load_schema(settings.schema_name).subject_domain, user_id)]
 
 
 def build_tokenizer(settings: Settings, keyring: Keyring | None = None, **kw: Any) -> Tokenizer:

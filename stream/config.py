@@ -4,6 +4,7 @@ are ``SecretStr`` so they never print."""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Literal
 
@@ -14,7 +15,9 @@ __all__ = ["Settings", "TopicNames", "default_state_dir"]
 
 
 def default_state_dir() -> Path:
-    return Path.home() / ".streamgate"
+    """``STREAMGATE_HOME`` if set, else ``~/.streamgate``."""
+    home = os.environ.get("STREAMGATE_HOME")
+    return Path(home).expanduser() if home else Path.home() / ".streamgate"
 
 
 class TopicNames(BaseSettings):
@@ -29,6 +32,7 @@ class TopicNames(BaseSettings):
     frequencies: str = "analytics.frequencies"
     partials: str = "analytics.partials"
     snapshots: str = "models.snapshots"
+    updates: str = "models.updates"
     erasure: str = "privacy.erasure"
     audit: str = "ops.audit"
     metrics: str = "ops.metrics"
@@ -52,7 +56,9 @@ class Settings(BaseSettings):
         "are hash-tagged per person token, so every script stays in one slot (stream.redisdb).",
     )
     state_dir: Path = Field(
-        default_factory=default_state_dir, description="Where the dev stack keeps pid files, logs and state."
+        default_factory=default_state_dir,
+        description="Where the dev stack keeps pid files, logs, state and the default keyring "
+        "(keyring.json); default STREAMGATE_HOME, else ~/.streamgate.",
     )
 
     # --- Kafka authentication (docker-compose.yml: SASL/PLAIN, one principal per process) ----
@@ -69,7 +75,8 @@ class Settings(BaseSettings):
         description="KEK: base64 of 32 bytes, or a keyring 'id1:b64,id2:b64' (oldest first, newest wraps).",
     )
     master_key_file: Path | None = Field(
-        default=None, description="KEK keyring file written by `streamgate keys generate` (used if MASTER_KEY unset)."
+        default=None, description="KEK keyring file written by `streamgate keys generate` (used if MASTER_KEY is unset); "
+        "unset = <state_dir>/keyring.json when that file exists."
     )
     key_file: Path | None = Field(
         default=None,
@@ -92,10 +99,11 @@ class Settings(BaseSettings):
         description="Wraps under one KEK beyond which new data keys are refused (fail closed) until the KEK is rotated.",
     )
     pseudonym_tokens: bool = Field(
-        default=False,
+        default=True,
         description="Person tokens are tk2: keyed by a per-person secret in Redis that erasure destroys, so an "
         "erased person's retained records can no longer be linked to their user_id, not even with the master key "
-        "(stream.crypto.tokens). Off: tk1 (keyring-only HMAC, recomputable for ever).",
+        "(stream.crypto.tokens). Opting out (false) costs that: tk1 tokens are a keyring-only HMAC, so any "
+        "keyring holder can recompute an erased person's token from their user_id for ever.",
     )
     dek_waitaof_timeout_ms: int = Field(
         default=1000, ge=0, le=1500,
@@ -211,6 +219,23 @@ class Settings(BaseSettings):
     learn_snapshot_interval_seconds: float = Field(
         default=60.0, gt=0,
         description="... and at least this often while it learns (and on shutdown).",
+    )
+    learn_federated: bool = Field(
+        default=False,
+        description="Federated learning: learners in one group each train on their partitions and publish signed "
+        "local updates to models.updates; the member holding the model's partition of models.updates merges them "
+        "(FedAvg by example count) into the global model on models.snapshots, which every learner adopts.",
+    )
+    learn_update_every: int = Field(
+        default=1000, gt=0, description="Federated: a learner publishes a local update every this many examples ..."
+    )
+    learn_update_interval_seconds: float = Field(
+        default=5.0, gt=0, description="... and at least this often while it learns (and before a rebalance, at shutdown)."
+    )
+    learn_aggregate_wait_seconds: float = Field(
+        default=2.0, gt=0,
+        description="Federated: the aggregator merges a round once every recently active learner sent an update, or "
+        "this long after the round's first update.",
     )
     learn_correction: bool = Field(
         default=True, description="Learn with the noise-corrected loss (Natarajan et al. 2013) for the RR label."

@@ -46,10 +46,15 @@ from stream.faults import make_invalid
 from stream.kafka import consumer_config, ensure_topics
 from stream.synth import ClickstreamGenerator
 
-__all__ = ["DEMO_SESSION_GAP_SECONDS", "run_demo"]
+__all__ = ["DEMO_EPSILON", "DEMO_PERSON_MEMOS", "DEMO_SESSION_GAP_SECONDS", "run_demo"]
 
 #: the privatizer's session gap in the demo (a short run: every session is over when the events stop)
 DEMO_SESSION_GAP_SECONDS = 2.0
+#: The demo's epsilon per report (the defaults: 1). 20k events at epsilon 1 teach the model nothing
+#: (ROC-AUC about 0.5; docs/learning.md), so the demo shows learning at this much weaker privacy.
+DEMO_EPSILON = 4.0
+#: Memos one person may spend per epoch in the demo (the defaults: 12 at epsilon 1).
+DEMO_PERSON_MEMOS = 24
 
 
 class _Outputs:
@@ -129,14 +134,23 @@ def _stack(settings: Settings, run_dir: Path, console: Console) -> Iterator[tupl
             cm.__exit__(None, None, None)
 
 
-def run_demo(settings: Settings, *, events: int = 20_000, invalid_rate: float = 0.02, seed: int = 0) -> None:
+def run_demo(settings: Settings, *, events: int = 20_000, invalid_rate: float = 0.02, seed: int = 0,
+             epsilon: float = DEMO_EPSILON) -> None:
     console = Console(stderr=False)
     run_id = time.strftime("%Y%m%d-%H%M%S") + "-" + uuid.uuid4().hex[:4]
     run_dir = settings.state_dir / "demo" / run_id
     run_dir.mkdir(parents=True, exist_ok=True)
     console.rule(f"[bold]streamgate demo[/] — {events:,} events, run {run_id}")
+    person_cap = DEMO_PERSON_MEMOS * epsilon
+    settings = settings.model_copy(update={"ldp_epsilon": epsilon, "learn_label_epsilon": epsilon,
+                                           "ldp_person_epsilon": person_cap})
+    console.print(f"privacy in this demo: epsilon {epsilon:g} per report, at most {person_cap:g} per person per day "
+                  "(defaults: 1 and 12): weaker than the defaults, so that a demo's few events can teach the model; "
+                  "`--epsilon 1` shows what the defaults cost.")
 
     env = dict(os.environ)
+    env.update({"STREAMGATE_LDP_EPSILON": f"{epsilon:g}", "STREAMGATE_LEARN_LABEL_EPSILON": f"{epsilon:g}",
+                "STREAMGATE_LDP_PERSON_EPSILON": f"{person_cap:g}"})
     keyring_path: Path | None = None
     if settings.master_key is None and settings.master_key_file is None:
         from stream.crypto.keyring import Keyring
@@ -353,9 +367,9 @@ def _learning_summary(console: Console, s: Settings, ln: subprocess.Popen[bytes]
                   f"log loss {metrics.get('log_loss', float('nan')):.3f}  (against the randomized labels: "
                   "all the learner ever sees)")
     table.add_row("true labels (demo only)", f"ROC-AUC {auc(truth, scores):.3f} serving on the clear values "
-                  f"of these {len(valid):,} events (0.5 = chance). Privacy costs data: at epsilon 1 a few "
-                  "thousand sessions teach little; `streamgate bench learn` shows AUC vs epsilon (non-private: "
-                  "0.70 with 100k events)")
+                  f"of these {len(valid):,} events (0.5 = chance; non-private about 0.70) at epsilon "
+                  f"{s.ldp_epsilon:g}. Privacy costs data: at epsilon 1 this many events teach the model nothing "
+                  "(about 0.5); `streamgate bench learn` shows AUC vs epsilon")
     top = sorted(model.weights().items(), key=lambda kv: -abs(kv[1]))[:4]
     table.add_row("largest weights", ", ".join(f"{k} {w:+.2f}" for k, w in top))
     console.print(table)

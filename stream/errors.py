@@ -15,9 +15,11 @@ __all__ = [
     "KeyShreddedError",
     "KeyUnavailableError",
     "KeyringError",
+    "ModelUpdateError",
     "SchemaPolicyError",
     "SnapshotError",
     "StreamgateError",
+    "TopicMissingError",
 ]
 
 
@@ -27,6 +29,14 @@ class StreamgateError(Exception):
 
 class ConfigError(StreamgateError):
     """A setting is missing or malformed."""
+
+
+class TopicMissingError(StreamgateError):
+    """A topic a reading command needs does not exist yet (``topic``): its writer never ran."""
+
+    def __init__(self, message: str, *, topic: str = "") -> None:
+        super().__init__(message)
+        self.topic = topic
 
 
 class BrokerUnreachableError(StreamgateError):
@@ -83,3 +93,7 @@ class InvalidExampleError(StreamgateError):
 
 class SnapshotError(StreamgateError):
     """A model snapshot is malformed or fails authentication (it is never unpickled then)."""
+
+
+class ModelUpdateError(StreamgateError):
+    """A federated model update is malformed or fails authentication (it is never merged then)."""

@@ -18,7 +18,7 @@ from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaExcepti
 from confluent_kafka.admin import AdminClient, NewTopic
 
 from stream.config import Settings
-from stream.errors import BrokerUnreachableError, StreamgateError
+from stream.errors import BrokerUnreachableError, StreamgateError, TopicMissingError
 
 __all__ = [
     "BOOTSTRAP_SETTING",
@@ -31,6 +31,7 @@ __all__ = [
     "client_config",
     "consumer_config",
     "ensure_topics",
+    "group_active",
     "probe_broker",
     "producer_config",
     "reachable_bootstrap",
@@ -215,8 +216,8 @@ def consumer_config(bootstrap: str, group: str, *, session_timeout_ms: int = 600
 
 def all_topics(settings: Settings) -> list[str]:
     t = settings.topics
-    return [t.raw, t.protected, t.dlq, t.features, t.frequencies, t.partials, t.snapshots, t.erasure, t.audit,
-            t.metrics]
+    return [t.raw, t.protected, t.dlq, t.features, t.frequencies, t.partials, t.snapshots, t.updates, t.erasure,
+            t.audit, t.metrics]
 
 
 def ensure_topics(bootstrap: str, names: Iterable[str], *, partitions: int = 4, timeout: float = 30.0) -> list[str]:
@@ -245,6 +246,25 @@ def ensure_topics(bootstrap: str, names: Iterable[str], *, partitions: int = 4, 
     return created
 
 
+def group_active(bootstrap: str, group: str, *, timeout: float = 5.0) -> bool | None:
+    """Whether consumer group ``group`` has live members now (by its state: some brokers do not list
+    the members), or None when the broker would not say."""
+    from confluent_kafka import ConsumerGroupState
+
+    admin = admin_client(bootstrap)  # kept referenced until the future resolves
+    try:
+        state = admin.describe_consumer_groups([group], request_timeout=timeout)[group].result(timeout=timeout).state
+    except Exception as exc:  # unsupported or unreachable: say nothing rather than guess
+        log.info("cannot describe consumer group", extra={"group": group, "error": str(exc)[:200]})
+        return None
+    if state in (ConsumerGroupState.EMPTY, ConsumerGroupState.DEAD):
+        return False
+    if state in (ConsumerGroupState.STABLE, ConsumerGroupState.PREPARING_REBALANCING,
+                 ConsumerGroupState.COMPLETING_REBALANCING):
+        return True
+    return None
+
+
 def reader_from_beginning(bootstrap: str, topic: str) -> Consumer:
     """A consumer assigned every partition of ``topic`` from its beginning: no consumer group
     join (which takes about half the session timeout), nothing committed. For reading tools."""
@@ -258,7 +278,7 @@ def reader_from_beginning(bootstrap: str, topic: str) -> Consumer:
                                      bootstrap=bootstrap) from exc
     if md is None or md.error is not None:
         consumer.close()
-        raise StreamgateError(f"topic {topic!r} does not exist at {bootstrap}")
+        raise TopicMissingError(f"topic {topic!r} does not exist at {bootstrap}", topic=topic)
     consumer.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in md.partitions])
     return consumer
 

@@ -9,6 +9,7 @@ Key layout (``<prefix>`` is ``STREAMGATE_REDIS_KEY_PREFIX``; braces are literal 
     <prefix>:ptok:{<token>}                     tk2 token -> lookup id       slot of the person
     <prefix>:ledger:{<slot tag>}:<ledger id>    epsilon ledger (no token)    slot of the person
     <prefix>:pid:{<lookup id>}                  tk2 secret, found by user_id slot of the lookup id
+    <prefix>:perased:{<lookup id>}              erased marker (an epoch)     slot of the lookup id (with pid)
     <prefix>:deadlines:{shard-NN}               deadline index shard         one slot per shard
     <prefix>:shredder:pending:{shard-NN}        the shredder's outbox shard  same slot as its index shard
     <prefix>:erasure:<request id>               erasure record               anywhere (one key)
@@ -17,7 +18,10 @@ Key layout (``<prefix>`` is ``STREAMGATE_REDIS_KEY_PREFIX``; braces are literal 
 
 A person's keys share the hash tag ``{<token>}``, so every script or transaction over one person
 runs in one slot. The ledger must not name the token (an erasure keeps it), so its tag is
-:func:`slot_tag` of the person's slot: a short string that hashes to the same slot.
+:func:`slot_tag` of the person's slot: a short string that hashes to the same slot (its name is
+built by :func:`stream.ldp.ledger.ledger_key` only). The erased marker shares the tag of ``pid``:
+the erasure deletes ``pid`` and writes the marker in one script, and the gateway's mint reads both
+in one script.
 ``shard = crc32(token) mod STREAMGATE_REDIS_DEADLINE_SHARDS``: every member of one person is in one shard.
 
 On a single server the same names are used (the braces are then only characters).

@@ -197,6 +197,8 @@ class EventSchema:
                 f"schema {name!r} must mark exactly one token property as the subject (found {len(subjects)})"
             )
         self.subject_field: str = subjects[0]
+        #: Token domain of the person (the subject): its tokens are tk2 with ``pseudonym_tokens``.
+        self.subject_domain: str = self.fields[self.subject_field].token_domain or self.subject_field
         if self.subject_field not in document.get("required", []):
             raise SchemaPolicyError(f"schema {name!r}: the subject property {self.subject_field!r} must be required")
         self.required: tuple[str, ...] = tuple(document.get("required", []))

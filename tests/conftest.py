@@ -5,6 +5,13 @@
 
 from __future__ import annotations
 
+import os
+import tempfile
+
+# Hermetic: a developer's ~/.streamgate (keyring, dev stack) never changes what a test sees.
+os.environ["STREAMGATE_HOME"] = tempfile.mkdtemp(prefix="streamgate-home-")
+os.environ.pop("STREAMGATE_STATE_DIR", None)
+
 from tests.support.fixtures import (
     kafka_bootstrap,
     master_key_b64,

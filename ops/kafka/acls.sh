@@ -42,6 +42,10 @@ acl learner     Write     topic           ops.audit              literal
 acl learner     Write     topic           ops.metrics            literal
 acl learner     Read      group           streamgate-learner     literal
 acl learner     Read      group           streamgate-snapshot-reader literal
+# federated learning (STREAMGATE_LEARN_FEDERATED): local updates, and the aggregators' group
+acl learner     Read      topic           models.updates         literal
+acl learner     Write     topic           models.updates         literal
+acl learner     Read      group           streamgate-learner-aggregator literal
 # people (host CLI through the EXTERNAL listener)
 acl producer    Write     topic           clicks.raw             literal
 acl eraser      Write     topic           privacy.erasure        literal

@@ -58,7 +58,9 @@ re-sent).
 
 One instance per model name: the model is a single in-memory object; a second instance in
 the same consumer group would learn a share of the partitions and overwrite the first one's
-snapshots. Measured: about 7,000 examples/s on one core (parse, predict, progressive validation,
+snapshots. For N instances, run them federated (``STREAMGATE_LEARN_FEDERATED``,
+:mod:`stream.apps.federated`): each publishes local updates and one of them merges them into the
+global model. Measured: about 7,000 examples/s on one core (parse, predict, progressive validation,
 learn, drift; most of it in the model's pipeline); a learner that falls behind shows as consumer
 lag (``streamgate_consumer_lag{worker="learner"}``), nothing is dropped.
 """
@@ -269,6 +271,14 @@ class LearnerStats:
     batches: int = 0
     resumed_from: int | None = None  # examples_seen of the snapshot resumed from
     ignored_snapshots: int = 0  # snapshots of our name that failed verification at start
+    first_event_at: float | None = None  # time.monotonic() at the start of the first batch, the end of the last
+    last_event_at: float | None = None
+
+    def rate(self) -> float:
+        """Records per second from the first to the last batch (benchmarks)."""
+        if self.first_event_at is None or self.last_event_at is None or self.last_event_at <= self.first_event_at:
+            return 0.0
+        return self.consumed / (self.last_event_at - self.first_event_at)
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -307,9 +317,10 @@ class LearnerEngine(StreamEngine):
         self.evaluation = ProgressiveValidation()
         self.monitor = DriftMonitor()
         self.label_epsilon: float | None = None
+        self.resumed: ModelSnapshot | None = None  # the snapshot the model was resumed from
         self.feature_epsilon: dict[str, float] = {}
-        self._since_snapshot = 0  # examples learned that no snapshot covers yet
-        self._snapshot_at = time.monotonic()
+        self._uncovered = 0  # examples learned that no delivered output covers yet (snapshot, or update)
+        self._covered_at = time.monotonic()
 
     # -- state -------------------------------------------------------------------------
     @property
@@ -336,40 +347,52 @@ class LearnerEngine(StreamEngine):
         return self.settings.learner_consumer_group
 
     def batch_limit(self) -> int:
-        """Consume no further than the next snapshot boundary: snapshots cover exactly every
+        """Consume no further than the next checkpoint boundary: snapshots cover exactly every
         ``learn_snapshot_every`` examples."""
-        left = self.settings.learn_snapshot_every - self._since_snapshot
+        left = self.cover_every() - self._uncovered
         return max(1, min(self.settings.batch_max_events, left))
+
+    def cover_every(self) -> int:
+        """Examples between two checkpoints (what makes learned examples durable)."""
+        return self.settings.learn_snapshot_every
+
+    def cover_interval(self) -> float:
+        """Most seconds between two checkpoints while the model learns."""
+        return self.settings.learn_snapshot_interval_seconds
+
+    def cover(self) -> Result | None:
+        """The checkpoint: a snapshot (a federated learner publishes a local update instead)."""
+        return self._snapshot()
 
     def start(self) -> None:
         self.model = self.resume()
         self._publish_model_metrics()
-        self._snapshot_at = time.monotonic()
+        self._covered_at = time.monotonic()
         log.info("learner ready", extra={"topic": self.settings.topics.features, "model": self.model_name,
                                          "n": self.examples_seen})
 
     def reset(self) -> None:
         """Clients recreated: the model goes back to the newest snapshot, the committed state."""
         self.model = self.resume()
-        self._since_snapshot = 0
+        self._uncovered = 0
 
     def revoked(self, partitions: list[tuple[str, int]]) -> Result | None:
-        return self._snapshot()  # the partitions go: cover what was learned from them first
+        return self.cover()  # the partitions go: cover what was learned from them first
 
     def finish(self) -> Result | None:
-        return self._snapshot()
+        return self.cover()
 
     def tick(self) -> Result | None:
-        if self._since_snapshot > 0 and (
-                time.monotonic() - self._snapshot_at >= self.settings.learn_snapshot_interval_seconds):
-            return self._snapshot()
+        if self._uncovered > 0 and time.monotonic() - self._covered_at >= self.cover_interval():
+            return self.cover()
         return None
 
     def process(self, records: list[Record]) -> Result:
         assert self.model is not None
-        t0 = time.perf_counter()
         model, evaluation, monitor = self.model, self.evaluation, self.monitor
         stats = self.stats
+        if stats.first_event_at is None:
+            stats.first_event_at = time.monotonic()
         # Progressive validation per batch: every example of the batch is predicted before any of
         # it is learned. The examples of one session are released together with one label, so
         # learning one before predicting the next would leak that label (see stream.learn.model).
@@ -389,14 +412,14 @@ class LearnerEngine(StreamEngine):
             if monitor.update(log_loss(y, p)):
                 outs.append(self._drift())
         stats.learned += learned
-        self._since_snapshot += learned
+        self._uncovered += learned
         stats.batches += 1
-        if self.metrics is not None:
-            self.metrics.observe_batch(time.perf_counter() - t0, len(records))
+        stats.last_event_at = time.monotonic()
+        if self.metrics is not None:  # (the engine observes the batch itself)
             self._publish_model_metrics()
         result = Result(outs, defer=learned > 0)
-        if self._since_snapshot >= self.settings.learn_snapshot_every:
-            snap = self._snapshot()
+        if self._uncovered >= self.cover_every():
+            snap = self.cover()
             if snap is not None:
                 result.outputs.extend(snap.outputs)
                 result.checkpoint, result.on_delivered = True, snap.on_delivered
@@ -405,15 +428,15 @@ class LearnerEngine(StreamEngine):
     # -- outputs -------------------------------------------------------------------------
     def _snapshot(self) -> Result | None:
         """A snapshot of everything learned so far; once delivered it frees the offsets it covers."""
-        if self.model is None or self._since_snapshot <= 0:
+        if self.model is None or self._uncovered <= 0:
             return None
         snap = ModelSnapshot(name=self.model_name, created_at=_rfc3339(self.clock()),
                              examples_seen=self.model.examples_seen, metrics=self.current_metrics(),
                              epsilon=self.epsilon_info(), model=self.model)
         value = snap.to_bytes(self.key)
         n = self.model.examples_seen
-        self._since_snapshot = 0
-        self._snapshot_at = time.monotonic()
+        self._uncovered = 0
+        self._covered_at = time.monotonic()
 
         def delivered() -> None:
             self.stats.snapshots += 1
@@ -455,6 +478,7 @@ class LearnerEngine(StreamEngine):
     def resume(self) -> PropensityModel:
         """The newest verifiable snapshot's model, else a fresh one (module docstring)."""
         candidates = read_snapshot_records(self.bootstrap, self.settings.topics.snapshots, self.model_name)
+        self.resumed = None
         for data in reversed(candidates):
             try:
                 snap = ModelSnapshot.from_bytes(data, self.key.public_key())
@@ -472,6 +496,7 @@ class LearnerEngine(StreamEngine):
                 log.warning("the snapshot's model was trained with other learn_correction/learn_debias settings: "
                             "it keeps its own (start a new model name to change them)", extra={"model": self.model_name})
             self._merge_epsilon(snap.epsilon)
+            self.resumed = snap
             self.stats.resumed_from = snap.examples_seen
             log.info("resumed from snapshot", extra={"model": self.model_name, "n": snap.examples_seen,
                                                      "at": snap.created_at})
@@ -550,6 +575,10 @@ def create_app(settings: Settings) -> faust.App:
     worker: :mod:`stream.apps.hosting`)."""
 
     def build(metrics: WorkerMetrics) -> LearnerEngine:
+        if settings.learn_federated:  # one of N learners, aggregating while it holds the updates partition
+            from stream.apps.federated import FederatedLearnerEngine
+
+            return FederatedLearnerEngine(settings, metrics=metrics)
         return LearnerEngine(settings, metrics=metrics)
 
     return worker_app(settings, "learner", build, lambda engine: engine.as_dict())

@@ -39,10 +39,11 @@ from stream.apps.hosting import worker_app
 from stream.config import Settings
 from stream.crypto.keyring import Keyring
 from stream.engine import Out, Record, Result, StreamEngine
-from stream.errors import KeyUnavailableError, StreamgateError
+from stream.errors import KeyUnavailableError, TopicMissingError
 from stream.kafka import reader_from_beginning
 from stream.ldp.aggregate import MAX_REPORTS_PER_MEMO, WindowAggregator
 from stream.ldp.labels import LABEL_NAME, ExampleStub, SessionLabeler
+from stream.ldp.ledger import LEDGER_PURPOSE
 from stream.ldp.memo import MemoCache, RedisMemoStore
 from stream.ldp.oracle import secure_rng
 from stream.ldp.policy import LdpPolicy
@@ -126,7 +127,7 @@ def build_privatizer(
         policy,
         RedisMemoStore(client, prefix=settings.redis_key_prefix, shards=settings.redis_deadline_shards),
         memo_key=keyring.derive("ldp-memo"),
-        ledger_key=keyring.derive("ldp-ledger"),
+        ledger_key=keyring.derive(LEDGER_PURPOSE),
         subject_field=schema.subject_field,
         budget_epsilon=settings.ldp_person_epsilon,
         epoch_seconds=settings.epoch_seconds,
@@ -504,7 +505,7 @@ def read_partials(bootstrap: str, topic: str, keys: set[str], *, idle: float = 1
         return {}
     try:
         consumer = reader_from_beginning(bootstrap, topic)
-    except StreamgateError:
+    except TopicMissingError:
         return {}  # no partials topic yet: nothing to restore
     found: dict[str, dict[str, Any]] = {}
     try:

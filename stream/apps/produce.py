@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Callable, Iterable
 from typing import Any
 
@@ -9,8 +10,9 @@ import orjson
 from confluent_kafka import Message, Producer
 
 from stream.kafka import producer_config
+from stream.schema import EventSchema, Reason
 
-__all__ = ["encode_raw", "publish"]
+__all__ = ["LineCheck", "encode_raw", "publish"]
 
 
 def encode_raw(item: bytes | str | dict[str, Any], key_field: str = "user_id") -> tuple[bytes | None, bytes]:
@@ -28,6 +30,47 @@ def encode_raw(item: bytes | str | dict[str, Any], key_field: str = "user_id") -
             event = None
     key = event.get(key_field) if isinstance(event, dict) else None
     return (key.encode("utf-8", "surrogatepass") if isinstance(key, str) else None), value
+
+
+class LineCheck:
+    """Validates raw input lines the way the gateway will, before they are sent: counts what the
+    gateway would dead-letter, by reason, and remembers where the first ones are."""
+
+    def __init__(self, schema: EventSchema, *, max_event_bytes: int, keep_first: int = 5) -> None:
+        self.schema = schema
+        self.max_event_bytes = max_event_bytes
+        self.keep_first = keep_first
+        self.lines = 0
+        self.invalid: Counter[str] = Counter()
+        self.first_invalid: list[int] = []
+
+    def reason(self, line: bytes) -> str | None:
+        """Why the gateway would refuse ``line``, or None when it is a valid event."""
+        if len(line) > self.max_event_bytes:
+            return Reason.TOO_LARGE.value
+        try:
+            event = orjson.loads(line)
+        except orjson.JSONDecodeError:
+            return Reason.NOT_JSON.value
+        rejection = self.schema.check(event)
+        return None if rejection is None else rejection.reason.value
+
+    def __call__(self, line: bytes) -> bool:
+        """Count ``line``; True when it is valid."""
+        self.lines += 1
+        why = self.reason(line)
+        if why is None:
+            return True
+        self.invalid[why] += 1
+        if len(self.first_invalid) < self.keep_first:
+            self.first_invalid.append(self.lines)
+        return False
+
+    def summary(self) -> str:
+        reasons = ", ".join(f"{r} {n:,}" for r, n in self.invalid.most_common())
+        where = ", ".join(str(i) for i in self.first_invalid)
+        return (f"{sum(self.invalid.values()):,} of {self.lines:,} lines are not valid {self.schema.name} events "
+                f"({reasons}; first at line {where})")
 
 
 def publish(

@@ -15,7 +15,7 @@ if TYPE_CHECKING:
 
     from stream.config import Settings
 
-__all__ = ["WORKERS", "WorkerSpec", "run_worker"]
+__all__ = ["WORKERS", "WorkerSpec", "run_worker", "writer_of"]
 
 
 @dataclass(frozen=True)
@@ -24,6 +24,11 @@ class WorkerSpec:
     port: int  # default web port (health, metrics)
     module: str  # has create_app(settings) -> faust.App
     uses_redis: bool  # /readyz checks Redis
+    writes: tuple[str, ...] = ()  # TopicNames fields of the topics this worker creates and writes
+    group_setting: str = ""  # the Settings field naming its consumer group
+
+    def group(self, settings: Settings) -> str:
+        return str(getattr(settings, self.group_setting))
 
     def create_app(self, settings: Settings) -> faust.App:
         app: faust.App = importlib.import_module(self.module).create_app(settings)
@@ -33,12 +38,24 @@ class WorkerSpec:
 WORKERS: dict[str, WorkerSpec] = {
     spec.name: spec
     for spec in (
-        WorkerSpec("gateway", 6066, "stream.apps.gateway", uses_redis=True),
-        WorkerSpec("privatizer", 6067, "stream.apps.privatizer", uses_redis=True),
-        WorkerSpec("shredder", 6068, "stream.apps.shredder", uses_redis=True),
-        WorkerSpec("learner", 6069, "stream.apps.learner", uses_redis=False),
+        WorkerSpec("gateway", 6066, "stream.apps.gateway", uses_redis=True,
+                   writes=("protected", "dlq"), group_setting="consumer_group"),
+        WorkerSpec("privatizer", 6067, "stream.apps.privatizer", uses_redis=True,
+                   writes=("features", "frequencies", "partials"), group_setting="privatizer_consumer_group"),
+        WorkerSpec("shredder", 6068, "stream.apps.shredder", uses_redis=True,
+                   writes=("audit",), group_setting="shredder_consumer_group"),
+        WorkerSpec("learner", 6069, "stream.apps.learner", uses_redis=False,
+                   writes=("snapshots",), group_setting="learner_consumer_group"),
     )
 }
+
+
+def writer_of(settings: Settings, topic: str) -> WorkerSpec | None:
+    """The worker that creates and writes ``topic`` (by its configured name), if any."""
+    for spec in WORKERS.values():
+        if any(getattr(settings.topics, field) == topic for field in spec.writes):
+            return spec
+    return None
 
 
 def run_worker(settings: Settings, name: str, loglevel: str) -> None:
@@ -49,5 +66,7 @@ def run_worker(settings: Settings, name: str, loglevel: str) -> None:
 
     configure_logging(settings, loglevel)  # allow-listed fields only (STREAMGATE_LOG_FORMAT=text|json)
     # override_logging=False: Faust keeps the allow-listed logging configured above
-    Worker(WORKERS[name].create_app(settings), loglevel=loglevel, quiet=True,
-           override_logging=False).execute_from_commandline()
+    worker = Worker(WORKERS[name].create_app(settings), loglevel=loglevel, quiet=True, override_logging=False)
+    if not (worker.stdout.isatty() if hasattr(worker.stdout, "isatty") else False):
+        worker.spinner = None  # its finish() writes cursor escapes even into a log file
+    worker.execute_from_commandline()

@@ -29,7 +29,7 @@ import faust
 import orjson
 
 from stream.apps.hosting import worker_app
-from stream.components import redis_client
+from stream.components import build_pseudonyms, redis_client
 from stream.config import Settings
 from stream.crypto.keyring import Keyring
 from stream.crypto.signing import signing_key, verify_key
@@ -43,6 +43,7 @@ from stream.retention.core import (
     Shredder,
     ShredderError,
     ShredStats,
+    candidate_epochs,
     parse_erasure_request,
 )
 from stream.retention.redis_store import RedisShredStore
@@ -56,7 +57,7 @@ log = logging.getLogger("streamgate.shredder")
 
 def worker_id(settings: Settings) -> str:
     """This instance's stable id: ``STREAMGATE_SHREDDER_INSTANCE_ID`` or the host name."""
-    return settings.shredder_instance_id or f"shredder@{socket.gethostname()}"
+    return settings.shredder_instance_id or f"shredder-{socket.gethostname()}"
 
 
 class KafkaReceiptSink:
@@ -103,10 +104,12 @@ class ShredderEngine(StreamEngine):
         self.tokenizer = Tokenizer(self.keyring)
         self.erasure_key = verify_key(self.keyring, "erasure")  # only requests signed by the eraser run
         self.receipt_key = signing_key(self.keyring, "receipt")  # signs every receipt on ops.audit
-        schema = load_schema(settings.schema_name)
-        self.token_domain = schema.fields[schema.subject_field].token_domain or schema.subject_field
+        self.token_domain = load_schema(settings.schema_name).subject_domain
         self.store = RedisShredStore(client or redis_client(settings), settings.redis_key_prefix,
                                      shards=settings.redis_deadline_shards)
+        # tk2: a user_id's token is found through the person's secret (lookup only, never created)
+        self.pseudonyms = build_pseudonyms(settings, self.keyring, client=self.store.client) \
+            if settings.pseudonym_tokens else None
         self.worker = worker_id(settings)
         self.tombstone_topics = tombstone_topics(load_topics_config(settings, settings.topics_config))
         self.shredder = Shredder(
@@ -219,21 +222,14 @@ class ShredderEngine(StreamEngine):
             if subject is None:
                 user_id = req.user_id or ""
                 subject = self.tokenizer.token(self.token_domain, user_id)  # tk1
-                if self.settings.pseudonym_tokens:
-                    # tk2: the token is found through the person's secret (none: a token nobody has). Data of
-                    # the tk1 era still within retention after the switch is erased first, under its tk1 token.
-                    from stream.components import build_pseudonyms
-                    from stream.retention.core import candidate_epochs
-
-                    pseud = self.__dict__.get("_pseudonyms")
-                    if pseud is None:
-                        pseud = self.__dict__["_pseudonyms"] = build_pseudonyms(
-                            self.settings, self.keyring, client=self.store.client)
+                if self.pseudonyms is not None:
+                    # tk2 (none: a token nobody has). Data of the tk1 era still within retention after
+                    # the switch is erased first, under its tk1 token.
                     epochs = candidate_epochs(self.clock(), epoch_seconds=self.settings.epoch_seconds,
                                               retention_seconds=self.settings.retention_seconds)
                     if self.store.has_keys(subject, epochs):
                         self.shredder.erase(subject, f"{req.request_id[:120]}.tk1", requested_at=req.requested_at)
-                    subject = pseud.lookup(user_id) or pseud.absent_token(req.request_id)
+                    subject = self.pseudonyms.lookup(user_id) or self.pseudonyms.absent_token(req.request_id)
             outcome = self.shredder.erase(subject, req.request_id, requested_at=req.requested_at, digest=req.digest)
         except ErasureConflictError:
             log.warning("erasure request rejected: request_id reused", extra={"at": where})

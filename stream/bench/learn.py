@@ -41,7 +41,7 @@ import multiprocessing
 import random
 import statistics
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -69,6 +69,9 @@ __all__ = [
     "learn_table",
     "mean_log_loss",
     "phishing_run",
+    "private_stream",
+    "serve_auc",
+    "serving_holdout",
     "summarize",
     "synthetic_run",
 ]
@@ -173,22 +176,21 @@ def _make_models(policy: LdpPolicy | None, models: Iterable[str], seed: int) -> 
     return out
 
 
-def synthetic_run(
+def private_stream(
     epsilon: float,
     seed: int,
     *,
     events: int = 60_000,
-    holdout: int = 10_000,
     n_users: int = 5_000,
     gap_seconds: float = 120.0,
     chunk: int = 500,
     budget: float | None = None,
-    models: Sequence[str] = tuple(MODELS),
     label_epsilon: float | None = None,
-) -> list[LearnRun]:
-    """One private synthetic stream at person budget ``epsilon`` (module docstring; ``budget`` overrides the
-    cap, ``label_epsilon`` the label's memo price), several models on it."""
-    t0 = time.perf_counter()
+) -> tuple[ClickstreamGenerator, LdpPolicy, Iterator[tuple[list[bytes], list[bool]]]]:
+    """The synthetic private stream at person budget ``epsilon`` (module docstring; ``budget`` overrides the
+    cap, ``label_epsilon`` the label's memo price): the generator (to continue it for a holdout once the
+    chunks are consumed), the policy, and the released ``private-example.v1`` records in chunks of whole
+    sessions (about ``chunk`` examples) with their clean labels."""
     if math.isinf(epsilon):
         eps, cap = NONPRIVATE_EPSILON, 1e9
     else:
@@ -206,57 +208,90 @@ def synthetic_run(
         shuffle_seed=seed, label_epsilon=label_eps,
     )
     labeler = SessionLabeler(round(gap_seconds * 1000), max_pending=10**7)
-    tracks = _make_models(policy, models, seed)
-    n = 0
-    positives = 0
 
-    def learn(items: list[Any]) -> None:
+    def released(items: list[Any]) -> Iterator[tuple[list[bytes], list[bool]]]:
         res = priv.label_examples(items)
-        # chunks of whole sessions (about `chunk` examples): predicted, then learned
         by_session: dict[str, list[bytes]] = {}
         for stub, raw in zip(res.stubs, res.examples, strict=True):
             by_session.setdefault(stub.session, []).append(raw)
-        examples: list[PrivateExample] = []
+        raws: list[bytes] = []
         clean: list[bool] = []
-        for sid, raws in by_session.items():
+        for sid, session in by_session.items():
             label = gen.session_label(sid)
-            examples += [PrivateExample.from_json(raw) for raw in raws]
-            clean += [label] * len(raws)
-            if len(examples) >= chunk:
-                flush(examples, clean)
-                examples, clean = [], []
-        flush(examples, clean)
+            raws += session
+            clean += [label] * len(session)
+            if len(raws) >= chunk:
+                yield raws, clean
+                raws, clean = [], []
+        if raws:
+            yield raws, clean
 
-    def flush(examples: list[PrivateExample], clean: list[bool]) -> None:
-        nonlocal n, positives
-        if not examples:
-            return
-        positives += sum(clean)
-        n += len(examples)
-        for tr in tracks.values():
-            tr.step(examples, clean)
-
-    batch: list[ProtectedRecord] = []
-    for ev in gen.events(events):
-        rec = {"_schema": policy.schema_name, "user_id": "u" + ev["user_id"], "session_id": ev["session_id"], "ts": ev["ts"]}
-        for f in _LDP_FIELDS:
-            if f in ev:
-                rec[f] = ev[f]
-        batch.append(ProtectedRecord(orjson.dumps(rec), _ts_ms(ev["ts"])))
-        if len(batch) == 1000:
+    def chunks() -> Iterator[tuple[list[bytes], list[bool]]]:
+        batch: list[ProtectedRecord] = []
+        for ev in gen.events(events):
+            rec = {"_schema": policy.schema_name, "user_id": "u" + ev["user_id"], "session_id": ev["session_id"],
+                   "ts": ev["ts"]}
+            for f in _LDP_FIELDS:
+                if f in ev:
+                    rec[f] = ev[f]
+            batch.append(ProtectedRecord(orjson.dumps(rec), _ts_ms(ev["ts"])))
+            if len(batch) == 1000:
+                labeler.add(priv.process(batch).examples)
+                batch = []
+                yield from released(labeler.release())
+        if batch:
             labeler.add(priv.process(batch).examples)
-            batch = []
-            learn(labeler.release())
-    if batch:
-        labeler.add(priv.process(batch).examples)
-    learn(labeler.release_all())
+        yield from released(labeler.release_all())
 
-    # serving: a held-out continuation of the stream, on clear values, against the clean labels
+    return gen, policy, chunks()
+
+
+def serving_holdout(gen: ClickstreamGenerator, holdout: int) -> tuple[list[tuple[dict[str, Any], int | None]], list[bool]]:
+    """A held-out continuation of ``gen``'s stream: clear LDP values with hour of week, and the clean labels."""
     serve_y: list[bool] = []
     serve_x: list[tuple[dict[str, Any], int | None]] = []
     for ev in gen.events(holdout):
         serve_y.append(gen.session_label(ev["session_id"]))
         serve_x.append(({f: ev.get(f) for f in _LDP_FIELDS}, hour_of_week(ev["ts"])))
+    return serve_x, serve_y
+
+
+def serve_auc(model: PropensityModel, holdout: tuple[list[tuple[dict[str, Any], int | None]], list[bool]]) -> float:
+    """ROC-AUC of ``model`` on :func:`serving_holdout` (clear values against the clean labels)."""
+    xs, ys = holdout
+    return auc(ys, [model.predict_proba_event(v, h) for v, h in xs])
+
+
+def synthetic_run(
+    epsilon: float,
+    seed: int,
+    *,
+    events: int = 60_000,
+    holdout: int = 10_000,
+    n_users: int = 5_000,
+    gap_seconds: float = 120.0,
+    chunk: int = 500,
+    budget: float | None = None,
+    models: Sequence[str] = tuple(MODELS),
+    label_epsilon: float | None = None,
+) -> list[LearnRun]:
+    """One private synthetic stream at person budget ``epsilon`` (:func:`private_stream`), several models on
+    it: each released chunk predicted, then learned."""
+    t0 = time.perf_counter()
+    gen, policy, chunks = private_stream(epsilon, seed, events=events, n_users=n_users, gap_seconds=gap_seconds,
+                                         chunk=chunk, budget=budget, label_epsilon=label_epsilon)
+    tracks = _make_models(policy, models, seed)
+    n = 0
+    positives = 0
+    for raws, clean in chunks:
+        examples = [PrivateExample.from_json(raw) for raw in raws]
+        positives += sum(clean)
+        n += len(examples)
+        for tr in tracks.values():
+            tr.step(examples, clean)
+
+    # serving: a held-out continuation of the stream, on clear values, against the clean labels
+    serve_x, serve_y = serving_holdout(gen, holdout)
     seconds = time.perf_counter() - t0
     out = []
     for name, tr in tracks.items():

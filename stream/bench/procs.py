@@ -57,6 +57,14 @@ def _engine(kind: str, settings: Settings, tweaks: dict[str, dict[str, Any]] | N
         from stream.apps.privatizer import PrivatizerEngine, build_privatizer
 
         base, args = PrivatizerEngine, (build_privatizer(settings),)
+    elif kind == "learner":
+        from stream.apps.learner import LearnerEngine
+
+        base, args = LearnerEngine, ()
+    elif kind == "learner-federated":
+        from stream.apps.federated import FederatedLearnerEngine
+
+        base, args = FederatedLearnerEngine, ()
     else:
         raise ValueError(f"unknown worker {kind!r}")
 
@@ -112,6 +120,10 @@ def _engine(kind: str, settings: Settings, tweaks: dict[str, dict[str, Any]] | N
 def _child(kind: str, settings: Settings, index: int, gate: Any, assigned: Any, done: Any, target: int | None,
            stop: Any, out: Any, tweaks: dict[str, dict[str, Any]] | None) -> None:
     """One worker process (module docstring)."""
+    if kind.startswith("learner"):  # drift warnings on the progressive metric are noise in a benchmark's output
+        import logging
+
+        logging.getLogger("streamgate.learner").setLevel(logging.ERROR)
     engine = _engine(kind, settings, tweaks)
     engine.gate = gate
 
@@ -137,7 +149,10 @@ def _child(kind: str, settings: Settings, index: int, gate: Any, assigned: Any, 
     try:
         from stream.engine import StreamEngine
 
-        StreamEngine.run(engine, threading.Event(), until=until)
+        if kind.startswith("learner"):  # the learners keep the engine's run signature (and may wrap it)
+            engine.run(threading.Event(), until=until)
+        else:  # the gateway's and the privatizer's run take max_events instead of until
+            StreamEngine.run(engine, threading.Event(), until=until)
     except Exception as exc:  # reported to the parent, which says so
         error = f"{type(exc).__name__}: {exc}"
     st = engine.stats
@@ -223,7 +238,8 @@ class WorkerGroup:
 
 def start_workers(kind: str, settings: Settings, n: int, *, target: int | None = None, gated: bool = True,
                   tweaks: dict[str, dict[str, Any]] | None = None) -> WorkerGroup:
-    """``n`` processes of ``kind`` (``gateway`` / ``privatizer``) in one group (module docstring);
+    """``n`` processes of ``kind`` (``gateway`` / ``privatizer`` / ``learner`` / ``learner-federated``) in one
+    group (module docstring);
     ``tweaks``: extra ``producer`` / ``consumer`` client settings (latency experiments)."""
     return WorkerGroup(kind, settings, n, target=target, gated=gated, tweaks=tweaks)
 

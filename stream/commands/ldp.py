@@ -64,40 +64,53 @@ def explain_lines(settings: Any, policy: Any) -> list[str]:
     return out
 
 
+ESTIMATES_NOTE = ("estimate: the frequency to read (the unbiased estimate projected onto the simplex: each in "
+                  "[0, 1], summing to 1). unbiased: the raw estimator behind it, whose noise can push it below 0 "
+                  "or above 1; its ± std err is an upper bound. numeric means read the same way: clipped first.")
+
+
 def render_estimates(records: Sequence[Mapping[str, Any]], *, top: int = 10, truth: Mapping[str, Mapping[str, float]] | None = None) -> Any:
-    """A rich renderable: one table per attribute (top values by projected frequency)."""
+    """A rich renderable: one table per attribute (top values by projected frequency), the value to
+    read first, the unbiased estimator labelled as such, and one line on why they differ."""
     from rich.console import Group
     from rich.table import Table
+    from rich.text import Text
 
-    tables = []
+    tables: list[Any] = []
     for rec in records:
         n = rec.get("n", 0)
-        title = (f"{rec['attribute']}  ({rec['mechanism']}, eps={rec['eps']}, n={n:,}, "
+        title = (f"{rec['attribute']}  ({rec['mechanism']}, eps_inf={rec.get('eps_inf', rec.get('eps'))}, n={n:,}, "
                  f"window {rec['window']['start']} .. {rec['window']['end']})")
         table = Table(title=title, title_justify="left")
         if rec.get("kind") == "numeric":
-            table.add_column("mean (unbiased)", justify="right")
-            table.add_column("std error", justify="right")
-            table.add_column("95% interval", justify="right")
+            table.add_column("mean", justify="right")
+            table.add_column("unbiased mean", justify="right")
+            table.add_column("± std err", justify="right")
+            table.add_column("95% interval (unbiased)", justify="right")
             if "mean" in rec:
                 lo, hi = rec["ci95"]
-                table.add_row(f"{rec['mean']:,.2f}", f"{rec['std_error']:,.2f}", f"[{lo:,.1f}, {hi:,.1f}]")
+                shown = rec.get("clipped_mean", rec["mean"])
+                table.add_row(f"{shown:,.2f}", f"{rec['mean']:,.2f}", f"{rec['std_error']:,.2f}",
+                              f"[{lo:,.1f}, {hi:,.1f}]")
             tables.append(table)
             continue
         attr_truth = (truth or {}).get(str(rec["attribute"]))
         table.add_column("value")
         table.add_column("estimate", justify="right")
-        table.add_column("± std err", justify="right")
-        table.add_column("projected", justify="right")
         if attr_truth is not None:
             table.add_column("true", justify="right")
+        table.add_column("unbiased", justify="right")
+        table.add_column("± std err", justify="right")
         values = sorted(rec.get("values", []), key=lambda v: -v["projected"])[:top]
         for v in values:
-            row = [str(v["value"]), f"{v['estimate']:.4f}", f"{v['std_error']:.4f}", f"{v['projected']:.4f}"]
+            row = [str(v["value"]), f"{v['projected']:.4f}"]
             if attr_truth is not None:
                 row.append(f"{attr_truth.get(v['value'], 0.0):.4f}")
+            row += [f"{v['estimate']:.4f}", f"{v['std_error']:.4f}"]
             table.add_row(*row)
         tables.append(table)
+    if tables:
+        tables.append(Text(ESTIMATES_NOTE, style="dim"))
     return Group(*tables)
 
 
@@ -123,20 +136,16 @@ def register(cli: click.Group) -> None:
         if settings.ldp_seed is not None:
             raise click.ClickException("STREAMGATE_LDP_SEED is for tests and benchmarks only: a privatizer worker "
                                        "draws its noise from a key out of the OS CSPRNG; unset it")
-        from faust.worker import Worker
 
-        from stream.apps.privatizer import create_app
         from stream.kafka import ensure_topics, reachable_bootstrap
-        from stream.ops.logging import configure_logging
 
         Keyring.from_settings(settings)  # fail fast on a missing/bad KEK (the memo key derives from it)
         bootstrap = reachable_bootstrap(settings)
         t = settings.topics
         ensure_topics(bootstrap, [t.protected, t.features, t.frequencies], partitions=settings.topic_partitions)
-        app = create_app(settings)
-        configure_logging(settings, loglevel)  # allow-listed fields only (STREAMGATE_LOG_FORMAT=text|json)
-        # override_logging=False: Faust keeps the allow-listed logging configured above
-        Worker(app, loglevel=loglevel, quiet=True, override_logging=False).execute_from_commandline()
+        from stream.apps.registry import run_worker
+
+        run_worker(settings, "privatizer", loglevel)
 
     @cli.command()
     @click.option("--follow/--no-follow", default=False, show_default=True,

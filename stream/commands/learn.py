@@ -36,6 +36,9 @@ def model_summary(header: Mapping[str, Any], *, verified: bool, weights: Mapping
         "key_id": header.get("key_id"),
         "verified": verified,
     }
+    fed = header.get("federation")
+    if isinstance(fed, Mapping):  # a federated global model
+        out["federation"] = {k: fed.get(k) for k in ("version", "aggregator", "merged_updates", "senders")}
     if weights is not None:
         ranked = sorted(weights.items(), key=lambda kv: (-abs(kv[1]), kv[0]))[:top]
         out["intercept"] = intercept
@@ -51,6 +54,11 @@ def render_summary(s: Mapping[str, Any]) -> str:
              f"examples seen  {s['examples_seen']:,}" if isinstance(s.get("examples_seen"), int)
              else f"examples seen  {s.get('examples_seen')}",
              f"verified       {'yes (signature checked, key ' + str(s.get('key_id')) + ')' if s['verified'] else 'NO'}"]
+    fed = s.get("federation")
+    if fed:
+        senders = fed.get("senders") or []
+        lines.append(f"global version {fed.get('version')} (federated: the last round merged {fed.get('merged_updates')} "
+                     f"updates from {len(senders)} learner(s); aggregated by {fed.get('aggregator')})")
     metrics = s.get("metrics") or {}
     if metrics:
         lines.append("metrics (progressive validation on the private labels):")
@@ -82,38 +90,44 @@ def register(cli: click.Group) -> None:
     @cli.command()
     @click.option("--loglevel", default="info", show_default=True,
                   type=click.Choice(["crit", "error", "warn", "info", "debug"]))
-    def learner(loglevel: str) -> None:
+    @click.option("--federated/--single", default=None,
+                  help="One of N federated learners (default: STREAMGATE_LEARN_FEDERATED, off).")
+    def learner(loglevel: str, federated: bool | None) -> None:
         """Run the learner worker (Faust): features.private -> models.snapshots (+ drift on ops.audit).
 
         Learns the purchase-propensity model online from the privatizer's labelled examples
         (private-example.v1; feature reports are skipped), with progressive validation, ADWIN drift
         detection and signed snapshots every STREAMGATE_LEARN_SNAPSHOT_EVERY examples / _INTERVAL_SECONDS;
         resumes from its latest snapshot. /healthz, /readyz and /metrics on port 6069.
-        """
-        from faust.worker import Worker
 
-        from stream.apps.learner import create_app, snapshot_key
+        --federated: run as many learners as you like in one group; each publishes signed local
+        updates to models.updates, the one holding that topic's partition merges them (FedAvg) into
+        the global model on models.snapshots, and every learner adopts it (docs/learning.md).
+        """
+
+        from stream.apps.learner import snapshot_key
         from stream.kafka import admin_client, ensure_topics, reachable_bootstrap
-        from stream.ops.logging import configure_logging
         from stream.retention.topics import apply_topics, load_topics_config
         from stream.schema import load_schema
 
         settings = _settings()
+        if federated is not None:
+            settings = settings.model_copy(update={"learn_federated": federated})
         snapshot_key(settings)  # fail fast: snapshots are signed with the learner's key (credential or master)
         load_schema(settings.schema_name)
         bootstrap = reachable_bootstrap(settings)
         t = settings.topics
         # missing topics are created with their configured policy (models.snapshots is compacted)
         existing = admin_client(bootstrap).list_topics(timeout=30).topics
-        wanted = {t.features, t.snapshots, t.audit}
+        wanted = {t.features, t.snapshots, t.audit} | ({t.updates} if settings.learn_federated else set())
         specs = [s for s in load_topics_config(settings, settings.topics_config)
                  if s.name in wanted and s.name not in existing]
         if specs:
             apply_topics(bootstrap, specs)
         ensure_topics(bootstrap, [t.features], partitions=settings.topic_partitions)
-        configure_logging(settings, loglevel)  # allow-listed fields only (STREAMGATE_LOG_FORMAT=text|json)
-        # override_logging=False: Faust keeps the allow-listed logging configured above
-        Worker(create_app(settings), loglevel=loglevel, quiet=True, override_logging=False).execute_from_commandline()
+        from stream.apps.registry import run_worker
+
+        run_worker(settings, "learner", loglevel)
 
     @cli.group()
     def model() -> None:
@@ -222,6 +236,32 @@ def register(cli: click.Group) -> None:
         if failed:
             click.echo(f"# {failed} lines could not be scored", err=True)
 
+    def _bench_federated(events: int, holdout: int, seeds: int, epsilons: tuple[float, ...], as_json: bool) -> None:
+        import dataclasses
+        import time
+
+        import orjson
+
+        from stream.bench.federated import format_federated, run_federated_bench
+        from stream.commands.common import bench_settings
+
+        t0 = time.monotonic()
+        with bench_settings(_settings()) as s:
+            for eps in epsilons:
+                runs = run_federated_bench(s, events=events, holdout=holdout, epsilon=eps,
+                                           seeds=tuple(range(1, seeds + 1)), say=lambda m: click.echo(m, err=True))
+                if as_json:
+                    for r in runs:
+                        click.echo(orjson.dumps({"seed": r.seed, "epsilon": r.epsilon, "examples": r.examples,
+                                                 "auc_gap": r.auc_gap, "ratio": r.ratio,
+                                                 "phases": {k: {**dataclasses.asdict(p), "rate": p.rate}
+                                                            for k, p in r.phases.items()}},
+                                                option=orjson.OPT_SERIALIZE_NUMPY).decode())
+                    continue
+                click.echo(f"eps {eps:g}: 2 federated learners vs 1 learner, {events:,} events per stream")
+                click.echo(format_federated(runs))
+        click.echo(f"took {time.monotonic() - t0:.0f} s", err=True)
+
     bench = cli.commands.get("bench")
     assert isinstance(bench, click.Group)
 
@@ -245,19 +285,27 @@ def register(cli: click.Group) -> None:
                   help="Held-out events scored on clear values after training.")
     @click.option("--seeds", type=click.IntRange(min=1), default=3, show_default=True,
                   help="Seeds per cell (mean ± sd over them).")
-    @click.option("--epsilons", default="0.5,1,2,4,8,inf", show_default=True,
-                  help="Comma-separated epsilons (features and label); inf = non-private (run at eps 20).")
+    @click.option("--epsilons", default=None,
+                  help="Comma-separated epsilons (features and label); inf = non-private (run at eps 20). "
+                  "[default: 0.5,1,2,4,8,inf; with --federated: inf]")
     @click.option("--datasets", type=click.Choice(["both", "synthetic", "phishing"]), default="both",
                   show_default=True)
     @click.option("--workers", type=click.IntRange(min=1), default=2, show_default=True,
                   help="Processes (one stream each).")
     @click.option("--json", "as_json", is_flag=True, help="One JSON object per run instead of the table.")
-    def bench_learn(events: int, holdout: int, seeds: int, epsilons: str, datasets: str, workers: int,
-                    as_json: bool) -> None:
+    @click.option("--federated", is_flag=True,
+                  help="Instead: 2 federated learners vs 1 learner on the same stream, on the broker (AUC on a "
+                  "held-out continuation, throughput, their ratio; target: AUC within 0.01).")
+    def bench_learn(events: int, holdout: int, seeds: int, epsilons: str | None, datasets: str, workers: int,
+                    as_json: bool, federated: bool) -> None:
         """ROC-AUC and log-loss of the purchase-propensity model vs epsilon, with and without the
         label-noise correction, on the synthetic clickstream (through the real privatizer) and on
         River's Phishing dataset. No broker needed. Prints mean ± sd over the seeds and the
-        eps = 2 vs non-private comparison (target: within 0.03)."""
+        eps = 2 vs non-private comparison (target: within 0.03).
+
+        --federated: two federated learner processes against one learner process on the same
+        private stream, through the broker (STREAMGATE_KAFKA_BOOTSTRAP, else a throwaway embedded
+        stack): AUC of each final model on a held-out continuation, examples/s, and the ratio."""
         import dataclasses
         import time
 
@@ -265,7 +313,10 @@ def register(cli: click.Group) -> None:
 
         from stream.bench.learn import format_table, learn_table, summarize, target_check
 
-        eps = _epsilons(epsilons)
+        if federated:
+            _bench_federated(events, holdout, seeds, _epsilons(epsilons or "inf"), as_json)
+            return
+        eps = _epsilons(epsilons or "0.5,1,2,4,8,inf")
         sets = ("synthetic", "phishing") if datasets == "both" else (datasets,)
         t0 = time.monotonic()
 

@@ -39,17 +39,14 @@ def _receipt_time(r: dict[str, Any]) -> float | None:
         return None
 
 
-def _subject_of(user: str | None, subject: str | None) -> str | None:
+def _subjects_of(user: str | None, subject: str | None, *, legacy: bool = True) -> list[str] | None:
+    """The person tokens to match: ``subject``, or those of ``user`` (looked up, never created:
+    :func:`stream.components.person_tokens`)."""
     if user is None:
-        return subject
-    from stream.crypto.keyring import Keyring
-    from stream.crypto.tokens import Tokenizer
-    from stream.schema import load_schema
+        return None if subject is None else [subject]
+    from stream.components import person_tokens
 
-    settings = _settings()
-    schema = load_schema(settings.schema_name)
-    domain = schema.fields[schema.subject_field].token_domain or schema.subject_field
-    return Tokenizer(Keyring.from_settings(settings)).token(domain, user)
+    return person_tokens(_settings(), user, legacy=legacy)
 
 
 def _format(r: dict[str, Any], verified: bool | None = None) -> str:
@@ -119,14 +116,11 @@ def register(cli: click.Group) -> None:
         budgets) whose retention ended and writes one signed receipt per key to ops.audit; it
         executes requests from privacy.erasure as they come, if signed by the eraser key. /healthz, /readyz and /metrics on port 6068.
         """
-        from faust.worker import Worker
 
-        from stream.apps.shredder import create_app
         from stream.crypto.keyring import Keyring
         from stream.crypto.signing import signing_key, verify_key
         from stream.errors import ConfigError
         from stream.kafka import admin_client, ensure_topics, reachable_bootstrap
-        from stream.ops.logging import configure_logging
         from stream.retention.topics import load_topics_config, tombstone_topics
         from stream.schema import load_schema
 
@@ -145,9 +139,9 @@ def register(cli: click.Group) -> None:
             if missing:
                 raise ConfigError(f"compacted topics keyed by person token are missing: {', '.join(missing)} "
                                   "(create them with `streamgate topics apply`)")
-        configure_logging(settings, loglevel)  # allow-listed fields only (STREAMGATE_LOG_FORMAT=text|json)
-        # override_logging=False: Faust keeps the allow-listed logging configured above
-        Worker(create_app(settings), loglevel=loglevel, quiet=True, override_logging=False).execute_from_commandline()
+        from stream.apps.registry import run_worker
+
+        run_worker(settings, "shredder", loglevel)
 
     @cli.command()
     @click.option("--user", "user", default=None, help="The person's raw user_id (sent to privacy.erasure).")
@@ -168,7 +162,7 @@ def register(cli: click.Group) -> None:
 
         from stream.crypto.keyring import Keyring
         from stream.crypto.signing import signing_key
-        from stream.errors import ConfigError
+        from stream.errors import ConfigError, KeyUnavailableError
         from stream.kafka import ensure_topics, reachable_bootstrap
         from stream.retention.core import check_request_id, sign_erasure_request
         from stream.retention.receipts import rfc3339
@@ -179,15 +173,25 @@ def register(cli: click.Group) -> None:
         rid = check_request_id(request_id or str(uuid.uuid4()))
         key = signing_key(Keyring.from_settings(settings), "erasure")  # the eraser's authority
         try:  # the shredder tokenizes the user id; showing the token here needs the token key too
-            token = _subject_of(user, subject)
+            tokens = _subjects_of(user, subject, legacy=False) or ["(none: no tk2 pseudonym; never seen, erased or expired)"]
+            token = tokens[0]
         except ConfigError:
             token = "(token not shown: no token key here)"
+        except KeyUnavailableError:
+            token = "(token not shown: key store unavailable)"
         bootstrap = reachable_bootstrap(settings)
         ensure_topics(bootstrap, [settings.topics.erasure], partitions=1)
         body = sign_erasure_request(key, rid, user_id=user, subject=subject, requested_at=rfc3339(time.time()))
         _produce_one(bootstrap, settings.topics.erasure, (user if user is not None else subject or "").encode(),
                      orjson.dumps(body))
         click.echo(f"erasure requested: request_id={rid} subject={token}")
+        from stream.apps.registry import WORKERS
+        from stream.kafka import group_active
+
+        if group_active(bootstrap, WORKERS["shredder"].group(settings)) is False:
+            click.echo(f"warning: no shredder is running (its consumer group "
+                       f"{WORKERS['shredder'].group(settings)!r} has no members): the request waits in "
+                       f"{settings.topics.erasure} until `streamgate shredder` runs", err=True)
         if not wait:
             return
         click.echo("waiting for the shredder's receipt ...", err=True)
@@ -207,7 +211,9 @@ def register(cli: click.Group) -> None:
         sys.exit(2)
 
     @cli.command()
-    @click.option("--user", "user", default=None, help="Only receipts of this raw user_id (matched by its token).")
+    @click.option("--user", "user", default=None,
+                  help="Only receipts of this raw user_id (matched by its tokens; after an erasure its tk2 token is "
+                  "unlinked: find those receipts by --request-id).")
     @click.option("--subject", default=None, help="Only receipts of this person token.")
     @click.option("--reason", type=click.Choice(["retention", "erasure"]), default=None, help="Only this reason.")
     @click.option("--request-id", default=None, help="Only receipts of this erasure request.")
@@ -240,7 +246,7 @@ def register(cli: click.Group) -> None:
             raise click.UsageError("give at most one of --user, --subject")
         settings = _settings()
         public = verify_key(Keyring.from_settings(settings), "receipt")
-        want = _subject_of(user, subject)
+        want = _subjects_of(user, subject)
         t_since = parse_when(since) if since else None
         t_until = parse_when(until) if until else None
         seen: set[str] = set()
@@ -259,7 +265,7 @@ def register(cli: click.Group) -> None:
                     dupes += 1
                     continue
                 seen.add(rid)
-            if want is not None and r.get("subject") != want:
+            if want is not None and r.get("subject") not in want:
                 continue
             if reason is not None and r.get("reason") != reason:
                 continue

@@ -41,7 +41,8 @@ from stream.errors import KeyringError
 if TYPE_CHECKING:
     from stream.config import Settings
 
-__all__ = ["KEY_BYTES", "ROLES", "WRAP_PURPOSE", "Keyring", "RoleKeyring", "derive_key", "key_fingerprint"]
+__all__ = ["KEY_BYTES", "PSEUDONYM_PURPOSES", "ROLES", "WRAP_PURPOSE", "Keyring", "RoleKeyring", "derive_key",
+           "key_fingerprint"]
 
 #: Length of every KEK, in bytes (AES-256 / HMAC-SHA256 strength).
 KEY_BYTES = 32
@@ -58,18 +59,21 @@ _ID_RE = re.compile(r"[A-Za-z0-9_-]{1,64}")
 
 #: HKDF purpose of a KEK's data-key wrapping key (used by :class:`stream.crypto.kms.LocalKMS`).
 WRAP_PURPOSE = "dek-wrap"
+#: HKDF purpose prefixes (``+ domain``) of tk2 person tokens: lookup id and token key (:mod:`.tokens`).
+PSEUDONYM_PURPOSES = ("pseudonym-lookup/", "token2/")
 
 
 class _RoleSpec(NamedTuple):
     wrap: bool  # the KEKs' wrapping keys (wrap and unwrap data keys: symmetric, so both)
-    tokens: bool  # the token keys ``token/<domain>`` (pseudonymize identifiers)
+    tokens: bool  # the token keys ``token/<domain>``, and the person domain's tk2 keys (pseudonymize identifiers)
     purposes: tuple[str, ...]  # other purpose keys (Ed25519 seeds are ``sign/<name>``)
     public: tuple[str, ...]  # Ed25519 public keys of these signers
 
 
 #: What each role's credential holds (``streamgate keys roles``); see the README, "Key roles".
 ROLES: dict[str, _RoleSpec] = {
-    "gateway": _RoleSpec(True, True, ("dek-id", "dlq-digest"), ()),
+    # ldp-ledger: to exhaust the ledgers of a person returning after an erasure (stream.ldp.ledger)
+    "gateway": _RoleSpec(True, True, ("dek-id", "dlq-digest", "ldp-ledger"), ()),
     "privatizer": _RoleSpec(False, False, ("ldp-memo", "ldp-ledger"), ()),
     "reader": _RoleSpec(True, False, ("dek-id",), ()),
     "eraser": _RoleSpec(False, False, ("sign/erasure",), ("erasure",)),
@@ -79,10 +83,15 @@ ROLES: dict[str, _RoleSpec] = {
 }
 
 _SETUP_HINT = (
-    "no master key configured: set STREAMGATE_MASTER_KEY (base64 of 32 bytes) or "
-    "STREAMGATE_MASTER_KEY_FILE, or run `streamgate keys generate` to create a keyring file "
-    "(or STREAMGATE_KEY_FILE: a role credential from `streamgate keys roles`)"
+    "no master key configured: run `streamgate keys generate` (it writes <state_dir>/keyring.json, "
+    "found there by default), or set STREAMGATE_MASTER_KEY (base64 of 32 bytes) or "
+    "STREAMGATE_MASTER_KEY_FILE (or STREAMGATE_KEY_FILE: a role credential from `streamgate keys roles`)"
 )
+
+
+def default_keyring_path(settings: Settings) -> Path:
+    """Where ``streamgate keys generate`` writes, and where a process looks when no key is configured."""
+    return settings.state_dir / "keyring.json"
 
 
 def _hkdf(key: bytes, info: bytes, length: int) -> bytes:
@@ -259,6 +268,9 @@ class Keyring:
             return cls.load(settings.master_key_file)
         if settings.key_file is not None:
             return cls.load(settings.key_file)
+        default = default_keyring_path(settings)
+        if default.exists():
+            return cls.load(default)
         raise KeyringError(_SETUP_HINT)
 
     # --- persistence -------------------------------------------------------------
@@ -349,15 +361,22 @@ class Keyring:
                 self._derived.setdefault(cache_key, key)
         return key
 
-    def for_role(self, role: str, *, token_domains: Iterable[str] = ()) -> RoleKeyring:
+    def for_role(self, role: str, *, token_domains: Iterable[str] = (),
+                 person_domain: str | None = None) -> RoleKeyring:
         """The credential of ``role`` (:data:`ROLES`): only the derived keys that role needs, never a raw KEK.
 
+        A role with token keys gets ``token/<d>`` for each of ``token_domains`` and, for
+        ``person_domain``, the keys of tk2 person tokens (:class:`stream.crypto.tokens.Pseudonyms`).
         Derived deterministically, so a role credential and the master keyring interoperate (same
         tokens, same wrapped keys, same signing keys)."""
         spec = ROLES.get(role)
         if spec is None:
             raise KeyringError(f"unknown role (one of {', '.join(ROLES)})")
-        purposes = list(spec.purposes) + (["token/" + d for d in token_domains] if spec.tokens else [])
+        purposes = list(spec.purposes)
+        if spec.tokens:
+            purposes += ["token/" + d for d in token_domains]
+            if person_domain:
+                purposes += [p + person_domain for p in PSEUDONYM_PURPOSES]
         return RoleKeyring(
             role,
             root_id=self.root_id,

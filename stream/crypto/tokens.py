@@ -12,11 +12,11 @@
   reach for any realistic number of people.
 * Keys come from the keyring's root KEK, so tokens survive KEK rotation.
 
-Pseudonyms that unlink on erasure (``tk2``, :class:`Pseudonyms`, opt-in with
-``STREAMGATE_PSEUDONYM_TOKENS``): a ``tk1`` token can be recomputed from the
-user_id by any holder of the master key for ever, even after the person's
-erasure. A ``tk2`` token also needs a random per-person secret ``S`` kept in
-Redis and destroyed on erasure::
+Pseudonyms that unlink on erasure (``tk2``, :class:`Pseudonyms`; person tokens
+are tk2 by default, ``STREAMGATE_PSEUDONYM_TOKENS=false`` opts out): a ``tk1``
+token can be recomputed from the user_id by any holder of the master key for
+ever, even after the person's erasure. A ``tk2`` token also needs a random
+per-person secret ``S`` kept in Redis and destroyed on erasure::
 
     L     = hex(HMAC-SHA256(K_lookup, utf8(user_id))[:16])     K_lookup = derive("pseudonym-lookup/" + domain)
     token = "tk2_" + base64url(HMAC-SHA256(K_tk2, S || utf8(user_id)))[:22]
@@ -24,9 +24,11 @@ Redis and destroyed on erasure::
 
     <prefix>:pid:{<L>}        b"2." + token + b"." + S (32 random bytes)   EXPIREAT = longest DEK of the person
     <prefix>:ptok:{<token>}   L                                          same expiry
+    <prefix>:perased:{<L>}    epoch of the person's last erasure          EXPIREAT = that epoch's deadline
 
 (braces are hash tags: ``ptok`` lives in the person's slot with their data keys, ``pid`` in the
-slot of ``L`` - it is found from the user_id alone.)
+slot of ``L`` - it is found from the user_id alone - and ``perased`` with it, so the erasure
+writes it in the step that deletes ``pid`` and the mint reads it in the script that reads ``pid``.)
 
 ``S`` is created once (in a script: create-if-absent, first writer wins) and
 its keys' expiry is raised (``EXPIREAT GT``) to the retention deadline of the
@@ -37,10 +39,14 @@ are in different slots: the ``ptok`` entry (SET NX, then EXPIREAT GT) is written
 ``pid`` script creates or extends the secret, so a secret never exists without its token
 index (an index entry of a candidate that lost a race points to the winner's ``L``; it
 expires with it).
-The shredder deletes both keys in its erasure script (by token; by user_id it
+The shredder deletes both keys when it erases (by token; by user_id it
 finds the token through ``L``). Afterwards nobody - master key and Redis dump
 included - can recompute the token from the user_id: the records retained under
-it are unlinkable, and the person, if seen again, gets a new token.
+it are unlinkable, and the person, if seen again, gets a new token. The script that deletes
+``pid`` leaves the erased marker ``perased`` in the same slot, atomically (no token in it); the
+mint reads it in the script that reads ``pid`` and reports it, and :meth:`Pseudonyms.tokens`
+hands the new token to ``on_erased`` before returning it - the gateway then exhausts the new
+token's ε ledgers up to that epoch (:mod:`stream.ldp.ledger`), so the erasure refunds nothing.
 
 ``S`` is mixed with a keyring key, so Redis alone does not let anyone confirm
 a guessed user_id either. Cached in-process per value like DEKs (bounded,
@@ -69,7 +75,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.hmac import HMAC
 
-from stream.crypto.keyring import Keyring
+from stream.crypto.keyring import PSEUDONYM_PURPOSES, Keyring
 from stream.errors import KeyUnavailableError
 from stream.redisdb import REDIS_ERRORS, RedisClient, check_prefix, eval_many, is_cluster, mget, person_tag
 
@@ -181,13 +187,16 @@ class Tokenizer:
 _SECRET_BYTES = 32
 _VALUE_RE = re.compile(rb"2\.(tk2_[A-Za-z0-9_-]{22})\.(.{32})", re.DOTALL)
 
-# KEYS: pid keys; ARGV[1] prefix, ARGV[2] expire_at, then (candidate value, candidate token, lookup id) per key.
-# Create-if-absent (first writer wins, with its token index); otherwise raise both expiries (GT).
+# KEYS: n pid keys, then their n erased markers; ARGV[1] prefix, ARGV[2] expire_at, then (candidate
+# value, candidate token, lookup id) per person. Create-if-absent (first writer wins, with its token
+# index); otherwise raise both expiries (GT). Returns per person its value and its erased marker ('' if none).
 # One server only: the ptok keys are built here (another slot on a cluster: see _ensure_cluster).
 _ENSURE_LUA = r"""
 local prefix, exat = ARGV[1], ARGV[2]
+local n = #KEYS / 2
 local out = {}
-for i, k in ipairs(KEYS) do
+for i = 1, n do
+  local k = KEYS[i]
   local v = redis.call('GET', k)
   if not v then
     v = ARGV[3 * i]
@@ -198,20 +207,23 @@ for i, k in ipairs(KEYS) do
     local tok = string.match(v, '^2%.(tk2_[A-Za-z0-9_-]+)%.')
     if tok then redis.call('EXPIREAT', prefix .. ':ptok:{' .. tok .. '}', exat, 'GT') end
   end
-  out[i] = v
+  out[2 * i - 1] = v
+  out[2 * i] = redis.call('GET', KEYS[n + i]) or ''
 end
 return out
 """
 
-# One pid key (its own slot): create-if-absent with ARGV[1] until ARGV[2], else raise its expiry (GT).
+# KEYS[1] one pid key, KEYS[2] its erased marker (the slot of the lookup id): create-if-absent with
+# ARGV[1] until ARGV[2], else raise its expiry (GT). Returns {value, erased marker or ''}.
 _ENSURE_ONE_LUA = r"""
 local v = redis.call('GET', KEYS[1])
 if not v then
-  redis.call('SET', KEYS[1], ARGV[1], 'EXAT', ARGV[2])
-  return ARGV[1]
+  v = ARGV[1]
+  redis.call('SET', KEYS[1], v, 'EXAT', ARGV[2])
+else
+  redis.call('EXPIREAT', KEYS[1], ARGV[2], 'GT')
 end
-redis.call('EXPIREAT', KEYS[1], ARGV[2], 'GT')
-return v
+return {v, redis.call('GET', KEYS[2]) or ''}
 """
 
 
@@ -230,12 +242,17 @@ class Pseudonyms:
 
     def __init__(self, keyring: Keyring, client: RedisClient, prefix: str, *, domain: str,
                  memo_size: int = _DEFAULT_MEMO, max_staleness_seconds: float = 30.0,
-                 clock: Callable[[], float] = time.time, guard: KeyStoreGuard | None = None) -> None:
+                 clock: Callable[[], float] = time.time, guard: KeyStoreGuard | None = None,
+                 on_erased: Callable[[dict[str, int], float], object] | None = None) -> None:
+        """``on_erased(token -> erasure epoch, now)``: called by :meth:`tokens` before it returns the
+        tokens of people who carry an erased marker (the gateway exhausts their ledgers:
+        :class:`stream.ldp.ledger.LedgerExhauster`); an exception fails the call."""
         self.domain = domain
         self.prefix = check_prefix(prefix)
         self._client = client
-        self._lookup_key = keyring.derive("pseudonym-lookup/" + domain)
-        self._token_mac = HMAC(keyring.derive("token2/" + domain), hashes.SHA256())
+        lookup_purpose, token_purpose = PSEUDONYM_PURPOSES
+        self._lookup_key = keyring.derive(lookup_purpose + domain)
+        self._token_mac = HMAC(keyring.derive(token_purpose + domain), hashes.SHA256())
         self.cluster = is_cluster(client)
         self._script = client.register_script(_ENSURE_ONE_LUA if self.cluster else _ENSURE_LUA)
         self._memo: OrderedDict[str, _Pseud] = OrderedDict()
@@ -244,7 +261,9 @@ class Pseudonyms:
         self._clock = clock
         self._lock = threading.Lock()
         self.guard = guard
+        self.on_erased = on_erased
         self.created = 0
+        self.returned = 0  # people minted while their erased marker lived (counted per round trip)
         self.round_trips = 0
         if guard is not None:
             guard.on_reset(self.clear)
@@ -267,6 +286,10 @@ class Pseudonyms:
 
     def ptok_key(self, token: str) -> str:
         return f"{self.prefix}:ptok:{person_tag(token)}"
+
+    def perased_key(self, lookup_id: str) -> str:
+        """The erased marker of a person: the epoch of their last erasure (written by the shredder)."""
+        return f"{self.prefix}:perased:{person_tag(lookup_id)}"
 
     # -- the gateway's path ---------------------------------------------------------
     def tokens(self, values: Sequence[str], expire_at: int) -> list[str]:
@@ -305,28 +328,41 @@ class Pseudonyms:
             keys.append(self.pid_key(lookups[-1]))
             cands.append(b"2." + tok.encode("ascii") + b"." + secret)
             args += [cands[-1], tok, lookups[-1]]
+        marks = [self.perased_key(lookup) for lookup in lookups]
         try:
             if self.cluster:
-                stored: Any = self._ensure_cluster(keys, lookups, cands, expire_at)
+                stored: Any = self._ensure_cluster(keys, marks, lookups, cands, expire_at)
             else:
-                stored = self._script(keys=keys, args=args)
+                stored = self._script(keys=keys + marks, args=args)
                 self.round_trips += 1
         except REDIS_ERRORS as exc:
             raise KeyUnavailableError(f"pseudonym store unavailable ({type(exc).__name__})") from None
         if self.guard is not None:
             self.guard.note_loaded()
         out: dict[str, str] = {}
-        for v, raw, cand in zip(values, stored, cands, strict=True):
+        erased: dict[str, int] = {}
+        for v, raw, mark, cand in zip(values, stored[0::2], stored[1::2], cands, strict=True):
             secret = self._parse(raw)
-            out[v] = self.token_from(secret, v)
+            out[v] = tok = self.token_from(secret, v)
             if bytes(raw) == cand:
                 self.created += 1
+            if mark:
+                try:
+                    erased[tok] = int(mark)
+                except ValueError:
+                    raise KeyUnavailableError("stored erased marker is malformed") from None
+        if erased:
+            self.returned += len(erased)
+            if self.on_erased is not None:
+                self.on_erased(erased, self._clock())
         return out
 
-    def _ensure_cluster(self, keys: list[str], lookups: list[str], cands: list[bytes], expire_at: int) -> list[Any]:
+    def _ensure_cluster(self, keys: list[str], marks: list[str], lookups: list[str], cands: list[bytes],
+                        expire_at: int) -> list[Any]:
         """The cluster path (module docstring): read the secrets, index the tokens they give (or the
-        candidates'), then create or extend each secret; a token that differs from the indexed one
-        (a concurrent creator won) is indexed afterwards."""
+        candidates'), then create or extend each secret and read its erased marker (one script per
+        lookup id's slot); a token that differs from the indexed one (a concurrent creator won) is
+        indexed afterwards. Returns value and marker per person, flat (as the one-server script)."""
         current = mget(self._client, keys)
         self.round_trips += 1
 
@@ -346,13 +382,15 @@ class Pseudonyms:
 
         expected = [token_of(raw if raw is not None else cand) for raw, cand in zip(current, cands, strict=True)]
         index(list(zip(expected, lookups, strict=True)))
-        stored = eval_many(self._client, self._script, [([k], [c, expire_at]) for k, c in zip(keys, cands, strict=True)])
+        pairs = eval_many(self._client, self._script,
+                          [([k, m], [c, expire_at]) for k, m, c in zip(keys, marks, cands, strict=True)])
         self.round_trips += 1
+        stored = [raw for raw, _mark in pairs]
         late = [(token_of(raw), lookup) for raw, tok, lookup in zip(stored, expected, lookups, strict=True)
                 if token_of(raw) != tok]
         if late:
             index(late)
-        return stored
+        return [x for pair in pairs for x in pair]
 
     @staticmethod
     def _parse(raw: Any) -> bytes:

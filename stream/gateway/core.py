@@ -99,8 +99,7 @@ class Gateway:
         self.clock = clock
         self.digest_key = digest_key if digest_key is not None else tokenizer.keyring.derive("dlq-digest")
         self.subject_field = schema.subject_field
-        subject_policy = schema.fields[self.subject_field]
-        self._subject_domain = subject_policy.token_domain or self.subject_field
+        self._subject_domain = schema.subject_domain
         subject_spec = schema.document.get("properties", {}).get(self.subject_field, {})
         self._subject_max_len = int(subject_spec.get("maxLength", 128))
         self._other_tokens = tuple(

@@ -31,11 +31,13 @@ uniform distribution in proportion to the stand-ins (counted in-process as
 ``suppressed``, never published per person).
 
 Erasure never refunds. The ledger lives under a key that holds no identifier -
-``{prefix}:ledger:{HMAC(ledger key, token || epoch)}``, a plain integer - which the
+``<prefix>:ledger:{<slot tag>}:<HMAC(ledger key, token || epoch)>``, a plain integer
+(:func:`stream.ldp.ledger.ledger_key`, the one place of its name) - which the
 shredder does not delete: an erasure destroys the memos (and the data key) but
 what the person spent in that epoch stays spent until the epoch's retention
-ends (its expiry). A person re-appearing after an erasure (same token) finds the
-same ledger. Integer micro-epsilon keeps sums exact.
+ends (its expiry). A person re-appearing after an erasure finds the same ledger
+(tk1 token) or, with a new tk2 token, ledgers the gateway already set to the cap up
+to the erasure's epoch (:mod:`stream.ldp.ledger`). Integer micro-epsilon keeps sums exact.
 
 Redis layout (braces are hash tags, :mod:`stream.redisdb`)::
 
@@ -64,6 +66,7 @@ from collections.abc import Callable, Sequence
 from typing import Any, Literal, NamedTuple, Protocol
 
 from stream.errors import KeyUnavailableError
+from stream.ldp.ledger import MICRO, ledger_key, ledger_slot
 from stream.redisdb import (
     REDIS_ERRORS,
     RedisClient,
@@ -72,9 +75,7 @@ from stream.redisdb import (
     deadlines_key,
     eval_many,
     is_cluster,
-    key_slot,
     person_tag,
-    slot_tag,
 )
 
 __all__ = [
@@ -86,10 +87,6 @@ __all__ = [
     "MemoryMemoStore",
     "RedisMemoStore",
 ]
-
-#: Ledgers are kept in integer micro-epsilon.
-MICRO = 1_000_000
-
 
 class MemoRequest(NamedTuple):
     """Resolve the memo of one (subject, epoch, field); ``candidate`` is a fresh permanent response
@@ -181,15 +178,15 @@ class RedisMemoStore:
         return f"{self.prefix}:memo:{person_tag(subject)}:{epoch}"
 
     def ledger_key(self, subject: str, ledger: str) -> str:
-        """The ledger ``ledger`` of ``subject``: in the person's slot, without the token in its name."""
-        return f"{self.prefix}:ledger:{{{slot_tag(key_slot(person_tag(subject).encode()))}}}:{ledger}"
+        """The ledger ``ledger`` of ``subject`` (:func:`stream.ldp.ledger.ledger_key`)."""
+        return ledger_key(self.prefix, subject, ledger)
 
     def resolve(self, requests: Sequence[MemoRequest], budget_micro: int) -> list[MemoResult]:
         if not requests:
             return []
         groups: dict[int, list[int]] = {}
         for i, r in enumerate(requests):
-            slot = key_slot(person_tag(r.subject).encode()) if self.cluster else 0
+            slot = ledger_slot(r.subject) if self.cluster else 0
             groups.setdefault(slot, []).append(i)
         calls: list[tuple[list[str], list[str | int]]] = []
         order: list[list[int]] = []

@@ -34,8 +34,9 @@ import numpy as np
 import orjson
 
 from stream.ldp.labels import LABEL_NAME, POSITIVE_EVENT_TYPE, ExampleStub
+from stream.ldp.ledger import MICRO, ledger_id
 from stream.ldp.longitudinal import LongitudinalDuchi, LongitudinalGRR, LongitudinalMechanism, Rng
-from stream.ldp.memo import MICRO, MemoCache, MemoRequest, MemoStore
+from stream.ldp.memo import MemoCache, MemoRequest, MemoStore
 from stream.ldp.policy import IRR_FRACTION, LdpAttribute, LdpPolicy
 
 __all__ = [
@@ -153,7 +154,7 @@ class Privatizer:
     ) -> None:
         if len(memo_key) < 16:
             raise ValueError("memo_key must be at least 16 bytes")
-        # ledger ids: HMAC(ledger key, token || epoch); the worker derives its own key purpose
+        # ledger ids (stream.ldp.ledger): the worker passes the keyring's ``ldp-ledger`` key
         self._ledger_key = ledger_key or hmac.digest(memo_key, _LEDGER_LABEL, "sha256")
         self._ledger_ids: dict[tuple[str, int], str] = {}
         self._alphas: dict[tuple[str, int, str, int], float] = {}  # alpha-point rounding, per cell
@@ -207,14 +208,13 @@ class Privatizer:
         return attribute + ":" + hmac.digest(self._memo_key, msg, "sha256")[:16].hex()
 
     def ledger_id(self, subject: str, epoch: int) -> str:
-        """The person's ledger id for an epoch: HMAC(ledger key, token || epoch), no identifier in it."""
+        """The person's ledger id for an epoch (:func:`stream.ldp.ledger.ledger_id`), memoized."""
         ref = (subject, epoch)
         lid = self._ledger_ids.get(ref)
         if lid is None:
             if len(self._ledger_ids) > 200_000:
                 self._ledger_ids.clear()
-            msg = subject.encode() + b"\x00" + str(epoch).encode()
-            lid = self._ledger_ids[ref] = hmac.digest(self._ledger_key, msg, "sha256")[:16].hex()
+            lid = self._ledger_ids[ref] = ledger_id(self._ledger_key, subject, epoch)
         return lid
 
     def _grid_point(self, subject: str, epoch: int, name: str, value: float) -> int:

@@ -48,7 +48,7 @@ import math
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from river import compose, linear_model, optim, preprocessing
+from river import compose, linear_model, optim, preprocessing, utils
 
 from stream.errors import InvalidExampleError
 from stream.learn.example import PrivateExample
@@ -198,6 +198,20 @@ class PropensityModel:
     def _proba(self, x: dict[str, float]) -> float:
         proba = self.pipeline.predict_proba_one(x)
         return float(proba.get(True, 0.0))
+
+    # -- parameters (federated averaging) ---------------------------------------------------------
+    def parameters(self) -> tuple[dict[str, float], float]:
+        """(weights keyed by feature, intercept): a copy of what federated averaging averages. Not
+        included: the optimizer's state (AdaGrad's per-feature squared-gradient sums)."""
+        return {str(k): float(v) for k, v in self.regression.weights.items()}, float(self.regression.intercept)
+
+    def set_parameters(self, weights: Mapping[str, float], intercept: float) -> None:
+        """Replace the weights and the intercept (the optimizer's state is kept). Refused for a model with a
+        scaler: its weights apply to this instance's own standardization, so they cannot be exchanged."""
+        if self.scale:
+            raise ValueError("a model with a StandardScaler cannot take averaged parameters")
+        self.regression._weights = utils.VectorDict({str(k): float(v) for k, v in weights.items()})
+        self.regression.intercept = float(intercept)
 
     # -- inspection -------------------------------------------------------------------------------
     @property

@@ -24,7 +24,7 @@ Layout (all lengths big-endian)::
 The signature covers everything before it (context ``model-snapshot.v2``). The header
 is public metadata - ``format``, ``name``, ``created_at`` (RFC 3339 UTC),
 ``examples_seen``, ``metrics``, ``epsilon`` (``{"label": eps, "features": {attr: eps},
-"note": ...}``), ``model_sha256`` (of the pickle) and ``key_id`` (public id of the
+"note": ...}``), ``federation`` (a federated global model only: its ``version`` and provenance), ``model_sha256`` (of the pickle) and ``key_id`` (public id of the
 signing key, so "wrong key" is diagnosable) - and :meth:`ModelSnapshot.read_header`
 returns it without a key and without unpickling (for ``streamgate model show``; it is
 *unauthenticated*, display only). The epsilon is what the training data cost the people
@@ -129,6 +129,15 @@ class ModelSnapshot:
     metrics: dict[str, float]
     epsilon: dict[str, Any]
     model: PropensityModel = field(repr=False)
+    #: A federated global model's provenance (``stream.apps.federated``): ``version``, the update
+    #: offsets it covers, the updates and senders merged; None for a single learner's snapshot.
+    federation: dict[str, Any] | None = None
+
+    @property
+    def version(self) -> int:
+        """The global version (federated learning), 0 for a single learner's snapshot."""
+        v = (self.federation or {}).get("version")
+        return v if isinstance(v, int) and not isinstance(v, bool) and v > 0 else 0
 
     @classmethod
     def capture(
@@ -164,6 +173,8 @@ class ModelSnapshot:
             "metrics": {k: (v if math.isfinite(v) else None) for k, v in self.metrics.items()},
             "epsilon": self.epsilon,
         }
+        if self.federation is not None:
+            out["federation"] = self.federation
         if key_id is not None:
             out["key_id"] = key_id
         return out
@@ -248,6 +259,7 @@ class ModelSnapshot:
                 metrics=metrics,
                 epsilon=dict(header["epsilon"]),
                 model=model,
+                federation=dict(header["federation"]) if isinstance(header.get("federation"), dict) else None,
             )
         except (KeyError, TypeError, ValueError, AttributeError):
             raise SnapshotError("malformed snapshot header") from None

@@ -32,8 +32,11 @@ record naming nobody. A request id reused with other content is refused (``reque
 
 Erasure: the store claims every (subject, epoch) of the person found in the index or
 among the candidate epochs (those whose keys can still exist), destroys them like above
-with reason ``erasure`` and the request id, PUBLISHes ``<subject>:*`` and stores an erasure
-record ``<prefix>:erasure:<request_id>`` (SET NX) last. A repeated
+with reason ``erasure`` and the request id, destroys the person's tk2 secret (leaving, in the
+step that deletes its ``pid``, the erased marker ``<prefix>:perased:{<lookup id>}`` = the erasure's
+epoch, so that the person's next token starts with exhausted ε ledgers: :mod:`stream.ldp.ledger`),
+PUBLISHes ``<subject>:*`` and stores an erasure record ``<prefix>:erasure:<request_id>`` (SET NX)
+last. A repeated
 request (redelivery after a crash, or a resubmission) finds the record and re-delivers
 the same summary receipt: requests are idempotent.
 """
@@ -314,10 +317,12 @@ class ShredStore(Protocol):
         ...
 
     def erase_subject(self, subject: str, epochs: Sequence[int], *, request_id: str, at: float, worker: str,
-                      lease_until: float, record_ttl: int, digest: str = "") -> tuple[ErasureRecord, bool]:
-        """Claim and destroy every key of ``subject`` (indexed ones and ``epochs``) and store the erasure
-        record last; if a record for ``request_id`` exists, touch nothing and return it. Re-running an
-        interrupted request completes it. Returns ``(record, created)``."""
+                      lease_until: float, record_ttl: int, digest: str = "",
+                      erased: tuple[int, int] | None = None) -> tuple[ErasureRecord, bool]:
+        """Claim and destroy every key of ``subject`` (indexed ones and ``epochs``) and its pseudonym
+        secret, leaving the erased marker ``erased`` = (epoch, expire_at) where there was one (never
+        lowered), and store the erasure record last; if a record for ``request_id`` exists, touch
+        nothing and return it. Re-running an interrupted request completes it. Returns ``(record, created)``."""
         ...
 
     def pending(self) -> list[PendingShred]:
@@ -420,7 +425,9 @@ class MemoryShredStore:
         return [e for e in out if e is not None]
 
     def erase_subject(self, subject: str, epochs: Sequence[int], *, request_id: str, at: float, worker: str,
-                      lease_until: float, record_ttl: int, digest: str = "") -> tuple[ErasureRecord, bool]:
+                      lease_until: float, record_ttl: int, digest: str = "",
+                      erased: tuple[int, int] | None = None) -> tuple[ErasureRecord, bool]:
+        # no pseudonym secrets here, hence no erased marker
         with self._lock:
             if request_id in self.erasures:
                 return ErasureRecord.decode(self.erasures[request_id]), False
@@ -579,9 +586,12 @@ class Shredder:
         now = self.clock()
         epochs = candidate_epochs(now, epoch_seconds=self.epoch_seconds, retention_seconds=self.retention_seconds)
         ttl = record_ttl or (self.retention_seconds + 2 * self.epoch_seconds)
+        # the erased marker lives as long as the ledgers of the erasure's epoch (stream.ldp.ledger)
+        epoch = int(now // self.epoch_seconds)
+        erased = (epoch, (epoch + 1) * self.epoch_seconds + self.retention_seconds)
         record, created = self.store.erase_subject(subject, epochs, request_id=request_id, at=now,
                                                    worker=self.worker, lease_until=now + self.lease_seconds,
-                                                   record_ttl=ttl, digest=digest)
+                                                   record_ttl=ttl, digest=digest, erased=erased)
         if record.digest and digest:
             # the signed request decides: a redelivered request by user_id may resolve to another token
             # once the person's tk2 secret is gone (stream.crypto.tokens); it is the same request

@@ -8,6 +8,8 @@
     <prefix>:shredder:pending:{shard-NN}    hash: the receipt outbox of that shard (see stream.retention.core)
     <prefix>:erasure:<request_id>           string: the record of a processed erasure request (EX = retention)
     <prefix>:ptok:{<token>} / pid:{<L>}     the person's tk2 secret (stream.crypto.tokens): deleted by the erasure
+    <prefix>:perased:{<L>}                  written with the pid's deletion: the erasure's epoch (stream.ldp.ledger),
+                                            no token; in the slot of pid:{<L>}
     <prefix>:shredded                       pub/sub channel: "<subject>:<epoch>" or "<subject>:*"
 
 One claim works in three steps, each within one hash slot (so it runs on one server and on
@@ -26,7 +28,8 @@ A crash between 2 and 3 leaves an outbox entry whose keys still exist: whoever f
 entry (:meth:`RedisShredStore.take_over`, the same instance after a restart or another one
 after the lease) destroys them again before the receipt goes out. An erasure claims every
 member of the person found in the shard or among the candidate epochs, deletes the tk2 secret
-(the ``pid`` first, then its ``ptok`` index) and stores its record last; a repeated request
+(the ``pid`` first - with the erased marker ``perased``, in one script in the pid's slot - then
+its ``ptok`` index) and stores its record last; a repeated request
 finds the record, an interrupted one is re-done (idempotent) and counts the keys from the
 outbox.
 """
@@ -113,6 +116,17 @@ end
 return 1
 """
 
+# KEYS[1] pid:{L}, KEYS[2] perased:{L} (one slot: the lookup id's); ARGV[1] the erasure's epoch, ARGV[2] its
+# expire_at ('' and '': no marker). Deletes the tk2 secret and leaves the erased marker (stream.ldp.ledger),
+# never lowering it: the person's next token finds its ledgers exhausted.
+_UNLINK = r"""
+redis.call('DEL', KEYS[1])
+if ARGV[1] ~= '' and tonumber(redis.call('GET', KEYS[2]) or '-1') < tonumber(ARGV[1]) then
+  redis.call('SET', KEYS[2], ARGV[1], 'EXAT', ARGV[2])
+end
+return 1
+"""
+
 _TAKE_OVER = r"""
 if redis.call('HGET', KEYS[1], ARGV[1]) == ARGV[2] then
   redis.call('HSET', KEYS[1], ARGV[1], ARGV[3]); return 1
@@ -141,6 +155,7 @@ class RedisShredStore:
         self._read_ids = client.register_script(_READ)
         self._claim = client.register_script(_CLAIM)
         self._destroy = client.register_script(_DESTROY)
+        self._unlink = client.register_script(_UNLINK)
         self._take_over = client.register_script(_TAKE_OVER)
         self._cursor = 0  # the shard a scan starts at (rotates: no shard waits behind the others)
         self._pending_in: dict[str, str] = {}  # outbox field -> the hash it was read from
@@ -284,7 +299,8 @@ class RedisShredStore:
         return [m for m in members if m.rpartition(":")[0] == subject]
 
     def erase_subject(self, subject: str, epochs: Sequence[int], *, request_id: str, at: float, worker: str,
-                      lease_until: float, record_ttl: int, digest: str = "") -> tuple[ErasureRecord, bool]:
+                      lease_until: float, record_ttl: int, digest: str = "",
+                      erased: tuple[int, int] | None = None) -> tuple[ErasureRecord, bool]:
         record_key = self.erasure_key(request_id)
         existing = self._call(self.client.get, record_key)
         if existing is not None:
@@ -296,9 +312,12 @@ class RedisShredStore:
         entries = self._claim_in({shard: members}, self._read(members), reason="erasure", request_id=request_id,
                                  at=at, worker=worker, lease_until=lease_until, indexed_only=False)
         self._destroy_all(entries)
-        # the person's tk2 secret: without it nobody can recompute the token from the user_id
+        # the person's tk2 secret: without it nobody can recompute the token from the user_id; the erased
+        # marker is written in the same script, in the pid's slot
         if lookup is not None:
-            self._call(self.client.delete, f"{self.prefix}:pid:{person_tag(bytes(lookup).decode('ascii'))}")
+            tag = person_tag(bytes(lookup).decode("ascii"))
+            mark = [int(erased[0]), int(erased[1])] if erased is not None else ["", ""]
+            self._call(self._unlink, keys=[f"{self.prefix}:pid:{tag}", f"{self.prefix}:perased:{tag}"], args=mark)
         self._call(self.client.delete, ptok)
         # every key of this request claimed so far (an interrupted earlier attempt included)
         fields = self._call(lambda: list(self.client.hscan_iter(

@@ -19,7 +19,7 @@ from stream.schema import load_schema
 from stream.synth import ClickstreamGenerator
 from tests.support.kafka import read_topic, running_engine, wait_for
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
 SCHEMA = load_schema("clickstream-event.v1")
 
 

@@ -27,7 +27,7 @@ from stream.schema import output_validator
 from tests.support.kafka import read_topic, running_in_thread, wait_for
 from tests.support.learner_examples import auc, feature_report, make_examples
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 MARKER = "do-not-log-me-7f3a"
 GARBAGE: list[tuple[bytes, str]] = [

@@ -24,7 +24,7 @@ from stream.schema import output_validator
 from tests.support.shred import Clock, add_ldp_entries, audit_receipts
 from tests.support.workers import settings_env
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 N_KEYS = 4000
 OFFSET = 100_000.0  # the shredder's clock runs this far ahead

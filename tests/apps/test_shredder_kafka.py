@@ -10,7 +10,7 @@ from pathlib import Path
 import orjson
 import pytest
 
-from stream.components import build_dek_provider, invalidation_listener
+from stream.components import build_dek_provider, invalidation_listener, person_tokens
 from stream.errors import KeyShreddedError
 from stream.kafka import ensure_topics
 from stream.retention.redis_store import RedisShredStore
@@ -31,7 +31,7 @@ from tests.support.shred import (
     token_of,
 )
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 E, R = 3600, 7200
 T0 = 1_900_000_000.0
@@ -105,7 +105,7 @@ def test_erasure_request_makes_one_person_unreadable_in_every_topic(settings, re
     """privacy.erasure -> shredder: the person's ciphertexts in clicks.protected and in a compacted
     topic keyed by token become unreadable, the compacted topic gets a tombstone, memo and budget
     are gone, others are untouched; the running gateway (invalidation channel, staleness bound of an
-    hour on a frozen clock) gives the person's new events a fresh key; receipts are valid."""
+    hour on a frozen clock) gives the person's new events a new token and key; receipts are valid."""
     t = settings.topics
     bootstrap = settings.kafka_bootstrap
     ensure_topics(bootstrap, [t.raw, t.protected, t.dlq, t.erasure, t.audit], partitions=2)
@@ -160,9 +160,12 @@ def test_erasure_request_makes_one_person_unreadable_in_every_topic(settings, re
         if r.value is not None and r.key == gone.encode():
             with pytest.raises(KeyShreddedError):
                 rd.decrypt(orjson.loads(r.value))
-    # Redis: nothing of the person is left but the fresh key; others keep memo and budget
-    left = redis_keys_of(redis_client, prefix, gone)
-    assert left == [key_name(prefix, "dek", gone, e0)]
+    # Redis: nothing is left under the erased token; the person's new events carry a new tk2 token
+    # (the old one is unlinked) with a fresh key; others keep memo and budget
+    assert redis_keys_of(redis_client, prefix, gone) == []
+    (fresh,) = {ev["user_id"] for ev in new}
+    assert fresh != gone and fresh.startswith("tk2_")
+    assert redis_keys_of(redis_client, prefix, fresh) == [key_name(prefix, "dek", fresh, e0)]
     for u in other_users:
         assert len(redis_keys_of(redis_client, prefix, token_of(settings, u))) == 3
     receipts = audit_receipts(bootstrap, t.audit, expect=2)
@@ -235,7 +238,7 @@ def test_shredder_metrics_move_with_requests_and_receipts(settings) -> None:
     assert values[("streamgate_events_in_total", (("worker", "shredder"),))] >= 1, text
     assert values[("streamgate_events_out_total", (("topic", "audit"), ("worker", "shredder")))] >= 2, text
     assert values[("streamgate_keys_shredded_total", (("reason", "erasure"), ("worker", "shredder")))] == 1, text
-    assert "usr_metrics" not in text and "tk1_" not in text
+    assert "usr_metrics" not in text and "tk1_" not in text and "tk2_" not in text
 
 
 def test_only_signed_erasure_requests_shred(settings, redis_client) -> None:
@@ -307,11 +310,12 @@ def test_each_role_credential_alone_does_its_part(settings, redis_client, tmp_pa
     from stream.schema import load_schema
 
     master = Keyring.from_settings(settings)
-    domains = sorted({f.token_domain for f in load_schema(settings.schema_name).fields.values() if f.token_domain})
+    schema = load_schema(settings.schema_name)
+    domains = sorted({f.token_domain for f in schema.fields.values() if f.token_domain})
     as_role = {}
     for role in ("gateway", "reader", "eraser", "shredder", "verifier"):
         path = tmp_path / f"{role}.json"
-        master.for_role(role, token_domains=domains).save(path)
+        master.for_role(role, token_domains=domains, person_domain=schema.subject_domain).save(path)
         as_role[role] = settings.model_copy(update={"master_key": None, "key_file": path})
     t = settings.topics
     bootstrap = settings.kafka_bootstrap
@@ -332,4 +336,5 @@ def test_each_role_credential_alone_does_its_part(settings, redis_client, tmp_pa
     receipts = audit_receipts(bootstrap, t.audit, expect=2)
     public = verify_key(Keyring.from_settings(as_role["verifier"]), "receipt")
     assert len(receipts) == 2 and all(verify_receipt(r, public) for r in receipts)
-    assert {r["subject"] for r in receipts} == {token}
+    assert {r["subject"] for r in receipts} == {token} and token.startswith("tk2_")  # found by the shredder's lookup
+    assert person_tokens(settings, "usr_roles", legacy=False) == []  # and unlinked with the person's secret

@@ -11,6 +11,8 @@ import pytest
 from stream.bench.latency import PATHS, format_latency, percentiles, run_latency_bench
 from stream.config import Settings
 
+pytestmark = pytest.mark.slow
+
 
 def test_percentiles_ordered() -> None:
     p50, p99, mx = percentiles([5.0, 1.0, 3.0, 100.0, 2.0])

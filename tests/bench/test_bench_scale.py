@@ -5,9 +5,13 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 
+import pytest
+
 from stream.bench.procs import listener_pid
 from stream.bench.scale import format_scale, run_scale_bench
 from stream.config import Settings
+
+pytestmark = pytest.mark.slow
 
 
 def test_bench_scale_small(settings_factory: Callable[..., Settings]) -> None:

@@ -8,6 +8,7 @@ import stat
 from pathlib import Path
 
 import pytest
+import redis
 from click.testing import CliRunner, Result
 
 from stream.cli import cli
@@ -142,7 +143,7 @@ def test_roles_issue_least_privilege_credentials_that_interoperate(tmp_path: Pat
     from stream.crypto.keyring import ROLES, RoleKeyring
     from stream.crypto.kms import LocalKMS
     from stream.crypto.signing import sign, signing_key, verify, verify_key
-    from stream.crypto.tokens import Tokenizer
+    from stream.crypto.tokens import Pseudonyms, Tokenizer
     from stream.errors import KeyringError
 
     ring_path = tmp_path / "ring.json"
@@ -173,6 +174,16 @@ def test_roles_issue_least_privilege_credentials_that_interoperate(tmp_path: Pat
     assert Tokenizer(creds["shredder"]).token("user_id", "u1") == Tokenizer(master).token("user_id", "u1")
     with pytest.raises(KeyringError):
         Tokenizer(creds["reader"]).token("user_id", "u1")
+
+    # tk2 person tokens (the secret comes from Redis; no connection is made here): same for both, no one else
+    def tk2(ring: Keyring) -> tuple[str, str]:
+        p = Pseudonyms(ring, redis.Redis(), "sg", domain="user_id")
+        return p.lookup_id("u1"), p.token_from(b"s" * 32, "u1")
+
+    assert tk2(creds["gateway"]) == tk2(creds["shredder"]) == tk2(master)
+    for role in set(ROLES) - {"gateway", "shredder"}:
+        with pytest.raises(KeyringError):
+            tk2(creds[role])
     # signing: only the owner signs; verifiers hold public keys only
     for signer, owner, holders in (("erasure", "eraser", ["shredder"]), ("receipt", "shredder", ["verifier"]),
                                    ("snapshot", "learner", ["verifier"])):
@@ -195,3 +206,18 @@ def test_roles_issue_least_privilege_credentials_that_interoperate(tmp_path: Pat
     assert again.exit_code == 1 and "needs the master keyring" in _output(again)
     refused = _roles(tmp_path, monkeypatch, "--out", str(out), key_env={"STREAMGATE_MASTER_KEY_FILE": str(ring_path)})
     assert refused.exit_code == 1 and "refusing to overwrite" in _output(refused)
+
+
+def test_generate_then_any_command_finds_the_keyring(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`keys generate` then a worker: no export needed (the default path under STREAMGATE_HOME)."""
+    from stream.config import Settings
+
+    monkeypatch.delenv("STREAMGATE_STATE_DIR", raising=False)
+    for name in ("STREAMGATE_MASTER_KEY", "STREAMGATE_MASTER_KEY_FILE", "STREAMGATE_KEY_FILE"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("STREAMGATE_HOME", str(tmp_path / "home"))
+    result = CliRunner().invoke(cli, ["keys", "generate"], prog_name="streamgate")
+    assert result.exit_code == 0, _output(result)
+    assert "export STREAMGATE" not in result.output and "no export needed" in result.output
+    written = tmp_path / "home" / "keyring.json"
+    assert Keyring.from_settings(Settings()).ids == tuple(_ids(written))

@@ -80,3 +80,37 @@ def test_estimates_with_nothing_published_says_so(settings_factory) -> None:
                                 env=_env(settings))
     assert result.exit_code == 3
     assert "no estimates yet" in result.output
+
+
+@pytest.mark.integration
+def test_estimates_before_the_privatizer_ever_ran_names_it(settings_factory) -> None:
+    settings = settings_factory()  # a fresh topic name: never created
+    result = CliRunner().invoke(cli, ["estimates", "--idle-timeout", "1"], prog_name="streamgate",
+                                env=_env(settings))
+    assert result.exit_code == 1
+    assert "TopicMissingError" in result.output and settings.topics.frequencies in result.output
+    assert "created by the privatizer" in result.output and "streamgate privatizer" in result.output
+
+
+def test_estimates_table_shows_the_projected_value_first_and_labels_the_unbiased_one() -> None:
+    from rich.console import Console
+
+    from stream.commands.ldp import ESTIMATES_NOTE, render_estimates
+
+    window = {"start": "2030-01-01T00:00:00Z", "end": "2030-01-01T00:01:00Z", "start_ms": 0, "end_ms": 60_000}
+    rec = {"attribute": "category", "kind": "categorical", "mechanism": "L-OSUE", "eps_inf": 2.0, "n": 900,
+           "window": window, "values": [
+               {"value": "jewelry", "estimate": 1.0947, "std_error": 0.05, "projected": 0.9},
+               {"value": "books", "estimate": -0.0412, "std_error": 0.05, "projected": 0.1}]}
+    num = {"attribute": "price", "kind": "numeric", "mechanism": "L-Duchi", "eps_inf": 2.0, "n": 900,
+           "window": window, "mean": -12.5, "clipped_mean": 0.0, "std_error": 40.0, "ci95": [-90.9, 65.9]}
+    console = Console(record=True, width=200)
+    console.print(render_estimates([rec, num], truth={"category": {"jewelry": 0.88, "books": 0.12}}))
+    text = console.export_text()
+    header = next(line for line in text.splitlines() if "value" in line and "unbiased" in line)
+    assert header.index("estimate") < header.index("true") < header.index("unbiased")
+    row = next(line for line in text.splitlines() if "jewelry" in line)
+    assert row.index("0.9000") < row.index("0.8800") < row.index("1.0947")
+    price = next(line for line in text.splitlines() if "-12.50" in line)
+    assert price.index("0.00") < price.index("-12.50")
+    assert " ".join(ESTIMATES_NOTE.split()[:6]) in " ".join(text.split())

@@ -22,7 +22,7 @@ from stream.learn.snapshot import ModelSnapshot
 from tests.support.learner_examples import feature_report, make_examples
 from tests.support.workers import settings_env
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 
 def _trained_snapshot(settings: Settings, n: int = 3000) -> ModelSnapshot:
@@ -128,3 +128,16 @@ def test_model_show_refuses_a_snapshot_signed_with_another_key(settings: Setting
     assert "Traceback" not in res.output
     res = _invoke(settings_env(settings), "model", "predict", input=b"{}\n")
     assert res.exit_code == 1 and "SnapshotError" in res.stderr
+
+
+def test_model_show_names_a_federated_global_version() -> None:
+    from stream.commands.learn import model_summary, render_summary
+
+    header = {"name": "m", "created_at": "x", "examples_seen": 10, "metrics": {}, "epsilon": {},
+              "federation": {"version": 7, "aggregator": "host-1-ab", "merged_updates": 3, "senders": ["a", "b"],
+                             "next_offsets": {"0": 12}}}
+    summary = model_summary(header, verified=True)
+    assert summary["federation"] == {"version": 7, "aggregator": "host-1-ab", "merged_updates": 3, "senders": ["a", "b"]}
+    assert "global version 7 (federated: the last round merged 3 updates from 2 learner(s)" in render_summary(summary)
+    assert "global version" not in render_summary(model_summary({**header, "federation": None}, verified=True))
+

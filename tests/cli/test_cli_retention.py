@@ -17,17 +17,16 @@ from typing import Any
 import pytest
 from confluent_kafka.admin import AdminClient, ConfigResource
 
-from stream.components import build_dek_provider, build_gateway
+from stream.components import build_dek_provider, build_gateway, person_tokens
 from stream.config import TopicNames
 from stream.crypto.keyring import Keyring
-from stream.crypto.tokens import Tokenizer
 from stream.dev.stack import free_port
 from stream.schema import output_validator
 from tests.support.kafka import read_topic
 from tests.support.shred import Clock, produce, protect
 from tests.support.workers import settings_env, stop_process
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 
 def _cli(*args: str) -> list[str]:
@@ -97,18 +96,17 @@ def test_shredder_worker_erase_wait_and_audit(settings_factory, unique_id: str) 
     env = settings_env(settings, STREAMGATE_WEB_PORT=str(port), STREAMGATE_SHREDDER_CONSUMER_GROUP=f"sgcli-shred-{unique_id}",
                STREAMGATE_SHREDDER_INSTANCE_ID="cli-shredder", STREAMGATE_SHREDDER_INTERVAL_SECONDS="0.5",
                STREAMGATE_METRICS_INTERVAL_SECONDS="1")
-    # the person has data keys (two epochs) before the erasure
-    keyring = Keyring.from_settings(settings)
-    token = Tokenizer(keyring).token("user_id", "usr_cli_forget")
-    provider = build_dek_provider(settings, keyring)
-    e = provider.epoch_of(time.time())
-    provider.keys_for([token], e)
-    provider.keys_for([token], e - 1)
     # protected events of the person and of someone else on clicks.protected (the gateway's core)
     events = protect(settings, Clock(time.time()), ["usr_cli_forget", "usr_cli_keep"], 2,
                      gateway=build_gateway(settings))
     produce(settings.kafka_bootstrap, settings.topics.protected,
             [(ev["user_id"].encode(), json.dumps(ev).encode()) for ev in events])
+    # the person's tk2 token (the default) has data keys of two epochs before the erasure
+    token = events[0]["user_id"]
+    assert token.startswith("tk2_") and person_tokens(settings, "usr_cli_forget", legacy=False) == [token]
+    provider = build_dek_provider(settings)
+    e = provider.epoch_of(time.time())
+    provider.keys_for([token], e - 1)
 
     log = settings.state_dir / "shredder.log"
     with open(log, "wb") as f:
@@ -133,6 +131,7 @@ def test_shredder_worker_erase_wait_and_audit(settings_factory, unique_id: str) 
         assert erased.returncode == 0, erased.stderr
         assert f"request_id=cli-req-1 subject={token}" in erased.stdout
         assert "completed keys=2" in erased.stdout and "usr_cli_forget" not in erased.stdout
+        assert "no shredder is running" not in erased.stderr  # the running one is seen
         again = _run(env, "erase", "--user", "usr_cli_forget", "--request-id", "cli-req-1", "--wait",
                      "--timeout", "60")
         assert again.returncode == 0 and "completed keys=2" in again.stdout, again.stderr
@@ -150,7 +149,11 @@ def test_shredder_worker_erase_wait_and_audit(settings_factory, unique_id: str) 
         strict = _run(env, "decrypt", "--on-shredded", "raise", "--idle-timeout", "2")
         assert strict.returncode == 0 and "2 events decrypted, 2 could not be decrypted" in strict.stderr
 
-        audit = _run(env, "audit", "--user", "usr_cli_forget", "--json")
+        # unlinked: the user_id no longer leads to the receipts of its erased token, the token itself does
+        unlinked = _run(env, "audit", "--user", "usr_cli_forget", "--json")
+        assert unlinked.returncode == 0 and unlinked.stdout == "", unlinked.stderr
+        assert person_tokens(settings, "usr_cli_forget", legacy=False) == []
+        audit = _run(env, "audit", "--subject", token, "--json")
         assert audit.returncode == 0, audit.stderr
         receipts = [json.loads(line) for line in audit.stdout.splitlines()]
         valid = output_validator("audit-receipt.v1")
@@ -173,6 +176,7 @@ def test_shredder_worker_erase_wait_and_audit(settings_factory, unique_id: str) 
     finally:
         stop_process(proc)
     assert proc.returncode == 0, log.read_text()[-3000:]
+    assert b"\x1b" not in log.read_bytes()  # no terminal escapes (Faust's spinner) in a log file
 
 
 def test_erase_signs_with_the_eraser_credential_alone(settings_factory, tmp_path: Path) -> None:
@@ -192,6 +196,7 @@ def test_erase_signs_with_the_eraser_credential_alone(settings_factory, tmp_path
     done = _run(env, "erase", "--user", "usr_no_kek", "--request-id", "nokek-1")
     assert done.returncode == 0, done.stderr
     assert "request_id=nokek-1" in done.stdout and "token not shown" in done.stdout
+    assert "no shredder is running" in done.stderr and "streamgate shredder" in done.stderr
     (rec,) = read_topic(settings.kafka_bootstrap, settings.topics.erasure, expect=1)
     body = json.loads(rec.value)
     assert rec.key == b"usr_no_kek" and set(body) == {"request_id", "user_id", "requested_at", "signer", "signature"}

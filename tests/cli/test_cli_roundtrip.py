@@ -37,7 +37,7 @@ import redis
 
 from stream.config import TopicNames
 from stream.crypto.keyring import Keyring
-from stream.crypto.tokens import Tokenizer
+from stream.crypto.tokens import Pseudonyms
 from stream.dev.stack import free_port
 from stream.schema import load_schema
 from stream.synth import ClickstreamGenerator
@@ -46,7 +46,7 @@ from tests.support.kafka import read_topic
 from tests.support.procscan import procs_mentioning
 from tests.support.workers import stop_process, worker_env
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 ENCRYPTED = ("email", "phone", "ip", "user_agent", "shipping_address")
 CLEAR = ("event_id", "event_type", "ts", "page", "product_id", "currency", "quantity", "category", "price",
@@ -168,8 +168,9 @@ def gw(kafka_bootstrap: str, redis_url: str, tmp_path_factory: pytest.TempPathFa
               n_lines=len(lines), secrets=secrets)
     try:
         _wait_ready(proc, port, log)
-        produced = run.run("produce", "--file", str(events_file))
+        produced = run.run("produce", "--file", str(events_file), "--allow-invalid")
         assert produced.returncode == 0, produced.stderr
+        assert f"{len(invalid):,} of {len(lines):,} lines are not valid" in produced.stderr
         assert produced.stdout == f"published {len(lines):,} records to {topics.raw}\n"
         yield run
     finally:
@@ -200,6 +201,7 @@ def reads(gw: Run, outputs: dict[str, list[Any]]) -> dict[str, subprocess.Comple
     user = _busiest_user_with_email(gw.events)
     commands = {
         "decrypt_user": ("decrypt", "--user", user, "--idle-timeout", READ_IDLE),
+        "decrypt_unknown": ("decrypt", "--user", "usr_never_seen", "--idle-timeout", "2"),
         "decrypt_all": ("decrypt", "--idle-timeout", READ_IDLE),
         "dlq": ("dlq", "inspect", "--max", "100", "--idle-timeout", READ_IDLE),
         "dlq_unseal": ("dlq", "inspect", "--max", "100", "--unseal", "--idle-timeout", READ_IDLE),
@@ -241,7 +243,7 @@ def _check_decrypted_against_input(got: dict[str, Any], original: dict[str, Any]
     for f in CLEAR:
         assert got.get(f) == original.get(f), f
     assert "referrer" not in got  # dropped by policy
-    assert got["user_id"].startswith("tk1_") and got["user_id"] != original["user_id"]
+    assert got["user_id"].startswith("tk2_") and got["user_id"] != original["user_id"]  # the default: tk2
     assert got["session_id"].startswith("tk1_") and got["session_id"] != original["session_id"]
 
 
@@ -269,13 +271,27 @@ def test_decrypt_one_user(gw: Run, reads: dict[str, Any]) -> None:
     mine = {e["event_id"]: e for e in gw.events if e["user_id"] == user}
     got = _decrypted(r.stdout)
     assert sorted(g["event_id"] for g in got) == sorted(mine)  # exactly that user's events, each once
-    token = Tokenizer(Keyring.parse(gw.master_key)).token(load_schema("clickstream-event.v1").fields["user_id"]
-                                                          .token_domain or "user_id", user)
+    token = _pseudonyms(gw).lookup(user)
     for g in got:
         assert g["user_id"] == token
         _check_decrypted_against_input(g, mine[g["event_id"]])
     assert any(g.get("email") for g in got)  # the chosen user has an email, decrypted back
-    assert f"# {len(mine)} events decrypted" in r.stderr
+    assert f"# {len(mine)} events decrypted" in r.stderr and "no tk2 pseudonym" not in r.stderr
+
+
+def test_decrypt_of_someone_never_seen_finds_nothing_and_creates_no_pseudonym(gw: Run, reads: dict[str, Any]) -> None:
+    r = reads["decrypt_unknown"]
+    assert r.returncode == 0, r.stderr
+    assert r.stdout == "" and "# 0 events decrypted" in r.stderr and "no tk2 pseudonym" in r.stderr
+    pseud = _pseudonyms(gw)
+    assert pseud.lookup("usr_never_seen") is None
+    assert not redis.Redis.from_url(gw.env["STREAMGATE_REDIS_URL"]).exists(pseud.pid_key(pseud.lookup_id("usr_never_seen")))
+
+
+def _pseudonyms(gw: Run) -> Pseudonyms:
+    """The tk2 pseudonyms of the worker's Redis (the master key's)."""
+    return Pseudonyms(Keyring.parse(gw.master_key), redis.Redis.from_url(gw.env["STREAMGATE_REDIS_URL"]),
+                      gw.env["STREAMGATE_REDIS_KEY_PREFIX"], domain=load_schema("clickstream-event.v1").subject_domain)
 
 
 def test_decrypt_all_valid_events(gw: Run, reads: dict[str, Any]) -> None:

@@ -14,6 +14,8 @@ import pytest
 
 from stream.dev.stack import free_port
 
+pytestmark = pytest.mark.slow
+
 COMMANDS = [
     ("produce", "--generate", "1"),
     ("ops", "watch", "--once"),

@@ -178,9 +178,14 @@ def test_from_settings(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
         key_fingerprint(KEY_A),
     )
     with pytest.raises(KeyringError) as info:
-        Keyring.from_settings(Settings())
+        Keyring.from_settings(Settings(state_dir=tmp_path / "home"))
     assert "STREAMGATE_MASTER_KEY" in str(info.value)
     assert "streamgate keys generate" in str(info.value)
+    # the default keyring file in the state dir is found when nothing else is configured
+    (tmp_path / "home").mkdir()
+    Keyring.parse(f"d:{B64_B}").save(tmp_path / "home" / "keyring.json")
+    assert Keyring.from_settings(Settings(state_dir=tmp_path / "home")).ids == ("d",)
+    assert Keyring.from_settings(Settings(state_dir=tmp_path / "home", master_key_file=path)).ids == ("x",)
 
 
 def test_rotation_newest_wraps_old_blobs_still_unwrap() -> None:

@@ -23,7 +23,7 @@ from stream.synth import ClickstreamGenerator
 from tests.support.fixtures import SINGLE_REDIS_ONLY, OwnRedis
 from tests.support.kafka import read_topic, running_in_thread, wait_for
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
 SCHEMA = load_schema("clickstream-event.v1")
 
 

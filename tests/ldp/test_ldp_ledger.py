@@ -10,6 +10,7 @@ import pytest
 
 from stream.crypto.keyring import Keyring
 from stream.ldp.labels import ExampleStub
+from stream.ldp.ledger import LEDGER_PURPOSE, ledger_id, ledger_key
 from stream.ldp.memo import MICRO, RedisMemoStore
 from stream.ldp.privatizer import ProtectedRecord
 from stream.redisdb import RedisClient
@@ -83,3 +84,179 @@ def test_build_privatizer_refuses_a_cap_below_one_memo(settings_factory) -> None
     with pytest.raises(ConfigError, match="session_purchase"):
         build_privatizer(settings_factory(ldp_person_epsilon=12.0, learn_label_epsilon=20.0))
     build_privatizer(settings_factory(ldp_person_epsilon=20.0, learn_label_epsilon=20.0))
+
+
+def test_a_person_returning_after_erasures_stays_within_the_cap(settings_factory, redis_client: RedisClient) -> None:  # type: ignore[no-untyped-def]
+    """End to end with the default settings: the gateway's tk2 tokens, the shredder's erasure by
+    user_id (it leaves the erased marker), the person's new events under a new token (the gateway
+    exhausts its ledgers), the privatizer's ledger. Before the marker: 4 rounds spent 20 against 8."""
+    from stream.apps.shredder import ShredderEngine
+    from stream.components import build_gateway
+    from stream.gateway.core import RawRecord
+    from stream.retention.core import MemorySink
+    from stream.retention.receipts import rfc3339
+    from tests.support.shred import signed_request
+
+    settings = settings_factory(ldp_person_epsilon=CAP)
+    assert settings.pseudonym_tokens
+    gw = build_gateway(settings)
+    ledger_key = Keyring.from_settings(settings).derive(LEDGER_PURPOSE)
+    priv = make_privatizer(store=RedisMemoStore(redis_client, prefix=settings.redis_key_prefix), budget=CAP, seed=1,
+                           ledger_key=ledger_key)
+    engine = ShredderEngine(settings)
+    engine.shredder.sink = MemorySink()
+    user_id = _event(0)["user_id"]
+    pseud = gw.tokenizer.pseudonyms
+    assert pseud is not None
+    mark = pseud.perased_key(pseud.lookup_id(user_id))
+    now_ms = int(time.time() * 1000)
+    spent, standins, tokens = 0.0, 0, set()
+    for round_ in range(4):
+        out = gw.process([RawRecord("t", 0, i, orjson.dumps(_event(10 * round_ + i)), None) for i in range(3)])
+        (token,) = {k.decode() for k, _v in out.protected}
+        tokens.add(token)
+        res = priv.process([ProtectedRecord(v, now_ms) for _k, v in out.protected])
+        assert len(res.reports) == 3
+        spent += sum(res.epsilon_spent.values())
+        standins += sum(res.suppressed.values())
+        assert redis_client.exists(mark) == (round_ > 0)  # written by the erasure, not by the gateway
+        before = int(time.time()) // settings.epoch_seconds
+        engine._erase_one(signed_request(settings, f"refund-{round_}", user_id=user_id,
+                                         requested_at=rfc3339(time.time())), f"t/0/{round_}")
+        assert before <= int(redis_client.get(mark) or -1) <= int(time.time()) // settings.epoch_seconds
+        gw.tokenizer.forget(token)  # as the shred channel does
+        priv.cache.invalidate(token)
+    assert engine.shredder.stats.erasures == 4 and len(tokens) == 4  # a new tk2 token after each erasure
+    assert pseud.returned == 3
+    # round 1 spends 5 (one memo per attribute); every later token starts at the cap: stand-ins only
+    assert spent == pytest.approx(5.0) and spent <= CAP
+    assert standins == 3 * 3 * 5
+
+
+E, R = 3600, 7200
+T0 = 1_900_000_000.0  # = the default requested_at of signed_request; mid-epoch
+
+
+def _raw(user_id: str, i: int = 0):  # type: ignore[no-untyped-def]
+    from stream.gateway.core import RawRecord
+
+    return RawRecord("clicks.raw", 0, i, orjson.dumps(dict(_event(i), user_id=user_id)), None)
+
+
+class _Person:
+    """One person through the real gateway, privatizer and shredder, on an injected clock (E, R epochs)."""
+
+    def __init__(self, settings, redis_client: RedisClient, user_id: str) -> None:  # type: ignore[no-untyped-def]
+        from stream.apps.privatizer import build_privatizer
+        from stream.apps.shredder import ShredderEngine
+        from stream.components import build_gateway
+        from stream.retention.core import MemorySink
+        from tests.support.clock import Clock
+
+        self.settings, self.redis, self.user_id = settings, redis_client, user_id
+        self.clock = Clock(T0)
+        self.gw = build_gateway(settings, clock=self.clock)
+        self.priv = build_privatizer(settings, client=redis_client, clock=self.clock)
+        self.engine = ShredderEngine(settings, client=redis_client, clock=self.clock)
+        self.engine.shredder.sink = MemorySink()
+        self.key = Keyring.from_settings(settings).derive(LEDGER_PURPOSE)
+        pseud = self.gw.tokenizer.pseudonyms
+        assert pseud is not None
+        self.pseud = pseud
+        self.mark = pseud.perased_key(pseud.lookup_id(user_id))
+
+    def events(self, n: int = 2) -> tuple[str, list[ProtectedRecord]]:
+        """The person's token and ``n`` protected records stamped by the gateway's clock."""
+        out = self.gw.process([_raw(self.user_id, i) for i in range(n)])
+        (token,) = {k.decode() for k, _v in out.protected}
+        return token, [ProtectedRecord(v, int(self.clock() * 1000)) for _k, v in out.protected]
+
+    def erase(self, request_id: str) -> None:
+        from tests.support.shred import signed_request
+
+        self.engine._erase_one(signed_request(self.settings, request_id, user_id=self.user_id), "t/0/0")
+
+    def ledger(self, token: str, epoch: int) -> str:
+        return ledger_key(self.settings.redis_key_prefix, token, ledger_id(self.key, token, epoch))
+
+
+@pytest.fixture
+def person(settings_factory, redis_client: RedisClient) -> _Person:  # type: ignore[no-untyped-def]
+    settings = settings_factory(epoch_seconds=E, retention_seconds=R, ldp_person_epsilon=CAP,
+                                dek_cache_max_staleness_seconds=30.0)
+    return _Person(settings, redis_client, "usr_returning")
+
+
+def test_the_erased_marker_holds_an_epoch_only_and_expires_with_that_epochs_ledgers(person: _Person) -> None:
+    r, epoch = person.redis, int(T0) // E
+    token, records = person.events()
+    assert sum(person.priv.process(records).epsilon_spent.values()) > 0
+    person.erase("mark-1")
+    marks = list(r.scan_iter(f"{person.settings.redis_key_prefix}:perased:*"))
+    assert marks == [person.mark.encode()]  # its name: the keyed lookup id
+    value = r.get(person.mark)
+    assert value == str(epoch).encode()  # its value: the erasure's epoch, nothing else
+    for secret in (person.user_id, token, token[4:]):
+        assert secret.encode() not in person.mark.encode() + value
+    # it expires with the last ledger that could still be charged for that epoch (or earlier)
+    assert r.expiretime(person.mark) == r.expiretime(person.ledger(token, epoch)) == (epoch + 1) * E + R
+    # an erasure of someone without a pseudonym secret (never seen, or erased already) writes none
+    person.erase("mark-2")
+    other = _Person(person.settings, r, "usr_never_seen")
+    other.erase("mark-3")
+    assert list(r.scan_iter(f"{person.settings.redis_key_prefix}:perased:*")) == marks
+
+
+def test_a_person_erased_in_epoch_e_reports_normally_again_in_epoch_e_plus_1(person: _Person) -> None:
+    r, epoch = person.redis, int(T0) // E
+    old, records = person.events()
+    assert person.priv.process(records).epsilon_spent
+    person.erase("next-1")
+    person.gw.tokenizer.forget(old)
+    # back in the same epoch: a new token whose ledgers are at the cap, so only stand-ins
+    new, records = person.events()
+    assert new != old and int(r.get(person.ledger(new, epoch)) or 0) == CAP * MICRO
+    res = person.priv.process(records)
+    assert not res.epsilon_spent and sum(res.suppressed.values()) == 2 * 5
+    # the next epoch: the same token, a fresh ledger, genuine reports
+    person.clock.advance(E)
+    again, records = person.events()
+    assert again == new and r.get(person.ledger(new, epoch + 1)) is None
+    res = person.priv.process(records)
+    assert sum(res.epsilon_spent.values()) > 0 and not sum(res.suppressed.values())
+    # ... while a late event of the erasure's epoch still finds its ledger exhausted
+    late = person.priv.process([ProtectedRecord(records[0].value, int(T0 * 1000))])
+    assert not late.epsilon_spent and sum(late.suppressed.values()) == 5
+
+
+def test_the_marker_is_honoured_again_when_the_first_charge_did_not_happen(person: _Person) -> None:
+    """Crash safety: exhausting is repeated on every mint while the marker lives, and tokens are
+    returned only after it."""
+    from stream.errors import KeyUnavailableError
+
+    r, epoch = person.redis, int(T0) // E
+    old, _records = person.events()
+    person.erase("crash-1")
+    person.gw.tokenizer.forget(old)
+    # the exhaust fails (Redis gone in between): the batch fails, nothing is emitted
+    exhaust = person.pseud.on_erased
+    assert exhaust is not None
+
+    def down(erased: dict[str, int], now: float) -> object:
+        raise KeyUnavailableError("ledger store unavailable")
+
+    person.pseud.on_erased = down
+    with pytest.raises(KeyUnavailableError):
+        person.events()
+    person.pseud.on_erased = exhaust
+    new, _records = person.events()  # the secret exists now; the marker is reported again
+    ledgers = [person.ledger(new, e) for e in (epoch - 1, epoch)]  # still chargeable at T0
+    assert [int(r.get(k) or 0) for k in ledgers] == [CAP * MICRO] * 2
+    # the charge is lost after all (say, a Redis failover): the next round trip exhausts again
+    r.delete(*ledgers)
+    assert person.events()[0] == new and r.get(ledgers[1]) is None  # within the memo's staleness bound
+    person.clock.advance(person.settings.dek_cache_max_staleness_seconds + 1)
+    assert person.events()[0] == new
+    assert [int(r.get(k) or 0) for k in ledgers] == [CAP * MICRO] * 2
+    assert [r.expiretime(k) for k in ledgers] == [e * E + E + R for e in (epoch - 1, epoch)]
+    assert not person.priv.process(person.events()[1]).epsilon_spent

@@ -332,6 +332,7 @@ def test_acls_give_each_principal_only_its_job() -> None:
     assert _writers(t.audit) == {"shredder", "learner"}
     assert _writers(t.raw) == {"producer"}
     assert _writers(t.snapshots) == {"learner"}
+    assert _writers(t.updates) == {"learner"}  # federated learning: local updates, read by the aggregating learner
     assert _writers(t.dlq) == {"gateway"}
     for principal, op, kind, name, pattern in _acls():
         assert op in {"Read", "Write", "Describe"} and name != "*", (principal, op, name)
@@ -341,6 +342,9 @@ def test_acls_give_each_principal_only_its_job() -> None:
     for worker, group in (("gateway", s.consumer_group), ("privatizer", s.privatizer_consumer_group),
                           ("shredder", s.shredder_consumer_group), ("learner", s.learner_consumer_group)):
         assert (worker, group) in groups
+    from stream.apps.federated import aggregator_group
+
+    assert ("learner", aggregator_group(s)) in groups
     assert not [p for p, op, _, name, _ in _acls() if p in {"eraser", "verifier"} and name == t.protected]
 
 

@@ -19,7 +19,7 @@ from stream.synth import ClickstreamGenerator
 from tests.support.fixtures import OwnRedis
 from tests.support.kafka import running_in_thread, wait_for
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
 N = 120
 M = 50
 

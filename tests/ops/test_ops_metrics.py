@@ -35,7 +35,7 @@ from tests.support.gateway_worker import (
 )
 from tests.support.kafka import read_topic
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 REPO = Path(__file__).resolve().parents[2]
 N_VALID = 400
@@ -115,7 +115,7 @@ def flow(kafka_bootstrap: str, redis_url: str, tmp_path_factory: pytest.TempPath
     secrets += sorted({e[f] for e in events for f in PII_FIELDS if isinstance(e.get(f), str) and len(e[f]) >= 6})
     with gateway_worker(kafka_bootstrap, redis_url, state_dir) as w:
         before = scrape(w)
-        r = w.run("produce", "--file", str(path))
+        r = w.run("produce", "--file", str(path), "--allow-invalid")
         assert r.returncode == 0, r.stderr
         total = len(lines)
         wait_samples(w, lambda s: value(s, "streamgate_events_in_total") >= total
@@ -217,7 +217,7 @@ def test_no_pii_or_tokens_in_logs_labels_or_snapshots(flow: Flow) -> None:
     assert len(protected) == N_VALID
     tokens = {r.key.decode() for r in protected if r.key}
     for r in protected:  # every token of every tokenized field (user, session, ...)
-        tokens.update(re.findall(r"tk1_[A-Za-z0-9_-]+", r.value.decode()))
+        tokens.update(re.findall(r"tk\d+_[A-Za-z0-9_-]+", r.value.decode()))
     assert len(tokens) > 10
     log_text = flow.w.log.read_text(errors="replace")
     snapshots = b"\n".join(r.value or b"" for r in read_topic(flow.w.bootstrap, flow.w.topics.metrics, idle=1.0, timeout=8))
@@ -227,7 +227,7 @@ def test_no_pii_or_tokens_in_logs_labels_or_snapshots(flow: Flow) -> None:
         assert not leaked, f"{len(leaked)} plaintext values in the worker's {where}"
         leaked_tokens = [t for t in tokens if t in text]
         assert not leaked_tokens, f"{len(leaked_tokens)} tokens in the worker's {where}"
-        assert "tk1_" not in text, where
+        assert not re.search(r"tk\d+_", text), where
     # JSON logs: one object per line, only the allow-listed fields
     records = json_lines(log_text)
     assert records, flow.w.tail()

@@ -25,6 +25,8 @@ from stream.ops.watch import WatchState, assign_new, read_until_idle, safe_reaso
 from stream.ops.worker import OpsHandle, Readiness, snapshot_record
 from tests.support.gateway_worker import GatewayWorker, gateway_worker, http_get
 
+pytestmark = pytest.mark.slow
+
 Factory = Callable[..., Settings]
 
 

@@ -20,6 +20,8 @@ from stream.ops.watch import WatchState
 from stream.synth import ClickstreamGenerator
 from tests.support.gateway_worker import GatewayWorker, gateway_worker, wait_fresh_snapshot
 
+pytestmark = pytest.mark.slow
+
 N_EVENTS = 600
 _REASON_OF_FAULT = {"bad_email": "schema_violation", "bad_type": "schema_violation"}
 WORKER_LINE = re.compile(

@@ -16,6 +16,7 @@ from stream.components import (
     invalidation_listener,
     redis_client,
 )
+from stream.config import Settings
 from stream.errors import KeyShreddedError
 from stream.gateway.core import QUARANTINE_SUBJECT, RawRecord, unseal_dead_letter
 from stream.retention.core import MemorySink, Shredder
@@ -82,7 +83,8 @@ def wait_for(cond, timeout: float = 10.0) -> bool:
 
 
 def test_tokenizer_memo_drops_an_erased_person_on_the_shred_channel(settings) -> None:
-    s = settings.model_copy(update={"dek_cache_max_staleness_seconds": 3600.0})
+    """With tk1 person tokens (opted out of tk2) the erased person leaves the tokenizer's memo."""
+    s = settings.model_copy(update={"dek_cache_max_staleness_seconds": 3600.0, "pseudonym_tokens": False})
     clock = Clock(T0)
     gw = build_gateway(s, clock=clock, listen=True)
     listener = invalidation_listener(gw.deks)
@@ -102,17 +104,26 @@ def test_tokenizer_memo_drops_an_erased_person_on_the_shred_channel(settings) ->
 
 @pytest.fixture
 def tk2(settings):
-    return settings.model_copy(update={"pseudonym_tokens": True, "dek_cache_max_staleness_seconds": 3600.0})
+    """The default settings (only the cache bound raised): person tokens are tk2 out of the box."""
+    assert Settings.model_fields["pseudonym_tokens"].default is True and settings.pseudonym_tokens
+    return settings.model_copy(update={"dek_cache_max_staleness_seconds": 3600.0})
 
 
 def all_tokens_of(settings, user_id: str) -> set[str]:
-    """Every token anyone holding the full master keyring and Redis can compute from ``user_id``."""
+    """Every token anyone holding the full master keyring and a dump of Redis can compute from
+    ``user_id``: the tk1 token, the token under every pseudonym secret stored (whoever it belongs
+    to), and the one the gateway would give the user_id now (created if absent)."""
     from stream.crypto.keyring import Keyring
     from stream.crypto.tokens import Tokenizer
 
     pseud = build_pseudonyms(settings)
-    tk1 = Tokenizer(Keyring.from_settings(settings)).token(pseud.domain, user_id)
-    return {tk1, pseud.lookup(user_id) or tk1, pseud.tokens([user_id], 2**33)[0]}
+    out = {Tokenizer(Keyring.from_settings(settings)).token(pseud.domain, user_id)}
+    rc = redis_client(settings)
+    for key in rc.scan_iter(match=f"{settings.redis_key_prefix}:*"):
+        raw = rc.get(key) if rc.type(key) == b"string" else None
+        if isinstance(raw, bytes) and raw.startswith(b"2.tk2_"):  # b"2." token b"." secret (32 bytes)
+            out.add(pseud.token_from(raw[-32:], user_id))
+    return out | {pseud.tokens([user_id], 2**33)[0]}
 
 
 def test_tk2_tokens_are_stable_while_the_person_exists(tk2) -> None:
@@ -187,10 +198,11 @@ def test_redis_losing_the_secrets_is_noticed_by_the_guard_and_tokens_change(tk2)
 
 
 def test_tk2_events_follow_the_output_schema_and_erasure_also_reaches_tk1_era_data(settings, tk2) -> None:
-    """Switching pseudonym_tokens on: data written under the tk1 token before the switch is still
+    """Upgrading to tk2 (the default) from tk1: data written under the tk1 token before is still
     within retention; an erasure by user_id destroys the keys of both tokens."""
     clock = Clock(T0)
-    old = build_gateway(settings, clock=clock).process([RawRecord("clicks.raw", 0, 0, orjson.dumps(event("usr_era")), None)])
+    before = settings.model_copy(update={"pseudonym_tokens": False})
+    old = build_gateway(before, clock=clock).process([RawRecord("clicks.raw", 0, 0, orjson.dumps(event("usr_era")), None)])
     new = build_gateway(tk2, clock=clock).process([RawRecord("clicks.raw", 0, 1, orjson.dumps(event("usr_era")), None)])
     tk1, tok2 = old.protected[0][0].decode(), new.protected[0][0].decode()
     assert tk1.startswith("tk1_") and tok2.startswith("tk2_")
@@ -217,3 +229,27 @@ def test_erasure_by_tk2_token_destroys_the_secret_too(tk2) -> None:
     assert redis_client(tk2).get(f"{tk2.redis_key_prefix}:ptok:{{{tok}}}") is None
     assert len(list(redis_client(tk2).scan_iter(match=f"{tk2.redis_key_prefix}:pid:*"))) == 1  # usr_kept's secret
 
+
+def test_looking_a_person_up_creates_no_secret(tk2) -> None:
+    """decrypt --user, audit --user, erase and the shredder find a user_id's token without creating
+    one: a person never seen, or already erased, stays without a secret (and without a token)."""
+    from stream.components import person_tokens
+
+    clock = Clock(T0)
+    rc = redis_client(tk2)
+
+    def secrets() -> int:
+        return len(list(rc.scan_iter(match=f"{tk2.redis_key_prefix}:pid:*")))
+
+    tok = build_gateway(tk2, clock=clock).process(
+        [RawRecord("clicks.raw", 0, 0, orjson.dumps(event("usr_seen")), None)]).protected[0][0].decode()
+    assert secrets() == 1
+    assert person_tokens(tk2, "usr_seen", legacy=False) == [tok]
+    assert person_tokens(tk2, "usr_never", legacy=False) == []
+    assert [t[:4] for t in person_tokens(tk2, "usr_never")] == ["tk1_"]  # records from before tk2 only
+    engine = ShredderEngine(tk2, clock=clock)
+    engine.shredder.sink = MemorySink()
+    for i, user in enumerate(["usr_never", "usr_seen", "usr_seen"]):  # the last: someone already erased
+        engine._erase_one(signed_request(tk2, f"req-lookup-{i}", user_id=user), f"t/0/{i}")
+    assert engine.shredder.stats.erasures == 3 and secrets() == 0
+    assert person_tokens(tk2, "usr_seen", legacy=False) == [] and secrets() == 0

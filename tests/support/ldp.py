@@ -42,6 +42,7 @@ def protected_records(events: list[dict], keyring: Keyring, ts_ms: int | None = 
 def make_privatizer(
     *, epsilon: float = 1.0, budget: float = 8.0, seed: int = 0, store: MemoryMemoStore | None = None,
     clock: Callable[[], float] = time.time, memo_key: bytes | None = None, label_epsilon: float | None = None,
+    ledger_key: bytes | None = None,
 ) -> Privatizer:
     schema = load_schema(SCHEMA)
     return Privatizer(
@@ -57,4 +58,5 @@ def make_privatizer(
         clock=clock,
         shuffle_seed=seed,
         label_epsilon=label_epsilon,
+        ledger_key=ledger_key,
     )

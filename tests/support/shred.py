@@ -36,14 +36,14 @@ __all__ = [
 
 
 def token_of(settings: Settings, user_id: str) -> str:
-    """The person token of ``user_id``: tk1, or (``pseudonym_tokens``) the tk2 token, created if absent."""
+    """The person token of ``user_id``: tk2 (the default) - their current one, or one created as if the
+    gateway had just seen them (expiring far ahead) - or tk1 with ``pseudonym_tokens`` off."""
     if settings.pseudonym_tokens:
         from stream.components import build_pseudonyms
 
-        return build_pseudonyms(settings).tokens([user_id], 2**33)[0]
-    schema = load_schema(settings.schema_name)
-    domain = schema.fields[schema.subject_field].token_domain or schema.subject_field
-    return Tokenizer(Keyring.from_settings(settings)).token(domain, user_id)
+        pseud = build_pseudonyms(settings)
+        return pseud.lookup(user_id) or pseud.tokens([user_id], 2**33)[0]
+    return Tokenizer(Keyring.from_settings(settings)).token(load_schema(settings.schema_name).subject_domain, user_id)
 
 
 def signed_request(settings: Settings, request_id: str, *, user_id: str | None = None, subject: str | None = None,
