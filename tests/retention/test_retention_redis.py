@@ -9,7 +9,13 @@ import time
 import pytest
 from redis.cluster import RedisCluster
 
-from stream.components import build_dek_provider, invalidation_listener, redis_client, start_invalidation
+from stream.components import (
+    build_dek_provider,
+    build_pseudonyms,
+    invalidation_listener,
+    redis_client,
+    start_invalidation,
+)
 from stream.errors import DecryptError, KeyShreddedError, KeyUnavailableError
 from stream.gateway.reader import SHREDDED_MASK, Shredded
 from stream.redisdb import deadlines_key, pending_key
@@ -363,16 +369,20 @@ def test_an_interrupted_erasure_is_redone_by_the_redelivered_request(settings, r
     clock.advance(E)
     protect(settings, clock, ["usr_int"], 1, seed=2)
     tok = token_of(settings, "usr_int")
+    pseud = build_pseudonyms(settings)
+    pid, mark = (k(pseud.lookup_id("usr_int")) for k in (pseud.pid_key, pseud.perased_key))
     sh, store, sink = shredder(settings, clock)
     destroy_all = store._destroy_all
     store._destroy_all = lambda entries: (_ for _ in ()).throw(KeyUnavailableError("killed (simulated)"))
     with pytest.raises(KeyUnavailableError):
         sh.erase(tok, "req-int")
     assert len(redis_keys_of(redis_client, prefix, tok)) == 2 and store.pending_count() == 2
+    assert redis_client.get(pid) is not None and redis_client.get(mark) is None  # secret and marker go together
     store._destroy_all = destroy_all
     out = sh.erase(tok, "req-int")  # the request comes again (its offset was not committed)
     assert out.keys_shredded == 2 and not out.repeated
     assert redis_keys_of(redis_client, prefix, tok) == []
+    assert redis_client.get(pid) is None and redis_client.get(mark) == str(int(clock()) // E).encode()
     assert sorted(r["kind"] for r in sink.receipts) == ["erasure", "key_shredded", "key_shredded"]
     assert len({r["receipt_id"] for r in sink.receipts}) == 3
     assert store.pending_count() == 0
