@@ -17,17 +17,14 @@ import time
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
-import redis
-from redis.backoff import ExponentialBackoff
-from redis.retry import Retry
-
 from stream.config import Settings
 from stream.crypto.deks import DekProvider, RedisKeyStore
 from stream.crypto.keyring import Keyring
-from stream.crypto.keystore import KeyStoreGuard, RedisIdentityProbe
+from stream.crypto.keystore import KeyStoreGuard, identity_probe
 from stream.crypto.kms import LocalKMS, WrapCounter
 from stream.crypto.tokens import Pseudonyms, Tokenizer
 from stream.gateway.core import Gateway
+from stream.redisdb import RedisClient, client_for
 from stream.retention.invalidation import ShredListener
 from stream.schema import load_schema
 
@@ -53,22 +50,16 @@ __all__ = [
 _LISTENERS: dict[int, ShredListener] = {}
 
 
-def redis_client(settings: Settings) -> redis.Redis:
-    return redis.Redis.from_url(
-        settings.redis_url_or_dev(),
-        socket_timeout=2.0,
-        socket_connect_timeout=2.0,
-        health_check_interval=10,
-        # fail fast: the gateway holds the batch and retries with its own backoff (fail closed)
-        retry=Retry(ExponentialBackoff(cap=0.5, base=0.05), 2),
-    )
+def redis_client(settings: Settings) -> RedisClient:
+    """The workers' Redis client (one server or a cluster: :func:`stream.redisdb.client_for`)."""
+    return client_for(settings)
 
 
 def build_dek_provider(
     settings: Settings,
     keyring: Keyring | None = None,
     *,
-    client: redis.Redis | None = None,
+    client: RedisClient | None = None,
     clock: Callable[[], float] = time.time,
     listen: bool = False,
     guard: bool = True,
@@ -79,7 +70,7 @@ def build_dek_provider(
     there too). ``guard=False`` builds it without a key-store identity guard (tests only)."""
     keyring = keyring or Keyring.from_settings(settings)
     client = client or redis_client(settings)
-    store = RedisKeyStore(client, prefix=settings.redis_key_prefix)
+    store = RedisKeyStore(client, prefix=settings.redis_key_prefix, shards=settings.redis_deadline_shards)
     provider = DekProvider(
         store,
         LocalKMS(keyring),
@@ -97,9 +88,9 @@ def build_dek_provider(
     return provider
 
 
-def build_keystore_guard(settings: Settings, client: redis.Redis | None = None) -> KeyStoreGuard:
+def build_keystore_guard(settings: Settings, client: RedisClient | None = None) -> KeyStoreGuard:
     """A key-store identity guard on ``settings``' Redis (see :mod:`stream.crypto.keystore`)."""
-    probe = RedisIdentityProbe(
+    probe = identity_probe(
         client or redis_client(settings), settings.redis_key_prefix,
         waitaof_timeout_ms=settings.dek_waitaof_timeout_ms,
     )
@@ -123,7 +114,7 @@ class GuardedMemoStore:
         return getattr(self.inner, name)
 
 
-def guard_privatizer(settings: Settings, privatizer: Privatizer, client: redis.Redis | None = None,
+def guard_privatizer(settings: Settings, privatizer: Privatizer, client: RedisClient | None = None,
                      guard: KeyStoreGuard | None = None) -> KeyStoreGuard:
     """Put ``privatizer``'s memo cache under a key-store identity guard: a batch (``process``,
     ``label_examples``) is returned only if Redis kept its identity throughout, and the memo
@@ -184,7 +175,7 @@ def build_gateway(
     settings: Settings,
     *,
     keyring: Keyring | None = None,
-    client: redis.Redis | None = None,
+    client: RedisClient | None = None,
     clock: Callable[[], float] = time.time,
     listen: bool = False,
 ) -> Gateway:
@@ -206,7 +197,7 @@ def build_gateway(
     return Gateway(schema, tokenizer, provider, max_event_bytes=settings.max_event_bytes, clock=clock)
 
 
-def build_pseudonyms(settings: Settings, keyring: Keyring | None = None, *, client: redis.Redis | None = None,
+def build_pseudonyms(settings: Settings, keyring: Keyring | None = None, *, client: RedisClient | None = None,
                      clock: Callable[[], float] = time.time, guard: KeyStoreGuard | None = None,
                      on_erased: Callable[[dict[str, int], float], object] | None = None) -> Pseudonyms:
     """The tk2 pseudonym store of ``settings``' person domain (:class:`stream.crypto.tokens.Pseudonyms`);
@@ -219,7 +210,7 @@ def build_pseudonyms(settings: Settings, keyring: Keyring | None = None, *, clie
 
 
 def person_tokens(settings: Settings, user_id: str, keyring: Keyring | None = None, *,
-                  client: redis.Redis | None = None, legacy: bool = True) -> list[str]:
+                  client: RedisClient | None = None, legacy: bool = True) -> list[str]:
     """The tokens ``user_id``'s records may carry, found without creating anything (``decrypt --user``,
     ``audit --user``, ``erase``). With ``pseudonym_tokens``: the tk2 token while the person has a secret
     (none: never seen, erased or expired), then (``legacy``) the tk1 token of records written before the

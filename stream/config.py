@@ -50,6 +50,11 @@ class Settings(BaseSettings):
     redis_url: str | None = Field(
         default=None, description="Redis URL for the key store; unset = the embedded dev Redis."
     )
+    redis_cluster: bool = Field(
+        default=False,
+        description="REDIS_URL names one node of a Redis Cluster (redis-py's RedisCluster finds the rest). Keys "
+        "are hash-tagged per person token, so every script stays in one slot (stream.redisdb).",
+    )
     state_dir: Path = Field(
         default_factory=default_state_dir,
         description="Where the dev stack keeps pid files, logs, state and the default keyring "
@@ -106,7 +111,15 @@ class Settings(BaseSettings):
         "long for Redis to fsync them before it is emitted; not confirmed = batch held. 0 = off; skipped if "
         "unsupported. At most 1500 (below the 2 s Redis socket timeout).",
     )
-    redis_key_prefix: str = Field(default="sg", description="Prefix of every Redis key streamgate writes.")
+    redis_key_prefix: str = Field(
+        default="sg", pattern=r"^[^:{}]+$",
+        description="Prefix of every Redis key streamgate writes (no ':' and no braces).",
+    )
+    redis_deadline_shards: int = Field(
+        default=16, gt=0, le=1024,
+        description="Shards of the deadline index (<prefix>:deadlines:{shard-NN}, shard = crc32(person token) mod "
+        "this); the shredder scans every shard. Raising it is safe; lowering it strands the higher shards.",
+    )
 
     # --- gateway -------------------------------------------------------------
     schema_name: str = Field(default="clickstream-event.v1", description="Input schema of the raw topic.")

@@ -34,7 +34,6 @@ from typing import Any, ClassVar
 
 import faust
 import orjson
-import redis
 
 from stream.apps.hosting import worker_app
 from stream.config import Settings
@@ -50,6 +49,7 @@ from stream.ldp.oracle import secure_rng
 from stream.ldp.policy import LdpPolicy
 from stream.ldp.privatizer import Privatizer, PrivatizeResult, ProtectedRecord
 from stream.ops.metrics import WorkerMetrics
+from stream.redisdb import RedisClient
 from stream.retention.invalidation import ShredListener
 from stream.schema import load_schema
 
@@ -91,7 +91,7 @@ def build_privatizer(
     settings: Settings,
     *,
     keyring: Keyring | None = None,
-    client: redis.Redis | None = None,
+    client: RedisClient | None = None,
     clock: Callable[[], float] = time.time,
     allow_seed: bool | None = None,
     guard: bool = True,
@@ -125,7 +125,7 @@ def build_privatizer(
     client = client or redis_client(settings)
     privatizer = Privatizer(
         policy,
-        RedisMemoStore(client, prefix=settings.redis_key_prefix),
+        RedisMemoStore(client, prefix=settings.redis_key_prefix, shards=settings.redis_deadline_shards),
         memo_key=keyring.derive("ldp-memo"),
         ledger_key=keyring.derive(LEDGER_PURPOSE),
         subject_field=schema.subject_field,

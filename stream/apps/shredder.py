@@ -27,7 +27,6 @@ from typing import Any, ClassVar
 
 import faust
 import orjson
-import redis
 
 from stream.apps.hosting import worker_app
 from stream.components import build_pseudonyms, redis_client
@@ -37,6 +36,7 @@ from stream.crypto.signing import signing_key, verify_key
 from stream.crypto.tokens import Tokenizer
 from stream.engine import NotDeliveredError, Out, Record, Result, StreamEngine
 from stream.errors import KeyUnavailableError
+from stream.redisdb import RedisClient
 from stream.retention.core import (
     ErasureConflictError,
     ErasureRejectedError,
@@ -92,7 +92,7 @@ class ShredderEngine(StreamEngine):
         *,
         bootstrap: str | None = None,
         keyring: Keyring | None = None,
-        client: redis.Redis | None = None,
+        client: RedisClient | None = None,
         clock: Callable[[], float] = time.time,
         metrics: Any = None,
         consumer_overrides: dict[str, Any] | None = None,
@@ -105,7 +105,8 @@ class ShredderEngine(StreamEngine):
         self.erasure_key = verify_key(self.keyring, "erasure")  # only requests signed by the eraser run
         self.receipt_key = signing_key(self.keyring, "receipt")  # signs every receipt on ops.audit
         self.token_domain = load_schema(settings.schema_name).subject_domain
-        self.store = RedisShredStore(client or redis_client(settings), settings.redis_key_prefix)
+        self.store = RedisShredStore(client or redis_client(settings), settings.redis_key_prefix,
+                                     shards=settings.redis_deadline_shards)
         # tk2: a user_id's token is found through the person's secret (lookup only, never created)
         self.pseudonyms = build_pseudonyms(settings, self.keyring, client=self.store.client) \
             if settings.pseudonym_tokens else None

@@ -6,16 +6,18 @@ with an expiry at the end of that epoch's retention. Destroying the stored
 (wrapped) key - by expiry or by the shredder - makes every ciphertext under it
 unreadable everywhere: the plaintext key only ever lives in process memory.
 
-Redis layout (:class:`RedisKeyStore`; the shredder relies on it)::
+Redis layout (:class:`RedisKeyStore`; the shredder relies on it; braces are hash tags,
+:mod:`stream.redisdb`)::
 
-    {prefix}:dek:{subject}:{epoch}   string  stored value, EXPIREAT = expire_at   (SET NX EXAT)
-    {prefix}:deadlines               zset    member "{subject}:{epoch}", score = expire_at (ZADD NX)
+    <prefix>:dek:{<subject>}:<epoch>     string  stored value, EXPIREAT = expire_at   (SET NX EXAT)
+    <prefix>:deadlines:{shard-NN}        zset    member "<subject>:<epoch>", score = expire_at (ZADD NX)
 
 ``expire_at = (epoch + 1) * epoch_seconds + retention_seconds`` (unix seconds).
 Subjects are person tokens (``[A-Za-z0-9_.=-]``, never ``:``), so a deadline
 member splits unambiguously with ``member.rsplit(":", 1)``. The deadline index
 lets the shredder act even when Redis expiry notifications are missed; ZADD NX
-keeps the first deadline recorded for a key.
+keeps the first deadline recorded for a key. It is sharded (``shard = crc32(subject)
+mod shards``) so that no single sorted set takes every write.
 
 Stored value (opaque to the store, parsed only here)::
 
@@ -33,9 +35,12 @@ existed and was shredded" (:class:`KeyShreddedError`) from "this header was
 forged, or moved to another person or epoch" (plain :class:`DecryptError`)
 without any tombstones: tampering never masquerades as shredding.
 
-Concurrency: creation is create-if-absent (SET NX) for the whole batch in one
-MULTI/EXEC; a worker that loses a race adopts the winner's value, so all
-workers agree on one key per (subject, epoch).
+Concurrency: creation is create-if-absent (SET NX); a worker that loses a race adopts
+the winner's value, so all workers agree on one key per (subject, epoch). On one
+server the whole batch (deadline entries, SET NX, GET) is one MULTI/EXEC. On a
+cluster the deadline entries are written first (one pipeline), then SET NX and GET
+(another): a key may be indexed without existing (the shredder's receipt then says
+``expired_before_shred``), never exist without being indexed.
 
 Cache: :class:`DekProvider` caches unwrapped keys in-process, bounded in size
 (least recently used evicted) and in age: an entry older than ``max_staleness_seconds`` (by
@@ -63,12 +68,21 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple, Protocol, runtime_checkable
 
-import redis
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from stream.crypto.keystore import KeyStoreGuard
 from stream.crypto.kms import KMS, LocalKMS, WrapCounter
 from stream.errors import DecryptError, KeyShreddedError, KeyUnavailableError
+from stream.redisdb import (
+    REDIS_ERRORS,
+    RedisClient,
+    check_prefix,
+    deadline_shard,
+    deadlines_key,
+    is_cluster,
+    mget,
+    person_tag,
+)
 
 __all__ = [
     "DataKey",
@@ -161,25 +175,30 @@ class KeyStore(Protocol):
 
 
 class RedisKeyStore:
-    """:class:`KeyStore` on Redis; see the module docstring for the key layout.
+    """:class:`KeyStore` on Redis (one server or a cluster); see the module docstring for the key layout.
 
     ``client`` must return bytes (``decode_responses=False``). One round trip per
-    batch: ``get_many`` is one MGET, ``create_many`` one pipelined MULTI/EXEC.
+    batch: ``get_many`` is one MGET (per slot on a cluster), ``create_many`` one pipelined
+    MULTI/EXEC (two pipelines on a cluster).
     """
 
-    def __init__(self, client: redis.Redis, prefix: str = "sg") -> None:
-        kwargs: dict[str, Any] = getattr(client, "get_connection_kwargs", dict)()
-        if kwargs.get("decode_responses"):
+    def __init__(self, client: RedisClient, prefix: str = "sg", *, shards: int = 16) -> None:
+        if client.get_encoder().decode_responses:
             raise ValueError("RedisKeyStore needs a client with decode_responses=False (values are binary)")
-        if not prefix or ":" in prefix:
-            raise ValueError("prefix must be non-empty and contain no ':'")
+        if shards <= 0:
+            raise ValueError("shards must be > 0")
         self._client = client
-        self.prefix = prefix
-        self.deadlines_key = f"{prefix}:deadlines"
+        self.prefix = check_prefix(prefix)
+        self.shards = int(shards)
+        self.cluster = is_cluster(client)
 
     def key_name(self, subject: str, epoch: int) -> str:
         """Redis key holding the wrapped DEK of ``(subject, epoch)``."""
-        return f"{self.prefix}:dek:{subject}:{epoch}"
+        return f"{self.prefix}:dek:{person_tag(subject)}:{epoch}"
+
+    def deadlines_key(self, subject: str) -> str:
+        """The deadline-index shard of ``subject``."""
+        return deadlines_key(self.prefix, deadline_shard(subject, self.shards))
 
     @staticmethod
     def deadline_member(subject: str, epoch: int) -> str:
@@ -198,25 +217,33 @@ class RedisKeyStore:
             return []
         names = [self.key_name(check_subject(s), _check_epoch(e)) for s, e in refs]
         try:
-            values: Any = self._client.mget(names)
-        except (redis.RedisError, OSError) as exc:
+            values = mget(self._client, names)
+        except REDIS_ERRORS as exc:
             raise _unavailable(exc) from None
         return [None if v is None else bytes(v) for v in values]
 
     def create_many(self, items: Sequence[tuple[str, int, bytes, int]]) -> list[bytes]:
         if not items:
             return []
+        index: dict[str, dict[str, int]] = {}
+        for subject, epoch, _value, expire_at in items:
+            member = self.deadline_member(check_subject(subject), _check_epoch(epoch))
+            index.setdefault(self.deadlines_key(subject), {})[member] = int(expire_at)
         try:
-            pipe = self._client.pipeline(transaction=True)
+            pipe = self._client.pipeline(transaction=not self.cluster)
+            for shard_key, members in index.items():
+                pipe.zadd(shard_key, members, nx=True)
+            if self.cluster:
+                pipe.execute()  # indexed before created (the shards are in other slots than the keys)
+                pipe = self._client.pipeline(transaction=False)
             for subject, epoch, value, expire_at in items:
-                name = self.key_name(check_subject(subject), _check_epoch(epoch))
+                name = self.key_name(subject, epoch)
                 pipe.set(name, value, nx=True, exat=int(expire_at))
-                pipe.zadd(self.deadlines_key, {self.deadline_member(subject, epoch): int(expire_at)}, nx=True)
                 pipe.get(name)
             results = pipe.execute()
-        except (redis.RedisError, OSError) as exc:
+        except REDIS_ERRORS as exc:
             raise _unavailable(exc) from None
-        stored = results[2::3]
+        stored = results[len(results) - 2 * len(items) + 1 :: 2]
         if any(v is None for v in stored):
             # Only possible when expire_at is already in the past by the server's clock.
             raise KeyUnavailableError("data key expired on creation (its retention deadline has passed)")
@@ -483,7 +510,7 @@ class DekProvider:
             values = self._store.get_many(refs)
         except KeyUnavailableError:
             raise
-        except (redis.RedisError, OSError) as exc:
+        except REDIS_ERRORS as exc:
             raise _unavailable(exc) from None
         if len(values) != len(refs):
             raise KeyUnavailableError("data key store returned a malformed answer")
@@ -509,7 +536,7 @@ class DekProvider:
                 winners = self._store.create_many(items)
             except KeyUnavailableError:
                 raise
-            except (redis.RedisError, OSError) as exc:
+            except REDIS_ERRORS as exc:
                 raise _unavailable(exc) from None
             if len(winners) != len(items):
                 raise KeyUnavailableError("data key store returned a malformed answer")

@@ -23,7 +23,7 @@ Usage limits (:class:`WrapCounter`): wraps use AES-GCM with a random 96-bit nonc
 and NIST SP 800-38D caps random-nonce GCM at 2**32 invocations per key (nonce
 collision probability about q**2 / 2**97: 2**-33 at 2**32). Every wrap batch
 therefore reserves its count first with one atomic ``INCRBY`` on
-``{prefix}:kek-wraps:{kek_id}`` (Redis, shared by every worker): at
+``<prefix>:kek-wraps:<kek id>`` (Redis, shared by every worker; one key, so any node of a cluster): at
 ``warn_at`` (default 2**30) each crossing is logged and counted (``warnings``,
 ``last_total``: metric-ready); beyond ``refuse_at`` (default 2**31, half the NIST
 bound) no new key is wrapped: :class:`KekUsageExceededError` (a
@@ -43,12 +43,12 @@ import os
 import threading
 from typing import Protocol, runtime_checkable
 
-import redis
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from stream.crypto.keyring import WRAP_PURPOSE, Keyring
 from stream.errors import DecryptError, KeyUnavailableError
+from stream.redisdb import REDIS_ERRORS, RedisClient, check_prefix
 
 __all__ = ["KMS", "KekUsageExceededError", "LocalKMS", "WrapCounter"]
 
@@ -135,10 +135,9 @@ class KekUsageExceededError(KeyUnavailableError):
 class WrapCounter:
     """Counts wraps per KEK in Redis (module docstring). Thread-safe; one INCRBY per reservation."""
 
-    def __init__(self, client: redis.Redis, prefix: str, *, warn_at: int = WRAP_WARN_AT,
+    def __init__(self, client: RedisClient, prefix: str, *, warn_at: int = WRAP_WARN_AT,
                  refuse_at: int = WRAP_REFUSE_AT) -> None:
-        if not prefix or ":" in prefix:
-            raise ValueError("prefix must be non-empty and contain no ':'")
+        check_prefix(prefix)
         if not 0 < warn_at <= refuse_at:
             raise ValueError("need 0 < warn_at <= refuse_at")
         self._client = client
@@ -158,7 +157,7 @@ class WrapCounter:
         :class:`KekUsageExceededError` beyond ``refuse_at`` (nothing may be wrapped then)."""
         try:
             total = int(self._client.incrby(self.key_name(kek_id), int(n)))
-        except (redis.RedisError, OSError) as exc:
+        except REDIS_ERRORS as exc:
             raise KeyUnavailableError(f"data key store unavailable ({type(exc).__name__})") from None
         with self._lock:
             self.last_total[kek_id] = total

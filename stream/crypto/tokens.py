@@ -22,19 +22,29 @@ per-person secret ``S`` kept in Redis and destroyed on erasure::
     token = "tk2_" + base64url(HMAC-SHA256(K_tk2, S || utf8(user_id)))[:22]
                                                                 K_tk2    = derive("token2/" + domain)
 
-    {prefix}:pid:{L}        b"2." + token + b"." + S (32 random bytes)   EXPIREAT = longest DEK of the person
-    {prefix}:ptok:{token}   L                                          same expiry
-    {prefix}:perased:{L}    epoch of the person's last erasure          EXPIREAT = that epoch's deadline
+    <prefix>:pid:{<L>}        b"2." + token + b"." + S (32 random bytes)   EXPIREAT = longest DEK of the person
+    <prefix>:ptok:{<token>}   L                                          same expiry
+    <prefix>:perased:{<L>}    epoch of the person's last erasure          EXPIREAT = that epoch's deadline
+
+(braces are hash tags: ``ptok`` lives in the person's slot with their data keys, ``pid`` in the
+slot of ``L`` - it is found from the user_id alone - and ``perased`` with it, so the erasure
+writes it in the step that deletes ``pid`` and the mint reads it in the script that reads ``pid``.)
 
 ``S`` is created once (in a script: create-if-absent, first writer wins) and
 its keys' expiry is raised (``EXPIREAT GT``) to the retention deadline of the
 epoch the person was last seen in - exactly the deadline of their newest DEK -
 so a person who is never seen again loses ``S`` together with their last key.
-The shredder deletes both keys in its erasure script (by token; by user_id it
+On one server a script does all of it atomically. On a Redis Cluster ``pid`` and ``ptok``
+are in different slots: the ``ptok`` entry (SET NX, then EXPIREAT GT) is written before the
+``pid`` script creates or extends the secret, so a secret never exists without its token
+index (an index entry of a candidate that lost a race points to the winner's ``L``; it
+expires with it).
+The shredder deletes both keys when it erases (by token; by user_id it
 finds the token through ``L``). Afterwards nobody - master key and Redis dump
 included - can recompute the token from the user_id: the records retained under
-it are unlinkable, and the person, if seen again, gets a new token. The same script leaves the
-erased marker ``perased`` (no token in it); the mint reports it, and :meth:`Pseudonyms.tokens`
+it are unlinkable, and the person, if seen again, gets a new token. The script that deletes
+``pid`` leaves the erased marker ``perased`` in the same slot, atomically (no token in it); the
+mint reads it in the script that reads ``pid`` and reports it, and :meth:`Pseudonyms.tokens`
 hands the new token to ``on_erased`` before returning it - the gateway then exhausts the new
 token's ε ledgers up to that epoch (:mod:`stream.ldp.ledger`), so the erasure refunds nothing.
 
@@ -62,12 +72,12 @@ from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any, NamedTuple
 
-import redis
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.hmac import HMAC
 
 from stream.crypto.keyring import PSEUDONYM_PURPOSES, Keyring
 from stream.errors import KeyUnavailableError
+from stream.redisdb import REDIS_ERRORS, RedisClient, check_prefix, eval_many, is_cluster, mget, person_tag
 
 if TYPE_CHECKING:
     from stream.crypto.keystore import KeyStoreGuard
@@ -178,8 +188,9 @@ _SECRET_BYTES = 32
 _VALUE_RE = re.compile(rb"2\.(tk2_[A-Za-z0-9_-]{22})\.(.{32})", re.DOTALL)
 
 # KEYS: n pid keys, then their n erased markers; ARGV[1] prefix, ARGV[2] expire_at, then (candidate
-# value, candidate token) per person. Create-if-absent (first writer wins, with its token index);
-# otherwise raise both expiries (GT). Returns per person its value and its erased marker ('' if none).
+# value, candidate token, lookup id) per person. Create-if-absent (first writer wins, with its token
+# index); otherwise raise both expiries (GT). Returns per person its value and its erased marker ('' if none).
+# One server only: the ptok keys are built here (another slot on a cluster: see _ensure_cluster).
 _ENSURE_LUA = r"""
 local prefix, exat = ARGV[1], ARGV[2]
 local n = #KEYS / 2
@@ -188,18 +199,31 @@ for i = 1, n do
   local k = KEYS[i]
   local v = redis.call('GET', k)
   if not v then
-    v = ARGV[1 + 2 * i]
+    v = ARGV[3 * i]
     redis.call('SET', k, v, 'EXAT', exat)
-    redis.call('SET', prefix .. ':ptok:' .. ARGV[2 + 2 * i], string.sub(k, #prefix + 6), 'EXAT', exat)
+    redis.call('SET', prefix .. ':ptok:{' .. ARGV[3 * i + 1] .. '}', ARGV[3 * i + 2], 'EXAT', exat)
   else
     redis.call('EXPIREAT', k, exat, 'GT')
     local tok = string.match(v, '^2%.(tk2_[A-Za-z0-9_-]+)%.')
-    if tok then redis.call('EXPIREAT', prefix .. ':ptok:' .. tok, exat, 'GT') end
+    if tok then redis.call('EXPIREAT', prefix .. ':ptok:{' .. tok .. '}', exat, 'GT') end
   end
   out[2 * i - 1] = v
   out[2 * i] = redis.call('GET', KEYS[n + i]) or ''
 end
 return out
+"""
+
+# KEYS[1] one pid key, KEYS[2] its erased marker (the slot of the lookup id): create-if-absent with
+# ARGV[1] until ARGV[2], else raise its expiry (GT). Returns {value, erased marker or ''}.
+_ENSURE_ONE_LUA = r"""
+local v = redis.call('GET', KEYS[1])
+if not v then
+  v = ARGV[1]
+  redis.call('SET', KEYS[1], v, 'EXAT', ARGV[2])
+else
+  redis.call('EXPIREAT', KEYS[1], ARGV[2], 'GT')
+end
+return {v, redis.call('GET', KEYS[2]) or ''}
 """
 
 
@@ -216,22 +240,21 @@ class Pseudonyms:
     in a later epoch), none otherwise. ``lookup`` never creates a secret (the shredder's path).
     """
 
-    def __init__(self, keyring: Keyring, client: redis.Redis, prefix: str, *, domain: str,
+    def __init__(self, keyring: Keyring, client: RedisClient, prefix: str, *, domain: str,
                  memo_size: int = _DEFAULT_MEMO, max_staleness_seconds: float = 30.0,
                  clock: Callable[[], float] = time.time, guard: KeyStoreGuard | None = None,
                  on_erased: Callable[[dict[str, int], float], object] | None = None) -> None:
         """``on_erased(token -> erasure epoch, now)``: called by :meth:`tokens` before it returns the
         tokens of people who carry an erased marker (the gateway exhausts their ledgers:
         :class:`stream.ldp.ledger.LedgerExhauster`); an exception fails the call."""
-        if not prefix or ":" in prefix:
-            raise ValueError("prefix must be non-empty and contain no ':'")
         self.domain = domain
-        self.prefix = prefix
+        self.prefix = check_prefix(prefix)
         self._client = client
         lookup_purpose, token_purpose = PSEUDONYM_PURPOSES
         self._lookup_key = keyring.derive(lookup_purpose + domain)
         self._token_mac = HMAC(keyring.derive(token_purpose + domain), hashes.SHA256())
-        self._script = client.register_script(_ENSURE_LUA)
+        self.cluster = is_cluster(client)
+        self._script = client.register_script(_ENSURE_ONE_LUA if self.cluster else _ENSURE_LUA)
         self._memo: OrderedDict[str, _Pseud] = OrderedDict()
         self._memo_size = max(1, int(memo_size))
         self.max_staleness_seconds = float(max_staleness_seconds)
@@ -259,14 +282,14 @@ class Pseudonyms:
             _TO_URLSAFE).decode("ascii")
 
     def pid_key(self, lookup_id: str) -> str:
-        return f"{self.prefix}:pid:{lookup_id}"
+        return f"{self.prefix}:pid:{person_tag(lookup_id)}"
 
     def ptok_key(self, token: str) -> str:
-        return f"{self.prefix}:ptok:{token}"
+        return f"{self.prefix}:ptok:{person_tag(token)}"
 
     def perased_key(self, lookup_id: str) -> str:
         """The erased marker of a person: the epoch of their last erasure (written by the shredder)."""
-        return f"{self.prefix}:perased:{lookup_id}"
+        return f"{self.prefix}:perased:{person_tag(lookup_id)}"
 
     # -- the gateway's path ---------------------------------------------------------
     def tokens(self, values: Sequence[str], expire_at: int) -> list[str]:
@@ -295,25 +318,30 @@ class Pseudonyms:
 
     def _ensure(self, values: list[str], expire_at: int) -> dict[str, str]:
         keys: list[str] = []
-        marks: list[str] = []
+        lookups: list[str] = []
+        cands: list[bytes] = []
         args: list[bytes | str | int] = [self.prefix, expire_at]
         for v in values:
             secret = os.urandom(_SECRET_BYTES)
             tok = self.token_from(secret, v)
-            lookup = self.lookup_id(v)
-            keys.append(self.pid_key(lookup))
-            marks.append(self.perased_key(lookup))
-            args += [b"2." + tok.encode("ascii") + b"." + secret, tok]
+            lookups.append(self.lookup_id(v))
+            keys.append(self.pid_key(lookups[-1]))
+            cands.append(b"2." + tok.encode("ascii") + b"." + secret)
+            args += [cands[-1], tok, lookups[-1]]
+        marks = [self.perased_key(lookup) for lookup in lookups]
         try:
-            stored: Any = self._script(keys=keys + marks, args=args)
-        except (redis.RedisError, OSError) as exc:
+            if self.cluster:
+                stored: Any = self._ensure_cluster(keys, marks, lookups, cands, expire_at)
+            else:
+                stored = self._script(keys=keys + marks, args=args)
+                self.round_trips += 1
+        except REDIS_ERRORS as exc:
             raise KeyUnavailableError(f"pseudonym store unavailable ({type(exc).__name__})") from None
-        self.round_trips += 1
         if self.guard is not None:
             self.guard.note_loaded()
         out: dict[str, str] = {}
         erased: dict[str, int] = {}
-        for v, raw, mark, cand in zip(values, stored[0::2], stored[1::2], args[3::2], strict=True):
+        for v, raw, mark, cand in zip(values, stored[0::2], stored[1::2], cands, strict=True):
             secret = self._parse(raw)
             out[v] = tok = self.token_from(secret, v)
             if bytes(raw) == cand:
@@ -329,6 +357,41 @@ class Pseudonyms:
                 self.on_erased(erased, self._clock())
         return out
 
+    def _ensure_cluster(self, keys: list[str], marks: list[str], lookups: list[str], cands: list[bytes],
+                        expire_at: int) -> list[Any]:
+        """The cluster path (module docstring): read the secrets, index the tokens they give (or the
+        candidates'), then create or extend each secret and read its erased marker (one script per
+        lookup id's slot); a token that differs from the indexed one (a concurrent creator won) is
+        indexed afterwards. Returns value and marker per person, flat (as the one-server script)."""
+        current = mget(self._client, keys)
+        self.round_trips += 1
+
+        def token_of(raw: Any) -> str:
+            m = _VALUE_RE.fullmatch(bytes(raw)) if raw is not None else None
+            if m is None:
+                raise KeyUnavailableError("stored pseudonym secret is malformed")
+            return m.group(1).decode("ascii")
+
+        def index(pairs: list[tuple[str, str]]) -> None:
+            pipe = self._client.pipeline(transaction=False)
+            for tok, lookup in pairs:
+                pipe.set(self.ptok_key(tok), lookup, nx=True, exat=expire_at)
+                pipe.expireat(self.ptok_key(tok), expire_at, gt=True)
+            pipe.execute()
+            self.round_trips += 1
+
+        expected = [token_of(raw if raw is not None else cand) for raw, cand in zip(current, cands, strict=True)]
+        index(list(zip(expected, lookups, strict=True)))
+        pairs = eval_many(self._client, self._script,
+                          [([k, m], [c, expire_at]) for k, m, c in zip(keys, marks, cands, strict=True)])
+        self.round_trips += 1
+        stored = [raw for raw, _mark in pairs]
+        late = [(token_of(raw), lookup) for raw, tok, lookup in zip(stored, expected, lookups, strict=True)
+                if token_of(raw) != tok]
+        if late:
+            index(late)
+        return [x for pair in pairs for x in pair]
+
     @staticmethod
     def _parse(raw: Any) -> bytes:
         m = _VALUE_RE.fullmatch(bytes(raw)) if raw is not None else None
@@ -342,7 +405,7 @@ class Pseudonyms:
         or expired). Creates nothing."""
         try:
             raw = self._client.get(self.pid_key(self.lookup_id(value)))
-        except (redis.RedisError, OSError) as exc:
+        except REDIS_ERRORS as exc:
             raise KeyUnavailableError(f"pseudonym store unavailable ({type(exc).__name__})") from None
         return None if raw is None else self.token_from(self._parse(raw), value)
 

@@ -31,25 +31,30 @@ uniform distribution in proportion to the stand-ins (counted in-process as
 ``suppressed``, never published per person).
 
 Erasure never refunds. The ledger lives under a key that holds no identifier -
-``{prefix}:ledger:{HMAC(ledger key, token || epoch)}``, a plain integer - which the
+``<prefix>:ledger:{<slot tag>}:<HMAC(ledger key, token || epoch)>``, a plain integer
+(:func:`stream.ldp.ledger.ledger_key`, the one place of its name) - which the
 shredder does not delete: an erasure destroys the memos (and the data key) but
 what the person spent in that epoch stays spent until the epoch's retention
 ends (its expiry). A person re-appearing after an erasure finds the same ledger
 (tk1 token) or, with a new tk2 token, ledgers the gateway already set to the cap up
 to the erasure's epoch (:mod:`stream.ldp.ledger`). Integer micro-epsilon keeps sums exact.
 
-Redis layout::
+Redis layout (braces are hash tags, :mod:`stream.redisdb`)::
 
-    {prefix}:memo:{subject}:{epoch}    hash    field "{attribute}:{tag}" -> the permanent response
-    {prefix}:ledger:{ledger id}        string  micro-epsilon spent (no identifier; erasure keeps it)
-    {prefix}:deadlines                 zset    member "{subject}:{epoch}" (ZADD NX, as the gateway)
+    <prefix>:memo:{<subject>}:<epoch>              hash    field "<attribute>:<tag>" -> the permanent response
+    <prefix>:ledger:{<slot tag>}:<ledger id>       string  micro-epsilon spent (no identifier; erasure keeps it)
+    <prefix>:deadlines:{shard-NN}                  zset    member "<subject>:<epoch>" (ZADD NX, as the gateway)
 
 Memo and ledger expire at the epoch's retention deadline. ``tag`` is an HMAC (key
 purpose ``ldp-memo``) of the attribute, its parameters and the true value, so
-Redis never holds a true value. One batch is resolved in one EVAL (atomic: two
-workers racing on a new value agree on one response and charge the ledger once).
-The script derives key names from the prefix, so it targets a single Redis (or
-a primary with replicas), not Redis Cluster.
+Redis never holds a true value. The ledger's hash tag names the person's slot only
+(:func:`stream.redisdb.slot_tag`), so memo and ledger share a slot without the ledger
+naming the token. A batch is resolved in one EVAL per slot (one EVAL on a single server;
+pipelined on a cluster), each atomic: two workers racing on a new value agree on one
+response and charge the ledger once. New memos are then entered in the deadline index
+(ZADD NX, one pipeline): their data key, which the gateway indexed before creating it,
+normally put them there already; a crash between the two leaves a memo that Redis's own
+expiry removes at the same deadline.
 """
 
 from __future__ import annotations
@@ -60,10 +65,18 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any, Literal, NamedTuple, Protocol
 
-import redis
-
 from stream.errors import KeyUnavailableError
-from stream.ldp.ledger import MICRO, ledger_key
+from stream.ldp.ledger import MICRO, ledger_key, ledger_slot
+from stream.redisdb import (
+    REDIS_ERRORS,
+    RedisClient,
+    check_prefix,
+    deadline_shard,
+    deadlines_key,
+    eval_many,
+    is_cluster,
+    person_tag,
+)
 
 __all__ = [
     "MICRO",
@@ -106,15 +119,14 @@ class MemoStore(Protocol):
         ...
 
 
+#: KEYS: (memo hash, ledger) per request; ARGV[1] budget, then per request "field\tcost\texpire_at\tcandidate".
 _RESOLVE_LUA = r"""
-local prefix = ARGV[1]
-local budget = tonumber(ARGV[2])
+local budget = tonumber(ARGV[1])
 local out = {}
 local dated = {}
-for i = 3, #ARGV do
-  -- one packed argument per request: subject:epoch, field, ledger key, cost, expire_at, candidate
-  local ref, field, lk, cost, exp, cand = string.match(ARGV[i], '^([^\t]*)\t([^\t]*)\t([^\t]*)\t([^\t]*)\t([^\t]*)\t(.*)$')
-  local mk = prefix .. ':memo:' .. ref
+for i = 2, #ARGV do
+  local field, cost, exp, cand = string.match(ARGV[i], '^([^\t]*)\t([^\t]*)\t([^\t]*)\t(.*)$')
+  local mk, lk = KEYS[2 * i - 3], KEYS[2 * i - 2]
   local memo = redis.call('HGET', mk, field)
   if memo then
     out[#out + 1] = 'M' .. memo
@@ -125,11 +137,10 @@ for i = 3, #ARGV do
     else
       redis.call('HSET', mk, field, cand)
       redis.call('INCRBY', lk, cost)
-      if not dated[ref] then
+      if not dated[mk] then
         redis.call('EXPIREAT', mk, exp)
         redis.call('EXPIREAT', lk, exp)
-        redis.call('ZADD', KEYS[1], 'NX', exp, ref)
-        dated[ref] = true
+        dated[mk] = true
       end
       out[#out + 1] = 'N' .. cand
     end
@@ -153,40 +164,65 @@ def _results(raw: Sequence[bytes | str]) -> list[MemoResult]:
 
 
 class RedisMemoStore:
-    """:class:`MemoStore` on Redis (single instance or primary; all keys of a batch in one EVAL)."""
+    """:class:`MemoStore` on Redis (one server or a cluster; one EVAL per slot of a batch)."""
 
-    def __init__(self, client: redis.Redis, prefix: str = "sg", *, chunk: int = 2000) -> None:
-        if not prefix or ":" in prefix:
-            raise ValueError("prefix must be non-empty and contain no ':'")
+    def __init__(self, client: RedisClient, prefix: str = "sg", *, chunk: int = 2000, shards: int = 16) -> None:
         self._client = client
-        self.prefix = prefix
-        self.deadlines_key = f"{prefix}:deadlines"
+        self.prefix = check_prefix(prefix)
+        self.shards = int(shards)
+        self.cluster = is_cluster(client)
         self._chunk = chunk
         self._script = client.register_script(_RESOLVE_LUA)
 
     def memo_key(self, subject: str, epoch: int) -> str:
-        return f"{self.prefix}:memo:{subject}:{epoch}"
+        return f"{self.prefix}:memo:{person_tag(subject)}:{epoch}"
 
-    def ledger_key(self, ledger: str) -> str:
-        return ledger_key(self.prefix, ledger)
+    def ledger_key(self, subject: str, ledger: str) -> str:
+        """The ledger ``ledger`` of ``subject`` (:func:`stream.ldp.ledger.ledger_key`)."""
+        return ledger_key(self.prefix, subject, ledger)
 
     def resolve(self, requests: Sequence[MemoRequest], budget_micro: int) -> list[MemoResult]:
-        out: list[MemoResult] = []
+        if not requests:
+            return []
+        groups: dict[int, list[int]] = {}
+        for i, r in enumerate(requests):
+            slot = ledger_slot(r.subject) if self.cluster else 0
+            groups.setdefault(slot, []).append(i)
+        calls: list[tuple[list[str], list[str | int]]] = []
+        order: list[list[int]] = []
+        for idx in groups.values():
+            for start in range(0, len(idx), self._chunk):
+                part = idx[start : start + self._chunk]
+                keys: list[str] = []
+                args: list[str | int] = [budget_micro]
+                for i in part:
+                    r = requests[i]
+                    keys += [self.memo_key(r.subject, r.epoch), self.ledger_key(r.subject, r.ledger)]
+                    args.append(f"{r.field}\t{r.cost_micro}\t{r.expire_at}\t{r.candidate}")
+                calls.append((keys, args))
+                order.append(part)
+        out: list[MemoResult | None] = [None] * len(requests)
         try:
-            for start in range(0, len(requests), self._chunk):
-                part = requests[start : start + self._chunk]
-                args: list[str | int] = [self.prefix, budget_micro]
-                args += [
-                    f"{r.subject}:{r.epoch}\t{r.field}\t{ledger_key(self.prefix, r.ledger)}\t{r.cost_micro}\t"
-                    f"{r.expire_at}\t{r.candidate}"
-                    for r in part
-                ]
-                raw = self._script(keys=[self.deadlines_key], args=args)
+            for part, raw in zip(order, eval_many(self._client, self._script, calls), strict=True):
                 text = raw.decode() if isinstance(raw, bytes) else str(raw)
-                out.extend(_results(text.split("\n") if part else []))
-        except (redis.RedisError, OSError) as exc:
+                for i, res in zip(part, _results(text.split("\n")), strict=True):
+                    out[i] = res
+            self._index([requests[i] for i, res in enumerate(out) if res is not None and res.status == "new"])
+        except REDIS_ERRORS as exc:
             raise KeyUnavailableError(f"LDP memo store unavailable ({type(exc).__name__})") from None
-        return out
+        return [res for res in out if res is not None]
+
+    def _index(self, created: Sequence[MemoRequest]) -> None:
+        """ZADD NX the (subject, epoch) of new memos to their deadline shards (one pipeline)."""
+        shards: dict[str, dict[str, int]] = {}
+        for r in created:
+            key = deadlines_key(self.prefix, deadline_shard(r.subject, self.shards))
+            shards.setdefault(key, {})[f"{r.subject}:{r.epoch}"] = int(r.expire_at)
+        if shards:
+            pipe = self._client.pipeline(transaction=False)
+            for key, members in shards.items():
+                pipe.zadd(key, members, nx=True)
+            pipe.execute()
 
     def __repr__(self) -> str:
         return f"RedisMemoStore(prefix={self.prefix!r})"

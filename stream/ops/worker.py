@@ -173,12 +173,16 @@ def _broker_problem(settings: Settings) -> str | None:
 
 
 def _redis_problem(settings: Settings) -> str | None:
-    import redis
+    from redis.cluster import RedisCluster
+
+    from stream.redisdb import client_for
 
     try:
-        client = redis.Redis.from_url(settings.redis_url_or_dev(), socket_timeout=_CHECK_TIMEOUT,
-                                      socket_connect_timeout=_CHECK_TIMEOUT)
+        client = client_for(settings, socket_timeout=_CHECK_TIMEOUT, socket_connect_timeout=_CHECK_TIMEOUT)
         try:
+            if isinstance(client, RedisCluster):  # every master must answer (each holds some people's keys)
+                masters = [client.get_redis_connection(node) for node in client.get_primaries()]
+                return None if all(m.ping() for m in masters) else "a redis cluster master did not answer PING"
             return None if client.ping() else "redis did not answer PING"
         finally:
             client.close()

@@ -3,15 +3,16 @@
 Crash safety (an outbox in Redis)
 ---------------------------------
 Destroying a key and writing its receipt cannot be one atomic step (Redis and Kafka),
-so the store keeps an *outbox*, the pending hash ``{prefix}:shredder:pending``:
+so the store keeps an *outbox*, the pending hashes ``<prefix>:shredder:pending:{shard-NN}``:
 
-1. **claim + destroy** (one atomic Redis script per batch): for each due member of the
-   deadline index ``{prefix}:deadlines`` (score = expire_at <= now, by the injected
+1. **claim + destroy**: for each due member of the (sharded) deadline index
+   ``<prefix>:deadlines:{shard-NN}`` (score = expire_at <= now, by the injected
    clock, plus an optional lead) read the DEK's key id (absent if Redis already expired it), write a pending
-   entry (subject, epoch, key id, reason, request id, time, worker, lease), delete
-   ``dek``/``memo``/``budget`` of that (subject, epoch), ZREM the member and PUBLISH
-   ``{subject}:{epoch}`` on ``{prefix}:shredded``. The ZREM makes the claim exclusive:
-   with several shredders, exactly one wins a member.
+   entry (subject, epoch, key id, reason, request id, time, worker, lease) and ZREM the member (one
+   script in the shard's slot), then delete ``dek``/``memo``/``budget`` of that (subject, epoch) and
+   PUBLISH ``<subject>:<epoch>`` on ``<prefix>:shredded`` (in the person's slot:
+   :mod:`stream.retention.redis_store`). The ZREM makes the claim exclusive: with several
+   shredders, exactly one wins a member; whoever finishes an entry destroys its keys again.
 2. **receipts**: build one receipt per pending entry (deterministic from the entry) and
    hand them to the sink, which returns only once the broker acknowledged them.
 3. **done**: HDEL the pending entries.
@@ -29,12 +30,13 @@ signature by the eraser key over its canonical encoding (request id, user_id or 
 :func:`parse_erasure_request`) and is recent enough; anything else gets an ``erasure_rejected``
 record naming nobody. A request id reused with other content is refused (``request_id_conflict``).
 
-Erasure: one atomic script claims every (subject, epoch) of the person found in the
-index or among the candidate epochs (those whose keys can still exist), destroys them
-like above with reason ``erasure`` and the request id, destroys the person's tk2 secret
-(leaving the erased marker ``{prefix}:perased:{lookup id}`` = the erasure's epoch, so that the
-person's next token starts with exhausted ε ledgers: :mod:`stream.ldp.ledger`), PUBLISHes
-``{subject}:*`` and stores an erasure record ``{prefix}:erasure:{request_id}`` (SET NX). A repeated
+Erasure: the store claims every (subject, epoch) of the person found in the index or
+among the candidate epochs (those whose keys can still exist), destroys them like above
+with reason ``erasure`` and the request id, destroys the person's tk2 secret (leaving, in the
+step that deletes its ``pid``, the erased marker ``<prefix>:perased:{<lookup id>}`` = the erasure's
+epoch, so that the person's next token starts with exhausted ε ledgers: :mod:`stream.ldp.ledger`),
+PUBLISHes ``<subject>:*`` and stores an erasure record ``<prefix>:erasure:<request_id>`` (SET NX)
+last. A repeated
 request (redelivery after a crash, or a resubmission) finds the record and re-delivers
 the same summary receipt: requests are idempotent.
 """
@@ -311,23 +313,24 @@ class ShredStore(Protocol):
     """Key storage as the shredder sees it (Redis: :class:`stream.retention.redis_store.RedisShredStore`)."""
 
     def claim_due(self, now: float, limit: int, *, at: float, worker: str, lease_until: float) -> list[PendingShred]:
-        """Atomically claim and destroy up to ``limit`` members with deadline <= ``now``."""
+        """Claim (exclusively: one winner per member) and destroy up to ``limit`` members with deadline <= ``now``."""
         ...
 
     def erase_subject(self, subject: str, epochs: Sequence[int], *, request_id: str, at: float, worker: str,
                       lease_until: float, record_ttl: int, digest: str = "",
                       erased: tuple[int, int] | None = None) -> tuple[ErasureRecord, bool]:
-        """Atomically claim and destroy every key of ``subject`` (indexed ones and ``epochs``) and its
-        pseudonym secret, leaving the erased marker ``erased`` = (epoch, expire_at) where there was one,
-        and store the erasure record; if a record for ``request_id`` exists, touch nothing and return it.
-        Returns ``(record, created)``."""
+        """Claim and destroy every key of ``subject`` (indexed ones and ``epochs``) and its pseudonym
+        secret, leaving the erased marker ``erased`` = (epoch, expire_at) where there was one (never
+        lowered), and store the erasure record last; if a record for ``request_id`` exists, touch
+        nothing and return it. Re-running an interrupted request completes it. Returns ``(record, created)``."""
         ...
 
     def pending(self) -> list[PendingShred]:
         ...
 
     def take_over(self, entry: PendingShred, *, worker: str, lease_until: float) -> PendingShred | None:
-        """Re-lease ``entry`` to ``worker`` if it is unchanged (compare-and-set); None if someone else did."""
+        """Re-lease ``entry`` to ``worker`` if it is unchanged (compare-and-set) and make sure its keys are
+        destroyed; None if someone else did."""
         ...
 
     def done(self, entries: Sequence[PendingShred]) -> None:

@@ -20,6 +20,8 @@ from typing import Any
 
 import redis
 
+from stream.redisdb import REDIS_ERRORS, RedisClient
+
 __all__ = ["ShredListener", "parse_message"]
 
 log = logging.getLogger("streamgate.retention.invalidation")
@@ -51,7 +53,7 @@ class ShredListener:
 
     def __init__(
         self,
-        client_factory: Callable[[], redis.Redis],
+        client_factory: Callable[[], RedisClient],
         prefix: str,
         on_shred: Callable[[str, int | None], None],
         *,
@@ -92,7 +94,7 @@ class ShredListener:
     def _run(self) -> None:
         attempt = 0
         while not self._stop.is_set():
-            client: redis.Redis | None = None
+            client: RedisClient | None = None
             pubsub: Any = None
             try:
                 client = self.client_factory()
@@ -126,7 +128,7 @@ class ShredListener:
                         self.on_shred(*parsed)
                     except Exception:  # a bad callback must not kill the listener
                         log.exception("shred callback failed")
-            except (redis.RedisError, OSError) as exc:
+            except REDIS_ERRORS as exc:
                 self.ready.clear()
                 self.reconnects += 1
                 delay = min(self.backoff_max_seconds, self.backoff_seconds * (2 ** min(attempt, 10)))

@@ -1,19 +1,37 @@
 """The shredder's Redis adapter (:class:`RedisShredStore`), on the layout of
-:mod:`stream.crypto.deks` and :mod:`stream.ldp.memo`::
+:mod:`stream.redisdb` (braces are hash tags)::
 
-    {prefix}:dek:{subject}:{epoch}        wrapped DEK (value "1.<key id>.<blob>")
-    {prefix}:memo:{subject}:{epoch}       LDP memo hash
-    {prefix}:budget:{subject}:{epoch}     LDP budget hash
-    {prefix}:deadlines                    zset member "{subject}:{epoch}", score = expire_at
-    {prefix}:shredder:pending             hash: the receipt outbox (see stream.retention.core)
-    {prefix}:erasure:{request_id}         string: the record of a processed erasure request (EX = retention)
-    {prefix}:ptok:{token} / pid:{lookup}  the person's tk2 secret (stream.crypto.tokens): deleted by the erasure
-    {prefix}:perased:{lookup}             written by that erasure: its epoch (stream.ldp.ledger), no token
-    {prefix}:shredded                     pub/sub channel: "{subject}:{epoch}" or "{subject}:*"
+    <prefix>:dek:{<subject>}:<epoch>        wrapped DEK (value "1.<key id>.<blob>")
+    <prefix>:memo:{<subject>}:<epoch>       LDP memo hash
+    <prefix>:budget:{<subject>}:<epoch>     old LDP budget hash (deleted if present)
+    <prefix>:deadlines:{shard-NN}           zset member "<subject>:<epoch>", score = expire_at
+    <prefix>:shredder:pending:{shard-NN}    hash: the receipt outbox of that shard (see stream.retention.core)
+    <prefix>:erasure:<request_id>           string: the record of a processed erasure request (EX = retention)
+    <prefix>:ptok:{<token>} / pid:{<L>}     the person's tk2 secret (stream.crypto.tokens): deleted by the erasure
+    <prefix>:perased:{<L>}                  written with the pid's deletion: the erasure's epoch (stream.ldp.ledger),
+                                            no token; in the slot of pid:{<L>}
+    <prefix>:shredded                       pub/sub channel: "<subject>:<epoch>" or "<subject>:*"
 
-Claim-and-destroy runs as one Lua script per batch (atomic: one winner per member
-with several shredders). The scripts build key names from the prefix, so they need
-a non-cluster Redis (or one hash slot), like the rest of streamgate's layout.
+One claim works in three steps, each within one hash slot (so it runs on one server and on
+a Redis Cluster alike):
+
+1. **read** the key ids of the due members' data keys (their persons' slots);
+2. **claim** in the member's shard (deadline index and outbox share its slot), one script per
+   shard: ZSCORE + ZREM make the claim exclusive (with several shredders exactly one wins a
+   member) and the outbox entry (with the key id) is written in the same step;
+3. **destroy** in the person's slot: DEL memo and budget, and the data key if it is still the
+   claimed one (a key created after the claim is another key), and PUBLISH (one script).
+
+Steps 1 and 3 are one script per slot (on a single server: one for the whole batch).
+
+A crash between 2 and 3 leaves an outbox entry whose keys still exist: whoever finishes the
+entry (:meth:`RedisShredStore.take_over`, the same instance after a restart or another one
+after the lease) destroys them again before the receipt goes out. An erasure claims every
+member of the person found in the shard or among the candidate epochs, deletes the tk2 secret
+(the ``pid`` first - with the erased marker ``perased``, in one script in the pid's slot - then
+its ``ptok`` index) and stores its record last; a repeated request
+finds the record, an interrupted one is re-done (idempotent) and counts the keys from the
+outbox.
 """
 
 from __future__ import annotations
@@ -23,9 +41,19 @@ import logging
 from collections.abc import Sequence
 from typing import Any
 
-import redis
-
 from stream.errors import KeyUnavailableError
+from stream.redisdb import (
+    REDIS_ERRORS,
+    RedisClient,
+    check_prefix,
+    deadline_shard,
+    deadlines_key,
+    eval_many,
+    is_cluster,
+    key_slot,
+    pending_key,
+    person_tag,
+)
 from stream.retention.core import ErasureRecord, PendingShred
 
 __all__ = ["RedisShredStore", "channel_name"]
@@ -38,73 +66,65 @@ def channel_name(prefix: str) -> str:
     return f"{prefix}:shredded"
 
 
-# KEYS[1] deadlines, KEYS[2] pending; ARGV[1] prefix, ARGV[2] channel, ARGV[3] at, ARGV[4] worker,
-# ARGV[5] lease_until. claim(member, reason, rid) -> {field, entry} or nil
-_CLAIM_FN = r"""
-local prefix, channel, at, worker, lease = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5]
-local function claim(m, reason, rid)
-  local s, e = string.match(m, '^(.+):(%d+)$')
-  if not s then return nil end  -- not a "{subject}:{epoch}" member: dropped from the index by the caller
-  local dek = prefix .. ':dek:' .. m
-  local memo = prefix .. ':memo:' .. m
-  local budget = prefix .. ':budget:' .. m
-  local score = redis.call('ZSCORE', KEYS[1], m)
-  local v = redis.call('GET', dek)
-  local others = redis.call('EXISTS', memo, budget)
-  if (not score) and (not v) and others == 0 then return nil end
-  local key_id = ''
-  if v and string.sub(v, 1, 2) == '1.' and string.sub(v, 19, 19) == '.' then key_id = string.sub(v, 3, 18) end
-  local field = m .. '|' .. reason .. '|' .. rid .. '|' .. key_id
-  local entry = cjson.encode({s, tonumber(e), key_id, reason, rid, at, score or '', worker, lease, worker})
-  redis.call('HSETNX', KEYS[2], field, entry)
-  redis.call('DEL', dek, memo, budget)
-  if score then redis.call('ZREM', KEYS[1], m) end
-  redis.call('PUBLISH', channel, m)
-  return {field, redis.call('HGET', KEYS[2], field)}
-end
-"""
-
-# ARGV[6] now, ARGV[7] limit
-_CLAIM_DUE = _CLAIM_FN + r"""
-local members = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[6], 'LIMIT', 0, tonumber(ARGV[7]))
+# KEYS[1] deadline shard, KEYS[2] its outbox; ARGV[1] reason, ARGV[2] request id, ARGV[3] at, ARGV[4] worker,
+# ARGV[5] lease_until, ARGV[6] "1" = only indexed members (retention), then (member, key id, alive) triples.
+# Returns {field, entry, ...} of the members claimed.
+_CLAIM = r"""
+local reason, rid, at, worker, lease, indexed_only = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5], ARGV[6]
 local out = {}
-for _, m in ipairs(members) do
-  local r = claim(m, 'retention', '')
-  if r then out[#out + 1] = r[1]; out[#out + 1] = r[2]
-  else redis.call('ZREM', KEYS[1], m) end
+for i = 7, #ARGV, 3 do
+  local m, key_id, alive = ARGV[i], ARGV[i + 1], ARGV[i + 2]
+  local s, e = string.match(m, '^(.+):(%d+)$')
+  local score = redis.call('ZSCORE', KEYS[1], m)
+  if not s then
+    if score then redis.call('ZREM', KEYS[1], m) end  -- not a "<subject>:<epoch>" member: dropped
+  elseif score or (indexed_only == '0' and alive == '1') then
+    local field = m .. '|' .. reason .. '|' .. rid .. '|' .. key_id
+    local entry = cjson.encode({s, tonumber(e), key_id, reason, rid, at, score or '', worker, lease, worker})
+    redis.call('HSETNX', KEYS[2], field, entry)
+    if score then redis.call('ZREM', KEYS[1], m) end
+    out[#out + 1] = field
+    out[#out + 1] = redis.call('HGET', KEYS[2], field)
+  end
 end
 return out
 """
 
-# KEYS[3] erasure record; ARGV[6] request_id, ARGV[7] subject, ARGV[8] record ttl, ARGV[9] request digest,
-# ARGV[10] erased marker's epoch, ARGV[11] its expire_at ('' and '': none), ARGV[12..] members
-_ERASE = _CLAIM_FN + r"""
-local existing = redis.call('GET', KEYS[3])
-if existing then return {0, existing} end
-local n = 0
-for i = 12, #ARGV do
-  local r = claim(ARGV[i], 'erasure', ARGV[6])
-  if r and string.find(r[1], '|', 1, true) and not string.match(r[1], '|$') then n = n + 1 end
+# KEYS: (dek, memo, budget) per member, one slot. Returns (key id or "", 1 if any of them exists) per member.
+_READ = r"""
+local out = {}
+for i = 1, #KEYS, 3 do
+  local v = redis.call('GET', KEYS[i])
+  local key_id = ''
+  if v and string.sub(v, 1, 2) == '1.' and string.sub(v, 19, 19) == '.' then key_id = string.sub(v, 3, 18) end
+  out[#out + 1] = key_id
+  out[#out + 1] = (v and 1) or redis.call('EXISTS', KEYS[i + 1], KEYS[i + 2])
 end
--- the person's tk2 secret: without it nobody can recompute the token from the user_id
-local ptok = prefix .. ':ptok:' .. ARGV[7]
-local lookup = redis.call('GET', ptok)
-if lookup then
-  redis.call('DEL', prefix .. ':pid:' .. lookup)
-  -- the erased marker (stream.ldp.ledger): the person's next token finds its ledgers exhausted
-  if ARGV[10] ~= '' then
-    local mark = prefix .. ':perased:' .. lookup
-    if tonumber(redis.call('GET', mark) or '-1') < tonumber(ARGV[10]) then
-      redis.call('SET', mark, ARGV[10], 'EXAT', ARGV[11])
-    end
-  end
+return out
+"""
+
+# KEYS: (dek, memo, budget) per member, one slot; ARGV[1] channel, then (claimed key id or "", member) per
+# member. The data key goes only if it is still the claimed one; memo and budget always; then PUBLISH.
+_DESTROY = r"""
+for i = 1, #KEYS / 3 do
+  local dek, key_id = KEYS[3 * i - 2], ARGV[2 * i]
+  local v = redis.call('GET', dek)
+  if v and key_id ~= '' and string.sub(v, 3, 18) == key_id then redis.call('DEL', dek) end
+  redis.call('DEL', KEYS[3 * i - 1], KEYS[3 * i])
+  redis.call('PUBLISH', ARGV[1], ARGV[2 * i + 1])
 end
-redis.call('DEL', ptok)
-local record = cjson.encode({subject = ARGV[7], at = tonumber(at), keys_shredded = n, worker = worker,
-                             digest = ARGV[9]})
-redis.call('SET', KEYS[3], record, 'EX', tonumber(ARGV[8]))
-redis.call('PUBLISH', channel, ARGV[7] .. ':*')
-return {1, record}
+return 1
+"""
+
+# KEYS[1] pid:{L}, KEYS[2] perased:{L} (one slot: the lookup id's); ARGV[1] the erasure's epoch, ARGV[2] its
+# expire_at ('' and '': no marker). Deletes the tk2 secret and leaves the erased marker (stream.ldp.ledger),
+# never lowering it: the person's next token finds its ledgers exhausted.
+_UNLINK = r"""
+redis.call('DEL', KEYS[1])
+if ARGV[1] ~= '' and tonumber(redis.call('GET', KEYS[2]) or '-1') < tonumber(ARGV[1]) then
+  redis.call('SET', KEYS[2], ARGV[1], 'EXAT', ARGV[2])
+end
+return 1
 """
 
 _TAKE_OVER = r"""
@@ -123,98 +143,260 @@ def _entry(field: bytes | str, raw: bytes | str) -> PendingShred:
 class RedisShredStore:
     """:class:`stream.retention.core.ShredStore` on Redis (module docstring). Errors: :class:`KeyUnavailableError`."""
 
-    def __init__(self, client: redis.Redis, prefix: str = "sg", *, scan_count: int = 1000) -> None:
-        if not prefix or ":" in prefix:
-            raise ValueError("prefix must be non-empty and contain no ':'")
+    def __init__(self, client: RedisClient, prefix: str = "sg", *, scan_count: int = 1000, shards: int = 16) -> None:
+        if shards <= 0:
+            raise ValueError("shards must be > 0")
         self.client = client
-        self.prefix = prefix
-        self.deadlines_key = f"{prefix}:deadlines"
-        self.pending_key = f"{prefix}:shredder:pending"
+        self.prefix = check_prefix(prefix)
+        self.shards = int(shards)
+        self.cluster = is_cluster(client)
         self.channel = channel_name(prefix)
         self.scan_count = scan_count
-        self._claim_due = client.register_script(_CLAIM_DUE)
-        self._erase = client.register_script(_ERASE)
+        self._read_ids = client.register_script(_READ)
+        self._claim = client.register_script(_CLAIM)
+        self._destroy = client.register_script(_DESTROY)
+        self._unlink = client.register_script(_UNLINK)
         self._take_over = client.register_script(_TAKE_OVER)
+        self._cursor = 0  # the shard a scan starts at (rotates: no shard waits behind the others)
+        self._pending_in: dict[str, str] = {}  # outbox field -> the hash it was read from
+
+    # -- names -------------------------------------------------------------------------
+    def shard_of(self, subject: str) -> int:
+        return deadline_shard(subject, self.shards)
+
+    def deadlines_key(self, shard: int) -> str:
+        return deadlines_key(self.prefix, shard)
+
+    def pending_key(self, shard: int) -> str:
+        return pending_key(self.prefix, shard)
+
+    def key_names(self, subject: str, epoch: int | str) -> list[str]:
+        """The data key, memo and budget of ``(subject, epoch)``."""
+        tag = person_tag(subject)
+        return [f"{self.prefix}:{kind}:{tag}:{epoch}" for kind in ("dek", "memo", "budget")]
 
     def erasure_key(self, request_id: str) -> str:
         return f"{self.prefix}:erasure:{request_id}"
 
-    def _base_args(self, at: float, worker: str, lease_until: float) -> list[Any]:
-        return [self.prefix, self.channel, repr(float(at)), worker, repr(float(lease_until))]
-
     def _call(self, fn: Any, *args: Any, **kwargs: Any) -> Any:
         try:
             return fn(*args, **kwargs)
-        except (redis.RedisError, OSError) as exc:
+        except REDIS_ERRORS as exc:
             raise KeyUnavailableError(f"key store unavailable ({type(exc).__name__})") from None
 
+    def _pipe(self, fill: Any) -> list[Any]:
+        def run() -> list[Any]:
+            pipe = self.client.pipeline(transaction=False)
+            fill(pipe)
+            return list(pipe.execute())
+        result: list[Any] = self._call(run)
+        return result
+
+    # -- the three steps -----------------------------------------------------------------
+    def _by_slot(self, items: Sequence[tuple[str, str]]) -> list[list[tuple[str, str]]]:
+        """``(subject, epoch)`` items grouped per hash slot (one group on a single server)."""
+        groups: dict[int, list[tuple[str, str]]] = {}
+        for subject, epoch in items:
+            slot = key_slot(person_tag(subject).encode()) if self.cluster else 0
+            groups.setdefault(slot, []).append((subject, epoch))
+        return list(groups.values())
+
+    def _read(self, members: Sequence[str]) -> dict[str, tuple[str, bool]]:
+        """Step 1: per parsable member, (key id of its data key, whether dek/memo/budget exist)."""
+        parsed = [m.rpartition(":") for m in members]
+        items = [(s, e) for s, _, e in parsed if s and e.isdigit()]
+        groups = self._by_slot(items)
+        calls: list[tuple[list[str], list[str]]] = [([k for s, e in g for k in self.key_names(s, e)], []) for g in groups]
+        out: dict[str, tuple[str, bool]] = {}
+        for g, raw in zip(groups, self._call(eval_many, self.client, self._read_ids, calls), strict=True):
+            for i, (subject, epoch) in enumerate(g):
+                key_id = raw[2 * i]
+                out[f"{subject}:{epoch}"] = (key_id.decode("ascii") if isinstance(key_id, bytes) else str(key_id),
+                                             int(raw[2 * i + 1]) > 0)
+        return out
+
+    def _claim_in(self, shard_members: dict[int, list[str]], read: dict[str, tuple[str, bool]], *, reason: str,
+                  request_id: str, at: float, worker: str, lease_until: float, indexed_only: bool) -> list[PendingShred]:
+        """Step 2: one claim script per shard."""
+        calls = []
+        for shard, members in shard_members.items():
+            args: list[Any] = [reason, request_id, repr(float(at)), worker, repr(float(lease_until)),
+                               "1" if indexed_only else "0"]
+            for m in members:
+                key_id, alive = read.get(m, ("", False))
+                args += [m, key_id, "1" if alive else "0"]
+            calls.append(([self.deadlines_key(shard), self.pending_key(shard)], args))
+        out = self._call(eval_many, self.client, self._claim, calls)
+        entries: list[PendingShred] = []
+        for (keys, _), raw in zip(calls, out, strict=True):
+            for i in range(0, len(raw), 2):
+                entry = _entry(raw[i], raw[i + 1])
+                self._pending_in[entry.field] = keys[1]
+                entries.append(entry)
+        return entries
+
+    def _destroy_all(self, entries: Sequence[PendingShred]) -> None:
+        """Step 3: destroy the claimed keys and announce them (one script per person slot)."""
+        if not entries:
+            return
+        by_ref = {(e.subject, str(e.epoch)): e.key_id or "" for e in entries}
+        calls = []
+        for g in self._by_slot(list(by_ref)):
+            args: list[str] = [self.channel]
+            for subject, epoch in g:
+                args += [by_ref[(subject, epoch)], f"{subject}:{epoch}"]
+            calls.append(([k for s, e in g for k in self.key_names(s, e)], args))
+        self._call(eval_many, self.client, self._destroy, calls)
+
+    # -- the port ------------------------------------------------------------------------
     def claim_due(self, now: float, limit: int, *, at: float, worker: str, lease_until: float) -> list[PendingShred]:
-        out = self._call(self._claim_due, keys=[self.deadlines_key, self.pending_key],
-                         args=[*self._base_args(at, worker, lease_until), int(now), int(limit)])
-        return [_entry(out[i], out[i + 1]) for i in range(0, len(out), 2)]
+        """Claim and destroy up to ``limit`` members due at ``now``, from every shard. Fewer than ``limit``
+        only when fewer are due: members another shredder won between the read and the claim are made up
+        for by reading again."""
+        entries: list[PendingShred] = []
+        while len(entries) < limit:
+            want = int(limit) - len(entries)
+            due = self._due(now, want)
+            if not due:
+                break
+            read = self._read([m for ms in due.values() for m in ms])
+            got = self._claim_in(due, read, reason="retention", request_id="", at=at, worker=worker,
+                                 lease_until=lease_until, indexed_only=True)
+            self._destroy_all(got)
+            entries += got
+            if sum(len(ms) for ms in due.values()) < want:
+                break  # every due member was read
+        return entries
+
+    def _due(self, now: float, limit: int) -> dict[int, list[str]]:
+        """Up to ``limit`` due members, per shard (one pipelined read of every shard; the first shard rotates)."""
+        order = [(self._cursor + i) % self.shards for i in range(self.shards)]
+        self._cursor = (self._cursor + 1) % self.shards
+
+        def fill(pipe: Any) -> None:
+            for shard in order:
+                pipe.zrangebyscore(self.deadlines_key(shard), "-inf", int(now), start=0, num=int(limit))
+
+        due: dict[int, list[str]] = {}
+        left = int(limit)
+        for shard, members in zip(order, self._pipe(fill), strict=True):
+            take = [m.decode("ascii", "replace") if isinstance(m, bytes) else str(m) for m in members[:left]]
+            if take:
+                due[shard] = take
+                left -= len(take)
+            if left <= 0:
+                break
+        return due
 
     def subject_members(self, subject: str) -> list[str]:
-        """Deadline-index members of ``subject`` (ZSCAN MATCH; token characters are no glob characters)."""
+        """Deadline-index members of ``subject`` in its shard (ZSCAN MATCH; token characters are no glob characters)."""
+        key = self.deadlines_key(self.shard_of(subject))
+
         def scan() -> list[str]:
             return [(m.decode("ascii") if isinstance(m, bytes) else str(m))
-                    for m, _ in self.client.zscan_iter(self.deadlines_key, match=f"{subject}:*",
-                                                       count=self.scan_count)]
+                    for m, _ in self.client.zscan_iter(key, match=f"{subject}:*", count=self.scan_count)]
         members: list[str] = self._call(scan)
         return [m for m in members if m.rpartition(":")[0] == subject]
 
     def erase_subject(self, subject: str, epochs: Sequence[int], *, request_id: str, at: float, worker: str,
                       lease_until: float, record_ttl: int, digest: str = "",
                       erased: tuple[int, int] | None = None) -> tuple[ErasureRecord, bool]:
+        record_key = self.erasure_key(request_id)
+        existing = self._call(self.client.get, record_key)
+        if existing is not None:
+            return ErasureRecord.decode(existing), False
         members = sorted(set(self.subject_members(subject)) | {f"{subject}:{e}" for e in epochs})
-        mark = [int(erased[0]), int(erased[1])] if erased is not None else ["", ""]
-        created, raw = self._call(
-            self._erase, keys=[self.deadlines_key, self.pending_key, self.erasure_key(request_id)],
-            args=[*self._base_args(at, worker, lease_until), request_id, subject, int(record_ttl), digest, *mark,
-                  *members])
-        return ErasureRecord.decode(raw), bool(created)
+        shard = self.shard_of(subject)
+        ptok = f"{self.prefix}:ptok:{person_tag(subject)}"
+        lookup = self._call(self.client.get, ptok)
+        entries = self._claim_in({shard: members}, self._read(members), reason="erasure", request_id=request_id,
+                                 at=at, worker=worker, lease_until=lease_until, indexed_only=False)
+        self._destroy_all(entries)
+        # the person's tk2 secret: without it nobody can recompute the token from the user_id; the erased
+        # marker is written in the same script, in the pid's slot
+        if lookup is not None:
+            tag = person_tag(bytes(lookup).decode("ascii"))
+            mark = [int(erased[0]), int(erased[1])] if erased is not None else ["", ""]
+            self._call(self._unlink, keys=[f"{self.prefix}:pid:{tag}", f"{self.prefix}:perased:{tag}"], args=mark)
+        self._call(self.client.delete, ptok)
+        # every key of this request claimed so far (an interrupted earlier attempt included)
+        fields = self._call(lambda: list(self.client.hscan_iter(
+            self.pending_key(shard), match=f"{subject}:*|erasure|{request_id}|?*", count=self.scan_count)))
+        record = ErasureRecord(subject, float(at), len(fields), worker, digest).encode()
+        if not self._call(self.client.set, record_key, record, nx=True, ex=int(record_ttl)):
+            return ErasureRecord.decode(self._call(self.client.get, record_key)), False
+        self.publish(f"{subject}:*")
+        return ErasureRecord.decode(record), True
 
     def has_keys(self, subject: str, epochs: Sequence[int]) -> bool:
-        """Whether any DEK of ``subject`` exists among ``epochs`` (one EXISTS)."""
-        names = [f"{self.prefix}:dek:{subject}:{e}" for e in epochs]
+        """Whether any DEK of ``subject`` exists among ``epochs`` (one EXISTS: one slot)."""
+        names = [self.key_names(subject, e)[0] for e in epochs]
         return bool(names) and int(self._call(self.client.exists, *names)) > 0
 
     def pending(self) -> list[PendingShred]:
-        def scan() -> list[tuple[Any, Any]]:
-            return list(self.client.hscan_iter(self.pending_key, count=self.scan_count))
+        keys = [self.pending_key(shard) for shard in range(self.shards)]
         entries: list[PendingShred] = []
-        for k, v in self._call(scan):
-            try:
-                entries.append(_entry(k, v))
-            except (ValueError, TypeError):  # never written by streamgate: skip, don't block the outbox
-                log.warning("unreadable shredder outbox entry skipped")
+        for key, content in zip(keys, self._pipe(lambda pipe: [pipe.hgetall(k) for k in keys]), strict=True):
+            for k, v in content.items():
+                try:
+                    entry = _entry(k, v)
+                except (ValueError, TypeError):  # never written by streamgate: skip, don't block the outbox
+                    log.warning("unreadable shredder outbox entry skipped")
+                    continue
+                self._pending_in[entry.field] = key
+                entries.append(entry)
         return sorted(entries, key=lambda e: e.field)
 
+    def _hash_of(self, entry: PendingShred) -> str:
+        return self._pending_in.get(entry.field) or self.pending_key(self.shard_of(entry.subject))
+
     def take_over(self, entry: PendingShred, *, worker: str, lease_until: float) -> PendingShred | None:
-        old = self._call(self.client.hget, self.pending_key, entry.field)
+        """Re-lease ``entry`` to ``worker`` (compare-and-set) and destroy its keys again (a crash may have
+        come between the claim and the destruction)."""
+        key = self._hash_of(entry)
+        old = self._call(self.client.hget, key, entry.field)
         if old is None:
             return None
         new = dataclasses.replace(_entry(entry.field, old), lease_until=lease_until, owner=worker)
-        ok = self._call(self._take_over, keys=[self.pending_key], args=[entry.field, old, new.encode()])
-        return new if ok else None
+        ok = self._call(self._take_over, keys=[key], args=[entry.field, old, new.encode()])
+        if not ok:
+            return None
+        self._destroy_all([new])
+        return new
 
     def done(self, entries: Sequence[PendingShred]) -> None:
-        if entries:
-            self._call(self.client.hdel, self.pending_key, *[e.field for e in entries])
+        by_hash: dict[str, list[str]] = {}
+        for e in entries:
+            by_hash.setdefault(self._hash_of(e), []).append(e.field)
+        if by_hash:
+            self._pipe(lambda pipe: [pipe.hdel(k, *fields) for k, fields in by_hash.items()])
+            for fields in by_hash.values():
+                for f in fields:
+                    self._pending_in.pop(f, None)
 
     def publish(self, message: str) -> None:
         self._call(self.client.publish, self.channel, message)
 
     def due_count(self, now: float) -> int:
         """Members of the deadline index due at ``now`` (the backlog; for metrics and tests)."""
-        return int(self._call(self.client.zcount, self.deadlines_key, "-inf", int(now)))
+        keys = [self.deadlines_key(shard) for shard in range(self.shards)]
+        return sum(int(n) for n in self._pipe(lambda pipe: [pipe.zcount(k, "-inf", int(now)) for k in keys]))
 
     def oldest_deadline(self) -> int | None:
         """The smallest deadline in the index (None if empty)."""
-        first = self._call(self.client.zrange, self.deadlines_key, 0, 0, withscores=True)
-        return int(first[0][1]) if first else None
+        keys = [self.deadlines_key(shard) for shard in range(self.shards)]
+        firsts = self._pipe(lambda pipe: [pipe.zrange(k, 0, 0, withscores=True) for k in keys])
+        scores = [int(f[0][1]) for f in firsts if f]
+        return min(scores) if scores else None
+
+    def index_size(self) -> int:
+        """Members in the whole deadline index."""
+        keys = [self.deadlines_key(shard) for shard in range(self.shards)]
+        return sum(int(n) for n in self._pipe(lambda pipe: [pipe.zcard(k) for k in keys]))
 
     def pending_count(self) -> int:
-        return int(self._call(self.client.hlen, self.pending_key))
+        keys = [self.pending_key(shard) for shard in range(self.shards)]
+        return sum(int(n) for n in self._pipe(lambda pipe: [pipe.hlen(k) for k in keys]))
 
     def __repr__(self) -> str:
-        return f"RedisShredStore(prefix={self.prefix!r})"
+        return f"RedisShredStore(prefix={self.prefix!r}, shards={self.shards})"

@@ -38,21 +38,24 @@ class _Capture(logging.Handler):
         self.lines.append(self.format(record) + " " + repr(extras))
 
 
-@pytest.fixture(scope="module")
-def run(kafka_bootstrap, redis_url, tmp_path_factory):
-    """One mixed run: publish valid and invalid events, let the gateway drain them, collect everything."""
+@pytest.fixture(scope="module", params=["single", "cluster"])
+def run(request, kafka_bootstrap, redis_url, tmp_path_factory):
+    """One mixed run: publish valid and invalid events, let the gateway drain them, collect everything.
+    Once on the single Redis server and once on the Redis Cluster (the tk2 mint and the data keys)."""
     import base64
     import os
     import uuid
 
     from stream.config import Settings, TopicNames
 
+    cluster = request.param == "cluster"
+    url = request.getfixturevalue("redis_cluster_server").url if cluster else redis_url
     suffix = uuid.uuid4().hex[:8]
     topics = TopicNames(**{f: f"{getattr(TopicNames(), f)}.{suffix}" for f in TopicNames.model_fields})
     settings = Settings(
-        kafka_bootstrap=kafka_bootstrap, redis_url=redis_url, topics=topics, redis_key_prefix=f"sgtest-{suffix}",
-        master_key=base64.b64encode(os.urandom(32)).decode(), consumer_group=f"gw-{suffix}",
-        state_dir=tmp_path_factory.mktemp("state"), batch_max_events=500,
+        kafka_bootstrap=kafka_bootstrap, redis_url=url, redis_cluster=cluster, topics=topics,
+        redis_key_prefix=f"sgtest-{suffix}", master_key=base64.b64encode(os.urandom(32)).decode(),
+        consumer_group=f"gw-{suffix}", state_dir=tmp_path_factory.mktemp("state"), batch_max_events=500,
     )
     ensure_topics(kafka_bootstrap, [topics.raw, topics.protected, topics.dlq], partitions=3)
     rng = random.Random(5)
@@ -83,11 +86,14 @@ def run(kafka_bootstrap, redis_url, tmp_path_factory):
         "protected": read_topic(kafka_bootstrap, topics.protected, expect=len(valid)),
         "dlq": read_topic(kafka_bootstrap, topics.dlq, expect=len(invalid)),
     }
-    import redis
+    from stream.redisdb import connect
+    from tests.support.fixtures import delete_prefixed_keys
 
-    r = redis.Redis.from_url(redis_url)
-    for k in r.scan_iter(match=f"sgtest-{suffix}:*", count=1000):
-        r.delete(k)
+    r = connect(url, cluster=cluster)
+    try:
+        delete_prefixed_keys(r, f"sgtest-{suffix}")
+    finally:
+        r.close()
 
 
 def test_every_event_ends_in_exactly_one_topic(run):

@@ -45,6 +45,7 @@ def _protect_and_publish(settings: Settings, events: list[dict]) -> list[tuple[b
     return res.protected
 
 
+@pytest.mark.parametrize("redis_backend", ["single", "cluster"])  # memo script and ledger per slot
 def test_privatizer_end_to_end(settings_factory, redis_client: redis.Redis) -> None:
     settings = settings_factory(ldp_epsilon=2.0, ldp_person_epsilon=1000.0, ldp_window_seconds=2.0, ldp_seed=1)
     t = settings.topics
@@ -97,6 +98,7 @@ def test_privatizer_end_to_end(settings_factory, redis_client: redis.Redis) -> N
     assert memo_keys and all(redis_client.ttl(k) > 0 for k in memo_keys[:50])
 
 
+@pytest.mark.parametrize("redis_backend", ["single", "cluster"])  # memo script and ledger per slot
 def test_replay_reemits_reports_and_spends_nothing(settings_factory) -> None:
     """At-least-once: a second consumer group re-reading the same records resolves the same memos
     (nothing more is spent); each report's instantaneous round is fresh, so no report repeats."""

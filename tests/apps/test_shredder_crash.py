@@ -19,6 +19,7 @@ import pytest
 
 from stream.components import build_dek_provider
 from stream.kafka import ensure_topics
+from stream.retention.redis_store import RedisShredStore
 from stream.schema import output_validator
 from tests.support.shred import Clock, add_ldp_entries, audit_receipts
 from tests.support.workers import settings_env
@@ -60,6 +61,7 @@ def _tail(log: Path) -> str:
     return "\n".join(log.read_text(errors="replace").splitlines()[-40:])
 
 
+@pytest.mark.parametrize("redis_backend", ["single", "cluster"])  # on a cluster the claim's steps are apart
 def test_sigkill_mid_run_then_restart_leaves_no_due_key_and_no_foreign_duplicates(
         settings_factory, redis_client, unique_id, tmp_path) -> None:
     settings = settings_factory(epoch_seconds=60, retention_seconds=3600)
@@ -72,15 +74,15 @@ def test_sigkill_mid_run_then_restart_leaves_no_due_key_and_no_foreign_duplicate
     provider.keys_for(subjects, epoch)
     for s in subjects[::10]:
         add_ldp_entries(redis_client, prefix, s, epoch, provider.expire_at(epoch))
-    deadlines, pending = f"{prefix}:deadlines", f"{prefix}:shredder:pending"
-    assert redis_client.zcard(deadlines) == N_KEYS
+    store = RedisShredStore(redis_client, prefix, shards=settings.redis_deadline_shards)
+    assert store.index_size() == N_KEYS
 
     env = _env(settings, unique_id)
     log = tmp_path / "shredder.log"
     first = _start(env, log)
     try:
         deadline = time.monotonic() + 120
-        while redis_client.zcard(deadlines) > N_KEYS - 40:
+        while store.index_size() > N_KEYS - 40:
             assert first.poll() is None, f"shredder exited early:\n{_tail(log)}"
             assert time.monotonic() < deadline, f"shredder made no progress:\n{_tail(log)}"
             time.sleep(0.005)
@@ -90,14 +92,14 @@ def test_sigkill_mid_run_then_restart_leaves_no_due_key_and_no_foreign_duplicate
         if first.poll() is None:
             first.kill()
             first.wait(10)
-    left_at_kill = int(redis_client.zcard(deadlines))
-    pending_at_kill = int(redis_client.hlen(pending))
+    left_at_kill = store.index_size()
+    pending_at_kill = store.pending_count()
     assert left_at_kill > 0, "the shredder finished before it was killed: the test needs more keys"
 
     second = _start(env, log)
     try:
         deadline = time.monotonic() + 120
-        while redis_client.zcard(deadlines) or redis_client.hlen(pending):
+        while store.index_size() or store.pending_count():
             assert second.poll() is None, f"restarted shredder exited:\n{_tail(log)}"
             assert time.monotonic() < deadline, f"restarted shredder did not finish:\n{_tail(log)}"
             time.sleep(0.05)

@@ -21,6 +21,7 @@ from tests.support.shred import (
     Clock,
     add_ldp_entries,
     audit_receipts,
+    key_name,
     produce,
     protect,
     reader,
@@ -99,6 +100,7 @@ def test_retention_pass_writes_one_valid_receipt_per_key_and_due_epochs_fail(set
                                                                      token_of(settings, u)))
 
 
+@pytest.mark.parametrize("redis_backend", ["single", "cluster"])  # the end-to-end path on a Redis Cluster too
 def test_erasure_request_makes_one_person_unreadable_in_every_topic(settings, redis_client, profiles_topic) -> None:
     """privacy.erasure -> shredder: the person's ciphertexts in clicks.protected and in a compacted
     topic keyed by token become unreadable, the compacted topic gets a tombstone, memo and budget
@@ -163,7 +165,7 @@ def test_erasure_request_makes_one_person_unreadable_in_every_topic(settings, re
     assert redis_keys_of(redis_client, prefix, gone) == []
     (fresh,) = {ev["user_id"] for ev in new}
     assert fresh != gone and fresh.startswith("tk2_")
-    assert redis_keys_of(redis_client, prefix, fresh) == [f"{prefix}:dek:{fresh}:{e0}"]
+    assert redis_keys_of(redis_client, prefix, fresh) == [key_name(prefix, "dek", fresh, e0)]
     for u in other_users:
         assert len(redis_keys_of(redis_client, prefix, token_of(settings, u))) == 3
     receipts = audit_receipts(bootstrap, t.audit, expect=2)

@@ -7,18 +7,18 @@ import logging
 import time
 
 import pytest
-import redis
 
 from stream.crypto.deks import DekProvider, RedisKeyStore
 from stream.crypto.keyring import Keyring
 from stream.crypto.kms import KekUsageExceededError, LocalKMS, WrapCounter
 from stream.errors import KeyUnavailableError
+from stream.redisdb import RedisClient
 
 pytestmark = pytest.mark.integration
 DAY = 86400
 
 
-def provider(client: redis.Redis, prefix: str, ring: Keyring, counter: WrapCounter) -> DekProvider:
+def provider(client: RedisClient, prefix: str, ring: Keyring, counter: WrapCounter) -> DekProvider:
     return DekProvider(RedisKeyStore(client, prefix=prefix), LocalKMS(ring), epoch_seconds=DAY,
                        retention_seconds=7 * DAY, max_staleness_seconds=30.0, max_entries=1000,
                        wrap_counter=counter)
@@ -41,7 +41,7 @@ def test_wraps_are_counted_warned_and_refused_until_rotation(redis_client, redis
     with pytest.raises(KekUsageExceededError, match="rotate the KEK") as info:
         other.keys_for(["tk1_g"], epoch)
     assert isinstance(info.value, KeyUnavailableError)  # the gateway fails closed and holds the batch
-    assert redis_client.get(f"{redis_prefix}:dek:tk1_g:{epoch}") is None
+    assert redis_client.get(RedisKeyStore(redis_client, redis_prefix).key_name("tk1_g", epoch)) is None
     # old keys keep working; a rotated KEK starts its own count
     assert deks.keys_for(["tk1_a"], epoch)["tk1_a"].subject == "tk1_a"
     rotated = ring.rotated()

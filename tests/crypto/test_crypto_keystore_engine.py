@@ -20,7 +20,7 @@ from stream.gateway.reader import ProtectedEventReader
 from stream.kafka import ensure_topics
 from stream.schema import load_schema
 from stream.synth import ClickstreamGenerator
-from tests.support.fixtures import OwnRedis
+from tests.support.fixtures import SINGLE_REDIS_ONLY, OwnRedis
 from tests.support.kafka import read_topic, running_in_thread, wait_for
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -34,6 +34,7 @@ def _start_empty(r: OwnRedis) -> None:
     r.start()
 
 
+@SINGLE_REDIS_ONLY
 @pytest.mark.parametrize("guarded", [True, False], ids=["guarded", "unguarded"])
 def test_engine_emits_nothing_under_keys_lost_by_a_restart_empty(
     kafka_bootstrap: str, own_redis: OwnRedis, settings_factory: Callable[..., Settings], guarded: bool

@@ -14,19 +14,21 @@ from typing import Any, TypeVar
 import orjson
 import pytest
 import redis
+from redis.cluster import RedisCluster
 
 from stream.apps.privatizer import build_privatizer
 from stream.components import build_dek_provider, build_gateway, guard_privatizer
 from stream.config import Settings
-from stream.crypto.keystore import RedisIdentityProbe
+from stream.crypto.keystore import ClusterIdentityProbe, KeyStoreGuard, RedisIdentityProbe, identity_probe
 from stream.dev.stack import free_port
 from stream.errors import KeyShreddedError, KeyUnavailableError
 from stream.gateway.core import Gateway, RawRecord
 from stream.gateway.reader import ProtectedEventReader
 from stream.ldp.privatizer import ProtectedRecord
+from stream.redisdb import RedisClient, connect
 from stream.schema import load_schema
 from stream.synth import ClickstreamGenerator
-from tests.support.fixtures import OwnRedis
+from tests.support.fixtures import SINGLE_REDIS_ONLY, OwnCluster, OwnRedis
 
 pytestmark = pytest.mark.integration
 
@@ -73,17 +75,51 @@ def unreadable(settings: Settings, protected: list[tuple[bytes, bytes]]) -> int:
 # --- the probe --------------------------------------------------------------------------------
 
 
-def test_probe_identity_is_stable_and_the_marker_is_created(redis_client: redis.Redis, redis_prefix: str) -> None:
-    probe = RedisIdentityProbe(redis_client, redis_prefix)
+def _marker_keys(probe: Any) -> list[str]:
+    return list(probe.marker_keys) if isinstance(probe, ClusterIdentityProbe) else [probe.marker_key]
+
+
+def test_probe_identity_is_stable_and_the_marker_is_created(redis_client: RedisClient, redis_prefix: str) -> None:
+    probe = identity_probe(redis_client, redis_prefix)
     first = probe.probe(False)
     assert probe.probe(False) == first
     assert first.durable is None
-    assert redis_client.get(f"{redis_prefix}:keystore") == first.identity.marker.encode()
-    assert len(first.identity.run_id) == 40 and len(first.identity.replid) == 40
-    # the marker gone without a restart (FLUSHALL, a lost key): another identity
-    redis_client.delete(f"{redis_prefix}:keystore")
+    markers = _marker_keys(probe)
+    assert ",".join(redis_client.get(k).decode() for k in markers) == first.identity.marker
+    masters = len(markers)
+    assert masters == (3 if isinstance(redis_client, RedisCluster) else 1)  # a marker on every master
+    assert len(first.identity.run_id.split(",")) == masters
+    assert all(len(r) == 40 for r in first.identity.replid.split(","))
+    if isinstance(redis_client, RedisCluster):
+        owners = {redis_client.get_node_from_key(k).name for k in markers}
+        assert owners == {n.name for n in redis_client.get_primaries()}
+    # a marker gone without a restart (FLUSHALL, a lost key; on a cluster one master's): another identity
+    redis_client.delete(markers[-1])
     second = probe.probe(False)
     assert second.identity.differs(first.identity) == "marker"
+
+
+def test_cluster_identity_changes_when_one_master_restarts_empty(tmp_path: Path) -> None:
+    """A cluster master restarting empty loses its slots' keys only: the identity of every master is
+    the store's, so the guard sees it (and nothing else changed)."""
+    cluster = OwnCluster(tmp_path)
+    cluster.start()
+    client = connect(cluster.url, cluster=True)
+    try:
+        guard = KeyStoreGuard(identity_probe(client, "sgks"))
+        assert guard.check() and guard.check() and guard.resets == 0
+        before = guard.identity
+        cluster.restart_node(1)
+        assert not retrying(guard.check) and guard.resets == 1
+        after = guard.identity
+        assert before is not None and after is not None
+        assert before.differs(after) in ("marker,run_id", "marker,run_id,replid")  # replid: no persistence
+        assert [m != n for m, n in zip(before.marker.split(","), after.marker.split(","), strict=True)] == [
+            False, True, False]
+        assert guard.check() and guard.resets == 1
+    finally:
+        client.close()
+        cluster.stop()
 
 
 def test_probe_sees_restarts_with_and_without_data(own_redis: OwnRedis) -> None:
@@ -102,18 +138,21 @@ def test_probe_sees_restarts_with_and_without_data(own_redis: OwnRedis) -> None:
         client.close()
 
 
-def test_waitaof_unsupported_is_skipped_not_fatal(redis_client: redis.Redis, redis_prefix: str,
+def test_waitaof_unsupported_is_skipped_not_fatal(redis_client: RedisClient, redis_prefix: str,
                                                  caplog: pytest.LogCaptureFixture) -> None:
-    probe = RedisIdentityProbe(redis_client, redis_prefix, waitaof_timeout_ms=500)
-    version = str(redis_client.info("server").get("redis_version", "0"))
-    if tuple(int(x) for x in version.split(".")[:2]) >= (7, 2) and redis_client.config_get("appendonly").get(
-            "appendonly") == "yes":
-        pytest.skip("this Redis supports WAITAOF with AOF on")
+    probe = identity_probe(redis_client, redis_prefix, waitaof_timeout_ms=500)
+    masters = len(_marker_keys(probe))
+    for server in (redis_client.get_redis_connection(n) for n in redis_client.get_primaries()) \
+            if isinstance(redis_client, RedisCluster) else [redis_client]:
+        version = str(server.info("server").get("redis_version", "0"))
+        if tuple(int(x) for x in version.split(".")[:2]) >= (7, 2) and server.config_get("appendonly").get(
+                "appendonly") == "yes":
+            pytest.skip("this Redis supports WAITAOF with AOF on")
     with caplog.at_level(logging.INFO, logger="streamgate.keystore"):
         assert probe.probe(True).durable is None
         assert probe.probe(True).durable is None
     assert not probe.waitaof_supported
-    assert sum("WAITAOF" in r.getMessage() for r in caplog.records) == 1
+    assert sum("WAITAOF" in r.getMessage() for r in caplog.records) == masters  # once per master
 
 
 def _valkey_binary() -> str | None:
@@ -167,6 +206,7 @@ def test_waitaof_confirms_fsync_of_keys_written_by_others(aof_everysec_server: r
 # --- the gateway ------------------------------------------------------------------------------
 
 
+@SINGLE_REDIS_ONLY
 @pytest.mark.parametrize("guarded", [True, False], ids=["guarded", "unguarded"])
 def test_gateway_never_emits_under_a_key_lost_by_a_restart_empty(
     own_redis: OwnRedis, settings_factory: Callable[..., Settings], guarded: bool
@@ -196,6 +236,7 @@ def test_gateway_never_emits_under_a_key_lost_by_a_restart_empty(
         assert lost > 0.5 * len(batch)  # the bug the guard fixes: cached keys reused after the loss
 
 
+@SINGLE_REDIS_ONLY
 def test_gateway_redoes_a_batch_when_redis_loses_its_keys_mid_batch(
     own_redis: OwnRedis, settings_factory: Callable[..., Settings]
 ) -> None:
@@ -228,6 +269,7 @@ def _memo_keys(client: redis.Redis, prefix: str) -> int:
     return sum(1 for _ in client.scan_iter(match=f"{prefix}:memo:*", count=1000))
 
 
+@SINGLE_REDIS_ONLY
 @pytest.mark.parametrize("guarded", [True, False], ids=["guarded", "unguarded"])
 def test_privatizer_memos_are_dropped_after_a_restart_empty(
     own_redis: OwnRedis, settings_factory: Callable[..., Settings], guarded: bool

@@ -1,7 +1,7 @@
 """RedisKeyStore against a real Redis: layout, create-if-absent races, failure mapping.
 
-Uses the project fixtures ``redis_url`` / ``redis_prefix`` (tests/fixtures.py): the
-configured or embedded Redis, and a per-test key prefix cleaned afterwards.
+Uses the project fixtures ``redis_connect`` / ``redis_prefix`` (tests/support/fixtures.py): the
+configured or embedded Redis - and a local Redis Cluster - and a per-test key prefix cleaned afterwards.
 """
 
 from __future__ import annotations
@@ -9,22 +9,32 @@ from __future__ import annotations
 import socket
 import threading
 import time
+import zlib
+from collections.abc import Callable
+from pathlib import Path
 
 import pytest
 import redis
 from redis.backoff import NoBackoff
+from redis.cluster import RedisCluster
 from redis.retry import Retry
 
+from stream.config import Settings
 from stream.crypto.deks import DataKey, DekProvider, RedisKeyStore
 from stream.crypto.fields import decrypt_value, encrypt_value
 from stream.crypto.keyring import Keyring
+from stream.crypto.keystore import identity_probe
 from stream.crypto.kms import LocalKMS
-from stream.errors import KeyShreddedError, KeyUnavailableError
+from stream.errors import ConfigError, KeyShreddedError, KeyUnavailableError
+from stream.ldp.memo import MemoRequest, RedisMemoStore
+from stream.redisdb import RedisClient, client_for, connect
+from stream.retention.redis_store import RedisShredStore
+from tests.support.cluster import OwnCluster
 
 DAY = 86400
 
 
-def make_provider(client: redis.Redis, prefix: str, kms: LocalKMS, **kw: float) -> DekProvider:
+def make_provider(client: RedisClient, prefix: str, kms: LocalKMS, **kw: float) -> DekProvider:
     args = {
         "epoch_seconds": DAY,
         "retention_seconds": 7 * DAY,
@@ -36,27 +46,28 @@ def make_provider(client: redis.Redis, prefix: str, kms: LocalKMS, **kw: float) 
 
 
 @pytest.mark.integration
-def test_layout_set_nx_exat_and_deadline_index(redis_url: str, redis_prefix: str) -> None:
-    url, prefix = redis_url, redis_prefix
-    client = redis.Redis.from_url(url)
-    store = RedisKeyStore(client, prefix=prefix)
+def test_layout_set_nx_exat_and_deadline_index(redis_client: RedisClient, redis_prefix: str) -> None:
+    client, prefix = redis_client, redis_prefix
+    store = RedisKeyStore(client, prefix=prefix, shards=16)
     now = int(time.time())
     expire_at = now + 3600
 
     [stored] = store.create_many([("tk1_a", 5, b"first", expire_at)])
     assert stored == b"first"
-    name = f"{prefix}:dek:tk1_a:5"
+    name = f"{prefix}:dek:{{tk1_a}}:5"  # hash-tagged by the person
     assert store.key_name("tk1_a", 5) == name
+    shard = zlib.crc32(b"tk1_a") % 16
+    assert store.deadlines_key("tk1_a") == f"{prefix}:deadlines:{{shard-{shard:02d}}}"
     assert client.get(name) == b"first"
     assert 0 < client.ttl(name) <= 3600
     assert client.expiretime(name) == expire_at
-    assert client.zscore(f"{prefix}:deadlines", "tk1_a:5") == expire_at
+    assert client.zscore(store.deadlines_key("tk1_a"), "tk1_a:5") == expire_at
 
     # create-if-absent: a second creator gets the first value; the first deadline is kept
     [again] = store.create_many([("tk1_a", 5, b"second", expire_at + 999)])
     assert again == b"first"
     assert client.expiretime(name) == expire_at
-    assert client.zscore(f"{prefix}:deadlines", "tk1_a:5") == expire_at
+    assert client.zscore(store.deadlines_key("tk1_a"), "tk1_a:5") == expire_at
     assert RedisKeyStore.parse_deadline_member(b"tk1_a:5") == ("tk1_a", 5)
 
     assert store.get_many([("tk1_a", 5), ("tk1_b", 5)]) == [b"first", None]
@@ -64,15 +75,15 @@ def test_layout_set_nx_exat_and_deadline_index(redis_url: str, redis_prefix: str
 
 
 @pytest.mark.integration
-def test_provider_layout_and_shred(redis_url: str, redis_prefix: str) -> None:
-    url, prefix = redis_url, redis_prefix
-    client = redis.Redis.from_url(url)
+def test_provider_layout_and_shred(redis_client: RedisClient, redis_prefix: str) -> None:
+    client, prefix = redis_client, redis_prefix
     p = make_provider(client, prefix, LocalKMS(Keyring.generate()), max_staleness_seconds=0)
     epoch = p.epoch_of(time.time())
     key = p.keys_for(["tk1_alice"], epoch)["tk1_alice"]
-    name = f"{prefix}:dek:tk1_alice:{epoch}"
+    store = RedisKeyStore(client, prefix=prefix)
+    name = store.key_name("tk1_alice", epoch)
     assert client.expiretime(name) == p.expire_at(epoch)
-    assert client.zscore(f"{prefix}:deadlines", f"tk1_alice:{epoch}") == p.expire_at(epoch)
+    assert client.zscore(store.deadlines_key("tk1_alice"), f"tk1_alice:{epoch}") == p.expire_at(epoch)
     raw = client.get(name)
     assert raw is not None and raw.startswith(b"1." + key.key_id.encode() + b".")
     text = encrypt_value(key, "alice@example.com", schema_id="s", field_path="email")
@@ -88,8 +99,9 @@ def test_provider_layout_and_shred(redis_url: str, redis_prefix: str) -> None:
 
 
 @pytest.mark.integration
-def test_racing_workers_agree_on_one_key_per_subject(redis_url: str, redis_prefix: str) -> None:
-    url, prefix = redis_url, redis_prefix
+def test_racing_workers_agree_on_one_key_per_subject(redis_connect: Callable[..., RedisClient],
+                                                      redis_prefix: str) -> None:
+    prefix = redis_prefix
     kms = LocalKMS(Keyring.generate())
     subjects = [f"tk1_person{i:03d}" for i in range(200)]
     n_threads = 8
@@ -98,7 +110,7 @@ def test_racing_workers_agree_on_one_key_per_subject(redis_url: str, redis_prefi
     epoch = int(time.time() // DAY)
 
     def worker(i: int) -> None:
-        client = redis.Redis.from_url(url)
+        client = redis_connect()
         try:
             provider = make_provider(client, prefix, kms)
             order = subjects[i * 25 :] + subjects[: i * 25]  # different orders, same set
@@ -120,9 +132,14 @@ def test_racing_workers_agree_on_one_key_per_subject(redis_url: str, redis_prefi
     assert set(maps[0]) == set(subjects)
     assert len(set(maps[0].values())) == 200
 
-    client = redis.Redis.from_url(url)
+    client = redis_connect()
     assert len(list(client.scan_iter(match=f"{prefix}:dek:*", count=1000))) == 200
-    assert client.zcard(f"{prefix}:deadlines") == 200
+    shards = {RedisKeyStore(client, prefix=prefix).deadlines_key(s) for s in subjects}
+    assert len(shards) == 16  # 200 people spread over every shard of the index
+    assert sum(client.zcard(k) for k in shards) == 200
+    if isinstance(client, RedisCluster):  # ... and their keys over every master
+        nodes = {client.get_node_from_key(f"{prefix}:dek:{{{s}}}:{epoch}").name for s in subjects}
+        assert len(nodes) == 3
     # every worker's key decrypts every other worker's ciphertext
     first, last = results[0], results[-1]
     assert isinstance(first, dict) and isinstance(last, dict)
@@ -162,3 +179,37 @@ def test_store_unreachable_raises_key_unavailable() -> None:
 def test_decode_responses_client_refused() -> None:
     with pytest.raises(ValueError):
         RedisKeyStore(redis.Redis(decode_responses=True))
+
+
+def test_a_cluster_that_goes_away_fails_closed(tmp_path: Path) -> None:
+    """Every store on a Redis Cluster whose masters are gone raises KeyUnavailableError (the worker holds
+    its batch), never redis-py's cluster errors."""
+    cluster = OwnCluster(tmp_path)
+    cluster.start()
+    client = connect(cluster.url, cluster=True, socket_connect_timeout=0.5, socket_timeout=0.5,
+                     retry=Retry(NoBackoff(), 0))
+    try:
+        store = RedisKeyStore(client, prefix="sgdown")
+        epoch = int(time.time() // DAY)
+        assert store.create_many([("tk1_up", epoch, b"v", int(time.time()) + 60)]) == [b"v"]
+        shreds = RedisShredStore(client, "sgdown")
+        memos = RedisMemoStore(client, "sgdown")
+        cluster.stop()
+        calls: list[Callable[[], object]] = [
+            lambda: store.get_many([("tk1_up", epoch)]),
+            lambda: store.create_many([("tk1_new", epoch, b"v", int(time.time()) + 60)]),
+            lambda: shreds.claim_due(time.time(), 10, at=time.time(), worker="w", lease_until=time.time() + 60),
+            lambda: memos.resolve([MemoRequest("tk1_up", epoch, int(time.time()) + 60, "a:x", "a", 1, "c", "L")], 10),
+            lambda: identity_probe(client, "sgdown").probe(False),
+        ]
+        for call in calls:
+            with pytest.raises(KeyUnavailableError):
+                call()
+    finally:
+        client.close()
+        cluster.stop()
+
+
+def test_cluster_without_a_url_is_a_config_error(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="STREAMGATE_REDIS_URL"):
+        client_for(Settings(redis_cluster=True, state_dir=tmp_path))

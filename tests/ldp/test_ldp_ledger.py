@@ -7,13 +7,13 @@ import time
 
 import orjson
 import pytest
-import redis
 
 from stream.crypto.keyring import Keyring
 from stream.ldp.labels import ExampleStub
-from stream.ldp.ledger import LEDGER_PURPOSE, ledger_id, ledger_key
-from stream.ldp.memo import MICRO, RedisMemoStore
+from stream.ldp.ledger import LEDGER_PURPOSE, LedgerExhauster, ledger_id, ledger_key, ledger_slot
+from stream.ldp.memo import MICRO, MemoRequest, RedisMemoStore
 from stream.ldp.privatizer import ProtectedRecord
+from stream.redisdb import SLOTS, RedisClient, key_slot
 from stream.retention.redis_store import RedisShredStore
 from tests.support.ldp import make_privatizer, protect
 
@@ -30,7 +30,7 @@ def _event(i: int) -> dict:
     }
 
 
-def test_repeated_erasures_within_an_epoch_spend_no_more_than_the_cap(redis_client: redis.Redis,
+def test_repeated_erasures_within_an_epoch_spend_no_more_than_the_cap(redis_client: RedisClient,
                                                                        redis_prefix: str) -> None:
     keyring = Keyring.generate()
     now_ms = int(time.time() * 1000)
@@ -86,7 +86,7 @@ def test_build_privatizer_refuses_a_cap_below_one_memo(settings_factory) -> None
     build_privatizer(settings_factory(ldp_person_epsilon=20.0, learn_label_epsilon=20.0))
 
 
-def test_a_person_returning_after_erasures_stays_within_the_cap(settings_factory, redis_client: redis.Redis) -> None:  # type: ignore[no-untyped-def]
+def test_a_person_returning_after_erasures_stays_within_the_cap(settings_factory, redis_client: RedisClient) -> None:  # type: ignore[no-untyped-def]
     """End to end with the default settings: the gateway's tk2 tokens, the shredder's erasure by
     user_id (it leaves the erased marker), the person's new events under a new token (the gateway
     exhausts its ledgers), the privatizer's ledger. Before the marker: 4 rounds spent 20 against 8."""
@@ -146,7 +146,7 @@ def _raw(user_id: str, i: int = 0):  # type: ignore[no-untyped-def]
 class _Person:
     """One person through the real gateway, privatizer and shredder, on an injected clock (E, R epochs)."""
 
-    def __init__(self, settings, redis_client: redis.Redis, user_id: str) -> None:  # type: ignore[no-untyped-def]
+    def __init__(self, settings, redis_client: RedisClient, user_id: str) -> None:  # type: ignore[no-untyped-def]
         from stream.apps.privatizer import build_privatizer
         from stream.apps.shredder import ShredderEngine
         from stream.components import build_gateway
@@ -177,11 +177,11 @@ class _Person:
         self.engine._erase_one(signed_request(self.settings, request_id, user_id=self.user_id), "t/0/0")
 
     def ledger(self, token: str, epoch: int) -> str:
-        return ledger_key(self.settings.redis_key_prefix, ledger_id(self.key, token, epoch))
+        return ledger_key(self.settings.redis_key_prefix, token, ledger_id(self.key, token, epoch))
 
 
 @pytest.fixture
-def person(settings_factory, redis_client: redis.Redis) -> _Person:  # type: ignore[no-untyped-def]
+def person(settings_factory, redis_client: RedisClient) -> _Person:  # type: ignore[no-untyped-def]
     settings = settings_factory(epoch_seconds=E, retention_seconds=R, ldp_person_epsilon=CAP,
                                 dek_cache_max_staleness_seconds=30.0)
     return _Person(settings, redis_client, "usr_returning")
@@ -260,3 +260,108 @@ def test_the_marker_is_honoured_again_when_the_first_charge_did_not_happen(perso
     assert [int(r.get(k) or 0) for k in ledgers] == [CAP * MICRO] * 2
     assert [r.expiretime(k) for k in ledgers] == [e * E + E + R for e in (epoch - 1, epoch)]
     assert not person.priv.process(person.events()[1]).epsilon_spent
+
+
+def test_the_marker_shares_the_secrets_slot_and_is_never_lowered(person: _Person) -> None:
+    """The marker is tagged with the lookup id: one slot with ``pid`` (on a cluster the erasure writes it
+    in the script that deletes ``pid``, and the mint reads it with ``pid``). A later erasure raises it;
+    one by a shredder whose clock is an epoch behind leaves it."""
+    from stream.apps.shredder import ShredderEngine
+    from stream.retention.core import MemorySink
+    from tests.support.clock import Clock
+    from tests.support.shred import signed_request
+
+    r, epoch, pseud = person.redis, int(T0) // E, person.pseud
+    pid = pseud.pid_key(pseud.lookup_id(person.user_id))
+    assert key_slot(person.mark.encode()) == key_slot(pid.encode())
+    first, _records = person.events()
+    person.erase("low-1")
+    assert r.get(pid) is None and r.get(person.mark) == str(epoch).encode()
+    person.gw.tokenizer.forget(first)
+    person.clock.advance(E)
+    second, _records = person.events()
+    person.erase("low-2")
+    assert r.get(person.mark) == str(epoch + 1).encode()
+    assert r.expiretime(person.mark) == (epoch + 2) * E + R
+    person.gw.tokenizer.forget(second)
+    third, _records = person.events()
+    assert len({first, second, third}) == 3 and r.get(pid) is not None
+    behind = ShredderEngine(person.settings, client=r, clock=Clock(T0))
+    behind.shredder.sink = MemorySink()
+    behind._erase_one(signed_request(person.settings, "low-3", user_id=person.user_id), "t/0/1")
+    assert behind.shredder.stats.erasures == 1 and r.get(pid) is None
+    assert r.get(person.mark) == str(epoch + 1).encode() and r.expiretime(person.mark) == (epoch + 2) * E + R
+
+
+def _tokens_on_every_master(n_masters: int = 3) -> list[str]:
+    """Made-up person tokens whose slots fall in each third of the slot space (a three-master
+    cluster's masters), two per third."""
+    per: dict[int, list[str]] = {}
+    i = 0
+    while any(len(per.get(m, [])) < 2 for m in range(n_masters)):
+        tok = f"tk2_spread{i:018d}"
+        per.setdefault(ledger_slot(tok) * n_masters // SLOTS, []).append(tok)
+        i += 1
+    return [t for m in range(n_masters) for t in per[m][:2]]
+
+
+def test_the_exhauster_raises_ledgers_in_every_persons_slot_as_the_memo_script_reads_them(
+        redis_client: RedisClient, redis_prefix: str) -> None:
+    """LedgerExhauster and the privatizer's memo script name a ledger by the same function: ledgers
+    raised for people spread over every master are read as full by the memo script; a ledger below
+    the cap is raised, one above it is not lowered."""
+    key = Keyring.generate().derive(LEDGER_PURPOSE)
+    tokens = _tokens_on_every_master()
+    epoch, cap = int(T0) // E, round(CAP * MICRO)
+    low, high = tokens[0], tokens[1]
+    redis_client.set(ledger_key(redis_prefix, low, ledger_id(key, low, epoch)), MICRO, exat=(epoch + 1) * E + R)
+    redis_client.set(ledger_key(redis_prefix, high, ledger_id(key, high, epoch)), 2 * cap, exat=(epoch + 1) * E + R)
+    ex = LedgerExhauster(redis_client, redis_prefix, key, budget_epsilon=CAP, epoch_seconds=E, retention_seconds=R)
+    # epochs e-2, e-1 and e are still chargeable at T0 (their deadlines, (e + 1) * E + R, are ahead)
+    assert ex.exhaust(dict.fromkeys(tokens, epoch), T0) == 3 * len(tokens)
+    assert redis_client.get(ledger_key(redis_prefix, low, ledger_id(key, low, epoch - 3))) is None
+    for tok in tokens:
+        for e in (epoch - 2, epoch - 1, epoch):
+            name = ledger_key(redis_prefix, tok, ledger_id(key, tok, e))
+            assert key_slot(name.encode()) == ledger_slot(tok)
+            assert int(redis_client.get(name) or 0) == (2 * cap if (tok, e) == (high, epoch) else cap)
+            assert redis_client.expiretime(name) == (e + 1) * E + R
+    store = RedisMemoStore(redis_client, prefix=redis_prefix)
+    requests = [MemoRequest(tok, epoch, (epoch + 1) * E + R, "device:x", "device", 1, "cand", ledger_id(key, tok, epoch))
+                for tok in tokens]
+    assert [res.status for res in store.resolve(requests, cap)] == ["suppressed"] * len(tokens)
+    other = MemoRequest(tokens[0], epoch + 1, (epoch + 2) * E + R, "device:x", "device", 1, "cand",
+                        ledger_id(key, tokens[0], epoch + 1))
+    assert [res.status for res in store.resolve([other], cap)] == ["new"]  # the next epoch is untouched
+
+
+def test_people_returning_together_each_find_their_ledgers_at_the_cap(settings_factory,  # type: ignore[no-untyped-def]
+                                                                      redis_client: RedisClient) -> None:
+    """One gateway batch with several people returning after their erasures: the mint reports every
+    marker (on a cluster: one script per lookup id's slot) and each new token's ledger is at the cap
+    in that token's slot before the batch is emitted; the privatizer then reports stand-ins only."""
+    settings = settings_factory(epoch_seconds=E, retention_seconds=R, ldp_person_epsilon=CAP,
+                                dek_cache_max_staleness_seconds=30.0)
+    users = [f"usr_together_{i}" for i in range(6)]
+    person = _Person(settings, redis_client, users[0])
+    gw, epoch = person.gw, int(T0) // E
+    first = gw.process([_raw(u, i) for i, u in enumerate(users)])
+    old = {k.decode() for k, _v in first.protected}
+    for i, u in enumerate(users):
+        person.engine._erase_one(signed_request_for(settings, f"together-{i}", u), f"t/0/{i}")
+    for tok in old:
+        gw.tokenizer.forget(tok)
+    again = gw.process([_raw(u, i) for i, u in enumerate(users)])
+    new = {k.decode() for k, _v in again.protected}
+    assert len(new) == len(users) and not new & old
+    assert person.pseud.returned == len(users)
+    for tok in new:
+        assert int(redis_client.get(person.ledger(tok, epoch)) or 0) == CAP * MICRO
+    res = person.priv.process([ProtectedRecord(v, int(T0 * 1000)) for _k, v in again.protected])
+    assert not res.epsilon_spent and sum(res.suppressed.values()) == 5 * len(users)
+
+
+def signed_request_for(settings, request_id: str, user_id: str) -> bytes:  # type: ignore[no-untyped-def]
+    from tests.support.shred import signed_request
+
+    return signed_request(settings, request_id, user_id=user_id)

@@ -14,11 +14,11 @@ import time
 
 import orjson
 import pytest
-import redis
 
 from stream.crypto.keyring import Keyring
 from stream.ldp.memo import RedisMemoStore
 from stream.ldp.privatizer import ProtectedRecord
+from stream.redisdb import RedisClient
 from stream.synth import ClickstreamGenerator
 from tests.support.ldp import make_privatizer, protect
 
@@ -45,7 +45,7 @@ def _streams() -> tuple[list[dict], list[dict]]:
     return same, fresh
 
 
-def _distinct_reports(events: list[dict], client: redis.Redis, prefix: str, keyring: Keyring) -> int:
+def _distinct_reports(events: list[dict], client: RedisClient, prefix: str, keyring: Keyring) -> int:
     now_ms = int(time.time() * 1000)
     records = [ProtectedRecord(v, now_ms) for _k, v in protect(events, keyring)]
     priv = make_privatizer(store=RedisMemoStore(client, prefix=prefix), budget=50.0, seed=3)
@@ -58,7 +58,7 @@ def _distinct_reports(events: list[dict], client: redis.Redis, prefix: str, keyr
     return len({orjson.dumps(orjson.loads(r)["features"], option=orjson.OPT_SORT_KEYS) for r in reports})
 
 
-def test_a_persons_reports_are_as_diverse_as_strangers(redis_client: redis.Redis, redis_prefix: str) -> None:
+def test_a_persons_reports_are_as_diverse_as_strangers(redis_client: RedisClient, redis_prefix: str) -> None:
     keyring = Keyring.generate()
     same, fresh = _streams()
     a = _distinct_reports(same, redis_client, redis_prefix + "a", keyring)

@@ -7,16 +7,23 @@ import threading
 import time
 
 import pytest
-import redis
+from redis.cluster import RedisCluster
 
-from stream.components import build_dek_provider, invalidation_listener, redis_client, start_invalidation
-from stream.errors import DecryptError, KeyShreddedError
+from stream.components import (
+    build_dek_provider,
+    build_pseudonyms,
+    invalidation_listener,
+    redis_client,
+    start_invalidation,
+)
+from stream.errors import DecryptError, KeyShreddedError, KeyUnavailableError
 from stream.gateway.reader import SHREDDED_MASK, Shredded
+from stream.redisdb import deadlines_key, pending_key
 from stream.retention.core import MemorySink, Shredder, ShredderError
 from stream.retention.invalidation import ShredListener, parse_message
 from stream.retention.redis_store import RedisShredStore
 from stream.schema import output_validator
-from tests.support.shred import Clock, add_ldp_entries, protect, reader, redis_keys_of, token_of
+from tests.support.shred import Clock, add_ldp_entries, key_name, protect, reader, redis_keys_of, token_of
 
 pytestmark = pytest.mark.integration
 
@@ -59,6 +66,7 @@ def test_after_retention_due_epochs_fail_typed_and_newer_epochs_decrypt(settings
     sh, store, sink = shredder(settings, clock)
     assert sh.shred_due() == 10
     assert sh.shred_due() == 0
+    assert store.index_size() == 5  # the index of e0 + 2, spread over the persons' shards
 
     # readers at the *old* time: only the destroyed Redis key can explain the failure
     for ev in old + mid:
@@ -73,7 +81,7 @@ def test_after_retention_due_epochs_fail_typed_and_newer_epochs_decrypt(settings
     for u in users:
         tok = token_of(settings, u)
         assert redis_keys_of(redis_client, prefix, tok) == sorted(
-            f"{prefix}:{k}:{tok}:{e0 + 2}" for k in ("budget", "dek", "memo"))
+            key_name(prefix, k, tok, e0 + 2) for k in ("budget", "dek", "memo"))
     assert len(sink.receipts) == 10 and not any(VALID(r) for r in sink.receipts)
     assert all(r["key_id"] and not r["expired_before_shred"] for r in sink.receipts)
     assert store.pending_count() == 0 and store.due_count(clock.t) == 0
@@ -88,9 +96,9 @@ def test_redis_expiry_racing_the_shredder_still_yields_exactly_one_receipt(setti
     add_ldp_entries(redis_client, prefix, tok1, e0, expire_at(e0))
     # Redis expires tok1's key (and memo/budget) before the shredder gets there
     for kind in ("dek", "memo", "budget"):
-        redis_client.pexpire(f"{prefix}:{kind}:{tok1}:{e0}", 1)
+        redis_client.pexpire(key_name(prefix, kind, tok1, e0), 1)
     deadline = time.monotonic() + 10
-    while redis_client.exists(f"{prefix}:dek:{tok1}:{e0}") and time.monotonic() < deadline:
+    while redis_client.exists(key_name(prefix, "dek", tok1, e0)) and time.monotonic() < deadline:
         time.sleep(0.01)
     clock.t = expire_at(e0)
     sh, _, sink = shredder(settings, clock)
@@ -197,7 +205,7 @@ def test_shred_listener_parses_and_reports_messages(settings) -> None:
                              lambda s, e: seen.append((s, e)), on_reset=lambda: resets.append(1)).start()
     try:
         assert listener.ready.wait(10)
-        pub = redis.Redis.from_url(settings.redis_url)
+        pub = redis_client(settings)
         pub.publish(f"{settings.redis_key_prefix}:shredded", "tokX:7")
         pub.publish(f"{settings.redis_key_prefix}:shredded", "tokY:*")
         deadline = time.monotonic() + 10
@@ -215,10 +223,12 @@ def test_shred_listener_reconnects_after_a_dropped_connection(settings) -> None:
     listener = ShredListener(lambda: redis_client(settings), settings.redis_key_prefix,
                              lambda s, e: seen.append((s, e)), on_reset=lambda: resets.append(1),
                              backoff_seconds=0.05).start()
-    admin = redis.Redis.from_url(settings.redis_url)
+    admin = redis_client(settings)
     try:
         assert listener.ready.wait(10)
-        admin.client_kill_filter(_type="pubsub")  # the server drops every subscriber connection
+        for server in ([admin.get_redis_connection(n) for n in admin.get_primaries()]
+                       if isinstance(admin, RedisCluster) else [admin]):
+            server.client_kill_filter(_type="pubsub")  # the server drops every subscriber connection
         deadline = time.monotonic() + 15
         while len(resets) < 2 and time.monotonic() < deadline:
             time.sleep(0.02)
@@ -294,7 +304,7 @@ def test_start_invalidation_drops_one_epoch_or_all(settings) -> None:
         provider.keys_for(["tokA", "tokB"], e0)
         provider.keys_for(["tokA"], e0 + 1)
         assert provider.cache_size == 3
-        pub = redis.Redis.from_url(settings.redis_url)
+        pub = redis_client(settings)
         pub.publish(f"{settings.redis_key_prefix}:shredded", f"tokA:{e0}")
         deadline = time.monotonic() + 10
         while provider.cache_size != 2 and time.monotonic() < deadline:
@@ -312,10 +322,67 @@ def test_foreign_index_members_and_outbox_entries_never_block_the_shredder(setti
     prefix = settings.redis_key_prefix
     clock = Clock(T0)
     protect(settings, clock, ["usr_ok"], 1)
-    redis_client.zadd(f"{prefix}:deadlines", {"no-epoch-here": 1})
-    redis_client.hset(f"{prefix}:shredder:pending", "garbage", b"not json")
+    redis_client.zadd(deadlines_key(prefix, 3), {"no-epoch-here": 1})
+    redis_client.hset(pending_key(prefix, 5), "garbage", b"not json")
     clock.t = expire_at(int(T0 // E))
     sh, store, sink = shredder(settings, clock)
     assert sh.tick() == 1
     assert [r["subject"] for r in sink.receipts] == [token_of(settings, "usr_ok")]
     assert store.due_count(clock.t) == 0
+
+
+# --- the claim's steps are separate (one hash slot each): a crash between them ------------------------------
+
+
+def test_a_crash_between_claim_and_destroy_is_finished_by_whoever_takes_the_entry(settings, redis_client) -> None:
+    """Claimed (outbox entry written, index entry gone) but not destroyed: the restarted shredder destroys
+    the keys before it delivers their receipts."""
+    prefix = settings.redis_key_prefix
+    clock = Clock(T0)
+    users = [f"usr_cr{i}" for i in range(6)]
+    protect(settings, clock, users, 1)
+    e0 = int(T0 // E)
+    clock.t = expire_at(e0)
+    sh, store, sink = shredder(settings, clock, worker="a", batch_size=50)
+
+    def crash(entries):
+        raise KeyUnavailableError("killed between claim and destroy (simulated)")
+
+    store._destroy_all = crash
+    with pytest.raises(KeyUnavailableError):
+        sh.shred_due()
+    assert store.pending_count() == 6 and store.due_count(clock.t) == 0 and not sink.receipts
+    toks = [token_of(settings, u) for u in users]
+    assert all(redis_client.exists(key_name(prefix, "dek", t, e0)) for t in toks)  # still there
+
+    again, store2, sink2 = shredder(settings, clock, worker="a")
+    assert again.recover() == 6
+    assert not any(redis_client.exists(key_name(prefix, "dek", t, e0)) for t in toks)
+    assert sorted(r["subject"] for r in sink2.receipts) == sorted(toks)
+    assert all(r["key_id"] for r in sink2.receipts) and store2.pending_count() == 0
+
+
+def test_an_interrupted_erasure_is_redone_by_the_redelivered_request(settings, redis_client) -> None:
+    prefix = settings.redis_key_prefix
+    clock = Clock(T0)
+    protect(settings, clock, ["usr_int"], 1)
+    clock.advance(E)
+    protect(settings, clock, ["usr_int"], 1, seed=2)
+    tok = token_of(settings, "usr_int")
+    pseud = build_pseudonyms(settings)
+    pid, mark = (k(pseud.lookup_id("usr_int")) for k in (pseud.pid_key, pseud.perased_key))
+    sh, store, sink = shredder(settings, clock)
+    destroy_all = store._destroy_all
+    store._destroy_all = lambda entries: (_ for _ in ()).throw(KeyUnavailableError("killed (simulated)"))
+    with pytest.raises(KeyUnavailableError):
+        sh.erase(tok, "req-int")
+    assert len(redis_keys_of(redis_client, prefix, tok)) == 2 and store.pending_count() == 2
+    assert redis_client.get(pid) is not None and redis_client.get(mark) is None  # secret and marker go together
+    store._destroy_all = destroy_all
+    out = sh.erase(tok, "req-int")  # the request comes again (its offset was not committed)
+    assert out.keys_shredded == 2 and not out.repeated
+    assert redis_keys_of(redis_client, prefix, tok) == []
+    assert redis_client.get(pid) is None and redis_client.get(mark) == str(int(clock()) // E).encode()
+    assert sorted(r["kind"] for r in sink.receipts) == ["erasure", "key_shredded", "key_shredded"]
+    assert len({r["receipt_id"] for r in sink.receipts}) == 3
+    assert store.pending_count() == 0

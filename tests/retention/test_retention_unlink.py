@@ -23,7 +23,7 @@ from stream.retention.core import MemorySink, Shredder
 from stream.retention.redis_store import RedisShredStore
 from stream.schema import output_validator
 from stream.synth import ClickstreamGenerator
-from tests.support.shred import Clock, signed_request
+from tests.support.shred import Clock, key_name, signed_request
 
 pytestmark = pytest.mark.integration
 
@@ -138,8 +138,8 @@ def test_tk2_tokens_are_stable_while_the_person_exists(tk2) -> None:
     # one secret per person, living exactly as long as their newest key
     rc = redis_client(tk2)
     newest = (int(clock() // E) + 1) * E + R
-    assert rc.expiretime(f"{tk2.redis_key_prefix}:ptok:{tok}") == newest
-    assert rc.expiretime(f"{tk2.redis_key_prefix}:dek:{tok}:{int(clock() // E)}") == newest
+    assert rc.expiretime(f"{tk2.redis_key_prefix}:ptok:{{{tok}}}") == newest
+    assert rc.expiretime(key_name(tk2.redis_key_prefix, "dek", tok, int(clock() // E))) == newest
     assert tok in all_tokens_of(tk2, "usr_s")
 
 
@@ -164,7 +164,8 @@ def test_after_erasure_nobody_can_link_the_retained_token_to_the_user_id(tk2) ->
         assert old in retained and old not in all_tokens_of(tk2, "usr_gone")
         prefix = tk2.redis_key_prefix
         rc = redis_client(tk2)
-        assert not list(rc.scan_iter(match=f"{prefix}:ptok:{old}")) and not list(rc.scan_iter(match=f"{prefix}:dek:{old}:*"))
+        assert not list(rc.scan_iter(match=f"{prefix}:ptok:{{{old}}}"))
+        assert not list(rc.scan_iter(match=key_name(prefix, "dek", old, "*")))
         assert build_pseudonyms(tk2).lookup("usr_stays") == stays
         # the running gateway forgot the person at once: a re-appearing user_id gets a new token
         assert wait_for(lambda: ("usr_gone" not in gw.tokenizer.pseudonyms._memo))
@@ -211,7 +212,8 @@ def test_tk2_events_follow_the_output_schema_and_erasure_also_reaches_tk1_era_da
     engine._erase_one(signed_request(tk2, "req-era", user_id="usr_era"), "t/0/0")
     rc = redis_client(tk2)
     prefix = tk2.redis_key_prefix
-    assert not list(rc.scan_iter(match=f"{prefix}:dek:{tk1}:*")) and not list(rc.scan_iter(match=f"{prefix}:dek:{tok2}:*"))
+    assert not list(rc.scan_iter(match=key_name(prefix, "dek", tk1, "*")))
+    assert not list(rc.scan_iter(match=key_name(prefix, "dek", tok2, "*")))
     assert {r["subject"] for r in engine.shredder.sink.receipts} == {tk1, tok2}
 
 
@@ -224,7 +226,8 @@ def test_erasure_by_tk2_token_destroys_the_secret_too(tk2) -> None:
     assert pseud.lookup("usr_by_token") == tok
     shredder(tk2, Clock(T0)).erase(tok, "req-by-token")
     assert pseud.lookup("usr_by_token") is None and pseud.lookup("usr_kept") == other
-    assert redis_client(tk2).get(f"{tk2.redis_key_prefix}:ptok:{tok}") is None
+    assert redis_client(tk2).get(f"{tk2.redis_key_prefix}:ptok:{{{tok}}}") is None
+    assert len(list(redis_client(tk2).scan_iter(match=f"{tk2.redis_key_prefix}:pid:*"))) == 1  # usr_kept's secret
 
 
 def test_looking_a_person_up_creates_no_secret(tk2) -> None:

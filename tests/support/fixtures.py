@@ -9,6 +9,13 @@ Isolation: tests share one broker and one Redis (possibly the machine's), so
 every test gets its own topic names (``clicks.raw.t<id>``), Redis key prefix
 (``sgtest-<id>``, whose keys are deleted after the test, never FLUSHALL),
 consumer group and master key.
+
+Redis Cluster: ``redis_backend`` is ``"single"`` here; ``tests/crypto``, ``tests/retention`` and
+``tests/ldp`` override it with :func:`redis_backend_both`, so every test there that touches Redis
+runs on the single server and on a local three-master cluster (:class:`tests.support.cluster.OwnCluster`,
+started once per session on first use). ``redis_test_url``, ``redis_client``, ``redis_connect`` and
+``settings_factory`` follow the backend; ``redis_url`` (session-scoped) is the single server. A test that needs a server of its own (``own_redis``)
+runs once: :data:`SINGLE_REDIS_ONLY`.
 """
 
 from __future__ import annotations
@@ -28,16 +35,25 @@ import redis
 
 from stream.config import Settings, TopicNames
 from stream.dev.stack import DevStack, StackInfo
+from stream.redisdb import RedisClient, connect
+from tests.support.cluster import OwnCluster
 
 __all__ = [
+    "SINGLE_REDIS_ONLY",
+    "OwnCluster",
     "OwnRedis",
     "StackAddresses",
     "delete_prefixed_keys",
     "kafka_bootstrap",
     "master_key_b64",
     "own_redis",
+    "redis_backend",
+    "redis_backend_both",
     "redis_client",
+    "redis_cluster_server",
+    "redis_connect",
     "redis_prefix",
+    "redis_test_url",
     "redis_url",
     "settings_factory",
     "stack_addresses",
@@ -82,9 +98,55 @@ def kafka_bootstrap(stack_addresses: StackAddresses) -> str:
     return stack_addresses.kafka_bootstrap
 
 
+#: Run a test on the single server only (it starts, stops or inspects a server of its own).
+SINGLE_REDIS_ONLY = pytest.mark.parametrize("redis_backend", ["single"])
+
+
+@pytest.fixture
+def redis_backend() -> str:
+    """Which Redis the test's fixtures point at: ``"single"`` (see the module docstring)."""
+    return "single"
+
+
+@pytest.fixture(params=["single", "cluster"])
+def redis_backend_both(request: pytest.FixtureRequest) -> str:
+    """``redis_backend`` of the directories whose Redis tests run on both (their conftest)."""
+    return str(request.param)
+
+
+@pytest.fixture(scope="session")
+def redis_cluster_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[OwnCluster]:
+    """A local three-master Redis Cluster for the session."""
+    cluster = OwnCluster(tmp_path_factory.mktemp("rediscluster"))
+    cluster.start()
+    try:
+        yield cluster
+    finally:
+        cluster.stop()
+
+
 @pytest.fixture(scope="session")
 def redis_url(stack_addresses: StackAddresses) -> str:
+    """The session's single Redis server (any scope; ``redis_test_url`` follows the backend)."""
     return stack_addresses.redis_url
+
+
+@pytest.fixture
+def redis_test_url(redis_backend: str, request: pytest.FixtureRequest) -> str:
+    """The URL of the test's Redis: the single server, or a node of the cluster (``redis_backend``)."""
+    if redis_backend == "cluster":
+        return str(request.getfixturevalue("redis_cluster_server").url)
+    return str(request.getfixturevalue("redis_url"))
+
+
+@pytest.fixture
+def redis_connect(redis_test_url: str, redis_backend: str) -> Callable[..., RedisClient]:
+    """``redis_connect(**kwargs)``: a new client of the test's Redis (a ``RedisCluster`` on the cluster)."""
+
+    def make(**kwargs: Any) -> RedisClient:
+        return connect(redis_test_url, cluster=redis_backend == "cluster", **kwargs)
+
+    return make
 
 
 @pytest.fixture
@@ -94,8 +156,8 @@ def unique_id() -> str:
 
 
 @pytest.fixture
-def redis_client(redis_url: str) -> Iterator[redis.Redis]:
-    client = redis.Redis.from_url(redis_url)
+def redis_client(redis_connect: Callable[..., RedisClient]) -> Iterator[RedisClient]:
+    client = redis_connect()
     try:
         yield client
     finally:
@@ -103,11 +165,14 @@ def redis_client(redis_url: str) -> Iterator[redis.Redis]:
 
 
 @pytest.fixture
-def redis_prefix(redis_url: str, unique_id: str) -> Iterator[str]:
+def redis_prefix(redis_connect: Callable[..., RedisClient], unique_id: str) -> Iterator[str]:
     """A key prefix unique to this test; every key starting with it is deleted afterwards."""
     prefix = f"sgtest-{unique_id}"
     yield prefix
-    client = redis.Redis.from_url(redis_url, socket_connect_timeout=5.0)
+    try:
+        client = redis_connect(socket_connect_timeout=5.0)
+    except (redis.RedisError, OSError):
+        return
     try:
         delete_prefixed_keys(client, prefix)
     except (redis.RedisError, OSError):
@@ -116,7 +181,7 @@ def redis_prefix(redis_url: str, unique_id: str) -> Iterator[str]:
         client.close()
 
 
-def delete_prefixed_keys(client: redis.Redis, prefix: str) -> int:
+def delete_prefixed_keys(client: RedisClient, prefix: str) -> int:
     """Delete every key starting with ``prefix`` (SCAN + DEL, never FLUSHDB); returns how many.
 
     Test prefixes all have the same length, so ``<prefix>*`` never matches another test's keys;
@@ -124,7 +189,7 @@ def delete_prefixed_keys(client: redis.Redis, prefix: str) -> int:
     """
     deleted = 0
     batch: list[bytes] = []
-    for name in client.scan_iter(match=f"{prefix}*", count=1000):
+    for name in client.scan_iter(match=f"{prefix}*", count=1000):  # every node of a cluster
         batch.append(name)
         if len(batch) >= 500:
             deleted += int(client.delete(*batch))
@@ -150,19 +215,21 @@ def master_key_b64() -> str:
 @pytest.fixture
 def settings_factory(
     kafka_bootstrap: str,
-    redis_url: str,
+    redis_test_url: str,
     redis_prefix: str,
     topic_names: TopicNames,
     master_key_b64: str,
     unique_id: str,
     tmp_path: Path,
+    redis_backend: str,
 ) -> Callable[..., Settings]:
     """``settings_factory(**overrides) -> Settings`` pointed at the session's servers, isolated per test."""
 
     def make(**overrides: Any) -> Settings:
         values: dict[str, Any] = {
             "kafka_bootstrap": kafka_bootstrap,
-            "redis_url": redis_url,
+            "redis_url": redis_test_url,
+            "redis_cluster": redis_backend == "cluster",
             "redis_key_prefix": redis_prefix,
             "topics": topic_names,
             "state_dir": tmp_path,

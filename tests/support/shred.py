@@ -6,7 +6,6 @@ from __future__ import annotations
 from typing import Any
 
 import orjson
-import redis
 
 from stream.components import build_dek_provider, build_gateway
 from stream.config import Settings
@@ -14,6 +13,7 @@ from stream.crypto.keyring import Keyring
 from stream.crypto.tokens import Tokenizer
 from stream.gateway.core import RawRecord
 from stream.gateway.reader import ProtectedEventReader
+from stream.redisdb import RedisClient, deadline_shard, deadlines_key, person_tag
 from stream.schema import load_schema
 from stream.synth import ClickstreamGenerator
 from tests.support.clock import Clock
@@ -22,6 +22,7 @@ __all__ = [
     "Clock",
     "add_ldp_entries",
     "audit_receipts",
+    "key_name",
     "produce",
     "protect",
     "reader",
@@ -72,21 +73,28 @@ def protect(settings: Settings, clock: Clock, users: list[str], per_user: int = 
     return [orjson.loads(v) for _, v in result.protected]
 
 
-def add_ldp_entries(client: redis.Redis, prefix: str, subject: str, epoch: int, expire_at: int) -> None:
+def add_ldp_entries(client: RedisClient, prefix: str, subject: str, epoch: int, expire_at: int,
+                    shards: int = 16) -> None:
     """What the privatizer writes for (subject, epoch): memo and budget hashes expiring with the DEK."""
-    memo, budget = f"{prefix}:memo:{subject}:{epoch}", f"{prefix}:budget:{subject}:{epoch}"
-    pipe = client.pipeline(transaction=True)
+    tag = person_tag(subject)
+    memo, budget = f"{prefix}:memo:{tag}:{epoch}", f"{prefix}:budget:{tag}:{epoch}"
+    pipe = client.pipeline(transaction=False)
     pipe.hset(memo, "country:abc", '{"v": 1}')
     pipe.hset(budget, "country", 1000000)
     pipe.expireat(memo, expire_at)
     pipe.expireat(budget, expire_at)
-    pipe.zadd(f"{prefix}:deadlines", {f"{subject}:{epoch}": expire_at}, nx=True)
+    pipe.zadd(deadlines_key(prefix, deadline_shard(subject, shards)), {f"{subject}:{epoch}": expire_at}, nx=True)
     pipe.execute()
 
 
-def redis_keys_of(client: redis.Redis, prefix: str, subject: str) -> list[str]:
+def key_name(prefix: str, kind: str, subject: str, epoch: int | str) -> str:
+    """``<prefix>:<kind>:{<subject>}:<epoch>`` (kind: dek, memo, budget)."""
+    return f"{prefix}:{kind}:{person_tag(subject)}:{epoch}"
+
+
+def redis_keys_of(client: RedisClient, prefix: str, subject: str) -> list[str]:
     return sorted(k.decode() for kind in ("dek", "memo", "budget")
-                  for k in client.scan_iter(match=f"{prefix}:{kind}:{subject}:*"))
+                  for k in client.scan_iter(match=key_name(prefix, kind, subject, "*")))
 
 
 def reader(settings: Settings, clock: Clock, **kw: Any) -> ProtectedEventReader:

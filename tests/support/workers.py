@@ -35,6 +35,8 @@ def worker_env(*, kafka_bootstrap: str, redis_url: str, prefix: str, master_key:
 
 def settings_env(settings: Any, **extra: str) -> dict[str, str]:
     """:func:`worker_env` for the servers, prefix, key, state dir and topics of ``settings``."""
+    if settings.redis_cluster:
+        extra = {"STREAMGATE_REDIS_CLUSTER": "true", **extra}
     return worker_env(kafka_bootstrap=settings.kafka_bootstrap, redis_url=settings.redis_url,
                       prefix=settings.redis_key_prefix, master_key=settings.master_key.get_secret_value(),
                       state_dir=settings.state_dir, topics=settings.topics, **extra)

@@ -1,0 +1,58 @@
+"""tk2 pseudonym secrets on a real Redis (one server and a cluster, where the secret and its token
+index live in different slots): concurrent first sightings agree on one token per person, and every
+secret has its token index, living at least as long."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+
+import pytest
+
+from stream.crypto.keyring import Keyring
+from stream.crypto.tokens import Pseudonyms
+from stream.redisdb import RedisClient
+
+pytestmark = pytest.mark.integration
+
+
+def test_concurrent_first_sightings_agree_and_every_secret_is_indexed(
+    redis_connect: Callable[..., RedisClient], redis_prefix: str
+) -> None:
+    ring = Keyring.generate()
+    people = [f"usr_p{i}" for i in range(120)]
+    n = 6
+    barrier = threading.Barrier(n)
+    results: list[list[str] | BaseException] = [RuntimeError("not run")] * n
+
+    def worker(i: int) -> None:
+        client = redis_connect()
+        try:
+            pseud = Pseudonyms(ring, client, redis_prefix, domain="user")
+            barrier.wait(timeout=10)
+            results[i] = pseud.tokens(people[i * 20:] + people[: i * 20], 2_000_000_000 + i)
+        except BaseException as exc:  # reported below
+            results[i] = exc
+        finally:
+            client.close()
+
+    threads = [threading.Thread(target=worker, args=(i,)) for i in range(n)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    maps = []
+    for i, r in enumerate(results):
+        assert isinstance(r, list), r
+        maps.append(dict(zip(people[i * 20:] + people[: i * 20], r, strict=True)))
+    assert all(m == maps[0] for m in maps)
+    assert len(set(maps[0].values())) == len(people)
+
+    client = redis_connect()
+    pseud = Pseudonyms(ring, client, redis_prefix, domain="user")
+    for person, tok in maps[0].items():
+        pid, ptok = pseud.pid_key(pseud.lookup_id(person)), pseud.ptok_key(tok)
+        assert pseud.lookup(person) == tok
+        assert client.get(ptok) == pseud.lookup_id(person).encode()  # erasure by token finds the secret
+        assert client.expiretime(ptok) >= client.expiretime(pid) == 2_000_000_000 + n - 1  # the latest wins (GT)
+    client.close()
