@@ -99,6 +99,7 @@ def test_probe_identity_is_stable_and_the_marker_is_created(redis_client: RedisC
     assert second.identity.differs(first.identity) == "marker"
 
 
+@pytest.mark.slow  # starts a cluster of its own
 def test_cluster_identity_changes_when_one_master_restarts_empty(tmp_path: Path) -> None:
     """A cluster master restarting empty loses its slots' keys only: the identity of every master is
     the store's, so the guard sees it (and nothing else changed)."""

@@ -181,6 +181,7 @@ def test_decode_responses_client_refused() -> None:
         RedisKeyStore(redis.Redis(decode_responses=True))
 
 
+@pytest.mark.slow  # starts a cluster of its own
 def test_a_cluster_that_goes_away_fails_closed(tmp_path: Path) -> None:
     """Every store on a Redis Cluster whose masters are gone raises KeyUnavailableError (the worker holds
     its batch), never redis-py's cluster errors."""

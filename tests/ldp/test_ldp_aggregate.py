@@ -112,6 +112,7 @@ def test_unbiased_record_for_an_empty_window_has_no_values() -> None:
     assert rec["values"] == [] and output_validator("frequency-estimate.v1")(rec) == []
 
 
+@pytest.mark.slow  # a long Monte Carlo
 def test_the_error_bar_is_exact_when_every_memo_fills_the_cap() -> None:
     """300 people with 40 reports each of a stable device (one permanent response each): the
     aggregator counts 4 per memo per window, and the published std_error - computed from public

@@ -13,6 +13,7 @@ from tests.support.cluster import OwnCluster
 pytestmark = pytest.mark.integration
 
 
+@pytest.mark.slow  # starts a cluster of its own
 def test_redis_readiness_names_a_cluster_with_a_master_down(tmp_path: Path) -> None:
     cluster = OwnCluster(tmp_path)
     cluster.start()
