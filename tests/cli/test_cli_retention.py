@@ -90,7 +90,6 @@ def _get(url: str) -> tuple[int, Any]:
         return exc.code, json.loads(exc.read() or b"null")
 
 
-@pytest.mark.parametrize("redis_backend", ["single", "cluster"])  # the CLI finds tk2 tokens on a cluster too
 def test_shredder_worker_erase_wait_and_audit(settings_factory, unique_id: str) -> None:
     settings = settings_factory()
     port = free_port()
