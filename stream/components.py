@@ -38,7 +38,6 @@ __all__ = [
     "build_gateway",
     "build_keystore_guard",
     "build_pseudonyms",
-    "build_tokenizer",
     "guard_privatizer",
     "invalidation_listener",
     "person_tokens",
@@ -224,9 +223,3 @@ def person_tokens(settings: Settings, user_id: str, keyring: Keyring | None = No
             return out
     return [*out, Tokenizer(keyring).token(load_schema(settings.schema_name).subject_domain, user_id)]
 
-
-def build_tokenizer(settings: Settings, keyring: Keyring | None = None, **kw: Any) -> Tokenizer:
-    """A tokenizer of ``settings``: tk2 person tokens when ``pseudonym_tokens`` is on."""
-    keyring = keyring or Keyring.from_settings(settings)
-    pseud = build_pseudonyms(settings, keyring, **kw) if settings.pseudonym_tokens else None
-    return Tokenizer(keyring, pseudonyms=pseud)
