@@ -34,7 +34,7 @@ from confluent_kafka import Producer
 from stream.apps.federated import SnapshotFeed, newest_verified
 from stream.apps.learner import read_snapshot_records, snapshot_verify_key
 from stream.bench.learn import private_stream, serve_auc, serving_holdout
-from stream.bench.procs import CpuMeter, WorkerReport, stack_pids, start_workers
+from stream.bench.procs import CpuMeter, WorkerReport, group_rate, stack_pids, start_workers
 from stream.bench.scale import _commit_start
 from stream.config import Settings, TopicNames
 from stream.errors import StreamgateError
@@ -76,11 +76,7 @@ class FedPhase:
     @property
     def rate(self) -> float:
         """Examples over the group's first to last batch."""
-        firsts = [r.first_at for r in self.reports if r.first_at is not None]
-        lasts = [r.last_at for r in self.reports if r.last_at is not None]
-        if not firsts or not lasts or max(lasts) <= min(firsts):
-            return 0.0
-        return self.consumed / (max(lasts) - min(firsts))
+        return group_rate(self.reports)
 
 
 @dataclass

@@ -26,7 +26,7 @@ from confluent_kafka import KafkaException, TopicPartition
 
 from stream.config import Settings
 
-__all__ = ["CpuMeter", "WorkerGroup", "WorkerReport", "listener_pid", "start_workers"]
+__all__ = ["CpuMeter", "WorkerGroup", "WorkerReport", "group_rate", "listener_pid", "start_workers"]
 
 _CTX = mp.get_context("spawn")
 
@@ -42,6 +42,15 @@ class WorkerReport:
     error: str | None = None
     rewound: int = 0  # partitions rewound while gated
     seek_failed: int = 0  # rewinds that failed (their records would be skipped: the phase stalls)
+
+
+def group_rate(reports: Sequence[WorkerReport]) -> float:
+    """Records per second of a group: everything consumed over its first to its last record."""
+    firsts = [r.first_at for r in reports if r.first_at is not None]
+    lasts = [r.last_at for r in reports if r.last_at is not None]
+    if not firsts or not lasts or max(lasts) <= min(firsts):
+        return 0.0
+    return sum(r.consumed for r in reports) / (max(lasts) - min(firsts))
 
 
 def _engine(kind: str, settings: Settings, tweaks: dict[str, dict[str, Any]] | None = None) -> Any:

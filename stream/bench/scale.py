@@ -23,7 +23,7 @@ import orjson
 from confluent_kafka import Consumer, TopicPartition
 
 from stream.apps.produce import publish
-from stream.bench.procs import CpuMeter, WorkerReport, stack_pids, start_workers
+from stream.bench.procs import CpuMeter, WorkerReport, group_rate, stack_pids, start_workers
 from stream.components import build_gateway
 from stream.config import Settings, TopicNames
 from stream.gateway.core import RawRecord
@@ -59,11 +59,7 @@ class ScalePhase:
     @property
     def rate(self) -> float:
         """All events over the group's first to last event."""
-        firsts = [r.first_at for r in self.reports if r.first_at is not None]
-        lasts = [r.last_at for r in self.reports if r.last_at is not None]
-        if not firsts or not lasts or max(lasts) <= min(firsts):
-            return 0.0
-        return self.consumed / (max(lasts) - min(firsts))
+        return group_rate(self.reports)
 
 
 @dataclass
