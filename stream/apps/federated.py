@@ -71,20 +71,24 @@ def instance_name() -> str:
     return f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
 
 
+def _verified(data: bytes, key: Ed25519PublicKey, name: str) -> ModelSnapshot | None:
+    """``data`` as a snapshot of ``name`` when it verifies under ``key`` (never unpickled otherwise)."""
+    try:
+        snap = ModelSnapshot.from_bytes(data, key)
+    except SnapshotError:
+        return None
+    return snap if snap.name == name else None
+
+
 def newest_verified(candidates: list[bytes], key: Ed25519PublicKey, name: str) -> tuple[ModelSnapshot | None, int]:
     """The newest of ``candidates`` (oldest first) that verifies and names ``name``, and how many newer
     ones were ignored (never unpickled when they do not verify)."""
     ignored = 0
     for data in reversed(candidates):
-        try:
-            snap = ModelSnapshot.from_bytes(data, key)
-        except SnapshotError:
-            ignored += 1
-            continue
-        if snap.name != name:
-            ignored += 1
-            continue
-        return snap, ignored
+        snap = _verified(data, key, name)
+        if snap is not None:
+            return snap, ignored
+        ignored += 1
     return None, ignored
 
 
@@ -94,12 +98,8 @@ def highest_version(candidates: list[bytes], key: Ed25519PublicKey, name: str) -
     best: ModelSnapshot | None = None
     ignored = 0
     for data in candidates:
-        try:
-            snap = ModelSnapshot.from_bytes(data, key)
-        except SnapshotError:
-            ignored += 1
-            continue
-        if snap.name != name:
+        snap = _verified(data, key, name)
+        if snap is None:
             ignored += 1
         elif best is None or snap.version >= best.version:
             best = snap
