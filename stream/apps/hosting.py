@@ -56,6 +56,7 @@ class EngineService(Service):
         self.engine: Engine | None = None
         self._thread_done: asyncio.Future[Any] | None = None
         self.failed: BaseException | None = None
+        self.after_stop: Callable[[], None] | None = None  # e.g. the last "stopping" ops.metrics snapshot
         self._log = logging.getLogger(f"streamgate.{name}")
 
     async def on_start(self) -> None:
@@ -91,6 +92,9 @@ class EngineService(Service):
         close = getattr(self.engine, "close", None)
         if callable(close):
             close()
+        if self.after_stop is not None:
+            with contextlib.suppress(Exception):
+                await asyncio.get_running_loop().run_in_executor(None, self.after_stop)
 
     @property
     def healthy(self) -> bool:
@@ -144,6 +148,8 @@ def worker_app(
         ready=lambda: service.engine is not None and service.engine.ready,
         reason=service.reason,
     )
+    if ops.service is not None:
+        service.after_stop = ops.service.publish_stopping
     app.streamgate_service = service  # type: ignore[attr-defined]
     app.streamgate_ops = ops  # type: ignore[attr-defined]
     return app

@@ -26,7 +26,9 @@ What it does
   says how many); ``examples_seen`` is the model's lifetime count.
 * **Drift**: when the monitor fires, one ``ops.audit`` record of kind ``drift``
   (``schemas/audit-receipt.v1.json``): model name, metric, ``examples_seen``,
-  ``detected_at`` and the detector's parameters - no data values.
+  ``detected_at`` and the detector's parameters - no data values. Signed like a receipt
+  (:func:`stream.retention.receipts.sign_receipt`) but with the learner's snapshot key, so it
+  verifies with the snapshot public key and never as a shredder receipt.
 * **Snapshots** (:class:`stream.learn.snapshot.ModelSnapshot`, Ed25519-signed with the
   learner's snapshot key - the learner credential, or derived from the master keyring) go to
   ``settings.topics.snapshots`` (compacted, key = model name) every
@@ -96,6 +98,7 @@ from stream.learn.example import EXAMPLE_SCHEMA, FEATURE_SCHEMA, PrivateExample
 from stream.learn.model import PropensityModel
 from stream.learn.snapshot import EPSILON_NOTE, SIGNING_PURPOSE, ModelSnapshot
 from stream.ops.metrics import WorkerMetrics
+from stream.retention.receipts import sign_receipt
 from stream.schema import load_schema
 
 __all__ = [
@@ -454,6 +457,7 @@ class LearnerEngine(StreamEngine):
         stats = _drift_statistics(self.monitor)
         if stats:
             rec["statistics"] = stats
+        rec = sign_receipt(rec, self.key)  # signed with the learner's own (snapshot) key
         self.stats.drifts += 1
         if self.metrics is not None:
             self.metrics.events_out("audit", 1)

@@ -20,7 +20,7 @@ import orjson
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, Message, TopicPartition
 
 from stream.config import Settings, TopicNames
-from stream.console.state import ConsoleState
+from stream.console.state import RECEIPT_KINDS, ConsoleState
 from stream.errors import BrokerUnreachableError, StreamgateError
 from stream.kafka import client_config
 
@@ -79,6 +79,20 @@ class Verifiers:
         from stream.retention.receipts import verify_receipt
 
         return None if self.receipt_key is None else bool(verify_receipt(rec, self.receipt_key))
+
+    def audit(self, rec: dict[str, Any]) -> bool | None:
+        """An ``ops.audit`` record checked with its worker's key: a shredder receipt (which must be
+        signed) with the receipt key, a drift record with the learner's snapshot key. A record of
+        another kind with no signature is None (unsigned by design: it is not a receipt)."""
+        from stream.retention.receipts import verify_receipt
+
+        kind = rec.get("kind")
+        if kind in RECEIPT_KINDS:
+            return self.receipt(rec)
+        if "signature" not in rec and "signer" not in rec:
+            return None
+        key = self.snapshot_key if kind == "drift" else None
+        return None if key is None else bool(verify_receipt(rec, key))
 
     def snapshot(self, data: bytes) -> bool | None:
         """Verified like a serving loader does (signature first, then the restricted unpickler)."""
@@ -218,7 +232,7 @@ class TopicReader:
 
     def _audit(self, m: Message) -> None:
         rec = self._json(m)
-        verified = self.verifiers.receipt(rec) if isinstance(rec, dict) else None
+        verified = self.verifiers.audit(rec) if isinstance(rec, dict) else None
         with self.lock:
             self.state.add_audit(rec, verified)
 

@@ -21,9 +21,10 @@ from typing import Any
 
 from stream.ldp.aggregate import ESTIMATE_SCHEMA, merge_records
 from stream.ldp.policy import LdpPolicy
+from stream.ops.live import RateWindow, examples_learned, in_unit, liveness, not_live_reason, out_parts
 from stream.ops.watch import safe_reason
 
-__all__ = ["ConsoleState", "Truth", "merged_view", "own_rates", "rates_between", "sum_counts"]
+__all__ = ["RECEIPT_KINDS", "ConsoleState", "Truth", "merged_view", "own_rates", "rates_between", "sum_counts"]
 
 _NAME = re.compile(r"[a-z0-9_.-]{1,64}")
 _TOKENISH = re.compile(r"tk\d+_")
@@ -31,6 +32,8 @@ _REQUEST_ID = re.compile(r"[A-Za-z0-9_.:-]{1,128}")
 _WORKER_ORDER = {"gateway": 0, "privatizer": 1, "learner": 2, "shredder": 3}
 #: rates of a worker instance: consumed, written (all topics), protected, dead-lettered, feature reports
 _RATE_KEYS = ("in", "out", "protected", "dlq", "features")
+#: audit kinds that are shredder receipts: they must carry the shredder's signature
+RECEIPT_KINDS = frozenset({"key_shredded", "erasure", "erasure_rejected"})
 
 
 def _name(value: Any) -> str:
@@ -82,21 +85,20 @@ def _time_of(text: Any) -> float | None:
         return None
 
 
+def _counters(snap: Mapping[str, Any]) -> dict[str, int]:
+    """The cumulative counters the rates are taken from (:data:`_RATE_KEYS`)."""
+    out = _counts(snap.get("events_out"))
+    return {"in": _int(snap.get("events_in")), "out": sum(out.values()), "protected": out.get("protected", 0),
+            "dlq": out.get("dlq", 0), "features": out.get("features", 0)}
+
+
 def rates_between(prev: Mapping[str, Any], cur: Mapping[str, Any]) -> dict[str, float]:
     """Per-second rates of one worker instance between two of its snapshots (from the cumulative
     counters, so a missed snapshot does not matter); 0 for a counter that went back (a restart)."""
-    dt = _num(cur.get("ts")) - _num(prev.get("ts"))
-    if dt <= 0:
-        return dict.fromkeys(_RATE_KEYS, 0.0)
-    a, b = _counts(prev.get("events_out")), _counts(cur.get("events_out"))
-    deltas = {
-        "in": _int(cur.get("events_in")) - _int(prev.get("events_in")),
-        "out": sum(b.values()) - sum(a.values()),
-        "protected": b.get("protected", 0) - a.get("protected", 0),
-        "dlq": b.get("dlq", 0) - a.get("dlq", 0),
-        "features": b.get("features", 0) - a.get("features", 0),
-    }
-    return {k: round(max(0, d) / dt, 2) for k, d in deltas.items()}
+    w = RateWindow(window=float("inf"))
+    w.add(_num(prev.get("ts")), _counters(prev))
+    w.add(_num(cur.get("ts")), _counters(cur))
+    return w.rates() or dict.fromkeys(_RATE_KEYS, 0.0)
 
 
 def own_rates(snap: Mapping[str, Any]) -> dict[str, float]:
@@ -154,7 +156,12 @@ def merged_view(policy: LdpPolicy, records: Sequence[Mapping[str, Any]], truth: 
 @dataclass
 class _Instance:
     snap: dict[str, Any]
-    rates: dict[str, float]
+    rates: dict[str, float]  # over the rate window ending at ``snap`` (the first snapshot: its own)
+    window: RateWindow = field(default_factory=RateWindow)
+
+    def rates_at(self, now: float) -> dict[str, float]:
+        """Its rates at ``now``: 0 once it stopped or went stale (:func:`stream.ops.live.liveness`)."""
+        return self.rates if liveness(self.snap, now) == "live" else dict.fromkeys(_RATE_KEYS, 0.0)
 
 
 @dataclass
@@ -164,6 +171,7 @@ class ConsoleState:
     policy: LdpPolicy
     since_ms: int = 0  # records older than this are ignored
     live_seconds: float = 60.0  # instances whose newest snapshot is this much older than their worker's are gone
+    rate_window: float = 30.0  # seconds of snapshots the rates are computed over
     history: int = 360  # points kept per time series
     windows_kept: int = 240  # estimate windows kept per attribute
     windows_shown: int = 8  # of which the page gets the newest, value by value
@@ -179,6 +187,7 @@ class ConsoleState:
     _receipts: deque[dict[str, Any]] = field(default_factory=deque)
     _seen_receipts: OrderedDict[str, None] = field(default_factory=OrderedDict)
     _unverified: int = 0
+    _unsigned: Counter[str] = field(default_factory=Counter)
     _drifts: deque[dict[str, Any]] = field(default_factory=deque)
     _models: dict[str, deque[dict[str, Any]]] = field(default_factory=dict)
     _window_views: dict[tuple[str, int], tuple[int, dict[str, Any] | None]] = field(default_factory=dict)
@@ -209,13 +218,15 @@ class ConsoleState:
         prev = self._instances.get(key)
         if prev is not None and ts <= _num(prev.snap.get("ts")):
             return  # a re-delivered or older snapshot
-        rates = rates_between(prev.snap, snap) if prev is not None else own_rates(snap)
-        self._instances[key] = _Instance(snap, rates)
+        window = prev.window if prev is not None else RateWindow(self.rate_window)
+        window.add(ts, _counters(snap))
+        rates = window.rates() or own_rates(snap)
+        self._instances[key] = _Instance(snap, rates, window)
         live = self._live(worker)
         if len(self._instances) > 64:  # restarted workers leave instances behind: forget the gone ones
             keep = {id(i) for w in self.workers() for i in self._live(w)}
             self._instances = {k: i for k, i in self._instances.items() if id(i) in keep}
-        point = {"ts": ts, **{k: round(sum(i.rates[k] for i in live), 2) for k in _RATE_KEYS}}
+        point = {"ts": ts, **{k: round(sum(i.rates_at(ts)[k] for i in live), 2) for k in _RATE_KEYS}}
         self._series.setdefault(worker, deque(maxlen=self.history)).append(point)
         self.records["metrics"] += 1
         self.version += 1
@@ -243,7 +254,8 @@ class ConsoleState:
         self.version += 1
 
     def add_audit(self, rec: Any, verified: bool | None) -> None:
-        """One ``ops.audit`` record; ``verified``: its signature checked (None: no key to check it)."""
+        """One ``ops.audit`` record; ``verified``: its signature checked (None: no key to check it, or
+        a record that is not a receipt and carries no signature: counted as unsigned by design)."""
         if not isinstance(rec, dict):
             self.malformed_record()
             return
@@ -255,6 +267,8 @@ class ConsoleState:
         kind = _name(rec.get("kind"))
         if verified is False:
             self._unverified += 1
+        elif verified is None and kind not in RECEIPT_KINDS and "signature" not in rec:
+            self._unsigned[kind] += 1
         rid = rec.get("receipt_id")
         if verified is not False and isinstance(rid, str):
             if rid in self._seen_receipts:
@@ -282,6 +296,7 @@ class ConsoleState:
                 "at": rec.get("at") if at is not None else None, "ts": at, "model": _name(rec.get("model")),
                 "metric": _name(rec.get("metric")), "examples_seen": _int(rec.get("examples_seen")),
                 "detections": _int(rec.get("detections")), "verified": verified,
+                "signed": "signature" in rec,
             })
 
     def add_snapshot(self, header: Any, verified: bool | None) -> None:
@@ -344,21 +359,32 @@ class ConsoleState:
         for worker in self.workers():
             for inst in sorted(self._live(worker), key=lambda i: _int(i.snap.get("pid"))):
                 s = inst.snap
-                ready = bool(s.get("ready"))
-                reason = None
-                if not ready:
+                status = liveness(s, now)
+                ready = bool(s.get("ready")) and status == "live"
+                reason = not_live_reason(s, now)
+                if not ready and reason is None:
                     raw = s.get("reason")
                     kept = safe_reason(raw) if isinstance(raw, str) else None
                     reason = kept if kept == raw else ("other" if isinstance(raw, str) else None)
-                rows.append({
+                row = {
                     "worker": worker, "pid": _int(s.get("pid")), "age_s": round(max(0.0, now - _num(s.get("ts"))), 1),
-                    "events_in": _int(s.get("events_in")), "events_out": _counts(s.get("events_out")),
+                    "status": status, "events_in": _int(s.get("events_in")), "in_unit": in_unit(worker),
+                    "events_out": _counts(s.get("events_out")), "out": {k: n for k, n in out_parts(s).items() if n},
                     "lag": _int(s.get("lag_total")), "lag_by_partition": _counts(s.get("lag")),
-                    "ready": ready, "reason": reason, "rates": inst.rates,
-                })
+                    "ready": ready, "reason": reason, "rates": inst.rates_at(now),
+                }
+                if worker == "learner":
+                    row["examples_in_model"] = examples_learned(s)
+                    instance, agg = s.get("instance"), s.get("aggregator")
+                    row["instance"] = _name(instance) if instance is not None else None
+                    row["aggregating"] = bool(agg.get("aggregating")) if isinstance(agg, dict) else None
+                rows.append(row)
         gateways = self._live("gateway")
         out = sum_counts(_counts(i.snap.get("events_out")) for i in gateways)
         series = list(self._series.get("gateway", ()))
+        current = {"ts": round(now, 3), **{k: round(sum(i.rates_at(now)[k] for i in gateways), 2) for k in _RATE_KEYS}}
+        if series and all(liveness(i.snap, now) != "live" for i in gateways) and series[-1]["ts"] < now:
+            series.append(current)  # the chart falls to 0 once no gateway is live
         return {
             "workers": rows,
             "events_in": sum(_int(i.snap.get("events_in")) for i in gateways),
@@ -366,7 +392,7 @@ class ConsoleState:
             "dead_lettered": out.get("dlq", 0),
             "dlq_by_reason": dict(sorted(sum_counts(_counts(i.snap.get("dlq")) for i in gateways).items(),
                                          key=lambda kv: (-kv[1], kv[0]))),
-            "rates": series[-1] if series else None,
+            "rates": current if gateways else None,
             "series": series,
         }
 
@@ -423,6 +449,7 @@ class ConsoleState:
             "audit": [{"kind": k, "reason": r, "count": n}
                       for (k, r), n in sorted(self._audit.items(), key=lambda kv: (-kv[1], kv[0]))],
             "unverified": self._unverified,
+            "unsigned": dict(sorted(self._unsigned.items())),
         }
 
     def _model(self) -> dict[str, Any]:

@@ -31,6 +31,7 @@ from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaException, TopicPar
 from stream.config import Settings
 from stream.errors import BrokerUnreachableError
 from stream.kafka import client_config
+from stream.ops.live import RateWindow, examples_learned, in_unit, liveness, not_live_reason, out_parts
 
 __all__ = ["WatchState", "assign_new", "end_offsets", "read_until_idle", "safe_reason", "watch_consumer"]
 
@@ -51,7 +52,18 @@ def safe_reason(value: Any) -> str | None:
     if not text:
         return None
     return "other" if _TOKENISH.search(value) or not _REASON.fullmatch(text) else text
-_WORKER_ORDER = {"gateway": 0, "privatizer": 1, "shredder": 2}
+_WORKER_ORDER = {"gateway": 0, "privatizer": 1, "learner": 2, "shredder": 3}
+_LIVE_SECONDS = 60.0  # instances this much older than their worker's newest one are gone (a restart)
+_ZERO = {"in": 0.0, "out": 0.0, "dlq": 0.0}
+
+
+def _rate_counters(snap: dict[str, Any]) -> dict[str, int]:
+    out = _counts(snap.get("events_out"))
+    return {"in": _int(snap.get("events_in")), "out": sum(out.values()), "dlq": out.get("dlq", 0)}
+
+
+def _key(words: str) -> str:
+    return words.replace(" ", "_")
 
 
 def _name(value: Any) -> str:
@@ -92,10 +104,16 @@ def _reason_of(snap: dict[str, Any]) -> str | None:
 
 
 @dataclass
+class _Instance:
+    snap: dict[str, Any]
+    window: RateWindow = field(default_factory=RateWindow)
+
+
+@dataclass
 class WatchState:
     """Everything ``ops watch`` shows, built from records of the three topics."""
 
-    workers: dict[str, dict[str, Any]] = field(default_factory=dict)  # latest snapshot per worker
+    instances: dict[tuple[str, str, int], _Instance] = field(default_factory=dict)  # newest snapshot per instance
     dlq: Counter[str] = field(default_factory=Counter)
     audit: Counter[tuple[str, str]] = field(default_factory=Counter)
     records: Counter[str] = field(default_factory=Counter)  # per source topic kind
@@ -108,9 +126,29 @@ class WatchState:
             return
         self.records["metrics"] += 1
         worker = _name(snap.get("worker"))
-        prev = self.workers.get(worker)
-        if prev is None or _num(snap.get("ts")) >= _num(prev.get("ts")):
-            self.workers[worker] = snap
+        key = (worker, str(snap.get("host", ""))[:128], _int(snap.get("pid")))
+        inst = self.instances.setdefault(key, _Instance(snap))
+        ts = _num(snap.get("ts"))
+        if ts >= _num(inst.snap.get("ts")):
+            inst.snap = snap
+        inst.window.add(ts, _rate_counters(snap))
+
+    @property
+    def workers(self) -> dict[str, dict[str, Any]]:
+        """The newest snapshot per worker name."""
+        out: dict[str, dict[str, Any]] = {}
+        for (worker, _h, _p), inst in self.instances.items():
+            if worker not in out or _num(inst.snap.get("ts")) >= _num(out[worker].get("ts")):
+                out[worker] = inst.snap
+        return out
+
+    def _live(self) -> list[tuple[str, _Instance]]:
+        """The instances not left behind by a restart (within a minute of their worker's newest)."""
+        newest = {w: _num(s.get("ts")) for w, s in self.workers.items()}
+        return sorted(((w, i) for (w, _h, _p), i in self.instances.items()
+                       if newest[w] - _num(i.snap.get("ts")) <= _LIVE_SECONDS),
+                      key=lambda wi: (_WORKER_ORDER.get(wi[0], 9), wi[0], str(wi[1].snap.get("instance") or ""),
+                                      _int(wi[1].snap.get("pid"))))
 
     def add_dlq(self, value: bytes | None) -> None:
         rec = self._load(value)
@@ -139,36 +177,52 @@ class WatchState:
 
     # --- derived ----------------------------------------------------------------------
     def worker_rows(self, now: float | None = None) -> list[dict[str, Any]]:
-        """One row per worker from its latest snapshot (all values sanitized)."""
+        """One row per worker instance from its newest snapshot (all values sanitized). An instance
+        that stopped, or sent nothing for 3 intervals, is not ready and its rates are 0
+        (:mod:`stream.ops.live`); rates are over the last 30 s of its snapshots."""
         now = time.time() if now is None else now
         rows: list[dict[str, Any]] = []
-        for worker, s in sorted(self.workers.items(), key=lambda kv: (_WORKER_ORDER.get(kv[0], 9), kv[0])):
+        for worker, inst in self._live():
+            s = inst.snap
+            status = liveness(s, now)
             raw_rates = s.get("rates")
-            rates: dict[str, Any] = raw_rates if isinstance(raw_rates, dict) else {}
+            own: dict[str, Any] = raw_rates if isinstance(raw_rates, dict) else {}
+            rates = inst.window.rates() or {k: _num(own.get(k)) for k in _ZERO}
+            if status != "live":
+                rates = dict(_ZERO)
             lag = _counts(s.get("lag"))
+            ready = bool(s.get("ready")) and status == "live"
+            instance, agg = s.get("instance"), s.get("aggregator")
             rows.append({
                 "worker": worker,
+                "instance": _name(instance) if instance is not None else None,
+                "aggregating": bool(agg.get("aggregating")) if isinstance(agg, dict) else None,
+                "status": status,
                 "age_s": round(max(0.0, now - _num(s.get("ts"))), 1) if s.get("ts") else None,
-                "in_rate": _num(rates.get("in")),
-                "out_rate": _num(rates.get("out")),
-                "dlq_rate": _num(rates.get("dlq")),
+                "in_rate": rates["in"],
+                "out_rate": rates["out"],
+                "dlq_rate": rates["dlq"],
+                "in_unit": in_unit(worker),
                 "events_in": _int(s.get("events_in")),
                 "events_out": sum(_counts(s.get("events_out")).values()),
+                "out": {k: n for k, n in out_parts(s).items() if n},
+                "examples_in_model": examples_learned(s) if worker == "learner" else None,
                 "dlq": _counts(s.get("dlq")),
                 "lag": _int(s.get("lag_total")) if "lag_total" in s else sum(lag.values()),
                 "lag_by_partition": lag,
                 "redis_errors": _int(s.get("redis_errors")),
                 "keys_shredded": _counts(s.get("keys_shredded")),
                 "shred_due": _int(s.get("shred_due")),
-                "ready": bool(s.get("ready")),
-                "reason": None if s.get("ready") else _reason_of(s),
+                "ready": ready,
+                "reason": None if ready else (not_live_reason(s, now) or _reason_of(s)),
             })
         return rows
 
     def ldp_rows(self) -> list[tuple[str, str, int, float, int]]:
         """(worker, attribute, reports, epsilon spent, suppressed)."""
         rows: list[tuple[str, str, int, float, int]] = []
-        for worker, s in self.workers.items():
+        for worker, inst in self._live():
+            s = inst.snap
             ldp = s.get("ldp")
             if not isinstance(ldp, dict):
                 continue
@@ -181,7 +235,8 @@ class WatchState:
     def model_rows(self) -> list[tuple[str, str, str, float]]:
         """(worker, model, metric, value)."""
         rows: list[tuple[str, str, str, float]] = []
-        for worker, s in self.workers.items():
+        for worker, inst in self._live():
+            s = inst.snap
             models = s.get("models")
             if not isinstance(models, dict):
                 continue
@@ -191,6 +246,14 @@ class WatchState:
         return rows
 
     # --- rendering ----------------------------------------------------------------------
+    @staticmethod
+    def _written(r: dict[str, Any]) -> str:
+        """``events_out=N`` for the gateway (protected and dead-lettered events), else the records
+        written by what they are (``feature_reports_out=``, ``examples_out=``, ``estimates_out=``, ...)."""
+        if r["worker"] == "gateway" or not r["out"]:
+            return f"events_out={r['events_out']}"
+        return " ".join(f"{_key(k)}_out={n}" for k, n in r["out"].items())
+
     def render_plain(self, now: float | None = None) -> str:
         """The ``--once`` output: stable, line-oriented, greppable."""
         now = time.time() if now is None else now
@@ -203,10 +266,18 @@ class WatchState:
         for r in rows:
             lines.append(
                 f"  {r['worker']:<11} in={r['in_rate']:.1f}/s out={r['out_rate']:.1f}/s dlq={r['dlq_rate']:.1f}/s"
-                f" events_in={r['events_in']} events_out={r['events_out']} lag={r['lag']}"
+                f" {_key(r['in_unit'])}_in={r['events_in']} {self._written(r)} lag={r['lag']}"
                 f" redis_errors={r['redis_errors']} ready={'yes' if r['ready'] else 'no'}"
                 + (f" age={r['age_s']}s" if r["age_s"] is not None else "")
+                + (f" status={r['status']}" if r["status"] != "live" else "")
             )
+            if r["instance"] is not None or r["aggregating"] is not None:
+                lines.append(f"    instance: {r['instance'] or '-'}"
+                             + ("" if r["aggregating"] is None else
+                                f", aggregator: {'yes (merges the updates)' if r['aggregating'] else 'standby'}"))
+            if r["examples_in_model"] is not None:
+                lines.append(f"    {_key(r['in_unit'])}_in are feature reports and examples;"
+                             f" examples in the model: {r['examples_in_model']}")
             if r["reason"]:
                 lines.append(f"    not ready: {r['reason']}")
             if r["dlq"]:
@@ -219,7 +290,7 @@ class WatchState:
                              + f" (due, not yet shredded: {r['shred_due']})")
         lines += ["", f"dead-letter topic: {sum(self.dlq.values())} records"]
         lines += [f"  {reason:<17} {n}" for reason, n in sorted(self.dlq.items(), key=lambda kv: (-kv[1], kv[0]))]
-        lines += ["", f"audit topic: {sum(self.audit.values())} receipts"]
+        lines += ["", f"audit topic: {sum(self.audit.values())} records (receipts and drift records)"]
         lines += [f"  {kind:<17} {reason:<12} {n}"
                   for (kind, reason), n in sorted(self.audit.items(), key=lambda kv: (-kv[1], kv[0]))]
         ldp = self.ldp_rows()
@@ -243,11 +314,15 @@ class WatchState:
 
         now = time.time() if now is None else now
         t = Table(title="workers", expand=True)
-        for col in ("worker", "in/s", "out/s", "dlq/s", "events in", "lag", "redis err", "shredded", "ready", "age"):
-            t.add_column(col, justify="left" if col == "worker" else "right")
+        for col in ("worker", "in/s", "out/s", "dlq/s", "read", "written", "lag", "redis err", "shredded", "ready", "age"):
+            t.add_column(col, justify="left" if col in ("worker", "read", "written") else "right")
         for r in self.worker_rows(now):
-            t.add_row(r["worker"], f"{r['in_rate']:,.1f}", f"{r['out_rate']:,.1f}", f"{r['dlq_rate']:,.1f}",
-                      f"{r['events_in']:,}", f"{r['lag']:,}", str(r["redis_errors"]),
+            name = r["worker"] + (f" {r['instance']}" if r["instance"] else "") + (" (aggregator)" if r["aggregating"] else "")
+            read = f"{r['events_in']:,} {r['in_unit']}" + (
+                f" ({r['examples_in_model']:,} examples in the model)" if r["examples_in_model"] is not None else "")
+            written = ", ".join(f"{n:,} {k}" for k, n in r["out"].items()) or "-"
+            t.add_row(name, f"{r['in_rate']:,.1f}", f"{r['out_rate']:,.1f}", f"{r['dlq_rate']:,.1f}",
+                      read, written, f"{r['lag']:,}", str(r["redis_errors"]),
                       str(sum(r["keys_shredded"].values())),
                       "yes" if r["ready"] else "[red]no[/red]" + (f" ({escape(r['reason'][:60])})" if r["reason"] else ""),
                       f"{r['age_s']}s" if r["age_s"] is not None else "-")
@@ -257,8 +332,8 @@ class WatchState:
         for reason, n in self.dlq.most_common():
             d.add_row(reason, f"{n:,}")
         a = Table(title=f"audit ({sum(self.audit.values()):,})", expand=True)
-        for col in ("kind", "reason", "receipts"):
-            a.add_column(col, justify="right" if col == "receipts" else "left")
+        for col in ("kind", "reason", "records"):
+            a.add_column(col, justify="right" if col == "records" else "left")
         for (kind, reason), n in self.audit.most_common(12):
             a.add_row(kind, reason, f"{n:,}")
         parts: list[Any] = [t, d, a]

@@ -15,9 +15,14 @@ adds to the app's web server:
   lag 3100", then each unreachable dependency).
 
 and a service that publishes ``metrics.snapshot()`` plus ``worker``, ``host``, ``pid``,
-``ts`` (unix seconds) and the readiness (``ready``, ``reason``, ``checks``) to
-``settings.topics.metrics`` (key = worker name) every ``settings.metrics_interval_seconds``,
-and one last time at stop.
+``ts`` (unix seconds), ``interval_s`` (the publishing interval), ``state`` (``running``) and the
+readiness (``ready``, ``reason``, ``checks``) to ``settings.topics.metrics`` (key = worker name)
+every ``settings.metrics_interval_seconds``. A graceful stop publishes a last snapshot with
+``state`` ``stopping``, ``ready`` false and the reason ``stopping (graceful shutdown)``: when the
+publisher stops, and again (:meth:`OpsService.publish_stopping`, called by the hosting once the
+engine ended) with the counts of the engine's final flush. Consumers show an instance whose newest
+snapshot is a stopping one, or is older than 3 intervals, as not ready with rates at 0
+(:mod:`stream.ops.live`).
 
 One function decides readiness: :meth:`OpsHandle.status`. ``/readyz``, the snapshot
 (so ``streamgate ops watch``) and the ``streamgate_ready`` gauge all take its answer;
@@ -49,7 +54,7 @@ from stream.kafka import client_config
 from stream.ops.metrics import WorkerMetrics
 from stream.ops.watch import safe_reason
 
-__all__ = ["OpsHandle", "OpsService", "Readiness", "install_ops", "snapshot_record"]
+__all__ = ["STOPPING_REASON", "OpsHandle", "OpsService", "Readiness", "install_ops", "snapshot_record"]
 
 log = logging.getLogger("streamgate.ops")
 
@@ -71,13 +76,43 @@ class Readiness:
         return {"ready": False, "checks": dict(self.checks), "reason": self.reason}
 
 
-def snapshot_record(metrics: WorkerMetrics, worker: str, status: Readiness | None = None) -> dict[str, Any]:
-    """The ``ops.metrics`` record: the snapshot plus who and when, and ``status`` (readiness)."""
+STOPPING_REASON = "stopping (graceful shutdown)"
+
+
+def snapshot_record(metrics: WorkerMetrics, worker: str, status: Readiness | None = None, *,
+                    interval: float | None = None, stopping: bool = False,
+                    details: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The ``ops.metrics`` record: the snapshot plus who and when, ``status`` (readiness), the
+    publishing ``interval`` and ``state``; ``stopping``: the last one of a graceful stop (not
+    ready). ``details`` (the ``/healthz`` counters): a federated learner's instance name and
+    whether it aggregates are kept (``instance``, ``aggregator``)."""
     snap = metrics.snapshot()
-    snap.update({"worker": worker, "host": socket.gethostname(), "pid": os.getpid(), "ts": round(time.time(), 3)})
+    snap.update({"worker": worker, "host": socket.gethostname(), "pid": os.getpid(), "ts": round(time.time(), 3),
+                 "state": "stopping" if stopping else "running"})
+    if interval is not None:
+        snap["interval_s"] = float(interval)
     if status is not None:
         snap.update({"ready": status.ready, "reason": status.reason, "checks": dict(status.checks)})
+    if stopping:
+        snap.update({"ready": False, "reason": STOPPING_REASON})
+    snap.update(_roles(details))
     return snap
+
+
+def _roles(details: dict[str, Any] | None) -> dict[str, Any]:
+    """A federated learner's ``instance`` and ``aggregator`` (aggregating, version, pending)."""
+    out: dict[str, Any] = {}
+    if not isinstance(details, dict):
+        return out
+    instance = details.get("instance")
+    if isinstance(instance, str):
+        out["instance"] = instance[:64]
+    agg = details.get("aggregator")
+    if isinstance(agg, dict):
+        out["aggregator"] = {"aggregating": bool(agg.get("aggregating")),
+                             **{k: v for k in ("version", "pending")
+                                if isinstance(v := agg.get(k), int) and not isinstance(v, bool)}}
+    return out
 
 
 @dataclass
@@ -208,6 +243,8 @@ class OpsService(Service):
         self.handle = handle
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        self._producer: Producer | None = None
+        self._lock = threading.Lock()
         self.published = 0
 
     async def on_start(self) -> None:
@@ -234,15 +271,25 @@ class OpsService(Service):
         producer = Producer(client_config(bootstrap, **{"client.id": f"streamgate-ops-{h.worker}",
                                                         "linger.ms": 50, "message.timeout.ms": 30000}))
         interval = s.metrics_interval_seconds
+        self._producer = producer
         try:
             h.metrics.snapshot()  # starts the rate window
             while not self._stop.wait(interval):
                 self._publish(producer)
-            self._publish(producer)
+            self._publish(producer, stopping=True)
         finally:
             producer.flush(5)
 
-    def _publish(self, producer: Producer) -> None:
+    def publish_stopping(self) -> None:
+        """One more ``stopping`` snapshot (blocking, flushed): the hosting calls it once the
+        engine ended, so the last snapshot has the counts of the engine's final flush."""
+        producer = self._producer
+        if producer is None or (self._thread is not None and self._thread.is_alive()):
+            return  # not started, or the publisher still runs: its own last snapshot comes after this
+        self._publish(producer, stopping=True)
+        producer.flush(5)
+
+    def _publish(self, producer: Producer, *, stopping: bool = False) -> None:
         h = self.handle
         status: Readiness | None
         try:
@@ -250,7 +297,13 @@ class OpsService(Service):
         except Exception:
             log.warning("readiness not computed for the metrics snapshot", exc_info=True)
             status = None
-        record = snapshot_record(h.metrics, h.worker, status)
+        details: dict[str, Any] | None = None
+        if h.details is not None:
+            with contextlib.suppress(Exception):
+                details = h.details()
+        with self._lock:
+            record = snapshot_record(h.metrics, h.worker, status, interval=h.settings.metrics_interval_seconds,
+                                     stopping=stopping, details=details)
         try:
             producer.produce(h.settings.topics.metrics, key=h.worker.encode(), value=orjson.dumps(record),
                              on_delivery=self._delivered)

@@ -95,7 +95,7 @@ def test_ops_watch_once_prints_rates_dlq_reasons_and_audit(live: Live) -> None:
     for reason, n in live.reasons.items():
         assert re.search(rf"^  {reason} +{n}$", out, re.M), (reason, out)
     # the audit topic, by kind and reason; the hostile record shows as "other", never its content
-    assert f"audit topic: {sum(live.audit.values())} receipts" in out
+    assert f"audit topic: {sum(live.audit.values())} records (receipts and drift records)" in out
     for (kind, reason), n in live.audit.items():
         assert re.search(rf"^  {kind} +{reason} +{n}$", out, re.M), (kind, reason, out)
     assert live.secret not in out and "tk1_" not in out

@@ -36,11 +36,15 @@ function fill(tbody, rows) {
   tbody.replaceChildren(...rows);
 }
 
-function sig(v) {
+function sig(v, signed = true) {
   if (v === true) return el("span", { class: "ok", "data-verified": "true" }, "✓ verified");
   if (v === false) return el("span", { class: "bad", "data-verified": "false" }, "✗ UNVERIFIED");
+  if (!signed) return el("span", { class: "muted", "data-verified": "unsigned" }, "unsigned by design (not a receipt)");
   return el("span", { class: "muted", "data-verified": "unknown" }, "not checked (no key)");
 }
+
+// "19,617 feature reports · 19,617 examples"
+const parts = (o) => Object.entries(o || {}).map(([k, v]) => `${int(v)} ${k}`).join(" · ") || "-";
 
 function time(t) {
   if (!t) return "-";
@@ -138,12 +142,18 @@ function renderPipeline(p) {
   countBars($("#dlq-reasons"), Object.entries(p.dlq_by_reason).map(([k, v]) => ({ label: k, value: v, cls: "bar dlq" })),
     "data-reason");
   const now = Date.now() / 1000;
-  fill($("#workers tbody"), p.workers.map((w) => el("tr", { "data-worker": w.worker },
-    el("td", {}, w.worker), el("td", {}, w.pid),
-    el("td", { class: w.ready ? "ok" : "bad" }, w.ready ? "ready" : `not ready${w.reason ? ": " + w.reason : ""}`),
-    el("td", { "data-k": "lag" }, int(w.lag)), el("td", {}, int(w.events_in)),
-    el("td", {}, f1(w.rates.in)), el("td", {}, f1(w.rates.out)),
-    el("td", {}, `${f1(Math.max(0, now - (state.now - w.age_s)))} s`))));
+  fill($("#workers tbody"), p.workers.map((w) => {
+    const name = w.worker + (w.instance ? ` ${w.instance}` : "") + (w.aggregating ? " (aggregator)" : "");
+    const ins = `${int(w.events_in)} ${w.in_unit}` +
+      (w.examples_in_model !== undefined && w.examples_in_model !== null ? ` (feature reports and examples; ${int(w.examples_in_model)} examples in the model)` : "");
+    const shown = w.status === "live" ? (w.ready ? "ready" : "not ready") : w.status;
+    return el("tr", { "data-worker": w.worker, "data-status": w.status },
+      el("td", {}, name), el("td", {}, w.pid),
+      el("td", { class: w.ready ? "ok" : "bad", "data-col": "ready" }, w.ready ? "ready" : `${shown}${w.reason ? ": " + w.reason : ""}`),
+      el("td", { "data-k": "lag" }, int(w.lag)), el("td", { "data-col": "in" }, ins), el("td", { "data-col": "out" }, parts(w.out)),
+      el("td", { "data-col": "rate_in" }, f1(w.rates.in)), el("td", { "data-col": "rate_out" }, f1(w.rates.out)),
+      el("td", {}, `${f1(Math.max(0, now - (state.now - w.age_s)))} s`));
+  }));
 }
 
 // one value: the projected frequency as a bar, the 95 % interval of the unbiased estimate as a whisker,
@@ -247,7 +257,9 @@ function renderPrivacy(p) {
     el("td", {}, time(r.at)), el("td", {}, r.kind), el("td", { class: "status" }, r.status || "-"),
     el("td", { class: "keys" }, int(r.keys_shredded)), el("td", {}, r.request_id || "-"),
     el("td", { class: "mono" }, r.receipt_id || "-"), el("td", { class: "sig" }, sig(r.verified)))));
+  const unsigned = Object.entries(p.unsigned || {}).map(([k, v]) => `${int(v)} ${k}`).join(", ");
   $("#audit-counts").textContent = "audit records: " + (p.audit.map((a) => `${a.kind}/${a.reason} ${int(a.count)}`).join(", ") || "none") +
+    (unsigned ? ` · unsigned by design (not receipts): ${unsigned}` : "") +
     (p.unverified ? ` · ${p.unverified} UNVERIFIED` : "");
 }
 
@@ -262,7 +274,7 @@ function renderModel(m) {
     el("td", { class: "auc" }, f3(v.roc_auc)), el("td", { class: "loss" }, f3(v.log_loss)), el("td", { class: "mono" }, v.key_id || "-"),
     el("td", { class: "sig" }, sig(v.verified))))));
   fill($("#drifts tbody"), m.drifts.length ? m.drifts.map((d) => el("tr", {}, el("td", {}, time(d.at)), el("td", {}, d.model),
-    el("td", {}, d.metric), el("td", {}, int(d.examples_seen)), el("td", {}, sig(d.verified))))
+    el("td", {}, d.metric), el("td", {}, int(d.examples_seen)), el("td", {}, sig(d.verified, d.signed))))
     : [el("tr", {}, el("td", { colspan: 5, class: "muted" }, "no drift detected"))]);
 }
 
