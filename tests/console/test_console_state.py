@@ -214,3 +214,111 @@ def test_instances_of_restarted_workers_are_forgotten(policy: LdpPolicy) -> None
         st.add_metrics(gateway_snap(T0 + 3600 * pid, pid=pid, events=pid, protected=pid, dlq={}))
     assert len(st._instances) <= 65
     assert st.view(T0 + 3600 * 199)["pipeline"]["events_in"] == 199
+
+
+# --------------------------------------------------------------------------- what ops sees is current
+def worker_snap(worker: str, ts: float, *, events_in: int, out: dict[str, int], pid: int = 5,
+                ldp: dict[str, dict[str, Any]] | None = None, models: dict[str, dict[str, float]] | None = None,
+                stopping: bool = False) -> dict[str, Any]:
+    """A snapshot as the publisher makes it (interval 10 s), at the injected time ``ts``."""
+    m = WorkerMetrics(worker)
+    m.events_in(events_in)
+    for topic, n in out.items():
+        m.events_out(topic, n)
+    for attr, row in (ldp or {}).items():
+        m.ldp_reports(attr, "grr", row["reports"], 0.0)
+    for model, metrics in (models or {}).items():
+        for k, v in metrics.items():
+            m.set_model_metric(model, k, v)
+    snap = snapshot_record(m, worker, interval=10.0, stopping=stopping)
+    snap.update({"ts": ts, "pid": pid, "host": "h"})
+    if not stopping:
+        snap.update({"ready": True, "reason": None})
+    return snap
+
+
+def test_an_idle_period_and_a_stopped_instance_show_rates_at_0_and_not_ready(policy: LdpPolicy) -> None:
+    st = ConsoleState(policy)
+    # the gateway: 100 events/s for 20 s, then idle (it goes on publishing every 10 s, same counters)
+    for i in range(3):
+        st.add_metrics(gateway_snap(T0 + 10 * i, events=1000 * i, protected=1000 * i, dlq={}))
+    busy = st.view(T0 + 21)["pipeline"]
+    assert busy["rates"]["in"] == 100.0 and busy["workers"][0]["rates"]["in"] == 100.0
+    for i in range(3, 9):
+        st.add_metrics(gateway_snap(T0 + 10 * i, events=2000, protected=2000, dlq={}))
+    # the privatizer: busy, then a graceful stop (its last snapshot says "stopping")
+    st.add_metrics(worker_snap("privatizer", T0, events_in=0, out={}))
+    st.add_metrics(worker_snap("privatizer", T0 + 10, events_in=1000, out={"features": 1000}))
+    assert st.view(T0 + 11)["pipeline"]["workers"][1]["rates"]["in"] == 100.0  # the privatizer, busy
+    st.add_metrics(worker_snap("privatizer", T0 + 12, events_in=2000, out={"features": 2000}, stopping=True))
+    # the learner: busy, then nothing at all (killed): its last snapshot says ready
+    st.add_metrics(worker_snap("learner", T0, events_in=0, out={}))
+    st.add_metrics(worker_snap("learner", T0 + 10, events_in=2000, out={"snapshots": 3}))
+
+    p = st.view(T0 + 81)["pipeline"]  # a minute after the last event
+    rows = {r["worker"]: r for r in p["workers"]}
+    gw, pv, ln = rows["gateway"], rows["privatizer"], rows["learner"]
+    assert gw["status"] == "live" and gw["ready"] and gw["rates"] == dict.fromkeys(gw["rates"], 0.0)
+    assert p["rates"] is not None and {k: v for k, v in p["rates"].items() if k != "ts"} == dict.fromkeys(
+        ("in", "out", "protected", "dlq", "features"), 0.0)
+    assert p["series"][-1]["in"] == 0.0 and p["events_in"] == 2000  # the totals stay
+    assert pv["status"] == "stopped" and not pv["ready"] and pv["reason"] == "stopped (graceful shutdown)"
+    assert ln["status"] == "stale" and not ln["ready"] and "no snapshot for 71 s" in ln["reason"]
+    for row in (pv, ln):
+        assert row["rates"] == dict.fromkeys(row["rates"], 0.0), row
+    # within 3 intervals the learner was still live, with its rates
+    ln_then = {r["worker"]: r for r in st.view(T0 + 39)["pipeline"]["workers"]}["learner"]
+    assert ln_then["status"] == "live" and ln_then["ready"] and ln_then["rates"]["in"] == 200.0
+
+
+def test_a_stopped_gateway_takes_the_rates_chart_to_0(policy: LdpPolicy) -> None:
+    st = ConsoleState(policy)
+    st.add_metrics(gateway_snap(T0, events=0, protected=0, dlq={}))
+    st.add_metrics(gateway_snap(T0 + 10, events=500, protected=500, dlq={}))
+    stop = gateway_snap(T0 + 11, events=600, protected=600, dlq={})
+    stop["state"] = "stopping"
+    st.add_metrics(stop)
+    p = st.view(T0 + 12)["pipeline"]
+    assert p["series"][-2]["in"] == 0.0  # the stopping snapshot's point
+    assert p["series"][-1]["ts"] == T0 + 12 and p["series"][-1]["in"] == 0.0 and p["rates"]["in"] == 0.0
+    assert p["workers"][0]["status"] == "stopped" and not p["workers"][0]["ready"]
+
+
+def test_counts_say_what_they_count_and_add_up_across_the_pipeline(policy: LdpPolicy) -> None:
+    """The learner reads feature reports and examples; the privatizer's writes to the features topic
+    split into the two, so the learner's records in are the privatizer's two kinds added up."""
+    st = ConsoleState(policy)
+    reports, examples = 19_617, 19_617
+    st.add_metrics(worker_snap("privatizer", T0, events_in=reports, out={"features": reports + examples,
+                                                                          "frequencies": 84},
+                               ldp={"event_type": {"reports": reports}, "session_purchase": {"reports": examples}}))
+    st.add_metrics(worker_snap("learner", T0, events_in=reports + examples, out={"snapshots": 4, "audit": 1},
+                               models={"m1": {"examples_seen": examples}}))
+    rows = {r["worker"]: r for r in st.view(T0 + 1)["pipeline"]["workers"]}
+    pv, ln = rows["privatizer"], rows["learner"]
+    assert (pv["in_unit"], pv["out"]) == ("events", {"estimates": 84, "examples": examples, "feature reports": reports})
+    assert ln["in_unit"] == "records" and ln["events_in"] == sum(v for k, v in pv["out"].items() if k != "estimates")
+    assert ln["examples_in_model"] == examples and ln["out"] == {"audit records": 1, "model snapshots": 4}
+
+
+def test_drift_records_verify_with_the_learners_key_and_unsigned_ones_are_not_unverified(policy: LdpPolicy) -> None:
+    from stream.apps.learner import drift_record
+
+    shredder, learner = Ed25519PrivateKey.generate(), Ed25519PrivateKey.generate()
+    verify = Verifiers(receipt_key=shredder.public_key(), snapshot_key=learner.public_key())
+    drift = drift_record("m1", 150, {"name": "ADWIN"}, at=T0, worker="learner-h")
+    signed = sign_receipt(drift, learner)
+    by_shredder_key = sign_receipt(drift, shredder)  # a drift record is no receipt: the shredder key is not its key
+    assert verify.audit(signed) is True and verify.audit(by_shredder_key) is False
+    assert verify.audit(dict(signed, examples_seen=151)) is False
+    assert verify.audit(drift) is None  # unsigned (an older learner): not a receipt, so not UNVERIFIED
+    receipt = erasure_receipt(subject="tk1_p", request_id="r1", at=T0, worker="w", keys_shredded=1)
+    assert verify.audit(receipt) is False  # a receipt must be signed: strict as `streamgate audit`
+    assert verify.audit(sign_receipt(receipt, learner)) is False and verify.audit(sign_receipt(receipt, shredder))
+    later = sign_receipt(drift_record("m1", 300, {"name": "ADWIN"}, at=T0 + 5, worker="learner-h"), learner)
+    st = ConsoleState(policy)
+    st.add_audit(drift, verify.audit(drift))
+    st.add_audit(later, verify.audit(later))
+    p = st.view(T0)
+    assert p["privacy"]["unverified"] == 0 and p["privacy"]["unsigned"] == {"drift": 1}
+    assert [(d["verified"], d["signed"]) for d in p["model"]["drifts"]] == [(True, True), (None, False)]

@@ -22,7 +22,7 @@ from stream.config import Settings
 from stream.dev.stack import free_port
 from stream.ops.metrics import WorkerMetrics
 from stream.ops.watch import WatchState, assign_new, read_until_idle, safe_reason, watch_consumer
-from stream.ops.worker import OpsHandle, Readiness, snapshot_record
+from stream.ops.worker import STOPPING_REASON, OpsHandle, Readiness, snapshot_record
 from tests.support.gateway_worker import GatewayWorker, gateway_worker, http_get
 
 pytestmark = pytest.mark.slow
@@ -170,3 +170,14 @@ def test_ops_watch_shows_the_readyz_reason_when_not_ready(kafka_bootstrap: str, 
         assert r.returncode == 0, r.stderr
         assert " ready=no" in r.stdout
         assert f"    not ready: {readyz['reason']}\n" in r.stdout
+
+
+def test_a_stopping_snapshot_is_not_ready_and_says_why() -> None:
+    m = WorkerMetrics("learner")
+    rec = snapshot_record(m, "learner", Readiness(True, {"alive": True}), interval=10.0, stopping=True,
+                          details={"instance": "a1", "aggregator": {"aggregating": True, "version": 3, "pending": 1,
+                                                                    "secret": "x"}, "model": "m"})
+    assert (rec["state"], rec["ready"], rec["reason"], rec["interval_s"]) == ("stopping", False, STOPPING_REASON, 10.0)
+    assert rec["instance"] == "a1" and rec["aggregator"] == {"aggregating": True, "version": 3, "pending": 1}
+    running = snapshot_record(m, "learner", Readiness(True, {"alive": True}), interval=10.0)
+    assert (running["state"], running["ready"]) == ("running", True) and "instance" not in running

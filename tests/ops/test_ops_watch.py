@@ -176,3 +176,56 @@ def test_ops_watch_live_view_renders_and_stops_on_interrupt(live: Live) -> None:
     assert proc.returncode == 0, err
     assert "workers" in out and "gateway" in out and "dead letters" in out and "audit" in out, out
     assert live.secret not in out and "tk1_" not in out
+
+
+def _snap(worker: str, ts: float, *, pid: int, events_in: int, **extra: object) -> bytes:
+    return orjson.dumps({"worker": worker, "host": "h", "pid": pid, "ts": ts, "interval_s": 10.0, "state": "running",
+                         "ready": True, "events_in": events_in, **extra})
+
+
+def test_watch_shows_stopped_and_silent_instances_not_ready_with_rates_at_0() -> None:
+    st = WatchState()
+    for i in range(9):  # 100 events/s for 20 s, then idle, publishing every 10 s
+        st.add_metrics(_snap("gateway", 10.0 * i, pid=1, events_in=1000 * min(i, 2), events_out={"protected": 1000 * min(i, 2)}))
+    st.add_metrics(_snap("privatizer", 0.0, pid=2, events_in=0))
+    st.add_metrics(_snap("privatizer", 10.0, pid=2, events_in=1000))
+    st.add_metrics(_snap("privatizer", 12.0, pid=2, events_in=1200, state="stopping", ready=False,
+                         reason="stopping (graceful shutdown)"))
+    st.add_metrics(_snap("learner", 0.0, pid=3, events_in=0))
+    st.add_metrics(_snap("learner", 10.0, pid=3, events_in=2000))
+    busy = {r["worker"]: r for r in st.worker_rows(now=11.0)}
+    assert busy["learner"]["in_rate"] == 200.0 and busy["learner"]["ready"]
+    rows = {r["worker"]: r for r in st.worker_rows(now=81.0)}
+    gw, pv, ln = rows["gateway"], rows["privatizer"], rows["learner"]
+    assert gw["ready"] and gw["status"] == "live" and (gw["in_rate"], gw["out_rate"]) == (0.0, 0.0)
+    assert (pv["status"], pv["ready"], pv["in_rate"], pv["reason"]) == ("stopped", False, 0.0, "stopped (graceful shutdown)")
+    assert (ln["status"], ln["ready"], ln["in_rate"]) == ("stale", False, 0.0) and "no snapshot for 71 s" in ln["reason"]
+    out = st.render_plain(now=81.0)
+    assert re.search(r"^  learner +in=0\.0/s .* records_in=2000 .* ready=no age=71\.0s status=stale$", out, re.M), out
+    assert "    not ready: stopped (graceful shutdown)\n" in out
+
+
+def test_watch_has_a_row_per_federated_learner_and_names_the_aggregator() -> None:
+    st = WatchState()
+    models = {"m1": {"examples_seen": 5000.0, "global_version": 7.0}}
+    st.add_metrics(_snap("learner", 100.0, pid=10, events_in=4000, instance="a1", models=models,
+                         aggregator={"aggregating": True, "version": 7}, events_out={"snapshots": 7}))
+    st.add_metrics(_snap("learner", 101.0, pid=11, events_in=3000, instance="b2", models=models,
+                         aggregator={"aggregating": False}))
+    st.add_metrics(_snap("privatizer", 100.0, pid=12, events_in=3500,
+                         events_out={"features": 7000, "frequencies": 12}, ldp={"session_purchase": {"reports": 3500}}))
+    rows = st.worker_rows(now=102.0)
+    assert [(r["worker"], r["instance"], r["aggregating"]) for r in rows] == [
+        ("privatizer", None, None), ("learner", "a1", True), ("learner", "b2", False)]
+    assert rows[0]["out"] == {"estimates": 12, "examples": 3500, "feature reports": 3500}
+    out = st.render_plain(now=102.0)
+    assert "events_in=3500 feature_reports_out=3500 examples_out=3500 estimates_out=12 " in out
+    assert "    instance: a1, aggregator: yes (merges the updates)\n" in out
+    assert "    instance: b2, aggregator: standby\n" in out
+    assert "    records_in are feature reports and examples; examples in the model: 5000\n" in out
+    from rich.console import Console
+
+    console = Console(record=True, width=220)
+    console.print(st.render_rich(now=102.0))
+    text = console.export_text()
+    assert "learner a1 (aggregator)" in text and "learner b2" in text and "3,500 feature reports" in text
