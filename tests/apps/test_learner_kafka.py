@@ -18,11 +18,13 @@ from stream.apps.learner import LearnerEngine, fresh_model, load_latest_snapshot
 from stream.apps.produce import publish
 from stream.config import Settings
 from stream.crypto.keyring import Keyring
+from stream.crypto.signing import verify_key
 from stream.kafka import ensure_topics
 from stream.ldp.privatizer import hour_of_week
 from stream.learn.example import PrivateExample
 from stream.learn.snapshot import ModelSnapshot
 from stream.ops.metrics import WorkerMetrics
+from stream.retention.receipts import verify_receipt
 from stream.schema import output_validator
 from tests.support.kafka import read_topic, running_in_thread, wait_for
 from tests.support.learner_examples import auc, feature_report, make_examples
@@ -226,6 +228,9 @@ def test_drift_writes_one_valid_audit_record(settings_factory, unique_id) -> Non
         assert rec["metric"] == "log_loss" and rec["detector"]["name"] == "ADWIN"
         assert rec["detector"]["delta"] == 0.002
         assert rec["subject"] is None and rec["key_id"] is None
+        # signed by the learner's own key (what the console checks it with), never as a shredder receipt
+        assert verify_receipt(rec, engine.key.public_key())
+        assert not verify_receipt(rec, verify_key(Keyring.from_settings(settings), "receipt"))
     after = [r["examples_seen"] for r in recs if 2000 < r["examples_seen"] <= 2500]
     assert after, [r["examples_seen"] for r in recs]
     (last,) = _snapshots(settings, expect=1)

@@ -295,3 +295,42 @@ def test_reads_only_the_derived_topics_and_wants_the_token(page: Any, demo: Run)
     assert "token" in _text(page, "body") and not page.find_elements("css selector", "#tabs")
     page.get(demo.url + "?token=" + TOKEN + "#privacy")
     _wait(page, lambda: bool(page.execute_script("return document.body.dataset.version")), "the state after login")
+
+
+def test_a_quiet_demo_after_its_run(page: Any, demo: Run) -> None:
+    """After the run: the privatizer and learner the demo stopped show as stopped (their last snapshot
+    says so), a minute without events takes every rate to 0, the counts add up from the privatizer
+    to the learner, and no audit record of the clean run is UNVERIFIED."""
+    import time
+
+    t = demo.settings.topics
+    metrics = read_topic(demo.settings.kafka_bootstrap, t.metrics, idle=2.0)
+    snaps = [orjson.loads(r.value) for r in metrics]
+    done_at = min(s["ts"] for s in snaps if s.get("worker") == "gateway" and s["events_in"] == EVENTS)
+    pv, ln = _latest(metrics, "privatizer"), _latest(metrics, "learner")
+    assert pv["state"] == ln["state"] == "stopping" and not pv["ready"] and not ln["ready"]
+    time.sleep(max(0.0, done_at + 60 - time.time()))  # an idle minute after the gateway counted the last event
+    _show(page, "pipeline")
+    for worker in ("privatizer", "learner"):
+        row = f'#workers tr[data-worker="{worker}"]'
+        _wait(page, lambda row=row: page.find_element("css selector", row).get_attribute("data-status") == "stopped",
+              f"the {worker} shown as stopped")
+        assert _text(page, f'{row} [data-col="ready"]') == "stopped (graceful shutdown)"
+        assert _text(page, f'{row} [data-col="rate_in"]') == _text(page, f'{row} [data-col="rate_out"]') == "0.0"
+    gw = '#workers tr[data-worker="gateway"]'
+    _wait(page, lambda: _text(page, f'{gw} [data-col="rate_in"]') == "0.0", "the gateway's rate at 0")
+    assert _text(page, f'{gw} [data-col="ready"]') == "ready" and _text(page, f'{gw} [data-col="rate_out"]') == "0.0"
+    for key in ("rate_in", "rate_protected", "rate_dlq"):
+        assert _text(page, f'[data-k="{key}"]') == "0.0", key
+    # what the learner read is what the privatizer wrote to the features topic: feature reports and examples
+    examples = pv["ldp"]["session_purchase"]["reports"]
+    reports = pv["events_out"]["features"] - examples
+    assert ln["events_in"] == reports + examples and 0 < reports <= pv["events_in"] and examples > 0
+    assert _text(page, '#workers tr[data-worker="learner"] [data-col="in"]').startswith(
+        f"{ln['events_in']:,} records (feature reports and examples")
+    written = _text(page, '#workers tr[data-worker="privatizer"] [data-col="out"]')
+    assert f"{reports:,} feature reports" in written and f"{examples:,} examples" in written
+    _shoot(page, "pipeline-idle")
+    _show(page, "privacy")
+    _wait(page, lambda: _text(page, "#audit-counts").startswith("audit records:"), "the audit counts")
+    assert "UNVERIFIED" not in _text(page, "#audit-counts")
