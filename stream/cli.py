@@ -375,12 +375,14 @@ def dlq_inspect(max_records: int, unseal: bool, idle_timeout: float) -> None:
 # --------------------------------------------------------------------------- console
 @cli.command("console")
 @click.option("--host", default="127.0.0.1", show_default=True,
-              help="Address to bind (loopback by default; anything else should have a --token).")
+              help="Address to bind (loopback by default; anything else needs a token).")
 @click.option("--port", type=int, default=6070, show_default=True, help="Port to serve on (0: any free port).")
 @click.option("--token", envvar="STREAMGATE_CONSOLE_TOKEN", default=None,
-              help="Access token: every request needs it (?token= once, then a cookie). Env: STREAMGATE_CONSOLE_TOKEN.")
+              help="Access token: every request needs it (?token= once, then a cookie for 12 h). "
+                   "Default: a fresh one, printed in the URL. Env: STREAMGATE_CONSOLE_TOKEN.")
+@click.option("--no-token", is_flag=True, help="Serve without a token (loopback addresses only).")
 @click.option("--since", default=None, help="Ignore records older than this (RFC 3339, or 2h / 7d ago).")
-def console_command(host: str, port: int, token: str | None, since: str | None) -> None:
+def console_command(host: str, port: int, token: str | None, no_token: bool, since: str | None) -> None:
     """Live privacy console in the browser: pipeline, estimates, privacy budget and erasures, model.
 
     Reads only ops.metrics, analytics.frequencies, ops.audit and models.snapshots (never a raw or
@@ -394,14 +396,14 @@ def console_command(host: str, port: int, token: str | None, since: str | None) 
 
     settings = _settings()
     since_ms = int(parse_when(since) * 1000) if since else 0
-    service = ConsoleService(settings, host=host, port=port, token=token, since_ms=since_ms,
+    if no_token and token:
+        raise click.UsageError("give at most one of --token, --no-token")
+    service = ConsoleService(settings, host=host, port=port, token="" if no_token else token, since_ms=since_ms,
                              bootstrap=reachable_bootstrap(settings))
     try:
         service.start()
     except OSError as exc:
         raise click.ClickException(f"cannot serve on {host}:{port} ({exc.strerror or exc})") from None
-    if host not in ("127.0.0.1", "localhost", "::1") and not token:
-        _err(f"the console is bound to {host} without a token: anyone who reaches it can read it")
     click.echo(f"streamgate console: {service.login_url}  (Ctrl-C stops it)")
     try:
         hold_until_interrupted()

@@ -3,8 +3,9 @@
 :class:`~http.server.ThreadingHTTPServer`.
 
 Access: with a token, every request must carry it - ``?token=`` once (answered with a cookie
-holding an HMAC of the token and a redirect to the same page without it), then the cookie, or
-``Authorization: Bearer``; compared with :func:`hmac.compare_digest`. Bound to a loopback
+holding its expiry and an HMAC of the token and that expiry, and a redirect to the same page
+without it), then the cookie until it expires (:data:`COOKIE_SECONDS`), or ``Authorization:
+Bearer``; compared with :func:`hmac.compare_digest`. Bound to a loopback
 address, only loopback ``Host`` headers are served (a page elsewhere cannot read the console
 through DNS rebinding). Every answer forbids framing, sniffing and any script, style or
 connection outside the console itself (Content-Security-Policy).
@@ -17,6 +18,7 @@ import hmac
 import logging
 import socket
 import threading
+import time
 from collections.abc import Callable
 from http import HTTPStatus
 from http.cookies import CookieError, SimpleCookie
@@ -25,11 +27,12 @@ from importlib import resources
 from typing import Any, Literal
 from urllib.parse import parse_qs, urlsplit
 
-__all__ = ["COOKIE", "ConsoleHTTPServer", "authorize", "cookie_value", "host_allowed", "static_file"]
+__all__ = ["COOKIE", "COOKIE_SECONDS", "ConsoleHTTPServer", "authorize", "cookie_value", "host_allowed", "static_file"]
 
 log = logging.getLogger("streamgate.console")
 
 COOKIE = "streamgate_console"
+COOKIE_SECONDS = 12 * 3600  # a login lasts this long; then ?token= again
 _LOOPBACK = {"127.0.0.1", "localhost", "::1"}
 _STATIC = {"console.js": "text/javascript; charset=utf-8", "console.css": "text/css; charset=utf-8",
            "index.html": "text/html; charset=utf-8"}
@@ -43,19 +46,29 @@ _SECURITY_HEADERS = {
 }
 
 
-def cookie_value(token: str) -> str:
-    """What the cookie holds: an HMAC of the token (the token itself never sits in the cookie jar)."""
-    return hmac.new(token.encode(), b"streamgate-console-cookie", hashlib.sha256).hexdigest()
+def cookie_value(token: str, expires: int) -> str:
+    """What the cookie holds: its expiry (unix seconds) and an HMAC of the token and that expiry
+    (the token itself never sits in the cookie jar, and a stolen cookie dies with its expiry)."""
+    mac = hmac.new(token.encode(), b"streamgate-console-cookie|%d" % expires, hashlib.sha256).hexdigest()
+    return f"{expires}.{mac}"
 
 
 def _same(a: str, b: str) -> bool:
     return hmac.compare_digest(a.encode(), b.encode())
 
 
+def _cookie_ok(token: str, value: str, now: float) -> bool:
+    expires, dot, _mac = value.partition(".")
+    if not dot or not expires.isdigit() or len(expires) > 12:
+        return False
+    return now < int(expires) and _same(value, cookie_value(token, int(expires)))
+
+
 def authorize(token: str | None, *, query_token: str | None = None, cookie_header: str | None = None,
-              authorization: str | None = None) -> Literal["ok", "login", "denied"]:
-    """``ok``: no token is needed, or the cookie or bearer header carries it; ``login``: the query
-    carries it (set the cookie, then redirect without it); ``denied``: anything else."""
+              authorization: str | None = None, now: float | None = None) -> Literal["ok", "login", "denied"]:
+    """``ok``: no token is needed, or the cookie (not expired at ``now``) or bearer header carries
+    it; ``login``: the query carries it (set the cookie, then redirect without it); ``denied``:
+    anything else."""
     if not token:
         return "ok"
     if query_token is not None and _same(query_token, token):
@@ -66,7 +79,7 @@ def authorize(token: str | None, *, query_token: str | None = None, cookie_heade
         except CookieError:
             jar = SimpleCookie()
         morsel = jar.get(COOKIE)
-        if morsel is not None and _same(morsel.value, cookie_value(token)):
+        if morsel is not None and _cookie_ok(token, morsel.value, time.time() if now is None else now):
             return "ok"
     if authorization and authorization.startswith("Bearer ") and _same(authorization[7:].strip(), token):
         return "ok"
@@ -151,7 +164,9 @@ class _Handler(BaseHTTPRequestHandler):
             return
         if verdict == "login":
             assert self.server.token is not None
-            cookie = f"{COOKIE}={cookie_value(self.server.token)}; Path=/; HttpOnly; SameSite=Strict"
+            expires = int(time.time()) + COOKIE_SECONDS
+            cookie = (f"{COOKIE}={cookie_value(self.server.token, expires)}; Path=/; Max-Age={COOKIE_SECONDS}; "
+                      "HttpOnly; SameSite=Strict")
             self._send(HTTPStatus.SEE_OTHER, b"", "text/plain", {"Location": url.path or "/", "Set-Cookie": cookie})
             return
         path = url.path

@@ -18,15 +18,41 @@ def test_the_token_once_in_the_query_then_the_cookie_or_a_bearer_header() -> Non
     assert authorize(token) == "denied"
     assert authorize(token, query_token=token) == "login"
     assert authorize(token, query_token="s3cret-tokeN") == "denied"
-    assert authorize(token, cookie_header=f"{COOKIE}={cookie_value(token)}") == "ok"
-    assert authorize(token, cookie_header=f"other=1; {COOKIE}={cookie_value(token)}") == "ok"
+    exp = 2_000_000_000
+    assert authorize(token, cookie_header=f"{COOKIE}={cookie_value(token, exp)}", now=exp - 1) == "ok"
+    assert authorize(token, cookie_header=f"other=1; {COOKIE}={cookie_value(token, exp)}", now=exp - 1) == "ok"
     assert authorize(token, cookie_header=f"{COOKIE}={token}") == "denied"  # the cookie holds an HMAC, not the token
-    assert authorize(token, cookie_header=f"{COOKIE}={cookie_value('other')}") == "denied"
+    assert authorize(token, cookie_header=f"{COOKIE}={cookie_value('other', exp)}", now=exp - 1) == "denied"
     assert authorize(token, cookie_header='bad"cookie;;==') == "denied"
     assert authorize(token, authorization=f"Bearer {token}") == "ok"
     assert authorize(token, authorization="Bearer nope") == "denied"
     assert authorize(token, authorization=token) == "denied"
-    assert cookie_value(token) != token and token not in cookie_value(token)
+    assert token not in cookie_value(token, exp)
+
+
+def test_the_cookie_expires_and_its_expiry_cannot_be_moved() -> None:
+    token, exp = "s3cret-token", 2_000_000_000
+    good = cookie_value(token, exp)
+    assert authorize(token, cookie_header=f"{COOKIE}={good}", now=exp - 1) == "ok"
+    assert authorize(token, cookie_header=f"{COOKIE}={good}", now=exp) == "denied"  # expired
+    moved = f"{exp + 3600}.{good.split('.', 1)[1]}"  # a later expiry on the old HMAC
+    assert authorize(token, cookie_header=f"{COOKIE}={moved}", now=exp + 1) == "denied"
+    for junk in ("", ".", "abc.def", f"{exp}", f"-{exp}.{good.split('.', 1)[1]}", "9" * 40 + ".x"):
+        assert authorize(token, cookie_header=f"{COOKIE}={junk}", now=0) == "denied", junk
+
+
+def test_a_fresh_token_by_default_and_none_only_on_loopback() -> None:
+    from stream.config import Settings
+    from stream.console.service import ConsoleAccessError, ConsoleService
+
+    s = Settings(kafka_bootstrap="127.0.0.1:1")
+    a, b = ConsoleService(s), ConsoleService(s)
+    assert a.token and b.token and a.token != b.token and len(a.token) >= 24
+    assert a.login_url.endswith(f"/?token={a.token}")
+    assert ConsoleService(s, token="").token is None  # explicitly open, on loopback
+    with pytest.raises(ConsoleAccessError, match="without a token"):
+        ConsoleService(s, host="0.0.0.0", token="")
+    assert ConsoleService(s, host="0.0.0.0").token  # beyond loopback: the generated token protects it
 
 
 @pytest.mark.parametrize(("host", "bound", "ok"), [
