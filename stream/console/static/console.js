@@ -44,7 +44,8 @@ function sig(v, signed = true) {
 }
 
 // "19,617 feature reports · 19,617 examples"
-const parts = (o) => Object.entries(o || {}).map(([k, v]) => `${int(v)} ${k}`).join(" · ") || "-";
+const unit = (n, k) => `${int(n)} ${n === 1 ? k.replace(/s$/, "") : k}`;
+const parts = (o) => Object.entries(o || {}).map(([k, v]) => unit(v, k)).join(" · ") || "-";
 
 function time(t) {
   if (!t) return "-";
@@ -144,7 +145,7 @@ function renderPipeline(p) {
   const now = Date.now() / 1000;
   fill($("#workers tbody"), p.workers.map((w) => {
     const name = w.worker + (w.instance ? ` ${w.instance}` : "") + (w.aggregating ? " (aggregator)" : "");
-    const ins = `${int(w.events_in)} ${w.in_unit}` +
+    const ins = unit(w.events_in, w.in_unit) +
       (w.examples_in_model !== undefined && w.examples_in_model !== null ? ` (feature reports and examples; ${int(w.examples_in_model)} examples in the model)` : "");
     const shown = w.status === "live" ? "not ready" : w.status;
     return el("tr", { "data-worker": w.worker, "data-status": w.status },
