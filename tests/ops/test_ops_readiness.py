@@ -181,3 +181,33 @@ def test_a_stopping_snapshot_is_not_ready_and_says_why() -> None:
     assert rec["instance"] == "a1" and rec["aggregator"] == {"aggregating": True, "version": 3, "pending": 1}
     running = snapshot_record(m, "learner", Readiness(True, {"alive": True}), interval=10.0)
     assert (running["state"], running["ready"]) == ("running", True) and "instance" not in running
+
+
+@pytest.mark.integration
+def test_a_graceful_stop_publishes_a_last_stopping_snapshot(kafka_bootstrap: str, redis_url: str,
+                                                            tmp_path: Path) -> None:
+    """SIGTERM to a real gateway worker: its last ops.metrics record says it is stopping (not ready),
+    with its final counts, and ops watch then shows it stopped with rates at 0."""
+    from stream.apps.produce import publish
+    from stream.synth import ClickstreamGenerator
+    from tests.support.gateway_worker import wait_fresh_snapshot
+    from tests.support.kafka import read_topic
+    from tests.support.workers import stop_process
+
+    with gateway_worker(kafka_bootstrap, redis_url, tmp_path) as w:
+        assert publish(w.bootstrap, w.topics.raw, list(ClickstreamGenerator(seed=3).events(80))) == 80
+        wait_fresh_snapshot(w, 80)
+        stop_process(w.proc)
+        assert w.proc.returncode == 0, w.tail()
+    records = read_topic(kafka_bootstrap, w.topics.metrics, idle=2.0)
+    snaps = sorted((orjson.loads(r.value) for r in records), key=lambda s: s["ts"])
+    last = snaps[-1]
+    assert (last["state"], last["ready"], last["reason"]) == ("stopping", False, STOPPING_REASON)
+    assert last["events_in"] == 80 and last["interval_s"] == 1.0
+    assert all(s["state"] == "running" for s in snaps if s["state"] != "stopping")
+    assert snaps[0]["state"] == "running"
+    st = WatchState()
+    for r in records:
+        st.add_metrics(r.value)
+    (row,) = st.worker_rows(now=last["ts"] + 0.5)
+    assert (row["status"], row["ready"], row["in_rate"], row["out_rate"]) == ("stopped", False, 0.0, 0.0)
