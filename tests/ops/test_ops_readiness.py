@@ -211,3 +211,28 @@ def test_a_graceful_stop_publishes_a_last_stopping_snapshot(kafka_bootstrap: str
         st.add_metrics(r.value)
     (row,) = st.worker_rows(now=last["ts"] + 0.5)
     assert (row["status"], row["ready"], row["in_rate"], row["out_rate"]) == ("stopped", False, 0.0, 0.0)
+
+
+def test_a_federated_learners_snapshot_names_its_instance_and_whether_it_aggregates() -> None:
+    """From the real engine's /healthz counters (no broker needed to build it) to the ops watch row."""
+    import base64
+    import os
+
+    from stream.apps.federated import FederatedLearnerEngine
+
+    s = Settings(kafka_bootstrap="127.0.0.1:1", master_key=base64.b64encode(os.urandom(32)).decode(),
+                 learn_federated=True)
+    st = WatchState()
+    for i, aggregate in enumerate((True, False)):
+        m = WorkerMetrics("learner")
+        engine = FederatedLearnerEngine(s, metrics=m, aggregate=aggregate)
+        rec = snapshot_record(m, "learner", Readiness(True, {"alive": True}), interval=10.0, details=engine.as_dict())
+        assert rec["instance"] == engine.instance
+        assert rec.get("aggregator") == ({"aggregating": False, "version": 0, "pending": 0} if aggregate else None)
+        if aggregate:
+            rec["aggregator"]["aggregating"] = True  # as once it holds the updates partition
+        rec.update({"pid": 100 + i, "ts": 50.0})
+        st.add_metrics(orjson.dumps(rec))
+    rows = st.worker_rows(now=51.0)
+    assert sorted((r["worker"], str(r["aggregating"])) for r in rows) == [("learner", "None"), ("learner", "True")]
+    assert "aggregator: yes (merges the updates)" in st.render_plain(now=51.0)
