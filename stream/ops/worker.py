@@ -291,12 +291,14 @@ class OpsService(Service):
 
     def _publish(self, producer: Producer, *, stopping: bool = False) -> None:
         h = self.handle
-        status: Readiness | None
+        status: Readiness | None = None
         try:
-            status = h.status()  # the same answer /readyz gives now
+            if stopping:  # not ready, whatever the dependencies say: no checks to wait for
+                h.metrics.set_ready(False)
+            else:
+                status = h.status()  # the same answer /readyz gives now
         except Exception:
             log.warning("readiness not computed for the metrics snapshot", exc_info=True)
-            status = None
         details: dict[str, Any] | None = None
         if h.details is not None:
             with contextlib.suppress(Exception):
