@@ -391,13 +391,16 @@ def console_command(host: str, port: int, token: str | None, no_token: bool, sin
     """
     from stream.commands.retention import parse_when
     from stream.console import ConsoleService
-    from stream.console.service import hold_until_interrupted
+    from stream.console.service import LOOPBACK, hold_until_interrupted
     from stream.kafka import reachable_bootstrap
 
     settings = _settings()
     since_ms = int(parse_when(since) * 1000) if since else 0
     if no_token and token:
         raise click.UsageError("give at most one of --token, --no-token")
+    if no_token and host not in LOOPBACK:
+        raise click.UsageError(f"--no-token serves on a loopback address only, not {host}: "
+                               "anyone who reaches it could read it")
     service = ConsoleService(settings, host=host, port=port, token="" if no_token else token, since_ms=since_ms,
                              bootstrap=reachable_bootstrap(settings))
     try:

@@ -89,3 +89,14 @@ def test_the_console_reads_only_the_derived_topics() -> None:
         for forbidden in (names.raw, names.protected, names.dlq, names.features, names.erasure, "anything"):
             with pytest.raises(TopicNotAllowedError, match=forbidden.replace(".", r"\.")):
                 check_topics([*topics, forbidden], names)
+
+
+def test_the_command_refuses_no_token_beyond_loopback() -> None:
+    from click.testing import CliRunner
+
+    from stream.cli import cli
+
+    r = CliRunner().invoke(cli, ["console", "--host", "0.0.0.0", "--no-token"])
+    assert r.exit_code == 2 and "loopback address only" in r.output
+    r = CliRunner().invoke(cli, ["console", "--token", "t", "--no-token"])
+    assert r.exit_code == 2 and "at most one of --token, --no-token" in r.output
