@@ -21,7 +21,9 @@ receipt with its Ed25519 receipt key (:mod:`stream.crypto.signing`, signer ``rec
 ``signer`` is the key's public id and ``signature`` covers the canonical receipt - the
 receipt without ``signature`` as JSON with sorted keys and no whitespace. Ed25519 is
 deterministic, so a re-delivered receipt carries the same signature. ``streamgate audit``
-verifies with the public key and flags anything unsigned or forged.
+verifies with the public key and flags anything unsigned or forged. The learner signs its
+``drift`` records with :func:`sign_receipt` too, but with its own snapshot key: they verify with
+that key (the console does), never with the receipt key, so none passes as a shredder receipt.
 
 A refused erasure request gets a ``kind="erasure_rejected"`` record that names no person
 (``subject`` null, and ``request_id`` null unless the request was authenticated).
