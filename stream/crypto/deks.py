@@ -153,6 +153,11 @@ class KeyStore(Protocol):
         ...
 
 
+def _unavailable(exc: BaseException) -> KeyUnavailableError:
+    # Name the failure class only: server replies can quote key names, which contain subjects.
+    return KeyUnavailableError(f"data key store unavailable ({type(exc).__name__})")
+
+
 class MemoryKeyStore:
     """In-memory :class:`KeyStore` for unit tests: same semantics as Redis, expiry by an injected clock."""
 
@@ -401,7 +406,12 @@ class DekProvider:
 
     def _get(self, refs: list[tuple[str, int]]) -> list[bytes | None]:
         self.stats.store_reads += 1
-        values = self._store.get_many(refs)
+        try:
+            values = self._store.get_many(refs)
+        except KeyUnavailableError:
+            raise
+        except OSError as exc:  # a store that did not map its I/O failure: fail closed all the same
+            raise _unavailable(exc) from None
         if len(values) != len(refs):
             raise KeyUnavailableError("data key store returned a malformed answer")
         return values
@@ -422,7 +432,12 @@ class DekProvider:
         if fresh:
             expire_at = self.expire_at(epoch)
             items = [(key.subject, epoch, value, expire_at) for key, value in fresh]
-            winners = self._store.create_many(items)
+            try:
+                winners = self._store.create_many(items)
+            except KeyUnavailableError:
+                raise
+            except OSError as exc:
+                raise _unavailable(exc) from None
             if len(winners) != len(items):
                 raise KeyUnavailableError("data key store returned a malformed answer")
             for (key, ours), stored in zip(fresh, winners, strict=True):
