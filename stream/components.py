@@ -18,15 +18,17 @@ from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 from stream.config import Settings
-from stream.crypto.deks import DekProvider, RedisKeyStore
+from stream.crypto.deks import DekProvider
 from stream.crypto.keyring import Keyring
-from stream.crypto.keystore import KeyStoreGuard, identity_probe
-from stream.crypto.kms import LocalKMS, WrapCounter
-from stream.crypto.tokens import Pseudonyms, Tokenizer
+from stream.crypto.keystore import KeyStoreGuard
+from stream.crypto.kms import LocalKMS
+from stream.crypto.tokens import Tokenizer
 from stream.gateway.core import Gateway
 from stream.redisdb import RedisClient, client_for
-from stream.retention.invalidation import ShredListener
 from stream.schema import load_schema
+from stream.storage.invalidation import ShredListener
+from stream.storage.keys import RedisKeyStore, RedisWrapCounter, identity_probe
+from stream.storage.pseudonyms import Pseudonyms
 
 if TYPE_CHECKING:
     from stream.ldp.memo import MemoRequest, MemoResult, MemoStore
@@ -79,8 +81,8 @@ def build_dek_provider(
         max_entries=settings.dek_cache_max_entries,
         clock=clock,
         guard=build_keystore_guard(settings, client) if guard else None,
-        wrap_counter=WrapCounter(client, settings.redis_key_prefix, warn_at=settings.kek_wrap_warn_at,
-                                 refuse_at=settings.kek_wrap_limit),
+        wrap_counter=RedisWrapCounter(client, settings.redis_key_prefix, warn_at=settings.kek_wrap_warn_at,
+                                      refuse_at=settings.kek_wrap_limit),
     )
     if listen:
         start_invalidation(settings, provider, tokenizer)
@@ -199,7 +201,7 @@ def build_gateway(
 def build_pseudonyms(settings: Settings, keyring: Keyring | None = None, *, client: RedisClient | None = None,
                      clock: Callable[[], float] = time.time, guard: KeyStoreGuard | None = None,
                      on_erased: Callable[[dict[str, int], float], object] | None = None) -> Pseudonyms:
-    """The tk2 pseudonym store of ``settings``' person domain (:class:`stream.crypto.tokens.Pseudonyms`);
+    """The tk2 pseudonym store of ``settings``' person domain (:class:`stream.storage.pseudonyms.Pseudonyms`);
     ``guard`` drops its cache when Redis lost data (pass the DEK provider's); ``on_erased``: the
     gateway's ledger exhauster."""
     return Pseudonyms(keyring or Keyring.from_settings(settings), client or redis_client(settings),

@@ -282,14 +282,6 @@ class Settings(BaseSettings):
 
     topics: TopicNames = Field(default_factory=TopicNames)
 
-    def web_port_for(self, worker: str) -> int:
-        """The web port of ``worker`` (``gateway``, ``privatizer``, ``shredder``, ``learner``); 0 = disabled."""
-        if self.web_port is not None:
-            return self.web_port
-        from stream.apps.registry import WORKERS
-
-        return WORKERS[worker].port if worker in WORKERS else 6070
-
     def kafka_security(self) -> dict[str, str]:
         """librdkafka settings of the SASL principal (``security.protocol``, ``sasl.*``), ``{}`` without one."""
         if not self.kafka_sasl_username:

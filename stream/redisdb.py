@@ -15,11 +15,12 @@ Key layout (``<prefix>`` is ``STREAMGATE_REDIS_KEY_PREFIX``; braces are literal 
     <prefix>:erasure:<request id>               erasure record               anywhere (one key)
     <prefix>:kek-wraps:<kek id>                 wrap counter                 anywhere (one key)
     <prefix>:keystore[:{<slot tag>}]            key-store marker             one per master on a cluster
+    <prefix>:shredded                           pub/sub channel of shreds    (a channel, not a key)
 
 A person's keys share the hash tag ``{<token>}``, so every script or transaction over one person
 runs in one slot. The ledger must not name the token (an erasure keeps it), so its tag is
-:func:`slot_tag` of the person's slot: a short string that hashes to the same slot (its name is
-built by :func:`stream.ldp.ledger.ledger_key` only). The erased marker shares the tag of ``pid``:
+:func:`slot_tag` of the person's slot: a short string that hashes to the same slot. Every name
+above is built by a function here and nowhere else. The erased marker shares the tag of ``pid``:
 the erasure deletes ``pid`` and writes the marker in one script, and the gateway's mint reads both
 in one script.
 ``shard = crc32(token) mod STREAMGATE_REDIS_DEADLINE_SHARDS``: every member of one person is in one shard.
@@ -48,18 +49,31 @@ if TYPE_CHECKING:
 __all__ = [
     "REDIS_ERRORS",
     "RedisClient",
+    "budget_key",
     "check_prefix",
     "client_for",
     "connect",
     "deadline_shard",
     "deadlines_key",
+    "dek_key",
+    "erasure_key",
     "eval_many",
     "is_cluster",
+    "kek_wraps_key",
     "key_slot",
+    "keystore_key",
+    "ledger_key",
+    "memo_key",
     "mget",
     "pending_key",
+    "perased_key",
+    "person_slot",
     "person_tag",
+    "pid_key",
+    "ptok_affixes",
+    "ptok_key",
     "shard_tag",
+    "shred_channel",
     "slot_tag",
 ]
 
@@ -149,6 +163,74 @@ def deadlines_key(prefix: str, shard: int) -> str:
 
 def pending_key(prefix: str, shard: int) -> str:
     return f"{prefix}:shredder:pending:{shard_tag(shard)}"
+
+
+# --- key names (the layout in the module docstring; built here only) ---------------------------
+def dek_key(prefix: str, subject: str, epoch: int | str) -> str:
+    """The wrapped data key of ``(subject, epoch)``."""
+    return f"{prefix}:dek:{person_tag(subject)}:{epoch}"
+
+
+def memo_key(prefix: str, subject: str, epoch: int | str) -> str:
+    """The LDP memo hash of ``(subject, epoch)``."""
+    return f"{prefix}:memo:{person_tag(subject)}:{epoch}"
+
+
+def budget_key(prefix: str, subject: str, epoch: int | str) -> str:
+    """The old per-attribute budget hash of ``(subject, epoch)`` (only deleted)."""
+    return f"{prefix}:budget:{person_tag(subject)}:{epoch}"
+
+
+def person_slot(subject: str) -> int:
+    """The hash slot of a person's keys (their ledgers too, without naming the token)."""
+    return int(key_slot(person_tag(subject).encode("ascii")))
+
+
+def ledger_key(prefix: str, subject: str, ledger: str) -> str:
+    """The epsilon ledger ``ledger`` of ``subject``: in the person's slot, named by :func:`slot_tag`."""
+    return f"{prefix}:ledger:{{{slot_tag(person_slot(subject))}}}:{ledger}"
+
+
+def pid_key(prefix: str, lookup_id: str) -> str:
+    """The tk2 secret of the person with lookup id ``lookup_id``."""
+    return f"{prefix}:pid:{person_tag(lookup_id)}"
+
+
+def perased_key(prefix: str, lookup_id: str) -> str:
+    """The erased marker of the person with lookup id ``lookup_id`` (in the slot of their ``pid``)."""
+    return f"{prefix}:perased:{person_tag(lookup_id)}"
+
+
+def ptok_affixes(prefix: str) -> tuple[str, str]:
+    """``(head, tail)`` with ``ptok_key(prefix, token) == head + token + tail`` (for a script that
+    names the index of a token it reads)."""
+    return f"{prefix}:ptok:{{", "}"
+
+
+def ptok_key(prefix: str, token: str) -> str:
+    """The tk2 token index: token -> lookup id (in the person's slot)."""
+    head, tail = ptok_affixes(prefix)
+    return head + token + tail
+
+
+def erasure_key(prefix: str, request_id: str) -> str:
+    """The record of a processed erasure request."""
+    return f"{prefix}:erasure:{request_id}"
+
+
+def kek_wraps_key(prefix: str, kek_id: str) -> str:
+    """The wrap counter of KEK ``kek_id``."""
+    return f"{prefix}:kek-wraps:{kek_id}"
+
+
+def keystore_key(prefix: str, slot: int | None = None) -> str:
+    """The key-store marker: one per server, or one per cluster master in a ``slot`` it owns."""
+    return f"{prefix}:keystore" if slot is None else f"{prefix}:keystore:{{{slot_tag(slot)}}}"
+
+
+def shred_channel(prefix: str) -> str:
+    """The pub/sub channel on which the shredder announces destroyed keys."""
+    return f"{prefix}:shredded"
 
 
 def mget(client: RedisClient, names: Sequence[str]) -> list[Any]:

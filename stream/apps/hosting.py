@@ -26,6 +26,7 @@ import faust
 from faust.app.base import BootStrategy
 from mode import Service
 
+from stream.apps.registry import web_port
 from stream.config import Settings
 from stream.errors import StreamgateError
 from stream.ops.metrics import WorkerMetrics
@@ -126,7 +127,7 @@ def worker_app(
     bootstrap = settings.kafka_bootstrap_or_dev()
     datadir = settings.state_dir / ("faust" if worker == "gateway" else f"faust-{worker}")
     datadir.mkdir(parents=True, exist_ok=True)  # Faust creates only the last level
-    port = settings.web_port_for(worker)
+    port = web_port(settings, worker)
     app = faust.App(
         f"streamgate-{worker}",
         broker=f"kafka://{bootstrap}",

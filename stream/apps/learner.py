@@ -2,7 +2,7 @@
 
 Like every streamgate worker the Kafka loop is a confluent-kafka batch engine hosted in a
 Faust worker (:mod:`stream.apps.hosting`: lifecycle, signals, ``/healthz``, ``/readyz``,
-``/metrics``, ``ops.metrics``). Port: ``settings.web_port_for("learner")`` (6069).
+``/metrics``, ``ops.metrics``). Port: ``web_port(settings, "learner")`` (6069, :mod:`stream.apps.registry`).
 
 What it does
 ------------
@@ -80,12 +80,10 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, ClassVar
 
-import faust
 import orjson
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, TopicPartition
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
-from stream.apps.hosting import worker_app
 from stream.config import Settings
 from stream.crypto.keyring import Keyring
 from stream.crypto.signing import signing_key, verify_key
@@ -106,7 +104,6 @@ __all__ = [
     "SNAPSHOT_KEY_PURPOSE",
     "LearnerEngine",
     "LearnerStats",
-    "create_app",
     "drift_record",
     "fresh_model",
     "latest_snapshot_bytes",
@@ -572,17 +569,3 @@ class LearnerEngine(StreamEngine):
                 m.set_model_metric(self.model_name, metric, float(v))
         m.set_model_metric(self.model_name, "examples_seen", float(self.examples_seen))
         m.set_model_metric(self.model_name, "drifts", float(self.monitor.detections))
-
-
-def create_app(settings: Settings) -> faust.App:
-    """The learner's Faust app. ``streamgate learner`` runs it as a worker (hosted like every
-    worker: :mod:`stream.apps.hosting`)."""
-
-    def build(metrics: WorkerMetrics) -> LearnerEngine:
-        if settings.learn_federated:  # one of N learners, aggregating while it holds the updates partition
-            from stream.apps.federated import FederatedLearnerEngine
-
-            return FederatedLearnerEngine(settings, metrics=metrics)
-        return LearnerEngine(settings, metrics=metrics)
-
-    return worker_app(settings, "learner", build, lambda engine: engine.as_dict())

@@ -50,8 +50,8 @@ from stream.ldp.policy import LdpPolicy
 from stream.ldp.privatizer import Privatizer, PrivatizeResult, ProtectedRecord
 from stream.ops.metrics import WorkerMetrics
 from stream.redisdb import RedisClient
-from stream.retention.invalidation import ShredListener
 from stream.schema import load_schema
+from stream.storage.invalidation import ShredListener
 
 __all__ = [
     "PrivatizerEngine",

@@ -15,7 +15,7 @@ if TYPE_CHECKING:
 
     from stream.config import Settings
 
-__all__ = ["WORKERS", "WorkerSpec", "run_worker", "writer_of"]
+__all__ = ["WORKERS", "WorkerSpec", "run_worker", "web_port", "writer_of"]
 
 
 @dataclass(frozen=True)
@@ -44,10 +44,17 @@ WORKERS: dict[str, WorkerSpec] = {
                    writes=("features", "frequencies", "partials"), group_setting="privatizer_consumer_group"),
         WorkerSpec("shredder", 6068, "stream.apps.shredder", uses_redis=True,
                    writes=("audit",), group_setting="shredder_consumer_group"),
-        WorkerSpec("learner", 6069, "stream.apps.learner", uses_redis=False,
+        WorkerSpec("learner", 6069, "stream.apps.learner_worker", uses_redis=False,
                    writes=("snapshots",), group_setting="learner_consumer_group"),
     )
 }
+
+
+def web_port(settings: Settings, worker: str) -> int:
+    """The web port of ``worker`` (``gateway``, ``privatizer``, ``shredder``, ``learner``); 0 = disabled."""
+    if settings.web_port is not None:
+        return settings.web_port
+    return WORKERS[worker].port if worker in WORKERS else 6070
 
 
 def writer_of(settings: Settings, topic: str) -> WorkerSpec | None:

@@ -46,9 +46,9 @@ from stream.retention.core import (
     candidate_epochs,
     parse_erasure_request,
 )
-from stream.retention.redis_store import RedisShredStore
-from stream.retention.topics import load_topics_config, tombstone_topics
 from stream.schema import load_schema
+from stream.storage.retention import RedisShredStore
+from stream.storage.topics import load_topics_config, tombstone_topics
 
 __all__ = ["KafkaReceiptSink", "ShredderEngine", "create_app", "worker_id"]
 

@@ -107,8 +107,8 @@ def register(cli: click.Group) -> None:
 
         from stream.apps.learner import snapshot_key
         from stream.kafka import admin_client, ensure_topics, reachable_bootstrap
-        from stream.retention.topics import apply_topics, load_topics_config
         from stream.schema import load_schema
+        from stream.storage.topics import apply_topics, load_topics_config
 
         settings = _settings()
         if federated is not None:

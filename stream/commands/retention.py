@@ -121,8 +121,8 @@ def register(cli: click.Group) -> None:
         from stream.crypto.signing import signing_key, verify_key
         from stream.errors import ConfigError
         from stream.kafka import admin_client, ensure_topics, reachable_bootstrap
-        from stream.retention.topics import load_topics_config, tombstone_topics
         from stream.schema import load_schema
+        from stream.storage.topics import load_topics_config, tombstone_topics
 
         settings = _settings()
         # fail fast on the shredder's keys: token keys, the eraser's public key, the receipt signing key
@@ -303,7 +303,7 @@ def register(cli: click.Group) -> None:
         whole closed segments only. The config keeps segment.ms below retention.ms for that reason.
         """
         from stream.kafka import reachable_bootstrap
-        from stream.retention.topics import apply_topics, load_topics_config
+        from stream.storage.topics import apply_topics, load_topics_config
 
         settings = _settings()
         specs = load_topics_config(settings, config or settings.topics_config)

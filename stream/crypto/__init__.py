@@ -2,16 +2,16 @@
 
 * :mod:`~stream.crypto.keyring` - the KEK keyring (rotation, HKDF purpose keys).
 * :mod:`~stream.crypto.kms` - envelope wrapping of data keys (:class:`LocalKMS`, :class:`KMS` seam).
-* :mod:`~stream.crypto.deks` - per-person, per-epoch data keys in Redis, cached, shreddable.
-* :mod:`~stream.crypto.keystore` - the key-store identity guard (drops caches when Redis lost data).
+* :mod:`~stream.crypto.deks` - per-person, per-epoch data keys in a key store, cached, shreddable.
+* :mod:`~stream.crypto.keystore` - the key-store identity guard (drops caches when the store lost data).
 * :mod:`~stream.crypto.fields` - the ``sg1`` AEAD ciphertext format of one field value.
-* :mod:`~stream.crypto.tokens` - keyed HMAC tokens (``tk1_``) for identifiers.
+* :mod:`~stream.crypto.tokens` - keyed HMAC tokens (``tk1_``, ``tk2_``) for identifiers.
 
-Callers get safe defaults and typed, opaque errors (:mod:`stream.errors`);
-nothing here logs, and no error message carries a key or a field value.
+Callers get safe defaults and typed, opaque errors (:mod:`stream.errors`); no error message
+carries a key or a field value. No I/O here: the stores on Redis are in :mod:`stream.storage`.
 """
 
-from stream.crypto.deks import DataKey, DekProvider, DekStats, KeyStore, MemoryKeyStore, RedisKeyStore
+from stream.crypto.deks import DataKey, DekProvider, DekStats, KeyStore, MemoryKeyStore
 from stream.crypto.fields import (
     CIPHERTEXT_PREFIX,
     CiphertextHeader,
@@ -21,7 +21,7 @@ from stream.crypto.fields import (
     parse_ciphertext,
 )
 from stream.crypto.keyring import Keyring, key_fingerprint
-from stream.crypto.keystore import KeyStoreGuard, RedisIdentityProbe
+from stream.crypto.keystore import KeyStoreGuard
 from stream.crypto.kms import KMS, LocalKMS
 from stream.crypto.tokens import TOKEN_PREFIX, Tokenizer
 
@@ -38,8 +38,6 @@ __all__ = [
     "Keyring",
     "LocalKMS",
     "MemoryKeyStore",
-    "RedisIdentityProbe",
-    "RedisKeyStore",
     "Tokenizer",
     "decrypt_value",
     "encrypt_value",

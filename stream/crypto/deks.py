@@ -6,18 +6,10 @@ with an expiry at the end of that epoch's retention. Destroying the stored
 (wrapped) key - by expiry or by the shredder - makes every ciphertext under it
 unreadable everywhere: the plaintext key only ever lives in process memory.
 
-Redis layout (:class:`RedisKeyStore`; the shredder relies on it; braces are hash tags,
-:mod:`stream.redisdb`)::
-
-    <prefix>:dek:{<subject>}:<epoch>     string  stored value, EXPIREAT = expire_at   (SET NX EXAT)
-    <prefix>:deadlines:{shard-NN}        zset    member "<subject>:<epoch>", score = expire_at (ZADD NX)
-
-``expire_at = (epoch + 1) * epoch_seconds + retention_seconds`` (unix seconds).
-Subjects are person tokens (``[A-Za-z0-9_.=-]``, never ``:``), so a deadline
-member splits unambiguously with ``member.rsplit(":", 1)``. The deadline index
-lets the shredder act even when Redis expiry notifications are missed; ZADD NX
-keeps the first deadline recorded for a key. It is sharded (``shard = crc32(subject)
-mod shards``) so that no single sorted set takes every write.
+The store is a :class:`KeyStore`: :class:`MemoryKeyStore` here, Redis in
+:class:`stream.storage.keys.RedisKeyStore` (its layout: :mod:`stream.storage.keys`). Keys
+expire at ``expire_at = (epoch + 1) * epoch_seconds + retention_seconds`` (unix seconds), and
+every created key is indexed by that deadline, so the shredder can act on it.
 
 Stored value (opaque to the store, parsed only here)::
 
@@ -35,12 +27,8 @@ existed and was shredded" (:class:`KeyShreddedError`) from "this header was
 forged, or moved to another person or epoch" (plain :class:`DecryptError`)
 without any tombstones: tampering never masquerades as shredding.
 
-Concurrency: creation is create-if-absent (SET NX); a worker that loses a race adopts
-the winner's value, so all workers agree on one key per (subject, epoch). On one
-server the whole batch (deadline entries, SET NX, GET) is one MULTI/EXEC. On a
-cluster the deadline entries are written first (one pipeline), then SET NX and GET
-(another): a key may be indexed without existing (the shredder's receipt then says
-``expired_before_shred``), never exist without being indexed.
+Concurrency: creation is create-if-absent; a worker that loses a race adopts
+the winner's value, so all workers agree on one key per (subject, epoch).
 
 Cache: :class:`DekProvider` caches unwrapped keys in-process, bounded in size
 (least recently used evicted) and in age: an entry older than ``max_staleness_seconds`` (by
@@ -73,16 +61,6 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from stream.crypto.keystore import KeyStoreGuard
 from stream.crypto.kms import KMS, LocalKMS, WrapCounter
 from stream.errors import DecryptError, KeyShreddedError, KeyUnavailableError
-from stream.redisdb import (
-    REDIS_ERRORS,
-    RedisClient,
-    check_prefix,
-    deadline_shard,
-    deadlines_key,
-    is_cluster,
-    mget,
-    person_tag,
-)
 
 __all__ = [
     "DataKey",
@@ -90,7 +68,7 @@ __all__ = [
     "DekStats",
     "KeyStore",
     "MemoryKeyStore",
-    "RedisKeyStore",
+    "check_epoch",
     "check_subject",
 ]
 
@@ -109,7 +87,8 @@ def check_subject(subject: str) -> str:
     return subject
 
 
-def _check_epoch(epoch: int) -> int:
+def check_epoch(epoch: int) -> int:
+    """Validate a retention epoch (a non-negative int)."""
     if type(epoch) is not int or epoch < 0:
         raise ValueError("epoch must be a non-negative int")
     return epoch
@@ -174,85 +153,6 @@ class KeyStore(Protocol):
         ...
 
 
-class RedisKeyStore:
-    """:class:`KeyStore` on Redis (one server or a cluster); see the module docstring for the key layout.
-
-    ``client`` must return bytes (``decode_responses=False``). One round trip per
-    batch: ``get_many`` is one MGET (per slot on a cluster), ``create_many`` one pipelined
-    MULTI/EXEC (two pipelines on a cluster).
-    """
-
-    def __init__(self, client: RedisClient, prefix: str = "sg", *, shards: int = 16) -> None:
-        if client.get_encoder().decode_responses:
-            raise ValueError("RedisKeyStore needs a client with decode_responses=False (values are binary)")
-        if shards <= 0:
-            raise ValueError("shards must be > 0")
-        self._client = client
-        self.prefix = check_prefix(prefix)
-        self.shards = int(shards)
-        self.cluster = is_cluster(client)
-
-    def key_name(self, subject: str, epoch: int) -> str:
-        """Redis key holding the wrapped DEK of ``(subject, epoch)``."""
-        return f"{self.prefix}:dek:{person_tag(subject)}:{epoch}"
-
-    def deadlines_key(self, subject: str) -> str:
-        """The deadline-index shard of ``subject``."""
-        return deadlines_key(self.prefix, deadline_shard(subject, self.shards))
-
-    @staticmethod
-    def deadline_member(subject: str, epoch: int) -> str:
-        """Member of the deadline zset for ``(subject, epoch)``."""
-        return f"{subject}:{epoch}"
-
-    @staticmethod
-    def parse_deadline_member(member: str | bytes) -> tuple[str, int]:
-        """Inverse of :meth:`deadline_member`."""
-        text = member.decode("ascii") if isinstance(member, bytes) else member
-        subject, _, epoch = text.rpartition(":")
-        return subject, int(epoch)
-
-    def get_many(self, refs: Sequence[tuple[str, int]]) -> list[bytes | None]:
-        if not refs:
-            return []
-        names = [self.key_name(check_subject(s), _check_epoch(e)) for s, e in refs]
-        try:
-            values = mget(self._client, names)
-        except REDIS_ERRORS as exc:
-            raise _unavailable(exc) from None
-        return [None if v is None else bytes(v) for v in values]
-
-    def create_many(self, items: Sequence[tuple[str, int, bytes, int]]) -> list[bytes]:
-        if not items:
-            return []
-        index: dict[str, dict[str, int]] = {}
-        for subject, epoch, _value, expire_at in items:
-            member = self.deadline_member(check_subject(subject), _check_epoch(epoch))
-            index.setdefault(self.deadlines_key(subject), {})[member] = int(expire_at)
-        try:
-            pipe = self._client.pipeline(transaction=not self.cluster)
-            for shard_key, members in index.items():
-                pipe.zadd(shard_key, members, nx=True)
-            if self.cluster:
-                pipe.execute()  # indexed before created (the shards are in other slots than the keys)
-                pipe = self._client.pipeline(transaction=False)
-            for subject, epoch, value, expire_at in items:
-                name = self.key_name(subject, epoch)
-                pipe.set(name, value, nx=True, exat=int(expire_at))
-                pipe.get(name)
-            results = pipe.execute()
-        except REDIS_ERRORS as exc:
-            raise _unavailable(exc) from None
-        stored = results[len(results) - 2 * len(items) + 1 :: 2]
-        if any(v is None for v in stored):
-            # Only possible when expire_at is already in the past by the server's clock.
-            raise KeyUnavailableError("data key expired on creation (its retention deadline has passed)")
-        return [bytes(v) for v in stored]
-
-    def __repr__(self) -> str:
-        return f"RedisKeyStore(prefix={self.prefix!r})"
-
-
 def _unavailable(exc: BaseException) -> KeyUnavailableError:
     # Name the failure class only: server replies can quote key names, which contain subjects.
     return KeyUnavailableError(f"data key store unavailable ({type(exc).__name__})")
@@ -279,14 +179,14 @@ class MemoryKeyStore:
     def get_many(self, refs: Sequence[tuple[str, int]]) -> list[bytes | None]:
         now = self._clock()
         with self._lock:
-            return [self._live((check_subject(s), _check_epoch(e)), now) for s, e in refs]
+            return [self._live((check_subject(s), check_epoch(e)), now) for s, e in refs]
 
     def create_many(self, items: Sequence[tuple[str, int, bytes, int]]) -> list[bytes]:
         now = self._clock()
         out: list[bytes] = []
         with self._lock:
             for subject, epoch, value, expire_at in items:
-                ref = (check_subject(subject), _check_epoch(epoch))
+                ref = (check_subject(subject), check_epoch(epoch))
                 current = self._live(ref, now)
                 if current is None and now < expire_at:
                     self._values[ref] = (bytes(value), int(expire_at))
@@ -376,7 +276,7 @@ class DekProvider:
         Raises ``ValueError`` for an epoch whose retention already ended (a key
         created for it would be born shredded).
         """
-        _check_epoch(epoch)
+        check_epoch(epoch)
         wanted = list(dict.fromkeys(subjects))
         now = self._clock()
         if self.expire_at(epoch) <= now:
@@ -418,7 +318,7 @@ class DekProvider:
         """
         try:
             check_subject(subject)
-            _check_epoch(epoch)
+            check_epoch(epoch)
         except ValueError:
             # A reference no key can have (e.g. a forged event): as opaque as any bad ciphertext.
             raise DecryptError() from None
@@ -510,7 +410,7 @@ class DekProvider:
             values = self._store.get_many(refs)
         except KeyUnavailableError:
             raise
-        except REDIS_ERRORS as exc:
+        except OSError as exc:  # a store that did not map its I/O failure: fail closed all the same
             raise _unavailable(exc) from None
         if len(values) != len(refs):
             raise KeyUnavailableError("data key store returned a malformed answer")
@@ -536,7 +436,7 @@ class DekProvider:
                 winners = self._store.create_many(items)
             except KeyUnavailableError:
                 raise
-            except REDIS_ERRORS as exc:
+            except OSError as exc:
                 raise _unavailable(exc) from None
             if len(winners) != len(items):
                 raise KeyUnavailableError("data key store returned a malformed answer")

@@ -366,7 +366,7 @@ class Keyring:
         """The credential of ``role`` (:data:`ROLES`): only the derived keys that role needs, never a raw KEK.
 
         A role with token keys gets ``token/<d>`` for each of ``token_domains`` and, for
-        ``person_domain``, the keys of tk2 person tokens (:class:`stream.crypto.tokens.Pseudonyms`).
+        ``person_domain``, the keys of tk2 person tokens (:class:`stream.crypto.tokens.PseudonymKeys`).
         Derived deterministically, so a role credential and the master keyring interoperate (same
         tokens, same wrapped keys, same signing keys)."""
         spec = ROLES.get(role)

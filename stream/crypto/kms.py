@@ -22,8 +22,8 @@ LocalKMS blob format (all binary)::
 Usage limits (:class:`WrapCounter`): wraps use AES-GCM with a random 96-bit nonce,
 and NIST SP 800-38D caps random-nonce GCM at 2**32 invocations per key (nonce
 collision probability about q**2 / 2**97: 2**-33 at 2**32). Every wrap batch
-therefore reserves its count first with one atomic ``INCRBY`` on
-``<prefix>:kek-wraps:<kek id>`` (Redis, shared by every worker; one key, so any node of a cluster): at
+therefore reserves its count first with one atomic add to a count shared by every worker
+(:meth:`WrapCounter.count`; on Redis an ``INCRBY``: :class:`stream.storage.keys.RedisWrapCounter`): at
 ``warn_at`` (default 2**30) each crossing is logged and counted (``warnings``,
 ``last_total``: metric-ready); beyond ``refuse_at`` (default 2**31, half the NIST
 bound) no new key is wrapped: :class:`KekUsageExceededError` (a
@@ -38,6 +38,7 @@ limits this far below the bound that costs margin, not safety.
 
 from __future__ import annotations
 
+import abc
 import logging
 import os
 import threading
@@ -48,9 +49,8 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from stream.crypto.keyring import WRAP_PURPOSE, Keyring
 from stream.errors import DecryptError, KeyUnavailableError
-from stream.redisdb import REDIS_ERRORS, RedisClient, check_prefix
 
-__all__ = ["KMS", "KekUsageExceededError", "LocalKMS", "WrapCounter"]
+__all__ = ["KMS", "KekUsageExceededError", "LocalKMS", "MemoryWrapCounter", "WrapCounter"]
 
 log = logging.getLogger("streamgate.kms")
 
@@ -132,16 +132,13 @@ class KekUsageExceededError(KeyUnavailableError):
     """The primary KEK reached its wrap limit: no new data key is wrapped until the KEK is rotated."""
 
 
-class WrapCounter:
-    """Counts wraps per KEK in Redis (module docstring). Thread-safe; one INCRBY per reservation."""
+class WrapCounter(abc.ABC):
+    """Counts wraps per KEK in a shared store (module docstring): :meth:`count` is the store's atomic
+    add. Thread-safe; one :meth:`count` per reservation."""
 
-    def __init__(self, client: RedisClient, prefix: str, *, warn_at: int = WRAP_WARN_AT,
-                 refuse_at: int = WRAP_REFUSE_AT) -> None:
-        check_prefix(prefix)
+    def __init__(self, *, warn_at: int = WRAP_WARN_AT, refuse_at: int = WRAP_REFUSE_AT) -> None:
         if not 0 < warn_at <= refuse_at:
             raise ValueError("need 0 < warn_at <= refuse_at")
-        self._client = client
-        self.prefix = prefix
         self.warn_at = int(warn_at)
         self.refuse_at = int(refuse_at)
         self.warnings = 0  # reservations that ended at or above warn_at
@@ -149,16 +146,15 @@ class WrapCounter:
         self.last_total: dict[str, int] = {}
         self._lock = threading.Lock()
 
-    def key_name(self, kek_id: str) -> str:
-        return f"{self.prefix}:kek-wraps:{kek_id}"
+    @abc.abstractmethod
+    def count(self, kek_id: str, n: int) -> int:
+        """Add ``n`` to the wraps of ``kek_id`` atomically; the new total.
+        :class:`KeyUnavailableError` when the store is unreachable."""
 
     def reserve(self, kek_id: str, n: int) -> int:
         """Count ``n`` wraps under ``kek_id`` before doing them; returns the new total. Raises
         :class:`KekUsageExceededError` beyond ``refuse_at`` (nothing may be wrapped then)."""
-        try:
-            total = int(self._client.incrby(self.key_name(kek_id), int(n)))
-        except REDIS_ERRORS as exc:
-            raise KeyUnavailableError(f"data key store unavailable ({type(exc).__name__})") from None
+        total = int(self.count(kek_id, int(n)))
         with self._lock:
             self.last_total[kek_id] = total
             if total > self.refuse_at:
@@ -174,4 +170,17 @@ class WrapCounter:
         return total
 
     def __repr__(self) -> str:
-        return f"WrapCounter(prefix={self.prefix!r}, warn_at={self.warn_at}, refuse_at={self.refuse_at})"
+        return f"{type(self).__name__}(warn_at={self.warn_at}, refuse_at={self.refuse_at})"
+
+
+class MemoryWrapCounter(WrapCounter):
+    """A :class:`WrapCounter` in process memory (unit tests, one process)."""
+
+    def __init__(self, *, warn_at: int = WRAP_WARN_AT, refuse_at: int = WRAP_REFUSE_AT) -> None:
+        super().__init__(warn_at=warn_at, refuse_at=refuse_at)
+        self.totals: dict[str, int] = {}
+
+    def count(self, kek_id: str, n: int) -> int:
+        with self._lock:
+            self.totals[kek_id] = total = self.totals.get(kek_id, 0) + int(n)
+        return total

@@ -10,6 +10,7 @@ privatizer and aggregation live in sibling modules that build on these.
 
 from __future__ import annotations
 
+from stream.ldp.choice import choose_oracle, make_oracle
 from stream.ldp.csprng import ChaChaRandom
 from stream.ldp.grr import GRR
 from stream.ldp.longitudinal import LongitudinalDuchi, LongitudinalGRR, LongitudinalOUE
@@ -24,7 +25,7 @@ from stream.ldp.numeric import (
     mean_std_error,
 )
 from stream.ldp.olh import MERSENNE_P, OLH, olh_g
-from stream.ldp.oracle import FrequencyOracle, choose_oracle, make_oracle, secure_rng
+from stream.ldp.oracle import FrequencyOracle, secure_rng
 from stream.ldp.oue import OUE
 from stream.ldp.postprocess import clip_renormalize, project_simplex
 

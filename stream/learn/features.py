@@ -39,7 +39,7 @@ import math
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from stream.ldp.oracle import make_oracle
+from stream.ldp.choice import make_oracle
 from stream.learn.example import OLH_PRIME, PrivateExample, Report
 
 __all__ = ["NONE_VALUE", "FeatureMap", "scale_numeric"]

@@ -1,6 +1,6 @@
-"""Retention: the shredder's pure core (:mod:`.core`), receipts (:mod:`.receipts`), the Redis
-adapter (:mod:`.redis_store`), cache invalidation (:mod:`.invalidation`) and the Kafka-side
-topics config (:mod:`.topics`)."""
+"""Retention: the shredder's pure core (:mod:`.core`) and receipts (:mod:`.receipts`). Its I/O is in
+:mod:`stream.storage`: the Redis adapter (:mod:`stream.storage.retention`), cache invalidation
+(:mod:`stream.storage.invalidation`) and the Kafka-side topics config (:mod:`stream.storage.topics`)."""
 
 from __future__ import annotations
 

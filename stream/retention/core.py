@@ -11,7 +11,7 @@ so the store keeps an *outbox*, the pending hashes ``<prefix>:shredder:pending:{
    entry (subject, epoch, key id, reason, request id, time, worker, lease) and ZREM the member (one
    script in the shard's slot), then delete ``dek``/``memo``/``budget`` of that (subject, epoch) and
    PUBLISH ``<subject>:<epoch>`` on ``<prefix>:shredded`` (in the person's slot:
-   :mod:`stream.retention.redis_store`). The ZREM makes the claim exclusive: with several
+   :mod:`stream.storage.retention`). The ZREM makes the claim exclusive: with several
    shredders, exactly one wins a member; whoever finishes an entry destroys its keys again.
 2. **receipts**: build one receipt per pending entry (deterministic from the entry) and
    hand them to the sink, which returns only once the broker acknowledged them.
@@ -310,7 +310,7 @@ def candidate_epochs(now: float, *, epoch_seconds: int, retention_seconds: int, 
 
 # --------------------------------------------------------------------------- ports
 class ShredStore(Protocol):
-    """Key storage as the shredder sees it (Redis: :class:`stream.retention.redis_store.RedisShredStore`)."""
+    """Key storage as the shredder sees it (Redis: :class:`stream.storage.retention.RedisShredStore`)."""
 
     def claim_due(self, now: float, limit: int, *, at: float, worker: str, lease_until: float) -> list[PendingShred]:
         """Claim (exclusively: one winner per member) and destroy up to ``limit`` members with deadline <= ``now``."""

@@ -19,8 +19,8 @@ import pytest
 
 from stream.components import build_dek_provider
 from stream.kafka import ensure_topics
-from stream.retention.redis_store import RedisShredStore
 from stream.schema import output_validator
+from stream.storage.retention import RedisShredStore
 from tests.support.shred import Clock, add_ldp_entries, audit_receipts
 from tests.support.workers import settings_env
 

@@ -13,8 +13,8 @@ import pytest
 from stream.components import build_dek_provider, invalidation_listener, person_tokens
 from stream.errors import KeyShreddedError
 from stream.kafka import ensure_topics
-from stream.retention.redis_store import RedisShredStore
 from stream.schema import output_validator
+from stream.storage.retention import RedisShredStore
 from stream.synth import ClickstreamGenerator
 from tests.support.kafka import read_topic, running_engine, wait_for
 from tests.support.shred import (

@@ -143,8 +143,9 @@ def test_roles_issue_least_privilege_credentials_that_interoperate(tmp_path: Pat
     from stream.crypto.keyring import ROLES, RoleKeyring
     from stream.crypto.kms import LocalKMS
     from stream.crypto.signing import sign, signing_key, verify, verify_key
-    from stream.crypto.tokens import Pseudonyms, Tokenizer
+    from stream.crypto.tokens import Tokenizer
     from stream.errors import KeyringError
+    from stream.storage.pseudonyms import Pseudonyms
 
     ring_path = tmp_path / "ring.json"
     master = Keyring.generate().rotated()  # two KEKs: both wrapping keys go to the roles that unwrap

@@ -66,7 +66,7 @@ def test_topics_apply_creates_updates_and_is_idempotent(settings_factory, tmp_pa
     again = _run(env, "topics", "apply")
     assert again.returncode == 0 and f"{n} topics, 0 changed" in again.stderr, again.stderr
 
-    from stream.retention.topics import default_topics_config
+    from stream.storage.topics import default_topics_config
 
     changed = tmp_path / "topics.yaml"
     changed.write_text(default_topics_config().read_text().replace(

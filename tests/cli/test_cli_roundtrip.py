@@ -37,9 +37,9 @@ import redis
 
 from stream.config import TopicNames
 from stream.crypto.keyring import Keyring
-from stream.crypto.tokens import Pseudonyms
 from stream.dev.stack import free_port
 from stream.schema import load_schema
+from stream.storage.pseudonyms import Pseudonyms
 from stream.synth import ClickstreamGenerator
 from tests.support.fixtures import delete_prefixed_keys
 from tests.support.kafka import read_topic

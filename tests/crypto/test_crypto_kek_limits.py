@@ -8,11 +8,13 @@ import time
 
 import pytest
 
-from stream.crypto.deks import DekProvider, RedisKeyStore
+from stream.crypto.deks import DekProvider
 from stream.crypto.keyring import Keyring
-from stream.crypto.kms import KekUsageExceededError, LocalKMS, WrapCounter
+from stream.crypto.kms import KekUsageExceededError, LocalKMS
 from stream.errors import KeyUnavailableError
 from stream.redisdb import RedisClient
+from stream.storage.keys import RedisKeyStore
+from stream.storage.keys import RedisWrapCounter as WrapCounter
 
 pytestmark = pytest.mark.integration
 DAY = 86400

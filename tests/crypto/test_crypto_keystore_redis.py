@@ -19,7 +19,7 @@ from redis.cluster import RedisCluster
 from stream.apps.privatizer import build_privatizer
 from stream.components import build_dek_provider, build_gateway, guard_privatizer
 from stream.config import Settings
-from stream.crypto.keystore import ClusterIdentityProbe, KeyStoreGuard, RedisIdentityProbe, identity_probe
+from stream.crypto.keystore import KeyStoreGuard
 from stream.dev.stack import free_port
 from stream.errors import KeyShreddedError, KeyUnavailableError
 from stream.gateway.core import Gateway, RawRecord
@@ -27,6 +27,7 @@ from stream.gateway.reader import ProtectedEventReader
 from stream.ldp.privatizer import ProtectedRecord
 from stream.redisdb import RedisClient, connect
 from stream.schema import load_schema
+from stream.storage.keys import ClusterIdentityProbe, RedisIdentityProbe, identity_probe
 from stream.synth import ClickstreamGenerator
 from tests.support.fixtures import SINGLE_REDIS_ONLY, OwnCluster, OwnRedis
 

@@ -10,8 +10,8 @@ from collections.abc import Callable
 import pytest
 
 from stream.crypto.keyring import Keyring
-from stream.crypto.tokens import Pseudonyms
 from stream.redisdb import RedisClient
+from stream.storage.pseudonyms import Pseudonyms
 
 pytestmark = pytest.mark.integration
 

@@ -20,15 +20,15 @@ from redis.cluster import RedisCluster
 from redis.retry import Retry
 
 from stream.config import Settings
-from stream.crypto.deks import DataKey, DekProvider, RedisKeyStore
+from stream.crypto.deks import DataKey, DekProvider
 from stream.crypto.fields import decrypt_value, encrypt_value
 from stream.crypto.keyring import Keyring
-from stream.crypto.keystore import identity_probe
 from stream.crypto.kms import LocalKMS
 from stream.errors import ConfigError, KeyShreddedError, KeyUnavailableError
 from stream.ldp.memo import MemoRequest, RedisMemoStore
 from stream.redisdb import RedisClient, client_for, connect
-from stream.retention.redis_store import RedisShredStore
+from stream.storage.keys import RedisKeyStore, identity_probe
+from stream.storage.retention import RedisShredStore
 from tests.support.cluster import OwnCluster
 
 DAY = 86400

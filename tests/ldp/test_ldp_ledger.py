@@ -14,7 +14,7 @@ from stream.ldp.ledger import LEDGER_PURPOSE, LedgerExhauster, ledger_id, ledger
 from stream.ldp.memo import MICRO, MemoRequest, RedisMemoStore
 from stream.ldp.privatizer import ProtectedRecord
 from stream.redisdb import SLOTS, RedisClient, key_slot
-from stream.retention.redis_store import RedisShredStore
+from stream.storage.retention import RedisShredStore
 from tests.support.ldp import make_privatizer, protect
 
 pytestmark = pytest.mark.integration

@@ -10,9 +10,9 @@ from typing import Any
 import numpy as np
 import pytest
 
+from stream.ldp.choice import make_oracle
 from stream.ldp.numeric import make_numeric
 from stream.ldp.olh import olh_g
-from stream.ldp.oracle import make_oracle
 from stream.learn.example import EXAMPLE_SCHEMA, FEATURE_SCHEMA, LABEL_NAME, PrivateExample
 from stream.learn.features import FeatureMap, scale_numeric
 

@@ -18,6 +18,7 @@ from typing import Any
 import pytest
 import yaml
 
+from stream.apps.registry import web_port
 from stream.config import Settings
 from stream.ops.metrics import SERIES, exposed_names
 
@@ -106,7 +107,7 @@ def test_compose_workers(compose: dict[str, Any], worker: str) -> None:
     assert env["STREAMGATE_KAFKA_SASL_USERNAME"] == worker
     assert env["STREAMGATE_KAFKA_SASL_PASSWORD_FILE"] == f"/run/secrets/kafka_{worker}"
     port = int(env["STREAMGATE_WEB_PORT"])
-    assert port == Settings(web_port=None).web_port_for(worker)  # the same port as the worker's default
+    assert port == web_port(Settings(web_port=None), worker)  # the same port as the worker's default
     assert str(port) in svc["expose"]
     replicas = svc.get("deploy", {}).get("replicas", 1)
     if replicas > 1:  # replicas share the consumer group; a published host port would collide

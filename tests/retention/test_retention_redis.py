@@ -20,9 +20,9 @@ from stream.errors import DecryptError, KeyShreddedError, KeyUnavailableError
 from stream.gateway.reader import SHREDDED_MASK, Shredded
 from stream.redisdb import deadlines_key, pending_key
 from stream.retention.core import MemorySink, Shredder, ShredderError
-from stream.retention.invalidation import ShredListener, parse_message
-from stream.retention.redis_store import RedisShredStore
 from stream.schema import output_validator
+from stream.storage.invalidation import ShredListener, parse_message
+from stream.storage.retention import RedisShredStore
 from tests.support.shred import Clock, add_ldp_entries, key_name, protect, reader, redis_keys_of, token_of
 
 pytestmark = pytest.mark.integration

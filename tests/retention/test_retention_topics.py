@@ -8,7 +8,7 @@ import pytest
 
 from stream.config import Settings, TopicNames
 from stream.errors import ConfigError
-from stream.retention.topics import default_topics_config, load_topics_config, tombstone_topics
+from stream.storage.topics import default_topics_config, load_topics_config, tombstone_topics
 
 REPO = Path(__file__).resolve().parents[2]
 

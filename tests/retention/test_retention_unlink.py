@@ -20,8 +20,8 @@ from stream.config import Settings
 from stream.errors import KeyShreddedError
 from stream.gateway.core import QUARANTINE_SUBJECT, RawRecord, unseal_dead_letter
 from stream.retention.core import MemorySink, Shredder
-from stream.retention.redis_store import RedisShredStore
 from stream.schema import output_validator
+from stream.storage.retention import RedisShredStore
 from stream.synth import ClickstreamGenerator
 from tests.support.shred import Clock, key_name, signed_request
 

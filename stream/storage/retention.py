@@ -1,5 +1,5 @@
 """The shredder's Redis adapter (:class:`RedisShredStore`), on the layout of
-:mod:`stream.redisdb` (braces are hash tags)::
+:mod:`stream.redisdb` (names built there; braces are hash tags)::
 
     <prefix>:dek:{<subject>}:<epoch>        wrapped DEK (value "1.<key id>.<blob>")
     <prefix>:memo:{<subject>}:<epoch>       LDP memo hash
@@ -7,7 +7,7 @@
     <prefix>:deadlines:{shard-NN}           zset member "<subject>:<epoch>", score = expire_at
     <prefix>:shredder:pending:{shard-NN}    hash: the receipt outbox of that shard (see stream.retention.core)
     <prefix>:erasure:<request_id>           string: the record of a processed erasure request (EX = retention)
-    <prefix>:ptok:{<token>} / pid:{<L>}     the person's tk2 secret (stream.crypto.tokens): deleted by the erasure
+    <prefix>:ptok:{<token>} / pid:{<L>}     the person's tk2 secret (stream.storage.pseudonyms): deleted by the erasure
     <prefix>:perased:{<L>}                  written with the pid's deletion: the erasure's epoch (stream.ldp.ledger),
                                             no token; in the slot of pid:{<L>}
     <prefix>:shredded                       pub/sub channel: "<subject>:<epoch>" or "<subject>:*"
@@ -45,14 +45,21 @@ from stream.errors import KeyUnavailableError
 from stream.redisdb import (
     REDIS_ERRORS,
     RedisClient,
+    budget_key,
     check_prefix,
     deadline_shard,
     deadlines_key,
+    dek_key,
+    erasure_key,
     eval_many,
     is_cluster,
-    key_slot,
+    memo_key,
     pending_key,
-    person_tag,
+    perased_key,
+    person_slot,
+    pid_key,
+    ptok_key,
+    shred_channel,
 )
 from stream.retention.core import ErasureRecord, PendingShred
 
@@ -63,7 +70,7 @@ log = logging.getLogger("streamgate.retention")
 
 def channel_name(prefix: str) -> str:
     """The invalidation channel of ``prefix``."""
-    return f"{prefix}:shredded"
+    return shred_channel(prefix)
 
 
 # KEYS[1] deadline shard, KEYS[2] its outbox; ARGV[1] reason, ARGV[2] request id, ARGV[3] at, ARGV[4] worker,
@@ -172,11 +179,10 @@ class RedisShredStore:
 
     def key_names(self, subject: str, epoch: int | str) -> list[str]:
         """The data key, memo and budget of ``(subject, epoch)``."""
-        tag = person_tag(subject)
-        return [f"{self.prefix}:{kind}:{tag}:{epoch}" for kind in ("dek", "memo", "budget")]
+        return [name(self.prefix, subject, epoch) for name in (dek_key, memo_key, budget_key)]
 
     def erasure_key(self, request_id: str) -> str:
-        return f"{self.prefix}:erasure:{request_id}"
+        return erasure_key(self.prefix, request_id)
 
     def _call(self, fn: Any, *args: Any, **kwargs: Any) -> Any:
         try:
@@ -197,7 +203,7 @@ class RedisShredStore:
         """``(subject, epoch)`` items grouped per hash slot (one group on a single server)."""
         groups: dict[int, list[tuple[str, str]]] = {}
         for subject, epoch in items:
-            slot = key_slot(person_tag(subject).encode()) if self.cluster else 0
+            slot = person_slot(subject) if self.cluster else 0
             groups.setdefault(slot, []).append((subject, epoch))
         return list(groups.values())
 
@@ -307,7 +313,7 @@ class RedisShredStore:
             return ErasureRecord.decode(existing), False
         members = sorted(set(self.subject_members(subject)) | {f"{subject}:{e}" for e in epochs})
         shard = self.shard_of(subject)
-        ptok = f"{self.prefix}:ptok:{person_tag(subject)}"
+        ptok = ptok_key(self.prefix, subject)
         lookup = self._call(self.client.get, ptok)
         entries = self._claim_in({shard: members}, self._read(members), reason="erasure", request_id=request_id,
                                  at=at, worker=worker, lease_until=lease_until, indexed_only=False)
@@ -315,9 +321,10 @@ class RedisShredStore:
         # the person's tk2 secret: without it nobody can recompute the token from the user_id; the erased
         # marker is written in the same script, in the pid's slot
         if lookup is not None:
-            tag = person_tag(bytes(lookup).decode("ascii"))
+            lookup_id = bytes(lookup).decode("ascii")
             mark = [int(erased[0]), int(erased[1])] if erased is not None else ["", ""]
-            self._call(self._unlink, keys=[f"{self.prefix}:pid:{tag}", f"{self.prefix}:perased:{tag}"], args=mark)
+            self._call(self._unlink, keys=[pid_key(self.prefix, lookup_id), perased_key(self.prefix, lookup_id)],
+                       args=mark)
         self._call(self.client.delete, ptok)
         # every key of this request claimed so far (an interrupted earlier attempt included)
         fields = self._call(lambda: list(self.client.hscan_iter(

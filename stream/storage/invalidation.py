@@ -20,7 +20,7 @@ from typing import Any
 
 import redis
 
-from stream.redisdb import REDIS_ERRORS, RedisClient
+from stream.redisdb import REDIS_ERRORS, RedisClient, shred_channel
 
 __all__ = ["ShredListener", "parse_message"]
 
@@ -63,7 +63,7 @@ class ShredListener:
         name: str = "streamgate-shred-listener",
     ) -> None:
         self.client_factory = client_factory
-        self.channel = f"{prefix}:shredded"
+        self.channel = shred_channel(prefix)
         self.on_shred = on_shred
         self.on_reset = on_reset
         self.backoff_seconds = backoff_seconds

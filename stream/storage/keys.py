@@ -1,0 +1,322 @@
+"""The key stores of :mod:`stream.crypto` on Redis: data keys, the key-store identity probe, the
+KEK wrap counter.
+
+Data keys (:class:`RedisKeyStore`; the shredder relies on it; braces are hash tags,
+names from :mod:`stream.redisdb`)::
+
+    <prefix>:dek:{<subject>}:<epoch>     string  stored value, EXPIREAT = expire_at   (SET NX EXAT)
+    <prefix>:deadlines:{shard-NN}        zset    member "<subject>:<epoch>", score = expire_at (ZADD NX)
+
+``expire_at = (epoch + 1) * epoch_seconds + retention_seconds`` (unix seconds).
+Subjects are person tokens (``[A-Za-z0-9_.=-]``, never ``:``), so a deadline
+member splits unambiguously with ``member.rsplit(":", 1)``. The deadline index
+lets the shredder act even when Redis expiry notifications are missed; ZADD NX
+keeps the first deadline recorded for a key. It is sharded (``shard = crc32(subject)
+mod shards``) so that no single sorted set takes every write.
+
+Creation (:meth:`RedisKeyStore.create_many`): on one server the whole batch (deadline entries,
+SET NX, GET) is one MULTI/EXEC. On a cluster the deadline entries are written first (one
+pipeline), then SET NX and GET (another): a key may be indexed without existing (the shredder's
+receipt then says ``expired_before_shred``), never exist without being indexed.
+
+Key-store identity (:class:`RedisIdentityProbe`, :class:`ClusterIdentityProbe`; the guard is
+:class:`stream.crypto.keystore.KeyStoreGuard`): a marker ``<prefix>:keystore`` (one per master
+on a cluster, ``<prefix>:keystore:{<slot tag>}`` in a slot it owns), ``run_id`` and
+``master_replid``, read by one script; ``WAITAOF`` pipelined after it when asked.
+
+KEK wraps (:class:`RedisWrapCounter`): one ``INCRBY`` on ``<prefix>:kek-wraps:<kek id>`` per
+reservation (one key: any node of a cluster).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import secrets
+from collections.abc import Sequence
+from typing import Any
+
+import redis
+from redis.cluster import RedisCluster
+
+from stream.crypto.deks import check_epoch, check_subject
+from stream.crypto.keystore import IdentityProbe, Probe, StoreIdentity
+from stream.crypto.kms import WRAP_REFUSE_AT, WRAP_WARN_AT, WrapCounter
+from stream.errors import KeyUnavailableError
+from stream.redisdb import (
+    REDIS_ERRORS,
+    RedisClient,
+    check_prefix,
+    deadline_shard,
+    deadlines_key,
+    dek_key,
+    is_cluster,
+    kek_wraps_key,
+    keystore_key,
+    mget,
+)
+
+__all__ = ["ClusterIdentityProbe", "RedisIdentityProbe", "RedisKeyStore", "RedisWrapCounter", "identity_probe"]
+
+log = logging.getLogger("streamgate.keystore")
+
+
+class RedisKeyStore:
+    """:class:`stream.crypto.deks.KeyStore` on Redis (one server or a cluster); see the module docstring
+    for the key layout.
+
+    ``client`` must return bytes (``decode_responses=False``). One round trip per
+    batch: ``get_many`` is one MGET (per slot on a cluster), ``create_many`` one pipelined
+    MULTI/EXEC (two pipelines on a cluster).
+    """
+
+    def __init__(self, client: RedisClient, prefix: str = "sg", *, shards: int = 16) -> None:
+        if client.get_encoder().decode_responses:
+            raise ValueError("RedisKeyStore needs a client with decode_responses=False (values are binary)")
+        if shards <= 0:
+            raise ValueError("shards must be > 0")
+        self._client = client
+        self.prefix = check_prefix(prefix)
+        self.shards = int(shards)
+        self.cluster = is_cluster(client)
+
+    def key_name(self, subject: str, epoch: int) -> str:
+        """Redis key holding the wrapped DEK of ``(subject, epoch)``."""
+        return dek_key(self.prefix, subject, epoch)
+
+    def deadlines_key(self, subject: str) -> str:
+        """The deadline-index shard of ``subject``."""
+        return deadlines_key(self.prefix, deadline_shard(subject, self.shards))
+
+    @staticmethod
+    def deadline_member(subject: str, epoch: int) -> str:
+        """Member of the deadline zset for ``(subject, epoch)``."""
+        return f"{subject}:{epoch}"
+
+    @staticmethod
+    def parse_deadline_member(member: str | bytes) -> tuple[str, int]:
+        """Inverse of :meth:`deadline_member`."""
+        text = member.decode("ascii") if isinstance(member, bytes) else member
+        subject, _, epoch = text.rpartition(":")
+        return subject, int(epoch)
+
+    def get_many(self, refs: Sequence[tuple[str, int]]) -> list[bytes | None]:
+        if not refs:
+            return []
+        names = [self.key_name(check_subject(s), check_epoch(e)) for s, e in refs]
+        try:
+            values = mget(self._client, names)
+        except REDIS_ERRORS as exc:
+            raise _unavailable(exc) from None
+        return [None if v is None else bytes(v) for v in values]
+
+    def create_many(self, items: Sequence[tuple[str, int, bytes, int]]) -> list[bytes]:
+        if not items:
+            return []
+        index: dict[str, dict[str, int]] = {}
+        for subject, epoch, _value, expire_at in items:
+            member = self.deadline_member(check_subject(subject), check_epoch(epoch))
+            index.setdefault(self.deadlines_key(subject), {})[member] = int(expire_at)
+        try:
+            pipe = self._client.pipeline(transaction=not self.cluster)
+            for shard_key, members in index.items():
+                pipe.zadd(shard_key, members, nx=True)
+            if self.cluster:
+                pipe.execute()  # indexed before created (the shards are in other slots than the keys)
+                pipe = self._client.pipeline(transaction=False)
+            for subject, epoch, value, expire_at in items:
+                name = self.key_name(subject, epoch)
+                pipe.set(name, value, nx=True, exat=int(expire_at))
+                pipe.get(name)
+            results = pipe.execute()
+        except REDIS_ERRORS as exc:
+            raise _unavailable(exc) from None
+        stored = results[len(results) - 2 * len(items) + 1 :: 2]
+        if any(v is None for v in stored):
+            # Only possible when expire_at is already in the past by the server's clock.
+            raise KeyUnavailableError("data key expired on creation (its retention deadline has passed)")
+        return [bytes(v) for v in stored]
+
+    def __repr__(self) -> str:
+        return f"RedisKeyStore(prefix={self.prefix!r})"
+
+
+def _unavailable(exc: BaseException) -> KeyUnavailableError:
+    # Name the failure class only: server replies can quote key names, which contain subjects.
+    return KeyUnavailableError(f"data key store unavailable ({type(exc).__name__})")
+
+
+def _text(value: Any) -> str:
+    return value.decode("ascii", "replace") if isinstance(value, bytes) else str(value or "")
+
+
+#: One call answers the identity: the marker (created if absent), run_id, master_replid. With
+#: ARGV[2] == "1" the marker is rewritten with its own value: a write of ours, so that a WAITAOF
+#: after it covers every earlier write (whoever made it).
+_IDENTITY_LUA = r"""
+local marker = redis.call('GET', KEYS[1])
+if not marker then
+  marker = ARGV[1]
+  redis.call('SET', KEYS[1], marker)
+elseif ARGV[2] == '1' then
+  redis.call('SET', KEYS[1], marker)
+end
+local server = redis.call('INFO', 'server')
+local replication = redis.call('INFO', 'replication')
+return {marker, string.match(server, 'run_id:(%x+)') or '', string.match(replication, 'master_replid:(%x+)') or ''}
+"""
+
+
+class RedisIdentityProbe:
+    """:class:`stream.crypto.keystore.IdentityProbe` on Redis: one round trip (a script reading the marker, run_id and
+    master_replid; when asked, WAITAOF pipelined after it)."""
+
+    def __init__(self, client: redis.Redis, prefix: str, *, waitaof_timeout_ms: int = 0,
+                 marker_key: str | None = None) -> None:
+        check_prefix(prefix)
+        self._client = client
+        self.marker_key = marker_key or keystore_key(prefix)
+        self.waitaof_timeout_ms = int(waitaof_timeout_ms)
+        self.waitaof_supported = self.waitaof_timeout_ms > 0
+        self._script = client.register_script(_IDENTITY_LUA)
+
+    def probe(self, durable: bool) -> Probe:
+        wait = durable and self.waitaof_supported
+        try:
+            out = self._round_trip(wait)
+            if isinstance(out[0], redis.exceptions.NoScriptError):  # a restarted server: load it again
+                self._client.script_load(_IDENTITY_LUA)
+                out = self._round_trip(wait)
+        except REDIS_ERRORS as exc:
+            raise KeyUnavailableError(f"data key store unavailable ({type(exc).__name__})") from None
+        if isinstance(out[0], Exception):
+            raise KeyUnavailableError(f"data key store unavailable ({type(out[0]).__name__})")
+        identity = StoreIdentity(*(_text(v) for v in out[0]))
+        fsynced: bool | None = None
+        if wait:
+            answer = out[1]
+            if isinstance(answer, redis.ResponseError):
+                # unknown command (Redis < 7.2) or appendonly off: nothing to wait for
+                self.waitaof_supported = False
+                log.info("key store: WAITAOF unavailable (Redis < 7.2 or appendonly off); "
+                         "loaded data keys are not waited for until the store changes")
+            elif isinstance(answer, Exception):
+                raise KeyUnavailableError(f"data key store unavailable ({type(answer).__name__})")
+            else:
+                fsynced = bool(answer) and int(answer[0]) >= 1
+        return Probe(identity, fsynced)
+
+    def _round_trip(self, wait: bool) -> list[Any]:
+        # EVALSHA directly (a Script object in a pipeline would ask SCRIPT EXISTS first: one more trip)
+        args = (self._script.sha, 1, self.marker_key, secrets.token_hex(8), "1" if wait else "0")
+        if not wait:
+            try:
+                return [self._client.evalsha(*args)]
+            except redis.exceptions.NoScriptError as exc:
+                return [exc]
+        pipe = self._client.pipeline(transaction=False)
+        pipe.evalsha(*args)
+        pipe.execute_command("WAITAOF", 1, 0, self.waitaof_timeout_ms)
+        return list(pipe.execute(raise_on_error=False))
+
+    def rearm(self) -> None:
+        """The store changed: try WAITAOF again (the new server may support it)."""
+        self.waitaof_supported = self.waitaof_timeout_ms > 0
+
+    def __repr__(self) -> str:
+        return f"RedisIdentityProbe(marker_key={self.marker_key!r})"
+
+
+class ClusterIdentityProbe:
+    """:class:`stream.crypto.keystore.IdentityProbe` on a Redis Cluster: a :class:`RedisIdentityProbe` on every master
+    (module docstring), their answers joined in the order of the masters' first slots."""
+
+    def __init__(self, client: RedisCluster, prefix: str, *, waitaof_timeout_ms: int = 0) -> None:
+        self._client = client
+        self.prefix = check_prefix(prefix)
+        self.waitaof_timeout_ms = int(waitaof_timeout_ms)
+        self._layout: tuple[int, list[tuple[str, RedisIdentityProbe]]] | None = None
+
+    def _masters(self) -> list[tuple[str, RedisIdentityProbe]]:
+        """(node name, probe) per master, by the first slot it owns; recomputed when redis-py's
+        slot map changed."""
+        slots: dict[int, list[Any]] = self._client.nodes_manager.slots_cache
+        if self._layout is not None and self._layout[0] == id(slots):
+            return self._layout[1]
+        first: dict[str, int] = {}
+        nodes: dict[str, Any] = {}
+        for slot in sorted(slots):
+            primary = slots[slot][0]
+            if primary.name not in first:
+                first[primary.name], nodes[primary.name] = slot, primary
+        masters = []
+        for name in sorted(first, key=first.__getitem__):
+            node_client = self._client.get_redis_connection(nodes[name])
+            marker = keystore_key(self.prefix, first[name])
+            masters.append((name, RedisIdentityProbe(node_client, self.prefix, marker_key=marker,
+                                                     waitaof_timeout_ms=self.waitaof_timeout_ms)))
+        self._layout = (id(slots), masters)
+        return masters
+
+    @property
+    def marker_keys(self) -> list[str]:
+        return [p.marker_key for _, p in self._masters()]
+
+    @property
+    def waitaof_supported(self) -> bool:
+        return any(p.waitaof_supported for _, p in self._masters())
+
+    def probe(self, durable: bool) -> Probe:
+        try:
+            answers = [(name, p.probe(durable)) for name, p in self._masters()]
+        except KeyUnavailableError:
+            # a node gone or a slot moved: learn the cluster's layout again before the next try
+            self._layout = None
+            with contextlib.suppress(*REDIS_ERRORS):
+                self._client.nodes_manager.initialize()
+            raise
+        ids = [a.identity for _, a in answers]
+        identity = StoreIdentity(
+            marker=",".join(i.marker for i in ids),
+            run_id=",".join(f"{name}={i.run_id}" for (name, _), i in zip(answers, ids, strict=True)),
+            replid=",".join(i.replid for i in ids),
+        )
+        flags = [a.durable for _, a in answers]
+        fsynced = False if False in flags else (True if True in flags else None)
+        return Probe(identity, fsynced)
+
+    def rearm(self) -> None:
+        for _, p in self._masters():
+            p.rearm()
+
+    def __repr__(self) -> str:
+        return f"ClusterIdentityProbe(prefix={self.prefix!r})"
+
+
+def identity_probe(client: RedisClient, prefix: str, *, waitaof_timeout_ms: int = 0) -> IdentityProbe:
+    """The identity probe of ``client``: one server, or every master of a cluster."""
+    if isinstance(client, RedisCluster):
+        return ClusterIdentityProbe(client, prefix, waitaof_timeout_ms=waitaof_timeout_ms)
+    return RedisIdentityProbe(client, prefix, waitaof_timeout_ms=waitaof_timeout_ms)
+
+
+class RedisWrapCounter(WrapCounter):
+    """:class:`stream.crypto.kms.WrapCounter` on Redis: one ``INCRBY`` per reservation, shared by every worker."""
+
+    def __init__(self, client: RedisClient, prefix: str, *, warn_at: int = WRAP_WARN_AT,
+                 refuse_at: int = WRAP_REFUSE_AT) -> None:
+        super().__init__(warn_at=warn_at, refuse_at=refuse_at)
+        self._client = client
+        self.prefix = check_prefix(prefix)
+
+    def key_name(self, kek_id: str) -> str:
+        return kek_wraps_key(self.prefix, kek_id)
+
+    def count(self, kek_id: str, n: int) -> int:
+        try:
+            return int(self._client.incrby(self.key_name(kek_id), int(n)))
+        except REDIS_ERRORS as exc:
+            raise KeyUnavailableError(f"data key store unavailable ({type(exc).__name__})") from None
+
+    def __repr__(self) -> str:
+        return f"RedisWrapCounter(prefix={self.prefix!r}, warn_at={self.warn_at}, refuse_at={self.refuse_at})"
