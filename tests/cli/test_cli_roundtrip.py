@@ -162,8 +162,11 @@ def gw(kafka_bootstrap: str, redis_url: str, tmp_path_factory: pytest.TempPathFa
     log = state_dir / "gateway.log"
     with open(log, "wb") as logf:
         proc = subprocess.Popen(_cli("gateway", "--loglevel", "info"), env=env, stdout=logf,
-                                stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)
-    run = Run(env=env, marker=f"STREAMGATE_CONSUMER_GROUP={group}".encode(), proc=proc, port=port, log=log,
+                                stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True,
+                                cwd=state_dir)
+    # the marker is the worker's unique working directory, which its children inherit: its environment
+    # is no marker, since setproctitle (a Faust dependency) overwrites /proc/<pid>/environ
+    run = Run(env=env, marker=str(state_dir).encode(), proc=proc, port=port, log=log,
               topics=topics, bootstrap=kafka_bootstrap, master_key=master_key, events=events, invalid=invalid,
               n_lines=len(lines), secrets=secrets)
     try:
