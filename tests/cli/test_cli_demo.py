@@ -40,7 +40,7 @@ def test_demo_from_nothing(tmp_path: Path, demo_env: dict[str, str]) -> None:
     proc = subprocess.Popen(
         [sys.executable, "-m", "stream.cli", "demo", "--events", str(EVENTS)],
         env=demo_env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL,
-        text=True, start_new_session=True,
+        text=True, start_new_session=True, cwd=tmp_path,  # the cwd marks its processes (environ may be overwritten)
     )
     try:
         out, err = proc.communicate(timeout=240)
