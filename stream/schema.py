@@ -77,6 +77,11 @@ class Reason(enum.StrEnum):
     UNKNOWN_FIELD = "unknown_field"
     MISSING_FIELD = "missing_field"
     SCHEMA_VIOLATION = "schema_violation"
+    NUMBER_OUT_OF_RANGE = "number_out_of_range"  # valid JSON, but a number no double/int64 holds (1e400)
+    BAD_FRAMING = "bad_framing"  # a Schema Registry frame (magic byte 0/1) too short to hold its id
+    UNKNOWN_SCHEMA = "unknown_schema"  # the frame's schema id/GUID is not in the registry
+    UNSUPPORTED_SCHEMA = "unsupported_schema"  # registered, but not a usable input schema (rule: why)
+    POLICY_MISSING = "policy_missing"  # the registered version has a property without x-privacy (path)
 
 
 @dataclass(frozen=True, slots=True)
