@@ -15,6 +15,7 @@ from stream.commands import ldp as _ldp_commands
 from stream.commands import learn as _learn_commands
 from stream.commands import ops as _ops_commands
 from stream.commands import retention as _retention_commands
+from stream.commands import schema as _schema_commands
 from stream.commands.common import bench_settings, echo_error, settings
 from stream.config import Settings
 from stream.errors import StreamgateError, TopicMissingError
@@ -453,10 +454,21 @@ def bench() -> None:
 @bench.command("gateway")
 @click.option("--events", "events", type=int, default=100_000, show_default=True)
 @click.option("--invalid-rate", type=float, default=0.01, show_default=True)
-def bench_gateway(events: int, invalid_rate: float) -> None:
+@click.option("--framed", is_flag=True, help="Instead: the gateway on Schema Registry-framed input (JSON Schema, "
+              "Avro) against the same events as plain JSON.")
+def bench_gateway(events: int, invalid_rate: float, framed: bool) -> None:
     """Gateway events/s vs a plain confluent-kafka JSON passthrough on the same broker and events."""
-    from stream.bench.gateway import run_gateway_bench
+    from stream.bench.gateway import run_framing_bench, run_gateway_bench
 
+    if framed:
+        with bench_settings(_settings()) as s:
+            fr = run_framing_bench(s, events=events, say=click.echo)
+        click.echo("")
+        for leg in fr.rates:
+            click.echo(f"{leg:<8} engine {fr.rate(leg):>10,.0f} events/s (median)  ratio to plain {fr.ratio(leg):.3f}"
+                       f"   core alone {fr.core_rates[leg]:>10,.0f} events/s"
+                       f"  ratio {fr.core_rates[leg] / fr.core_rates['plain']:.3f}")
+        return
     with bench_settings(_settings()) as s:
         r = run_gateway_bench(s, events=events, invalid_rate=invalid_rate, say=click.echo)
     click.echo("")
@@ -523,7 +535,7 @@ def bench_latency(rates: str, seconds: float, warmup: float, partitions: int, li
         click.echo(f"gateway p99 at 5,000 events/s: {five.p99_ms:.1f} ms   (target < 50)")
 
 
-for _area in (_ldp_commands, _retention_commands, _ops_commands, _learn_commands):
+for _area in (_ldp_commands, _retention_commands, _ops_commands, _learn_commands, _schema_commands):
     _area.register(cli)
 
 

@@ -288,3 +288,57 @@ def decode_avro(resolved: Resolved, payload: bytes) -> Any:
     if isinstance(record, dict):
         return {k: v for k, v in record.items() if v is not None}
     return record
+
+
+_LOWER_BOUNDS = ("minLength", "minimum", "exclusiveMinimum", "minItems")
+_UPPER_BOUNDS = ("maxLength", "maximum", "exclusiveMaximum", "maxItems")
+
+
+def _types(spec: Mapping[str, Any]) -> set[str] | None:
+    t = spec.get("type")
+    if t is None:
+        return None
+    types = {t} if isinstance(t, str) else set(t)
+    if "integer" in types or "number" in types:
+        types |= {"integer"} if "number" in types else set()
+    return types
+
+
+def _reads_all_of(reader: Mapping[str, Any], writer: Mapping[str, Any], name: str) -> list[str]:
+    """Why a property validated by ``reader`` may refuse a value ``writer`` allowed (empty: it never does)."""
+    out: list[str] = []
+    rt, wt = _types(reader), _types(writer)
+    if rt is not None and (wt is None or not wt <= rt):
+        out.append(f"{name}: type {sorted(wt or ['any'])} is not within {sorted(rt)}")
+    if "enum" in reader and ("enum" not in writer or not set(writer["enum"]) <= set(reader["enum"])):
+        gone = sorted(set(writer.get("enum", [])) - set(reader["enum"]))
+        out.append(f"{name}: enum loses {gone}" if gone else f"{name}: enum added")
+    for k in _LOWER_BOUNDS:
+        if k in reader and (k not in writer or writer[k] < reader[k]):
+            out.append(f"{name}: {k} raised to {reader[k]}")
+    for k in _UPPER_BOUNDS:
+        if k in reader and (k not in writer or writer[k] > reader[k]):
+            out.append(f"{name}: {k} lowered to {reader[k]}")
+    for k in ("pattern", "format", "const"):
+        if k in reader and reader.get(k) != writer.get(k):
+            out.append(f"{name}: {k} changed")
+    return out
+
+
+def compatibility_problems(old: Mapping[str, Any], new: Mapping[str, Any], mode: str = "BACKWARD") -> list[str]:
+    """Why ``new`` is not ``mode``-compatible with ``old`` (JSON Schema documents of closed objects;
+    Avro schemas compared as the JSON Schemas they stand for). BACKWARD: ``new`` validates every
+    event ``old`` did; FORWARD: the reverse; FULL: both; NONE: no check."""
+    mode = mode.upper()
+    if mode == "NONE":
+        return []
+    if mode == "FULL":
+        return compatibility_problems(old, new, "BACKWARD") + compatibility_problems(old, new, "FORWARD")
+    reader, writer = (new, old) if mode == "BACKWARD" else (old, new)
+    rp, wp = reader.get("properties") or {}, writer.get("properties") or {}
+    out = [f"{n}: removed (events that carry it would be refused)" for n in wp if n not in rp]
+    out += [f"{n}: newly required" for n in reader.get("required", []) if n not in writer.get("required", [])]
+    for n in wp:
+        if n in rp:
+            out += _reads_all_of(rp[n], wp[n], n)
+    return [f"{mode}: {p}" for p in out]
