@@ -373,6 +373,29 @@ def dlq_inspect(max_records: int, unseal: bool, idle_timeout: float) -> None:
         consumer.close()
 
 
+@dlq.command("replay")
+@click.option("--reason", "reasons", multiple=True, help="Only dead letters of this reason (repeatable).")
+@click.option("--since", default=None, help="Rejected at or after (RFC 3339, or an age like 2h / 7d).")
+@click.option("--until", "until_", default=None, help="Rejected at or before (same forms).")
+@click.option("--partition", "partitions", type=int, multiple=True, help="Only this source partition (repeatable).")
+@click.option("--dry-run", is_flag=True, help="Count what would be replayed; publish nothing.")
+@click.option("--idle-timeout", type=float, default=3.0, show_default=True)
+def dlq_replay(reasons: tuple[str, ...], since: str | None, until_: str | None, partitions: tuple[int, ...],
+               dry_run: bool, idle_timeout: float) -> None:
+    """Re-publish dead letters to the raw topic with their original key (idempotent by event_id)."""
+    from stream.commands.retention import parse_when
+    from stream.gateway.replay import run_replay
+
+    st = run_replay(_settings(), reasons=reasons, since=parse_when(since) if since else None,
+                    until=parse_when(until_) if until_ else None, partitions=partitions, dry_run=dry_run,
+                    idle_timeout=idle_timeout)
+    click.echo(f"{'would replay' if dry_run else 'replayed'} {st.replayed} of {st.matched} matching dead letters "
+               f"({st.scanned} scanned); already replayed {st.already}, not sealed {st.not_sealed}, "
+               f"erased {st.erased}, undecryptable {st.undecryptable}")
+    for reason, n in sorted(st.reasons.items()):
+        click.echo(f"    {reason:<20} {n}")
+
+
 # --------------------------------------------------------------------------- console
 @cli.command("console")
 @click.option("--host", default="127.0.0.1", show_default=True,

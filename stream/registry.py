@@ -42,7 +42,7 @@ __all__ = [
 #: Header confluent-kafka's ``header_schema_id_serializer`` writes (magic 1 + GUID, or magic 0 + id).
 VALUE_SCHEMA_ID_HEADER = "__value_schema_id"
 #: Seconds a "no such schema id" answer is remembered (garbage that looks framed must not hammer the registry).
-NEGATIVE_TTL_SECONDS = 30.0
+NEGATIVE_TTL_SECONDS = 5.0
 
 _AVRO_TYPES = {"string": "string", "boolean": "boolean", "int": "integer", "long": "integer",
                "float": "number", "double": "number", "null": "null"}
@@ -192,6 +192,7 @@ class SchemaResolver:
         self._by_id: dict[int, Resolved] = {}
         self._by_guid: dict[bytes, Resolved] = {}
         self._missing: dict[Any, float] = {}
+        self.negative_ttl = NEGATIVE_TTL_SECONDS
 
     @classmethod
     def from_url(cls, url: str, base: EventSchema, *, conf: Mapping[str, Any] | None = None,
@@ -238,7 +239,7 @@ class SchemaResolver:
         from confluent_kafka.schema_registry.error import SchemaRegistryError
 
         since = self._missing.get(key)
-        if since is not None and time.monotonic() - since < NEGATIVE_TTL_SECONDS:
+        if since is not None and time.monotonic() - since < self.negative_ttl:
             return Rejection(Reason.UNKNOWN_SCHEMA)
         try:
             schema = get()

@@ -47,6 +47,7 @@ __all__ = [
     "Gateway",
     "RawRecord",
     "unseal_dead_letter",
+    "unseal_dead_letter_meta",
 ]
 
 DLQ_SCHEMA = "dlq-record.v1"
@@ -89,6 +90,9 @@ def _seal_path(topic: str, partition: int, offset: int) -> str:
 
 
 _BOM = b"\xef\xbb\xbf"
+_META_SUFFIX = "#meta"
+#: Largest key, and total of headers, a dead letter keeps (sealed) for replay.
+MAX_META_BYTES = 2048
 _INT64 = 1 << 63
 
 
@@ -450,9 +454,27 @@ class Gateway:
         if sealed is not None:
             assert key is not None
             record["sealed_for"] = key.subject
+            meta = self._meta(rec)
+            if meta is not None:  # what `dlq replay` needs to re-publish the record as it came
+                record["sealed_meta"] = encrypt_value(key, meta, schema_id=DLQ_SCHEMA,
+                                                      field_path=_seal_path(rec.topic, rec.partition, rec.offset)
+                                                      + _META_SUFFIX)
         if digest is not None:
             record["digest"] = digest
         return orjson.dumps(record)
+
+    @staticmethod
+    def _meta(rec: RawRecord) -> str | None:
+        """The record's key and headers (JSON, bytes base64'd) when it had any that fit the bound."""
+        b64 = base64.b64encode
+        key = rec.key if rec.key is not None and len(rec.key) <= MAX_META_BYTES else None
+        headers: list[tuple[str, str | None]] = [(k, None if v is None else b64(v).decode())
+                                                 for k, v in rec.headers or ()]
+        if sum(len(k) + len(v or "") for k, v in headers) > MAX_META_BYTES:
+            headers = []
+        if key is None and not headers:
+            return None
+        return orjson.dumps({"k": None if key is None else b64(key).decode(), "h": headers}).decode()
 
     def digest(self, value: bytes) -> str:
         """A keyed digest of ``value`` (HMAC-SHA256 under the ``dlq-digest`` purpose key): it
@@ -501,3 +523,22 @@ def unseal_dead_letter(record: dict[str, Any], deks: DekProvider) -> bytes | Non
         key, sealed, schema_id=DLQ_SCHEMA, field_path=_seal_path(src["topic"], src["partition"], src["offset"])
     )
     return base64.b64decode(b64)
+
+
+def unseal_dead_letter_meta(record: dict[str, Any], deks: DekProvider) -> tuple[bytes | None, Headers]:
+    """The original key and headers of a DLQ record (``sealed_meta``; none in records written
+    before it). Same keys and errors as :func:`unseal_dead_letter`."""
+    sealed = record.get("sealed_meta")
+    if sealed is None:
+        return None, []
+    owner = record.get("sealed_for", QUARANTINE_SUBJECT)
+    if type(owner) is not str:
+        raise DecryptError()
+    header = parse_ciphertext(sealed)
+    key = deks.key_for_decrypt(owner, header.epoch, header.key_id)
+    src = record["source"]
+    path = _seal_path(src["topic"], src["partition"], src["offset"]) + _META_SUFFIX
+    meta = orjson.loads(decrypt_value(key, sealed, schema_id=DLQ_SCHEMA, field_path=path))
+    k = meta.get("k")
+    headers: Headers = [(str(n), None if v is None else base64.b64decode(v)) for n, v in meta.get("h", [])]
+    return (None if k is None else base64.b64decode(k)), headers
