@@ -46,8 +46,11 @@ __all__ = [
     "BatchResult",
     "Gateway",
     "RawRecord",
+    "is_envelope",
+    "lenient_json",
     "unseal_dead_letter",
     "unseal_dead_letter_meta",
+    "why_not_json",
 ]
 
 DLQ_SCHEMA = "dlq-record.v1"
@@ -118,7 +121,7 @@ def _no_constants(text: str) -> Any:
     raise ValueError(text)  # NaN / Infinity are not JSON
 
 
-def _why_not_json(payload: bytes) -> Rejection:
+def why_not_json(payload: bytes) -> Rejection:
     """orjson refused ``payload``: not UTF-8, valid JSON with a number out of range, or not JSON."""
     try:
         text = payload.decode("utf-8")
@@ -133,7 +136,7 @@ def _why_not_json(payload: bytes) -> Rejection:
     return Rejection(Reason.NOT_JSON)
 
 
-def _lenient_json(payload: bytes) -> Any:
+def lenient_json(payload: bytes) -> Any:
     """``payload`` parsed as far as possible (BOM skipped, out-of-range numbers kept): for naming
     the person of a rejected record, never for passing it."""
     if payload.startswith(_BOM):
@@ -148,7 +151,7 @@ def _lenient_json(payload: bytes) -> Any:
         return None
 
 
-def _is_envelope(doc: Any) -> bool:
+def is_envelope(doc: Any) -> bool:
     """A Kafka Connect JsonConverter envelope (``schemas.enable=true``): ``{"schema": .., "payload": ..}``."""
     return type(doc) is dict and len(doc) == 2 and "payload" in doc and "schema" in doc
 
@@ -292,10 +295,10 @@ class Gateway:
             try:
                 event = orjson.loads(payload)
             except orjson.JSONDecodeError:
-                return _why_not_json(payload)
+                return why_not_json(payload)
         if plan.is_valid(event):  # the hot path: the compiled predicate
             return self._integers(event, plan)
-        if _is_envelope(event):  # Kafka Connect JsonConverter: the payload is the event
+        if is_envelope(event):  # Kafka Connect JsonConverter: the payload is the event
             event = event["payload"]
             if plan.is_valid(event):
                 return self._integers(event, plan)
@@ -398,10 +401,10 @@ class Gateway:
                 with contextlib.suppress(Exception):
                     doc = decode_avro(resolved, payload)
             else:
-                doc = _lenient_json(payload)
+                doc = lenient_json(payload)
         else:
-            doc = _lenient_json(value)
-        if _is_envelope(doc):
+            doc = lenient_json(value)
+        if is_envelope(doc):
             doc = doc["payload"]
         uid = doc.get(self.subject_field) if isinstance(doc, dict) else None
         if type(uid) is not str or not 0 < len(uid) <= self._subject_max_len:

@@ -29,7 +29,7 @@ import orjson
 
 from stream.crypto.deks import DekProvider
 from stream.errors import DecryptError, KeyShreddedError, StreamgateError
-from stream.gateway.core import _is_envelope, _lenient_json, unseal_dead_letter, unseal_dead_letter_meta
+from stream.gateway.core import is_envelope, lenient_json, unseal_dead_letter, unseal_dead_letter_meta
 
 __all__ = ["ReplayStats", "event_id_of", "replay_dead_letters"]
 
@@ -53,12 +53,12 @@ def event_id_of(value: bytes) -> str | None:
     around JSON, a Connect envelope, a BOM)."""
     doc: Any = None
     if value[:1] == b"\x00":
-        doc = _lenient_json(value[5:])
+        doc = lenient_json(value[5:])
     elif value[:1] == b"\x01":
-        doc = _lenient_json(value[17:])
+        doc = lenient_json(value[17:])
     if doc is None:
-        doc = _lenient_json(value)
-    if _is_envelope(doc):
+        doc = lenient_json(value)
+    if is_envelope(doc):
         doc = doc["payload"]
     eid = doc.get("event_id") if isinstance(doc, dict) else None
     return eid if type(eid) is str and 0 < len(eid) <= 256 else None
