@@ -186,12 +186,13 @@ class FramingResult:
         return self._median(self.cpu_rates[leg])
 
     def ratio(self, leg: str) -> float:
-        return self.rate(leg) / self.rate("plain") if self.rate("plain") else 0.0
+        """Median over rounds of the round's ratio to plain JSON (legs of a round run back to back)."""
+        return self._median([a / b for a, b in zip(self.rates[leg], self.rates["plain"], strict=True) if b])
 
     def cpu_ratio(self, leg: str) -> float:
-        """Events per CPU second against plain JSON: the stable figure on a loaded machine (other
-        processes' load stretches wall-clock time, not this process's CPU time)."""
-        return self.cpu_rate(leg) / self.cpu_rate("plain") if self.cpu_rate("plain") else 0.0
+        """The same in events per CPU second: steadier on a loaded machine (other processes'
+        load stretches wall-clock time more than this process's CPU time)."""
+        return self._median([a / b for a, b in zip(self.cpu_rates[leg], self.cpu_rates["plain"], strict=True) if b])
 
 
 def framed_payloads(settings: Settings, events: list[dict[str, Any]], kind: str) -> tuple[list[bytes], Any]:
