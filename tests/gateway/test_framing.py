@@ -272,3 +272,20 @@ def test_the_compiled_avro_reader_agrees_with_fastavro():
             assert got == {k: v for k, v in ref.items() if v is not None}
     assert compile_avro_reader({"type": "record", "name": "N", "fields": [
         {"name": "m", "type": {"type": "map", "values": "string"}}]}) is None
+
+
+def test_dead_letter_counts_by_every_reason_reach_the_metrics_snapshot():
+    """Dead-letter summaries are the metrics (``ops.metrics`` snapshots and the Prometheus
+    counter), not ``ops.audit`` (docs/contract.md): every reason, the new ones included, is a label."""
+    from stream.ops.metrics import WorkerMetrics
+    from stream.schema import Reason
+
+    gw, _ = make_gateway()
+    base = orjson.dumps(EVENTS[8])[:-1]
+    result = gw.process(recs([base + b',"price":1e400}', b"", b"{"]))
+    m = WorkerMetrics("gateway")
+    m.dead_lettered_many(result.reasons)
+    m.dead_lettered_many({r.value: 1 for r in Reason})
+    snap = m.snapshot()["dlq"]
+    assert snap["number_out_of_range"] == 2 and snap["empty"] == 2 and snap["not_json"] == 2
+    assert set(snap) == {r.value for r in Reason}
