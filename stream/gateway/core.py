@@ -94,8 +94,9 @@ def _seal_path(topic: str, partition: int, offset: int) -> str:
 
 _BOM = b"\xef\xbb\xbf"
 _META_SUFFIX = "#meta"
-#: Largest key, and total of headers, a dead letter keeps (sealed) for replay.
-MAX_META_BYTES = 2048
+#: Most bytes of key and headers together a dead letter keeps (sealed) for replay: within the
+#: 4 KiB that stream.apps.engine.dead_letter_bound allows beside the sealed value.
+MAX_META_BYTES = 1024
 _INT64 = 1 << 63
 
 
@@ -471,10 +472,10 @@ class Gateway:
         """The record's key and headers (JSON, bytes base64'd) when it had any that fit the bound."""
         b64 = base64.b64encode
         key = rec.key if rec.key is not None and len(rec.key) <= MAX_META_BYTES else None
-        headers: list[tuple[str, str | None]] = [(k, None if v is None else b64(v).decode())
-                                                 for k, v in rec.headers or ()]
-        if sum(len(k) + len(v or "") for k, v in headers) > MAX_META_BYTES:
-            headers = []
+        room = MAX_META_BYTES - len(key or b"")
+        headers: list[tuple[str, str | None]] = []
+        if rec.headers and sum(len(k) + len(v or b"") for k, v in rec.headers) <= room:
+            headers = [(k, None if v is None else b64(v).decode()) for k, v in rec.headers]
         if key is None and not headers:
             return None
         return orjson.dumps({"k": None if key is None else b64(key).decode(), "h": headers}).decode()

@@ -289,3 +289,23 @@ def test_dead_letter_counts_by_every_reason_reach_the_metrics_snapshot():
     snap = m.snapshot()["dlq"]
     assert snap["number_out_of_range"] == 2 and snap["empty"] == 2 and snap["not_json"] == 2
     assert set(snap) == {r.value for r in Reason}
+
+
+def test_dead_letters_keep_the_key_and_headers_sealed_within_the_bound():
+    from stream.apps.engine import dead_letter_bound
+    from stream.gateway.core import MAX_META_BYTES, unseal_dead_letter_meta
+
+    gw, deks = make_gateway()
+    big = b"x" * 60_000
+    headers = [("traceparent", b"00-" + b"a" * 50), ("h", None)]
+    result = gw.process([
+        RawRecord("clicks.raw", 0, 0, b"{bad " + big, None, headers, b"user-1"),
+        RawRecord("clicks.raw", 0, 1, b"{bad " + big, None, [("big", b"y" * MAX_META_BYTES)], b"k" * MAX_META_BYTES),
+        RawRecord("clicks.raw", 0, 2, b"{bad", None, None, None),
+    ])
+    dls = [orjson.loads(d) for d in result.dead_letters]
+    assert unseal_dead_letter_meta(dls[0], deks) == (b"user-1", headers)
+    assert unseal_dead_letter_meta(dls[1], deks) == (b"k" * MAX_META_BYTES, [])  # headers beyond the bound
+    assert "sealed_meta" not in dls[2] and unseal_dead_letter_meta(dls[2], deks) == (None, [])
+    assert all(len(d) <= dead_letter_bound(64 * 1024) for d in result.dead_letters)
+    assert b"user-1" not in result.dead_letters[0] and b"traceparent" not in result.dead_letters[0]
