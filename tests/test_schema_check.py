@@ -64,3 +64,10 @@ def test_forward_and_full():
     forward = compatibility_problems(v1, v2, "FORWARD")  # v1 refuses v2's new fields
     assert any("utm_campaign: removed" in p for p in forward)
     assert compatibility_problems(v1, v2, "FULL") == forward
+
+
+def test_an_unreachable_registry_is_one_clear_error_not_a_first_version(tmp_path):
+    res = run(tmp_path, v2_document(with_policy=True), "c.json", "--registry-url", "http://127.0.0.1:9")
+    assert res.exit_code == 1
+    assert "RegistryUnavailableError: schema registry unreachable" in res.output
+    assert "no version yet" not in res.output

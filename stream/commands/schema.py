@@ -15,8 +15,11 @@ __all__ = ["register"]
 
 def check_schema(path: Path, *, subject: str | None, compatibility: str, url: str | None) -> tuple[list[str], list[str]]:
     """(problems, notes) of the candidate schema at ``path`` against the subject's latest version."""
+    from confluent_kafka.schema_registry.error import SchemaRegistryError
+
     from stream.errors import SchemaPolicyError
     from stream.registry import (
+        RegistryUnavailableError,
         SchemaResolver,
         compatibility_problems,
         json_schema_from_avro,
@@ -43,9 +46,13 @@ def check_schema(path: Path, *, subject: str | None, compatibility: str, url: st
     subject = subject or lineage_subject(s.schema_name) + ("-avro" if kind == "AVRO" else "")
     try:
         latest = resolver.client.get_latest_version(subject)
-    except Exception as exc:  # no such subject: the first version
-        notes.append(f"subject {subject!r} has no version yet ({type(exc).__name__}): nothing to be compatible with")
+    except SchemaRegistryError as exc:
+        if exc.http_status_code != 404:
+            raise RegistryUnavailableError(f"schema registry: HTTP {exc.http_status_code}") from None
+        notes.append(f"subject {subject!r} has no version yet: nothing to be compatible with")
         return problems, notes
+    except Exception as exc:
+        raise RegistryUnavailableError(f"schema registry unreachable: {type(exc).__name__}") from None
     old = json.loads(latest.schema.schema_str)
     if (latest.schema.schema_type or "AVRO") == "AVRO":
         old = json_schema_from_avro(old)
