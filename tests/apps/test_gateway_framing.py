@@ -84,3 +84,62 @@ def test_framed_producers_and_a_schema_that_evolves_under_a_running_gateway(sett
     assert unseal_dead_letter(dlq[0], gateway.deks) in raw
     blob = b"".join(r.value or b"" for r in read_topic(kafka_bootstrap, t.protected, expect=320))
     assert b"@example.org" not in blob and b"Name " not in blob
+
+
+def test_an_open_category_passes_the_broker_and_is_estimated_as_other(settings_factory, kafka_bootstrap):
+    """A registered version opens category: catalog values the v1 enum lacks ("fashion") reach
+    clicks.protected instead of the DLQ, and the privatizer (same schema) estimates them as _other."""
+    import os
+    import random
+    import time
+
+    import numpy as np
+
+    from stream.ldp.aggregate import WindowAggregator, merge_records
+    from stream.ldp.memo import MemoCache, MemoryMemoStore
+    from stream.ldp.policy import OTHER_VALUE, LdpPolicy
+    from stream.ldp.privatizer import Privatizer, ProtectedRecord
+    from stream.schema import EventSchema
+    from tests.gateway.test_open_domain import open_document
+    from tests.support.clock import Clock
+
+    n = 3000
+    settings = settings_factory(batch_max_events=500)
+    t = settings.topics
+    ensure_topics(kafka_bootstrap, [t.raw, t.protected, t.dlq], partitions=2)
+    resolver = SchemaResolver.from_url("mock://test-open-domain", load_schema(settings.schema_name))
+    resolver.client.register_schema(SUBJECT, Schema(json.dumps(open_document()), "JSON"))
+    gateway = build_gateway(settings)
+    gateway.resolver = resolver
+    rng = random.Random(31)
+    events = []
+    for i, e in enumerate(ClickstreamGenerator(seed=32, n_users=n).events(n)):
+        e["user_id"] = f"person-{i}"
+        e["category"] = "fashion" if rng.random() < 0.25 else e.get("category", "books")
+        events.append(e)
+    ser = json_serializer(resolver.client)
+    ctx = SerializationContext(t.raw, MessageField.VALUE)
+    with running_in_thread(GatewayEngine(settings, gateway)) as engine:
+        _send(kafka_bootstrap, t.raw, [(e["user_id"].encode(), ser(e, ctx)) for e in events])
+        wait_for(lambda: engine.stats.emitted >= n, timeout=180, what="the open-domain events")
+        stats = engine.stats
+    assert stats.protected == n and stats.dead_lettered == 0, stats.as_dict()
+    protected = read_topic(kafka_bootstrap, t.protected, expect=n)
+    assert sum(orjson.loads(r.value)["category"] == "fashion" for r in protected) == sum(
+        e["category"] == "fashion" for e in events)
+
+    policy = LdpPolicy.from_schema(EventSchema(settings.schema_name, open_document()), 2.0)
+    priv = Privatizer(policy, MemoryMemoStore(time.time), memo_key=os.urandom(32), subject_field="user_id",
+                      budget_epsilon=1000.0, epoch_seconds=86400, retention_seconds=30 * 86400,
+                      rng=np.random.default_rng(6), cache=MemoCache(max_entries=100_000, max_staleness_seconds=30.0),
+                      clock=time.time, shuffle_seed=6)
+    now_ms = int(time.time() * 1000)
+    reports = priv.process([ProtectedRecord(r.value, now_ms) for r in protected]).attribute_reports
+    agg = WindowAggregator(policy, window_seconds=3600, clock=Clock(time.time()))
+    agg.add(reports)
+    (cat,) = [r for r in merge_records(policy, [r for w in agg.drain() for r in agg.records(w, worker="t")])
+              if r["attribute"] == "category"]
+    other = next(v for v in cat["values"] if v["value"] == OTHER_VALUE)
+    truth = sum(e["category"] == "fashion" for e in events) / n
+    assert abs(other["estimate"] - truth) < 4 * other["std_error"], (other, truth)
+    assert other["estimate"] > 2 * other["std_error"]
