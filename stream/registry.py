@@ -209,7 +209,7 @@ class SchemaResolver:
         return resolver
 
     def preregister(self) -> dict[str, int]:
-        """Register the shipped input schemas (of the base's lineage) in order; returns stem -> id."""
+        """Register the shipped input schemas (of the base's lineage) in order; returns "subject#version" -> id."""
         from confluent_kafka.schema_registry import Schema
 
         ids: dict[str, int] = {}

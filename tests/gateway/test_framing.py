@@ -309,3 +309,17 @@ def test_dead_letters_keep_the_key_and_headers_sealed_within_the_bound():
     assert "sealed_meta" not in dls[2] and unseal_dead_letter_meta(dls[2], deks) == (None, [])
     assert all(len(d) <= dead_letter_bound(64 * 1024) for d in result.dead_letters)
     assert b"user-1" not in result.dead_letters[0] and b"traceparent" not in result.dead_letters[0]
+
+
+def test_a_registry_that_does_not_answer_holds_the_batch():
+    """Fail closed: nothing of the batch is returned (the engine holds it and retries: hold_on)."""
+    from stream.apps.engine import GatewayEngine
+    from stream.registry import RegistryUnavailableError
+
+    down = SchemaResolver.from_url("http://127.0.0.1:9", SCHEMA, conf={"max.retries": 0})
+    gw, _ = make_gateway(down)
+    plain = orjson.dumps(EVENTS[9])
+    with pytest.raises(RegistryUnavailableError):
+        gw.process(recs([plain, b"\x00\x00\x00\x00\x07" + plain]))
+    assert len(gw.process(recs([plain])).protected) == 1  # plain JSON needs no registry
+    assert RegistryUnavailableError in GatewayEngine.hold_on
