@@ -275,7 +275,7 @@ class Gateway:
         if len(value) > self.max_event_bytes:
             return Rejection(Reason.TOO_LARGE)
         plan = self._plan
-        framed = self._frame(value, headers)
+        framed = self._frame(value, headers) if self.resolver is not None and (headers or value[0] <= 1) else None
         if framed is None:
             payload = value
             avro = None
@@ -298,7 +298,10 @@ class Gateway:
             except orjson.JSONDecodeError:
                 return why_not_json(payload)
         if plan.is_valid(event):  # the hot path: the compiled predicate
-            return self._integers(event, plan)
+            for name in plan.int_fields:
+                if type(event.get(name)) is float:
+                    return self._integers(event, plan)
+            return event, plan
         if is_envelope(event):  # Kafka Connect JsonConverter: the payload is the event
             event = event["payload"]
             if plan.is_valid(event):
