@@ -323,3 +323,27 @@ def test_a_registry_that_does_not_answer_holds_the_batch():
         gw.process(recs([plain, b"\x00\x00\x00\x00\x07" + plain]))
     assert len(gw.process(recs([plain])).protected) == 1  # plain JSON needs no registry
     assert RegistryUnavailableError in GatewayEngine.hold_on
+
+
+def test_the_reader_role_unseals_dead_letters_and_shares_the_replay_ledger_key():
+    """`dlq replay` runs with the reader's credential: it unwraps the person's data key, unseals
+    value, key and headers, and derives the same ledger key as the master keyring."""
+    from stream.crypto.keyring import derive_key
+    from stream.gateway.core import unseal_dead_letter_meta
+
+    keyring = Keyring.generate()
+    clock = Clock()
+    store = MemoryKeyStore(clock=clock)
+
+    def provider(kr):
+        return DekProvider(store, LocalKMS(kr), epoch_seconds=86400, retention_seconds=30 * 86400,
+                           max_staleness_seconds=30, max_entries=100, clock=clock)
+
+    gw = Gateway(SCHEMA, Tokenizer(keyring), provider(keyring), clock=clock)
+    raw = b"\xef\xbb\xbf" + orjson.dumps(EVENTS[10])
+    (dl,) = [orjson.loads(d) for d in gw.process(
+        [RawRecord("clicks.raw", 1, 7, raw, None, [("traceparent", b"00-ab")], b"key-1")]).dead_letters]
+    reader = keyring.for_role("reader")
+    assert unseal_dead_letter(dl, provider(reader)) == raw
+    assert unseal_dead_letter_meta(dl, provider(reader)) == (b"key-1", [("traceparent", b"00-ab")])
+    assert derive_key(reader.derive("dek-id"), "dlq-replay") == derive_key(keyring.derive("dek-id"), "dlq-replay")
