@@ -15,6 +15,7 @@ from stream.commands import ldp as _ldp_commands
 from stream.commands import learn as _learn_commands
 from stream.commands import ops as _ops_commands
 from stream.commands import retention as _retention_commands
+from stream.commands import schema as _schema_commands
 from stream.commands.common import bench_settings, echo_error, settings
 from stream.config import Settings
 from stream.errors import StreamgateError, TopicMissingError
@@ -372,6 +373,29 @@ def dlq_inspect(max_records: int, unseal: bool, idle_timeout: float) -> None:
         consumer.close()
 
 
+@dlq.command("replay")
+@click.option("--reason", "reasons", multiple=True, help="Only dead letters of this reason (repeatable).")
+@click.option("--since", default=None, help="Rejected at or after (RFC 3339, or an age like 2h / 7d).")
+@click.option("--until", "until_", default=None, help="Rejected at or before (same forms).")
+@click.option("--partition", "partitions", type=int, multiple=True, help="Only this source partition (repeatable).")
+@click.option("--dry-run", is_flag=True, help="Count what would be replayed; publish nothing.")
+@click.option("--idle-timeout", type=float, default=3.0, show_default=True)
+def dlq_replay(reasons: tuple[str, ...], since: str | None, until_: str | None, partitions: tuple[int, ...],
+               dry_run: bool, idle_timeout: float) -> None:
+    """Re-publish dead letters to the raw topic with their original key (idempotent by event_id)."""
+    from stream.commands.retention import parse_when
+    from stream.gateway.replay import run_replay
+
+    st = run_replay(_settings(), reasons=reasons, since=parse_when(since) if since else None,
+                    until=parse_when(until_) if until_ else None, partitions=partitions, dry_run=dry_run,
+                    idle_timeout=idle_timeout)
+    click.echo(f"{'would replay' if dry_run else 'replayed'} {st.replayed} of {st.matched} matching dead letters "
+               f"({st.scanned} scanned); already replayed {st.already}, not sealed {st.not_sealed}, "
+               f"erased {st.erased}, undecryptable {st.undecryptable}")
+    for reason, n in sorted(st.reasons.items()):
+        click.echo(f"    {reason:<20} {n}")
+
+
 # --------------------------------------------------------------------------- console
 @cli.command("console")
 @click.option("--host", default="127.0.0.1", show_default=True,
@@ -458,10 +482,23 @@ def bench() -> None:
 @bench.command("gateway")
 @click.option("--events", "events", type=int, default=100_000, show_default=True)
 @click.option("--invalid-rate", type=float, default=0.01, show_default=True)
-def bench_gateway(events: int, invalid_rate: float) -> None:
+@click.option("--framed", is_flag=True, help="Instead: the gateway on Schema Registry-framed input (JSON Schema, "
+              "Avro) against the same events as plain JSON.")
+@click.option("--rounds", type=int, default=3, show_default=True, help="With --framed: rounds of the three legs.")
+def bench_gateway(events: int, invalid_rate: float, framed: bool, rounds: int) -> None:
     """Gateway events/s vs a plain confluent-kafka JSON passthrough on the same broker and events."""
-    from stream.bench.gateway import run_gateway_bench
+    from stream.bench.gateway import run_framing_bench, run_gateway_bench
 
+    if framed:
+        with bench_settings(_settings()) as s:
+            fr = run_framing_bench(s, events=events, rounds=rounds, say=click.echo)
+        click.echo("")
+        click.echo("medians over rounds; ratios to plain JSON of the same round (target >= 0.90); CPU: this process's")
+        for leg in fr.rates:
+            click.echo(f"{leg:<6} engine {fr.rate(leg):>9,.0f} events/s (ratio {fr.ratio(leg):.3f}), "
+                       f"{fr.cpu_rate(leg):>9,.0f} events/CPU-s (ratio {fr.cpu_ratio(leg):.3f}); core alone "
+                       f"{fr.core_rates[leg]:>9,.0f} events/CPU-s (ratio {fr.core_rates[leg] / fr.core_rates['plain']:.3f})")
+        return
     with bench_settings(_settings()) as s:
         r = run_gateway_bench(s, events=events, invalid_rate=invalid_rate, say=click.echo)
     click.echo("")
@@ -528,7 +565,7 @@ def bench_latency(rates: str, seconds: float, warmup: float, partitions: int, li
         click.echo(f"gateway p99 at 5,000 events/s: {five.p99_ms:.1f} ms   (target < 50)")
 
 
-for _area in (_ldp_commands, _retention_commands, _ops_commands, _learn_commands):
+for _area in (_ldp_commands, _retention_commands, _ops_commands, _learn_commands, _schema_commands):
     _area.register(cli)
 
 

@@ -124,6 +124,17 @@ class Settings(BaseSettings):
     # --- gateway -------------------------------------------------------------
     schema_name: str = Field(default="clickstream-event.v1", description="Input schema of the raw topic.")
     max_event_bytes: int = Field(default=64 * 1024, gt=0, description="Larger raw records are dead-lettered (too_large).")
+    schema_registry_url: str = Field(
+        default="mock://streamgate",
+        description="Confluent Schema Registry of framed raw records (magic byte 0/1, __value_schema_id header): "
+        "http(s)://... in production; mock://... is an in-process registry pre-registered from schemas/; "
+        "empty = plain JSON only (docs/contract.md, Registered schemas).",
+    )
+    gateway_pass_headers: str = Field(
+        default="traceparent,tracestate",
+        description="Comma-separated record headers the gateway copies from a raw record to its protected record "
+        "(W3C trace context by default); every other header is dropped.",
+    )
     batch_max_events: int = Field(default=2000, gt=0, description="Gateway batch size (events per consume/produce cycle).")
     batch_max_wait_seconds: float = Field(
         default=0.005, ge=0,

@@ -9,6 +9,7 @@ from typing import Any
 import orjson
 from confluent_kafka import Message, Producer
 
+from stream.gateway.core import is_envelope, why_not_json
 from stream.kafka import producer_config
 from stream.schema import EventSchema, Reason
 
@@ -51,7 +52,9 @@ class LineCheck:
         try:
             event = orjson.loads(line)
         except orjson.JSONDecodeError:
-            return Reason.NOT_JSON.value
+            return why_not_json(line).reason.value  # not_utf8, number_out_of_range or not_json
+        if is_envelope(event):
+            event = event["payload"]  # a Kafka Connect envelope: the gateway unwraps it
         rejection = self.schema.check(event)
         return None if rejection is None else rejection.reason.value
 
