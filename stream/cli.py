@@ -383,8 +383,8 @@ def dlq_inspect(max_records: int, unseal: bool, idle_timeout: float) -> None:
 def dlq_replay(reasons: tuple[str, ...], since: str | None, until_: str | None, partitions: tuple[int, ...],
                dry_run: bool, idle_timeout: float) -> None:
     """Re-publish dead letters to the raw topic with their original key (idempotent by event_id)."""
+    from stream.commands.dlq_replay import run_replay
     from stream.commands.retention import parse_when
-    from stream.gateway.replay import run_replay
 
     st = run_replay(_settings(), reasons=reasons, since=parse_when(since) if since else None,
                     until=parse_when(until_) if until_ else None, partitions=partitions, dry_run=dry_run,

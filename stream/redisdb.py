@@ -14,6 +14,7 @@ Key layout (``<prefix>`` is ``STREAMGATE_REDIS_KEY_PREFIX``; braces are literal 
     <prefix>:shredder:pending:{shard-NN}        the shredder's outbox shard  same slot as its index shard
     <prefix>:erasure:<request id>               erasure record               anywhere (one key)
     <prefix>:kek-wraps:<kek id>                 wrap counter                 anywhere (one key)
+    <prefix>:replayed:<keyed event digest>      when dlq replay re-published anywhere (one key)
     <prefix>:keystore[:{<slot tag>}]            key-store marker             one per master on a cluster
     <prefix>:shredded                           pub/sub channel of shreds    (a channel, not a key)
 
@@ -216,6 +217,11 @@ def ptok_key(prefix: str, token: str) -> str:
 def erasure_key(prefix: str, request_id: str) -> str:
     """The record of a processed erasure request."""
     return f"{prefix}:erasure:{request_id}"
+
+
+def replayed_key(prefix: str, digest: str) -> str:
+    """When ``streamgate dlq replay`` re-published the event of keyed digest ``digest``."""
+    return f"{prefix}:replayed:{digest}"
 
 
 def kek_wraps_key(prefix: str, kek_id: str) -> str:

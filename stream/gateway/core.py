@@ -29,7 +29,7 @@ from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import orjson
 
@@ -37,8 +37,11 @@ from stream.crypto.deks import DataKey, DekProvider
 from stream.crypto.fields import decrypt_value, encrypt_value, parse_ciphertext
 from stream.crypto.tokens import Tokenizer
 from stream.errors import DecryptError
-from stream.registry import VALUE_SCHEMA_ID_HEADER, Resolved, SchemaResolver, decode_avro
+from stream.gateway.framing import VALUE_SCHEMA_ID_HEADER, Resolved, decode_avro
 from stream.schema import EventSchema, Reason, Rejection
+
+if TYPE_CHECKING:
+    from stream.registry import SchemaResolver
 
 __all__ = [
     "DLQ_SCHEMA",

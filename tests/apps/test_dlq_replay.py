@@ -17,8 +17,8 @@ from confluent_kafka.schema_registry import Schema
 from confluent_kafka.serialization import MessageField, SerializationContext
 
 from stream.apps.engine import GatewayEngine
+from stream.commands.dlq_replay import run_replay
 from stream.components import build_gateway
-from stream.gateway.replay import run_replay
 from stream.kafka import ensure_topics, producer_config
 from stream.registry import SchemaResolver
 from stream.schema import load_schema

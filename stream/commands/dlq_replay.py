@@ -30,6 +30,7 @@ import orjson
 from stream.crypto.deks import DekProvider
 from stream.errors import DecryptError, KeyShreddedError, StreamgateError
 from stream.gateway.core import is_envelope, lenient_json, unseal_dead_letter, unseal_dead_letter_meta
+from stream.redisdb import replayed_key
 
 __all__ = ["ReplayStats", "event_id_of", "replay_dead_letters"]
 
@@ -128,7 +129,7 @@ def replay_dead_letters(
         eid = event_id_of(value)
         ident = eid.encode() if eid is not None else b"bytes:" + value
         digest = base64.urlsafe_b64encode(hmac.digest(ledger_key, ident, "sha256")[:18]).decode()
-        ledger = f"{ledger_prefix}:replayed:{digest}"
+        ledger = replayed_key(ledger_prefix, digest)
         done = redis.get(ledger)
         if done is not None and at is not None and at <= float(done):
             st.already += 1
