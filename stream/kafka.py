@@ -35,6 +35,7 @@ from stream.errors import (
     TopicMissingError,
     TopicReadError,
 )
+from stream.topicsconfig import DEFAULT_PARTITIONS, load_topics_config
 
 __all__ = [
     "BOOTSTRAP_SETTING",
@@ -237,8 +238,12 @@ def all_topics(settings: Settings) -> list[str]:
             t.audit, t.metrics]
 
 
-def ensure_topics(bootstrap: str, names: Iterable[str], *, partitions: int = 4, timeout: float = 30.0) -> list[str]:
-    """Create the topics that don't exist yet; returns the names created."""
+def ensure_topics(bootstrap: str, names: Iterable[str], *, partitions: int | None = None, timeout: float = 30.0,
+                  settings: Settings | None = None) -> list[str]:
+    """Create the topics that don't exist yet; returns the names created. A topic the topics config
+    lists (``settings.topics_config``, default the packaged ``ops/topics.yaml``; names resolved
+    through ``settings``, default ``Settings()``) gets its configs and, unless ``partitions`` is
+    given, its partition count; any other topic ``partitions`` (default 4) and the broker's defaults."""
     admin = admin_client(bootstrap)
     try:
         existing = set(admin.list_topics(timeout=timeout).topics)
@@ -248,7 +253,15 @@ def ensure_topics(bootstrap: str, names: Iterable[str], *, partitions: int = 4, 
     wanted = [n for n in dict.fromkeys(names) if n not in existing]
     if not wanted:
         return []
-    futures = admin.create_topics([NewTopic(n, num_partitions=partitions, replication_factor=1) for n in wanted])
+    s = settings or Settings()
+    specs = {spec.name: spec for spec in load_topics_config(s, s.topics_config)}
+    new = []
+    for n in wanted:
+        spec = specs.get(n)
+        count = partitions or (spec.partitions if spec else DEFAULT_PARTITIONS)
+        new.append(NewTopic(n, num_partitions=count, replication_factor=spec.replication_factor if spec else 1,
+                            config=dict(spec.config) if spec else {}))
+    futures = admin.create_topics(new)
     created = []
     for name, fut in futures.items():
         try:
@@ -303,15 +316,16 @@ class TopicReader:
 
     Errors are handled here once: end-of-partition events are consumed, other errors logged and
     counted (``errors``, ``COUNTERS["read_errors"]``; the client retries them), a fatal one raises
-    :class:`TopicReadError`. A missing topic raises :class:`TopicMissingError` (``missing="raise"``),
-    or is assigned once it exists (``missing="wait"``; ``mode="end"`` treats it as empty).
+    :class:`TopicReadError`. No answer from the broker at the start raises :class:`BrokerUnreachableError`;
+    a missing topic raises :class:`TopicMissingError` (``missing="raise"``), or is assigned once it
+    exists (``missing="wait"``; ``mode="end"`` reads it as empty).
     """
 
     def __init__(self, bootstrap: str, topics: str | Sequence[str], *, mode: ReadMode = "end",
                  linger: float = 0.0, stall_timeout: float = 30.0, missing: Literal["raise", "wait"] = "raise",
                  start: int = OFFSET_BEGINNING, batch: int = 500, poll_timeout: float = 0.5,
                  client_id: str = "streamgate-reader", stop: Callable[[], bool] | None = None,
-                 logger: logging.Logger = log, **config: Any) -> None:
+                 logger: logging.Logger = log, config: dict[str, Any] | None = None) -> None:
         self.bootstrap = bootstrap
         self.topics = [topics] if isinstance(topics, str) else list(topics)
         self.mode, self.linger, self.stall_timeout = mode, linger, stall_timeout
@@ -327,7 +341,7 @@ class TopicReader:
         self._checked_at = float("-inf")
         self.consumer = Consumer(client_config(bootstrap, **{
             "group.id": client_id, "enable.auto.commit": False, "enable.partition.eof": True,
-            "client.id": client_id, **config}))
+            "client.id": client_id, **(config or {})}))
         try:
             self.missing = self._assign(self.topics)
         except BaseException:

@@ -39,7 +39,7 @@ def test_end_mode_survives_a_slow_broker(kafka_bootstrap: str, unique_id: str) -
     topic = f"sg-reader-slow-{unique_id}"
     ensure_topics(kafka_bootstrap, [topic], partitions=4)
     _publish(kafka_bootstrap, topic, 50, partition=2)
-    with TopicReader(kafka_bootstrap, topic, poll_timeout=0.02, **{"fetch.wait.max.ms": 1000}) as reader:
+    with TopicReader(kafka_bootstrap, topic, poll_timeout=0.02, config={"fetch.wait.max.ms": 1000}) as reader:
         got = [m.value() for m in reader]
         empty = reader.empty_polls
     assert empty >= 3, "the case did not exercise empty polls"
@@ -51,7 +51,7 @@ def test_end_mode_raises_a_typed_error_when_the_end_never_comes(kafka_bootstrap:
     ensure_topics(kafka_bootstrap, [topic], partitions=1)
     # the broker holds an empty fetch for 10 s: no end of partition within the 0.5 s bound
     with TopicReader(kafka_bootstrap, topic, stall_timeout=0.5, poll_timeout=0.05,
-                     **{"fetch.wait.max.ms": 10_000}) as reader, pytest.raises(TopicReadError, match="to the end"):
+                     config={"fetch.wait.max.ms": 10_000}) as reader, pytest.raises(TopicReadError, match="to the end"):
         list(reader)
 
 

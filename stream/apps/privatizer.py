@@ -40,7 +40,7 @@ from stream.config import Settings
 from stream.crypto.keyring import Keyring
 from stream.engine import Out, Record, Result, StreamEngine
 from stream.errors import KeyUnavailableError, TopicMissingError
-from stream.kafka import reader_from_beginning
+from stream.kafka import TopicReader
 from stream.ldp.aggregate import MAX_REPORTS_PER_MEMO, WindowAggregator
 from stream.ldp.labels import LABEL_NAME, ExampleStub, SessionLabeler
 from stream.ldp.ledger import LEDGER_PURPOSE
@@ -501,32 +501,25 @@ class PrivatizerEngine(StreamEngine):
 PARTIAL_SCHEMA = "window-partial.v1"
 
 
-def read_partials(bootstrap: str, topic: str, keys: set[str], *, idle: float = 1.0) -> dict[str, dict[str, Any]]:
-    """The latest partial-window record of each of ``keys`` (reads the compacted topic once)."""
+def read_partials(bootstrap: str, topic: str, keys: set[str]) -> dict[str, dict[str, Any]]:
+    """The latest partial-window record of each of ``keys`` (reads the compacted topic to its end;
+    raises :class:`~stream.errors.TopicReadError` if the end is not reached)."""
     if not keys:
         return {}
-    try:
-        consumer = reader_from_beginning(bootstrap, topic)
-    except TopicMissingError:
-        return {}  # no partials topic yet: nothing to restore
     found: dict[str, dict[str, Any]] = {}
     try:
-        deadline = time.monotonic() + 30.0
-        while time.monotonic() < deadline:
-            msgs = consumer.consume(num_messages=1000, timeout=idle)
-            if not msgs:
-                break
-            for m in msgs:
-                if m.error() is not None:
-                    continue
-                key = (m.key() or b"").decode("utf-8", "replace")
-                if key in keys and m.value():
-                    with contextlib.suppress(orjson.JSONDecodeError):
-                        doc = orjson.loads(m.value())  # type: ignore[arg-type]
-                        if isinstance(doc, dict) and doc.get("schema") == PARTIAL_SCHEMA:
-                            found[key] = doc
-    finally:
-        consumer.close()
+        reader = TopicReader(bootstrap, topic, batch=1000)
+    except TopicMissingError:
+        return {}  # no partials topic yet: nothing to restore
+    with reader:
+        for m in reader:
+            key = (m.key() or b"").decode("utf-8", "replace")
+            value = m.value()
+            if key in keys and value:
+                with contextlib.suppress(orjson.JSONDecodeError):
+                    doc = orjson.loads(value)
+                    if isinstance(doc, dict) and doc.get("schema") == PARTIAL_SCHEMA:
+                        found[key] = doc
     return found
 
 

@@ -33,7 +33,7 @@ from stream.components import build_gateway
 from stream.config import Settings, TopicNames
 from stream.faults import make_invalid
 from stream.gateway.core import RawRecord
-from stream.kafka import consumer_config, ensure_topics, producer_config
+from stream.kafka import consumer_config, ensure_topics, produce, producer_config
 from stream.synth import ClickstreamGenerator
 
 __all__ = ["BenchResult", "run_gateway_bench"]
@@ -98,12 +98,7 @@ def _passthrough(
                     out = dumps(loads(value))
                 except bad:
                     out = value
-                while True:
-                    try:
-                        producer.produce(dst, out, m.key())
-                        break
-                    except BufferError:
-                        producer.poll(0.05)
+                produce(producer, dst, out, m.key(), timeout=120.0)
                 seen += 1
             producer.poll(0)
         producer.flush(60)
