@@ -139,10 +139,8 @@ def _stack(settings: Settings, run_dir: Path, console: Console) -> Iterator[tupl
 def _settings_env(s: Settings) -> dict[str, str]:
     """The workers' environment for what ``s`` says about topics, key prefix, groups and the master key
     (the same values the CLI read from the environment; a caller's own settings reach the workers too)."""
-    env = {f"STREAMGATE_TOPIC_{name.upper()}": getattr(s.topics, name) for name in type(s.topics).model_fields}
-    env.update({"STREAMGATE_REDIS_KEY_PREFIX": s.redis_key_prefix, "STREAMGATE_CONSUMER_GROUP": s.consumer_group,
-                "STREAMGATE_PRIVATIZER_CONSUMER_GROUP": s.privatizer_consumer_group,
-                "STREAMGATE_SHREDDER_CONSUMER_GROUP": s.shredder_consumer_group})
+    env = {"STREAMGATE_TOPICS": s.topics.model_dump_json(), "STREAMGATE_REDIS_KEY_PREFIX": s.redis_key_prefix,
+           "STREAMGATE_GROUP_PREFIX": s.group_prefix}
     if s.master_key is not None:
         env["STREAMGATE_MASTER_KEY"] = s.master_key.get_secret_value()
     return env

@@ -93,24 +93,19 @@ def build_privatizer(
     keyring: Keyring | None = None,
     client: RedisClient | None = None,
     clock: Callable[[], float] = time.time,
-    allow_seed: bool | None = None,
+    seed: int | None = None,
     guard: bool = True,
 ) -> Privatizer:
     """Wire the pure core from settings (memo key: keyring purpose ``ldp-memo``; ledger ids: ``ldp-ledger``).
 
-    Noise comes from a ChaCha20 keystream keyed from the OS CSPRNG. ``settings.ldp_seed`` keys it
-    reproducibly instead, for tests and benchmarks only: refused (ConfigError) unless ``allow_seed``
-    - by default, refused when it comes from the environment (``STREAMGATE_LDP_SEED``), i.e. for a worker.
+    Noise comes from a ChaCha20 keystream keyed from the OS CSPRNG. ``seed`` keys it reproducibly
+    instead: an argument of test and benchmark entry points only, never a setting (a worker started
+    with ``STREAMGATE_LDP_SEED`` in its environment, in any case, is refused by Settings).
     """
     from stream.components import guard_privatizer, redis_client
     from stream.errors import ConfigError
     from stream.ldp.csprng import ChaChaRandom
 
-    if allow_seed is None:
-        allow_seed = "STREAMGATE_LDP_SEED" not in os.environ
-    if settings.ldp_seed is not None and not allow_seed:
-        raise ConfigError("STREAMGATE_LDP_SEED is for tests and benchmarks only: a privatizer worker draws its "
-                          "noise from a key out of the OS CSPRNG; unset it")
     keyring = keyring or Keyring.from_settings(settings)
     schema = load_schema(settings.schema_name)
     policy = LdpPolicy.from_schema(schema, settings.ldp_epsilon)
@@ -121,7 +116,7 @@ def build_privatizer(
     if unpayable:
         raise ConfigError(f"STREAMGATE_LDP_PERSON_EPSILON ({settings.ldp_person_epsilon:g}) is below the price of one "
                           f"memo of {', '.join(unpayable)}: every report of it would be a stand-in")
-    rng = secure_rng() if settings.ldp_seed is None else ChaChaRandom(settings.ldp_seed)
+    rng = secure_rng() if seed is None else ChaChaRandom(seed)
     client = client or redis_client(settings)
     privatizer = Privatizer(
         policy,
@@ -137,7 +132,7 @@ def build_privatizer(
         cache=MemoCache(max_entries=settings.dek_cache_max_entries,
                         max_staleness_seconds=settings.dek_cache_max_staleness_seconds),
         clock=clock,
-        shuffle_seed=settings.ldp_seed,
+        shuffle_seed=seed,
         label_epsilon=settings.learn_label_epsilon if settings.learn_examples else None,
     )
     if guard:  # no memo outlives the key store's data

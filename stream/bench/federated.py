@@ -204,7 +204,7 @@ def run_federated_bench(
                                 updates=f"bench.fed.updates.{phase_tag}", audit=f"bench.fed.audit.{phase_tag}")
             ensure_topics(bootstrap, [topics.snapshots, topics.updates, topics.audit], partitions=1)
             s = settings.model_copy(update={
-                "topics": topics, "kafka_bootstrap": bootstrap, "learner_consumer_group": f"bench-fed-{phase_tag}",
+                "topics": topics, "kafka_bootstrap": bootstrap, "group_prefix": f"bench-fed-{phase_tag}",
                 "learn_federated": name == "federated"})
             phase = _phase(s, name, len(records), hold, say)
             if phase.error:

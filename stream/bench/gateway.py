@@ -136,7 +136,7 @@ def run_gateway_bench(
     )
     pass_out, pass_out2 = f"bench.passthrough.{run}", f"bench.passthrough-orjson.{run}"
     settings = settings.model_copy(
-        update={"topics": topics, "consumer_group": f"bench-gw-{run}", "redis_key_prefix": f"sgbench-{run}"}
+        update={"topics": topics, "group_prefix": f"bench-gw-{run}", "redis_key_prefix": f"sgbench-{run}"}
     )
     ensure_topics(bootstrap, [topics.raw, topics.protected, topics.dlq, pass_out, pass_out2], partitions=1)
 

@@ -170,8 +170,7 @@ def run_latency_bench(
                         frequencies=f"bench.lat.freq.{run}", partials=f"bench.lat.partials.{run}")
     s = settings.model_copy(update={
         "topics": topics, "kafka_bootstrap": bootstrap, "redis_url": settings.redis_url_or_dev(),
-        "consumer_group": f"bench-lat-gw-{run}", "privatizer_consumer_group": f"bench-lat-priv-{run}",
-        "redis_key_prefix": f"sgbench-{run}", "ldp_seed": seed, "ldp_budget_epsilon": 1e12,
+        "group_prefix": f"bench-lat-{run}", "redis_key_prefix": f"sgbench-{run}",
         "learn_examples": False, "topic_partitions": partitions,
     })
     ensure_topics(bootstrap, [topics.raw, topics.protected, topics.dlq, topics.features, topics.frequencies,

@@ -132,9 +132,6 @@ def register(cli: click.Group) -> None:
             for line in explain_lines(settings, policy):
                 click.echo(line)
             return
-        if settings.ldp_seed is not None:
-            raise click.ClickException("STREAMGATE_LDP_SEED is for tests and benchmarks only: a privatizer worker "
-                                       "draws its noise from a key out of the OS CSPRNG; unset it")
 
         from stream.kafka import ensure_topics, reachable_bootstrap
 
