@@ -115,7 +115,7 @@ class SnapshotFeed:
         self.topic, self.name, self.key = topic, name.encode(), key
         self.ignored = 0  # newer versions that did not verify
         self._reader = TopicReader(bootstrap, topic, mode="tail", missing="wait", batch=200,
-                                   client_id="streamgate-snapshot-feed", config={"fetch.wait.max.ms": 100})
+                                   client_id="streamgate-snapshot-reader", config={"fetch.wait.max.ms": 100})
 
     def newest(self, after: int) -> ModelSnapshot | None:
         """The newest verified global version above ``after`` among the records arrived since the last call."""
