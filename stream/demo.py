@@ -211,8 +211,8 @@ def run_demo(settings: Settings, *, events: int = 20_000, invalid_rate: float = 
             procs.append(sh)
             ln = _start_worker("learner", {**env, "STREAMGATE_WEB_PORT": str(ln_port),
                                            "STREAMGATE_LEARN_MODEL_NAME": model_name,
-                                           "STREAMGATE_LEARNER_CONSUMER_GROUP": f"streamgate-demo-learner-{run_id}",
-                                           "STREAMGATE_LEARN_SNAPSHOT_INTERVAL_SECONDS": "2"}, learner_log)
+                                           "STREAMGATE_GROUP_PREFIX": f"streamgate-demo-{run_id}",
+                                           "STREAMGATE_LEARN_PUBLISH_INTERVAL_SECONDS": "2"}, learner_log)
             ln.web_port = ln_port  # type: ignore[attr-defined]
             procs.append(ln)
             with console.status("starting the gateway, privatizer, learner and shredder workers (Faust) ..."):

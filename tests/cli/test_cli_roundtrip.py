@@ -146,7 +146,7 @@ def gw(kafka_bootstrap: str, redis_url: str, tmp_path_factory: pytest.TempPathFa
     group = f"sgcli-{uid}"
     port = free_port()
     env = worker_env(kafka_bootstrap=kafka_bootstrap, redis_url=redis_url, prefix=prefix, master_key=master_key,
-                     state_dir=state_dir, topics=topics, STREAMGATE_CONSUMER_GROUP=group,
+                     state_dir=state_dir, topics=topics, STREAMGATE_GROUP_PREFIX=group,
                      STREAMGATE_WEB_PORT=str(port))
 
     events = list(ClickstreamGenerator(seed=11).events(N_EVENTS))
@@ -163,7 +163,7 @@ def gw(kafka_bootstrap: str, redis_url: str, tmp_path_factory: pytest.TempPathFa
     with open(log, "wb") as logf:
         proc = subprocess.Popen(_cli("gateway", "--loglevel", "info"), env=env, stdout=logf,
                                 stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)
-    run = Run(env=env, marker=f"STREAMGATE_CONSUMER_GROUP={group}".encode(), proc=proc, port=port, log=log,
+    run = Run(env=env, marker=f"STREAMGATE_GROUP_PREFIX={group}".encode(), proc=proc, port=port, log=log,
               topics=topics, bootstrap=kafka_bootstrap, master_key=master_key, events=events, invalid=invalid,
               n_lines=len(lines), secrets=secrets)
     try:
@@ -451,7 +451,7 @@ def test_gateway_starts_with_a_fresh_state_dir(
     port = free_port()
     env = worker_env(kafka_bootstrap=kafka_bootstrap, redis_url=redis_url, prefix=redis_prefix,
                      master_key=master_key_b64, state_dir=state_dir, topics=topic_names,
-                     STREAMGATE_CONSUMER_GROUP=f"sgcli-{unique_id}", STREAMGATE_WEB_PORT=str(port))
+                     STREAMGATE_GROUP_PREFIX=f"sgcli-{unique_id}", STREAMGATE_WEB_PORT=str(port))
     log = tmp_path / "gateway.log"
     with open(log, "wb") as logf:
         proc = subprocess.Popen(_cli("gateway"), env=env, stdout=logf, stderr=subprocess.STDOUT,
