@@ -62,7 +62,7 @@ def cli(log_level: str) -> None:
     """streamgate: an event-streaming privacy gateway for Kafka clickstreams.
 
     Without STREAMGATE_KAFKA_BOOTSTRAP / STREAMGATE_REDIS_URL the commands use the
-    embedded dev stack (`streamgate dev up`). Settings: see the README.
+    embedded dev stack (`streamgate dev up`). Settings: docs/settings.md (every STREAMGATE_ variable).
     """
     logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s %(message)s")
 

@@ -214,9 +214,9 @@ class Settings(BaseSettings):
     # --- privatizer (local differential privacy) ----------------------------
     ldp_epsilon: float = Field(
         default=1.0, gt=0, le=20,
-        description="Default epsilon of an attribute (a schema's x-privacy.epsilon overrides it): the longitudinal "
-        "epsilon-infinity of one person's memoized value, charged once per memo to the person's budget; each "
-        "report adds a second randomization and costs at most epsilon/2 on its own.",
+        description="Default epsilon of an attribute (a schema's x-privacy.epsilon overrides it): epsilon-infinity, "
+        "the longitudinal bound of one person's memoized value, charged once per memo to the person's ledger. "
+        "Not the epsilon of one report: a report's own second round is epsilon/2 (x-privacy.epsilon_1).",
     )
     ldp_person_epsilon: float = Field(
         default=12.0, gt=0,

@@ -57,7 +57,8 @@ __all__ = ["DEMO_EPSILON", "DEMO_PERSON_MEMOS", "DEMO_SESSION_GAP_SECONDS", "run
 
 #: the privatizer's session gap in the demo (a short run: every session is over when the events stop)
 DEMO_SESSION_GAP_SECONDS = 2.0
-#: The demo's epsilon per report (the defaults: 1). 20k events at epsilon 1 teach the model nothing
+#: The demo's epsilon per attribute and label (epsilon-infinity of a memo; the defaults: 1). 20k events at
+#: epsilon 1 teach the model nothing
 #: (ROC-AUC about 0.5; docs/learning.md), so the demo shows learning at this much weaker privacy.
 DEMO_EPSILON = 4.0
 #: Memos one person may spend per epoch in the demo (the defaults: 12 at epsilon 1).
@@ -160,7 +161,8 @@ def run_demo(settings: Settings, *, events: int = 20_000, invalid_rate: float = 
     person_cap = DEMO_PERSON_MEMOS * epsilon
     settings = settings.model_copy(update={"ldp_epsilon": epsilon, "learn_label_epsilon": epsilon,
                                            "ldp_person_epsilon": person_cap})
-    console.print(f"privacy in this demo: epsilon {epsilon:g} per report, at most {person_cap:g} per person per day "
+    console.print(f"privacy in this demo: epsilon {epsilon:g} per memoized value (epsilon-infinity; one report "
+                  f"alone at most {epsilon / 2:g}), at most {person_cap:g} per person per day "
                   "(defaults: 1 and 12): weaker than the defaults, so that a demo's few events can teach the model; "
                   "`--epsilon 1` shows what the defaults cost.")
 
@@ -364,7 +366,7 @@ def _privacy_summary(console: Console, s: Settings, pv: subprocess.Popen[bytes],
     table = Table(title="local differential privacy (privatizer)", show_header=False)
     table.add_row("feature reports -> " + t.features, f"{n_features:,}  (no key, no token, no identifier, "
                   "hour-of-week only)")
-    table.add_row("epsilon per report", ", ".join(f"{a.name}: {a.epsilon:g} ({a.mechanism})" for a in policy.attributes))
+    table.add_row("epsilon-infinity per attribute", ", ".join(f"{a.name}: {a.epsilon:g} ({a.mechanism})" for a in policy.attributes))
     table.add_row("suppressed (budget spent)", f"{sum(stats.get('suppressed', {}).values()):,} attribute reports "
                   f"(at most {s.ldp_person_epsilon:g} epsilon per person and day, every attribute and the label together)")
     table.add_row("memoized reports served", f"{stats.get('memo_hits', 0):,} from cache, "
