@@ -40,6 +40,7 @@ from stream.topicsconfig import DEFAULT_PARTITIONS, load_topics_config
 __all__ = [
     "BOOTSTRAP_SETTING",
     "COUNTERS",
+    "KAFKA_EVENTS",
     "LIBRDKAFKA_LOGGER",
     "PROBE_TIMEOUT",
     "RateLimitFilter",
@@ -298,6 +299,8 @@ def group_active(bootstrap: str, group: str, *, timeout: float = 5.0) -> bool | 
 #: Process-wide counters of the failure paths handled here (also logged): consumer errors the
 #: readers skipped, records that met a full producer queue, and produce calls that gave up.
 COUNTERS: Counter[str] = Counter()
+#: The keys of :data:`COUNTERS` (``streamgate_kafka_client_events_total{event=...}``).
+KAFKA_EVENTS = ("read_errors", "produce_queue_full", "produce_gave_up")
 
 ReadMode = Literal["end", "tail"]
 
