@@ -274,8 +274,7 @@ def produce(generate: int | None, seed: int, invalid_rate: float, file: Any, top
               "and its tk1 token). An erased person's tk2 records no longer match.")
 @click.option("--max", "max_events", type=int, default=None, help="Stop after printing N events.")
 @click.option("--idle-timeout", type=float, default=5.0, show_default=True,
-              help="Read to the end of the topic, then stop when no record arrived for this many seconds "
-              "(0 = follow forever).")
+              help="Read to the end of the topic, then on for this many seconds (0 = follow forever).")
 @click.option("--on-shredded", type=click.Choice(["null", "mask", "raise"]), default="mask", show_default=True,
               help="What a field whose key was shredded decrypts to.")
 def decrypt(user: str | None, max_events: int | None, idle_timeout: float, on_shredded: str) -> None:
@@ -302,7 +301,7 @@ def decrypt(user: str | None, max_events: int | None, idle_timeout: float, on_sh
         if settings.pseudonym_tokens and not any(t.startswith(PSEUDONYM_PREFIX) for t in tokens):
             click.echo("# no tk2 pseudonym for this user (never seen, erased or expired): "
                        "only records from before tk2 can match", err=True)
-    # to the end of the topic, then on until nothing arrived for idle_timeout (0 = follow forever)
+    # to the end of the topic, then on for idle_timeout seconds (0 = follow forever)
     printed, failed = 0, 0
     out = sys.stdout
     with TopicReader(reachable_bootstrap(settings), settings.topics.protected,
@@ -332,7 +331,7 @@ def dlq() -> None:
 @click.option("--max", "max_records", type=int, default=20, show_default=True)
 @click.option("--unseal", is_flag=True, help="Also print the original bytes (needs the master key; contains PII).")
 @click.option("--idle-timeout", type=float, default=3.0, show_default=True,
-              help="Read to the end of the topic, then stop when no record arrived for this many seconds.")
+              help="Read to the end of the topic, then on for this many seconds.")
 def dlq_inspect(max_records: int, unseal: bool, idle_timeout: float) -> None:
     """Print DLQ records (reason, source, size), optionally unsealing the original bytes."""
 

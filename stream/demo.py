@@ -312,7 +312,7 @@ def _stop(proc: subprocess.Popen[bytes]) -> None:
 
 
 def _read_since(bootstrap: str, topic: str, since_ms: int, *, idle: float) -> list[bytes]:
-    """The values of ``topic`` to its end (then until quiet for ``idle`` s) of this run's hour."""
+    """The values of ``topic`` to its end (then on for ``idle`` s) of this run's hour."""
     out: list[bytes] = []
     with TopicReader(bootstrap, topic, linger=idle, batch=2000, poll_timeout=0.2,
                      client_id=f"streamgate-demo-read-{uuid.uuid4().hex[:6]}") as reader:

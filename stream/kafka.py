@@ -314,7 +314,7 @@ class TopicReader:
       ListOffsets answer can lag the last batch, so the offsets alone would stop early). Empty polls
       never end the read: only the end does, or ``stall_timeout`` seconds without a record or an
       end-of-partition event, which raises :class:`TopicReadError`. ``linger`` > 0 keeps reading
-      after the end until no record arrived for that long.
+      for that many seconds after the end (bounded even on a topic that never goes quiet).
     * ``mode="tail"``: :meth:`batches` yields every poll's records (possibly none) until ``stop()``.
 
     Errors are handled here once: end-of-partition events are consumed, other errors logged and
@@ -458,8 +458,6 @@ class TopicReader:
             now = time.monotonic()
             if msgs or len(self._eof) != eofs:
                 progress = now
-                if msgs and ended_at is not None:
-                    ended_at = now  # lingering: wait for quiet again
             elif ended_at is None and now - progress > self.stall_timeout:
                 raise TopicReadError(f"could not read {', '.join(self.topics)} to the end: no record and no "
                                      f"end of partition for {self.stall_timeout:g} s", topic=self.topics[0])

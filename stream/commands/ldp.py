@@ -150,7 +150,7 @@ def register(cli: click.Group) -> None:
     @click.option("--top", type=int, default=10, show_default=True, help="Values shown per attribute.")
     @click.option("--json", "as_json", is_flag=True, help="Print the (merged) estimate records as JSON lines.")
     @click.option("--idle-timeout", type=float, default=3.0, show_default=True,
-                  help="Without --follow: read to the end, then stop when nothing arrived for this many seconds.")
+                  help="Without --follow: read to the end, then on for this many seconds.")
     def estimates(follow: bool, total: bool, top: int, as_json: bool, idle_timeout: float) -> None:
         """Tail analytics.frequencies as a readable table: per attribute, the latest window
         (merged over privatizer instances) or, with --total, everything read so far."""
@@ -177,7 +177,7 @@ def register(cli: click.Group) -> None:
 
         console = Console()
         live = Live(render_estimates([], top=top), console=console, auto_refresh=False) if follow and not as_json else None
-        # without --follow: to the end of the topic, then until nothing arrived for idle_timeout
+        # without --follow: to the end of the topic, then on for idle_timeout
         reader = TopicReader(reachable_bootstrap(settings), settings.topics.frequencies,
                              mode="tail" if follow else "end", linger=idle_timeout)
         try:

@@ -20,8 +20,7 @@ def ops() -> None:
 @click.option("--once", is_flag=True, help="Read what is there, print one plain snapshot and exit.")
 @click.option("--interval", type=float, default=2.0, show_default=True, help="Refresh period of the live view (s).")
 @click.option("--idle-timeout", type=float, default=2.0, show_default=True,
-              help="With --once: read to the end offsets seen at start, then stop when nothing arrived "
-                   "for this long (s).")
+              help="With --once: read to the end offsets seen at start, then on for this long (s).")
 def watch(once: bool, interval: float, idle_timeout: float) -> None:
     """Live view over ops.metrics, ops.audit and clicks.dlq: rates, lag, DLQ reasons, shreds,
     privacy budget, model metrics."""
@@ -31,7 +30,7 @@ def watch(once: bool, interval: float, idle_timeout: float) -> None:
     settings = _settings()
     bootstrap = reachable_bootstrap(settings)
     state = WatchState()
-    if once:  # to the end offsets seen at start, then until quiet for idle_timeout
+    if once:  # to the end offsets seen at start, then on for idle_timeout
         reader, handlers = watch_reader(bootstrap, settings, mode="end", linger=max(0.0, idle_timeout))
         with reader:
             for msgs in reader.batches():

@@ -63,8 +63,8 @@ def _format(r: dict[str, Any], verified: bool | None = None) -> str:
 
 
 def read_receipts(bootstrap: str, topic: str, *, idle_timeout: float, stop: Any = None) -> Any:
-    """Yield audit receipts (dicts) from the beginning of ``topic`` to its end, then on until nothing
-    arrived for ``idle_timeout`` seconds (or ``stop(r)`` is true)."""
+    """Yield audit receipts (dicts) from the beginning of ``topic`` to its end, then on for
+    ``idle_timeout`` seconds (or until ``stop(r)`` is true)."""
     import orjson
 
     from stream.kafka import TopicReader
@@ -217,7 +217,7 @@ def register(cli: click.Group) -> None:
     @click.option("--all", "show_all", is_flag=True,
                   help="Also show unsigned or forged records, marked UNVERIFIED (JSON: a \"verified\" field is added).")
     @click.option("--idle-timeout", type=float, default=3.0, show_default=True,
-                  help="Stop reading when nothing new arrived for this many seconds.")
+                  help="Read to the end of ops.audit, then on for this many seconds.")
     def audit(user: str | None, subject: str | None, reason: str | None, request_id: str | None,
               since: str | None, until: str | None, max_receipts: int | None, as_json: bool,
               show_all: bool, idle_timeout: float) -> None:
