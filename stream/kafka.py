@@ -475,18 +475,24 @@ def produce(producer: Producer, topic: str, value: bytes | None, key: bytes | No
     """``producer.produce`` with a bounded wait for a full local queue (``BufferError``): poll the
     producer (serving deliveries) and retry until ``timeout`` seconds passed or ``stop()`` is true,
     then raise :class:`ProduceTimeoutError`. Counted (``COUNTERS``) and logged when it gives up."""
-    kw: dict[str, Any] = {}
-    if partition is not None:
-        kw["partition"] = partition
-    if headers is not None:
-        kw["headers"] = headers
-    if on_delivery is not None:
-        kw["on_delivery"] = on_delivery
     try:
+        if partition is None and headers is None and on_delivery is None:  # the hot path of the benchmarks
+            producer.produce(topic, value, key)
+            return
+        kw: dict[str, Any] = {"on_delivery": on_delivery} if on_delivery is not None else {}
+        if partition is not None:
+            kw["partition"] = partition
+        if headers is not None:
+            kw["headers"] = headers
         producer.produce(topic, value, key, **kw)
         return
     except BufferError:
         COUNTERS["produce_queue_full"] += 1
+    kw = {"on_delivery": on_delivery} if on_delivery is not None else {}
+    if partition is not None:
+        kw["partition"] = partition
+    if headers is not None:
+        kw["headers"] = headers
     deadline = time.monotonic() + timeout
     while True:
         producer.poll(0.05)
