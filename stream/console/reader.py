@@ -20,7 +20,7 @@ from confluent_kafka import Message
 
 from stream.config import Settings, TopicNames
 from stream.console.state import ConsoleState
-from stream.errors import StreamgateError
+from stream.errors import StreamgateError, TopicReadError
 from stream.kafka import TopicReader as KafkaTopicReader
 
 __all__ = ["ALLOWED_TOPIC_FIELDS", "TopicNotAllowedError", "TopicReader", "Verifiers", "check_topics",
@@ -145,6 +145,13 @@ class TopicReader:
         check_topics(self.assigned, self.names)
 
     def _run(self) -> None:
+        try:
+            self._read()
+        except TopicReadError as exc:  # a fatal client error: shown, and the reading ends
+            self.error = "fatal"
+            log.error("console reader stopped", extra={"error": str(exc)[:200]})
+
+    def _read(self) -> None:
         assert self.consumer is not None
         errors = 0
         for msgs in self.consumer.batches():  # tail: until stop(); errors logged and counted there
