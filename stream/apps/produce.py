@@ -10,7 +10,7 @@ import orjson
 from confluent_kafka import Message, Producer
 
 from stream.gateway.core import is_envelope, why_not_json
-from stream.kafka import producer_config
+from stream.kafka import produce, producer_config
 from stream.schema import EventSchema, Reason
 
 __all__ = ["LineCheck", "encode_raw", "publish"]
@@ -99,12 +99,7 @@ def publish(
     n = 0
     for item in items:
         key, value = encode_raw(item)
-        while True:
-            try:
-                producer.produce(topic, value, key, on_delivery=on_delivery)
-                break
-            except BufferError:
-                producer.poll(0.05)
+        produce(producer, topic, value, key, on_delivery=on_delivery, timeout=120.0)
         n += 1
         if n % progress_every == 0:
             producer.poll(0)

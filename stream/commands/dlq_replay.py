@@ -163,7 +163,8 @@ def run_replay(settings: Any, *, reasons: Collection[str] = (), since: float | N
 
     from stream.components import build_dek_provider, redis_client
     from stream.crypto.keyring import Keyring, derive_key
-    from stream.kafka import producer_config, reachable_bootstrap, reader_from_beginning
+    from stream.kafka import TopicReader, producer_config, reachable_bootstrap
+    from stream.kafka import produce as produce_one
 
     keyring = Keyring.from_settings(settings)
     bootstrap = reachable_bootstrap(settings)
@@ -177,29 +178,17 @@ def run_replay(settings: Any, *, reasons: Collection[str] = (), since: float | N
             failed.append(str(err))
 
     def produce(value: bytes, key: bytes | None, headers: list[tuple[str, bytes | None]]) -> None:
-        while True:
-            try:
-                producer.produce(settings.topics.raw, value, key, headers=list(headers) or None,
-                                 on_delivery=on_delivery)
-                return
-            except BufferError:
-                producer.poll(0.1)
+        produce_one(producer, settings.topics.raw, value, key, headers=list(headers) or None,
+                    on_delivery=on_delivery, logger=log)
 
     def flush() -> int:
         left = producer.flush(60)
         return left + len(failed)
 
     def records() -> Any:
-        consumer = reader_from_beginning(bootstrap, settings.topics.dlq)
-        last = time.monotonic()
-        try:
-            while time.monotonic() - last < idle_timeout:
-                for m in consumer.consume(num_messages=500, timeout=0.5):
-                    if m.error() is None:
-                        last = time.monotonic()
-                        yield m.value() or b""
-        finally:
-            consumer.close()
+        with TopicReader(bootstrap, settings.topics.dlq, linger=idle_timeout) as reader:
+            for m in reader:
+                yield m.value() or b""
 
     return replay_dead_letters(
         dlq_records=records, deks=deks, redis=redis, ledger_prefix=settings.redis_key_prefix,
