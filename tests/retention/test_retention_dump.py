@@ -240,3 +240,41 @@ def test_the_adversary_finds_a_copy_in_every_type_node_and_encoding(settings, re
         assert any(repr(key.encode()) in w and not w.endswith("DUMP") for w in hits), key
         assert any(repr(key.encode()) in w and w.endswith("DUMP") for w in hits), key  # the raw/hex copies
     assert not any(":plant:decoy" in w for w in hits)
+
+
+def test_events_encrypted_under_a_stale_cached_key_after_the_erasure_are_unreadable_too(settings) -> None:
+    """docs/privacy.md ("Caches"): a gateway without the shred channel keeps using its cached key for
+    up to the staleness bound after an erasure; those events are lost, never exposed. They carry the
+    erased key's id, no reader opens them (KeyShreddedError), and raw AES-GCM under every key in the
+    dump and the keyring opens none, while the same batch's other person opens. After the bound the
+    gateway gives the person a fresh key."""
+    from stream.components import build_gateway
+    from stream.errors import KeyShreddedError
+    from stream.gateway.core import RawRecord
+    from tests.support.shred import reader
+
+    settings = settings.model_copy(update={"dek_cache_max_staleness_seconds": 600.0})
+    clock = Clock(T0)
+    e0 = int(T0 // E)
+    assert T0 + 60 + 600 < (e0 + 1) * E  # every step below stays in one epoch
+    gw = build_gateway(settings, clock=clock)  # no listener: only the staleness bound drops keys
+    first = gw.process([RawRecord("clicks.raw", 0, 0, raw("usr_stale", 0), None)])
+    tok = first.protected[0][0].decode()
+    old_kid = orjson.loads(first.protected[0][1])["email"].split(".")[1]
+    Shredder(RedisShredStore(redis_client(settings), settings.redis_key_prefix), MemorySink(), worker="w1",
+             epoch_seconds=E, retention_seconds=R, clock=clock).erase(tok, "req-stale")
+    clock.advance(60)  # within the bound
+    late = gw.process([RawRecord("clicks.raw", 0, i, raw(u, i), None)
+                       for i, u in enumerate(["usr_stale", "usr_stale_other"], start=1)])
+    stale, other = (orjson.loads(v) for _, v in late.protected)
+    assert stale["user_id"] == tok and stale["email"].split(".")[1] == old_kid  # the stale key indeed
+    assert b"usr_stale@" not in late.protected[0][1] and b"example.org" not in late.protected[0][1]
+    with pytest.raises(KeyShreddedError):
+        reader(settings, clock).decrypt(stale)
+    keys = every_key(settings, dump_redis(redis_client(settings)), [tok], [e0])
+    assert opened(stale, keys) == []
+    assert opened(other, keys) == [f for f in ENCRYPTED if other.get(f)]
+    clock.advance(settings.dek_cache_max_staleness_seconds)  # past the bound: a fresh token and key
+    fresh = orjson.loads(gw.process([RawRecord("clicks.raw", 0, 9, raw("usr_stale", 9), None)]).protected[0][1])
+    assert fresh["email"].split(".")[1] != old_kid
+    assert reader(settings, clock).decrypt(fresh)["email"] == "p9.usr_stale@example.org"
