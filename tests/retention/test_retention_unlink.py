@@ -116,6 +116,7 @@ def all_tokens_of(settings, user_id: str) -> set[str]:
     secret, and the one the gateway would give the user_id now (created if absent)."""
     import base64
     import binascii
+    import contextlib
 
     from stream.crypto.keyring import Keyring
     from stream.crypto.tokens import Tokenizer
@@ -127,10 +128,8 @@ def all_tokens_of(settings, user_id: str) -> set[str]:
     for item in dump_redis(redis_client(settings)).items:
         blobs.add(item.data)
         for decode in (bytes.fromhex, base64.b64decode, base64.urlsafe_b64decode):
-            try:
+            with contextlib.suppress(ValueError, UnicodeDecodeError, binascii.Error):
                 blobs.add(decode(item.data.decode("ascii")))
-            except (ValueError, UnicodeDecodeError, binascii.Error):
-                pass
     secrets = {b[i:i + 32] for b in blobs for i in range(len(b) - 31)}
     assert secrets, "an empty dump proves nothing"
     out |= {pseud.token_from(s, user_id) for s in secrets}

@@ -82,14 +82,16 @@ def dump_redis(client: Any, dump: Dump | None = None) -> Dump:
                     for m in conn.smembers(key):
                         dump.add(f"{where} member", m)
                 elif kind == "zset":
-                    for m, s in conn.zrange(key, 0, -1, withscores=True):
-                        dump.add(f"{where} member", m)
-                        dump.add(f"{where} score", s)
+                    scored: Any = conn.zrange(key, 0, -1, withscores=True)
+                    for member, score in scored:
+                        dump.add(f"{where} member", member)
+                        dump.add(f"{where} score", score)
                 elif kind == "list":
                     for v in conn.lrange(key, 0, -1):
                         dump.add(f"{where} item", v)
                 elif kind == "stream":
-                    for entry_id, fields in conn.xrange(key, "-", "+"):
+                    entries: Any = conn.xrange(key, "-", "+")
+                    for entry_id, fields in entries:
                         dump.add(f"{where} id", entry_id)
                         for f, v in fields.items():
                             dump.add(f"{where} {entry_id!r} field", f)
@@ -123,7 +125,8 @@ def dump_kafka(bootstrap: str, dump: Dump | None = None, *, idle: float = 3.0, t
                 where = f"kafka {m.topic()}/{m.partition()}@{m.offset()}"
                 dump.add(f"{where} key", m.key())
                 dump.add(f"{where} value", m.value())
-                for h, v in m.headers() or []:
+                headers: Any = m.headers() or []
+                for h, v in headers:
                     dump.add(f"{where} header name", h)
                     dump.add(f"{where} header {h}", v)
     finally:
@@ -191,7 +194,7 @@ def unwrap_all(dump: Dump, kms: Any, refs: Iterable[tuple[str, int]]) -> list[by
         for subject, epoch in refs:
             try:
                 keys.append(kms.unwrap(blob, wrap_aad(subject, epoch, key_id)))
-            except Exception:  # noqa: BLE001 - any failure is "not this binding"
+            except Exception:  # any failure is "not this binding"
                 continue
     return keys
 
