@@ -103,8 +103,10 @@ def dump_redis(client: Any, dump: Dump | None = None) -> Dump:
     return dump
 
 
-def dump_kafka(bootstrap: str, dump: Dump | None = None, *, idle: float = 3.0, timeout: float = 60.0) -> Dump:
-    """Every record (key, value, every header) of every partition of every topic on the broker."""
+def dump_kafka(bootstrap: str, dump: Dump | None = None, *, idle: float = 3.0, timeout: float = 300.0) -> Dump:
+    """Every record (key, value, every header) of every partition of every topic on the broker. Fails
+    (rather than reporting a partial dump as clean) unless every partition was read at least to the
+    high watermark the broker reports."""
     import time
 
     dump = dump or Dump()
@@ -115,6 +117,8 @@ def dump_kafka(bootstrap: str, dump: Dump | None = None, *, idle: float = 3.0, t
         parts = [TopicPartition(t, p, OFFSET_BEGINNING) for t, tm in md.topics.items() for p in tm.partitions]
         dump.topics |= set(md.topics)
         c.assign(parts)
+        ends = {(tp.topic, tp.partition): c.get_watermark_offsets(tp, timeout=10)[1] for tp in parts}
+        reached: dict[Any, int] = {}
         deadline, last = time.monotonic() + timeout, time.monotonic()
         while time.monotonic() < deadline and time.monotonic() - last < idle:
             for m in c.consume(num_messages=1000, timeout=0.2):
@@ -122,6 +126,7 @@ def dump_kafka(bootstrap: str, dump: Dump | None = None, *, idle: float = 3.0, t
                     continue
                 last = time.monotonic()
                 dump.records += 1
+                reached[(m.topic(), m.partition())] = int(m.offset() or 0) + 1
                 where = f"kafka {m.topic()}/{m.partition()}@{m.offset()}"
                 dump.add(f"{where} key", m.key())
                 dump.add(f"{where} value", m.value())
@@ -129,6 +134,8 @@ def dump_kafka(bootstrap: str, dump: Dump | None = None, *, idle: float = 3.0, t
                 for h, v in headers:
                     dump.add(f"{where} header name", h)
                     dump.add(f"{where} header {h}", v)
+        short = [tp for tp, end in ends.items() if end > 0 and reached.get(tp, 0) < end]
+        assert not short, f"the Kafka dump is incomplete (partitions not read to their end: {short[:5]})"
     finally:
         c.close()
     return dump
