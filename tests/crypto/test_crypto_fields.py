@@ -83,12 +83,20 @@ def test_none_stays_none() -> None:
 def test_random_nonce_and_per_person_keys() -> None:
     a = encrypt_value(KEY, "alice@example.com", schema_id=SCHEMA, field_path="email")
     b = encrypt_value(KEY, "alice@example.com", schema_id=SCHEMA, field_path="email")
-    assert a != b
-    assert parse_ciphertext(a).nonce != parse_ciphertext(b).nonce  # type: ignore[arg-type]
+    assert a is not None and b is not None and a != b
+    assert parse_ciphertext(a).nonce != parse_ciphertext(b).nonce
     bob = make_key(subject="tk1_bob", key_id="fedcba9876543210")
     c = encrypt_value(bob, "alice@example.com", schema_id=SCHEMA, field_path="email")
-    assert c is not None and c.split(".")[3] not in (a, b)
-    assert "alice" not in (a or "") + (c or "")
+    assert c is not None and len({t.split(".")[3] for t in (a, b, c)}) == 3  # bodies, not whole strings
+    assert all("alice" not in t for t in (a, b, c))
+    # what opens a ciphertext is the key material AND the person it is bound to, each on its own:
+    same_label = dataclasses.replace(KEY, aead=AESGCM(AESGCM.generate_key(bit_length=256)))  # other key bytes
+    moved = dataclasses.replace(KEY, subject="tk1_bob")  # the same key bytes, another person
+    twin = dataclasses.replace(KEY)  # the same key and binding: the control that it can open
+    assert decrypt_value(twin, a, schema_id=SCHEMA, field_path="email") == "alice@example.com"
+    for wrong in (same_label, moved):
+        with pytest.raises(DecryptError):
+            decrypt_value(wrong, a, schema_id=SCHEMA, field_path="email")
 
 
 def test_ciphertext_format_header() -> None:

@@ -236,10 +236,10 @@ def test_a_server_that_dies_at_start_up_is_reported_with_its_log(
 
     monkeypatch.setattr(DevStack, "_spawn", spy)
     stack = DevStack(tmp_path)
-    started = time.monotonic()
-    with pytest.raises(DevStackError, match=r"redis exited during start-up.*redis\.log"):
-        stack.up(timeout=10)
-    assert time.monotonic() - started < 5, "a dead server should fail the start at once, not at the timeout"
+    # at once, not at the timeout: the error is the exit's ("did not listen ... within" is the timeout's)
+    with pytest.raises(DevStackError, match=r"redis exited during start-up.*redis\.log") as info:
+        stack.up(timeout=120)
+    assert "within" not in str(info.value)
     assert len(spawned) == 2
     assert all(_wait_gone(pid) for pid in spawned), "the broker outlived the failed start"
     assert not _processes_working_in(tmp_path / "dev")

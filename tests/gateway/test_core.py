@@ -29,11 +29,12 @@ ENCRYPTED = SCHEMA.fields_with("encrypt")
 
 
 
-def make_gateway(keyring: Keyring | None = None, store: MemoryKeyStore | None = None, clock: Clock | None = None):
+def make_gateway(keyring: Keyring | None = None, store: MemoryKeyStore | None = None, clock: Clock | None = None,
+                 provider: type[DekProvider] = DekProvider):
     keyring = keyring or Keyring.generate()
     clock = clock or Clock()
     store = store or MemoryKeyStore(clock=clock)
-    deks = DekProvider(store, LocalKMS(keyring), epoch_seconds=86400, retention_seconds=30 * 86400,
+    deks = provider(store, LocalKMS(keyring), epoch_seconds=86400, retention_seconds=30 * 86400,
                        max_staleness_seconds=30, max_entries=10_000, clock=clock)
     return Gateway(SCHEMA, Tokenizer(keyring), deks, max_event_bytes=64 * 1024, clock=clock), deks, store
 
@@ -87,6 +88,39 @@ def test_round_trip_tokens_and_per_person_ciphertexts(sample_events):
     pa, pb, pa2 = (orjson.loads(v) for _, v in gw.process(records([orjson.dumps(x) for x in (a, b, a)])).protected)
     assert pa["email"] != pb["email"] and pa["email"] != pa2["email"]
     assert reader.decrypt(pa)["email"] == reader.decrypt(pb)["email"] == "same@example.com"
+    assert_per_person_keys(gw, deks, sample_events[0])
+
+
+def assert_per_person_keys(gw: Gateway, deks: DekProvider, event: dict) -> None:
+    """Alice's ciphertext, with Alice's own associated data, does not open under Bob's key with raw
+    AES-GCM (so the binding is not what stops it: the key bytes differ); it does under Alice's."""
+    from cryptography.exceptions import InvalidTag
+
+    from tests.support.adversary import field_aad
+
+    a, b = dict(event, user_id="alice", email="a@example.com"), dict(event, user_id="bob", email="b@example.com")
+    pa, pb = (orjson.loads(v) for _, v in gw.process(records([orjson.dumps(a), orjson.dumps(b)])).protected)
+    (_, kid_a, epoch, body), (_, kid_b, _, _) = pa["email"].split("."), pb["email"].split(".")
+    key_a = deks.key_for_decrypt(pa["user_id"], int(epoch), kid_a)
+    key_b = deks.key_for_decrypt(pb["user_id"], int(epoch), kid_b)
+    raw = base64.urlsafe_b64decode(body + "=" * (-len(body) % 4))
+    aad = field_aad(pa["_schema"], "email", pa["user_id"], int(epoch), kid_a)
+    plain = key_a.aead.decrypt(raw[:12], raw[12:], aad).rstrip(b"\x00").removesuffix(b"\x80")  # length padding
+    assert json.loads(plain) == "a@example.com"  # the control
+    try:
+        key_b.aead.decrypt(raw[:12], raw[12:], aad)
+    except InvalidTag:
+        return
+    raise AssertionError("another person's data key opens the ciphertext: not per-person keys")
+
+
+def test_one_global_data_key_is_caught_by_the_per_person_check(sample_events):
+    """The check above is no proxy: a key store giving everyone the same key bytes fails it."""
+    from tests.support.mutants import OneGlobalKeyProvider
+
+    gw, deks, _ = make_gateway(provider=OneGlobalKeyProvider)
+    with pytest.raises(AssertionError, match="not per-person keys"):
+        assert_per_person_keys(gw, deks, sample_events[0])
 
 
 def _flip(text: str, i: int) -> str:

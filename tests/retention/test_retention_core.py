@@ -240,3 +240,24 @@ def test_lead_destroys_keys_shortly_before_their_deadline_only() -> None:
     assert shredder.shred_due() == 1
     assert sink.receipts[0]["epoch"] == 1 and sink.receipts[0]["key_id"]
     assert all(store.live("tokA", 2).values())
+
+
+def test_erasure_finds_keys_outside_the_retention_window_through_the_deadline_index() -> None:
+    """Keys the candidate epochs miss (created under a longer retention, or by a gateway whose clock
+    ran ahead) are found by the deadline-index scan alone: without it they would outlive the erasure."""
+    clock = Clock(0)
+    shredder, store, sink = make(clock)
+    now = 50 * E + 5
+    window = set(candidate_epochs(now, epoch_seconds=E, retention_seconds=R))
+    old, ahead = min(window) - 5, max(window) + 5
+    store.add_key("tokA", old, "a" * 16, now + 10 * R)  # a retention that was longer when it was made
+    store.add_key("tokA", ahead, "b" * 16, expire_at(ahead))
+    store.add_key("tokA", 50, "c" * 16, expire_at(50))
+    store.add_key("tokB", old, "d" * 16, now + 10 * R)
+    clock.t = now
+    out = shredder.erase("tokA", "req-window")
+    assert out.keys_shredded == 3
+    for e in (old, ahead, 50):
+        assert not any(store.live("tokA", e).values()), e
+    assert all(store.live("tokB", old).values())
+    assert {r["epoch"] for r in sink.receipts if r["kind"] == "key_shredded"} == {old, ahead, 50}

@@ -386,3 +386,39 @@ def test_an_interrupted_erasure_is_redone_by_the_redelivered_request(settings, r
     assert sorted(r["kind"] for r in sink.receipts) == ["erasure", "key_shredded", "key_shredded"]
     assert len({r["receipt_id"] for r in sink.receipts}) == 3
     assert store.pending_count() == 0
+
+
+def test_erasure_destroys_keys_outside_the_retention_window_found_only_by_the_deadline_index(
+        settings, redis_client) -> None:
+    """A gateway made keys under a retention ten epochs longer, and one whose clock ran ten epochs
+    ahead: both epochs lie outside the shredder's candidate epochs, the keys are alive in Redis, and
+    only the deadline-index scan finds them. The erasure destroys them (and the memo); their events
+    are shredded for any reader; another person's key of the same epoch stays."""
+    from stream.retention.core import candidate_epochs
+
+    prefix = settings.redis_key_prefix
+    e0 = int(T0 // E)
+    longer = settings.model_copy(update={"retention_seconds": R + 10 * E})
+    old_clock, ahead_clock = Clock(T0 - 12 * E), Clock(T0 + 10 * E)
+    old = protect(longer, old_clock, ["usr_window", "usr_window_kept"], 1)
+    ahead = protect(settings, ahead_clock, ["usr_window"], 1, seed=2)
+    tok, kept = token_of(settings, "usr_window"), token_of(settings, "usr_window_kept")
+    e_old, e_ahead = e0 - 12, e0 + 10
+    window = candidate_epochs(T0, epoch_seconds=E, retention_seconds=R)
+    assert e_old not in window and e_ahead not in window
+    add_ldp_entries(redis_client, prefix, tok, e_old, (e_old + 1) * E + R + 10 * E)
+    assert redis_keys_of(redis_client, prefix, tok) == sorted(
+        [key_name(prefix, "dek", tok, e_old), key_name(prefix, "memo", tok, e_old),
+         key_name(prefix, "budget", tok, e_old), key_name(prefix, "dek", tok, e_ahead)])
+    sh, _, sink = shredder(settings, Clock(T0))
+    out = sh.erase(tok, "req-window")
+    assert out.keys_shredded == 2
+    assert redis_keys_of(redis_client, prefix, tok) == []
+    assert redis_keys_of(redis_client, prefix, kept) == [key_name(prefix, "dek", kept, e_old)]
+    for ev, clock in [*((ev, old_clock) for ev in old), *((ev, ahead_clock) for ev in ahead)]:
+        if ev["user_id"] == tok:
+            with pytest.raises(KeyShreddedError):
+                reader(longer, clock).decrypt(ev)
+        else:
+            assert reader(longer, clock).decrypt(ev)["email"].endswith("@example.org")
+    assert {r["epoch"] for r in sink.receipts if r["kind"] == "key_shredded"} == {e_old, e_ahead}

@@ -111,18 +111,28 @@ def tk2(settings):
 
 def all_tokens_of(settings, user_id: str) -> set[str]:
     """Every token anyone holding the full master keyring and a dump of Redis can compute from
-    ``user_id``: the tk1 token, the token under every pseudonym secret stored (whoever it belongs
-    to), and the one the gateway would give the user_id now (created if absent)."""
+    ``user_id``: the tk1 token, the token under every 32 bytes found anywhere in the dump (every key
+    of every type on every node, DUMP included; raw, and hex or base64 decoded) taken as a pseudonym
+    secret, and the one the gateway would give the user_id now (created if absent)."""
+    import base64
+    import binascii
+    import contextlib
+
     from stream.crypto.keyring import Keyring
     from stream.crypto.tokens import Tokenizer
+    from tests.support.adversary import dump_redis
 
     pseud = build_pseudonyms(settings)
     out = {Tokenizer(Keyring.from_settings(settings)).token(pseud.domain, user_id)}
-    rc = redis_client(settings)
-    for key in rc.scan_iter(match=f"{settings.redis_key_prefix}:*"):
-        raw = rc.get(key) if rc.type(key) == b"string" else None
-        if isinstance(raw, bytes) and raw.startswith(b"2.tk2_"):  # b"2." token b"." secret (32 bytes)
-            out.add(pseud.token_from(raw[-32:], user_id))
+    blobs: set[bytes] = set()
+    for item in dump_redis(redis_client(settings)).items:
+        blobs.add(item.data)
+        for decode in (bytes.fromhex, base64.b64decode, base64.urlsafe_b64decode):
+            with contextlib.suppress(ValueError, UnicodeDecodeError, binascii.Error):
+                blobs.add(decode(item.data.decode("ascii")))
+    secrets = {b[i:i + 32] for b in blobs for i in range(len(b) - 31)}
+    assert secrets, "an empty dump proves nothing"
+    out |= {pseud.token_from(s, user_id) for s in secrets}
     return out | {pseud.tokens([user_id], 2**33)[0]}
 
 
