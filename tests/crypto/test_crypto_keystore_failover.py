@@ -16,7 +16,8 @@ from pathlib import Path
 import pytest
 import redis
 
-from stream.crypto.keystore import KeyStoreGuard, RedisIdentityProbe, StoreIdentity
+from stream.crypto.keystore import KeyStoreGuard, StoreIdentity
+from stream.storage.keys import RedisIdentityProbe
 from tests.support.fixtures import OwnRedis
 
 pytestmark = pytest.mark.integration

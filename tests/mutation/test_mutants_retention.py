@@ -35,7 +35,7 @@ class Mutant:
 
 MUTANTS = [
     Mutant("erasure skips the deadline-index scan", (
-        ("stream/retention/redis_store.py", "members = sorted(set(self.subject_members(subject)) | ",
+        ("stream/storage/retention.py", "members = sorted(set(self.subject_members(subject)) | ",
          "members = sorted(set() | "),
         ("stream/retention/core.py", 'members = {m for m in self.deadlines if m.rpartition(":")[0] == subject}',
          "members: set[str] = set()"),
@@ -46,8 +46,8 @@ MUTANTS = [
         "test_erasure_destroys_keys_outside_the_retention_window_found_only_by_the_deadline_index[single]",
     )),
     Mutant("erasure keeps the pseudonym secret", (
-        ("stream/retention/redis_store.py", "        if lookup is not None:\n            tag = person_tag(",
-         "        if False:\n            tag = person_tag("),
+        ("stream/storage/retention.py", "        if lookup is not None:\n            lookup_id = bytes(lookup)",
+         "        if False:\n            lookup_id = bytes(lookup)"),
     ), (
         "tests/retention/test_retention_dump.py::"
         "test_an_erasure_stopped_before_its_receipts_leaves_no_secret_in_the_outbox_or_marker[single]",

@@ -18,8 +18,8 @@ from stream.crypto.kms import LocalKMS
 from stream.gateway.core import DLQ_SCHEMA
 from stream.kafka import ensure_topics
 from stream.retention.core import MemorySink, Shredder, ShredderError
-from stream.retention.redis_store import RedisShredStore
 from stream.schema import load_schema
+from stream.storage.retention import RedisShredStore
 from stream.synth import ClickstreamGenerator
 from tests.support.adversary import (
     Dump,
