@@ -166,6 +166,7 @@ class _Plan:
 
     schema: EventSchema
     is_valid: Callable[[Any], bool]
+    decode_valid: Callable[[bytes], dict[str, Any] | None] | None
     other_tokens: tuple[tuple[str, str], ...]
     encrypt_fields: tuple[str, ...]
     pads: dict[str, tuple[int, ...] | None]
@@ -180,6 +181,7 @@ class _Plan:
         return cls(
             schema=schema,
             is_valid=schema.is_valid,
+            decode_valid=schema.decode_valid,
             other_tokens=tuple((p.name, p.token_domain or p.name) for p in schema.fields.values()
                                if p.policy == "token" and p.name != schema.subject_field),
             encrypt_fields=encrypt,
@@ -298,7 +300,10 @@ class Gateway:
             except Exception:  # truncated or foreign bytes: fastavro raises EOFError, ValueError, ...
                 return Rejection(Reason.BAD_FRAMING, rule="avro")
         else:
-            try:
+            fast = plan.decode_valid
+            if fast is not None and (event := fast(payload)) is not None:  # one pass (msgspec)
+                return event, plan
+            try:  # refused there, or no typed decoder for this schema: orjson decides, and explains
                 event = orjson.loads(payload)
             except orjson.JSONDecodeError:
                 return why_not_json(payload)
