@@ -81,6 +81,7 @@ _urandom = os.urandom
 _dumps = orjson.dumps
 _b2a = binascii.b2a_base64
 _aad_heads: dict[tuple[str, str], bytes] = {}
+_pad_tails: dict[int, bytes] = {}  # zeros -> 0x80 || 0x00 * zeros (one concatenation per padded value)
 
 
 class CiphertextHeader(NamedTuple):
@@ -132,7 +133,12 @@ def pad_plaintext(plaintext: bytes, buckets: tuple[int, ...]) -> bytes:
             break
     else:
         size = -(-need // buckets[-1]) * buckets[-1]
-    return plaintext + b"\x80" + bytes(size - need)
+    tail = _pad_tails.get(size - need)
+    if tail is None:
+        tail = b"\x80" + bytes(size - need)
+        if size - need < 1024:  # (at most 1024 tails, 0.5 MB)
+            _pad_tails[size - need] = tail
+    return plaintext + tail
 
 
 def unpad_plaintext(padded: bytes) -> bytes:
