@@ -488,6 +488,7 @@ def bench() -> None:
 def bench_gateway(events: int, invalid_rate: float, framed: bool, rounds: int) -> None:
     """Gateway events/s vs a plain confluent-kafka JSON passthrough on the same broker and events."""
     from stream.bench.gateway import run_framing_bench, run_gateway_bench
+    from stream.bench.procs import sizing_lines
 
     if framed:
         with bench_settings(_settings()) as s:
@@ -509,8 +510,11 @@ def bench_gateway(events: int, invalid_rate: float, framed: bool, rounds: int) -
     click.echo(f"passthrough, orjson    {r.passthrough_orjson_rate:>12,.0f} events/s")
     click.echo(f"gateway                {r.gateway_rate:>12,.0f} events/s")
     click.echo(f"ratio gateway / passthrough(json)    {r.ratio:.2f}   (target >= 0.30)")
-    click.echo(f"ratio gateway / passthrough(orjson)  {r.ratio_orjson:.2f}")
+    click.echo(f"ratio gateway / passthrough(orjson)  {r.ratio_orjson:.2f}   (target >= 0.30)")
+    click.echo(f"CPU ratio (events per CPU-second of this process): {r.cpu_ratio('json'):.2f} (json), "
+               f"{r.cpu_ratio('orjson'):.2f} (orjson)")
     click.echo(f"pure core alone (no Kafka): {r.core_rate:,.0f} events/s")
+    click.echo(sizing_lines(*r.sizing.values()))
 
 
 @bench.command("scale")

@@ -24,6 +24,7 @@ from stream.apps.privatizer import PrivatizerEngine, build_privatizer
 from stream.apps.produce import publish
 from stream.apps.runtime import relaxed_gc
 from stream.bench.gateway import _passthrough
+from stream.bench.procs import SizingMeter, sizing_lines
 from stream.components import build_gateway
 from stream.config import Settings, TopicNames
 from stream.gateway.core import RawRecord
@@ -77,7 +78,9 @@ def run_privatizer_bench(
 
     say("(b) privatizer engine ...")
     engine = PrivatizerEngine(settings, build_privatizer(settings, allow_seed=True), bootstrap=bootstrap)
+    meter = SizingMeter()  # sizing: CPU per MB/s of input (stream.bench.procs)
     stats = engine.run(threading.Event(), max_events=len(protected))
+    say(sizing_lines(meter.stop("privatizer", len(protected), sum(len(v) for _k, v in protected))))
     say(f"    privatizer:         {stats.rate():,.0f} events/s")
 
     # the pure core alone, on a fresh Redis prefix (cold, like the engine run)
