@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import sys
 import time
 from pathlib import Path
@@ -564,9 +565,12 @@ def bench_latency(rates: str, seconds: float, warmup: float, partitions: int, li
                               producer=producer, consumer=consumer, pipeline=not gateway_only, say=click.echo)
     click.echo("")
     click.echo(format_latency(r))
-    five = r.row(5000, "gateway")
-    if five is not None:
-        click.echo(f"gateway p99 at 5,000 events/s: {five.p99_ms:.1f} ms   (target < 50)")
+    for path, target in (("gateway", 50), ("pipeline", 100)):
+        five, alone = r.row(5000, path), r.row(5000, "kafka")
+        if five is not None:
+            kafka = f"; Kafka alone, same run: {alone.p99_ms:.1f} ms" if alone is not None else ""
+            click.echo(f"{path:<8} p99 at 5,000 events/s: {five.p99_ms:6.1f} ms   (target < {target}{kafka})")
+    click.echo("load average (1, 5, 15 min) at the end: " + " ".join(f"{x:.2f}" for x in os.getloadavg()))
 
 
 for _area in (_ldp_commands, _retention_commands, _ops_commands, _learn_commands, _schema_commands):
