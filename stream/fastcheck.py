@@ -238,8 +238,8 @@ def _msgspec_type(name: str, schema: Mapping[str, Any]) -> tuple[Any, dict[str, 
 def compile_decoder(
     document: Mapping[str, Any], formats: Mapping[str, str | Callable[[str], bool]] | None = None
 ) -> Callable[[bytes], dict[str, Any] | None] | None:
-    """One pass of decode and validation: JSON bytes -> the event (the dict ``orjson.loads`` gives)
-    if msgspec's typed decode (types, enums, lengths, patterns, bounds, required, no unknown field)
+    """One pass of decode and validation: JSON bytes -> the event (the dict ``orjson.loads`` gives,
+    keys in the schema's order) if msgspec's typed decode (types, enums, lengths, patterns, bounds, required, no unknown field)
     and then the predicate of what remains (formats, anyOf) accept it; else None, and the caller
     takes the general path (orjson, the predicate, the detailed validator), which alone explains
     and alone accepts what this refuses. One-sided by construction: whatever msgspec would read
@@ -262,7 +262,7 @@ def compile_decoder(
             if rest:
                 residual[name] = rest
         # (a TypedDict would give the dict directly, but skips unknown keys: a Struct refuses them)
-        struct = msgspec.defstruct("Event", sorted(fields, key=len), forbid_unknown_fields=True, gc=False)
+        struct = msgspec.defstruct("Event", fields, kw_only=True, forbid_unknown_fields=True, gc=False)
         decode = msgspec.json.Decoder(struct).decode
     except (_Unsupported, TypeError, ValueError):
         return None
