@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -475,6 +476,7 @@ def bench() -> None:
 def bench_gateway(events: int, invalid_rate: float, framed: bool, rounds: int) -> None:
     """Gateway events/s vs a plain confluent-kafka JSON passthrough on the same broker and events."""
     from stream.bench.gateway import run_framing_bench, run_gateway_bench
+    from stream.bench.procs import sizing_lines
 
     if framed:
         with bench_settings(_settings()) as s:
@@ -496,8 +498,11 @@ def bench_gateway(events: int, invalid_rate: float, framed: bool, rounds: int) -
     click.echo(f"passthrough, orjson    {r.passthrough_orjson_rate:>12,.0f} events/s")
     click.echo(f"gateway                {r.gateway_rate:>12,.0f} events/s")
     click.echo(f"ratio gateway / passthrough(json)    {r.ratio:.2f}   (target >= 0.30)")
-    click.echo(f"ratio gateway / passthrough(orjson)  {r.ratio_orjson:.2f}")
+    click.echo(f"ratio gateway / passthrough(orjson)  {r.ratio_orjson:.2f}   (target >= 0.30)")
+    click.echo(f"CPU ratio (events per CPU-second of this process): {r.cpu_ratio('json'):.2f} (json), "
+               f"{r.cpu_ratio('orjson'):.2f} (orjson)")
     click.echo(f"pure core alone (no Kafka): {r.core_rate:,.0f} events/s")
+    click.echo(sizing_lines(*r.sizing.values()))
 
 
 @bench.command("scale")
@@ -547,9 +552,12 @@ def bench_latency(rates: str, seconds: float, warmup: float, partitions: int, li
                               producer=producer, consumer=consumer, pipeline=not gateway_only, say=click.echo)
     click.echo("")
     click.echo(format_latency(r))
-    five = r.row(5000, "gateway")
-    if five is not None:
-        click.echo(f"gateway p99 at 5,000 events/s: {five.p99_ms:.1f} ms   (target < 50)")
+    for path, target in (("gateway", 50), ("pipeline", 100)):
+        five, alone = r.row(5000, path), r.row(5000, "kafka")
+        if five is not None:
+            kafka = f"; Kafka alone, same run: {alone.p99_ms:.1f} ms" if alone is not None else ""
+            click.echo(f"{path:<8} p99 at 5,000 events/s: {five.p99_ms:6.1f} ms   (target < {target}{kafka})")
+    click.echo("load average (1, 5, 15 min) at the end: " + " ".join(f"{x:.2f}" for x in os.getloadavg()))
 
 
 for _area in (_ldp_commands, _retention_commands, _ops_commands, _learn_commands, _schema_commands):

@@ -44,7 +44,7 @@ import fastjsonschema
 import jsonschema
 
 from stream.errors import SchemaPolicyError
-from stream.fastcheck import compile_predicate
+from stream.fastcheck import compile_decoder, compile_predicate
 
 __all__ = [
     "POLICIES",
@@ -222,6 +222,8 @@ class EventSchema:
             dict(check_doc), formats=_CUSTOM_FORMATS, use_default=False, detailed_exceptions=True
         )
         self.is_valid: Callable[[Any], bool] = compile_predicate(check_doc, _CUSTOM_FORMATS) or self._explains_valid
+        #: JSON bytes -> the valid event in one pass, or None: then orjson and ``is_valid`` decide
+        self.decode_valid: Callable[[bytes], dict[str, Any] | None] | None = compile_decoder(check_doc, _CUSTOM_FORMATS)
 
     def fields_with(self, policy: str) -> list[str]:
         return [f.name for f in self.fields.values() if f.policy == policy]

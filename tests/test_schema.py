@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import copy
+import json
 
 import jsonschema
+import orjson
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from stream.errors import SchemaPolicyError
-from stream.fastcheck import compile_predicate
+from stream.fastcheck import compile_decoder, compile_predicate
 from stream.schema import (
     DEFAULT_PAD_BUCKETS,
     POLICIES,
@@ -168,12 +170,83 @@ def test_the_three_validators_agree(event):
     _agree(event)
 
 
+_INT_FIELDS = [n for n, spec in _props.items() if spec.get("type") == "integer"]
+
+
+def _typed(doc):
+    return {k: (type(v), v) for k, v in doc.items()} if isinstance(doc, dict) else doc
+
+
+def _one_pass_agrees(payload: bytes, schema: EventSchema = _FULL) -> bool:
+    """The one-pass decoder (msgspec) against orjson + the predicate: it accepts nothing they
+    refuse, gives the same values and types, and refuses a valid event only when msgspec reads
+    its numbers otherwise (an integral float in an integer field, an integer beyond int64)."""
+    fast = schema.decode_valid(payload)
+    try:
+        ref = orjson.loads(payload)
+    except orjson.JSONDecodeError:
+        assert fast is None, payload
+        return False
+    valid = schema.is_valid(ref)
+    if fast is not None:
+        assert valid, payload
+        assert _typed(fast) == _typed(ref), payload
+        return True
+    if valid:
+        odd = [v for k, v in ref.items() if (k in _INT_FIELDS and type(v) is float)
+               or (type(v) is int and not -(1 << 63) <= v < 1 << 63)]
+        pairs = json.loads(payload, object_pairs_hook=lambda kv: kv)
+        assert odd or len(pairs) != len(ref), payload
+    return False
+
+
+def test_the_one_pass_decoder_agrees_on_every_property_edge():
+    accepted = sum(_one_pass_agrees(orjson.dumps(ev)) for ev in _BASE)
+    assert accepted == len(_BASE)  # the generator's events all take the fast path
+    for base in _BASE[:3]:
+        for prop in _props:
+            for edge in [*_EDGES, 1 << 63, (1 << 63) - 1, 1 << 64 - 1, -(1 << 63), 5.0, "é" * 64, "\U0001f600" * 65]:
+                _one_pass_agrees(orjson.dumps({**base, prop: edge}))
+                _one_pass_agrees(orjson.dumps({**base, prop: edge}), _FAST)
+
+
+_RAW_EDGES = [
+    b'{"user_id":"a","user_id":"b"}', b'\xef\xbb\xbf{}', b'{"quantity":1E2}', b'{"quantity":1.0}', b'{"price":1e400}',
+    b'{"price":NaN}', b'{"price":99999999999999999999999}', b'{"quantity":18446744073709551615}',
+    b'{"page":"/\\ud800"}', b'{"page":"/\xff"}', b'[]', b'"x"', b'null', b'{"zz":1}', b'{"page":{"a":1}}', b'{}x',
+    b'{"\\u0070age":"/q"}', b'{"page":"/a\\n"}', b'{"page":"/a"} ', b'{"ip":"::1","ip":null}',
+    b'{"email":"a@b.co","email":5}', b'{"country":"US\\n"}',
+]
+
+
+@pytest.mark.parametrize("raw", _RAW_EDGES)
+def test_the_one_pass_decoder_on_raw_json_edges(raw):
+    ok = orjson.dumps({"event_id": "6f1c2e4a-1b2c-4d5e-8f90-123456789abc", "event_type": "page_view",
+                       "ts": "2026-11-26T10:00:00Z", "user_id": "u1", "session_id": "s1", "page": "/"})
+    assert _one_pass_agrees(ok)
+    if raw.startswith(b"{") and raw != b"{}x":  # spliced into a valid event, after and before its fields
+        body = raw[1:-1]
+        _one_pass_agrees(ok[:-1] + b"," + body + b"}")
+        _one_pass_agrees(b"{" + body + b"," + ok[1:])
+    _one_pass_agrees(raw)
+
+
+@settings(max_examples=600, deadline=None)
+@given(_events)
+def test_the_one_pass_decoder_agrees(event):
+    payload = json.dumps(event).encode()  # (non-ASCII as escapes; integers of any size)
+    _one_pass_agrees(payload)
+    _one_pass_agrees(payload, _FAST)
+
+
 def test_the_predicate_is_the_compiled_one_and_unknown_keywords_fall_back():
     assert _FULL.is_valid.__name__ == "predicate"
     doc = schema_document(NAME)
     doc["properties"]["page"]["multipleOf"] = 2  # outside the compiled subset
     assert compile_predicate(doc) is None
+    assert compile_decoder(doc) is None
     fallback = EventSchema("fallback", doc)
+    assert fallback.decode_valid is None
     assert fallback.is_valid.__name__ != "predicate"
     assert fallback.is_valid(_BASE[0]) == (fallback.check(_BASE[0]) is None)
 

@@ -10,7 +10,9 @@ process each, one after the other:
 (b) the gateway engine: consume -> validate -> tokenize -> encrypt (keys from
     Redis) -> produce to protected/DLQ, commit per batch.
 
-The figure is events/s from the first consumed record to the last delivered one.
+The figure is events/s from the first consumed record to the last delivered one; beside it,
+each leg's CPU (this process, every thread, from ``/proc``) as events per CPU-second and as
+millicores per MB/s of input and per 1k events/s (:class:`stream.bench.procs.Sizing`).
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
@@ -29,6 +31,7 @@ from confluent_kafka import Consumer, Producer
 
 from stream.apps.engine import GatewayEngine
 from stream.apps.produce import publish
+from stream.bench.procs import Sizing, SizingMeter
 from stream.components import build_gateway
 from stream.config import Settings, TopicNames
 from stream.faults import make_invalid
@@ -48,6 +51,11 @@ class BenchResult:
     core_rate: float
     protected: int
     dead_lettered: int
+    sizing: dict[str, Sizing] = field(default_factory=dict)  # "json", "orjson", "gateway"
+
+    def cpu_ratio(self, baseline: str) -> float:
+        """Gateway events per CPU-second over the passthrough's (steadier than wall clock under load)."""
+        return self.sizing["gateway"].events_per_cpu_s / self.sizing[baseline].events_per_cpu_s
 
     @property
     def ratio(self) -> float:
@@ -151,18 +159,26 @@ def run_gateway_bench(
     publish(bootstrap, topics.raw, payloads)
     say(f"published to {topics.raw}; (a) passthrough ...")
     args = (events, settings.batch_max_events, settings.session_timeout_ms)
+    size, sizing = sum(map(len, payloads)), {}
+    meter = SizingMeter()
     pass_rate = _passthrough(bootstrap, topics.raw, pass_out, *args, codec="json")
+    sizing["json"] = meter.stop("passthrough (json)", events, size)
     say(f"    passthrough (json):   {pass_rate:,.0f} events/s")
+    meter = SizingMeter()
     pass2_rate = _passthrough(bootstrap, topics.raw, pass_out2, *args, codec="orjson")
+    sizing["orjson"] = meter.stop("passthrough (orjson)", events, size)
     say(f"    passthrough (orjson): {pass2_rate:,.0f} events/s")
 
     say("(b) gateway engine ...")
     engine = GatewayEngine(settings, build_gateway(settings), bootstrap=bootstrap)
+    meter = SizingMeter()
     stats = engine.run(threading.Event(), max_events=events)
+    sizing["gateway"] = meter.stop("gateway", events, size)
     gw_rate = stats.rate()
     say(f"    gateway:     {gw_rate:,.0f} events/s")
     core_rate = _core_rate(settings, payloads)
-    return BenchResult(events, pass_rate, pass2_rate, gw_rate, core_rate, stats.protected, stats.dead_lettered)
+    return BenchResult(events, pass_rate, pass2_rate, gw_rate, core_rate, stats.protected, stats.dead_lettered,
+                       sizing)
 
 
 @dataclass

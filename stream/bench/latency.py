@@ -217,7 +217,7 @@ def run_latency_bench(
         for rate in rates:
             n = int(rate * (warmup + seconds))
             skip = int(rate * warmup)
-            say(f"offering {rate:,} events/s for {warmup + seconds:g} s ...")
+            say(f"offering {rate:,} events/s for {warmup + seconds:g} s (load average {os.getloadavg()[0]:.2f}) ...")
             meter = CpuMeter({"broker": [stack["broker"]], "redis": [stack["redis"]], "bench": [os.getpid()],
                               "gateway": gw.pids,
                               **({"privatizer": priv.pids} if priv is not None else {})})

@@ -24,6 +24,7 @@ from stream.apps.privatizer import PrivatizerEngine, build_privatizer
 from stream.apps.produce import publish
 from stream.apps.runtime import relaxed_gc
 from stream.bench.gateway import _passthrough
+from stream.bench.procs import SizingMeter, sizing_lines
 from stream.components import build_gateway
 from stream.config import Settings, TopicNames
 from stream.gateway.core import RawRecord
@@ -71,13 +72,17 @@ def run_privatizer_bench(
         protected.extend(res.protected)
     publish(bootstrap, topics.protected, [v for _k, v in protected])  # keyed by the token (user_id field)
     say(f"published {len(protected):,} protected events; (a) passthrough ...")
+    size, meter = sum(len(v) for _k, v in protected), SizingMeter()  # sizing: CPU per MB/s (stream.bench.procs)
     pass_rate = _passthrough(bootstrap, topics.protected, pass_out, len(protected), settings.batch_max_events,
                              settings.session_timeout_ms, codec="json")
+    pass_sizing = meter.stop("passthrough (json)", len(protected), size)
     say(f"    passthrough (json): {pass_rate:,.0f} events/s")
 
     say("(b) privatizer engine ...")
     engine = PrivatizerEngine(settings, build_privatizer(settings, seed=seed), bootstrap=bootstrap)
+    meter = SizingMeter()
     stats = engine.run(threading.Event(), max_events=len(protected))
+    say(sizing_lines(pass_sizing, meter.stop("privatizer", len(protected), size)))
     say(f"    privatizer:         {stats.rate():,.0f} events/s")
 
     # the pure core alone, on a fresh Redis prefix (cold, like the engine run)

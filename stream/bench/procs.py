@@ -26,7 +26,17 @@ from confluent_kafka import KafkaException, TopicPartition
 
 from stream.config import Settings
 
-__all__ = ["CpuMeter", "WorkerGroup", "WorkerReport", "group_rate", "listener_pid", "start_workers"]
+__all__ = [
+    "CpuMeter",
+    "Sizing",
+    "SizingMeter",
+    "WorkerGroup",
+    "WorkerReport",
+    "group_rate",
+    "listener_pid",
+    "sizing_lines",
+    "start_workers",
+]
 
 _CTX = mp.get_context("spawn")
 
@@ -357,3 +367,52 @@ def drain_nowait(q: Any) -> None:
     with contextlib.suppress(queue.Empty, OSError):
         while True:
             q.get_nowait()
+
+
+# --------------------------------------------------------------------------- sizing (CPU per MB/s)
+@dataclass(frozen=True)
+class Sizing:
+    """A process's CPU over a run, in the units operators size proxies by: millicores per MB/s
+    of input (CPU-ms per MB) and per 1k events/s (CPU-ms per 1k events). Broker and Redis CPU
+    are not included: a proxy's published figure counts the proxy alone."""
+
+    label: str
+    events: int
+    input_bytes: int
+    cpu_seconds: float  # utime + stime of every thread (/proc/<pid>/stat)
+    wall_seconds: float
+
+    @property
+    def per_mb_s(self) -> float:
+        return self.cpu_seconds * 1e3 / (self.input_bytes / 1e6) if self.input_bytes else float("nan")
+
+    @property
+    def per_kevents_s(self) -> float:
+        return self.cpu_seconds * 1e3 / (self.events / 1e3) if self.events else float("nan")
+
+    @property
+    def events_per_cpu_s(self) -> float:
+        return self.events / self.cpu_seconds if self.cpu_seconds > 0 else float("nan")
+
+    def line(self) -> str:
+        return (f"    {self.label:<22} {self.per_mb_s:7.0f} millicores per MB/s  {self.per_kevents_s:6.0f} per 1k events/s"
+                f"  ({self.events_per_cpu_s:,.0f} events/CPU-s; {self.input_bytes / max(1, self.events):,.0f} B/event)")
+
+
+class SizingMeter:
+    """CPU of one process (default: this one, every thread) from :meth:`__init__` to :meth:`stop`."""
+
+    def __init__(self, pid: int | None = None) -> None:
+        self.pid = pid or os.getpid()
+        self._t0, self._c0 = time.monotonic(), _proc_cpu(self.pid) or 0.0
+
+    def stop(self, label: str, events: int, input_bytes: int) -> Sizing:
+        cpu = (_proc_cpu(self.pid) or self._c0) - self._c0
+        return Sizing(label, events, input_bytes, cpu, time.monotonic() - self._t0)
+
+
+def sizing_lines(*sizings: Sizing) -> str:
+    """The sizing lines a benchmark prints, with the load average they were measured at."""
+    load = " ".join(f"{x:.2f}" for x in os.getloadavg())
+    return "\n".join([f"sizing (CPU of this process, every thread; broker and Redis not counted; load {load}):",
+                      *(s.line() for s in sizings)])

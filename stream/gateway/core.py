@@ -34,7 +34,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 import orjson
 
 from stream.crypto.deks import DataKey, DekProvider
-from stream.crypto.fields import decrypt_value, encrypt_value, parse_ciphertext
+from stream.crypto.fields import decrypt_value, encrypt_fields, encrypt_value, parse_ciphertext
 from stream.crypto.tokens import Tokenizer
 from stream.errors import DecryptError
 from stream.gateway.framing import VALUE_SCHEMA_ID_HEADER, Resolved, decode_avro
@@ -166,9 +166,11 @@ class _Plan:
 
     schema: EventSchema
     is_valid: Callable[[Any], bool]
+    decode_valid: Callable[[bytes], dict[str, Any] | None] | None
     other_tokens: tuple[tuple[str, str], ...]
     encrypt_fields: tuple[str, ...]
     pads: dict[str, tuple[int, ...] | None]
+    sealed: tuple[tuple[str, tuple[int, ...] | None], ...]  # (encrypt field, its pad)
     drop_fields: tuple[str, ...]
     int_fields: tuple[str, ...]
 
@@ -179,10 +181,12 @@ class _Plan:
         return cls(
             schema=schema,
             is_valid=schema.is_valid,
+            decode_valid=schema.decode_valid,
             other_tokens=tuple((p.name, p.token_domain or p.name) for p in schema.fields.values()
                                if p.policy == "token" and p.name != schema.subject_field),
             encrypt_fields=encrypt,
             pads={n: schema.fields[n].pad for n in encrypt},
+            sealed=tuple((n, schema.fields[n].pad) for n in encrypt),
             drop_fields=tuple(schema.fields_with("drop")),
             int_fields=tuple(n for n, spec in props.items() if spec.get("type") == "integer"),
         )
@@ -296,7 +300,10 @@ class Gateway:
             except Exception:  # truncated or foreign bytes: fastavro raises EOFError, ValueError, ...
                 return Rejection(Reason.BAD_FRAMING, rule="avro")
         else:
-            try:
+            fast = plan.decode_valid
+            if fast is not None and (event := fast(payload)) is not None:  # one pass (msgspec)
+                return event, plan
+            try:  # refused there, or no typed decoder for this schema: orjson decides, and explains
                 event = orjson.loads(payload)
             except orjson.JSONDecodeError:
                 return why_not_json(payload)
@@ -422,12 +429,10 @@ class Gateway:
         """Tokens are already in place (see process); encrypt and drop. Returns the protected dict."""
         plan = plan or self._plan
         out: dict[str, Any] = {"_schema": self.schema_id, **event}
-        schema_id, pads = self.schema_id, plan.pads
-        for name in plan.encrypt_fields:
-            value = out.get(name)
-            if value is not None:
-                assert key is not None
-                out[name] = encrypt_value(key, value, schema_id=schema_id, field_path=name, pad=pads[name])
+        if key is not None:
+            encrypt_fields(key, out, plan.sealed, schema_id=self.schema_id)
+        else:  # no key was asked for: every encrypted field is absent or null
+            assert all(out.get(name) is None for name in plan.encrypt_fields)
         for name in plan.drop_fields:
             out.pop(name, None)
         return out

@@ -260,9 +260,11 @@ class RedisShredStore:
         only when fewer are due: members another shredder won between the read and the claim are made up
         for by reading again."""
         entries: list[PendingShred] = []
-        while len(entries) < limit:
+        live = [(self._cursor + i) % self.shards for i in range(self.shards)]  # shards that may hold more
+        self._cursor = (self._cursor + 1) % self.shards
+        while len(entries) < limit and live:
             want = int(limit) - len(entries)
-            due = self._due(now, want)
+            due, live = self._due(now, want, live)
             if not due:
                 break
             read = self._read([m for ms in due.values() for m in ms])
@@ -270,29 +272,29 @@ class RedisShredStore:
                                  lease_until=lease_until, indexed_only=True)
             self._destroy_all(got)
             entries += got
-            if sum(len(ms) for ms in due.values()) < want:
-                break  # every due member was read
         return entries
 
-    def _due(self, now: float, limit: int) -> dict[int, list[str]]:
-        """Up to ``limit`` due members, per shard (one pipelined read of every shard; the first shard rotates)."""
-        order = [(self._cursor + i) % self.shards for i in range(self.shards)]
-        self._cursor = (self._cursor + 1) % self.shards
+    def _due(self, now: float, limit: int, shards: list[int]) -> tuple[dict[int, list[str]], list[int]]:
+        """Up to ``limit`` due members of ``shards`` (one pipelined read), and the shards that may hold more.
+        Each shard is asked for its share of ``limit`` and a quarter more (asking each for ``limit`` read
+        16 times what a batch takes); a shard that gave less than it was asked holds no more."""
+        per = -(-int(limit) * 5 // (4 * len(shards)))
 
         def fill(pipe: Any) -> None:
-            for shard in order:
-                pipe.zrangebyscore(self.deadlines_key(shard), "-inf", int(now), start=0, num=int(limit))
+            for shard in shards:
+                pipe.zrangebyscore(self.deadlines_key(shard), "-inf", int(now), start=0, num=per)
 
         due: dict[int, list[str]] = {}
+        more: list[int] = []
         left = int(limit)
-        for shard, members in zip(order, self._pipe(fill), strict=True):
-            take = [m.decode("ascii", "replace") if isinstance(m, bytes) else str(m) for m in members[:left]]
+        for shard, members in zip(shards, self._pipe(fill), strict=True):
+            if len(members) >= per:
+                more.append(shard)
+            take = [m.decode("ascii", "replace") if isinstance(m, bytes) else str(m) for m in members[:max(0, left)]]
             if take:
                 due[shard] = take
                 left -= len(take)
-            if left <= 0:
-                break
-        return due
+        return due, more
 
     def subject_members(self, subject: str) -> list[str]:
         """Deadline-index members of ``subject`` in its shard (ZSCAN MATCH; token characters are no glob characters)."""

@@ -16,6 +16,7 @@ from stream.crypto.deks import DataKey
 from stream.crypto.fields import (
     CIPHERTEXT_PREFIX,
     decrypt_value,
+    encrypt_fields,
     encrypt_value,
     is_ciphertext,
     parse_ciphertext,
@@ -73,6 +74,22 @@ def test_binding_separator_collisions(schema_a: str, field_a: str, schema_b: str
     text = encrypt_value(KEY, "x", schema_id=schema_a, field_path=field_a)
     with pytest.raises(DecryptError):
         decrypt_value(KEY, text, schema_id=schema_b, field_path=field_b)
+
+
+@given(st.dictionaries(st.sampled_from(["email", "ip", "phone", "other"]), json_values, max_size=4))
+@settings(max_examples=200, deadline=None)
+def test_encrypt_fields_is_encrypt_value_per_field(doc: dict[str, Any]) -> None:
+    spec = (("email", (64, 128)), ("ip", None), ("phone", (32,)))
+    out = dict(doc)
+    encrypt_fields(KEY, out, spec, schema_id=SCHEMA)
+    assert out.keys() == doc.keys() and out.get("other") == doc.get("other")
+    for name, pad in spec:
+        if doc.get(name) is None:
+            assert out.get(name) == doc.get(name)
+            continue
+        assert decrypt_value(KEY, out[name], schema_id=SCHEMA, field_path=name) == doc[name]
+        same = encrypt_value(KEY, doc[name], schema_id=SCHEMA, field_path=name, pad=pad)
+        assert len(out[name]) == len(same) and out[name] != same  # same padding, fresh nonce
 
 
 def test_none_stays_none() -> None:

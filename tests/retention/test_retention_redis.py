@@ -422,3 +422,29 @@ def test_erasure_destroys_keys_outside_the_retention_window_found_only_by_the_de
         else:
             assert reader(longer, clock).decrypt(ev)["email"].endswith("@example.org")
     assert {r["epoch"] for r in sink.receipts if r["kind"] == "key_shredded"} == {e_old, e_ahead}
+
+
+@pytest.mark.parametrize("skewed", [False, True])
+def test_a_claim_fills_its_batch_from_uneven_shards_and_takes_every_due_member(settings, redis_client,
+                                                                             skewed: bool) -> None:
+    """Each shard is asked for its share of the batch (not the whole batch): a batch still fills when
+    every due member sits in one shard, and repeated claims take every member exactly once."""
+    prefix = settings.redis_key_prefix
+    store = RedisShredStore(redis_client, prefix, shards=16)
+    subjects = [f"tk1_{i:022x}" for i in range(4000)]
+    # skewed: only the people of shard 3
+    subjects = [s for s in subjects if not skewed or store.shard_of(s) == 3][:230]
+    for s in subjects:
+        redis_client.zadd(deadlines_key(prefix, store.shard_of(s)), {f"{s}:5": 1000})
+    redis_client.zadd(deadlines_key(prefix, 0), {"tk1_notdue:5": 5000})
+    claimed: list[str] = []
+    sizes = []
+    while True:
+        got = store.claim_due(2000, 100, at=2000.0, worker="w", lease_until=3000.0)
+        sizes.append(len(got))
+        claimed += [f"{e.subject}:{e.epoch}" for e in got]
+        if len(got) < 100:
+            break
+    assert sizes == [100, 100, 30]
+    assert sorted(claimed) == sorted(f"{s}:5" for s in subjects)  # each once, none not due
+    assert store.due_count(2000) == 0 and store.index_size() == 1
