@@ -233,7 +233,8 @@ class ConsoleState:
         rates = window.rates() or own_rates(snap)
         self._put_instance(key, _Instance(snap, rates, window))
         live = self._live(worker)
-        point = {"ts": ts, **{k: round(sum(i.rates_at(ts)[k] for i in live), 2) for k in _RATE_KEYS}}
+        rates_now = [i.rates_at(ts) for i in live]
+        point = {"ts": ts, **{k: round(sum(r[k] for r in rates_now), 2) for k in _RATE_KEYS}}
         series = self._series.get(worker)
         if series is None:
             series = self._series[worker] = deque(maxlen=self.history)
