@@ -6,7 +6,12 @@ theirs) and :meth:`ConsoleState.view` returns the JSON the page draws. No Kafka,
 
 Nothing personal is kept or shown: names, reason codes and request ids pass a strict pattern (else
 ``other``), receipts lose their person token, and numbers are numbers. Memory is bounded (the newest
-``windows_kept`` windows per attribute, ``history`` points per series, the last receipts).
+``windows_kept`` windows per attribute, ``history`` points per series, the last receipts) whatever
+names the records carry: at most ``names_kept`` worker names besides the four workers (the least
+recently seen one forgotten with its instances and series), ``names_kept`` models (the same),
+``instances_kept`` instances (the least recently updated one forgotten), and ``names_kept`` audit
+rows and unsigned kinds (counts beyond them folded into ``other``, so totals stay true). A snapshot
+costs work in its worker's instances only (instances are indexed by worker).
 """
 
 from __future__ import annotations
@@ -34,6 +39,8 @@ _WORKER_ORDER = {"gateway": 0, "privatizer": 1, "learner": 2, "shredder": 3}
 _RATE_KEYS = ("in", "out", "protected", "dlq", "features")
 #: audit kinds that are shredder receipts: they must carry the shredder's signature
 RECEIPT_KINDS = frozenset({"key_shredded", "erasure", "erasure_rejected"})
+#: audit kinds that keep their own rows whatever else floods the topic (receipts and drift)
+_KNOWN_KINDS = RECEIPT_KINDS | {"drift"}
 
 
 def _name(value: Any) -> str:
@@ -176,12 +183,15 @@ class ConsoleState:
     windows_kept: int = 240  # estimate windows kept per attribute
     windows_shown: int = 8  # of which the page gets the newest, value by value
     receipts_kept: int = 20
+    names_kept: int = 32  # worker names (besides the four), models, audit rows, unsigned kinds
+    instances_kept: int = 256  # worker instances, all workers together
     truth: Truth | None = None
     version: int = 0
     records: Counter[str] = field(default_factory=Counter)
     malformed: int = 0
-    _instances: dict[tuple[str, str, int], _Instance] = field(default_factory=dict)
-    _series: dict[str, deque[dict[str, float]]] = field(default_factory=dict)
+    _instances: OrderedDict[tuple[str, str, int], _Instance] = field(default_factory=OrderedDict)  # LRU order
+    _by_worker: dict[str, dict[tuple[str, str, int], _Instance]] = field(default_factory=dict)
+    _series: OrderedDict[str, deque[dict[str, float]]] = field(default_factory=OrderedDict)  # LRU order
     _windows: dict[str, OrderedDict[int, list[dict[str, Any]]]] = field(default_factory=dict)
     _audit: Counter[tuple[str, str]] = field(default_factory=Counter)
     _receipts: deque[dict[str, Any]] = field(default_factory=deque)
@@ -189,7 +199,7 @@ class ConsoleState:
     _unverified: int = 0
     _unsigned: Counter[str] = field(default_factory=Counter)
     _drifts: deque[dict[str, Any]] = field(default_factory=deque)
-    _models: dict[str, deque[dict[str, Any]]] = field(default_factory=dict)
+    _models: OrderedDict[str, deque[dict[str, Any]]] = field(default_factory=OrderedDict)  # LRU order
     _window_views: dict[tuple[str, int], tuple[int, dict[str, Any] | None]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -221,13 +231,16 @@ class ConsoleState:
         window = prev.window if prev is not None else RateWindow(self.rate_window)
         window.add(ts, _counters(snap))
         rates = window.rates() or own_rates(snap)
-        self._instances[key] = _Instance(snap, rates, window)
+        self._put_instance(key, _Instance(snap, rates, window))
         live = self._live(worker)
-        if len(self._instances) > 64:  # restarted workers leave instances behind: forget the gone ones
-            keep = {id(i) for w in self.workers() for i in self._live(w)}
-            self._instances = {k: i for k, i in self._instances.items() if id(i) in keep}
-        point = {"ts": ts, **{k: round(sum(i.rates_at(ts)[k] for i in live), 2) for k in _RATE_KEYS}}
-        self._series.setdefault(worker, deque(maxlen=self.history)).append(point)
+        rates_now = [i.rates_at(ts) for i in live]
+        point = {"ts": ts, **{k: round(sum(r[k] for r in rates_now), 2) for k in _RATE_KEYS}}
+        series = self._series.get(worker)
+        if series is None:
+            series = self._series[worker] = deque(maxlen=self.history)
+        self._series.move_to_end(worker)
+        series.append(point)
+        self._forget_workers()
         self.records["metrics"] += 1
         self.version += 1
 
@@ -268,7 +281,7 @@ class ConsoleState:
         if verified is False:
             self._unverified += 1
         elif verified is None and kind not in RECEIPT_KINDS and "signature" not in rec:
-            self._unsigned[kind] += 1
+            self._unsigned[kind if kind in self._unsigned or len(self._unsigned) < self.names_kept else "other"] += 1
         rid = rec.get("receipt_id")
         if verified is not False and isinstance(rid, str):
             if rid in self._seen_receipts:
@@ -277,7 +290,7 @@ class ConsoleState:
             if len(self._seen_receipts) > 200_000:
                 self._seen_receipts.popitem(last=False)
         reason = rec.get("reason")
-        self._audit[(kind, _name(reason) if reason is not None else "-")] += 1
+        self._audit[self._row((kind, _name(reason) if reason is not None else "-"))] += 1
         if kind in ("erasure", "erasure_rejected"):
             request = rec.get("request_id")
             self._receipts.append({
@@ -309,7 +322,12 @@ class ConsoleState:
         if ts * 1000 < self.since_ms:
             return
         name = _name(header.get("name"))
-        series = self._models.setdefault(name, deque(maxlen=self.history))
+        series = self._models.get(name)
+        if series is None:
+            series = self._models[name] = deque(maxlen=self.history)
+            while len(self._models) > self.names_kept:  # a flood of model names: forget the least recent
+                self._models.popitem(last=False)
+        self._models.move_to_end(name)
         if any(p["created_at"] == header["created_at"] and p["examples_seen"] == _int(header.get("examples_seen"))
                for p in series):
             return  # a re-delivered snapshot
@@ -329,16 +347,54 @@ class ConsoleState:
         self.records["snapshots"] += 1
         self.version += 1
 
+    # --- bounds ---------------------------------------------------------------------------------
+    def _put_instance(self, key: tuple[str, str, int], inst: _Instance) -> None:
+        """Store an instance (most recent last); forget its worker's gone instances (left behind by a
+        restart) and, beyond ``instances_kept``, the least recently updated instances."""
+        self._instances[key] = inst
+        self._instances.move_to_end(key)
+        mine = self._by_worker.setdefault(key[0], {})
+        mine[key] = inst
+        newest = max(_num(i.snap.get("ts")) for i in mine.values())
+        for k in [k for k, i in mine.items() if newest - _num(i.snap.get("ts")) > self.live_seconds]:
+            self._drop_instance(k)
+        while len(self._instances) > self.instances_kept:
+            self._drop_instance(next(iter(self._instances)))
+
+    def _drop_instance(self, key: tuple[str, str, int]) -> None:
+        self._instances.pop(key, None)
+        mine = self._by_worker.get(key[0])
+        if mine is not None:
+            mine.pop(key, None)
+            if not mine:
+                del self._by_worker[key[0]]
+
+    def _forget_workers(self) -> None:
+        """Beyond ``names_kept`` worker names besides the four, forget the least recently seen one
+        (its series and instances)."""
+        others = [w for w in self._series if w not in _WORKER_ORDER]  # LRU order, at most names_kept + 1
+        for w in others[: max(0, len(others) - self.names_kept)]:
+            del self._series[w]
+            for k in list(self._by_worker.get(w, {})):
+                self._drop_instance(k)
+
+    def _row(self, row: tuple[str, str]) -> tuple[str, str]:
+        """An audit row, or beyond ``names_kept`` rows its fold: ``(kind, other)`` for a receipt or
+        drift kind, else ``(other, other)``."""
+        if row in self._audit or len(self._audit) < self.names_kept:
+            return row
+        return (row[0], "other") if row[0] in _KNOWN_KINDS else ("other", "other")
+
     # --- derived -------------------------------------------------------------------------------
     def _live(self, worker: str) -> list[_Instance]:
-        mine = [i for (w, _h, _p), i in self._instances.items() if w == worker]
+        mine = list(self._by_worker.get(worker, {}).values())
         if not mine:
             return []
         newest = max(_num(i.snap.get("ts")) for i in mine)
         return [i for i in mine if newest - _num(i.snap.get("ts")) <= self.live_seconds]
 
     def workers(self) -> list[str]:
-        return sorted({w for (w, _h, _p) in self._instances}, key=lambda w: (_WORKER_ORDER.get(w, 9), w))
+        return sorted(self._by_worker, key=lambda w: (_WORKER_ORDER.get(w, 9), w))
 
     def view(self, now: float) -> dict[str, Any]:
         """The page's JSON (see the module docstring)."""

@@ -6,6 +6,11 @@ counted by ``kind`` and ``reason``) and ``clicks.dlq`` (dead letters counted by
 ``reason``). :class:`WatchState` is the pure part (ingest records, render); the
 functions below do the Kafka reading.
 
+Memory is bounded whatever names the records carry: the :data:`INSTANCES_KEPT` most recently
+updated worker instances, and :data:`NAMES_KEPT` dead-letter reasons and audit rows (counts beyond
+them are folded into ``other``, so the totals stay true; receipt and drift kinds keep a row of
+their own). Rendering reads each kept instance once.
+
 Nothing from a record is printed unless it passes a strict pattern (names, reason
 codes, numbers; a worker's not-ready reason: one short line of safe characters, no
 token, no ``@``): a malformed or hostile record shows up as ``other``, never as
@@ -20,7 +25,7 @@ from __future__ import annotations
 import logging
 import re
 import time
-from collections import Counter
+from collections import Counter, OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -33,7 +38,7 @@ from stream.config import Settings
 from stream.kafka import ReadMode, TopicReader
 from stream.ops.live import RateWindow, examples_learned, in_unit, liveness, not_live_reason, out_parts
 
-__all__ = ["WatchState", "feed", "safe_reason", "watch_reader"]
+__all__ = ["INSTANCES_KEPT", "NAMES_KEPT", "WatchState", "feed", "safe_reason", "watch_reader"]
 
 log = logging.getLogger("streamgate.ops.watch")
 
@@ -57,6 +62,9 @@ def safe_reason(value: Any) -> str | None:
 _WORKER_ORDER = {"gateway": 0, "privatizer": 1, "learner": 2, "shredder": 3}
 _LIVE_SECONDS = 60.0  # instances this much older than their worker's newest one are gone (a restart)
 _ZERO = {"in": 0.0, "out": 0.0, "dlq": 0.0}
+INSTANCES_KEPT = 256  # worker instances kept (the least recently updated one forgotten)
+NAMES_KEPT = 32  # dead-letter reasons and audit rows counted by name; the rest as ``other``
+_KNOWN_KINDS = frozenset({"key_shredded", "erasure", "erasure_rejected", "drift"})  # keep a row of their own
 
 
 def _rate_counters(snap: dict[str, Any]) -> dict[str, int]:
@@ -115,7 +123,7 @@ class _Instance:
 class WatchState:
     """Everything ``ops watch`` shows, built from records of the three topics."""
 
-    instances: dict[tuple[str, str, int], _Instance] = field(default_factory=dict)  # newest snapshot per instance
+    instances: OrderedDict[tuple[str, str, int], _Instance] = field(default_factory=OrderedDict)  # LRU order
     dlq: Counter[str] = field(default_factory=Counter)
     audit: Counter[tuple[str, str]] = field(default_factory=Counter)
     records: Counter[str] = field(default_factory=Counter)  # per source topic kind
@@ -130,6 +138,9 @@ class WatchState:
         worker = _name(snap.get("worker"))
         key = (worker, str(snap.get("host", ""))[:128], _int(snap.get("pid")))
         inst = self.instances.setdefault(key, _Instance(snap))
+        self.instances.move_to_end(key)
+        while len(self.instances) > INSTANCES_KEPT:
+            self.instances.popitem(last=False)
         ts = _num(snap.get("ts"))
         if ts >= _num(inst.snap.get("ts")):
             inst.snap = snap
@@ -157,7 +168,8 @@ class WatchState:
         if rec is None:
             return
         self.records["dlq"] += 1
-        self.dlq[_name(rec.get("reason"))] += 1
+        reason = _name(rec.get("reason"))
+        self.dlq[reason if reason in self.dlq or len(self.dlq) < NAMES_KEPT else "other"] += 1
 
     def add_audit(self, value: bytes | None) -> None:
         rec = self._load(value)
@@ -165,7 +177,10 @@ class WatchState:
             return
         self.records["audit"] += 1
         reason = rec.get("reason")
-        self.audit[(_name(rec.get("kind")), _name(reason) if reason is not None else "-")] += 1
+        row = (_name(rec.get("kind")), _name(reason) if reason is not None else "-")
+        if row not in self.audit and len(self.audit) >= NAMES_KEPT:
+            row = (row[0], "other") if row[0] in _KNOWN_KINDS else ("other", "other")
+        self.audit[row] += 1
 
     def _load(self, value: bytes | None) -> dict[str, Any] | None:
         try:

@@ -6,6 +6,9 @@
   console's own site is let in; ``document.cookie`` never shows the cookie.
 * "State lives in memory only, bounded: the newest 240 windows per attribute, 360 points per series,
   the last 20 receipts and drift events": fed far more than that, the state keeps exactly that.
+* "at most 32 names per kind ... 256 instances ... a snapshot costs work in its worker's instances
+  only": 5,000 distinct names keep the state at the size 100 names give it, and the work per record
+  (counted, not timed) does not grow with the names seen.
 """
 
 from __future__ import annotations
@@ -20,7 +23,7 @@ import pytest
 
 from stream.config import Settings
 from stream.console.server import COOKIE, ConsoleHTTPServer, cookie_value
-from stream.console.state import ConsoleState
+from stream.console.state import RECEIPT_KINDS, ConsoleState
 from stream.dev.stack import free_port
 from stream.ldp.aggregate import estimate_record
 from stream.ldp.policy import LdpPolicy
@@ -104,7 +107,8 @@ def test_the_samesite_strict_cookie_never_reaches_the_console_from_another_site(
     driver.get(f"{base}/api/state?token={TOKEN}")
     assert TOKEN not in driver.current_url
     (cookie,) = [c for c in driver.get_cookies() if c["name"] == COOKIE]
-    assert cookie["sameSite"] == "Strict" and cookie["httpOnly"] and cookie["value"] == cookie_value(TOKEN)
+    expires = int(cookie["value"].partition(".")[0])  # the cookie holds its expiry and an HMAC of token and expiry
+    assert cookie["sameSite"] == "Strict" and cookie["httpOnly"] and cookie["value"] == cookie_value(TOKEN, expires)
     assert COOKIE not in driver.execute_script("return document.cookie")  # HttpOnly: no script reads it
     assert "console-state" in driver.page_source and len(served) == 1
     assert _api_statuses(caplog) == ["200"]
@@ -171,8 +175,6 @@ def _entries(st: ConsoleState) -> int:
             + len(st._audit) + sum(len(w) for w in st._windows.values()))
 
 
-@pytest.mark.xfail(strict=True, reason="finding (issue 27): one series, model and audit row per distinct "
-                   "name - a flood of valid-looking names grows the console's state without bound")
 def test_state_stays_bounded_whatever_names_the_records_carry(policy: LdpPolicy) -> None:
     """The bound must not depend on the records being well behaved: the topics are written by
     workers, but a console is exactly what should survive a confused or hostile writer."""
@@ -185,3 +187,59 @@ def test_state_stays_bounded_whatever_names_the_records_carry(policy: LdpPolicy)
             st.add_audit({"kind": f"k{i}", "reason": f"r{i}", "receipt_id": f"{i:064x}"}, None)
         sizes.append(_entries(st))
     assert sizes[1] <= sizes[0] * 1.1, f"state entries grew with the number of names: {sizes}"
+
+
+def _flood(st: ConsoleState, names: range, *, worker: str | None = None) -> None:
+    for i in names:
+        st.add_metrics(_snap(T0 + i, worker=worker or f"w{i}", pid=i))
+        st.add_snapshot({"name": f"m{i}", "created_at": _iso(T0 + i), "examples_seen": i, "metrics": {}}, None)
+        st.add_audit({"kind": f"k{i}", "reason": f"r{i}", "receipt_id": f"{i:064x}"}, None)
+
+
+def test_five_thousand_names_cost_the_same_per_record_and_keep_the_state_bounded(
+        policy: LdpPolicy, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Work is counted as calls of the state's number reader, which every scan of an instance makes."""
+    import stream.console.state as state_module
+
+    calls = [0]
+    real = state_module._num
+
+    def counted(value: Any) -> float:
+        calls[0] += 1
+        return real(value)
+
+    monkeypatch.setattr(state_module, "_num", counted)
+    st = ConsoleState(policy)
+    st.add_metrics(_snap(T0, worker="gateway", pid=99_999))  # a real worker before the flood
+    st.add_audit(erasure_receipt(subject="tk1_x", request_id="r", at=T0, worker="w", keys_shredded=1), None)
+    per_1000, entries = [], []
+    for block in range(5):
+        before = calls[0]
+        _flood(st, range(1000 * block + 1, 1000 * block + 1001))
+        per_1000.append(calls[0] - before)
+        entries.append(_entries(st))
+    assert max(per_1000) == min(per_1000), f"work per 1,000 names grew: {per_1000}"
+    assert per_1000[0] < 20 * 1000  # a handful of reads per record, not a scan of every name
+    kept = st.names_kept
+    assert entries[0] == entries[-1] and len(st._instances) <= kept + 4 and len(st._series) <= kept + 4
+    assert len(st._models) == kept and min(st._models) == f"m{5000 - kept + 1}"  # the most recent models
+    assert [w for w in st._series if w.startswith("w")] == [f"w{i}" for i in range(5000 - kept + 1, 5001)]
+    assert "gateway" in st._series  # the four workers are never crowded out by other names
+    # audit counts beyond the cap are folded, not lost: the totals stay true
+    assert len(st._audit) <= kept + len(RECEIPT_KINDS) + 2 and sum(st._audit.values()) == 5001
+    late = erasure_receipt(subject="tk1_y", request_id="r2", at=T0 + 5000, worker="w", keys_shredded=1)
+    st.add_audit(dict(late, kind="erasure_rejected", reason="not_a_token"), None)  # a receipt after the flood
+    view = st.view(T0 + 5000)
+    rows = {(r["kind"], r["reason"]): r["count"] for r in view["privacy"]["audit"]}
+    assert rows[("other", "other")] == 5000 - (kept - 1) and rows[("erasure", "erasure")] == 1
+    assert rows[("erasure_rejected", "other")] == 1  # its kind keeps a row of its own
+    assert len(view["model"]["models"]) == kept
+
+
+def test_a_flood_of_instances_of_one_worker_is_bounded(policy: LdpPolicy) -> None:
+    st = ConsoleState(policy, live_seconds=10_000)  # every instance stays live: only the cap bounds them
+    _flood(st, range(1000), worker="gateway")
+    assert len(st._instances) == st.instances_kept and len(st._series) == 1
+    assert min(pid for (_w, _h, pid) in st._instances) == 1000 - st.instances_kept  # the most recent ones
+    rows = st.view(T0 + 1000)["pipeline"]["workers"]
+    assert len(rows) == st.instances_kept and {r["worker"] for r in rows} == {"gateway"}

@@ -16,7 +16,7 @@ import pytest
 
 from stream.apps.produce import publish
 from stream.faults import make_invalid
-from stream.ops.watch import WatchState
+from stream.ops.watch import INSTANCES_KEPT, NAMES_KEPT, WatchState
 from stream.synth import ClickstreamGenerator
 from tests.support.gateway_worker import GatewayWorker, gateway_worker, wait_fresh_snapshot
 
@@ -230,3 +230,21 @@ def test_watch_has_a_row_per_federated_learner_and_names_the_aggregator() -> Non
     console.print(st.render_rich(now=102.0))
     text = console.export_text()
     assert "learner a1 (aggregator)" in text and "learner b2" in text and "3,500 feature reports" in text
+
+
+def test_watch_state_stays_bounded_whatever_names_the_records_carry() -> None:
+    st = WatchState()
+    st.add_metrics(_snap("gateway", 0.0, pid=1, events_in=0))
+    st.add_audit(orjson.dumps({"kind": "erasure", "reason": "erasure"}))
+    for i in range(5000):  # 5,000 distinct worker names, dead-letter reasons and audit rows
+        st.add_metrics(_snap(f"w{i}", 1.0 + i, pid=i, events_in=i))
+        st.add_dlq(orjson.dumps({"reason": f"r{i}"}))
+        st.add_audit(orjson.dumps({"kind": f"k{i}", "reason": f"r{i}"}))
+    st.add_audit(orjson.dumps({"kind": "erasure_rejected", "reason": "late"}))
+    assert len(st.instances) == INSTANCES_KEPT and ("w4999", "h", 4999) in st.instances
+    assert len(st.dlq) == NAMES_KEPT + 1 and sum(st.dlq.values()) == 5000 and st.dlq["other"] == 5000 - NAMES_KEPT
+    assert len(st.audit) == NAMES_KEPT + 2 and sum(st.audit.values()) == 5002  # folded, not lost
+    assert st.audit[("erasure", "erasure")] == 1 and st.audit[("erasure_rejected", "other")] == 1
+    assert len(st.worker_rows(now=5001.0)) == INSTANCES_KEPT
+    out = st.render_plain(now=5001.0)
+    assert f"  other             {5000 - NAMES_KEPT}\n" in out and f"workers ({INSTANCES_KEPT})" in out
