@@ -146,6 +146,11 @@ class Settings(BaseSettings):
         description="A worker with work waiting (lag, held or unacknowledged records) that made no progress "
         "for this long reports not ready (/readyz, streamgate_ready, a log line).",
     )
+    watchdog_seconds: float = Field(
+        default=60.0, gt=0,
+        description="A worker not ready (broker away, group not joined, batch held, stalled) that made no "
+        "progress for this long exits non-zero with one line naming why, for its supervisor to restart it.",
+    )
     max_client_recoveries: int = Field(
         default=3, ge=0,
         description="Fatal Kafka client errors survived (clients recreated, resumed from committed offsets) "

@@ -123,6 +123,8 @@ class StreamEngine:
         self._waiting = False
         self._recent_recoveries: deque[float] = deque()
         self._closing = False
+        self._stop: threading.Event | None = None
+        self._fine_at = time.monotonic()  # last time the worker was ready or made progress
 
     # == hooks (override) ======================================================================
     def topics(self) -> list[str]:
@@ -208,9 +210,11 @@ class StreamEngine:
 
     # == the loop =============================================================================
     def run(self, stop: threading.Event, *, until: Callable[[], bool] | None = None) -> Any:
+        self._stop = stop
         with relaxed_gc():
             self.start()
             self._connect()
+            self._fine_at = time.monotonic()
             self.started = True
             self.log.info(f"{self.name} started", extra={"topics": self.topics()})
             try:
@@ -384,6 +388,22 @@ class StreamEngine:
         if self.progress.observe(held=len(self._held), inflight=sum(t.pending for t in self._tickets)):
             # /readyz, ops watch and the streamgate_ready gauge read the reason from the engine
             self.log.warning("no progress: not ready", extra={"reason": self.progress.reason})
+        self._watchdog()
+
+    def _watchdog(self) -> None:
+        """Exit (:class:`EngineFatalError`, one line) when not ready with no progress for
+        ``watchdog_seconds``: a supervisor's restart is the recovery left. A joined member with no
+        partitions is a standby, not stuck."""
+        now = time.monotonic()
+        reason = self.not_ready_reason
+        if reason is None or (self.joined and not self.assigned):
+            self._fine_at = now
+            return
+        self._fine_at = max(self._fine_at, self.progress.moved_at)
+        bound = self.settings.watchdog_seconds
+        if now - self._fine_at > bound:
+            raise EngineFatalError(f"{self.name}: watchdog: not ready and no progress for {now - self._fine_at:.0f} s "
+                                   f"(bound STREAMGATE_WATCHDOG_SECONDS={bound:g}): {reason}")
 
     def _commit_delivered(self, *, sync: bool) -> None:
         """Commit the offsets of the leading finished results (module docstring)."""
@@ -556,7 +576,8 @@ class StreamEngine:
             producer.init_transactions(30)
         self._producer = producer
         self._sink = Sink(producer, undeliverable=self.undeliverable, on_retry=self._count_retry,
-                          on_fatal=self._set_fatal, on_replaced=self._count_replaced)
+                          on_fatal=self._set_fatal, on_replaced=self._count_replaced,
+                          stop=lambda: self._stop is not None and self._stop.is_set())
 
     def _rewind_to_committed(self) -> None:
         """Seek every assigned partition back to its committed offset (after the producer was

@@ -435,3 +435,71 @@ def test_a_fatal_producer_error_recreates_the_clients_and_loses_nothing(settings
     missing, dups = _score(h, sent, got)
     _report("fatal-producer", "gateway", len(sent), missing, dups, took)
     assert missing == 0
+
+
+@pytest.mark.parametrize("recreate_after", [0.0, 3.0])
+def test_held_out_broker_restart_recovers_or_exits(recreate_after, settings_factory, unique_id, own_broker):
+    """Issue 21's held-out case: the broker is down for about 8 s and comes back empty on the same
+    port; producers re-create clicks.raw with 4 partitions at once or 3 s later and publish. The
+    gateway either delivers every event published after the restart, or its watchdog ends it
+    non-zero with one line (never alive, not ready and idle for ever)."""
+    h = HARNESSES["gateway"]
+    s = _settings(settings_factory, unique_id)
+    s = s.model_copy(update={"kafka_bootstrap": own_broker.bootstrap, "watchdog_seconds": 45.0})
+    t = s.topics
+    ensure_topics(own_broker.bootstrap, [t.raw, t.protected, t.dlq], partitions=4)
+    before, after = h.inputs(s, 300, 5), h.inputs(s, 1000, 6)
+    engine = h.make(s)
+    import os
+    if os.environ.get("SG_DEBUG"):
+        engine.consumer_overrides = {"debug": "cgrp"}
+    errors: list[BaseException] = []
+    stop = __import__("threading").Event()
+
+    def target() -> None:
+        try:
+            engine.run(stop)
+        except BaseException as exc:
+            errors.append(exc)
+
+    th = __import__("threading").Thread(target=target, daemon=True)
+    th.start()
+    try:
+        publish(own_broker.bootstrap, t.raw, [v for _, v in before])
+        _done(h, s, before, [engine])
+        own_broker.kill()
+        time.sleep(7.5)
+        own_broker.start()
+        back = time.monotonic()
+        time.sleep(recreate_after)
+        ensure_topics(own_broker.bootstrap, [t.raw], partitions=4)
+        publish(own_broker.bootstrap, t.raw, [v for _, v in after])
+        want = {i for i, _ in after}
+        outcome = "stuck"
+        while time.monotonic() - back < 90:
+            got = {orjson.loads(r.value or b"")["event_id"] for r in
+                   read_topic(own_broker.bootstrap, t.protected, idle=1.0)} if t.protected in _topics(s) else set()
+            if want <= got:
+                outcome = "recovered"
+                break
+            if not th.is_alive():
+                outcome = "exited"
+                break
+            time.sleep(1.0)
+        took = time.monotonic() - back
+        print(f"\nCONFORMANCE held-out-restart gateway recreate_after={recreate_after}: {outcome} after {took:.1f} s; "
+              f"reason={engine.not_ready_reason} recoveries={engine.recoveries} errors={errors}")
+    finally:
+        stop.set()
+        th.join(60)
+    assert outcome in ("recovered", "exited")
+    if outcome == "exited":
+        assert len(errors) == 1 and "watchdog" in str(errors[0])
+
+
+def _topics(s: Settings) -> set[str]:
+    from confluent_kafka.admin import AdminClient
+
+    from stream.kafka import admin_config
+
+    return set(AdminClient(admin_config(s.kafka_bootstrap_or_dev())).list_topics(timeout=5).topics)
