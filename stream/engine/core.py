@@ -68,9 +68,10 @@ class _Fatal(Exception):
     """Internal: a client went fatal; the loop recreates the clients (only the producer when
     only the producer failed: the consumer keeps its group membership and rewinds)."""
 
-    def __init__(self, why: str, *, producer_only: bool = False) -> None:
+    def __init__(self, why: str, *, producer_only: bool = False, keep_consumer: bool = False) -> None:
         super().__init__(why)
-        self.producer_only = producer_only
+        self.producer_only = producer_only or keep_consumer
+        self.keep_consumer = keep_consumer
 
 
 class StreamEngine:
@@ -118,6 +119,7 @@ class StreamEngine:
         self._tick_attempt = 0
         self._lag_at = float("-inf")
         self._unassigned_since: float | None = None
+        self._resubscribes = 0
         self._broker_down_since: float | None = None
         self._probe_at = float("-inf")
         self._waiting = False
@@ -224,7 +226,7 @@ class StreamEngine:
                     try:
                         self._step(stop)
                     except _Fatal as exc:
-                        self._recover(str(exc), producer_only=exc.producer_only)
+                        self._recover(str(exc), producer_only=exc.producer_only, keep_consumer=exc.keep_consumer)
             except EngineFatalError as exc:
                 self.fatal_error = str(exc)
                 raise
@@ -621,10 +623,11 @@ class StreamEngine:
         self._committed.clear()
         self.joined = False
 
-    def _recover(self, why: str, *, producer_only: bool = False) -> None:
+    def _recover(self, why: str, *, producer_only: bool = False, keep_consumer: bool = False) -> None:
         """A client went fatal: recreate it and resume from the committed offsets. A failed
         producer alone is replaced and the consumer rewound (its group membership kept);
-        otherwise both clients are recreated."""
+        otherwise both clients are recreated. ``keep_consumer`` (the broker came back): the
+        consumer is never closed, even when it cannot be rewound yet (see :meth:`_broker_back`)."""
         now = time.monotonic()
         recent = self._recent_recoveries
         recent.append(now)
@@ -650,9 +653,13 @@ class StreamEngine:
             try:
                 self._rewind_to_committed()
             except (KafkaException, SystemError) as exc:  # cannot rewind: start the consumer afresh too
-                self.log.warning("rewind failed: recreating the consumer too", extra={"error": error_name(exc)})
-                self._close_clients()
-                self._connect()
+                if keep_consumer:
+                    self.log.warning("rewind failed: the group's rejoin starts from the committed offsets",
+                                     extra={"error": error_name(exc)})
+                else:
+                    self.log.warning("rewind failed: recreating the consumer too", extra={"error": error_name(exc)})
+                    self._close_clients()
+                    self._connect()
         else:
             self._close_clients()
             self.reset()
@@ -662,9 +669,13 @@ class StreamEngine:
 
     def _broker_back(self) -> None:
         """After every broker was unreachable, probe (once a second); once one answers, recreate
-        the clients and resume from the committed offsets: a broker that restarted may have lost
-        the group, the idempotent producer's state or the log itself, and a client that carried
-        on from its old positions could skip records."""
+        the producer and rewind the consumer to the committed offsets: a broker that restarted may
+        have lost the group, the idempotent producer's state or the log itself, and a client that
+        carried on from its old positions could skip records. The consumer is kept, not closed:
+        its LeaveGroup, sent to a coordinator that restarted without the group, wedged the
+        embedded broker's group for good (no member of the group, not even a new process, joined
+        again; see the held-out case in tests/apps/test_conformance.py). A consumer whose
+        session expired rejoins by itself, and a new assignment starts from the committed offsets."""
         since = self._broker_down_since
         if since is None:
             return
@@ -679,19 +690,26 @@ class StreamEngine:
             return
         self._broker_down_since = None
         self.progress.problem = None
-        raise _Fatal(f"the broker is back after {now - since:.0f} s unreachable: resynchronising")
+        raise _Fatal(f"the broker is back after {now - since:.0f} s unreachable: resynchronising",
+                     keep_consumer=True)
 
     def _watch_assignment(self) -> None:
         """A member with no partitions for a while: if an input topic vanished (a broker that lost
-        its data), re-create it and re-subscribe."""
+        its data), re-create it and re-subscribe. A joined member with none while the topics exist
+        re-subscribes too (a topic re-created after the join is not always noticed), less and less
+        often: a standby of a healthy group costs the group one rebalance per wait."""
         now = time.monotonic()
         if self.assigned:
             self._unassigned_since = None
+            self._resubscribes = 0
             return
         if self._unassigned_since is None:
             self._unassigned_since = now
             return
-        if now - self._unassigned_since < max(5.0, self.settings.session_timeout_ms / 1000):
+        wait = max(5.0, self.settings.session_timeout_ms / 1000)
+        if self.joined:
+            wait *= 2 ** min(self._resubscribes, 4)
+        if now - self._unassigned_since < wait:
             return
         self._unassigned_since = now
         assert self._consumer is not None
@@ -704,6 +722,14 @@ class StreamEngine:
             return
         missing = [t for t in self.topics() if t not in md.topics or md.topics[t].error is not None]
         if not missing and self.joined:
+            if not any(md.topics[t].partitions for t in self.topics()):
+                return
+            self._resubscribes += 1
+            self.log.warning("joined with no partitions while the input topics have some: re-subscribing",
+                             extra={"resubscribes": self._resubscribes})
+            self._consumer.unsubscribe()
+            self._consumer.subscribe(self.topics(), on_assign=self._on_assign, on_revoke=self._on_revoke,
+                                     on_lost=self._on_lost)
             return
         self.log.warning("input topic missing or group not joined: re-creating topics and re-subscribing",
                          extra={"topics": missing})

@@ -11,6 +11,7 @@ duplicates, seconds to recover) are printed with ``-s`` and kept in docs/benchma
 from __future__ import annotations
 
 import subprocess
+import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator
@@ -450,11 +451,8 @@ def test_held_out_broker_restart_recovers_or_exits(recreate_after, settings_fact
     ensure_topics(own_broker.bootstrap, [t.raw, t.protected, t.dlq], partitions=4)
     before, after = h.inputs(s, 300, 5), h.inputs(s, 1000, 6)
     engine = h.make(s)
-    import os
-    if os.environ.get("SG_DEBUG"):
-        engine.consumer_overrides = {"debug": "cgrp"}
     errors: list[BaseException] = []
-    stop = __import__("threading").Event()
+    stop = threading.Event()
 
     def target() -> None:
         try:
@@ -462,7 +460,7 @@ def test_held_out_broker_restart_recovers_or_exits(recreate_after, settings_fact
         except BaseException as exc:
             errors.append(exc)
 
-    th = __import__("threading").Thread(target=target, daemon=True)
+    th = threading.Thread(target=target, daemon=True)
     th.start()
     try:
         publish(own_broker.bootstrap, t.raw, [v for _, v in before])
