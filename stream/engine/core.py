@@ -38,9 +38,9 @@ from typing import Any, ClassVar
 
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
 
-from stream.apps.runtime import relaxed_gc
 from stream.config import Settings
 from stream.engine.contract import Out, Record, Result
+from stream.engine.gc import relaxed_gc
 from stream.engine.health import Progress
 from stream.engine.produce import RateLimitedLog, Sink, Ticket, error_name
 from stream.errors import KeyUnavailableError, StreamgateError
@@ -211,7 +211,12 @@ class StreamEngine:
         return self._sink.retries if self._sink is not None else 0
 
     # == the loop =============================================================================
-    def run(self, stop: threading.Event, *, until: Callable[[], bool] | None = None) -> Any:
+    def run(self, stop: threading.Event, *, until: Callable[[], bool] | None = None,
+            max_events: int | None = None) -> Any:
+        """Run until ``stop`` is set, ``until()`` holds, or ``events_done()`` reached ``max_events``;
+        returns :meth:`result`."""
+        if max_events is not None:
+            until = lambda: self.events_done() >= max_events  # noqa: E731
         self._stop = stop
         with relaxed_gc():
             self.start()
@@ -231,11 +236,21 @@ class StreamEngine:
                 self.fatal_error = str(exc)
                 raise
             finally:
-                self._shutdown()
+                try:
+                    self._shutdown()
+                finally:
+                    self.stopped()
         return self.result()
 
     def result(self) -> Any:
         return None
+
+    def events_done(self) -> int:
+        """What ``run(max_events=...)`` counts (default: records consumed)."""
+        return self.consumed
+
+    def stopped(self) -> None:
+        """After the loop ended and the clients closed (stop threads of the worker's own)."""
 
     def _step(self, stop: threading.Event) -> None:
         if not self._held:

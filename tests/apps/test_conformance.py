@@ -10,7 +10,6 @@ duplicates, seconds to recover) are printed with ``-s`` and kept in docs/benchma
 
 from __future__ import annotations
 
-import subprocess
 import threading
 import time
 from collections import Counter
@@ -33,7 +32,7 @@ from stream.engine import StreamEngine
 from stream.gateway.core import RawRecord
 from stream.kafka import ensure_topics
 from stream.synth import ClickstreamGenerator
-from tests.support.kafka import read_topic, running_in_thread, wait_for
+from tests.support.kafka import OwnBroker, read_topic, running_in_thread, wait_for
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -293,47 +292,6 @@ def test_redis_down_with_a_rebalance_during_the_wait(worker, settings_factory, u
     missing, dups = _score(h, sent, got)
     _report("redis-down+rebalance", worker, len(sent), missing, dups, took)
     assert missing == 0
-
-
-class OwnBroker:
-    """A Tansu broker of one test alone, restartable on the same port (memory storage: a
-    restart loses every topic and offset, as a broker that lost its disk would)."""
-
-    def __init__(self, workdir: Path) -> None:
-        from stream.dev.stack import free_port
-
-        self.port = free_port()
-        self.dir = workdir
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    @property
-    def bootstrap(self) -> str:
-        return f"127.0.0.1:{self.port}"
-
-    def start(self) -> None:
-        from stream.dev.stack import find_broker_binary
-        from stream.errors import StreamgateError
-        from stream.kafka import probe_broker
-
-        url = f"tcp://127.0.0.1:{self.port}"
-        self.proc = subprocess.Popen([find_broker_binary(), "broker", "--listener-url", url,
-                                      "--advertised-listener-url", url, "--storage-engine", "memory://tansu/"],
-                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                probe_broker(self.bootstrap, timeout=2.0)
-                return
-            except StreamgateError:
-                if time.monotonic() > deadline:
-                    raise
-                time.sleep(0.2)
-
-    def kill(self) -> None:
-        if self.proc is not None:
-            self.proc.kill()
-            self.proc.wait(10)
-            self.proc = None
 
 
 @pytest.fixture
