@@ -15,9 +15,12 @@ everything else, once:
 * pipelined produce with one classified error path (:mod:`stream.engine.produce`);
 * **commit after delivery, in order**: a batch's offsets are committed once its outputs and
   every earlier batch's were acknowledged (and, for deferred batches, a later checkpoint);
-* recovery: a fatal client error recreates both clients and resumes from the committed
-  offsets; an input topic that vanished (a broker that lost its data) is re-created and
-  re-subscribed. Repeated failure exits non-zero with one line (:class:`EngineFatalError`);
+* recovery: a fatal client error recreates the clients and resumes from the committed
+  offsets (the broker coming back: the producer only, the consumer rewound and kept, see
+  :meth:`StreamEngine._broker_back`); an input topic that vanished (a broker that lost its data)
+  is re-created and re-subscribed. Repeated failure exits non-zero with one line
+  (:class:`EngineFatalError`), and so does the watchdog: not ready with no progress for
+  ``watchdog_seconds``;
 * health: lag, stalls ("no progress for N s while there is work"), and readiness with a reason.
 
 Out-of-range offsets follow ``auto.offset.reset=earliest``: re-read rather than skip
