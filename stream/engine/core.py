@@ -400,14 +400,16 @@ class StreamEngine:
             self._check_fatal()
 
     def _service(self) -> None:
+        # before this round's commits: a stall inside one blocking call (a process that hung) is
+        # counted and logged too, not only seen by whoever asked /readyz during it
+        if self.progress.observe(held=len(self._held), inflight=sum(t.pending for t in self._tickets)):
+            # /readyz, ops watch and the streamgate_ready gauge read the reason from the engine
+            self.log.warning("no progress: not ready", extra={"reason": self.progress.reason})
         self._broker_back()
         self._sink_service()
         self._commit_delivered(sync=False)
         self._report_lag(cached=True)
         self._watch_assignment()
-        if self.progress.observe(held=len(self._held), inflight=sum(t.pending for t in self._tickets)):
-            # /readyz, ops watch and the streamgate_ready gauge read the reason from the engine
-            self.log.warning("no progress: not ready", extra={"reason": self.progress.reason})
         self._watchdog()
 
     def _watchdog(self) -> None:
