@@ -15,7 +15,7 @@ if TYPE_CHECKING:
 
     from stream.config import Settings
 
-__all__ = ["WORKERS", "WorkerSpec", "run_worker", "writer_of"]
+__all__ = ["ENGINES", "WORKERS", "WorkerSpec", "run_worker", "writer_of"]
 
 
 @dataclass(frozen=True)
@@ -26,6 +26,11 @@ class WorkerSpec:
     uses_redis: bool  # /readyz checks Redis
     writes: tuple[str, ...] = ()  # TopicNames fields of the topics this worker creates and writes
     group_setting: str = ""  # the Settings field naming its consumer group
+    engines: tuple[str, ...] = ()  # the engines this worker runs (default: one, named as the worker)
+
+    @property
+    def engine_names(self) -> tuple[str, ...]:
+        return self.engines or (self.name,)
 
     def group(self, settings: Settings) -> str:
         return str(getattr(settings, self.group_setting))
@@ -45,9 +50,15 @@ WORKERS: dict[str, WorkerSpec] = {
         WorkerSpec("shredder", 6068, "stream.apps.shredder", uses_redis=True,
                    writes=("audit",), group_setting="shredder_consumer_group"),
         WorkerSpec("learner", 6069, "stream.apps.learner", uses_redis=False,
-                   writes=("snapshots",), group_setting="learner_consumer_group"),
+                   writes=("snapshots",), group_setting="learner_consumer_group",
+                   # STREAMGATE_LEARN_FEDERATED=true: a federated learner, with an aggregator inside
+                   engines=("learner", "federated learner", "aggregator")),
     )
 }
+
+
+#: Every engine of every worker (what the conformance suite drives).
+ENGINES: tuple[str, ...] = tuple(e for spec in WORKERS.values() for e in spec.engine_names)
 
 
 def writer_of(settings: Settings, topic: str) -> WorkerSpec | None:

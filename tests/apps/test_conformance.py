@@ -26,6 +26,7 @@ from stream.apps.engine import GatewayEngine
 from stream.apps.learner import LearnerEngine
 from stream.apps.privatizer import PrivatizerEngine, build_privatizer
 from stream.apps.produce import publish
+from stream.apps.registry import ENGINES
 from stream.apps.registry import WORKERS as WORKER_SPECS
 from stream.apps.shredder import ShredderEngine
 from stream.components import build_gateway
@@ -52,6 +53,7 @@ class Harness:
     inputs: Callable[[Settings, int, int], list[tuple[str, bytes]]]  # (id, value)
     produced: Callable[[Settings, list[StreamEngine]], Counter[str]]  # id (or "n") -> times output
     by_id: bool = True
+    key: Callable[[Settings], bytes] | None = None  # every input's key (else unkeyed)
 
     def input_topic(self, s: Settings) -> str:
         return _INPUT[self.name](s)
@@ -61,8 +63,25 @@ _INPUT: dict[str, Callable[[Settings], str]] = {
     "gateway": lambda s: s.topics.raw,
     "privatizer": lambda s: s.topics.protected,
     "learner": lambda s: s.topics.features,
+    "federated learner": lambda s: s.topics.features,
+    "aggregator": lambda s: s.topics.updates,
     "shredder": lambda s: s.topics.erasure,
 }
+
+
+def _send(h: Harness, bootstrap: str, s: Settings, values: list[bytes]) -> None:
+    """Publish ``values`` to the harness' input topic (keyed where the worker needs a key)."""
+    if h.key is None:
+        publish(bootstrap, h.input_topic(s), values)
+        return
+    from confluent_kafka import Producer
+
+    from stream.kafka import producer_config
+
+    p = Producer(producer_config(bootstrap))
+    for v in values:
+        p.produce(h.input_topic(s), v, h.key(s))
+    assert p.flush(30) == 0
 
 
 def _raw_inputs(s: Settings, n: int, seed: int) -> list[tuple[str, bytes]]:
@@ -130,6 +149,51 @@ def _shredder_out(s: Settings, engines: list[StreamEngine]) -> Counter[str]:
     return ids
 
 
+def _update_inputs(s: Settings, n: int, seed: int) -> list[tuple[str, bytes]]:
+    """Signed local updates of one example each (so the examples merged count the updates)."""
+    from stream.apps.learner import snapshot_key
+    from stream.learn.federated import ModelUpdate, Parameters
+
+    key = snapshot_key(s)
+    return [(f"{seed}-{i}", ModelUpdate(s.learn_model_name, f"s{seed}-{i % 3}", i // 3 + 1, 0, 1,
+                                        Parameters({"event_type=0": 0.001 * (i % 5)}, 0.0),
+                                        "2026-01-01T00:00:00.000Z").to_bytes(key)) for i in range(n)]
+
+
+def _aggregator_out(s: Settings, engines: list[StreamEngine]) -> Counter[str]:
+    """Examples merged into the global versions on the snapshots topic (their headers, not stats)."""
+    from stream.learn.snapshot import ModelSnapshot
+
+    headers = [ModelSnapshot.read_header(r.value or b"")
+               for r in read_topic(s.kafka_bootstrap_or_dev(), s.topics.snapshots, idle=1.5)]
+    return Counter({"n": sum(int((h.get("federation") or {}).get("merged_examples", 0)) for h in headers)})
+
+
+def _federated_out(s: Settings, engines: list[StreamEngine]) -> Counter[str]:
+    """Examples the learners' published updates cover (read from models.updates)."""
+    from stream.apps.learner import snapshot_key
+    from stream.learn.federated import ModelUpdate
+
+    key = snapshot_key(s)
+    return Counter({"n": sum(ModelUpdate.from_bytes(r.value or b"", key).examples
+                             for r in read_topic(s.kafka_bootstrap_or_dev(), s.topics.updates, idle=1.5))})
+
+
+def _make_federated(s: Settings) -> StreamEngine:
+    from stream.apps.federated import FederatedLearnerEngine
+
+    return FederatedLearnerEngine(s, aggregate=False)
+
+
+def _make_aggregator(s: Settings) -> StreamEngine:
+    import uuid
+
+    from stream.apps.federated import AggregatorEngine
+    from stream.apps.learner import snapshot_key
+
+    return AggregatorEngine(s, key=snapshot_key(s), instance=f"agg-{uuid.uuid4().hex[:6]}")
+
+
 def _make_privatizer(s: Settings) -> StreamEngine:
     return PrivatizerEngine(s, build_privatizer(s), grace_seconds=0.5, idle_seconds=1.0)
 
@@ -139,6 +203,10 @@ HARNESSES = {
     "privatizer": Harness("privatizer", True, _make_privatizer, _protected_inputs, _privatizer_out, by_id=False),
     "learner": Harness("learner", False, lambda s: LearnerEngine(s), _example_inputs, _learner_out, by_id=False),
     "shredder": Harness("shredder", True, lambda s: ShredderEngine(s), _erasure_inputs, _shredder_out),
+    "federated learner": Harness("federated learner", False, _make_federated, _example_inputs, _federated_out,
+                                 by_id=False),
+    "aggregator": Harness("aggregator", False, _make_aggregator, _update_inputs, _aggregator_out, by_id=False,
+                          key=lambda s: s.learn_model_name.encode()),  # updates are keyed by their model
 }
 
 
@@ -160,14 +228,15 @@ def _settings(settings_factory: Any, unique_id: str, **kw: Any) -> Settings:
         ldp_person_epsilon=1000.0, ldp_window_seconds=2.0, learn_snapshot_every=300,
         learn_snapshot_interval_seconds=2.0, shredder_interval_seconds=1.0,
         learner_consumer_group=f"sgl-{unique_id}", privatizer_consumer_group=f"sgp-{unique_id}",
-        shredder_consumer_group=f"sgs-{unique_id}", stall_seconds=5.0,
+        shredder_consumer_group=f"sgs-{unique_id}", stall_seconds=5.0, learn_update_every=300,
+        learn_update_interval_seconds=1.0, learn_aggregate_wait_seconds=1.0,
     )
     values.update(kw)
     s: Settings = settings_factory(**values)
     t = s.topics
     b = s.kafka_bootstrap_or_dev()
     ensure_topics(b, [t.raw, t.protected, t.dlq, t.features, t.frequencies, t.partials], partitions=2)
-    ensure_topics(b, [t.erasure, t.audit, t.snapshots], partitions=2)
+    ensure_topics(b, [t.erasure, t.audit, t.snapshots, t.updates], partitions=2)
     return s
 
 
@@ -231,14 +300,15 @@ def crashing(engine: StreamEngine) -> StreamEngine:
 
 
 # --------------------------------------------------------------------------- the cases
-WORKERS = sorted(HARNESSES)
+WORKERS = list(ENGINES)  # generated from the registry: every engine of every worker
 
 
 def test_the_harness_table_covers_the_worker_registry():
     """Every registered worker is driven by the suite, on the input topic it really reads."""
-    missing = sorted(set(WORKER_SPECS) - set(HARNESSES))
-    assert not missing, f"workers without a conformance harness: {missing}"
-    assert all(HARNESSES[n].uses_redis == WORKER_SPECS[n].uses_redis for n in WORKER_SPECS)
+    assert sorted(ENGINES) == sorted(HARNESSES), "the harness table and the registry's engines differ"
+    assert len(ENGINES) == 6
+    for spec in WORKER_SPECS.values():
+        assert all(HARNESSES[e].uses_redis == spec.uses_redis for e in spec.engine_names)
 
 
 @pytest.mark.parametrize("worker", WORKERS)
@@ -246,7 +316,7 @@ def test_poison_records_are_accounted_and_the_rest_flows(worker, settings_factor
     h = HARNESSES[worker]
     s = _settings(settings_factory, unique_id)
     good = h.inputs(s, 300, 1)
-    publish(s.kafka_bootstrap_or_dev(), h.input_topic(s), [v for _, v in good[:150]] + POISON
+    _send(h, s.kafka_bootstrap_or_dev(), s, [v for _, v in good[:150]] + POISON
             + [v for _, v in good[150:]])
     with running_in_thread(h.make(s), worker) as engine:
         got = _done(h, s, good, [engine])
@@ -268,12 +338,12 @@ def test_crash_and_restart_loses_nothing(worker, settings_factory, unique_id):
     s = _settings(settings_factory, unique_id)
     sent = h.inputs(s, 600, 2)
     bootstrap = s.kafka_bootstrap_or_dev()
-    publish(bootstrap, h.input_topic(s), [v for _, v in sent[:300]])
+    _send(h, bootstrap, s, [v for _, v in sent[:300]])
     first = crashing(h.make(s))
     with running_in_thread(first, f"{worker} 1"):
         wait_for(lambda: first.consumed >= 150, what="records consumed")  # crash mid-stream
-    window = first.consumed - _committed(bootstrap, WORKER_SPECS[worker].group(s), h.input_topic(s))
-    publish(bootstrap, h.input_topic(s), [v for _, v in sent[300:]])
+    window = first.consumed - _committed(bootstrap, first.group(), h.input_topic(s))
+    _send(h, bootstrap, s, [v for _, v in sent[300:]])
     t0 = time.monotonic()
     with running_in_thread(h.make(s), f"{worker} 2") as second:
         got = _done(h, s, sent, [first, second])
@@ -293,7 +363,7 @@ def test_rebalance_mid_stream_loses_nothing(worker, settings_factory, unique_id)
     bootstrap = s.kafka_bootstrap_or_dev()
     a = h.make(s)
     with running_in_thread(a, f"{worker} a"):
-        publish(bootstrap, h.input_topic(s), [v for _, v in sent[:400]])
+        _send(h, bootstrap, s, [v for _, v in sent[:400]])
         time.sleep(2.0)
         b = h.make(s)
         got_partitions: list[int] = []
@@ -306,7 +376,7 @@ def test_rebalance_mid_stream_loses_nothing(worker, settings_factory, unique_id)
         b.assigned_partitions = note  # type: ignore[method-assign,assignment]
         with running_in_thread(b, f"{worker} b"):
             wait_for(lambda: bool(got_partitions), what="the second instance got partitions")
-            publish(bootstrap, h.input_topic(s), [v for _, v in sent[400:]])
+            _send(h, bootstrap, s, [v for _, v in sent[400:]])
             got = _done(h, s, sent, [a, b])
         assert got_partitions, "the rebalance moved no partition"
     missing, dups = _score(h, sent, got)
@@ -324,7 +394,7 @@ def test_redis_down_with_a_rebalance_during_the_wait(worker, settings_factory, u
     with running_in_thread(a, f"{worker} a"):
         wait_for(lambda: a.joined, what="a joined")
         own_redis.stop()
-        publish(bootstrap, h.input_topic(s), [v for _, v in sent])
+        _send(h, bootstrap, s, [v for _, v in sent])
         wait_for(lambda: a.held_retries >= 2 or a._tick_attempt >= 2, what="the hold")
         b = h.make(s)
         with running_in_thread(b, f"{worker} b"):
@@ -366,14 +436,14 @@ def test_broker_killed_and_restarted_recovers(worker, settings_factory, unique_i
     before, after = h.inputs(s, 300, 5), h.inputs(s, 300, 6)
     engine = h.make(s)
     with running_in_thread(engine, worker):
-        publish(own_broker.bootstrap, h.input_topic(s), [v for _, v in before])
+        _send(h, own_broker.bootstrap, s, [v for _, v in before])
         _done(h, s, before, [engine])
         own_broker.kill()
         wait_for(lambda: not engine.ready, what="not ready while the broker is away")
         own_broker.start()
         back = time.monotonic()
         ensure_topics(own_broker.bootstrap, topics, partitions=2)  # as an operator's topics apply would
-        publish(own_broker.bootstrap, h.input_topic(s), [v for _, v in after])
+        _send(h, own_broker.bootstrap, s, [v for _, v in after])
         got = _done(h, s, after, [engine])
         took = time.monotonic() - back
         assert engine.healthy and engine.recoveries >= 1
