@@ -35,23 +35,22 @@ import os
 import socket
 import threading
 import time
-from collections import deque
 from collections.abc import Callable
 from typing import Any, ClassVar
 
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
 
 from stream.config import Settings
+from stream.engine.commits import TP, CommitQueue
 from stream.engine.contract import Out, Record, Result
 from stream.engine.gc import relaxed_gc
 from stream.engine.health import Progress
 from stream.engine.produce import RateLimitedLog, Sink, Ticket, error_name
+from stream.engine.supervisor import RecoveryBudget, Watchdog, backoff
 from stream.errors import KeyUnavailableError, StreamgateError
 from stream.kafka import consumer_config, ensure_topics, probe_broker, producer_config
 
 __all__ = ["EngineFatalError", "NotDeliveredError", "StreamEngine"]
-
-TP = tuple[str, int]
 
 #: Seconds the start-up probe waits for the broker.
 PROBE_SECONDS = 10.0
@@ -113,8 +112,7 @@ class StreamEngine:
         self._producer: Producer | None = None
         self._sink: Sink | None = None
         self._held: list[Record] = []
-        self._tickets: deque[Ticket] = deque()
-        self._committed: dict[TP, int] = {}
+        self._queue = CommitQueue()
         self._fatal: str | None = None
         self._producer_fatal: str | None = None
         self._attempt = 0
@@ -126,10 +124,10 @@ class StreamEngine:
         self._broker_down_since: float | None = None
         self._probe_at = float("-inf")
         self._waiting = False
-        self._recent_recoveries: deque[float] = deque()
+        self._budget = RecoveryBudget(settings.max_client_recoveries)
         self._closing = False
         self._stop: threading.Event | None = None
-        self._fine_at = time.monotonic()  # last time the worker was ready or made progress
+        self._watchdog_state = Watchdog(settings.watchdog_seconds, time.monotonic())
 
     # == hooks (override) ======================================================================
     def topics(self) -> list[str]:
@@ -224,7 +222,7 @@ class StreamEngine:
         with relaxed_gc():
             self.start()
             self._connect()
-            self._fine_at = time.monotonic()
+            self._watchdog_state.reset(time.monotonic())
             self.started = True
             self.log.info(f"{self.name} started", extra={"topics": self.topics()})
             try:
@@ -308,7 +306,7 @@ class StreamEngine:
             self.held_retries += 1
             if self.metrics is not None and isinstance(exc, KeyUnavailableError):
                 self.metrics.redis_error()
-            delay = self._backoff(self._attempt)
+            delay = backoff(self._attempt, self.settings.retry_backoff_seconds, self.settings.retry_backoff_max_seconds)
             self._attempt += 1
             self.progress.problem = f"dependency unavailable ({type(exc).__name__}): {len(self._held)} records held"
             self._rlog(logging.WARNING, "hold", "dependency unavailable: batch held (not emitted, not "
@@ -322,10 +320,6 @@ class StreamEngine:
         if self.metrics is not None:
             self.metrics.observe_batch(time.perf_counter() - started, len(self._held))
         self._held = []
-
-    def _backoff(self, attempt: int) -> float:
-        s = self.settings
-        return min(s.retry_backoff_max_seconds, s.retry_backoff_seconds * (2 ** min(attempt, 16)))
 
     def _wait_paused(self, seconds: float, stop: threading.Event) -> None:
         """Wait keeping the group membership; paused partitions deliver nothing. Records of
@@ -366,7 +360,7 @@ class StreamEngine:
                         checkpoint=result.checkpoint, on_delivered=result.on_delivered)
         if self.transactional and ticket.offsets:
             self._transact(ticket)
-        self._tickets.append(ticket)
+        self._queue.add(ticket)
         if result.outputs and not self.transactional:
             self._sink.send(ticket)
             self._check_fatal()
@@ -390,8 +384,7 @@ class StreamEngine:
                 producer.abort_transaction(30)
             why = error_name(exc) if isinstance(exc, KafkaException) else str(exc)
             raise _Fatal(f"transaction aborted: {why}", producer_only=True) from None
-        for tp, o in ticket.offsets.items():
-            self._committed[tp] = o
+        self._queue.done(ticket.offsets)
         ticket.offsets = {}
 
     def _sink_service(self) -> None:
@@ -402,7 +395,7 @@ class StreamEngine:
     def _service(self) -> None:
         # before this round's commits: a stall inside one blocking call (a process that hung) is
         # counted and logged too, not only seen by whoever asked /readyz during it
-        if self.progress.observe(held=len(self._held), inflight=sum(t.pending for t in self._tickets)):
+        if self.progress.observe(held=len(self._held), inflight=self._queue.inflight):
             # /readyz, ops watch and the streamgate_ready gauge read the reason from the engine
             self.log.warning("no progress: not ready", extra={"reason": self.progress.reason})
         self._broker_back()
@@ -416,42 +409,25 @@ class StreamEngine:
         """Exit (:class:`EngineFatalError`, one line) when not ready with no progress for
         ``watchdog_seconds``: a supervisor's restart is the recovery left. A joined member with no
         partitions is a standby, not stuck."""
-        now = time.monotonic()
-        reason = self.not_ready_reason
-        if reason is None or (self.joined and not self.assigned):
-            self._fine_at = now
-            return
-        self._fine_at = max(self._fine_at, self.progress.moved_at)
-        bound = self.settings.watchdog_seconds
-        if now - self._fine_at > bound:
-            raise EngineFatalError(f"{self.name}: watchdog: not ready and no progress for {now - self._fine_at:.0f} s "
-                                   f"(bound STREAMGATE_WATCHDOG_SECONDS={bound:g}): {reason}")
+        why = self._watchdog_state.check(time.monotonic(), self.not_ready_reason,
+                                         standby=self.joined and not self.assigned,
+                                         moved_at=self.progress.moved_at)
+        if why is not None:
+            raise EngineFatalError(f"{self.name}: {why}")
 
     def _commit_delivered(self, *, sync: bool) -> None:
-        """Commit the offsets of the leading finished results (module docstring)."""
-        tickets = self._tickets
-        if not tickets or not tickets[0].done:
+        """Commit the offsets of the leading finished results (:class:`CommitQueue`)."""
+        offsets = self._queue.release()
+        if offsets is None:
             return
-        released = -1
-        for i, t in enumerate(tickets):
-            if t.checkpoint and t.done:
-                released = i
-        offsets: dict[TP, int] = {}
-        i = 0
-        while tickets and tickets[0].done and (not tickets[0].defer or i <= released):
-            t = tickets.popleft()
-            i += 1
-            if t.on_delivered is not None:
-                t.on_delivered()
-            offsets.update(t.offsets)
         self.progress.moved()
         self._commit(offsets, sync=sync)
 
     def _commit(self, offsets: dict[TP, int], *, sync: bool) -> None:
-        tps = [TopicPartition(t, p, o) for (t, p), o in offsets.items()
-               if (t, p) in self.assigned and self._committed.get((t, p)) != o]
-        if not tps or self._consumer is None:
+        todo = self._queue.to_commit(offsets, self.assigned)
+        if not todo or self._consumer is None:
             return
+        tps = [TopicPartition(t, p, o) for (t, p), o in todo.items()]
         try:
             if sync:
                 self._consumer.commit(offsets=tps, asynchronous=False)
@@ -460,8 +436,7 @@ class StreamEngine:
         except KafkaException as exc:  # taken by a rebalance: the new owner re-reads (at-least-once)
             self._rlog(logging.WARNING, "commit", "offset commit failed", error=error_name(exc))
             return
-        for tp in tps:
-            self._committed[(tp.topic, tp.partition)] = tp.offset
+        self._queue.done(todo)
 
     def deliver_now(self, outs: list[Out], timeout: float = 30.0) -> None:
         """Produce ``outs`` and return once every one was acknowledged (receipts before a commit),
@@ -491,7 +466,8 @@ class StreamEngine:
         except self.hold_on as exc:
             if self.metrics is not None and isinstance(exc, KeyUnavailableError):
                 self.metrics.redis_error()
-            delay = self._backoff(self._tick_attempt)
+            delay = backoff(self._tick_attempt, self.settings.retry_backoff_seconds,
+                            self.settings.retry_backoff_max_seconds)
             self._tick_attempt += 1
             self._rlog(logging.WARNING, "tick", f"{self.name} periodic work failed, retrying",
                        error=str(exc), retry_in_s=round(delay, 2))
@@ -535,8 +511,7 @@ class StreamEngine:
     def _forget(self, tps: list[TP]) -> None:
         gone = set(tps)
         self.assigned.difference_update(gone)
-        for tp in gone:
-            self._committed.pop(tp, None)
+        self._queue.forget(gone)
         if self._held:
             self._held = [r for r in self._held if (r.topic, r.partition) not in gone]
 
@@ -615,7 +590,7 @@ class StreamEngine:
                 continue  # nothing fetched yet: it starts from the committed offset anyway
             offset = tp.offset if tp.offset >= 0 else consumer.get_watermark_offsets(tp, timeout=5)[0]
             consumer.seek(TopicPartition(tp.topic, tp.partition, offset))
-        self._committed.clear()
+        self._queue.committed.clear()
 
     def _set_fatal(self, why: str) -> None:
         self._producer_fatal = why
@@ -640,7 +615,7 @@ class StreamEngine:
             finally:
                 self._closing = False
         self.assigned.clear()
-        self._committed.clear()
+        self._queue.committed.clear()
         self.joined = False
 
     def _recover(self, why: str, *, producer_only: bool = False, keep_consumer: bool = False) -> None:
@@ -648,21 +623,16 @@ class StreamEngine:
         producer alone is replaced and the consumer rewound (its group membership kept);
         otherwise both clients are recreated. ``keep_consumer`` (the broker came back): the
         consumer is never closed, even when it cannot be rewound yet (see :meth:`_broker_back`)."""
-        now = time.monotonic()
-        recent = self._recent_recoveries
-        recent.append(now)
-        while recent and now - recent[0] > 120:
-            recent.popleft()
+        recent, over = self._budget.spend(time.monotonic())
         self.recoveries += 1
-        if len(recent) > self.settings.max_client_recoveries:
-            raise EngineFatalError(f"{self.name}: Kafka client failed {len(recent)} times in 120 s, "
-                                   f"last: {why}")
+        if over:
+            raise EngineFatalError(f"{self.name}: Kafka client failed {recent} times in 120 s, last: {why}")
         what = "the producer" if producer_only else "the clients"
         self.log.error(f"fatal Kafka client error: recreating {what}, resuming from committed offsets",
                        extra={"error": why, "recoveries": self.recoveries})
         self.progress.problem = f"recovering from a fatal client error: {why}"
         self._held = []
-        self._tickets.clear()
+        self._queue.tickets.clear()
         if producer_only and self._consumer is not None:
             old, self._producer, self._sink = self._producer, None, None
             if old is not None:

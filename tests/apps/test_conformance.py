@@ -290,7 +290,7 @@ def crashing(engine: StreamEngine) -> StreamEngine:
 
     def shutdown() -> None:
         engine._consumer = engine._producer = engine._sink = None
-        engine._tickets.clear()
+        engine._queue.tickets.clear()
         engine.assigned.clear()
         engine.joined = False
         gc.collect()
