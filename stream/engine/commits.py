@@ -20,6 +20,7 @@ class CommitQueue:
     def __init__(self) -> None:
         self.tickets: deque[Ticket] = deque()
         self.committed: dict[TP, int] = {}  # what this member last committed, per partition
+        self.released_records = 0  # input records freed by released tickets (ever)
 
     def __len__(self) -> int:
         return len(self.tickets)
@@ -50,6 +51,7 @@ class CommitQueue:
             if t.on_delivered is not None:
                 t.on_delivered()
             offsets.update(t.offsets)
+            self.released_records += t.records
         return offsets
 
     def to_commit(self, offsets: dict[TP, int], assigned: Iterable[TP]) -> dict[TP, int]:

@@ -113,6 +113,9 @@ class StreamEngine:
         self._sink: Sink | None = None
         self._held: list[Record] = []
         self._queue = CommitQueue()
+        self._to_commit: dict[TP, int] = {}  # freed, not committed yet (commit throttling)
+        self._commit_at = time.monotonic()
+        self._committed_records = 0
         self._fatal: str | None = None
         self._producer_fatal: str | None = None
         self._attempt = 0
@@ -316,7 +319,7 @@ class StreamEngine:
             return
         self._attempt = 0
         self.progress.problem = None
-        self._emit(result, _next_offsets(self._held))
+        self._emit(result, _next_offsets(self._held), records=len(self._held))
         if self.metrics is not None:
             self.metrics.observe_batch(time.perf_counter() - started, len(self._held))
         self._held = []
@@ -351,13 +354,13 @@ class StreamEngine:
                     consumer.resume(consumer.assignment())
 
     # -- produce and commit -------------------------------------------------------------------
-    def _emit(self, result: Result | None, offsets: dict[TP, int] | None = None) -> Ticket | None:
+    def _emit(self, result: Result | None, offsets: dict[TP, int] | None = None, records: int = 0) -> Ticket | None:
         if result is None and not offsets:
             return None
         result = result or Result()
         assert self._sink is not None
         ticket = Ticket(self._sink, offsets or {}, result.outputs, defer=result.defer,
-                        checkpoint=result.checkpoint, on_delivered=result.on_delivered)
+                        checkpoint=result.checkpoint, on_delivered=result.on_delivered, records=records)
         if self.transactional and ticket.offsets:
             self._transact(ticket)
         self._queue.add(ticket)
@@ -416,12 +419,24 @@ class StreamEngine:
             raise EngineFatalError(f"{self.name}: {why}")
 
     def _commit_delivered(self, *, sync: bool) -> None:
-        """Commit the offsets of the leading finished results (:class:`CommitQueue`)."""
-        offsets = self._queue.release()
-        if offsets is None:
+        """Commit the offsets of the leading finished results (:class:`CommitQueue`), throttled:
+        once ``commit_interval_seconds`` passed or ``commit_max_records`` records were freed since
+        the last commit, whichever comes first; always when ``sync`` (a rebalance, the shutdown).
+        A crash re-delivers at most what was freed since the last commit."""
+        q = self._queue
+        offsets = q.release()
+        if offsets is not None:
+            self.progress.moved()
+            self._to_commit.update(offsets)
+        if not self._to_commit:
             return
-        self.progress.moved()
-        self._commit(offsets, sync=sync)
+        s = self.settings
+        now = time.monotonic()
+        if (sync or now - self._commit_at >= s.commit_interval_seconds
+                or q.released_records - self._committed_records >= s.commit_max_records):
+            todo, self._to_commit = self._to_commit, {}
+            self._commit_at, self._committed_records = now, q.released_records
+            self._commit(todo, sync=sync)
 
     def _commit(self, offsets: dict[TP, int], *, sync: bool) -> None:
         todo = self._queue.to_commit(offsets, self.assigned)
@@ -512,6 +527,8 @@ class StreamEngine:
         gone = set(tps)
         self.assigned.difference_update(gone)
         self._queue.forget(gone)
+        for tp in gone:
+            self._to_commit.pop(tp, None)
         if self._held:
             self._held = [r for r in self._held if (r.topic, r.partition) not in gone]
 
@@ -616,6 +633,7 @@ class StreamEngine:
                 self._closing = False
         self.assigned.clear()
         self._queue.committed.clear()
+        self._to_commit.clear()
         self.joined = False
 
     def _recover(self, why: str, *, producer_only: bool = False, keep_consumer: bool = False) -> None:
@@ -633,6 +651,7 @@ class StreamEngine:
         self.progress.problem = f"recovering from a fatal client error: {why}"
         self._held = []
         self._queue.tickets.clear()
+        self._to_commit.clear()
         if producer_only and self._consumer is not None:
             old, self._producer, self._sink = self._producer, None, None
             if old is not None:
