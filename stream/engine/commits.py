@@ -21,6 +21,7 @@ class CommitQueue:
         self.tickets: deque[Ticket] = deque()
         self.committed: dict[TP, int] = {}  # what this member last committed, per partition
         self.released_records = 0  # input records freed by released tickets (ever)
+        self.released_checkpoint = False  # the last release freed a checkpoint (commit it at once)
 
     def __len__(self) -> int:
         return len(self.tickets)
@@ -44,6 +45,7 @@ class CommitQueue:
             if t.checkpoint and t.done:
                 released = i
         offsets: dict[TP, int] = {}
+        self.released_checkpoint = False
         i = 0
         while tickets and tickets[0].done and (not tickets[0].defer or i <= released):
             t = tickets.popleft()
@@ -52,6 +54,7 @@ class CommitQueue:
                 t.on_delivered()
             offsets.update(t.offsets)
             self.released_records += t.records
+            self.released_checkpoint |= t.checkpoint
         return offsets
 
     def to_commit(self, offsets: dict[TP, int], assigned: Iterable[TP]) -> dict[TP, int]:

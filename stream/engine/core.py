@@ -421,7 +421,8 @@ class StreamEngine:
     def _commit_delivered(self, *, sync: bool) -> None:
         """Commit the offsets of the leading finished results (:class:`CommitQueue`), throttled:
         once ``commit_interval_seconds`` passed or ``commit_max_records`` records were freed since
-        the last commit, whichever comes first; always when ``sync`` (a rebalance, the shutdown).
+        the last commit, whichever comes first; at once when ``sync`` (a rebalance, the shutdown)
+        or a checkpoint was freed (what it covers is durable: a crash must not re-learn it).
         A crash re-delivers at most what was freed since the last commit."""
         q = self._queue
         offsets = q.release()
@@ -432,7 +433,7 @@ class StreamEngine:
             return
         s = self.settings
         now = time.monotonic()
-        if (sync or now - self._commit_at >= s.commit_interval_seconds
+        if (sync or q.released_checkpoint or now - self._commit_at >= s.commit_interval_seconds
                 or q.released_records - self._committed_records >= s.commit_max_records):
             todo, self._to_commit = self._to_commit, {}
             self._commit_at, self._committed_records = now, q.released_records

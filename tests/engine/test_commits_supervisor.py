@@ -37,6 +37,7 @@ def test_deferred_results_wait_for_a_delivered_checkpoint():
     assert q.release() == {}
     cp.pending = 0
     assert q.release() == {("in", 0): 20} and len(q) == 0 and calls == ["a"]
+    assert q.released_checkpoint  # the engine commits a freed checkpoint at once
 
 
 def test_only_assigned_and_changed_offsets_are_worth_a_commit():
