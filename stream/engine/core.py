@@ -124,6 +124,7 @@ class StreamEngine:
         self._lag_at = float("-inf")
         self._unassigned_since: float | None = None
         self._resubscribes = 0
+        self._resync = False  # the broker came back: a member left without partitions re-subscribes
         self._broker_down_since: float | None = None
         self._probe_at = float("-inf")
         self._waiting = False
@@ -700,18 +701,21 @@ class StreamEngine:
             return
         self._broker_down_since = None
         self.progress.problem = None
+        self._resync = True
         raise _Fatal(f"the broker is back after {now - since:.0f} s unreachable: resynchronising",
                      keep_consumer=True)
 
     def _watch_assignment(self) -> None:
         """A member with no partitions for a while: if an input topic vanished (a broker that lost
-        its data), re-create it and re-subscribe. A joined member with none while the topics exist
-        re-subscribes too (a topic re-created after the join is not always noticed), less and less
-        often: a standby of a healthy group costs the group one rebalance per wait."""
+        its data), re-create it and re-subscribe. After the broker came back, a joined member with
+        none while the topics have some re-subscribes too (a topic re-created after the rejoin is
+        not always noticed), less and less often, until it holds partitions. (Never otherwise: a
+        standby of a healthy group, e.g. a second aggregator, would cost the group a rebalance.)"""
         now = time.monotonic()
         if self.assigned:
             self._unassigned_since = None
             self._resubscribes = 0
+            self._resync = False
             return
         if self._unassigned_since is None:
             self._unassigned_since = now
@@ -732,7 +736,7 @@ class StreamEngine:
             return
         missing = [t for t in self.topics() if t not in md.topics or md.topics[t].error is not None]
         if not missing and self.joined:
-            if not any(md.topics[t].partitions for t in self.topics()):
+            if not self._resync or not any(md.topics[t].partitions for t in self.topics()):
                 return
             self._resubscribes += 1
             self.log.warning("joined with no partitions while the input topics have some: re-subscribing",
