@@ -203,6 +203,17 @@ class Settings(BaseSettings):
         description="A worker with work waiting (lag, held or unacknowledged records) that made no progress "
         "for this long reports not ready (/readyz, streamgate_ready, a log line).",
     )
+    commit_interval_seconds: float = Field(
+        default=1.0, ge=0,
+        description="Offsets of delivered batches are committed at most this often (0: after every batch) or "
+        "once commit_max_records were delivered, whichever comes first; a crash re-delivers at most that much.",
+    )
+    commit_max_records: int = Field(default=10_000, gt=0, description="See commit_interval_seconds.")
+    watchdog_seconds: float = Field(
+        default=60.0, gt=0,
+        description="A worker not ready (broker away, group not joined, batch held, stalled) that made no "
+        "progress for this long exits non-zero with one line naming why, for its supervisor to restart it.",
+    )
     max_client_recoveries: int = Field(
         default=3, ge=0,
         description="Fatal Kafka client errors survived (clients recreated, resumed from committed offsets) "

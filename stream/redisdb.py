@@ -37,7 +37,7 @@ from collections.abc import Iterable, Sequence
 from typing import TYPE_CHECKING, Any, TypeAlias
 
 import redis
-from redis.backoff import ExponentialBackoff
+from redis.backoff import NoBackoff
 from redis.cluster import RedisCluster
 from redis.commands.core import Script
 from redis.crc import key_slot
@@ -66,6 +66,7 @@ __all__ = [
     "ledger_key",
     "memo_key",
     "mget",
+    "no_retry",
     "pending_key",
     "perased_key",
     "person_slot",
@@ -97,13 +98,15 @@ def connect(url: str, *, cluster: bool = False, **kwargs: Any) -> RedisClient:
 
 
 def client_for(settings: Settings, **overrides: Any) -> RedisClient:
-    """The workers' client of ``settings`` (``redis_url``, ``redis_cluster``): 2 s timeouts and few,
-    fast retries (a worker holds the batch and retries with its own backoff: fail closed)."""
+    """The workers' client of ``settings`` (``redis_url``, ``redis_cluster``): 2 s timeouts and no
+    retries of its own. The engine's hold is the one retry policy: a failed call holds the batch
+    (fail closed) and the engine retries it with its backoff, counted and logged; retries stacked
+    beneath it would only delay the hold (redis-py's default: three timeouts before it)."""
     kwargs: dict[str, Any] = {
         "socket_timeout": 2.0,
         "socket_connect_timeout": 2.0,
         "health_check_interval": 10,
-        "retry": Retry(ExponentialBackoff(cap=0.5, base=0.05), 2),
+        "retry": no_retry(),
     }
     kwargs.update(overrides)
     if settings.redis_cluster and not settings.redis_url:
@@ -112,6 +115,11 @@ def client_for(settings: Settings, **overrides: Any) -> RedisClient:
         raise ConfigError("STREAMGATE_REDIS_CLUSTER needs STREAMGATE_REDIS_URL (a node of the cluster): "
                           "the embedded dev Redis is one server")
     return connect(settings.redis_url_or_dev(), cluster=settings.redis_cluster, **kwargs)
+
+
+def no_retry() -> Retry:
+    """redis-py's retry object that never retries (the caller's own policy decides)."""
+    return Retry(NoBackoff(), 0)
 
 
 def is_cluster(client: Any) -> bool:

@@ -140,9 +140,8 @@ class GatewayEngine(StreamEngine):
         self.stats.produce_retries = self.produce_retries
         return self.stats
 
-    def run(self, stop: Any, *, max_events: int | None = None) -> EngineStats:  # type: ignore[override]
-        until = None if max_events is None else (lambda: self.stats.emitted >= max_events)
-        return super().run(stop, until=until)
+    def events_done(self) -> int:
+        return self.stats.emitted
 
     # -- limits --------------------------------------------------------------------------------
     def check_limits(self) -> None:

@@ -394,14 +394,12 @@ class FederatedLearnerEngine(LearnerEngine):
         return d
 
     # -- lifecycle ---------------------------------------------------------------------------
-    def run(self, stop: threading.Event, *, until: Callable[[], bool] | None = None) -> Any:
-        try:
-            return super().run(stop, until=until)
-        finally:
-            self._stop_aggregator()
-            if self._feed is not None:
-                self._feed.close()
-                self._feed = None
+    def stopped(self) -> None:
+        super().stopped()
+        self._stop_aggregator()
+        if self._feed is not None:
+            self._feed.close()
+            self._feed = None
 
     def start(self) -> None:
         super().start()

@@ -25,7 +25,6 @@ import contextlib
 import logging
 import os
 import socket
-import threading
 import time
 from collections import Counter, deque
 from collections.abc import Callable
@@ -256,9 +255,10 @@ class PrivatizerEngine(StreamEngine):
             self.listener.stop()
             self.listener = None
 
-    def run(self, stop: threading.Event, *, max_events: int | None = None) -> PrivatizerStats:  # type: ignore[override]
-        until = None if max_events is None else (lambda: self.stats.consumed >= max_events)
-        super().run(stop, until=until)
+    def events_done(self) -> int:
+        return self.stats.consumed
+
+    def result(self) -> PrivatizerStats:
         return self.stats
 
     # -- hooks -------------------------------------------------------------------------------

@@ -15,7 +15,7 @@ if TYPE_CHECKING:
 
     from stream.config import Settings
 
-__all__ = ["WORKERS", "WorkerSpec", "run_worker", "web_port", "writer_of"]
+__all__ = ["ENGINES", "WORKERS", "WorkerSpec", "run_worker", "web_port", "writer_of"]
 
 
 @dataclass(frozen=True)
@@ -32,6 +32,11 @@ class WorkerSpec:
     # group ids beside its own: ``{group}`` is its consumer group; literals are TopicReader client ids
     groups: tuple[str, ...] = ()
     transactional: bool = False  # exactly_once: transactional ids start with its group
+    engines: tuple[str, ...] = ()  # the engines this worker runs (default: one, named as the worker)
+
+    @property
+    def engine_names(self) -> tuple[str, ...]:
+        return self.engines or (self.name,)
 
     def group(self, settings: Settings) -> str:
         return str(getattr(settings, self.group_setting))
@@ -69,7 +74,9 @@ WORKERS: dict[str, WorkerSpec] = {
         WorkerSpec("learner", 6069, "stream.apps.learner_worker", uses_redis=False,
                    writes=("snapshots",), group_setting="learner_consumer_group",
                    inputs=("features", "updates"), reads=("snapshots",), also_writes=("metrics", "audit", "updates"),
-                   groups=("{group}-aggregator", "streamgate-snapshot-reader")),
+                   groups=("{group}-aggregator", "streamgate-snapshot-reader"),
+                   # STREAMGATE_LEARN_FEDERATED=true: a federated learner, with an aggregator inside
+                   engines=("learner", "federated learner", "aggregator")),
     )
 }
 
@@ -79,6 +86,10 @@ def web_port(settings: Settings, worker: str) -> int:
     if settings.web_port is not None:
         return settings.web_port
     return WORKERS[worker].port if worker in WORKERS else 6070
+
+
+#: Every engine of every worker (what the conformance suite drives).
+ENGINES: tuple[str, ...] = tuple(e for spec in WORKERS.values() for e in spec.engine_names)
 
 
 def writer_of(settings: Settings, topic: str) -> WorkerSpec | None:

@@ -22,11 +22,11 @@ import orjson
 
 from stream.apps.privatizer import PrivatizerEngine, build_privatizer
 from stream.apps.produce import publish
-from stream.apps.runtime import relaxed_gc
 from stream.bench.gateway import _passthrough
 from stream.bench.procs import SizingMeter, sizing_lines
 from stream.components import build_gateway
 from stream.config import Settings, TopicNames
+from stream.engine.gc import relaxed_gc
 from stream.gateway.core import RawRecord
 from stream.kafka import ensure_topics
 from stream.ldp.privatizer import ProtectedRecord

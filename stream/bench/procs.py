@@ -166,12 +166,7 @@ def _child(kind: str, settings: Settings, index: int, gate: Any, assigned: Any, 
 
     error = None
     try:
-        from stream.engine import StreamEngine
-
-        if kind.startswith("learner"):  # the learners keep the engine's run signature (and may wrap it)
-            engine.run(threading.Event(), until=until)
-        else:  # the gateway's and the privatizer's run take max_events instead of until
-            StreamEngine.run(engine, threading.Event(), until=until)
+        engine.run(threading.Event(), until=until)
     except Exception as exc:  # reported to the parent, which says so
         error = f"{type(exc).__name__}: {exc}"
     st = engine.stats

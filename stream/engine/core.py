@@ -15,9 +15,12 @@ everything else, once:
 * pipelined produce with one classified error path (:mod:`stream.engine.produce`);
 * **commit after delivery, in order**: a batch's offsets are committed once its outputs and
   every earlier batch's were acknowledged (and, for deferred batches, a later checkpoint);
-* recovery: a fatal client error recreates both clients and resumes from the committed
-  offsets; an input topic that vanished (a broker that lost its data) is re-created and
-  re-subscribed. Repeated failure exits non-zero with one line (:class:`EngineFatalError`);
+* recovery: a fatal client error recreates the clients and resumes from the committed
+  offsets (the broker coming back: the producer only, the consumer rewound and kept, see
+  :meth:`StreamEngine._broker_back`); an input topic that vanished (a broker that lost its data)
+  is re-created and re-subscribed. Repeated failure exits non-zero with one line
+  (:class:`EngineFatalError`), and so does the watchdog: not ready with no progress for
+  ``watchdog_seconds``;
 * health: lag, stalls ("no progress for N s while there is work"), and readiness with a reason.
 
 Out-of-range offsets follow ``auto.offset.reset=earliest``: re-read rather than skip
@@ -32,23 +35,22 @@ import os
 import socket
 import threading
 import time
-from collections import deque
 from collections.abc import Callable
 from typing import Any, ClassVar
 
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
 
-from stream.apps.runtime import relaxed_gc
 from stream.config import Settings
+from stream.engine.commits import TP, CommitQueue
 from stream.engine.contract import Out, Record, Result
+from stream.engine.gc import relaxed_gc
 from stream.engine.health import Progress
 from stream.engine.produce import RateLimitedLog, Sink, Ticket, error_name
+from stream.engine.supervisor import RecoveryBudget, Watchdog, backoff
 from stream.errors import KeyUnavailableError, StreamgateError
 from stream.kafka import consumer_config, ensure_topics, probe_broker, producer_config
 
 __all__ = ["EngineFatalError", "NotDeliveredError", "StreamEngine"]
-
-TP = tuple[str, int]
 
 #: Seconds the start-up probe waits for the broker.
 PROBE_SECONDS = 10.0
@@ -68,9 +70,10 @@ class _Fatal(Exception):
     """Internal: a client went fatal; the loop recreates the clients (only the producer when
     only the producer failed: the consumer keeps its group membership and rewinds)."""
 
-    def __init__(self, why: str, *, producer_only: bool = False) -> None:
+    def __init__(self, why: str, *, producer_only: bool = False, keep_consumer: bool = False) -> None:
         super().__init__(why)
-        self.producer_only = producer_only
+        self.producer_only = producer_only or keep_consumer
+        self.keep_consumer = keep_consumer
 
 
 class StreamEngine:
@@ -109,8 +112,10 @@ class StreamEngine:
         self._producer: Producer | None = None
         self._sink: Sink | None = None
         self._held: list[Record] = []
-        self._tickets: deque[Ticket] = deque()
-        self._committed: dict[TP, int] = {}
+        self._queue = CommitQueue()
+        self._to_commit: dict[TP, int] = {}  # freed, not committed yet (commit throttling)
+        self._commit_at = time.monotonic()
+        self._committed_records = 0
         self._fatal: str | None = None
         self._producer_fatal: str | None = None
         self._attempt = 0
@@ -118,11 +123,15 @@ class StreamEngine:
         self._tick_attempt = 0
         self._lag_at = float("-inf")
         self._unassigned_since: float | None = None
+        self._resubscribes = 0
+        self._resync = False  # the broker came back: a member left without partitions re-subscribes
         self._broker_down_since: float | None = None
         self._probe_at = float("-inf")
         self._waiting = False
-        self._recent_recoveries: deque[float] = deque()
+        self._budget = RecoveryBudget(settings.max_client_recoveries)
         self._closing = False
+        self._stop: threading.Event | None = None
+        self._watchdog_state = Watchdog(settings.watchdog_seconds, time.monotonic())
 
     # == hooks (override) ======================================================================
     def topics(self) -> list[str]:
@@ -207,10 +216,17 @@ class StreamEngine:
         return self._sink.retries if self._sink is not None else 0
 
     # == the loop =============================================================================
-    def run(self, stop: threading.Event, *, until: Callable[[], bool] | None = None) -> Any:
+    def run(self, stop: threading.Event, *, until: Callable[[], bool] | None = None,
+            max_events: int | None = None) -> Any:
+        """Run until ``stop`` is set, ``until()`` holds, or ``events_done()`` reached ``max_events``;
+        returns :meth:`result`."""
+        if max_events is not None:
+            until = lambda: self.events_done() >= max_events  # noqa: E731
+        self._stop = stop
         with relaxed_gc():
             self.start()
             self._connect()
+            self._watchdog_state.reset(time.monotonic())
             self.started = True
             self.log.info(f"{self.name} started", extra={"topics": self.topics()})
             try:
@@ -220,16 +236,26 @@ class StreamEngine:
                     try:
                         self._step(stop)
                     except _Fatal as exc:
-                        self._recover(str(exc), producer_only=exc.producer_only)
+                        self._recover(str(exc), producer_only=exc.producer_only, keep_consumer=exc.keep_consumer)
             except EngineFatalError as exc:
                 self.fatal_error = str(exc)
                 raise
             finally:
-                self._shutdown()
+                try:
+                    self._shutdown()
+                finally:
+                    self.stopped()
         return self.result()
 
     def result(self) -> Any:
         return None
+
+    def events_done(self) -> int:
+        """What ``run(max_events=...)`` counts (default: records consumed)."""
+        return self.consumed
+
+    def stopped(self) -> None:
+        """After the loop ended and the clients closed (stop threads of the worker's own)."""
 
     def _step(self, stop: threading.Event) -> None:
         if not self._held:
@@ -284,7 +310,7 @@ class StreamEngine:
             self.held_retries += 1
             if self.metrics is not None and isinstance(exc, KeyUnavailableError):
                 self.metrics.redis_error()
-            delay = self._backoff(self._attempt)
+            delay = backoff(self._attempt, self.settings.retry_backoff_seconds, self.settings.retry_backoff_max_seconds)
             self._attempt += 1
             self.progress.problem = f"dependency unavailable ({type(exc).__name__}): {len(self._held)} records held"
             self._rlog(logging.WARNING, "hold", "dependency unavailable: batch held (not emitted, not "
@@ -294,14 +320,10 @@ class StreamEngine:
             return
         self._attempt = 0
         self.progress.problem = None
-        self._emit(result, _next_offsets(self._held))
+        self._emit(result, _next_offsets(self._held), records=len(self._held))
         if self.metrics is not None:
             self.metrics.observe_batch(time.perf_counter() - started, len(self._held))
         self._held = []
-
-    def _backoff(self, attempt: int) -> float:
-        s = self.settings
-        return min(s.retry_backoff_max_seconds, s.retry_backoff_seconds * (2 ** min(attempt, 16)))
 
     def _wait_paused(self, seconds: float, stop: threading.Event) -> None:
         """Wait keeping the group membership; paused partitions deliver nothing. Records of
@@ -333,16 +355,16 @@ class StreamEngine:
                     consumer.resume(consumer.assignment())
 
     # -- produce and commit -------------------------------------------------------------------
-    def _emit(self, result: Result | None, offsets: dict[TP, int] | None = None) -> Ticket | None:
+    def _emit(self, result: Result | None, offsets: dict[TP, int] | None = None, records: int = 0) -> Ticket | None:
         if result is None and not offsets:
             return None
         result = result or Result()
         assert self._sink is not None
         ticket = Ticket(self._sink, offsets or {}, result.outputs, defer=result.defer,
-                        checkpoint=result.checkpoint, on_delivered=result.on_delivered)
+                        checkpoint=result.checkpoint, on_delivered=result.on_delivered, records=records)
         if self.transactional and ticket.offsets:
             self._transact(ticket)
-        self._tickets.append(ticket)
+        self._queue.add(ticket)
         if result.outputs and not self.transactional:
             self._sink.send(ticket)
             self._check_fatal()
@@ -366,8 +388,7 @@ class StreamEngine:
                 producer.abort_transaction(30)
             why = error_name(exc) if isinstance(exc, KafkaException) else str(exc)
             raise _Fatal(f"transaction aborted: {why}", producer_only=True) from None
-        for tp, o in ticket.offsets.items():
-            self._committed[tp] = o
+        self._queue.done(ticket.offsets)
         ticket.offsets = {}
 
     def _sink_service(self) -> None:
@@ -376,40 +397,54 @@ class StreamEngine:
             self._check_fatal()
 
     def _service(self) -> None:
+        # before this round's commits: a stall inside one blocking call (a process that hung) is
+        # counted and logged too, not only seen by whoever asked /readyz during it
+        if self.progress.observe(held=len(self._held), inflight=self._queue.inflight):
+            # /readyz, ops watch and the streamgate_ready gauge read the reason from the engine
+            self.log.warning("no progress: not ready", extra={"reason": self.progress.reason})
         self._broker_back()
         self._sink_service()
         self._commit_delivered(sync=False)
         self._report_lag(cached=True)
         self._watch_assignment()
-        if self.progress.observe(held=len(self._held), inflight=sum(t.pending for t in self._tickets)):
-            # /readyz, ops watch and the streamgate_ready gauge read the reason from the engine
-            self.log.warning("no progress: not ready", extra={"reason": self.progress.reason})
+        self._watchdog()
+
+    def _watchdog(self) -> None:
+        """Exit (:class:`EngineFatalError`, one line) when not ready with no progress for
+        ``watchdog_seconds``: a supervisor's restart is the recovery left. A joined member with no
+        partitions is a standby, not stuck."""
+        why = self._watchdog_state.check(time.monotonic(), self.not_ready_reason,
+                                         standby=self.joined and not self.assigned,
+                                         moved_at=self.progress.moved_at)
+        if why is not None:
+            raise EngineFatalError(f"{self.name}: {why}")
 
     def _commit_delivered(self, *, sync: bool) -> None:
-        """Commit the offsets of the leading finished results (module docstring)."""
-        tickets = self._tickets
-        if not tickets or not tickets[0].done:
+        """Commit the offsets of the leading finished results (:class:`CommitQueue`), throttled:
+        once ``commit_interval_seconds`` passed or ``commit_max_records`` records were freed since
+        the last commit, whichever comes first; at once when ``sync`` (a rebalance, the shutdown)
+        or a checkpoint was freed (what it covers is durable: a crash must not re-learn it).
+        A crash re-delivers at most what was freed since the last commit."""
+        q = self._queue
+        offsets = q.release()
+        if offsets is not None:
+            self.progress.moved()
+            self._to_commit.update(offsets)
+        if not self._to_commit:
             return
-        released = -1
-        for i, t in enumerate(tickets):
-            if t.checkpoint and t.done:
-                released = i
-        offsets: dict[TP, int] = {}
-        i = 0
-        while tickets and tickets[0].done and (not tickets[0].defer or i <= released):
-            t = tickets.popleft()
-            i += 1
-            if t.on_delivered is not None:
-                t.on_delivered()
-            offsets.update(t.offsets)
-        self.progress.moved()
-        self._commit(offsets, sync=sync)
+        s = self.settings
+        now = time.monotonic()
+        if (sync or q.released_checkpoint or now - self._commit_at >= s.commit_interval_seconds
+                or q.released_records - self._committed_records >= s.commit_max_records):
+            todo, self._to_commit = self._to_commit, {}
+            self._commit_at, self._committed_records = now, q.released_records
+            self._commit(todo, sync=sync)
 
     def _commit(self, offsets: dict[TP, int], *, sync: bool) -> None:
-        tps = [TopicPartition(t, p, o) for (t, p), o in offsets.items()
-               if (t, p) in self.assigned and self._committed.get((t, p)) != o]
-        if not tps or self._consumer is None:
+        todo = self._queue.to_commit(offsets, self.assigned)
+        if not todo or self._consumer is None:
             return
+        tps = [TopicPartition(t, p, o) for (t, p), o in todo.items()]
         try:
             if sync:
                 self._consumer.commit(offsets=tps, asynchronous=False)
@@ -418,8 +453,7 @@ class StreamEngine:
         except KafkaException as exc:  # taken by a rebalance: the new owner re-reads (at-least-once)
             self._rlog(logging.WARNING, "commit", "offset commit failed", error=error_name(exc))
             return
-        for tp in tps:
-            self._committed[(tp.topic, tp.partition)] = tp.offset
+        self._queue.done(todo)
 
     def deliver_now(self, outs: list[Out], timeout: float = 30.0) -> None:
         """Produce ``outs`` and return once every one was acknowledged (receipts before a commit),
@@ -449,7 +483,8 @@ class StreamEngine:
         except self.hold_on as exc:
             if self.metrics is not None and isinstance(exc, KeyUnavailableError):
                 self.metrics.redis_error()
-            delay = self._backoff(self._tick_attempt)
+            delay = backoff(self._tick_attempt, self.settings.retry_backoff_seconds,
+                            self.settings.retry_backoff_max_seconds)
             self._tick_attempt += 1
             self._rlog(logging.WARNING, "tick", f"{self.name} periodic work failed, retrying",
                        error=str(exc), retry_in_s=round(delay, 2))
@@ -493,8 +528,9 @@ class StreamEngine:
     def _forget(self, tps: list[TP]) -> None:
         gone = set(tps)
         self.assigned.difference_update(gone)
+        self._queue.forget(gone)
         for tp in gone:
-            self._committed.pop(tp, None)
+            self._to_commit.pop(tp, None)
         if self._held:
             self._held = [r for r in self._held if (r.topic, r.partition) not in gone]
 
@@ -556,7 +592,8 @@ class StreamEngine:
             producer.init_transactions(30)
         self._producer = producer
         self._sink = Sink(producer, undeliverable=self.undeliverable, on_retry=self._count_retry,
-                          on_fatal=self._set_fatal, on_replaced=self._count_replaced)
+                          on_fatal=self._set_fatal, on_replaced=self._count_replaced,
+                          stop=lambda: self._stop is not None and self._stop.is_set())
 
     def _rewind_to_committed(self) -> None:
         """Seek every assigned partition back to its committed offset (after the producer was
@@ -572,7 +609,7 @@ class StreamEngine:
                 continue  # nothing fetched yet: it starts from the committed offset anyway
             offset = tp.offset if tp.offset >= 0 else consumer.get_watermark_offsets(tp, timeout=5)[0]
             consumer.seek(TopicPartition(tp.topic, tp.partition, offset))
-        self._committed.clear()
+        self._queue.committed.clear()
 
     def _set_fatal(self, why: str) -> None:
         self._producer_fatal = why
@@ -597,28 +634,26 @@ class StreamEngine:
             finally:
                 self._closing = False
         self.assigned.clear()
-        self._committed.clear()
+        self._queue.committed.clear()
+        self._to_commit.clear()
         self.joined = False
 
-    def _recover(self, why: str, *, producer_only: bool = False) -> None:
+    def _recover(self, why: str, *, producer_only: bool = False, keep_consumer: bool = False) -> None:
         """A client went fatal: recreate it and resume from the committed offsets. A failed
         producer alone is replaced and the consumer rewound (its group membership kept);
-        otherwise both clients are recreated."""
-        now = time.monotonic()
-        recent = self._recent_recoveries
-        recent.append(now)
-        while recent and now - recent[0] > 120:
-            recent.popleft()
+        otherwise both clients are recreated. ``keep_consumer`` (the broker came back): the
+        consumer is never closed, even when it cannot be rewound yet (see :meth:`_broker_back`)."""
+        recent, over = self._budget.spend(time.monotonic())
         self.recoveries += 1
-        if len(recent) > self.settings.max_client_recoveries:
-            raise EngineFatalError(f"{self.name}: Kafka client failed {len(recent)} times in 120 s, "
-                                   f"last: {why}")
+        if over:
+            raise EngineFatalError(f"{self.name}: Kafka client failed {recent} times in 120 s, last: {why}")
         what = "the producer" if producer_only else "the clients"
         self.log.error(f"fatal Kafka client error: recreating {what}, resuming from committed offsets",
                        extra={"error": why, "recoveries": self.recoveries})
         self.progress.problem = f"recovering from a fatal client error: {why}"
         self._held = []
-        self._tickets.clear()
+        self._queue.tickets.clear()
+        self._to_commit.clear()
         if producer_only and self._consumer is not None:
             old, self._producer, self._sink = self._producer, None, None
             if old is not None:
@@ -629,9 +664,13 @@ class StreamEngine:
             try:
                 self._rewind_to_committed()
             except (KafkaException, SystemError) as exc:  # cannot rewind: start the consumer afresh too
-                self.log.warning("rewind failed: recreating the consumer too", extra={"error": error_name(exc)})
-                self._close_clients()
-                self._connect()
+                if keep_consumer:
+                    self.log.warning("rewind failed: the group's rejoin starts from the committed offsets",
+                                     extra={"error": error_name(exc)})
+                else:
+                    self.log.warning("rewind failed: recreating the consumer too", extra={"error": error_name(exc)})
+                    self._close_clients()
+                    self._connect()
         else:
             self._close_clients()
             self.reset()
@@ -641,9 +680,13 @@ class StreamEngine:
 
     def _broker_back(self) -> None:
         """After every broker was unreachable, probe (once a second); once one answers, recreate
-        the clients and resume from the committed offsets: a broker that restarted may have lost
-        the group, the idempotent producer's state or the log itself, and a client that carried
-        on from its old positions could skip records."""
+        the producer and rewind the consumer to the committed offsets: a broker that restarted may
+        have lost the group, the idempotent producer's state or the log itself, and a client that
+        carried on from its old positions could skip records. The consumer is kept, not closed:
+        its LeaveGroup, sent to a coordinator that restarted without the group, wedged the
+        embedded broker's group for good (no member of the group, not even a new process, joined
+        again; see the held-out case in tests/apps/test_conformance.py). A consumer whose
+        session expired rejoins by itself, and a new assignment starts from the committed offsets."""
         since = self._broker_down_since
         if since is None:
             return
@@ -658,19 +701,29 @@ class StreamEngine:
             return
         self._broker_down_since = None
         self.progress.problem = None
-        raise _Fatal(f"the broker is back after {now - since:.0f} s unreachable: resynchronising")
+        self._resync = True
+        raise _Fatal(f"the broker is back after {now - since:.0f} s unreachable: resynchronising",
+                     keep_consumer=True)
 
     def _watch_assignment(self) -> None:
         """A member with no partitions for a while: if an input topic vanished (a broker that lost
-        its data), re-create it and re-subscribe."""
+        its data), re-create it and re-subscribe. After the broker came back, a joined member with
+        none while the topics have some re-subscribes too (a topic re-created after the rejoin is
+        not always noticed), less and less often, until it holds partitions. (Never otherwise: a
+        standby of a healthy group, e.g. a second aggregator, would cost the group a rebalance.)"""
         now = time.monotonic()
         if self.assigned:
             self._unassigned_since = None
+            self._resubscribes = 0
+            self._resync = False
             return
         if self._unassigned_since is None:
             self._unassigned_since = now
             return
-        if now - self._unassigned_since < max(5.0, self.settings.session_timeout_ms / 1000):
+        wait = max(5.0, self.settings.session_timeout_ms / 1000)
+        if self.joined:
+            wait *= 2 ** min(self._resubscribes, 4)
+        if now - self._unassigned_since < wait:
             return
         self._unassigned_since = now
         assert self._consumer is not None
@@ -683,6 +736,14 @@ class StreamEngine:
             return
         missing = [t for t in self.topics() if t not in md.topics or md.topics[t].error is not None]
         if not missing and self.joined:
+            if not self._resync or not any(md.topics[t].partitions for t in self.topics()):
+                return
+            self._resubscribes += 1
+            self.log.warning("joined with no partitions while the input topics have some: re-subscribing",
+                             extra={"resubscribes": self._resubscribes})
+            self._consumer.unsubscribe()
+            self._consumer.subscribe(self.topics(), on_assign=self._on_assign, on_revoke=self._on_revoke,
+                                     on_lost=self._on_lost)
             return
         self.log.warning("input topic missing or group not joined: re-creating topics and re-subscribing",
                          extra={"topics": missing})

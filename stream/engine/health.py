@@ -17,6 +17,7 @@ class Progress:
         self.stall_seconds = stall_seconds
         self.clock = clock
         self.at = clock()
+        self.moved_at = self.at  # the last real progress (``moved``), idle time not included
         self.lag = 0
         self.held = 0
         self.inflight = 0
@@ -25,7 +26,7 @@ class Progress:
         self.problem: str | None = None  # set by the engine: broker unreachable, recovering, ...
 
     def moved(self) -> None:
-        self.at = self.clock()
+        self.at = self.moved_at = self.clock()
 
     def observe(self, *, lag: int | None = None, held: int | None = None, inflight: int | None = None) -> bool:
         """Update what is waiting; returns True when this call turned the worker stalled."""

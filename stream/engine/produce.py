@@ -4,7 +4,9 @@ Every produce error, whether raised when queueing or reported on delivery, is on
 
 * ``RETRY``: the local queue is full, a broker is away, a delivery timed out. The record
   is queued again after serving delivery reports; each retry is counted and logged
-  (rate-limited), never silent.
+  (rate-limited), never silent. A full queue blocks a send for at most ``block_seconds``
+  (then the client counts as failed: ``FATAL``) and never past the stop event (the records
+  stay for the shutdown flush; uncommitted, a restart re-reads them).
 * ``RECORD``: this record can never be written (too large, invalid). The engine asks the
   worker for a replacement that fits (a compact dead letter) and the rest flows.
 * ``FATAL``: the client is unusable (fenced, idempotence sequence desync, not authorized).
@@ -23,9 +25,12 @@ from confluent_kafka import KafkaError, KafkaException, Producer
 
 from stream.engine.contract import Out
 
-__all__ = ["Disposition", "RateLimitedLog", "Sink", "Ticket", "classify"]
+__all__ = ["BLOCK_SECONDS", "Disposition", "RateLimitedLog", "Sink", "Ticket", "classify"]
 
 log = logging.getLogger("streamgate.engine")
+
+#: Longest a full local produce queue may block one send before the producer counts as failed.
+BLOCK_SECONDS = 30.0
 
 
 class Disposition(enum.Enum):
@@ -37,7 +42,7 @@ class Disposition(enum.Enum):
 _RECORD_CODES = frozenset(
     c for c in (
         getattr(KafkaError, name, None)
-        for name in ("MSG_SIZE_TOO_LARGE", "_MSG_SIZE_TOO_LARGE", "INVALID_RECORD", "CORRUPT_MESSAGE",
+        for name in ("MSG_SIZE_TOO_LARGE", "INVALID_RECORD", "INVALID_MSG",  # INVALID_MSG: Kafka's CORRUPT_MESSAGE
                      "RECORD_LIST_TOO_LARGE", "_INVALID_ARG", "INVALID_REQUIRED_ACKS", "_KEY_SERIALIZATION",
                      "_VALUE_SERIALIZATION")
     ) if c is not None
@@ -97,12 +102,13 @@ class RateLimitedLog:
 class Ticket:
     """One result in flight: its outputs' delivery and the offsets they free for commit."""
 
-    __slots__ = ("checkpoint", "defer", "offsets", "on_delivered", "outputs", "pending", "sink")
+    __slots__ = ("checkpoint", "defer", "offsets", "on_delivered", "outputs", "pending", "records", "sink")
 
     def __init__(self, sink: Sink, offsets: dict[tuple[str, int], int], outputs: list[Out], *,
                  defer: bool = False, checkpoint: bool = False,
-                 on_delivered: Callable[[], None] | None = None) -> None:
+                 on_delivered: Callable[[], None] | None = None, records: int = 0) -> None:
         self.sink = sink
+        self.records = records  # input records whose offsets this ticket frees
         self.offsets = offsets
         self.outputs = outputs
         self.pending = len(outputs)
@@ -134,8 +140,12 @@ class Sink:
 
     def __init__(self, producer: Producer, *, undeliverable: Callable[[Out, str], Out | None],
                  on_retry: Callable[[int], None], on_fatal: Callable[[str], None],
-                 on_replaced: Callable[[Out, str], None]) -> None:
+                 on_replaced: Callable[[Out, str], None], stop: Callable[[], bool] = lambda: False,
+                 block_seconds: float = BLOCK_SECONDS, clock: Callable[[], float] = time.monotonic) -> None:
         self.producer = producer
+        self.stop = stop
+        self.block_seconds = block_seconds
+        self.clock = clock
         self.undeliverable = undeliverable
         self.on_retry = on_retry
         self._on_fatal = on_fatal
@@ -179,6 +189,7 @@ class Sink:
             msgs.append(d)
         cb = ticket.on_delivery
         pending = list(zip(run, msgs, strict=True))
+        deadline = self.clock() + self.block_seconds
         while pending:
             try:
                 queued = self.producer.produce_batch(topic, [m for _, m in pending], on_delivery=cb)
@@ -207,8 +218,22 @@ class Sink:
             if again:
                 self._count_retry(len(again), "produce queue full or broker away: records re-queued",
                                   "queue")
+                if self._blocked(deadline, len(again)):
+                    if not self.fatal:
+                        self._redo.extend((ticket, o) for o, _ in again)
+                    return
                 self._poll(0.05)
             pending = again
+
+    def _blocked(self, deadline: float, n: int) -> bool:
+        """Stop waiting for room in the queue: the worker stops (the records wait in the redo list
+        for the shutdown flush) or the wait passed ``block_seconds`` (the producer is failed)."""
+        if self.stop():
+            return True
+        if self.clock() >= deadline:
+            self.on_fatal(f"produce queue still full after {self.block_seconds:.0f} s: {n} records not queued")
+            return True
+        return False
 
     def _raised(self, ticket: Ticket, pending: list[tuple[Out, dict[str, Any]]], exc: KafkaException) -> None:
         err = exc.args[0] if exc.args and isinstance(exc.args[0], KafkaError) else None
@@ -225,12 +250,17 @@ class Sink:
     def _single(self, ticket: Ticket, o: Out, *, wait: bool = False) -> None:
         """Queue one record; ``wait``: on a full queue serve delivery reports and try again
         (else it is re-sent by the next :meth:`service`)."""
+        deadline = self.clock() + self.block_seconds
         while wait:
             try:
                 self._produce_one(ticket, o)
                 return
             except BufferError:
                 self._count_retry(1, "produce queue full: records re-queued", "queue")
+                if self._blocked(deadline, 1):
+                    if not self.fatal:
+                        self._redo.append((ticket, o))
+                    return
                 self._poll(0.05)
                 if self.fatal:
                     return

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import subprocess
 import threading
 import time
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
@@ -99,3 +101,44 @@ def wait_for(predicate, *, timeout: float = 90.0, interval: float = 0.2, what: s
             return
         time.sleep(interval)
     raise AssertionError(f"timed out waiting for {what}")
+
+
+class OwnBroker:
+    """A Tansu broker of one test alone, restartable on the same port (memory storage: a
+    restart loses every topic and offset, as a broker that lost its disk would)."""
+
+    def __init__(self, workdir: Path) -> None:
+        from stream.dev.stack import free_port
+
+        self.port = free_port()
+        self.dir = workdir
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def bootstrap(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def start(self) -> None:
+        from stream.dev.stack import find_broker_binary
+        from stream.errors import StreamgateError
+        from stream.kafka import probe_broker
+
+        url = f"tcp://127.0.0.1:{self.port}"
+        self.proc = subprocess.Popen([find_broker_binary(), "broker", "--listener-url", url,
+                                      "--advertised-listener-url", url, "--storage-engine", "memory://tansu/"],
+                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                probe_broker(self.bootstrap, timeout=2.0)
+                return
+            except StreamgateError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.2)
+
+    def kill(self) -> None:
+        if self.proc is not None:
+            self.proc.kill()
+            self.proc.wait(10)
+            self.proc = None

@@ -1,0 +1,84 @@
+"""The commit queue and the supervisor's rules: pure units (no broker)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from stream.engine.commits import CommitQueue
+from stream.engine.produce import Ticket
+from stream.engine.supervisor import RecoveryBudget, Watchdog, backoff
+
+
+def ticket(offsets: dict[tuple[str, int], int], pending: int = 0, **kw: Any) -> Ticket:
+    t = Ticket(None, offsets, [], **kw)  # type: ignore[arg-type]
+    t.pending = pending
+    return t
+
+
+def test_offsets_are_released_in_order_once_every_earlier_result_is_delivered():
+    q = CommitQueue()
+    first, second = ticket({("in", 0): 10}, pending=2), ticket({("in", 0): 20, ("in", 1): 5})
+    q.add(first)
+    q.add(second)
+    assert q.inflight == 2 and q.release() is None  # the second is done, the first is not: nothing
+    first.pending = 0
+    assert q.release() == {("in", 0): 20, ("in", 1): 5} and len(q) == 0
+
+
+def test_deferred_results_wait_for_a_delivered_checkpoint():
+    q = CommitQueue()
+    calls: list[str] = []
+    q.add(ticket({("in", 0): 10}, defer=True, on_delivered=lambda: calls.append("a")))
+    q.add(ticket({("in", 0): 20}, defer=True))
+    assert q.release() == {}  # done but deferred: nothing freed yet
+    assert len(q) == 2
+    cp = ticket({}, pending=1, checkpoint=True)
+    q.add(cp)
+    assert q.release() == {}
+    cp.pending = 0
+    assert q.release() == {("in", 0): 20} and len(q) == 0 and calls == ["a"]
+    assert q.released_checkpoint  # the engine commits a freed checkpoint at once
+
+
+def test_only_assigned_and_changed_offsets_are_worth_a_commit():
+    q = CommitQueue()
+    q.done({("in", 0): 10})
+    want = q.to_commit({("in", 0): 10, ("in", 1): 3, ("in", 2): 7}, assigned=[("in", 0), ("in", 1)])
+    assert want == {("in", 1): 3}
+    q.forget([("in", 0)])
+    assert q.to_commit({("in", 0): 10}, assigned=[("in", 0)]) == {("in", 0): 10}
+
+
+def test_the_recovery_budget_counts_within_its_window():
+    b = RecoveryBudget(2, window=120.0)
+    assert b.spend(0.0) == (1, False)
+    assert b.spend(10.0) == (2, False)
+    assert b.spend(20.0) == (3, True)  # a third within 120 s: one too many
+    b = RecoveryBudget(2, window=120.0)
+    b.spend(0.0)
+    b.spend(10.0)
+    assert b.spend(200.0) == (1, False)  # the old ones left the window
+
+
+def test_the_watchdog_fires_after_the_bound_of_unready_idleness_only():
+    w = Watchdog(60.0, now=0.0)
+    assert w.check(30.0, "waiting for the consumer group", standby=False, moved_at=0.0) is None
+    why = w.check(61.0, "waiting for the consumer group", standby=False, moved_at=0.0)
+    assert why is not None and "watchdog" in why and "waiting for the consumer group" in why
+
+
+def test_progress_ready_or_standby_resets_the_watchdog():
+    w = Watchdog(60.0, now=0.0)
+    assert w.check(50.0, "held", standby=False, moved_at=40.0) is None  # progress at 40
+    assert w.check(99.0, "held", standby=False, moved_at=40.0) is None  # 59 s since
+    assert w.check(101.0, "held", standby=False, moved_at=40.0) is not None
+    w = Watchdog(60.0, now=0.0)
+    assert w.check(100.0, None, standby=False, moved_at=0.0) is None  # ready
+    assert w.check(150.0, "stalled", standby=False, moved_at=0.0) is None
+    assert w.check(300.0, "no partitions assigned", standby=True, moved_at=0.0) is None  # a standby
+    assert w.check(361.0, "stalled", standby=False, moved_at=0.0) is not None
+
+
+def test_backoff_doubles_up_to_its_cap():
+    assert [backoff(a, 0.5, 10.0) for a in range(7)] == [0.5, 1.0, 2.0, 4.0, 8.0, 10.0, 10.0]
+    assert backoff(10_000, 0.5, 10.0) == 10.0
