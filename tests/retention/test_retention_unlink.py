@@ -114,15 +114,23 @@ def all_tokens_of(settings, user_id: str) -> set[str]:
     ``user_id``: the tk1 token, the token under every pseudonym secret stored (whoever it belongs
     to), and the one the gateway would give the user_id now (created if absent)."""
     from stream.crypto.keyring import Keyring
+    from stream.crypto.kms import LocalKMS
     from stream.crypto.tokens import Tokenizer
+    from stream.errors import KeyUnavailableError
 
     pseud = build_pseudonyms(settings)
+    kms = LocalKMS(Keyring.from_settings(settings))
     out = {Tokenizer(Keyring.from_settings(settings)).token(pseud.domain, user_id)}
     rc = redis_client(settings)
     for key in rc.scan_iter(match=f"{settings.redis_key_prefix}:*"):
         raw = rc.get(key) if rc.type(key) == b"string" else None
-        if isinstance(raw, bytes) and raw.startswith(b"2.tk2_"):  # b"2." token b"." secret (32 bytes)
-            out.add(pseud.token_from(raw[-32:], user_id))
+        if isinstance(raw, bytes) and raw.startswith(b"3.tk2_"):  # b"3." token b"." secret wrapped by the KEK
+            try:  # whose key name it is bound to does not matter: try it under its own, for this user_id
+                out.add(pseud.keys.open(raw, key.decode(), user_id))
+            except KeyUnavailableError:  # someone else's secret: the token it gives for user_id
+                tok = pseud.keys.parse(raw)
+                secret = kms.unwrap(raw[len(tok) + 3:], pseud.keys._aad(key.decode(), tok))
+                out.add(pseud.token_from(secret, user_id))
     return out | {pseud.tokens([user_id], 2**33)[0]}
 
 
