@@ -563,7 +563,7 @@ def _erasure_check(console: Console, s: Settings, sample: dict[str, Any], protec
     rid = f"demo-{run_id}"
     # signed with the eraser key (derived from the demo's master keyring): the shredder runs nothing else
     request = sign_erasure_request(signing_key(Keyring.from_settings(s), "erasure"), rid, user_id=sample["user_id"],
-                                   requested_at=rfc3339(time.time()))
+                                   requested_at=rfc3339(time.time()), audience=s.deployment_id)
     _key, value = encode_raw(request)
     publish(bootstrap, t.erasure, [value])
     receipt: dict[str, Any] | None = None

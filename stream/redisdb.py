@@ -13,6 +13,7 @@ Key layout (``<prefix>`` is ``STREAMGATE_REDIS_KEY_PREFIX``; braces are literal 
     <prefix>:deadlines:{shard-NN}               deadline index shard         one slot per shard
     <prefix>:shredder:pending:{shard-NN}        the shredder's outbox shard  same slot as its index shard
     <prefix>:erasure:<request id>               erasure record               anywhere (one key)
+    <prefix>:erasure-floor                      since when erasure records are kept (unix s)  anywhere
     <prefix>:kek-wraps:<kek id>                 wrap counter                 anywhere (one key)
     <prefix>:keystore[:{<slot tag>}]            key-store marker             one per master on a cluster
     <prefix>:shredded                           pub/sub channel of shreds    (a channel, not a key)
@@ -56,6 +57,7 @@ __all__ = [
     "deadline_shard",
     "deadlines_key",
     "dek_key",
+    "erasure_floor_key",
     "erasure_key",
     "eval_many",
     "is_cluster",
@@ -216,6 +218,11 @@ def ptok_key(prefix: str, token: str) -> str:
 def erasure_key(prefix: str, request_id: str) -> str:
     """The record of a processed erasure request."""
     return f"{prefix}:erasure:{request_id}"
+
+
+def erasure_floor_key(prefix: str) -> str:
+    """Since when this store has kept erasure records (set if absent: a new or emptied store)."""
+    return f"{prefix}:erasure-floor"
 
 
 def kek_wraps_key(prefix: str, kek_id: str) -> str:

@@ -265,7 +265,7 @@ def test_only_signed_erasure_requests_shred(settings, redis_client) -> None:
     prefix = settings.redis_key_prefix
     assert len([k for k in redis_keys_of(redis_client, prefix, token) if ":dek:" in k]) == 1
     forged = sign_erasure_request(Ed25519PrivateKey.generate(), "att-3", subject=token,
-                                  requested_at="2030-03-17T17:46:40.000Z")
+                                  requested_at="2030-03-17T17:46:40.000Z", audience="default")
     attacks = [
         (user.encode(), orjson.dumps({"request_id": "att-1", "user_id": user})),
         (token.encode(), orjson.dumps({"request_id": "att-2", "subject": token})),
@@ -326,7 +326,8 @@ def test_each_role_credential_alone_does_its_part(settings, redis_client, tmp_pa
     for ev in events:
         assert reader(as_role["reader"], clock).decrypt(ev)["email"].endswith("@example.org")
     request = sign_erasure_request(signing_key(Keyring.from_settings(as_role["eraser"]), "erasure"), "roles-1",
-                                   user_id="usr_roles", requested_at="2030-03-17T17:46:40.000Z")
+                                   user_id="usr_roles", requested_at="2030-03-17T17:46:40.000Z",
+                                   audience=as_role["shredder"].deployment_id)
     with running_shredder(as_role["shredder"], clock) as engine:
         produce(bootstrap, t.erasure, [(b"", orjson.dumps(request))])
         wait_for(lambda: engine.erasures_committed >= 1, timeout=60, what="erasure committed")
