@@ -50,6 +50,10 @@ class Settings(BaseSettings):
     redis_url: str | None = Field(
         default=None, description="Redis URL for the key store; unset = the embedded dev Redis."
     )
+    redis_password_file: Path | None = Field(
+        default=None, description="File holding the password of this worker's Redis ACL user (a Docker secret); the "
+        "user is named in REDIS_URL (redis://gateway@redis:6379/0). Roles and their rights: stream/storage/acl.py.",
+    )
     redis_cluster: bool = Field(
         default=False,
         description="REDIS_URL names one node of a Redis Cluster (redis-py's RedisCluster finds the rest). Keys "

@@ -106,6 +106,8 @@ def client_for(settings: Settings, **overrides: Any) -> RedisClient:
         "health_check_interval": 10,
         "retry": Retry(ExponentialBackoff(cap=0.5, base=0.05), 2),
     }
+    if settings.redis_password_file is not None:  # the ACL user's password (stream.storage.acl)
+        kwargs["password"] = settings.redis_password_file.read_text().strip()
     kwargs.update(overrides)
     if settings.redis_cluster and not settings.redis_url:
         from stream.errors import ConfigError

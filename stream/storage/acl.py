@@ -32,7 +32,7 @@ import redis
 
 from stream.redisdb import RedisClient, check_prefix, shred_channel
 
-__all__ = ["ACL_ROLES", "acl_file", "acl_rules", "apply_acls"]
+__all__ = ["ACL_ROLES", "acl_file", "acl_rules", "apply_acls", "compose_acl_template"]
 
 _BASE = ("+ping", "+hello", "+auth", "+client|setinfo", "+client|setname", "+client|id", "+select",
          "+evalsha", "+eval", "+script|load", "+script|exists", "+info", "+multi", "+exec", "+discard")
@@ -118,3 +118,12 @@ def apply_acls(client: RedisClient, prefix: str, passwords: Mapping[str, str], *
                 rules.remove(unknown.group(1))
     if default_off:
         client.execute_command("ACL", "SETUSER", "default", "off")
+
+
+def compose_acl_template(prefix: str = "sg") -> str:
+    """ops/redis/users.acl: the users of docker-compose.yml with password placeholders (ops/redis/start.sh)."""
+    head = ("# Redis ACL users of docker-compose.yml, one per worker role (stream/storage/acl.py). Generated:\n"
+            "#   python -c 'from stream.storage.acl import compose_acl_template as t; print(t(), end=\"\")' "
+            "> ops/redis/users.acl\n"
+            "# ops/redis/start.sh puts each role's password hash (SHA-256 of /run/secrets/redis_<role>) at #@<ROLE>@.\n")
+    return head + acl_file(prefix, dict.fromkeys(ACL_ROLES, ""), placeholder=True)
