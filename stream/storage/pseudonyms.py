@@ -44,7 +44,7 @@ from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 from stream.crypto.keyring import Keyring
-from stream.crypto.kms import KMS, LocalKMS
+from stream.crypto.kms import KMS, LocalKMS, WrapCounter
 from stream.crypto.tokens import PseudonymKeys
 from stream.errors import KeyringError, KeyUnavailableError
 from stream.redisdb import (
@@ -130,10 +130,11 @@ class Pseudonyms:
                  memo_size: int = _DEFAULT_MEMO, max_staleness_seconds: float = 30.0,
                  clock: Callable[[], float] = time.time, guard: KeyStoreGuard | None = None,
                  on_erased: Callable[[dict[str, int], float], object] | None = None,
-                 kms: KMS | None = None) -> None:
+                 kms: KMS | None = None, wrap_counter: WrapCounter | None = None) -> None:
         """``kms``: wraps and opens the secrets (default: the keyring's KEKs, if it holds any - the
         gateway; without them :meth:`tokens` refuses and :meth:`lookup` reads the token a value names,
-        unverified: the shredder). ``on_erased(token -> erasure epoch, now)``: called by :meth:`tokens` before it returns the
+        unverified: the shredder). ``wrap_counter``: counts the secrets' wraps with the data keys' (one
+        KEK wrap limit; pass the DEK provider's). ``on_erased(token -> erasure epoch, now)``: called by :meth:`tokens` before it returns the
         tokens of people who carry an erased marker (the gateway exhausts their ledgers:
         :class:`stream.ldp.ledger.LedgerExhauster`); an exception fails the call."""
         self.domain = domain
@@ -144,6 +145,7 @@ class Pseudonyms:
             except KeyringError:  # a credential without a KEK (the shredder's)
                 kms = None
         self.keys = PseudonymKeys(keyring, domain, kms)
+        self.wrap_counter = wrap_counter
         self._client = client
         self.cluster = is_cluster(client)
         self._script = client.register_script(_ENSURE_ONE_LUA if self.cluster else _ENSURE_LUA)
@@ -219,6 +221,8 @@ class Pseudonyms:
         try:
             for create in (False, True):
                 if create:
+                    if self.wrap_counter is not None:  # the KEK's wrap limit counts these too
+                        self.wrap_counter.reserve(str(getattr(self.keys.kms, "primary_id", "kms")), len(todo))
                     cands = {i: self.keys.new_value(values[i], keys[i]) for i in todo}
                 sub = [(keys[i], marks[i], lookups[i], cands.get(i, ("", b""))) for i in todo]
                 stored = self._ensure_cluster(sub, expire_at) if self.cluster else self._ensure_one_server(sub, expire_at)
