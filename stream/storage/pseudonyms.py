@@ -40,7 +40,7 @@ from __future__ import annotations
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 from stream.crypto.keyring import Keyring
@@ -122,19 +122,20 @@ class Pseudonyms:
     """``tk2`` person tokens backed by per-person secrets in Redis (module docstring); a
     :class:`stream.crypto.tokens.PersonTokens`. Thread-safe.
 
-    ``tokens`` costs one round trip per batch for people not cached (stale, or first seen in a
-    later epoch), two when some are new (their secrets are wrapped only then), none otherwise. ``lookup`` never creates a secret (the shredder's path).
+    ``tokens`` costs one round trip per batch for people not cached (stale, new, or first seen in
+    a later epoch; two if a stale one's secret is gone meanwhile), none otherwise. ``lookup`` never creates a secret (the shredder's path).
     """
 
     def __init__(self, keyring: Keyring, client: RedisClient, prefix: str, *, domain: str,
                  memo_size: int = _DEFAULT_MEMO, max_staleness_seconds: float = 30.0,
                  clock: Callable[[], float] = time.time, guard: KeyStoreGuard | None = None,
                  on_erased: Callable[[dict[str, int], float], object] | None = None,
-                 kms: KMS | None = None, wrap_counter: WrapCounter | None = None) -> None:
+                 kms: KMS | None = None, wrap_counter: WrapCounter | None = None, wrap_block: int = 4096) -> None:
         """``kms``: wraps and opens the secrets (default: the keyring's KEKs, if it holds any - the
         gateway; without them :meth:`tokens` refuses and :meth:`lookup` reads the token a value names,
         unverified: the shredder). ``wrap_counter``: counts the secrets' wraps with the data keys' (one
-        KEK wrap limit; pass the DEK provider's). ``on_erased(token -> erasure epoch, now)``: called by :meth:`tokens` before it returns the
+        KEK wrap limit; pass the DEK provider's), reserved ``wrap_block`` at a time (a process
+        over-counts by less than a block; no round trip for most new people). ``on_erased(token -> erasure epoch, now)``: called by :meth:`tokens` before it returns the
         tokens of people who carry an erased marker (the gateway exhausts their ledgers:
         :class:`stream.ldp.ledger.LedgerExhauster`); an exception fails the call."""
         self.domain = domain
@@ -146,6 +147,8 @@ class Pseudonyms:
                 kms = None
         self.keys = PseudonymKeys(keyring, domain, kms)
         self.wrap_counter = wrap_counter
+        self.wrap_block = max(1, int(wrap_block))
+        self._wraps_left = 0  # reserved, not yet used (under the lock)
         self._client = client
         self.cluster = is_cluster(client)
         self._script = client.register_script(_ENSURE_ONE_LUA if self.cluster else _ENSURE_LUA)
@@ -189,6 +192,7 @@ class Pseudonyms:
         now = self._clock()
         out: dict[str, str] = {}
         todo: list[str] = []
+        known: set[str] = set()  # cached, only stale: stored, most likely (no candidate wrapped for them)
         with self._lock:
             for v in dict.fromkeys(values):
                 e = self._memo.get(v)
@@ -197,8 +201,10 @@ class Pseudonyms:
                     out[v] = e.token
                 else:
                     todo.append(v)
+                    if e is not None:
+                        known.add(v)
         if todo:
-            resolved = self._ensure(todo, int(expire_at))
+            resolved = self._ensure(todo, int(expire_at), known)
             with self._lock:
                 for v, tok in resolved.items():
                     self._memo[v] = _Pseud(tok, now, int(expire_at))
@@ -208,9 +214,11 @@ class Pseudonyms:
             out.update(resolved)
         return [out[v] for v in values]
 
-    def _ensure(self, values: list[str], expire_at: int) -> dict[str, str]:
-        """Two passes at most: read (and extend) every secret; then create the absent ones - so a
-        secret is wrapped only for a person not yet stored (or one whose secret expired in between)."""
+    def _ensure(self, values: list[str], expire_at: int, known: Collection[str] = ()) -> dict[str, str]:
+        """One pass, two at most: people this process has not seen get a candidate (wrapped) and
+        are created if absent; the ``known`` ones (cached, stale) are read and extended without a
+        candidate, and created in a second pass only if their secret is gone. So re-checks wrap
+        nothing; a person first seen by this process costs one wrap even if stored already."""
         lookups = [self.keys.lookup_id(v) for v in values]
         keys = [self.pid_key(lookup) for lookup in lookups]
         marks = [self.perased_key(lookup) for lookup in lookups]
@@ -220,10 +228,10 @@ class Pseudonyms:
         todo = list(range(len(values)))
         try:
             for create in (False, True):
-                if create:
-                    if self.wrap_counter is not None:  # the KEK's wrap limit counts these too
-                        self.wrap_counter.reserve(str(getattr(self.keys.kms, "primary_id", "kms")), len(todo))
-                    cands = {i: self.keys.new_value(values[i], keys[i]) for i in todo}
+                fresh = [i for i in todo if create or values[i] not in known]
+                if fresh:
+                    self._reserve(len(fresh))
+                    cands.update((i, self.keys.new_value(values[i], keys[i])) for i in fresh)
                 sub = [(keys[i], marks[i], lookups[i], cands.get(i, ("", b""))) for i in todo]
                 stored = self._ensure_cluster(sub, expire_at) if self.cluster else self._ensure_one_server(sub, expire_at)
                 left = []
@@ -245,9 +253,11 @@ class Pseudonyms:
         out: dict[str, str] = {}
         erased: dict[str, int] = {}
         for i, (v, key, raw, mark) in enumerate(zip(values, keys, raws, found, strict=True)):
-            out[v] = tok = self.keys.open(raw, key, v)
-            if i in cands and bytes(raw) == cands[i][1]:
+            if i in cands and bytes(raw) == cands[i][1]:  # ours: its token is known, nothing to open
+                out[v] = tok = cands[i][0]
                 self.created += 1
+            else:
+                out[v] = tok = self.keys.open(raw, key, v)
             if mark:
                 try:
                     erased[tok] = int(mark)
@@ -258,6 +268,19 @@ class Pseudonyms:
             if self.on_erased is not None:
                 self.on_erased(erased, self._clock())
         return out
+
+    def _reserve(self, n: int) -> None:
+        """Count ``n`` wraps against the KEK's limit before doing them (a block at a time)."""
+        if self.wrap_counter is None:
+            return
+        kek = str(getattr(self.keys.kms, "primary_id", "kms"))
+        with self._lock:
+            if self._wraps_left >= n:
+                self._wraps_left -= n
+                return
+            need = max(n - self._wraps_left, self.wrap_block)
+            self.wrap_counter.reserve(kek, need)  # raises beyond the limit: nothing wrapped
+            self._wraps_left += need - n
 
     def _ensure_one_server(self, sub: list[tuple[str, str, str, tuple[str, bytes]]], expire_at: int) -> list[Any]:
         args: list[bytes | str | int] = [*ptok_affixes(self.prefix), expire_at]

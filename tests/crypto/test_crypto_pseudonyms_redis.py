@@ -66,7 +66,8 @@ def test_secrets_are_wrapped_only_for_new_people_and_counted_against_the_kek_lim
     ring = Keyring.generate()
     counter = MemoryWrapCounter(warn_at=4, refuse_at=5)
     client = redis_connect()
-    pseud = Pseudonyms(ring, client, redis_prefix, domain="user", max_staleness_seconds=0.0, wrap_counter=counter)
+    pseud = Pseudonyms(ring, client, redis_prefix, domain="user", max_staleness_seconds=0.0, wrap_counter=counter,
+                       wrap_block=1)
     first = pseud.tokens(["usr_w1", "usr_w2", "usr_w3"], 2_000_000_000)
     assert counter.last_total[ring.primary_id] == 3 and pseud.created == 3
     trips = pseud.round_trips
@@ -78,4 +79,13 @@ def test_secrets_are_wrapped_only_for_new_people_and_counted_against_the_kek_lim
     with pytest.raises(KekUsageExceededError):  # the limit holds for secrets as for data keys
         pseud.tokens(["usr_w6"], 2_000_000_000)
     assert client.get(pseud.pid_key(pseud.lookup_id("usr_w6"))) is None
+    # reserved a block at a time: one count per block, never fewer wraps counted than done
+    blocks = MemoryWrapCounter()
+    batched = Pseudonyms(ring, client, redis_prefix + "b", domain="user", wrap_counter=blocks, wrap_block=4)
+    batched.tokens([f"usr_b{i}" for i in range(3)], 2_000_000_000)
+    assert blocks.last_total[ring.primary_id] == 4
+    batched.tokens(["usr_b3"], 2_000_000_000)
+    assert blocks.last_total[ring.primary_id] == 4  # from the block: no round trip
+    batched.tokens(["usr_b4", "usr_b5"], 2_000_000_000)
+    assert blocks.last_total[ring.primary_id] == 8 >= batched.created == 6
     client.close()
