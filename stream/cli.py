@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import logging
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +14,7 @@ from stream.commands import ldp as _ldp_commands
 from stream.commands import learn as _learn_commands
 from stream.commands import ops as _ops_commands
 from stream.commands import retention as _retention_commands
+from stream.commands import schema as _schema_commands
 from stream.commands.common import bench_settings, echo_error, settings
 from stream.config import Settings
 from stream.errors import StreamgateError, TopicMissingError
@@ -63,7 +63,7 @@ def cli(log_level: str) -> None:
     """streamgate: an event-streaming privacy gateway for Kafka clickstreams.
 
     Without STREAMGATE_KAFKA_BOOTSTRAP / STREAMGATE_REDIS_URL the commands use the
-    embedded dev stack (`streamgate dev up`). Settings: see the README.
+    embedded dev stack (`streamgate dev up`). Settings: docs/settings.md (every STREAMGATE_ variable).
     """
     logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s %(message)s")
 
@@ -275,7 +275,7 @@ def produce(generate: int | None, seed: int, invalid_rate: float, file: Any, top
               "and its tk1 token). An erased person's tk2 records no longer match.")
 @click.option("--max", "max_events", type=int, default=None, help="Stop after printing N events.")
 @click.option("--idle-timeout", type=float, default=5.0, show_default=True,
-              help="Stop when no record arrived for this many seconds (0 = follow forever).")
+              help="Read to the end of the topic, then on for this many seconds (0 = follow forever).")
 @click.option("--on-shredded", type=click.Choice(["null", "mask", "raise"]), default="mask", show_default=True,
               help="What a field whose key was shredded decrypts to.")
 def decrypt(user: str | None, max_events: int | None, idle_timeout: float, on_shredded: str) -> None:
@@ -288,7 +288,7 @@ def decrypt(user: str | None, max_events: int | None, idle_timeout: float, on_sh
     from stream.crypto.tokens import PSEUDONYM_PREFIX
     from stream.errors import DecryptError
     from stream.gateway.reader import ProtectedEventReader
-    from stream.kafka import reachable_bootstrap, reader_from_beginning
+    from stream.kafka import TopicReader, reachable_bootstrap
     from stream.schema import load_schema
 
     settings = _settings()
@@ -302,31 +302,23 @@ def decrypt(user: str | None, max_events: int | None, idle_timeout: float, on_sh
         if settings.pseudonym_tokens and not any(t.startswith(PSEUDONYM_PREFIX) for t in tokens):
             click.echo("# no tk2 pseudonym for this user (never seen, erased or expired): "
                        "only records from before tk2 can match", err=True)
-    consumer = reader_from_beginning(reachable_bootstrap(settings), settings.topics.protected)
-    printed, failed, last = 0, 0, time.monotonic()
+    # to the end of the topic, then on for idle_timeout seconds (0 = follow forever)
+    printed, failed = 0, 0
     out = sys.stdout
-    try:
-        while max_events is None or printed < max_events:
-            msgs = consumer.consume(num_messages=500, timeout=0.5)
-            if not msgs:
-                if idle_timeout and time.monotonic() - last > idle_timeout:
-                    break
+    with TopicReader(reachable_bootstrap(settings), settings.topics.protected,
+                     mode="tail" if not idle_timeout else "end", linger=idle_timeout) as consumer:
+        for m in consumer:
+            if want is not None and m.key() not in want:
                 continue
-            last = time.monotonic()
-            for m in msgs:
-                if m.error() is not None or (want is not None and m.key() not in want):
-                    continue
-                try:
-                    event = reader.decrypt(orjson.loads(m.value() or b""))
-                except (DecryptError, orjson.JSONDecodeError):
-                    failed += 1
-                    continue
-                out.write(orjson.dumps(event).decode() + "\n")
-                printed += 1
-                if max_events is not None and printed >= max_events:
-                    break
-    finally:
-        consumer.close()
+            try:
+                event = reader.decrypt(orjson.loads(m.value() or b""))
+            except (DecryptError, orjson.JSONDecodeError):
+                failed += 1
+                continue
+            out.write(orjson.dumps(event).decode() + "\n")
+            printed += 1
+            if max_events is not None and printed >= max_events:
+                break
     click.echo(f"# {printed} events decrypted" + (f", {failed} could not be decrypted" if failed else ""), err=True)
 
 
@@ -339,7 +331,8 @@ def dlq() -> None:
 @dlq.command("inspect")
 @click.option("--max", "max_records", type=int, default=20, show_default=True)
 @click.option("--unseal", is_flag=True, help="Also print the original bytes (needs the master key; contains PII).")
-@click.option("--idle-timeout", type=float, default=3.0, show_default=True)
+@click.option("--idle-timeout", type=float, default=3.0, show_default=True,
+              help="Read to the end of the topic, then on for this many seconds.")
 def dlq_inspect(max_records: int, unseal: bool, idle_timeout: float) -> None:
     """Print DLQ records (reason, source, size), optionally unsealing the original bytes."""
 
@@ -347,29 +340,47 @@ def dlq_inspect(max_records: int, unseal: bool, idle_timeout: float) -> None:
 
     from stream.components import build_dek_provider
     from stream.gateway.core import unseal_dead_letter
-    from stream.kafka import reachable_bootstrap, reader_from_beginning
+    from stream.kafka import TopicReader, reachable_bootstrap
 
     settings = _settings()
     deks = build_dek_provider(settings) if unseal else None
-    consumer = reader_from_beginning(reachable_bootstrap(settings), settings.topics.dlq)
-    shown, last = 0, time.monotonic()
-    try:
-        while shown < max_records and time.monotonic() - last < idle_timeout:
-            for m in consumer.consume(num_messages=100, timeout=0.5):
-                if m.error() is not None or shown >= max_records:
-                    continue
-                last = time.monotonic()
-                rec = orjson.loads(m.value() or b"")
-                src = rec["source"]
-                line = f"{rec['reason']:<17} {src['topic']}[{src['partition']}]@{src['offset']} size={rec['size']}"
-                if rec.get("path"):
-                    line += f" path={rec['path']} rule={rec.get('rule')}"
-                click.echo(line)
-                if deks is not None:
-                    click.echo(f"    original: {unseal_dead_letter(rec, deks)!r}")
-                shown += 1
-    finally:
-        consumer.close()
+    shown = 0
+    with TopicReader(reachable_bootstrap(settings), settings.topics.dlq, linger=idle_timeout) as consumer:
+        for m in consumer:
+            rec = orjson.loads(m.value() or b"")
+            src = rec["source"]
+            line = f"{rec['reason']:<17} {src['topic']}[{src['partition']}]@{src['offset']} size={rec['size']}"
+            if rec.get("path"):
+                line += f" path={rec['path']} rule={rec.get('rule')}"
+            click.echo(line)
+            if deks is not None:
+                click.echo(f"    original: {unseal_dead_letter(rec, deks)!r}")
+            shown += 1
+            if shown >= max_records:
+                break
+
+
+@dlq.command("replay")
+@click.option("--reason", "reasons", multiple=True, help="Only dead letters of this reason (repeatable).")
+@click.option("--since", default=None, help="Rejected at or after (RFC 3339, or an age like 2h / 7d).")
+@click.option("--until", "until_", default=None, help="Rejected at or before (same forms).")
+@click.option("--partition", "partitions", type=int, multiple=True, help="Only this source partition (repeatable).")
+@click.option("--dry-run", is_flag=True, help="Count what would be replayed; publish nothing.")
+@click.option("--idle-timeout", type=float, default=3.0, show_default=True)
+def dlq_replay(reasons: tuple[str, ...], since: str | None, until_: str | None, partitions: tuple[int, ...],
+               dry_run: bool, idle_timeout: float) -> None:
+    """Re-publish dead letters to the raw topic with their original key (idempotent by event_id)."""
+    from stream.commands.dlq_replay import run_replay
+    from stream.commands.retention import parse_when
+
+    st = run_replay(_settings(), reasons=reasons, since=parse_when(since) if since else None,
+                    until=parse_when(until_) if until_ else None, partitions=partitions, dry_run=dry_run,
+                    idle_timeout=idle_timeout)
+    click.echo(f"{'would replay' if dry_run else 'replayed'} {st.replayed} of {st.matched} matching dead letters "
+               f"({st.scanned} scanned); already replayed {st.already}, not sealed {st.not_sealed}, "
+               f"erased {st.erased}, undecryptable {st.undecryptable}")
+    for reason, n in sorted(st.reasons.items()):
+        click.echo(f"    {reason:<20} {n}")
 
 
 # --------------------------------------------------------------------------- console
@@ -458,10 +469,23 @@ def bench() -> None:
 @bench.command("gateway")
 @click.option("--events", "events", type=int, default=100_000, show_default=True)
 @click.option("--invalid-rate", type=float, default=0.01, show_default=True)
-def bench_gateway(events: int, invalid_rate: float) -> None:
+@click.option("--framed", is_flag=True, help="Instead: the gateway on Schema Registry-framed input (JSON Schema, "
+              "Avro) against the same events as plain JSON.")
+@click.option("--rounds", type=int, default=3, show_default=True, help="With --framed: rounds of the three legs.")
+def bench_gateway(events: int, invalid_rate: float, framed: bool, rounds: int) -> None:
     """Gateway events/s vs a plain confluent-kafka JSON passthrough on the same broker and events."""
-    from stream.bench.gateway import run_gateway_bench
+    from stream.bench.gateway import run_framing_bench, run_gateway_bench
 
+    if framed:
+        with bench_settings(_settings()) as s:
+            fr = run_framing_bench(s, events=events, rounds=rounds, say=click.echo)
+        click.echo("")
+        click.echo("medians over rounds; ratios to plain JSON of the same round (target >= 0.90); CPU: this process's")
+        for leg in fr.rates:
+            click.echo(f"{leg:<6} engine {fr.rate(leg):>9,.0f} events/s (ratio {fr.ratio(leg):.3f}), "
+                       f"{fr.cpu_rate(leg):>9,.0f} events/CPU-s (ratio {fr.cpu_ratio(leg):.3f}); core alone "
+                       f"{fr.core_rates[leg]:>9,.0f} events/CPU-s (ratio {fr.core_rates[leg] / fr.core_rates['plain']:.3f})")
+        return
     with bench_settings(_settings()) as s:
         r = run_gateway_bench(s, events=events, invalid_rate=invalid_rate, say=click.echo)
     click.echo("")
@@ -528,7 +552,7 @@ def bench_latency(rates: str, seconds: float, warmup: float, partitions: int, li
         click.echo(f"gateway p99 at 5,000 events/s: {five.p99_ms:.1f} ms   (target < 50)")
 
 
-for _area in (_ldp_commands, _retention_commands, _ops_commands, _learn_commands):
+for _area in (_ldp_commands, _retention_commands, _ops_commands, _learn_commands, _schema_commands):
     _area.register(cli)
 
 

@@ -195,7 +195,14 @@ def build_gateway(
                                   retention_seconds=settings.retention_seconds)
         tokenizer.pseudonyms = build_pseudonyms(settings, keyring, client=client, clock=clock, guard=provider.guard,
                                                 on_erased=ledgers.exhaust, wrap_counter=provider.wrap_counter)
-    return Gateway(schema, tokenizer, provider, max_event_bytes=settings.max_event_bytes, clock=clock)
+    resolver = None
+    if settings.schema_registry_url:
+        from stream.registry import SchemaResolver
+
+        resolver = SchemaResolver.from_url(settings.schema_registry_url, schema)
+    pass_headers = frozenset(h.strip() for h in settings.gateway_pass_headers.split(",") if h.strip())
+    return Gateway(schema, tokenizer, provider, max_event_bytes=settings.max_event_bytes, clock=clock,
+                   resolver=resolver, pass_headers=pass_headers)
 
 
 def build_pseudonyms(settings: Settings, keyring: Keyring | None = None, *, client: RedisClient | None = None,

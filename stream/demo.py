@@ -35,7 +35,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import orjson
-from confluent_kafka import OFFSET_BEGINNING, Consumer, Message, TopicPartition
+from confluent_kafka import Message
 from rich.console import Console
 from rich.markup import escape
 from rich.panel import Panel
@@ -47,7 +47,7 @@ from stream.config import Settings
 from stream.dev.stack import free_port
 from stream.errors import StreamgateError
 from stream.faults import make_invalid
-from stream.kafka import consumer_config, ensure_topics
+from stream.kafka import TopicReader, ensure_topics
 from stream.synth import ClickstreamGenerator
 
 if TYPE_CHECKING:
@@ -57,7 +57,8 @@ __all__ = ["DEMO_EPSILON", "DEMO_PERSON_MEMOS", "DEMO_SESSION_GAP_SECONDS", "run
 
 #: the privatizer's session gap in the demo (a short run: every session is over when the events stop)
 DEMO_SESSION_GAP_SECONDS = 2.0
-#: The demo's epsilon per report (the defaults: 1). 20k events at epsilon 1 teach the model nothing
+#: The demo's epsilon per attribute and label (epsilon-infinity of a memo; the defaults: 1). 20k events at
+#: epsilon 1 teach the model nothing
 #: (ROC-AUC about 0.5; docs/learning.md), so the demo shows learning at this much weaker privacy.
 DEMO_EPSILON = 4.0
 #: Memos one person may spend per epoch in the demo (the defaults: 12 at epsilon 1).
@@ -68,27 +69,22 @@ class _Outputs:
     """Counts this run's records in clicks.protected / clicks.dlq by reading them (the
     embedded broker's high watermarks are per batch, so offsets can't be used to count)."""
 
-    def __init__(self, consumer: Consumer, settings: Settings, since_ms: int) -> None:
-        self.c, self.t, self.since_ms = consumer, settings.topics, since_ms
+    def __init__(self, reader: TopicReader, settings: Settings, since_ms: int) -> None:
+        self.c, self.t, self.since_ms = reader, settings.topics, since_ms
         self.want_ids: set[str] = set()
         self.want_sources: set[tuple[Any, Any]] = set()
         self.protected: dict[str, dict[str, Any]] = {}
         self.reasons: Counter[str] = Counter()
         self._dlq_seen: set[tuple[Any, Any]] = set()
-        parts = []
-        for topic in (self.t.protected, self.t.dlq):
-            md = consumer.list_topics(topic, timeout=10).topics[topic]
-            parts += [TopicPartition(topic, p, OFFSET_BEGINNING) for p in md.partitions]
-        consumer.assign(parts)
 
     @property
     def count(self) -> int:
         return len(self.protected) + len(self._dlq_seen)
 
     def poll(self, timeout: float = 0.2) -> None:
-        for m in self.c.consume(num_messages=2000, timeout=timeout):
+        for m in self.c.poll(timeout):
             value = m.value()
-            if m.error() is not None or value is None or m.timestamp()[1] < self.since_ms:
+            if value is None or m.timestamp()[1] < self.since_ms:
                 continue
             rec = orjson.loads(value)
             if m.topic() == self.t.protected:
@@ -172,10 +168,8 @@ def _redis_roles(redis_url: str, prefix: str, run_dir: Path) -> dict[str, dict[s
 def _settings_env(s: Settings) -> dict[str, str]:
     """The workers' environment for what ``s`` says about topics, key prefix, groups and the master key
     (the same values the CLI read from the environment; a caller's own settings reach the workers too)."""
-    env = {f"STREAMGATE_TOPIC_{name.upper()}": getattr(s.topics, name) for name in type(s.topics).model_fields}
-    env.update({"STREAMGATE_REDIS_KEY_PREFIX": s.redis_key_prefix, "STREAMGATE_CONSUMER_GROUP": s.consumer_group,
-                "STREAMGATE_PRIVATIZER_CONSUMER_GROUP": s.privatizer_consumer_group,
-                "STREAMGATE_SHREDDER_CONSUMER_GROUP": s.shredder_consumer_group})
+    env = {"STREAMGATE_TOPICS": s.topics.model_dump_json(), "STREAMGATE_REDIS_KEY_PREFIX": s.redis_key_prefix,
+           "STREAMGATE_GROUP_PREFIX": s.group_prefix}
     if s.master_key is not None:
         env["STREAMGATE_MASTER_KEY"] = s.master_key.get_secret_value()
     return env
@@ -195,7 +189,8 @@ def run_demo(settings: Settings, *, events: int = 20_000, invalid_rate: float = 
     person_cap = DEMO_PERSON_MEMOS * epsilon
     settings = settings.model_copy(update={"ldp_epsilon": epsilon, "learn_label_epsilon": epsilon,
                                            "ldp_person_epsilon": person_cap})
-    console.print(f"privacy in this demo: epsilon {epsilon:g} per report, at most {person_cap:g} per person per day "
+    console.print(f"privacy in this demo: epsilon {epsilon:g} per memoized value (epsilon-infinity; one report "
+                  f"alone at most {epsilon / 2:g}), at most {person_cap:g} per person per day "
                   "(defaults: 1 and 12): weaker than the defaults, so that a demo's few events can teach the model; "
                   "`--epsilon 1` shows what the defaults cost.")
 
@@ -231,7 +226,8 @@ def run_demo(settings: Settings, *, events: int = 20_000, invalid_rate: float = 
         ensure_topics(bootstrap, [t.raw, t.protected, t.dlq, t.features, t.frequencies], partitions=s.topic_partitions)
         ensure_topics(bootstrap, [t.erasure, t.audit, t.snapshots], partitions=1)
         since_ms = int(time.time() * 1000) - 1000
-        probe = Consumer(consumer_config(bootstrap, f"streamgate-demo-{run_id}", session_timeout_ms=s.session_timeout_ms))
+        probe = TopicReader(bootstrap, [t.protected, t.dlq], mode="tail", batch=2000, poll_timeout=0.2,
+                            client_id=f"streamgate-demo-{run_id}")
         outputs = _Outputs(probe, s, since_ms=since_ms)
         procs: list[subprocess.Popen[bytes]] = []
         live: ConsoleService | None = None
@@ -252,8 +248,8 @@ def run_demo(settings: Settings, *, events: int = 20_000, invalid_rate: float = 
             procs.append(sh)
             ln = _start_worker("learner", {**env, "STREAMGATE_WEB_PORT": str(ln_port),
                                            "STREAMGATE_LEARN_MODEL_NAME": model_name,
-                                           "STREAMGATE_LEARNER_CONSUMER_GROUP": f"streamgate-demo-learner-{run_id}",
-                                           "STREAMGATE_LEARN_SNAPSHOT_INTERVAL_SECONDS": "2"}, learner_log)
+                                           "STREAMGATE_GROUP_PREFIX": f"streamgate-demo-{run_id}",
+                                           "STREAMGATE_LEARN_PUBLISH_INTERVAL_SECONDS": "2"}, learner_log)
             ln.web_port = ln_port  # type: ignore[attr-defined]
             procs.append(ln)
             with console.status("starting the gateway, privatizer, learner and shredder workers (Faust) ..."):
@@ -350,26 +346,17 @@ def _stop(proc: subprocess.Popen[bytes]) -> None:
         proc.wait(5)
 
 
-def _read_since(bootstrap: str, topic: str, since_ms: int, *, expect: int | None, idle: float,
-                timeout: float = 120.0) -> list[bytes]:
-    c = Consumer(consumer_config(bootstrap, f"streamgate-demo-read-{uuid.uuid4().hex[:6]}"))
-    try:
-        md = c.list_topics(topic, timeout=10).topics[topic]
-        c.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in md.partitions])
-        out: list[bytes] = []
-        last, deadline = time.monotonic(), time.monotonic() + timeout
-        while time.monotonic() < deadline and time.monotonic() - last < idle:
-            for m in c.consume(num_messages=2000, timeout=0.2):
-                value = m.value()
-                # features carry an hour-floored timestamp: filter those by the hour of the run
-                if m.error() is None and value is not None and m.timestamp()[1] >= since_ms - 3_600_000:
-                    out.append(value)
-                    last = time.monotonic()
-            if expect is not None and len(out) >= expect:
-                idle = min(idle, 1.0)
-        return out
-    finally:
-        c.close()
+def _read_since(bootstrap: str, topic: str, since_ms: int, *, idle: float) -> list[bytes]:
+    """The values of ``topic`` to its end (then on for ``idle`` s) of this run's hour."""
+    out: list[bytes] = []
+    with TopicReader(bootstrap, topic, linger=idle, batch=2000, poll_timeout=0.2,
+                     client_id=f"streamgate-demo-read-{uuid.uuid4().hex[:6]}") as reader:
+        for m in reader:
+            value = m.value()
+            # features carry an hour-floored timestamp: filter those by the hour of the run
+            if value is not None and m.timestamp()[1] >= since_ms - 3_600_000:
+                out.append(value)
+    return out
 
 
 def _privacy_summary(console: Console, s: Settings, pv: subprocess.Popen[bytes], log: Path,
@@ -408,13 +395,13 @@ def _privacy_summary(console: Console, s: Settings, pv: subprocess.Popen[bytes],
             time.sleep(0.5)
         stats = _healthz_stats(pv, "privatizer") or {}
         _stop(pv)  # graceful: publishes the windows still open
-    freq = [orjson.loads(v) for v in _read_since(bootstrap, t.frequencies, since_ms, expect=None, idle=3.0)]
+    freq = [orjson.loads(v) for v in _read_since(bootstrap, t.frequencies, since_ms, idle=3.0)]
     freq = [r for r in freq if int(r.get("window", {}).get("end_ms", 0)) >= since_ms]
     n_features = stats.get("reports", 0)
     table = Table(title="local differential privacy (privatizer)", show_header=False)
     table.add_row("feature reports -> " + t.features, f"{n_features:,}  (no key, no token, no identifier, "
                   "hour-of-week only)")
-    table.add_row("epsilon per report", ", ".join(f"{a.name}: {a.epsilon:g} ({a.mechanism})" for a in policy.attributes))
+    table.add_row("epsilon-infinity per attribute", ", ".join(f"{a.name}: {a.epsilon:g} ({a.mechanism})" for a in policy.attributes))
     table.add_row("suppressed (budget spent)", f"{sum(stats.get('suppressed', {}).values()):,} attribute reports "
                   f"(at most {s.ldp_person_epsilon:g} epsilon per person and day, every attribute and the label together)")
     table.add_row("memoized reports served", f"{stats.get('memo_hits', 0):,} from cache, "

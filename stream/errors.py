@@ -16,10 +16,12 @@ __all__ = [
     "KeyUnavailableError",
     "KeyringError",
     "ModelUpdateError",
+    "ProduceTimeoutError",
     "SchemaPolicyError",
     "SnapshotError",
     "StreamgateError",
     "TopicMissingError",
+    "TopicReadError",
 ]
 
 
@@ -37,6 +39,25 @@ class TopicMissingError(StreamgateError):
     def __init__(self, message: str, *, topic: str = "") -> None:
         super().__init__(message)
         self.topic = topic
+
+
+class TopicReadError(StreamgateError):
+    """Reading ``topic`` failed: a fatal Kafka client error, or its end was not reached (no record,
+    no end-of-partition) within the reader's stall bound."""
+
+    def __init__(self, message: str, *, topic: str = "") -> None:
+        super().__init__(message)
+        self.topic = topic
+
+
+class ProduceTimeoutError(StreamgateError):
+    """A record could not be queued: the producer's local queue stayed full until the deadline, or
+    the caller asked to stop while waiting (``stopped``)."""
+
+    def __init__(self, message: str, *, topic: str = "", stopped: bool = False) -> None:
+        super().__init__(message)
+        self.topic = topic
+        self.stopped = stopped
 
 
 class BrokerUnreachableError(StreamgateError):

@@ -15,6 +15,7 @@ Key layout (``<prefix>`` is ``STREAMGATE_REDIS_KEY_PREFIX``; braces are literal 
     <prefix>:erasure:<request id>               erasure record               anywhere (one key)
     <prefix>:erasure-floor                      since when erasure records are kept (unix s)  anywhere
     <prefix>:kek-wraps:<kek id>                 wrap counter                 anywhere (one key)
+    <prefix>:replayed:<keyed event digest>      when dlq replay re-published anywhere (one key)
     <prefix>:keystore[:{<slot tag>}]            key-store marker             one per master on a cluster
     <prefix>:shredded                           pub/sub channel of shreds    (a channel, not a key)
 
@@ -225,6 +226,11 @@ def erasure_key(prefix: str, request_id: str) -> str:
 def erasure_floor_key(prefix: str) -> str:
     """Since when this store has kept erasure records (set if absent: a new or emptied store)."""
     return f"{prefix}:erasure-floor"
+
+
+def replayed_key(prefix: str, digest: str) -> str:
+    """When ``streamgate dlq replay`` re-published the event of keyed digest ``digest``."""
+    return f"{prefix}:replayed:{digest}"
 
 
 def kek_wraps_key(prefix: str, kek_id: str) -> str:

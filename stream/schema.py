@@ -77,6 +77,11 @@ class Reason(enum.StrEnum):
     UNKNOWN_FIELD = "unknown_field"
     MISSING_FIELD = "missing_field"
     SCHEMA_VIOLATION = "schema_violation"
+    NUMBER_OUT_OF_RANGE = "number_out_of_range"  # valid JSON, but a number no double/int64 holds (1e400)
+    BAD_FRAMING = "bad_framing"  # a Schema Registry frame (magic byte 0/1) too short to hold its id
+    UNKNOWN_SCHEMA = "unknown_schema"  # the frame's schema id/GUID is not in the registry
+    UNSUPPORTED_SCHEMA = "unsupported_schema"  # registered, but not a usable input schema (rule: why)
+    POLICY_MISSING = "policy_missing"  # the registered version has a property without x-privacy (path)
 
 
 @dataclass(frozen=True, slots=True)
@@ -202,12 +207,21 @@ class EventSchema:
         if self.subject_field not in document.get("required", []):
             raise SchemaPolicyError(f"schema {name!r}: the subject property {self.subject_field!r} must be required")
         self.required: tuple[str, ...] = tuple(document.get("required", []))
+        #: ldp properties whose domain is open (``x-privacy.open``): a value outside the enum passes
+        #: the gateway and counts as ``_other`` in LDP (stream.ldp.policy)
+        self.open_domains = tuple(f.name for f in self.fields.values()
+                                  if f.policy == "ldp" and f.options.get("open") is True)
+        check_doc: Mapping[str, Any] = document
+        if self.open_domains:
+            check_doc = {**document, "properties": {
+                n: ({"maxLength": 64, **{k: v for k, v in s.items() if k != "enum"}} if n in self.open_domains else s)
+                for n, s in props.items()}}
         # The general validator names the failing rule of a rejected event; the hot path asks a
         # predicate compiled for our keyword subset (same verdicts; see stream.fastcheck).
         self._explain = fastjsonschema.compile(
-            dict(document), formats=_CUSTOM_FORMATS, use_default=False, detailed_exceptions=True
+            dict(check_doc), formats=_CUSTOM_FORMATS, use_default=False, detailed_exceptions=True
         )
-        self.is_valid: Callable[[Any], bool] = compile_predicate(document, _CUSTOM_FORMATS) or self._explains_valid
+        self.is_valid: Callable[[Any], bool] = compile_predicate(check_doc, _CUSTOM_FORMATS) or self._explains_valid
 
     def fields_with(self, policy: str) -> list[str]:
         return [f.name for f in self.fields.values() if f.policy == policy]

@@ -9,8 +9,7 @@ import os
 import tempfile
 
 # Hermetic: a developer's ~/.streamgate (keyring, dev stack) never changes what a test sees.
-os.environ["STREAMGATE_HOME"] = tempfile.mkdtemp(prefix="streamgate-home-")
-os.environ.pop("STREAMGATE_STATE_DIR", None)
+os.environ["STREAMGATE_STATE_DIR"] = tempfile.mkdtemp(prefix="streamgate-home-")
 
 from tests.support.fixtures import (
     kafka_bootstrap,

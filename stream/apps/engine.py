@@ -28,6 +28,7 @@ from stream.engine import Out, Record, Result, StreamEngine
 from stream.errors import ConfigError
 from stream.gateway.core import BatchResult, Gateway, RawRecord
 from stream.kafka import admin_config
+from stream.registry import RegistryUnavailableError
 
 __all__ = ["EngineStats", "GatewayEngine", "dead_letter_bound"]
 
@@ -79,6 +80,7 @@ class GatewayEngine(StreamEngine):
     """The gateway on Kafka until ``stop`` is set (or ``max_events`` were emitted)."""
 
     name: ClassVar[str] = "gateway"
+    hold_on: ClassVar[tuple[type[BaseException], ...]] = (*StreamEngine.hold_on, RegistryUnavailableError)
 
     def __init__(self, settings: Settings, gateway: Gateway, *, bootstrap: str | None = None,
                  on_batch: Callable[[EngineStats], None] | None = None,
@@ -118,8 +120,8 @@ class GatewayEngine(StreamEngine):
             st.first_event_at = now
         st.consumed += len(records)
         try:
-            result = self.gateway.process([RawRecord(r.topic, r.partition, r.offset, r.value, r.timestamp_ms)
-                                           for r in records])
+            result = self.gateway.process([RawRecord(r.topic, r.partition, r.offset, r.value, r.timestamp_ms,
+                                                     getattr(r, "headers", None), r.key) for r in records])
         except self.hold_on:
             st.consumed -= len(records)  # counted again on the retry
             st.fail_closed_retries += 1

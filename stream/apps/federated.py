@@ -24,7 +24,6 @@ learning"). Each instance runs three Kafka consumers:
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import os
 import socket
@@ -35,7 +34,6 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
-from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaException, TopicPartition
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
 from stream.apps.learner import (
@@ -112,46 +110,21 @@ class SnapshotFeed:
     newer than the caller's are verified and returned; the rest is skipped by its public header."""
 
     def __init__(self, bootstrap: str, topic: str, name: str, key: Ed25519PublicKey) -> None:
-        from stream.kafka import client_config
+        from stream.kafka import TopicReader
 
         self.topic, self.name, self.key = topic, name.encode(), key
         self.ignored = 0  # newer versions that did not verify
-        self._consumer = Consumer(client_config(bootstrap, **{
-            "group.id": "streamgate-snapshot-reader", "enable.auto.commit": False,
-            "client.id": "streamgate-snapshot-feed", "fetch.wait.max.ms": 100}))
-        self._assigned = False
-        self._checked_at = float("-inf")
-
-    def _assign(self) -> None:
-        now = time.monotonic()
-        if self._assigned or now - self._checked_at < 5.0:
-            return
-        self._checked_at = now
-        try:
-            md = self._consumer.list_topics(self.topic, timeout=5).topics.get(self.topic)
-        except KafkaException:
-            return
-        if md is None or md.error is not None or not md.partitions:
-            return
-        self._consumer.assign([TopicPartition(self.topic, p, OFFSET_BEGINNING) for p in md.partitions])
-        self._assigned = True
+        self._reader = TopicReader(bootstrap, topic, mode="tail", missing="wait", batch=200,
+                                   client_id="streamgate-snapshot-reader", config={"fetch.wait.max.ms": 100})
 
     def newest(self, after: int) -> ModelSnapshot | None:
         """The newest verified global version above ``after`` among the records arrived since the last call."""
-        self._assign()
-        if not self._assigned:
-            return None
         found: list[tuple[int, bytes]] = []
         while True:
-            msgs = self._consumer.consume(num_messages=200, timeout=0)
+            msgs = self._reader.poll(0)
             if not msgs:
                 break
             for m in msgs:
-                if m.error() is not None:
-                    err = m.error()
-                    if err is not None and err.fatal():
-                        raise KafkaException(err)
-                    continue
                 value = m.value()
                 if m.key() != self.name or not value:
                     continue
@@ -173,8 +146,7 @@ class SnapshotFeed:
         return None
 
     def close(self) -> None:
-        with contextlib.suppress(KafkaException, RuntimeError):
-            self._consumer.close()
+        self._reader.close()
 
 
 # --------------------------------------------------------------------------- the aggregator

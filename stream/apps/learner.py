@@ -81,15 +81,20 @@ from datetime import UTC, datetime
 from typing import Any, ClassVar
 
 import orjson
-from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, TopicPartition
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
 from stream.config import Settings
 from stream.crypto.keyring import Keyring
 from stream.crypto.signing import signing_key, verify_key
 from stream.engine import Out, Record, Result, StreamEngine
-from stream.errors import InvalidExampleError, SnapshotError, StreamgateError
-from stream.kafka import client_config
+from stream.errors import (
+    BrokerUnreachableError,
+    InvalidExampleError,
+    SnapshotError,
+    StreamgateError,
+    TopicMissingError,
+)
+from stream.kafka import TopicReader
 from stream.ldp.policy import LdpPolicy
 from stream.learn.evaluate import DriftMonitor, ProgressiveValidation, log_loss
 from stream.learn.example import EXAMPLE_SCHEMA, FEATURE_SCHEMA, PrivateExample
@@ -149,50 +154,29 @@ def _rfc3339(ts: float) -> str:
 def read_snapshot_records(bootstrap: str, topic: str, name: str, *, keep: int = _RESUME_CANDIDATES,
                           timeout: float = 30.0) -> list[bytes]:
     """The values of the newest ``keep`` records keyed ``name`` on ``topic`` (oldest first), read
-    from the beginning of every partition to its end. A tombstone (null value) forgets what came
-    before it. An absent topic reads as empty. Raises :class:`StreamgateError` if the end of the
-    topic is not reached within ``timeout`` seconds.
-
-    (The end is detected with partition-EOF events, which librdkafka derives from fetch
-    responses: the high watermark a ListOffsets request returns is not reliable on every
-    Kafka-protocol broker.)"""
-    consumer = Consumer(client_config(bootstrap, **{"group.id": "streamgate-snapshot-reader",
-                                                    "enable.auto.commit": False, "enable.partition.eof": True,
-                                                    "client.id": "streamgate-snapshot-reader"}))
+    from the beginning of every partition to its end (:class:`~stream.kafka.TopicReader`). A
+    tombstone (null value) forgets what came before it. An absent topic reads as empty. Raises
+    :class:`~stream.errors.TopicReadError` (a :class:`StreamgateError`) if the read makes no
+    progress towards the end for ``timeout`` seconds."""
     try:
-        try:
-            md = consumer.list_topics(topic, timeout=10).topics.get(topic)
-        except KafkaException as exc:
-            raise StreamgateError(f"cannot read {topic!r} at {bootstrap}: {exc}") from None
-        if md is None or md.error is not None or not md.partitions:
-            return []
-        consumer.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in md.partitions])
-        pending = set(md.partitions)
-        want = name.encode()
-        found: list[bytes] = []
-        deadline = time.monotonic() + timeout
-        while pending:
-            if time.monotonic() > deadline:
-                raise StreamgateError(f"could not read {topic!r} to its end within {timeout:.0f} s")
-            for m in consumer.consume(num_messages=500, timeout=0.5):
-                err = m.error()
-                if err is not None:
-                    if err.code() == KafkaError._PARTITION_EOF:
-                        pending.discard(m.partition())
-                    elif err.fatal():
-                        raise StreamgateError(f"fatal Kafka consumer error: {err.str()}")
-                    continue
-                if m.key() != want:
-                    continue
-                value = m.value()
-                if value is None:
-                    found.clear()
-                else:
-                    found.append(value)
-                    del found[:-keep]
-        return found
-    finally:
-        consumer.close()
+        reader = TopicReader(bootstrap, topic, stall_timeout=timeout, client_id="streamgate-snapshot-reader")
+    except TopicMissingError:
+        return []
+    except BrokerUnreachableError as exc:
+        raise StreamgateError(f"cannot read {topic!r} at {bootstrap}: {exc}") from None
+    want = name.encode()
+    found: list[bytes] = []
+    with reader:
+        for m in reader:
+            if m.key() != want:
+                continue
+            value = m.value()
+            if value is None:
+                found.clear()
+            else:
+                found.append(value)
+                del found[:-keep]
+    return found
 
 
 def latest_snapshot_bytes(settings: Settings, name: str | None = None) -> bytes | None:

@@ -40,7 +40,7 @@ from stream.config import Settings
 from stream.crypto.keyring import Keyring
 from stream.engine import Out, Record, Result, StreamEngine
 from stream.errors import KeyUnavailableError, TopicMissingError
-from stream.kafka import reader_from_beginning
+from stream.kafka import TopicReader
 from stream.ldp.aggregate import MAX_REPORTS_PER_MEMO, WindowAggregator
 from stream.ldp.labels import LABEL_NAME, ExampleStub, SessionLabeler
 from stream.ldp.ledger import LEDGER_PURPOSE
@@ -93,24 +93,19 @@ def build_privatizer(
     keyring: Keyring | None = None,
     client: RedisClient | None = None,
     clock: Callable[[], float] = time.time,
-    allow_seed: bool | None = None,
+    seed: int | None = None,
     guard: bool = True,
 ) -> Privatizer:
     """Wire the pure core from settings (memo key: keyring purpose ``ldp-memo``; ledger ids: ``ldp-ledger``).
 
-    Noise comes from a ChaCha20 keystream keyed from the OS CSPRNG. ``settings.ldp_seed`` keys it
-    reproducibly instead, for tests and benchmarks only: refused (ConfigError) unless ``allow_seed``
-    - by default, refused when it comes from the environment (``STREAMGATE_LDP_SEED``), i.e. for a worker.
+    Noise comes from a ChaCha20 keystream keyed from the OS CSPRNG. ``seed`` keys it reproducibly
+    instead: an argument of test and benchmark entry points only, never a setting (a worker started
+    with ``STREAMGATE_LDP_SEED`` in its environment, in any case, is refused by Settings).
     """
     from stream.components import guard_privatizer, redis_client
     from stream.errors import ConfigError
     from stream.ldp.csprng import ChaChaRandom
 
-    if allow_seed is None:
-        allow_seed = "STREAMGATE_LDP_SEED" not in os.environ
-    if settings.ldp_seed is not None and not allow_seed:
-        raise ConfigError("STREAMGATE_LDP_SEED is for tests and benchmarks only: a privatizer worker draws its "
-                          "noise from a key out of the OS CSPRNG; unset it")
     keyring = keyring or Keyring.from_settings(settings)
     schema = load_schema(settings.schema_name)
     policy = LdpPolicy.from_schema(schema, settings.ldp_epsilon)
@@ -121,7 +116,7 @@ def build_privatizer(
     if unpayable:
         raise ConfigError(f"STREAMGATE_LDP_PERSON_EPSILON ({settings.ldp_person_epsilon:g}) is below the price of one "
                           f"memo of {', '.join(unpayable)}: every report of it would be a stand-in")
-    rng = secure_rng() if settings.ldp_seed is None else ChaChaRandom(settings.ldp_seed)
+    rng = secure_rng() if seed is None else ChaChaRandom(seed)
     client = client or redis_client(settings)
     privatizer = Privatizer(
         policy,
@@ -137,7 +132,7 @@ def build_privatizer(
         cache=MemoCache(max_entries=settings.dek_cache_max_entries,
                         max_staleness_seconds=settings.dek_cache_max_staleness_seconds),
         clock=clock,
-        shuffle_seed=settings.ldp_seed,
+        shuffle_seed=seed,
         label_epsilon=settings.learn_label_epsilon if settings.learn_examples else None,
     )
     if guard:  # no memo outlives the key store's data
@@ -501,32 +496,25 @@ class PrivatizerEngine(StreamEngine):
 PARTIAL_SCHEMA = "window-partial.v1"
 
 
-def read_partials(bootstrap: str, topic: str, keys: set[str], *, idle: float = 1.0) -> dict[str, dict[str, Any]]:
-    """The latest partial-window record of each of ``keys`` (reads the compacted topic once)."""
+def read_partials(bootstrap: str, topic: str, keys: set[str]) -> dict[str, dict[str, Any]]:
+    """The latest partial-window record of each of ``keys`` (reads the compacted topic to its end;
+    raises :class:`~stream.errors.TopicReadError` if the end is not reached)."""
     if not keys:
         return {}
-    try:
-        consumer = reader_from_beginning(bootstrap, topic)
-    except TopicMissingError:
-        return {}  # no partials topic yet: nothing to restore
     found: dict[str, dict[str, Any]] = {}
     try:
-        deadline = time.monotonic() + 30.0
-        while time.monotonic() < deadline:
-            msgs = consumer.consume(num_messages=1000, timeout=idle)
-            if not msgs:
-                break
-            for m in msgs:
-                if m.error() is not None:
-                    continue
-                key = (m.key() or b"").decode("utf-8", "replace")
-                if key in keys and m.value():
-                    with contextlib.suppress(orjson.JSONDecodeError):
-                        doc = orjson.loads(m.value())  # type: ignore[arg-type]
-                        if isinstance(doc, dict) and doc.get("schema") == PARTIAL_SCHEMA:
-                            found[key] = doc
-    finally:
-        consumer.close()
+        reader = TopicReader(bootstrap, topic, batch=1000)
+    except TopicMissingError:
+        return {}  # no partials topic yet: nothing to restore
+    with reader:
+        for m in reader:
+            key = (m.key() or b"").decode("utf-8", "replace")
+            value = m.value()
+            if key in keys and value:
+                with contextlib.suppress(orjson.JSONDecodeError):
+                    doc = orjson.loads(value)
+                    if isinstance(doc, dict) and doc.get("schema") == PARTIAL_SCHEMA:
+                        found[key] = doc
     return found
 
 

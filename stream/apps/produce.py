@@ -9,7 +9,8 @@ from typing import Any
 import orjson
 from confluent_kafka import Message, Producer
 
-from stream.kafka import producer_config
+from stream.gateway.core import is_envelope, why_not_json
+from stream.kafka import produce, producer_config
 from stream.schema import EventSchema, Reason
 
 __all__ = ["LineCheck", "encode_raw", "publish"]
@@ -51,7 +52,9 @@ class LineCheck:
         try:
             event = orjson.loads(line)
         except orjson.JSONDecodeError:
-            return Reason.NOT_JSON.value
+            return why_not_json(line).reason.value  # not_utf8, number_out_of_range or not_json
+        if is_envelope(event):
+            event = event["payload"]  # a Kafka Connect envelope: the gateway unwraps it
         rejection = self.schema.check(event)
         return None if rejection is None else rejection.reason.value
 
@@ -96,12 +99,7 @@ def publish(
     n = 0
     for item in items:
         key, value = encode_raw(item)
-        while True:
-            try:
-                producer.produce(topic, value, key, on_delivery=on_delivery)
-                break
-            except BufferError:
-                producer.poll(0.05)
+        produce(producer, topic, value, key, on_delivery=on_delivery, timeout=120.0)
         n += 1
         if n % progress_every == 0:
             producer.poll(0)

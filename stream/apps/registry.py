@@ -26,9 +26,26 @@ class WorkerSpec:
     uses_redis: bool  # /readyz checks Redis
     writes: tuple[str, ...] = ()  # TopicNames fields of the topics this worker creates and writes
     group_setting: str = ""  # the Settings field naming its consumer group
+    inputs: tuple[str, ...] = ()  # TopicNames fields its consumer group reads
+    reads: tuple[str, ...] = ()  # TopicNames fields it reads without its group (stream.kafka.TopicReader)
+    also_writes: tuple[str, ...] = ("metrics",)  # TopicNames fields it writes but another worker creates
+    # group ids beside its own: ``{group}`` is its consumer group; literals are TopicReader client ids
+    groups: tuple[str, ...] = ()
+    transactional: bool = False  # exactly_once: transactional ids start with its group
 
     def group(self, settings: Settings) -> str:
         return str(getattr(settings, self.group_setting))
+
+    def all_groups(self, settings: Settings) -> list[str]:
+        """Every consumer group id this worker uses: its group first."""
+        group = self.group(settings)
+        return [group, *(g.format(group=group) for g in self.groups)]
+
+    def topics_read(self, settings: Settings) -> list[str]:
+        return [getattr(settings.topics, f) for f in (*self.inputs, *self.reads)]
+
+    def topics_written(self, settings: Settings) -> list[str]:
+        return [getattr(settings.topics, f) for f in (*self.writes, *self.also_writes)]
 
     def create_app(self, settings: Settings) -> faust.App:
         app: faust.App = importlib.import_module(self.module).create_app(settings)
@@ -39,13 +56,20 @@ WORKERS: dict[str, WorkerSpec] = {
     spec.name: spec
     for spec in (
         WorkerSpec("gateway", 6066, "stream.apps.gateway", uses_redis=True,
-                   writes=("protected", "dlq"), group_setting="consumer_group"),
+                   writes=("protected", "dlq"), group_setting="consumer_group",
+                   inputs=("raw",), transactional=True),
+        # reads its open windows back from analytics.partials at start (read_partials)
         WorkerSpec("privatizer", 6067, "stream.apps.privatizer", uses_redis=True,
-                   writes=("features", "frequencies", "partials"), group_setting="privatizer_consumer_group"),
+                   writes=("features", "frequencies", "partials"), group_setting="privatizer_consumer_group",
+                   inputs=("protected",), reads=("partials",), groups=("streamgate-reader",)),
         WorkerSpec("shredder", 6068, "stream.apps.shredder", uses_redis=True,
-                   writes=("audit",), group_setting="shredder_consumer_group"),
+                   writes=("audit",), group_setting="shredder_consumer_group", inputs=("erasure",)),
+        # resumes from models.snapshots; drift records on ops.audit; federated: local updates on
+        # models.updates, merged by the aggregators' group
         WorkerSpec("learner", 6069, "stream.apps.learner_worker", uses_redis=False,
-                   writes=("snapshots",), group_setting="learner_consumer_group"),
+                   writes=("snapshots",), group_setting="learner_consumer_group",
+                   inputs=("features", "updates"), reads=("snapshots",), also_writes=("metrics", "audit", "updates"),
+                   groups=("{group}-aggregator", "streamgate-snapshot-reader")),
     )
 }
 

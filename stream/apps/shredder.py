@@ -7,7 +7,7 @@ the work runs in :class:`ShredderEngine` on a dedicated thread:
 * every ``STREAMGATE_SHREDDER_INTERVAL_SECONDS`` it finishes the receipt outbox and
   shreds every key whose deadline passed (:class:`stream.retention.core.Shredder`);
 * in between it consumes ``privacy.erasure`` with the consumer group
-  ``STREAMGATE_SHREDDER_CONSUMER_GROUP`` and commits a request's offset only after its
+  ``<STREAMGATE_GROUP_PREFIX>-shredder`` and commits a request's offset only after its
   receipts (and tombstones) were acknowledged by the broker. A request that fails
   (Redis or Kafka down) is retried from the same offset with backoff; a malformed one
   gets a ``rejected`` receipt and is committed.

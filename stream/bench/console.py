@@ -39,7 +39,7 @@ from pydantic import SecretStr
 
 from stream.config import Settings
 from stream.dev.stack import free_port
-from stream.kafka import ensure_topics, producer_config
+from stream.kafka import ensure_topics, produce, producer_config
 
 __all__ = ["ConsoleBenchResult", "cpu_seconds", "run_console_bench"]
 
@@ -162,7 +162,7 @@ class _Feeder(threading.Thread):
             m.dead_lettered_many({"schema_violation": 10})
             rec = snapshot_record(m, "gateway")
             rec["pid"] = 1  # one steady instance
-            producer.produce(self.topic, orjson.dumps(rec), b"gateway")
+            produce(producer, self.topic, orjson.dumps(rec), b"gateway", stop=self.stop.is_set)
             producer.poll(0)
         producer.flush(10)
 

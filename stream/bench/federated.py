@@ -38,7 +38,7 @@ from stream.bench.procs import CpuMeter, WorkerReport, group_rate, stack_pids, s
 from stream.bench.scale import _commit_start
 from stream.config import Settings, TopicNames
 from stream.errors import StreamgateError
-from stream.kafka import ensure_topics, producer_config
+from stream.kafka import ensure_topics, produce, producer_config
 from stream.learn.snapshot import ModelSnapshot
 
 __all__ = ["FedPhase", "FedRun", "format_federated", "run_federated_bench"]
@@ -170,12 +170,7 @@ def publish_round_robin(bootstrap: str, topic: str, records: Sequence[bytes], pa
             failed.append(str(err))
 
     for i, value in enumerate(records):
-        while True:
-            try:
-                producer.produce(topic, value, partition=i % partitions, on_delivery=report)
-                break
-            except BufferError:
-                producer.poll(0.1)
+        produce(producer, topic, value, partition=i % partitions, on_delivery=report, timeout=120.0)
     if producer.flush(120) or failed:
         raise StreamgateError(f"could not publish the bench stream: {failed[:1] or 'flush timed out'}")
 
@@ -209,7 +204,7 @@ def run_federated_bench(
                                 updates=f"bench.fed.updates.{phase_tag}", audit=f"bench.fed.audit.{phase_tag}")
             ensure_topics(bootstrap, [topics.snapshots, topics.updates, topics.audit], partitions=1)
             s = settings.model_copy(update={
-                "topics": topics, "kafka_bootstrap": bootstrap, "learner_consumer_group": f"bench-fed-{phase_tag}",
+                "topics": topics, "kafka_bootstrap": bootstrap, "group_prefix": f"bench-fed-{phase_tag}",
                 "learn_federated": name == "federated"})
             phase = _phase(s, name, len(records), hold, say)
             if phase.error:

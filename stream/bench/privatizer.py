@@ -57,8 +57,8 @@ def run_privatizer_bench(
                         frequencies=f"bench.frequencies.{run}")
     pass_out = f"bench.passthrough.{run}"
     settings = settings.model_copy(update={
-        "topics": topics, "privatizer_consumer_group": f"bench-priv-{run}",
-        "redis_key_prefix": f"sgbench-{run}", "ldp_seed": seed,
+        "topics": topics, "group_prefix": f"bench-priv-{run}",
+        "redis_key_prefix": f"sgbench-{run}",
     })
     ensure_topics(bootstrap, [topics.protected, topics.features, topics.frequencies, pass_out], partitions=1)
 
@@ -76,13 +76,13 @@ def run_privatizer_bench(
     say(f"    passthrough (json): {pass_rate:,.0f} events/s")
 
     say("(b) privatizer engine ...")
-    engine = PrivatizerEngine(settings, build_privatizer(settings, allow_seed=True), bootstrap=bootstrap)
+    engine = PrivatizerEngine(settings, build_privatizer(settings, seed=seed), bootstrap=bootstrap)
     stats = engine.run(threading.Event(), max_events=len(protected))
     say(f"    privatizer:         {stats.rate():,.0f} events/s")
 
     # the pure core alone, on a fresh Redis prefix (cold, like the engine run)
     core_settings = settings.model_copy(update={"redis_key_prefix": f"sgbench-{run}-core"})
-    core = build_privatizer(core_settings, allow_seed=True)
+    core = build_privatizer(core_settings, seed=seed)
     now_ms = int(time.time() * 1000)
     records = [ProtectedRecord(v, now_ms) for _k, v in protected]
     with relaxed_gc():  # as the engine runs it

@@ -113,7 +113,7 @@ def run_scale_bench(
     bootstrap = settings.kafka_bootstrap_or_dev()
     run = uuid.uuid4().hex[:8]
     stack = stack_pids(settings)
-    base = settings.model_copy(update={"ldp_seed": seed, "topic_partitions": partitions})
+    base = settings.model_copy(update={"topic_partitions": partitions})
     inputs = {"gateway": f"bench.scale.raw.{run}", "privatizer": f"bench.scale.protected.{run}"}
     ensure_topics(bootstrap, [inputs[w] for w in workers], partitions=partitions)
     counts: dict[str, int] = {}
@@ -136,7 +136,7 @@ def run_scale_bench(
             s = base.model_copy(update={
                 "topics": topics, "redis_key_prefix": f"sgbench-{tag}", "kafka_bootstrap": bootstrap,
                 "redis_url": settings.redis_url_or_dev(),
-                "consumer_group": f"bench-scale-{tag}", "privatizer_consumer_group": f"bench-scale-{tag}",
+                "group_prefix": f"bench-scale-{tag}",
             })
             outs = [topics.protected, topics.dlq] if w == "gateway" else [topics.features, topics.frequencies,
                                                                         topics.partials]

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import sys
-import time
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -133,9 +132,6 @@ def register(cli: click.Group) -> None:
             for line in explain_lines(settings, policy):
                 click.echo(line)
             return
-        if settings.ldp_seed is not None:
-            raise click.ClickException("STREAMGATE_LDP_SEED is for tests and benchmarks only: a privatizer worker "
-                                       "draws its noise from a key out of the OS CSPRNG; unset it")
 
         from stream.kafka import ensure_topics, reachable_bootstrap
 
@@ -154,7 +150,7 @@ def register(cli: click.Group) -> None:
     @click.option("--top", type=int, default=10, show_default=True, help="Values shown per attribute.")
     @click.option("--json", "as_json", is_flag=True, help="Print the (merged) estimate records as JSON lines.")
     @click.option("--idle-timeout", type=float, default=3.0, show_default=True,
-                  help="Without --follow: stop when nothing arrived for this many seconds.")
+                  help="Without --follow: read to the end, then on for this many seconds.")
     def estimates(follow: bool, total: bool, top: int, as_json: bool, idle_timeout: float) -> None:
         """Tail analytics.frequencies as a readable table: per attribute, the latest window
         (merged over privatizer instances) or, with --total, everything read so far."""
@@ -162,14 +158,13 @@ def register(cli: click.Group) -> None:
         from rich.console import Console
         from rich.live import Live
 
-        from stream.kafka import reachable_bootstrap, reader_from_beginning
+        from stream.kafka import TopicReader, reachable_bootstrap
         from stream.ldp.aggregate import merge_records
         from stream.ldp.policy import LdpPolicy
         from stream.schema import load_schema
 
         settings = _settings()
         policy = LdpPolicy.from_schema(load_schema(settings.schema_name), settings.ldp_epsilon)
-        consumer = reader_from_beginning(reachable_bootstrap(settings), settings.topics.frequencies)
         # latest record per (worker, attribute, window)
         seen: dict[tuple[str, str, int], dict[str, Any]] = {}
 
@@ -181,17 +176,16 @@ def register(cli: click.Group) -> None:
             return merge_records(policy, recs)
 
         console = Console()
-        last = time.monotonic()
         live = Live(render_estimates([], top=top), console=console, auto_refresh=False) if follow and not as_json else None
+        # without --follow: to the end of the topic, then on for idle_timeout
+        reader = TopicReader(reachable_bootstrap(settings), settings.topics.frequencies,
+                             mode="tail" if follow else "end", linger=idle_timeout)
         try:
             if live is not None:
                 live.start()
-            while True:
-                msgs = consumer.consume(num_messages=500, timeout=0.5)
+            for msgs in reader.batches():
                 got = False
                 for m in msgs:
-                    if m.error() is not None:
-                        continue
                     try:
                         rec = orjson.loads(m.value() or b"")
                         key = (str(rec.get("worker")), str(rec["attribute"]), int(rec["window"]["start_ms"]))
@@ -199,18 +193,14 @@ def register(cli: click.Group) -> None:
                         continue
                     seen[key] = rec
                     got = True
-                if got:
-                    last = time.monotonic()
-                    if live is not None:
-                        live.update(render_estimates(view(), top=top), refresh=True)
-                elif not follow and time.monotonic() - last > idle_timeout:
-                    break
+                if got and live is not None:
+                    live.update(render_estimates(view(), top=top), refresh=True)
         except KeyboardInterrupt:
             pass
         finally:
             if live is not None:
                 live.stop()
-            consumer.close()
+            reader.close()
         if not seen:
             click.echo("no estimates yet (is the privatizer running? windows close "
                        f"{settings.ldp_window_seconds:g} s + grace after their start)", err=True)

@@ -97,7 +97,7 @@ def register(cli: click.Group) -> None:
 
         Learns the purchase-propensity model online from the privatizer's labelled examples
         (private-example.v1; feature reports are skipped), with progressive validation, ADWIN drift
-        detection and signed snapshots every STREAMGATE_LEARN_SNAPSHOT_EVERY examples / _INTERVAL_SECONDS;
+        detection and signed snapshots every STREAMGATE_LEARN_PUBLISH_EVERY examples / _INTERVAL_SECONDS;
         resumes from its latest snapshot. /healthz, /readyz and /metrics on port 6069.
 
         --federated: run as many learners as you like in one group; each publishes signed local

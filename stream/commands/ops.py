@@ -20,38 +20,38 @@ def ops() -> None:
 @click.option("--once", is_flag=True, help="Read what is there, print one plain snapshot and exit.")
 @click.option("--interval", type=float, default=2.0, show_default=True, help="Refresh period of the live view (s).")
 @click.option("--idle-timeout", type=float, default=2.0, show_default=True,
-              help="With --once: stop reading when nothing arrived for this long, or this long after "
-                   "reaching the end offsets seen at start (s).")
+              help="With --once: read to the end offsets seen at start, then on for this long (s).")
 def watch(once: bool, interval: float, idle_timeout: float) -> None:
     """Live view over ops.metrics, ops.audit and clicks.dlq: rates, lag, DLQ reasons, shreds,
     privacy budget, model metrics."""
     from stream.kafka import reachable_bootstrap
-    from stream.ops.watch import WatchState, assign_new, end_offsets, read_until_idle, watch_consumer
+    from stream.ops.watch import WatchState, feed, watch_reader
 
     settings = _settings()
-    consumer, handlers, missing = watch_consumer(reachable_bootstrap(settings), settings)
+    bootstrap = reachable_bootstrap(settings)
     state = WatchState()
-    try:
-        if once:
-            read_until_idle(consumer, handlers, state, idle=max(0.1, idle_timeout),
-                            deadline=time.monotonic() + 300, ends=end_offsets(consumer))
+    if once:  # to the end offsets seen at start, then on for idle_timeout
+        reader, handlers = watch_reader(bootstrap, settings, mode="end", linger=max(0.0, idle_timeout))
+        with reader:
+            for msgs in reader.batches():
+                feed(state, handlers, msgs)
             click.echo(state.render_plain(), nl=False)
-            if missing:
-                click.echo(f"(topics not found: {', '.join(missing)})")
-            return
-        from rich.live import Live
+            if reader.missing:
+                click.echo(f"(topics not found: {', '.join(reader.missing)})")
+        return
+    from rich.live import Live
 
-        checked = time.monotonic()
-        with Live(state.render_rich(), refresh_per_second=4, screen=False) as live:
-            while True:
-                read_until_idle(consumer, handlers, state, idle=0.2, deadline=time.monotonic() + max(0.2, interval))
-                live.update(state.render_rich())
-                if missing and time.monotonic() - checked > 10:  # topics created after the start
-                    missing, checked = assign_new(consumer, missing), time.monotonic()
+    reader, handlers = watch_reader(bootstrap, settings)  # tail; topics created later are assigned then
+    try:
+        with reader, Live(state.render_rich(), refresh_per_second=4, screen=False) as live:
+            shown = time.monotonic()
+            for msgs in reader.batches():
+                feed(state, handlers, msgs)
+                if time.monotonic() - shown >= max(0.2, interval):
+                    live.update(state.render_rich())
+                    shown = time.monotonic()
     except KeyboardInterrupt:
         pass
-    finally:
-        consumer.close()
 
 
 def register(cli: click.Group) -> None:

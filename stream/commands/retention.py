@@ -63,41 +63,34 @@ def _format(r: dict[str, Any], verified: bool | None = None) -> str:
 
 
 def read_receipts(bootstrap: str, topic: str, *, idle_timeout: float, stop: Any = None) -> Any:
-    """Yield audit receipts (dicts) from the beginning of ``topic`` until idle (or ``stop(r)`` is true)."""
+    """Yield audit receipts (dicts) from the beginning of ``topic`` to its end, then on for
+    ``idle_timeout`` seconds (or until ``stop(r)`` is true)."""
     import orjson
 
-    from stream.kafka import reader_from_beginning
+    from stream.kafka import TopicReader
 
-    consumer = reader_from_beginning(bootstrap, topic)
-    last = time.monotonic()
-    try:
-        while time.monotonic() - last < idle_timeout:
-            for m in consumer.consume(num_messages=500, timeout=0.3):
-                if m.error() is not None:
-                    continue
-                last = time.monotonic()
-                try:
-                    r = orjson.loads(m.value() or b"")
-                except orjson.JSONDecodeError:
-                    continue
-                if isinstance(r, dict):
-                    yield r
-                    if stop is not None and stop(r):
-                        return
-    finally:
-        consumer.close()
+    with TopicReader(bootstrap, topic, linger=idle_timeout) as reader:
+        for m in reader:
+            try:
+                r = orjson.loads(m.value() or b"")
+            except orjson.JSONDecodeError:
+                continue
+            if isinstance(r, dict):
+                yield r
+                if stop is not None and stop(r):
+                    return
 
 
 def _produce_one(bootstrap: str, topic: str, key: bytes, value: bytes) -> None:
     from confluent_kafka import Producer
 
     from stream.errors import StreamgateError
-    from stream.kafka import producer_config
+    from stream.kafka import produce, producer_config
 
     errors: list[str] = []
     producer = Producer(producer_config(bootstrap, **{"client.id": "streamgate-erase"}))
-    producer.produce(topic, key=key, value=value,
-                     on_delivery=lambda err, _m: errors.append(err.str()) if err is not None else None)
+    produce(producer, topic, value, key,
+            on_delivery=lambda err, _m: errors.append(err.str()) if err is not None else None)
     if producer.flush(30) or errors:
         raise StreamgateError(f"the erasure request was not delivered to {topic}"
                               + (f": {errors[0]}" if errors else ""))
@@ -225,7 +218,7 @@ def register(cli: click.Group) -> None:
     @click.option("--all", "show_all", is_flag=True,
                   help="Also show unsigned or forged records, marked UNVERIFIED (JSON: a \"verified\" field is added).")
     @click.option("--idle-timeout", type=float, default=3.0, show_default=True,
-                  help="Stop reading when nothing new arrived for this many seconds.")
+                  help="Read to the end of ops.audit, then on for this many seconds.")
     def audit(user: str | None, subject: str | None, reason: str | None, request_id: str | None,
               since: str | None, until: str | None, max_receipts: int | None, as_json: bool,
               show_all: bool, idle_timeout: float) -> None:

@@ -12,17 +12,16 @@ from __future__ import annotations
 import contextlib
 import logging
 import threading
-import time
 from collections.abc import Callable, Iterable
 from typing import Any
 
 import orjson
-from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, Message, TopicPartition
+from confluent_kafka import Message
 
 from stream.config import Settings, TopicNames
 from stream.console.state import RECEIPT_KINDS, ConsoleState
-from stream.errors import BrokerUnreachableError, StreamgateError
-from stream.kafka import client_config
+from stream.errors import StreamgateError, TopicReadError
+from stream.kafka import TopicReader as KafkaTopicReader
 
 __all__ = ["ALLOWED_TOPIC_FIELDS", "TopicNotAllowedError", "TopicReader", "Verifiers", "check_topics",
            "console_topics"]
@@ -124,7 +123,7 @@ class TopicReader:
         self.error: str | None = None
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
-        self.consumer: Consumer | None = None
+        self.consumer: KafkaTopicReader | None = None
         t = names
         self._handlers: dict[str, Callable[[Message], None]] = {
             t.metrics: self._metrics, t.frequencies: self._frequency, t.audit: self._audit, t.snapshots: self._snapshot,
@@ -132,17 +131,11 @@ class TopicReader:
 
     def start(self) -> TopicReader:
         """Connect and assign (a wrong address fails here, with one line), then read in a thread."""
-        consumer = Consumer(client_config(self.bootstrap, **{
-            "group.id": "streamgate-console", "enable.auto.commit": False, "client.id": "streamgate-console",
-        }))
-        try:
-            consumer.list_topics(timeout=10)
-        except KafkaException as exc:
-            consumer.close()
-            raise BrokerUnreachableError(f"cannot reach Kafka at {self.bootstrap}; check STREAMGATE_KAFKA_BOOTSTRAP",
-                                         bootstrap=self.bootstrap) from exc
-        self.consumer = consumer
-        self.missing = self._assign(console_topics(self.names))
+        topics = console_topics(self.names)
+        check_topics(topics, self.names)  # before anything is assigned
+        self.consumer = KafkaTopicReader(self.bootstrap, topics, mode="tail", missing="wait",
+                                         client_id="streamgate-console", stop=self._stop.is_set, logger=log)
+        self._sync()
         self._thread = threading.Thread(target=self._run, name="streamgate-console-reader", daemon=True)
         self._thread.start()
         return self
@@ -155,54 +148,33 @@ class TopicReader:
         if self.consumer is not None:
             with contextlib.suppress(Exception):
                 if self._thread is None or not self._thread.is_alive():
-                    self.assigned = sorted({tp.topic for tp in self.consumer.assignment()})
+                    self._sync()
                 self.consumer.close()
             self.consumer = None
 
-    def _assign(self, topics: list[str]) -> list[str]:
-        """Assign every partition of ``topics`` that exist (from the beginning); returns the missing ones."""
-        check_topics(topics, self.names)
+    def _sync(self) -> None:
         assert self.consumer is not None
-        try:
-            md = self.consumer.list_topics(timeout=5)
-        except KafkaException:
-            return topics
-        parts, missing = [], []
-        for topic in topics:
-            tmd = md.topics.get(topic)
-            if tmd is None or tmd.error is not None:
-                missing.append(topic)
-            else:
-                parts += [TopicPartition(topic, p, OFFSET_BEGINNING) for p in tmd.partitions]
-        if parts:
-            self.consumer.incremental_assign(parts)
-        self.assigned = sorted({tp.topic for tp in self.consumer.assignment()})
+        self.missing = list(self.consumer.missing)
+        self.assigned = sorted({tp.topic for tp in self.consumer.consumer.assignment()})
         check_topics(self.assigned, self.names)
-        return missing
 
     def _run(self) -> None:
+        try:
+            self._read()
+        except TopicReadError as exc:  # a fatal client error: shown, and the reading ends
+            self.error = "fatal"
+            log.error("console reader stopped", extra={"error": str(exc)[:200]})
+
+    def _read(self) -> None:
         assert self.consumer is not None
-        next_check = time.monotonic() + 2.0
-        while not self._stop.is_set():
-            if self.missing and time.monotonic() >= next_check:
-                self.missing = self._assign(self.missing)
-                next_check = time.monotonic() + 2.0
-            if not self.assigned:
-                self._stop.wait(0.5)
-                continue
-            try:
-                msgs = self.consumer.consume(num_messages=500, timeout=0.5)
-            except KafkaException as exc:
-                self.error = type(exc).__name__
-                self._stop.wait(1.0)
-                continue
+        errors = 0
+        for msgs in self.consumer.batches():  # tail: until stop(); errors logged and counted there
+            if self.missing:
+                self._sync()
+            if self.consumer.errors != errors:
+                errors, self.error = self.consumer.errors, self.consumer.last_error
             changed = False
             for m in msgs:
-                err = m.error()
-                if err is not None:
-                    if err.code() != KafkaError._PARTITION_EOF:
-                        self.error = err.name()
-                    continue
                 handler = self._handlers.get(m.topic() or "")
                 if handler is not None and m.value() is not None:
                     handler(m)

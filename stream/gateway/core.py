@@ -22,12 +22,14 @@ from __future__ import annotations
 import base64
 import contextlib
 import hmac
+import json
+import struct
 import time
 from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import orjson
 
@@ -35,7 +37,11 @@ from stream.crypto.deks import DataKey, DekProvider
 from stream.crypto.fields import decrypt_value, encrypt_value, parse_ciphertext
 from stream.crypto.tokens import Tokenizer
 from stream.errors import DecryptError
+from stream.gateway.framing import VALUE_SCHEMA_ID_HEADER, Resolved, decode_avro
 from stream.schema import EventSchema, Reason, Rejection
+
+if TYPE_CHECKING:
+    from stream.registry import SchemaResolver
 
 __all__ = [
     "DLQ_SCHEMA",
@@ -43,7 +49,11 @@ __all__ = [
     "BatchResult",
     "Gateway",
     "RawRecord",
+    "is_envelope",
+    "lenient_json",
     "unseal_dead_letter",
+    "unseal_dead_letter_meta",
+    "why_not_json",
 ]
 
 DLQ_SCHEMA = "dlq-record.v1"
@@ -60,12 +70,19 @@ class RawRecord(NamedTuple):
     offset: int
     value: bytes | None
     timestamp_ms: int | None = None
+    headers: Sequence[tuple[str, bytes | None]] | None = None
+    key: bytes | None = None
+
+
+Headers = list[tuple[str, bytes | None]]
 
 
 @dataclass(slots=True)
 class BatchResult:
     protected: list[tuple[bytes, bytes]] = field(default_factory=list)  # (key = subject token, value)
     dead_letters: list[bytes] = field(default_factory=list)
+    #: index in ``protected`` -> the input's allow-listed headers (``pass_headers``: trace context)
+    headers: dict[int, Headers] = field(default_factory=dict)
     reasons: Counter[str] = field(default_factory=Counter)
     keys_requested: int = 0
 
@@ -76,6 +93,99 @@ class BatchResult:
 
 def _seal_path(topic: str, partition: int, offset: int) -> str:
     return f"source/{topic}/{partition}/{offset}"
+
+
+_BOM = b"\xef\xbb\xbf"
+_META_SUFFIX = "#meta"
+#: Most bytes of key and headers together a dead letter keeps (sealed) for replay: within the
+#: 4 KiB that stream.apps.engine.dead_letter_bound allows beside the sealed value.
+MAX_META_BYTES = 1024
+_INT64 = 1 << 63
+
+
+class _OutOfRange(ValueError):
+    pass
+
+
+def _strict_float(text: str) -> float:
+    value = float(text)
+    if value in (float("inf"), float("-inf")):
+        raise _OutOfRange(text)
+    return value
+
+
+def _strict_int(text: str) -> int:
+    value = int(text)
+    if not -_INT64 <= value < _INT64 << 1:
+        raise _OutOfRange(text)
+    return value
+
+
+def _no_constants(text: str) -> Any:
+    raise ValueError(text)  # NaN / Infinity are not JSON
+
+
+def why_not_json(payload: bytes) -> Rejection:
+    """orjson refused ``payload``: not UTF-8, valid JSON with a number out of range, or not JSON."""
+    try:
+        text = payload.decode("utf-8")
+    except UnicodeDecodeError:
+        return Rejection(Reason.NOT_UTF8)
+    try:
+        json.loads(text, parse_float=_strict_float, parse_int=_strict_int, parse_constant=_no_constants)
+    except _OutOfRange:
+        return Rejection(Reason.NUMBER_OUT_OF_RANGE)
+    except (ValueError, RecursionError):
+        pass
+    return Rejection(Reason.NOT_JSON)
+
+
+def lenient_json(payload: bytes) -> Any:
+    """``payload`` parsed as far as possible (BOM skipped, out-of-range numbers kept): for naming
+    the person of a rejected record, never for passing it."""
+    if payload.startswith(_BOM):
+        payload = payload[3:]
+    try:
+        return orjson.loads(payload)
+    except orjson.JSONDecodeError:
+        pass
+    try:
+        return json.loads(payload.decode("utf-8"), parse_constant=lambda _: None)
+    except (ValueError, RecursionError):
+        return None
+
+
+def is_envelope(doc: Any) -> bool:
+    """A Kafka Connect JsonConverter envelope (``schemas.enable=true``): ``{"schema": .., "payload": ..}``."""
+    return type(doc) is dict and len(doc) == 2 and "payload" in doc and "schema" in doc
+
+
+@dataclass(frozen=True, slots=True)
+class _Plan:
+    """What protecting an event of one schema version takes (the base schema's, or a registered one's)."""
+
+    schema: EventSchema
+    is_valid: Callable[[Any], bool]
+    other_tokens: tuple[tuple[str, str], ...]
+    encrypt_fields: tuple[str, ...]
+    pads: dict[str, tuple[int, ...] | None]
+    drop_fields: tuple[str, ...]
+    int_fields: tuple[str, ...]
+
+    @classmethod
+    def of(cls, schema: EventSchema) -> _Plan:
+        props = schema.document.get("properties", {})
+        encrypt = tuple(schema.fields_with("encrypt"))
+        return cls(
+            schema=schema,
+            is_valid=schema.is_valid,
+            other_tokens=tuple((p.name, p.token_domain or p.name) for p in schema.fields.values()
+                               if p.policy == "token" and p.name != schema.subject_field),
+            encrypt_fields=encrypt,
+            pads={n: schema.fields[n].pad for n in encrypt},
+            drop_fields=tuple(schema.fields_with("drop")),
+            int_fields=tuple(n for n, spec in props.items() if spec.get("type") == "integer"),
+        )
 
 
 class Gateway:
@@ -90,6 +200,8 @@ class Gateway:
         max_event_bytes: int = 64 * 1024,
         clock: Callable[[], float] = time.time,
         digest_key: bytes | None = None,
+        resolver: SchemaResolver | None = None,
+        pass_headers: frozenset[str] = frozenset(),
     ) -> None:
         self.schema = schema
         self.schema_id = schema.name
@@ -102,33 +214,102 @@ class Gateway:
         self._subject_domain = schema.subject_domain
         subject_spec = schema.document.get("properties", {}).get(self.subject_field, {})
         self._subject_max_len = int(subject_spec.get("maxLength", 128))
-        self._other_tokens = tuple(
-            (p.name, p.token_domain or p.name)
-            for p in schema.fields.values()
-            if p.policy == "token" and p.name != self.subject_field
-        )
+        self._plan = _Plan.of(schema)
         self._is_valid = schema.is_valid
-        self._encrypt_fields = tuple(schema.fields_with("encrypt"))
-        self._pads = {n: schema.fields[n].pad for n in self._encrypt_fields}
-        self._drop_fields = tuple(schema.fields_with("drop"))
+        #: Schema Registry framing (magic byte 0/1, ``__value_schema_id``); None = plain JSON only
+        self.resolver = resolver
+        self._plans: dict[int, _Plan] = {}  # id(Resolved) -> its plan
+        self.pass_headers = frozenset(h.lower() for h in pass_headers)
 
     # -- decoding and validation -------------------------------------------------
-    def decode(self, value: bytes | None) -> dict[str, Any] | Rejection:
+    def decode(self, value: bytes | None, headers: Sequence[tuple[str, bytes | None]] | None = None,
+               ) -> dict[str, Any] | Rejection:
+        got = self._decode(value, headers)
+        return got if isinstance(got, Rejection) else got[0]
+
+    def _frame(self, value: bytes, headers: Sequence[tuple[str, bytes | None]] | None,
+               ) -> tuple[Resolved | Rejection, bytes] | None:
+        """The registered version a framed record names, and its payload; None if not framed."""
+        resolver = self.resolver
+        if resolver is None:
+            return None
+        if headers:
+            for k, h in headers:
+                if k == VALUE_SCHEMA_ID_HEADER:
+                    return self._resolve_id(resolver, h or b""), value
+        magic = value[0]
+        if magic > 1:
+            return None
+        head = 5 if magic == 0 else 17
+        if len(value) < head:
+            return Rejection(Reason.BAD_FRAMING), b""
+        return self._resolve_id(resolver, value[:head]), value[head:]
+
+    @staticmethod
+    def _resolve_id(resolver: SchemaResolver, frame: bytes) -> Resolved | Rejection:
+        if len(frame) == 5 and frame[0] == 0:
+            return resolver.by_id(struct.unpack_from(">I", frame, 1)[0])
+        if len(frame) == 17 and frame[0] == 1:
+            return resolver.by_guid(frame[1:])
+        return Rejection(Reason.BAD_FRAMING)
+
+    def _plan_of(self, resolved: Resolved) -> _Plan:
+        plan = self._plans.get(id(resolved))
+        if plan is None:
+            assert resolved.schema is not None
+            plan = self._plans[id(resolved)] = _Plan.of(resolved.schema)
+        return plan
+
+    @staticmethod
+    def _integers(event: dict[str, Any], plan: _Plan) -> tuple[dict[str, Any], _Plan] | Rejection:
+        """1e2 is an integer to JSON Schema: it leaves as 100, not 100.0; beyond int64 it is refused."""
+        for name in plan.int_fields:
+            v = event.get(name)
+            if type(v) is float:
+                if not -_INT64 <= v < _INT64:
+                    return Rejection(Reason.NUMBER_OUT_OF_RANGE, path=name)
+                event[name] = int(v)
+        return event, plan
+
+    def _decode(self, value: bytes | None, headers: Sequence[tuple[str, bytes | None]] | None = None,
+                ) -> tuple[dict[str, Any], _Plan] | Rejection:
         if value is None or len(value) == 0:
             return Rejection(Reason.EMPTY)
         if len(value) > self.max_event_bytes:
             return Rejection(Reason.TOO_LARGE)
-        try:
-            event = orjson.loads(value)
-        except orjson.JSONDecodeError:
+        plan = self._plan
+        framed = self._frame(value, headers) if self.resolver is not None and (headers or value[0] <= 1) else None
+        if framed is None:
+            payload = value
+            avro = None
+        else:
+            resolved, payload = framed
+            if isinstance(resolved, Rejection):
+                return resolved
+            if resolved.refusal is not None:
+                return resolved.refusal
+            plan = self._plan_of(resolved)
+            avro = resolved if resolved.kind == "AVRO" else None
+        if avro is not None:
             try:
-                value.decode("utf-8")
-            except UnicodeDecodeError:
-                return Rejection(Reason.NOT_UTF8)
-            return Rejection(Reason.NOT_JSON)
-        if self._is_valid(event):  # the hot path: the compiled predicate
-            return event
-        rejection = self.schema.check(event)  # explains the failure (reason, path, rule)
+                event = decode_avro(avro, payload)
+            except Exception:  # truncated or foreign bytes: fastavro raises EOFError, ValueError, ...
+                return Rejection(Reason.BAD_FRAMING, rule="avro")
+        else:
+            try:
+                event = orjson.loads(payload)
+            except orjson.JSONDecodeError:
+                return why_not_json(payload)
+        if plan.is_valid(event):  # the hot path: the compiled predicate
+            for name in plan.int_fields:
+                if type(event.get(name)) is float:
+                    return self._integers(event, plan)
+            return event, plan
+        if is_envelope(event):  # Kafka Connect JsonConverter: the payload is the event
+            event = event["payload"]
+            if plan.is_valid(event):
+                return self._integers(event, plan)
+        rejection = plan.schema.check(event)  # explains the failure (reason, path, rule)
         # The two engines agree (tests/test_schema.py); should they not, the event is still refused.
         return rejection if rejection is not None else Rejection(Reason.SCHEMA_VIOLATION)
 
@@ -145,24 +326,27 @@ class Gateway:
     def _process(self, records: Sequence[RawRecord]) -> BatchResult:
         now = self.clock()
         epoch = self.deks.epoch_of(now)
-        decode = self.decode
-        decoded = [decode(rec.value) for rec in records]
-        events = [d for d in decoded if not isinstance(d, Rejection)]
+        decode = self._decode
+        decoded = [decode(rec.value, rec.headers) for rec in records]
+        accepted = [d for d in decoded if not isinstance(d, Rejection)]
+        events = [e for e, _ in accepted]
         any_rejects = len(events) != len(decoded)
 
         # Tokens per batch, memoized: the same people and sessions recur within and across batches.
         tokenize = self.tokenizer.tokens
         expire_at = self.deks.expire_at(epoch)  # person tokens (tk2) live as long as the batch's keys
         subjects = tokenize(self._subject_domain, [e[self.subject_field] for e in events], expire_at=expire_at)
-        for name, domain in self._other_tokens:
-            present = [e for e in events if name in e]
-            for e, tok in zip(present, tokenize(domain, [e[name] for e in present]), strict=True):
-                e[name] = tok
+        plans = {id(p): p for _, p in accepted}
+        for plan in plans.values():
+            mine = events if len(plans) == 1 else [e for e, p in accepted if p is plan]
+            for name, domain in plan.other_tokens:
+                present = [e for e in mine if name in e]
+                for e, tok in zip(present, tokenize(domain, [e[name] for e in present]), strict=True):
+                    e[name] = tok
         need_key: set[str] = set()
-        enc_fields = self._encrypt_fields
-        for e, subject in zip(events, subjects, strict=True):
+        for (e, plan), subject in zip(accepted, subjects, strict=True):
             e[self.subject_field] = subject
-            for f in enc_fields:
+            for f in plan.encrypt_fields:
                 if e.get(f) is not None:
                     need_key.add(subject)
                     break
@@ -171,7 +355,7 @@ class Gateway:
             # a rejected record that still names a person is sealed under that person's key
             owners = [(i, uid) for i, (rec, d) in enumerate(zip(records, decoded, strict=True))
                       if isinstance(d, Rejection) and d.reason is not Reason.TOO_LARGE
-                      and (uid := self._parse_subject(rec.value)) is not None]
+                      and (uid := self._parse_subject(rec.value, rec.headers)) is not None]
             if owners:
                 toks = tokenize(self._subject_domain, [uid for _, uid in owners], expire_at=expire_at)
                 rejected_subjects = {i: tok for (i, _), tok in zip(owners, toks, strict=True)}
@@ -183,8 +367,10 @@ class Gateway:
         result = BatchResult(keys_requested=len(need_key))
         protect, dumps = self._protect, orjson.dumps
         protected = result.protected
-        for e, subject in zip(events, subjects, strict=True):
-            protected.append((subject.encode(), dumps(protect(e, keys.get(subject)))))
+        for (e, plan), subject in zip(accepted, subjects, strict=True):
+            protected.append((subject.encode(), dumps(protect(e, keys.get(subject), plan))))
+        if self.pass_headers:
+            self._carry_headers(records, decoded, result)
         if any_rejects:
             rejected_at = datetime.fromtimestamp(now, UTC).isoformat().replace("+00:00", "Z")
             for i, (rec, d) in enumerate(zip(records, decoded, strict=True)):
@@ -194,27 +380,55 @@ class Gateway:
                     result.reasons[d.reason.value] += 1
         return result
 
-    def _parse_subject(self, value: bytes | None) -> str | None:
-        """The subject (user_id) of a rejected record, if it names one the schema could accept."""
-        try:
-            doc = orjson.loads(value or b"")
-        except orjson.JSONDecodeError:
+    def _carry_headers(self, records: Sequence[RawRecord], decoded: list[Any], result: BatchResult) -> None:
+        allowed, j = self.pass_headers, 0
+        for rec, d in zip(records, decoded, strict=True):
+            if isinstance(d, Rejection):
+                continue
+            if rec.headers:
+                kept = [(k, v) for k, v in rec.headers if k.lower() in allowed]
+                if kept:
+                    result.headers[j] = kept
+            j += 1
+
+    def _parse_subject(self, value: bytes | None, headers: Sequence[tuple[str, bytes | None]] | None = None,
+                       ) -> str | None:
+        """The subject (user_id) of a rejected record, if it names one the schema could accept:
+        parsed as far as it goes (Schema Registry frames, Connect envelopes, a BOM, numbers out of range)."""
+        if not value:
             return None
+        doc: Any = None
+        try:
+            framed = self._frame(value, headers)
+        except Exception:  # the registry is down: the batch is held anyway
+            framed = None
+        if framed is not None:
+            resolved, payload = framed
+            if isinstance(resolved, Resolved) and resolved.avro is not None:
+                with contextlib.suppress(Exception):
+                    doc = decode_avro(resolved, payload)
+            else:
+                doc = lenient_json(payload)
+        else:
+            doc = lenient_json(value)
+        if is_envelope(doc):
+            doc = doc["payload"]
         uid = doc.get(self.subject_field) if isinstance(doc, dict) else None
         if type(uid) is not str or not 0 < len(uid) <= self._subject_max_len:
             return None
         return uid
 
-    def _protect(self, event: dict[str, Any], key: DataKey | None) -> dict[str, Any]:
+    def _protect(self, event: dict[str, Any], key: DataKey | None, plan: _Plan | None = None) -> dict[str, Any]:
         """Tokens are already in place (see process); encrypt and drop. Returns the protected dict."""
+        plan = plan or self._plan
         out: dict[str, Any] = {"_schema": self.schema_id, **event}
-        schema_id, pads = self.schema_id, self._pads
-        for name in self._encrypt_fields:
+        schema_id, pads = self.schema_id, plan.pads
+        for name in plan.encrypt_fields:
             value = out.get(name)
             if value is not None:
                 assert key is not None
                 out[name] = encrypt_value(key, value, schema_id=schema_id, field_path=name, pad=pads[name])
-        for name in self._drop_fields:
+        for name in plan.drop_fields:
             out.pop(name, None)
         return out
 
@@ -250,9 +464,27 @@ class Gateway:
         if sealed is not None:
             assert key is not None
             record["sealed_for"] = key.subject
+            meta = self._meta(rec)
+            if meta is not None:  # what `dlq replay` needs to re-publish the record as it came
+                record["sealed_meta"] = encrypt_value(key, meta, schema_id=DLQ_SCHEMA,
+                                                      field_path=_seal_path(rec.topic, rec.partition, rec.offset)
+                                                      + _META_SUFFIX)
         if digest is not None:
             record["digest"] = digest
         return orjson.dumps(record)
+
+    @staticmethod
+    def _meta(rec: RawRecord) -> str | None:
+        """The record's key and headers (JSON, bytes base64'd) when it had any that fit the bound."""
+        b64 = base64.b64encode
+        key = rec.key if rec.key is not None and len(rec.key) <= MAX_META_BYTES else None
+        room = MAX_META_BYTES - len(key or b"")
+        headers: list[tuple[str, str | None]] = []
+        if rec.headers and sum(len(k) + len(v or b"") for k, v in rec.headers) <= room:
+            headers = [(k, None if v is None else b64(v).decode()) for k, v in rec.headers]
+        if key is None and not headers:
+            return None
+        return orjson.dumps({"k": None if key is None else b64(key).decode(), "h": headers}).decode()
 
     def digest(self, value: bytes) -> str:
         """A keyed digest of ``value`` (HMAC-SHA256 under the ``dlq-digest`` purpose key): it
@@ -301,3 +533,22 @@ def unseal_dead_letter(record: dict[str, Any], deks: DekProvider) -> bytes | Non
         key, sealed, schema_id=DLQ_SCHEMA, field_path=_seal_path(src["topic"], src["partition"], src["offset"])
     )
     return base64.b64decode(b64)
+
+
+def unseal_dead_letter_meta(record: dict[str, Any], deks: DekProvider) -> tuple[bytes | None, Headers]:
+    """The original key and headers of a DLQ record (``sealed_meta``; none in records written
+    before it). Same keys and errors as :func:`unseal_dead_letter`."""
+    sealed = record.get("sealed_meta")
+    if sealed is None:
+        return None, []
+    owner = record.get("sealed_for", QUARANTINE_SUBJECT)
+    if type(owner) is not str:
+        raise DecryptError()
+    header = parse_ciphertext(sealed)
+    key = deks.key_for_decrypt(owner, header.epoch, header.key_id)
+    src = record["source"]
+    path = _seal_path(src["topic"], src["partition"], src["offset"]) + _META_SUFFIX
+    meta = orjson.loads(decrypt_value(key, sealed, schema_id=DLQ_SCHEMA, field_path=path))
+    k = meta.get("k")
+    headers: Headers = [(str(n), None if v is None else base64.b64decode(v)) for n, v in meta.get("h", [])]
+    return (None if k is None else base64.b64decode(k)), headers

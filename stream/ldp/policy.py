@@ -129,6 +129,10 @@ class LdpAttribute:
         return {"m": self.numeric.name, "eps": self.epsilon_1, "lo": self.lo, "hi": self.hi}
 
 
+#: The bucket of an open domain's values outside its listed ones (``x-privacy.open``).
+OTHER_VALUE = "_other"
+
+
 def _domain(name: str, spec: Mapping[str, Any], opts: Mapping[str, Any]) -> tuple[list[str], str | None]:
     raw = opts.get("domain", spec.get("enum"))
     if not isinstance(raw, list) or not raw or not all(isinstance(v, str) for v in raw):
@@ -136,6 +140,8 @@ def _domain(name: str, spec: Mapping[str, Any], opts: Mapping[str, Any]) -> tupl
     if len(set(raw)) != len(raw) or NONE_VALUE in raw:
         raise SchemaPolicyError(f"ldp property {name!r}: domain values must be unique and not {NONE_VALUE!r}")
     ood = opts.get("out_of_domain")
+    if opts.get("open") is True:  # an open domain (a catalog): values outside it count as OTHER_VALUE
+        raw, ood = [*raw, OTHER_VALUE] if OTHER_VALUE not in raw else list(raw), OTHER_VALUE
     if ood is not None and ood not in raw:
         raise SchemaPolicyError(f"ldp property {name!r}: out_of_domain must be one of its domain values")
     return list(raw), ood

@@ -45,6 +45,10 @@ name                                                  type       labels (besides
 ``streamgate_dependency_up``                          gauge      ``dependency``           last readiness check of ``broker`` / ``redis``
                                                                                           / ``kek`` (1 up, 0 down)
 ``streamgate_metrics_snapshots_total``                counter                             snapshots published to ``ops.metrics``
+``streamgate_kafka_client_events_total``              counter    ``event``                failure paths of :mod:`stream.kafka` in this process:
+                                                                                          ``read_errors`` (consumer errors a topic reader
+                                                                                          skipped), ``produce_queue_full`` (records that met
+                                                                                          a full producer queue), ``produce_gave_up``
 ====================================================  =========  =======================  ==============================================
 
 The ``ops.metrics`` snapshot also carries ``ldp_person_epsilon`` (privatizer only, no Prometheus
@@ -79,6 +83,8 @@ from prometheus_client.utils import floatToGoString
 
 from stream import __version__
 from stream.apps.registry import WORKERS as _REGISTRY
+from stream.kafka import COUNTERS as KAFKA_COUNTERS
+from stream.kafka import KAFKA_EVENTS
 from stream.schema import Reason
 
 __all__ = [
@@ -153,6 +159,8 @@ SERIES: tuple[SeriesSpec, ...] = (
     _s("streamgate_ready", "gauge", (), "1 when the worker was last found ready."),
     _s("streamgate_dependency_up", "gauge", ("dependency",), "Last readiness check of a dependency (1 up)."),
     _s("streamgate_metrics_snapshots_total", "counter", (), "Snapshots published to the ops.metrics topic."),
+    _s("streamgate_kafka_client_events_total", "counter", ("event",),
+       "Failure paths of the topic reader and the produce helper (stream.kafka), by event."),
 )
 
 
@@ -496,6 +504,8 @@ class WorkerMetrics:
             for dep, up in sorted(self.deps.items()):
                 add("streamgate_dependency_up", [dep], up)
             add("streamgate_metrics_snapshots_total", [], self.snapshots_published)
+        for event in KAFKA_EVENTS:  # process-wide tallies of stream.kafka
+            add("streamgate_kafka_client_events_total", [event], KAFKA_COUNTERS[event])
         return list(f.values())
 
 

@@ -1,7 +1,7 @@
 """``streamgate ops watch``: what the on-call engineer looks at.
 
-Reads three topics from their beginning with one plain consumer (no group, nothing
-committed): ``ops.metrics`` (latest snapshot per worker), ``ops.audit`` (receipts
+Reads three topics from their beginning with one :class:`stream.kafka.TopicReader` (no group,
+nothing committed): ``ops.metrics`` (latest snapshot per worker), ``ops.audit`` (receipts
 counted by ``kind`` and ``reason``) and ``clicks.dlq`` (dead letters counted by
 ``reason``). :class:`WatchState` is the pure part (ingest records, render); the
 functions below do the Kafka reading.
@@ -17,6 +17,7 @@ was taken (:meth:`stream.ops.worker.OpsHandle.status`).
 
 from __future__ import annotations
 
+import logging
 import re
 import time
 from collections import Counter
@@ -26,14 +27,15 @@ from datetime import UTC, datetime
 from typing import Any
 
 import orjson
-from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaException, TopicPartition
+from confluent_kafka import Message
 
 from stream.config import Settings
-from stream.errors import BrokerUnreachableError
-from stream.kafka import client_config
+from stream.kafka import ReadMode, TopicReader
 from stream.ops.live import RateWindow, examples_learned, in_unit, liveness, not_live_reason, out_parts
 
-__all__ = ["WatchState", "assign_new", "end_offsets", "read_until_idle", "safe_reason", "watch_consumer"]
+__all__ = ["WatchState", "feed", "safe_reason", "watch_reader"]
+
+log = logging.getLogger("streamgate.ops.watch")
 
 _NAME = re.compile(r"[a-z0-9_.-]{1,64}")
 _TOKENISH = re.compile(r"tk\d+_")
@@ -356,94 +358,26 @@ class WatchState:
         return Group(*parts)
 
 
-def watch_consumer(bootstrap: str, settings: Settings) -> tuple[Consumer, dict[str, Callable[[WatchState, bytes | None], None]], list[str]]:
-    """A consumer assigned every partition of the three topics from their beginning; the ingest
-    function per topic; the topics that do not exist (shown as empty)."""
+def watch_reader(bootstrap: str, settings: Settings, *, mode: ReadMode = "tail", linger: float = 0.0,
+                 stop: Callable[[], bool] | None = None) -> tuple[TopicReader, dict[str, Callable[[WatchState, bytes | None], None]]]:
+    """A reader of the three topics from their beginning (topics that do not exist yet are shown as
+    empty and assigned once they do) and the ingest function per topic."""
     t = settings.topics
     handlers: dict[str, Callable[[WatchState, bytes | None], None]] = {
         t.metrics: WatchState.add_metrics, t.dlq: WatchState.add_dlq, t.audit: WatchState.add_audit,
     }
-    consumer = Consumer(client_config(bootstrap, **{"group.id": "streamgate-ops-watch", "enable.auto.commit": False,
-                                                     "client.id": "streamgate-ops-watch"}))
-    try:
-        md = consumer.list_topics(timeout=10)
-    except KafkaException as exc:
-        consumer.close()
-        raise BrokerUnreachableError(f"cannot reach Kafka at {bootstrap}; check STREAMGATE_KAFKA_BOOTSTRAP",
-                                     bootstrap=bootstrap) from exc
-    assignment, missing = [], []
-    for topic in handlers:
-        tmd = md.topics.get(topic)
-        if tmd is None or tmd.error is not None:
-            missing.append(topic)
-            continue
-        assignment += [TopicPartition(topic, p, OFFSET_BEGINNING) for p in tmd.partitions]
-    if assignment:
-        consumer.assign(assignment)
-    return consumer, handlers, missing
+    reader = TopicReader(bootstrap, list(handlers), mode=mode, linger=linger, missing="wait", batch=1000,
+                         poll_timeout=0.2, client_id="streamgate-ops-watch", stop=stop, logger=log)
+    return reader, handlers
 
 
-def assign_new(consumer: Consumer, missing: list[str]) -> list[str]:
-    """Add the partitions of topics that did not exist before and do now (from their beginning);
-    returns the topics still missing."""
-    try:
-        md = consumer.list_topics(timeout=5)
-    except KafkaException:
-        return missing
-    found, still = [], []
-    for topic in missing:
-        tmd = md.topics.get(topic)
-        if tmd is None or tmd.error is not None:
-            still.append(topic)
-        else:
-            found += [TopicPartition(topic, p, OFFSET_BEGINNING) for p in tmd.partitions]
-    if found:
-        consumer.incremental_assign(found)
-    return still
-
-
-def end_offsets(consumer: Consumer) -> dict[tuple[str, int], int]:
-    """High watermark of every assigned partition, now (what ``--once`` must at least read)."""
-    ends: dict[tuple[str, int], int] = {}
-    for tp in consumer.assignment():
-        try:
-            _low, high = consumer.get_watermark_offsets(tp, timeout=5)
-        except KafkaException:
-            continue
-        ends[(tp.topic, tp.partition)] = high
-    return ends
-
-
-def read_until_idle(consumer: Consumer, handlers: dict[str, Callable[[WatchState, bytes | None], None]],
-                    state: WatchState, *, idle: float, deadline: float | None = None,
-                    ends: dict[tuple[str, int], int] | None = None) -> int:
-    """Feed records into ``state`` until nothing arrived for ``idle`` seconds, or ``deadline`` (a
-    monotonic time) passed. With ``ends`` (from :func:`end_offsets`): also stop ``idle`` seconds
-    after every partition was read up to its end offset, so topics that never go quiet (the
-    workers publish snapshots on a cadence) still end the read. Returns how many records were read."""
-    n, last = 0, time.monotonic()
-    pending = {k: v for k, v in (ends or {}).items() if v > 0}
-    caught_up_at: float | None = time.monotonic() if ends is not None and not pending else None
-    while True:
-        now = time.monotonic()
-        if now - last >= idle or (deadline is not None and now >= deadline):
-            return n
-        if caught_up_at is not None and now - caught_up_at >= idle:
-            return n
-        if not consumer.assignment():
-            time.sleep(min(0.2, idle))
-            continue
-        for m in consumer.consume(num_messages=1000, timeout=min(0.2, idle)):
-            if m.error() is not None:
-                continue
-            topic = m.topic() or ""
-            handler = handlers.get(topic)
-            if handler is not None:
-                handler(state, m.value())
-                n += 1
-                last = time.monotonic()
-            key = (topic, m.partition() or 0)
-            if key in pending and (m.offset() or 0) + 1 >= pending[key]:
-                del pending[key]
-                if not pending and caught_up_at is None:
-                    caught_up_at = time.monotonic()
+def feed(state: WatchState, handlers: dict[str, Callable[[WatchState, bytes | None], None]],
+         msgs: list[Message]) -> int:
+    """Fold a batch of records into ``state``; returns how many were ingested."""
+    n = 0
+    for m in msgs:
+        handler = handlers.get(m.topic() or "")
+        if handler is not None:
+            handler(state, m.value())
+            n += 1
+    return n

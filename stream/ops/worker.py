@@ -50,7 +50,8 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from stream.apps.registry import WORKERS
 from stream.config import Settings
-from stream.kafka import client_config
+from stream.errors import ProduceTimeoutError
+from stream.kafka import client_config, produce
 from stream.ops.metrics import WorkerMetrics
 from stream.ops.watch import safe_reason
 
@@ -307,10 +308,11 @@ class OpsService(Service):
             record = snapshot_record(h.metrics, h.worker, status, interval=h.settings.metrics_interval_seconds,
                                      stopping=stopping, details=details)
         try:
-            producer.produce(h.settings.topics.metrics, key=h.worker.encode(), value=orjson.dumps(record),
-                             on_delivery=self._delivered)
+            produce(producer, h.settings.topics.metrics, orjson.dumps(record), h.worker.encode(),
+                    on_delivery=self._delivered, timeout=min(5.0, h.settings.metrics_interval_seconds),
+                    stop=self._stop.is_set)
             producer.poll(0)
-        except (KafkaException, BufferError) as exc:
+        except (KafkaException, ProduceTimeoutError) as exc:
             log.warning("metrics snapshot not published", extra={"error": type(exc).__name__})
 
     def _delivered(self, err: Any, _msg: Any) -> None:

@@ -12,7 +12,8 @@ gateway     data keys and the deadline index (create, read), pseudonym secrets, 
 privatizer  LDP memos and their deadline index, ε ledgers, the key-store marker; subscribes
 shredder    what it destroys (data keys, memos, old budgets, pseudonym secrets and index, erased
             markers), the deadline index and its outbox, erasure records and their floor; publishes
-reader      data keys, read only (``GET``/``MGET``), and the key-store marker; subscribes
+reader      data keys, read only (``GET``/``MGET``), the key-store marker and ``dlq replay``'s claims
+            (``<prefix>:replayed:*``); subscribes
 learner     no user: it does not use Redis
 ==========  ==========================================================================================
 
@@ -63,8 +64,8 @@ _SPEC: dict[str, tuple[tuple[tuple[str, str], ...], tuple[str, ...], bool]] = {
         True,
     ),
     "reader": (
-        (("R", "dek:*"), ("RW", "keystore*")),
-        ("+get", "+mget", "+set", *_SUB),  # SET: only the key-store marker (its pattern is the only %W)
+        (("R", "dek:*"), ("RW", "keystore*"), ("RW", "replayed:*")),
+        ("+get", "+mget", "+set", "+del", *_SUB),  # writes: the key-store marker, `dlq replay`'s claims
         False,
     ),
 }

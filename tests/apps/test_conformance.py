@@ -123,7 +123,7 @@ def _shredder_out(s: Settings, engines: list[StreamEngine]) -> Counter[str]:
 
 
 def _make_privatizer(s: Settings) -> StreamEngine:
-    return PrivatizerEngine(s, build_privatizer(s), grace_seconds=0.5, idle_seconds=1.0)
+    return PrivatizerEngine(s, build_privatizer(s, seed=3), grace_seconds=0.5, idle_seconds=1.0)
 
 
 HARNESSES = {
@@ -136,11 +136,10 @@ HARNESSES = {
 
 def _settings(settings_factory: Any, unique_id: str, **kw: Any) -> Settings:
     values: dict[str, Any] = dict(
-        batch_max_events=200, retry_backoff_seconds=0.2, retry_backoff_max_seconds=1.0, ldp_seed=3,
-        ldp_person_epsilon=1000.0, ldp_window_seconds=2.0, learn_snapshot_every=300,
-        learn_snapshot_interval_seconds=2.0, shredder_interval_seconds=1.0,
-        learner_consumer_group=f"sgl-{unique_id}", privatizer_consumer_group=f"sgp-{unique_id}",
-        shredder_consumer_group=f"sgs-{unique_id}", stall_seconds=5.0,
+        batch_max_events=200, retry_backoff_seconds=0.2, retry_backoff_max_seconds=1.0,
+        ldp_person_epsilon=1000.0, ldp_window_seconds=2.0, learn_publish_every=300,
+        learn_publish_interval_seconds=2.0, shredder_interval_seconds=1.0,
+        group_prefix=f"sgc-{unique_id}", stall_seconds=5.0,
     )
     values.update(kw)
     s: Settings = settings_factory(**values)

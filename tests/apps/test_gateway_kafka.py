@@ -55,7 +55,7 @@ def run(request, kafka_bootstrap, redis_url, tmp_path_factory):
     settings = Settings(
         kafka_bootstrap=kafka_bootstrap, redis_url=url, redis_cluster=cluster, topics=topics,
         redis_key_prefix=f"sgtest-{suffix}", master_key=base64.b64encode(os.urandom(32)).decode(),
-        consumer_group=f"gw-{suffix}", state_dir=tmp_path_factory.mktemp("state"), batch_max_events=500,
+        group_prefix=f"gw-{suffix}", state_dir=tmp_path_factory.mktemp("state"), batch_max_events=500,
     )
     ensure_topics(kafka_bootstrap, [topics.raw, topics.protected, topics.dlq], partitions=3)
     rng = random.Random(5)

@@ -59,8 +59,8 @@ class CrashableLearner(LearnerEngine):
 
 
 def _settings(settings_factory: Any, unique_id: str, *, partitions: int = 2, **kw: Any) -> Settings:
-    values: dict[str, Any] = {"learner_consumer_group": f"sglearn-{unique_id}", "learn_snapshot_every": 1000,
-                              "learn_snapshot_interval_seconds": 600.0, "ldp_epsilon": 4.0}
+    values: dict[str, Any] = {"group_prefix": f"sglearn-{unique_id}", "learn_publish_every": 1000,
+                              "learn_publish_interval_seconds": 600.0, "ldp_epsilon": 4.0}
     values.update(kw)
     s: Settings = settings_factory(**values)
     t = s.topics
@@ -90,7 +90,7 @@ def _committed(settings: Settings) -> int:
 
 def test_learns_skips_counts_and_commits_only_what_a_snapshot_covers(settings_factory, unique_id,
                                                                       caplog: pytest.LogCaptureFixture) -> None:
-    settings = _settings(settings_factory, unique_id, learn_snapshot_every=5000)
+    settings = _settings(settings_factory, unique_id, learn_publish_every=5000)
     n = 12_000
     batch = make_examples(n, seed=11)
     records = list(batch.records)
@@ -211,7 +211,7 @@ def test_drift_writes_one_valid_audit_record(settings_factory, unique_id) -> Non
     a detection 48-80 examples after the flip in 10 of 10; an earlier one before the flip in 2).
     One partition: the examples are learned in the order they were generated (with two, the
     interleaving varies from run to run)."""
-    settings = _settings(settings_factory, unique_id, partitions=1, learn_snapshot_every=5000)
+    settings = _settings(settings_factory, unique_id, partitions=1, learn_publish_every=5000)
     batch = make_examples(4000, seed=21, flip_after=2000)
     publish(settings.kafka_bootstrap_or_dev(), settings.topics.features, batch.records)
     engine = LearnerEngine(settings)

@@ -31,8 +31,8 @@ N = 4000
 
 
 @contextmanager
-def running_privatizer(settings: Settings) -> Iterator[PrivatizerEngine]:
-    engine = PrivatizerEngine(settings, build_privatizer(settings), grace_seconds=0.5, idle_seconds=1.0)
+def running_privatizer(settings: Settings, seed: int | None = None) -> Iterator[PrivatizerEngine]:
+    engine = PrivatizerEngine(settings, build_privatizer(settings, seed=seed), grace_seconds=0.5, idle_seconds=1.0)
     with running_in_thread(engine, "privatizer") as running:
         yield running
 
@@ -47,14 +47,14 @@ def _protect_and_publish(settings: Settings, events: list[dict]) -> list[tuple[b
 
 @pytest.mark.parametrize("redis_backend", ["single", "cluster"])  # memo script and ledger per slot
 def test_privatizer_end_to_end(settings_factory, redis_client: redis.Redis) -> None:
-    settings = settings_factory(ldp_epsilon=2.0, ldp_person_epsilon=1000.0, ldp_window_seconds=2.0, ldp_seed=1)
+    settings = settings_factory(ldp_epsilon=2.0, ldp_person_epsilon=1000.0, ldp_window_seconds=2.0)
     t = settings.topics
     bootstrap = settings.kafka_bootstrap_or_dev()
     ensure_topics(bootstrap, [t.protected, t.features, t.frequencies], partitions=2)
     gen = ClickstreamGenerator(seed=21, n_users=3000)
     events = list(gen.events(N))
     protected = _protect_and_publish(settings, events)
-    with running_privatizer(settings) as engine:
+    with running_privatizer(settings, seed=1) as engine:
         wait_for(lambda: engine.stats.reports >= N, what="all feature reports", timeout=120)
         wait_for(lambda: engine.stats.windows_published >= 1, what="a closed window", timeout=60)
     assert engine.stats.consumed == N and engine.stats.reports == N and not engine.stats.skipped
@@ -111,7 +111,7 @@ def test_replay_reemits_reports_and_spends_nothing(settings_factory) -> None:
         wait_for(lambda: first.stats.reports >= 500, what="first pass")
     spent_first = sum(first.stats.epsilon_spent.values())
     assert spent_first > 0
-    replay = settings.model_copy(update={"privatizer_consumer_group": settings.privatizer_consumer_group + "-replay"})
+    replay = settings.model_copy(update={"group_prefix": settings.group_prefix + "-replay"})
     with running_privatizer(replay) as second:
         wait_for(lambda: second.stats.reports >= 500, what="replay")
     assert sum(second.stats.epsilon_spent.values()) == 0
@@ -141,14 +141,14 @@ def test_labelled_examples_are_released_when_sessions_end(settings_factory) -> N
     """With labelled examples on, every reported event also yields one private-example.v1 record once its
     session has been idle for the gap; at label epsilon 20 (flip probability 2e-9) the randomized labels
     count exactly the events of the sessions that contain a purchase."""
-    settings = settings_factory(ldp_person_epsilon=1000.0, ldp_seed=5, learn_label_epsilon=20.0,
+    settings = settings_factory(ldp_person_epsilon=1000.0, learn_label_epsilon=20.0,
                                 learn_session_gap_seconds=1.0)
     t = settings.topics
     bootstrap = settings.kafka_bootstrap_or_dev()
     ensure_topics(bootstrap, [t.protected, t.features, t.frequencies], partitions=2)
     events = list(ClickstreamGenerator(seed=33, n_users=800).events(2000))
     protected = _protect_and_publish(settings, events)
-    with running_privatizer(settings) as engine:
+    with running_privatizer(settings, seed=5) as engine:
         wait_for(lambda: engine.stats.examples >= 2000, what="all labelled examples", timeout=120)
     st = engine.stats
     assert st.reports == 2000 and st.examples == 2000 and st.examples_pending == 0 and not st.examples_dropped

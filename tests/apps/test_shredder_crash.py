@@ -48,7 +48,7 @@ def _env(settings, unique_id: str) -> dict[str, str]:
         STREAMGATE_SHREDDER_BATCH_SIZE="10",
         STREAMGATE_SHREDDER_INTERVAL_SECONDS="0.2",
         STREAMGATE_SHREDDER_INSTANCE_ID="shredder-crash-test",
-        STREAMGATE_SHREDDER_CONSUMER_GROUP=f"sgcrash-{unique_id}",
+        STREAMGATE_GROUP_PREFIX=f"sgcrash-{unique_id}",
         SGTEST_CLOCK_OFFSET=str(OFFSET),
     )
 

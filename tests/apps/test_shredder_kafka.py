@@ -59,7 +59,7 @@ def settings(settings_factory, tmp_path: Path, unique_id: str, profiles_topic: s
         "    config: {cleanup.policy: compact}\n"
     )
     return settings_factory(epoch_seconds=E, retention_seconds=R, shredder_interval_seconds=0.2,
-                            shredder_consumer_group=f"sgshred-{unique_id}", shredder_instance_id="shredder-test",
+                            group_prefix=f"sgshred-{unique_id}", shredder_instance_id="shredder-test",
                             shredder_batch_size=8, shredder_lead_seconds=0, topics_config=cfg,
                             dek_cache_max_staleness_seconds=3600.0)
 

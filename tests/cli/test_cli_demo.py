@@ -94,7 +94,8 @@ def test_demo_from_nothing(tmp_path: Path, demo_env: dict[str, str]) -> None:
     assert int(learned[1].replace(",", "")) == n_features  # one labelled example per feature report
     truth_auc = float(re.search(r"true labels \(demo only\)\s*│\s*ROC-AUC ([\d.]+)", out)[1])  # type: ignore[index]
     assert 0.0 <= truth_auc <= 1.0
-    assert "privacy in this demo: epsilon 4 per report, at most 96 per person per day" in out  # stated
+    assert ("privacy in this demo: epsilon 4 per memoized value (epsilon-infinity; one report alone at most 2), "
+            "at most 96 per person per day") in out  # stated
     assert re.search(r"largest weights\s*│\s*[a-z_]+=\S+ [+-]\d", out), out
 
     # -- the logs directory is named and exists, with the gateway's log in it

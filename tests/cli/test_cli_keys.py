@@ -210,13 +210,13 @@ def test_roles_issue_least_privilege_credentials_that_interoperate(tmp_path: Pat
 
 
 def test_generate_then_any_command_finds_the_keyring(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """`keys generate` then a worker: no export needed (the default path under STREAMGATE_HOME)."""
+    """`keys generate` then a worker: no export needed (the default path under STREAMGATE_STATE_DIR)."""
     from stream.config import Settings
 
     monkeypatch.delenv("STREAMGATE_STATE_DIR", raising=False)
     for name in ("STREAMGATE_MASTER_KEY", "STREAMGATE_MASTER_KEY_FILE", "STREAMGATE_KEY_FILE"):
         monkeypatch.delenv(name, raising=False)
-    monkeypatch.setenv("STREAMGATE_HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("STREAMGATE_STATE_DIR", str(tmp_path / "home"))
     result = CliRunner().invoke(cli, ["keys", "generate"], prog_name="streamgate")
     assert result.exit_code == 0, _output(result)
     assert "export STREAMGATE" not in result.output and "no export needed" in result.output

@@ -23,7 +23,7 @@ def _env(settings) -> dict[str, str]:
     return {
         "STREAMGATE_KAFKA_BOOTSTRAP": settings.kafka_bootstrap,
         "STREAMGATE_REDIS_URL": settings.redis_url,
-        "STREAMGATE_TOPIC_FREQUENCIES": t.frequencies,
+        "STREAMGATE_TOPICS": t.model_dump_json(),
         "STREAMGATE_STATE_DIR": str(settings.state_dir),
     }
 

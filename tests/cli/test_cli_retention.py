@@ -93,7 +93,7 @@ def _get(url: str) -> tuple[int, Any]:
 def test_shredder_worker_erase_wait_and_audit(settings_factory, unique_id: str) -> None:
     settings = settings_factory()
     port = free_port()
-    env = settings_env(settings, STREAMGATE_WEB_PORT=str(port), STREAMGATE_SHREDDER_CONSUMER_GROUP=f"sgcli-shred-{unique_id}",
+    env = settings_env(settings, STREAMGATE_WEB_PORT=str(port), STREAMGATE_GROUP_PREFIX=f"sgcli-shred-{unique_id}",
                STREAMGATE_SHREDDER_INSTANCE_ID="cli-shredder", STREAMGATE_SHREDDER_INTERVAL_SECONDS="0.5",
                STREAMGATE_METRICS_INTERVAL_SECONDS="1")
     # protected events of the person and of someone else on clicks.protected (the gateway's core)

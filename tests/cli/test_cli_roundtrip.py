@@ -146,7 +146,7 @@ def gw(kafka_bootstrap: str, redis_url: str, tmp_path_factory: pytest.TempPathFa
     group = f"sgcli-{uid}"
     port = free_port()
     env = worker_env(kafka_bootstrap=kafka_bootstrap, redis_url=redis_url, prefix=prefix, master_key=master_key,
-                     state_dir=state_dir, topics=topics, STREAMGATE_CONSUMER_GROUP=group,
+                     state_dir=state_dir, topics=topics, STREAMGATE_GROUP_PREFIX=group,
                      STREAMGATE_WEB_PORT=str(port))
 
     events = list(ClickstreamGenerator(seed=11).events(N_EVENTS))
@@ -454,7 +454,7 @@ def test_gateway_starts_with_a_fresh_state_dir(
     port = free_port()
     env = worker_env(kafka_bootstrap=kafka_bootstrap, redis_url=redis_url, prefix=redis_prefix,
                      master_key=master_key_b64, state_dir=state_dir, topics=topic_names,
-                     STREAMGATE_CONSUMER_GROUP=f"sgcli-{unique_id}", STREAMGATE_WEB_PORT=str(port))
+                     STREAMGATE_GROUP_PREFIX=f"sgcli-{unique_id}", STREAMGATE_WEB_PORT=str(port))
     log = tmp_path / "gateway.log"
     with open(log, "wb") as logf:
         proc = subprocess.Popen(_cli("gateway"), env=env, stdout=logf, stderr=subprocess.STDOUT,

@@ -122,8 +122,7 @@ def demo(driver: Any, kafka_bootstrap: str, redis_url: str, tmp_path_factory: py
         topics=TopicNames(**{n: f"{getattr(base, n)}.t{uid}" for n in TopicNames.model_fields}),
         state_dir=tmp_path_factory.mktemp("console-demo"), session_timeout_ms=6000,
         master_key=base64.b64encode(os.urandom(32)).decode(),
-        consumer_group=f"sgtest-{uid}", privatizer_consumer_group=f"sgtest-priv-{uid}",
-        shredder_consumer_group=f"sgtest-shred-{uid}",
+        group_prefix=f"sgtest-{uid}",
     )
     port = free_port()
     held, release = threading.Event(), threading.Event()

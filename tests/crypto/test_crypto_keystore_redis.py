@@ -279,13 +279,13 @@ def test_privatizer_memos_are_dropped_after_a_restart_empty(
     """Memos cached, Redis restarts EMPTY: guarded, the memo cache is dropped and every report of
     the next batch has its memo (and budget) in Redis again; unguarded, cached memos are replayed
     with nothing in Redis (another worker would draw a different response: a longitudinal leak)."""
-    s = settings_factory(redis_url=own_redis.url, ldp_seed=7)
+    s = settings_factory(redis_url=own_redis.url)
     gw = build_gateway(s)
     protected = retrying(lambda: gw.process(raw_batch(n_users=40, n_events=300, seed=5))).protected
     records = [ProtectedRecord(v, int(time.time() * 1000)) for _, v in protected]
     client = redis.Redis.from_url(own_redis.url)
     try:
-        priv = build_privatizer(s, client=client, guard=False)
+        priv = build_privatizer(s, client=client, guard=False, seed=7)
         guard = guard_privatizer(s, priv, client) if guarded else None
         if guard is not None:
             assert getattr(priv, "guard") is guard and getattr(priv.store, "prefix") == s.redis_key_prefix  # noqa: B009

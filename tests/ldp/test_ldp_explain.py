@@ -68,7 +68,9 @@ def test_explain_prints_the_account(monkeypatch: pytest.MonkeyPatch) -> None:
     assert "per event: epsilon 1.25" in out and "at most epsilon 124 = 4 x 31" in out
 
 
-def test_the_worker_command_refuses_a_seed(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("STREAMGATE_LDP_SEED", "1")
+@pytest.mark.parametrize("name", ["STREAMGATE_LDP_SEED", "streamgate_ldp_seed"])
+def test_the_worker_command_refuses_a_seed(monkeypatch: pytest.MonkeyPatch, name: str) -> None:
+    monkeypatch.setenv(name, "1")
     result = CliRunner().invoke(cli, ["privatizer"], prog_name="streamgate")
-    assert result.exit_code != 0 and "STREAMGATE_LDP_SEED is for tests and benchmarks only" in result.output
+    assert result.exit_code != 0 and f"{name} is no longer a setting" in result.output
+    assert "for tests and benchmarks only" in result.output

@@ -61,19 +61,26 @@ def test_repeated_erasures_within_an_epoch_spend_no_more_than_the_cap(redis_clie
     assert redis_client.ttl(key) > 29 * 86400  # kept until the epoch's retention ends
 
 
-def test_build_privatizer_refuses_a_seed_from_the_environment(monkeypatch: pytest.MonkeyPatch,
-                                                              settings_factory) -> None:  # type: ignore[no-untyped-def]
+@pytest.mark.parametrize("name", ["STREAMGATE_LDP_SEED", "streamgate_ldp_seed", "StreamGate_Ldp_Seed"])
+def test_a_seed_is_no_setting_and_the_environment_cannot_give_one(monkeypatch: pytest.MonkeyPatch, name: str,
+                                                                   settings_factory) -> None:  # type: ignore[no-untyped-def]
     from stream.apps.privatizer import build_privatizer
+    from stream.config import Settings
     from stream.errors import ConfigError
     from stream.ldp.csprng import ChaChaRandom
 
-    settings = settings_factory(ldp_seed=3)
-    monkeypatch.setenv("STREAMGATE_LDP_SEED", "3")
-    with pytest.raises(ConfigError, match="STREAMGATE_LDP_SEED"):
-        build_privatizer(settings)
-    assert isinstance(build_privatizer(settings, allow_seed=True).rng, ChaChaRandom)  # bench entry point
-    monkeypatch.delenv("STREAMGATE_LDP_SEED")
-    priv = build_privatizer(settings_factory())
+    settings = settings_factory()
+    with pytest.raises(ConfigError, match="ldp_seed is no longer a setting"):
+        settings_factory(ldp_seed=3)
+    with pytest.raises(ConfigError, match="ldp_seed is no longer a setting"):
+        settings.model_copy(update={"ldp_seed": 3})
+    monkeypatch.setenv(name, "7")
+    with pytest.raises(ConfigError, match=f"{name} is no longer a setting"):  # every worker builds Settings first
+        Settings()
+    monkeypatch.delenv(name)
+    seeded = build_privatizer(settings, seed=3).rng  # the test and benchmark entry point
+    assert isinstance(seeded, ChaChaRandom) and seeded.seeded
+    priv = build_privatizer(settings)
     assert isinstance(priv.rng, ChaChaRandom) and not priv.rng.seeded
 
 

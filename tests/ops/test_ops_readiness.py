@@ -21,7 +21,7 @@ import pytest
 from stream.config import Settings
 from stream.dev.stack import free_port
 from stream.ops.metrics import WorkerMetrics
-from stream.ops.watch import WatchState, assign_new, read_until_idle, safe_reason, watch_consumer
+from stream.ops.watch import WatchState, feed, safe_reason, watch_reader
 from stream.ops.worker import STOPPING_REASON, OpsHandle, Readiness, snapshot_record
 from tests.support.gateway_worker import GatewayWorker, gateway_worker, http_get
 
@@ -120,21 +120,17 @@ def test_safe_reason() -> None:
 def _watched(w: GatewayWorker, settings: Settings, until: Callable[[dict[str, Any]], bool],
              timeout: float = 90.0) -> dict[str, Any]:
     """The gateway's row as ``ops watch`` computes it (same code, in-process), once ``until(row)``."""
-    consumer, handlers, missing = watch_consumer(w.bootstrap, settings)
+    reader, handlers = watch_reader(w.bootstrap, settings)  # assigns the metrics topic once the worker created it
     state = WatchState()
     deadline = time.monotonic() + timeout
-    try:
+    with reader:
         while time.monotonic() < deadline:
             if w.proc.poll() is not None:
                 raise AssertionError(f"the gateway exited:\n{w.tail()}")
-            if missing:  # the metrics topic is created by the worker's publisher: assign it once it exists
-                missing = assign_new(consumer, missing)
-            read_until_idle(consumer, handlers, state, idle=0.5, deadline=time.monotonic() + 2)
+            feed(state, handlers, reader.poll())
             rows = [r for r in state.worker_rows() if r["worker"] == "gateway"]
             if rows and until(rows[0]):
                 return rows[0]
-    finally:
-        consumer.close()
     raise AssertionError(f"ops watch never showed the expected gateway row: {state.worker_rows()}\n{w.tail()}")
 
 

@@ -103,8 +103,9 @@ def test_ops_watch_once_prints_rates_dlq_reasons_and_audit(live: Live) -> None:
 
 @pytest.mark.integration
 def test_ops_watch_once_on_topics_that_do_not_exist(live: Live) -> None:
-    env = dict(live.w.env, STREAMGATE_TOPIC_METRICS=f"nothing.{uuid.uuid4().hex[:6]}",
-               STREAMGATE_TOPIC_AUDIT=f"nothing.{uuid.uuid4().hex[:6]}", STREAMGATE_TOPIC_DLQ=f"nothing.{uuid.uuid4().hex[:6]}")
+    nothing = {t: f"nothing.{uuid.uuid4().hex[:6]}" for t in ("metrics", "audit", "dlq")}
+    env = dict(live.w.env, STREAMGATE_TOPICS=orjson.dumps({**orjson.loads(live.w.env["STREAMGATE_TOPICS"]),
+                                                           **nothing}).decode())
     import subprocess
 
     from tests.support.gateway_worker import cli

@@ -13,7 +13,7 @@ from stream.redisdb import key_slot
 STREAM = Path(redisdb.__file__).resolve().parent
 # the segments of the layout (stream/redisdb.py's docstring) that only a key name contains
 SEGMENTS = (":dek:", ":memo:", ":budget:", ":ptok:", ":pid:", ":perased:", ":ledger:", ":erasure:", ":kek-wraps:",
-            ":keystore", ":deadlines:", ":shredder:pending:", ":shredded")
+            ":keystore", ":deadlines:", ":shredder:pending:", ":shredded", ":replayed:")
 # removed when the ldp branch lands (its Redis stores move to stream/storage/ldp.py and use stream.redisdb)
 NOT_YET = {"ldp/memo.py", "ldp/ledger.py"}
 

@@ -235,9 +235,7 @@ def settings_factory(
             "state_dir": tmp_path,
             "session_timeout_ms": 6000,
             "master_key": master_key_b64,
-            "consumer_group": f"sgtest-{unique_id}",
-            "privatizer_consumer_group": f"sgtest-priv-{unique_id}",
-            "shredder_consumer_group": f"sgtest-shred-{unique_id}",
+            "group_prefix": f"sgtest-{unique_id}",
         }
         values.update(overrides)
         return Settings(**values)

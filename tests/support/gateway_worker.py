@@ -128,7 +128,7 @@ def gateway_worker(kafka_bootstrap: str, redis_url: str, state_dir: Path, *, wai
     port = free_port()
     env = worker_env(kafka_bootstrap=kafka_bootstrap, redis_url=redis_url, prefix=prefix, master_key=master_key,
                      state_dir=state_dir, topics=topics,
-                     STREAMGATE_CONSUMER_GROUP=f"sgops-{uid}",
+                     STREAMGATE_GROUP_PREFIX=f"sgops-{uid}",
                      STREAMGATE_WEB_PORT=str(port),
                      STREAMGATE_METRICS_INTERVAL_SECONDS="1",
                      STREAMGATE_LOG_FORMAT="json",

@@ -27,8 +27,7 @@ def worker_env(*, kafka_bootstrap: str, redis_url: str, prefix: str, master_key:
         "STREAMGATE_STATE_DIR": str(state_dir),
         "STREAMGATE_SESSION_TIMEOUT_MS": "6000",
     })
-    for name in TopicNames.model_fields:
-        env[f"STREAMGATE_TOPIC_{name.upper()}"] = getattr(topics, name)
+    env["STREAMGATE_TOPICS"] = topics.model_dump_json()
     env.update(extra)
     return env
 

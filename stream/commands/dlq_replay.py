@@ -1,0 +1,198 @@
+"""``streamgate dlq replay``: dead letters back to the raw topic once their cause is fixed.
+
+Reads ``clicks.dlq`` from the beginning, keeps the records that match the filters (reason,
+rejection time, source partition), unseals each (any credential that can unwrap data keys: the
+``reader`` role or the master key) and re-publishes the original bytes to the raw topic with
+their original key and headers (``sealed_meta``). Records without one (``too_large``: only a
+digest was kept; a person erased since) are counted, never guessed.
+
+Idempotent by ``event_id``: a Redis ledger (``<prefix>:replayed:<hmac(event_id)>``, kept for the
+retention period; a keyed digest, never the id) records when each event was replayed. A dead
+letter rejected before that time was already replayed and is skipped; one rejected after it is
+the replayed copy refused again, and is eligible once more. A record without a readable
+``event_id`` is keyed by the digest of its bytes.
+"""
+
+from __future__ import annotations
+
+import base64
+import hmac
+import logging
+import time
+from collections import Counter
+from collections.abc import Callable, Collection
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+import orjson
+
+from stream.crypto.deks import DekProvider
+from stream.errors import DecryptError, KeyShreddedError, StreamgateError
+from stream.gateway.core import is_envelope, lenient_json, unseal_dead_letter, unseal_dead_letter_meta
+from stream.redisdb import replayed_key
+
+__all__ = ["ReplayStats", "event_id_of", "replay_dead_letters"]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class ReplayStats:
+    scanned: int = 0
+    matched: int = 0
+    replayed: int = 0
+    already: int = 0  # replayed by an earlier run
+    not_sealed: int = 0  # too_large / empty: nothing to replay
+    erased: int = 0  # the person's key was shredded
+    undecryptable: int = 0
+    reasons: Counter[str] = field(default_factory=Counter)
+
+
+def event_id_of(value: bytes) -> str | None:
+    """The ``event_id`` of a raw record as far as it parses (plain JSON, a Schema Registry frame
+    around JSON, a Connect envelope, a BOM)."""
+    doc: Any = None
+    if value[:1] == b"\x00":
+        doc = lenient_json(value[5:])
+    elif value[:1] == b"\x01":
+        doc = lenient_json(value[17:])
+    if doc is None:
+        doc = lenient_json(value)
+    if is_envelope(doc):
+        doc = doc["payload"]
+    eid = doc.get("event_id") if isinstance(doc, dict) else None
+    return eid if type(eid) is str and 0 < len(eid) <= 256 else None
+
+
+def _rejected_at(rec: dict[str, Any]) -> float | None:
+    try:
+        return datetime.fromisoformat(str(rec.get("rejected_at")).replace("Z", "+00:00")).timestamp()
+    except ValueError:
+        return None
+
+
+def replay_dead_letters(
+    *,
+    dlq_records: Callable[[], Any],
+    deks: DekProvider,
+    redis: Any,
+    ledger_prefix: str,
+    ledger_key: bytes,
+    produce: Callable[[bytes, bytes | None, list[tuple[str, bytes | None]]], None],
+    flush: Callable[[], int],
+    reasons: Collection[str] = (),
+    since: float | None = None,
+    until: float | None = None,
+    partitions: Collection[int] = (),
+    ttl_seconds: int = 30 * 86400,
+    dry_run: bool = False,
+    clock: Callable[[], float] = time.time,
+) -> ReplayStats:
+    """Replay the matching dead letters of ``dlq_records()`` (an iterable of DLQ record values)
+    through ``produce(value, key, headers)``; ``flush()`` returns the records not delivered."""
+    st = ReplayStats()
+    claimed: list[str] = []
+    started = clock()
+    for raw in dlq_records():
+        st.scanned += 1
+        try:
+            rec = orjson.loads(raw)
+        except orjson.JSONDecodeError:
+            continue
+        if not isinstance(rec, dict) or rec.get("_schema") != "dlq-record.v1":
+            continue
+        src = rec.get("source") or {}
+        at = _rejected_at(rec)
+        if reasons and rec.get("reason") not in reasons:
+            continue
+        if partitions and src.get("partition") not in partitions:
+            continue
+        if (since is not None or until is not None) and at is None:
+            continue
+        if (since is not None and at is not None and at < since) or (until is not None and at is not None and at > until):
+            continue
+        st.matched += 1
+        if rec.get("sealed") is None:
+            st.not_sealed += 1
+            continue
+        try:
+            value = unseal_dead_letter(rec, deks)
+            key, headers = unseal_dead_letter_meta(rec, deks)
+        except KeyShreddedError:
+            st.erased += 1
+            continue
+        except DecryptError:
+            st.undecryptable += 1
+            continue
+        assert value is not None
+        eid = event_id_of(value)
+        ident = eid.encode() if eid is not None else b"bytes:" + value
+        digest = base64.urlsafe_b64encode(hmac.digest(ledger_key, ident, "sha256")[:18]).decode()
+        ledger = replayed_key(ledger_prefix, digest)
+        done = redis.get(ledger)
+        if done is not None and at is not None and at <= float(done):
+            st.already += 1
+            continue
+        if dry_run:
+            st.replayed += 1
+            st.reasons[str(rec.get("reason"))] += 1
+            continue
+        # claim before producing: a second run (or a crash and re-run) never sends it twice
+        redis.set(ledger, repr(started), ex=ttl_seconds)
+        claimed.append(ledger)
+        produce(value, key, headers)
+        st.replayed += 1
+        st.reasons[str(rec.get("reason"))] += 1
+    if not dry_run and claimed:
+        undelivered = flush()
+        if undelivered:
+            for ledger in claimed:  # unknown which: release every claim of this run and say so
+                redis.delete(ledger)
+            raise StreamgateError(f"{undelivered} replayed records were not delivered; this run's claims were "
+                                  "released: run the replay again")
+    log.info("dlq replay: %s", st)
+    return st
+
+
+def run_replay(settings: Any, *, reasons: Collection[str] = (), since: float | None = None,
+               until: float | None = None, partitions: Collection[int] = (), dry_run: bool = False,
+               idle_timeout: float = 3.0) -> ReplayStats:
+    """:func:`replay_dead_letters` against the configured broker, Redis and key (``streamgate dlq replay``)."""
+    from confluent_kafka import Producer
+
+    from stream.components import build_dek_provider, redis_client
+    from stream.crypto.keyring import Keyring, derive_key
+    from stream.kafka import TopicReader, producer_config, reachable_bootstrap
+    from stream.kafka import produce as produce_one
+
+    keyring = Keyring.from_settings(settings)
+    bootstrap = reachable_bootstrap(settings)
+    deks = build_dek_provider(settings, keyring)
+    redis = redis_client(settings)
+    producer = Producer(producer_config(bootstrap))
+    failed: list[str] = []
+
+    def on_delivery(err: Any, _msg: Any) -> None:
+        if err is not None:
+            failed.append(str(err))
+
+    def produce(value: bytes, key: bytes | None, headers: list[tuple[str, bytes | None]]) -> None:
+        produce_one(producer, settings.topics.raw, value, key, headers=list(headers) or None,
+                    on_delivery=on_delivery, logger=log)
+
+    def flush() -> int:
+        left = producer.flush(60)
+        return left + len(failed)
+
+    def records() -> Any:
+        with TopicReader(bootstrap, settings.topics.dlq, linger=idle_timeout) as reader:
+            for m in reader:
+                yield m.value() or b""
+
+    return replay_dead_letters(
+        dlq_records=records, deks=deks, redis=redis, ledger_prefix=settings.redis_key_prefix,
+        # a sub-key of the reader's "dek-id" purpose key: the reader role can replay
+        ledger_key=derive_key(keyring.derive("dek-id"), "dlq-replay"),
+        produce=produce, flush=flush, reasons=reasons, since=since, until=until, partitions=partitions,
+        ttl_seconds=settings.retention_seconds, dry_run=dry_run)

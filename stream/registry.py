@@ -1,0 +1,147 @@
+"""Confluent Schema Registry: framed records in, the registered version's schema and policy out.
+
+:class:`SchemaResolver` turns a schema id or GUID into a :class:`Resolved` version through a
+``SchemaRegistryClient`` (a real registry URL, or its ``mock://`` client, pre-registered from
+``schemas/``). The pure parts (framing, Avro, compatibility) are in :mod:`stream.gateway.framing`.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from collections.abc import Mapping
+from typing import Any
+
+from stream.errors import SchemaPolicyError
+from stream.gateway.framing import (
+    NEGATIVE_TTL_SECONDS,
+    VALUE_SCHEMA_ID_HEADER,
+    RegistryUnavailableError,
+    Resolved,
+    _registered_documents,
+    avro_from_json_schema,
+    compatibility_problems,
+    compile_avro_reader,
+    decode_avro,
+    json_schema_from_avro,
+    lineage_subject,
+    policy_gaps,
+)
+from stream.schema import EventSchema, Reason, Rejection
+
+__all__ = [
+    "VALUE_SCHEMA_ID_HEADER",
+    "RegistryUnavailableError",
+    "Resolved",
+    "SchemaResolver",
+    "avro_from_json_schema",
+    "compatibility_problems",
+    "decode_avro",
+    "json_schema_from_avro",
+    "lineage_subject",
+    "policy_gaps",
+]
+
+
+class SchemaResolver:
+    """Schema ids and GUIDs -> :class:`Resolved` versions, through a ``SchemaRegistryClient``.
+
+    ``base`` is the deployment's input schema (``schema_name``): every version must name the
+    same subject property (the person) and its events are protected under the base's name
+    (``_schema``), so downstream readers see one lineage."""
+
+    def __init__(self, client: Any, base: EventSchema) -> None:
+        self.client = client
+        self.base = base
+        self._by_id: dict[int, Resolved] = {}
+        self._by_guid: dict[bytes, Resolved] = {}
+        self._missing: dict[Any, float] = {}
+        self.negative_ttl = NEGATIVE_TTL_SECONDS
+
+    @classmethod
+    def from_url(cls, url: str, base: EventSchema, *, conf: Mapping[str, Any] | None = None,
+                 preregister: bool | None = None) -> SchemaResolver:
+        """A resolver on the registry at ``url``; a ``mock://`` registry is pre-registered from ``schemas/``."""
+        from confluent_kafka.schema_registry import SchemaRegistryClient
+
+        client = SchemaRegistryClient.new_client({"url": url, **(conf or {})})
+        resolver = cls(client, base)
+        if preregister if preregister is not None else url.startswith("mock://"):
+            resolver.preregister()
+        return resolver
+
+    def preregister(self) -> dict[str, int]:
+        """Register the shipped input schemas (of the base's lineage) in order; returns "subject#version" -> id."""
+        from confluent_kafka.schema_registry import Schema
+
+        ids: dict[str, int] = {}
+        for subject, kind, text in _registered_documents({lineage_subject(self.base.name)}):
+            sid = self.client.register_schema(subject, Schema(text, kind))
+            ids[f"{subject}#{self.client.get_latest_version(subject).version}"] = sid
+        return ids
+
+    # -- lookups -------------------------------------------------------------------------------
+    def by_id(self, schema_id: int) -> Resolved | Rejection:
+        hit = self._by_id.get(schema_id)
+        if hit is not None:
+            return hit
+        got = self._fetch(schema_id, lambda: self.client.get_schema(schema_id))
+        if isinstance(got, Resolved):
+            self._by_id[schema_id] = got
+        return got
+
+    def by_guid(self, guid: bytes) -> Resolved | Rejection:
+        hit = self._by_guid.get(guid)
+        if hit is not None:
+            return hit
+        got = self._fetch(guid, lambda: self.client.get_schema_by_guid(str(uuid.UUID(bytes=guid))))
+        if isinstance(got, Resolved):
+            self._by_guid[guid] = got
+        return got
+
+    def _fetch(self, key: Any, get: Any) -> Resolved | Rejection:
+        from confluent_kafka.schema_registry.error import SchemaRegistryError
+
+        since = self._missing.get(key)
+        if since is not None and time.monotonic() - since < self.negative_ttl:
+            return Rejection(Reason.UNKNOWN_SCHEMA)
+        try:
+            schema = get()
+        except SchemaRegistryError as exc:
+            if exc.http_status_code == 404:
+                if len(self._missing) > 10_000:
+                    self._missing.clear()
+                self._missing[key] = time.monotonic()
+                return Rejection(Reason.UNKNOWN_SCHEMA)
+            raise RegistryUnavailableError(f"schema registry: HTTP {exc.http_status_code}") from None
+        except Exception as exc:  # connection refused, timeouts: the registry is down, hold the batch
+            raise RegistryUnavailableError(f"schema registry unreachable: {type(exc).__name__}") from None
+        return self.resolve(schema.schema_str, schema.schema_type or "AVRO")
+
+    def resolve(self, text: str, kind: str) -> Resolved:
+        """A registered schema's text as the gateway applies it (or its refusal)."""
+        kind = kind.upper()
+        avro = None
+        try:
+            doc = json.loads(text)
+            if kind == "AVRO":
+                import fastavro
+
+                avro = fastavro.parse_schema(doc)
+                doc = json_schema_from_avro(doc)
+            elif kind != "JSON":
+                return Resolved(kind, None, Rejection(Reason.UNSUPPORTED_SCHEMA, rule=kind.lower()))
+            gaps = policy_gaps(doc)
+            if gaps:
+                return Resolved(kind, None, Rejection(Reason.POLICY_MISSING, path=gaps[0], rule="x-privacy"), avro)
+            schema = EventSchema(self.base.name, doc)
+        except (SchemaPolicyError, ValueError, TypeError, KeyError) as exc:
+            return Resolved(kind, None, Rejection(Reason.UNSUPPORTED_SCHEMA, rule=type(exc).__name__))
+        except Exception as exc:  # fastavro's SchemaParseException and friends
+            return Resolved(kind, None, Rejection(Reason.UNSUPPORTED_SCHEMA, rule=type(exc).__name__))
+        if schema.subject_field != self.base.subject_field or schema.subject_domain != self.base.subject_domain:
+            return Resolved(kind, None, Rejection(Reason.UNSUPPORTED_SCHEMA, path=schema.subject_field,
+                                                  rule="subject"), avro)
+        reader = compile_avro_reader(json.loads(text)) if kind == "AVRO" else None
+        return Resolved(kind, schema, None, avro, reader)

@@ -1,0 +1,145 @@
+"""Schema Registry framing and schema evolution end to end, on the real broker and Redis.
+
+Producers use confluent-kafka's own serializers (JSON Schema and Avro) against the mock registry
+the gateway's resolver shares; the gateway runs throughout while the subject gains versions."""
+
+from __future__ import annotations
+
+import json
+
+import orjson
+import pytest
+from confluent_kafka import Producer
+from confluent_kafka.schema_registry import Schema
+from confluent_kafka.serialization import MessageField, SerializationContext
+
+from stream.apps.engine import GatewayEngine
+from stream.components import build_gateway
+from stream.gateway.core import unseal_dead_letter
+from stream.kafka import ensure_topics, producer_config
+from stream.registry import SchemaResolver
+from stream.schema import load_schema, output_validator
+from stream.synth import ClickstreamGenerator
+from tests.gateway.test_framing import SUBJECT, avro_serializer, json_serializer, v2_document
+from tests.support.kafka import read_topic, running_in_thread, wait_for
+
+pytestmark = [pytest.mark.integration]
+
+
+def _send(bootstrap: str, topic: str, items: list[tuple[bytes, bytes]]) -> None:
+    p = Producer(producer_config(bootstrap))
+    for key, value in items:
+        p.produce(topic, value, key)
+    assert p.flush(30) == 0
+
+
+def test_framed_producers_and_a_schema_that_evolves_under_a_running_gateway(settings_factory, kafka_bootstrap):
+    settings = settings_factory(batch_max_events=200)
+    t = settings.topics
+    ensure_topics(kafka_bootstrap, [t.raw, t.protected, t.dlq], partitions=2)
+    resolver = SchemaResolver.from_url("mock://test-gateway-framing", load_schema(settings.schema_name))
+    gateway = build_gateway(settings)
+    gateway.resolver = resolver  # the producers' registry
+    events = list(ClickstreamGenerator(seed=33).events(400))
+    ctx = SerializationContext(t.raw, MessageField.VALUE)
+    js, avro = json_serializer(resolver.client), avro_serializer(resolver.client)
+    v1 = [(e["user_id"].encode(), js(e, ctx)) for e in events[:100]]
+    v1 += [(e["user_id"].encode(), avro(e, ctx)) for e in events[100:200]]
+    envelope = [(e["user_id"].encode(), orjson.dumps({"schema": {"type": "struct"}, "payload": e}))
+                for e in events[200:220]]
+
+    def extra(e: dict) -> dict:
+        return {**e, "utm_campaign": "spring", "customer_name": f"Name {e['user_id']}",
+                "billing_email": f"bill.{e['user_id']}@example.org", "context": {"app": "ios"}}
+
+    with running_in_thread(GatewayEngine(settings, gateway)) as engine:
+        _send(kafka_bootstrap, t.raw, v1 + envelope)
+        wait_for(lambda: engine.stats.emitted >= 220, timeout=120, what="v1 and envelopes")
+        # v2 adds billing_email without a policy: its records are dead-lettered, naming the field
+        resolver.client.register_schema(SUBJECT, Schema(json.dumps(v2_document(with_policy=False)), "JSON"))
+        gap = [(e["user_id"].encode(), json_serializer(resolver.client)(extra(e), ctx)) for e in events[220:300]]
+        _send(kafka_bootstrap, t.raw, gap)
+        wait_for(lambda: engine.stats.emitted >= 300, timeout=120, what="v2 without a policy")
+        # v3 gives it one: applies on its first record, same worker, nothing lost
+        resolver.client.register_schema(SUBJECT, Schema(json.dumps(v2_document(with_policy=True)), "JSON"))
+        ok = [(e["user_id"].encode(), json_serializer(resolver.client)(extra(e), ctx)) for e in events[300:400]]
+        _send(kafka_bootstrap, t.raw, ok)
+        wait_for(lambda: engine.stats.emitted >= 400, timeout=120, what="v3 with a policy")
+        stats = engine.stats
+
+    assert stats.protected == 320 and stats.dead_lettered == 80, stats.as_dict()
+    protected = [orjson.loads(r.value) for r in read_topic(kafka_bootstrap, t.protected, expect=320)]
+    dlq = [orjson.loads(r.value) for r in read_topic(kafka_bootstrap, t.dlq, expect=80)]
+    assert sorted(p["event_id"] for p in protected) == sorted(
+        e["event_id"] for e in events[:220] + events[300:400])
+    check = output_validator("protected-event.v1")
+    v1_ids = {e["event_id"] for e in events[:220]}
+    assert all(check(p) == [] for p in protected if p["event_id"] in v1_ids)
+    evolved = [p for p in protected if p["event_id"] not in v1_ids]
+    assert all(p["utm_campaign"] == "spring" and p["billing_email"].startswith("sg1.") and "context" not in p
+               for p in evolved)
+    assert {(d["reason"], d["path"]) for d in dlq} == {("policy_missing", "billing_email")}
+    assert all(d["sealed_for"].startswith("tk") for d in dlq)  # under each person's key
+    raw = {v for _, v in gap}
+    assert unseal_dead_letter(dlq[0], gateway.deks) in raw
+    blob = b"".join(r.value or b"" for r in read_topic(kafka_bootstrap, t.protected, expect=320))
+    assert b"@example.org" not in blob and b"Name " not in blob
+
+
+def test_an_open_category_passes_the_broker_and_is_estimated_as_other(settings_factory, kafka_bootstrap):
+    """A registered version opens category: catalog values the v1 enum lacks ("fashion") reach
+    clicks.protected instead of the DLQ, and the privatizer (same schema) estimates them as _other."""
+    import os
+    import random
+    import time
+
+    import numpy as np
+
+    from stream.ldp.aggregate import WindowAggregator, merge_records
+    from stream.ldp.memo import MemoCache, MemoryMemoStore
+    from stream.ldp.policy import OTHER_VALUE, LdpPolicy
+    from stream.ldp.privatizer import Privatizer, ProtectedRecord
+    from stream.schema import EventSchema
+    from tests.gateway.test_open_domain import open_document
+    from tests.support.clock import Clock
+
+    n = 3000
+    settings = settings_factory(batch_max_events=500)
+    t = settings.topics
+    ensure_topics(kafka_bootstrap, [t.raw, t.protected, t.dlq], partitions=2)
+    resolver = SchemaResolver.from_url("mock://test-open-domain", load_schema(settings.schema_name))
+    resolver.client.register_schema(SUBJECT, Schema(json.dumps(open_document()), "JSON"))
+    gateway = build_gateway(settings)
+    gateway.resolver = resolver
+    rng = random.Random(31)
+    events = []
+    for i, e in enumerate(ClickstreamGenerator(seed=32, n_users=n).events(n)):
+        e["user_id"] = f"person-{i}"
+        e["category"] = "fashion" if rng.random() < 0.25 else e.get("category", "books")
+        events.append(e)
+    ser = json_serializer(resolver.client)
+    ctx = SerializationContext(t.raw, MessageField.VALUE)
+    with running_in_thread(GatewayEngine(settings, gateway)) as engine:
+        _send(kafka_bootstrap, t.raw, [(e["user_id"].encode(), ser(e, ctx)) for e in events])
+        wait_for(lambda: engine.stats.emitted >= n, timeout=180, what="the open-domain events")
+        stats = engine.stats
+    assert stats.protected == n and stats.dead_lettered == 0, stats.as_dict()
+    protected = read_topic(kafka_bootstrap, t.protected, expect=n)
+    assert sum(orjson.loads(r.value)["category"] == "fashion" for r in protected) == sum(
+        e["category"] == "fashion" for e in events)
+
+    policy = LdpPolicy.from_schema(EventSchema(settings.schema_name, open_document()), 2.0)
+    priv = Privatizer(policy, MemoryMemoStore(time.time), memo_key=os.urandom(32), subject_field="user_id",
+                      budget_epsilon=1000.0, epoch_seconds=86400, retention_seconds=30 * 86400,
+                      rng=np.random.default_rng(6), cache=MemoCache(max_entries=100_000, max_staleness_seconds=30.0),
+                      clock=time.time, shuffle_seed=6)
+    now_ms = int(time.time() * 1000)
+    reports = priv.process([ProtectedRecord(r.value, now_ms) for r in protected]).attribute_reports
+    agg = WindowAggregator(policy, window_seconds=3600, clock=Clock(time.time()))
+    agg.add(reports)
+    (cat,) = [r for r in merge_records(policy, [r for w in agg.drain() for r in agg.records(w, worker="t")])
+              if r["attribute"] == "category"]
+    other = next(v for v in cat["values"] if v["value"] == OTHER_VALUE)
+    truth = sum(e["category"] == "fashion" for e in events) / n
+    assert abs(other["estimate"] - truth) < 4 * other["std_error"], (other, truth)
+    assert other["estimate"] > 2 * other["std_error"]
