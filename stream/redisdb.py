@@ -63,6 +63,7 @@ __all__ = [
     "eval_many",
     "is_cluster",
     "kek_wraps_key",
+    "key_patterns",
     "key_slot",
     "keystore_key",
     "ledger_key",
@@ -246,6 +247,18 @@ def keystore_key(prefix: str, slot: int | None = None) -> str:
 def shred_channel(prefix: str) -> str:
     """The pub/sub channel on which the shredder announces destroyed keys."""
     return f"{prefix}:shredded"
+
+
+def key_patterns(prefix: str) -> dict[str, str]:
+    """Glob patterns (Redis ACL ``~`` rules) of every kind of key above, by kind (stream.storage.acl)."""
+    return {
+        "dek": dek_key(prefix, "*", "*"), "memo": memo_key(prefix, "*", "*"), "budget": budget_key(prefix, "*", "*"),
+        "ptok": ptok_key(prefix, "*"), "ledger": f"{prefix}:ledger:*", "pid": pid_key(prefix, "*"),
+        "perased": perased_key(prefix, "*"), "deadlines": f"{prefix}:deadlines:*",
+        "pending": f"{prefix}:shredder:pending:*", "erasure": erasure_key(prefix, "*"),
+        "erasure-floor": erasure_floor_key(prefix), "kek-wraps": kek_wraps_key(prefix, "*"),
+        "replayed": replayed_key(prefix, "*"), "keystore": keystore_key(prefix) + "*",
+    }
 
 
 def mget(client: RedisClient, names: Sequence[str]) -> list[Any]:

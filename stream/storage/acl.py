@@ -1,8 +1,8 @@
 """Redis ACL users, one per worker role: each only its key patterns, commands and channel.
 
 Built from the key layout of :mod:`stream.redisdb` (``<prefix>`` is ``STREAMGATE_REDIS_KEY_PREFIX``).
-Scripts run with their caller's rights (Redis 7 checks every ``redis.call`` against the user), so
-``EVALSHA`` opens nothing beyond the patterns below.
+Scripts run with their caller's rights (Redis 7 checks every command a script runs against the
+user), so ``EVALSHA`` opens nothing beyond the patterns below (kinds of :func:`stream.redisdb.key_patterns`).
 
 ==========  ==========================================================================================
 role        may touch
@@ -31,7 +31,7 @@ from collections.abc import Mapping
 
 import redis
 
-from stream.redisdb import RedisClient, check_prefix, shred_channel
+from stream.redisdb import RedisClient, check_prefix, key_patterns, shred_channel
 
 __all__ = ["ACL_ROLES", "acl_file", "acl_rules", "apply_acls", "compose_acl_template"]
 
@@ -39,32 +39,32 @@ _BASE = ("+ping", "+hello", "+auth", "+client|setinfo", "+client|setname", "+cli
          "+evalsha", "+eval", "+script|load", "+script|exists", "+info", "+multi", "+exec", "+discard")
 _SUB = ("+subscribe", "+psubscribe", "+unsubscribe", "+punsubscribe")
 
-# role -> (key patterns after "<prefix>:", with %R/%W/%RW permission; extra commands; may publish)
+# role -> (key kinds (stream.redisdb.key_patterns) with %R/%W/%RW permission; extra commands; may publish)
 _SPEC: dict[str, tuple[tuple[tuple[str, str], ...], tuple[str, ...], bool]] = {
     "gateway": (
-        (("RW", "dek:*"), ("W", "deadlines:*"), ("RW", "pid:*"), ("RW", "ptok:*"), ("RW", "perased:*"),
-         ("RW", "ledger:*"), ("RW", "kek-wraps:*"), ("RW", "keystore*")),
+        (("RW", "dek"), ("W", "deadlines"), ("RW", "pid"), ("RW", "ptok"), ("RW", "perased"),
+         ("RW", "ledger"), ("RW", "kek-wraps"), ("RW", "keystore")),
         ("+get", "+mget", "+set", "+expireat", "+zadd", "+incrby", "+hget", "+hset", "+hsetnx", "+hincrbyfloat",
          "+waitaof", *_SUB),
         False,
     ),
     "privatizer": (
-        (("RW", "memo:*"), ("W", "deadlines:*"), ("RW", "ledger:*"), ("RW", "keystore*")),
+        (("RW", "memo"), ("W", "deadlines"), ("RW", "ledger"), ("RW", "keystore")),
         ("+get", "+set", "+incrby", "+expireat", "+zadd", "+hget", "+hmget", "+hset", "+hsetnx", "+hgetall",
          "+hincrbyfloat", "+waitaof", *_SUB),
         False,
     ),
     "shredder": (
-        (("RW", "dek:*"), ("RW", "memo:*"), ("RW", "budget:*"), ("RW", "pid:*"), ("RW", "ptok:*"),
-         ("RW", "perased:*"), ("RW", "deadlines:*"), ("RW", "shredder:pending:*"), ("RW", "erasure:*"),
-         ("RW", "erasure-floor"), ("RW", "keystore*")),
+        (("RW", "dek"), ("RW", "memo"), ("RW", "budget"), ("RW", "pid"), ("RW", "ptok"),
+         ("RW", "perased"), ("RW", "deadlines"), ("RW", "pending"), ("RW", "erasure"),
+         ("RW", "erasure-floor"), ("RW", "keystore")),
         ("+get", "+mget", "+set", "+del", "+unlink", "+exists", "+expireat", "+zscore", "+zrem", "+zrange",
          "+zrangebyscore", "+zcount", "+zcard", "+zscan", "+hget", "+hset", "+hsetnx", "+hdel", "+hgetall", "+hlen",
          "+hscan", "+publish", *_SUB),
         True,
     ),
     "reader": (
-        (("R", "dek:*"), ("RW", "keystore*"), ("RW", "replayed:*")),
+        (("R", "dek"), ("RW", "keystore"), ("RW", "replayed")),
         ("+get", "+mget", "+set", "+del", *_SUB),  # writes: the key-store marker, `dlq replay`'s claims
         False,
     ),
@@ -84,7 +84,8 @@ def acl_rules(role: str, prefix: str) -> list[str]:
     except KeyError:
         raise ValueError(f"no Redis user for role {role!r} (one of {', '.join(ACL_ROLES)})") from None
     rules = ["resetkeys", "resetchannels", "-@all", *_BASE, *commands]
-    rules += [f"%{perm}~{prefix}:{pattern}" for perm, pattern in patterns]
+    globs = key_patterns(prefix)
+    rules += [f"%{perm}~{globs[kind]}" for perm, kind in patterns]
     rules.append(f"&{shred_channel(prefix)}")
     if not publish:
         rules.append("-publish")

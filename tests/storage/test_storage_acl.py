@@ -49,6 +49,7 @@ MATRIX: list[tuple[str, Callable[[redis.Redis], Any], frozenset[str]]] = [
     ("PUBLISH shred channel (fake shreds)", lambda c: c.publish(f"{P}:shredded", "tk2_x:*"), frozenset({"shredder"})),
     ("EVAL script deleting a data key", lambda c: c.eval("return redis.call('DEL', KEYS[1])", 1,
                                                          f"{P}:dek:{{tk2_x}}:1"), frozenset({"shredder"})),
+    ("SET dlq replay claim", lambda c: c.set(f"{P}:replayed:abc", b"1"), frozenset({"reader"})),
     ("GET key of another prefix", lambda c: c.get("other:dek:{tk2_x}:1"), frozenset()),
     ("KEYS *", lambda c: c.keys("*"), frozenset()),
     ("SCAN", lambda c: c.scan(0), frozenset()),
