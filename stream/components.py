@@ -21,7 +21,7 @@ from stream.config import Settings
 from stream.crypto.deks import DekProvider
 from stream.crypto.keyring import Keyring
 from stream.crypto.keystore import KeyStoreGuard
-from stream.crypto.kms import LocalKMS
+from stream.crypto.kms import LocalKMS, WrapCounter
 from stream.crypto.tokens import Tokenizer
 from stream.gateway.core import Gateway
 from stream.redisdb import RedisClient, client_for
@@ -194,7 +194,7 @@ def build_gateway(
                                   budget_epsilon=settings.ldp_person_epsilon, epoch_seconds=settings.epoch_seconds,
                                   retention_seconds=settings.retention_seconds)
         tokenizer.pseudonyms = build_pseudonyms(settings, keyring, client=client, clock=clock, guard=provider.guard,
-                                                on_erased=ledgers.exhaust)
+                                                on_erased=ledgers.exhaust, wrap_counter=provider.wrap_counter)
     resolver = None
     if settings.schema_registry_url:
         from stream.registry import SchemaResolver
@@ -207,14 +207,15 @@ def build_gateway(
 
 def build_pseudonyms(settings: Settings, keyring: Keyring | None = None, *, client: RedisClient | None = None,
                      clock: Callable[[], float] = time.time, guard: KeyStoreGuard | None = None,
-                     on_erased: Callable[[dict[str, int], float], object] | None = None) -> Pseudonyms:
+                     on_erased: Callable[[dict[str, int], float], object] | None = None,
+                     wrap_counter: WrapCounter | None = None) -> Pseudonyms:
     """The tk2 pseudonym store of ``settings``' person domain (:class:`stream.storage.pseudonyms.Pseudonyms`);
     ``guard`` drops its cache when Redis lost data (pass the DEK provider's); ``on_erased``: the
     gateway's ledger exhauster."""
     return Pseudonyms(keyring or Keyring.from_settings(settings), client or redis_client(settings),
                       settings.redis_key_prefix, domain=load_schema(settings.schema_name).subject_domain,
                       max_staleness_seconds=settings.dek_cache_max_staleness_seconds, clock=clock, guard=guard,
-                      on_erased=on_erased)
+                      on_erased=on_erased, wrap_counter=wrap_counter)
 
 
 def person_tokens(settings: Settings, user_id: str, keyring: Keyring | None = None, *,

@@ -92,6 +92,10 @@ class Settings(BaseSettings):
     redis_url: str | None = Field(
         default=None, description="Redis URL for the key store; unset = the embedded dev Redis."
     )
+    redis_password_file: Path | None = Field(
+        default=None, description="File holding the password of this worker's Redis ACL user (a Docker secret); the "
+        "user is named in REDIS_URL (redis://gateway@redis:6379/0). Roles and their rights: stream/storage/acl.py.",
+    )
     redis_cluster: bool = Field(
         default=False,
         description="REDIS_URL names one node of a Redis Cluster (redis-py's RedisCluster finds the rest). Keys "
@@ -129,6 +133,16 @@ class Settings(BaseSettings):
     # --- retention / keys ---------------------------------------------------
     retention_seconds: int = Field(default=30 * 86400, gt=0, description="How long a data key lives after its epoch ends.")
     epoch_seconds: int = Field(default=86400, gt=0, description="Length of a retention epoch (one DEK per person per epoch).")
+    deployment_id: str = Field(
+        default="default", pattern=r"^[A-Za-z0-9_.:-]{1,64}$",
+        description="Names this deployment: `streamgate erase` signs requests for it, the shredder refuses "
+                    "requests signed for another (give staging and production different ids).",
+    )
+    erasure_clock_skew_seconds: float = Field(
+        default=300.0, ge=0,
+        description="How far ahead of the shredder's clock an erasure request may be dated; must be below "
+                    "STREAMGATE_EPOCH_SECONDS (the replay window, docs/privacy.md), else the shredder refuses to start.",
+    )
     dek_cache_max_staleness_seconds: float = Field(
         default=30.0, ge=0, description="An in-process cached data key is re-checked against Redis at least this often."
     )

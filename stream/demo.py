@@ -137,6 +137,34 @@ def _stack(settings: Settings, run_dir: Path, console: Console) -> Iterator[tupl
             cm.__exit__(None, None, None)
 
 
+def _redis_roles(redis_url: str, prefix: str, run_dir: Path) -> dict[str, dict[str, str]]:
+    """Redis ACL users for the demo's workers on the stack it started (the demo itself stays the
+    default user): per worker, the environment naming its user and its password file (mode 0600)."""
+    import secrets
+    from urllib.parse import urlsplit, urlunsplit
+
+    import redis
+
+    from stream.storage.acl import apply_acls
+
+    roles = ("gateway", "privatizer", "shredder")
+    passwords = {role: secrets.token_urlsafe(24) for role in roles}
+    admin = redis.Redis.from_url(redis_url)
+    try:
+        apply_acls(admin, prefix, passwords, default_off=False)
+    finally:
+        admin.close()
+    parts = urlsplit(redis_url)
+    out: dict[str, dict[str, str]] = {}
+    for role in roles:
+        path = run_dir / f"redis-{role}.password"
+        path.touch(mode=0o600)
+        path.write_text(passwords[role])
+        url = urlunsplit(parts._replace(netloc=f"{role}@{parts.hostname}:{parts.port}"))
+        out[role] = {"STREAMGATE_REDIS_URL": url, "STREAMGATE_REDIS_PASSWORD_FILE": str(path)}
+    return out
+
+
 def _settings_env(s: Settings) -> dict[str, str]:
     """The workers' environment for what ``s`` says about topics, key prefix, groups and the master key
     (the same values the CLI read from the environment; a caller's own settings reach the workers too)."""
@@ -186,6 +214,11 @@ def run_demo(settings: Settings, *, events: int = 20_000, invalid_rate: float = 
     with _stack(settings, run_dir, console) as (bootstrap, redis_url, _started):
         env.update(_settings_env(settings))
         env.update({"STREAMGATE_KAFKA_BOOTSTRAP": bootstrap, "STREAMGATE_REDIS_URL": redis_url})
+        # its own stack: each worker connects to Redis as its role's ACL user (stream/storage/acl.py)
+        role_env = _redis_roles(redis_url, settings.redis_key_prefix, run_dir) if _started else {}
+        if role_env:
+            console.print("redis: the gateway, privatizer and shredder connect as their ACL users "
+                          "(stream/storage/acl.py: each only its keys and commands)")
         s = settings.model_copy(update={"kafka_bootstrap": bootstrap, "redis_url": redis_url,
                                         "master_key_file": keyring_path or settings.master_key_file,
                                         "learn_model_name": model_name})
@@ -201,15 +234,17 @@ def run_demo(settings: Settings, *, events: int = 20_000, invalid_rate: float = 
         try:
             live = _start_console(console, s, bootstrap, since_ms, console_port, console_host, console_token)
             gw_port, pv_port, sh_port, ln_port = free_port(), free_port(), free_port(), free_port()
-            gw = _start_worker("gateway", {**env, "STREAMGATE_WEB_PORT": str(gw_port)}, gateway_log)
+            gw = _start_worker("gateway", {**env, **role_env.get("gateway", {}), "STREAMGATE_WEB_PORT": str(gw_port)},
+                               gateway_log)
             gw.web_port = gw_port  # type: ignore[attr-defined]
             procs.append(gw)
-            pv_env = {**env, "STREAMGATE_WEB_PORT": str(pv_port),
+            pv_env = {**env, **role_env.get("privatizer", {}), "STREAMGATE_WEB_PORT": str(pv_port),
                       "STREAMGATE_LEARN_SESSION_GAP_SECONDS": str(DEMO_SESSION_GAP_SECONDS)}
             pv = _start_worker("privatizer", pv_env, privatizer_log)
             pv.web_port = pv_port  # type: ignore[attr-defined]
             procs.append(pv)
-            sh = _start_worker("shredder", {**env, "STREAMGATE_WEB_PORT": str(sh_port)}, shredder_log)
+            sh = _start_worker("shredder", {**env, **role_env.get("shredder", {}), "STREAMGATE_WEB_PORT": str(sh_port)},
+                               shredder_log)
             procs.append(sh)
             ln = _start_worker("learner", {**env, "STREAMGATE_WEB_PORT": str(ln_port),
                                            "STREAMGATE_LEARN_MODEL_NAME": model_name,
@@ -550,7 +585,7 @@ def _erasure_check(console: Console, s: Settings, sample: dict[str, Any], protec
     rid = f"demo-{run_id}"
     # signed with the eraser key (derived from the demo's master keyring): the shredder runs nothing else
     request = sign_erasure_request(signing_key(Keyring.from_settings(s), "erasure"), rid, user_id=sample["user_id"],
-                                   requested_at=rfc3339(time.time()))
+                                   requested_at=rfc3339(time.time()), audience=s.deployment_id)
     _key, value = encode_raw(request)
     publish(bootstrap, t.erasure, [value])
     receipt: dict[str, Any] | None = None

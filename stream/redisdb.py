@@ -13,6 +13,7 @@ Key layout (``<prefix>`` is ``STREAMGATE_REDIS_KEY_PREFIX``; braces are literal 
     <prefix>:deadlines:{shard-NN}               deadline index shard         one slot per shard
     <prefix>:shredder:pending:{shard-NN}        the shredder's outbox shard  same slot as its index shard
     <prefix>:erasure:<request id>               erasure record               anywhere (one key)
+    <prefix>:erasure-floor                      since when erasure records are kept (unix s)  anywhere
     <prefix>:kek-wraps:<kek id>                 wrap counter                 anywhere (one key)
     <prefix>:replayed:<keyed event digest>      when dlq replay re-published anywhere (one key)
     <prefix>:keystore[:{<slot tag>}]            key-store marker             one per master on a cluster
@@ -57,10 +58,12 @@ __all__ = [
     "deadline_shard",
     "deadlines_key",
     "dek_key",
+    "erasure_floor_key",
     "erasure_key",
     "eval_many",
     "is_cluster",
     "kek_wraps_key",
+    "key_patterns",
     "key_slot",
     "keystore_key",
     "ledger_key",
@@ -108,6 +111,8 @@ def client_for(settings: Settings, **overrides: Any) -> RedisClient:
         "health_check_interval": 10,
         "retry": no_retry(),
     }
+    if settings.redis_password_file is not None:  # the ACL user's password (stream.storage.acl)
+        kwargs["password"] = settings.redis_password_file.read_text().strip()
     kwargs.update(overrides)
     if settings.redis_cluster and not settings.redis_url:
         from stream.errors import ConfigError
@@ -227,6 +232,11 @@ def erasure_key(prefix: str, request_id: str) -> str:
     return f"{prefix}:erasure:{request_id}"
 
 
+def erasure_floor_key(prefix: str) -> str:
+    """Since when this store has kept erasure records (set if absent: a new or emptied store)."""
+    return f"{prefix}:erasure-floor"
+
+
 def replayed_key(prefix: str, digest: str) -> str:
     """When ``streamgate dlq replay`` re-published the event of keyed digest ``digest``."""
     return f"{prefix}:replayed:{digest}"
@@ -245,6 +255,18 @@ def keystore_key(prefix: str, slot: int | None = None) -> str:
 def shred_channel(prefix: str) -> str:
     """The pub/sub channel on which the shredder announces destroyed keys."""
     return f"{prefix}:shredded"
+
+
+def key_patterns(prefix: str) -> dict[str, str]:
+    """Glob patterns (Redis ACL ``~`` rules) of every kind of key above, by kind (stream.storage.acl)."""
+    return {
+        "dek": dek_key(prefix, "*", "*"), "memo": memo_key(prefix, "*", "*"), "budget": budget_key(prefix, "*", "*"),
+        "ptok": ptok_key(prefix, "*"), "ledger": f"{prefix}:ledger:*", "pid": pid_key(prefix, "*"),
+        "perased": perased_key(prefix, "*"), "deadlines": f"{prefix}:deadlines:*",
+        "pending": f"{prefix}:shredder:pending:*", "erasure": erasure_key(prefix, "*"),
+        "erasure-floor": erasure_floor_key(prefix), "kek-wraps": kek_wraps_key(prefix, "*"),
+        "replayed": replayed_key(prefix, "*"), "keystore": keystore_key(prefix) + "*",
+    }
 
 
 def mget(client: RedisClient, names: Sequence[str]) -> list[Any]:

@@ -35,7 +35,7 @@ from stream.crypto.keyring import Keyring
 from stream.crypto.signing import signing_key, verify_key
 from stream.crypto.tokens import Tokenizer
 from stream.engine import NotDeliveredError, Out, Record, Result, StreamEngine
-from stream.errors import KeyUnavailableError
+from stream.errors import ConfigError, KeyUnavailableError
 from stream.redisdb import RedisClient
 from stream.retention.core import (
     ErasureConflictError,
@@ -44,6 +44,7 @@ from stream.retention.core import (
     ShredderError,
     ShredStats,
     candidate_epochs,
+    erasure_window,
     parse_erasure_request,
 )
 from stream.schema import load_schema
@@ -100,6 +101,12 @@ class ShredderEngine(StreamEngine):
         super().__init__(settings, bootstrap=bootstrap, metrics=metrics, clock=clock,
                          consumer_overrides=consumer_overrides)
         self.tick_interval = settings.shredder_interval_seconds
+        try:  # refused at start when the replay window cannot hold (stream.retention.core.erasure_window)
+            self.window = erasure_window(epoch_seconds=settings.epoch_seconds,
+                                         retention_seconds=settings.retention_seconds,
+                                         skew_seconds=settings.erasure_clock_skew_seconds)
+        except ValueError as exc:
+            raise ConfigError(str(exc)) from None
         self.keyring = keyring or Keyring.from_settings(settings)
         self.tokenizer = Tokenizer(self.keyring)
         self.erasure_key = verify_key(self.keyring, "erasure")  # only requests signed by the eraser run
@@ -107,6 +114,8 @@ class ShredderEngine(StreamEngine):
         self.token_domain = load_schema(settings.schema_name).subject_domain
         self.store = RedisShredStore(client or redis_client(settings), settings.redis_key_prefix,
                                      shards=settings.redis_deadline_shards)
+        with contextlib.suppress(KeyUnavailableError):  # erasure records are kept from now on (if not set)
+            self.store.erasure_floor(clock())
         # tk2: a user_id's token is found through the person's secret (lookup only, never created)
         self.pseudonyms = build_pseudonyms(settings, self.keyring, client=self.store.client) \
             if settings.pseudonym_tokens else None
@@ -210,8 +219,12 @@ class ShredderEngine(StreamEngine):
         assert self.shredder is not None
         try:
             # verified (and fresh: younger than the erasure record's TTL) before anything is tokenized
-            req = parse_erasure_request(value, self.erasure_key, now=self.clock(),
-                                        max_age_seconds=self.settings.retention_seconds + self.settings.epoch_seconds)
+            # the replay window (derived from the idempotency record's life), the deployment, and the time
+            # since which Redis kept the records (a request older than that may have lost its record)
+            now = self.clock()
+            req = parse_erasure_request(value, self.erasure_key, now=now, max_age_seconds=self.window.max_age,
+                                        skew_seconds=self.window.skew, audience=self.settings.deployment_id,
+                                        not_before=self.store.erasure_floor(now))
         except ErasureRejectedError as exc:
             # unauthenticated or malformed: an erasure_rejected record naming nobody (no user_id, no token)
             log.warning("erasure request rejected", extra={"error": exc.code, "at": where})

@@ -174,7 +174,8 @@ def register(cli: click.Group) -> None:
             token = "(token not shown: key store unavailable)"
         bootstrap = reachable_bootstrap(settings)
         ensure_topics(bootstrap, [settings.topics.erasure], partitions=1)
-        body = sign_erasure_request(key, rid, user_id=user, subject=subject, requested_at=rfc3339(time.time()))
+        body = sign_erasure_request(key, rid, user_id=user, subject=subject, requested_at=rfc3339(time.time()),
+                                    audience=settings.deployment_id)
         _produce_one(bootstrap, settings.topics.erasure, (user if user is not None else subject or "").encode(),
                      orjson.dumps(body))
         click.echo(f"erasure requested: request_id={rid} subject={token}")

@@ -21,11 +21,17 @@ token also needs a random per-person secret ``S``, kept in a store and destroyed
     L     = hex(HMAC-SHA256(K_lookup, utf8(user_id))[:16])     K_lookup = derive("pseudonym-lookup/" + domain)
     token = "tk2_" + base64url(HMAC-SHA256(K_tk2, S || utf8(user_id)))[:22]
                                                                 K_tk2    = derive("token2/" + domain)
-    stored value = b"2." + token + b"." + S (32 random bytes), found by L
+    stored value = b"3." + token + b"." + KMS.wrap(S, aad = lp("streamgate/v1/pseudonym", key name, token))
+                   found by L (its key name: stream.redisdb.pid_key)
 
-``S`` is mixed with a keyring key, so the store alone does not let anyone confirm a guessed
-user_id either. Once ``S`` is destroyed nobody - master key and store dump included - can
-recompute the token from the user_id: the records retained under it are unlinkable.
+``S`` is wrapped by the KEK (:mod:`.kms`) and bound to its key name and token: a value copied to
+another person's key, or carrying another token, does not open (:class:`KeyUnavailableError`),
+so whoever can write to the store cannot plant or move a secret. The token is in the clear: the
+shredder (no wrap key) finds it by user_id through ``L``. Values ``b"2." + token + b"." + S``
+(written before the wrap) are still read. Once ``S`` and its index are destroyed nobody can
+recompute the token from the user_id; a copy of the store taken *before* (backup, AOF, ``DUMP``)
+still links ``L`` to the token, hence the user_id to the token for anyone holding ``K_lookup``
+(gateway, shredder, master keyring): docs/privacy.md, "Redis persistence and backups".
 
 Performance: the keyed HMAC state is built once per domain and copied per
 call (the inner/outer pads are not re-hashed), and :meth:`Tokenizer.tokens`
@@ -41,13 +47,16 @@ import re
 import threading
 from collections import OrderedDict
 from collections.abc import Sequence
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.hmac import HMAC
 
 from stream.crypto.keyring import PSEUDONYM_PURPOSES, Keyring
-from stream.errors import KeyUnavailableError
+from stream.errors import DecryptError, KeyUnavailableError
+
+if TYPE_CHECKING:
+    from stream.crypto.kms import KMS
 
 __all__ = ["PSEUDONYM_PREFIX", "TOKEN_PREFIX", "PersonTokens", "PseudonymKeys", "Tokenizer"]
 
@@ -59,7 +68,12 @@ _TOKEN_CHARS = 22
 _TO_URLSAFE = bytes.maketrans(b"+/", b"-_")
 _DEFAULT_MEMO = 65_536
 _SECRET_BYTES = 32
-_VALUE_RE = re.compile(rb"2\.(tk2_[A-Za-z0-9_-]{22})\.(.{32})", re.DOTALL)
+_VALUE_RE = re.compile(rb"([23])\.(tk2_[A-Za-z0-9_-]{22})\.(.+)", re.DOTALL)
+_WRAP_LABEL = b"streamgate/v1/pseudonym"
+
+
+def _lp(*parts: bytes) -> bytes:
+    return b"".join(len(p).to_bytes(4, "big") + p for p in parts)
 
 
 class PersonTokens(Protocol):
@@ -173,13 +187,15 @@ class Tokenizer:
 # --------------------------------------------------------------------------- tk2 pseudonyms
 class PseudonymKeys:
     """The ``tk2`` derivations of one domain (module docstring): lookup ids, tokens from a person's
-    secret, and the stored value that carries both. Pure; thread-safe."""
+    secret, and the stored value that carries both. ``kms`` wraps and opens secrets (the gateway);
+    without it only :meth:`parse` and the derivations work (the shredder). Pure; thread-safe."""
 
-    __slots__ = ("_lookup_key", "_token_mac", "domain")
+    __slots__ = ("_lookup_key", "_token_mac", "domain", "kms")
 
-    def __init__(self, keyring: Keyring, domain: str) -> None:
+    def __init__(self, keyring: Keyring, domain: str, kms: KMS | None = None) -> None:
         lookup_purpose, token_purpose = PSEUDONYM_PURPOSES
         self.domain = domain
+        self.kms = kms
         self._lookup_key = keyring.derive(lookup_purpose + domain)
         self._token_mac = HMAC(keyring.derive(token_purpose + domain), hashes.SHA256())
 
@@ -196,19 +212,48 @@ class PseudonymKeys:
         return PSEUDONYM_PREFIX + binascii.b2a_base64(ctx.finalize(), newline=False)[:_TOKEN_CHARS].translate(
             _TO_URLSAFE).decode("ascii")
 
-    def new_value(self, value: str) -> tuple[str, bytes]:
-        """A candidate for a new person: ``(token, stored value)`` under a fresh random secret."""
+    @staticmethod
+    def _aad(key_name: str, token: str) -> bytes:
+        return _lp(_WRAP_LABEL, key_name.encode("utf-8"), token.encode("ascii"))
+
+    def _kms(self) -> KMS:
+        if self.kms is None:
+            raise KeyUnavailableError("pseudonym secrets need the wrap key (this credential has none)")
+        return self.kms
+
+    def new_value(self, value: str, key_name: str) -> tuple[str, bytes]:
+        """A candidate for a new person stored at ``key_name``: ``(token, stored value)`` under a
+        fresh random secret, wrapped by the KEK and bound to ``key_name`` and the token."""
         secret = os.urandom(_SECRET_BYTES)
         token = self.token_from(secret, value)
-        return token, b"2." + token.encode("ascii") + b"." + secret
+        blob = self._kms().wrap(secret, self._aad(key_name, token))
+        return token, b"3." + token.encode("ascii") + b"." + blob
 
     @staticmethod
-    def parse(raw: Any) -> tuple[str, bytes]:
-        """``(token, secret)`` of a stored value; :class:`KeyUnavailableError` if it is malformed."""
+    def parse(raw: Any) -> str:
+        """The token a stored value names (no key needed, nothing verified); :class:`KeyUnavailableError`
+        if it is malformed."""
         m = _VALUE_RE.fullmatch(bytes(raw)) if raw is not None else None
-        if m is None:
+        if m is None or (m.group(1) == b"2" and len(m.group(3)) != _SECRET_BYTES):
             raise KeyUnavailableError("stored pseudonym secret is malformed")
-        return m.group(1).decode("ascii"), m.group(2)
+        return m.group(2).decode("ascii")
+
+    def open(self, raw: Any, key_name: str, value: str) -> str:
+        """The token of ``value`` from the value stored at ``key_name``: the secret unwrapped (bound to
+        the key name and the token it names) and the token recomputed from it and ``value``.
+        :class:`KeyUnavailableError` if malformed, moved, planted or not this person's."""
+        token = self.parse(raw)
+        body = bytes(raw)[len(token) + 3:]
+        if bytes(raw)[:1] == b"2":
+            secret = body  # written before the wrap
+        else:
+            try:
+                secret = self._kms().unwrap(body, self._aad(key_name, token))
+            except DecryptError:
+                raise KeyUnavailableError("stored pseudonym secret does not open under its key name") from None
+        if len(secret) != _SECRET_BYTES or self.token_from(secret, value) != token:
+            raise KeyUnavailableError("stored pseudonym secret is not this person's")
+        return token
 
     def absent_token(self, request_id: str) -> str:
         """A token no person has, for the receipt of an erasure of someone without a secret."""

@@ -219,27 +219,60 @@ def check_request_id(request_id: Any) -> str:
     return request_id
 
 
-#: Signature context of erasure requests (:mod:`stream.crypto.signing`).
-ERASURE_CONTEXT = "erasure-request.v1"
-#: How far ahead of the shredder's clock a request's ``requested_at`` may be (clock skew).
+#: Signature context of erasure requests (:mod:`stream.crypto.signing`); v2 names the audience.
+ERASURE_CONTEXT = "erasure-request.v2"
+#: Default of how far ahead of the shredder's clock a request's ``requested_at`` may be (clock skew).
 FUTURE_SKEW_SECONDS = 300.0
+_AUDIENCE_RE = re.compile(r"[A-Za-z0-9_.:-]{1,64}")
 
 
-def erasure_message(request_id: str, *, user_id: str | None, subject: str | None, requested_at: str | None) -> bytes:
+@dataclass(frozen=True)
+class ErasureWindow:
+    """When a signed request is accepted, derived from the life of its idempotency record:
+    ``requested_at`` in ``[now - max_age, now + skew]``, the record kept ``record_ttl`` after it is
+    processed. A request processed at ``p >= requested_at - skew`` keeps its record until
+    ``p + record_ttl > requested_at + max_age`` (the last instant it is accepted) as long as
+    ``max_age + skew < record_ttl``: a replay is then either idempotent or stale."""
+
+    max_age: float
+    skew: float
+    record_ttl: int
+
+
+def erasure_window(*, epoch_seconds: int, retention_seconds: int,
+                   skew_seconds: float = FUTURE_SKEW_SECONDS) -> ErasureWindow:
+    """The window of :class:`ErasureWindow`: the record lives retention + 2 epochs, requests are
+    accepted for retention + 1 epoch (every key they could name has expired by then). Raises
+    ``ValueError`` when the skew allowance is not below one epoch (the window cannot hold)."""
+    record_ttl = int(retention_seconds) + 2 * int(epoch_seconds)
+    max_age = float(record_ttl - int(epoch_seconds))
+    if not 0 <= skew_seconds < epoch_seconds or not max_age + skew_seconds < record_ttl:
+        raise ValueError(f"the erasure replay window cannot hold: the clock-skew allowance ({skew_seconds:g} s) "
+                         f"must be below one epoch ({epoch_seconds} s); lower STREAMGATE_ERASURE_CLOCK_SKEW_SECONDS "
+                         "or lengthen STREAMGATE_EPOCH_SECONDS")
+    return ErasureWindow(max_age, float(skew_seconds), record_ttl)
+
+
+def erasure_message(request_id: str, *, user_id: str | None, subject: str | None, requested_at: str | None,
+                    audience: str | None) -> bytes:
     """The canonical bytes an erasure request's signature covers: request id, which identifier
-    (``user_id`` or ``subject``) and its value, and ``requested_at``."""
+    (``user_id`` or ``subject``) and its value, ``requested_at`` and the deployment it is for."""
     kind, ident = ("user_id", user_id) if user_id is not None else ("subject", subject)
-    return canonical([ERASURE_CONTEXT, request_id, kind, ident, requested_at])
+    return canonical([ERASURE_CONTEXT, request_id, kind, ident, requested_at, audience])
 
 
 def sign_erasure_request(key: Ed25519PrivateKey, request_id: str, *, user_id: str | None = None,
-                         subject: str | None = None, requested_at: str) -> dict[str, Any]:
-    """The signed ``privacy.erasure`` document (what ``streamgate erase`` publishes)."""
+                         subject: str | None = None, requested_at: str, audience: str) -> dict[str, Any]:
+    """The signed ``privacy.erasure`` document (what ``streamgate erase`` publishes), for the deployment
+    ``audience`` (``STREAMGATE_DEPLOYMENT_ID``) only."""
     check_request_id(request_id)
     if (user_id is None) == (subject is None):
         raise ValueError("exactly one of user_id, subject")
-    msg = erasure_message(request_id, user_id=user_id, subject=subject, requested_at=requested_at)
-    doc: dict[str, Any] = {"request_id": request_id, "requested_at": requested_at}
+    if not isinstance(audience, str) or not _AUDIENCE_RE.fullmatch(audience):
+        raise ValueError("audience must be 1-64 characters of [A-Za-z0-9_.:-]")
+    msg = erasure_message(request_id, user_id=user_id, subject=subject, requested_at=requested_at,
+                          audience=audience)
+    doc: dict[str, Any] = {"request_id": request_id, "requested_at": requested_at, "audience": audience}
     doc["user_id" if user_id is not None else "subject"] = user_id if user_id is not None else subject
     doc["signer"] = public_key_id(key)
     doc["signature"] = encode_signature(sign(key, ERASURE_CONTEXT, msg))
@@ -247,14 +280,18 @@ def sign_erasure_request(key: Ed25519PrivateKey, request_id: str, *, user_id: st
 
 
 def parse_erasure_request(value: bytes | None, verify_key: Ed25519PublicKey, *, now: float | None = None,
-                          max_age_seconds: float | None = None) -> ErasureRequest:
+                          max_age_seconds: float | None = None, skew_seconds: float = FUTURE_SKEW_SECONDS,
+                          audience: str | None = None, not_before: float | None = None) -> ErasureRequest:
     """Parse, validate and authenticate one ``privacy.erasure`` record.
 
     Raises :class:`ErasureRejectedError` with ``code`` ``invalid_request`` (malformed),
     ``unauthenticated`` (no valid signature by ``verify_key``) or, when ``now`` and
     ``max_age_seconds`` are given, ``stale_request`` (``requested_at`` missing, older than
-    ``max_age_seconds`` or more than :data:`FUTURE_SKEW_SECONDS` ahead of ``now``). The
-    shredder keeps each request's record longer than that age, so an old signed request
+    ``max_age_seconds`` or more than ``skew_seconds`` ahead of ``now``: :func:`erasure_window`),
+    ``wrong_audience`` (signed for another deployment than ``audience``) and ``predates_store``
+    (``requested_at`` more than ``skew_seconds`` before ``not_before``: the time since which the
+    store has kept erasure records - the record of such a request may have been lost with Redis's
+    data). The shredder keeps each request's record longer than that age, so an old signed request
     replayed later is either idempotent or refused - it never erases data created since.
     Only a verified request is returned; error messages never quote the record."""
     try:
@@ -277,15 +314,23 @@ def parse_erasure_request(value: bytes | None, verify_key: Ed25519PublicKey, *, 
     requested_at = doc.get("requested_at")
     if requested_at is not None and (not isinstance(requested_at, str) or len(requested_at) > 64):
         raise ErasureRejectedError("invalid_request", "erasure request: requested_at must be an RFC 3339 string")
-    msg = erasure_message(rid, user_id=user_id, subject=subject, requested_at=requested_at)
+    aud = doc.get("audience")
+    if aud is not None and (not isinstance(aud, str) or not _AUDIENCE_RE.fullmatch(aud)):
+        raise ErasureRejectedError("invalid_request", "erasure request: audience must be a deployment id")
+    msg = erasure_message(rid, user_id=user_id, subject=subject, requested_at=requested_at, audience=aud)
     try:
         verify(verify_key, ERASURE_CONTEXT, msg, decode_signature(doc.get("signature")))
     except SignatureError:
         raise ErasureRejectedError("unauthenticated", "erasure request is not signed by the eraser key") from None
+    if audience is not None and aud != audience:
+        raise ErasureRejectedError("wrong_audience", "erasure request is signed for another deployment")
     if now is not None and max_age_seconds is not None:
         t = _parse_time(requested_at)
-        if t is None or not now - max_age_seconds <= t <= now + FUTURE_SKEW_SECONDS:
+        if t is None or not now - max_age_seconds <= t <= now + skew_seconds:
             raise ErasureRejectedError("stale_request", "erasure request is too old, or dated in the future")
+        if not_before is not None and t < not_before - skew_seconds:
+            raise ErasureRejectedError("predates_store", "erasure request predates the store's erasure records "
+                                       "(Redis lost data since): sign it again")
     return ErasureRequest(rid, user_id=user_id, subject=subject, requested_at=requested_at,
                           digest=hashlib.sha256(msg).hexdigest())
 
@@ -311,6 +356,10 @@ def candidate_epochs(now: float, *, epoch_seconds: int, retention_seconds: int, 
 # --------------------------------------------------------------------------- ports
 class ShredStore(Protocol):
     """Key storage as the shredder sees it (Redis: :class:`stream.storage.retention.RedisShredStore`)."""
+
+    def erasure_floor(self, now: float) -> float:
+        """Since when the store has kept erasure records: set to ``now`` if absent (a new or emptied store)."""
+        ...
 
     def claim_due(self, now: float, limit: int, *, at: float, worker: str, lease_until: float) -> list[PendingShred]:
         """Claim (exclusively: one winner per member) and destroy up to ``limit`` members with deadline <= ``now``."""
@@ -379,6 +428,10 @@ class MemoryShredStore:
         self.erasures: dict[str, bytes] = {}
         self.published: list[str] = []
         self._lock = threading.Lock()
+
+    def erasure_floor(self, now: float) -> float:
+        with self._lock:
+            return float(self.erasures.setdefault("\0floor", str(float(now)).encode()))
 
     # test helpers
     def add_key(self, subject: str, epoch: int, key_id: str, expire_at: int, *, ldp: bool = True) -> None:

@@ -2,7 +2,7 @@
 
 Layout (names from :mod:`stream.redisdb`; braces are hash tags)::
 
-    <prefix>:pid:{<L>}        b"2." + token + b"." + S (32 random bytes)   EXPIREAT = longest DEK of the person
+    <prefix>:pid:{<L>}        b"3." + token + b"." + S wrapped by the KEK  EXPIREAT = longest DEK of the person
     <prefix>:ptok:{<token>}   L                                          same expiry
     <prefix>:perased:{<L>}    epoch of the person's last erasure          EXPIREAT = that epoch's deadline
 
@@ -10,7 +10,9 @@ Layout (names from :mod:`stream.redisdb`; braces are hash tags)::
 found from the user_id alone - and ``perased`` with it, so the erasure writes it in the step that
 deletes ``pid`` and the mint reads it in the script that reads ``pid``.
 
-``S`` is created once (in a script: create-if-absent, first writer wins) and
+``S`` (32 random bytes) is wrapped by the KEK, bound to the ``pid`` key name and the token
+(:class:`stream.crypto.tokens.PseudonymKeys`): the gateway refuses a value moved or planted there.
+It is created once (in a script: create-if-absent, first writer wins) and
 its keys' expiry is raised (``EXPIREAT GT``) to the retention deadline of the
 epoch the person was last seen in - exactly the deadline of their newest DEK -
 so a person who is never seen again loses ``S`` together with their last key.
@@ -38,12 +40,13 @@ from __future__ import annotations
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 from stream.crypto.keyring import Keyring
+from stream.crypto.kms import KMS, LocalKMS, WrapCounter
 from stream.crypto.tokens import PseudonymKeys
-from stream.errors import KeyUnavailableError
+from stream.errors import KeyringError, KeyUnavailableError
 from stream.redisdb import (
     REDIS_ERRORS,
     RedisClient,
@@ -66,7 +69,8 @@ _DEFAULT_MEMO = 65_536
 
 # KEYS: n pid keys, then their n erased markers; ARGV[1], ARGV[2] the head and tail of a ptok key name
 # (stream.redisdb.ptok_affixes), ARGV[3] expire_at, then (candidate value, candidate token, lookup id) per
-# person. Create-if-absent (first writer wins, with its token index); otherwise raise both expiries (GT).
+# person. Create-if-absent (first writer wins, with its token index; an empty candidate creates nothing and
+# returns ''); otherwise raise both expiries (GT).
 # Returns per person its value and its erased marker ('' if none).
 # One server only: the ptok keys are named here (another slot on a cluster: see _ensure_cluster).
 _ENSURE_LUA = r"""
@@ -78,11 +82,13 @@ for i = 1, n do
   local v = redis.call('GET', k)
   if not v then
     v = ARGV[3 * i + 1]
-    redis.call('SET', k, v, 'EXAT', exat)
-    redis.call('SET', head .. ARGV[3 * i + 2] .. tail, ARGV[3 * i + 3], 'EXAT', exat)
+    if v ~= '' then
+      redis.call('SET', k, v, 'EXAT', exat)
+      redis.call('SET', head .. ARGV[3 * i + 2] .. tail, ARGV[3 * i + 3], 'EXAT', exat)
+    end
   else
     redis.call('EXPIREAT', k, exat, 'GT')
-    local tok = string.match(v, '^2%.(tk2_[A-Za-z0-9_-]+)%.')
+    local tok = string.match(v, '^[23]%.(tk2_[A-Za-z0-9_-]+)%.')
     if tok then redis.call('EXPIREAT', head .. tok .. tail, exat, 'GT') end
   end
   out[2 * i - 1] = v
@@ -92,11 +98,12 @@ return out
 """
 
 # KEYS[1] one pid key, KEYS[2] its erased marker (the slot of the lookup id): create-if-absent with
-# ARGV[1] until ARGV[2], else raise its expiry (GT). Returns {value, erased marker or ''}.
+# ARGV[1] until ARGV[2] (unless ARGV[1] is empty), else raise its expiry (GT). Returns {value, erased marker or ''}.
 _ENSURE_ONE_LUA = r"""
 local v = redis.call('GET', KEYS[1])
 if not v then
   v = ARGV[1]
+  if v == '' then return {'', redis.call('GET', KEYS[2]) or ''} end
   redis.call('SET', KEYS[1], v, 'EXAT', ARGV[2])
 else
   redis.call('EXPIREAT', KEYS[1], ARGV[2], 'GT')
@@ -115,20 +122,33 @@ class Pseudonyms:
     """``tk2`` person tokens backed by per-person secrets in Redis (module docstring); a
     :class:`stream.crypto.tokens.PersonTokens`. Thread-safe.
 
-    ``tokens`` costs one round trip per batch for people not cached (new, stale, or first seen
-    in a later epoch), none otherwise. ``lookup`` never creates a secret (the shredder's path).
+    ``tokens`` costs one round trip per batch for people not cached (stale, new, or first seen in
+    a later epoch; two if a stale one's secret is gone meanwhile), none otherwise. ``lookup`` never creates a secret (the shredder's path).
     """
 
     def __init__(self, keyring: Keyring, client: RedisClient, prefix: str, *, domain: str,
                  memo_size: int = _DEFAULT_MEMO, max_staleness_seconds: float = 30.0,
                  clock: Callable[[], float] = time.time, guard: KeyStoreGuard | None = None,
-                 on_erased: Callable[[dict[str, int], float], object] | None = None) -> None:
-        """``on_erased(token -> erasure epoch, now)``: called by :meth:`tokens` before it returns the
+                 on_erased: Callable[[dict[str, int], float], object] | None = None,
+                 kms: KMS | None = None, wrap_counter: WrapCounter | None = None, wrap_block: int = 4096) -> None:
+        """``kms``: wraps and opens the secrets (default: the keyring's KEKs, if it holds any - the
+        gateway; without them :meth:`tokens` refuses and :meth:`lookup` reads the token a value names,
+        unverified: the shredder). ``wrap_counter``: counts the secrets' wraps with the data keys' (one
+        KEK wrap limit; pass the DEK provider's), reserved ``wrap_block`` at a time (a process
+        over-counts by less than a block; no round trip for most new people). ``on_erased(token -> erasure epoch, now)``: called by :meth:`tokens` before it returns the
         tokens of people who carry an erased marker (the gateway exhausts their ledgers:
         :class:`stream.ldp.ledger.LedgerExhauster`); an exception fails the call."""
         self.domain = domain
         self.prefix = check_prefix(prefix)
-        self.keys = PseudonymKeys(keyring, domain)
+        if kms is None:
+            try:
+                kms = LocalKMS(keyring)
+            except KeyringError:  # a credential without a KEK (the shredder's)
+                kms = None
+        self.keys = PseudonymKeys(keyring, domain, kms)
+        self.wrap_counter = wrap_counter
+        self.wrap_block = max(1, int(wrap_block))
+        self._wraps_left = 0  # reserved, not yet used (under the lock)
         self._client = client
         self.cluster = is_cluster(client)
         self._script = client.register_script(_ENSURE_ONE_LUA if self.cluster else _ENSURE_LUA)
@@ -172,6 +192,7 @@ class Pseudonyms:
         now = self._clock()
         out: dict[str, str] = {}
         todo: list[str] = []
+        known: set[str] = set()  # cached, only stale: stored, most likely (no candidate wrapped for them)
         with self._lock:
             for v in dict.fromkeys(values):
                 e = self._memo.get(v)
@@ -180,8 +201,10 @@ class Pseudonyms:
                     out[v] = e.token
                 else:
                     todo.append(v)
+                    if e is not None:
+                        known.add(v)
         if todo:
-            resolved = self._ensure(todo, int(expire_at))
+            resolved = self._ensure(todo, int(expire_at), known)
             with self._lock:
                 for v, tok in resolved.items():
                     self._memo[v] = _Pseud(tok, now, int(expire_at))
@@ -191,35 +214,50 @@ class Pseudonyms:
             out.update(resolved)
         return [out[v] for v in values]
 
-    def _ensure(self, values: list[str], expire_at: int) -> dict[str, str]:
-        keys: list[str] = []
-        lookups: list[str] = []
-        cands: list[bytes] = []
-        args: list[bytes | str | int] = [*ptok_affixes(self.prefix), expire_at]
-        for v in values:
-            tok, cand = self.keys.new_value(v)
-            lookups.append(self.keys.lookup_id(v))
-            keys.append(self.pid_key(lookups[-1]))
-            cands.append(cand)
-            args += [cand, tok, lookups[-1]]
+    def _ensure(self, values: list[str], expire_at: int, known: Collection[str] = ()) -> dict[str, str]:
+        """One pass, two at most: people this process has not seen get a candidate (wrapped) and
+        are created if absent; the ``known`` ones (cached, stale) are read and extended without a
+        candidate, and created in a second pass only if their secret is gone. So re-checks wrap
+        nothing; a person first seen by this process costs one wrap even if stored already."""
+        lookups = [self.keys.lookup_id(v) for v in values]
+        keys = [self.pid_key(lookup) for lookup in lookups]
         marks = [self.perased_key(lookup) for lookup in lookups]
+        raws: list[Any] = [None] * len(values)
+        found: list[Any] = [""] * len(values)
+        cands: dict[int, tuple[str, bytes]] = {}
+        todo = list(range(len(values)))
         try:
-            if self.cluster:
-                stored: Any = self._ensure_cluster(keys, marks, lookups, cands, expire_at)
-            else:
-                stored = self._script(keys=keys + marks, args=args)
-                self.round_trips += 1
+            for create in (False, True):
+                fresh = [i for i in todo if create or values[i] not in known]
+                if fresh:
+                    self._reserve(len(fresh))
+                    cands.update((i, self.keys.new_value(values[i], keys[i])) for i in fresh)
+                sub = [(keys[i], marks[i], lookups[i], cands.get(i, ("", b""))) for i in todo]
+                stored = self._ensure_cluster(sub, expire_at) if self.cluster else self._ensure_one_server(sub, expire_at)
+                left = []
+                for j, i in enumerate(todo):
+                    raw, mark = stored[2 * j], stored[2 * j + 1]
+                    if not raw:
+                        left.append(i)
+                    else:
+                        raws[i], found[i] = raw, mark
+                todo = left
+                if not todo:
+                    break
         except REDIS_ERRORS as exc:
             raise KeyUnavailableError(f"pseudonym store unavailable ({type(exc).__name__})") from None
+        if todo:
+            raise KeyUnavailableError("pseudonym secret was not stored")
         if self.guard is not None:
             self.guard.note_loaded()
         out: dict[str, str] = {}
         erased: dict[str, int] = {}
-        for v, raw, mark, cand in zip(values, stored[0::2], stored[1::2], cands, strict=True):
-            _, secret = self.keys.parse(raw)
-            out[v] = tok = self.keys.token_from(secret, v)
-            if bytes(raw) == cand:
+        for i, (v, key, raw, mark) in enumerate(zip(values, keys, raws, found, strict=True)):
+            if i in cands and bytes(raw) == cands[i][1]:  # ours: its token is known, nothing to open
+                out[v] = tok = cands[i][0]
                 self.created += 1
+            else:
+                out[v] = tok = self.keys.open(raw, key, v)
             if mark:
                 try:
                     erased[tok] = int(mark)
@@ -231,19 +269,43 @@ class Pseudonyms:
                 self.on_erased(erased, self._clock())
         return out
 
-    def _ensure_cluster(self, keys: list[str], marks: list[str], lookups: list[str], cands: list[bytes],
-                        expire_at: int) -> list[Any]:
+    def _reserve(self, n: int) -> None:
+        """Count ``n`` wraps against the KEK's limit before doing them (a block at a time)."""
+        if self.wrap_counter is None:
+            return
+        kek = str(getattr(self.keys.kms, "primary_id", "kms"))
+        with self._lock:
+            if self._wraps_left >= n:
+                self._wraps_left -= n
+                return
+            need = max(n - self._wraps_left, self.wrap_block)
+            self.wrap_counter.reserve(kek, need)  # raises beyond the limit: nothing wrapped
+            self._wraps_left += need - n
+
+    def _ensure_one_server(self, sub: list[tuple[str, str, str, tuple[str, bytes]]], expire_at: int) -> list[Any]:
+        args: list[bytes | str | int] = [*ptok_affixes(self.prefix), expire_at]
+        for _key, _mark, lookup, (tok, cand) in sub:
+            args += [cand, tok, lookup]
+        out = self._script(keys=[k for k, *_ in sub] + [m for _, m, *_ in sub], args=args)
+        self.round_trips += 1
+        return list(out)
+
+    def _ensure_cluster(self, sub: list[tuple[str, str, str, tuple[str, bytes]]], expire_at: int) -> list[Any]:
         """The cluster path (module docstring): read the secrets, index the tokens they give (or the
-        candidates'), then create or extend each secret and read its erased marker (one script per
-        lookup id's slot); a token that differs from the indexed one (a concurrent creator won) is
-        indexed afterwards. Returns value and marker per person, flat (as the one-server script)."""
+        candidates'), then create (with a candidate) or extend each secret and read its erased marker
+        (one script per lookup id's slot); a token that differs from the indexed one (a concurrent
+        creator won) is indexed afterwards. Returns value ('' if absent without a candidate) and
+        marker per person, flat (as the one-server script)."""
+        keys = [k for k, *_ in sub]
         current = mget(self._client, keys)
         self.round_trips += 1
 
         def token_of(raw: Any) -> str:
-            return self.keys.parse(raw)[0]
+            return self.keys.parse(raw)
 
         def index(pairs: list[tuple[str, str]]) -> None:
+            if not pairs:
+                return
             pipe = self._client.pipeline(transaction=False)
             for tok, lookup in pairs:
                 pipe.set(self.ptok_key(tok), lookup, nx=True, exat=expire_at)
@@ -251,27 +313,29 @@ class Pseudonyms:
             pipe.execute()
             self.round_trips += 1
 
-        expected = [token_of(raw if raw is not None else cand) for raw, cand in zip(current, cands, strict=True)]
-        index(list(zip(expected, lookups, strict=True)))
+        expected = [token_of(raw) if raw is not None else (tok or None)
+                    for raw, (_k, _m, _l, (tok, _c)) in zip(current, sub, strict=True)]
+        index([(tok, lookup) for tok, (_k, _m, lookup, _c) in zip(expected, sub, strict=True) if tok])
         pairs = eval_many(self._client, self._script,
-                          [([k, m], [c, expire_at]) for k, m, c in zip(keys, marks, cands, strict=True)])
+                          [([k, m], [cand, expire_at]) for k, m, _l, (_t, cand) in sub])
         self.round_trips += 1
-        stored = [raw for raw, _mark in pairs]
-        late = [(token_of(raw), lookup) for raw, tok, lookup in zip(stored, expected, lookups, strict=True)
-                if token_of(raw) != tok]
-        if late:
-            index(late)
+        late = [(token_of(raw), lookup) for (raw, _mark), tok, (_k, _m, lookup, _c) in zip(pairs, expected, sub, strict=True)
+                if raw and token_of(raw) != tok]
+        index(late)
         return [x for pair in pairs for x in pair]
 
     # -- the shredder's path ---------------------------------------------------------
     def lookup(self, value: str) -> str | None:
         """The current token of ``value``, or None if the person has no secret (never seen, erased,
-        or expired). Creates nothing."""
+        or expired). Creates nothing. Without the wrap key: the token the stored value names (unverified)."""
+        key = self.pid_key(self.keys.lookup_id(value))
         try:
-            raw = self._client.get(self.pid_key(self.keys.lookup_id(value)))
+            raw = self._client.get(key)
         except REDIS_ERRORS as exc:
             raise KeyUnavailableError(f"pseudonym store unavailable ({type(exc).__name__})") from None
-        return None if raw is None else self.keys.token_from(self.keys.parse(raw)[1], value)
+        if raw is None:
+            return None
+        return self.keys.parse(raw) if self.keys.kms is None else self.keys.open(raw, key, value)
 
     # -- caches ------------------------------------------------------------------------
     def forget(self, token: str) -> int:

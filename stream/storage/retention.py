@@ -50,6 +50,7 @@ from stream.redisdb import (
     deadline_shard,
     deadlines_key,
     dek_key,
+    erasure_floor_key,
     erasure_key,
     eval_many,
     is_cluster,
@@ -336,6 +337,16 @@ class RedisShredStore:
             return ErasureRecord.decode(self._call(self.client.get, record_key)), False
         self.publish(f"{subject}:*")
         return ErasureRecord.decode(record), True
+
+    def erasure_floor(self, now: float) -> float:
+        """Since when this store has kept erasure records (``<prefix>:erasure-floor``, SET NX ``now``)."""
+        key = erasure_floor_key(self.prefix)
+
+        def fill(pipe: Any) -> None:
+            pipe.set(key, repr(float(now)), nx=True)
+            pipe.get(key)
+
+        return float(self._pipe(fill)[-1])
 
     def has_keys(self, subject: str, epochs: Sequence[int]) -> bool:
         """Whether any DEK of ``subject`` exists among ``epochs`` (one EXISTS: one slot)."""

@@ -139,7 +139,8 @@ def _erasure_inputs(s: Settings, n: int, seed: int) -> list[tuple[str, bytes]]:
     out = []
     for i in range(n):
         rid = f"req-{seed}-{i}-{uuid.uuid4().hex[:6]}"
-        body = sign_erasure_request(key, rid, user_id=f"u{seed}-{i}", requested_at=rfc3339(time.time()))
+        body = sign_erasure_request(key, rid, user_id=f"u{seed}-{i}", requested_at=rfc3339(time.time()),
+                                    audience=s.deployment_id)
         out.append((rid, orjson.dumps(body)))
     return out
 

@@ -43,6 +43,7 @@ def _env(settings, unique_id: str) -> dict[str, str]:
     return settings_env(
         settings,
         STREAMGATE_EPOCH_SECONDS=str(settings.epoch_seconds),
+        STREAMGATE_ERASURE_CLOCK_SKEW_SECONDS=str(settings.erasure_clock_skew_seconds),
         STREAMGATE_RETENTION_SECONDS=str(settings.retention_seconds),
         STREAMGATE_SHREDDER_BATCH_SIZE="10",
         STREAMGATE_SHREDDER_INTERVAL_SECONDS="0.2",
@@ -64,7 +65,7 @@ def _tail(log: Path) -> str:
 @pytest.mark.parametrize("redis_backend", ["single", "cluster"])  # on a cluster the claim's steps are apart
 def test_sigkill_mid_run_then_restart_leaves_no_due_key_and_no_foreign_duplicates(
         settings_factory, redis_client, unique_id, tmp_path) -> None:
-    settings = settings_factory(epoch_seconds=60, retention_seconds=3600)
+    settings = settings_factory(epoch_seconds=60, retention_seconds=3600, erasure_clock_skew_seconds=30)
     prefix = settings.redis_key_prefix
     ensure_topics(settings.kafka_bootstrap, [settings.topics.erasure, settings.topics.audit], partitions=1)
     now = time.time()

@@ -16,6 +16,7 @@ from stream.kafka import ensure_topics
 from stream.schema import output_validator
 from stream.storage.retention import RedisShredStore
 from stream.synth import ClickstreamGenerator
+from tests.support.fixtures import delete_prefixed_keys
 from tests.support.kafka import read_topic, running_engine, wait_for
 from tests.support.shred import (
     Clock,
@@ -197,7 +198,7 @@ def test_malformed_repeated_and_unknown_person_requests(settings, redis_client) 
     with running_shredder(settings, clock) as engine:
         produce(bootstrap, t.erasure, reqs)
         wait_for(lambda: engine.erasures_committed >= 5, timeout=60, what="requests committed")
-    receipts = audit_receipts(bootstrap, t.audit, expect=6)
+    receipts = audit_receipts(bootstrap, t.audit, expect=7)
     assert not any(VALID(r) for r in receipts)
     summaries = [r for r in receipts if r["kind"] in ("erasure", "erasure_rejected")]
     assert [(r["request_id"], r["status"], r["error"], r["keys_shredded"]) for r in summaries] == [
@@ -241,6 +242,36 @@ def test_shredder_metrics_move_with_requests_and_receipts(settings) -> None:
     assert "usr_metrics" not in text and "tk1_" not in text and "tk2_" not in text
 
 
+def test_a_replay_after_redis_lost_the_erasure_record_is_refused(settings, redis_client) -> None:
+    """The real shredder: a signed request erases; Redis then loses its data (the idempotency record
+    with it) and the person comes back with new data; the same signed request, replayed well within
+    its window, is refused (``predates_store``) and the new data stays readable."""
+    from stream.retention.receipts import rfc3339
+
+    t = settings.topics
+    bootstrap = settings.kafka_bootstrap
+    ensure_topics(bootstrap, [t.erasure, t.audit], partitions=1)
+    clock = Clock(T0)
+    user = "usr_replayed"
+    events = protect(settings, clock, [user], 1)
+    request = signed_request(settings, "r-replayed", user_id=user, requested_at=rfc3339(T0))
+    with running_shredder(settings, clock) as engine:
+        produce(bootstrap, t.erasure, [(b"", request)])
+        wait_for(lambda: engine.erasures_committed >= 1, timeout=60, what="erasure committed")
+        assert engine.stats.erasures == 1
+        with pytest.raises(KeyShreddedError):
+            reader(settings, clock).decrypt(events[0])
+        assert delete_prefixed_keys(redis_client, settings.redis_key_prefix) > 0  # Redis loses its data
+        clock.advance(E)  # well within the window (retention + 1 epoch): only the record could stop it
+        again = protect(settings, clock, [user], 1)  # the person is back, under a new token
+        produce(bootstrap, t.erasure, [(b"", request)])
+        wait_for(lambda: engine.erasures_committed >= 2, timeout=60, what="replay committed")
+        assert engine.stats.erasures == 1 and engine.stats.erasures_rejected == 1
+    assert reader(settings, clock).decrypt(again[0])["email"].endswith("@example.org")
+    rejected = [r for r in audit_receipts(bootstrap, t.audit, expect=3) if r["kind"] == "erasure_rejected"]
+    assert [(r["error"], r["subject"]) for r in rejected] == [("predates_store", None)]
+
+
 def test_only_signed_erasure_requests_shred(settings, redis_client) -> None:
     """The audit's attack, on the real broker and Redis: unsigned requests by user_id and by a token
     copied from a clicks.protected key, one signed with another key and a validly signed but stale one
@@ -265,34 +296,36 @@ def test_only_signed_erasure_requests_shred(settings, redis_client) -> None:
     prefix = settings.redis_key_prefix
     assert len([k for k in redis_keys_of(redis_client, prefix, token) if ":dek:" in k]) == 1
     forged = sign_erasure_request(Ed25519PrivateKey.generate(), "att-3", subject=token,
-                                  requested_at="2030-03-17T17:46:40.000Z")
+                                  requested_at="2030-03-17T17:46:40.000Z", audience="default")
     attacks = [
         (user.encode(), orjson.dumps({"request_id": "att-1", "user_id": user})),
         (token.encode(), orjson.dumps({"request_id": "att-2", "subject": token})),
         (token.encode(), orjson.dumps(forged)),
         # validly signed but years old: a replay after its record expired must not erase newer data
         (token.encode(), signed_request(settings, "att-4", subject=token, requested_at="2020-01-01T00:00:00.000Z")),
+        # validly signed, fresh, but for another deployment sharing the eraser key
+        (token.encode(), signed_request(settings, "att-5", subject=token, audience="staging")),
     ]
     with running_shredder(settings, clock) as engine:
         produce(bootstrap, t.erasure, attacks)
-        wait_for(lambda: engine.erasures_committed >= 4, timeout=60, what="attacks committed")
-        assert engine.stats.erasures_rejected == 4 and engine.stats.erasures == 0
+        wait_for(lambda: engine.erasures_committed >= 5, timeout=60, what="attacks committed")
+        assert engine.stats.erasures_rejected == 5 and engine.stats.erasures == 0
         assert len([k for k in redis_keys_of(redis_client, prefix, token) if ":dek:" in k]) == 1
         for ev in events:  # still readable
             assert reader(settings, clock).decrypt(ev)["email"].endswith("@example.org")
         produce(bootstrap, t.erasure, [(b"", signed_request(settings, "legit-1", subject=token))])
-        wait_for(lambda: engine.erasures_committed >= 5, timeout=60, what="signed request committed")
+        wait_for(lambda: engine.erasures_committed >= 6, timeout=60, what="signed request committed")
     assert redis_keys_of(redis_client, prefix, token) == []
     for ev in events:
         with pytest.raises(KeyShreddedError):
             reader(settings, clock).decrypt(ev)
-    receipts = audit_receipts(bootstrap, t.audit, expect=6)
+    receipts = audit_receipts(bootstrap, t.audit, expect=7)
     assert not any(VALID(r) for r in receipts)
     public = verify_key(Keyring.from_settings(settings), "receipt")
     assert all(verify_receipt(r, public) for r in receipts)
     rejected = [r for r in receipts if r["kind"] == "erasure_rejected"]
     assert [(r["error"], r["subject"], r["request_id"]) for r in rejected] == [
-        ("unauthenticated", None, None)] * 3 + [("stale_request", None, None)]
+        ("unauthenticated", None, None)] * 3 + [("stale_request", None, None), ("wrong_audience", None, None)]
     text = b"".join(orjson.dumps(r) for r in rejected)
     assert user.encode() not in text and token.encode() not in text
     (done,) = [r for r in receipts if r["kind"] == "erasure"]
@@ -326,7 +359,8 @@ def test_each_role_credential_alone_does_its_part(settings, redis_client, tmp_pa
     for ev in events:
         assert reader(as_role["reader"], clock).decrypt(ev)["email"].endswith("@example.org")
     request = sign_erasure_request(signing_key(Keyring.from_settings(as_role["eraser"]), "erasure"), "roles-1",
-                                   user_id="usr_roles", requested_at="2030-03-17T17:46:40.000Z")
+                                   user_id="usr_roles", requested_at="2030-03-17T17:46:40.000Z",
+                                   audience=as_role["shredder"].deployment_id)
     with running_shredder(as_role["shredder"], clock) as engine:
         produce(bootstrap, t.erasure, [(b"", orjson.dumps(request))])
         wait_for(lambda: engine.erasures_committed >= 1, timeout=60, what="erasure committed")

@@ -69,6 +69,9 @@ def test_demo_from_nothing(tmp_path: Path, demo_env: dict[str, str]) -> None:
     assert protected + dead == EVENTS
     assert 0 < dead < EVENTS * 0.1  # default invalid rate 2 %
 
+    # -- its workers ran as their Redis ACL users (stream/storage/acl.py) and did their work
+    assert "connect as their ACL users" in out, out
+
     # -- the decrypt check passed
     check = [line for line in out.splitlines() if "decrypting with the master key" in line]
     assert len(check) == 1 and "✓" in check[0] and "✗" not in check[0], out

@@ -183,7 +183,7 @@ def test_erase_signs_with_the_eraser_credential_alone(settings_factory, tmp_path
     """No key, no erasure; the eraser credential (no KEK, no token key) is enough to publish a
     request that verifies with the master keyring's erasure key."""
     from stream.crypto.signing import verify_key
-    from stream.retention.core import parse_erasure_request
+    from stream.retention.core import ErasureRejectedError, parse_erasure_request
 
     settings = settings_factory()
     master = Keyring.from_settings(settings)
@@ -193,14 +193,19 @@ def test_erase_signs_with_the_eraser_credential_alone(settings_factory, tmp_path
     refused = _run(env, "erase", "--user", "usr_no_key", "--request-id", "nokey-0")
     assert refused.returncode == 1 and "no master key configured" in refused.stderr
     env["STREAMGATE_KEY_FILE"] = str(tmp_path / "eraser.json")
+    env["STREAMGATE_DEPLOYMENT_ID"] = "prod-eu"
     done = _run(env, "erase", "--user", "usr_no_kek", "--request-id", "nokek-1")
     assert done.returncode == 0, done.stderr
     assert "request_id=nokek-1" in done.stdout and "token not shown" in done.stdout
     assert "no shredder is running" in done.stderr and "streamgate shredder" in done.stderr
     (rec,) = read_topic(settings.kafka_bootstrap, settings.topics.erasure, expect=1)
     body = json.loads(rec.value)
-    assert rec.key == b"usr_no_kek" and set(body) == {"request_id", "user_id", "requested_at", "signer", "signature"}
-    req = parse_erasure_request(rec.value, verify_key(master, "erasure"))
+    assert rec.key == b"usr_no_kek" and set(body) == {"request_id", "user_id", "requested_at", "audience", "signer",
+                                                      "signature"}
+    assert body["audience"] == "prod-eu"  # signed for this deployment only
+    with pytest.raises(ErasureRejectedError, match="another deployment"):
+        parse_erasure_request(rec.value, verify_key(master, "erasure"), audience="staging")
+    req = parse_erasure_request(rec.value, verify_key(master, "erasure"), audience="prod-eu")
     assert (req.request_id, req.user_id) == ("nokek-1", "usr_no_kek")
     bad = _run(env, "erase", "--user", "u", "--subject", "t")
     assert bad.returncode == 2 and "exactly one of --user, --subject" in bad.stderr

@@ -43,18 +43,30 @@ def test_wrap_limit_refuses_before_any_wrap(caplog) -> None:
 
 def test_pseudonym_keys_derivations() -> None:
     ring = Keyring.generate()
-    keys = PseudonymKeys(ring, "user")
-    token, value = keys.new_value("alice")
+    keys = PseudonymKeys(ring, "user", LocalKMS(ring))
+    token, value = keys.new_value("alice", "sg:pid:{a}")
     assert token.startswith(PSEUDONYM_PREFIX) and len(token) == len(PSEUDONYM_PREFIX) + 22
-    parsed_token, secret = keys.parse(value)
-    assert parsed_token == token and keys.token_from(secret, "alice") == token
-    again, _ = keys.new_value("alice")
+    assert keys.parse(value) == token and keys.open(value, "sg:pid:{a}", "alice") == token
+    assert value.startswith(b"3." + token.encode() + b".") and len(value) > len(token) + 3 + 32  # wrapped
+    # bound to its key name, its token and its person: moved, re-labelled or someone else's does not open
+    other, _ = keys.new_value("bob", "sg:pid:{b}")
+    for raw, name, person in ((value, "sg:pid:{b}", "alice"), (b"3." + other.encode() + value[len(token) + 2:],
+                              "sg:pid:{a}", "alice"), (value, "sg:pid:{a}", "bob")):
+        with pytest.raises(KeyUnavailableError):
+            keys.open(raw, name, person)
+    with pytest.raises(KeyUnavailableError, match="wrap key"):
+        PseudonymKeys(ring, "user").new_value("alice", "sg:pid:{a}")  # no KMS (the shredder): reads only
+    assert PseudonymKeys(ring, "user").parse(value) == token
+    secret = os.urandom(32)  # a value written before the wrap still opens
+    legacy = b"2." + keys.token_from(secret, "alice").encode() + b"." + secret
+    assert keys.open(legacy, "sg:pid:{a}", "alice") == keys.token_from(secret, "alice")
+    again, _ = keys.new_value("alice", "sg:pid:{a}")
     assert again != token  # a new secret, a new token: the old one is not recomputable without it
     assert keys.lookup_id("alice") == PseudonymKeys(ring, "user").lookup_id("alice")  # found by user_id alone
     assert keys.lookup_id("alice") != PseudonymKeys(ring, "session").lookup_id("alice")
     assert keys.lookup_id("alice") != PseudonymKeys(Keyring.generate(), "user").lookup_id("alice")
     assert keys.absent_token("r1") != keys.absent_token("r2")
-    for bad in (None, b"", b"2." + token.encode() + b"." + os.urandom(31), b"1." + value[2:], value + b"x"):
+    for bad in (None, b"", b"2." + token.encode() + b"." + os.urandom(31), b"1." + value[2:], b"3." + token.encode()):
         with pytest.raises(KeyUnavailableError, match="malformed"):
             keys.parse(bad)
     with pytest.raises(TypeError) as info:

@@ -97,12 +97,19 @@ def test_compose_workers(compose: dict[str, Any], worker: str) -> None:
     assert svc["command"] == ["streamgate", worker]
     env = _env(svc)
     assert env["STREAMGATE_KAFKA_BOOTSTRAP"] == "kafka:9092"
-    assert env["STREAMGATE_REDIS_URL"] == "redis://redis:6379/0"
+    if worker == "learner":  # no Redis user, not on Redis's network
+        assert "STREAMGATE_REDIS_URL" not in env and svc["networks"] == ["streamgate"]
+    else:  # connects as its role's ACL user (stream/storage/acl.py) with its password secret
+        assert env["STREAMGATE_REDIS_URL"] == f"redis://{worker}@redis:6379/0"
+        assert env["STREAMGATE_REDIS_PASSWORD_FILE"] == f"/run/secrets/redis_{worker}"
+        assert compose["secrets"][f"redis_{worker}"]["file"] == f"./.secrets/redis/{worker}.password"
+        assert "redis" in svc["networks"]
     assert env["STREAMGATE_WEB_BIND"] == "0.0.0.0"
     assert "STREAMGATE_MASTER_KEY" not in env  # never a key in the repository
     assert "STREAMGATE_MASTER_KEY_FILE" not in env  # no worker holds the master keyring
     assert env["STREAMGATE_KEY_FILE"] == f"/run/secrets/key_{worker}"  # its own role credential only
-    assert sorted(svc["secrets"]) == [f"kafka_{worker}", f"key_{worker}"]
+    assert sorted(svc["secrets"]) == sorted([f"kafka_{worker}", f"key_{worker}"]
+                                            + ([f"redis_{worker}"] if worker != "learner" else []))
     assert compose["secrets"][f"key_{worker}"]["file"] == f"./.secrets/roles/{worker}.json"
     assert env["STREAMGATE_KAFKA_SASL_USERNAME"] == worker
     assert env["STREAMGATE_KAFKA_SASL_PASSWORD_FILE"] == f"/run/secrets/kafka_{worker}"
@@ -120,6 +127,71 @@ def test_compose_workers(compose: dict[str, Any], worker: str) -> None:
     assert deps["kafka"]["condition"] == "service_healthy" and deps["redis"]["condition"] == "service_healthy"
     assert deps["topics"]["condition"] == "service_completed_successfully"
     assert deps["acls"]["condition"] == "service_completed_successfully"
+
+
+def test_compose_redis_has_acl_users_and_its_own_network(compose: dict[str, Any]) -> None:
+    from stream.storage.acl import compose_acl_template
+
+    services = compose["services"]
+    redis_svc = services["redis"]
+    assert redis_svc["networks"] == ["redis"] and redis_svc["command"][:2] == ["sh", "/opt/streamgate/start.sh"]
+    assert sorted(redis_svc["secrets"]) == ["redis_gateway", "redis_privatizer", "redis_reader", "redis_shredder"]
+    on_redis_net = {name for name, svc in services.items() if "redis" in svc.get("networks", [])}
+    assert on_redis_net == {"redis", "gateway", "privatizer", "shredder"}  # not prometheus, grafana, learner, kafka
+    prom = services["prometheus"]
+    assert not [a for a in prom["command"] if "lifecycle" in a]  # no HTTP reload or shutdown
+    assert all(str(p).startswith("127.0.0.1:") for svc in ("prometheus", "grafana") for p in services[svc]["ports"])
+    assert (OPS / "redis" / "users.acl").read_text() == compose_acl_template(), (
+        "ops/redis/users.acl is stale: regenerate it with the command at its top")
+
+
+def test_redis_start_script_writes_an_acl_file_redis_loads(tmp_path: Path) -> None:
+    """ops/redis/start.sh with test secrets: the file it writes is loaded by a real redis-server, each
+    role authenticates with its own password only, and the default user is off."""
+    import os
+    import time
+
+    import redis
+
+    from stream.dev.stack import find_redis_binary, free_port
+
+    secrets_dir = tmp_path / "secrets"
+    secrets_dir.mkdir()
+    pw = {r: f"pw-{r}-{i}" for i, r in enumerate(("gateway", "privatizer", "shredder", "reader"))}
+    for role, p in pw.items():
+        (secrets_dir / f"redis_{role}").write_text(p + "\n")
+    out = tmp_path / "users.acl"
+    env = dict(os.environ, STREAMGATE_ACL_TEMPLATE=str(OPS / "redis" / "users.acl"), STREAMGATE_SECRETS_DIR=str(secrets_dir),
+               STREAMGATE_ACL_FILE=str(out), STREAMGATE_ACL_ONLY="1")
+    run = subprocess.run(["sh", str(OPS / "redis" / "start.sh")], env=env, capture_output=True, text=True, timeout=30)
+    assert run.returncode == 0, run.stderr
+    text = out.read_text()
+    assert "#@" not in text and not any(p in text for p in pw.values())  # hashes only
+    binary = find_redis_binary()
+    version = subprocess.run([binary, "--version"], capture_output=True, text=True).stdout
+    if tuple(int(x) for x in re.search(r"v=(\d+)\.(\d+)", version).groups()) < (7, 2):  # type: ignore[union-attr]
+        out.write_text(text.replace(" +client|setinfo", "").replace(" +waitaof", ""))  # commands it lacks
+    port = free_port()
+    proc = subprocess.Popen([binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--aclfile", str(out)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 20
+        while True:
+            try:
+                redis.Redis(port=port).ping()
+            except redis.exceptions.AuthenticationError:
+                break  # up, and the default user is off
+            except redis.exceptions.ConnectionError:
+                assert time.monotonic() < deadline and proc.poll() is None, "redis did not start with the ACL file"
+                time.sleep(0.1)
+        for role, p in pw.items():
+            assert redis.Redis(port=port, username=role, password=p).ping()
+            other = pw["reader" if role != "reader" else "gateway"]
+            with pytest.raises(redis.exceptions.AuthenticationError):
+                redis.Redis(port=port, username=role, password=other).ping()
+    finally:
+        proc.terminate()
+        proc.wait(10)
 
 
 def test_compose_scales_the_partitioned_workers_out(compose: dict[str, Any]) -> None:
@@ -390,6 +462,8 @@ def test_secrets_script_writes_0600_role_credentials_and_a_matching_user_table(t
         assert f'user_{user}="' in jaas
         assert (secrets / "kafka" / f"{user}.password").read_text() in jaas
     assert "sasl.mechanism=PLAIN" in (secrets / "kafka" / "admin.properties").read_text()
+    for role in ("gateway", "privatizer", "shredder", "reader"):  # Redis ACL users (ops/redis/users.acl)
+        assert len((secrets / "redis" / f"{role}.password").read_text()) >= 32  # 32 random bytes, base64 less +/=
     before = {p: p.read_bytes() for p in (secrets / "keyring.json", secrets / "kafka" / "admin.password")}
     again = subprocess.run(["sh", str(OPS / "secrets.sh"), str(secrets)], env=env, capture_output=True, text=True,
                            timeout=120)

@@ -34,7 +34,8 @@ AT = "2026-11-30T00:00:00.000Z"
 
 def _signed(key: Ed25519PrivateKey = KAT_KEY, **kw: str) -> dict[str, str]:
     kw = {"user_id": "usr_kat", **kw} if "subject" not in kw else kw
-    return sign_erasure_request(key, kw.pop("request_id", "req-kat-1"), requested_at=kw.pop("requested_at", AT), **kw)
+    return sign_erasure_request(key, kw.pop("request_id", "req-kat-1"), requested_at=kw.pop("requested_at", AT),
+                                **{"audience": "default", **kw})
 
 
 def _parse(doc: object, key: Ed25519PrivateKey = KAT_KEY):  # type: ignore[no-untyped-def]
@@ -45,17 +46,18 @@ def _parse(doc: object, key: Ed25519PrivateKey = KAT_KEY):  # type: ignore[no-un
 def test_canonical_encoding_known_answer() -> None:
     assert canonical(["ab", "", None, b"\x00"]) == (
         b"\x00\x00\x00\x02ab" + b"\x00\x00\x00\x00" + b"\xff\xff\xff\xff" + b"\x00\x00\x00\x01\x00")
-    assert erasure_message("r", user_id="u", subject=None, requested_at=None) == (
-        b"\x00\x00\x00\x12erasure-request.v1" + b"\x00\x00\x00\x01r" + b"\x00\x00\x00\x07user_id"
-        + b"\x00\x00\x00\x01u" + b"\xff\xff\xff\xff")
+    assert erasure_message("r", user_id="u", subject=None, requested_at=None, audience="default") == (
+        b"\x00\x00\x00\x12erasure-request.v2" + b"\x00\x00\x00\x01r" + b"\x00\x00\x00\x07user_id"
+        + b"\x00\x00\x00\x01u" + b"\xff\xff\xff\xff" + b"\x00\x00\x00\x07default")
 
 
 def test_erasure_request_known_answer() -> None:
     """Regression vector (Ed25519 is deterministic): seed 00..1f, the documented canonical encoding."""
     doc = _signed()
     assert doc == {
-        "request_id": "req-kat-1", "requested_at": AT, "user_id": "usr_kat", "signer": "kb67b456817",
-        "signature": "ymdFD6S9e12nLX_olxu9Je_Dn-MUT4Ivd2oXZaSm-3xwtKPmQsUv6hpUhGnzVVtVGypsyjri7HG_OFDfFMJvCg",
+        "request_id": "req-kat-1", "requested_at": AT, "audience": "default", "user_id": "usr_kat",
+        "signer": "kb67b456817",
+        "signature": "PFBM4StDvjLrQgOA4GSVQ_LLucHMg-9r1CT3qCyvHtf-WbC9GqNbIs1bkLT3iAKpxgbMd2a3NSVdqSovr5bLBw",
     }
     req = _parse(doc)
     assert (req.request_id, req.user_id, req.subject, req.requested_at) == ("req-kat-1", "usr_kat", None, AT)
@@ -87,7 +89,7 @@ def test_another_key_or_another_context_does_not_verify() -> None:
         _parse(_signed(Ed25519PrivateKey.generate()))
     # a receipt-context signature over the very same bytes is no erasure signature
     doc = _signed()
-    msg = erasure_message("req-kat-1", user_id="usr_kat", subject=None, requested_at=AT)
+    msg = erasure_message("req-kat-1", user_id="usr_kat", subject=None, requested_at=AT, audience="default")
     doc["signature"] = encode_signature(sign(KAT_KEY, RECEIPT_CONTEXT, msg))
     with pytest.raises(ErasureRejectedError):
         _parse(doc)
@@ -96,7 +98,7 @@ def test_another_key_or_another_context_does_not_verify() -> None:
 
 
 @settings(max_examples=60, deadline=None)
-@given(field=st.sampled_from(["request_id", "user_id", "requested_at"]),
+@given(field=st.sampled_from(["request_id", "user_id", "requested_at", "audience"]),
        value=st.text(alphabet="abcdefXYZ0123456789-_.:", min_size=1, max_size=20))
 def test_any_change_to_a_signed_field_is_refused(field: str, value: str) -> None:
     doc = _signed()
@@ -144,7 +146,8 @@ def test_malformed_requests_are_invalid_before_any_signature_check() -> None:
 def test_keys_come_from_the_keyring_and_role_credentials_interoperate() -> None:
     master = Keyring.generate()
     eraser, shredder = master.for_role("eraser"), master.for_role("shredder", token_domains=["user_id"])
-    doc = sign_erasure_request(signing_key(eraser, "erasure"), "r-roles", subject="tk1_x", requested_at=AT)
+    doc = sign_erasure_request(signing_key(eraser, "erasure"), "r-roles", subject="tk1_x", requested_at=AT,
+                               audience="default")
     assert parse_erasure_request(orjson.dumps(doc), verify_key(shredder, "erasure")).subject == "tk1_x"
     assert parse_erasure_request(orjson.dumps(doc), verify_key(master, "erasure")).subject == "tk1_x"
 

@@ -219,7 +219,7 @@ def test_malformed_erasure_requests_are_refused_without_echoing_them(value: byte
 
 def test_erasure_request_parses() -> None:
     key = Ed25519PrivateKey.generate()
-    doc = sign_erasure_request(key, "r-1", user_id="usr_1", requested_at="2026-01-01T00:00:00Z")
+    doc = sign_erasure_request(key, "r-1", user_id="usr_1", requested_at="2026-01-01T00:00:00Z", audience="default")
     req = parse_erasure_request(orjson.dumps(doc), key.public_key())
     assert (req.request_id, req.user_id, req.subject) == ("r-1", "usr_1", None)
     assert "usr_1" not in repr(req)

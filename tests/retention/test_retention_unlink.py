@@ -24,6 +24,7 @@ from stream.schema import output_validator
 from stream.storage.retention import RedisShredStore
 from stream.synth import ClickstreamGenerator
 from tests.support.shred import Clock, key_name, signed_request
+from tests.support.shred import reader as shred_reader
 
 pytestmark = pytest.mark.integration
 
@@ -119,10 +120,13 @@ def all_tokens_of(settings, user_id: str) -> set[str]:
     import contextlib
 
     from stream.crypto.keyring import Keyring
+    from stream.crypto.kms import LocalKMS
     from stream.crypto.tokens import Tokenizer
+    from stream.errors import KeyUnavailableError
     from tests.support.adversary import dump_redis
 
     pseud = build_pseudonyms(settings)
+    kms = LocalKMS(Keyring.from_settings(settings))
     out = {Tokenizer(Keyring.from_settings(settings)).token(pseud.domain, user_id)}
     blobs: set[bytes] = set()
     for item in dump_redis(redis_client(settings)).items:
@@ -133,6 +137,17 @@ def all_tokens_of(settings, user_id: str) -> set[str]:
     secrets = {b[i:i + 32] for b in blobs for i in range(len(b) - 31)}
     assert secrets, "an empty dump proves nothing"
     out |= {pseud.token_from(s, user_id) for s in secrets}
+    # and every wrapped secret, unwrapped with the master keyring's KEK
+    rc = redis_client(settings)
+    for key in rc.scan_iter(match=f"{settings.redis_key_prefix}:*"):
+        raw = rc.get(key) if rc.type(key) == b"string" else None
+        if isinstance(raw, bytes) and raw.startswith(b"3.tk2_"):  # b"3." token b"." secret wrapped by the KEK
+            try:  # whose key name it is bound to does not matter: try it under its own, for this user_id
+                out.add(pseud.keys.open(raw, key.decode(), user_id))
+            except KeyUnavailableError:  # someone else's secret: the token it gives for user_id
+                tok = pseud.keys.parse(raw)
+                secret = kms.unwrap(raw[len(tok) + 3:], pseud.keys._aad(key.decode(), tok))
+                out.add(pseud.token_from(secret, user_id))
     return out | {pseud.tokens([user_id], 2**33)[0]}
 
 
@@ -263,3 +278,31 @@ def test_looking_a_person_up_creates_no_secret(tk2) -> None:
         engine._erase_one(signed_request(tk2, f"req-lookup-{i}", user_id=user), f"t/0/{i}")
     assert engine.shredder.stats.erasures == 3 and secrets() == 0
     assert person_tokens(tk2, "usr_seen", legacy=False) == [] and secrets() == 0
+
+
+def test_a_gateway_that_missed_the_shred_message_keeps_the_old_token_for_at_most_the_cache_bound(settings) -> None:
+    """No listener (the shred message is missed): the erased person's old tk2 token and data key are used
+    for less than STREAMGATE_DEK_CACHE_MAX_STALENESS_SECONDS after they were last checked, never at or
+    past it; what is encrypted meanwhile is under the destroyed key (lost, never readable)."""
+    bound = settings.dek_cache_max_staleness_seconds
+    assert bound == 30
+    clock = Clock(T0)
+    gw = build_gateway(settings, clock=clock)  # no invalidation listener
+
+    def token_now(i: int) -> tuple[str, dict]:
+        out = gw.process([RawRecord("clicks.raw", 0, i, orjson.dumps(event("usr_missed")), None)])
+        return out.protected[0][0].decode(), orjson.loads(out.protected[0][1])
+
+    old, _ = token_now(0)  # checked against Redis at T0
+    clock.advance(5)
+    shredder(settings, clock).erase(old, "req-missed")
+    clock.t = T0 + bound - 0.001  # the last instant inside the bound
+    stale, ev = token_now(1)
+    assert stale == old  # the missed message: still the old token ...
+    reader = shred_reader(settings, clock, on_shredded="raise")
+    with pytest.raises(KeyShreddedError):
+        reader.decrypt(ev)  # ... and the old, destroyed key: the event is lost, not readable
+    clock.t = T0 + bound  # at the bound: re-checked against Redis
+    fresh, ev = token_now(2)
+    assert fresh != old and fresh.startswith("tk2_")
+    assert reader.decrypt(ev)["user_id"] == fresh

@@ -47,14 +47,15 @@ def token_of(settings: Settings, user_id: str) -> str:
 
 
 def signed_request(settings: Settings, request_id: str, *, user_id: str | None = None, subject: str | None = None,
-                   requested_at: str = "2030-03-17T17:46:40.000Z") -> bytes:
+                   requested_at: str = "2030-03-17T17:46:40.000Z", audience: str | None = None) -> bytes:
     """A ``privacy.erasure`` record signed with the eraser key of ``settings``' keyring (what ``streamgate erase`` sends)."""
     from stream.crypto.signing import signing_key
     from stream.retention.core import sign_erasure_request
 
     key = signing_key(Keyring.from_settings(settings), "erasure")
     return orjson.dumps(sign_erasure_request(key, request_id, user_id=user_id, subject=subject,
-                                             requested_at=requested_at))
+                                             requested_at=requested_at,
+                                             audience=audience or settings.deployment_id))
 
 
 def protect(settings: Settings, clock: Clock, users: list[str], per_user: int = 2, *, seed: int = 0,

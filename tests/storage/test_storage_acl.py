@@ -1,0 +1,138 @@
+"""Redis ACL roles (issue 25), on a real Redis of this test alone with the users of
+:mod:`stream.storage.acl`: the refusal matrix (each role against every operation an insider would
+try), and the real gateway, shredder and reader doing their work as their role and nothing else."""
+
+from __future__ import annotations
+
+import hashlib
+import secrets
+from collections.abc import Callable
+from typing import Any
+
+import orjson
+import pytest
+import redis
+
+from stream.components import build_gateway, build_pseudonyms
+from stream.gateway.core import RawRecord
+from stream.retention.core import MemorySink, Shredder
+from stream.storage.acl import ACL_ROLES, acl_file, acl_rules, apply_acls
+from stream.storage.retention import RedisShredStore
+from stream.synth import ClickstreamGenerator
+from tests.support.clock import Clock
+from tests.support.shred import reader as shred_reader
+
+pytestmark = pytest.mark.integration
+
+P = "sgacl"
+E, R = 3600, 7200
+T0 = 1_900_000_000.0
+ALL = frozenset(ACL_ROLES)
+
+# (operation, what an insider gains, the roles allowed it)
+MATRIX: list[tuple[str, Callable[[redis.Redis], Any], frozenset[str]]] = [
+    ("GET data key", lambda c: c.get(f"{P}:dek:{{tk2_x}}:1"), frozenset({"gateway", "shredder", "reader"})),
+    ("SET data key", lambda c: c.set(f"{P}:dek:{{tk2_x}}:1", b"x"), frozenset({"gateway", "shredder"})),
+    ("DEL data key (unsigned erasure)", lambda c: c.delete(f"{P}:dek:{{tk2_x}}:1"), frozenset({"shredder"})),
+    ("GET pseudonym secret", lambda c: c.get(f"{P}:pid:{{abc}}"), frozenset({"gateway", "shredder"})),
+    ("DEL pseudonym secret", lambda c: c.delete(f"{P}:pid:{{abc}}"), frozenset({"shredder"})),
+    ("GET ε ledger", lambda c: c.get(f"{P}:ledger:{{0}}:x"), frozenset({"gateway", "privatizer"})),
+    ("DEL ε ledger (a refund)", lambda c: c.delete(f"{P}:ledger:{{0}}:x"), frozenset()),
+    ("HGET LDP memo", lambda c: c.hget(f"{P}:memo:{{tk2_x}}:1", "f"), frozenset({"privatizer", "shredder"})),
+    ("GET erasure record", lambda c: c.get(f"{P}:erasure:r1"), frozenset({"shredder"})),
+    ("DEL erasure record (re-enable a replay)", lambda c: c.delete(f"{P}:erasure:r1"), frozenset({"shredder"})),
+    ("DEL erasure floor", lambda c: c.delete(f"{P}:erasure-floor"), frozenset({"shredder"})),
+    ("ZADD deadline index", lambda c: c.zadd(f"{P}:deadlines:{{shard-00}}", {"tk2_x:1": 1}),
+     frozenset({"gateway", "privatizer"})),
+    ("ZREM deadline index", lambda c: c.zrem(f"{P}:deadlines:{{shard-00}}", "tk2_x:1"), frozenset({"shredder"})),
+    ("INCRBY KEK wrap counter", lambda c: c.incrby(f"{P}:kek-wraps:k1", 1), frozenset({"gateway"})),
+    ("PUBLISH shred channel (fake shreds)", lambda c: c.publish(f"{P}:shredded", "tk2_x:*"), frozenset({"shredder"})),
+    ("EVAL script deleting a data key", lambda c: c.eval("return redis.call('DEL', KEYS[1])", 1,
+                                                         f"{P}:dek:{{tk2_x}}:1"), frozenset({"shredder"})),
+    ("SET dlq replay claim", lambda c: c.set(f"{P}:replayed:abc", b"1"), frozenset({"reader"})),
+    ("GET key of another prefix", lambda c: c.get("other:dek:{tk2_x}:1"), frozenset()),
+    ("KEYS *", lambda c: c.keys("*"), frozenset()),
+    ("SCAN", lambda c: c.scan(0), frozenset()),
+    ("FLUSHALL", lambda c: c.flushall(), frozenset()),
+    ("CONFIG GET", lambda c: c.config_get("dir"), frozenset()),
+    ("ACL LIST", lambda c: c.acl_list(), frozenset()),
+]
+
+
+def allowed(client: redis.Redis, op: Callable[[redis.Redis], Any]) -> bool:
+    try:
+        op(client)
+    except redis.exceptions.NoPermissionError:
+        return False
+    except redis.exceptions.ResponseError as exc:  # refused inside a script, or a wrong type (allowed)
+        return not any(m in str(exc) for m in ("NOPERM", "no permissions", "can't run this command",
+                                                "can't access"))
+    return True
+
+
+@pytest.fixture
+def acl_redis(own_redis):  # type: ignore[no-untyped-def]
+    admin = redis.Redis(port=own_redis.port)
+    admin_pw = secrets.token_urlsafe(16)
+    admin.execute_command("ACL", "SETUSER", "admin", "on", ">" + admin_pw, "~*", "&*", "+@all")
+    passwords = {role: secrets.token_urlsafe(16) for role in ACL_ROLES}
+    apply_acls(admin, P, passwords)  # and the unauthenticated default user off
+    admin.close()
+
+    def url(role: str) -> str:
+        pw = admin_pw if role == "admin" else passwords[role]
+        return f"redis://{role}:{pw}@127.0.0.1:{own_redis.port}/0"
+
+    yield url
+
+
+def test_each_role_is_refused_outside_its_patterns_and_commands(acl_redis) -> None:
+    anonymous = redis.Redis.from_url("redis://" + acl_redis("gateway").split("@", 1)[1])
+    with pytest.raises(redis.exceptions.AuthenticationError):
+        anonymous.get(f"{P}:dek:{{tk2_x}}:1")  # the default user is off: nobody without a password
+    with pytest.raises(redis.exceptions.AuthenticationError):
+        redis.Redis.from_url(acl_redis("reader").replace("reader:", "gateway:")).ping()  # another role's password
+    seen: dict[str, dict[str, bool]] = {}
+    for role in ACL_ROLES:
+        client = redis.Redis.from_url(acl_redis(role))
+        seen[role] = {name: allowed(client, op) for name, op, _ in MATRIX}
+        client.close()
+    expected = {role: {name: role in roles for name, _, roles in MATRIX} for role in ACL_ROLES}
+    assert seen == expected
+
+
+def test_the_acl_file_grants_what_apply_acls_grants() -> None:
+    text = acl_file(P, {"gateway": "pw"})
+    assert text.splitlines()[0].startswith("user default off")
+    assert " ".join(acl_rules("gateway", P)) in text and "#@GATEWAY@" in acl_file(P, {"gateway": ""},
+                                                                                       placeholder=True)
+    assert "#" + hashlib.sha256(b"pw").hexdigest() in text and ">pw" not in text  # only a hash of the password
+    with pytest.raises(ValueError):
+        acl_rules("learner", P)  # the learner has no Redis user
+
+
+def event(user_id: str) -> bytes:
+    ev = next(iter(ClickstreamGenerator(seed=5).events(1)))
+    return orjson.dumps(dict(ev, user_id=user_id, email="someone@example.org"))
+
+
+def test_the_workers_do_their_work_as_their_role(acl_redis, settings_factory) -> None:
+    clock = Clock(T0)
+    as_role = {role: settings_factory(redis_url=acl_redis(role), redis_cluster=False, redis_key_prefix=P,
+                                      epoch_seconds=E, retention_seconds=R) for role in ACL_ROLES}
+    gw = build_gateway(as_role["gateway"], clock=clock)
+    out = gw.process([RawRecord("clicks.raw", 0, i, event(u), None) for i, u in enumerate(["usr_a", "usr_b"])])
+    assert len(out.protected) == 2 and not out.dead_letters
+    events = [orjson.loads(v) for _, v in out.protected]
+
+    reader = shred_reader(as_role["reader"], clock)
+    assert reader.decrypt(events[0])["email"] == "someone@example.org"
+
+    s = as_role["shredder"]
+    store = RedisShredStore(redis.Redis.from_url(s.redis_url), P)
+    Shredder(store, MemorySink(), worker="w", epoch_seconds=E, retention_seconds=R,
+             clock=clock).erase(events[0]["user_id"], "req-acl")
+    assert build_pseudonyms(as_role["gateway"]).lookup("usr_a") is None
+    fresh = shred_reader(as_role["reader"], clock)
+    assert fresh.read(events[0]).event["email"] != "someone@example.org"  # shredded
+    assert fresh.decrypt(events[1])["email"] == "someone@example.org"
