@@ -54,6 +54,10 @@ def raw(user_id: str, i: int, **over) -> bytes:
     return orjson.dumps({**ev, **fields})
 
 
+from stream.crypto.tokens import PseudonymKeys  # noqa: E402
+from stream.retention.receipts import rfc3339  # noqa: E402
+
+
 class Captured:
     """What the adversary grabs from Redis before the erasure: the person's tk2 secret (and its
     whole stored value), every wrapped DEK value and KMS blob, every DEK plaintext (unwrapped with
@@ -63,10 +67,14 @@ class Captured:
         rc = redis_client(settings)
         pseud = build_pseudonyms(settings)
         kms = LocalKMS(Keyring.from_settings(settings))
-        pid = rc.get(pseud.pid_key(pseud.lookup_id(user_id)))
-        assert pid is not None and pid.startswith(b"2." + token.encode() + b".")
-        self.secret = pid[-32:]
-        self.items: dict[str, bytes] = {"pseudonym secret": self.secret, "pid value": pid}
+        pid_name = pseud.pid_key(pseud.lookup_id(user_id))
+        pid = rc.get(pid_name)
+        head = b"3." + token.encode() + b"."
+        assert pid is not None and pid.startswith(head)  # the secret, wrapped by the KEK
+        wrapped = pid[len(head):]
+        self.secret = kms.unwrap(wrapped, PseudonymKeys._aad(pid_name, token))
+        self.items: dict[str, bytes] = {"pseudonym secret": self.secret, "wrapped pseudonym secret": wrapped,
+                                        "pid value": pid}
         self.deks: list[bytes] = []
         for e in epochs:
             value = rc.get(key_name(settings.redis_key_prefix, "dek", token, e))
@@ -154,14 +162,16 @@ def test_after_erasure_no_captured_byte_is_anywhere_and_raw_aes_opens_nothing(se
     # open the person's events and dead letter
     before = dump_kafka(bootstrap, dump_redis(rc))
     seen = cap.leaks(before)
-    stored = {n for n in cap.items if not n.startswith("DEK plaintext")}
-    assert set(seen) == stored, "the dump misses what it should see"  # a DEK's plaintext is never stored
+    stored = {n for n in cap.items if not n.startswith("DEK plaintext") and n != "pseudonym secret"}
+    # neither a DEK's plaintext nor the pseudonym secret is ever stored: both only wrapped by the KEK
+    assert set(seen) == stored, "the dump misses what it should see"
     keys = every_key(settings, before, [gone], epochs)
     assert all(opened(ev, keys) for ev in gone_events) and dead_letter_opened(dead[0], keys)
 
     rid = f"req-{uuid.uuid4().hex[:8]}"
     with running_shredder(settings, clock) as shredder:
-        produce(bootstrap, t.erasure, [(gone_user.encode(), signed_request(settings, rid, user_id=gone_user))])
+        produce(bootstrap, t.erasure, [(gone_user.encode(), signed_request(settings, rid, user_id=gone_user,
+                                                                        requested_at=rfc3339(clock())))])
         wait_for(lambda: shredder.erasures_committed >= 1, timeout=60, what="erasure committed")
 
     after = dump_kafka(bootstrap, dump_redis(rc))
