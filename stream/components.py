@@ -29,7 +29,7 @@ from stream.retention.invalidation import ShredListener
 from stream.schema import load_schema
 
 if TYPE_CHECKING:
-    from stream.ldp.memo import MemoRequest, MemoResult, MemoStore
+    from stream.ldp.ledger import Charge, LedgerStore
     from stream.ldp.privatizer import Privatizer
 
 __all__ = [
@@ -97,15 +97,15 @@ def build_keystore_guard(settings: Settings, client: RedisClient | None = None) 
 
 
 class GuardedMemoStore:
-    """A memo store that tells the guard when memos were resolved (their durability is then confirmed)."""
+    """A ledger store that tells the guard when ledgers were charged (their durability is then confirmed)."""
 
-    def __init__(self, inner: MemoStore, guard: KeyStoreGuard) -> None:
+    def __init__(self, inner: LedgerStore, guard: KeyStoreGuard) -> None:
         self.inner = inner
         self.guard = guard
 
-    def resolve(self, requests: Sequence[MemoRequest], budget_micro: int) -> list[MemoResult]:
-        out = self.inner.resolve(requests, budget_micro)
-        if requests:
+    def charge(self, charges: Sequence[Charge], budget_micro: int) -> list[bool]:
+        out = self.inner.charge(charges, budget_micro)
+        if charges:
             self.guard.note_loaded()
         return out
 
@@ -186,7 +186,8 @@ def build_gateway(
     provider = build_dek_provider(settings, keyring, client=client, clock=clock, listen=listen, tokenizer=tokenizer)
     if settings.pseudonym_tokens:
         # a person returning after an erasure starts with exhausted ledgers (stream.ldp.ledger)
-        from stream.ldp.ledger import LEDGER_PURPOSE, LedgerExhauster
+        from stream.ldp.ledger import LEDGER_PURPOSE
+        from stream.storage.ldp import LedgerExhauster
 
         ledgers = LedgerExhauster(client, settings.redis_key_prefix, keyring.derive(LEDGER_PURPOSE),
                                   budget_epsilon=settings.ldp_person_epsilon, epoch_seconds=settings.epoch_seconds,

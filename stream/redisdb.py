@@ -19,7 +19,7 @@ Key layout (``<prefix>`` is ``STREAMGATE_REDIS_KEY_PREFIX``; braces are literal 
 A person's keys share the hash tag ``{<token>}``, so every script or transaction over one person
 runs in one slot. The ledger must not name the token (an erasure keeps it), so its tag is
 :func:`slot_tag` of the person's slot: a short string that hashes to the same slot (its name is
-built by :func:`stream.ldp.ledger.ledger_key` only). The erased marker shares the tag of ``pid``:
+built by :func:`stream.storage.ldp.ledger_key` only). The erased marker shares the tag of ``pid``:
 the erasure deletes ``pid`` and writes the marker in one script, and the gateway's mint reads both
 in one script.
 ``shard = crc32(token) mod STREAMGATE_REDIS_DEADLINE_SHARDS``: every member of one person is in one shard.

@@ -246,7 +246,7 @@ class Pseudonyms:
                  on_erased: Callable[[dict[str, int], float], object] | None = None) -> None:
         """``on_erased(token -> erasure epoch, now)``: called by :meth:`tokens` before it returns the
         tokens of people who carry an erased marker (the gateway exhausts their ledgers:
-        :class:`stream.ldp.ledger.LedgerExhauster`); an exception fails the call."""
+        :class:`stream.storage.ldp.LedgerExhauster`); an exception fails the call."""
         self.domain = domain
         self.prefix = check_prefix(prefix)
         self._client = client
