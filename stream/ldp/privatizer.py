@@ -55,6 +55,7 @@ __all__ = [
     "SpendHistogram",
     "estimand",
     "hour_of_week",
+    "reports_per_person",
 ]
 
 FEATURE_SCHEMA = "private-feature.v1"
@@ -109,6 +110,15 @@ class LabelResult:
     suppressed: int = 0  # examples not emitted: the person's ledger could not pay for the label
     epsilon_spent: float = 0.0
     skipped: Counter[str] = field(default_factory=Counter)  # reason -> examples not emitted
+
+
+def reports_per_person(policy: LdpPolicy, person_epsilon: float, label_epsilon: float | None = None) -> int:
+    """Feature reports one person can release per epoch: cap / (the report's epsilons, plus its example's
+    label when examples are on), in the ledger's integer micro-epsilon."""
+    cost = sum(round(a.epsilon_1 * MICRO) for a in policy.attributes)
+    if label_epsilon is not None:
+        cost += round(label_epsilon * IRR_FRACTION * MICRO)
+    return round(person_epsilon * MICRO) // max(1, cost)
 
 
 def estimand(per_person: int | None, cost: float, cap: float, epoch_seconds: int) -> str:
@@ -280,7 +290,8 @@ class Privatizer:
                                               else random.SystemRandom())
         self._params = {a.name: a.params() for a in policy.attributes}
         self._cost = {a.name: round(a.epsilon_1 * MICRO) for a in policy.attributes}
-        #: micro-ε one feature report charges (every attribute at its per-report eps)
+        #: micro-ε one feature report charges (every attribute at its per-report eps; with labelled examples on,
+        #: plus its example's label, prepaid, so the reports a person can release do not depend on their sessions)
         self.report_cost_micro = sum(self._cost.values())
         self._spec_cache = self._specs()
         # Labelled examples (stream.ldp.labels): off unless a label epsilon is given.
@@ -295,6 +306,7 @@ class Privatizer:
             self._cost[LABEL_NAME] = round(self.label_oracle.epsilon * MICRO)
             self._label_prefix = (b',"label":{"name":"' + LABEL_NAME.encode() + b'","m":"GRR","eps":'
                                   + orjson.dumps(self.label_oracle.epsilon) + b',"k":2,"r":')
+            self.report_cost_micro += self._cost[LABEL_NAME]
 
     @property
     def examples_enabled(self) -> bool:
@@ -376,6 +388,7 @@ class Privatizer:
         loads = orjson.loads
         costs = [self._cost[sp[0]] for sp in specs]
         examples = self.label_oracle is not None
+        label_cost = self._cost.get(LABEL_NAME, 0)
         session_field = self.session_field
         # pass 1: decode, map the values, one ledger charge per event
         rows: list[tuple[int, int | None, list[tuple[int, Any]], tuple[str, str, int, bool] | None, int, int, str]] = []
@@ -424,6 +437,8 @@ class Privatizer:
                 session = event.get(session_field)
                 if isinstance(session, str) and session:
                     meta = (session, subject, epoch, event.get("event_type") == POSITIVE_EVENT_TYPE)
+            if examples:
+                cost += label_cost  # the label of this event's example, prepaid
             lid = self.ledger_id(subject, epoch)
             charges.append(Charge(subject, lid, cost, ledger_expire_at(epoch, es, rs)))
             rows.append((rec.timestamp_ms, hour_of_week(event.get("ts")), row, meta, epoch, cost, lid))
@@ -467,6 +482,8 @@ class Privatizer:
             if col:
                 res.reported[names[si]] += len(col)
                 res.epsilon_spent[names[si]] = len(col) * costs[si] / MICRO
+        if examples and kept:
+            res.epsilon_spent[LABEL_NAME] = len(kept) * label_cost / MICRO
         self._shuffle.shuffle(assembled)  # report order does not mirror the input order
         head = b'{"schema":"' + FEATURE_SCHEMA.encode() + b'","source_schema":' + orjson.dumps(schema_name) + b","
         for body, meta, ts_ms, person in assembled:
@@ -478,33 +495,22 @@ class Privatizer:
 
     # -- labelled examples ------------------------------------------------------------------
     def label_examples(self, items: Sequence[tuple[ExampleStub, bool]]) -> LabelResult:
-        """Randomize the labels of released examples (GRR over {0, 1}, fresh per example, its epsilon
-        charged to the person's ledger; an example the ledger cannot pay for is not emitted) and
-        assemble the ``private-example.v1`` records, in shuffled order. Raises
-        :class:`~stream.errors.KeyUnavailableError` (nothing returned) when the ledger store is
-        unreachable: the caller keeps the items and retries."""
+        """Randomize the labels of released examples (GRR over {0, 1}, fresh per example; its epsilon was
+        prepaid with the event's feature report, so nothing is charged here) and assemble the
+        ``private-example.v1`` records, in shuffled order."""
         oracle = self.label_oracle
         if oracle is None:
             raise RuntimeError("labelled examples are off (no label_epsilon)")
         res = LabelResult()
         now = self._clock() + self.retention_margin_seconds
         es, rs = self.epoch_seconds, self.retention_seconds
-        cost = self._cost[LABEL_NAME]
-        todo: list[tuple[ExampleStub, bool]] = []
-        charges: list[Charge] = []
+        kept: list[tuple[ExampleStub, bool]] = []
         for stub, label in items:
             if (stub.epoch + 1) * es + rs <= now:
                 res.skipped["retention_ended"] += 1
                 continue
-            todo.append((stub, label))
-            charges.append(Charge(stub.subject, self.ledger_id(stub.subject, stub.epoch), cost,
-                                  ledger_expire_at(stub.epoch, es, rs)))
-        paid = self.store.charge(charges, self.budget_micro) if charges else []
-        kept = [item for item, ok in zip(todo, paid, strict=True) if ok]
-        res.suppressed = len(todo) - len(kept)
-        for stub, _label in kept:
-            self.spend.charge(stub.epoch, self.ledger_id(stub.subject, stub.epoch), cost)
-        res.epsilon_spent = len(kept) * cost / MICRO
+            kept.append((stub, label))
+        res.epsilon_spent = 0.0
         labels = (oracle.perturb_array(np.asarray([int(y) for _s, y in kept], dtype=np.int64), self.rng).tolist()  # type: ignore[arg-type]
                   if kept else [])
         head = (b'{"schema":"' + EXAMPLE_SCHEMA.encode() + b'","source_schema":'

@@ -85,7 +85,7 @@ def test_privatizer_end_to_end(settings_factory, redis_client: redis.Redis) -> N
     assert {r.key for r in freq} <= {b"event_type", b"category", b"price", b"device", b"country"}
     merged = {r["attribute"]: r for r in merge_records(engine.privatizer.policy, recs)}
     assert merged["event_type"]["n"] == N  # a cap of 1000: every event is within its person's budget
-    assert "first 400 events" in merged["event_type"]["estimand"]
+    assert "first 333 events" in merged["event_type"]["estimand"]
     truth = Counter(e["event_type"] for e in events)
     for v in merged["event_type"]["values"]:
         assert abs(v["estimate"] - truth[v["value"]] / N) < 4.5 * v["std_error"], v

@@ -43,19 +43,19 @@ def test_repeated_erasures_within_an_epoch_spend_no_more_than_the_cap(redis_clie
     spent = 0.0
     for round_ in range(20):
         res = priv.process(records)
-        assert len(res.reports) == (3 if round_ == 0 else 0)  # 3 x 2.5 = 7.5: then the ledger cannot pay
+        assert len(res.reports) == (2 if round_ == 0 else 0)  # 2 x (2.5 + 0.5 for the label): then it cannot pay
         lab = priv.label_examples([(ExampleStub("s", token, epoch, False, b'"features":{}', now_ms), bool(round_ % 2))])
         spent += sum(res.epsilon_spent.values()) + lab.epsilon_spent
         _rec, created = shredder.erase_subject(token, [epoch], request_id=f"erase-{round_}", at=time.time(),
                                                worker="t", lease_until=time.time() + 60, record_ttl=3600)
         assert created
         priv.cache.invalidate(token)  # as the shredder's notification does
-    # round 1 spends 3 x 2.5 (three feature reports) + 0.5 (one label) = 8 = the cap; erasures refund nothing
-    assert spent == pytest.approx(CAP)
+    # round 1 spends 2 x 3 (two feature reports, their labels prepaid); erasures refund nothing
+    assert spent == pytest.approx(6.0)
     ledgers = [k for k in redis_client.scan_iter(f"{redis_prefix}:ledger:*")]
     assert len(ledgers) == 1
     (key,) = ledgers
-    assert token.encode() not in key and int(redis_client.get(key) or 0) == 8 * MICRO  # a number, no identifier
+    assert token.encode() not in key and int(redis_client.get(key) or 0) == 6 * MICRO  # a number, no identifier
     assert redis_client.ttl(key) > 29 * 86400  # kept until the epoch's retention ends
 
 
