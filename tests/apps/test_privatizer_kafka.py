@@ -99,7 +99,7 @@ def test_privatizer_end_to_end(settings_factory, redis_client: redis.Redis) -> N
     ledgers = list(redis_client.scan_iter(match=f"{prefix}:ledger:*", count=1000))
     people = {e["user_id"] for e in events}
     assert len(ledgers) == len(people)
-    assert sum(int(redis_client.get(k) or 0) for k in ledgers) == N * 2_500_000  # 5 x 0.5 per report at eps 1
+    assert sum(int(redis_client.get(k) or 0) for k in ledgers) == N * 3_000_000  # 5 x 0.5 + the label 0.5
     assert all(redis_client.ttl(k) > 0 for k in ledgers[:50])
 
 
@@ -121,7 +121,7 @@ def test_replay_is_charged_again_and_no_report_repeats(settings_factory, redis_c
     with running_privatizer(settings) as first:
         wait_for(lambda: first.stats.released >= 500, what="first pass")
     before = ledgers()
-    assert before and sum(before.values()) == 500 * 2_500_000
+    assert before and sum(before.values()) == 500 * 3_000_000  # 5 x 0.5 per report + its label 0.5
     replay = settings.model_copy(update={"privatizer_consumer_group": settings.privatizer_consumer_group + "-replay"})
     with running_privatizer(replay) as second:
         wait_for(lambda: second.stats.released >= 500, what="replay")
