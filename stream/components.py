@@ -122,7 +122,7 @@ def guard_privatizer(settings: Settings, privatizer: Privatizer, client: RedisCl
     if existing is not None:
         return existing
     guard = guard or build_keystore_guard(settings, client)
-    guard.on_reset(privatizer.cache.invalidate)
+    guard.on_reset(privatizer.ledgers_lost)  # a lost ledger must not refund: its epoch reports no more
     privatizer.store = GuardedMemoStore(privatizer.store, guard)
     process, label_examples = privatizer.process, privatizer.label_examples
 

@@ -266,9 +266,9 @@ def register(cli: click.Group) -> None:
             click.echo(f"coverage: {windows} windows x {events_per_window:,} events per profile, default schema and "
                        "cap, each window its own epoch; truth = each person's first c events of the epoch, from the "
                        "clear stream")
-            rows = coverage_table(production_pair, windows=windows, events_per_window=events_per_window,
-                                  per_person=production_per_person, seed=seed, say=click.echo)
-            click.echo(format_coverage(rows))
+            cov_rows = coverage_table(production_pair, windows=windows, events_per_window=events_per_window,
+                                      per_person=production_per_person, seed=seed, say=click.echo)
+            click.echo(format_coverage(cov_rows))
             return
         if not skip_accuracy:
             from stream.bench.ldp import accuracy_table, format_table, numeric_table

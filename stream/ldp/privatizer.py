@@ -285,6 +285,8 @@ class Privatizer:
         self.retention_margin_seconds = float(retention_margin_seconds)
         self.rng = rng
         self._clock = clock
+        #: epochs up to this one are not reported: their ledgers were lost with the store's data
+        self.lost_through_epoch = -1
         # Report order within a batch is shuffled so that it does not mirror the input order.
         self._shuffle: random.Random | Any = (random.Random(shuffle_seed) if shuffle_seed is not None
                                               else random.SystemRandom())
@@ -319,6 +321,13 @@ class Privatizer:
 
     def estimand(self) -> str:
         return estimand(self.per_person, self.report_cost_micro / MICRO, self.budget_micro / MICRO, self.epoch_seconds)
+
+    def ledgers_lost(self) -> None:
+        """The ledger store lost its data (a key-store reset): what people spent so far is unknown, so no
+        record of the current or an earlier epoch is reported any more (fail closed: a lost ledger must not
+        refund). Later epochs report normally."""
+        self.cache.invalidate()
+        self.lost_through_epoch = int(self._clock()) // self.epoch_seconds
 
     # -- helpers ------------------------------------------------------------------------
     def ledger_id(self, subject: str, epoch: int) -> str:
@@ -408,6 +417,9 @@ class Privatizer:
             epoch = int(rec.timestamp_ms // 1000) // es
             if (epoch + 1) * es + rs <= now:
                 res.skipped["retention_ended"] += 1
+                continue
+            if epoch <= self.lost_through_epoch:
+                res.skipped["ledger_lost"] += 1
                 continue
             row: list[tuple[int, Any]] = []
             cost = 0
