@@ -246,8 +246,10 @@ class PrivatizerEngine(StreamEngine):
         grace_seconds: float = 5.0,
         idle_seconds: float = 5.0,
         metrics: WorkerMetrics | None = None,
+        max_reports_per_memo: int | None = None,  # accepted for older callers; nothing is capped per memo
     ) -> None:
         super().__init__(settings, bootstrap=bootstrap, metrics=metrics, clock=clock)
+        del max_reports_per_memo
         self.privatizer = privatizer
         self.min_people = settings.ldp_release_min_people
         self.release = ReleaseBuffer(min_people=self.min_people,
