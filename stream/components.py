@@ -122,7 +122,15 @@ def guard_privatizer(settings: Settings, privatizer: Privatizer, client: RedisCl
     if existing is not None:
         return existing
     guard = guard or build_keystore_guard(settings, client)
-    guard.on_reset(privatizer.ledgers_lost)  # a lost ledger must not refund: its epoch reports no more
+    seen = [guard.resets]
+
+    def on_reset() -> None:  # also called once when the guard first learns the identity: nothing was lost then
+        privatizer.cache.invalidate()
+        if guard.resets != seen[0]:
+            seen[0] = guard.resets
+            privatizer.ledgers_lost()  # a lost ledger must not refund: its epoch reports no more
+
+    guard.on_reset(on_reset)
     privatizer.store = GuardedMemoStore(privatizer.store, guard)
     process, label_examples = privatizer.process, privatizer.label_examples
 

@@ -296,8 +296,8 @@ def test_privatizer_ledgers_lost_in_a_restart_empty_refund_nothing(
         second = retrying(lambda: priv.process(records))
         if guarded:
             assert guard is not None and guard.resets == 1
+            # the attempt that noticed the change is discarded (its charges stay: spent, never refunded)
             assert second.reports == [] and second.skipped["ledger_lost"] == len(records)
-            assert _ledger_keys(client, s.redis_key_prefix) == 0
         else:
             assert len(second.reports) == len(first.reports)  # the refund the guard prevents
     finally:
