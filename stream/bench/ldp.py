@@ -327,6 +327,7 @@ class CoverageRow:
     covered: int
     mean_n: float
     mean_z2: float  # mean squared z-score (1.0 when the std errors are exact)
+    mean_z: float = 0.0  # mean signed z-score (0 when unbiased)
 
     @property
     def coverage(self) -> float:
@@ -454,28 +455,30 @@ def coverage_table(make: Callable[[int], tuple[object, object]], *, windows: int
                     f = (np.zeros(a.k) if counts is None else np.asarray(counts)) / max(1, n_true)
                     for v, fv in zip(rec.get("values", []), f, strict=False):
                         se = max(float(v["std_error"]), 1e-12)
-                        z2.append(((float(v["estimate"]) - float(fv)) / se) ** 2)
+                        z2.append((float(v["estimate"]) - float(fv)) / se)
                 elif "mean" in rec:
                     mu = float(t.get(a.name, 0.0)) / max(1, n_true)  # type: ignore[arg-type]
                     se = max(float(rec["std_error"]), 1e-12)
-                    z2.append(((float(rec["mean"]) - mu) / se) ** 2)
+                    z2.append((float(rec["mean"]) - mu) / se)
         for mech, z in stats.items():
-            arr = np.asarray(z)
+            zs = np.asarray(z)
+            arr = zs**2
             row = CoverageRow(mech, profile, truth, len(wins), len(arr), int(np.sum(arr <= 1.96**2)),
-                              float(np.mean(ns[mech])), float(np.mean(arr)))
+                              float(np.mean(ns[mech])), float(np.mean(arr)), float(np.mean(zs)))
             rows.append(row)
             say(f"  {profile:<6} {mech:<6} windows {row.windows:>4}  intervals {row.intervals:>6}  "
-                f"coverage {row.coverage:.3f}  mean z^2 {row.mean_z2:.2f}  mean n {row.mean_n:,.0f}  "
+                f"coverage {row.coverage:.3f}  mean z^2 {row.mean_z2:.2f}  mean z {row.mean_z:+.3f}  mean n {row.mean_n:,.0f}  "
                 f"({time.perf_counter() - t_start:.0f} s)")
     return rows
 
 
 def format_coverage(rows: Sequence[CoverageRow]) -> str:
-    head = f"{'mechanism':<9} {'profile':<7} {'truth':<7} {'windows':>7} {'intervals':>9} {'mean n':>8} {'mean z^2':>8} {'coverage':>8}"
+    head = (f"{'mechanism':<9} {'profile':<7} {'truth':<7} {'windows':>7} {'intervals':>9} {'mean n':>8} {'mean z':>7} "
+            f"{'mean z^2':>8} {'coverage':>8}")
     lines = [head, "-" * len(head)]
     for r in rows:
         lines.append(f"{r.mechanism:<9} {r.profile:<7} {r.truth:<7} {r.windows:>7} {r.intervals:>9} {r.mean_n:>8,.0f} "
-                     f"{r.mean_z2:>8.2f} {r.coverage:>8.3f}")
+                     f"{r.mean_z:>+7.3f} {r.mean_z2:>8.2f} {r.coverage:>8.3f}")
     ok = sum(1 for r in rows if 0.93 <= r.coverage <= 0.97)
     lines.append(f"{ok}/{len(rows)} rows with coverage in [0.93, 0.97]")
     return "\n".join(lines)

@@ -29,6 +29,7 @@ def test_intervals_cover_the_named_truth(rows: list, mechanism: str, profile: st
     assert row.windows == 150 and row.intervals >= 150
     assert row.coverage >= 0.90, row
     assert 0.75 < row.mean_z2 < 1.3, row  # the std errors are the real spread, not just wide
+    assert abs(row.mean_z) < 0.25, row  # unbiased: a bias of half a std error shows here
 
 
 def test_the_estimand_differs_from_every_event_under_heavy_repeaters() -> None:
