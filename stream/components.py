@@ -31,7 +31,7 @@ from stream.storage.keys import RedisKeyStore, RedisWrapCounter, identity_probe
 from stream.storage.pseudonyms import Pseudonyms
 
 if TYPE_CHECKING:
-    from stream.ldp.memo import MemoRequest, MemoResult, MemoStore
+    from stream.ldp.ledger import Charge, LedgerStore
     from stream.ldp.privatizer import Privatizer
 
 __all__ = [
@@ -99,15 +99,15 @@ def build_keystore_guard(settings: Settings, client: RedisClient | None = None) 
 
 
 class GuardedMemoStore:
-    """A memo store that tells the guard when memos were resolved (their durability is then confirmed)."""
+    """A ledger store that tells the guard when ledgers were charged (their durability is then confirmed)."""
 
-    def __init__(self, inner: MemoStore, guard: KeyStoreGuard) -> None:
+    def __init__(self, inner: LedgerStore, guard: KeyStoreGuard) -> None:
         self.inner = inner
         self.guard = guard
 
-    def resolve(self, requests: Sequence[MemoRequest], budget_micro: int) -> list[MemoResult]:
-        out = self.inner.resolve(requests, budget_micro)
-        if requests:
+    def charge(self, charges: Sequence[Charge], budget_micro: int) -> list[bool]:
+        out = self.inner.charge(charges, budget_micro)
+        if charges:
             self.guard.note_loaded()
         return out
 
@@ -124,7 +124,15 @@ def guard_privatizer(settings: Settings, privatizer: Privatizer, client: RedisCl
     if existing is not None:
         return existing
     guard = guard or build_keystore_guard(settings, client)
-    guard.on_reset(privatizer.cache.invalidate)
+    seen = [guard.resets]
+
+    def on_reset() -> None:  # also called once when the guard first learns the identity: nothing was lost then
+        privatizer.cache.invalidate()
+        if guard.resets != seen[0]:
+            seen[0] = guard.resets
+            privatizer.ledgers_lost()  # a lost ledger must not refund: its epoch reports no more
+
+    guard.on_reset(on_reset)
     privatizer.store = GuardedMemoStore(privatizer.store, guard)
     process, label_examples = privatizer.process, privatizer.label_examples
 
@@ -188,7 +196,8 @@ def build_gateway(
     provider = build_dek_provider(settings, keyring, client=client, clock=clock, listen=listen, tokenizer=tokenizer)
     if settings.pseudonym_tokens:
         # a person returning after an erasure starts with exhausted ledgers (stream.ldp.ledger)
-        from stream.ldp.ledger import LEDGER_PURPOSE, LedgerExhauster
+        from stream.ldp.ledger import LEDGER_PURPOSE
+        from stream.storage.ldp import LedgerExhauster
 
         ledgers = LedgerExhauster(client, settings.redis_key_prefix, keyring.derive(LEDGER_PURPOSE),
                                   budget_epsilon=settings.ldp_person_epsilon, epoch_seconds=settings.epoch_seconds,

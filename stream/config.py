@@ -256,10 +256,21 @@ class Settings(BaseSettings):
     )
     ldp_person_epsilon: float = Field(
         default=12.0, gt=0,
-        description="Person-level cap: the total longitudinal epsilon one person's memoized responses (every ldp "
-        "attribute and the label) may spend per retention epoch, in one ledger that erasure does not refund; "
-        "beyond it reports carry data-independent stand-ins. The schema's per-attribute epsilons price a memo, "
-        "so they say how the cap is shared.",
+        description="Person-level cap: the total epsilon one person's released reports (feature reports and "
+        "labelled examples, each charged its per-report epsilon) may spend per retention epoch, in one ledger that "
+        "erasure does not refund; reports past it are not released (no stand-ins), so estimates are unbiased for "
+        "each person's first cap / cost events of an epoch.",
+    )
+    ldp_release_min_people: int = Field(
+        default=10, ge=1,
+        description="The privatizer releases feature reports (shuffled) once they come from this many distinct "
+        "people, or after STREAMGATE_LDP_RELEASE_MAX_DELAY_SECONDS; estimate windows and partial-window records "
+        "are published only with this many people.",
+    )
+    ldp_release_max_delay_seconds: float = Field(
+        default=2.0, gt=0,
+        description="Longest a feature report waits for STREAMGATE_LDP_RELEASE_MIN_PEOPLE people before it is "
+        "released anyway (low traffic).",
     )
     ldp_window_seconds: float = Field(default=60.0, gt=0, description="Tumbling window of the frequency estimates.")
 

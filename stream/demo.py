@@ -298,26 +298,37 @@ def _start_console(console: Console, s: Settings, bootstrap: str, since_ms: int,
 
 
 def _truth(s: Settings, valid: list[dict[str, Any]]) -> tuple[dict[str, dict[str, float]], float]:
-    """What the generator knows for sure: per categorical attribute the frequency of each value among
-    the valid events, and their mean price (absent = 0)."""
+    """The truth of what the estimates estimate, computed from the clear events alone: per categorical
+    attribute the frequency of each value, and the mean price (absent = 0), among each person's first c
+    valid events (c = the person cap / a report's epsilons: the events the privatizer can release; the
+    demo runs within one epoch)."""
     from stream.ldp.policy import NONE_VALUE, LdpPolicy
+    from stream.ldp.privatizer import reports_per_person
     from stream.schema import load_schema
 
     policy = LdpPolicy.from_schema(load_schema(s.schema_name), s.ldp_epsilon)
+    cap = reports_per_person(policy, s.ldp_person_epsilon, s.learn_label_epsilon if s.learn_examples else None)
+    seen: Counter[str] = Counter()
+    within = []
+    for ev in valid:
+        who = str(ev.get("user_id"))
+        if seen[who] < cap:
+            within.append(ev)
+        seen[who] += 1
     truth: dict[str, dict[str, float]] = {}
-    n = max(1, len(valid))
+    n = max(1, len(within))
     for attr in policy.attributes:
         if attr.kind != "categorical":
             continue
         counts: Counter[str] = Counter()
-        for ev in valid:
+        for ev in within:
             v = ev.get(attr.name)
             idx = attr.index_of(v)
             if idx is not None:
                 counts[attr.domain[idx]] += 1
         truth[attr.name] = {k: c / n for k, c in counts.items()}
         truth[attr.name].setdefault(NONE_VALUE, 0.0)
-    true_mean = sum(policy.by_name["price"].clamp(ev.get("price")) for ev in valid) / n
+    true_mean = sum(policy.by_name["price"].clamp(ev.get("price")) for ev in within) / n
     return truth, true_mean
 
 
@@ -380,7 +391,7 @@ def _privacy_summary(console: Console, s: Settings, pv: subprocess.Popen[bytes],
             stats = _healthz_stats(pv, "privatizer")
             done = 0 if not stats else (stats.get("reports", 0) + stats.get("fully_suppressed", 0)
                                         + sum(stats.get("skipped", {}).values()))
-            if done >= len(valid):
+            if done >= len(valid) and stats and stats.get("released", 0) >= stats.get("reports", 0):
                 break
             time.sleep(0.5)
     with console.status(f"privatizer: labelling the examples of the ended sessions "
@@ -401,18 +412,19 @@ def _privacy_summary(console: Console, s: Settings, pv: subprocess.Popen[bytes],
     table = Table(title="local differential privacy (privatizer)", show_header=False)
     table.add_row("feature reports -> " + t.features, f"{n_features:,}  (no key, no token, no identifier, "
                   "hour-of-week only)")
-    table.add_row("epsilon-infinity per attribute", ", ".join(f"{a.name}: {a.epsilon:g} ({a.mechanism})" for a in policy.attributes))
-    table.add_row("suppressed (budget spent)", f"{sum(stats.get('suppressed', {}).values()):,} attribute reports "
-                  f"(at most {s.ldp_person_epsilon:g} epsilon per person and day, every attribute and the label together)")
-    table.add_row("memoized reports served", f"{stats.get('memo_hits', 0):,} from cache, "
-                  f"{stats.get('memo_resolved', 0):,} resolved in Redis")
+    table.add_row("epsilon per report", ", ".join(f"{a.name}: {a.epsilon_1:g} ({a.mechanism})" for a in policy.attributes)
+                  + " - fresh noise on every report, no memo")
+    table.add_row("not released (person cap)", f"{stats.get('over_budget', 0):,} events (at most "
+                  f"{s.ldp_person_epsilon:g} epsilon per person and day, features and labels together)")
+    table.add_row("estimand", "each person's first events of the day within the cap: the 'true' column is "
+                  "their truth, computed from the clear events")
     table.add_row("estimate records -> " + t.frequencies, f"{len(freq):,}")
     console.print(table)
     merged = merge_records(policy, freq)
     truth, true_mean = _truth(s, valid)
     shown = [r for r in merged if r["attribute"] in ("event_type", "category", "price")]
     console.print(render_estimates(shown, top=6, truth=truth))
-    console.print(f"true mean price (absent = 0): {true_mean:,.2f}   "
+    console.print(f"true mean price (absent = 0) of the same events: {true_mean:,.2f}   "
                   "(estimates come from randomized reports only; `streamgate estimates --total` shows them any time)")
     return int(stats.get("examples", 0))
 

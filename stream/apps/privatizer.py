@@ -6,17 +6,22 @@ which provides the lifecycle, the web server (health, metrics) and signals.
 
 Per batch (the loop, holds, produce and commits are :class:`stream.engine.StreamEngine`'s):
 privatize the records of each input partition with the pure core
-(:class:`stream.ldp.privatizer.Privatizer`), produce the feature reports (no key, no headers,
-Kafka timestamp floored to the hour), add the attribute reports to that partition's tumbling
-windows (:mod:`stream.ldp.aggregate`), publish the windows that closed, and write the
-partition's open windows to the compacted ``analytics.partials`` topic with the same batch.
-The batch's offsets are committed once all of it was delivered.
+(:class:`stream.ldp.privatizer.Privatizer`: fresh noise per report, each charged to the person's
+ledger), hand the feature reports to the release buffer (:mod:`stream.ldp.release`: shuffled,
+released once they come from ``STREAMGATE_LDP_RELEASE_MIN_PEOPLE`` people or after the max delay;
+no key, no headers, Kafka timestamp floored to the hour), add the attribute reports to that
+partition's tumbling windows (:mod:`stream.ldp.aggregate`), publish the windows that closed (only
+those with enough people), and write the partition's open windows to the compacted
+``analytics.partials`` topic only when the counts added since the last write come from enough
+people (or a window closed: then the last written state minus the closed windows).
 
-Guarantees: at-least-once for ``features.private``. Fail closed: with Redis unreachable the
-batch is held and retried. Windows survive a crash: a new owner of a partition (after kill -9
-or a rebalance) restores its open windows from ``analytics.partials`` and skips counting the
-records the restored windows already hold (``next_offset``), so the estimates count every
-report once. A graceful stop publishes the open windows as they are (``n`` says how many).
+Guarantees: at-least-once for ``features.private`` for every report released before a crash;
+reports held in the release buffer at a crash (at most the max delay's worth) are lost, their ε
+stays spent. Fail closed: with Redis unreachable the batch is held and retried. Windows survive a
+crash: a new owner of a partition restores its open windows from ``analytics.partials`` and skips
+counting the records the restored windows already hold (``next_offset``); records after the last
+partial write are then not counted (the estimate stays unbiased for what it counted). A graceful
+stop releases everything held and publishes the open windows (with enough people).
 """
 
 from __future__ import annotations
@@ -40,17 +45,18 @@ from stream.crypto.keyring import Keyring
 from stream.engine import Out, Record, Result, StreamEngine
 from stream.errors import KeyUnavailableError, TopicMissingError
 from stream.kafka import TopicReader
-from stream.ldp.aggregate import MAX_REPORTS_PER_MEMO, WindowAggregator
+from stream.ldp.aggregate import WindowAggregator
 from stream.ldp.labels import LABEL_NAME, ExampleStub, SessionLabeler
 from stream.ldp.ledger import LEDGER_PURPOSE
-from stream.ldp.memo import MemoCache, RedisMemoStore
 from stream.ldp.oracle import secure_rng
 from stream.ldp.policy import LdpPolicy
 from stream.ldp.privatizer import Privatizer, PrivatizeResult, ProtectedRecord
+from stream.ldp.release import ReleaseBuffer
 from stream.ops.metrics import WorkerMetrics
 from stream.redisdb import RedisClient
 from stream.schema import load_schema
 from stream.storage.invalidation import ShredListener
+from stream.storage.ldp import RedisLedgerStore
 
 __all__ = [
     "PrivatizerEngine",
@@ -67,9 +73,8 @@ _HOUR_MS = 3_600_000
 
 def start_memo_invalidation(settings: Settings, privatizer: Privatizer,
                             on_erasure: Callable[[str], None] | None = None) -> ShredListener:
-    """Drop cached memos when the shredder announces a shred (one epoch or every epoch of a person),
-    and everything after a reconnect (messages may have been missed); the cache's staleness bound
-    (``dek_cache_max_staleness_seconds``) remains the guarantee. ``on_erasure(subject)`` is called
+    """Drop cached ledger ids when the shredder announces a shred (one epoch or every epoch of a person),
+    and everything after a reconnect (messages may have been missed). ``on_erasure(subject)`` is called
     for a shred of every epoch of a person (an erasure): the engine drops their held examples."""
     from stream.components import redis_client
 
@@ -108,18 +113,15 @@ def build_privatizer(
     keyring = keyring or Keyring.from_settings(settings)
     schema = load_schema(settings.schema_name)
     policy = LdpPolicy.from_schema(schema, settings.ldp_epsilon)
-    prices = {a.name: a.epsilon for a in policy.attributes}
-    if settings.learn_examples:
-        prices[LABEL_NAME] = settings.learn_label_epsilon
-    unpayable = sorted(n for n, e in prices.items() if e > settings.ldp_person_epsilon)
-    if unpayable:
+    report_cost = sum(a.epsilon_1 for a in policy.attributes)
+    if report_cost > settings.ldp_person_epsilon:
         raise ConfigError(f"STREAMGATE_LDP_PERSON_EPSILON ({settings.ldp_person_epsilon:g}) is below the price of one "
-                          f"memo of {', '.join(unpayable)}: every report of it would be a stand-in")
+                          f"feature report ({report_cost:g}): nothing would ever be released")
     rng = secure_rng() if seed is None else ChaChaRandom(seed)
     client = client or redis_client(settings)
     privatizer = Privatizer(
         policy,
-        RedisMemoStore(client, prefix=settings.redis_key_prefix, shards=settings.redis_deadline_shards),
+        RedisLedgerStore(client, prefix=settings.redis_key_prefix),
         memo_key=keyring.derive("ldp-memo"),
         ledger_key=keyring.derive(LEDGER_PURPOSE),
         subject_field=schema.subject_field,
@@ -128,13 +130,11 @@ def build_privatizer(
         retention_seconds=settings.retention_seconds,
         retention_margin_seconds=settings.shredder_lead_seconds + 1.0,
         rng=rng,
-        cache=MemoCache(max_entries=settings.dek_cache_max_entries,
-                        max_staleness_seconds=settings.dek_cache_max_staleness_seconds),
         clock=clock,
         shuffle_seed=seed,
         label_epsilon=settings.learn_label_epsilon if settings.learn_examples else None,
     )
-    if guard:  # no memo outlives the key store's data
+    if guard:  # a ledger lost with the key store's data is noticed
         guard_privatizer(settings, privatizer, client)
     return privatizer
 
@@ -159,6 +159,10 @@ class PrivatizerStats:
     examples_pending: int = 0  # held, waiting for their session to end
     examples_dropped: Counter[str] = field(default_factory=Counter)  # reason -> dropped unlabelled
     examples_suppressed: int = 0  # not emitted: the person's label budget is spent
+    over_budget: int = 0  # events not reported: the person's ledger was at its cap
+    released: int = 0  # records (feature reports and examples) released to features.private
+    small_releases: int = 0  # releases of fewer than min_people people (after the max delay)
+    windows_withheld: int = 0  # windows with fewer than min_people people: not published
     first_event_at: float | None = None
     last_event_at: float | None = None
 
@@ -170,6 +174,7 @@ class PrivatizerStats:
     def add(self, res: PrivatizeResult) -> None:
         self.reports += len(res.reports)
         self.fully_suppressed += res.fully_suppressed
+        self.over_budget += res.over_budget
         self.memo_hits += res.memo_hits
         self.memo_resolved += res.memo_resolved
         self.suppressed.update(res.suppressed)
@@ -190,6 +195,10 @@ class PrivatizerStats:
             "examples_pending": self.examples_pending,
             "examples_dropped": dict(self.examples_dropped),
             "examples_suppressed": self.examples_suppressed,
+            "over_budget": self.over_budget,
+            "released": self.released,
+            "small_releases": self.small_releases,
+            "windows_withheld": self.windows_withheld,
             "memo_hits": self.memo_hits,
             "memo_resolved": self.memo_resolved,
             "windows_published": self.windows_published,
@@ -202,13 +211,16 @@ class PrivatizerStats:
 
 
 class _Partition:
-    """The windows of one input partition, and the offset below which its records are counted."""
+    """The windows of one input partition, the offset below which its records are counted, the people
+    added since the last partial-window record and that record's (next_offset, state)."""
 
-    __slots__ = ("aggregator", "next_offset")
+    __slots__ = ("aggregator", "next_offset", "people_since", "written")
 
     def __init__(self, aggregator: WindowAggregator, next_offset: int = 0) -> None:
         self.aggregator = aggregator
         self.next_offset = next_offset
+        self.people_since: set[int] = set()
+        self.written: tuple[int, dict[str, Any]] | None = None
 
 
 class PrivatizerEngine(StreamEngine):
@@ -228,11 +240,17 @@ class PrivatizerEngine(StreamEngine):
         grace_seconds: float = 5.0,
         idle_seconds: float = 5.0,
         metrics: WorkerMetrics | None = None,
-        max_reports_per_memo: int = MAX_REPORTS_PER_MEMO,
+        max_reports_per_memo: int | None = None,  # accepted for older callers; nothing is capped per memo
     ) -> None:
         super().__init__(settings, bootstrap=bootstrap, metrics=metrics, clock=clock)
-        self._m = max_reports_per_memo
+        del max_reports_per_memo
         self.privatizer = privatizer
+        self.min_people = settings.ldp_release_min_people
+        self.release = ReleaseBuffer(min_people=self.min_people,
+                                     max_delay_seconds=settings.ldp_release_max_delay_seconds,
+                                     shuffle=privatizer._shuffle)
+        # metric increments of reports still held: published with their release, never per batch
+        self._unreleased: list[PrivatizeResult] = []
         self.stats = PrivatizerStats()
         self._grace, self._idle = grace_seconds, idle_seconds
         self.parts: dict[tuple[str, int], _Partition] = {}
@@ -278,7 +296,7 @@ class PrivatizerEngine(StreamEngine):
     def _aggregator(self) -> WindowAggregator:
         return WindowAggregator(self.privatizer.policy, window_seconds=self.settings.ldp_window_seconds,
                                 grace_seconds=self._grace, idle_seconds=self._idle, clock=self.clock,
-                                max_reports_per_memo=self._m)
+                                min_people=self.min_people, estimand=self.privatizer.estimand())
 
     def _part(self, tp: tuple[str, int]) -> _Partition:
         part = self.parts.get(tp)
@@ -294,6 +312,7 @@ class PrivatizerEngine(StreamEngine):
             part = self._part(tp)
             part.aggregator.restore(doc.get("state", {}))
             part.next_offset = int(doc.get("next_offset", 0))
+            part.written = (part.next_offset, doc.get("state", {}))
             log.info("windows restored", extra={"partition": tp[1], "windows": len(part.aggregator.windows)})
 
     def revoked(self, partitions: list[tuple[str, int]]) -> Result | None:
@@ -319,10 +338,11 @@ class PrivatizerEngine(StreamEngine):
             wins = part.aggregator.drain()
             if wins:
                 outs.extend(self._estimates(wins))
-                outs.append(self._partial(tp, part))
+                outs.append(self._partial(tp, part, closed=wins))
         ex = self._examples(final="shutdown")
         if ex is not None:
             outs.extend(ex.outputs)
+        outs.extend(self._release(force=True))
         return Result(outs)
 
     def tick(self) -> Result | None:
@@ -332,10 +352,11 @@ class PrivatizerEngine(StreamEngine):
             wins = part.aggregator.due()
             if wins:
                 outs.extend(self._estimates(wins))
-                outs.append(self._partial(tp, part))
+                outs.append(self._partial(tp, part, closed=wins))
         ex = self._examples()
         if ex is not None:
             outs.extend(ex.outputs)
+        outs.extend(self._release())
         return Result(outs) if outs else None
 
     def process(self, records: list[Record]) -> Result:
@@ -357,15 +378,13 @@ class PrivatizerEngine(StreamEngine):
                         self.stats.fail_closed_retries += 1
                         raise
                     results.append((tp, res, aggregate))
-        features = self.settings.topics.features
-        hour_ms = (int(time.time() * 1000) // _HOUR_MS) * _HOUR_MS
         outs: list[Out] = []
-        touched: set[tuple[str, int]] = set()
         for tp, res, aggregate in results:
-            outs.extend(Out(features, v, None, hour_ms) for v in res.reports)
+            self.release.add(res.reports, res.people)
             if aggregate:
-                self.parts[tp].aggregator.add(res.attribute_reports)
-                touched.add(tp)
+                part = self.parts[tp]
+                part.aggregator.add(res.attribute_reports)
+                part.people_since.update(res.people)
             if self.labeler is not None:
                 self.labeler.add(res.examples)
                 self._idle_since, self._idle_watermark = time.time(), self.labeler.watermark_ms
@@ -376,9 +395,10 @@ class PrivatizerEngine(StreamEngine):
             wins = part.aggregator.due()
             if wins:
                 outs.extend(self._estimates(wins))
-                touched.add(tp)
-            if tp in touched:
+                outs.append(self._partial(tp, part, closed=wins))
+            elif len(part.people_since) >= self.min_people:
                 outs.append(self._partial(tp, part))
+        outs.extend(self._release())
         self.stats.consumed += len(records)
         self.stats.batches += 1
         self.stats.late = sum(p.aggregator.late for p in self.parts.values())
@@ -392,18 +412,58 @@ class PrivatizerEngine(StreamEngine):
     def _partial_key(self, tp: tuple[str, int]) -> str:
         return f"{self.group()}|{tp[0]}|{tp[1]}"
 
-    def _partial(self, tp: tuple[str, int], part: _Partition) -> Out:
-        doc = {"schema": PARTIAL_SCHEMA, "next_offset": part.next_offset, "state": part.aggregator.state()}
+    def _partial(self, tp: tuple[str, int], part: _Partition, closed: list[Any] | None = None) -> Out:
+        """The partition's partial-window record: its current state if the counts added since the last
+        one come from at least ``min_people`` people; else (a window closed) the last written state
+        without the closed windows, so no record shows the increments of a few people."""
+        if len(part.people_since) >= self.min_people or closed is None:
+            offset, state = part.next_offset, part.aggregator.state()
+            part.people_since.clear()
+        else:
+            offset, old = part.written if part.written is not None else (0, {"windows": []})
+            gone = {w.start_ms for w in closed}
+            state = {**old, "closed_before_ms": part.aggregator.closed_before_ms,
+                     "windows": [w for w in old.get("windows", ()) if int(w["start_ms"]) not in gone]}
+        part.written = (offset, state)
+        doc = {"schema": PARTIAL_SCHEMA, "next_offset": offset, "state": state}
         return Out(self.settings.topics.partials, orjson.dumps(doc), self._partial_key(tp).encode())
+
+    def _release(self, *, force: bool = False) -> list[Out]:
+        """The held feature reports and examples that may leave now (:class:`ReleaseBuffer`), and the
+        metrics of the feature reports among them (published with their release, never per batch)."""
+        values = self.release.due(force=force)
+        if not values:
+            return []
+        hour_ms = (int(time.time() * 1000) // _HOUR_MS) * _HOUR_MS
+        features = self.settings.topics.features
+        self.stats.released += len(values)
+        self.stats.small_releases = self.release.small_releases
+        m = self.metrics
+        if m is not None:
+            m.events_out("features", len(values))
+            for res in self._unreleased:
+                for name, n in res.reported.items():
+                    attr = self.privatizer.policy.by_name.get(name)
+                    m.ldp_reports(name, attr.mechanism if attr is not None else "GRR", n,
+                                  res.epsilon_spent.get(name, 0.0))
+            hist = self.privatizer.spend.published()
+            if hist is not None:
+                m.set_person_epsilon(hist)
+        self._unreleased.clear()
+        return [Out(features, v, None, hour_ms) for v in values]
 
     def _estimates(self, windows: list[Any]) -> list[Out]:
         topic = self.settings.topics.frequencies
         outs: list[Out] = []
         agg = next(iter(self.parts.values())).aggregator if self.parts else self._aggregator()
         for win in windows:
-            for rec in agg.records(win, worker=self.worker_id):
+            recs = agg.records(win, worker=self.worker_id)
+            for rec in recs:
                 outs.append(Out(topic, orjson.dumps(rec), rec["attribute"].encode()))
-            self.stats.windows_published += 1
+            if recs:
+                self.stats.windows_published += 1
+            else:
+                self.stats.windows_withheld += 1
         self.stats.estimates_published += len(outs)
         if self.metrics is not None and outs:
             self.metrics.events_out("frequencies", len(outs))
@@ -411,14 +471,8 @@ class PrivatizerEngine(StreamEngine):
 
     def _account(self, res: PrivatizeResult, t0: float) -> None:
         self.stats.add(res)
-        m = self.metrics
-        if m is not None:
-            m.events_out("features", len(res.reports))
-            for name, n in res.reported.items():
-                m.ldp_reports(name, self.privatizer.policy.by_name[name].mechanism, n, res.epsilon_spent.get(name, 0.0))
-            for name, n in res.suppressed.items():
-                m.ldp_suppressed(name, n)
-            m.set_person_epsilon(self.privatizer.spend.as_dict())
+        if res.reported:
+            self._unreleased.append(res)
         if self.on_batch is not None:
             self.on_batch(self.stats, res, time.perf_counter() - t0)
 
@@ -472,21 +526,17 @@ class PrivatizerEngine(StreamEngine):
                 items.clear()
             else:
                 items.clear()
-                hour_ms = (int(time.time() * 1000) // _HOUR_MS) * _HOUR_MS
-                outs = [Out(self.settings.topics.features, v, None, hour_ms) for v in res.examples]
+                # examples leave through the release buffer too: shuffled among enough people
+                lid = self.privatizer.ledger_id
+                self.release.add(res.examples, [hash(lid(st.subject, st.epoch)) for st in res.stubs])
+                if res.examples:
+                    self._unreleased.append(PrivatizeResult(reported=Counter({LABEL_NAME: len(res.examples)}),
+                                                            epsilon_spent={LABEL_NAME: res.epsilon_spent}))
                 self.stats.examples += len(res.examples)
                 self.stats.examples_suppressed += res.suppressed
                 self.stats.skipped.update({f"example_{k}": v for k, v in res.skipped.items()})
                 if res.epsilon_spent:
                     self.stats.epsilon_spent.update({LABEL_NAME: res.epsilon_spent})
-                m = self.metrics
-                if m is not None:
-                    m.events_out("features", len(res.examples))
-                    if res.examples:
-                        m.ldp_reports(LABEL_NAME, "grr", len(res.examples), res.epsilon_spent)
-                    if res.suppressed:
-                        m.ldp_suppressed(LABEL_NAME, res.suppressed)
-                    m.set_person_epsilon(self.privatizer.spend.as_dict())
         self.stats.examples_pending = labeler.pending
         self.stats.examples_dropped.update(labeler.dropped)
         labeler.dropped.clear()

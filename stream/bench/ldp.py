@@ -33,6 +33,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
+import orjson
 
 from stream.ldp.grr import GRR
 from stream.ldp.numeric import NumericMechanism, make_numeric, mean_estimate
@@ -298,3 +299,266 @@ def format_longitudinal(rows: Sequence[LongitudinalRow]) -> str:
     ok = sum(1 for r in rows if 0.9 <= r.ratio <= 1.1)
     lines.append(f"{ok}/{len(rows)} cells with ratio in [0.9, 1.1]; total {sum(r.seconds for r in rows):.0f} s")
     return "\n".join(lines)
+
+
+# -- coverage: do the published 95 % intervals cover the truth they name? ----------------------------------------
+
+COVERAGE_WINDOW_SECONDS = 60
+#: repeater profiles: (share of people, min events, max events) per window
+PROFILES: dict[str, tuple[tuple[float, int, int], ...]] = {
+    "light": ((1.0, 1, 2),),
+    "heavy": ((0.4, 1, 2), (0.4, 5, 10), (0.2, 25, 40)),
+}
+_DEVICES = ("desktop", "mobile", "tablet", "tv", "other")
+_COUNTRIES = ("US", "DE", "GB", "FR", "IN", "BR", "JP", "ES", "IT", "NL")
+_CATEGORIES = ("electronics", "books", "fashion", "home", "toys", "sports", "beauty", "garden")
+_TYPES = ("page_view", "product_view", "add_to_cart", "purchase", "search")
+
+
+@dataclass(frozen=True)
+class CoverageRow:
+    """Coverage of one mechanism (attributes pooled) under one repeater profile."""
+
+    mechanism: str
+    profile: str
+    truth: str
+    windows: int
+    intervals: int
+    covered: int
+    mean_n: float
+    mean_z2: float  # mean squared z-score (1.0 when the std errors are exact)
+    mean_z: float = 0.0  # mean signed z-score (0 when unbiased)
+    top_coverage: float = math.nan  # coverage of each window's most frequent value only (where bias shows)
+
+    @property
+    def coverage(self) -> float:
+        return self.covered / self.intervals if self.intervals else math.nan
+
+
+def coverage_stream(profile: str, windows: int, events_per_window: int, seed: int, t0_s: int,
+                    window_seconds: int = COVERAGE_WINDOW_SECONDS) -> list[tuple[int, dict]]:
+    """(timestamp ms, clear event) of a synthetic stream whose people repeat per ``profile``: each person has
+    a fixed device and country, a favourite category and a price level; heavy repeaters browse more (their
+    events are mostly page views), so capping a person changes the frequencies."""
+    rng = np.random.default_rng([seed, 7])
+    shares = PROFILES[profile]
+    out: list[tuple[int, dict]] = []
+    pid = 0
+    for w in range(windows):
+        n = 0
+        evs: list[tuple[int, dict]] = []
+        while n < events_per_window:
+            cls = int(rng.choice(len(shares), p=[s[0] for s in shares]))
+            _share, lo, hi = shares[cls]
+            k = int(rng.integers(lo, hi + 1))
+            heavy = hi >= 25
+            pid += 1
+            uid = f"cov-{seed}-{pid}"
+            device = _DEVICES[int(rng.choice(5, p=[0.5, 0.3, 0.1, 0.05, 0.05] if not heavy else [0.1, 0.2, 0.2, 0.3, 0.2]))]
+            country = _COUNTRIES[int(rng.integers(0, 10 if not heavy else 3))]
+            fav = _CATEGORIES[int(rng.integers(0, 8 if not heavy else 2))]
+            level = float(rng.lognormal(3.5 if not heavy else 5.0, 0.6))
+            tp = [0.3, 0.35, 0.15, 0.1, 0.1] if not heavy else [0.75, 0.15, 0.05, 0.02, 0.03]
+            for _ in range(k):
+                et = _TYPES[int(rng.choice(5, p=tp))]
+                ev: dict = {"user_id": uid, "event_type": et, "device": device, "country": country}
+                if et in ("product_view", "add_to_cart", "purchase"):
+                    ev["category"] = fav if rng.random() < 0.7 else _CATEGORIES[int(rng.integers(0, 8))]
+                    ev["price"] = round(level * float(rng.lognormal(0.0, 0.3)), 2)
+                ts = (t0_s + w * window_seconds) * 1000 + int(rng.integers(0, window_seconds * 1000 - 1))
+                evs.append((ts, ev))
+            n += k
+        out += evs  # a person's events in order; people one after the other
+    return out
+
+
+def capped_population(stream: Sequence[tuple[int, dict]], per_person: int | None,
+                      epoch_seconds: int) -> list[tuple[int, dict]]:
+    """The events the estimand names, computed from the clear stream alone: with ``per_person`` None every
+    event; else each person's first ``per_person`` events of each epoch (in stream order)."""
+    if per_person is None:
+        return list(stream)
+    seen: dict[tuple[str, int], int] = {}
+    out = []
+    for ts, ev in stream:
+        key = (ev["user_id"], ts // 1000 // epoch_seconds)
+        c = seen.get(key, 0)
+        if c < per_person:
+            out.append((ts, ev))
+        seen[key] = c + 1
+    return out
+
+
+def _truth_by_window(policy: object, events: Sequence[tuple[int, dict]], window_ms: int) -> dict[int, dict[str, object]]:
+    from stream.ldp.policy import LdpPolicy
+
+    assert isinstance(policy, LdpPolicy)
+    acc: dict[int, dict[str, object]] = {}
+    for ts, ev in events:
+        w = (ts // window_ms) * window_ms
+        slot = acc.setdefault(w, {"_n": 0})
+        slot["_n"] = int(slot["_n"]) + 1  # type: ignore[call-overload]
+        for a in policy.attributes:
+            if a.kind == "categorical":
+                idx = a.index_of(ev.get(a.name))
+                if idx is None:
+                    continue
+                c = slot.setdefault(a.name, np.zeros(a.k))
+                c[idx] += 1  # type: ignore[index]
+            else:
+                slot[a.name] = float(slot.get(a.name, 0.0)) + a.clamp(ev.get(a.name))  # type: ignore[arg-type]
+    return acc
+
+
+def coverage_table(make: Callable[[int], tuple[object, object]], *, windows: int = 500,
+                   events_per_window: int = 2000, profiles: Sequence[str] = ("light", "heavy"),
+                   per_person: Callable[[object], int | None] = lambda priv: None, truth: str = "budget",
+                   seed: int = 0, batch: int = 500, say: Callable[[str], object] = print) -> list[CoverageRow]:
+    """Run synthetic streams through a production privatizer and window aggregator (``make(epoch_seconds)``
+    returns both; each window is its own epoch) and count how often the published 95 % intervals cover the
+    truth they name, computed independently from the clear stream (:func:`capped_population` with
+    ``per_person(privatizer)`` events per person and epoch)."""
+    from stream.ldp.aggregate import WindowAggregator
+
+    rows: list[CoverageRow] = []
+    es = COVERAGE_WINDOW_SECONDS
+    for pi, profile in enumerate(profiles):
+        t_start = time.perf_counter()
+        t0_s = (int(time.time()) // es - windows - 2) * es
+        stream = coverage_stream(profile, windows, events_per_window, seed + pi, t0_s, es)
+        priv, agg = make(es)
+        assert isinstance(agg, WindowAggregator)
+        policy = agg.policy
+        records = [(ts, orjson.dumps({"_schema": policy.schema_name, **ev})) for ts, ev in stream]
+        from stream.ldp.privatizer import ProtectedRecord
+
+        for i in range(0, len(records), batch):
+            res = priv.process([ProtectedRecord(v, ts) for ts, v in records[i : i + batch]])  # type: ignore[attr-defined]
+            agg.add(res.attribute_reports)
+        wins = agg.drain()
+        cap = per_person(priv)
+        truth_events = capped_population(stream, cap if truth == "budget" else None, es)
+        tw = _truth_by_window(policy, truth_events, es * 1000)
+        stats: dict[str, list[float]] = {}
+        tops: dict[str, list[float]] = {}
+        ns: dict[str, list[int]] = {}
+        for win in wins:
+            t = tw.get(win.start_ms)
+            if t is None:
+                continue
+            for rec in agg.records(win):
+                a = policy.by_name[rec["attribute"]]
+                mech = rec["mechanism"]
+                z2 = stats.setdefault(mech, [])
+                ns.setdefault(mech, []).append(int(rec["n"]))
+                n_true = int(t["_n"])  # type: ignore[call-overload]
+                if a.kind == "categorical":
+                    counts = t.get(a.name)
+                    f = (np.zeros(a.k) if counts is None else np.asarray(counts)) / max(1, n_true)
+                    top = int(np.argmax(f))
+                    for i, (v, fv) in enumerate(zip(rec.get("values", []), f, strict=False)):
+                        se = max(float(v["std_error"]), 1e-12)
+                        z2.append((float(v["estimate"]) - float(fv)) / se)
+                        if i == top:
+                            tops.setdefault(mech, []).append(z2[-1])
+                elif "mean" in rec:
+                    mu = float(t.get(a.name, 0.0)) / max(1, n_true)  # type: ignore[arg-type]
+                    se = max(float(rec["std_error"]), 1e-12)
+                    z2.append((float(rec["mean"]) - mu) / se)
+                    tops.setdefault(mech, []).append(z2[-1])
+        for mech, z in stats.items():
+            zs = np.asarray(z)
+            arr = zs**2
+            row = CoverageRow(mech, profile, truth, len(wins), len(arr), int(np.sum(arr <= 1.96**2)),
+                              float(np.mean(ns[mech])), float(np.mean(arr)), float(np.mean(zs)),
+                              float(np.mean(np.abs(np.asarray(tops.get(mech, [np.nan]))) <= 1.96)))
+            rows.append(row)
+            say(f"  {profile:<6} {mech:<6} windows {row.windows:>4}  intervals {row.intervals:>6}  "
+                f"coverage {row.coverage:.3f} (top value {row.top_coverage:.3f})  mean z^2 {row.mean_z2:.2f}  mean z {row.mean_z:+.3f}  mean n {row.mean_n:,.0f}  "
+                f"({time.perf_counter() - t_start:.0f} s)")
+    return rows
+
+
+def format_coverage(rows: Sequence[CoverageRow]) -> str:
+    head = (f"{'mechanism':<9} {'profile':<7} {'truth':<7} {'windows':>7} {'intervals':>9} {'mean n':>8} {'mean z':>7} "
+            f"{'mean z^2':>8} {'coverage':>8} {'top value':>9}")
+    lines = [head, "-" * len(head)]
+    for r in rows:
+        lines.append(f"{r.mechanism:<9} {r.profile:<7} {r.truth:<7} {r.windows:>7} {r.intervals:>9} {r.mean_n:>8,.0f} "
+                     f"{r.mean_z:>+7.3f} {r.mean_z2:>8.2f} {r.coverage:>8.3f} {r.top_coverage:>9.3f}")
+    ok = sum(1 for r in rows if 0.93 <= r.coverage <= 0.97 and 0.93 <= r.top_coverage <= 0.97)
+    lines.append(f"{ok}/{len(rows)} rows with coverage (all values and the top value) in [0.93, 0.97]")
+    return "\n".join(lines)
+
+
+# -- grouping: can one person's reports be told apart from strangers' with the same values? ----------------------
+
+def report_similarity(a: dict, b: dict) -> float:
+    """The grouping attack's score of two feature reports: equal GRR / Duchi outputs count 1 each, OUE
+    bitmasks count their equal bits (the issue's plain similarity; higher = more alike)."""
+    score = 0.0
+    fa, fb = a.get("features", {}), b.get("features", {})
+    for name, x in fa.items():
+        y = fb.get(name)
+        if y is None:
+            continue
+        if x.get("m") == "OUE" and isinstance(x.get("r"), int) and isinstance(y.get("r"), int):
+            score += int(x["k"]) - bin(int(x["r"]) ^ int(y["r"])).count("1")
+        else:
+            score += 1.0 if x.get("r") == y.get("r") else 0.0
+    return score
+
+
+def pair_auc(positives: Sequence[float], negatives: Sequence[float]) -> float:
+    """P(score of a random positive pair > that of a random negative pair), ties counting half."""
+    pos = np.sort(np.asarray(positives, dtype=np.float64))
+    neg = np.sort(np.asarray(negatives, dtype=np.float64))
+    if not len(pos) or not len(neg):
+        return math.nan
+    below = np.searchsorted(neg, pos, side="left")
+    upto = np.searchsorted(neg, pos, side="right")
+    return float(np.sum(below + 0.5 * (upto - below)) / (len(pos) * len(neg)))
+
+
+def grouping_auc(groups_same: Sequence[Sequence[dict]], groups_strangers: Sequence[Sequence[dict]]) -> float:
+    """Pair AUC of :func:`report_similarity`: pairs within one person's reports (``groups_same[i]``) against
+    the same pairs of strangers' reports with the same values (``groups_strangers[i]``, aligned event for
+    event). 0.5: the score cannot tell them apart."""
+    pos: list[float] = []
+    neg: list[float] = []
+    for same, strangers in zip(groups_same, groups_strangers, strict=True):
+        m = min(len(same), len(strangers))
+        for i in range(m):
+            for j in range(i + 1, m):
+                pos.append(report_similarity(same[i], same[j]))
+                neg.append(report_similarity(strangers[i], strangers[j]))
+    return pair_auc(pos, neg)
+
+
+def production_pair(epoch_seconds: int, *, person_epsilon: float = 12.0, epsilon: float = 1.0, seed: int = 0,
+                    min_people: int = 1) -> tuple[object, object]:
+    """The production privatizer (in-memory ledger store, seeded ChaCha20) and window aggregator on the
+    shipped schema, each window its own epoch (what :func:`coverage_table` runs)."""
+    import os
+
+    from stream.ldp.aggregate import WindowAggregator
+    from stream.ldp.csprng import ChaChaRandom
+    from stream.ldp.ledger import MemoryLedgerStore
+    from stream.ldp.policy import LdpPolicy
+    from stream.ldp.privatizer import Privatizer
+    from stream.schema import load_schema
+
+    schema = load_schema("clickstream-event.v1")
+    policy = LdpPolicy.from_schema(schema, epsilon)
+    priv = Privatizer(policy, MemoryLedgerStore(), memo_key=os.urandom(32), subject_field=schema.subject_field,
+                      budget_epsilon=person_epsilon, epoch_seconds=epoch_seconds, retention_seconds=10**9,
+                      rng=ChaChaRandom(seed), shuffle_seed=seed)
+    agg = WindowAggregator(policy, window_seconds=epoch_seconds, min_people=min_people, estimand=priv.estimand())
+    return priv, agg
+
+
+def production_per_person(priv: object) -> int | None:
+    from stream.ldp.privatizer import Privatizer
+
+    assert isinstance(priv, Privatizer)
+    return priv.per_person

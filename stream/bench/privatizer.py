@@ -4,10 +4,10 @@ Synthetic events are protected by the gateway's pure core and published to a
 fresh ``clicks.protected``-like topic. Then, one after the other on the same
 broker and records: (a) the plain confluent-kafka passthrough (consume, stdlib
 JSON decode + encode, produce) of :mod:`stream.bench.gateway`; (b) the
-privatizer engine (memo/budget resolution in Redis, randomized responses,
-feature reports, windowed aggregation, delivery before commit). Both start
-with a cold state (the privatizer's memo cache and Redis are empty), so
-every first report of a (person, attribute, value) pays its Redis round trip.
+privatizer engine (one ledger charge per event in Redis, fresh randomized
+responses, feature reports, the release buffer, windowed aggregation, delivery
+before commit). Redis starts empty. At the default cap most of a heavy user's
+events are over budget (not reported): ``reports`` says how many were.
 """
 
 from __future__ import annotations

@@ -2,10 +2,11 @@
 
 Frequency oracles GRR, OUE, OLH (Wang, Blocki, Li, Jha, USENIX Security 2017);
 numeric mechanisms PM and HM (Wang et al., ICDE 2019) and Duchi's (Duchi,
-Jordan, Wainwright, JASA 2018); the two-round longitudinal mechanisms the
-privatizer runs (L-GRR, L-OSUE, L-Duchi: :mod:`stream.ldp.longitudinal`) and
-their ChaCha20 noise source (:mod:`stream.ldp.csprng`). No I/O here: policy, memoization, the
-privatizer and aggregation live in sibling modules that build on these.
+Jordan, Wainwright, JASA 2018), which the privatizer runs one round per report
+(GRR, OUE, Duchi), with their ChaCha20 noise source (:mod:`stream.ldp.csprng`); the
+two-round longitudinal mechanisms it no longer runs (:mod:`stream.ldp.longitudinal`,
+kept for the benchmarks and the attack tests). No I/O here: policy, the person ledger,
+the privatizer, the release buffer and aggregation live in sibling modules.
 """
 
 from __future__ import annotations

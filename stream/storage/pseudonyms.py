@@ -137,7 +137,7 @@ class Pseudonyms:
         KEK wrap limit; pass the DEK provider's), reserved ``wrap_block`` at a time (a process
         over-counts by less than a block; no round trip for most new people). ``on_erased(token -> erasure epoch, now)``: called by :meth:`tokens` before it returns the
         tokens of people who carry an erased marker (the gateway exhausts their ledgers:
-        :class:`stream.ldp.ledger.LedgerExhauster`); an exception fails the call."""
+        :class:`stream.storage.ldp.LedgerExhauster`); an exception fails the call."""
         self.domain = domain
         self.prefix = check_prefix(prefix)
         if kms is None:

@@ -80,8 +80,8 @@ def test_demo_from_nothing(tmp_path: Path, demo_env: dict[str, str]) -> None:
     assert "local differential privacy (privatizer)" in out
     n_features = int(re.search(r"feature reports -> \S+\s*│\s*([\d,]+)", out)[1].replace(",", ""))  # type: ignore[index]
     assert 0 < n_features <= protected
-    # two-round mechanisms (L-OSUE reports read as OUE); the demo's eps_inf is 4 (stated above)
-    assert re.search(r"event_type\s+\((GRR|OUE), eps_inf=4(\.0)?, n=", out) and re.search(r"category\s+\(OUE, eps_inf=4", out)
+    # one-round reports at the demo's per-report epsilon (2 = its schema epsilon 4 / 2)
+    assert re.search(r"event_type\s+\((GRR|OUE), eps=2(\.0)?, n=", out) and re.search(r"category\s+\(OUE, eps=2", out)
     assert "page_view" in out and "true" in out
     erased = [line for line in out.splitlines() if "the same event now reads" in line]
     assert len(erased) == 1 and "✓" in erased[0] and "[shredded]" in erased[0], out

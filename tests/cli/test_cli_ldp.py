@@ -33,9 +33,9 @@ def test_privatizer_explain_shows_the_policy(monkeypatch: pytest.MonkeyPatch) ->
     result = CliRunner().invoke(cli, ["privatizer", "--explain"], prog_name="streamgate")
     assert result.exit_code == 0, result.output
     lines = result.output.splitlines()
-    assert any(line.startswith("attribute=category") and "mechanism=L-OSUE" in line and "eps_inf=0.5" in line
+    assert any(line.startswith("attribute=category") and "mechanism=OUE" in line and "eps=0.25" in line
                for line in lines)
-    assert any(line.startswith("attribute=price") and "mechanism=L-Duchi" in line and "hi=5000.0" in line
+    assert any(line.startswith("attribute=price") and "mechanism=Duchi" in line and "hi=5000.0" in line
                for line in lines)
     assert "per person per epoch: at most epsilon 12" in result.output
 

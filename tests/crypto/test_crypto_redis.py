@@ -25,9 +25,10 @@ from stream.crypto.fields import decrypt_value, encrypt_value
 from stream.crypto.keyring import Keyring
 from stream.crypto.kms import LocalKMS
 from stream.errors import ConfigError, KeyShreddedError, KeyUnavailableError
-from stream.ldp.memo import MemoRequest, RedisMemoStore
+from stream.ldp.ledger import Charge
 from stream.redisdb import RedisClient, client_for, connect
 from stream.storage.keys import RedisKeyStore, identity_probe
+from stream.storage.ldp import RedisLedgerStore
 from stream.storage.retention import RedisShredStore
 from tests.support.cluster import OwnCluster
 
@@ -194,13 +195,13 @@ def test_a_cluster_that_goes_away_fails_closed(tmp_path: Path) -> None:
         epoch = int(time.time() // DAY)
         assert store.create_many([("tk1_up", epoch, b"v", int(time.time()) + 60)]) == [b"v"]
         shreds = RedisShredStore(client, "sgdown")
-        memos = RedisMemoStore(client, "sgdown")
+        ledgers = RedisLedgerStore(client, "sgdown")
         cluster.stop()
         calls: list[Callable[[], object]] = [
             lambda: store.get_many([("tk1_up", epoch)]),
             lambda: store.create_many([("tk1_new", epoch, b"v", int(time.time()) + 60)]),
             lambda: shreds.claim_due(time.time(), 10, at=time.time(), worker="w", lease_until=time.time() + 60),
-            lambda: memos.resolve([MemoRequest("tk1_up", epoch, int(time.time()) + 60, "a:x", "a", 1, "c", "L")], 10),
+            lambda: ledgers.charge([Charge("tk1_up", "L", 1, int(time.time()) + 60)], 10),
             lambda: identity_probe(client, "sgdown").probe(False),
         ]
         for call in calls:

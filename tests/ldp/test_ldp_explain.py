@@ -5,50 +5,49 @@ from __future__ import annotations
 
 import math
 
-import numpy as np
 import pytest
 from click.testing import CliRunner
 
 from stream.cli import cli
 from stream.config import Settings
-from stream.ldp.longitudinal import LongitudinalDuchi, LongitudinalGRR, LongitudinalOUE
 from stream.ldp.policy import LdpPolicy, privacy_account
 from stream.schema import load_schema
 
 
-def _exact_eps_1(mech: object) -> float:
-    """The per-report epsilon from the composite law of one report."""
-    if isinstance(mech, LongitudinalGRR):
-        p, q = mech.composite()
-        return math.log(p / q)
-    if isinstance(mech, LongitudinalOUE):  # two inputs differ in two bits
-        p, q = mech.composite()
-        return math.log(p * (1 - q) / ((1 - p) * q))
-    assert isinstance(mech, LongitudinalDuchi)
-    hi = mech.p2 * (0.5 + mech.s1) + (1 - mech.p2) * (0.5 - mech.s1)
+def _exact_eps(attr: object) -> float:
+    """The per-report epsilon from the exact law of one report (one round: GRR, OUE or Duchi)."""
+    from stream.ldp import GRR, OUE, DuchiMechanism
+
+    mech = getattr(attr, "oracle", None) or getattr(attr, "numeric", None)
+    if isinstance(mech, GRR):
+        return math.log(mech.p / mech.q)
+    if isinstance(mech, OUE):  # two inputs differ in two bits
+        return math.log(mech.p * (1 - mech.q) / ((1 - mech.p) * mech.q))
+    assert isinstance(mech, DuchiMechanism)
+    hi = float(mech.prob_plus(1.0))
     return math.log(hi / (1 - hi))
 
 
 def test_the_account_of_the_default_schema() -> None:
+    from stream.ldp import GRR
+    from stream.ldp.privatizer import reports_per_person
+
     s = Settings()
     policy = LdpPolicy.from_schema(load_schema(s.schema_name), s.ldp_epsilon)
     acc = privacy_account(policy, person_epsilon=s.ldp_person_epsilon, epoch_seconds=s.epoch_seconds,
                           retention_seconds=s.retention_seconds, label_epsilon=s.learn_label_epsilon)
-    exact = {a.name: _exact_eps_1(a.longitudinal) for a in policy.attributes}
+    exact = {a.name: _exact_eps(a) for a in policy.attributes}
     for name, eps in exact.items():
         assert acc.per_report[name] == pytest.approx(eps)
-    label = LongitudinalGRR(2, s.learn_label_epsilon, acc.per_report["session_purchase"])
-    assert acc.per_report["session_purchase"] == pytest.approx(_exact_eps_1(label))
+    label = GRR(2, acc.per_report["session_purchase"])
+    assert acc.per_report["session_purchase"] == pytest.approx(math.log(label.p / label.q))
     assert acc.per_event == pytest.approx(sum(exact.values())) == pytest.approx(2.5)
     assert acc.per_example == pytest.approx(3.0)
-    assert acc.first_event_cost == pytest.approx(6.0)  # 5 attributes + the label, eps_inf 1 each
     assert acc.person_epoch == s.ldp_person_epsilon == 12.0
+    assert reports_per_person(policy, 12.0, s.learn_label_epsilon) == 4  # 12 / 3
+    assert reports_per_person(policy, 12.0) == 4  # 12 / 2.5
     # a 30-day retention after each 1-day epoch: 31 epochs' reports may be held at once
     assert acc.epochs_held == 31 and acc.retention_bound == pytest.approx(12.0 * 31)
-    # the memo's law: eps_inf exactly (checked for GRR: the ratio of the permanent law)
-    dev = policy.by_name["device"].longitudinal
-    assert isinstance(dev, LongitudinalGRR) and math.log(dev.p1 / dev.q1) == pytest.approx(acc.per_memo["device"])
-    assert np.isclose(dev.p1 + (dev.k - 1) * dev.q1, 1.0)
 
 
 def test_explain_prints_the_account(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -57,11 +56,12 @@ def test_explain_prints_the_account(monkeypatch: pytest.MonkeyPatch) -> None:
     out = result.output
     assert "per report: epsilon event_type 0.5, category 0.5, price 0.5, device 0.5, country 0.5, " \
            "session_purchase 0.5" in out
-    assert "per event: epsilon 2.5" in out and "3 for a labelled example" in out
-    assert "per person per epoch: at most epsilon 12 " in out and "a first event charges 6" in out
+    assert "per event: epsilon 2.5" in out and "3 with its labelled example's label" in out
+    assert "per person per epoch: at most epsilon 12 " in out and "at most 4 reports per person per epoch at 3 each" in out
     assert "over the retention window: at most epsilon 372 = 12 x 31 epochs" in out
-    assert "never their ledger" in out and "an observer of features.private cannot" in out
-    assert "under the same budget" not in out
+    assert "never refunds" in out and "an observer of features.private cannot" in out
+    assert "unbiased for each person's first 4 events" in out and "no stand-in" in out
+    assert "memo" not in out.replace("no memo", "")
     monkeypatch.setenv("STREAMGATE_LDP_PERSON_EPSILON", "4")
     monkeypatch.setenv("STREAMGATE_LDP_EPSILON", "0.5")
     out = CliRunner().invoke(cli, ["privatizer", "--explain"], prog_name="streamgate").output

@@ -10,10 +10,10 @@ import pytest
 
 from stream.crypto.keyring import Keyring
 from stream.ldp.labels import ExampleStub
-from stream.ldp.ledger import LEDGER_PURPOSE, LedgerExhauster, ledger_id, ledger_key, ledger_slot
-from stream.ldp.memo import MICRO, MemoRequest, RedisMemoStore
+from stream.ldp.ledger import LEDGER_PURPOSE, MICRO, Charge, ledger_id
 from stream.ldp.privatizer import ProtectedRecord
 from stream.redisdb import SLOTS, RedisClient, key_slot
+from stream.storage.ldp import LedgerExhauster, RedisLedgerStore, ledger_key, ledger_slot
 from stream.storage.retention import RedisShredStore
 from tests.support.ldp import make_privatizer, protect
 
@@ -37,27 +37,25 @@ def test_repeated_erasures_within_an_epoch_spend_no_more_than_the_cap(redis_clie
     records = [ProtectedRecord(v, now_ms) for _k, v in protect([_event(i) for i in range(3)], keyring)]
     token = orjson.loads(records[0].value or b"")["user_id"]
     epoch = now_ms // 1000 // 86400
-    store = RedisMemoStore(redis_client, prefix=redis_prefix)
+    store = RedisLedgerStore(redis_client, prefix=redis_prefix)
     shredder = RedisShredStore(redis_client, prefix=redis_prefix)
     priv = make_privatizer(store=store, budget=CAP, label_epsilon=1.0, seed=1)
     spent = 0.0
     for round_ in range(20):
         res = priv.process(records)
-        assert len(res.reports) == 3  # always reported (stand-ins once the ledger is at the cap)
+        assert len(res.reports) == (2 if round_ == 0 else 0)  # 2 x (2.5 + 0.5 for the label): then it cannot pay
         lab = priv.label_examples([(ExampleStub("s", token, epoch, False, b'"features":{}', now_ms), bool(round_ % 2))])
         spent += sum(res.epsilon_spent.values()) + lab.epsilon_spent
-        assert bool(redis_client.exists(store.memo_key(token, epoch))) == (round_ < 2)
         _rec, created = shredder.erase_subject(token, [epoch], request_id=f"erase-{round_}", at=time.time(),
                                                worker="t", lease_until=time.time() + 60, record_ttl=3600)
-        assert created and not redis_client.exists(store.memo_key(token, epoch))  # the memos are gone
+        assert created
         priv.cache.invalidate(token)  # as the shredder's notification does
-    # round 1 spends 5 (one memo per attribute) + 1 (label) = 6; after its erasure two new memos
-    # fit (8 = the cap); then nothing: every later report is a stand-in
-    assert spent == pytest.approx(CAP)
+    # round 1 spends 2 x 3 (two feature reports, their labels prepaid); erasures refund nothing
+    assert spent == pytest.approx(6.0)
     ledgers = [k for k in redis_client.scan_iter(f"{redis_prefix}:ledger:*")]
     assert len(ledgers) == 1
     (key,) = ledgers
-    assert token.encode() not in key and int(redis_client.get(key) or 0) == 8 * MICRO  # a number, no identifier
+    assert token.encode() not in key and int(redis_client.get(key) or 0) == 6 * MICRO  # a number, no identifier
     assert redis_client.ttl(key) > 29 * 86400  # kept until the epoch's retention ends
 
 
@@ -84,13 +82,13 @@ def test_a_seed_is_no_setting_and_the_environment_cannot_give_one(monkeypatch: p
     assert isinstance(priv.rng, ChaChaRandom) and not priv.rng.seeded
 
 
-def test_build_privatizer_refuses_a_cap_below_one_memo(settings_factory) -> None:  # type: ignore[no-untyped-def]
+def test_build_privatizer_refuses_a_cap_below_one_report(settings_factory) -> None:  # type: ignore[no-untyped-def]
     from stream.apps.privatizer import build_privatizer
     from stream.errors import ConfigError
 
-    with pytest.raises(ConfigError, match="session_purchase"):
-        build_privatizer(settings_factory(ldp_person_epsilon=12.0, learn_label_epsilon=20.0))
-    build_privatizer(settings_factory(ldp_person_epsilon=20.0, learn_label_epsilon=20.0))
+    with pytest.raises(ConfigError, match="feature report"):
+        build_privatizer(settings_factory(ldp_person_epsilon=2.0))  # a report costs 5 x 0.5
+    build_privatizer(settings_factory(ldp_person_epsilon=2.5))
 
 
 def test_a_person_returning_after_erasures_stays_within_the_cap(settings_factory, redis_client: RedisClient) -> None:  # type: ignore[no-untyped-def]
@@ -108,7 +106,7 @@ def test_a_person_returning_after_erasures_stays_within_the_cap(settings_factory
     assert settings.pseudonym_tokens
     gw = build_gateway(settings)
     ledger_key = Keyring.from_settings(settings).derive(LEDGER_PURPOSE)
-    priv = make_privatizer(store=RedisMemoStore(redis_client, prefix=settings.redis_key_prefix), budget=CAP, seed=1,
+    priv = make_privatizer(store=RedisLedgerStore(redis_client, prefix=settings.redis_key_prefix), budget=CAP, seed=1,
                            ledger_key=ledger_key)
     engine = ShredderEngine(settings)
     engine.shredder.sink = MemorySink()
@@ -123,9 +121,9 @@ def test_a_person_returning_after_erasures_stays_within_the_cap(settings_factory
         (token,) = {k.decode() for k, _v in out.protected}
         tokens.add(token)
         res = priv.process([ProtectedRecord(v, now_ms) for _k, v in out.protected])
-        assert len(res.reports) == 3
+        assert len(res.reports) == (3 if round_ == 0 else 0)
         spent += sum(res.epsilon_spent.values())
-        standins += sum(res.suppressed.values())
+        standins += res.over_budget
         assert redis_client.exists(mark) == (round_ > 0)  # written by the erasure, not by the gateway
         before = int(time.time()) // settings.epoch_seconds
         engine._erase_one(signed_request(settings, f"refund-{round_}", user_id=user_id,
@@ -135,9 +133,9 @@ def test_a_person_returning_after_erasures_stays_within_the_cap(settings_factory
         priv.cache.invalidate(token)
     assert engine.shredder.stats.erasures == 4 and len(tokens) == 4  # a new tk2 token after each erasure
     assert pseud.returned == 3
-    # round 1 spends 5 (one memo per attribute); every later token starts at the cap: stand-ins only
-    assert spent == pytest.approx(5.0) and spent <= CAP
-    assert standins == 3 * 3 * 5
+    # round 1 spends 3 x 2.5; every later token starts at the cap: nothing released
+    assert spent == pytest.approx(7.5) and spent <= CAP
+    assert standins == 3 * 3
 
 
 E, R = 3600, 7200
@@ -220,20 +218,20 @@ def test_a_person_erased_in_epoch_e_reports_normally_again_in_epoch_e_plus_1(per
     assert person.priv.process(records).epsilon_spent
     person.erase("next-1")
     person.gw.tokenizer.forget(old)
-    # back in the same epoch: a new token whose ledgers are at the cap, so only stand-ins
+    # back in the same epoch: a new token whose ledgers are at the cap, so nothing is released
     new, records = person.events()
     assert new != old and int(r.get(person.ledger(new, epoch)) or 0) == CAP * MICRO
     res = person.priv.process(records)
-    assert not res.epsilon_spent and sum(res.suppressed.values()) == 2 * 5
+    assert not res.epsilon_spent and res.over_budget == 2
     # the next epoch: the same token, a fresh ledger, genuine reports
     person.clock.advance(E)
     again, records = person.events()
     assert again == new and r.get(person.ledger(new, epoch + 1)) is None
     res = person.priv.process(records)
-    assert sum(res.epsilon_spent.values()) > 0 and not sum(res.suppressed.values())
+    assert sum(res.epsilon_spent.values()) > 0 and not res.over_budget
     # ... while a late event of the erasure's epoch still finds its ledger exhausted
     late = person.priv.process([ProtectedRecord(records[0].value, int(T0 * 1000))])
-    assert not late.epsilon_spent and sum(late.suppressed.values()) == 5
+    assert not late.epsilon_spent and late.over_budget == 1
 
 
 def test_the_marker_is_honoured_again_when_the_first_charge_did_not_happen(person: _Person) -> None:
@@ -261,7 +259,7 @@ def test_the_marker_is_honoured_again_when_the_first_charge_did_not_happen(perso
     assert [int(r.get(k) or 0) for k in ledgers] == [CAP * MICRO] * 2
     # the charge is lost after all (say, a Redis failover): the next round trip exhausts again
     r.delete(*ledgers)
-    assert person.events()[0] == new and r.get(ledgers[1]) is None  # within the memo's staleness bound
+    assert person.events()[0] == new and r.get(ledgers[1]) is None  # within the token cache's staleness bound
     person.clock.advance(person.settings.dek_cache_max_staleness_seconds + 1)
     assert person.events()[0] == new
     assert [int(r.get(k) or 0) for k in ledgers] == [CAP * MICRO] * 2
@@ -312,10 +310,10 @@ def _tokens_on_every_master(n_masters: int = 3) -> list[str]:
     return [t for m in range(n_masters) for t in per[m][:2]]
 
 
-def test_the_exhauster_raises_ledgers_in_every_persons_slot_as_the_memo_script_reads_them(
+def test_the_exhauster_raises_ledgers_in_every_persons_slot_as_the_charge_script_reads_them(
         redis_client: RedisClient, redis_prefix: str) -> None:
-    """LedgerExhauster and the privatizer's memo script name a ledger by the same function: ledgers
-    raised for people spread over every master are read as full by the memo script; a ledger below
+    """LedgerExhauster and the privatizer's charge script name a ledger by the same function: ledgers
+    raised for people spread over every master are read as full by the charge script; a ledger below
     the cap is raised, one above it is not lowered."""
     key = Keyring.generate().derive(LEDGER_PURPOSE)
     tokens = _tokens_on_every_master()
@@ -333,20 +331,18 @@ def test_the_exhauster_raises_ledgers_in_every_persons_slot_as_the_memo_script_r
             assert key_slot(name.encode()) == ledger_slot(tok)
             assert int(redis_client.get(name) or 0) == (2 * cap if (tok, e) == (high, epoch) else cap)
             assert redis_client.expiretime(name) == (e + 1) * E + R
-    store = RedisMemoStore(redis_client, prefix=redis_prefix)
-    requests = [MemoRequest(tok, epoch, (epoch + 1) * E + R, "device:x", "device", 1, "cand", ledger_id(key, tok, epoch))
-                for tok in tokens]
-    assert [res.status for res in store.resolve(requests, cap)] == ["suppressed"] * len(tokens)
-    other = MemoRequest(tokens[0], epoch + 1, (epoch + 2) * E + R, "device:x", "device", 1, "cand",
-                        ledger_id(key, tokens[0], epoch + 1))
-    assert [res.status for res in store.resolve([other], cap)] == ["new"]  # the next epoch is untouched
+    store = RedisLedgerStore(redis_client, prefix=redis_prefix)
+    charges = [Charge(tok, ledger_id(key, tok, epoch), 1, (epoch + 1) * E + R) for tok in tokens]
+    assert store.charge(charges, cap) == [False] * len(tokens)
+    other = Charge(tokens[0], ledger_id(key, tokens[0], epoch + 1), 1, (epoch + 2) * E + R)
+    assert store.charge([other], cap) == [True]  # the next epoch is untouched
 
 
 def test_people_returning_together_each_find_their_ledgers_at_the_cap(settings_factory,  # type: ignore[no-untyped-def]
                                                                       redis_client: RedisClient) -> None:
     """One gateway batch with several people returning after their erasures: the mint reports every
     marker (on a cluster: one script per lookup id's slot) and each new token's ledger is at the cap
-    in that token's slot before the batch is emitted; the privatizer then reports stand-ins only."""
+    in that token's slot before the batch is emitted; the privatizer then releases nothing."""
     settings = settings_factory(epoch_seconds=E, retention_seconds=R, ldp_person_epsilon=CAP,
                                 dek_cache_max_staleness_seconds=30.0)
     users = [f"usr_together_{i}" for i in range(6)]
@@ -365,7 +361,7 @@ def test_people_returning_together_each_find_their_ledgers_at_the_cap(settings_f
     for tok in new:
         assert int(redis_client.get(person.ledger(tok, epoch)) or 0) == CAP * MICRO
     res = person.priv.process([ProtectedRecord(v, int(T0 * 1000)) for _k, v in again.protected])
-    assert not res.epsilon_spent and sum(res.suppressed.values()) == 5 * len(users)
+    assert not res.epsilon_spent and res.over_budget == len(users)
 
 
 def signed_request_for(settings, request_id: str, user_id: str) -> bytes:  # type: ignore[no-untyped-def]

@@ -1,4 +1,5 @@
-"""The privatizer's pure core: memoization, budget, report contents (invariant 4, and 1 for features)."""
+"""The privatizer's pure core: fresh noise per report, the ledger and the cap, shuffling, report contents
+(invariant 4, and 1 for features)."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ import pytest
 
 from stream.crypto.keyring import Keyring
 from stream.errors import SchemaPolicyError
-from stream.ldp.memo import MemoryMemoStore
+from stream.ldp.ledger import MemoryLedgerStore
 from stream.ldp.policy import NONE_VALUE, LdpPolicy
 from stream.ldp.privatizer import ProtectedRecord, hour_of_week
 from stream.schema import EventSchema, load_schema, output_validator, schema_document
@@ -91,7 +92,7 @@ def test_hour_of_week() -> None:
 def test_feature_reports_hold_no_identifier_token_or_timestamp(keyring: Keyring) -> None:
     events = list(ClickstreamGenerator(seed=3).events(3000))
     protected = protect(events, keyring)
-    priv = make_privatizer()
+    priv = make_privatizer(budget=10_000.0)
     res = priv.process([ProtectedRecord(v, int(time.time() * 1000)) for _k, v in protected])
     assert len(res.reports) == len(events)
     blob = b"\n".join(res.reports)
@@ -110,79 +111,87 @@ def test_feature_reports_hold_no_identifier_token_or_timestamp(keyring: Keyring)
         assert set(doc) <= {"schema", "source_schema", "hour_of_week", "features"}
 
 
-def test_repeated_reports_of_one_value_share_one_memo_but_not_their_contents(keyring: Keyring) -> None:
-    """1,000 reports of the same values by the same person: one memo per value (eps_inf spent once,
-    later batches served from the cache), yet the reports differ - fresh instantaneous noise."""
-    records = protected_records([_event(i) for i in range(1000)], keyring)
-    store = MemoryMemoStore()
-    priv = make_privatizer(store=store)
-    res = priv.process(records[:400])
-    res2 = priv.process(records[400:])
-    reports = [orjson.loads(r)["features"] for r in res.reports + res2.reports]
-    assert len(reports) == 1000
-    assert res.epsilon_spent == {a: 1.0 for a in ("event_type", "category", "price", "device", "country")}
-    assert sum(res2.epsilon_spent.values()) == 0 and res2.memo_hits == 600 * 5
-    (memos,) = store.memos.values()
-    assert len(memos) == 5
-    for attr in ("event_type", "category", "price", "device", "country"):
-        assert len({orjson.dumps(r[attr]["r"]) for r in reports}) > 1, attr
-    assert len({orjson.dumps(r) for r in reports}) > 900  # whole reports almost never repeat
+def test_every_report_draws_fresh_noise_and_is_charged(keyring: Keyring) -> None:
+    """1,000 reports of the same values by one person: each is charged (2.5 = 5 x 0.5) to the person's one
+    ledger, and each attribute's reports follow the one-round law at eps_1 independently - the share of
+    truthful GRR reports is p, and the OUE bit of the true value is set half the time, another bit with
+    probability q (a shared permanent response would pin them near 0 or 1 for this person)."""
+    store = MemoryLedgerStore()
+    priv = make_privatizer(store=store, budget=10_000.0, seed=4)
+    res = priv.process(protected_records([_event(i) for i in range(1000)], keyring))
+    assert len(res.reports) == 1000 and res.memo_hits == 0
+    assert res.epsilon_spent == {a: 500.0 for a in ("event_type", "category", "price", "device", "country")}
+    (spent,) = store.ledgers.values()
+    assert spent == 2500 * 1_000_000
+    policy = priv.policy
+    feats = [orjson.loads(r)["features"] for r in res.reports]
+    dev = policy.by_name["device"]
+    truthful = np.mean([f["device"]["r"] == dev.index_of("mobile") for f in feats])
+    assert abs(truthful - dev.oracle.p) < 4 * np.sqrt(dev.oracle.p * (1 - dev.oracle.p) / 1000)
+    cat = policy.by_name["category"]
+    bits = np.array([[(f["category"]["r"] >> j) & 1 for j in range(cat.k)] for f in feats])
+    true_j = cat.index_of("books")
+    assert abs(bits[:, true_j].mean() - 0.5) < 4 * np.sqrt(0.25 / 1000)
+    other = np.delete(bits, true_j, axis=1).mean(axis=0)
+    q = cat.oracle.q
+    assert np.all(np.abs(other - q) < 4.5 * np.sqrt(q * (1 - q) / 1000)), other
+    assert len({orjson.dumps(f) for f in feats}) > 990
 
 
-def test_a_fresh_process_resolves_the_same_memo_from_the_store(keyring: Keyring) -> None:
+def test_one_ledger_across_processes(keyring: Keyring) -> None:
     records = protected_records([_event(0)], keyring)
-    store, key = MemoryMemoStore(), b"k" * 32
-    first = make_privatizer(store=store, memo_key=key, seed=1)
-    first.process(records)
-    second = make_privatizer(store=store, memo_key=key, seed=2)  # other randomness, same memos
-    res = second.process(records)
-    assert sum(res.epsilon_spent.values()) == 0 and res.memo_resolved == 5
-    (memos,) = store.memos.values()
-    assert len(memos) == 5
+    store, key = MemoryLedgerStore(), b"k" * 32
+    make_privatizer(store=store, memo_key=key, seed=1, budget=100.0).process(records)
+    make_privatizer(store=store, memo_key=key, seed=2, budget=100.0).process(records)  # a replay elsewhere
+    (spent,) = store.ledgers.values()
+    assert spent == 5_000_000  # charged twice: a replay is a new release, never free
 
 
-def test_the_person_cap_spans_attributes_and_beyond_it_stand_ins_are_reported(keyring: Keyring) -> None:
-    """Cap 7 at eps_inf 1: the first event spends 5 (one memo per attribute), two more new values fit,
-    later new values get stand-ins - the attribute is still present - and the ledger never passes 7."""
+def test_the_person_cap_spans_attributes_and_past_it_nothing_is_released(keyring: Keyring) -> None:
+    """Cap 7 at 2.5 per report: two reports fit (5); the third and later are not released - no stand-in -
+    and the ledger never passes the cap; labelled examples charge the same ledger."""
     cats = ["books", "music", "toys", "shoes", "garden", "books"]
     records = protected_records([_event(i, category=c) for i, c in enumerate(cats)], keyring)
-    store = MemoryMemoStore()
+    store = MemoryLedgerStore()
     priv = make_privatizer(store=store, budget=7.0)
     res = priv.process(records)
-    assert res.suppressed["category"] == 2  # shoes, garden
-    assert res.reported["category"] == 6  # every event reports every attribute
-    assert res.epsilon_spent["category"] == 3.0
+    assert len(res.reports) == 2 and res.over_budget == 4 and not res.suppressed
+    assert res.reported["category"] == 2 and res.epsilon_spent["category"] == 1.0
     (spent,) = store.ledgers.values()
-    assert spent == 7_000_000  # micro-epsilon: one ledger for the person, at the cap
+    assert spent == 5_000_000
     feats = [orjson.loads(r)["features"] for r in res.reports]
     assert all(set(f) == {"event_type", "category", "price", "device", "country"} for f in feats)
     res2 = priv.process(protected_records([_event(9, category="tools", device="tablet")], keyring))
-    assert res2.suppressed == {"category": 1, "device": 1} and not res2.epsilon_spent
-    assert set(orjson.loads(res2.reports[0])["features"]) == {"event_type", "category", "price", "device", "country"}
+    assert res2.reports == [] and res2.over_budget == 1 and not res2.epsilon_spent
+    assert store.ledgers == {next(iter(store.ledgers)): 5_000_000}
 
 
-def test_stand_ins_carry_no_information_about_the_value(keyring: Keyring) -> None:
-    """Over the cap, the report of a person's device is the same law whatever the device is."""
-    n = 3000
-    dist = {}
-    for device in ("desktop", "tablet"):
-        priv = make_privatizer(budget=0.5, seed=7)  # below any memo's price: every report is a stand-in
-        events = [_event(i, user_id=f"u{i}", device=device) for i in range(n)]
-        res = priv.process(protected_records(events, keyring))
-        assert res.suppressed["device"] == n and not res.epsilon_spent
-        dist[device] = np.bincount([orjson.loads(r)["features"]["device"]["r"] for r in res.reports], minlength=5) / n
-    assert np.allclose(dist["desktop"], 0.2, atol=0.035) and np.allclose(dist["tablet"], 0.2, atol=0.035)
-
-
-def test_each_person_has_their_own_ledger_and_memos(keyring: Keyring) -> None:
-    store = MemoryMemoStore()
+def test_each_person_has_their_own_ledger(keyring: Keyring) -> None:
+    store = MemoryLedgerStore()
     priv = make_privatizer(budget=5.0, store=store)
     recs = protected_records([_event(0, user_id="u1", category="books"), _event(1, user_id="u2", category="music")],
                              keyring)
     res = priv.process(recs)
-    assert res.reported["category"] == 2 and not res.suppressed
-    assert sorted(store.ledgers.values()) == [5_000_000, 5_000_000]
+    assert res.reported["category"] == 2 and not res.over_budget
+    assert sorted(store.ledgers.values()) == [2_500_000, 2_500_000]
     assert all(re.fullmatch(r"[0-9a-f]{32}", lid) for lid in store.ledgers)  # ids hold no token
+
+
+def test_report_order_does_not_follow_the_input_order(keyring: Keyring) -> None:
+    """168 people, one event each, tagged by their hour of week (0..167) in input order: the output order
+    is a fresh permutation per batch - no correlation with the input, and the first output is not the first
+    input (a privatizer that does not shuffle returns hours 0, 1, 2, ...)."""
+    events = [_event(i, user_id=f"u{i}", ts=f"2024-01-{1 + i // 24:02d}T{i % 24:02d}:10:00Z") for i in range(168)]
+    records = protected_records(events, keyring)
+    firsts, rhos = [], []
+    for seed in range(20):
+        res = make_privatizer(budget=100.0, seed=seed).process(records)
+        hours = [orjson.loads(r)["hour_of_week"] for r in res.reports]
+        assert sorted(hours) == list(range(168))
+        firsts.append(hours[0])
+        rhos.append(float(np.corrcoef(hours, np.arange(168))[0, 1]))
+    assert max(abs(r) for r in rhos) < 0.3, rhos
+    assert len(set(firsts)) > 10
 
 
 def test_expired_epochs_are_not_reported(keyring: Keyring) -> None:
@@ -198,21 +207,11 @@ def test_non_protected_records_are_skipped_not_crashed(keyring: Keyring) -> None
     assert len(res.reports) == 1 and res.skipped["not_protected_event"] == 3
 
 
-def test_memo_fields_never_hold_true_values(keyring: Keyring) -> None:
-    store = MemoryMemoStore()
-    make_privatizer(store=store).process(protected_records([_event(0)], keyring))
-    (memos,) = store.memos.values()
-    text = orjson.dumps(list(memos)).decode()
-    for value in ("books", "mobile", "DE", "product_view", "19.5"):
-        assert value not in text
-    assert all(re.fullmatch(r"[a-z_]+:[0-9a-f]{32}", f) for f in memos)
-
-
 def test_perturbation_uses_the_configured_epsilons(keyring: Keyring) -> None:
     """Many people with the same true device: the share of truthful reports is GRR's p at eps_1."""
     eps, n = 1.0, 4000
     events = [_event(i, user_id=f"user-{i}", device="desktop") for i in range(n)]
-    res = make_privatizer(epsilon=eps, seed=5).process(protected_records(events, keyring))
+    res = make_privatizer(epsilon=eps, seed=5, budget=10.0).process(protected_records(events, keyring))
     policy = LdpPolicy.from_schema(load_schema("clickstream-event.v1"), eps)
     dev = policy.by_name["device"]
     truthful = sum(orjson.loads(r)["features"]["device"]["r"] == dev.index_of("desktop") for r in res.reports)
@@ -223,17 +222,17 @@ def test_perturbation_uses_the_configured_epsilons(keyring: Keyring) -> None:
 
 
 def test_epochs_the_shredder_may_already_have_shredded_are_not_reported(keyring: Keyring) -> None:
-    """Within the shredder's lead time before the deadline no memo (nor deadline entry) is re-created."""
+    """Within the shredder's lead time before the deadline nothing is reported (nor charged)."""
     now = time.time()
     epoch = int((now - 30 * 86400) // 86400)  # the oldest epoch still in retention
     deadline = (epoch + 1) * 86400 + 30 * 86400
     assert now < deadline <= now + 86400
     ts_ms = epoch * 86400 * 1000 + 500
-    store = MemoryMemoStore()
+    store = MemoryLedgerStore()
     priv = make_privatizer(store=store)
     priv.retention_margin_seconds = deadline - now + 1.0  # the deadline falls within the margin
     res = priv.process(protected_records([_event(0)], keyring, ts_ms=ts_ms))
-    assert res.reports == [] and res.skipped["retention_ended"] == 1 and not store.deadlines
+    assert res.reports == [] and res.skipped["retention_ended"] == 1 and not store.ledgers
     priv.retention_margin_seconds = 0.0  # outside the margin the same record is reported
     assert len(priv.process(protected_records([_event(0)], keyring, ts_ms=ts_ms)).reports) == 1
-    assert store.deadlines
+    assert store.ledgers

@@ -1,11 +1,12 @@
-"""The privatizer's ε-per-person histogram: counts only, and the same as the ledgers it charged."""
+"""The privatizer's ε-per-person histogram: counts only, the same as the ledgers it charged, and published
+only noised, once per finished epoch."""
 
 from __future__ import annotations
 
 from collections import Counter
 
 from stream.crypto.keyring import Keyring
-from stream.ldp.memo import MICRO, MemoryMemoStore
+from stream.ldp.ledger import MICRO, MemoryLedgerStore
 from stream.ldp.privatizer import SpendHistogram
 from stream.synth import ClickstreamGenerator
 from tests.support.ldp import make_privatizer, protected_records
@@ -32,7 +33,7 @@ def test_people_beyond_the_bound_are_counted_as_untracked() -> None:
 
 
 def test_histogram_matches_the_ledgers_of_the_store() -> None:
-    store = MemoryMemoStore()
+    store = MemoryLedgerStore()
     p = make_privatizer(store=store, budget=6.0, label_epsilon=1.0)
     events = list(ClickstreamGenerator(seed=3).events(600))
     p.process(protected_records(events, Keyring.generate()))
@@ -40,5 +41,32 @@ def test_histogram_matches_the_ledgers_of_the_store() -> None:
     d = p.spend.as_dict()
     assert d["people"] == len(store.ledgers) > 10
     assert {i: c for i, c in enumerate(d["counts"]) if c} == dict(expected)
-    assert d["counts"][12] > 0  # some people reached the cap of 6
+    assert d["counts"][12] > 0  # some people reached the cap of 6 (2 reports x (2.5 + 0.5 for the label))
     assert not any(isinstance(v, str) and len(v) > 8 for v in d.values())  # numbers, no ids
+
+
+def test_only_a_noised_histogram_of_a_finished_epoch_is_published() -> None:
+    """The issue's one-person example: one person's 6 reports against 12 move them from bin 5 to bin 10 of
+    the exact histogram; nothing is published for the epoch in progress, and the published histogram of a
+    finished epoch carries geometric noise (its bins differ from the exact ones over many draws)."""
+    import random
+
+    def run(reports: int, seed: int) -> tuple[dict, dict | None]:
+        h = SpendHistogram(12.0, noise=random.Random(seed))
+        for i in range(40):
+            h.charge(1, f"p{i}", MICRO)
+        for _ in range(reports):
+            h.charge(1, "alice", MICRO)
+        exact = h.as_dict()
+        assert h.published() is None  # the epoch is in progress: nothing to publish
+        h.charge(2, "bob", MICRO)  # the epoch ended
+        return exact, h.published()
+
+    (e6, _), (e12, _) = run(5, 0), run(10, 0)
+    assert e6["counts"][5] == 1 and e12["counts"][10] == 1  # exact: one person's count, in process only
+    diffs = 0
+    for seed in range(200):
+        exact, pub = run(5, seed)
+        assert pub is not None and pub["epoch"] == 1 and all(type(c) is int and c >= 0 for c in pub["counts"])
+        diffs += pub["counts"] != exact["counts"]
+    assert diffs > 150  # the published counts are noised (a noise-free mutant publishes the exact bins)

@@ -14,8 +14,6 @@ STREAM = Path(redisdb.__file__).resolve().parent
 # the segments of the layout (stream/redisdb.py's docstring) that only a key name contains
 SEGMENTS = (":dek:", ":memo:", ":budget:", ":ptok:", ":pid:", ":perased:", ":ledger:", ":erasure:", ":kek-wraps:",
             ":keystore", ":deadlines:", ":shredder:pending:", ":shredded", ":replayed:")
-# removed when the ldp branch lands (its Redis stores move to stream/storage/ldp.py and use stream.redisdb)
-NOT_YET = {"ldp/memo.py", "ldp/ledger.py"}
 
 
 def test_names_follow_the_layout() -> None:
@@ -71,11 +69,10 @@ def test_no_module_but_redisdb_spells_a_key_name() -> None:
     offenders = {}
     for path in sorted(STREAM.rglob("*.py")):
         rel = path.relative_to(STREAM).as_posix()
-        if rel == "redisdb.py" or rel in NOT_YET:
+        if rel == "redisdb.py":
             continue
         if hits := _strings_naming_keys(path):
             offenders[rel] = hits
     assert offenders == {}
     # the check sees a name spelled elsewhere
     assert _strings_naming_keys(STREAM / "redisdb.py")
-    assert all(_strings_naming_keys(STREAM / rel) for rel in NOT_YET if (STREAM / rel).exists())

@@ -14,7 +14,7 @@ from stream.crypto.keyring import Keyring
 from stream.crypto.kms import LocalKMS
 from stream.crypto.tokens import Tokenizer
 from stream.gateway.core import Gateway, RawRecord
-from stream.ldp.memo import MemoCache, MemoryMemoStore
+from stream.ldp.ledger import MemoryLedgerStore
 from stream.ldp.policy import LdpPolicy
 from stream.ldp.privatizer import Privatizer, ProtectedRecord
 from stream.schema import load_schema
@@ -40,21 +40,20 @@ def protected_records(events: list[dict], keyring: Keyring, ts_ms: int | None = 
 
 
 def make_privatizer(
-    *, epsilon: float = 1.0, budget: float = 8.0, seed: int = 0, store: MemoryMemoStore | None = None,
+    *, epsilon: float = 1.0, budget: float = 8.0, seed: int = 0, store: MemoryLedgerStore | None = None,
     clock: Callable[[], float] = time.time, memo_key: bytes | None = None, label_epsilon: float | None = None,
     ledger_key: bytes | None = None,
 ) -> Privatizer:
     schema = load_schema(SCHEMA)
     return Privatizer(
         LdpPolicy.from_schema(schema, epsilon),
-        store if store is not None else MemoryMemoStore(clock),
+        store if store is not None else MemoryLedgerStore(clock),
         memo_key=memo_key or os.urandom(32),
         subject_field=schema.subject_field,
         budget_epsilon=budget,
         epoch_seconds=86400,
         retention_seconds=30 * 86400,
         rng=np.random.default_rng(seed),
-        cache=MemoCache(max_entries=100_000, max_staleness_seconds=30.0),
         clock=clock,
         shuffle_seed=seed,
         label_epsilon=label_epsilon,
