@@ -18,16 +18,16 @@ from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 from stream.config import Settings
-from stream.crypto.deks import DekProvider
+from stream.crypto.deks import DEK_CACHE_MAX_ENTRIES, DekProvider
 from stream.crypto.keyring import Keyring
 from stream.crypto.keystore import KeyStoreGuard
 from stream.crypto.kms import LocalKMS, WrapCounter
 from stream.crypto.tokens import Tokenizer
 from stream.gateway.core import Gateway
-from stream.redisdb import RedisClient, client_for
+from stream.redisdb import DEADLINE_SHARDS, RedisClient, client_for
 from stream.schema import load_schema
 from stream.storage.invalidation import ShredListener
-from stream.storage.keys import RedisKeyStore, RedisWrapCounter, identity_probe
+from stream.storage.keys import WAITAOF_TIMEOUT_MS, RedisKeyStore, RedisWrapCounter, identity_probe
 from stream.storage.pseudonyms import Pseudonyms
 
 if TYPE_CHECKING:
@@ -71,14 +71,14 @@ def build_dek_provider(
     there too). ``guard=False`` builds it without a key-store identity guard (tests only)."""
     keyring = keyring or Keyring.from_settings(settings)
     client = client or redis_client(settings)
-    store = RedisKeyStore(client, prefix=settings.redis_key_prefix, shards=settings.redis_deadline_shards)
+    store = RedisKeyStore(client, prefix=settings.redis_key_prefix, shards=DEADLINE_SHARDS)
     provider = DekProvider(
         store,
         LocalKMS(keyring),
         epoch_seconds=settings.epoch_seconds,
         retention_seconds=settings.retention_seconds,
         max_staleness_seconds=settings.dek_cache_max_staleness_seconds,
-        max_entries=settings.dek_cache_max_entries,
+        max_entries=DEK_CACHE_MAX_ENTRIES,
         clock=clock,
         guard=build_keystore_guard(settings, client) if guard else None,
         wrap_counter=RedisWrapCounter(client, settings.redis_key_prefix, warn_at=settings.kek_wrap_warn_at,
@@ -93,7 +93,7 @@ def build_keystore_guard(settings: Settings, client: RedisClient | None = None) 
     """A key-store identity guard on ``settings``' Redis (see :mod:`stream.crypto.keystore`)."""
     probe = identity_probe(
         client or redis_client(settings), settings.redis_key_prefix,
-        waitaof_timeout_ms=settings.dek_waitaof_timeout_ms,
+        waitaof_timeout_ms=WAITAOF_TIMEOUT_MS,
     )
     return KeyStoreGuard(probe)
 

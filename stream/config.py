@@ -56,6 +56,15 @@ REMOVED_SETTINGS: dict[str, str] = {
     "learn_snapshot_interval_seconds": "use STREAMGATE_LEARN_PUBLISH_INTERVAL_SECONDS",
     "learn_update_every": "use STREAMGATE_LEARN_PUBLISH_EVERY",
     "learn_update_interval_seconds": "use STREAMGATE_LEARN_PUBLISH_INTERVAL_SECONDS",
+    "dek_cache_max_entries": "the data-key cache holds at most stream.crypto.deks.DEK_CACHE_MAX_ENTRIES (200,000) keys",
+    "dek_waitaof_timeout_ms": "the WAITAOF wait is stream.storage.keys.WAITAOF_TIMEOUT_MS (1000 ms)",
+    "redis_deadline_shards": "the deadline index has stream.redisdb.DEADLINE_SHARDS (16) shards: changing it "
+    "would strand members of the other shards",
+    "learn_max_pending": "the privatizer holds at most stream.apps.privatizer.LEARN_MAX_PENDING (200,000) examples",
+    "erasure_clock_skew_seconds": "an erasure request may be dated up to 300 s (a quarter epoch if shorter) "
+    "ahead of the shredder's clock (stream.retention.core.skew_for)",
+    "retry_backoff_max_seconds": "the backoff grows to 20 x STREAMGATE_RETRY_BACKOFF_SECONDS",
+    "shredder_lease_seconds": "a claimed key is finished by another shredder after 60 s (stream.apps.shredder.LEASE_SECONDS)",
 }
 
 
@@ -138,15 +147,9 @@ class Settings(BaseSettings):
         description="Names this deployment: `streamgate erase` signs requests for it, the shredder refuses "
                     "requests signed for another (give staging and production different ids).",
     )
-    erasure_clock_skew_seconds: float = Field(
-        default=300.0, ge=0,
-        description="How far ahead of the shredder's clock an erasure request may be dated; must be below "
-                    "STREAMGATE_EPOCH_SECONDS (the replay window, docs/privacy.md), else the shredder refuses to start.",
-    )
     dek_cache_max_staleness_seconds: float = Field(
         default=30.0, ge=0, description="An in-process cached data key is re-checked against Redis at least this often."
     )
-    dek_cache_max_entries: int = Field(default=200_000, gt=0)
     kek_wrap_limit: int = Field(
         default=2**31, gt=1,
         description="Wraps under one KEK beyond which new data keys are refused (fail closed) until the KEK is rotated; "
@@ -159,20 +162,9 @@ class Settings(BaseSettings):
         "(stream.crypto.tokens). Opting out (false) costs that: tk1 tokens are a keyring-only HMAC, so any "
         "keyring holder can recompute an erased person's token from their user_id for ever.",
     )
-    dek_waitaof_timeout_ms: int = Field(
-        default=1000, ge=0, le=1500,
-        description="A batch that loaded or created data keys waits (WAITAOF, Redis >= 7.2 with AOF) at most this "
-        "long for Redis to fsync them before it is emitted; not confirmed = batch held. 0 = off; skipped if "
-        "unsupported. At most 1500 (below the 2 s Redis socket timeout).",
-    )
     redis_key_prefix: str = Field(
         default="sg", pattern=r"^[^:{}]+$",
         description="Prefix of every Redis key streamgate writes (no ':' and no braces).",
-    )
-    redis_deadline_shards: int = Field(
-        default=16, gt=0, le=1024,
-        description="Shards of the deadline index (<prefix>:deadlines:{shard-NN}, shard = crc32(person token) mod "
-        "this); the shredder scans every shard. Raising it is safe; lowering it strands the higher shards.",
     )
 
     # --- gateway -------------------------------------------------------------
@@ -198,8 +190,7 @@ class Settings(BaseSettings):
         "before it is processed at low rates; under load batches fill before it expires. Latency vs. per-batch "
         "overhead (streamgate bench latency).",
     )
-    retry_backoff_seconds: float = Field(default=0.5, gt=0, description="First backoff when a dependency is down.")
-    retry_backoff_max_seconds: float = Field(default=10.0, gt=0)
+    retry_backoff_seconds: float = Field(default=0.5, gt=0, description="First backoff when a dependency is down; it doubles up to 20 times this.")
     processing_guarantee: Literal["at_least_once", "exactly_once"] = Field(
         default="at_least_once",
         description="at_least_once: idempotent producer + commit after delivery (dedupe downstream by event_id); "
@@ -290,11 +281,6 @@ class Settings(BaseSettings):
         description="A session ends after this much inactivity (ingestion time); its examples are then labelled "
         "and released, whatever the label.",
     )
-    learn_max_pending: int = Field(
-        default=200_000, gt=0,
-        description="Most unlabelled examples the privatizer holds in memory; beyond it the least recently active "
-        "sessions' examples are dropped (counted), never labelled early.",
-    )
     learn_model_name: str = Field(
         default="purchase-propensity", pattern=r"^[a-z0-9][a-z0-9._-]{0,63}$",
         description="Name of the learner's model (key of its snapshots on models.snapshots).",
@@ -339,10 +325,6 @@ class Settings(BaseSettings):
         description="Keys are destroyed up to this long before their deadline (so the shredder, not Redis's lazy "
         "expiry, destroys them and the receipt names the key id).",
     )
-    shredder_lease_seconds: float = Field(
-        default=60.0, gt=0,
-        description="A claimed key whose receipt is not delivered after this long is finished by another shredder.",
-    )
     shredder_instance_id: str | None = Field(
         default=None,
         description="Stable id of this shredder instance (receipts' worker; a restart resumes its own pending "
@@ -380,6 +362,11 @@ class Settings(BaseSettings):
         return super().model_copy(update=update, deep=deep)
 
     # --- derived -------------------------------------------------------------
+    @property
+    def retry_backoff_max_seconds(self) -> float:
+        """The longest backoff: 20 x the first."""
+        return 20 * self.retry_backoff_seconds
+
     @property
     def consumer_group(self) -> str:
         """The gateway's consumer group."""

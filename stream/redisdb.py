@@ -25,7 +25,7 @@ runs in one slot. The ledger must not name the token (an erasure keeps it), so i
 above is built by a function here and nowhere else. The erased marker shares the tag of ``pid``:
 the erasure deletes ``pid`` and writes the marker in one script, and the gateway's mint reads both
 in one script.
-``shard = crc32(token) mod STREAMGATE_REDIS_DEADLINE_SHARDS``: every member of one person is in one shard.
+``shard = crc32(token) mod DEADLINE_SHARDS`` (16): every member of one person is in one shard.
 
 On a single server the same names are used (the braces are then only characters).
 """
@@ -164,6 +164,11 @@ def slot_tag(slot: int) -> str:
 
 def shard_tag(shard: int) -> str:
     return f"{{shard-{shard:02d}}}"
+
+
+#: Shards of the deadline index (``<prefix>:deadlines:{shard-NN}``); a constant, since a change would
+#: strand the members of the shards that no longer exist.
+DEADLINE_SHARDS = 16
 
 
 def deadline_shard(subject: str, shards: int) -> int:

@@ -69,6 +69,9 @@ __all__ = [
 log = logging.getLogger("streamgate.privatizer")
 
 _HOUR_MS = 3_600_000
+#: Most unlabelled examples held in memory; beyond it the least recently active sessions' examples
+#: are dropped (counted), never labelled early.
+LEARN_MAX_PENDING = 200_000
 
 
 def start_memo_invalidation(settings: Settings, privatizer: Privatizer,
@@ -261,7 +264,7 @@ class PrivatizerEngine(StreamEngine):
         self.labeler: SessionLabeler | None = None
         if privatizer.examples_enabled:
             self.labeler = SessionLabeler(round(settings.learn_session_gap_seconds * 1000),
-                                          max_pending=settings.learn_max_pending)
+                                          max_pending=LEARN_MAX_PENDING)
         self._released: list[tuple[ExampleStub, bool]] = []  # ended sessions waiting for their labels
         self._idle_since = time.time()
         self._idle_watermark = 0

@@ -36,7 +36,7 @@ from stream.crypto.signing import signing_key, verify_key
 from stream.crypto.tokens import Tokenizer
 from stream.engine import NotDeliveredError, Out, Record, Result, StreamEngine
 from stream.errors import ConfigError, KeyUnavailableError
-from stream.redisdb import RedisClient
+from stream.redisdb import DEADLINE_SHARDS, RedisClient
 from stream.retention.core import (
     ErasureConflictError,
     ErasureRejectedError,
@@ -46,6 +46,7 @@ from stream.retention.core import (
     candidate_epochs,
     erasure_window,
     parse_erasure_request,
+    skew_for,
 )
 from stream.schema import load_schema
 from stream.storage.retention import RedisShredStore
@@ -54,6 +55,9 @@ from stream.storage.topics import load_topics_config, tombstone_topics
 __all__ = ["KafkaReceiptSink", "ShredderEngine", "create_app", "worker_id"]
 
 log = logging.getLogger("streamgate.shredder")
+
+#: A claimed key whose receipt is not delivered after this long is finished by another shredder.
+LEASE_SECONDS = 60.0
 
 
 def worker_id(settings: Settings) -> str:
@@ -104,7 +108,7 @@ class ShredderEngine(StreamEngine):
         try:  # refused at start when the replay window cannot hold (stream.retention.core.erasure_window)
             self.window = erasure_window(epoch_seconds=settings.epoch_seconds,
                                          retention_seconds=settings.retention_seconds,
-                                         skew_seconds=settings.erasure_clock_skew_seconds)
+                                         skew_seconds=skew_for(settings.epoch_seconds))
         except ValueError as exc:
             raise ConfigError(str(exc)) from None
         self.keyring = keyring or Keyring.from_settings(settings)
@@ -113,7 +117,7 @@ class ShredderEngine(StreamEngine):
         self.receipt_key = signing_key(self.keyring, "receipt")  # signs every receipt on ops.audit
         self.token_domain = load_schema(settings.schema_name).subject_domain
         self.store = RedisShredStore(client or redis_client(settings), settings.redis_key_prefix,
-                                     shards=settings.redis_deadline_shards)
+                                     shards=DEADLINE_SHARDS)
         with contextlib.suppress(KeyUnavailableError):  # erasure records are kept from now on (if not set)
             self.store.erasure_floor(clock())
         # tk2: a user_id's token is found through the person's secret (lookup only, never created)
@@ -124,7 +128,7 @@ class ShredderEngine(StreamEngine):
         self.shredder = Shredder(
             self.store, KafkaReceiptSink(self.deliver_now, settings.topics.audit), worker=self.worker,
             epoch_seconds=settings.epoch_seconds, retention_seconds=settings.retention_seconds, clock=clock,
-            batch_size=settings.shredder_batch_size, lease_seconds=settings.shredder_lease_seconds,
+            batch_size=settings.shredder_batch_size, lease_seconds=LEASE_SECONDS,
             lead_seconds=settings.shredder_lead_seconds, tombstone_topics=self.tombstone_topics,
             receipt_key=self.receipt_key)
         self.ticks = 0

@@ -18,6 +18,7 @@ def explain_lines(settings: Any, policy: Any) -> list[str]:
     """What ``privatizer --explain`` prints: each attribute's mechanism and per-report epsilon, then the
     privacy account of the policy under the person cap (:func:`stream.ldp.policy.privacy_account`), the
     estimand, and what an observer of each published topic can and cannot group, link and count."""
+    from stream.apps.privatizer import LEARN_MAX_PENDING
     from stream.ldp.policy import privacy_account
     from stream.ldp.privatizer import reports_per_person
 
@@ -65,7 +66,7 @@ def explain_lines(settings: Any, policy: Any) -> list[str]:
         out.append(f"labelled examples: on; label session_purchase by randomized response (epsilon "
                    f"{acc.per_report['session_purchase']:g} per example, prepaid with its feature report from the same "
                    f"person ledger); a session ends after {settings.learn_session_gap_seconds:g} s of quiet; at most "
-                   f"{settings.learn_max_pending:,} examples held")
+                   f"{LEARN_MAX_PENDING:,} examples held")
     else:
         out.append("labelled examples: off (STREAMGATE_LEARN_EXAMPLES=false)")
     out.append(f"window {settings.ldp_window_seconds:g} s")

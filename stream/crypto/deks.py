@@ -75,6 +75,8 @@ __all__ = [
 _SUBJECT_RE = re.compile(r"[A-Za-z0-9_.=-]{1,128}")
 _KEY_ID_RE = re.compile(rb"[0-9a-f]{16}")
 _VALUE_VERSION = b"1"
+#: Most data keys a DekProvider caches (least recently used evicted).
+DEK_CACHE_MAX_ENTRIES = 200_000
 _WRAP_LABEL = b"streamgate/v1/dek"
 _ID_LABEL = b"streamgate/v1/dek-id"
 _ID_KEY_PURPOSE = "dek-id"

@@ -239,6 +239,12 @@ class ErasureWindow:
     record_ttl: int
 
 
+def skew_for(epoch_seconds: int) -> float:
+    """How far ahead of the shredder's clock a request may be dated: 300 s, or a quarter epoch if that
+    is shorter (so the replay window always holds)."""
+    return min(FUTURE_SKEW_SECONDS, epoch_seconds / 4)
+
+
 def erasure_window(*, epoch_seconds: int, retention_seconds: int,
                    skew_seconds: float = FUTURE_SKEW_SECONDS) -> ErasureWindow:
     """The window of :class:`ErasureWindow`: the record lives retention + 2 epochs, requests are
@@ -248,8 +254,7 @@ def erasure_window(*, epoch_seconds: int, retention_seconds: int,
     max_age = float(record_ttl - int(epoch_seconds))
     if not 0 <= skew_seconds < epoch_seconds or not max_age + skew_seconds < record_ttl:
         raise ValueError(f"the erasure replay window cannot hold: the clock-skew allowance ({skew_seconds:g} s) "
-                         f"must be below one epoch ({epoch_seconds} s); lower STREAMGATE_ERASURE_CLOCK_SKEW_SECONDS "
-                         "or lengthen STREAMGATE_EPOCH_SECONDS")
+                         f"must be below one epoch ({epoch_seconds} s); lengthen STREAMGATE_EPOCH_SECONDS")
     return ErasureWindow(max_age, float(skew_seconds), record_ttl)
 
 

@@ -60,6 +60,10 @@ __all__ = ["ClusterIdentityProbe", "RedisIdentityProbe", "RedisKeyStore", "Redis
 
 log = logging.getLogger("streamgate.keystore")
 
+#: A batch that loaded or created data keys waits (WAITAOF, Redis >= 7.2 with AOF) at most this long for
+#: Redis to fsync them before it is emitted; not confirmed = batch held. Below the 2 s socket timeout.
+WAITAOF_TIMEOUT_MS = 1000
+
 
 class RedisKeyStore:
     """:class:`stream.crypto.deks.KeyStore` on Redis (one server or a cluster); see the module docstring

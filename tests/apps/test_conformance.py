@@ -231,7 +231,7 @@ def _committed(bootstrap: str, group: str, topic: str) -> int:
 
 def _settings(settings_factory: Any, unique_id: str, **kw: Any) -> Settings:
     values: dict[str, Any] = dict(
-        batch_max_events=200, retry_backoff_seconds=0.2, retry_backoff_max_seconds=1.0,
+        batch_max_events=200, retry_backoff_seconds=0.1,
         ldp_person_epsilon=1000.0, ldp_window_seconds=2.0, learn_publish_every=300,
         learn_publish_interval_seconds=2.0, shredder_interval_seconds=1.0,
         group_prefix=f"sgc-{unique_id}", stall_seconds=5.0, learn_aggregate_wait_seconds=1.0,

@@ -28,7 +28,7 @@ def test_redis_down_mid_stream_holds_everything_and_loses_nothing(kafka_bootstra
     no protected output while it is down; restart it -> every event delivered exactly once."""
     s = settings_factory(
         redis_url=own_redis.url, dek_cache_max_staleness_seconds=0.0,  # every batch asks Redis
-        batch_max_events=200, retry_backoff_seconds=0.2, retry_backoff_max_seconds=1.0,
+        batch_max_events=200, retry_backoff_seconds=0.1,
     )
     ensure_topics(kafka_bootstrap, [s.topics.raw, s.topics.protected, s.topics.dlq], partitions=2)
     gen = ClickstreamGenerator(seed=21)

@@ -134,7 +134,7 @@ def test_replay_is_charged_again_and_no_report_repeats(settings_factory, redis_c
 
 def test_redis_down_holds_the_batch(settings_factory, own_redis: OwnRedis) -> None:
     """Fail closed: with the memo store unreachable nothing is emitted; once it is back, everything is."""
-    settings = settings_factory(redis_url=own_redis.url, retry_backoff_seconds=0.2, retry_backoff_max_seconds=0.5,
+    settings = settings_factory(redis_url=own_redis.url, retry_backoff_seconds=0.1,
                                 ldp_person_epsilon=1000.0)
     t = settings.topics
     bootstrap = settings.kafka_bootstrap_or_dev()

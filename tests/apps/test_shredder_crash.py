@@ -19,6 +19,7 @@ import pytest
 
 from stream.components import build_dek_provider
 from stream.kafka import ensure_topics
+from stream.redisdb import DEADLINE_SHARDS
 from stream.schema import output_validator
 from stream.storage.retention import RedisShredStore
 from tests.support.shred import Clock, add_ldp_entries, audit_receipts
@@ -43,7 +44,6 @@ def _env(settings, unique_id: str) -> dict[str, str]:
     return settings_env(
         settings,
         STREAMGATE_EPOCH_SECONDS=str(settings.epoch_seconds),
-        STREAMGATE_ERASURE_CLOCK_SKEW_SECONDS=str(settings.erasure_clock_skew_seconds),
         STREAMGATE_RETENTION_SECONDS=str(settings.retention_seconds),
         STREAMGATE_SHREDDER_BATCH_SIZE="10",
         STREAMGATE_SHREDDER_INTERVAL_SECONDS="0.2",
@@ -65,7 +65,7 @@ def _tail(log: Path) -> str:
 @pytest.mark.parametrize("redis_backend", ["single", "cluster"])  # on a cluster the claim's steps are apart
 def test_sigkill_mid_run_then_restart_leaves_no_due_key_and_no_foreign_duplicates(
         settings_factory, redis_client, unique_id, tmp_path) -> None:
-    settings = settings_factory(epoch_seconds=60, retention_seconds=3600, erasure_clock_skew_seconds=30)
+    settings = settings_factory(epoch_seconds=60, retention_seconds=3600)
     prefix = settings.redis_key_prefix
     ensure_topics(settings.kafka_bootstrap, [settings.topics.erasure, settings.topics.audit], partitions=1)
     now = time.time()
@@ -75,7 +75,7 @@ def test_sigkill_mid_run_then_restart_leaves_no_due_key_and_no_foreign_duplicate
     provider.keys_for(subjects, epoch)
     for s in subjects[::10]:
         add_ldp_entries(redis_client, prefix, s, epoch, provider.expire_at(epoch))
-    store = RedisShredStore(redis_client, prefix, shards=settings.redis_deadline_shards)
+    store = RedisShredStore(redis_client, prefix, shards=DEADLINE_SHARDS)
     assert store.index_size() == N_KEYS
 
     env = _env(settings, unique_id)

@@ -44,8 +44,7 @@ def test_engine_emits_nothing_under_keys_lost_by_a_restart_empty(
     go stale) nothing but the key-store guard can notice the loss. So the unguarded gateway (the code
     before the guard) emits every later event of a person it had cached under a key Redis lost, on
     every run, and the guarded one none."""
-    s = settings_factory(redis_url=own_redis.url, batch_max_events=200, retry_backoff_seconds=0.05,
-                         retry_backoff_max_seconds=0.2, dek_cache_max_staleness_seconds=3600.0)
+    s = settings_factory(redis_url=own_redis.url, batch_max_events=200, retry_backoff_seconds=0.025, dek_cache_max_staleness_seconds=3600.0)
     ensure_topics(kafka_bootstrap, [s.topics.raw, s.topics.protected, s.topics.dlq], partitions=2)
     gen = ClickstreamGenerator(seed=31, n_users=100)
     before, after = list(gen.events(800)), list(gen.events(800))

@@ -26,7 +26,7 @@ M = 50
 
 def test_fail_closed_counts_redis_errors_and_lag(settings_factory: Callable[..., Settings], own_redis: OwnRedis) -> None:
     own = own_redis
-    settings = settings_factory(redis_url=own.url, retry_backoff_seconds=0.1, retry_backoff_max_seconds=0.3,
+    settings = settings_factory(redis_url=own.url, retry_backoff_seconds=0.05,
                                 topic_partitions=1)
     t = settings.topics
     ensure_topics(settings.kafka_bootstrap_or_dev(), [t.raw, t.protected, t.dlq], partitions=1)
