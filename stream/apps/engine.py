@@ -121,13 +121,16 @@ class GatewayEngine(StreamEngine):
         st.consumed += len(records)
         try:
             result = self.gateway.process([RawRecord(r.topic, r.partition, r.offset, r.value, r.timestamp_ms,
-                                                     getattr(r, "headers", None), r.key) for r in records])
+                                                     r.headers, r.key) for r in records])
         except self.hold_on:
             st.consumed -= len(records)  # counted again on the retry
             st.fail_closed_retries += 1
             raise
         t = self.settings.topics
-        outs = [Out(t.protected, v, k) for k, v in result.protected]
+        if result.headers:  # allow-listed headers (trace context) of the inputs, onto their protected records
+            outs = [Out(t.protected, v, k, None, result.headers.get(i)) for i, (k, v) in enumerate(result.protected)]
+        else:
+            outs = [Out(t.protected, v, k) for k, v in result.protected]
         outs.extend(Out(t.dlq, v) for v in result.dead_letters)
         return Result(outs, on_delivered=lambda: self._account(result))
 

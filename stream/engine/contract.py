@@ -23,6 +23,7 @@ class Record(NamedTuple):
     value: bytes | None
     timestamp_ms: int | None = None
     key: bytes | None = None
+    headers: list[tuple[str, bytes | None]] | None = None
 
 
 class Out(NamedTuple):
@@ -32,6 +33,7 @@ class Out(NamedTuple):
     value: bytes | None
     key: bytes | None = None
     timestamp_ms: int | None = None
+    headers: list[tuple[str, bytes | None]] | None = None
 
 
 @dataclass(slots=True)

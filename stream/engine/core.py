@@ -289,7 +289,8 @@ class StreamEngine:
             if err is None:
                 ts_type, ts = m.timestamp()
                 out.append(Record(m.topic(), m.partition(), m.offset(), m.value(),  # type: ignore[arg-type]
-                                  ts if ts_type else None, m.key()))
+                                  ts if ts_type else None, m.key(),
+                                  m.headers()))  # type: ignore[arg-type]
             elif err.code() == KafkaError._PARTITION_EOF:
                 continue
             elif err.fatal():

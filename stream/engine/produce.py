@@ -174,7 +174,8 @@ class Sink:
             i = j
 
     def _send_run(self, ticket: Ticket, run: list[Out]) -> None:
-        if run[0].timestamp_ms is not None:  # produce_batch cannot set timestamps
+        if run[0].timestamp_ms is not None or any(o.headers for o in run):
+            # produce_batch cannot set timestamps or headers: one record at a time, in order
             for o in run:
                 self._single(ticket, o, wait=True)
             return
@@ -275,7 +276,11 @@ class Sink:
             self._refused(ticket, o, exc)
 
     def _produce_one(self, ticket: Ticket, o: Out) -> None:
-        if o.timestamp_ms is None:
+        if o.headers:
+            self.producer.produce(o.topic, o.value, o.key, on_delivery=ticket.on_delivery,
+                                  headers=o.headers,  # type: ignore[arg-type]
+                                  timestamp=0 if o.timestamp_ms is None else o.timestamp_ms)
+        elif o.timestamp_ms is None:
             self.producer.produce(o.topic, o.value, o.key, on_delivery=ticket.on_delivery)
         else:
             self.producer.produce(o.topic, o.value, o.key, on_delivery=ticket.on_delivery,

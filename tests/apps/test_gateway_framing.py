@@ -143,3 +143,35 @@ def test_an_open_category_passes_the_broker_and_is_estimated_as_other(settings_f
     truth = sum(e["category"] == "fashion" for e in events) / n
     assert abs(other["estimate"] - truth) < 4 * other["std_error"], (other, truth)
     assert other["estimate"] > 2 * other["std_error"]
+
+
+def test_trace_context_crosses_the_gateway_and_nothing_else_does(settings_factory, kafka_bootstrap):
+    """W3C trace headers of a raw record reach its protected record (STREAMGATE_GATEWAY_PASS_HEADERS);
+    every other header, here one carrying a person's email, is dropped."""
+    settings = settings_factory(batch_max_events=50)
+    t = settings.topics
+    ensure_topics(kafka_bootstrap, [t.raw, t.protected, t.dlq], partitions=2)
+    events = list(ClickstreamGenerator(seed=41).events(60))
+    p = Producer(producer_config(kafka_bootstrap))
+    for i, e in enumerate(events):
+        headers = [("x-customer-email", e["email"].encode())] if isinstance(e.get("email"), str) else []
+        if i % 2 == 0:  # half of them traced
+            headers += [("traceparent", f"00-{i:032x}-{i:016x}-01".encode()), ("tracestate", b"sg=1")]
+        p.produce(t.raw, orjson.dumps(e), e["user_id"].encode(), headers=headers or None)
+    assert p.flush(30) == 0
+    with running_in_thread(GatewayEngine(settings, build_gateway(settings))) as engine:
+        wait_for(lambda: engine.stats.emitted >= len(events), timeout=120, what="every event")
+    out = read_topic(kafka_bootstrap, t.protected, expect=engine.stats.protected)
+    assert len(out) == engine.stats.protected > 0
+    want = {e["event_id"]: i for i, e in enumerate(events)}
+    traced = 0
+    for rec in out:
+        i = want[orjson.loads(rec.value or b"")["event_id"]]
+        names = [k for k, _v in rec.headers]
+        assert "x-customer-email" not in names
+        if i % 2 == 0:
+            assert dict(rec.headers) == {"traceparent": f"00-{i:032x}-{i:016x}-01".encode(), "tracestate": b"sg=1"}
+            traced += 1
+        else:
+            assert rec.headers == []
+    assert traced >= len(out) // 2 - 2  # about half the protected events were traced

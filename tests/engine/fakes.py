@@ -11,8 +11,10 @@ from confluent_kafka import KafkaError, KafkaException
 
 
 class FakeMessage:
-    def __init__(self, topic: str, value: bytes | None, key: bytes | None, timestamp: int | None) -> None:
+    def __init__(self, topic: str, value: bytes | None, key: bytes | None, timestamp: int | None,
+                 headers: Any = None) -> None:
         self._topic, self._value, self._key, self._ts = topic, value, key, timestamp
+        self._headers = headers
 
     def topic(self) -> str:
         return self._topic
@@ -22,6 +24,9 @@ class FakeMessage:
 
     def key(self) -> bytes | None:
         return self._key
+
+    def headers(self) -> Any:
+        return self._headers
 
     def timestamp(self) -> tuple[int, int]:
         return (1, self._ts) if self._ts is not None else (0, -1)
@@ -54,13 +59,14 @@ class FakeProducer:
             raise BufferError("Local: Queue full")
 
     def produce(self, topic: str, value: bytes | None = None, key: bytes | None = None, *,
-                on_delivery: Callable[[Any, Any], None], timestamp: int | None = None) -> None:
+                on_delivery: Callable[[Any, Any], None], timestamp: int | None = None, headers: Any = None) -> None:
         self._admit()
-        self.queue.append((FakeMessage(topic, value, key, timestamp), on_delivery))
+        self.queue.append((FakeMessage(topic, value, key, timestamp or None, headers), on_delivery))
 
     def produce_batch(self, topic: str, msgs: list[dict[str, Any]], *, on_delivery: Callable[[Any, Any], None]) -> int:
         self._admit()
         for m in msgs:
+            assert "headers" not in m, "confluent-kafka's produce_batch cannot carry headers"
             self.queue.append((FakeMessage(topic, m["value"], m.get("key"), m.get("timestamp")), on_delivery))
         return len(msgs)
 

@@ -66,6 +66,18 @@ def outs(n: int, topic: str = "out", *, ts: bool = False) -> list[Out]:
     return [Out(topic, b"v%d" % i, b"k%d" % i, 1000 + i if ts else None) for i in range(n)]
 
 
+def test_headers_reach_the_producer_in_order_with_their_records():
+    """A run with headers (the gateway's trace context) goes record by record, in order: produce_batch
+    cannot carry headers, and records of one key must keep their order."""
+    h = Harness(FakeProducer(buffer_errors=2))
+    run = [Out("out", b"v%d" % i, b"k", None, [("traceparent", b"t%d" % i)] if i % 2 else None) for i in range(6)]
+    t = h.ticket(run)
+    h.sink.send(t)
+    assert h.sink.flush(5) == 0 and t.done and not h.fatal
+    got = [(m.value(), m.headers()) for m in h.producer.delivered]
+    assert got == [(o.value, o.headers) for o in run]
+
+
 @pytest.mark.parametrize("ts", [False, True])  # produce_batch, and produce one by one (timestamps)
 def test_a_full_queue_is_retried_counted_and_then_delivered(ts):
     h = Harness(FakeProducer(buffer_errors=3))
