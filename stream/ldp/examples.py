@@ -1,0 +1,241 @@
+"""Labelled examples under the person cap: one joint report per person and epoch (issue 22).
+
+A person's epoch contributes at most one labelled example, and that example leaves as **one**
+randomized report: an attribute ``j`` is drawn uniformly among the ``d`` example attributes
+(the schema's ldp attributes, numbers in :func:`numeric_edges` bins, and the hour of day), and
+the pair ``(value_j, label)`` is randomized as one value of the joint domain of ``2 k_j`` cells
+at the example's full epsilon (GRR if ``2 k_j < 3 e^eps + 2``, else OUE: Wang et al., USENIX
+Security 2017). Whatever ``j`` is, the output's likelihood ratio between any two inputs is at
+most ``e^eps``, so the report is ``eps``-LDP for the person's whole epoch (every attribute and the
+label, whichever event was picked); it is charged once to the person's ledger of that epoch
+(:func:`example_request`: one memo field per person and epoch, so a second example of the same
+epoch finds it and is not emitted). No hour of week, no other field: nothing escapes the cap.
+
+The aggregator side (:mod:`stream.learn.joint`) debiases the reports of each attribute into
+unbiased estimates of the joint shares ``f_j(v, y)`` and fits naive Bayes from them.
+
+Record (``schemas/private-example.v2.json``)::
+
+    {"schema": "private-example.v2", "source_schema": S, "attribute": name, "d": d,
+     "m": "GRR" | "OUE", "eps": eps, "k": 2 k_j, "r": report}
+
+``r``: GRR the joint index ``2 v + y``; OUE the bitmask of the ``2 k_j`` cells (bit ``2 v + y``),
+a JSON integer up to 62 cells, lowercase hex beyond.
+"""
+
+from __future__ import annotations
+
+import bisect
+import hmac
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import orjson
+
+from stream.ldp.grr import GRR
+from stream.ldp.ledger import MICRO
+from stream.ldp.memo import MemoRequest
+from stream.ldp.oue import OUE
+from stream.ldp.policy import LdpPolicy
+
+__all__ = [
+    "HOUR_ATTRIBUTE",
+    "JOINT_SCHEMA",
+    "NUMERIC_BINS",
+    "OUE_INT_MAX_CELLS",
+    "ExampleAttribute",
+    "ExampleReporter",
+    "ExampleSpec",
+    "example_request",
+    "joint_mechanism",
+    "numeric_edges",
+]
+
+JOINT_SCHEMA = "private-example.v2"
+#: the pseudo-attribute of the hour of day (0-23, UTC) of the example's event
+HOUR_ATTRIBUTE = "hour_of_day"
+#: geometric bins of a numeric attribute (plus the bin of values <= lo, e.g. absent)
+NUMERIC_BINS = 10
+#: OUE masks up to this many cells are JSON integers, larger ones lowercase hex
+OUE_INT_MAX_CELLS = 62
+_EXAMPLE_FIELD = b"streamgate/v1/ldp-example"
+
+
+def numeric_edges(lo: float, hi: float, bins: int = NUMERIC_BINS) -> tuple[float, ...]:
+    """Upper edges of the bins of a numeric attribute above ``lo``: geometric up to ``hi`` when
+    ``lo >= 0`` (prices), else uniform. Bin 0 holds values ``<= lo`` (an absent value is ``lo``)."""
+    if not lo < hi:
+        raise ValueError("lo must be < hi")
+    if lo >= 0:
+        return tuple(hi * 2.0 ** -(bins - 1 - i) for i in range(bins))
+    return tuple(lo + (hi - lo) * (i + 1) / bins for i in range(bins))
+
+
+@dataclass(frozen=True)
+class ExampleAttribute:
+    """One attribute of the example: its name and the names of its ``k`` values (domain values,
+    numeric bins ``"<=edge"``, or hours)."""
+
+    name: str
+    values: tuple[str, ...]
+    kind: str  # "categorical" | "numeric" | "hour"
+    edges: tuple[float, ...] = ()
+    lo: float = 0.0
+    index: Mapping[str, int] | None = None
+    none_index: int | None = None
+    ood_index: int | None = None
+
+    @property
+    def k(self) -> int:
+        return len(self.values)
+
+    def encode(self, value: Any) -> int | None:
+        """The value's index (None: cannot be mapped; then the example is not reported)."""
+        if self.kind == "hour":
+            return value if type(value) is int and 0 <= value < 24 else None
+        if self.kind == "numeric":
+            if isinstance(value, bool) or not isinstance(value, int | float) or value != value:
+                return 0
+            if value <= self.lo:
+                return 0
+            return min(self.k - 1, 1 + bisect.bisect_left(self.edges, float(value)))
+        assert self.index is not None
+        if value is None:
+            return self.none_index
+        idx = self.index.get(value) if isinstance(value, str) else None
+        return self.ood_index if idx is None else idx
+
+
+@dataclass(frozen=True)
+class ExampleSpec:
+    """The example attributes of a schema, in order (the learner builds the same one)."""
+
+    source_schema: str
+    attributes: tuple[ExampleAttribute, ...]
+
+    @classmethod
+    def from_policy(cls, policy: LdpPolicy, *, hour: bool = True) -> ExampleSpec:
+        out: list[ExampleAttribute] = []
+        for a in policy.attributes:
+            if a.kind == "categorical":
+                index = {v: i for i, v in enumerate(a.domain)}
+                ood = index.get(a.out_of_domain) if a.out_of_domain is not None else None
+                out.append(ExampleAttribute(a.name, tuple(a.domain), "categorical", index=index,
+                                            none_index=a.index_of(None), ood_index=ood))
+            else:
+                lo, hi = float(a.lo), float(a.hi)
+                edges = numeric_edges(lo, hi)
+                names = (f"<={lo:g}",) + tuple(f"<={e:.4g}" for e in edges)
+                out.append(ExampleAttribute(a.name, names, "numeric", edges=edges, lo=lo))
+        if hour:
+            out.append(ExampleAttribute(HOUR_ATTRIBUTE, tuple(str(h) for h in range(24)), "hour"))
+        return cls(policy.schema_name, tuple(out))
+
+    @property
+    def d(self) -> int:
+        return len(self.attributes)
+
+    @property
+    def by_name(self) -> dict[str, ExampleAttribute]:
+        return {a.name: a for a in self.attributes}
+
+    def encode(self, event: Mapping[str, Any], hour_of_day: int | None) -> list[int] | None:
+        """Indices of every attribute of a clear event (None if one cannot be mapped)."""
+        out: list[int] = []
+        for a in self.attributes:
+            i = a.encode(hour_of_day if a.kind == "hour" else event.get(a.name))
+            if i is None:
+                return None
+            out.append(i)
+        return out
+
+
+def joint_mechanism(cells: int, epsilon: float) -> GRR | OUE:
+    """GRR when it has the lower variance on ``cells`` values (``cells < 3 e^eps + 2``), else OUE."""
+    return GRR(cells, epsilon) if cells < 3.0 * math.exp(epsilon) + 2.0 else OUE(cells, epsilon)
+
+
+class ExampleReporter:
+    """Randomizes examples into joint reports at ``epsilon`` each (module docstring). ``rng``: the
+    CSPRNG in production (:class:`~stream.ldp.csprng.ChaChaRandom`), used for the attribute draw
+    and the mechanism alike."""
+
+    def __init__(self, spec: ExampleSpec, epsilon: float, rng: Any, *,
+                 weights: Sequence[float] | None = None) -> None:
+        if not (math.isfinite(epsilon) and epsilon > 0):
+            raise ValueError("epsilon must be a finite number > 0")
+        w = np.ones(spec.d) if weights is None else np.asarray(weights, dtype=np.float64)
+        if w.shape != (spec.d,) or not np.all(np.isfinite(w)) or np.any(w < 0) or not w.sum() > 0:
+            raise ValueError("weights: one finite number >= 0 per attribute, not all 0")
+        #: the attribute draw's probabilities (fixed, data-independent)
+        self.probs = w / w.sum()
+        self._cum = np.cumsum(self.probs)
+        self._cum[-1] = 1.0 + 1e-12
+        self.spec = spec
+        self.epsilon = float(epsilon)
+        self.rng = rng
+        self.mechs = [joint_mechanism(2 * a.k, self.epsilon) for a in spec.attributes]
+        src = orjson.dumps(spec.source_schema)
+        self._heads = [
+            (b'{"schema":"' + JOINT_SCHEMA.encode() + b'","source_schema":' + src + b',"attribute":'
+             + orjson.dumps(a.name) + b',"d":' + str(spec.d).encode() + b',"m":"' + m.name.encode()
+             + b'","eps":' + orjson.dumps(self.epsilon) + b',"k":' + str(m.k).encode() + b',"r":')
+            for a, m in zip(spec.attributes, self.mechs, strict=True)
+        ]
+
+    def reports(self, indices: np.ndarray, labels: np.ndarray,
+                standin: np.ndarray | None = None) -> tuple[list[bytes], np.ndarray]:
+        """Joint reports of ``n`` examples (``indices``: shape ``(n, d)``, ``labels``: 0/1), in input
+        order, and the attribute each one reports (in process only, e.g. for a benchmark).
+        ``standin``: rows whose person's ledger could not pay; they report the mechanism on a
+        uniformly drawn cell (data-independent: the same law as a genuine report of some value)."""
+        idx = np.asarray(indices, dtype=np.int64)
+        y = np.asarray(labels, dtype=np.int64)
+        n = idx.shape[0]
+        if n == 0:
+            return [], np.zeros(0, dtype=np.int64)
+        attr = np.searchsorted(self._cum, np.asarray(self.rng.random(n), dtype=np.float64), side="right").astype(np.int64)
+        fake = np.zeros(n, dtype=bool) if standin is None else np.asarray(standin, dtype=bool)
+        out: list[bytes] = [b""] * n
+        for j, mech in enumerate(self.mechs):
+            rows = np.flatnonzero(attr == j)
+            if not rows.size:
+                continue
+            cells = 2 * idx[rows, j] + y[rows]
+            fk = fake[rows]
+            if fk.any():
+                cells[fk] = np.asarray(self.rng.integers(0, mech.k, size=int(fk.sum())), dtype=np.int64)
+            head = self._heads[j]
+            if isinstance(mech, GRR):
+                texts = [str(int(r)).encode() for r in mech.perturb_array(cells, self.rng)]
+            else:
+                packed = np.packbits(mech.perturb_bits(cells, self.rng), axis=1, bitorder="little")
+                masks = [int.from_bytes(row.tobytes(), "little") for row in packed]
+                texts = [str(m).encode() if mech.k <= OUE_INT_MAX_CELLS else b'"' + format(m, "x").encode() + b'"'
+                         for m in masks]
+            for i, t in zip(rows.tolist(), texts, strict=True):
+                out[i] = head + t + b"}"
+        return out, attr
+
+
+def example_request(*, subject: str, epoch: int, expire_at: int, ledger: str, epsilon: float,
+                    key: bytes) -> MemoRequest:
+    """The ledger charge of one person-epoch's example: a memo field of its own (an HMAC, so the
+    store holds no name of the person) costing ``epsilon``. ``new``: emit the example; ``memo``:
+    this person-epoch already gave its example (emit nothing more); ``suppressed``: the cap is
+    reached (nothing charged; a stand-in is reported, see :meth:`ExampleReporter.reports`)."""
+    tag = hmac.digest(key, _EXAMPLE_FIELD + b"\x00" + str(epoch).encode(), "sha256")[:16].hex()
+    return MemoRequest(subject, epoch, expire_at, "example:" + tag, "example", round(epsilon * MICRO), "1", ledger)
+
+
+def encode_many(spec: ExampleSpec, rows: Sequence[tuple[Mapping[str, Any], int | None]]) -> np.ndarray:
+    """:meth:`ExampleSpec.encode` of many (event, hour of day) pairs as an ``(n, d)`` array (-1: unmappable)."""
+    out = np.full((len(rows), spec.d), -1, dtype=np.int64)
+    for i, (ev, h) in enumerate(rows):
+        enc = spec.encode(ev, h)
+        if enc is not None:
+            out[i] = enc
+    return out
