@@ -191,12 +191,19 @@ class Settings(BaseSettings):
     # --- online learning (labelled examples in the privatizer, the learner worker) ------------
     learn_examples: bool = Field(
         default=True,
-        description="The privatizer also emits labelled training examples (private-example.v1) to features.private.",
+        description="The privatizer also emits labelled training examples to features.private.",
+    )
+    learn_model: Literal["joint-nb", "logistic"] = Field(
+        default="joint-nb",
+        description="joint-nb: one private-example.v2 per person and epoch (one attribute drawn at random, its value "
+        "and the label randomized together at learn_label_epsilon), naive Bayes from debiased counts; logistic: a "
+        "private-example.v1 per event (the feature report plus a randomized label), a logistic regression.",
     )
     learn_label_epsilon: float = Field(
         default=1.0, gt=0, le=20,
-        description="Epsilon of the randomized-response label of a training example (memoized per person, epoch "
-        "and label value; charged to the person's budget of the pseudo-attribute session_purchase).",
+        description="joint-nb: epsilon of a person's one training example per epoch (every attribute and the label), "
+        "charged to the person's ledger once. logistic: epsilon of the randomized-response label (memoized per "
+        "person, epoch and label value; charged to the person's ledger as the pseudo-attribute session_purchase).",
     )
     learn_session_gap_seconds: float = Field(
         default=1800.0, gt=0,

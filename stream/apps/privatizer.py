@@ -138,11 +138,23 @@ def build_privatizer(
                         max_staleness_seconds=settings.dek_cache_max_staleness_seconds),
         clock=clock,
         shuffle_seed=settings.ldp_seed,
-        label_epsilon=settings.learn_label_epsilon if settings.learn_examples else None,
+        label_epsilon=settings.learn_label_epsilon if settings.learn_examples and settings.learn_model == "logistic"
+        else None,
+        examples=_joint_examples(settings, policy, keyring, rng, schema.subject_field),  # issue 22
     )
     if guard:  # no memo outlives the key store's data
         guard_privatizer(settings, privatizer, client)
     return privatizer
+
+
+def _joint_examples(settings: Settings, policy: LdpPolicy, keyring: Keyring, rng: Any, subject_field: str) -> Any:
+    """Issue 22: the joint-example side of the privatizer (:class:`stream.ldp.examples.JointExamples`), or None."""
+    if not settings.learn_examples or settings.learn_model != "joint-nb":
+        return None
+    from stream.ldp.examples import ExampleSpec, JointExamples
+
+    return JointExamples(ExampleSpec.from_policy(policy), settings.learn_label_epsilon, rng,
+                         field_key=keyring.derive("ldp-memo"), subject_field=subject_field)
 
 
 @dataclass

@@ -256,7 +256,7 @@ def serving_holdout(gen: ClickstreamGenerator, holdout: int) -> tuple[list[tuple
     return serve_x, serve_y
 
 
-def serve_auc(model: PropensityModel, holdout: tuple[list[tuple[dict[str, Any], int | None]], list[bool]]) -> float:
+def serve_auc(model: Any, holdout: tuple[list[tuple[dict[str, Any], int | None]], list[bool]]) -> float:
     """ROC-AUC of ``model`` on :func:`serving_holdout` (clear values against the clean labels)."""
     xs, ys = holdout
     return auc(ys, [model.predict_proba_event(v, h) for v, h in xs])

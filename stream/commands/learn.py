@@ -202,6 +202,7 @@ def register(cli: click.Group) -> None:
         from stream.kafka import reachable_bootstrap
         from stream.ldp.privatizer import hour_of_week
         from stream.learn.example import EXAMPLE_SCHEMA, FEATURE_SCHEMA, PrivateExample
+        from stream.learn.model import PropensityModel
 
         settings = _settings()
         reachable_bootstrap(settings)  # fail fast with one line on a wrong broker address
@@ -222,6 +223,8 @@ def register(cli: click.Group) -> None:
                 continue
             try:
                 if doc.get("schema") in (FEATURE_SCHEMA, EXAMPLE_SCHEMA):
+                    if not isinstance(model_, PropensityModel):  # joint naive Bayes serves clear values only
+                        raise ValueError("this model scores clear values only")
                     p = model_.predict_proba_one(PrivateExample.from_dict(doc))
                 else:
                     how = doc.get("hour_of_week")

@@ -128,7 +128,7 @@ class ExampleSpec:
             else:
                 lo, hi = float(a.lo), float(a.hi)
                 edges = numeric_edges(lo, hi)
-                names = (f"<={lo:g}",) + tuple(f"<={e:.4g}" for e in edges)
+                names = (f"<={lo:g}", *tuple(f"<={e:.4g}" for e in edges))
                 out.append(ExampleAttribute(a.name, names, "numeric", edges=edges, lo=lo))
         if hour:
             out.append(ExampleAttribute(HOUR_ATTRIBUTE, tuple(str(h) for h in range(24)), "hour"))
@@ -186,8 +186,13 @@ class ExampleReporter:
             for a, m in zip(spec.attributes, self.mechs, strict=True)
         ]
 
-    def reports(self, indices: np.ndarray, labels: np.ndarray,
-                standin: np.ndarray | None = None) -> tuple[list[bytes], np.ndarray]:
+    def draw(self, n: int) -> np.ndarray:
+        """``n`` attribute draws (indices into the spec), independent of any data."""
+        u = np.asarray(self.rng.random(n), dtype=np.float64)
+        return np.searchsorted(self._cum, u, side="right").astype(np.int64)
+
+    def reports(self, indices: np.ndarray, labels: np.ndarray, standin: np.ndarray | None = None,
+                attributes: np.ndarray | None = None) -> tuple[list[bytes], np.ndarray]:
         """Joint reports of ``n`` examples (``indices``: shape ``(n, d)``, ``labels``: 0/1), in input
         order, and the attribute each one reports (in process only, e.g. for a benchmark).
         ``standin``: rows whose person's ledger could not pay; they report the mechanism on a
@@ -197,7 +202,7 @@ class ExampleReporter:
         n = idx.shape[0]
         if n == 0:
             return [], np.zeros(0, dtype=np.int64)
-        attr = np.searchsorted(self._cum, np.asarray(self.rng.random(n), dtype=np.float64), side="right").astype(np.int64)
+        attr = self.draw(n) if attributes is None else np.asarray(attributes, dtype=np.int64)
         fake = np.zeros(n, dtype=bool) if standin is None else np.asarray(standin, dtype=bool)
         out: list[bytes] = [b""] * n
         for j, mech in enumerate(self.mechs):
@@ -239,3 +244,122 @@ def encode_many(spec: ExampleSpec, rows: Sequence[tuple[Mapping[str, Any], int |
         if enc is not None:
             out[i] = enc
     return out
+
+
+class JointExamples:
+    """The privatizer's side of joint examples (hooked into :class:`stream.ldp.privatizer.Privatizer`).
+
+    :meth:`stubs`: per protected event with a session, the attribute draw and **both** candidate
+    reports - of ``(v_j, 0)`` and of ``(v_j, 1)`` - randomized at once, so the labeler holds no clear
+    value; once the session's label is known exactly one of them is emitted (it has the law of the
+    mechanism on the true cell; the other is discarded). :meth:`label`: per person and epoch, one
+    held example drawn uniformly among those released together, charged to the person's ledger
+    (:func:`example_request`): emitted if new, dropped if the person-epoch already gave one, a
+    stand-in (the mechanism on a uniform cell) if the ledger is at its cap."""
+
+    def __init__(self, spec: ExampleSpec, epsilon: float, rng: Any, *, field_key: bytes, subject_field: str,
+                 session_field: str = "session_id") -> None:
+        self.reporter = ExampleReporter(spec, epsilon, rng)
+        self.spec = spec
+        self.epsilon = float(epsilon)
+        self.rng = rng
+        self._field_key = field_key
+        self.subject_field = subject_field
+        self.session_field = session_field
+
+    def stubs(self, records: Sequence[Any], *, now: float, epoch_seconds: int, retention_seconds: int) -> list[Any]:
+        """:class:`~stream.ldp.labels.ExampleStub` of each protected event (``records``: objects with
+        ``value`` and ``timestamp_ms``) that has a subject, a session and mappable values; ``body`` holds
+        the two candidate records separated by a newline (neither is a clear value)."""
+        from stream.ldp.labels import POSITIVE_EVENT_TYPE, ExampleStub
+
+        rows: list[tuple[str, str, int, bool, int]] = []
+        enc: list[list[int]] = []
+        for rec in records:
+            try:
+                event = orjson.loads(rec.value) if rec.value else None
+            except orjson.JSONDecodeError:
+                continue
+            if not isinstance(event, dict):
+                continue
+            subject, session = event.get(self.subject_field), event.get(self.session_field)
+            if not (isinstance(subject, str) and subject and isinstance(session, str) and session):
+                continue
+            epoch = int(rec.timestamp_ms // 1000) // epoch_seconds
+            if (epoch + 1) * epoch_seconds + retention_seconds <= now:
+                continue
+            e = self.spec.encode(event, _hour_of_day(event.get("ts")))
+            if e is None:
+                continue
+            rows.append((session, subject, epoch, event.get("event_type") == POSITIVE_EVENT_TYPE, rec.timestamp_ms))
+            enc.append(e)
+        if not rows:
+            return []
+        idx = np.asarray(enc, dtype=np.int64)
+        n = len(rows)
+        # one attribute draw per event, both labels randomized with it
+        both = np.concatenate([idx, idx])
+        labels = np.concatenate([np.zeros(n, dtype=np.int64), np.ones(n, dtype=np.int64)])
+        attr = self.reporter.draw(n)
+        texts, _ = self.reporter.reports(both, labels, attributes=np.concatenate([attr, attr]))
+        return [ExampleStub(s, sub, ep, buy, texts[i] + b"\n" + texts[n + i], ts)
+                for i, (s, sub, ep, buy, ts) in enumerate(rows)]
+
+    def label(self, items: Sequence[tuple[Any, bool]], *, store: Any, budget_micro: int, ledger_id: Any,
+              now: float, epoch_seconds: int, retention_seconds: int) -> Any:
+        """The joint examples of released ``(stub, label)`` items, as a
+        :class:`~stream.ldp.privatizer.LabelResult` (records in shuffled order). Raises
+        :class:`~stream.errors.KeyUnavailableError` when the ledger store is unreachable (nothing emitted)."""
+        from stream.ldp.privatizer import LabelResult
+
+        res = LabelResult()
+        groups: dict[tuple[str, int], list[tuple[Any, bool]]] = {}
+        for stub, lab in items:
+            if (stub.epoch + 1) * epoch_seconds + retention_seconds <= now:
+                res.skipped["retention_ended"] += 1
+                continue
+            groups.setdefault((stub.subject, stub.epoch), []).append((stub, lab))
+        if not groups:
+            return res
+        chosen: list[tuple[Any, bool]] = []
+        for group in groups.values():
+            pick = int(self.rng.integers(0, len(group))) if len(group) > 1 else 0
+            chosen.append(group[pick])
+            if len(group) > 1:
+                res.skipped["one_per_person_epoch"] += len(group) - 1
+        requests = [
+            example_request(subject=st.subject, epoch=st.epoch,
+                            expire_at=(st.epoch + 1) * epoch_seconds + retention_seconds,
+                            ledger=ledger_id(st.subject, st.epoch), epsilon=self.epsilon, key=self._field_key)
+            for st, _lab in chosen
+        ]
+        results = store.resolve(requests, budget_micro)
+        out: list[tuple[Any, bytes]] = []
+        standins: list[Any] = []
+        for (stub, lab), result in zip(chosen, results, strict=True):
+            if result.status == "new":
+                res.epsilon_spent += self.epsilon
+                out.append((stub, stub.body.split(b"\n")[1 if lab else 0]))
+            elif result.status == "memo":
+                res.skipped["one_per_person_epoch"] += 1
+            else:
+                standins.append(stub)
+        if standins:
+            res.suppressed = len(standins)
+            n = len(standins)
+            texts, _ = self.reporter.reports(np.zeros((n, self.spec.d), dtype=np.int64), np.zeros(n, dtype=np.int64),
+                                             standin=np.ones(n, dtype=bool))
+            out.extend(zip(standins, texts, strict=True))
+        self.rng.shuffle(out)
+        for stub, raw in out:
+            res.examples.append(raw)
+            res.stubs.append(stub)
+        return res
+
+
+def _hour_of_day(ts: Any) -> int | None:
+    """The UTC hour of an RFC 3339 timestamp ``...THH:...Z`` (None if it is not one)."""
+    if isinstance(ts, str) and len(ts) >= 13 and ts[10] == "T" and ts[11:13].isdigit() and ts.endswith("Z"):
+        h = int(ts[11:13])
+        return h if h < 24 else None
+    return None

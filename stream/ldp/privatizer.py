@@ -199,6 +199,7 @@ class Privatizer:
         label_epsilon: float | None = None,
         session_field: str = "session_id",
         ledger_key: bytes | None = None,
+        examples: Any = None,
     ) -> None:
         if len(memo_key) < 16:
             raise ValueError("memo_key must be at least 16 bytes")
@@ -246,9 +247,12 @@ class Privatizer:
             self._label_prefix = (b',"label":{"name":"' + LABEL_NAME.encode() + b'","m":"GRR","eps":'
                                   + orjson.dumps(self.label_oracle.eps_1) + b',"k":2,"r":')
 
+        # issue 22: joint labelled examples, one per person and epoch (stream.ldp.examples.JointExamples)
+        self.joint = examples
+
     @property
     def examples_enabled(self) -> bool:
-        return self.label_oracle is not None
+        return self.label_oracle is not None or self.joint is not None
 
     # -- helpers ------------------------------------------------------------------------
     def _tag(self, attribute: str, value: object) -> str:
@@ -485,6 +489,8 @@ class Privatizer:
         for si, n in enumerate(reported):
             if n:
                 res.reported[names[si]] += n
+        if self.joint is not None:  # issue 22: joint example stubs (stream.ldp.examples)
+            res.examples = self.joint.stubs(records, now=now, epoch_seconds=es, retention_seconds=rs)
         return res
 
     # -- labelled examples ------------------------------------------------------------------
@@ -495,6 +501,10 @@ class Privatizer:
         ledger is at its cap) and assemble the ``private-example.v1`` records, in shuffled order. Raises
         :class:`~stream.errors.KeyUnavailableError` (nothing returned, nothing spent twice on a
         retry) when the memo store is unreachable: the caller keeps the items and retries."""
+        if self.joint is not None:  # issue 22: one joint example per person and epoch (stream.ldp.examples)
+            return self.joint.label(items, store=self.store, budget_micro=self.budget_micro, ledger_id=self.ledger_id,
+                                    now=self._clock() + self.retention_margin_seconds,
+                                    epoch_seconds=self.epoch_seconds, retention_seconds=self.retention_seconds)
         oracle = self.label_oracle
         if oracle is None:
             raise RuntimeError("labelled examples are off (no label_epsilon)")

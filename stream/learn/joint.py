@@ -111,6 +111,12 @@ class JointReport:
             return e / (e + self.k - 1), 1.0 / (e + self.k - 1)
         return 0.5, 1.0 / (e + 1.0)
 
+    @property
+    def label(self) -> int | None:
+        """The *randomized* label bit a GRR report shows (its cell's parity); None for OUE (a
+        bitmask names no single cell). For the worker's progressive metric only."""
+        return self.value & 1 if self.mechanism == "GRR" else None
+
     def support(self) -> np.ndarray:
         """The 0/1 support indicator of every cell."""
         s = np.zeros(self.k, dtype=np.float64)
@@ -259,6 +265,18 @@ class JointNaiveBayes:
             z += table[idx[:, j]]
         return 1.0 / (1.0 + np.exp(-z))
 
+    def predict_proba_one(self, report: JointReport) -> float | None:
+        """For the worker's progressive metric: ``P(y = 1 | value of the reported attribute)`` at the
+        value a GRR report shows (intercept + that weight), None for an OUE report. A proxy against
+        randomized labels, not a served prediction."""
+        if not isinstance(report, JointReport):
+            raise TypeError(f"JointNaiveBayes.predict_proba_one takes a JointReport, not {type(report).__name__}")
+        if report.mechanism != "GRR" or report.attribute not in self.k:
+            return None
+        self._refresh()
+        z = float(self.regression.intercept) + float(self.regression.weights.get(f"{report.attribute}={report.value >> 1}", 0.0))
+        return 1.0 / (1.0 + math.exp(-z))
+
     def predict_proba_event(self, values: Mapping[str, Any], hour_of_week: int | None = None) -> float:
         """``P(label = 1)`` from clear LDP values (and the hour of week of the event)."""
         hour = None if hour_of_week is None else hour_of_week % 24
@@ -284,6 +302,23 @@ class JointNaiveBayes:
     def intercept(self) -> float:
         self._refresh()
         return float(self.regression.intercept)
+
+    # -- pickling (snapshots): plain types only, the River model is rebuilt from the sums -------------
+    def __getstate__(self) -> dict[str, Any]:
+        return {"name": self.name, "spec": self.spec, "smoothing": self.smoothing, "shrink": self.shrink,
+                "seed": self.seed, "sums": {k: [float(x) for x in v] for k, v in self.sums.items()},
+                "var": dict(self.var), "n": dict(self.n), "examples_seen": self.examples_seen}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__init__(state["spec"], name=state["name"], smoothing=state["smoothing"],  # type: ignore[misc]
+                      shrink=state["shrink"], seed=state["seed"])
+        for k, v in state["sums"].items():
+            if k not in self.sums or len(v) != len(self.sums[k]):
+                raise ValueError("snapshot state does not match its spec")
+            self.sums[k] = np.asarray(v, dtype=np.float64)
+        self.var.update({k: float(v) for k, v in state["var"].items() if k in self.var})
+        self.n.update({k: float(v) for k, v in state["n"].items() if k in self.n})
+        self.examples_seen = int(state["examples_seen"])
 
     # -- federation: additive sufficient statistics -----------------------------------------------
     def parameters(self) -> tuple[dict[str, float], float]:

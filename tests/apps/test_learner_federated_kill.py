@@ -116,7 +116,7 @@ class VersionWatch:
 
 
 def test_sigkill_of_the_aggregating_learner_mid_stream(settings_factory, unique_id, tmp_path) -> None:
-    s = settings_factory(learner_consumer_group=f"sgkill-{unique_id}", learn_federated=True)
+    s = settings_factory(learner_consumer_group=f"sgkill-{unique_id}", learn_federated=True, learn_model="logistic")
     t = s.topics
     ensure_topics(s.kafka_bootstrap_or_dev(), [t.features], partitions=4)
     ensure_topics(s.kafka_bootstrap_or_dev(), [t.snapshots, t.updates, t.audit], partitions=1)

@@ -9,7 +9,6 @@ import time
 from collections import Counter
 from datetime import datetime
 
-import numpy as np
 import orjson
 import pytest
 
@@ -160,11 +159,28 @@ def test_label_memos_are_per_person_epoch_and_value_and_charged_once(keyring: Ke
     third = priv.label_examples(items)
     assert third.epsilon_spent == 0.0
 
-    # one memo per (person, label value); the emitted labels carry fresh noise on top of it
+    # one memo per (person, label value), and one ledger per person charged for exactly those two
     (memos,) = {len(m) for m in store.memos.values()}
     assert memos == 2 and len(store.memos) == len(people)
-    labels = {orjson.loads(raw)["label"]["r"] for raw in first.examples[:40]}
-    assert labels == {0, 1}
+    assert len(store.ledgers) == len(people) and set(store.ledgers.values()) == {2 * 500_000}
+
+
+def test_each_report_is_fresh_noise_on_top_of_the_memo() -> None:
+    """One person, one label value, many examples: they share one memo, and each emitted label equals
+    it with probability p2 (the instantaneous round). No second round: every label equals the memo."""
+    store = MemoryMemoStore()
+    priv = make_privatizer(budget=1000.0, label_epsilon=2.0, store=store, seed=21)
+    n = 4000
+    items = [(ExampleStub(f"s{i}", "tk1_one", EPOCH, False, b'"features":{}', 0), True) for i in range(n)]
+    res = priv.label_examples(items)
+    ((memo_field, memo),) = store.memos[("tk1_one", EPOCH)].items()
+    assert memo_field.startswith(LABEL_NAME + ":")
+    same = sum(orjson.loads(raw)["label"]["r"] == int(memo) for raw in res.examples)
+    oracle = priv.label_oracle
+    assert oracle is not None
+    p2 = oracle.p2
+    se = math.sqrt(p2 * (1 - p2) / n)
+    assert abs(same / n - p2) < 4 * se, (same / n, p2)  # p2 = 0.73 here: a missing round gives 1.0
 
 
 def test_the_label_is_binary_randomized_response_at_its_per_report_epsilon() -> None:
@@ -214,13 +230,23 @@ def test_examples_off_by_default_and_the_label_name_is_reserved(keyring: Keyring
         priv.label_examples([])
 
 
-def test_noise_is_fresh_per_person(keyring: Keyring) -> None:
-    """Different people with the same true label do not share one answer (no global memo)."""
-    priv = make_privatizer(budget=1000.0, label_epsilon=0.1, seed=None or int.from_bytes(os.urandom(4), "big"))
-    items = [(ExampleStub("s", f"tk1_{i}", EPOCH, False, b'"features":{}', 0), True) for i in range(400)]
-    rs = Counter(orjson.loads(r)["label"]["r"] for r in priv.label_examples(items).examples)
-    assert rs[0] > 50 and rs[1] > 50  # eps = 0.1: close to a coin flip per person
-    assert np.isclose(sum(rs.values()), 400)
+def test_noise_is_fresh_per_person() -> None:
+    """Different people with the same true label do not share one memo: one memo and one ledger charge
+    per person in the store, and the share of memos equal to the true label is about p1 (one memo
+    shared by all 400 people would make that share 0 or 1)."""
+    store = MemoryMemoStore()
+    eps = 1.0
+    priv = make_privatizer(budget=1000.0, label_epsilon=eps, store=store, seed=33)
+    n = 400
+    items = [(ExampleStub("s", f"tk1_{i}", EPOCH, False, b'"features":{}', 0), True) for i in range(n)]
+    assert len(priv.label_examples(items).examples) == n
+    assert len(store.memos) == n and all(len(m) == 1 for m in store.memos.values())
+    assert len(store.ledgers) == n and set(store.ledgers.values()) == {round(eps * 1_000_000)}
+    oracle = priv.label_oracle
+    assert oracle is not None
+    share = sum(next(iter(m.values())) == "1" for m in store.memos.values()) / n
+    se = math.sqrt(oracle.p1 * (1 - oracle.p1) / n)
+    assert abs(share - oracle.p1) < 4 * se, (share, oracle.p1)
 
 
 def test_forget_drops_one_persons_held_examples() -> None:
