@@ -470,13 +470,15 @@ class PeopleStream:
     n_events: int
 
 
-def people_stream(people: int, seed: int, *, epochs: int = 1, holdout: int = 20_000) -> PeopleStream:
+def people_stream(people: int, seed: int, *, epochs: int = 1, holdout: int = 20_000,
+                  events: int | None = None, n_users: int | None = None) -> PeopleStream:
     """Run the synthetic clickstream until ``people`` distinct people were seen (a population of
     ``2 * people``), ``epochs`` times as long in total, each epoch the same number of events; a
-    person's example of an epoch is a uniform draw among the events of its first session there."""
+    person's example of an epoch is a uniform draw among the events of its first session there.
+    ``events``: instead, exactly this many events in one epoch (``n_users`` people; the demo's scale)."""
     from stream.ldp.examples import ExampleSpec, encode_many
 
-    gen = ClickstreamGenerator(seed=seed, n_users=2 * people)
+    gen = ClickstreamGenerator(seed=seed, n_users=n_users or 2 * people)
     policy = LdpPolicy.from_schema(load_schema(SCHEMA), 1.0)
     spec = ExampleSpec.from_policy(policy)
     pick = random.Random(f"bench-people/{seed}")
@@ -499,6 +501,10 @@ def people_stream(people: int, seed: int, *, epochs: int = 1, holdout: int = 20_
         elif cur[0] == ev["session_id"]:
             c = cur[2] + 1
             chosen[ref] = (cur[0], ev if pick.random() * c < 1.0 else cur[1], c)
+        if events is not None:
+            if n_events >= events:
+                break
+            continue
         if epoch == 0 and len(seen) >= people:
             per_epoch = n_events
             epoch = 1

@@ -8,8 +8,9 @@ at the example's full epsilon (GRR if ``2 k_j < 3 e^eps + 2``, else OUE: Wang et
 Security 2017). Whatever ``j`` is, the output's likelihood ratio between any two inputs is at
 most ``e^eps``, so the report is ``eps``-LDP for the person's whole epoch (every attribute and the
 label, whichever event was picked); it is charged once to the person's ledger of that epoch
-(:func:`example_request`: one memo field per person and epoch, so a second example of the same
-epoch finds it and is not emitted). No hour of week, no other field: nothing escapes the cap.
+(:func:`example_request`: paid for at the person's first event of the epoch, so feature memos
+cannot crowd it out; an emission mark per person and epoch, so a second example of the same epoch
+is not emitted). No hour of week, no other field: nothing escapes the cap.
 
 The aggregator side (:mod:`stream.learn.joint`) debiases the reports of each attribute into
 unbiased estimates of the joint shares ``f_j(v, y)`` and fits naive Bayes from them.
@@ -227,13 +228,16 @@ class ExampleReporter:
 
 
 def example_request(*, subject: str, epoch: int, expire_at: int, ledger: str, epsilon: float,
-                    key: bytes) -> MemoRequest:
-    """The ledger charge of one person-epoch's example: a memo field of its own (an HMAC, so the
-    store holds no name of the person) costing ``epsilon``. ``new``: emit the example; ``memo``:
-    this person-epoch already gave its example (emit nothing more); ``suppressed``: the cap is
-    reached (nothing charged; a stand-in is reported, see :meth:`ExampleReporter.reports`)."""
-    tag = hmac.digest(key, _EXAMPLE_FIELD + b"\x00" + str(epoch).encode(), "sha256")[:16].hex()
-    return MemoRequest(subject, epoch, expire_at, "example:" + tag, "example", round(epsilon * MICRO), "1", ledger)
+                    key: bytes, sent: bool = False) -> MemoRequest:
+    """A person-epoch's example on the ledger: a memo field of its own (an HMAC, so the store holds no
+    name of the person). ``sent=False``: the *reservation*, costing ``epsilon``, made at the person's
+    first event of the epoch (``new``/``memo``: reserved; ``suppressed``: the cap is reached, nothing
+    charged). ``sent=True``: the emission mark, costing nothing (``new``: emit; ``memo``: this
+    person-epoch already gave its example, emit nothing)."""
+    label = _EXAMPLE_FIELD + (b"\x00sent" if sent else b"") + b"\x00" + str(epoch).encode()
+    tag = hmac.digest(key, label, "sha256")[:16].hex()
+    return MemoRequest(subject, epoch, expire_at, ("example-sent:" if sent else "example:") + tag, "example",
+                       0 if sent else round(epsilon * MICRO), "1", ledger)
 
 
 def encode_many(spec: ExampleSpec, rows: Sequence[tuple[Mapping[str, Any], int | None]]) -> np.ndarray:
@@ -252,10 +256,10 @@ class JointExamples:
     :meth:`stubs`: per protected event with a session, the attribute draw and **both** candidate
     reports - of ``(v_j, 0)`` and of ``(v_j, 1)`` - randomized at once, so the labeler holds no clear
     value; once the session's label is known exactly one of them is emitted (it has the law of the
-    mechanism on the true cell; the other is discarded). :meth:`label`: per person and epoch, one
-    held example drawn uniformly among those released together, charged to the person's ledger
-    (:func:`example_request`): emitted if new, dropped if the person-epoch already gave one, a
-    stand-in (the mechanism on a uniform cell) if the ledger is at its cap."""
+    mechanism on the true cell; the other is discarded); the person-epoch's example is paid for at
+    its first event. :meth:`label`: per person and epoch, one held example drawn uniformly among those
+    released together: emitted once (:func:`example_request` with ``sent``), dropped if the
+    person-epoch already gave one, a stand-in (the mechanism on a uniform cell) if it was not paid for."""
 
     def __init__(self, spec: ExampleSpec, epsilon: float, rng: Any, *, field_key: bytes, subject_field: str,
                  session_field: str = "session_id") -> None:
@@ -266,11 +270,17 @@ class JointExamples:
         self._field_key = field_key
         self.subject_field = subject_field
         self.session_field = session_field
+        self._paid: dict[tuple[str, int], bool] = {}  # person-epoch -> example paid for (in process only)
+        self.max_cached = 200_000
+        self.reserved_epsilon = 0.0  # epsilon charged for reservations (in process, for stats)
 
-    def stubs(self, records: Sequence[Any], *, now: float, epoch_seconds: int, retention_seconds: int) -> list[Any]:
+    def stubs(self, records: Sequence[Any], *, now: float, epoch_seconds: int, retention_seconds: int,
+              store: Any, budget_micro: int, ledger_id: Any) -> list[Any]:
         """:class:`~stream.ldp.labels.ExampleStub` of each protected event (``records``: objects with
         ``value`` and ``timestamp_ms``) that has a subject, a session and mappable values; ``body`` holds
-        the two candidate records separated by a newline (neither is a clear value)."""
+        the two candidate records and whether the person-epoch's example is paid for, separated by
+        newlines (no clear value). The example is paid for at the person's first event of the epoch
+        (:func:`example_request`), before later feature memos can take the ledger to its cap."""
         from stream.ldp.labels import POSITIVE_EVENT_TYPE, ExampleStub
 
         rows: list[tuple[str, str, int, bool, int]] = []
@@ -302,8 +312,29 @@ class JointExamples:
         labels = np.concatenate([np.zeros(n, dtype=np.int64), np.ones(n, dtype=np.int64)])
         attr = self.reporter.draw(n)
         texts, _ = self.reporter.reports(both, labels, attributes=np.concatenate([attr, attr]))
-        return [ExampleStub(s, sub, ep, buy, texts[i] + b"\n" + texts[n + i], ts)
+        paid = self._reserve({(sub, ep) for _s, sub, ep, _b, _t in rows}, store, budget_micro, ledger_id,
+                             epoch_seconds, retention_seconds)
+        return [ExampleStub(s, sub, ep, buy, texts[i] + b"\n" + texts[n + i] + (b"\n1" if paid[(sub, ep)] else b"\n0"),
+                            ts)
                 for i, (s, sub, ep, buy, ts) in enumerate(rows)]
+
+    def _reserve(self, refs: set[tuple[str, int]], store: Any, budget_micro: int, ledger_id: Any,
+                 epoch_seconds: int, retention_seconds: int) -> dict[tuple[str, int], bool]:
+        """Whether each person-epoch's example is paid for (reserving it if not yet; cached in process)."""
+        cache = self._paid
+        todo = [r for r in refs if r not in cache]
+        if todo:
+            reqs = [example_request(subject=sub, epoch=ep, expire_at=(ep + 1) * epoch_seconds + retention_seconds,
+                                    ledger=ledger_id(sub, ep), epsilon=self.epsilon, key=self._field_key)
+                    for sub, ep in todo]
+            results = store.resolve(reqs, budget_micro)
+            if len(cache) + len(todo) > self.max_cached:
+                cache.clear()
+            for ref, res in zip(todo, results, strict=True):
+                cache[ref] = res.status != "suppressed"
+                if res.status == "new":
+                    self.reserved_epsilon += self.epsilon
+        return {r: cache[r] for r in refs}
 
     def label(self, items: Sequence[tuple[Any, bool]], *, store: Any, budget_micro: int, ledger_id: Any,
               now: float, epoch_seconds: int, retention_seconds: int) -> Any:
@@ -313,6 +344,7 @@ class JointExamples:
         from stream.ldp.privatizer import LabelResult
 
         res = LabelResult()
+        res.epsilon_spent, self.reserved_epsilon = self.reserved_epsilon, 0.0  # paid since the last call
         groups: dict[tuple[str, int], list[tuple[Any, bool]]] = {}
         for stub, lab in items:
             if (stub.epoch + 1) * epoch_seconds + retention_seconds <= now:
@@ -330,19 +362,21 @@ class JointExamples:
         requests = [
             example_request(subject=st.subject, epoch=st.epoch,
                             expire_at=(st.epoch + 1) * epoch_seconds + retention_seconds,
-                            ledger=ledger_id(st.subject, st.epoch), epsilon=self.epsilon, key=self._field_key)
+                            ledger=ledger_id(st.subject, st.epoch), epsilon=self.epsilon, key=self._field_key,
+                            sent=True)
             for st, _lab in chosen
         ]
         results = store.resolve(requests, budget_micro)
         out: list[tuple[Any, bytes]] = []
         standins: list[Any] = []
         for (stub, lab), result in zip(chosen, results, strict=True):
-            if result.status == "new":
-                res.epsilon_spent += self.epsilon
-                out.append((stub, stub.body.split(b"\n")[1 if lab else 0]))
-            elif result.status == "memo":
+            if result.status == "memo":
                 res.skipped["one_per_person_epoch"] += 1
-            else:
+                continue
+            parts = stub.body.split(b"\n")
+            if result.status == "new" and parts[2] == b"1":
+                out.append((stub, parts[1 if lab else 0]))
+            else:  # not paid for (the cap was reached before the person's first event was seen)
                 standins.append(stub)
         if standins:
             res.suppressed = len(standins)

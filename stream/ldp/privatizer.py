@@ -340,6 +340,10 @@ class Privatizer:
         rows: list[tuple[int, int | None, list[tuple[int, int, int]], tuple[str, str, int, bool] | None]] = []
         examples = self.label_oracle is not None
         session_field = self.session_field
+        # issue 22: joint example stubs (stream.ldp.examples), paid for before the feature memos below
+        joint_stubs = None if self.joint is None else self.joint.stubs(
+            records, now=now, epoch_seconds=es, retention_seconds=rs, store=self.store,
+            budget_micro=self.budget_micro, ledger_id=self.ledger_id)
         pending: dict[tuple[str, int, str, int | float], list[tuple[int, int]]] = {}
         hits = 0
         for rec in records:
@@ -489,8 +493,8 @@ class Privatizer:
         for si, n in enumerate(reported):
             if n:
                 res.reported[names[si]] += n
-        if self.joint is not None:  # issue 22: joint example stubs (stream.ldp.examples)
-            res.examples = self.joint.stubs(records, now=now, epoch_seconds=es, retention_seconds=rs)
+        if joint_stubs is not None:  # issue 22 (see above)
+            res.examples = joint_stubs
         return res
 
     # -- labelled examples ------------------------------------------------------------------

@@ -206,23 +206,28 @@ def _records(n_people: int, per_person: int) -> list[ProtectedRecord]:
     return out
 
 
-def test_one_example_per_person_and_epoch_charged_once_to_the_ledger() -> None:
+def _kw(store: MemoryMemoStore, key: bytes, cap: float) -> dict[str, object]:
+    return {"store": store, "budget_micro": round(cap * MICRO), "ledger_id": lambda s, e: ledger_id(key, s, e),
+            "epoch_seconds": 86400, "retention_seconds": 30 * 86400}
+
+
+def test_one_example_per_person_and_epoch_paid_once_at_the_first_event() -> None:
     joint, _spec = _joint(2.0, 1)
     store = MemoryMemoStore()
-    key = os.urandom(32)
-    stubs = joint.stubs(_records(50, 6), now=time.time(), epoch_seconds=86400, retention_seconds=30 * 86400)
+    kw = _kw(store, os.urandom(32), 12.0)
+    stubs = joint.stubs(_records(50, 6), now=time.time(), **kw)  # type: ignore[arg-type]
     assert len(stubs) == 300
-    for st in stubs:  # the held body: two randomized records, no clear value, no token
-        assert st.body.count(b"\n") == 1 and b"tk1_" not in st.body and b"DE" not in st.body
-    kw = {"store": store, "budget_micro": 12 * MICRO, "ledger_id": lambda s, e: ledger_id(key, s, e),
-          "now": time.time(), "epoch_seconds": 86400, "retention_seconds": 30 * 86400}
-    first = joint.label([(st, True) for st in stubs[:150]], **kw)
-    second = joint.label([(st, False) for st in stubs[150:]], **kw)
-    assert len(first.examples) == 25 and first.epsilon_spent == pytest.approx(50.0)
-    assert len(second.examples) == 25  # the other half of the people (records are per person in order)
-    again = joint.label([(st, True) for st in stubs], **kw)
+    assert len(store.ledgers) == 50 and set(store.ledgers.values()) == {2 * MICRO}  # paid at the first event
+    for st in stubs:  # the held body: two randomized records and the paid flag; no clear value, no token
+        assert st.body.count(b"\n") == 2 and st.body.endswith(b"\n1")
+        assert b"tk1_" not in st.body and b"DE" not in st.body
+    first = joint.label([(st, True) for st in stubs[:150]], now=time.time(), **kw)  # type: ignore[arg-type]
+    second = joint.label([(st, False) for st in stubs[150:]], now=time.time(), **kw)  # type: ignore[arg-type]
+    assert len(first.examples) == 25 and first.epsilon_spent == pytest.approx(100.0)  # the 50 reservations
+    assert len(second.examples) == 25 and second.epsilon_spent == 0  # the other half of the people
+    again = joint.label([(st, True) for st in stubs], now=time.time(), **kw)  # type: ignore[arg-type]
     assert again.examples == [] and again.skipped["one_per_person_epoch"] == 300
-    assert len(store.ledgers) == 50 and set(store.ledgers.values()) == {2 * MICRO}
+    assert set(store.ledgers.values()) == {2 * MICRO}  # nothing more charged
     for raw in first.examples + second.examples:
         assert orjson.loads(raw)["schema"] == "private-example.v2"
         JointReport.from_json(raw)
@@ -231,28 +236,25 @@ def test_one_example_per_person_and_epoch_charged_once_to_the_ledger() -> None:
 def test_over_the_cap_a_stand_in_is_reported_and_nothing_is_charged() -> None:
     joint, _spec = _joint(2.0, 2)
     store = MemoryMemoStore()
-    key = os.urandom(32)
-    stubs = joint.stubs(_records(20, 1), now=time.time(), epoch_seconds=86400, retention_seconds=30 * 86400)
-    res = joint.label([(st, True) for st in stubs], store=store, budget_micro=1 * MICRO,
-                      ledger_id=lambda s, e: ledger_id(key, s, e), now=time.time(), epoch_seconds=86400,
-                      retention_seconds=30 * 86400)
+    kw = _kw(store, os.urandom(32), 1.0)
+    stubs = joint.stubs(_records(20, 1), now=time.time(), **kw)  # type: ignore[arg-type]
+    assert all(st.body.endswith(b"\n0") for st in stubs)
+    res = joint.label([(st, True) for st in stubs], now=time.time(), **kw)  # type: ignore[arg-type]
     assert len(res.examples) == 20 and res.suppressed == 20 and res.epsilon_spent == 0
-    assert store.ledgers == {}
+    assert set(store.ledgers.values()) <= {0}  # the zero-cost emission marks only
+    assert {JointReport.from_json(r).attribute for r in res.examples} <= {a.name for a in _spec.attributes}
 
 
 def test_the_emitted_report_is_the_one_of_the_true_label() -> None:
     """At a large epsilon the GRR report is almost surely the true cell: the label picks the candidate."""
     joint, spec = _joint(20.0, 3)
-    stubs = joint.stubs(_records(40, 1), now=time.time(), epoch_seconds=86400, retention_seconds=30 * 86400)
-    store = MemoryMemoStore()
-    key = os.urandom(32)
-    res = joint.label([(st, i % 2 == 0) for i, st in enumerate(stubs)], store=store, budget_micro=100 * MICRO,
-                      ledger_id=lambda s, e: ledger_id(key, s, e), now=time.time(), epoch_seconds=86400,
-                      retention_seconds=30 * 86400)
+    kw = _kw(MemoryMemoStore(), os.urandom(32), 100.0)
+    stubs = joint.stubs(_records(40, 1), now=time.time(), **kw)  # type: ignore[arg-type]
+    res = joint.label([(st, i % 2 == 0) for i, st in enumerate(stubs)], now=time.time(), **kw)  # type: ignore[arg-type]
     want = {st.subject: int(i % 2 == 0) for i, st in enumerate(stubs)}
     got = [(want[st.subject], JointReport.from_json(raw)) for st, raw in zip(res.stubs, res.examples, strict=True)]
     grr = [(w, r) for w, r in got if r.mechanism == "GRR"]
-    assert grr and all(r.label == w for w, r in grr)
+    assert len(got) == 40 and grr and all(r.label == w for w, r in grr)
     assert spec.d == 6
 
 
@@ -296,3 +298,50 @@ def test_snapshot_round_trip_is_signed_and_loads_only_allowed_classes() -> None:
     assert back.predict_many_indices(idx[:50]) == pytest.approx(m.predict_many_indices(idx[:50]))
     with pytest.raises(Exception):  # noqa: B017 - another key: refused before unpickling
         ModelSnapshot.from_bytes(data, Ed25519PrivateKey.generate().public_key())
+
+
+def test_the_privatizer_hook_end_to_end_through_the_gateway_and_the_labeler() -> None:
+    """Real gateway output (protected events) through the real privatizer with joint examples on, the
+    session labeler, then label_examples: private-example.v2 records only, at most one per person, each
+    valid against its schema and parsed by the learner's parser; the ledger charged once per person."""
+    from stream.crypto.keyring import Keyring
+    from stream.ldp.labels import SessionLabeler
+    from stream.ldp.memo import MemoCache
+    from stream.ldp.privatizer import Privatizer
+    from stream.schema import output_validator
+    from stream.synth import ClickstreamGenerator
+    from tests.support.ldp import protected_records
+
+    keyring = Keyring.generate()
+    schema = load_schema("clickstream-event.v1")
+    policy = LdpPolicy.from_schema(schema, 1.0)
+    store = MemoryMemoStore()
+    rng = np.random.default_rng(7)
+    priv = Privatizer(policy, store, memo_key=os.urandom(32), subject_field=schema.subject_field, budget_epsilon=12.0,
+                      epoch_seconds=86400, retention_seconds=30 * 86400, rng=rng,
+                      cache=MemoCache(max_entries=100_000, max_staleness_seconds=30.0), shuffle_seed=1,
+                      examples=JointExamples(ExampleSpec.from_policy(policy), 2.0, rng, field_key=os.urandom(32),
+                                             subject_field=schema.subject_field))
+    assert priv.examples_enabled and priv.label_oracle is None
+    events = list(ClickstreamGenerator(seed=3, n_users=300).events(3000))
+    res = priv.process(protected_records(events, keyring))
+    assert len(res.examples) == len(res.reports)  # one held stub per reported event
+    lab = SessionLabeler(gap_ms=1000)
+    lab.add(res.examples)
+    out = priv.label_examples(lab.release_all())
+    people = {e["user_id"] for e in events}
+    assert 0 < len(out.examples) <= len(people)
+    assert len({st.subject for st in out.stubs}) == len(out.examples)
+    check = output_validator("private-example.v2")
+    for raw in out.examples:
+        doc = orjson.loads(raw)
+        assert check(doc) == [] and set(doc) == {"schema", "source_schema", "attribute", "d", "m", "eps", "k", "r"}
+        JointReport.from_dict(doc)
+    blob = b"\n".join(out.examples)
+    for e in events[:300]:
+        assert e["user_id"].encode() not in blob and e["session_id"].encode() not in blob
+    # every person was paid for at the first event (features 5 x 1 + the example 2 fit the cap of 12):
+    # no stand-in, one example per person whose session ended, nothing over the cap
+    assert out.suppressed == 0 and len(out.examples) == len(people)
+    assert out.epsilon_spent == pytest.approx(2.0 * len(people))
+    assert all(v <= 12 * MICRO for v in store.ledgers.values())
