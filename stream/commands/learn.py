@@ -261,7 +261,8 @@ def register(cli: click.Group) -> None:
                                                             for k, p in r.phases.items()}},
                                                 option=orjson.OPT_SERIALIZE_NUMPY).decode())
                     continue
-                click.echo(f"eps {eps:g}: 2 federated learners vs 1 learner, {events:,} events per stream")
+                unit = "people (one joint example each)" if s.learn_model == "joint-nb" else "events"
+                click.echo(f"eps {eps:g}: 2 federated learners vs 1 learner, {events:,} {unit} per stream")
                 click.echo(format_federated(runs))
         click.echo(f"took {time.monotonic() - t0:.0f} s", err=True)
 
@@ -283,7 +284,8 @@ def register(cli: click.Group) -> None:
 
     @bench.command("learn")
     @click.option("--events", type=click.IntRange(min=2000), default=100_000, show_default=True,
-                  help="Synthetic events per stream (each epsilon and seed).")
+                  help="Synthetic events per stream (each epsilon and seed); with --federated and the joint-nb "
+                  "model: people.")
     @click.option("--holdout", type=click.IntRange(min=500), default=10_000, show_default=True,
                   help="Held-out events scored on clear values after training.")
     @click.option("--seeds", type=click.IntRange(min=1), default=3, show_default=True,

@@ -2,7 +2,7 @@
 
 A person's epoch contributes at most one labelled example, and that example leaves as **one**
 randomized report: an attribute ``j`` is drawn uniformly among the ``d`` example attributes
-(the schema's ldp attributes, numbers in :func:`numeric_edges` bins, and the hour of day), and
+(the schema's ldp attributes, numbers in :func:`numeric_edges` bins; optionally the hour of day), and
 the pair ``(value_j, label)`` is randomized as one value of the joint domain of ``2 k_j`` cells
 at the example's full epsilon (GRR if ``2 k_j < 3 e^eps + 2``, else OUE: Wang et al., USENIX
 Security 2017). Whatever ``j`` is, the output's likelihood ratio between any two inputs is at
@@ -118,7 +118,10 @@ class ExampleSpec:
     attributes: tuple[ExampleAttribute, ...]
 
     @classmethod
-    def from_policy(cls, policy: LdpPolicy, *, hour: bool = True) -> ExampleSpec:
+    def from_policy(cls, policy: LdpPolicy, *, hour: bool = False) -> ExampleSpec:
+        """The schema's ldp attributes (numbers binned); ``hour``: also the UTC hour of day (off by
+        default: not an ldp attribute of the schema, and on a stream that covers part of a day its
+        weights describe a time trend, not a preference)."""
         out: list[ExampleAttribute] = []
         for a in policy.attributes:
             if a.kind == "categorical":

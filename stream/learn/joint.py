@@ -136,8 +136,8 @@ class JointNaiveBayes:
     (clear values), :meth:`parameters` / :meth:`set_parameters` (additive sums, for federation).
 
     ``smoothing``: the pseudo-count of a conditional, in standard errors of its cell estimate
-    (clear counts: one count). ``shrink``: empirical-Bayes shrinkage of the weights of noisy
-    reports (no effect on clear counts).
+    (clear counts: one count). ``shrink``: empirical-Bayes shrinkage of the weights in proportion
+    to their noise (the mechanism's and the sampling's: clear counts are shrunk too, less).
     """
 
     additive = True  # parameters are sums: federated merges add the deltas
@@ -227,10 +227,12 @@ class JointNaiveBayes:
             f = f + self.smoothing * se
             cond = f / f.sum(axis=0, keepdims=True)
             w = np.log(cond[:, 1]) - np.log(cond[:, 0])
-            if self.shrink and self.var[name]:
+            if self.shrink:
                 # empirical Bayes: each weight toward the attribute's mean in proportion to its noise
-                # (delta-method variance se^2/f1^2 + se^2/f0^2; prior variance by moments)
-                noise = se**2 / f[:, 1] ** 2 + se**2 / f[:, 0] ** 2
+                # (delta method: a cell's variance is the mechanism's, var / n per report, plus the
+                # sampling variance f (1 - f), over n; prior variance of the weights by moments)
+                cell = (self.var[name] / n + f * (1.0 - np.minimum(f, 1.0))) / n
+                noise = cell[:, 1] / f[:, 1] ** 2 + cell[:, 0] / f[:, 0] ** 2
                 m = f.sum(axis=1) / f.sum()
                 wbar = float((m * w).sum())
                 tau2 = max(0.0, float((m * (w - wbar) ** 2).sum() - (m * noise).sum()))
