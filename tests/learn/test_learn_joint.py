@@ -345,3 +345,15 @@ def test_the_privatizer_hook_end_to_end_through_the_gateway_and_the_labeler() ->
     assert out.suppressed == 0 and len(out.examples) == len(people)
     assert out.epsilon_spent == pytest.approx(2.0 * len(people))
     assert all(v <= 12 * MICRO for v in store.ledgers.values())
+
+
+def test_the_worker_wires_joint_examples_by_default_and_v1_labels_on_request(settings_factory) -> None:
+    from stream.apps.privatizer import build_privatizer
+
+    joint = build_privatizer(settings_factory())
+    assert joint.joint is not None and joint.label_oracle is None and joint.examples_enabled
+    assert joint.joint.epsilon == 1.0 and joint.joint.spec.d == 5
+    v1 = build_privatizer(settings_factory(learn_model="logistic"))
+    assert v1.joint is None and v1.label_oracle is not None
+    off = build_privatizer(settings_factory(learn_examples=False))
+    assert off.joint is None and not off.examples_enabled
