@@ -444,7 +444,7 @@ def _learning_summary(console: Console, s: Settings, ln: subprocess.Popen[bytes]
     table.add_row("true labels (demo only)", f"ROC-AUC {auc(truth, scores):.3f} serving on the clear values "
                   f"of these {len(valid):,} events (0.5 = chance) at epsilon {s.learn_label_epsilon:g}"
                   + (f", learned from {snap.examples_seen:,} people. Utility grows with people, not events: "
-                     "at this scale about 0.56-0.65 (the same learner on clear examples about 0.68), at epsilon 1 "
+                     "at this scale 0.52-0.62 (the same learner on clear examples 0.64-0.71), at epsilon 1 "
                      "0.5; `streamgate bench learn --people` shows AUC vs people and epsilon" if joint else
                      ". `streamgate bench learn` shows AUC vs epsilon"))
     top = sorted(model.weights().items(), key=lambda kv: -abs(kv[1]))[:4]

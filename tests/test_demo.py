@@ -23,6 +23,7 @@ def test_the_demo_epsilon_learns_and_the_default_does_not_at_demo_scale() -> Non
         demo.append(joint_nb_run(st, DEMO_EPSILON, seed, people=len(st.labels)).auc_serve)
         default.append(joint_nb_run(st, 1.0, seed, people=len(st.labels)).auc_serve)
         clear.append(joint_nb_run(st, float("inf"), seed, people=len(st.labels)).auc_serve)
-    assert statistics.fmean(demo) >= 0.57, demo  # measured 0.561, 0.561, 0.649
-    assert statistics.fmean(default) <= 0.53, default  # measured 0.5 (every weight shrunk away)
-    assert statistics.fmean(clear) >= 0.65, clear  # measured 0.677, 0.659, 0.682
+    print("demo", demo, "default", default, "clear", clear)
+    assert statistics.fmean(demo) >= 0.55, demo  # 12 runs at demo scale: 0.517-0.622, mean 0.575
+    assert statistics.fmean(default) <= 0.52, default  # measured 0.5, 0.5, 0.40: nothing learned (noise)
+    assert statistics.fmean(clear) >= 0.65, clear  # measured 0.644-0.706

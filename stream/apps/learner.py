@@ -8,15 +8,18 @@ What it does
 ------------
 * Consumes ``settings.topics.features`` with the consumer group
   ``settings.learner_consumer_group`` (a new group starts from the beginning of the topic).
-  Only ``private-example.v1`` records (:meth:`stream.learn.example.PrivateExample.from_json`:
-  local-DP reports only, never a clear value) are learned from; ``private-feature.v1``
-  reports are counted as skipped (``stats.skipped``); anything else is counted by reason
+  Only the examples of its model are learned from: ``private-example.v2`` joint reports
+  (:class:`stream.learn.joint.JointReport`) for the default ``learn_model = joint-nb``,
+  ``private-example.v1`` records (:meth:`stream.learn.example.PrivateExample.from_json`) for
+  ``logistic`` - local-DP reports only, never a clear value; ``private-feature.v1`` reports and
+  the other model's examples are counted as skipped (``stats.skipped``); anything else is counted by reason
   (``stats.invalid``: ``not_json``, ``not_object``, ``unknown_schema``, ``invalid_example``)
   and skipped. A record's content is never logged.
 * **Progressive validation**: the model predicts (``predict_proba_one``) every example of a
   consumed batch before it learns any of them (``learn_one``): a session's examples arrive
   together with one label, so predicting each right after learning the previous one would
-  leak that label into the metric. The prediction is scored against the
+  leak that label into the metric (a joint-nb model scores only GRR reports, from the one value
+  each shows: a proxy). The prediction is scored against the
   example's *private* (randomized-response) label - the only label the worker ever sees - with
   :class:`stream.learn.evaluate.ProgressiveValidation` (ROC AUC, log loss), and the
   per-example log loss feeds a :class:`stream.learn.evaluate.DriftMonitor` (ADWIN). Under
