@@ -140,6 +140,7 @@ def _settings(settings_factory: Any, unique_id: str, **kw: Any) -> Settings:
         learn_snapshot_interval_seconds=2.0, shredder_interval_seconds=1.0,
         learner_consumer_group=f"sgl-{unique_id}", privatizer_consumer_group=f"sgp-{unique_id}",
         shredder_consumer_group=f"sgs-{unique_id}", stall_seconds=5.0,
+        learn_model="logistic",  # the harness feeds per-event private-example.v1 records (issue 22)
     )
     values.update(kw)
     s: Settings = settings_factory(**values)
