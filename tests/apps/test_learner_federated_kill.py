@@ -121,7 +121,8 @@ def test_sigkill_of_the_aggregating_learner_mid_stream(settings_factory, unique_
     ensure_topics(s.kafka_bootstrap_or_dev(), [t.features], partitions=4)
     ensure_topics(s.kafka_bootstrap_or_dev(), [t.snapshots, t.updates, t.audit], partitions=1)
     records = make_examples(N, seed=41).records
-    env = settings_env(s, STREAMGATE_LEARN_FEDERATED="true", STREAMGATE_LEARNER_CONSUMER_GROUP=s.learner_consumer_group)
+    env = settings_env(s, STREAMGATE_LEARN_FEDERATED="true", STREAMGATE_LEARNER_CONSUMER_GROUP=s.learner_consumer_group,
+                       STREAMGATE_LEARN_MODEL="logistic")
     watch = VersionWatch(s)
     learners = [Learner(env, tmp_path, "a"), Learner(env, tmp_path, "b")]
     sent = 0
