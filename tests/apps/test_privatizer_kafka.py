@@ -156,7 +156,7 @@ def test_labelled_examples_are_released_when_sessions_end(settings_factory) -> N
     session has been idle for the gap; at label epsilon 20 (flip probability 2e-9) the randomized labels
     count exactly the events of the sessions that contain a purchase."""
     settings = settings_factory(ldp_person_epsilon=1000.0, learn_label_epsilon=20.0,
-                                learn_session_gap_seconds=1.0)
+                                learn_session_gap_seconds=1.0, learn_model="logistic")  # per-event v1 (issue 22)
     t = settings.topics
     bootstrap = settings.kafka_bootstrap_or_dev()
     ensure_topics(bootstrap, [t.protected, t.features, t.frequencies], partitions=2)
