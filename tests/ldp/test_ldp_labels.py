@@ -14,7 +14,6 @@ import orjson
 import pytest
 
 from stream.crypto.keyring import Keyring
-from stream.errors import KeyUnavailableError
 from stream.ldp.labels import LABEL_NAME, ExampleStub, SessionLabeler
 from stream.ldp.memo import MemoryMemoStore
 from stream.ldp.privatizer import ProtectedRecord
