@@ -496,8 +496,6 @@ def test_privatizer_windows_survive_a_crash(settings_factory, unique_id):
     print(f"\nCONFORMANCE windows-crash privatizer: inputs={len(sent)} estimate_n={counts} "
           f"expected={dict(offline.reported)}")
     assert counts == dict(offline.reported)
-    # the restored window says its memos may count up to 2 m times (error bars stay upper bounds)
-    assert {r["max_reports_per_memo"] for r in merged} == {2 * uncapped}
 
 
 
