@@ -465,8 +465,8 @@ def _learning_summary(console: Console, s: Settings, ln: subprocess.Popen[bytes]
     joint = s.learn_model == "joint-nb"
     if joint:
         table.add_row("examples", f"one per person and day: one attribute drawn at random, its value and the label "
-                      f"session_purchase randomized together at epsilon {s.learn_label_epsilon:g} (charged once to the "
-                      "person's ledger); naive Bayes from debiased counts")
+                      f"session_purchase randomized together at epsilon {s.learn_label_epsilon:g} (prepaid on the person's "
+                      "ledger at their first event; released shuffled across people); naive Bayes from debiased counts")
     else:
         table.add_row("label", "session_purchase: the event's session contains a purchase; randomized response at "
                       f"epsilon {s.learn_label_epsilon:g}, corrected loss (Natarajan et al. 2013)")
