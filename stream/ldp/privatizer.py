@@ -16,7 +16,10 @@ charged again, with fresh noise, never repeated for free.
 
 The report (``schemas/private-feature.v1.json``) holds no identifier, no token, no exact
 timestamp. Report order within a batch is shuffled (CSPRNG); the worker releases batches across
-people (:mod:`stream.ldp.release`). Every noise draw comes from ``rng``:
+people (:mod:`stream.ldp.release`). Labelled examples are prepaid: per-event (v1) examples add their
+label's epsilon to each report's charge; joint-nb examples (:mod:`stream.ldp.examples`, issue 22)
+charge one example per person-epoch at the person's first event, in the same ledger call as the
+batch's feature charges and ahead of them. Every noise draw comes from ``rng``:
 :class:`~stream.ldp.csprng.ChaChaRandom` in production. Records whose epoch's retention has ended -
 or ends within the shredder's lead time - are not reported.
 """
@@ -96,7 +99,8 @@ class PrivatizeResult:
     memo_resolved: int = 0  # ledger charges sent to the store
     fully_suppressed: int = 0  # same as over_budget (older name)
     skipped: Counter[str] = field(default_factory=Counter)  # reason -> records not reported
-    # with labelled examples on: one stub per reported event (its report body, waiting for the label)
+    # with labelled examples on: one stub per reported event (its report body, waiting for the label);
+    # joint-nb: one stub per event of a paid person-epoch (its two candidate reports)
     examples: list[ExampleStub] = field(default_factory=list)
 
 
