@@ -268,13 +268,20 @@ class Settings(BaseSettings):
     # --- online learning (labelled examples in the privatizer, the learner worker) ------------
     learn_examples: bool = Field(
         default=True,
-        description="The privatizer also emits labelled training examples (private-example.v1) to features.private.",
+        description="The privatizer also emits labelled training examples to features.private.",
+    )
+    learn_model: Literal["joint-nb", "logistic"] = Field(
+        default="joint-nb",
+        description="joint-nb: one private-example.v2 per person and epoch (one attribute drawn at random, its value "
+        "and the label randomized together at learn_label_epsilon), naive Bayes from debiased counts; logistic: a "
+        "private-example.v1 per event (the feature report plus a randomized label), a logistic regression.",
     )
     learn_label_epsilon: float = Field(
         default=1.0, gt=0, le=20,
-        description="Epsilon of the randomized-response label of a training example (memoized per person, epoch "
-        "and label value): the price of one label memo, charged to the person's one ledger "
-        "(STREAMGATE_LDP_PERSON_EPSILON) like an attribute's.",
+        description="joint-nb: epsilon of a person's one training example per epoch (one attribute and the label, "
+        "randomized together), charged to the person's ledger (STREAMGATE_LDP_PERSON_EPSILON) once, at the person's "
+        "first event of the epoch, before its feature reports. logistic: the randomized-response label of each "
+        "per-event example is fresh noise at half of it (IRR_FRACTION), prepaid with the event's feature report.",
     )
     learn_session_gap_seconds: float = Field(
         default=1800.0, gt=0,

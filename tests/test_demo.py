@@ -1,25 +1,29 @@
-"""The demo's stated trade-off: at its epsilon the demo's 20k events teach the model; at the
-default epsilon they do not. The same pipeline as `streamgate bench learn` (privatizer, labeler,
-learner cores), scored on held-out clean labels."""
+"""The demo's stated trade-off: at its epsilon the demo's people teach the model; at the default
+epsilon they do not. The same learner and one-example-per-person sampling as `streamgate bench learn
+--people`, at the demo's scale (20,000 events of the demo's generator, one epoch), scored on
+held-out clean labels."""
 
 from __future__ import annotations
 
+import statistics
+
 import pytest
 
-from stream.bench.learn import PERSON_SHARES, synthetic_run
-from stream.demo import DEMO_EPSILON, DEMO_PERSON_MEMOS
+from stream.bench.learn import joint_nb_run, people_stream
+from stream.demo import DEMO_EPSILON
 
 pytestmark = pytest.mark.slow
 
 
-def _served_auc(eps_per_report: float, person_cap: float, seed: int) -> float:
-    (run,) = synthetic_run(eps_per_report * PERSON_SHARES, seed, events=20_000, holdout=5_000, n_users=10_000,
-                           budget=person_cap, models=("corrected",), label_epsilon=eps_per_report)
-    return run.auc_serve
-
-
 def test_the_demo_epsilon_learns_and_the_default_does_not_at_demo_scale() -> None:
-    demo = _served_auc(DEMO_EPSILON, DEMO_PERSON_MEMOS * DEMO_EPSILON, seed=0)
-    default = _served_auc(1.0, 12.0, seed=0)
-    assert demo >= 0.62, demo  # measured 0.665-0.678 over two seeds
-    assert default <= 0.58, default  # measured 0.489-0.558
+    demo, default, clear = [], [], []
+    for seed in (0, 1, 2):
+        st = people_stream(0, seed, events=20_000, n_users=10_000, holdout=5000)
+        assert 1900 < len(st.labels) < 2300  # the people of 20,000 events: one example each
+        demo.append(joint_nb_run(st, DEMO_EPSILON, seed, people=len(st.labels)).auc_serve)
+        default.append(joint_nb_run(st, 1.0, seed, people=len(st.labels)).auc_serve)
+        clear.append(joint_nb_run(st, float("inf"), seed, people=len(st.labels)).auc_serve)
+    print("demo", demo, "default", default, "clear", clear)
+    assert statistics.fmean(demo) >= 0.55, demo  # 12 runs at demo scale: 0.517-0.622, mean 0.575
+    assert statistics.fmean(default) <= 0.52, default  # measured 0.5, 0.5, 0.40: nothing learned (noise)
+    assert statistics.fmean(clear) >= 0.65, clear  # measured 0.644-0.706

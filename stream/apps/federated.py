@@ -49,6 +49,7 @@ from stream.engine import EngineFatalError, Out, Record, Result, StreamEngine
 from stream.engine.produce import RateLimitedLog
 from stream.errors import ModelUpdateError, SnapshotError
 from stream.learn.federated import ModelUpdate, Parameters, Round, adopt, fedavg, max_epsilon, merge_metrics
+from stream.learn.joint import JointNaiveBayes
 from stream.learn.model import PropensityModel
 from stream.learn.snapshot import EPSILON_NOTE, ModelSnapshot
 from stream.ops.metrics import WorkerMetrics
@@ -188,7 +189,7 @@ class AggregatorEngine(StreamEngine):
         self.version = 0
         self.examples_seen = 0
         self.params = Parameters({})
-        self.model: PropensityModel | None = None
+        self.model: PropensityModel | JointNaiveBayes | None = None
         self.frontier: dict[int, int] = {}  # updates partition -> next offset not yet merged or skipped
         self.epsilon: dict[str, Any] = {}
         self._sender_metrics: dict[str, dict[str, float]] = {}
@@ -307,7 +308,7 @@ class AggregatorEngine(StreamEngine):
         if not self.loaded or not self.round.pending or self.model is None:
             return None
         updates = self.round.take()
-        params, n = fedavg(self.params, updates)
+        params, n = fedavg(self.params, updates, additive=bool(getattr(self.model, "additive", False)))
         stale = sum(1 for u in updates if u.base_version < self.version)
         self.version += 1
         self.params = params

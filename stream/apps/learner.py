@@ -8,15 +8,18 @@ What it does
 ------------
 * Consumes ``settings.topics.features`` with the consumer group
   ``settings.learner_consumer_group`` (a new group starts from the beginning of the topic).
-  Only ``private-example.v1`` records (:meth:`stream.learn.example.PrivateExample.from_json`:
-  local-DP reports only, never a clear value) are learned from; ``private-feature.v1``
-  reports are counted as skipped (``stats.skipped``); anything else is counted by reason
+  Only the examples of its model are learned from: ``private-example.v2`` joint reports
+  (:class:`stream.learn.joint.JointReport`) for the default ``learn_model = joint-nb``,
+  ``private-example.v1`` records (:meth:`stream.learn.example.PrivateExample.from_json`) for
+  ``logistic`` - local-DP reports only, never a clear value; ``private-feature.v1`` reports and
+  the other model's examples are counted as skipped (``stats.skipped``); anything else is counted by reason
   (``stats.invalid``: ``not_json``, ``not_object``, ``unknown_schema``, ``invalid_example``)
   and skipped. A record's content is never logged.
 * **Progressive validation**: the model predicts (``predict_proba_one``) every example of a
   consumed batch before it learns any of them (``learn_one``): a session's examples arrive
   together with one label, so predicting each right after learning the previous one would
-  leak that label into the metric. The prediction is scored against the
+  leak that label into the metric (a joint-nb model scores only GRR reports, from the one value
+  each shows: a proxy). The prediction is scored against the
   example's *private* (randomized-response) label - the only label the worker ever sees - with
   :class:`stream.learn.evaluate.ProgressiveValidation` (ROC AUC, log loss), and the
   per-example log loss feeds a :class:`stream.learn.evaluate.DriftMonitor` (ADWIN). Under
@@ -98,11 +101,14 @@ from stream.kafka import TopicReader
 from stream.ldp.policy import LdpPolicy
 from stream.learn.evaluate import DriftMonitor, ProgressiveValidation, log_loss
 from stream.learn.example import EXAMPLE_SCHEMA, FEATURE_SCHEMA, PrivateExample
+from stream.learn.joint import JOINT_SCHEMA, JointNaiveBayes, JointReport
 from stream.learn.model import PropensityModel
 from stream.learn.snapshot import EPSILON_NOTE, SIGNING_PURPOSE, ModelSnapshot
 from stream.ops.metrics import WorkerMetrics
 from stream.retention.receipts import sign_receipt
 from stream.schema import load_schema
+
+Model = PropensityModel | JointNaiveBayes
 
 __all__ = [
     "DRIFT_METRIC",
@@ -138,10 +144,13 @@ def snapshot_verify_key(settings: Settings, keyring: Keyring | None = None) -> E
     return verify_key(keyring or Keyring.from_settings(settings), SNAPSHOT_KEY_PURPOSE)
 
 
-def fresh_model(settings: Settings, policy: LdpPolicy | None = None) -> PropensityModel:
-    """A new, untrained model configured from ``settings`` (name, label-noise correction, feature
-    debiasing) and the schema's LDP policy (domains, bounds: to name weights and serve on clear values)."""
+def fresh_model(settings: Settings, policy: LdpPolicy | None = None) -> Model:
+    """A new, untrained model configured from ``settings`` (``learn_model``: joint naive Bayes, or the
+    logistic regression with its label-noise correction and feature debiasing) and the schema's LDP
+    policy (domains, bounds: to name weights and serve on clear values)."""
     policy = policy or LdpPolicy.from_schema(load_schema(settings.schema_name), settings.ldp_epsilon)
+    if settings.learn_model == "joint-nb":
+        return JointNaiveBayes.for_policy(policy, name=settings.learn_model_name)
     return PropensityModel.for_policy(policy, name=settings.learn_model_name, correction=settings.learn_correction,
                                       debias=settings.learn_debias)
 
@@ -297,7 +306,7 @@ class LearnerEngine(StreamEngine):
         self.policy = LdpPolicy.from_schema(load_schema(settings.schema_name), settings.ldp_epsilon)
         self.worker = f"learner-{socket.gethostname()}"
         self.stats = LearnerStats()
-        self.model: PropensityModel | None = None
+        self.model: Model | None = None
         self.evaluation = ProgressiveValidation()
         self.monitor = DriftMonitor()
         self.label_epsilon: float | None = None
@@ -381,18 +390,20 @@ class LearnerEngine(StreamEngine):
         # it is learned. The examples of one session are released together with one label, so
         # learning one before predicting the next would leak that label (see stream.learn.model).
         parsed = [self._parse(r.value) for r in records]
-        predictions = [None if ex is None else model.predict_proba_one(ex) for ex in parsed]
+        predictions = [None if ex is None else model.predict_proba_one(ex) for ex in parsed]  # type: ignore[arg-type]
         outs: list[Out] = []
         learned = 0
         for example, p in zip(parsed, predictions, strict=True):
             stats.consumed += 1
-            if example is None or p is None:
+            if example is None:
+                continue
+            model.learn_one(example)  # type: ignore[arg-type]
+            learned += 1
+            self._note_epsilon(example)
+            if p is None or example.label is None:  # an OUE joint report shows no label: learned, not scored
                 continue
             y = bool(example.label)
             evaluation.update(y, p)
-            model.learn_one(example)
-            learned += 1
-            self._note_epsilon(example)
             if monitor.update(log_loss(y, p)):
                 outs.append(self._drift())
         stats.learned += learned
@@ -460,7 +471,7 @@ class LearnerEngine(StreamEngine):
         out["drifts"] = float(self.monitor.detections)
         return out
 
-    def resume(self) -> PropensityModel:
+    def resume(self) -> Model:
         """The newest verifiable snapshot's model, else a fresh one (module docstring)."""
         candidates = read_snapshot_records(self.bootstrap, self.settings.topics.snapshots, self.model_name)
         self.resumed = None
@@ -501,7 +512,7 @@ class LearnerEngine(StreamEngine):
                 if isinstance(k, str) and isinstance(v, int | float) and not isinstance(v, bool):
                     self.feature_epsilon[k] = max(float(v), self.feature_epsilon.get(k, 0.0))
 
-    def _parse(self, value: bytes | None) -> PrivateExample | None:
+    def _parse(self, value: bytes | None) -> PrivateExample | JointReport | None:
         """The example of a record, or None (counted as skipped or invalid by reason)."""
         stats = self.stats
         if not value:
@@ -519,6 +530,16 @@ class LearnerEngine(StreamEngine):
         if kind == FEATURE_SCHEMA:
             stats.skipped["feature_report"] += 1
             return None
+        joint = isinstance(self.model, JointNaiveBayes)
+        if kind in (EXAMPLE_SCHEMA, JOINT_SCHEMA) and (kind == JOINT_SCHEMA) != joint:
+            stats.skipped["other_model_example"] += 1  # an example for the other learn_model
+            return None
+        if kind == JOINT_SCHEMA:
+            try:
+                return JointReport.from_dict(doc)
+            except InvalidExampleError:
+                stats.invalid["invalid_example"] += 1
+                return None
         if kind != EXAMPLE_SCHEMA:
             stats.invalid["unknown_schema"] += 1
             return None
@@ -532,7 +553,11 @@ class LearnerEngine(StreamEngine):
             return None
         return example
 
-    def _note_epsilon(self, example: PrivateExample) -> None:
+    def _note_epsilon(self, example: PrivateExample | JointReport) -> None:
+        if isinstance(example, JointReport):  # the whole example's epsilon, reported as the label's
+            if self.label_epsilon is None or example.epsilon > self.label_epsilon:
+                self.label_epsilon = example.epsilon
+            return
         le = example.label_epsilon
         if le is not None and (self.label_epsilon is None or le > self.label_epsilon):
             self.label_epsilon = float(le)

@@ -117,9 +117,11 @@ def build_privatizer(
     schema = load_schema(settings.schema_name)
     policy = LdpPolicy.from_schema(schema, settings.ldp_epsilon)
     report_cost = sum(a.epsilon_1 for a in policy.attributes)
+    if settings.learn_examples and settings.learn_model == "joint-nb":
+        report_cost += settings.learn_label_epsilon  # the person-epoch's example is paid before any feature report
     if report_cost > settings.ldp_person_epsilon:
         raise ConfigError(f"STREAMGATE_LDP_PERSON_EPSILON ({settings.ldp_person_epsilon:g}) is below the price of one "
-                          f"feature report ({report_cost:g}): nothing would ever be released")
+                          f"feature report ({report_cost:g}, with a joint-nb example's epsilon): nothing would ever be released")
     rng = secure_rng() if seed is None else ChaChaRandom(seed)
     client = client or redis_client(settings)
     privatizer = Privatizer(
@@ -135,11 +137,23 @@ def build_privatizer(
         rng=rng,
         clock=clock,
         shuffle_seed=seed,
-        label_epsilon=settings.learn_label_epsilon if settings.learn_examples else None,
+        label_epsilon=settings.learn_label_epsilon if settings.learn_examples and settings.learn_model == "logistic"
+        else None,
+        examples=_joint_examples(settings, policy, rng, schema.subject_field),  # issue 22
     )
     if guard:  # a ledger lost with the key store's data is noticed
         guard_privatizer(settings, privatizer, client)
     return privatizer
+
+
+def _joint_examples(settings: Settings, policy: LdpPolicy, rng: Any, subject_field: str) -> Any:
+    """Issue 22: the joint-example side of the privatizer (:class:`stream.ldp.examples.JointExamples`), or None."""
+    if not settings.learn_examples or settings.learn_model != "joint-nb":
+        return None
+    from stream.ldp.examples import ExampleSpec, JointExamples
+
+    return JointExamples(ExampleSpec.from_policy(policy), settings.learn_label_epsilon, rng,
+                         subject_field=subject_field)
 
 
 @dataclass

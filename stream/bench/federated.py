@@ -175,6 +175,20 @@ def publish_round_robin(bootstrap: str, topic: str, records: Sequence[bytes], pa
         raise StreamgateError(f"could not publish the bench stream: {failed[:1] or 'flush timed out'}")
 
 
+def joint_stream(people: int, epsilon: float, seed: int, *, holdout: int) -> tuple[list[bytes], Holdout]:
+    """The ``private-example.v2`` records of ``people`` people (one per person, :func:`people_stream`) at
+    ``epsilon`` (inf: 20), and the held-out continuation."""
+    import numpy as np
+
+    from stream.bench.learn import NONPRIVATE_EPSILON, people_stream
+    from stream.ldp.examples import ExampleReporter
+
+    st = people_stream(people, seed, holdout=holdout)
+    eps = NONPRIVATE_EPSILON if math.isinf(epsilon) else epsilon
+    raws, _attr = ExampleReporter(st.spec, eps, np.random.default_rng(seed + 31)).reports(st.indices, st.labels)
+    return raws, (st.holdout_events, st.holdout[1])
+
+
 def run_federated_bench(
     settings: Settings,
     *,
@@ -190,10 +204,14 @@ def run_federated_bench(
     runs: list[FedRun] = []
     for seed in seeds:
         tag = uuid.uuid4().hex[:8]
-        say(f"seed {seed}: building the private stream ({events:,} events, eps {epsilon:g}) ...")
-        gen, _policy, chunks = private_stream(epsilon, seed, events=events, n_users=n_users)
-        records = [raw for raws, _clean in chunks for raw in raws]
-        hold = serving_holdout(gen, holdout)
+        if settings.learn_model == "joint-nb":  # issue 22: one joint report per person (events = people)
+            say(f"seed {seed}: building the joint-example stream ({events:,} people, eps {epsilon:g}) ...")
+            records, hold = joint_stream(events, epsilon, seed, holdout=holdout)
+        else:
+            say(f"seed {seed}: building the private stream ({events:,} events, eps {epsilon:g}) ...")
+            gen, _policy, chunks = private_stream(epsilon, seed, events=events, n_users=n_users)
+            records = [raw for raws, _clean in chunks for raw in raws]
+            hold = serving_holdout(gen, holdout)
         features = f"bench.fed.features.{tag}"
         ensure_topics(bootstrap, [features], partitions=PARTITIONS)
         publish_round_robin(bootstrap, features, records)

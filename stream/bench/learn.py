@@ -41,7 +41,7 @@ import multiprocessing
 import random
 import statistics
 import time
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -256,7 +256,7 @@ def serving_holdout(gen: ClickstreamGenerator, holdout: int) -> tuple[list[tuple
     return serve_x, serve_y
 
 
-def serve_auc(model: PropensityModel, holdout: tuple[list[tuple[dict[str, Any], int | None]], list[bool]]) -> float:
+def serve_auc(model: Any, holdout: tuple[list[tuple[dict[str, Any], int | None]], list[bool]]) -> float:
     """ROC-AUC of ``model`` on :func:`serving_holdout` (clear values against the clean labels)."""
     xs, ys = holdout
     return auc(ys, [model.predict_proba_event(v, h) for v, h in xs])
@@ -441,3 +441,312 @@ def target_check(rows: Sequence[SummaryRow], metric: str = "auc_clean", epsilon:
     if a is None or b is None or metric not in a.metrics or metric not in b.metrics:
         return None
     return a.metrics[metric][0], b.metrics[metric][0]
+
+
+# ---------------------------------------------------------------------------------------------
+# bench learn --people N (issue 22): one example per person and epoch, inside the person cap
+# ---------------------------------------------------------------------------------------------
+
+#: the learners measured side by side (``bench learn --people``)
+CANDIDATES = ("joint-nb", "split-lr")
+PEOPLE_EPSILONS: tuple[float, ...] = (1.0, 2.0, 4.0, 8.0, math.inf)
+
+
+@dataclass
+class PeopleStream:
+    """One clear stream of ``people`` people: per person-epoch, one example (a uniformly drawn event
+    of the person's first session of the epoch) with its clean label, and a held-out event-level
+    continuation to serve on."""
+
+    spec: Any
+    policy: LdpPolicy
+    subjects: list[tuple[str, int]]  # (person, epoch) per example
+    events: list[dict[str, Any]]  # the chosen events (clear LDP values)
+    hours: list[int | None]  # their hour of week
+    indices: np.ndarray  # (n, d) example-attribute indices
+    labels: np.ndarray  # clean labels, 0/1
+    holdout: tuple[np.ndarray, list[bool]]  # (indices, clean labels) of the held-out events
+    holdout_events: list[tuple[dict[str, Any], int | None]]
+    n_events: int
+
+
+def people_stream(people: int, seed: int, *, epochs: int = 1, holdout: int = 20_000,
+                  events: int | None = None, n_users: int | None = None) -> PeopleStream:
+    """Run the synthetic clickstream until ``people`` distinct people were seen (a population of
+    ``2 * people``), ``epochs`` times as long in total, each epoch the same number of events; a
+    person's example of an epoch is a uniform draw among the events of its first session there.
+    ``events``: instead, exactly this many events in one epoch (``n_users`` people; the demo's scale)."""
+    from stream.ldp.examples import ExampleSpec, encode_many
+
+    gen = ClickstreamGenerator(seed=seed, n_users=n_users or 2 * people)
+    policy = LdpPolicy.from_schema(load_schema(SCHEMA), 1.0)
+    spec = ExampleSpec.from_policy(policy)
+    pick = random.Random(f"bench-people/{seed}")
+    chosen: dict[tuple[str, int], tuple[str, dict[str, Any], int]] = {}  # (person, epoch) -> (session, event, count)
+    seen: set[str] = set()
+    n_events = 0
+    per_epoch = 0
+    epoch = 0
+    it = gen.events(10**12)
+    while True:
+        ev = next(it)
+        n_events += 1
+        uid = ev["user_id"]
+        if epoch == 0:
+            seen.add(uid)
+        ref = (uid, epoch)
+        cur = chosen.get(ref)
+        if cur is None:
+            chosen[ref] = (ev["session_id"], ev, 1)
+        elif cur[0] == ev["session_id"]:
+            c = cur[2] + 1
+            chosen[ref] = (cur[0], ev if pick.random() * c < 1.0 else cur[1], c)
+        if events is not None:
+            if n_events >= events:
+                break
+            continue
+        if epoch == 0 and len(seen) >= people:
+            per_epoch = n_events
+            epoch = 1
+        elif epoch > 0 and n_events >= per_epoch * (epoch + 1):
+            epoch += 1
+        if epoch >= epochs:
+            break
+    subjects = list(chosen)
+    evs = [chosen[r][1] for r in subjects]
+    labels = np.asarray([gen.session_label(chosen[r][0]) for r in subjects], dtype=np.int64)
+    hows = [hour_of_week(e["ts"]) for e in evs]
+    rows = [({f: e.get(f) for f in _LDP_FIELDS}, None if h is None else h % 24) for e, h in zip(evs, hows, strict=True)]
+    idx = encode_many(spec, rows)
+    hx, hy = serving_holdout(gen, holdout)
+    hidx = encode_many(spec, [(v, None if h is None else h % 24) for v, h in hx])
+    return PeopleStream(spec, policy, subjects, [r[0] for r in rows], hows, idx, labels, (hidx, hy), hx, n_events)
+
+
+@dataclass(frozen=True)
+class PeopleRun:
+    dataset: str
+    people: int
+    epsilon: float
+    model: str
+    seed: int
+    examples: int
+    auc_serve: float
+    seconds: float
+    charged_max: float = 0.0  # the largest ledger (epsilon) after the run: <= the cap
+
+
+def _ledger_charges(subjects: Sequence[tuple[str, int]], epsilon: float, seed: int) -> tuple[np.ndarray, float]:
+    """Charge one example per person-epoch to the real ledger semantics (an in-memory ledger store at the
+    person cap ``epsilon``, :func:`stream.ldp.examples.example_charge`, each person-epoch once as the
+    privatizer does): which examples may be emitted, and the largest ledger afterwards."""
+    from stream.ldp.examples import example_charge
+    from stream.ldp.ledger import MICRO, MemoryLedgerStore, ledger_id
+
+    store = MemoryLedgerStore(clock=lambda: 0.0)
+    key = random.Random(seed).randbytes(32)
+    first: dict[tuple[str, int], int] = {}
+    charges = []
+    for i, (s, e) in enumerate(subjects):
+        if (s, e) not in first:
+            first[(s, e)] = i
+            charges.append(example_charge(subject=s, ledger=ledger_id(key, s, e), expire_at=10**12, epsilon=epsilon))
+    paid = dict(zip(first, store.charge(charges, round(epsilon * MICRO)), strict=True))
+    ok = np.asarray([first[ref] == i and paid[ref] for i, ref in enumerate(subjects)], dtype=bool)
+    return ok, max(store.ledgers.values(), default=0) / MICRO
+
+
+def joint_nb_run(stream: PeopleStream, epsilon: float, seed: int, *, people: int, smoothing: float = 1.0) -> PeopleRun:
+    """Candidate (a): joint reports at the person budget, naive Bayes; eps = inf: the same learner on the
+    clear examples (every attribute)."""
+    from stream.ldp.examples import ExampleReporter
+    from stream.learn.joint import JointNaiveBayes, JointReport
+
+    t0 = time.perf_counter()
+    model = JointNaiveBayes(stream.spec, smoothing=smoothing, seed=seed)
+    cmax = 0.0
+    if math.isinf(epsilon):
+        model.learn_many_clear(stream.indices, stream.labels)
+        n = len(stream.labels)
+    else:
+        ok, cmax = _ledger_charges(stream.subjects, epsilon, seed)
+        rep = ExampleReporter(stream.spec, epsilon, np.random.default_rng(seed * 1000 + round(epsilon * 10)))
+        raws, _attr = rep.reports(stream.indices[ok], stream.labels[ok])
+        for raw in raws:
+            model.learn_one(JointReport.from_json(raw))
+        n = len(raws)
+    p = model.predict_many_indices(stream.holdout[0])
+    return PeopleRun("synthetic", people, epsilon, "joint-nb", seed, n, auc(stream.holdout[1], p),
+                     time.perf_counter() - t0, cmax)
+
+
+def _split_records(policy: LdpPolicy, events: Sequence[Mapping[str, Any]], labels: np.ndarray, epsilon: float,
+                   rng: np.random.Generator, source: str) -> list[dict[str, Any]]:
+    """Candidate (b)'s records: every attribute and the label at ``epsilon / (attributes + 1)``,
+    one-shot (``private-example.v1``; no hour of week: it would escape the cap)."""
+    from stream.ldp.grr import GRR
+
+    attrs = list(policy.attributes)
+    share = epsilon / (len(attrs) + 1)
+    sub = LdpPolicy.from_schema(load_schema(SCHEMA), share) if source == SCHEMA else policy
+    cols: dict[str, tuple[dict[str, Any], list[Any]]] = {}
+    for a in sub.attributes:
+        if a.kind == "categorical":
+            vals = np.asarray([a.index_of(e.get(a.name)) if a.index_of(e.get(a.name)) is not None else 0 for e in events],
+                              dtype=np.int64)
+            assert a.oracle is not None
+            cols[a.name] = (a.params(), list(a.oracle.perturb(vals, rng)))
+        else:
+            assert a.numeric is not None
+            vals_f = np.asarray([a.clamp(e.get(a.name)) for e in events], dtype=np.float64)
+            cols[a.name] = (a.params(), [float(x) for x in a.numeric.perturb(vals_f, rng)])
+    lab = GRR(2, share).perturb_array(np.asarray(labels, dtype=np.int64), rng).tolist()
+    out = []
+    for i in range(len(events)):
+        feats = {}
+        for name, (params, reps) in cols.items():
+            r = reps[i]
+            if params.get("m") == "OUE" and int(params["k"]) > 62:
+                r = format(int(r), "x") if not isinstance(r, str) else r
+            feats[name] = {**params, "r": r}
+        out.append({"schema": "private-example.v1", "source_schema": source, "features": feats,
+                    "label": {"name": "session_purchase", "m": "GRR", "eps": share, "k": 2, "r": int(lab[i])}})
+    return out
+
+
+def split_lr_run(stream: PeopleStream, epsilon: float, seed: int, *, people: int) -> PeopleRun:
+    """Candidate (b): the River logistic regression (noise-corrected label, debiased features) on one
+    example per person-epoch, every attribute and the label at an equal share of the person budget;
+    eps = inf runs at 20 per share through the same code."""
+    t0 = time.perf_counter()
+    eps = NONPRIVATE_EPSILON * (len(stream.policy.attributes) + 1) if math.isinf(epsilon) else epsilon
+    ok, cmax = ((np.ones(len(stream.labels), dtype=bool), 0.0) if math.isinf(epsilon)
+                else _ledger_charges(stream.subjects, epsilon, seed))
+    rng = np.random.default_rng(seed * 1000 + 7 + round(min(eps, 1e3) * 10))
+    evs = [e for e, k in zip(stream.events, ok.tolist(), strict=True) if k]
+    recs = _split_records(stream.policy, evs, stream.labels[ok], eps, rng, SCHEMA)
+    model = PropensityModel.for_policy(stream.policy, seed=seed)
+    order = list(range(len(recs)))
+    random.Random(seed).shuffle(order)
+    for i in order:
+        model.learn_one(PrivateExample.from_dict(recs[i]))
+    p = [model.predict_proba_event(v, None) for v, _h in stream.holdout_events]
+    return PeopleRun("synthetic", people, epsilon, "split-lr", seed, len(recs), auc(stream.holdout[1], p),
+                     time.perf_counter() - t0, cmax)
+
+
+def phishing_people_run(epsilon: float, seed: int, *, models: Sequence[str] = CANDIDATES,
+                        test_share: float = 0.3) -> list[PeopleRun]:
+    """River's Phishing, one person per row: the features in 10 equal bins of [0, 1] plus the label
+    under the same accounting (one joint report at ``epsilon`` per row for ``joint-nb``; every feature
+    by HM and the label at ``epsilon / 10`` for ``split-lr``); AUC on a held-out ``test_share`` of the
+    rows, on clear values."""
+    from river import datasets
+
+    from stream.ldp.examples import ExampleAttribute, ExampleReporter, ExampleSpec
+    from stream.ldp.grr import GRR
+    from stream.ldp.numeric import HybridMechanism
+    from stream.learn.joint import JointNaiveBayes, JointReport
+
+    rows = list(datasets.Phishing())
+    random.Random(seed).shuffle(rows)
+    names = sorted(rows[0][0])
+    xs = np.asarray([[float(x[f]) for f in names] for x, _y in rows])
+    ys = np.asarray([int(bool(y)) for _x, y in rows], dtype=np.int64)
+    cut = int(len(rows) * (1 - test_share))
+    edges = tuple((i + 1) / 10 for i in range(10))
+    spec = ExampleSpec("phishing", tuple(
+        ExampleAttribute(f, tuple(f"<={e:g}" for e in edges), "numeric", edges=edges[:-1], lo=-1.0) for f in names))
+    idx = np.minimum((xs * 10).astype(np.int64), 9)
+    out = []
+    rng = np.random.default_rng(seed + 104729 + round(min(epsilon, 1e3) * 10))
+    if "joint-nb" in models:
+        t0 = time.perf_counter()
+        nb = JointNaiveBayes(spec, seed=seed)
+        if math.isinf(epsilon):
+            nb.learn_many_clear(idx[:cut], ys[:cut])
+        else:
+            raws, _ = ExampleReporter(spec, epsilon, rng).reports(idx[:cut], ys[:cut])
+            for raw in raws:
+                nb.learn_one(JointReport.from_json(raw))
+        out.append(PeopleRun("phishing", cut, epsilon, "joint-nb", seed, cut,
+                             auc(ys[cut:].astype(bool), nb.predict_many_indices(idx[cut:])), time.perf_counter() - t0))
+    if "split-lr" in models:
+        t0 = time.perf_counter()
+        share = (NONPRIVATE_EPSILON if math.isinf(epsilon) else epsilon / (len(names) + 1))
+        hm = HybridMechanism(share, 0.0, 1.0)
+        noisy = hm.perturb(xs[:cut].ravel(), rng).reshape(xs[:cut].shape)
+        lab = GRR(2, share).perturb_array(ys[:cut], rng)
+        lr = PropensityModel(seed=seed)
+        hm_params = {"m": "HM", "eps": share, "lo": 0.0, "hi": 1.0}
+        for i in range(cut):
+            lr.learn_one(PrivateExample.from_dict({
+                "schema": "private-example.v1", "source_schema": "phishing",
+                "features": {f: {**hm_params, "r": float(noisy[i, j])} for j, f in enumerate(names)},
+                "label": {"name": "session_purchase", "m": "GRR", "eps": share, "k": 2, "r": int(lab[i])}}))
+        p = [lr._proba({f: 2.0 * float(xs[i, j]) - 1.0 for j, f in enumerate(names)}) for i in range(cut, len(rows))]
+        out.append(PeopleRun("phishing", cut, epsilon, "split-lr", seed, cut, auc(ys[cut:].astype(bool), p),
+                             time.perf_counter() - t0))
+    return out
+
+
+def _people_job(args: tuple[int, int, Sequence[float], Sequence[str], int]) -> list[PeopleRun]:
+    people, seed, epsilons, models, epochs = args
+    if people == 0:
+        return [r for e in epsilons for r in phishing_people_run(e, seed, models=models)]
+    stream = people_stream(people, seed, epochs=epochs)
+    out = []
+    for e in epsilons:
+        if "joint-nb" in models:
+            out.append(joint_nb_run(stream, e, seed, people=people))
+        if "split-lr" in models:
+            out.append(split_lr_run(stream, e, seed, people=people))
+    return out
+
+
+def people_table(*, people: Sequence[int], epsilons: Sequence[float] = PEOPLE_EPSILONS, seeds: Sequence[int] = (1, 2, 3),
+                 models: Sequence[str] = CANDIDATES, phishing: bool = True, epochs: int = 1, workers: int = 2,
+                 progress: Callable[[int, int, list[PeopleRun]], None] | None = None) -> list[PeopleRun]:
+    """Every (people, seed) stream (all epsilons and models on the same stream), plus Phishing per seed."""
+    jobs = [(n, s, tuple(epsilons), tuple(models), epochs) for n in sorted(people, reverse=True) for s in seeds]
+    if phishing:
+        jobs += [(0, s, tuple(epsilons), tuple(models), 1) for s in seeds]
+    out: list[PeopleRun] = []
+    if workers <= 1:
+        for i, job in enumerate(jobs):
+            runs = _people_job(job)
+            out += runs
+            if progress:
+                progress(i + 1, len(jobs), runs)
+        return out
+    ctx = multiprocessing.get_context("spawn")
+    with ctx.Pool(workers) as pool:
+        for i, runs in enumerate(pool.imap_unordered(_people_job, jobs)):
+            out += runs
+            if progress:
+                progress(i + 1, len(jobs), runs)
+    return out
+
+
+def format_people(runs: Sequence[PeopleRun]) -> str:
+    """Served AUC, mean ± sd over seeds: one row per (dataset, model, people), one column per epsilon,
+    and the gap to non-private at eps = 2."""
+    groups: dict[tuple[str, str, int], dict[float, list[float]]] = {}
+    eps_all: set[float] = set()
+    for r in runs:
+        groups.setdefault((r.dataset, r.model, r.people), {}).setdefault(r.epsilon, []).append(r.auc_serve)
+        eps_all.add(r.epsilon)
+    eps_sorted = sorted(eps_all)
+    cols = ["inf" if math.isinf(e) else f"eps {e:g}" for e in eps_sorted]
+    head = f"{'dataset':<10} {'model':<9} {'people':>7} " + " ".join(f"{c:>13}" for c in cols) + f" {'gap eps 2':>9}"
+    lines = [head, "-" * len(head)]
+    for (d, m, n), by in sorted(groups.items(), key=lambda kv: (kv[0][0] != "synthetic", kv[0][0], kv[0][1], kv[0][2])):
+        cells = []
+        for e in eps_sorted:
+            v = [x for x in by.get(e, []) if not math.isnan(x)]
+            cells.append(f"{statistics.fmean(v):.3f}±{statistics.stdev(v) if len(v) > 1 else 0.0:.3f}" if v else "-")
+        gap = "-"
+        if 2.0 in by and math.inf in by:
+            gap = f"{statistics.fmean(by[math.inf]) - statistics.fmean(by[2.0]):.3f}"
+        lines.append(f"{d:<10} {m:<9} {n:>7} " + " ".join(f"{c:>13}" for c in cells) + f" {gap:>9}")
+    return "\n".join(lines)

@@ -22,10 +22,12 @@ def explain_lines(settings: Any, policy: Any) -> list[str]:
     from stream.ldp.policy import privacy_account
     from stream.ldp.privatizer import reports_per_person
 
-    label_eps = settings.learn_label_epsilon if settings.learn_examples else None
+    joint = settings.learn_examples and settings.learn_model == "joint-nb"  # issue 22: one example per person-epoch
+    joint_eps = settings.learn_label_epsilon if joint else 0.0
+    label_eps = settings.learn_label_epsilon if settings.learn_examples and not joint else None
     acc = privacy_account(policy, person_epsilon=settings.ldp_person_epsilon, epoch_seconds=settings.epoch_seconds,
                           retention_seconds=settings.retention_seconds, label_epsilon=label_eps)
-    per_person = reports_per_person(policy, settings.ldp_person_epsilon, label_eps)
+    per_person = reports_per_person(policy, max(0.0, settings.ldp_person_epsilon - joint_eps), label_eps)
     cost = acc.per_example if acc.per_example is not None else acc.per_event
     rows = []
     for row in policy.describe():
@@ -42,7 +44,9 @@ def explain_lines(settings: Any, policy: Any) -> list[str]:
         + (f"; {acc.per_example:g} with its labelled example's label, prepaid with the report"
            if acc.per_example is not None else ""),
         f"  per person per epoch: at most epsilon {acc.person_epoch:g} (STREAMGATE_LDP_PERSON_EPSILON: one ledger, every "
-        f"report and label charged): at most {per_person} reports per person per epoch at {cost:g} each; past the cap "
+        f"report and label charged): "
+        + (f"first the person-epoch's joint-nb example ({joint_eps:g}, at their first event), then " if joint else "")
+        + f"at most {per_person} reports per person per epoch at {cost:g} each; past the cap "
         "an event is not reported (no stand-in)",
         f"  over the retention window: at most epsilon {acc.retention_bound:g} = {acc.person_epoch:g} x "
         f"{acc.epochs_held} epochs whose reports may be held",
@@ -56,14 +60,26 @@ def explain_lines(settings: Any, policy: Any) -> list[str]:
         "time); learn more than the per-report epsilon from one report, or than the per-person cap from all of a "
         "person's reports together",
         f"an observer of features.private can: see the hour of week; count reports per release (releases hold the "
-        f"reports of at least {people} people, shuffled, unless fewer arrive within {delay:g} s); tie a labelled "
-        "example to the feature report of the same event (same features); estimate population frequencies",
+        f"reports of at least {people} people, shuffled, unless fewer arrive within {delay:g} s); "
+        + ("see that a release holds joint-nb examples (private-example.v2: one attribute's value and the label, "
+           "randomized together, no hour, no features of the event, so it cannot be tied to a feature report by "
+           "content); count them: about one per person active in the epoch; "
+           if joint else "tie a labelled example to the feature report of the same event (same features); ")
+        + "estimate population frequencies",
         f"analytics.frequencies and analytics.partials: windows and partial-window records are published only with "
         f"at least {people} people; ops.metrics: report counts per release, and the per-person epsilon histogram "
         "of a finished epoch only, with two-sided geometric noise (epsilon 1)",
     ]
-    if settings.learn_examples:
-        out.append(f"labelled examples: on; label session_purchase by randomized response (epsilon "
+    if joint:
+        out.append(f"labelled examples: joint-nb (STREAMGATE_LEARN_MODEL); one private-example.v2 per person and epoch "
+                   f"(one per paid charge: a restart or rebalance makes the person pay again): one attribute drawn at random, its value and the label session_purchase randomized "
+                   f"together at epsilon {joint_eps:g}, prepaid on the person's ledger at their first event of the "
+                   f"epoch (before that batch's feature reports; an unpaid person-epoch gives none), released through "
+                   f"the same buffer, shuffled across people; which person-epochs paid or sent is kept in this process "
+                   f"only, never in a store; a session ends after {settings.learn_session_gap_seconds:g} s of quiet; at most "
+                   f"{settings.learn_max_pending:,} examples held")
+    elif settings.learn_examples:
+        out.append(f"labelled examples: on (logistic, per event); label session_purchase by randomized response (epsilon "
                    f"{acc.per_report['session_purchase']:g} per example, prepaid with its feature report from the same "
                    f"person ledger); a session ends after {settings.learn_session_gap_seconds:g} s of quiet; at most "
                    f"{LEARN_MAX_PENDING:,} examples held")

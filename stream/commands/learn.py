@@ -202,6 +202,7 @@ def register(cli: click.Group) -> None:
         from stream.kafka import reachable_bootstrap
         from stream.ldp.privatizer import hour_of_week
         from stream.learn.example import EXAMPLE_SCHEMA, FEATURE_SCHEMA, PrivateExample
+        from stream.learn.model import PropensityModel
 
         settings = _settings()
         reachable_bootstrap(settings)  # fail fast with one line on a wrong broker address
@@ -222,6 +223,8 @@ def register(cli: click.Group) -> None:
                 continue
             try:
                 if doc.get("schema") in (FEATURE_SCHEMA, EXAMPLE_SCHEMA):
+                    if not isinstance(model_, PropensityModel):  # joint naive Bayes serves clear values only
+                        raise ValueError("this model scores clear values only")
                     p = model_.predict_proba_one(PrivateExample.from_dict(doc))
                 else:
                     how = doc.get("hour_of_week")
@@ -258,7 +261,8 @@ def register(cli: click.Group) -> None:
                                                             for k, p in r.phases.items()}},
                                                 option=orjson.OPT_SERIALIZE_NUMPY).decode())
                     continue
-                click.echo(f"eps {eps:g}: 2 federated learners vs 1 learner, {events:,} events per stream")
+                unit = "people (one joint example each)" if s.learn_model == "joint-nb" else "events"
+                click.echo(f"eps {eps:g}: 2 federated learners vs 1 learner, {events:,} {unit} per stream")
                 click.echo(format_federated(runs))
         click.echo(f"took {time.monotonic() - t0:.0f} s", err=True)
 
@@ -280,7 +284,8 @@ def register(cli: click.Group) -> None:
 
     @bench.command("learn")
     @click.option("--events", type=click.IntRange(min=2000), default=100_000, show_default=True,
-                  help="Synthetic events per stream (each epsilon and seed).")
+                  help="Synthetic events per stream (each epsilon and seed); with --federated and the joint-nb "
+                  "model: people.")
     @click.option("--holdout", type=click.IntRange(min=500), default=10_000, show_default=True,
                   help="Held-out events scored on clear values after training.")
     @click.option("--seeds", type=click.IntRange(min=1), default=3, show_default=True,
@@ -296,8 +301,15 @@ def register(cli: click.Group) -> None:
     @click.option("--federated", is_flag=True,
                   help="Instead: 2 federated learners vs 1 learner on the same stream, on the broker (AUC on a "
                   "held-out continuation, throughput, their ratio; target: AUC within 0.01).")
+    @click.option("--people", default=None,
+                  help="Instead: the per-person learners (one example per person and epoch, inside the person cap) "
+                  "on streams of these many people (comma-separated; e.g. 5000,20000), both candidates side by "
+                  "side, served AUC vs person epsilon, plus Phishing (one person per row).")
+    @click.option("--full", is_flag=True, help="With --people: the full grid (5k, 20k, 50k, 100k people).")
+    @click.option("--epochs", type=click.IntRange(min=1), default=1, show_default=True,
+                  help="With --people: epochs per stream (a person contributes once per epoch).")
     def bench_learn(events: int, holdout: int, seeds: int, epsilons: str | None, datasets: str, workers: int,
-                    as_json: bool, federated: bool) -> None:
+                    as_json: bool, federated: bool, people: str | None, full: bool, epochs: int) -> None:
         """ROC-AUC and log-loss of the purchase-propensity model vs epsilon, with and without the
         label-noise correction, on the synthetic clickstream (through the real privatizer) and on
         River's Phishing dataset. No broker needed. Prints mean ± sd over the seeds and the
@@ -315,6 +327,10 @@ def register(cli: click.Group) -> None:
 
         if federated:
             _bench_federated(events, holdout, seeds, _epsilons(epsilons or "inf"), as_json)
+            return
+        if people is not None or full:
+            _bench_people(people, full, seeds, _epsilons(epsilons or "1,2,4,8,inf"), datasets, workers, epochs,
+                          as_json)
             return
         eps = _epsilons(epsilons or "0.5,1,2,4,8,inf")
         sets = ("synthetic", "phishing") if datasets == "both" else (datasets,)
@@ -349,3 +365,45 @@ def register(cli: click.Group) -> None:
                 click.echo(f"{metric} at eps 2 (corrected): {a:.3f} vs non-private {b:.3f}: gap {b - a:+.3f} "
                            f"({verdict} the 0.03 target)")
         click.echo(f"took {time.monotonic() - t0:.0f} s")
+
+
+def _bench_people(people: str | None, full: bool, seeds: int, eps: tuple[float, ...], datasets: str, workers: int,
+                  epochs: int, as_json: bool) -> None:
+    """``bench learn --people``: served AUC of both candidates over people x person epsilon."""
+    import dataclasses
+    import math
+    import time
+
+    import orjson
+
+    from stream.bench.learn import format_people, people_table
+
+    try:
+        ns = (5_000, 20_000, 50_000, 100_000) if full else tuple(int(x) for x in (people or "5000,20000").split(","))
+    except ValueError:
+        raise click.BadParameter("comma-separated integers", param_hint="--people") from None
+    if any(n < 100 for n in ns):
+        raise click.BadParameter("at least 100 people", param_hint="--people")
+    synth = datasets in ("both", "synthetic")
+    t0 = time.monotonic()
+
+    def progress(done: int, total: int, runs: list[Any]) -> None:
+        if runs:
+            r = runs[0]
+            click.echo(f"  [{done}/{total}] {r.dataset} people={r.people} seed={r.seed}: {r.seconds:.0f} s", err=True)
+
+    click.echo(f"bench learn --people: {ns if synth else ()} x eps {eps} x {seeds} seeds, {workers} workers", err=True)
+    runs = people_table(people=ns if synth else (), epsilons=eps, seeds=tuple(range(1, seeds + 1)),
+                        phishing=datasets in ("both", "phishing"), epochs=epochs, workers=workers, progress=progress)
+    if as_json:
+        for r in runs:
+            click.echo(orjson.dumps({k: (None if isinstance(v, float) and math.isinf(v) else v)
+                                     for k, v in dataclasses.asdict(r).items()}).decode())
+        return
+    click.echo(format_people(runs))
+    click.echo("")
+    click.echo("served AUC: the final model on a held-out continuation (synthetic: 20,000 events; phishing: 30 % of "
+               "the rows) on clear values, against the clean labels; inf = the same learner on the clear examples.")
+    click.echo(f"largest ledger after any run: {max((r.charged_max for r in runs), default=0):g} "
+               "(each run's cap is its epsilon)")
+    click.echo(f"took {time.monotonic() - t0:.0f} s")

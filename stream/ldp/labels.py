@@ -46,8 +46,10 @@ POSITIVE_EVENT_TYPE = "purchase"
 class ExampleStub(NamedTuple):
     """One event's privatized features waiting for its session's label. ``session`` and
     ``subject`` are tokens used only inside the privatizer (session grouping, the label's memo
-    and budget); they never leave it. ``body`` is the report's ``"features":{...}`` part (plus
-    ``,"hour_of_week":h``): randomized responses only."""
+    and budget); they never leave it. ``body``: randomized responses only - for ``private-example.v1``
+    the report's ``"features":{...}`` part (plus ``,"hour_of_week":h``); for joint examples
+    (:mod:`stream.ldp.examples`) the two candidate ``private-example.v2`` records (label 0, label 1)
+    and whether the person-epoch's example is paid for, newline-separated."""
 
     session: str
     subject: str

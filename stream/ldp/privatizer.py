@@ -16,7 +16,10 @@ charged again, with fresh noise, never repeated for free.
 
 The report (``schemas/private-feature.v1.json``) holds no identifier, no token, no exact
 timestamp. Report order within a batch is shuffled (CSPRNG); the worker releases batches across
-people (:mod:`stream.ldp.release`). Every noise draw comes from ``rng``:
+people (:mod:`stream.ldp.release`). Labelled examples are prepaid: per-event (v1) examples add their
+label's epsilon to each report's charge; joint-nb examples (:mod:`stream.ldp.examples`, issue 22)
+charge one example per person-epoch at the person's first event, in the same ledger call as the
+batch's feature charges and ahead of them. Every noise draw comes from ``rng``:
 :class:`~stream.ldp.csprng.ChaChaRandom` in production. Records whose epoch's retention has ended -
 or ends within the shredder's lead time - are not reported.
 """
@@ -96,7 +99,8 @@ class PrivatizeResult:
     memo_resolved: int = 0  # ledger charges sent to the store
     fully_suppressed: int = 0  # same as over_budget (older name)
     skipped: Counter[str] = field(default_factory=Counter)  # reason -> records not reported
-    # with labelled examples on: one stub per reported event (its report body, waiting for the label)
+    # with labelled examples on: one stub per reported event (its report body, waiting for the label);
+    # joint-nb: one stub per event of a paid person-epoch (its two candidate reports)
     examples: list[ExampleStub] = field(default_factory=list)
 
 
@@ -266,6 +270,7 @@ class Privatizer:
         label_epsilon: float | None = None,
         session_field: str = "session_id",
         ledger_key: bytes | None = None,
+        examples: Any = None,
     ) -> None:
         if len(memo_key) < 16:
             raise ValueError("memo_key must be at least 16 bytes")
@@ -310,17 +315,23 @@ class Privatizer:
                                   + orjson.dumps(self.label_oracle.epsilon) + b',"k":2,"r":')
             self.report_cost_micro += self._cost[LABEL_NAME]
 
+        # issue 22: joint labelled examples, one per person and epoch (stream.ldp.examples.JointExamples)
+        self.joint = examples
+
     @property
     def examples_enabled(self) -> bool:
-        return self.label_oracle is not None
+        return self.label_oracle is not None or self.joint is not None
 
     @property
     def per_person(self) -> int:
-        """Feature reports one person can release per epoch (labelled examples off)."""
-        return self.budget_micro // max(1, self.report_cost_micro)
+        """Feature reports one person can release per epoch (with joint examples: after the example's epsilon,
+        which every person-epoch pays at its first event)."""
+        budget = self.budget_micro - (self.joint.cost_micro if self.joint is not None else 0)
+        return max(0, budget) // max(1, self.report_cost_micro)
 
     def estimand(self) -> str:
-        return estimand(self.per_person, self.report_cost_micro / MICRO, self.budget_micro / MICRO, self.epoch_seconds)
+        cap = self.budget_micro - (self.joint.cost_micro if self.joint is not None else 0)
+        return estimand(self.per_person, self.report_cost_micro / MICRO, cap / MICRO, self.epoch_seconds)
 
     def ledgers_lost(self) -> None:
         """The ledger store lost its data (a key-store reset): what people spent so far is unknown, so no
@@ -399,6 +410,11 @@ class Privatizer:
         examples = self.label_oracle is not None
         label_cost = self._cost.get(LABEL_NAME, 0)
         session_field = self.session_field
+        joint = self.joint  # issue 22: joint examples (stream.ldp.examples), paid before the features below
+        joint_rows: list[Any] = []
+        joint_charges: list[Charge] = []
+        if joint is not None:
+            joint.begin()
         # pass 1: decode, map the values, one ledger charge per event
         rows: list[tuple[int, int | None, list[tuple[int, Any]], tuple[str, str, int, bool] | None, int, int, str]] = []
         charges: list[Charge] = []
@@ -452,13 +468,31 @@ class Privatizer:
             if examples:
                 cost += label_cost  # the label of this event's example, prepaid
             lid = self.ledger_id(subject, epoch)
+            if joint is not None:  # the person-epoch's example: charged at its first event, ahead of the features
+                jc = joint.first_charge(subject, epoch, lid, ledger_expire_at(epoch, es, rs))
+                if jc is not None:
+                    joint_charges.append(jc)
+                jrow = joint.row(event, subject, epoch, rec.timestamp_ms)
+                if jrow is not None:
+                    joint_rows.append(jrow)
             charges.append(Charge(subject, lid, cost, ledger_expire_at(epoch, es, rs)))
             rows.append((rec.timestamp_ms, hour_of_week(event.get("ts")), row, meta, epoch, cost, lid))
         if not rows:
             return res
         # pass 2: charge every event to its person's ledger (one store round trip for the batch)
-        paid = self.store.charge(charges, self.budget_micro)
-        res.memo_resolved = len(charges)
+        if joint_charges:  # one round trip; a ledger applies its charges in order, so the example comes first
+            both = self.store.charge(joint_charges + charges, self.budget_micro)
+            nj = len(joint_charges)
+            for jc, ok in zip(joint_charges, joint.settle(joint_charges, both[:nj]), strict=True):
+                if ok:
+                    self.spend.charge(int(jc.expire_at - rs) // es - 1, jc.ledger, jc.cost_micro)
+            npaid = sum(both[:nj])
+            if npaid:
+                res.epsilon_spent[LABEL_NAME] = npaid * joint.cost_micro / MICRO
+            paid = both[nj:]
+        else:
+            paid = self.store.charge(charges, self.budget_micro)
+        res.memo_resolved = len(charges) + len(joint_charges)
         kept = [r for r, ok in zip(rows, paid, strict=True) if ok]
         res.over_budget = res.fully_suppressed = len(rows) - len(kept)
         # pass 3: fresh independent noise, vectorized per attribute
@@ -503,13 +537,20 @@ class Privatizer:
             res.people.append(person)
             if meta is not None:  # labelled examples: the example hook (stream.ldp.labels)
                 res.examples.append(ExampleStub(meta[0], meta[1], meta[2], meta[3], body, ts_ms))
+        if joint is not None:  # issue 22: the joint examples' stubs (of paid person-epochs only)
+            res.examples = joint.stubs(joint_rows)
         return res
 
     # -- labelled examples ------------------------------------------------------------------
     def label_examples(self, items: Sequence[tuple[ExampleStub, bool]]) -> LabelResult:
         """Randomize the labels of released examples (GRR over {0, 1}, fresh per example; its epsilon was
         prepaid with the event's feature report, so nothing is charged here) and assemble the
-        ``private-example.v1`` records, in shuffled order."""
+        ``private-example.v1`` records, in shuffled order. With joint examples (issue 22):
+        :meth:`stream.ldp.examples.JointExamples.label` (prepaid too; nothing charged here)."""
+        if self.joint is not None:
+            now = self._clock() + self.retention_margin_seconds
+            return self.joint.label(items, now=now, epoch_seconds=self.epoch_seconds,
+                                    retention_seconds=self.retention_seconds, lost_through_epoch=self.lost_through_epoch)
         oracle = self.label_oracle
         if oracle is None:
             raise RuntimeError("labelled examples are off (no label_epsilon)")

@@ -1,7 +1,10 @@
 """Online learning on the private stream: the pure core (no Kafka, no Redis, no I/O).
 
-Models learn only from local-DP reports (:class:`PrivateExample`, parsed strictly
-from ``features.private``), never from clear values: the features are debiased
+Models learn only from local-DP reports, never from clear values. The default,
+:class:`JointNaiveBayes` (:mod:`stream.learn.joint`), learns naive Bayes from one
+joint (value, label) report per person and epoch (:class:`JointReport`). The
+per-event :class:`PropensityModel` learns from :class:`PrivateExample` records
+(parsed strictly from ``features.private``): the features are debiased
 estimates of the one-hot encoding (:mod:`stream.learn.features`), the
 randomized label is corrected so the expected loss is the clean log loss
 (:mod:`stream.learn.losses`, Natarajan et al. 2013), progressive validation and
@@ -16,6 +19,7 @@ from stream.errors import InvalidExampleError, SnapshotError
 from stream.learn.evaluate import DriftEvent, DriftMonitor, ProgressiveValidation, log_loss
 from stream.learn.example import EXAMPLE_SCHEMA, FEATURE_SCHEMA, LABEL_NAME, PrivateExample, Report
 from stream.learn.features import FeatureMap
+from stream.learn.joint import JOINT_SCHEMA, JointNaiveBayes, JointReport
 from stream.learn.losses import CorrectedLog, corrected_label, flip_probability
 from stream.learn.model import DEFAULT_MODEL_NAME, PropensityModel
 from stream.learn.snapshot import SIGNING_PURPOSE, SNAPSHOT_FORMAT, ModelSnapshot
@@ -24,6 +28,7 @@ __all__ = [
     "DEFAULT_MODEL_NAME",
     "EXAMPLE_SCHEMA",
     "FEATURE_SCHEMA",
+    "JOINT_SCHEMA",
     "LABEL_NAME",
     "SIGNING_PURPOSE",
     "SNAPSHOT_FORMAT",
@@ -32,6 +37,8 @@ __all__ = [
     "DriftMonitor",
     "FeatureMap",
     "InvalidExampleError",
+    "JointNaiveBayes",
+    "JointReport",
     "ModelSnapshot",
     "PrivateExample",
     "ProgressiveValidation",

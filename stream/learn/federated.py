@@ -77,13 +77,16 @@ def adopt(global_params: Parameters, current: Parameters, anchor: Parameters) ->
     return global_params.plus(current.minus(anchor))
 
 
-def fedavg(base: Parameters, updates: Iterable[ModelUpdate]) -> tuple[Parameters, int]:
+def fedavg(base: Parameters, updates: Iterable[ModelUpdate], *, additive: bool = False) -> tuple[Parameters, int]:
     """FedAvg of one round: ``base + sum_i n_i * delta_i / sum_i n_i`` over the senders ``i`` of
     ``updates``, weighted by their example counts ``n_i``; returns (new parameters, examples merged).
 
     One sender's updates in a round are its successive progress, so they are summed first (their
     deltas and their counts) and that sender then counts once. When every update starts from
-    ``base`` this is McMahan et al.'s FedAvg, ``sum_i n_i * w_i / sum_i n_i`` of the local weights."""
+    ``base`` this is McMahan et al.'s FedAvg, ``sum_i n_i * w_i / sum_i n_i`` of the local weights.
+
+    ``additive``: the parameters are sums of per-example contributions (joint naive Bayes' counts),
+    so the merge is ``base + sum_i delta_i``: exactly the model one learner would have on the union."""
     by_sender: dict[str, tuple[Parameters, int]] = {}
     for u in updates:
         delta, n = by_sender.get(u.sender, (Parameters({}), 0))
@@ -94,7 +97,7 @@ def fedavg(base: Parameters, updates: Iterable[ModelUpdate]) -> tuple[Parameters
     merged = base
     for sender in sorted(by_sender):  # a fixed order: the same round gives the same floats
         delta, n = by_sender[sender]
-        merged = merged.plus(delta, n / total)
+        merged = merged.plus(delta, 1.0 if additive else n / total)
     return merged, total
 
 

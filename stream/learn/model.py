@@ -7,9 +7,15 @@ never be learned from, even by mistake); features come from
 a report equals the score on the clear values); the target is the
 noise-corrected label (:func:`~stream.learn.losses.corrected_label`) under the
 log loss (:class:`~stream.learn.losses.CorrectedLog`), whose expectation over
-the label noise is the clean log loss (Natarajan et al. 2013). A linear model
-keeps both corrections exact: its score is linear in the features and the log
-loss is linear in the target. Predictions estimate ``P(clean label = 1)``.
+the label noise is the clean log loss (Natarajan et al. 2013). The label
+correction is exact (the log loss is linear in its target). The feature
+correction is not: the score is linear in the debiased features, so its
+expectation is the clean score, but the log loss is convex in the score
+(``E[softplus(w.x~)] > softplus(w.x)``), so SGD on noisy features shrinks the
+weights (attenuation; tested in ``tests/learn/test_learn_model.py``). Predictions
+estimate ``P(clean label = 1)`` only approximately. This model learns the per-event
+``private-example.v1`` stream (``STREAMGATE_LEARN_MODEL=logistic``); the default learner
+is :class:`stream.learn.joint.JointNaiveBayes`.
 
 Defaults (AdaGrad at ``learning_rate=0.02``, no scaler, ``l2=0``) were measured with
 ``streamgate bench learn``'s harness on the synthetic clickstream (100k events, seed 1,

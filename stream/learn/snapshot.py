@@ -48,7 +48,10 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey,
 
 from stream.crypto.signing import SIGNATURE_BYTES, SignatureError, public_key_id, sign, verify
 from stream.errors import SnapshotError
+from stream.learn.joint import JointNaiveBayes
 from stream.learn.model import PropensityModel
+
+_MODELS = (PropensityModel, JointNaiveBayes)
 
 __all__ = ["ALLOWED_CLASSES", "EPSILON_NOTE", "SIGNING_PURPOSE", "SNAPSHOT_FORMAT", "ModelSnapshot"]
 
@@ -73,6 +76,9 @@ ALLOWED_CLASSES: frozenset[tuple[str, str]] = frozenset({
     ("stream.learn.features", "FeatureMap"),
     ("stream.learn.losses", "CorrectedLog"),
     ("stream.learn.model", "PropensityModel"),
+    ("stream.learn.joint", "JointNaiveBayes"),
+    ("stream.ldp.examples", "ExampleSpec"),
+    ("stream.ldp.examples", "ExampleAttribute"),
 })
 _CONTEXT = "model-snapshot.v2"
 EPSILON_NOTE = (
@@ -128,7 +134,7 @@ class ModelSnapshot:
     examples_seen: int
     metrics: dict[str, float]
     epsilon: dict[str, Any]
-    model: PropensityModel = field(repr=False)
+    model: PropensityModel | JointNaiveBayes = field(repr=False)
     #: A federated global model's provenance (``stream.apps.federated``): ``version``, the update
     #: offsets it covers, the updates and senders merged; None for a single learner's snapshot.
     federation: dict[str, Any] | None = None
@@ -142,7 +148,7 @@ class ModelSnapshot:
     @classmethod
     def capture(
         cls,
-        model: PropensityModel,
+        model: PropensityModel | JointNaiveBayes,
         *,
         metrics: Mapping[str, float],
         label_epsilon: float | None,
@@ -183,8 +189,8 @@ class ModelSnapshot:
         """The signed snapshot (layout in the module docstring)."""
         if not isinstance(signing_key, Ed25519PrivateKey):
             raise TypeError("signing_key must be an Ed25519 private key (the learner's snapshot key)")
-        if not isinstance(self.model, PropensityModel):
-            raise SnapshotError("a snapshot holds a PropensityModel")
+        if not isinstance(self.model, _MODELS):
+            raise SnapshotError("a snapshot holds a PropensityModel or a JointNaiveBayes")
         payload = pickle.dumps(self.model, protocol=pickle.HIGHEST_PROTOCOL)
         header = self.header(public_key_id(signing_key))
         header["model_sha256"] = hashlib.sha256(payload).hexdigest()
@@ -248,8 +254,8 @@ class ModelSnapshot:
             raise SnapshotError("snapshot payload refused: it references a global outside the allow-list") from None
         except Exception as exc:  # an authenticated but unloadable payload
             raise SnapshotError(f"snapshot payload could not be loaded ({type(exc).__name__})") from None
-        if not isinstance(model, PropensityModel):
-            raise SnapshotError("snapshot payload is not a PropensityModel")
+        if not isinstance(model, _MODELS):
+            raise SnapshotError("snapshot payload is not a PropensityModel or a JointNaiveBayes")
         try:
             metrics = {str(k): (math.nan if v is None else float(v)) for k, v in header["metrics"].items()}
             return cls(

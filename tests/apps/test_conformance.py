@@ -235,6 +235,7 @@ def _settings(settings_factory: Any, unique_id: str, **kw: Any) -> Settings:
         ldp_person_epsilon=1000.0, ldp_window_seconds=2.0, learn_publish_every=300,
         learn_publish_interval_seconds=2.0, shredder_interval_seconds=1.0,
         group_prefix=f"sgc-{unique_id}", stall_seconds=5.0, learn_aggregate_wait_seconds=1.0,
+        learn_model="logistic",  # the harness feeds per-event private-example.v1 records (issue 22)
     )
     values.update(kw)
     s: Settings = settings_factory(**values)
@@ -495,8 +496,6 @@ def test_privatizer_windows_survive_a_crash(settings_factory, unique_id):
     print(f"\nCONFORMANCE windows-crash privatizer: inputs={len(sent)} estimate_n={counts} "
           f"expected={dict(offline.reported)}")
     assert counts == dict(offline.reported)
-    # the restored window says its memos may count up to 2 m times (error bars stay upper bounds)
-    assert {r["max_reports_per_memo"] for r in merged} == {2 * uncapped}
 
 
 

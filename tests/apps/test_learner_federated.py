@@ -36,7 +36,8 @@ UPDATE_EVERY = 300
 def _settings(settings_factory: Any, unique_id: str, **kw: Any) -> Settings:
     values: dict[str, Any] = {"group_prefix": f"sgfed-{unique_id}", "learn_federated": True,
                               "learn_publish_every": UPDATE_EVERY, "learn_publish_interval_seconds": 1.0,
-                              "learn_aggregate_wait_seconds": 1.0, "ldp_epsilon": 4.0, "batch_max_events": 200}
+                              "learn_aggregate_wait_seconds": 1.0, "ldp_epsilon": 4.0, "batch_max_events": 200,
+                              "learn_model": "logistic"}
     values.update(kw)
     s: Settings = settings_factory(**values)
     t = s.topics

@@ -116,12 +116,13 @@ class VersionWatch:
 
 
 def test_sigkill_of_the_aggregating_learner_mid_stream(settings_factory, unique_id, tmp_path) -> None:
-    s = settings_factory(group_prefix=f"sgkill-{unique_id}", learn_federated=True)
+    s = settings_factory(group_prefix=f"sgkill-{unique_id}", learn_federated=True, learn_model="logistic")
     t = s.topics
     ensure_topics(s.kafka_bootstrap_or_dev(), [t.features], partitions=4)
     ensure_topics(s.kafka_bootstrap_or_dev(), [t.snapshots, t.updates, t.audit], partitions=1)
     records = make_examples(N, seed=41).records
-    env = settings_env(s, STREAMGATE_LEARN_FEDERATED="true", STREAMGATE_GROUP_PREFIX=s.group_prefix)
+    env = settings_env(s, STREAMGATE_LEARN_FEDERATED="true", STREAMGATE_GROUP_PREFIX=s.group_prefix,
+                       STREAMGATE_LEARN_MODEL="logistic")
     watch = VersionWatch(s)
     learners = [Learner(env, tmp_path, "a"), Learner(env, tmp_path, "b")]
     sent = 0

@@ -60,7 +60,8 @@ class CrashableLearner(LearnerEngine):
 
 def _settings(settings_factory: Any, unique_id: str, *, partitions: int = 2, **kw: Any) -> Settings:
     values: dict[str, Any] = {"group_prefix": f"sglearn-{unique_id}", "learn_publish_every": 1000,
-                              "learn_publish_interval_seconds": 600.0, "ldp_epsilon": 4.0}
+                              "learn_publish_interval_seconds": 600.0, "ldp_epsilon": 4.0,
+                              "learn_model": "logistic"}  # per-event private-example.v1 (the joint model below)
     values.update(kw)
     s: Settings = settings_factory(**values)
     t = s.topics
@@ -235,3 +236,29 @@ def test_drift_writes_one_valid_audit_record(settings_factory, unique_id) -> Non
     assert after, [r["examples_seen"] for r in recs]
     (last,) = _snapshots(settings, expect=1)
     assert last.metrics["drifts"] == engine.stats.drifts
+
+
+def test_joint_naive_bayes_learns_one_report_per_person_and_serves_clear_values(settings_factory, unique_id) -> None:
+    """learn_model = joint-nb: private-example.v2 records in (v1 examples skipped as another model's), a
+    signed JointNaiveBayes snapshot out whose served AUC on clear values beats chance clearly."""
+    import numpy as np
+
+    from stream.bench.learn import auc as exact_auc
+    from stream.bench.learn import people_stream
+    from stream.ldp.examples import ExampleReporter
+    from stream.learn.joint import JointNaiveBayes
+
+    settings = _settings(settings_factory, unique_id, learn_model="joint-nb", learn_publish_every=5000)
+    st = people_stream(12_000, 5, holdout=6000)
+    raws, _ = ExampleReporter(st.spec, 4.0, np.random.default_rng(5)).reports(st.indices, st.labels)
+    v1 = make_examples(50, seed=3).records
+    publish(settings.kafka_bootstrap_or_dev(), settings.topics.features, list(raws) + list(v1))
+    engine = LearnerEngine(settings)
+    with running_in_thread(engine, "learner"):
+        wait_for(lambda: engine.stats.consumed >= len(raws) + len(v1), what="every record", timeout=120)
+    assert engine.stats.learned == len(raws) and engine.stats.skipped == {"other_model_example": 50}
+    last = _snapshots(settings)[-1]
+    assert isinstance(last.model, JointNaiveBayes) and last.examples_seen == len(raws)
+    assert last.epsilon["label"] == 4.0
+    served = exact_auc(st.holdout[1], [last.model.predict_proba_event(v, h) for v, h in st.holdout_events])
+    assert served > 0.6, served

@@ -85,7 +85,8 @@ def test_privatizer_end_to_end(settings_factory, redis_client: redis.Redis) -> N
     assert {r.key for r in freq} <= {b"event_type", b"category", b"price", b"device", b"country"}
     merged = {r["attribute"]: r for r in merge_records(engine.privatizer.policy, recs)}
     assert merged["event_type"]["n"] == N  # a cap of 1000: every event is within its person's budget
-    assert "first 333 events" in merged["event_type"]["estimand"]
+    # the person-epoch's joint-nb example (1.0) is paid first: (1000 - 1) / 2.5 reports per person
+    assert "first 399 events" in merged["event_type"]["estimand"]
     truth = Counter(e["event_type"] for e in events)
     for v in merged["event_type"]["values"]:
         assert abs(v["estimate"] - truth[v["value"]] / N) < 4.5 * v["std_error"], v
@@ -99,7 +100,8 @@ def test_privatizer_end_to_end(settings_factory, redis_client: redis.Redis) -> N
     ledgers = list(redis_client.scan_iter(match=f"{prefix}:ledger:*", count=1000))
     people = {e["user_id"] for e in events}
     assert len(ledgers) == len(people)
-    assert sum(int(redis_client.get(k) or 0) for k in ledgers) == N * 3_000_000  # 5 x 0.5 + the label 0.5
+    # 5 x 0.5 per report, and each person's one joint-nb example (1.0) once
+    assert sum(int(redis_client.get(k) or 0) for k in ledgers) == N * 2_500_000 + len(people) * 1_000_000
     assert all(redis_client.ttl(k) > 0 for k in ledgers[:50])
 
 
@@ -112,7 +114,9 @@ def test_replay_is_charged_again_and_no_report_repeats(settings_factory, redis_c
     t = settings.topics
     bootstrap = settings.kafka_bootstrap_or_dev()
     ensure_topics(bootstrap, [t.protected, t.features, t.frequencies], partitions=1)
-    _protect_and_publish(settings, list(ClickstreamGenerator(seed=5, n_users=200).events(500)))
+    events = list(ClickstreamGenerator(seed=5, n_users=200).events(500))
+    _protect_and_publish(settings, events)
+    people = len({e["user_id"] for e in events})
 
     def ledgers() -> dict[bytes, int]:
         keys = redis_client.scan_iter(match=f"{settings.redis_key_prefix}:ledger:*", count=1000)
@@ -121,7 +125,8 @@ def test_replay_is_charged_again_and_no_report_repeats(settings_factory, redis_c
     with running_privatizer(settings) as first:
         wait_for(lambda: first.stats.released >= 500, what="first pass")
     before = ledgers()
-    assert before and sum(before.values()) == 500 * 3_000_000  # 5 x 0.5 per report + its label 0.5
+    # 5 x 0.5 per report, and each person's joint-nb example (1.0), paid at their first event
+    assert before and sum(before.values()) == 500 * 2_500_000 + people * 1_000_000
     replay = settings.model_copy(update={"group_prefix": settings.group_prefix + "-replay"})
     with running_privatizer(replay) as second:
         wait_for(lambda: second.stats.released >= 500, what="replay")
@@ -156,7 +161,7 @@ def test_labelled_examples_are_released_when_sessions_end(settings_factory) -> N
     session has been idle for the gap; at label epsilon 20 (flip probability 2e-9) the randomized labels
     count exactly the events of the sessions that contain a purchase."""
     settings = settings_factory(ldp_person_epsilon=1000.0, learn_label_epsilon=20.0,
-                                learn_session_gap_seconds=1.0)
+                                learn_session_gap_seconds=1.0, learn_model="logistic")  # per-event v1 (issue 22)
     t = settings.topics
     bootstrap = settings.kafka_bootstrap_or_dev()
     ensure_topics(bootstrap, [t.protected, t.features, t.frequencies], partitions=2)

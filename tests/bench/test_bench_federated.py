@@ -30,6 +30,8 @@ def test_bench_learn_federated_small(settings_factory: Callable[..., Settings]) 
     fed = run.phases["federated"]
     assert fed.version >= 1 and fed.settle_seconds is not None
     assert math.isfinite(run.auc_gap) and run.ratio > 0
+    # the default joint naive Bayes merges by adding sums: the federated model is the single one (issue 22)
+    assert abs(run.auc_gap) < 1e-9, run.auc_gap
     text = format_federated(runs)
     assert "AUC single" in text and "0.01 target" in text
     assert any("global version" in line for line in said)

@@ -48,7 +48,7 @@ def _invoke(env: dict[str, Any], *args: str, input: bytes | None = None) -> Any:
 
 @pytest.fixture
 def settings(settings_factory) -> Settings:
-    s: Settings = settings_factory(ldp_epsilon=4.0)
+    s: Settings = settings_factory(ldp_epsilon=4.0, learn_model="logistic")  # per-event v1 records (issue 22)
     ensure_topics(s.kafka_bootstrap_or_dev(), [s.topics.snapshots], partitions=1)
     return s
 
@@ -141,3 +141,34 @@ def test_model_show_names_a_federated_global_version() -> None:
     assert "global version 7 (federated: the last round merged 3 updates from 2 learner(s)" in render_summary(summary)
     assert "global version" not in render_summary(model_summary({**header, "federation": None}, verified=True))
 
+
+
+def test_model_show_and_predict_a_joint_naive_bayes(settings_factory) -> None:
+    """The default model (issue 22): named log-odds weights, clear values scored, private reports refused."""
+    import numpy as np
+
+    from stream.bench.learn import people_stream
+    from stream.ldp.examples import ExampleReporter
+    from stream.learn.joint import JointNaiveBayes, JointReport
+
+    s: Settings = settings_factory()
+    ensure_topics(s.kafka_bootstrap_or_dev(), [s.topics.snapshots], partitions=1)
+    model = fresh_model(s)
+    assert isinstance(model, JointNaiveBayes)
+    st = people_stream(3000, 2, holdout=500)
+    raws, _ = ExampleReporter(st.spec, 8.0, np.random.default_rng(2)).reports(st.indices, st.labels)
+    for raw in raws:
+        model.learn_one(JointReport.from_json(raw))
+    snap = ModelSnapshot(name=s.learn_model_name, created_at="2026-12-06T04:00:00.000Z", examples_seen=len(raws),
+                         metrics={}, epsilon={"label": 8.0, "features": {}, "note": "post-processing"}, model=model)
+    _publish(s, snap.to_bytes(snapshot_key(s)))
+    env = settings_env(s)
+    res = _invoke(env, "model", "show", "--json", "--top", "3")
+    assert res.exit_code == 0, res.output
+    doc = orjson.loads(res.output)
+    assert doc["examples_seen"] == 3000 and doc["verified"] is True and len(doc["top_weights"]) == 3
+    clear = {"event_type": "checkout", "device": "desktop", "country": "DE", "category": "electronics", "price": 120.0}
+    lines = [orjson.dumps(clear), make_examples(1, seed=5).records[0]]
+    res = _invoke(env, "model", "predict", input=b"\n".join(lines) + b"\n")
+    rows = [orjson.loads(line) for line in res.stdout.splitlines()]
+    assert rows[0]["p"] == round(model.predict_proba_event(clear), 6) and rows[1] == {"error": "invalid_record"}

@@ -54,10 +54,21 @@ def test_explain_prints_the_account(monkeypatch: pytest.MonkeyPatch) -> None:
     result = CliRunner().invoke(cli, ["privatizer", "--explain"], prog_name="streamgate")
     assert result.exit_code == 0, result.output
     out = result.output
+    # the default: joint-nb examples, one per person-epoch at 1.0, paid before the feature reports
+    assert "per report: epsilon event_type 0.5, category 0.5, price 0.5, device 0.5, country 0.5 -" in out
+    assert "per event: epsilon 2.5 (a feature report: its 5 attributes)\n" in out
+    assert "per person per epoch: at most epsilon 12 " in out
+    assert "first the person-epoch's joint-nb example (1, at their first event), then at most 4 reports per person " \
+           "per epoch at 2.5 each" in out
+    assert "labelled examples: joint-nb" in out and "kept in this process only, never in a store" in out
+    assert "cannot be tied to a feature report by content" in out
+    logistic = CliRunner().invoke(cli, ["privatizer", "--explain"], prog_name="streamgate",
+                                  env={"STREAMGATE_LEARN_MODEL": "logistic"}).output
     assert "per report: epsilon event_type 0.5, category 0.5, price 0.5, device 0.5, country 0.5, " \
-           "session_purchase 0.5" in out
-    assert "per event: epsilon 2.5" in out and "3 with its labelled example's label" in out
-    assert "per person per epoch: at most epsilon 12 " in out and "at most 4 reports per person per epoch at 3 each" in out
+           "session_purchase 0.5" in logistic
+    assert "per event: epsilon 2.5" in logistic and "3 with its labelled example's label" in logistic
+    assert "at most 4 reports per person per epoch at 3 each" in logistic
+    assert "tie a labelled example to the feature report of the same event" in logistic
     assert "over the retention window: at most epsilon 372 = 12 x 31 epochs" in out
     assert "never refunds" in out and "an observer of features.private cannot" in out
     assert "unbiased for each person's first 4 events" in out and "no stand-in" in out

@@ -14,7 +14,6 @@ import orjson
 import pytest
 
 from stream.crypto.keyring import Keyring
-from stream.errors import KeyUnavailableError
 from stream.ldp.labels import LABEL_NAME, ExampleStub, SessionLabeler
 from stream.ldp.memo import MemoryMemoStore
 from stream.ldp.privatizer import ProtectedRecord
@@ -146,25 +145,18 @@ def test_examples_are_private_example_records_with_the_feature_reports_features(
             assert e[f].encode() not in blob
 
 
-def test_label_memos_are_per_person_epoch_and_value_and_charged_once(keyring: Keyring) -> None:
+def test_labels_are_prepaid_and_fresh_per_example_no_memo(keyring: Keyring) -> None:
+    """The label's epsilon is prepaid with the event's feature report: labelling charges nothing and
+    touches no store; one person's examples with one true label get independent answers (no memo)."""
     store = MemoryMemoStore()
-    priv = make_privatizer(budget=1000.0, label_epsilon=0.5, store=store, seed=4)
-    people = [f"tk1_{os.urandom(8).hex()}" for _ in range(50)]
-    items = [(ExampleStub(f"s{i % 7}", p, EPOCH, False, b'"features":{}', 0), bool(i % 2))
-             for p in people for i in range(20)]
-    first = priv.label_examples(items)
-    again = priv.label_examples(items)
-    assert first.epsilon_spent == pytest.approx(0.5 * 2 * len(people))  # (person, label value) once each
-    assert again.epsilon_spent == 0.0
-    priv.cache.invalidate()  # resolved again from the store: still the memo, nothing spent
-    third = priv.label_examples(items)
-    assert third.epsilon_spent == 0.0
-
-    # one memo per (person, label value); the emitted labels carry fresh noise on top of it
-    (memos,) = {len(m) for m in store.memos.values()}
-    assert memos == 2 and len(store.memos) == len(people)
-    labels = {orjson.loads(raw)["label"]["r"] for raw in first.examples[:40]}
-    assert labels == {0, 1}
+    priv = make_privatizer(budget=1000.0, label_epsilon=2.0, store=store, seed=4)
+    n = 4000
+    items = [(ExampleStub(f"s{i % 7}", "tk1_one", EPOCH, False, b'"features":{}', 0), True) for i in range(n)]
+    res = priv.label_examples(items)
+    assert res.epsilon_spent == 0.0 and store.ledgers == {} and len(res.examples) == n
+    p = math.exp(1.0) / (1 + math.exp(1.0))  # GRR at eps / 2
+    same = sum(orjson.loads(raw)["label"]["r"] == 1 for raw in res.examples) / n
+    assert abs(same - p) < 4 * math.sqrt(p * (1 - p) / n), same  # a memo would make it 0 or 1
 
 
 def test_the_label_is_binary_randomized_response_at_its_per_report_epsilon() -> None:
@@ -183,27 +175,19 @@ def test_the_label_is_binary_randomized_response_at_its_per_report_epsilon() -> 
     assert abs(kept[(False, 0)] / (n / 2) - p) < 5 * se
 
 
-def test_label_budget_is_enforced_and_store_outage_returns_nothing() -> None:
-    priv = make_privatizer(budget=0.6, label_epsilon=0.5, seed=2)
-    items = [(ExampleStub("s", "tk1_a", EPOCH, False, b'"features":{}', 0), True),
-             (ExampleStub("s", "tk1_a", EPOCH, False, b'"features":{}', 0), False)]
-    res = priv.label_examples(items)
-    # the first label value fits the cap, the second would exceed it: a stand-in label, still emitted
-    assert len(res.examples) == 2 and res.suppressed == 1 and res.epsilon_spent == 0.5
-
-    class Down:
-        def resolve(self, requests, budget_micro):
-            raise KeyUnavailableError("memo store unreachable")
-
-    down = make_privatizer(label_epsilon=1.0, store=Down())  # type: ignore[arg-type]
-    with pytest.raises(KeyUnavailableError):
-        down.label_examples(items)
-
-
-def test_examples_of_an_ended_retention_are_not_labelled() -> None:
-    priv = make_privatizer(label_epsilon=1.0, clock=lambda: 10 * 86400 * 40.0)
-    res = priv.label_examples([(ExampleStub("s", "tk1_a", 0, False, b'"features":{}', 0), True)])
-    assert res.examples == [] and res.skipped["retention_ended"] == 1
+def test_the_label_is_charged_with_its_feature_report_within_the_cap() -> None:
+    """With labelled examples on, each feature report also pays its example's label (prepaid): a person
+    releases floor(cap / (report + label)) reports, and the ledger never passes the cap."""
+    store = MemoryMemoStore()
+    priv = make_privatizer(budget=6.0, label_epsilon=1.0, store=store, seed=2)
+    cost = priv.report_cost_micro
+    keyring = Keyring.generate()
+    events = [{**e, "user_id": "one-person"} for e in ClickstreamGenerator(seed=5, n_users=50).events(40)]
+    res = priv.process(protected_records(events, keyring))
+    assert len(res.reports) == len(res.examples) == priv.per_person == 6_000_000 // cost < 40
+    assert res.epsilon_spent[LABEL_NAME] == pytest.approx(priv.per_person * 0.5)
+    (spent,) = store.ledgers.values()
+    assert spent == priv.per_person * cost <= 6_000_000
 
 
 def test_examples_off_by_default_and_the_label_name_is_reserved(keyring: Keyring) -> None:

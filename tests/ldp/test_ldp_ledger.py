@@ -87,8 +87,12 @@ def test_build_privatizer_refuses_a_cap_below_one_report(settings_factory) -> No
     from stream.errors import ConfigError
 
     with pytest.raises(ConfigError, match="feature report"):
-        build_privatizer(settings_factory(ldp_person_epsilon=2.0))  # a report costs 5 x 0.5
-    build_privatizer(settings_factory(ldp_person_epsilon=2.5))
+        build_privatizer(settings_factory(ldp_person_epsilon=2.0, learn_examples=False))  # a report costs 5 x 0.5
+    build_privatizer(settings_factory(ldp_person_epsilon=2.5, learn_examples=False))
+    # joint-nb examples (the default): the person-epoch's example (1.0) is paid first
+    with pytest.raises(ConfigError, match="joint-nb"):
+        build_privatizer(settings_factory(ldp_person_epsilon=3.4))
+    assert build_privatizer(settings_factory(ldp_person_epsilon=3.5)).per_person == 1
 
 
 def test_a_person_returning_after_erasures_stays_within_the_cap(settings_factory, redis_client: RedisClient) -> None:  # type: ignore[no-untyped-def]

@@ -78,3 +78,29 @@ def test_bench_learn_command_tiny() -> None:
     assert "auc_serve at eps 2" not in res.output  # eps 2 was not run: no comparison claimed
     bad = CliRunner().invoke(cli, ["bench", "learn", "--epsilons", "2,x"])
     assert bad.exit_code == 2 and "not a number" in bad.output
+
+
+def test_bench_learn_people_tiny() -> None:
+    """--people: both candidates on one stream per seed, the ledger never past its cap, the table."""
+    from stream.bench.learn import format_people, people_table
+
+    runs = people_table(people=(1500,), epsilons=(4.0, math.inf), seeds=(1,), workers=1, phishing=True)
+    synth = [r for r in runs if r.dataset == "synthetic"]
+    assert {(r.model, r.epsilon) for r in synth} == {(m, e) for m in ("joint-nb", "split-lr") for e in (4.0, math.inf)}
+    assert all(r.examples == 1500 for r in synth)  # one example per person (one epoch)
+    assert all(r.charged_max <= r.epsilon for r in runs if math.isfinite(r.epsilon))
+    clear = next(r for r in synth if r.model == "joint-nb" and math.isinf(r.epsilon))
+    assert clear.auc_serve > 0.62  # naive Bayes on 1,500 clear examples
+    phish = {(r.model, r.epsilon): r.auc_serve for r in runs if r.dataset == "phishing"}
+    assert phish[("joint-nb", math.inf)] > 0.9
+    text = format_people(runs)
+    assert "joint-nb" in text and "split-lr" in text and "phishing" in text
+
+
+def test_bench_learn_people_command() -> None:
+    res = CliRunner().invoke(cli, ["bench", "learn", "--people", "800", "--seeds", "1", "--epsilons", "2,inf",
+                                   "--workers", "1", "--datasets", "synthetic"])
+    assert res.exit_code == 0, res.output
+    assert "joint-nb" in res.output and "gap eps 2" in res.output and "largest ledger after any run: 2" in res.output
+    bad = CliRunner().invoke(cli, ["bench", "learn", "--people", "10"])
+    assert bad.exit_code == 2
