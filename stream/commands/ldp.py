@@ -77,7 +77,7 @@ def explain_lines(settings: Any, policy: Any) -> list[str]:
                    f"epoch (before that batch's feature reports; an unpaid person-epoch gives none), released through "
                    f"the same buffer, shuffled across people; which person-epochs paid or sent is kept in this process "
                    f"only, never in a store; a session ends after {settings.learn_session_gap_seconds:g} s of quiet; at most "
-                   f"{settings.learn_max_pending:,} examples held")
+                   f"{LEARN_MAX_PENDING:,} examples held")
     elif settings.learn_examples:
         out.append(f"labelled examples: on (logistic, per event); label session_purchase by randomized response (epsilon "
                    f"{acc.per_report['session_purchase']:g} per example, prepaid with its feature report from the same "
