@@ -368,17 +368,23 @@ def learn_table(
     """Every (dataset, epsilon, seed) stream, ``workers`` processes in parallel."""
     kw = {"events": events, "holdout": holdout, "n_users": n_users}
     jobs = [(d, e, s, kw) for d in datasets for e in epsilons for s in seeds]
-    out: list[LearnRun] = []
+    return _run_jobs(_job, jobs, workers, progress)
+
+
+def _run_jobs(fn: Callable[[Any], list[Any]], jobs: list[Any], workers: int,
+              progress: Callable[[int, int, list[Any]], None] | None) -> list[Any]:
+    """``fn`` over ``jobs``, in this process or in ``workers`` spawned processes, reporting progress."""
+    out: list[Any] = []
     if workers <= 1:
-        for i, job in enumerate(jobs):
-            runs = _job(job)
+        done: Any = map(fn, jobs)
+        for i, runs in enumerate(done):
             out += runs
             if progress:
                 progress(i + 1, len(jobs), runs)
         return out
     ctx = multiprocessing.get_context("spawn")
     with ctx.Pool(workers) as pool:
-        for i, runs in enumerate(pool.imap_unordered(_job, jobs)):
+        for i, runs in enumerate(pool.imap_unordered(fn, jobs)):
             out += runs
             if progress:
                 progress(i + 1, len(jobs), runs)
@@ -711,21 +717,7 @@ def people_table(*, people: Sequence[int], epsilons: Sequence[float] = PEOPLE_EP
     jobs = [(n, s, tuple(epsilons), tuple(models), epochs) for n in sorted(people, reverse=True) for s in seeds]
     if phishing:
         jobs += [(0, s, tuple(epsilons), tuple(models), 1) for s in seeds]
-    out: list[PeopleRun] = []
-    if workers <= 1:
-        for i, job in enumerate(jobs):
-            runs = _people_job(job)
-            out += runs
-            if progress:
-                progress(i + 1, len(jobs), runs)
-        return out
-    ctx = multiprocessing.get_context("spawn")
-    with ctx.Pool(workers) as pool:
-        for i, runs in enumerate(pool.imap_unordered(_people_job, jobs)):
-            out += runs
-            if progress:
-                progress(i + 1, len(jobs), runs)
-    return out
+    return _run_jobs(_people_job, jobs, workers, progress)
 
 
 def format_people(runs: Sequence[PeopleRun]) -> str:
