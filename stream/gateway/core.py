@@ -525,7 +525,13 @@ def unseal_dead_letter(record: dict[str, Any], deks: DekProvider) -> bytes | Non
     the person's key (``sealed_for``: their token) or the quarantine key (``sealed_for`` absent in
     records written before person sealing). Raises DecryptError / KeyShreddedError like any
     ciphertext: after the person's erasure, KeyShreddedError."""
-    sealed = record.get("sealed")
+    b64 = _unseal(record, "sealed", "", deks)
+    return None if b64 is None else base64.b64decode(b64)
+
+
+def _unseal(record: dict[str, Any], field: str, suffix: str, deks: DekProvider) -> str | None:
+    """The plaintext of the DLQ record's sealed ``field`` (None if absent), under the key it names."""
+    sealed = record.get(field)
     if sealed is None:
         return None
     owner = record.get("sealed_for", QUARANTINE_SUBJECT)
@@ -534,26 +540,18 @@ def unseal_dead_letter(record: dict[str, Any], deks: DekProvider) -> bytes | Non
     header = parse_ciphertext(sealed)
     key = deks.key_for_decrypt(owner, header.epoch, header.key_id)
     src = record["source"]
-    b64 = decrypt_value(
-        key, sealed, schema_id=DLQ_SCHEMA, field_path=_seal_path(src["topic"], src["partition"], src["offset"])
-    )
-    return base64.b64decode(b64)
+    path = _seal_path(src["topic"], src["partition"], src["offset"]) + suffix
+    plain: str = decrypt_value(key, sealed, schema_id=DLQ_SCHEMA, field_path=path)
+    return plain
 
 
 def unseal_dead_letter_meta(record: dict[str, Any], deks: DekProvider) -> tuple[bytes | None, Headers]:
     """The original key and headers of a DLQ record (``sealed_meta``; none in records written
     before it). Same keys and errors as :func:`unseal_dead_letter`."""
-    sealed = record.get("sealed_meta")
-    if sealed is None:
+    text = _unseal(record, "sealed_meta", _META_SUFFIX, deks)
+    if text is None:
         return None, []
-    owner = record.get("sealed_for", QUARANTINE_SUBJECT)
-    if type(owner) is not str:
-        raise DecryptError()
-    header = parse_ciphertext(sealed)
-    key = deks.key_for_decrypt(owner, header.epoch, header.key_id)
-    src = record["source"]
-    path = _seal_path(src["topic"], src["partition"], src["offset"]) + _META_SUFFIX
-    meta = orjson.loads(decrypt_value(key, sealed, schema_id=DLQ_SCHEMA, field_path=path))
+    meta = orjson.loads(text)
     k = meta.get("k")
     headers: Headers = [(str(n), None if v is None else base64.b64decode(v)) for n, v in meta.get("h", [])]
     return (None if k is None else base64.b64decode(k)), headers
