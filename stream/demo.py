@@ -307,7 +307,10 @@ def _truth(s: Settings, valid: list[dict[str, Any]]) -> tuple[dict[str, dict[str
     from stream.schema import load_schema
 
     policy = LdpPolicy.from_schema(load_schema(s.schema_name), s.ldp_epsilon)
-    cap = reports_per_person(policy, s.ldp_person_epsilon, s.learn_label_epsilon if s.learn_examples else None)
+    joint = s.learn_examples and s.learn_model == "joint-nb"  # its example is prepaid once per person-epoch
+    label_eps = s.learn_label_epsilon if s.learn_examples and not joint else None
+    cap = reports_per_person(policy, max(0.0, s.ldp_person_epsilon - (s.learn_label_epsilon if joint else 0.0)),
+                             label_eps)
     seen: Counter[str] = Counter()
     within = []
     for ev in valid:

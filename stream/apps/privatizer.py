@@ -488,6 +488,8 @@ class PrivatizerEngine(StreamEngine):
 
     def _account(self, res: PrivatizeResult, t0: float) -> None:
         self.stats.add(res)
+        if res.over_budget and self.metrics is not None:
+            self.metrics.ldp_over_budget(res.over_budget)
         if res.reported:
             self._unreleased.append(res)
         if self.on_batch is not None:

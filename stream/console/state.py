@@ -482,7 +482,10 @@ class ConsoleState:
     def _privacy(self) -> dict[str, Any]:
         ldp: dict[str, dict[str, float]] = {}
         histogram: dict[str, Any] | None = None
-        for inst in self._live("privatizer"):
+        over_budget = 0
+        privatizers = self._live("privatizer")
+        for inst in privatizers:
+            over_budget += _int(inst.snap.get("ldp_over_budget"))
             rows = inst.snap.get("ldp")
             if isinstance(rows, dict):
                 for attr, row in rows.items():
@@ -497,6 +500,8 @@ class ConsoleState:
         return {
             "ldp": dict(sorted(ldp.items())),
             "suppressed": sum(int(r["suppressed"]) for r in ldp.values()),
+            "over_budget": over_budget,
+            "privatizers": len(privatizers),
             "person_epsilon": histogram,
             "keys_shredded": sum_counts(_counts(i.snap.get("keys_shredded")) for i in shredders),
             "shred_due": sum(_int(i.snap.get("shred_due")) for i in shredders),

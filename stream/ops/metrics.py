@@ -40,6 +40,7 @@ name                                                  type       labels (besides
                                                                  ``mechanism``            mechanism
 ``streamgate_ldp_epsilon_spent_total``                counter    ``attribute``            sum of epsilon spent by those reports
 ``streamgate_ldp_suppressed_total``                   counter    ``attribute``            reports suppressed: the person's budget was spent
+``streamgate_ldp_over_budget_total``                  counter                             events not reported: the person's ledger was at its cap
 ``streamgate_model_metric``                           gauge      ``model``, ``metric``    the learner's model: ``roc_auc``, ``log_loss``, ``examples_seen``, ``drifts``
 ``streamgate_ready``                                  gauge                               1 when ``/readyz`` last answered ready
 ``streamgate_dependency_up``                          gauge      ``dependency``           last readiness check of ``broker`` / ``redis``
@@ -54,6 +55,7 @@ name                                                  type       labels (besides
 The ``ops.metrics`` snapshot also carries ``ldp_person_epsilon`` (privatizer only, no Prometheus
 series): how much ε the process charged per person in the newest epoch, as counts per bin
 (:class:`stream.ldp.privatizer.SpendHistogram`) - counts only, no identifier.
+It also carries ``ldp_over_budget``: events not reported because the person's ledger was at its cap.
 
 Labels can never carry a personal value or a token: every label value is checked
 against a fixed set (``worker``, ``topic``, ``reason``, shred ``reason``,
@@ -155,6 +157,8 @@ SERIES: tuple[SeriesSpec, ...] = (
     _s("streamgate_ldp_epsilon_spent_total", "counter", ("attribute",), "Sum of epsilon spent by LDP reports."),
     _s("streamgate_ldp_suppressed_total", "counter", ("attribute",),
        "LDP reports suppressed because the person's budget was spent."),
+    _s("streamgate_ldp_over_budget_total", "counter", (),
+       "Events not reported because the person's ledger was at its cap."),
     _s("streamgate_model_metric", "gauge", ("model", "metric"), "Online model quality metrics."),
     _s("streamgate_ready", "gauge", (), "1 when the worker was last found ready."),
     _s("streamgate_dependency_up", "gauge", ("dependency",), "Last readiness check of a dependency (1 up)."),
@@ -244,6 +248,7 @@ class WorkerMetrics:
         self.ldp: Counter[tuple[str, str]] = Counter()
         self.epsilon: dict[str, float] = {}
         self.suppressed: Counter[str] = Counter()
+        self.over_budget = 0
         self.models: dict[tuple[str, str], float] = {}
         self.person_epsilon: dict[str, Any] | None = None
         self.ready = 0
@@ -369,6 +374,11 @@ class WorkerMetrics:
         with self._lock:
             self.suppressed[attribute] += n
 
+    def ldp_over_budget(self, n: int) -> None:
+        n = self._count(n)
+        with self._lock:
+            self.over_budget += n
+
     def set_person_epsilon(self, histogram: dict[str, Any]) -> None:
         """The privatizer's ε-per-person histogram (:meth:`SpendHistogram.as_dict`): numbers only."""
         counts = histogram.get("counts")
@@ -450,6 +460,7 @@ class WorkerMetrics:
                 "shred_due": self.shred_due,
                 "shred_overdue_seconds": round(self.shred_overdue, 3),
                 "ldp": ldp,
+                "ldp_over_budget": self.over_budget,
                 "models": models,
                 "ready": bool(self.ready),
                 **extra,
@@ -498,6 +509,7 @@ class WorkerMetrics:
                 add("streamgate_ldp_epsilon_spent_total", [attr], eps)
             for attr, n in sorted(self.suppressed.items()):
                 add("streamgate_ldp_suppressed_total", [attr], n)
+            add("streamgate_ldp_over_budget_total", [], self.over_budget)
             for (model, metric), v in sorted(self.models.items()):
                 add("streamgate_model_metric", [model, metric], v)
             add("streamgate_ready", [], self.ready)

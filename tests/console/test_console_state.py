@@ -191,12 +191,26 @@ def test_person_epsilon_histograms_of_privatizers_add_up(policy: LdpPolicy) -> N
                               "untracked": 0})
         m.ldp_reports("event_type", "oue", 10, 2.0)
         m.ldp_suppressed("event_type", 3)
+        m.ldp_over_budget(pid)
         snap = snapshot_record(m, "privatizer")
         snap.update({"ts": T0 + pid, "pid": pid})
         st.add_metrics(snap)
     p = st.view(T0)["privacy"]
     assert p["person_epsilon"]["counts"] == [1, 3, 4] and p["person_epsilon"]["people"] == 8  # epoch 6 is older
     assert p["ldp"]["event_type"] == {"reports": 30, "epsilon_spent": 6.0, "suppressed": 9} and p["suppressed"] == 9
+    assert p["over_budget"] == 1 + 2 + 3 and p["privatizers"] == 3
+
+
+def test_no_histogram_before_a_finished_epoch(policy: LdpPolicy) -> None:
+    st = ConsoleState(policy)
+    assert st.view(T0)["privacy"]["privatizers"] == 0  # the page says: no privatizer snapshot yet
+    m = WorkerMetrics("privatizer")
+    m.ldp_over_budget(5)
+    snap = snapshot_record(m, "privatizer")
+    snap.update({"ts": T0, "pid": 1})
+    st.add_metrics(snap)
+    p = st.view(T0)["privacy"]
+    assert p["person_epsilon"] is None and p["privatizers"] == 1 and p["over_budget"] == 5  # no finished epoch yet
 
 
 def test_a_window_view_follows_a_late_partition(policy: LdpPolicy) -> None:

@@ -222,7 +222,7 @@ function renderEstimates(e) {
 }
 
 function renderPrivacy(p) {
-  setK("suppressed", int(p.suppressed));
+  setK("over_budget", int(p.over_budget));
   const ks = p.keys_shredded || {};
   setK("keys_shredded", int(Object.values(ks).reduce((a, b) => a + b, 0)));
   $("#shred-split").textContent = `retention ${int(ks.retention || 0)} · erasure ${int(ks.erasure || 0)}`;
@@ -231,8 +231,9 @@ function renderPrivacy(p) {
   const h = p.person_epsilon;
   const box = $("#hist");
   if (!h) {
-    $("#hist-note").textContent = "(no privatizer snapshot yet)";
-    box.replaceChildren(el("p", { class: "muted" }, "no data yet"));
+    const noEpoch = int(p.privatizers) > 0;
+    $("#hist-note").textContent = noEpoch ? "(published once per finished epoch, noised)" : "(no privatizer snapshot yet)";
+    box.replaceChildren(el("p", { class: "muted", id: "hist-empty" }, noEpoch ? "no finished epoch yet" : "no data yet"));
   } else {
     $("#hist-note").textContent = `(${int(h.people)} people charged by the privatizer in epoch ${h.epoch}; cap ${h.cap})`;
     const W = 640, H = 200, L = 44, B = 30, T = 10;
