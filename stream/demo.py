@@ -189,10 +189,10 @@ def run_demo(settings: Settings, *, events: int = 20_000, invalid_rate: float = 
     person_cap = DEMO_PERSON_MEMOS * epsilon
     settings = settings.model_copy(update={"ldp_epsilon": epsilon, "learn_label_epsilon": epsilon,
                                            "ldp_person_epsilon": person_cap})
-    console.print(f"privacy in this demo: epsilon {epsilon:g} per memoized value (epsilon-infinity; one report "
-                  f"alone at most {epsilon / 2:g}), at most {person_cap:g} per person per day "
-                  "(defaults: 1 and 12): weaker than the defaults, so that a demo's few events can teach the model; "
-                  "`--epsilon 1` shows what the defaults cost.")
+    console.print(f"privacy in this demo: epsilon {epsilon / 2:g} per attribute of each report (fresh noise, "
+                  f"no memo), at most {person_cap:g} per person per day (defaults: 0.5 and 12): weaker than the "
+                  "defaults, so that a demo's few people can teach the model; `--epsilon 1` shows what the "
+                  "defaults cost.")
 
     env = dict(os.environ)
     env.update({"STREAMGATE_LDP_EPSILON": f"{epsilon:g}", "STREAMGATE_LEARN_LABEL_EPSILON": f"{epsilon:g}",

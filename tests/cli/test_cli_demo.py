@@ -91,10 +91,11 @@ def test_demo_from_nothing(tmp_path: Path, demo_env: dict[str, str]) -> None:
     assert "online learning on the private stream (learner, River)" in out
     learned = re.search(r"demo-\S+: ([\d,]+) examples learned, signed", out)
     assert learned, out
-    assert int(learned[1].replace(",", "")) == n_features  # one labelled example per feature report
+    people = len({e["user_id"] for e in ClickstreamGenerator(seed=0).events(EVENTS)})  # the demo's default seed
+    assert int(learned[1].replace(",", "")) == people  # one joint example per person and epoch
     truth_auc = float(re.search(r"true labels \(demo only\)\s*│\s*ROC-AUC ([\d.]+)", out)[1])  # type: ignore[index]
     assert 0.0 <= truth_auc <= 1.0
-    assert ("privacy in this demo: epsilon 4 per memoized value (epsilon-infinity; one report alone at most 2), "
+    assert ("privacy in this demo: epsilon 2 per attribute of each report (fresh noise, no memo), "
             "at most 96 per person per day") in out  # stated
     assert re.search(r"largest weights\s*│\s*[a-z_]+=\S+ [+-]\d", out), out
 
