@@ -14,6 +14,7 @@ os.environ["STREAMGATE_STATE_DIR"] = tempfile.mkdtemp(prefix="streamgate-home-")
 from tests.support.fixtures import (
     kafka_bootstrap,
     master_key_b64,
+    own_broker,
     own_redis,
     redis_backend,
     redis_client,
@@ -31,6 +32,7 @@ from tests.support.fixtures import (
 __all__ = [
     "kafka_bootstrap",
     "master_key_b64",
+    "own_broker",
     "own_redis",
     "redis_backend",
     "redis_client",

@@ -14,9 +14,8 @@ import gc
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import orjson
@@ -35,7 +34,7 @@ from stream.engine import StreamEngine
 from stream.gateway.core import RawRecord
 from stream.kafka import ensure_topics
 from stream.synth import ClickstreamGenerator
-from tests.support.kafka import OwnBroker, read_topic, running_in_thread, wait_for
+from tests.support.kafka import read_topic, running_in_thread, wait_for
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -423,16 +422,6 @@ def test_redis_down_with_a_rebalance_during_the_wait(worker, settings_factory, u
     missing, dups = _score(h, sent, got)
     _report("redis-down+rebalance", worker, len(sent), missing, dups, took)
     assert missing == 0
-
-
-@pytest.fixture
-def own_broker(tmp_path: Path) -> Iterator[OwnBroker]:
-    b = OwnBroker(tmp_path)
-    b.start()
-    try:
-        yield b
-    finally:
-        b.kill()
 
 
 @pytest.mark.parametrize("worker", ["gateway", "privatizer"])

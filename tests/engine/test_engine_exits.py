@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 from confluent_kafka import Producer
@@ -18,19 +16,9 @@ from stream.engine import EngineFatalError
 from stream.engine.core import instance_id
 from stream.kafka import ensure_topics, producer_config
 from stream.synth import ClickstreamGenerator
-from tests.support.kafka import OwnBroker, running_in_thread, wait_for
+from tests.support.kafka import running_in_thread, wait_for
 
 pytestmark = [pytest.mark.integration]
-
-
-@pytest.fixture
-def own_broker(tmp_path: Path) -> Iterator[OwnBroker]:
-    b = OwnBroker(tmp_path)
-    b.start()
-    try:
-        yield b
-    finally:
-        b.kill()
 
 
 def test_the_watchdog_ends_a_worker_that_stays_not_ready(settings_factory, own_broker, caplog):

@@ -37,6 +37,7 @@ from stream.config import Settings, TopicNames
 from stream.dev.stack import DevStack, StackInfo
 from stream.redisdb import RedisClient, connect
 from tests.support.cluster import OwnCluster
+from tests.support.kafka import OwnBroker
 
 __all__ = [
     "SINGLE_REDIS_ONLY",
@@ -288,6 +289,17 @@ class OwnRedis:
             self.proc.terminate()
             self.proc.wait(20)
             self.proc = None
+
+
+@pytest.fixture
+def own_broker(tmp_path: Path) -> Iterator[OwnBroker]:
+    """A broker of this test's own, killed at the end (for broker restarts)."""
+    b = OwnBroker(tmp_path)
+    b.start()
+    try:
+        yield b
+    finally:
+        b.kill()
 
 
 @pytest.fixture
