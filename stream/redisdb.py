@@ -45,6 +45,8 @@ from redis.crc import key_slot
 from redis.exceptions import RedisClusterException
 from redis.retry import Retry
 
+from stream.errors import ConfigError
+
 if TYPE_CHECKING:
     from stream.config import Settings
 
@@ -115,8 +117,6 @@ def client_for(settings: Settings, **overrides: Any) -> RedisClient:
         kwargs["password"] = settings.redis_password_file.read_text().strip()
     kwargs.update(overrides)
     if settings.redis_cluster and not settings.redis_url:
-        from stream.errors import ConfigError
-
         raise ConfigError("STREAMGATE_REDIS_CLUSTER needs STREAMGATE_REDIS_URL (a node of the cluster): "
                           "the embedded dev Redis is one server")
     return connect(settings.redis_url_or_dev(), cluster=settings.redis_cluster, **kwargs)
