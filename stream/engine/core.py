@@ -381,9 +381,12 @@ class StreamEngine:
             self.progress.moved()
         s = self.settings
         todo = q.due(time.monotonic(), sync=sync, interval=s.commit_interval_seconds, max_records=s.commit_max_records)
-        if not todo:
-            return
-        todo = q.to_commit(todo, self.assigned)
+        if todo:
+            self._commit(todo, sync=sync)
+
+    def _commit(self, offsets: dict[TP, int], *, sync: bool) -> None:
+        q = self._queue
+        todo = q.to_commit(offsets, self.assigned)
         consumer = self.clients.consumer
         if not todo or consumer is None:
             return

@@ -603,7 +603,7 @@ def test_exactly_once_a_crash_between_produce_and_commit_repeats_only_the_aborte
         if first.stats.emitted < 100:  # type: ignore[attr-defined]
             real(ticket)
             return
-        producer, sink = first._producer, first._sink
+        producer, sink = first.clients.producer, first.clients.sink
         assert producer is not None and sink is not None
         producer.begin_transaction()
         sink.send(ticket)
