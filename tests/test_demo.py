@@ -26,6 +26,6 @@ def test_the_demo_epsilon_learns_and_the_default_does_not_at_demo_scale() -> Non
         default.append(joint_nb_run(st, 1.0, seed, people=len(st.labels), plan_people=EXPECTED_PEOPLE).auc_serve)
         clear.append(joint_nb_run(st, float("inf"), seed, people=len(st.labels)).auc_serve)
     print("demo", demo, "default", default, "clear", clear)
-    assert statistics.fmean(demo) >= 0.55, demo  # measured 0.596, 0.5, 0.582
-    assert statistics.fmean(default) <= 0.52, default  # measured 0.515, 0.5, 0.5: nothing learned
+    assert statistics.fmean(demo) >= 0.55, demo  # measured 0.543, 0.581, 0.648
+    assert statistics.fmean(default) <= 0.52, default  # measured 0.5, 0.5, 0.5: nothing learned
     assert statistics.fmean(clear) >= 0.65, clear  # measured 0.644-0.706

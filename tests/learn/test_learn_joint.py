@@ -198,7 +198,8 @@ def test_the_attribute_draw_is_planned_from_the_schema_alone() -> None:
         assert w.sum() == pytest.approx(1.0) and np.all(w >= 0)
         assert np.array_equal(w, attribute_weights(renamed, eps, people))  # names and values play no part
     small = attribute_weights(spec, 1.0, 5_000)
-    assert small[int(np.argmin(ks))] == 1.0  # one report's worth of signal: the smallest domain only
+    smallest = np.asarray(ks) == min(ks)
+    assert small[smallest].sum() == pytest.approx(1.0)  # little signal per report: the smallest domains only
     wide = attribute_weights(spec, 8.0, 100_000)
     assert np.all(wide > 0) and wide[int(np.argmax(ks))] > wide[int(np.argmin(ks))]
     joint, _spec = _joint(2.0, 1)  # the privatizer's draw is the plan for its expected people
