@@ -467,7 +467,8 @@ def _learning_summary(console: Console, s: Settings, ln: subprocess.Popen[bytes]
                   f"{snap.name}: {snap.examples_seen:,} examples learned, signed (verified before unpickling)")
     joint = s.learn_model == "joint-nb"
     if joint:
-        table.add_row("examples", f"one per person and day: one attribute drawn at random, its value and the label "
+        table.add_row("examples", f"one per person and day: one attribute drawn (probabilities planned from the schema), "
+                      "its value and the label "
                       f"session_purchase randomized together at epsilon {s.learn_label_epsilon:g} (prepaid on the person's "
                       "ledger at their first event; released shuffled across people); naive Bayes from debiased counts")
     else:
@@ -480,7 +481,7 @@ def _learning_summary(console: Console, s: Settings, ln: subprocess.Popen[bytes]
     table.add_row("true labels (demo only)", f"ROC-AUC {auc(truth, scores):.3f} serving on the clear values "
                   f"of these {len(valid):,} events (0.5 = chance) at epsilon {s.learn_label_epsilon:g}"
                   + (f", learned from {snap.examples_seen:,} people. Utility grows with people, not events: "
-                     "at this scale 0.52-0.62 (the same learner on clear examples 0.64-0.71), at epsilon 1 "
+                     "at this scale 0.54-0.65 (the same learner on clear examples 0.67-0.70), at epsilon 1 "
                      "0.5; `streamgate bench learn --people` shows AUC vs people and epsilon" if joint else
                      ". `streamgate bench learn` shows AUC vs epsilon"))
     top = sorted(model.weights().items(), key=lambda kv: -abs(kv[1]))[:4]

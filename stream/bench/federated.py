@@ -181,11 +181,12 @@ def joint_stream(people: int, epsilon: float, seed: int, *, holdout: int) -> tup
     import numpy as np
 
     from stream.bench.learn import NONPRIVATE_EPSILON, people_stream
-    from stream.ldp.examples import ExampleReporter
+    from stream.ldp.examples import ExampleReporter, attribute_weights
 
     st = people_stream(people, seed, holdout=holdout)
     eps = NONPRIVATE_EPSILON if math.isinf(epsilon) else epsilon
-    raws, _attr = ExampleReporter(st.spec, eps, np.random.default_rng(seed + 31)).reports(st.indices, st.labels)
+    w = attribute_weights(st.spec, eps, people)  # the draw planned for these people, as in bench learn --people
+    raws, _attr = ExampleReporter(st.spec, eps, np.random.default_rng(seed + 31), weights=w).reports(st.indices, st.labels)
     return raws, (st.holdout_events, st.holdout[1])
 
 

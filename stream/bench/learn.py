@@ -453,8 +453,9 @@ def target_check(rows: Sequence[SummaryRow], metric: str = "auc_clean", epsilon:
 # bench learn --people N (issue 22): one example per person and epoch, inside the person cap
 # ---------------------------------------------------------------------------------------------
 
-#: the learners measured side by side (``bench learn --people``)
-CANDIDATES = ("joint-nb", "split-lr")
+#: the learners measured side by side (``bench learn --people``; ``split-lr`` on request: slow, and far behind)
+CANDIDATES = ("joint-nb", "joint-uniform", "split-lr")
+DEFAULT_CANDIDATES = ("joint-nb", "joint-uniform")
 PEOPLE_EPSILONS: tuple[float, ...] = (1.0, 2.0, 4.0, 8.0, math.inf)
 
 
@@ -562,10 +563,13 @@ def _ledger_charges(subjects: Sequence[tuple[str, int]], epsilon: float, seed: i
     return ok, max(store.ledgers.values(), default=0) / MICRO
 
 
-def joint_nb_run(stream: PeopleStream, epsilon: float, seed: int, *, people: int, smoothing: float = 1.0) -> PeopleRun:
-    """Candidate (a): joint reports at the person budget, naive Bayes; eps = inf: the same learner on the
-    clear examples (every attribute)."""
-    from stream.ldp.examples import ExampleReporter
+def joint_nb_run(stream: PeopleStream, epsilon: float, seed: int, *, people: int, smoothing: float = 0.5,
+                 uniform: bool = False, plan_people: int | None = None) -> PeopleRun:
+    """Joint reports at the person budget, naive Bayes; the attribute draw planned from the schema for
+    ``plan_people`` (default ``people``; :func:`stream.ldp.examples.attribute_weights`, as the privatizer
+    does for its expected people; ``uniform``: the candidate with a uniform draw). eps = inf: the same
+    learner on the clear examples (every attribute)."""
+    from stream.ldp.examples import ExampleReporter, attribute_weights
     from stream.learn.joint import JointNaiveBayes, JointReport
 
     t0 = time.perf_counter()
@@ -576,14 +580,15 @@ def joint_nb_run(stream: PeopleStream, epsilon: float, seed: int, *, people: int
         n = len(stream.labels)
     else:
         ok, cmax = _ledger_charges(stream.subjects, epsilon, seed)
-        rep = ExampleReporter(stream.spec, epsilon, np.random.default_rng(seed * 1000 + round(epsilon * 10)))
+        w = None if uniform else attribute_weights(stream.spec, epsilon, max(plan_people or people, 1))
+        rep = ExampleReporter(stream.spec, epsilon, np.random.default_rng(seed * 1000 + round(epsilon * 10)), weights=w)
         raws, _attr = rep.reports(stream.indices[ok], stream.labels[ok])
         for raw in raws:
             model.learn_one(JointReport.from_json(raw))
         n = len(raws)
     p = model.predict_many_indices(stream.holdout[0])
-    return PeopleRun("synthetic", people, epsilon, "joint-nb", seed, n, auc(stream.holdout[1], p),
-                     time.perf_counter() - t0, cmax)
+    return PeopleRun("synthetic", people, epsilon, "joint-uniform" if uniform else "joint-nb", seed, n,
+                     auc(stream.holdout[1], p), time.perf_counter() - t0, cmax)
 
 
 def _split_records(policy: LdpPolicy, events: Sequence[Mapping[str, Any]], labels: np.ndarray, epsilon: float,
@@ -641,7 +646,7 @@ def split_lr_run(stream: PeopleStream, epsilon: float, seed: int, *, people: int
                      time.perf_counter() - t0, cmax)
 
 
-def phishing_people_run(epsilon: float, seed: int, *, models: Sequence[str] = CANDIDATES,
+def phishing_people_run(epsilon: float, seed: int, *, models: Sequence[str] = DEFAULT_CANDIDATES,
                         test_share: float = 0.3) -> list[PeopleRun]:
     """River's Phishing, one person per row: the features in 10 equal bins of [0, 1] plus the label
     under the same accounting (one joint report at ``epsilon`` per row for ``joint-nb``; every feature
@@ -649,7 +654,7 @@ def phishing_people_run(epsilon: float, seed: int, *, models: Sequence[str] = CA
     rows, on clear values."""
     from river import datasets
 
-    from stream.ldp.examples import ExampleAttribute, ExampleReporter, ExampleSpec
+    from stream.ldp.examples import ExampleAttribute, ExampleReporter, ExampleSpec, attribute_weights
     from stream.ldp.grr import GRR
     from stream.ldp.numeric import HybridMechanism
     from stream.learn.joint import JointNaiveBayes, JointReport
@@ -666,16 +671,21 @@ def phishing_people_run(epsilon: float, seed: int, *, models: Sequence[str] = CA
     idx = np.minimum((xs * 10).astype(np.int64), 9)
     out = []
     rng = np.random.default_rng(seed + 104729 + round(min(epsilon, 1e3) * 10))
-    if "joint-nb" in models:
+    for name in ("joint-nb", "joint-uniform"):
+        if name not in models:
+            continue
         t0 = time.perf_counter()
         nb = JointNaiveBayes(spec, seed=seed)
         if math.isinf(epsilon):
             nb.learn_many_clear(idx[:cut], ys[:cut])
         else:
-            raws, _ = ExampleReporter(spec, epsilon, rng).reports(idx[:cut], ys[:cut])
+            # nine attributes of ten bins each: the planned draw is uniform too
+            w = None if name == "joint-uniform" else attribute_weights(spec, epsilon, cut)
+            jr = np.random.default_rng(seed + 104729 + round(min(epsilon, 1e3) * 10))
+            raws, _ = ExampleReporter(spec, epsilon, jr, weights=w).reports(idx[:cut], ys[:cut])
             for raw in raws:
                 nb.learn_one(JointReport.from_json(raw))
-        out.append(PeopleRun("phishing", cut, epsilon, "joint-nb", seed, cut,
+        out.append(PeopleRun("phishing", cut, epsilon, name, seed, cut,
                              auc(ys[cut:].astype(bool), nb.predict_many_indices(idx[cut:])), time.perf_counter() - t0))
     if "split-lr" in models:
         t0 = time.perf_counter()
@@ -705,13 +715,15 @@ def _people_job(args: tuple[int, int, Sequence[float], Sequence[str], int]) -> l
     for e in epsilons:
         if "joint-nb" in models:
             out.append(joint_nb_run(stream, e, seed, people=people))
+        if "joint-uniform" in models and not math.isinf(e):  # the clear learner is the same
+            out.append(joint_nb_run(stream, e, seed, people=people, uniform=True))
         if "split-lr" in models:
             out.append(split_lr_run(stream, e, seed, people=people))
     return out
 
 
 def people_table(*, people: Sequence[int], epsilons: Sequence[float] = PEOPLE_EPSILONS, seeds: Sequence[int] = (1, 2, 3),
-                 models: Sequence[str] = CANDIDATES, phishing: bool = True, epochs: int = 1, workers: int = 2,
+                 models: Sequence[str] = DEFAULT_CANDIDATES, phishing: bool = True, epochs: int = 1, workers: int = 2,
                  progress: Callable[[int, int, list[PeopleRun]], None] | None = None) -> list[PeopleRun]:
     """Every (people, seed) stream (all epsilons and models on the same stream), plus Phishing per seed."""
     jobs = [(n, s, tuple(epsilons), tuple(models), epochs) for n in sorted(people, reverse=True) for s in seeds]
@@ -730,7 +742,7 @@ def format_people(runs: Sequence[PeopleRun]) -> str:
         eps_all.add(r.epsilon)
     eps_sorted = sorted(eps_all)
     cols = ["inf" if math.isinf(e) else f"eps {e:g}" for e in eps_sorted]
-    head = f"{'dataset':<10} {'model':<9} {'people':>7} " + " ".join(f"{c:>13}" for c in cols) + f" {'gap eps 2':>9}"
+    head = f"{'dataset':<10} {'model':<13} {'people':>7} " + " ".join(f"{c:>13}" for c in cols) + f" {'gap eps 2':>9}"
     lines = [head, "-" * len(head)]
     for (d, m, n), by in sorted(groups.items(), key=lambda kv: (kv[0][0] != "synthetic", kv[0][0], kv[0][1], kv[0][2])):
         cells = []
@@ -738,7 +750,8 @@ def format_people(runs: Sequence[PeopleRun]) -> str:
             v = [x for x in by.get(e, []) if not math.isnan(x)]
             cells.append(f"{statistics.fmean(v):.3f}±{statistics.stdev(v) if len(v) > 1 else 0.0:.3f}" if v else "-")
         gap = "-"
-        if 2.0 in by and math.inf in by:
-            gap = f"{statistics.fmean(by[math.inf]) - statistics.fmean(by[2.0]):.3f}"
-        lines.append(f"{d:<10} {m:<9} {n:>7} " + " ".join(f"{c:>13}" for c in cells) + f" {gap:>9}")
+        ref = by.get(math.inf) or groups.get((d, "joint-nb", n), {}).get(math.inf)  # the same clear learner
+        if 2.0 in by and ref:
+            gap = f"{statistics.fmean(ref) - statistics.fmean(by[2.0]):.3f}"
+        lines.append(f"{d:<10} {m:<13} {n:>7} " + " ".join(f"{c:>13}" for c in cells) + f" {gap:>9}")
     return "\n".join(lines)
