@@ -34,7 +34,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 import orjson
 
 from stream.crypto.deks import DataKey, DekProvider
-from stream.crypto.fields import decrypt_value, encrypt_fields, encrypt_value, parse_ciphertext
+from stream.crypto.fields import decrypt_value, encrypt_fields, encrypt_many, encrypt_value, parse_ciphertext
 from stream.crypto.tokens import Tokenizer
 from stream.errors import DecryptError
 from stream.gateway.framing import VALUE_SCHEMA_ID_HEADER, Resolved, decode_avro
@@ -224,6 +224,7 @@ class Gateway:
         self.resolver = resolver
         self._plans: dict[int, _Plan] = {}  # id(Resolved) -> its plan
         self.pass_headers = frozenset(h.lower() for h in pass_headers)
+        self._out_head = b'{"_schema":' + orjson.dumps(self.schema_id) + b","
 
     # -- decoding and validation -------------------------------------------------
     def decode(self, value: bytes | None, headers: Sequence[tuple[str, bytes | None]] | None = None,
@@ -372,10 +373,7 @@ class Gateway:
 
         keys: dict[str, DataKey] = self.deks.keys_for(need_key, epoch) if need_key else {}
         result = BatchResult(keys_requested=len(need_key))
-        protect, dumps = self._protect, orjson.dumps
-        protected = result.protected
-        for (e, plan), subject in zip(accepted, subjects, strict=True):
-            protected.append((subject.encode(), dumps(protect(e, keys.get(subject), plan))))
+        self._protect_all(accepted, subjects, keys, result.protected)
         if self.pass_headers:
             self._carry_headers(records, decoded, result)
         if any_rejects:
@@ -424,6 +422,27 @@ class Gateway:
         if type(uid) is not str or not 0 < len(uid) <= self._subject_max_len:
             return None
         return uid
+
+    def _protect_all(self, accepted: list[tuple[dict[str, Any], _Plan]], subjects: list[str],
+                     keys: dict[str, DataKey], protected: list[tuple[bytes, bytes]]) -> None:
+        """The batch's events (tokens in place; the decoded dicts are the gateway's own) encrypted,
+        dropped and encoded: ``{"_schema": .., **event}`` as :meth:`_protect` gives it, byte for byte."""
+        jobs = []
+        for (e, plan), subject in zip(accepted, subjects, strict=True):
+            key = keys.get(subject)
+            if key is not None:
+                jobs.append((key, e, plan.sealed))
+            else:  # no key was asked for: every encrypted field is absent or null
+                assert all(e.get(name) is None for name in plan.encrypt_fields)
+        encrypt_many(jobs, schema_id=self.schema_id)
+        head, dumps, schema_id = self._out_head, orjson.dumps, self.schema_id
+        for (e, plan), subject in zip(accepted, subjects, strict=True):
+            for name in plan.drop_fields:
+                e.pop(name, None)
+            if e and "_schema" not in e:  # (the schema's own "_schema" field would override ours)
+                protected.append((subject.encode(), head + dumps(e)[1:]))
+            else:
+                protected.append((subject.encode(), dumps({"_schema": schema_id, **e})))
 
     def _protect(self, event: dict[str, Any], key: DataKey | None, plan: _Plan | None = None) -> dict[str, Any]:
         """Tokens are already in place (see process); encrypt and drop. Returns the protected dict."""

@@ -17,6 +17,7 @@ from stream.crypto.fields import (
     CIPHERTEXT_PREFIX,
     decrypt_value,
     encrypt_fields,
+    encrypt_many,
     encrypt_value,
     is_ciphertext,
     parse_ciphertext,
@@ -90,6 +91,30 @@ def test_encrypt_fields_is_encrypt_value_per_field(doc: dict[str, Any]) -> None:
         assert decrypt_value(KEY, out[name], schema_id=SCHEMA, field_path=name) == doc[name]
         same = encrypt_value(KEY, doc[name], schema_id=SCHEMA, field_path=name, pad=pad)
         assert len(out[name]) == len(same) and out[name] != same  # same padding, fresh nonce
+
+
+def test_encrypt_many_is_encrypt_fields_per_event_with_unique_nonces() -> None:
+    """A batch over two nonce blocks (4,096 values each), two people, nulls and absent fields: every
+    value decrypts under its own person and field, has encrypt_value's length, and no nonce recurs."""
+    spec = (("email", (64, 128)), ("ip", None), ("phone", (32,)))
+    bob = make_key(subject="tk1_bob", key_id="fedcba9876543210")
+    docs = [{"email": f"p{i}@example.com", "ip": None if i % 3 == 0 else f"10.0.{i % 256}.1", "other": i}
+            | ({"phone": "+1 555 0100"} if i % 2 else {}) for i in range(4500)]
+    jobs = [(KEY if i % 2 else bob, dict(d), spec) for i, d in enumerate(docs)]
+    encrypt_many(jobs, schema_id=SCHEMA)
+    nonces = []
+    for (key, out, _), doc in zip(jobs, docs, strict=True):
+        assert out.keys() == doc.keys() and out["other"] == doc["other"]
+        for name, pad in spec:
+            if doc.get(name) is None:
+                assert out.get(name) == doc.get(name)
+                continue
+            assert decrypt_value(key, out[name], schema_id=SCHEMA, field_path=name) == doc[name]
+            assert len(out[name]) == len(encrypt_value(key, doc[name], schema_id=SCHEMA, field_path=name, pad=pad))
+            nonces.append(parse_ciphertext(out[name]).nonce)
+    assert len(nonces) > 2 * 4096 and len(set(nonces)) == len(nonces)
+    with pytest.raises(DecryptError):  # bound to the person
+        decrypt_value(bob, jobs[1][1]["email"], schema_id=SCHEMA, field_path="email")
 
 
 def test_none_stays_none() -> None:
