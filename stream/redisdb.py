@@ -94,9 +94,66 @@ REDIS_ERRORS: tuple[type[BaseException], ...] = (redis.RedisError, RedisClusterE
 SLOTS = 16384
 
 
+try:
+    from hiredis import pack_command as _pack_command
+except ImportError:  # (a dependency; without it redis-py packs in Python)
+    _pack_command = None
+
+
+class _CPacker:
+    """RESP packing in C (hiredis) for commands whose arguments are str, bytes, int or float:
+    redis-py's own packer first encodes each argument in Python, about half of the shredder's
+    client CPU (docs/benchmarks.md). Anything else (bool, None, bytearray, a command name with a
+    space) takes redis-py's packer, its checks and its errors."""
+
+    __slots__ = ("_fallback",)
+
+    def __init__(self, fallback: Any) -> None:
+        self._fallback = fallback
+
+    def pack(self, *args: Any) -> list[bytes]:
+        first = args[0]
+        if type(first) is str and " " not in first:  # (redis-py splits "CONFIG SET" into two arguments)
+            try:
+                return [_pack_command(args)]  # type: ignore[misc]
+            except TypeError:
+                pass
+        packed: list[bytes] = self._fallback.pack(*args)
+        return packed
+
+
+class _CPacking:
+    def _construct_command_packer(self, packer: Any) -> Any:
+        base = super()._construct_command_packer(packer)  # type: ignore[misc]
+        enc = self.encoder  # type: ignore[attr-defined]
+        if packer is not None or _pack_command is None or enc.encoding.lower().replace("-", "") != "utf8" \
+                or enc.encoding_errors != "strict":
+            return base
+        return _CPacker(base)
+
+
+class CPackConnection(_CPacking, redis.Connection):
+    pass
+
+
+class CPackSSLConnection(_CPacking, redis.SSLConnection):
+    pass
+
+
+class CPackUnixConnection(_CPacking, redis.UnixDomainSocketConnection):
+    pass
+
+
+_CONNECTIONS = {"redis": CPackConnection, "rediss": CPackSSLConnection, "unix": CPackUnixConnection}
+
+
 def connect(url: str, *, cluster: bool = False, **kwargs: Any) -> RedisClient:
     """A client of ``url``: :class:`redis.cluster.RedisCluster` (any node of the cluster as the
-    start-up node) when ``cluster``, else :class:`redis.Redis`."""
+    start-up node) when ``cluster``, else :class:`redis.Redis`; its commands packed in C
+    (:class:`_CPacker`)."""
+    conn = _CONNECTIONS.get(url.partition("://")[0].lower())
+    if conn is not None:
+        kwargs.setdefault("connection_class", conn)
     if cluster:
         return RedisCluster.from_url(url, **kwargs)
     return redis.Redis.from_url(url, **kwargs)

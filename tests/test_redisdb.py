@@ -44,3 +44,25 @@ def test_shards_are_stable_and_spread() -> None:
 def test_prefixes_with_separators_or_braces_are_refused(bad: str) -> None:
     with pytest.raises(ValueError):
         check_prefix(bad)
+
+
+def test_commands_are_packed_in_c_byte_for_byte_as_redis_py_packs_them() -> None:
+    """connect()'s connections pack str, bytes, int and float arguments with hiredis: the same RESP
+    bytes as redis-py's own packer; other arguments keep redis-py's packing and its errors."""
+    from redis.connection import PythonRespSerializer
+    from redis.exceptions import DataError
+
+    from stream.redisdb import _CPacker, connect
+
+    client = connect("redis://127.0.0.1:1/0")  # never connected: packing only
+    conn = client.connection_pool.make_connection()
+    packer = conn._command_packer
+    assert isinstance(packer, _CPacker)
+    reference = PythonRespSerializer(conn._buffer_cutoff, conn.encoder.encode)
+    for args in [("SET", "sg:dek:{tk1_a}:5", b"1.\x00\xff", "NX", "EXAT", 1_900_000_000),
+                 ("EVALSHA", "ab" * 20, 2, "k1", "k2", "é", 0.1, 1e300, -7, b""),
+                 ("CONFIG SET", "maxmemory", "0"), ("ZADD", "z", memoryview(b"1"), "m")]:
+        assert b"".join(packer.pack(*args)) == b"".join(reference.pack(*args)), args
+    for bad in (True, None):
+        with pytest.raises(DataError):
+            packer.pack("SET", "k", bad)

@@ -89,10 +89,10 @@ for i = 7, #ARGV, 3 do
   elseif score or (indexed_only == '0' and alive == '1') then
     local field = m .. '|' .. reason .. '|' .. rid .. '|' .. key_id
     local entry = cjson.encode({s, tonumber(e), key_id, reason, rid, at, score or '', worker, lease, worker})
-    redis.call('HSETNX', KEYS[2], field, entry)
+    if redis.call('HSETNX', KEYS[2], field, entry) == 0 then entry = redis.call('HGET', KEYS[2], field) end
     if score then redis.call('ZREM', KEYS[1], m) end
     out[#out + 1] = field
-    out[#out + 1] = redis.call('HGET', KEYS[2], field)
+    out[#out + 1] = entry
   end
 end
 return out
@@ -117,8 +117,11 @@ _DESTROY = r"""
 for i = 1, #KEYS / 3 do
   local dek, key_id = KEYS[3 * i - 2], ARGV[2 * i]
   local v = redis.call('GET', dek)
-  if v and key_id ~= '' and string.sub(v, 3, 18) == key_id then redis.call('DEL', dek) end
-  redis.call('DEL', KEYS[3 * i - 1], KEYS[3 * i])
+  if v and key_id ~= '' and string.sub(v, 3, 18) == key_id then
+    redis.call('DEL', dek, KEYS[3 * i - 1], KEYS[3 * i])
+  else
+    redis.call('DEL', KEYS[3 * i - 1], KEYS[3 * i])
+  end
   redis.call('PUBLISH', ARGV[1], ARGV[2 * i + 1])
 end
 return 1
