@@ -97,7 +97,7 @@ SLOTS = 16384
 try:
     from hiredis import pack_command as _pack_command
 except ImportError:  # (a dependency; without it redis-py packs in Python)
-    _pack_command = None
+    _pack_command = None  # type: ignore[assignment]
 
 
 class _CPacker:
@@ -115,7 +115,7 @@ class _CPacker:
         first = args[0]
         if type(first) is str and " " not in first:  # (redis-py splits "CONFIG SET" into two arguments)
             try:
-                return [_pack_command(args)]  # type: ignore[misc]
+                return [_pack_command(args)]
             except TypeError:
                 pass
         packed: list[bytes] = self._fallback.pack(*args)
