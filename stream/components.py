@@ -30,6 +30,9 @@ from stream.storage.invalidation import ShredListener
 from stream.storage.keys import WAITAOF_TIMEOUT_MS, RedisKeyStore, RedisWrapCounter, identity_probe
 from stream.storage.pseudonyms import Pseudonyms
 
+#: KEK wraps a worker reserves at a time (one INCRBY), for data keys and tk2 secrets alike.
+WRAP_BLOCK = 4096
+
 if TYPE_CHECKING:
     from stream.ldp.ledger import Charge, LedgerStore
     from stream.ldp.privatizer import Privatizer
@@ -83,6 +86,7 @@ def build_dek_provider(
         guard=build_keystore_guard(settings, client) if guard else None,
         wrap_counter=RedisWrapCounter(client, settings.redis_key_prefix, warn_at=settings.kek_wrap_warn_at,
                                       refuse_at=settings.kek_wrap_limit),
+        wrap_block=WRAP_BLOCK,
     )
     if listen:
         start_invalidation(settings, provider, tokenizer)
@@ -224,7 +228,7 @@ def build_pseudonyms(settings: Settings, keyring: Keyring | None = None, *, clie
     return Pseudonyms(keyring or Keyring.from_settings(settings), client or redis_client(settings),
                       settings.redis_key_prefix, domain=load_schema(settings.schema_name).subject_domain,
                       max_staleness_seconds=settings.dek_cache_max_staleness_seconds, clock=clock, guard=guard,
-                      on_erased=on_erased, wrap_counter=wrap_counter)
+                      on_erased=on_erased, wrap_counter=wrap_counter, wrap_block=WRAP_BLOCK)
 
 
 def person_tokens(settings: Settings, user_id: str, keyring: Keyring | None = None, *,

@@ -229,9 +229,12 @@ class DekProvider:
         key_id_key: bytes | None = None,
         guard: KeyStoreGuard | None = None,
         wrap_counter: WrapCounter | None = None,
+        wrap_block: int = 1,
     ) -> None:
         """See the module docstring. ``wrap_counter`` (:mod:`stream.crypto.kms`) counts wraps per KEK
-        and refuses new keys beyond the KEK's limit. ``key_id_key`` authenticates key ids; by default it is derived
+        and refuses new keys beyond the KEK's limit, reserved ``wrap_block`` at a time (a process
+        over-counts by less than a block; the workers share one block size with the tk2 secrets:
+        no round trip for most batches with new people). ``key_id_key`` authenticates key ids; by default it is derived
         from the keyring of a :class:`LocalKMS` (``keyring.derive("dek-id")``) and absent otherwise.
         ``guard`` (:mod:`stream.crypto.keystore`) drops the whole cache when the store loses data."""
         if epoch_seconds <= 0 or retention_seconds < 0:
@@ -256,6 +259,8 @@ class DekProvider:
         if guard is not None:
             guard.on_reset(self.invalidate)
         self.wrap_counter = wrap_counter
+        self.wrap_block = max(1, int(wrap_block))
+        self._wraps_left: dict[str, int] = {}  # KEK id -> wraps reserved, not yet used (under the lock)
 
     # --- time -------------------------------------------------------------------------
 
@@ -424,8 +429,8 @@ class DekProvider:
         fresh: list[tuple[DataKey, bytes]] = []
         missing = sum(v is None for v in values)
         if missing and self.wrap_counter is not None:
-            # counted (one INCRBY) before any wrap; beyond the KEK's limit nothing is wrapped
-            self.wrap_counter.reserve(str(getattr(self._kms, "primary_id", "kms")), missing)
+            # counted before any wrap (one INCRBY per block); beyond the KEK's limit nothing is wrapped
+            self._reserve(self.wrap_counter, str(getattr(self._kms, "primary_id", "kms")), missing)
         for subject, value in zip(subjects, values, strict=True):
             if value is None:
                 fresh.append(self._new_key(subject, epoch))
@@ -449,6 +454,16 @@ class DekProvider:
                 else:  # a concurrent creator won: adopt its key so every worker agrees
                     loaded[key.subject] = self._open(key.subject, epoch, stored)
         return loaded
+
+    def _reserve(self, counter: WrapCounter, kek: str, n: int) -> None:
+        with self._lock:
+            left = self._wraps_left.get(kek, 0)
+            if left >= n:
+                self._wraps_left[kek] = left - n
+                return
+            need = max(n - left, self.wrap_block)
+            counter.reserve(kek, need)  # raises beyond the limit: nothing wrapped
+            self._wraps_left[kek] = left + need - n
 
     def _id_tag(self, subject: str, epoch: int, nonce_hex: str) -> str:
         assert self._id_key is not None

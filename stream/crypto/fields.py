@@ -19,7 +19,8 @@ Format (version ``sg1``)::
   ciphertext moved to another schema, field, person, epoch or key fails to
   authenticate.
 * Nonces are 96 random bits from ``os.urandom`` per value (no counter state to
-  lose across forks or restarts). With one key per person per epoch, the number
+  lose across forks or restarts; :func:`encrypt_many` reads a batch's nonces in one call
+  and uses each 12-byte slice once). With one key per person per epoch, the number
   of encryptions per key stays far below the 2**32 random-nonce bound.
 * Only canonical strings parse: base64url without padding whose unused trailing
   bits are zero, a canonical decimal epoch, nothing else. So a changed character

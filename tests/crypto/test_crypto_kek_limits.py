@@ -52,6 +52,27 @@ def test_wraps_are_counted_warned_and_refused_until_rotation(redis_client, redis
     assert int(redis_client.get(counter.key_name(rotated.primary_id))) == 1
 
 
+def test_data_key_wraps_are_reserved_a_block_at_a_time(redis_client, redis_prefix) -> None:
+    """With a block of 4: one INCRBY covers the first 4 new keys (no round trip for the 4th); a batch
+    beyond what is left reserves another block; a block that would pass the limit is refused whole."""
+    ring = Keyring.generate()
+    counter = WrapCounter(redis_client, redis_prefix, warn_at=10, refuse_at=10)
+    deks = DekProvider(RedisKeyStore(redis_client, prefix=redis_prefix), LocalKMS(ring), epoch_seconds=DAY,
+                       retention_seconds=7 * DAY, max_staleness_seconds=30.0, max_entries=1000,
+                       wrap_counter=counter, wrap_block=4)
+    epoch = int(time.time() // DAY)
+    count = lambda: int(redis_client.get(counter.key_name(ring.primary_id)))  # noqa: E731
+    deks.keys_for(["tk1_a", "tk1_b", "tk1_c"], epoch)
+    assert count() == 4
+    deks.keys_for(["tk1_d", "tk1_a"], epoch)  # the block's last wrap: no INCRBY
+    assert count() == 4
+    deks.keys_for(["tk1_e", "tk1_f"], epoch)
+    assert count() == 8
+    with pytest.raises(KekUsageExceededError):  # 8 + 4 > 10: refused before anything is wrapped
+        deks.keys_for(["tk1_g", "tk1_h", "tk1_i"], epoch)
+    assert redis_client.get(RedisKeyStore(redis_client, redis_prefix).key_name("tk1_g", epoch)) is None
+
+
 def test_limits_must_be_ordered(redis_client) -> None:
     with pytest.raises(ValueError):
         WrapCounter(redis_client, "p", warn_at=10, refuse_at=5)
