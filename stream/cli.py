@@ -295,7 +295,7 @@ def decrypt(user: str | None, max_events: int | None, idle_timeout: float, on_sh
     settings = _settings()
     keyring = Keyring.from_settings(settings)
     schema = load_schema(settings.schema_name)
-    reader = ProtectedEventReader(schema, build_dek_provider(settings, keyring), on_shredded=on_shredded)  # type: ignore[arg-type]
+    reader = ProtectedEventReader(schema, build_dek_provider(settings, keyring, role="reader"), on_shredded=on_shredded)  # type: ignore[arg-type]
     want = None
     if user is not None:  # looked up, never created: an erased person's records no longer match
         tokens = person_tokens(settings, user, keyring)
@@ -344,7 +344,7 @@ def dlq_inspect(max_records: int, unseal: bool, idle_timeout: float) -> None:
     from stream.kafka import TopicReader, reachable_bootstrap
 
     settings = _settings()
-    deks = build_dek_provider(settings) if unseal else None
+    deks = build_dek_provider(settings, role="reader") if unseal else None
     shown = 0
     with TopicReader(reachable_bootstrap(settings), settings.topics.dlq, linger=idle_timeout) as consumer:
         for m in consumer:

@@ -35,6 +35,7 @@ from __future__ import annotations
 import functools
 import zlib
 from collections.abc import Iterable, Sequence
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeAlias
 
 import redis
@@ -77,6 +78,7 @@ __all__ = [
     "pid_key",
     "ptok_affixes",
     "ptok_key",
+    "role_users_dir",
     "shard_tag",
     "shred_channel",
     "slot_tag",
@@ -100,18 +102,30 @@ def connect(url: str, *, cluster: bool = False, **kwargs: Any) -> RedisClient:
     return redis.Redis.from_url(url, **kwargs)
 
 
-def client_for(settings: Settings, **overrides: Any) -> RedisClient:
+def client_for(settings: Settings, role: str | None = None, **overrides: Any) -> RedisClient:
     """The workers' client of ``settings`` (``redis_url``, ``redis_cluster``): 2 s timeouts and no
     retries of its own. The engine's hold is the one retry policy: a failed call holds the batch
     (fail closed) and the engine retries it with its backoff, counted and logged; retries stacked
-    beneath it would only delay the hold (redis-py's default: three timeouts before it)."""
+    beneath it would only delay the hold (redis-py's default: three timeouts before it).
+
+    ``role``: the worker role (stream.storage.acl) this client acts for. When the passwords are a
+    directory of ACL users (:func:`role_users_dir`: the dev stack's, the tests'), the client logs in
+    as the user ``role`` with its file there; a client without a role is then refused."""
     kwargs: dict[str, Any] = {
         "socket_timeout": 2.0,
         "socket_connect_timeout": 2.0,
         "health_check_interval": 10,
         "retry": no_retry(),
     }
-    if settings.redis_password_file is not None:  # the ACL user's password (stream.storage.acl)
+    users = role_users_dir(settings)
+    if users is not None:
+        from stream.errors import ConfigError
+
+        if role is None or not (users / role).is_file():
+            raise ConfigError(f"the Redis ACL users in {users} have no user for role {role!r}: "
+                              "a worker logs in as its role (stream/storage/acl.py)")
+        kwargs["username"], kwargs["password"] = role, (users / role).read_text().strip()
+    elif settings.redis_password_file is not None:  # the ACL user's password (stream.storage.acl)
         kwargs["password"] = settings.redis_password_file.read_text().strip()
     kwargs.update(overrides)
     if settings.redis_cluster and not settings.redis_url:
@@ -120,6 +134,20 @@ def client_for(settings: Settings, **overrides: Any) -> RedisClient:
         raise ConfigError("STREAMGATE_REDIS_CLUSTER needs STREAMGATE_REDIS_URL (a node of the cluster): "
                           "the embedded dev Redis is one server")
     return connect(settings.redis_url_or_dev(), cluster=settings.redis_cluster, **kwargs)
+
+
+def role_users_dir(settings: Settings) -> Path | None:
+    """The directory of ACL users' passwords (one file per role, named after it) the workers of
+    ``settings`` log in with: ``redis_password_file`` when it is a directory, else the running dev
+    stack's when ``redis_url`` is unset; None: one user (the URL's, ``redis_password_file``'s)."""
+    if settings.redis_password_file is not None:
+        return settings.redis_password_file if settings.redis_password_file.is_dir() else None
+    if settings.redis_url:
+        return None
+    from stream.dev.stack import DevStack
+
+    info = DevStack(settings.state_dir).status()
+    return info.redis_users if info is not None else None
 
 
 def no_retry() -> Retry:

@@ -136,3 +136,33 @@ def test_the_workers_do_their_work_as_their_role(acl_redis, settings_factory) ->
     fresh = shred_reader(as_role["reader"], clock)
     assert fresh.read(events[0]).event["email"] != "someone@example.org"  # shredded
     assert fresh.decrypt(events[1])["email"] == "someone@example.org"
+
+
+def test_the_suites_workers_log_in_as_their_roles(settings_factory, stack_addresses, redis_client) -> None:
+    """The session Redis has the role users: what settings_factory builds logs in as its role, and is
+    refused outside it there too (so every test building a worker exercises the roles)."""
+    from stream.apps.privatizer import build_privatizer
+    from stream.errors import ConfigError
+    from stream.redisdb import client_for
+
+    if stack_addresses.redis_users is None:
+        pytest.skip("STREAMGATE_REDIS_URL is set: that Redis has no role users (the session warns)")
+    s = settings_factory(epoch_seconds=E, retention_seconds=R)
+    assert s.redis_password_file == stack_addresses.redis_users
+    with pytest.raises(ConfigError, match="role"):
+        client_for(s)  # no role, no login: a worker never falls back to another user
+    gw = build_gateway(s, clock=Clock(T0))
+    out = gw.process([RawRecord("clicks.raw", 0, 0, event("usr_suite"), None)])
+    assert len(out.protected) == 1
+    privatizer = build_privatizer(s, seed=1)
+    assert privatizer.store.spent("tk2_x", "l") == 0
+    store = RedisShredStore(client_for(s, "shredder"), s.redis_key_prefix)
+    store.erasure_floor(T0)
+    users = {c["user"] for c in redis_client.client_list()}
+    assert {"gateway", "privatizer", "shredder"} <= users, (users, privatizer)
+    tok = out.protected[0][0].decode()
+    as_gateway = client_for(s, "gateway")
+    with pytest.raises(redis.exceptions.NoPermissionError):
+        as_gateway.delete(f"{s.redis_key_prefix}:dek:{{{tok}}}:{int(T0 // E)}")  # an unsigned erasure: refused
+    with pytest.raises(redis.exceptions.NoPermissionError):
+        as_gateway.keys("*")
