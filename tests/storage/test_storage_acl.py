@@ -4,6 +4,7 @@ try), and the real gateway, shredder and reader doing their work as their role a
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import secrets
 from collections.abc import Callable
@@ -38,6 +39,14 @@ MATRIX: list[tuple[str, Callable[[redis.Redis], Any], frozenset[str]]] = [
     ("DEL pseudonym secret", lambda c: c.delete(f"{P}:pid:{{abc}}"), frozenset({"shredder"})),
     ("GET ε ledger", lambda c: c.get(f"{P}:ledger:{{0}}:x"), frozenset({"gateway", "privatizer"})),
     ("DEL ε ledger (a refund)", lambda c: c.delete(f"{P}:ledger:{{0}}:x"), frozenset()),
+    ("SET ε ledger (a reset: a refund)", lambda c: c.set(f"{P}:ledger:{{0}}:x", b"0"), frozenset()),
+    ("EVAL script SETting a ledger", lambda c: c.eval("return redis.call('SET', KEYS[1], '0')", 1,
+                                                      f"{P}:ledger:{{0}}:x"), frozenset()),
+    ("RENAME ε ledger away", lambda c: c.rename(f"{P}:ledger:{{0}}:x", f"{P}:ledger:{{0}}:y"), frozenset()),
+    ("INCRBY ε ledger (residual: a negative amount lowers it)", lambda c: c.incrby(f"{P}:ledger:{{0}}:x", -1),
+     frozenset({"gateway", "privatizer"})),
+    ("EXPIREAT ε ledger (residual: a past time drops it)", lambda c: c.expireat(f"{P}:ledger:{{0}}:x", 1),
+     frozenset({"gateway", "privatizer"})),
     ("HGET LDP memo", lambda c: c.hget(f"{P}:memo:{{tk2_x}}:1", "f"), frozenset({"privatizer", "shredder"})),
     ("GET erasure record", lambda c: c.get(f"{P}:erasure:r1"), frozenset({"shredder"})),
     ("DEL erasure record (re-enable a replay)", lambda c: c.delete(f"{P}:erasure:r1"), frozenset({"shredder"})),
@@ -56,6 +65,18 @@ MATRIX: list[tuple[str, Callable[[redis.Redis], Any], frozenset[str]]] = [
     ("FLUSHALL", lambda c: c.flushall(), frozenset()),
     ("CONFIG GET", lambda c: c.config_get("dir"), frozenset()),
     ("ACL LIST", lambda c: c.acl_list(), frozenset()),
+]
+
+
+#: Ways to reset a charged ledger (client, ledger name, a DUMP of it): all refused to every role.
+LEDGER_ATTACKS: list[Callable[[redis.Redis, str, bytes], Any]] = [
+    lambda c, k, d: c.set(k, b"0"),
+    lambda c, k, d: c.delete(k),
+    lambda c, k, d: c.unlink(k),
+    lambda c, k, d: c.rename(k, k + "x"),
+    lambda c, k, d: c.getdel(k),
+    lambda c, k, d: c.restore(k, 0, d, replace=True),
+    lambda c, k, d: c.eval("return redis.call('SET', KEYS[1], '0')", 1, k),
 ]
 
 
@@ -166,3 +187,42 @@ def test_the_suites_workers_log_in_as_their_roles(settings_factory, stack_addres
         as_gateway.delete(f"{s.redis_key_prefix}:dek:{{{tok}}}:{int(T0 // E)}")  # an unsigned erasure: refused
     with pytest.raises(redis.exceptions.NoPermissionError):
         as_gateway.keys("*")
+
+
+def test_what_a_gateway_or_privatizer_can_still_do_to_a_ledger_and_what_not(acl_redis) -> None:
+    """The attack, as each role that charges ledgers: resetting, deleting, renaming or SETting a charged
+    ledger through a script is refused; what remains (docs/privacy.md, "What each Redis role can still
+    do") is lowering it with a negative INCRBY and dropping it with a past EXPIREAT. Idempotency
+    (erasure) records and data keys cannot be deleted by either."""
+    from stream.errors import KeyUnavailableError
+    from stream.ldp.ledger import Charge
+    from stream.storage.ldp import RedisLedgerStore
+
+    admin = redis.Redis.from_url(acl_redis("admin"))
+    for role in ("gateway", "privatizer"):
+        client = redis.Redis.from_url(acl_redis(role))
+        store = RedisLedgerStore(client, P)
+        charge = Charge(subject=f"tk2_{role}", ledger="l1", cost_micro=700_000, expire_at=int(T0) + 10 * E)
+        assert store.charge([charge], 1_000_000) == [True]  # the real script, as the role
+        name = store.ledger_key(charge.subject, charge.ledger)
+        dump = admin.dump(name)
+        for attack in LEDGER_ATTACKS:
+            assert not allowed(client, functools.partial(attack, k=name, d=dump))
+        assert store.spent(charge.subject, charge.ledger) == 700_000
+        with pytest.raises(KeyUnavailableError):  # the script refuses a negative charge
+            store.charge([Charge(charge.subject, charge.ledger, -700_000, charge.expire_at)], 1_000_000)
+        assert store.spent(charge.subject, charge.ledger) == 700_000
+        # the residual: INCRBY takes any amount, EXPIREAT any time (ACLs grant commands, not arguments)
+        client.incrby(name, -700_000)
+        assert store.spent(charge.subject, charge.ledger) == 0
+        client.incrby(name, 700_000)
+        client.expireat(name, 1)
+        assert store.spent(charge.subject, charge.ledger) == 0 and not admin.exists(name)
+        admin.set(f"{P}:erasure:r-{role}", b"done")
+        admin.set(f"{P}:dek:{{tk2_{role}}}:1", b"wrapped")
+        for name in (f"{P}:erasure:r-{role}", f"{P}:dek:{{tk2_{role}}}:1"):
+            assert not allowed(client, lambda c, n=name: c.delete(n))  # type: ignore[misc]
+            assert not allowed(client, lambda c, n=name: c.unlink(n))  # type: ignore[misc]
+            assert admin.exists(name)
+        client.close()
+    admin.close()
