@@ -14,6 +14,7 @@ Key layout (``<prefix>`` is ``STREAMGATE_REDIS_KEY_PREFIX``; braces are literal 
     <prefix>:shredder:pending:{shard-NN}        the shredder's outbox shard  same slot as its index shard
     <prefix>:erasure:<request id>               erasure record               anywhere (one key)
     <prefix>:erasure-floor                      since when erasure records are kept (unix s)  anywhere
+    <prefix>:pseudonyms-wrapped                 since when every tk2 secret is wrapped: no more "2."  anywhere
     <prefix>:kek-wraps:<kek id>                 wrap counter                 anywhere (one key)
     <prefix>:replayed:<keyed event digest>      when dlq replay re-published anywhere (one key)
     <prefix>:keystore[:{<slot tag>}]            key-store marker             one per master on a cluster
@@ -71,11 +72,13 @@ __all__ = [
     "memo_key",
     "mget",
     "no_retry",
+    "operator_client",
     "pending_key",
     "perased_key",
     "person_slot",
     "person_tag",
     "pid_key",
+    "pseudonyms_wrapped_key",
     "ptok_affixes",
     "ptok_key",
     "role_users_dir",
@@ -133,6 +136,16 @@ def client_for(settings: Settings, role: str | None = None, **overrides: Any) ->
 
         raise ConfigError("STREAMGATE_REDIS_CLUSTER needs STREAMGATE_REDIS_URL (a node of the cluster): "
                           "the embedded dev Redis is one server")
+    return connect(settings.redis_url_or_dev(), cluster=settings.redis_cluster, **kwargs)
+
+
+def operator_client(settings: Settings) -> RedisClient:
+    """A client of ``settings``' Redis as the URL's own user (``redis_password_file`` when it is a file),
+    never a worker role: for operator tools that need what no role has (``SCAN``)."""
+    password_file = settings.redis_password_file
+    kwargs: dict[str, Any] = {"socket_timeout": 10.0, "socket_connect_timeout": 5.0}
+    if password_file is not None and not password_file.is_dir():
+        kwargs["password"] = password_file.read_text().strip()
     return connect(settings.redis_url_or_dev(), cluster=settings.redis_cluster, **kwargs)
 
 
@@ -270,6 +283,12 @@ def erasure_floor_key(prefix: str) -> str:
     return f"{prefix}:erasure-floor"
 
 
+def pseudonyms_wrapped_key(prefix: str) -> str:
+    """Set by ``streamgate keys rewrap-pseudonyms`` once every stored tk2 secret is wrapped by the KEK:
+    from then on a clear (``2.``) secret is refused (stream.storage.pseudonyms)."""
+    return f"{prefix}:pseudonyms-wrapped"
+
+
 def replayed_key(prefix: str, digest: str) -> str:
     """When ``streamgate dlq replay`` re-published the event of keyed digest ``digest``."""
     return f"{prefix}:replayed:{digest}"
@@ -298,6 +317,7 @@ def key_patterns(prefix: str) -> dict[str, str]:
         "perased": perased_key(prefix, "*"), "deadlines": f"{prefix}:deadlines:*",
         "pending": f"{prefix}:shredder:pending:*", "erasure": erasure_key(prefix, "*"),
         "erasure-floor": erasure_floor_key(prefix), "kek-wraps": kek_wraps_key(prefix, "*"),
+        "pwrapped": pseudonyms_wrapped_key(prefix),
         "replayed": replayed_key(prefix, "*"), "keystore": keystore_key(prefix) + "*",
     }
 

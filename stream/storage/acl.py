@@ -53,7 +53,7 @@ _LEDGER_ROLES = frozenset({"gateway", "privatizer"})
 _SPEC: dict[str, tuple[tuple[tuple[str, str], ...], tuple[str, ...], bool]] = {
     "gateway": (
         (("RW", "dek"), ("W", "deadlines"), ("RW", "pid"), ("RW", "ptok"), ("RW", "perased"),
-         ("RW", "kek-wraps"), ("RW", "keystore")),
+         ("RW", "kek-wraps"), ("R", "pwrapped"), ("RW", "keystore")),
         ("+get", "+mget", "+set", "+expireat", "+zadd", "+incrby", "+hget", "+hset", "+hsetnx", "+hincrbyfloat",
          "+waitaof", *_SUB),
         False,
