@@ -226,3 +226,25 @@ def test_what_a_gateway_or_privatizer_can_still_do_to_a_ledger_and_what_not(acl_
             assert admin.exists(name)
         client.close()
     admin.close()
+
+
+def test_a_deadline_entry_added_by_the_gateway_or_privatizer_destroys_a_key_early(acl_redis, settings_factory) -> None:
+    """The residual of ZADD on the deadline index (docs/privacy.md): an entry with a past score makes the
+    shredder destroy that person-epoch's data key at its next pass - an unsigned erasure of one key."""
+    from stream.redisdb import DEADLINE_SHARDS, deadline_shard, deadlines_key
+
+    clock = Clock(T0)
+    as_role = {role: settings_factory(redis_url=acl_redis(role), redis_cluster=False, redis_key_prefix=P,
+                                      epoch_seconds=E, retention_seconds=R) for role in ACL_ROLES}
+    out = build_gateway(as_role["gateway"], clock=clock).process(
+        [RawRecord("clicks.raw", 0, i, event(u), None) for i, u in enumerate(["usr_zadd", "usr_other"])])
+    events = [orjson.loads(v) for _, v in out.protected]
+    tok = events[0]["user_id"]
+    privatizer = redis.Redis.from_url(acl_redis("privatizer"))
+    privatizer.zadd(deadlines_key(P, deadline_shard(tok, DEADLINE_SHARDS)), {f"{tok}:{int(T0 // E)}": 0})
+    store = RedisShredStore(redis.Redis.from_url(as_role["shredder"].redis_url), P)
+    shredder = Shredder(store, MemorySink(), worker="w", epoch_seconds=E, retention_seconds=R, clock=clock)
+    assert shredder.shred_due() == 1  # long before the key's deadline (T0 + R)
+    fresh = shred_reader(as_role["reader"], clock)
+    assert fresh.read(events[0]).event["email"] != "someone@example.org"  # destroyed
+    assert fresh.decrypt(events[1])["email"] == "someone@example.org"
