@@ -8,8 +8,9 @@ user), so ``EVALSHA`` opens nothing beyond the patterns below (kinds of :func:`s
 role        may touch
 ==========  ==========================================================================================
 gateway     data keys and the deadline index (create, read), pseudonym secrets, token index and erased
-            markers, ε ledgers, KEK wrap counters, the key-store marker; subscribes to the shred channel
-privatizer  LDP memos and their deadline index, ε ledgers, the key-store marker; subscribes
+            markers, ε ledgers, KEK wrap counters, the pseudonyms-wrapped marker (read), the key-store
+            marker; subscribes to the shred channel
+privatizer  ε ledgers, the key-store marker; subscribes
 shredder    what it destroys (data keys, memos, old budgets, pseudonym secrets and index, erased
             markers), the deadline index and its outbox, erasure records and their floor; publishes
 reader      data keys, read only (``GET``/``MGET``), the key-store marker and ``dlq replay``'s claims
@@ -58,10 +59,9 @@ _SPEC: dict[str, tuple[tuple[tuple[str, str], ...], tuple[str, ...], bool]] = {
          "+waitaof", *_SUB),
         False,
     ),
-    "privatizer": (
-        (("RW", "memo"), ("W", "deadlines"), ("RW", "keystore")),
-        ("+get", "+set", "+incrby", "+expireat", "+zadd", "+hget", "+hmget", "+hset", "+hsetnx", "+hgetall",
-         "+hincrbyfloat", "+waitaof", *_SUB),
+    "privatizer": (  # ledgers (their selector) and the key-store marker: nothing per person else
+        (("RW", "keystore"),),
+        ("+get", "+set", "+waitaof", *_SUB),
         False,
     ),
     "shredder": (
