@@ -47,6 +47,8 @@ from redis.crc import key_slot
 from redis.exceptions import RedisClusterException
 from redis.retry import Retry
 
+from stream.errors import ConfigError
+
 if TYPE_CHECKING:
     from stream.config import Settings
 
@@ -122,8 +124,6 @@ def client_for(settings: Settings, role: str | None = None, **overrides: Any) ->
     }
     users = role_users_dir(settings)
     if users is not None:
-        from stream.errors import ConfigError
-
         if role is None or not (users / role).is_file():
             raise ConfigError(f"the Redis ACL users in {users} have no user for role {role!r}: "
                               "a worker logs in as its role (stream/storage/acl.py)")
@@ -132,8 +132,6 @@ def client_for(settings: Settings, role: str | None = None, **overrides: Any) ->
         kwargs["password"] = settings.redis_password_file.read_text().strip()
     kwargs.update(overrides)
     if settings.redis_cluster and not settings.redis_url:
-        from stream.errors import ConfigError
-
         raise ConfigError("STREAMGATE_REDIS_CLUSTER needs STREAMGATE_REDIS_URL (a node of the cluster): "
                           "the embedded dev Redis is one server")
     return connect(settings.redis_url_or_dev(), cluster=settings.redis_cluster, **kwargs)

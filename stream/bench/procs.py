@@ -103,7 +103,7 @@ def _engine(kind: str, settings: Settings, tweaks: dict[str, dict[str, Any]] | N
             return {**super().extra_producer_config(), **(tweaks or {}).get("producer", {})}
 
         def _consume(self) -> list[Any]:
-            consumer = self._consumer
+            consumer = self.clients.consumer
             if self.gate is None or self.gate.is_set():
                 # resume whatever is assigned now (a pause can outlive a rebalance in the client)
                 with contextlib.suppress(KafkaException):
@@ -116,7 +116,7 @@ def _engine(kind: str, settings: Settings, tweaks: dict[str, dict[str, Any]] | N
                 if consumer.assignment():
                     consumer.pause(consumer.assignment())
             msgs = consumer.consume(num_messages=500, timeout=0.05)
-            self._check_fatal()
+            self.clients.check()
             rewind: dict[tuple[str, int], int] = {}
             for m in msgs:
                 if m.error() is None:

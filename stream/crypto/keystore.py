@@ -143,7 +143,11 @@ class KeyStoreGuard:
     def run(self, work: Callable[[], T]) -> T:
         """``work()`` (a batch that may use cached keys), returned only if the store kept its identity
         from before the work to after it (and, if asked, fsynced what it loaded). After a change the
-        work is redone with empty caches; after ``max_attempts`` it fails closed."""
+        work is redone with empty caches; after ``max_attempts`` it fails closed.
+
+        It retries on these two answers only (an identity change, an fsync not confirmed in time),
+        never on an error: a store that is down raises :class:`KeyUnavailableError` from the probe
+        or the work, which goes up at once to the engine's hold, the one retry policy for Redis."""
         if self.identity is None:
             self.check()  # learn the identity before any cached key is used
         for _ in range(self.max_attempts):

@@ -2,10 +2,12 @@
 
 A result's offsets may be committed once its outputs and every earlier result's were delivered;
 a ``defer`` result also waits for a later delivered ``checkpoint`` (the learner's snapshots).
+Freed offsets are committed throttled (:meth:`CommitQueue.due`).
 """
 
 from __future__ import annotations
 
+import time
 from collections import deque
 from collections.abc import Iterable
 
@@ -17,9 +19,12 @@ TP = tuple[str, int]
 
 
 class CommitQueue:
-    def __init__(self) -> None:
+    def __init__(self, now: float | None = None) -> None:
         self.tickets: deque[Ticket] = deque()
         self.committed: dict[TP, int] = {}  # what this member last committed, per partition
+        self.pending: dict[TP, int] = {}  # freed, not committed yet (commit throttling)
+        self.commit_at = time.monotonic() if now is None else now  # the last commit
+        self.committed_records = 0  # released_records at the last commit
         self.released_records = 0  # input records freed by released tickets (ever)
         self.released_checkpoint = False  # the last release freed a checkpoint (commit it at once)
 
@@ -57,6 +62,29 @@ class CommitQueue:
             self.released_checkpoint |= t.checkpoint
         return offsets
 
+    def free(self) -> bool:
+        """:meth:`release` into ``pending``; True when something was freed (progress)."""
+        offsets = self.release()
+        if offsets is None:
+            return False
+        self.pending.update(offsets)
+        return True
+
+    def due(self, now: float, *, sync: bool, interval: float, max_records: int) -> dict[TP, int] | None:
+        """The pending offsets to commit now, or None: once ``interval`` seconds passed or
+        ``max_records`` records were freed since the last commit, whichever comes first; at once
+        when ``sync`` (a rebalance, the shutdown) or a checkpoint was freed (what it covers is
+        durable: a crash must not re-learn it). A crash re-delivers at most what was freed since
+        the last commit."""
+        if not self.pending:
+            return None
+        if not (sync or self.released_checkpoint or now - self.commit_at >= interval
+                or self.released_records - self.committed_records >= max_records):
+            return None
+        todo, self.pending = self.pending, {}
+        self.commit_at, self.committed_records = now, self.released_records
+        return todo
+
     def to_commit(self, offsets: dict[TP, int], assigned: Iterable[TP]) -> dict[TP, int]:
         """The offsets worth a commit: of partitions still assigned, and not committed already."""
         held = set(assigned)
@@ -68,7 +96,9 @@ class CommitQueue:
     def forget(self, tps: Iterable[TP]) -> None:
         for tp in tps:
             self.committed.pop(tp, None)
+            self.pending.pop(tp, None)
 
     def clear(self) -> None:
         self.tickets.clear()
         self.committed.clear()
+        self.pending.clear()

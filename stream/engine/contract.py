@@ -1,8 +1,8 @@
 """What a worker gives the engine and gets back: records in, :class:`Result` out.
 
 A worker is a :class:`stream.engine.core.StreamEngine` subclass that overrides
-``process`` (and, where it needs them, the other hooks). Everything about Kafka
-stays in the engine; the records and results here are plain values.
+``process`` (and, where it needs them, the other hooks); the engine runs it. Everything
+about Kafka stays in the engine; the records and results here are plain values.
 """
 
 from __future__ import annotations
@@ -11,7 +11,17 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import NamedTuple
 
-__all__ = ["Out", "Record", "Result"]
+from stream.errors import StreamgateError
+
+__all__ = ["EngineFatalError", "NotDeliveredError", "Out", "Record", "Result"]
+
+
+class EngineFatalError(StreamgateError):
+    """The worker cannot go on (its message is the one line a supervisor's log shows)."""
+
+
+class NotDeliveredError(StreamgateError):
+    """:meth:`stream.engine.core.StreamEngine.deliver_now` could not deliver every record in time."""
 
 
 class Record(NamedTuple):

@@ -1,11 +1,13 @@
 """The client supervisor's rules (pure, the clock passed in): how many client recoveries a worker
-survives, when the watchdog ends a worker, and the backoff of a hold."""
+survives, when the watchdog ends a worker, the backoff of a hold, when an unreachable broker is
+probed again, and when a member without partitions re-subscribes. The I/O that follows them is
+:mod:`stream.engine.clients`'."""
 
 from __future__ import annotations
 
 from collections import deque
 
-__all__ = ["RecoveryBudget", "Watchdog", "backoff"]
+__all__ = ["Outage", "RecoveryBudget", "Resubscriber", "Watchdog", "backoff"]
 
 
 def backoff(attempt: int, first: float, most: float) -> float:
@@ -51,3 +53,58 @@ class Watchdog:
             return f"watchdog: not ready and no progress for {now - self.fine_at:.0f} s " \
                    f"(bound STREAMGATE_WATCHDOG_SECONDS={self.bound:g}): {reason}"
         return None
+
+
+class Outage:
+    """Every broker unreachable since ``since`` (None: reachable). While it lasts, :meth:`probe_due`
+    allows one probe a second."""
+
+    def __init__(self, probe_every: float = 1.0) -> None:
+        self.probe_every = probe_every
+        self.since: float | None = None
+        self.probed_at = float("-inf")
+
+    def down(self, now: float) -> None:
+        if self.since is None:
+            self.since = now
+
+    def probe_due(self, now: float) -> bool:
+        if self.since is None or now - self.probed_at < self.probe_every:
+            return False
+        self.probed_at = now
+        return True
+
+    def up(self, now: float) -> float:
+        """The broker answered: seconds it was unreachable (the outage ends)."""
+        since, self.since = self.since, None
+        return 0.0 if since is None else now - since
+
+
+class Resubscriber:
+    """When a member holding no partitions looks again at its subscription: after ``max(5 s, the
+    session timeout)`` without partitions; a joined member (a standby, or after the broker came
+    back: ``resync``) waits twice as long after each look, up to 16 times. Partitions reset it."""
+
+    def __init__(self, session_seconds: float) -> None:
+        self.session_seconds = session_seconds
+        self.since: float | None = None  # without partitions since
+        self.count = 0  # looks since the member last held partitions
+        self.resync = False  # the broker came back: a joined member without partitions re-subscribes
+
+    def start(self, now: float) -> None:
+        self.since = now
+
+    def due(self, now: float, *, assigned: bool, joined: bool) -> bool:
+        if assigned:
+            self.since, self.count, self.resync = None, 0, False
+            return False
+        if self.since is None:
+            self.since = now
+            return False
+        wait = max(5.0, self.session_seconds)
+        if joined:
+            wait *= 2 ** min(self.count, 4)
+        if now - self.since < wait:
+            return False
+        self.since = now
+        return True

@@ -87,7 +87,7 @@ from stream import __version__
 from stream.apps.registry import WORKERS as _REGISTRY
 from stream.kafka import COUNTERS as KAFKA_COUNTERS
 from stream.kafka import KAFKA_EVENTS
-from stream.schema import Reason
+from stream.schema import Reason, available_schemas, schema_document
 
 __all__ = [
     "BATCH_BUCKETS",
@@ -182,8 +182,6 @@ def exposed_names() -> set[str]:
 @functools.cache
 def _schema_field_names() -> frozenset[str]:
     """Property names of every shipped schema: the only values an ``attribute`` label may take."""
-    from stream.schema import available_schemas, schema_document
-
     names: set[str] = set()
     for name in available_schemas():
         names.update(schema_document(name).get("properties", {}))

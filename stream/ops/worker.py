@@ -47,13 +47,16 @@ import orjson
 from confluent_kafka import KafkaException, Producer
 from mode import Service
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from redis.cluster import RedisCluster
 
 from stream.apps.registry import WORKERS
 from stream.config import Settings
+from stream.crypto.keyring import Keyring
 from stream.errors import ProduceTimeoutError
-from stream.kafka import client_config, produce
+from stream.kafka import client_config, ensure_topics, produce
 from stream.ops.metrics import WorkerMetrics
 from stream.ops.watch import safe_reason
+from stream.redisdb import client_for
 
 __all__ = ["STOPPING_REASON", "OpsHandle", "OpsService", "Readiness", "install_ops", "snapshot_record"]
 
@@ -209,10 +212,6 @@ def _broker_problem(settings: Settings) -> str | None:
 
 
 def _redis_problem(settings: Settings, role: str) -> str | None:
-    from redis.cluster import RedisCluster
-
-    from stream.redisdb import client_for
-
     try:
         client = client_for(settings, role, socket_timeout=_CHECK_TIMEOUT, socket_connect_timeout=_CHECK_TIMEOUT)
         try:
@@ -227,8 +226,6 @@ def _redis_problem(settings: Settings, role: str) -> str | None:
 
 
 def _kek_problem(settings: Settings) -> str | None:
-    from stream.crypto.keyring import Keyring
-
     try:
         Keyring.from_settings(settings)
         return None
@@ -266,8 +263,6 @@ class OpsService(Service):
             log.warning("metrics publisher: no broker configured; snapshots are not published")
             return
         with contextlib.suppress(Exception):
-            from stream.kafka import ensure_topics
-
             ensure_topics(bootstrap, [s.topics.metrics], partitions=1, timeout=10.0)
         producer = Producer(client_config(bootstrap, **{"client.id": f"streamgate-ops-{h.worker}",
                                                         "linger.ms": 50, "message.timeout.ms": 30000}))

@@ -277,7 +277,7 @@ def _done(h: Harness, s: Settings, sent: list[tuple[str, bytes]], engines: list[
     try:
         wait_for(complete, timeout=timeout, interval=1.0, what=f"{h.name} outputs for every input")
     except AssertionError as exc:  # say what the engines were doing
-        states = [(e.name, e.not_ready_reason, e.recoveries, getattr(e, "errors", None)) for e in engines]
+        states = [(e.name, e.not_ready_reason, e.clients.recoveries, getattr(e, "errors", None)) for e in engines]
         raise AssertionError(f"{exc}; engines: {states}") from None
     return got
 
@@ -294,7 +294,7 @@ def crashing(engine: StreamEngine) -> StreamEngine:
     against 5 s after a close)."""
 
     def shutdown() -> None:
-        engine._consumer = engine._producer = engine._sink = None
+        engine.clients.consumer = engine.clients.producer = engine.clients.sink = None
         engine._queue.tickets.clear()
         engine.assigned.clear()
         engine.joined = False
@@ -407,7 +407,7 @@ def test_redis_down_with_a_rebalance_during_the_wait(worker, settings_factory, u
         wait_for(lambda: a.joined, what="a joined")
         own_redis.stop()
         _send(h, bootstrap, s, [v for _, v in sent])
-        wait_for(lambda: a.held_retries >= 2 or a._tick_attempt >= 2, what="the hold")
+        wait_for(lambda: a.hold.retries >= 2 or a.tick_retry.attempt >= 2, what="the hold")
         b = h.make(s)
         with running_in_thread(b, f"{worker} b"):
             wait_for(lambda: b.joined, what="b joined: a rebalance during the hold")
@@ -448,7 +448,7 @@ def test_broker_killed_and_restarted_recovers(worker, settings_factory, unique_i
         _send(h, own_broker.bootstrap, s, [v for _, v in after])
         got = _done(h, s, after, [engine])
         took = time.monotonic() - back
-        assert engine.healthy and engine.recoveries >= 1
+        assert engine.healthy and engine.clients.recoveries >= 1
     missing, dups = _score(h, after, got)
     _report("broker-restart", worker, len(after), missing, dups, took)
     assert missing == 0
@@ -511,7 +511,7 @@ def test_a_fatal_producer_error_recreates_the_clients_and_loses_nothing(settings
         publish(bootstrap, s.topics.raw, [v for _, v in sent[300:]])
         got = _done(h, s, sent, [engine])
         took = time.monotonic() - t0
-        assert engine.recoveries >= 1 and engine.healthy
+        assert engine.clients.recoveries >= 1 and engine.healthy
     missing, dups = _score(h, sent, got)
     _report("fatal-producer", "gateway", len(sent), missing, dups, took)
     assert missing == 0
@@ -565,7 +565,7 @@ def test_held_out_broker_restart_recovers_or_exits(recreate_after, settings_fact
             time.sleep(1.0)
         took = time.monotonic() - back
         print(f"\nCONFORMANCE held-out-restart gateway recreate_after={recreate_after}: {outcome} after {took:.1f} s; "
-              f"reason={engine.not_ready_reason} recoveries={engine.recoveries} errors={errors}")
+              f"reason={engine.not_ready_reason} recoveries={engine.clients.recoveries} errors={errors}")
     finally:
         stop.set()
         th.join(60)
@@ -603,7 +603,7 @@ def test_exactly_once_a_crash_between_produce_and_commit_repeats_only_the_aborte
         if first.stats.emitted < 100:  # type: ignore[attr-defined]
             real(ticket)
             return
-        producer, sink = first._producer, first._sink
+        producer, sink = first.clients.producer, first.clients.sink
         assert producer is not None and sink is not None
         producer.begin_transaction()
         sink.send(ticket)

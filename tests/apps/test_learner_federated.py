@@ -80,7 +80,7 @@ def _crash(engine: FederatedLearnerEngine) -> None:
     merge, no drain, no commit."""
     for e in (engine, engine.aggregator):
         assert e is not None
-        e._shutdown = e._close_clients  # type: ignore[method-assign]
+        e._shutdown = e.clients.close  # type: ignore[method-assign]
 
 
 def _check_fedavg(s: Settings, globals_: list[ModelSnapshot], updates: list[tuple[Rec, ModelUpdate]]) -> None:

@@ -206,3 +206,40 @@ def test_a_load_noted_during_a_probe_is_confirmed_by_the_next_one() -> None:
     probe.probe = inner  # type: ignore[method-assign]
     assert guard.check() and probe.asked_durable[-1] is True
     assert guard.check() and probe.asked_durable[-1] is False
+
+
+class CountingProbe(FakeProbe):
+    def __init__(self) -> None:
+        super().__init__()
+        self.calls = 0
+
+    def probe(self, durable: bool) -> Probe:
+        self.calls += 1
+        return super().probe(durable)
+
+
+@pytest.mark.parametrize("down", ["before the work", "during the work", "after the work"])
+def test_an_unreachable_store_surfaces_at_once_to_the_engine_not_retried_here(down: str) -> None:
+    """The guard retries on two things only: the identity changed (the work is redone) and the fsync
+    was not confirmed (the probe is asked again). A store that is down is neither: the first
+    KeyUnavailableError goes up at once (the engine's hold is the one retry policy for Redis)."""
+    probe = CountingProbe()
+    guard = KeyStoreGuard(probe)
+    if down != "before the work":
+        guard.check()
+    probe.calls = 0
+    works: list[int] = []
+
+    def work() -> str:
+        works.append(1)
+        if down == "during the work":
+            raise KeyUnavailableError("down")
+        probe.fail = down == "after the work"
+        return "out"
+
+    probe.fail = down == "before the work"
+    with pytest.raises(KeyUnavailableError):
+        guard.run(work)
+    assert len(works) == (0 if down == "before the work" else 1)
+    assert probe.calls == (0 if down == "during the work" else 1)
+    assert guard.resets == 0

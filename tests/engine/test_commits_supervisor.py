@@ -1,4 +1,4 @@
-"""The commit queue and the supervisor's rules: pure units (no broker)."""
+"""The commit queue (with its throttle) and the supervisor's rules: pure units (no broker)."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ from typing import Any
 
 from stream.engine.commits import CommitQueue
 from stream.engine.produce import Ticket
-from stream.engine.supervisor import RecoveryBudget, Watchdog, backoff
+from stream.engine.supervisor import Outage, RecoveryBudget, Resubscriber, Watchdog, backoff
 
 
 def ticket(offsets: dict[tuple[str, int], int], pending: int = 0, **kw: Any) -> Ticket:
@@ -82,3 +82,70 @@ def test_progress_ready_or_standby_resets_the_watchdog():
 def test_backoff_doubles_up_to_its_cap():
     assert [backoff(a, 0.5, 10.0) for a in range(7)] == [0.5, 1.0, 2.0, 4.0, 8.0, 10.0, 10.0]
     assert backoff(10_000, 0.5, 10.0) == 10.0
+
+
+def test_freed_offsets_are_committed_once_the_interval_passed():
+    q = CommitQueue(now=0.0)
+    q.add(ticket({("in", 0): 10}, records=5))
+    assert q.free() and q.pending == {("in", 0): 10}
+    assert q.due(0.5, sync=False, interval=1.0, max_records=100) is None  # too soon: kept pending
+    q.add(ticket({("in", 0): 20}, records=5))
+    assert q.free()
+    assert q.due(1.0, sync=False, interval=1.0, max_records=100) == {("in", 0): 20}
+    assert q.pending == {} and q.commit_at == 1.0
+    assert q.due(9.0, sync=False, interval=1.0, max_records=100) is None  # nothing pending
+    assert not q.free()  # nothing finished: no progress
+
+
+def test_freed_offsets_are_committed_at_once_after_max_records_a_checkpoint_or_a_sync():
+    q = CommitQueue(now=0.0)
+    q.add(ticket({("in", 0): 10}, records=100))
+    q.free()
+    assert q.due(0.1, sync=False, interval=60.0, max_records=100) == {("in", 0): 10}  # max_records freed
+    q.add(ticket({("in", 0): 11}, records=1))
+    q.free()
+    assert q.due(0.2, sync=False, interval=60.0, max_records=100) is None
+    assert q.due(0.2, sync=True, interval=60.0, max_records=100) == {("in", 0): 11}  # a rebalance, shutdown
+    q.add(ticket({("in", 0): 12}, checkpoint=True))
+    q.free()
+    assert q.due(0.3, sync=False, interval=60.0, max_records=100) == {("in", 0): 12}  # a checkpoint
+
+
+def test_a_revoked_partition_leaves_nothing_pending():
+    q = CommitQueue(now=0.0)
+    q.add(ticket({("in", 0): 10, ("in", 1): 4}))
+    q.free()
+    q.forget([("in", 1)])
+    assert q.due(5.0, sync=False, interval=1.0, max_records=100) == {("in", 0): 10}
+
+
+def test_an_outage_allows_one_probe_a_second_and_says_how_long_it_lasted():
+    o = Outage()
+    assert not o.probe_due(0.0)  # no outage: nothing to probe
+    o.down(10.0)
+    o.down(11.0)  # already down: the start stays
+    assert o.probe_due(11.0) and not o.probe_due(11.5) and o.probe_due(12.0)
+    assert o.up(18.0) == 8.0 and o.since is None and not o.probe_due(20.0)
+
+
+def test_a_member_without_partitions_looks_again_after_the_session_then_less_and_less_often():
+    r = Resubscriber(session_seconds=6.0)
+    r.start(0.0)
+    assert not r.due(5.9, assigned=False, joined=False)
+    assert r.due(6.0, assigned=False, joined=False)  # not joined: every 6 s
+    assert not r.due(11.9, assigned=False, joined=False) and r.due(12.0, assigned=False, joined=False)
+    r.count = 2  # joined, after two re-subscriptions: 4 x 6 s
+    assert not r.due(35.9, assigned=False, joined=True) and r.due(36.0, assigned=False, joined=True)
+    r.count = 10  # at most 16 x
+    assert not r.due(131.9, assigned=False, joined=True) and r.due(132.0, assigned=False, joined=True)
+    r.resync = True
+    assert not r.due(500.0, assigned=True, joined=True)  # partitions: everything resets
+    assert (r.since, r.count, r.resync) == (None, 0, False)
+    assert not r.due(501.0, assigned=False, joined=True)  # the clock starts again
+    assert r.due(507.0, assigned=False, joined=True)
+
+
+def test_a_short_session_still_waits_five_seconds():
+    r = Resubscriber(session_seconds=1.0)
+    r.start(0.0)
+    assert not r.due(4.9, assigned=False, joined=False) and r.due(5.0, assigned=False, joined=False)
