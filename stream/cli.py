@@ -146,6 +146,35 @@ def keys_generate(out: Path | None, rotate: bool, force: bool) -> None:
         click.echo(f"export STREAMGATE_MASTER_KEY_FILE={path}")
 
 
+@keys.command("rewrap-pseudonyms")
+def keys_rewrap_pseudonyms() -> None:
+    """Wrap every clear (2.) tk2 secret by the KEK, then mark the store: gateways refuse clear ones from
+    then on. Needs the master key and an operator's Redis user (SCAN); idempotent."""
+    import time
+
+    from stream.crypto.keyring import Keyring
+    from stream.crypto.kms import LocalKMS
+    from stream.crypto.tokens import PseudonymKeys
+    from stream.redisdb import operator_client
+    from stream.schema import load_schema
+    from stream.storage.keys import RedisWrapCounter
+    from stream.storage.pseudonyms import rewrap_legacy
+
+    settings = _settings()
+    keyring = Keyring.from_settings(settings)
+    keys = PseudonymKeys(keyring, load_schema(settings.schema_name).subject_domain, LocalKMS(keyring))
+    client = operator_client(settings)
+    try:
+        counter = RedisWrapCounter(client, settings.redis_key_prefix, warn_at=settings.kek_wrap_warn_at,
+                                   refuse_at=settings.kek_wrap_limit)
+        stats = rewrap_legacy(client, settings.redis_key_prefix, keys, now=time.time(), wrap_counter=counter)
+    finally:
+        client.close()
+    click.echo(f"{stats.scanned} pseudonym secrets seen, {stats.rewrapped} clear ones wrapped"
+               + (f", {stats.changed} changed meanwhile (left as they were)" if stats.changed else "")
+               + f"; clear (2.) secrets are refused from now on ({settings.redis_key_prefix}:pseudonyms-wrapped)")
+
+
 @keys.command("roles")
 @click.option("--out", "out", type=click.Path(path_type=Path, file_okay=False), default=None,
               help="Directory for the credential files <role>.json (mode 0600). Default: <state_dir>/roles")
@@ -295,7 +324,7 @@ def decrypt(user: str | None, max_events: int | None, idle_timeout: float, on_sh
     settings = _settings()
     keyring = Keyring.from_settings(settings)
     schema = load_schema(settings.schema_name)
-    reader = ProtectedEventReader(schema, build_dek_provider(settings, keyring), on_shredded=on_shredded)  # type: ignore[arg-type]
+    reader = ProtectedEventReader(schema, build_dek_provider(settings, keyring, role="reader"), on_shredded=on_shredded)  # type: ignore[arg-type]
     want = None
     if user is not None:  # looked up, never created: an erased person's records no longer match
         tokens = person_tokens(settings, user, keyring)
@@ -344,7 +373,7 @@ def dlq_inspect(max_records: int, unseal: bool, idle_timeout: float) -> None:
     from stream.kafka import TopicReader, reachable_bootstrap
 
     settings = _settings()
-    deks = build_dek_provider(settings) if unseal else None
+    deks = build_dek_provider(settings, role="reader") if unseal else None
     shown = 0
     with TopicReader(reachable_bootstrap(settings), settings.topics.dlq, linger=idle_timeout) as consumer:
         for m in consumer:

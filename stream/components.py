@@ -54,9 +54,10 @@ __all__ = [
 _LISTENERS: dict[int, ShredListener] = {}
 
 
-def redis_client(settings: Settings) -> RedisClient:
-    """The workers' Redis client (one server or a cluster: :func:`stream.redisdb.client_for`)."""
-    return client_for(settings)
+def redis_client(settings: Settings, role: str) -> RedisClient:
+    """The Redis client of a worker of ``role`` (its ACL user where the passwords name one per role;
+    one server or a cluster: :func:`stream.redisdb.client_for`)."""
+    return client_for(settings, role)
 
 
 def build_dek_provider(
@@ -68,12 +69,14 @@ def build_dek_provider(
     listen: bool = False,
     guard: bool = True,
     tokenizer: Tokenizer | None = None,
+    role: str = "gateway",
 ) -> DekProvider:
     """The DEK provider of ``settings``. ``listen=True`` (long-running workers) also subscribes it to
     the shredder's invalidation channel (:func:`start_invalidation`; ``tokenizer``'s memo is cleared
-    there too). ``guard=False`` builds it without a key-store identity guard (tests only)."""
+    there too). ``guard=False`` builds it without a key-store identity guard (tests only). ``role``:
+    whose Redis user it logs in as (``"reader"`` for readers: unwraps only)."""
     keyring = keyring or Keyring.from_settings(settings)
-    client = client or redis_client(settings)
+    client = client or redis_client(settings, role)
     store = RedisKeyStore(client, prefix=settings.redis_key_prefix, shards=DEADLINE_SHARDS)
     provider = DekProvider(
         store,
@@ -83,20 +86,21 @@ def build_dek_provider(
         max_staleness_seconds=settings.dek_cache_max_staleness_seconds,
         max_entries=DEK_CACHE_MAX_ENTRIES,
         clock=clock,
-        guard=build_keystore_guard(settings, client) if guard else None,
+        guard=build_keystore_guard(settings, client, role=role) if guard else None,
         wrap_counter=RedisWrapCounter(client, settings.redis_key_prefix, warn_at=settings.kek_wrap_warn_at,
                                       refuse_at=settings.kek_wrap_limit),
         wrap_block=WRAP_BLOCK,
     )
     if listen:
-        start_invalidation(settings, provider, tokenizer)
+        start_invalidation(settings, provider, tokenizer, role=role)
     return provider
 
 
-def build_keystore_guard(settings: Settings, client: RedisClient | None = None) -> KeyStoreGuard:
+def build_keystore_guard(settings: Settings, client: RedisClient | None = None, *,
+                         role: str = "gateway") -> KeyStoreGuard:
     """A key-store identity guard on ``settings``' Redis (see :mod:`stream.crypto.keystore`)."""
     probe = identity_probe(
-        client or redis_client(settings), settings.redis_key_prefix,
+        client or redis_client(settings, role), settings.redis_key_prefix,
         waitaof_timeout_ms=WAITAOF_TIMEOUT_MS,
     )
     return KeyStoreGuard(probe)
@@ -127,7 +131,7 @@ def guard_privatizer(settings: Settings, privatizer: Privatizer, client: RedisCl
     existing: KeyStoreGuard | None = getattr(privatizer, "guard", None)
     if existing is not None:
         return existing
-    guard = guard or build_keystore_guard(settings, client)
+    guard = guard or build_keystore_guard(settings, client, role="privatizer")
     seen = [guard.resets]
 
     def on_reset() -> None:  # also called once when the guard first learns the identity: nothing was lost then
@@ -153,7 +157,8 @@ def guard_privatizer(settings: Settings, privatizer: Privatizer, client: RedisCl
     return guard
 
 
-def start_invalidation(settings: Settings, provider: DekProvider, tokenizer: Tokenizer | None = None) -> ShredListener:
+def start_invalidation(settings: Settings, provider: DekProvider, tokenizer: Tokenizer | None = None, *,
+                       role: str = "gateway") -> ShredListener:
     """Start a daemon :class:`ShredListener` that drops ``provider``'s cached keys when the shredder
     announces them (one key, or every key of a person), and everything after a reconnect. With a
     ``tokenizer``, an erasure (``{token}:*``) also drops its memo entries of that person (a tk2
@@ -173,7 +178,7 @@ def start_invalidation(settings: Settings, provider: DekProvider, tokenizer: Tok
             tokenizer.clear_memo()
 
     listener = ShredListener(
-        lambda: redis_client(settings), settings.redis_key_prefix, on_shred, on_reset=on_reset
+        lambda: redis_client(settings, role), settings.redis_key_prefix, on_shred, on_reset=on_reset
     ).start()
     _LISTENERS[id(provider)] = listener
     return listener
@@ -194,7 +199,7 @@ def build_gateway(
 ) -> Gateway:
     """The gateway core of ``settings``; ``listen=True`` for a long-running worker (see module docstring)."""
     keyring = keyring or Keyring.from_settings(settings)
-    client = client or redis_client(settings)
+    client = client or redis_client(settings, "gateway")
     schema = load_schema(settings.schema_name)
     tokenizer = Tokenizer(keyring)
     provider = build_dek_provider(settings, keyring, client=client, clock=clock, listen=listen, tokenizer=tokenizer)
@@ -221,11 +226,11 @@ def build_gateway(
 def build_pseudonyms(settings: Settings, keyring: Keyring | None = None, *, client: RedisClient | None = None,
                      clock: Callable[[], float] = time.time, guard: KeyStoreGuard | None = None,
                      on_erased: Callable[[dict[str, int], float], object] | None = None,
-                     wrap_counter: WrapCounter | None = None) -> Pseudonyms:
+                     wrap_counter: WrapCounter | None = None, role: str = "gateway") -> Pseudonyms:
     """The tk2 pseudonym store of ``settings``' person domain (:class:`stream.storage.pseudonyms.Pseudonyms`);
     ``guard`` drops its cache when Redis lost data (pass the DEK provider's); ``on_erased``: the
-    gateway's ledger exhauster."""
-    return Pseudonyms(keyring or Keyring.from_settings(settings), client or redis_client(settings),
+    gateway's ledger exhauster; ``role``: whose Redis user it logs in as without a ``client``."""
+    return Pseudonyms(keyring or Keyring.from_settings(settings), client or redis_client(settings, role),
                       settings.redis_key_prefix, domain=load_schema(settings.schema_name).subject_domain,
                       max_staleness_seconds=settings.dek_cache_max_staleness_seconds, clock=clock, guard=guard,
                       on_erased=on_erased, wrap_counter=wrap_counter, wrap_block=WRAP_BLOCK)

@@ -103,7 +103,8 @@ class Settings(BaseSettings):
     )
     redis_password_file: Path | None = Field(
         default=None, description="File holding the password of this worker's Redis ACL user (a Docker secret); the "
-        "user is named in REDIS_URL (redis://gateway@redis:6379/0). Roles and their rights: stream/storage/acl.py.",
+        "user is named in REDIS_URL (redis://gateway@redis:6379/0). Or a directory with one such file per role, named "
+        "after it (the dev stack's): each worker logs in as its role. Roles and their rights: stream/storage/acl.py.",
     )
     redis_cluster: bool = Field(
         default=False,

@@ -172,6 +172,8 @@ def _settings_env(s: Settings) -> dict[str, str]:
            "STREAMGATE_GROUP_PREFIX": s.group_prefix}
     if s.master_key is not None:
         env["STREAMGATE_MASTER_KEY"] = s.master_key.get_secret_value()
+    if s.redis_password_file is not None:
+        env["STREAMGATE_REDIS_PASSWORD_FILE"] = str(s.redis_password_file)
     return env
 
 
@@ -584,7 +586,7 @@ def _drive(
         from stream.gateway.reader import ProtectedEventReader
         from stream.schema import load_schema
 
-        reader = ProtectedEventReader(load_schema(s.schema_name), build_dek_provider(s, Keyring.from_settings(s)))
+        reader = ProtectedEventReader(load_schema(s.schema_name), build_dek_provider(s, Keyring.from_settings(s), role="reader"))
         back = reader.decrypt(protected_sample)
         ok = all(back.get(f) == sample.get(f) for f in ("email", "ip", "phone", "user_agent", "shipping_address"))
         console.print(("[green]✓[/]" if ok else "[red]✗[/]") + " decrypting with the master key recovers every encrypted field"
@@ -624,7 +626,7 @@ def _erasure_check(console: Console, s: Settings, sample: dict[str, Any], protec
     if receipt is None:
         console.print("[red]✗[/] no erasure receipt within 60 s (see the shredder's log)")
         return
-    reader = ProtectedEventReader(load_schema(s.schema_name), build_dek_provider(s, Keyring.from_settings(s)),
+    reader = ProtectedEventReader(load_schema(s.schema_name), build_dek_provider(s, Keyring.from_settings(s), role="reader"),
                                   on_shredded="mask")
     after = reader.decrypt(protected_sample)
     fields = [f for f in ("email", "ip", "phone", "user_agent", "shipping_address") if sample.get(f) is not None]

@@ -15,6 +15,7 @@ __all__ = [
     "KeyShreddedError",
     "KeyUnavailableError",
     "KeyringError",
+    "LegacyPseudonymError",
     "ModelUpdateError",
     "ProduceTimeoutError",
     "SchemaPolicyError",
@@ -82,6 +83,11 @@ class KeyUnavailableError(StreamgateError):
     The gateway fails closed on this error: the event is not emitted and not
     acknowledged; it is retried when the dependency returns.
     """
+
+
+class LegacyPseudonymError(KeyUnavailableError):
+    """A clear (``2.``) tk2 secret met after ``streamgate keys rewrap-pseudonyms`` marked the store
+    wrapped: planted, or restored from an old backup. Refused (fail closed) and counted."""
 
 
 class DecryptError(StreamgateError):

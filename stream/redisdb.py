@@ -14,6 +14,7 @@ Key layout (``<prefix>`` is ``STREAMGATE_REDIS_KEY_PREFIX``; braces are literal 
     <prefix>:shredder:pending:{shard-NN}        the shredder's outbox shard  same slot as its index shard
     <prefix>:erasure:<request id>               erasure record               anywhere (one key)
     <prefix>:erasure-floor                      since when erasure records are kept (unix s)  anywhere
+    <prefix>:pseudonyms-wrapped                 since when every tk2 secret is wrapped: no more "2."  anywhere
     <prefix>:kek-wraps:<kek id>                 wrap counter                 anywhere (one key)
     <prefix>:replayed:<keyed event digest>      when dlq replay re-published anywhere (one key)
     <prefix>:keystore[:{<slot tag>}]            key-store marker             one per master on a cluster
@@ -35,6 +36,7 @@ from __future__ import annotations
 import functools
 import zlib
 from collections.abc import Iterable, Sequence
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeAlias
 
 import redis
@@ -72,13 +74,16 @@ __all__ = [
     "memo_key",
     "mget",
     "no_retry",
+    "operator_client",
     "pending_key",
     "perased_key",
     "person_slot",
     "person_tag",
     "pid_key",
+    "pseudonyms_wrapped_key",
     "ptok_affixes",
     "ptok_key",
+    "role_users_dir",
     "shard_tag",
     "shred_channel",
     "slot_tag",
@@ -159,24 +164,58 @@ def connect(url: str, *, cluster: bool = False, **kwargs: Any) -> RedisClient:
     return redis.Redis.from_url(url, **kwargs)
 
 
-def client_for(settings: Settings, **overrides: Any) -> RedisClient:
+def client_for(settings: Settings, role: str | None = None, **overrides: Any) -> RedisClient:
     """The workers' client of ``settings`` (``redis_url``, ``redis_cluster``): 2 s timeouts and no
     retries of its own. The engine's hold is the one retry policy: a failed call holds the batch
     (fail closed) and the engine retries it with its backoff, counted and logged; retries stacked
-    beneath it would only delay the hold (redis-py's default: three timeouts before it)."""
+    beneath it would only delay the hold (redis-py's default: three timeouts before it).
+
+    ``role``: the worker role (stream.storage.acl) this client acts for. When the passwords are a
+    directory of ACL users (:func:`role_users_dir`: the dev stack's, the tests'), the client logs in
+    as the user ``role`` with its file there; a client without a role is then refused."""
     kwargs: dict[str, Any] = {
         "socket_timeout": 2.0,
         "socket_connect_timeout": 2.0,
         "health_check_interval": 10,
         "retry": no_retry(),
     }
-    if settings.redis_password_file is not None:  # the ACL user's password (stream.storage.acl)
+    users = role_users_dir(settings)
+    if users is not None:
+        if role is None or not (users / role).is_file():
+            raise ConfigError(f"the Redis ACL users in {users} have no user for role {role!r}: "
+                              "a worker logs in as its role (stream/storage/acl.py)")
+        kwargs["username"], kwargs["password"] = role, (users / role).read_text().strip()
+    elif settings.redis_password_file is not None:  # the ACL user's password (stream.storage.acl)
         kwargs["password"] = settings.redis_password_file.read_text().strip()
     kwargs.update(overrides)
     if settings.redis_cluster and not settings.redis_url:
         raise ConfigError("STREAMGATE_REDIS_CLUSTER needs STREAMGATE_REDIS_URL (a node of the cluster): "
                           "the embedded dev Redis is one server")
     return connect(settings.redis_url_or_dev(), cluster=settings.redis_cluster, **kwargs)
+
+
+def operator_client(settings: Settings) -> RedisClient:
+    """A client of ``settings``' Redis as the URL's own user (``redis_password_file`` when it is a file),
+    never a worker role: for operator tools that need what no role has (``SCAN``)."""
+    password_file = settings.redis_password_file
+    kwargs: dict[str, Any] = {"socket_timeout": 10.0, "socket_connect_timeout": 5.0}
+    if password_file is not None and not password_file.is_dir():
+        kwargs["password"] = password_file.read_text().strip()
+    return connect(settings.redis_url_or_dev(), cluster=settings.redis_cluster, **kwargs)
+
+
+def role_users_dir(settings: Settings) -> Path | None:
+    """The directory of ACL users' passwords (one file per role, named after it) the workers of
+    ``settings`` log in with: ``redis_password_file`` when it is a directory, else the running dev
+    stack's when ``redis_url`` is unset; None: one user (the URL's, ``redis_password_file``'s)."""
+    if settings.redis_password_file is not None:
+        return settings.redis_password_file if settings.redis_password_file.is_dir() else None
+    if settings.redis_url:
+        return None
+    from stream.dev.stack import DevStack
+
+    info = DevStack(settings.state_dir).status()
+    return info.redis_users if info is not None else None
 
 
 def no_retry() -> Retry:
@@ -299,6 +338,12 @@ def erasure_floor_key(prefix: str) -> str:
     return f"{prefix}:erasure-floor"
 
 
+def pseudonyms_wrapped_key(prefix: str) -> str:
+    """Set by ``streamgate keys rewrap-pseudonyms`` once every stored tk2 secret is wrapped by the KEK:
+    from then on a clear (``2.``) secret is refused (stream.storage.pseudonyms)."""
+    return f"{prefix}:pseudonyms-wrapped"
+
+
 def replayed_key(prefix: str, digest: str) -> str:
     """When ``streamgate dlq replay`` re-published the event of keyed digest ``digest``."""
     return f"{prefix}:replayed:{digest}"
@@ -327,6 +372,7 @@ def key_patterns(prefix: str) -> dict[str, str]:
         "perased": perased_key(prefix, "*"), "deadlines": f"{prefix}:deadlines:*",
         "pending": f"{prefix}:shredder:pending:*", "erasure": erasure_key(prefix, "*"),
         "erasure-floor": erasure_floor_key(prefix), "kek-wraps": kek_wraps_key(prefix, "*"),
+        "pwrapped": pseudonyms_wrapped_key(prefix),
         "replayed": replayed_key(prefix, "*"), "keystore": keystore_key(prefix) + "*",
     }
 

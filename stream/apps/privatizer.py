@@ -89,7 +89,7 @@ def start_memo_invalidation(settings: Settings, privatizer: Privatizer,
             on_erasure(subject)
 
     return ShredListener(
-        lambda: redis_client(settings), settings.redis_key_prefix, on_shred,
+        lambda: redis_client(settings, "privatizer"), settings.redis_key_prefix, on_shred,
         on_reset=cache.invalidate, name="streamgate-memo-shred-listener",
     ).start()
 
@@ -123,7 +123,7 @@ def build_privatizer(
         raise ConfigError(f"STREAMGATE_LDP_PERSON_EPSILON ({settings.ldp_person_epsilon:g}) is below the price of one "
                           f"feature report ({report_cost:g}, with a joint-nb example's epsilon): nothing would ever be released")
     rng = secure_rng() if seed is None else ChaChaRandom(seed)
-    client = client or redis_client(settings)
+    client = client or redis_client(settings, "privatizer")
     privatizer = Privatizer(
         policy,
         RedisLedgerStore(client, prefix=settings.redis_key_prefix),

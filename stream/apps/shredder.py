@@ -116,12 +116,12 @@ class ShredderEngine(StreamEngine):
         self.erasure_key = verify_key(self.keyring, "erasure")  # only requests signed by the eraser run
         self.receipt_key = signing_key(self.keyring, "receipt")  # signs every receipt on ops.audit
         self.token_domain = load_schema(settings.schema_name).subject_domain
-        self.store = RedisShredStore(client or redis_client(settings), settings.redis_key_prefix,
+        self.store = RedisShredStore(client or redis_client(settings, "shredder"), settings.redis_key_prefix,
                                      shards=DEADLINE_SHARDS)
         with contextlib.suppress(KeyUnavailableError):  # erasure records are kept from now on (if not set)
             self.store.erasure_floor(clock())
         # tk2: a user_id's token is found through the person's secret (lookup only, never created)
-        self.pseudonyms = build_pseudonyms(settings, self.keyring, client=self.store.client) \
+        self.pseudonyms = build_pseudonyms(settings, self.keyring, client=self.store.client, role="shredder") \
             if settings.pseudonym_tokens else None
         self.worker = worker_id(settings)
         self.tombstone_topics = tombstone_topics(load_topics_config(settings, settings.topics_config))

@@ -168,8 +168,8 @@ def run_replay(settings: Any, *, reasons: Collection[str] = (), since: float | N
 
     keyring = Keyring.from_settings(settings)
     bootstrap = reachable_bootstrap(settings)
-    deks = build_dek_provider(settings, keyring)
-    redis = redis_client(settings)
+    deks = build_dek_provider(settings, keyring, role="reader")
+    redis = redis_client(settings, "reader")
     producer = Producer(producer_config(bootstrap))
     failed: list[str] = []
 

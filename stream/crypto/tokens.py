@@ -255,6 +255,20 @@ class PseudonymKeys:
             raise KeyUnavailableError("stored pseudonym secret is not this person's")
         return token
 
+    @staticmethod
+    def is_legacy(raw: Any) -> bool:
+        """A value written before secrets were wrapped: ``2.<token>.<secret in the clear>``."""
+        return bytes(raw)[:2] == b"2."
+
+    def rewrap(self, raw: Any, key_name: str) -> bytes | None:
+        """The wrapped (``3.``) value of a clear (``2.``) one stored at ``key_name``, the same token and
+        secret; None if ``raw`` is wrapped already. :class:`KeyUnavailableError` if malformed."""
+        token = self.parse(raw)
+        if not self.is_legacy(raw):
+            return None
+        secret = bytes(raw)[len(token) + 3:]
+        return b"3." + token.encode("ascii") + b"." + self._kms().wrap(secret, self._aad(key_name, token))
+
     def absent_token(self, request_id: str) -> str:
         """A token no person has, for the receipt of an erasure of someone without a secret."""
         return self.token_from(b"\0" * _SECRET_BYTES, "absent\0" + request_id)

@@ -12,8 +12,13 @@ is needed:
 Both are started detached (their own session) so they outlive the command that
 started them. Everything the stack keeps lives under ``<state_dir>/dev``:
 ``stack.json`` (addresses, pids, command lines, process start times),
-``logs/`` (one log per server) and ``redis/`` (Redis working directory; no
-persistence is configured). ``down`` only signals processes whose command line
+``logs/`` (one log per server), ``redis/`` (Redis working directory; no
+persistence is configured) and ``redis-users/`` (one password file per worker role, mode 0600).
+
+Redis has one ACL user per worker role (:mod:`stream.storage.acl`) for any key prefix (``*``: the
+kinds of keys are told apart, the prefixes are not); workers log in as their role with the files
+of ``redis-users/`` (:func:`stream.redisdb.role_users_dir`). The unauthenticated default user stays
+on for tools and the tests' own setup; it is bound to 127.0.0.1. ``down`` only signals processes whose command line
 (and, on Linux, start time) still match what was started, so a recycled pid is
 never killed.
 """
@@ -40,6 +45,7 @@ from typing import Any
 from stream.errors import DevStackError
 
 __all__ = [
+    "DEV_ACL_PREFIX",
     "DevStack",
     "StackInfo",
     "ephemeral_stack",
@@ -54,6 +60,8 @@ _HOST = "127.0.0.1"
 _STATE_VERSION = 1
 _BROKER = "broker"
 _REDIS = "redis"
+#: The key prefix of the dev Redis's ACL users: any (stream.storage.acl.acl_rules).
+DEV_ACL_PREFIX = "*"
 #: Environment variables Tansu reads that would change the dev broker's behaviour; never passed on.
 _TANSU_ENV = ("SCHEMA_REGISTRY", "CLUSTER_ID", "LISTENER_URL", "ADVERTISED_LISTENER_URL", "STORAGE_ENGINE")
 _HINT = (
@@ -75,13 +83,17 @@ class StackInfo:
     broker_pid: int | None
     redis_pid: int | None
     log_dir: Path
+    redis_users: Path | None = None  # one password file per worker role (stream.storage.acl)
 
     def exports(self) -> str:
         """Shell lines that point streamgate at this stack."""
-        return (
+        lines = (
             f"export STREAMGATE_KAFKA_BOOTSTRAP={shlex.quote(self.kafka_bootstrap)}\n"
             f"export STREAMGATE_REDIS_URL={shlex.quote(self.redis_url)}"
         )
+        if self.redis_users is not None:
+            lines += f"\nexport STREAMGATE_REDIS_PASSWORD_FILE={shlex.quote(str(self.redis_users))}"
+        return lines
 
 
 def find_broker_binary() -> str:
@@ -299,6 +311,7 @@ class DevStack:
         self.dev_dir = self.state_dir / "dev"
         self.log_dir = self.dev_dir / "logs"
         self.state_file = self.dev_dir / "stack.json"
+        self.users_dir = self.dev_dir / "redis-users"
         self._lock_file = self.dev_dir / "lock"
 
     # ----------------------------------------------------------------- public
@@ -397,6 +410,7 @@ class DevStack:
     def _remove_state(self) -> None:
         with contextlib.suppress(FileNotFoundError):
             self.state_file.unlink()
+        shutil.rmtree(self.users_dir, ignore_errors=True)
 
     def _info(self, procs: dict[str, _Proc]) -> StackInfo:
         broker, redis_ = procs[_BROKER], procs[_REDIS]
@@ -406,6 +420,7 @@ class DevStack:
             broker_pid=broker.pid,
             redis_pid=redis_.pid,
             log_dir=self.log_dir,
+            redis_users=self.users_dir if self.users_dir.is_dir() else None,
         )
 
     def _healthy_info(self, procs: dict[str, _Proc]) -> StackInfo | None:
@@ -478,6 +493,7 @@ class DevStack:
             # record at once, so `dev down` can clean up even if this command is interrupted
             self._write_state(procs, bootstrap, redis_url)
             self._wait_redis(procs[_REDIS], deadline, timeout)
+            self._create_users(rport)
             self._wait_broker(procs[_BROKER], deadline, timeout)
         except BaseException:
             self._stop(procs, timeout=5.0)
@@ -492,6 +508,28 @@ class DevStack:
             info.redis_pid,
         )
         return info
+
+    def _create_users(self, port: int) -> None:
+        """One ACL user per worker role (fresh passwords in ``users_dir``, mode 0600); the default
+        user stays on."""
+        import secrets
+
+        import redis
+
+        from stream.storage.acl import ACL_ROLES, apply_acls
+
+        shutil.rmtree(self.users_dir, ignore_errors=True)
+        self.users_dir.mkdir(mode=0o700, parents=True)
+        passwords = {role: secrets.token_urlsafe(24) for role in ACL_ROLES}
+        for role, password in passwords.items():
+            fd = os.open(self.users_dir / role, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            with os.fdopen(fd, "w") as fh:
+                fh.write(password)
+        client = redis.Redis(host=_HOST, port=port, socket_timeout=5.0)
+        try:
+            apply_acls(client, DEV_ACL_PREFIX, passwords, default_off=False)
+        finally:
+            client.close()
 
     def _spawn(self, name: str, argv: list[str], port: int, env: dict[str, str]) -> _Proc:
         log_path = self.log_dir / f"{name}.log"

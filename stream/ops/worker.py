@@ -144,7 +144,7 @@ class OpsHandle:
                 return dict(self._problems)
             problems = {"broker": _broker_problem(self.settings), "kek": _kek_problem(self.settings)}
             if WORKERS[self.worker].uses_redis:
-                problems["redis"] = _redis_problem(self.settings)
+                problems["redis"] = _redis_problem(self.settings, self.worker)
             self._problems, self._checked_at = problems, time.monotonic()
             return dict(problems)
 
@@ -211,9 +211,9 @@ def _broker_problem(settings: Settings) -> str | None:
         return f"broker unreachable at {bootstrap}"
 
 
-def _redis_problem(settings: Settings) -> str | None:
+def _redis_problem(settings: Settings, role: str) -> str | None:
     try:
-        client = client_for(settings, socket_timeout=_CHECK_TIMEOUT, socket_connect_timeout=_CHECK_TIMEOUT)
+        client = client_for(settings, role, socket_timeout=_CHECK_TIMEOUT, socket_connect_timeout=_CHECK_TIMEOUT)
         try:
             if isinstance(client, RedisCluster):  # every master must answer (each holds some people's keys)
                 masters = [client.get_redis_connection(node) for node in client.get_primaries()]

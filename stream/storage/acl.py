@@ -8,8 +8,9 @@ user), so ``EVALSHA`` opens nothing beyond the patterns below (kinds of :func:`s
 role        may touch
 ==========  ==========================================================================================
 gateway     data keys and the deadline index (create, read), pseudonym secrets, token index and erased
-            markers, ε ledgers, KEK wrap counters, the key-store marker; subscribes to the shred channel
-privatizer  LDP memos and their deadline index, ε ledgers, the key-store marker; subscribes
+            markers, ε ledgers, KEK wrap counters, the pseudonyms-wrapped marker (read), the key-store
+            marker; subscribes to the shred channel
+privatizer  ε ledgers, the key-store marker; subscribes
 shredder    what it destroys (data keys, memos, old budgets, pseudonym secrets and index, erased
             markers), the deadline index and its outbox, erasure records and their floor; publishes
 reader      data keys, read only (``GET``/``MGET``), the key-store marker and ``dlq replay``'s claims
@@ -17,10 +18,16 @@ reader      data keys, read only (``GET``/``MGET``), the key-store marker and ``
 learner     no user: it does not use Redis
 ==========  ==========================================================================================
 
+ε ledgers are granted in a selector of their own (Redis 7): ``GET``, ``INCRBY`` and ``EXPIREAT``
+only, what the charge and exhaust scripts of :mod:`stream.storage.ldp` run; no ``SET``, ``DEL``,
+``UNLINK``, ``RENAME``, ``RESTORE`` on them.
+
 No role has ``FLUSHALL``, ``KEYS``, ``CONFIG``, ``ACL``, ``DEBUG`` or another role's keys. Limits that
-ACLs cannot express, stated in docs/privacy.md: a role that may ``SET`` a key may overwrite it (the
-gateway could replace a data key: an unsigned erasure of one key), and patterns cannot tell one
-person's keys from another's.
+ACLs cannot express (they grant commands, never argument values), stated in docs/privacy.md and each
+tested in tests/storage/test_storage_acl.py: a role that may ``SET`` a key may overwrite it (the
+gateway could replace a data key: an unsigned erasure of one key); ``INCRBY`` takes a negative
+amount and ``EXPIREAT`` a past time (a gateway or privatizer can lower or expire a ledger: a
+refund); patterns cannot tell one person's keys from another's.
 """
 
 from __future__ import annotations
@@ -39,19 +46,22 @@ _BASE = ("+ping", "+hello", "+auth", "+client|setinfo", "+client|setname", "+cli
          "+evalsha", "+eval", "+script|load", "+script|exists", "+info", "+multi", "+exec", "+discard")
 _SUB = ("+subscribe", "+psubscribe", "+unsubscribe", "+punsubscribe")
 
+#: The selector of the roles that charge ledgers: only what stream.storage.ldp's scripts run.
+_LEDGER_COMMANDS = ("+evalsha", "+eval", "+get", "+incrby", "+expireat")
+_LEDGER_ROLES = frozenset({"gateway", "privatizer"})
+
 # role -> (key kinds (stream.redisdb.key_patterns) with %R/%W/%RW permission; extra commands; may publish)
 _SPEC: dict[str, tuple[tuple[tuple[str, str], ...], tuple[str, ...], bool]] = {
     "gateway": (
         (("RW", "dek"), ("W", "deadlines"), ("RW", "pid"), ("RW", "ptok"), ("RW", "perased"),
-         ("RW", "ledger"), ("RW", "kek-wraps"), ("RW", "keystore")),
+         ("RW", "kek-wraps"), ("R", "pwrapped"), ("RW", "keystore")),
         ("+get", "+mget", "+set", "+expireat", "+zadd", "+incrby", "+hget", "+hset", "+hsetnx", "+hincrbyfloat",
          "+waitaof", *_SUB),
         False,
     ),
-    "privatizer": (
-        (("RW", "memo"), ("W", "deadlines"), ("RW", "ledger"), ("RW", "keystore")),
-        ("+get", "+set", "+incrby", "+expireat", "+zadd", "+hget", "+hmget", "+hset", "+hsetnx", "+hgetall",
-         "+hincrbyfloat", "+waitaof", *_SUB),
+    "privatizer": (  # ledgers (their selector) and the key-store marker: nothing per person else
+        (("RW", "keystore"),),
+        ("+get", "+set", "+waitaof", *_SUB),
         False,
     ),
     "shredder": (
@@ -86,6 +96,8 @@ def acl_rules(role: str, prefix: str) -> list[str]:
     rules = ["resetkeys", "resetchannels", "-@all", *_BASE, *commands]
     globs = key_patterns(prefix)
     rules += [f"%{perm}~{globs[kind]}" for perm, kind in patterns]
+    if role in _LEDGER_ROLES:
+        rules.append("(" + " ".join([f"%RW~{globs['ledger']}", *_LEDGER_COMMANDS]) + ")")
     rules.append(f"&{shred_channel(prefix)}")
     if not publish:
         rules.append("-publish")

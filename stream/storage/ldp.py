@@ -39,10 +39,14 @@ ledger_slot = person_slot
 
 
 # KEYS: ledger keys (one slot); ARGV[1] budget, ARGV[1 + i] "cost\texpire_at" of KEYS[i]. In order:
-# charge if the ledger stays within the budget ('1'), else nothing ('0').
+# charge if the ledger stays within the budget ('1'), else nothing ('0'). Monotone: a negative cost is
+# an error. GET, INCRBY, EXPIREAT only: all the ledger's ACL selector grants (stream.storage.acl).
 _CHARGE_LUA = r"""
 local budget = tonumber(ARGV[1])
 local out = {}
+for i = 2, #ARGV do
+  if string.sub(ARGV[i], 1, 1) == '-' then return redis.error_reply('ERR a ledger never decreases') end
+end
 for i, k in ipairs(KEYS) do
   local cost, exp = string.match(ARGV[1 + i], '^([^\t]*)\t(.*)$')
   local spent = tonumber(redis.call('GET', k) or '0')
@@ -108,11 +112,16 @@ class RedisLedgerStore:
         return f"RedisLedgerStore(prefix={self.prefix!r})"
 
 
-# KEYS: ledger keys (one slot); ARGV[1] cap, ARGV[1 + i] expire_at of KEYS[i]. Raise to the cap, never lower.
+# KEYS: ledger keys (one slot); ARGV[1] cap, ARGV[1 + i] expire_at of KEYS[i]. Raise to the cap, never lower
+# (INCRBY by the difference: no SET, which the ledger's ACL selector does not grant).
 _EXHAUST_LUA = r"""
 local cap = tonumber(ARGV[1])
 for i, k in ipairs(KEYS) do
-  if tonumber(redis.call('GET', k) or '0') < cap then redis.call('SET', k, cap, 'EXAT', ARGV[1 + i]) end
+  local spent = tonumber(redis.call('GET', k) or '0')
+  if spent < cap then
+    redis.call('INCRBY', k, cap - spent)
+    redis.call('EXPIREAT', k, ARGV[1 + i])
+  end
 end
 return #KEYS
 """

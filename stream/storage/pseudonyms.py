@@ -29,6 +29,11 @@ and :meth:`Pseudonyms.tokens` hands the new token to ``on_erased`` before return
 gateway then exhausts the new token's ε ledgers up to that epoch (:mod:`stream.ldp.ledger`), so
 the erasure refunds nothing.
 
+Values written before the wrap (``2.`` + token + ``.`` + S in the clear) are read as before until
+``streamgate keys rewrap-pseudonyms`` (:func:`rewrap_legacy`) has wrapped every one and set
+``<prefix>:pseudonyms-wrapped``; from then on a ``2.`` value (planted, or restored from an old
+backup) is refused with :class:`stream.errors.LegacyPseudonymError` and counted (``legacy_refused``).
+
 Cached in-process per value like DEKs (bounded, re-checked against Redis every
 ``max_staleness_seconds``, dropped on the shred channel and - with a key-store guard - when
 Redis lost data). Redis losing data means every ``tk2`` token changes (a new ``S`` per person):
@@ -46,7 +51,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 from stream.crypto.keyring import Keyring
 from stream.crypto.kms import KMS, LocalKMS, WrapCounter
 from stream.crypto.tokens import PseudonymKeys
-from stream.errors import KeyringError, KeyUnavailableError
+from stream.errors import KeyringError, KeyUnavailableError, LegacyPseudonymError
 from stream.redisdb import (
     REDIS_ERRORS,
     RedisClient,
@@ -56,6 +61,7 @@ from stream.redisdb import (
     mget,
     perased_key,
     pid_key,
+    pseudonyms_wrapped_key,
     ptok_affixes,
     ptok_key,
 )
@@ -63,7 +69,7 @@ from stream.redisdb import (
 if TYPE_CHECKING:
     from stream.crypto.keystore import KeyStoreGuard
 
-__all__ = ["Pseudonyms"]
+__all__ = ["Pseudonyms", "RewrapStats", "rewrap_legacy"]
 
 _DEFAULT_MEMO = 65_536
 
@@ -162,6 +168,7 @@ class Pseudonyms:
         self.created = 0
         self.returned = 0  # people minted while their erased marker lived (counted per round trip)
         self.round_trips = 0
+        self.legacy_refused = 0  # clear (2.) secrets refused once the store was marked wrapped
         if guard is not None:
             guard.on_reset(self.clear)
 
@@ -257,7 +264,7 @@ class Pseudonyms:
                 out[v] = tok = cands[i][0]
                 self.created += 1
             else:
-                out[v] = tok = self.keys.open(raw, key, v)
+                out[v] = tok = self._open(raw, key, v)
             if mark:
                 try:
                     erased[tok] = int(mark)
@@ -335,7 +342,21 @@ class Pseudonyms:
             raise KeyUnavailableError(f"pseudonym store unavailable ({type(exc).__name__})") from None
         if raw is None:
             return None
-        return self.keys.parse(raw) if self.keys.kms is None else self.keys.open(raw, key, value)
+        return self.keys.parse(raw) if self.keys.kms is None else self._open(raw, key, value)
+
+    def _open(self, raw: Any, key: str, value: str) -> str:
+        """:meth:`PseudonymKeys.open`, but a clear (``2.``) value only while the store is not marked
+        wrapped (one GET per such value: none once the migration ran, unless one was planted)."""
+        if self.keys.is_legacy(raw):
+            try:
+                wrapped = self._client.get(pseudonyms_wrapped_key(self.prefix))
+            except REDIS_ERRORS as exc:
+                raise KeyUnavailableError(f"pseudonym store unavailable ({type(exc).__name__})") from None
+            if wrapped is not None:
+                with self._lock:
+                    self.legacy_refused += 1
+                raise LegacyPseudonymError("a clear (2.) pseudonym secret in a store marked wrapped: refused")
+        return self.keys.open(raw, key, value)
 
     # -- caches ------------------------------------------------------------------------
     def forget(self, token: str) -> int:
@@ -351,3 +372,60 @@ class Pseudonyms:
 
     def __repr__(self) -> str:
         return f"Pseudonyms(domain={self.domain!r}, prefix={self.prefix!r}, cached={len(self._memo)})"
+
+
+class RewrapStats(NamedTuple):
+    scanned: int  # pid keys seen
+    rewrapped: int  # clear (2.) secrets replaced by their wrapped (3.) value
+    changed: int  # changed or gone between the read and the write (left as they were)
+
+
+# KEYS[1] a pid key; ARGV[1] the clear value read, ARGV[2] its wrapped value: replaced only if unchanged,
+# its expiry kept.
+_REWRAP_LUA = r"""
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  redis.call('SET', KEYS[1], ARGV[2], 'KEEPTTL')
+  return 1
+end
+return 0
+"""
+
+
+def rewrap_legacy(client: RedisClient, prefix: str, keys: PseudonymKeys, *, now: float,
+                  wrap_counter: WrapCounter | None = None, batch: int = 500) -> RewrapStats:
+    """``streamgate keys rewrap-pseudonyms``: every clear (``2.``) tk2 secret under ``prefix`` becomes
+    its wrapped (``3.``) value - same token, same secret, same expiry - then ``<prefix>:pseudonyms-wrapped``
+    is set to ``now`` and gateways refuse ``2.`` values from then on. Needs ``SCAN`` (an operator's
+    Redis user, not a worker role) and the KEK (``keys.kms``); wraps count against its limit.
+    Idempotent; run it once every gateway writes only wrapped values (all since the wrap)."""
+    check_prefix(prefix)
+    script = client.register_script(_REWRAP_LUA)
+    kek = str(getattr(keys.kms, "primary_id", "kms"))
+    scanned = rewrapped = changed = 0
+    names: list[bytes] = []
+
+    def flush() -> None:
+        nonlocal rewrapped, changed
+        todo = [(n.decode(), raw) for n, raw in zip(names, mget(client, [n.decode() for n in names]), strict=True)
+                if raw is not None and keys.is_legacy(raw)]
+        names.clear()
+        if not todo:
+            return
+        if wrap_counter is not None:
+            wrap_counter.reserve(kek, len(todo))  # raises beyond the limit: nothing wrapped
+        calls = [([name], [raw, keys.rewrap(raw, name) or raw]) for name, raw in todo]
+        done = sum(int(r) for r in eval_many(client, script, calls))
+        rewrapped += done
+        changed += len(todo) - done
+
+    try:
+        for name in client.scan_iter(match=pid_key(prefix, "*"), count=1000):
+            scanned += 1
+            names.append(name)
+            if len(names) >= batch:
+                flush()
+        flush()
+        client.set(pseudonyms_wrapped_key(prefix), repr(float(now)))
+    except REDIS_ERRORS as exc:
+        raise KeyUnavailableError(f"pseudonym store unavailable ({type(exc).__name__})") from None
+    return RewrapStats(scanned, rewrapped, changed)

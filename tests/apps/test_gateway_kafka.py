@@ -47,6 +47,7 @@ def run(request, kafka_bootstrap, redis_url, tmp_path_factory):
     import uuid
 
     from stream.config import Settings, TopicNames
+    from tests.support.workers import ROLE_USERS
 
     cluster = request.param == "cluster"
     url = request.getfixturevalue("redis_cluster_server").url if cluster else redis_url
@@ -56,6 +57,7 @@ def run(request, kafka_bootstrap, redis_url, tmp_path_factory):
         kafka_bootstrap=kafka_bootstrap, redis_url=url, redis_cluster=cluster, topics=topics,
         redis_key_prefix=f"sgtest-{suffix}", master_key=base64.b64encode(os.urandom(32)).decode(),
         group_prefix=f"gw-{suffix}", state_dir=tmp_path_factory.mktemp("state"), batch_max_events=500,
+        redis_password_file=None if cluster else ROLE_USERS.get(url),  # the gateway logs in as its role
     )
     ensure_topics(kafka_bootstrap, [topics.raw, topics.protected, topics.dlq], partitions=3)
     rng = random.Random(5)

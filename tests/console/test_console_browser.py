@@ -41,6 +41,7 @@ from stream.schema import load_schema
 from stream.synth import ClickstreamGenerator
 from tests.support.fixtures import delete_prefixed_keys
 from tests.support.kafka import read_topic
+from tests.support.workers import ROLE_USERS
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -124,7 +125,7 @@ def demo(driver: Any, kafka_bootstrap: str, redis_url: str, tmp_path_factory: py
         topics=TopicNames(**{n: f"{getattr(base, n)}.t{uid}" for n in TopicNames.model_fields}),
         state_dir=tmp_path_factory.mktemp("console-demo"), session_timeout_ms=6000,
         master_key=base64.b64encode(os.urandom(32)).decode(),
-        group_prefix=f"sgtest-{uid}",
+        group_prefix=f"sgtest-{uid}", redis_password_file=ROLE_USERS.get(redis_url),  # workers log in as roles
     )
     port = free_port()
     held, release = threading.Event(), threading.Event()

@@ -19,10 +19,10 @@ def test_redis_readiness_names_a_cluster_with_a_master_down(tmp_path: Path) -> N
     cluster.start()
     try:
         settings = Settings(redis_url=cluster.url, redis_cluster=True, state_dir=tmp_path)
-        assert _redis_problem(settings) is None
+        assert _redis_problem(settings, "gateway") is None
         cluster.procs[2].terminate()
         cluster.procs[2].wait(20)
-        problem = _redis_problem(settings)
+        problem = _redis_problem(settings, "gateway")
         assert problem is not None and problem.startswith("redis unreachable")
     finally:
         cluster.stop()

@@ -30,6 +30,7 @@ from tests.support.adversary import (
     raw_decrypt,
     unwrap_all,
 )
+from tests.support.fixtures import admin_client
 from tests.support.kafka import read_topic, running_engine, wait_for
 from tests.support.shred import Clock, add_ldp_entries, key_name, produce, running_shredder, signed_request
 
@@ -64,7 +65,7 @@ class Captured:
     the keyring: the adversary holds the master key)."""
 
     def __init__(self, settings, user_id: str, token: str, epochs: list[int]) -> None:
-        rc = redis_client(settings)
+        rc = admin_client(settings)  # the adversary reads everything
         pseud = build_pseudonyms(settings)
         kms = LocalKMS(Keyring.from_settings(settings))
         pid_name = pseud.pid_key(pseud.lookup_id(user_id))
@@ -136,7 +137,7 @@ def test_after_erasure_no_captured_byte_is_anywhere_and_raw_aes_opens_nothing(se
     clock = Clock(T0)
     e0 = int(T0 // E)
     gone_user, kept_user = "usr_dump_gone", "usr_dump_kept"
-    rc = redis_client(settings)
+    rc = admin_client(settings)
     with running_engine(settings, clock=clock, listen=True):
         produce(bootstrap, t.raw, [(None, raw(gone_user, i)) for i in range(3)]
                 + [(None, raw(kept_user, i)) for i in range(3, 5)]
@@ -202,8 +203,8 @@ def test_an_erasure_stopped_before_its_receipts_leaves_no_secret_in_the_outbox_o
     out = gw.process([RawRecord("clicks.raw", 0, i, raw("usr_outbox", i), None) for i in range(2)])
     tok = out.protected[0][0].decode()
     cap = Captured(settings, "usr_outbox", tok, [e0])
-    rc = redis_client(settings)
-    store = RedisShredStore(rc, settings.redis_key_prefix)
+    rc = admin_client(settings)
+    store = RedisShredStore(redis_client(settings, "shredder"), settings.redis_key_prefix)
     sink = MemorySink()
     sink.fail_next = 1
     sh = Shredder(store, sink, worker="w1", epoch_seconds=E, retention_seconds=R, clock=clock)
@@ -271,7 +272,7 @@ def test_events_encrypted_under_a_stale_cached_key_after_the_erasure_are_unreada
     first = gw.process([RawRecord("clicks.raw", 0, 0, raw("usr_stale", 0), None)])
     tok = first.protected[0][0].decode()
     old_kid = orjson.loads(first.protected[0][1])["email"].split(".")[1]
-    Shredder(RedisShredStore(redis_client(settings), settings.redis_key_prefix), MemorySink(), worker="w1",
+    Shredder(RedisShredStore(redis_client(settings, "shredder"), settings.redis_key_prefix), MemorySink(), worker="w1",
              epoch_seconds=E, retention_seconds=R, clock=clock).erase(tok, "req-stale")
     clock.advance(60)  # within the bound
     late = gw.process([RawRecord("clicks.raw", 0, i, raw(u, i), None)
@@ -281,7 +282,7 @@ def test_events_encrypted_under_a_stale_cached_key_after_the_erasure_are_unreada
     assert b"usr_stale@" not in late.protected[0][1] and b"example.org" not in late.protected[0][1]
     with pytest.raises(KeyShreddedError):
         reader(settings, clock).decrypt(stale)
-    keys = every_key(settings, dump_redis(redis_client(settings)), [tok], [e0])
+    keys = every_key(settings, dump_redis(admin_client(settings)), [tok], [e0])
     assert opened(stale, keys) == []
     assert opened(other, keys) == [f for f in ENCRYPTED if other.get(f)]
     clock.advance(settings.dek_cache_max_staleness_seconds)  # past the bound: a fresh token and key

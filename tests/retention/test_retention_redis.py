@@ -23,6 +23,7 @@ from stream.retention.core import MemorySink, Shredder, ShredderError
 from stream.schema import output_validator
 from stream.storage.invalidation import ShredListener, parse_message
 from stream.storage.retention import RedisShredStore
+from tests.support.fixtures import admin_client
 from tests.support.shred import Clock, add_ldp_entries, key_name, protect, reader, redis_keys_of, token_of
 
 pytestmark = pytest.mark.integration
@@ -38,7 +39,7 @@ def settings(settings_factory):
 
 
 def shredder(settings, clock, *, worker="w1", sink=None, **kw) -> tuple[Shredder, RedisShredStore, MemorySink]:
-    store = RedisShredStore(redis_client(settings), settings.redis_key_prefix)
+    store = RedisShredStore(redis_client(settings, "shredder"), settings.redis_key_prefix)
     sink = sink or MemorySink()
     return Shredder(store, sink, worker=worker, epoch_seconds=E, retention_seconds=R, clock=clock,
                     batch_size=kw.pop("batch_size", 7), **kw), store, sink
@@ -201,11 +202,11 @@ def test_shred_listener_parses_and_reports_messages(settings) -> None:
     assert parse_message(b"garbage") is None and parse_message(b"tok:x") is None
     seen: list[tuple[str, int | None]] = []
     resets = []
-    listener = ShredListener(lambda: redis_client(settings), settings.redis_key_prefix,
+    listener = ShredListener(lambda: redis_client(settings, "gateway"), settings.redis_key_prefix,
                              lambda s, e: seen.append((s, e)), on_reset=lambda: resets.append(1)).start()
     try:
         assert listener.ready.wait(10)
-        pub = redis_client(settings)
+        pub = redis_client(settings, "shredder")
         pub.publish(f"{settings.redis_key_prefix}:shredded", "tokX:7")
         pub.publish(f"{settings.redis_key_prefix}:shredded", "tokY:*")
         deadline = time.monotonic() + 10
@@ -220,10 +221,10 @@ def test_shred_listener_parses_and_reports_messages(settings) -> None:
 def test_shred_listener_reconnects_after_a_dropped_connection(settings) -> None:
     seen: list[tuple[str, int | None]] = []
     resets = []
-    listener = ShredListener(lambda: redis_client(settings), settings.redis_key_prefix,
+    listener = ShredListener(lambda: redis_client(settings, "gateway"), settings.redis_key_prefix,
                              lambda s, e: seen.append((s, e)), on_reset=lambda: resets.append(1),
                              backoff_seconds=0.05).start()
-    admin = redis_client(settings)
+    admin = admin_client(settings)
     try:
         assert listener.ready.wait(10)
         for server in ([admin.get_redis_connection(n) for n in admin.get_primaries()]
@@ -304,7 +305,7 @@ def test_start_invalidation_drops_one_epoch_or_all(settings) -> None:
         provider.keys_for(["tokA", "tokB"], e0)
         provider.keys_for(["tokA"], e0 + 1)
         assert provider.cache_size == 3
-        pub = redis_client(settings)
+        pub = redis_client(settings, "shredder")
         pub.publish(f"{settings.redis_key_prefix}:shredded", f"tokA:{e0}")
         deadline = time.monotonic() + 10
         while provider.cache_size != 2 and time.monotonic() < deadline:

@@ -23,6 +23,7 @@ from stream.retention.core import MemorySink, Shredder
 from stream.schema import output_validator
 from stream.storage.retention import RedisShredStore
 from stream.synth import ClickstreamGenerator
+from tests.support.fixtures import admin_client
 from tests.support.shred import Clock, key_name, signed_request
 from tests.support.shred import reader as shred_reader
 
@@ -38,7 +39,7 @@ def settings(settings_factory):
 
 
 def shredder(settings, clock) -> Shredder:
-    store = RedisShredStore(redis_client(settings), settings.redis_key_prefix)
+    store = RedisShredStore(redis_client(settings, "shredder"), settings.redis_key_prefix)
     return Shredder(store, MemorySink(), worker="w1", epoch_seconds=E, retention_seconds=R, clock=clock)
 
 
@@ -129,7 +130,7 @@ def all_tokens_of(settings, user_id: str) -> set[str]:
     kms = LocalKMS(Keyring.from_settings(settings))
     out = {Tokenizer(Keyring.from_settings(settings)).token(pseud.domain, user_id)}
     blobs: set[bytes] = set()
-    for item in dump_redis(redis_client(settings)).items:
+    for item in dump_redis(admin_client(settings)).items:
         blobs.add(item.data)
         for decode in (bytes.fromhex, base64.b64decode, base64.urlsafe_b64decode):
             with contextlib.suppress(ValueError, UnicodeDecodeError, binascii.Error):
@@ -138,7 +139,7 @@ def all_tokens_of(settings, user_id: str) -> set[str]:
     assert secrets, "an empty dump proves nothing"
     out |= {pseud.token_from(s, user_id) for s in secrets}
     # and every wrapped secret, unwrapped with the master keyring's KEK
-    rc = redis_client(settings)
+    rc = admin_client(settings)
     for key in rc.scan_iter(match=f"{settings.redis_key_prefix}:*"):
         raw = rc.get(key) if rc.type(key) == b"string" else None
         if isinstance(raw, bytes) and raw.startswith(b"3.tk2_"):  # b"3." token b"." secret wrapped by the KEK
@@ -161,7 +162,7 @@ def test_tk2_tokens_are_stable_while_the_person_exists(tk2) -> None:
     assert again.protected[0][0].decode() == tok
     assert build_pseudonyms(tk2).lookup("usr_s") == tok
     # one secret per person, living exactly as long as their newest key
-    rc = redis_client(tk2)
+    rc = admin_client(tk2)
     newest = (int(clock() // E) + 1) * E + R
     assert rc.expiretime(f"{tk2.redis_key_prefix}:ptok:{{{tok}}}") == newest
     assert rc.expiretime(key_name(tk2.redis_key_prefix, "dek", tok, int(clock() // E))) == newest
@@ -188,7 +189,7 @@ def test_after_erasure_nobody_can_link_the_retained_token_to_the_user_id(tk2) ->
 
         assert old in retained and old not in all_tokens_of(tk2, "usr_gone")
         prefix = tk2.redis_key_prefix
-        rc = redis_client(tk2)
+        rc = admin_client(tk2)
         assert not list(rc.scan_iter(match=f"{prefix}:ptok:{{{old}}}"))
         assert not list(rc.scan_iter(match=key_name(prefix, "dek", old, "*")))
         assert build_pseudonyms(tk2).lookup("usr_stays") == stays
@@ -213,7 +214,7 @@ def test_redis_losing_the_secrets_is_noticed_by_the_guard_and_tokens_change(tk2)
     rec = RawRecord("clicks.raw", 0, 0, orjson.dumps(event("usr_loss")), None)
     tok = gw.process([rec]).protected[0][0].decode()
     assert gw.process([rec]).protected[0][0].decode() == tok  # cached
-    rc = redis_client(tk2)
+    rc = admin_client(tk2)
     from tests.support.fixtures import delete_prefixed_keys
 
     delete_prefixed_keys(rc, tk2.redis_key_prefix)  # the data loss (marker included)
@@ -235,7 +236,7 @@ def test_tk2_events_follow_the_output_schema_and_erasure_also_reaches_tk1_era_da
     engine = ShredderEngine(tk2, clock=clock)
     engine.shredder.sink = MemorySink()
     engine._erase_one(signed_request(tk2, "req-era", user_id="usr_era"), "t/0/0")
-    rc = redis_client(tk2)
+    rc = admin_client(tk2)
     prefix = tk2.redis_key_prefix
     assert not list(rc.scan_iter(match=key_name(prefix, "dek", tk1, "*")))
     assert not list(rc.scan_iter(match=key_name(prefix, "dek", tok2, "*")))
@@ -251,8 +252,8 @@ def test_erasure_by_tk2_token_destroys_the_secret_too(tk2) -> None:
     assert pseud.lookup("usr_by_token") == tok
     shredder(tk2, Clock(T0)).erase(tok, "req-by-token")
     assert pseud.lookup("usr_by_token") is None and pseud.lookup("usr_kept") == other
-    assert redis_client(tk2).get(f"{tk2.redis_key_prefix}:ptok:{{{tok}}}") is None
-    assert len(list(redis_client(tk2).scan_iter(match=f"{tk2.redis_key_prefix}:pid:*"))) == 1  # usr_kept's secret
+    assert admin_client(tk2).get(f"{tk2.redis_key_prefix}:ptok:{{{tok}}}") is None
+    assert len(list(admin_client(tk2).scan_iter(match=f"{tk2.redis_key_prefix}:pid:*"))) == 1  # usr_kept's secret
 
 
 def test_looking_a_person_up_creates_no_secret(tk2) -> None:
@@ -261,7 +262,7 @@ def test_looking_a_person_up_creates_no_secret(tk2) -> None:
     from stream.components import person_tokens
 
     clock = Clock(T0)
-    rc = redis_client(tk2)
+    rc = admin_client(tk2)
 
     def secrets() -> int:
         return len(list(rc.scan_iter(match=f"{tk2.redis_key_prefix}:pid:*")))

@@ -58,7 +58,7 @@ def dropping() -> Iterator[DroppingServer]:
 def _provider(port: int, **client_overrides: object) -> DekProvider:
     """The workers' DEK provider (and its identity guard) on ``client_for``'s client of ``port``."""
     s = Settings(redis_url=f"redis://127.0.0.1:{port}/0")
-    return build_dek_provider(s, Keyring.generate(), client=client_for(s, **client_overrides), listen=False)
+    return build_dek_provider(s, Keyring.generate(), client=client_for(s, "gateway", **client_overrides), listen=False)
 
 
 def test_a_redis_connection_error_in_the_key_store_surfaces_at_once(dropping: DroppingServer) -> None:

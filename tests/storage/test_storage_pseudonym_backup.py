@@ -19,6 +19,7 @@ from stream.errors import KeyringError, KeyUnavailableError
 from stream.retention.core import MemorySink, Shredder
 from stream.storage.pseudonyms import Pseudonyms
 from stream.storage.retention import RedisShredStore
+from tests.support.fixtures import admin_client
 from tests.support.shred import Clock
 
 pytestmark = pytest.mark.integration
@@ -30,7 +31,7 @@ T0 = 1_900_000_000.0
 def test_a_dump_taken_before_erasure_relinks_only_with_the_lookup_key(settings_factory) -> None:
     s = settings_factory(epoch_seconds=E, retention_seconds=R)
     ring = Keyring.from_settings(s)
-    rc = redis_client(s)
+    rc = admin_client(s)  # the backup taker
     gateway = build_pseudonyms(s, ring.for_role("gateway", person_domain="user_id"))
     domain = gateway.domain
     exat = int(T0) + 10 * E
@@ -42,7 +43,7 @@ def test_a_dump_taken_before_erasure_relinks_only_with_the_lookup_key(settings_f
     secret = LocalKMS(ring).unwrap(raw[len(tok) + 3:], gateway.keys._aad(pid, tok))
     assert len(secret) == 32 and gateway.keys.token_from(secret, "usr_alice") == tok
 
-    store = RedisShredStore(rc, s.redis_key_prefix)
+    store = RedisShredStore(redis_client(s, "shredder"), s.redis_key_prefix)
     Shredder(store, MemorySink(), worker="w1", epoch_seconds=E, retention_seconds=R,
              clock=Clock(T0)).erase(tok, "req-backup")
     assert rc.get(pid) is None and rc.get(ptok) is None  # Redis itself no longer links

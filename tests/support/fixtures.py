@@ -10,6 +10,14 @@ every test gets its own topic names (``clicks.raw.t<id>``), Redis key prefix
 (``sgtest-<id>``, whose keys are deleted after the test, never FLUSHALL),
 consumer group and master key.
 
+Redis roles: the embedded Redis has one ACL user per worker role (:mod:`stream.dev.stack`), and
+``settings_factory`` (and :func:`tests.support.workers.worker_env`) point the workers at their
+password files (``redis_password_file``: a directory), so every worker the tests build logs in as
+its role (:func:`stream.redisdb.client_for`). The fixtures' own clients (``redis_client``,
+``redis_connect``, :func:`admin_client`) are the unauthenticated default user, for setup and
+inspection. With ``STREAMGATE_REDIS_URL`` set (a Redis without those users) or on the cluster
+backend the workers log in as the URL's user: the roles are then not exercised (a warning says so).
+
 Redis Cluster: ``redis_backend`` is ``"single"`` here; ``tests/crypto``, ``tests/retention`` and
 ``tests/ldp`` override it with :func:`redis_backend_both`, so every test there that touches Redis
 runs on the single server and on a local three-master cluster (:class:`tests.support.cluster.OwnCluster`,
@@ -25,6 +33,7 @@ import os
 import subprocess
 import time
 import uuid
+import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -38,12 +47,14 @@ from stream.dev.stack import DevStack, StackInfo
 from stream.redisdb import RedisClient, connect
 from tests.support.cluster import OwnCluster
 from tests.support.kafka import OwnBroker
+from tests.support.workers import ROLE_USERS
 
 __all__ = [
     "SINGLE_REDIS_ONLY",
     "OwnCluster",
     "OwnRedis",
     "StackAddresses",
+    "admin_client",
     "delete_prefixed_keys",
     "kafka_bootstrap",
     "master_key_b64",
@@ -73,24 +84,34 @@ class StackAddresses:
     kafka_bootstrap: str
     redis_url: str
     embedded: StackInfo | None = None
+    redis_users: Path | None = None  # the role users' password files (None: no role users)
 
 
 @pytest.fixture(scope="session")
 def stack_addresses(tmp_path_factory: pytest.TempPathFactory) -> Iterator[StackAddresses]:
     env_kafka = os.environ.get(KAFKA_ENV) or None
     env_redis = os.environ.get(REDIS_ENV) or None
+    if env_redis:
+        warnings.warn(f"{REDIS_ENV} is set: the workers under test log in as that URL's user, so the Redis "
+                      "ACL roles are not exercised (tests/storage/test_storage_acl.py still checks them on "
+                      "a Redis of its own)", stacklevel=1)
     if env_kafka and env_redis:
         yield StackAddresses(kafka_bootstrap=env_kafka, redis_url=env_redis)
         return
     stack = DevStack(tmp_path_factory.mktemp("devstack"))
     info = stack.up()
+    users = info.redis_users if not env_redis else None
+    if users is not None:
+        ROLE_USERS[info.redis_url] = users
     try:
         yield StackAddresses(
             kafka_bootstrap=env_kafka or info.kafka_bootstrap,
             redis_url=env_redis or info.redis_url,
             embedded=info,
+            redis_users=users,
         )
     finally:
+        ROLE_USERS.pop(info.redis_url, None)
         stack.down()
 
 
@@ -200,6 +221,12 @@ def delete_prefixed_keys(client: RedisClient, prefix: str) -> int:
     return deleted
 
 
+def admin_client(settings: Settings) -> RedisClient:
+    """A client of ``settings``' Redis as the URL's user (the fixtures' default user), never a role:
+    for a test's own setup and inspection (a dump, an adversary's read)."""
+    return connect(settings.redis_url_or_dev(), cluster=settings.redis_cluster)
+
+
 @pytest.fixture
 def topic_names(unique_id: str) -> TopicNames:
     """Every topic name with a per-test suffix, e.g. ``clicks.raw.t3f9a1c2``."""
@@ -223,8 +250,10 @@ def settings_factory(
     unique_id: str,
     tmp_path: Path,
     redis_backend: str,
+    stack_addresses: StackAddresses,
 ) -> Callable[..., Settings]:
-    """``settings_factory(**overrides) -> Settings`` pointed at the session's servers, isolated per test."""
+    """``settings_factory(**overrides) -> Settings`` pointed at the session's servers, isolated per test;
+    on the session's Redis its workers log in as their roles (module docstring)."""
 
     def make(**overrides: Any) -> Settings:
         values: dict[str, Any] = {
@@ -239,6 +268,9 @@ def settings_factory(
             "group_prefix": f"sgtest-{unique_id}",
         }
         values.update(overrides)
+        users = ROLE_USERS.get(values["redis_url"])
+        if users is not None and not values["redis_cluster"]:
+            values.setdefault("redis_password_file", users)
         return Settings(**values)
 
     return make

@@ -11,7 +11,11 @@ from typing import Any
 
 from stream.config import TopicNames
 
-__all__ = ["settings_env", "stop_process", "worker_env"]
+__all__ = ["ROLE_USERS", "settings_env", "stop_process", "worker_env"]
+
+#: Redis URL -> the directory of its role users' passwords (filled by the session fixture): a worker
+#: pointed at that Redis logs in as its role (STREAMGATE_REDIS_PASSWORD_FILE, stream.redisdb.client_for).
+ROLE_USERS: dict[str, Path] = {}
 
 
 def worker_env(*, kafka_bootstrap: str, redis_url: str, prefix: str, master_key: str, state_dir: Path,
@@ -28,6 +32,8 @@ def worker_env(*, kafka_bootstrap: str, redis_url: str, prefix: str, master_key:
         "STREAMGATE_SESSION_TIMEOUT_MS": "6000",
     })
     env["STREAMGATE_TOPICS"] = topics.model_dump_json()
+    if redis_url in ROLE_USERS:
+        env["STREAMGATE_REDIS_PASSWORD_FILE"] = str(ROLE_USERS[redis_url])
     env.update(extra)
     return env
 
@@ -36,6 +42,8 @@ def settings_env(settings: Any, **extra: str) -> dict[str, str]:
     """:func:`worker_env` for the servers, prefix, key, state dir and topics of ``settings``."""
     if settings.redis_cluster:
         extra = {"STREAMGATE_REDIS_CLUSTER": "true", **extra}
+    if settings.redis_password_file is not None:
+        extra = {"STREAMGATE_REDIS_PASSWORD_FILE": str(settings.redis_password_file), **extra}
     return worker_env(kafka_bootstrap=settings.kafka_bootstrap, redis_url=settings.redis_url,
                       prefix=settings.redis_key_prefix, master_key=settings.master_key.get_secret_value(),
                       state_dir=settings.state_dir, topics=settings.topics, **extra)
