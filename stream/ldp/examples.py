@@ -39,6 +39,7 @@ import numpy as np
 import orjson
 
 from stream.ldp.grr import GRR
+from stream.ldp.labels import POSITIVE_EVENT_TYPE, POSITIVE_FIELD
 from stream.ldp.ledger import MICRO, Charge
 from stream.ldp.oue import OUE
 from stream.ldp.policy import LdpPolicy
@@ -124,10 +125,13 @@ class ExampleAttribute:
 
 @dataclass(frozen=True)
 class ExampleSpec:
-    """The example attributes of a schema, in order (the learner builds the same one)."""
+    """The example attributes of a schema, in order (the learner builds the same one). ``positive``: the
+    (attribute, value index) whose events are positive by the label's definition (:mod:`stream.ldp.labels`:
+    a purchase event's session contains a purchase), so ``P(1 | v) = 1`` is known, not estimated."""
 
     source_schema: str
     attributes: tuple[ExampleAttribute, ...]
+    positive: tuple[str, int] | None = None
 
     @classmethod
     def from_policy(cls, policy: LdpPolicy, *, hour: bool = False) -> ExampleSpec:
@@ -135,9 +139,12 @@ class ExampleSpec:
         default: not an ldp attribute of the schema, and on a stream that covers part of a day its
         weights describe a time trend, not a preference)."""
         out: list[ExampleAttribute] = []
+        positive = None
         for a in policy.attributes:
             if a.kind == "categorical":
                 index = {v: i for i, v in enumerate(a.domain)}
+                if a.name == POSITIVE_FIELD and POSITIVE_EVENT_TYPE in index:
+                    positive = (a.name, index[POSITIVE_EVENT_TYPE])
                 ood = index.get(a.out_of_domain) if a.out_of_domain is not None else None
                 out.append(ExampleAttribute(a.name, tuple(a.domain), "categorical", index=index,
                                             none_index=a.index_of(None), ood_index=ood))
@@ -148,7 +155,7 @@ class ExampleSpec:
                 out.append(ExampleAttribute(a.name, names, "numeric", edges=edges, lo=lo))
         if hour:
             out.append(ExampleAttribute(HOUR_ATTRIBUTE, tuple(str(h) for h in range(24)), "hour"))
-        return cls(policy.schema_name, tuple(out))
+        return cls(policy.schema_name, tuple(out), positive)
 
     @property
     def d(self) -> int:
@@ -364,15 +371,13 @@ class JointExamples:
 
     def row(self, event: Mapping[str, Any], subject: str, epoch: int, timestamp_ms: int) -> Any:
         """What :meth:`stubs` needs of one protected event (None: no session, or a value cannot be mapped)."""
-        from stream.ldp.labels import POSITIVE_EVENT_TYPE
-
         session = event.get(self.session_field)
         if not (isinstance(session, str) and session):
             return None
         e = self.spec.encode(event, _hour_of_day(event.get("ts")))
         if e is None:
             return None
-        return (session, subject, epoch, event.get("event_type") == POSITIVE_EVENT_TYPE, timestamp_ms, e)
+        return (session, subject, epoch, event.get(POSITIVE_FIELD) == POSITIVE_EVENT_TYPE, timestamp_ms, e)
 
     def stubs(self, rows: Sequence[Any]) -> list[Any]:
         """:class:`~stream.ldp.labels.ExampleStub` of each :meth:`row` whose person-epoch's example is paid and

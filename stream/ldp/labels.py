@@ -35,11 +35,12 @@ from collections import Counter, OrderedDict
 from collections.abc import Iterable
 from typing import NamedTuple
 
-__all__ = ["LABEL_NAME", "POSITIVE_EVENT_TYPE", "ExampleStub", "SessionLabeler"]
+__all__ = ["LABEL_NAME", "POSITIVE_EVENT_TYPE", "POSITIVE_FIELD", "ExampleStub", "SessionLabeler"]
 
 #: name of the label (the pseudo-attribute its memos and budget are kept under)
 LABEL_NAME = "session_purchase"
-#: the event type that makes a session positive
+#: the event field and type that make a session positive
+POSITIVE_FIELD = "event_type"
 POSITIVE_EVENT_TYPE = "purchase"
 
 

@@ -18,6 +18,8 @@ What is estimated, and how exactly:
   noise (:func:`_conditionals`): biased post-processing whose bias vanishes as people grow; an
   attribute whose values do not differ beyond their noise gets one constant weight (dropped). The
   log-odds are a non-linear function of unbiased shares: consistent, not unbiased.
+* **Known**: the value that makes the label 1 by its definition (``ExampleSpec.positive``: event type
+  ``purchase``) has ``P(1 | v) = 1``: it is not estimated, and enters the shrinkage at that value.
 
 The served model is a River :class:`~river.linear_model.LogisticRegression` whose weights are the
 naive-Bayes log-odds ``w[j=v] = log P(v | 1) - log P(v | 0) = logit P(1 | v) - logit pi`` and intercept ``log(pi / (1 - pi))``
@@ -225,7 +227,8 @@ class JointNaiveBayes:
         for name, n in self.n.items():
             if not n:
                 continue  # never reported (a zero draw probability): weight 0
-            theta = _conditionals(self.shares(name), n, self.var[name], self.smoothing, self.shrink)
+            known = self.spec.positive[1] if self.spec.positive and self.spec.positive[0] == name else None
+            theta = _conditionals(self.shares(name), n, self.var[name], self.smoothing, self.shrink, known)
             for v, t in enumerate(theta.tolist()):
                 weights[f"{name}={v}"] = math.log(t / (1.0 - t)) - base
         return weights, base
@@ -338,7 +341,8 @@ class JointNaiveBayes:
 THETA_CLIP = 1e-3
 
 
-def _conditionals(shares: np.ndarray, n: float, var: float, smoothing: float, shrink: bool) -> np.ndarray:
+def _conditionals(shares: np.ndarray, n: float, var: float, smoothing: float, shrink: bool,
+                  known: int | None = None) -> np.ndarray:
     """``P(1 | v)`` per value from the (unbiased) joint shares ``(k, 2)`` of ``n`` reports whose summed per-cell
     noise variance is ``var`` (0 for clear counts).
 
@@ -349,17 +353,23 @@ def _conditionals(shares: np.ndarray, n: float, var: float, smoothing: float, sh
     between-value variance ``tau^2`` and the precision-weighted mean ``mu`` estimated from the attribute's own
     values, so an attribute whose values do not differ beyond their noise gets ``tau^2 = 0``: one constant
     weight, i.e. it is dropped. (A line over a numeric attribute's bins as the mean was tried: its slope, fitted
-    on noise at eps 2, cost more than it gained.)"""
+    on noise at eps 2, cost more than it gained.) ``known``: the value whose ``P(1 | v) = 1`` by the label's
+    definition (:attr:`~stream.ldp.examples.ExampleSpec.positive`): it enters the random effects at that
+    value, without noise, and is served as such."""
     s2 = var / n**2
     f = np.clip(shares, 0.0, None)
     fv = f.sum(axis=1) + smoothing / n
-    theta = np.clip(f[:, 1] / fv, 0.0, 1.0)
+    theta = np.clip(np.divide(f[:, 1], fv, out=np.zeros_like(fv), where=fv > 0), 0.0, 1.0)  # smoothing 0: 0/0
     if shrink:
         ff = np.maximum(fv, math.sqrt(s2) if s2 else 1.0 / n)
         v = s2 * (f[:, 0] ** 2 + f[:, 1] ** 2) / ff**4 + (theta * (1.0 - theta) + 1.0 / (n * ff)) / (n * ff)
         v = np.maximum(v, s2 / (2.0 * ff**2))
+        if known is not None:
+            theta[known], v[known] = 1.0 - THETA_CLIP, 1e-12
         tau2, fit = _paule_mandel(theta, v)
         theta = fit + (theta - fit) * tau2 / (tau2 + v)
+    if known is not None:
+        theta[known] = 1.0
     return np.asarray(np.clip(theta, THETA_CLIP, 1.0 - THETA_CLIP))
 
 

@@ -4,6 +4,7 @@ per person and epoch on the ledger, the additive federation, the snapshot, and w
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
 import time
@@ -24,12 +25,12 @@ from stream.ldp.examples import (
     joint_mechanism,
 )
 from stream.ldp.grr import GRR
-from stream.ldp.labels import LABEL_NAME
+from stream.ldp.labels import LABEL_NAME, POSITIVE_EVENT_TYPE, POSITIVE_FIELD
 from stream.ldp.ledger import MICRO, Charge, MemoryLedgerStore
 from stream.ldp.policy import LdpPolicy
 from stream.ldp.privatizer import Privatizer, ProtectedRecord
 from stream.learn.federated import ModelUpdate, Parameters, fedavg
-from stream.learn.joint import JointNaiveBayes, JointReport, _paule_mandel
+from stream.learn.joint import THETA_CLIP, JointNaiveBayes, JointReport, _paule_mandel
 from stream.learn.snapshot import ModelSnapshot
 from stream.schema import load_schema
 
@@ -165,6 +166,16 @@ def test_naive_bayes_on_clear_counts_matches_the_closed_form() -> None:
     assert b == pytest.approx(math.log(y.mean() / (1 - y.mean())))
 
 
+def test_a_value_never_seen_without_a_pseudo_count_gets_a_finite_weight() -> None:
+    spec = small_spec()
+    idx, y = population(2000, 5)
+    idx[:, 1] = np.minimum(idx[:, 1], 10)  # value 11 of b never occurs
+    m = JointNaiveBayes(spec, smoothing=0.0)
+    m.learn_many_clear(idx, y)
+    w, _b = m.log_odds()
+    assert all(math.isfinite(v) for v in w.values()) and "b=11" in w
+
+
 def test_shrinkage_damps_a_pure_noise_attribute() -> None:
     spec = small_spec()
     idx, y = population(6000, 4)
@@ -183,6 +194,36 @@ def test_random_effects_find_no_spread_in_noise_and_the_spread_that_is_there() -
     assert tau2 == 0.0 and np.ptp(fit) == 0.0
     tau2, _ = _paule_mandel(0.2 + rng.normal(0, np.sqrt(v + 0.04)), v)
     assert tau2 == pytest.approx(0.04, rel=0.15)
+
+
+def test_the_value_that_defines_the_label_is_known_not_estimated() -> None:
+    """A purchase event's session contains a purchase (the label's definition, stream.ldp.labels): the
+    clickstream spec names that value, the model serves P(1 | purchase) = 1 whatever the reports say, and
+    the known value enters the random effects (the other values are shrunk less than without it)."""
+    policy = LdpPolicy.from_schema(load_schema("clickstream-event.v1"), 1.0)
+    spec = ExampleSpec.from_policy(policy)
+    et = spec.by_name[POSITIVE_FIELD]
+    assert spec.positive == (POSITIVE_FIELD, et.values.index(POSITIVE_EVENT_TYPE))
+    j = spec.attributes.index(et)
+    rng = np.random.default_rng(5)
+    n = 4_000
+    idx = np.stack([rng.integers(0, a.k, size=n) for a in spec.attributes], axis=1)
+    y = (rng.random(n) < 0.2).astype(np.int64)  # purchase rows labelled like any other: the data contradict it
+    weights = np.zeros(spec.d)
+    weights[j] = 1.0
+    m = JointNaiveBayes(spec)
+    raws, _ = ExampleReporter(spec, 2.0, np.random.default_rng(6), weights=weights).reports(idx, y)
+    for raw in raws:
+        m.learn_one(JointReport.from_json(raw))
+    w, base = m.log_odds()
+    top = math.log((1 - THETA_CLIP) / THETA_CLIP) - base
+    assert w[f"{et.name}={spec.positive[1]}"] == pytest.approx(top)
+    assert max(v for k, v in w.items() if k.startswith(f"{et.name}=") and k != f"{et.name}={spec.positive[1]}") < top / 2
+    unknown = JointNaiveBayes(dataclasses.replace(spec, positive=None))
+    unknown.set_parameters(*m.parameters())
+    spread = lambda ws: np.ptp([ws[f"{et.name}={v}"] for v in range(et.k) if v != spec.positive[1]])  # noqa: E731
+    assert spread(w) >= spread(unknown.log_odds()[0])
+    assert ExampleSpec.from_policy(policy).positive is not None and small_spec().positive is None
 
 
 def test_the_attribute_draw_is_planned_from_the_schema_alone() -> None:
