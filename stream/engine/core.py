@@ -247,8 +247,8 @@ class StreamEngine:
                 out.append(Record(m.topic(), m.partition(), m.offset(), m.value(),  # type: ignore[arg-type]
                                   ts if ts_type else None, m.key(),
                                   m.headers()))  # type: ignore[arg-type]
-            elif err.code() == KafkaError._PARTITION_EOF:
-                continue
+            elif err.code() == KafkaError._PARTITION_EOF:  # its offset is past any commit marker
+                self._queue.at_end((m.topic(), m.partition()), m.offset())  # type: ignore[arg-type]
             elif err.fatal():
                 raise ClientFailed(error_name(err))
             else:
@@ -379,6 +379,8 @@ class StreamEngine:
         q = self._queue
         if q.free():
             self.progress.moved()
+        if q.ends:  # partitions read to their end: commit past the transaction markers there
+            q.free_ends((r.topic, r.partition) for r in self.hold.records)
         s = self.settings
         todo = q.due(time.monotonic(), sync=sync, interval=s.commit_interval_seconds, max_records=s.commit_max_records)
         if todo:
@@ -459,9 +461,8 @@ class StreamEngine:
         self.clients.spend(str(failed))
         self.progress.problem = f"recovering from a fatal client error: {failed}"
         self.hold.clear()
-        self._queue.tickets.clear()
-        self._queue.pending.clear()
-        self.clients.recreate(failed, rewound=self._queue.committed.clear)
+        self._queue.drop_inflight()
+        self.clients.recreate(failed, rewound=self._queue.reset_positions)
         self.progress.problem = None
         self.progress.moved()
 
@@ -502,7 +503,7 @@ class StreamEngine:
     def _on_closed(self) -> None:
         """The consumer was closed: no assignment, nothing of it left to commit."""
         self.assigned.clear()
-        self._queue.committed.clear()
+        self._queue.reset_positions()
         self._queue.pending.clear()
         self.joined = False
 
