@@ -399,7 +399,8 @@ def dlq_inspect(max_records: int, unseal: bool, idle_timeout: float) -> None:
 @click.option("--idle-timeout", type=float, default=3.0, show_default=True)
 def dlq_replay(reasons: tuple[str, ...], since: str | None, until_: str | None, partitions: tuple[int, ...],
                dry_run: bool, idle_timeout: float) -> None:
-    """Re-publish dead letters to the raw topic with their original key (idempotent by event_id)."""
+    """Re-publish dead letters to the raw topic with their original key (idempotent by event_id).
+    policy_missing ones are re-framed under their subject's latest version once it has a policy."""
     from stream.commands.dlq_replay import run_replay
     from stream.commands.retention import parse_when
 
@@ -409,6 +410,9 @@ def dlq_replay(reasons: tuple[str, ...], since: str | None, until_: str | None, 
     click.echo(f"{'would replay' if dry_run else 'replayed'} {st.replayed} of {st.matched} matching dead letters "
                f"({st.scanned} scanned); already replayed {st.already}, not sealed {st.not_sealed}, "
                f"erased {st.erased}, undecryptable {st.undecryptable}")
+    if st.reframed or st.still_refused:
+        click.echo(f"policy_missing: {st.reframed} re-framed under the subject's latest version, "
+                   f"{st.still_refused} not replayed (no newer version with a policy for every property)")
     for reason, n in sorted(st.reasons.items()):
         click.echo(f"    {reason:<20} {n}")
 
