@@ -317,6 +317,7 @@ def decrypt(user: str | None, max_events: int | None, idle_timeout: float, on_sh
     from stream.crypto.keyring import Keyring
     from stream.crypto.tokens import PSEUDONYM_PREFIX
     from stream.errors import DecryptError
+    from stream.gateway.framing import unframed
     from stream.gateway.reader import ProtectedEventReader
     from stream.kafka import TopicReader, reachable_bootstrap
     from stream.schema import load_schema
@@ -341,7 +342,7 @@ def decrypt(user: str | None, max_events: int | None, idle_timeout: float, on_sh
             if want is not None and m.key() not in want:
                 continue
             try:
-                event = reader.decrypt(orjson.loads(m.value() or b""))
+                event = reader.decrypt(orjson.loads(unframed(m.value()) or b""))
             except (DecryptError, orjson.JSONDecodeError):
                 failed += 1
                 continue

@@ -150,6 +150,19 @@ class SchemaResolver:
         reader = compile_avro_reader(json.loads(text)) if kind == "AVRO" else None
         return Resolved(kind, schema, None, avro, reader)
 
+    def register_output(self, subject: str, name: str = "protected-event.v1") -> bytes:
+        """Register the output schema ``name`` (JSON Schema) under ``subject`` (idempotent: an
+        identical schema keeps its id) and return the frame of its records: magic byte 0 + id.
+        Registered open (``additionalProperties``): a registered input version that adds
+        properties adds them, already protected by its x-privacy, to the protected events."""
+        from confluent_kafka.schema_registry import Schema
+
+        from stream.schema import schema_document
+
+        doc = {**schema_document(name), "additionalProperties": True}
+        schema_id = self.client.register_schema(subject, Schema(json.dumps(doc), "JSON"))
+        return b"\x00" + struct.pack(">I", schema_id)
+
     # -- re-framing (dlq replay) -------------------------------------------------------------
     def subject_of(self, frame: bytes) -> tuple[str, int] | None:
         """(Subject, schema id) of the version a frame (magic 0 + id, or 1 + GUID) names; None if none."""

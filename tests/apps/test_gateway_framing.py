@@ -123,6 +123,8 @@ def test_an_open_category_passes_the_broker_and_is_estimated_as_other(settings_f
     assert stats.protected == n and stats.dead_lettered == 0, stats.as_dict()
     protected = read_topic(kafka_bootstrap, t.protected, expect=n)
     assert sum(orjson.loads(r.value).get("category") in new_values for r in protected) == unknown
+    check = output_validator("protected-event.v1")  # the output contract is open too
+    assert all(check(orjson.loads(r.value)) == [] for r in protected)
 
     # a high epsilon: at 3 % of 3,000 people the estimate must stand clear of zero to mean anything
     policy = LdpPolicy.from_schema(load_schema(settings.schema_name), 8.0)
@@ -172,3 +174,36 @@ def test_trace_context_crosses_the_gateway_and_nothing_else_does(settings_factor
         else:
             assert rec.headers == []
     assert traced >= len(out) // 2 - 2  # about half the protected events were traced
+
+
+def test_framed_protected_output_is_read_by_confluent_kafkas_json_deserializer(settings_factory, kafka_bootstrap):
+    """STREAMGATE_GATEWAY_FRAME_OUTPUT: clicks.protected values are framed (magic 0 + the id of
+    protected-event.v1, registered under clicks.protected-value); confluent-kafka's own
+    JSONDeserializer (it fetches the schema by id and validates) reads every one, including an
+    open-domain category; streamgate's own readers (the privatizer, decrypt) drop the frame (unframed)."""
+    from confluent_kafka.schema_registry.json_schema import JSONDeserializer
+
+    from stream.gateway.framing import unframed
+
+    settings = settings_factory(batch_max_events=100, gateway_frame_output=True)
+    t = settings.topics
+    ensure_topics(kafka_bootstrap, [t.raw, t.protected, t.dlq], partitions=2)
+    gateway = build_gateway(settings)
+    assert gateway.resolver is not None
+    client = gateway.resolver.client
+    events = list(ClickstreamGenerator(seed=46).events(120))
+    events[0]["category"] = "fashion"
+    _send(kafka_bootstrap, t.raw, [(e["user_id"].encode(), orjson.dumps(e)) for e in events])
+    with running_in_thread(GatewayEngine(settings, gateway)) as engine:
+        wait_for(lambda: engine.stats.emitted >= len(events), timeout=120, what="every event")
+    assert engine.stats.protected == len(events)
+    out = read_topic(kafka_bootstrap, t.protected, expect=len(events))
+    registered = client.get_latest_version(f"{t.protected}-value")
+    assert all(r.value[:5] == b"\x00" + registered.schema_id.to_bytes(4, "big") for r in out)
+    deserialize = JSONDeserializer(None, schema_registry_client=client)  # validates against the registered schema
+    ctx = SerializationContext(t.protected, MessageField.VALUE)
+    got = [deserialize(r.value, ctx) for r in out]
+    assert sorted(g["event_id"] for g in got) == sorted(e["event_id"] for e in events)
+    assert [g["event_id"] for g in got if g.get("category") == "fashion"] == [events[0]["event_id"]]
+    assert all(g == orjson.loads(unframed(r.value)) for g, r in zip(got, out, strict=True))
+    assert all(g["user_id"].startswith("tk") for g in got)

@@ -201,6 +201,14 @@ def test_reframe_moves_a_policy_missing_record_to_the_latest_version_once_it_has
     assert not passed.dead_letters and len(passed.protected) == 2
 
 
+def test_unframed_drops_a_frame_and_leaves_plain_json_alone():
+    from stream.gateway.framing import unframed
+
+    body = orjson.dumps(EVENTS[0])
+    assert unframed(b"\x00\x00\x00\x00\x07" + body) == body
+    assert unframed(body) == body and unframed(None) is None and unframed(b"") == b""
+
+
 def test_avro_round_trip_of_the_shipped_schema():
     doc = schema_document("clickstream-event.v1")
     shipped = json.loads((__import__("stream.schema", fromlist=["_schemas_dir"])._schemas_dir()
