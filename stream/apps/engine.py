@@ -112,11 +112,11 @@ class GatewayEngine(StreamEngine):
         return {"isolation.level": "read_committed"} if self.transactional else {}
 
     def start(self) -> None:
-        self.check_limits()
-        if self.settings.gateway_frame_output:
+        if self.settings.gateway_frame_output:  # registered before anything is consumed, or no start
             if self.gateway.resolver is None:
                 raise ConfigError("STREAMGATE_GATEWAY_FRAME_OUTPUT needs STREAMGATE_SCHEMA_REGISTRY_URL")
             self.frame = self.gateway.resolver.register_output(f"{self.settings.topics.protected}-value")
+        self.check_limits()
 
     def process(self, records: list[Record]) -> Result:
         st = self.stats

@@ -209,6 +209,23 @@ def test_unframed_drops_a_frame_and_leaves_plain_json_alone():
     assert unframed(body) == body and unframed(None) is None and unframed(b"") == b""
 
 
+def test_output_framing_registers_once_and_refuses_to_start_without_a_registry(resolver):
+    from stream.apps.engine import GatewayEngine
+    from stream.config import Settings
+    from stream.errors import ConfigError
+
+    head = resolver.register_output("clicks.protected-value")
+    assert head == resolver.register_output("clicks.protected-value")  # idempotent: same id on a restart
+    registered = resolver.client.get_latest_version("clicks.protected-value")
+    assert head == b"\x00" + struct.pack(">I", registered.schema_id)
+    gw, _ = make_gateway(None)
+    engine = GatewayEngine(Settings(gateway_frame_output=True, schema_registry_url=""), gw,
+                           bootstrap="127.0.0.1:1", metrics=object())
+    with pytest.raises(ConfigError, match="SCHEMA_REGISTRY_URL"):
+        engine.start()  # before anything is consumed (and before the broker is asked anything)
+    assert engine.frame is None
+
+
 def test_avro_round_trip_of_the_shipped_schema():
     doc = schema_document("clickstream-event.v1")
     shipped = json.loads((__import__("stream.schema", fromlist=["_schemas_dir"])._schemas_dir()
