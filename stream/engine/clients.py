@@ -163,7 +163,6 @@ class Clients:
         s = self.settings
         cconf = consumer_config(self.bootstrap, w.group(), session_timeout_ms=s.session_timeout_ms,
                                 **{"client.id": w.client_id(), "error_cb": self.on_consumer_error,
-                                   "enable.partition.eof": True,  # commits past markers (CommitQueue.free_ends)
                                    "topic.metadata.refresh.interval.ms": 10_000},
                                 **w.extra_consumer_config(), **w.consumer_overrides)
         self.consumer = Consumer(cconf)

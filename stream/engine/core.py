@@ -247,8 +247,8 @@ class StreamEngine:
                 out.append(Record(m.topic(), m.partition(), m.offset(), m.value(),  # type: ignore[arg-type]
                                   ts if ts_type else None, m.key(),
                                   m.headers()))  # type: ignore[arg-type]
-            elif err.code() == KafkaError._PARTITION_EOF:  # its offset is past any commit marker
-                self._queue.at_end((m.topic(), m.partition()), m.offset())  # type: ignore[arg-type]
+            elif err.code() == KafkaError._PARTITION_EOF:
+                continue
             elif err.fatal():
                 raise ClientFailed(error_name(err))
             else:
@@ -379,8 +379,8 @@ class StreamEngine:
         q = self._queue
         if q.free():
             self.progress.moved()
-        if q.ends:  # partitions read to their end: commit past the transaction markers there
-            q.free_ends((r.topic, r.partition) for r in self.hold.records)
+        if q.positions:  # consumer positions past the records read: commit past transaction markers
+            q.free_positions((r.topic, r.partition) for r in self.hold.records)
         s = self.settings
         todo = q.due(time.monotonic(), sync=sync, interval=s.commit_interval_seconds, max_records=s.commit_max_records)
         if todo:
@@ -454,6 +454,12 @@ class StreamEngine:
                 self.metrics.set_lag(partition, lag)
             self.metrics.clear_lag([p for p, _ in lags])
         self.progress.observe(lag=sum(lag for _, lag in lags))
+        consumer = self.clients.consumer
+        with contextlib.suppress(KafkaException):  # for CommitQueue.free_positions
+            assignment = consumer.assignment() if consumer is not None else []
+            for tp in consumer.position(assignment) if consumer is not None and assignment else []:
+                if tp.offset >= 0:
+                    self._queue.reached((tp.topic, tp.partition), tp.offset)
 
     def _recover(self, failed: ClientFailed) -> None:
         """A client went fatal: count it (over budget: exit), drop what is uncommitted, and let the
