@@ -16,7 +16,7 @@ USER streamgate
 WORKDIR /var/lib/streamgate
 ENV PYTHONUNBUFFERED=1 \
     STREAMGATE_STATE_DIR=/var/lib/streamgate \
-    STREAMGATE_WEB_BIND=0.0.0.0 \
+    STREAMGATE_WEB_PORT=0.0.0.0: \
     STREAMGATE_LOG_FORMAT=json
 # web ports (health, readiness, Prometheus metrics): gateway, privatizer, shredder
 EXPOSE 6066 6067 6068

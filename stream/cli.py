@@ -317,6 +317,7 @@ def decrypt(user: str | None, max_events: int | None, idle_timeout: float, on_sh
     from stream.crypto.keyring import Keyring
     from stream.crypto.tokens import PSEUDONYM_PREFIX
     from stream.errors import DecryptError
+    from stream.gateway.framing import unframed
     from stream.gateway.reader import ProtectedEventReader
     from stream.kafka import TopicReader, reachable_bootstrap
     from stream.schema import load_schema
@@ -341,7 +342,7 @@ def decrypt(user: str | None, max_events: int | None, idle_timeout: float, on_sh
             if want is not None and m.key() not in want:
                 continue
             try:
-                event = reader.decrypt(orjson.loads(m.value() or b""))
+                event = reader.decrypt(orjson.loads(unframed(m.value()) or b""))
             except (DecryptError, orjson.JSONDecodeError):
                 failed += 1
                 continue
@@ -399,7 +400,8 @@ def dlq_inspect(max_records: int, unseal: bool, idle_timeout: float) -> None:
 @click.option("--idle-timeout", type=float, default=3.0, show_default=True)
 def dlq_replay(reasons: tuple[str, ...], since: str | None, until_: str | None, partitions: tuple[int, ...],
                dry_run: bool, idle_timeout: float) -> None:
-    """Re-publish dead letters to the raw topic with their original key (idempotent by event_id)."""
+    """Re-publish dead letters to the raw topic with their original key (idempotent by event_id).
+    policy_missing ones are re-framed under their subject's latest version once it has a policy."""
     from stream.commands.dlq_replay import run_replay
     from stream.commands.retention import parse_when
 
@@ -409,6 +411,9 @@ def dlq_replay(reasons: tuple[str, ...], since: str | None, until_: str | None, 
     click.echo(f"{'would replay' if dry_run else 'replayed'} {st.replayed} of {st.matched} matching dead letters "
                f"({st.scanned} scanned); already replayed {st.already}, not sealed {st.not_sealed}, "
                f"erased {st.erased}, undecryptable {st.undecryptable}")
+    if st.reframed or st.still_refused:
+        click.echo(f"policy_missing: {st.reframed} re-framed under the subject's latest version, "
+                   f"{st.still_refused} not replayed (no newer version with a policy for every property)")
     for reason, n in sorted(st.reasons.items()):
         click.echo(f"    {reason:<20} {n}")
 

@@ -8,9 +8,9 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, StringConstraints, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 __all__ = ["REMOVED_SETTINGS", "Settings", "TopicNames", "default_state_dir", "refuse_removed_settings"]
@@ -43,6 +43,7 @@ class TopicNames(BaseModel):
 #: Settings that were removed: passing one (argument or environment variable, any case) raises
 #: ConfigError with this hint instead of being ignored.
 REMOVED_SETTINGS: dict[str, str] = {
+    "web_bind": "use STREAMGATE_WEB_PORT=HOST:PORT (or HOST: for the worker's default port)",
     "ldp_budget_epsilon": "it had no effect; the person-level cap is STREAMGATE_LDP_PERSON_EPSILON",
     "ldp_seed": "seeded LDP noise is for tests and benchmarks only (build_privatizer(..., seed=N)); "
     "a privatizer worker draws its noise from a key out of the OS CSPRNG",
@@ -177,6 +178,12 @@ class Settings(BaseSettings):
         "http(s)://... in production; mock://... is an in-process registry pre-registered from schemas/; "
         "empty = plain JSON only (docs/contract.md, Registered schemas).",
     )
+    gateway_frame_output: bool = Field(
+        default=False,
+        description="Frame clicks.protected values in the Confluent wire format (magic byte 0 + schema id, then the "
+        "JSON) for consumers using confluent-kafka's JSONDeserializer: the output schema (protected-event.v1) is "
+        "registered at start-up under <topic>-value at SCHEMA_REGISTRY_URL. false = plain JSON.",
+    )
     gateway_pass_headers: str = Field(
         default="traceparent,tracestate",
         description="Comma-separated record headers the gateway copies from a raw record to its protected record "
@@ -232,12 +239,12 @@ class Settings(BaseSettings):
     )
     session_timeout_ms: int = Field(default=6000, gt=0, description="Consumer group session timeout.")
     topic_partitions: int = Field(default=4, gt=0, description="Partitions for topics streamgate creates.")
-    web_port: int | None = Field(
+    web_port: int | Annotated[str, StringConstraints(pattern=r"^(\S+:)?\d*$")] | None = Field(
         default=None,
-        description="Web server port (health, metrics) of a worker; unset = the worker's default "
+        description="Web server (health, metrics) of a worker: PORT, or HOST:PORT (HOST: alone = the worker's "
+        "default port on HOST); the address is 127.0.0.1 unless given; unset = the worker's default port "
         "(gateway 6066, privatizer 6067, shredder 6068, learner 6069); 0 = disabled.",
     )
-    web_bind: str = Field(default="127.0.0.1", description="Address the workers' web servers bind to.")
 
     # --- privatizer (local differential privacy) ----------------------------
     ldp_epsilon: float = Field(

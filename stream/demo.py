@@ -47,6 +47,7 @@ from stream.config import Settings
 from stream.dev.stack import free_port
 from stream.errors import StreamgateError
 from stream.faults import make_invalid
+from stream.gateway.framing import unframed
 from stream.kafka import TopicReader, ensure_topics
 from stream.synth import ClickstreamGenerator
 
@@ -87,7 +88,7 @@ class _Outputs:
             value = m.value()
             if value is None or m.timestamp()[1] < self.since_ms:
                 continue
-            rec = orjson.loads(value)
+            rec = orjson.loads(unframed(value) or b"")  # STREAMGATE_GATEWAY_FRAME_OUTPUT
             if m.topic() == self.t.protected:
                 if rec.get("event_id") in self.want_ids:
                     self.protected[rec["event_id"]] = rec

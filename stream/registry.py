@@ -7,7 +7,9 @@
 
 from __future__ import annotations
 
+import io
 import json
+import struct
 import time
 import uuid
 from collections.abc import Mapping
@@ -38,6 +40,7 @@ __all__ = [
     "avro_from_json_schema",
     "compatibility_problems",
     "decode_avro",
+    "frame_of",
     "json_schema_from_avro",
     "lineage_subject",
     "policy_gaps",
@@ -57,6 +60,7 @@ class SchemaResolver:
         self._by_id: dict[int, Resolved] = {}
         self._by_guid: dict[bytes, Resolved] = {}
         self._missing: dict[Any, float] = {}
+        self._subjects: dict[bytes, tuple[str, int] | None] = {}  # frame -> (subject, id) (re-framing)
         self.negative_ttl = NEGATIVE_TTL_SECONDS
 
     @classmethod
@@ -145,3 +149,86 @@ class SchemaResolver:
                                                   rule="subject"), avro)
         reader = compile_avro_reader(json.loads(text)) if kind == "AVRO" else None
         return Resolved(kind, schema, None, avro, reader)
+
+    def register_output(self, subject: str, name: str = "protected-event.v1") -> bytes:
+        """Register the output schema ``name`` (JSON Schema) under ``subject`` (idempotent: an
+        identical schema keeps its id) and return the frame of its records: magic byte 0 + id.
+        Registered open (``additionalProperties``): a registered input version that adds
+        properties adds them, already protected by its x-privacy, to the protected events."""
+        from confluent_kafka.schema_registry import Schema
+
+        from stream.schema import schema_document
+
+        doc = {**schema_document(name), "additionalProperties": True}
+        schema_id = self.client.register_schema(subject, Schema(json.dumps(doc), "JSON"))
+        return b"\x00" + struct.pack(">I", schema_id)
+
+    # -- re-framing (dlq replay) -------------------------------------------------------------
+    def subject_of(self, frame: bytes) -> tuple[str, int] | None:
+        """(Subject, schema id) of the version a frame (magic 0 + id, or 1 + GUID) names; None if none."""
+        hit = self._subjects.get(frame)
+        if hit is not None or frame in self._subjects:
+            return hit
+        found: tuple[str, int] | None = None
+        if frame[0] == 0 and not type(self.client).__name__.startswith("Mock"):
+            schema_id = struct.unpack_from(">I", frame, 1)[0]
+            subjects = self.client.get_subjects_by_schema_id(schema_id)
+            found = (str(subjects[0]), schema_id) if subjects else None
+        else:  # a GUID, or the mock (it serves no ids/{id}/subjects): scan the subjects' versions
+            want = (struct.unpack_from(">I", frame, 1)[0] if frame[0] == 0
+                    else str(uuid.UUID(bytes=frame[1:])))
+            for subject in self.client.get_subjects():
+                for v in self.client.get_versions(subject):
+                    reg = self.client.get_version(subject, v)
+                    if want in (reg.schema_id, reg.guid):
+                        found = (str(subject), int(reg.schema_id))
+                        break
+                if found is not None:
+                    break
+        self._subjects[frame] = found
+        return found
+
+    def reframe(self, value: bytes, headers: list[tuple[str, bytes | None]],
+                ) -> tuple[bytes, list[tuple[str, bytes | None]]] | None:
+        """A framed record refused by its version (``policy_missing``) re-framed under the latest
+        version of its subject, when that one is applied (has a policy for every property) and
+        differs. Avro payloads are re-encoded (read with the old writer schema, resolved to the
+        new one); JSON payloads keep their bytes. None: not framed, or nothing newer that applies."""
+        frame, payload = frame_of(value, headers)
+        if frame is None:
+            return None
+        named = self.subject_of(frame)
+        if named is None:
+            return None
+        subject, schema_id = named
+        latest = self.client.get_latest_version(subject)
+        if latest.schema_id == schema_id:
+            return None
+        new, old = self.by_id(latest.schema_id), self.by_id(schema_id)
+        if not isinstance(new, Resolved) or new.refusal is not None or not isinstance(old, Resolved):
+            return None
+        if new.kind != old.kind:
+            return None
+        if new.kind == "AVRO":
+            import fastavro
+
+            datum = fastavro.schemaless_reader(io.BytesIO(payload), old.avro, new.avro)
+            out = io.BytesIO()
+            fastavro.schemaless_writer(out, new.avro, datum)
+            payload = out.getvalue()
+        head = b"\x00" + struct.pack(">I", latest.schema_id)
+        if any(k == VALUE_SCHEMA_ID_HEADER for k, _ in headers):
+            return payload, [(k, head if k == VALUE_SCHEMA_ID_HEADER else v) for k, v in headers]
+        return head + payload, headers
+
+
+def frame_of(value: bytes, headers: list[tuple[str, bytes | None]] | None = None) -> tuple[bytes | None, bytes]:
+    """(The frame: magic byte and schema id or GUID, the payload) of a record; (None, value) if unframed."""
+    for k, h in headers or ():
+        if k == VALUE_SCHEMA_ID_HEADER and h and ((h[0] == 0 and len(h) == 5) or (h[0] == 1 and len(h) == 17)):
+            return h, value
+    if value[:1] == b"\x00" and len(value) >= 5:
+        return value[:5], value[5:]
+    if value[:1] == b"\x01" and len(value) >= 17:
+        return value[:17], value[17:]
+    return None, value

@@ -110,7 +110,8 @@ SCHEMA: dict[str, Any] = _load_schema()
 _PROPS: dict[str, Any] = SCHEMA["properties"]
 
 EVENT_TYPES: tuple[str, ...] = tuple(_PROPS["event_type"]["enum"])
-CATEGORIES: tuple[str, ...] = tuple(_PROPS["category"]["enum"])
+#: the listed catalog of ``category`` (an open domain: the schema accepts other values, LDP counts them as _other)
+CATEGORIES: tuple[str, ...] = tuple(_PROPS["category"]["x-privacy"]["domain"])
 DEVICES: tuple[str, ...] = tuple(_PROPS["device"]["enum"])
 _COUNTRY_POLICY: dict[str, Any] = _PROPS["country"]["x-privacy"]
 COUNTRY_OTHER: str = _COUNTRY_POLICY.get("out_of_domain", "other")

@@ -93,6 +93,7 @@ class GatewayEngine(StreamEngine):
         self.on_batch = on_batch
         self.stats = EngineStats()
         self.transactional = settings.processing_guarantee == "exactly_once"
+        self.frame: bytes | None = None  # the Confluent frame of clicks.protected values (gateway_frame_output)
 
     # -- hooks -------------------------------------------------------------------------------
     def topics(self) -> list[str]:
@@ -111,6 +112,10 @@ class GatewayEngine(StreamEngine):
         return {"isolation.level": "read_committed"} if self.transactional else {}
 
     def start(self) -> None:
+        if self.settings.gateway_frame_output:  # registered before anything is consumed, or no start
+            if self.gateway.resolver is None:
+                raise ConfigError("STREAMGATE_GATEWAY_FRAME_OUTPUT needs STREAMGATE_SCHEMA_REGISTRY_URL")
+            self.frame = self.gateway.resolver.register_output(f"{self.settings.topics.protected}-value")
         self.check_limits()
 
     def process(self, records: list[Record]) -> Result:
@@ -127,6 +132,9 @@ class GatewayEngine(StreamEngine):
             st.fail_closed_retries += 1
             raise
         t = self.settings.topics
+        if self.frame is not None:
+            head = self.frame
+            result.protected = [(k, head + v) for k, v in result.protected]
         if result.headers:  # allow-listed headers (trace context) of the inputs, onto their protected records
             outs = [Out(t.protected, v, k, None, result.headers.get(i)) for i, (k, v) in enumerate(result.protected)]
         else:

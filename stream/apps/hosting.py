@@ -26,7 +26,7 @@ import faust
 from faust.app.base import BootStrategy
 from mode import Service
 
-from stream.apps.registry import web_port
+from stream.apps.registry import web_listen
 from stream.config import Settings
 from stream.errors import StreamgateError
 from stream.ops.metrics import WorkerMetrics
@@ -127,13 +127,13 @@ def worker_app(
     bootstrap = settings.kafka_bootstrap_or_dev()
     datadir = settings.state_dir / ("faust" if worker == "gateway" else f"faust-{worker}")
     datadir.mkdir(parents=True, exist_ok=True)  # Faust creates only the last level
-    port = web_port(settings, worker)
+    bind, port = web_listen(settings, worker)
     app = faust.App(
         f"streamgate-{worker}",
         broker=f"kafka://{bootstrap}",
         web_enabled=port > 0,
         web_port=port or 6066,  # (unused when disabled)
-        web_bind=settings.web_bind,
+        web_bind=bind,
         topic_disable_leader=True,
         broker_session_timeout=settings.session_timeout_ms / 1000,
         datadir=str(datadir),

@@ -44,6 +44,7 @@ from stream.config import Settings
 from stream.crypto.keyring import Keyring
 from stream.engine import Out, Record, Result, StreamEngine
 from stream.errors import KeyUnavailableError, TopicMissingError
+from stream.gateway.framing import unframed
 from stream.kafka import TopicReader
 from stream.ldp.aggregate import WindowAggregator
 from stream.ldp.labels import LABEL_NAME, ExampleStub, SessionLabeler
@@ -390,7 +391,8 @@ class PrivatizerEngine(StreamEngine):
             for group, aggregate in ((counted, False), (fresh, True)):
                 if group:
                     try:
-                        res = self.privatizer.process([ProtectedRecord(r.value, r.timestamp_ms or 0) for r in group])
+                        res = self.privatizer.process([ProtectedRecord(unframed(r.value), r.timestamp_ms or 0)
+                                                       for r in group])
                     except self.hold_on:
                         self.stats.fail_closed_retries += 1
                         raise

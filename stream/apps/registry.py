@@ -15,7 +15,7 @@ if TYPE_CHECKING:
 
     from stream.config import Settings
 
-__all__ = ["ENGINES", "WORKERS", "WorkerSpec", "run_worker", "web_port", "writer_of"]
+__all__ = ["ENGINES", "WORKERS", "WorkerSpec", "run_worker", "web_listen", "web_port", "writer_of"]
 
 
 @dataclass(frozen=True)
@@ -83,9 +83,16 @@ WORKERS: dict[str, WorkerSpec] = {
 
 def web_port(settings: Settings, worker: str) -> int:
     """The web port of ``worker`` (``gateway``, ``privatizer``, ``shredder``, ``learner``); 0 = disabled."""
-    if settings.web_port is not None:
-        return settings.web_port
-    return WORKERS[worker].port if worker in WORKERS else 6070
+    _, port = web_listen(settings, worker)
+    return port
+
+
+def web_listen(settings: Settings, worker: str) -> tuple[str, int]:
+    """(Address, port) of ``worker``'s web server (``STREAMGATE_WEB_PORT``: PORT, HOST:PORT or HOST:)."""
+    host, _, port = str(settings.web_port if settings.web_port is not None else "").rpartition(":")
+    if port:
+        return host.strip("[]") or "127.0.0.1", int(port)
+    return host.strip("[]") or "127.0.0.1", WORKERS[worker].port if worker in WORKERS else 6070
 
 
 #: Every engine of every worker (what the conformance suite drives).

@@ -11,6 +11,11 @@ retention period; a keyed digest, never the id) records when each event was repl
 letter rejected before that time was already replayed and is skipped; one rejected after it is
 the replayed copy refused again, and is eligible once more. A record without a readable
 ``event_id`` is keyed by the digest of its bytes.
+
+A ``policy_missing`` dead letter names a version that will never pass (a registered version is
+immutable): it is re-framed under the latest version of its subject (:meth:`SchemaResolver.reframe`)
+once that one has a policy for every property, and counted as ``still_refused`` (not replayed)
+while it has none.
 """
 
 from __future__ import annotations
@@ -34,6 +39,9 @@ from stream.redisdb import replayed_key
 
 __all__ = ["ReplayStats", "event_id_of", "replay_dead_letters"]
 
+Headers = list[tuple[str, bytes | None]]
+Reframe = Callable[[bytes, Headers], tuple[bytes, Headers] | None]
+
 log = logging.getLogger(__name__)
 
 
@@ -46,6 +54,8 @@ class ReplayStats:
     not_sealed: int = 0  # too_large / empty: nothing to replay
     erased: int = 0  # the person's key was shredded
     undecryptable: int = 0
+    reframed: int = 0  # policy_missing: re-framed under the subject's latest version
+    still_refused: int = 0  # policy_missing with no newer version that applies: not replayed
     reasons: Counter[str] = field(default_factory=Counter)
 
 
@@ -88,62 +98,77 @@ def replay_dead_letters(
     ttl_seconds: int = 30 * 86400,
     dry_run: bool = False,
     clock: Callable[[], float] = time.time,
+    reframe: Reframe | None = None,
 ) -> ReplayStats:
     """Replay the matching dead letters of ``dlq_records()`` (an iterable of DLQ record values)
-    through ``produce(value, key, headers)``; ``flush()`` returns the records not delivered."""
+    through ``produce(value, key, headers)``; ``flush()`` returns the records not delivered.
+    ``reframe``: how a ``policy_missing`` record is framed anew (None: replayed as it came)."""
     st = ReplayStats()
     claimed: list[str] = []
     started = clock()
-    for raw in dlq_records():
-        st.scanned += 1
-        try:
-            rec = orjson.loads(raw)
-        except orjson.JSONDecodeError:
-            continue
-        if not isinstance(rec, dict) or rec.get("_schema") != "dlq-record.v1":
-            continue
-        src = rec.get("source") or {}
-        at = _rejected_at(rec)
-        if reasons and rec.get("reason") not in reasons:
-            continue
-        if partitions and src.get("partition") not in partitions:
-            continue
-        if (since is not None or until is not None) and at is None:
-            continue
-        if (since is not None and at is not None and at < since) or (until is not None and at is not None and at > until):
-            continue
-        st.matched += 1
-        if rec.get("sealed") is None:
-            st.not_sealed += 1
-            continue
-        try:
-            value = unseal_dead_letter(rec, deks)
-            key, headers = unseal_dead_letter_meta(rec, deks)
-        except KeyShreddedError:
-            st.erased += 1
-            continue
-        except DecryptError:
-            st.undecryptable += 1
-            continue
-        assert value is not None
-        eid = event_id_of(value)
-        ident = eid.encode() if eid is not None else b"bytes:" + value
-        digest = base64.urlsafe_b64encode(hmac.digest(ledger_key, ident, "sha256")[:18]).decode()
-        ledger = replayed_key(ledger_prefix, digest)
-        done = redis.get(ledger)
-        if done is not None and at is not None and at <= float(done):
-            st.already += 1
-            continue
-        if dry_run:
+    try:
+        for raw in dlq_records():
+            st.scanned += 1
+            try:
+                rec = orjson.loads(raw)
+            except orjson.JSONDecodeError:
+                continue
+            if not isinstance(rec, dict) or rec.get("_schema") != "dlq-record.v1":
+                continue
+            src = rec.get("source") or {}
+            at = _rejected_at(rec)
+            if reasons and rec.get("reason") not in reasons:
+                continue
+            if partitions and src.get("partition") not in partitions:
+                continue
+            if (since is not None or until is not None) and at is None:
+                continue
+            if (since is not None and at is not None and at < since) or (until is not None and at is not None and at > until):
+                continue
+            st.matched += 1
+            if rec.get("sealed") is None:
+                st.not_sealed += 1
+                continue
+            try:
+                value = unseal_dead_letter(rec, deks)
+                key, headers = unseal_dead_letter_meta(rec, deks)
+            except KeyShreddedError:
+                st.erased += 1
+                continue
+            except DecryptError:
+                st.undecryptable += 1
+                continue
+            assert value is not None
+            eid = event_id_of(value)
+            ident = eid.encode() if eid is not None else b"bytes:" + value
+            digest = base64.urlsafe_b64encode(hmac.digest(ledger_key, ident, "sha256")[:18]).decode()
+            ledger = replayed_key(ledger_prefix, digest)
+            done = redis.get(ledger)
+            if done is not None and at is not None and at <= float(done):
+                st.already += 1
+                continue
+            if reframe is not None and rec.get("reason") == "policy_missing":
+                fresh = reframe(value, list(headers))
+                if fresh is None:
+                    st.still_refused += 1
+                    continue
+                value, headers = fresh
+                st.reframed += 1
+            if dry_run:
+                st.replayed += 1
+                st.reasons[str(rec.get("reason"))] += 1
+                continue
+            # claim before producing: a second run (or a crash and re-run) never sends it twice
+            redis.set(ledger, repr(started), ex=ttl_seconds)
+            claimed.append(ledger)
+            produce(value, key, headers)
             st.replayed += 1
             st.reasons[str(rec.get("reason"))] += 1
-            continue
-        # claim before producing: a second run (or a crash and re-run) never sends it twice
-        redis.set(ledger, repr(started), ex=ttl_seconds)
-        claimed.append(ledger)
-        produce(value, key, headers)
-        st.replayed += 1
-        st.reasons[str(rec.get("reason"))] += 1
+    except BaseException:  # the registry or Redis failed mid-run: what was sent is delivered, or unclaimed
+        if not dry_run and claimed and flush():
+            for ledger in claimed:
+                redis.delete(ledger)
+        raise
     if not dry_run and claimed:
         undelivered = flush()
         if undelivered:
@@ -157,8 +182,9 @@ def replay_dead_letters(
 
 def run_replay(settings: Any, *, reasons: Collection[str] = (), since: float | None = None,
                until: float | None = None, partitions: Collection[int] = (), dry_run: bool = False,
-               idle_timeout: float = 3.0) -> ReplayStats:
-    """:func:`replay_dead_letters` against the configured broker, Redis and key (``streamgate dlq replay``)."""
+               idle_timeout: float = 3.0, resolver: Any = None) -> ReplayStats:
+    """:func:`replay_dead_letters` against the configured broker, Redis, key and schema registry
+    (``streamgate dlq replay``; ``resolver``: a :class:`~stream.registry.SchemaResolver` to use instead)."""
     from confluent_kafka import Producer
 
     from stream.components import build_dek_provider, redis_client
@@ -172,6 +198,11 @@ def run_replay(settings: Any, *, reasons: Collection[str] = (), since: float | N
     redis = redis_client(settings, "reader")
     producer = Producer(producer_config(bootstrap))
     failed: list[str] = []
+    if resolver is None and settings.schema_registry_url:
+        from stream.registry import SchemaResolver
+        from stream.schema import load_schema
+
+        resolver = SchemaResolver.from_url(settings.schema_registry_url, load_schema(settings.schema_name))
 
     def on_delivery(err: Any, _msg: Any) -> None:
         if err is not None:
@@ -195,4 +226,5 @@ def run_replay(settings: Any, *, reasons: Collection[str] = (), since: float | N
         # a sub-key of the reader's "dek-id" purpose key: the reader role can replay
         ledger_key=derive_key(keyring.derive("dek-id"), "dlq-replay"),
         produce=produce, flush=flush, reasons=reasons, since=since, until=until, partitions=partitions,
-        ttl_seconds=settings.retention_seconds, dry_run=dry_run)
+        ttl_seconds=settings.retention_seconds, dry_run=dry_run,
+        reframe=resolver.reframe if resolver is not None else None)

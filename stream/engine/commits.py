@@ -3,6 +3,11 @@
 A result's offsets may be committed once its outputs and every earlier result's were delivered;
 a ``defer`` result also waits for a later delivered ``checkpoint`` (the learner's snapshots).
 Freed offsets are committed throttled (:meth:`CommitQueue.due`).
+
+A partition whose every record read was released may be committed at the consumer's position,
+past the commit markers of a transactional producer (control records the consumer never
+delivers): otherwise the committed offset stays one short of the log end and external lag
+monitors show a lag of 1 for ever.
 """
 
 from __future__ import annotations
@@ -27,6 +32,7 @@ class CommitQueue:
         self.committed_records = 0  # released_records at the last commit
         self.released_records = 0  # input records freed by released tickets (ever)
         self.released_checkpoint = False  # the last release freed a checkpoint (commit it at once)
+        self.positions: dict[TP, int] = {}  # consumer positions seen, not acted on yet
 
     def __len__(self) -> int:
         return len(self.tickets)
@@ -70,6 +76,35 @@ class CommitQueue:
         self.pending.update(offsets)
         return True
 
+    def reached(self, tp: TP, position: int) -> None:
+        """The consumer's position in ``tp`` (past the records it returned and any control record)."""
+        self.positions[tp] = position
+
+    def free_positions(self, held: Iterable[TP]) -> None:
+        """Into ``pending``: the positions of partitions with no record held (``held``) or in
+        flight (every record consumed before the position was released), beyond what was freed
+        for them. Between the two lie only records the consumer never delivers (transaction
+        markers, aborted records under read_committed). A partition nothing was freed for is left
+        alone (its start is the committed offset already)."""
+        busy = set(held)
+        busy.update(tp for t in self.tickets for tp in t.offsets)
+        for tp in [tp for tp in self.positions if tp not in busy]:
+            position = self.positions.pop(tp)
+            last = self.pending.get(tp, self.committed.get(tp))
+            if last is not None and position > last:
+                self.pending[tp] = position
+
+    def drop_inflight(self) -> None:
+        """The clients failed: results in flight are gone, and what was read is read again."""
+        self.tickets.clear()
+        self.pending.clear()
+        self.positions.clear()
+
+    def reset_positions(self) -> None:
+        """The consumer was rewound or closed: nothing is known committed, no position stands."""
+        self.committed.clear()
+        self.positions.clear()
+
     def due(self, now: float, *, sync: bool, interval: float, max_records: int) -> dict[TP, int] | None:
         """The pending offsets to commit now, or None: once ``interval`` seconds passed or
         ``max_records`` records were freed since the last commit, whichever comes first; at once
@@ -97,8 +132,10 @@ class CommitQueue:
         for tp in tps:
             self.committed.pop(tp, None)
             self.pending.pop(tp, None)
+            self.positions.pop(tp, None)
 
     def clear(self) -> None:
         self.tickets.clear()
         self.committed.clear()
         self.pending.clear()
+        self.positions.clear()

@@ -379,6 +379,8 @@ class StreamEngine:
         q = self._queue
         if q.free():
             self.progress.moved()
+        if q.positions:  # consumer positions past the records read: commit past transaction markers
+            q.free_positions((r.topic, r.partition) for r in self.hold.records)
         s = self.settings
         todo = q.due(time.monotonic(), sync=sync, interval=s.commit_interval_seconds, max_records=s.commit_max_records)
         if todo:
@@ -452,6 +454,12 @@ class StreamEngine:
                 self.metrics.set_lag(partition, lag)
             self.metrics.clear_lag([p for p, _ in lags])
         self.progress.observe(lag=sum(lag for _, lag in lags))
+        consumer = self.clients.consumer
+        with contextlib.suppress(KafkaException):  # for CommitQueue.free_positions
+            assignment = consumer.assignment() if consumer is not None else []
+            for tp in consumer.position(assignment) if consumer is not None and assignment else []:
+                if tp.offset >= 0:
+                    self._queue.reached((tp.topic, tp.partition), tp.offset)
 
     def _recover(self, failed: ClientFailed) -> None:
         """A client went fatal: count it (over budget: exit), drop what is uncommitted, and let the
@@ -459,9 +467,8 @@ class StreamEngine:
         self.clients.spend(str(failed))
         self.progress.problem = f"recovering from a fatal client error: {failed}"
         self.hold.clear()
-        self._queue.tickets.clear()
-        self._queue.pending.clear()
-        self.clients.recreate(failed, rewound=self._queue.committed.clear)
+        self._queue.drop_inflight()
+        self.clients.recreate(failed, rewound=self._queue.reset_positions)
         self.progress.problem = None
         self.progress.moved()
 
@@ -502,7 +509,7 @@ class StreamEngine:
     def _on_closed(self) -> None:
         """The consumer was closed: no assignment, nothing of it left to commit."""
         self.assigned.clear()
-        self._queue.committed.clear()
+        self._queue.reset_positions()
         self._queue.pending.clear()
         self.joined = False
 

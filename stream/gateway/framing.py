@@ -34,6 +34,7 @@ __all__ = [
     "json_schema_from_avro",
     "lineage_subject",
     "policy_gaps",
+    "unframed",
 ]
 
 #: Header confluent-kafka's ``header_schema_id_serializer`` writes (magic 1 + GUID, or magic 0 + id).
@@ -59,6 +60,13 @@ class Resolved:
     refusal: Rejection | None = None
     avro: Any = None  # the parsed (fastavro) writer schema of an Avro version
     read: Any = None  # its compiled reader (compile_avro_reader), when the schema is in its subset
+
+
+def unframed(value: bytes | None) -> bytes | None:
+    """A record's JSON without its Confluent frame (magic 0 + id), if it has one (JSON never starts with 0)."""
+    if value is not None and value[:1] == b"\x00" and len(value) >= 5:
+        return value[5:]
+    return value
 
 
 def lineage_subject(schema_name: str) -> str:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import time
 from collections import Counter
+from pathlib import Path
 
 import orjson
 import pytest
@@ -23,7 +24,7 @@ from stream.kafka import ensure_topics, producer_config
 from stream.registry import SchemaResolver
 from stream.schema import load_schema
 from stream.synth import ClickstreamGenerator
-from tests.gateway.test_framing import SUBJECT, json_serializer, v2_document
+from tests.gateway.test_framing import SUBJECT, avro_serializer, json_serializer, v2_document
 from tests.support.kafka import read_topic, running_in_thread, wait_for
 
 pytestmark = [pytest.mark.integration]
@@ -89,3 +90,62 @@ def test_replay_twice_publishes_each_dead_letter_once_with_its_key(settings_fact
         assert r.key == by_id[ev["event_id"]]["user_id"].encode()  # the original key
         seen[ev["event_id"]] += 1
     assert set(seen.values()) == {2}  # the original and one replay of each
+
+
+def _avro_version(*, with_policy: bool, campaign: bool) -> str:
+    """The shipped Avro v1 plus billing_email (policed or not) and, in a later version, utm_campaign
+    ahead of it: the payload layout changes, so a replay must re-encode, not only re-frame."""
+    doc = json.loads((Path(__file__).parents[2] / "schemas" / "clickstream-event.v1.avsc").read_text())
+    email = {"name": "billing_email", "type": ["null", "string"], "default": None}
+    if with_policy:
+        email["x-privacy"] = {"policy": "encrypt"}
+    extra = [{"name": "utm_campaign", "type": ["null", "string"], "default": None, "x-privacy": "clear"}]
+    doc["fields"] = [*(extra if campaign else []), *doc["fields"], email]
+    return json.dumps(doc)
+
+
+def test_policy_missing_dead_letters_replay_under_the_version_that_adds_the_policy(settings_factory, kafka_bootstrap):
+    """v2 adds billing_email without a policy: its events (JSON Schema and Avro frames) are
+    dead-lettered. v3 gives it one; `dlq replay --reason policy_missing` re-frames each under v3
+    (Avro re-encoded): every one lands in clicks.protected once, with the email sealed; a second
+    replay sends nothing."""
+    settings = settings_factory(batch_max_events=100)
+    t = settings.topics
+    ensure_topics(kafka_bootstrap, [t.raw, t.protected, t.dlq], partitions=2)
+    gateway = build_gateway(settings)
+    resolver = gateway.resolver
+    assert resolver is not None
+    client = resolver.client
+    client.register_schema(SUBJECT, Schema(json.dumps(v2_document(with_policy=False)), "JSON"))
+    client.register_schema(SUBJECT + "-avro", Schema(_avro_version(with_policy=False, campaign=False), "AVRO"))
+    events = [{**e, "billing_email": f"bill.{e['user_id']}@example.org"}
+              for e in ClickstreamGenerator(seed=45).events(80)]
+    ctx = SerializationContext(t.raw, MessageField.VALUE)
+    js, avro = json_serializer(client), avro_serializer(client)
+    p = Producer(producer_config(kafka_bootstrap))
+    for i, e in enumerate(events):
+        p.produce(t.raw, (js if i % 2 else avro)(e, ctx), e["user_id"].encode())
+    assert p.flush(30) == 0
+
+    with running_in_thread(GatewayEngine(settings, gateway)) as engine:
+        wait_for(lambda: engine.stats.emitted >= 80, timeout=120, what="the v2 events")
+        assert engine.stats.reasons == Counter({"policy_missing": 80}), engine.stats.as_dict()
+        early = run_replay(settings, reasons=("policy_missing",), resolver=resolver)
+        assert (early.replayed, early.still_refused) == (0, 80)  # no version with a policy yet: nothing sent
+        client.register_schema(SUBJECT, Schema(json.dumps(v2_document(with_policy=True)), "JSON"))
+        client.register_schema(SUBJECT + "-avro", Schema(_avro_version(with_policy=True, campaign=True), "AVRO"))
+        first = run_replay(settings, reasons=("policy_missing",), resolver=resolver)
+        again = run_replay(settings, reasons=("policy_missing",), resolver=resolver)
+        assert (first.replayed, first.reframed) == (80, 80)
+        assert (again.replayed, again.already) == (0, 80)
+        wait_for(lambda: engine.stats.protected >= 80, timeout=120, what="the replayed events")
+        time.sleep(2)  # anything duplicated would arrive now
+        stats = engine.stats
+
+    assert stats.protected == 80 and stats.dead_lettered == 80, stats.as_dict()
+    protected = [orjson.loads(r.value) for r in read_topic(kafka_bootstrap, t.protected, expect=80)]
+    ids = Counter(ev["event_id"] for ev in protected)
+    assert set(ids) == {e["event_id"] for e in events} and max(ids.values()) == 1
+    assert all(ev["billing_email"].startswith("sg1.") for ev in protected)
+    blob = b"".join(r.value or b"" for r in read_topic(kafka_bootstrap, t.protected, expect=80))
+    assert b"@example.org" not in blob

@@ -25,6 +25,29 @@ def test_offsets_are_released_in_order_once_every_earlier_result_is_delivered():
     assert q.release() == {("in", 0): 20, ("in", 1): 5} and len(q) == 0
 
 
+def test_a_position_past_a_marker_is_committed_only_once_nothing_of_its_partition_is_in_flight():
+    """Past a transaction marker: the consumer's position is worth a commit only when every
+    record read before it was released (not held, not in flight, not deferred)."""
+    q = CommitQueue()
+    q.add(ticket({("in", 0): 10}, pending=1))
+    q.committed.update({("in", 1): 6, ("in", 2): 4})
+    q.reached(("in", 0), 11)  # offset 10 is the marker after record 9
+    q.reached(("in", 1), 7)
+    q.reached(("in", 2), 4)
+    q.reached(("in", 3), 9)  # nothing freed here yet: left alone
+    # partition 0 in flight, partition 1 held: neither; partition 2 was committed up to 4 already
+    q.free_positions([("in", 1)])
+    assert q.pending == {} and set(q.positions) == {("in", 0), ("in", 1)}  # kept until they are free
+    q.tickets[0].pending = 0
+    assert q.free() and q.pending == {("in", 0): 10}
+    q.free_positions([])
+    assert q.pending == {("in", 0): 11, ("in", 1): 7} and not q.positions
+    q.reached(("in", 0), 12)
+    q.drop_inflight()  # the clients failed: what was read is read again, no position stands
+    q.free_positions([])
+    assert q.pending == {} and not q.positions
+
+
 def test_deferred_results_wait_for_a_delivered_checkpoint():
     q = CommitQueue()
     calls: list[str] = []

@@ -178,6 +178,54 @@ def test_a_v2_applies_on_its_first_record_only_with_a_policy_for_every_new_field
         assert unseal_dead_letter(dls[0], deks) == framed[0]
 
 
+def test_reframe_moves_a_policy_missing_record_to_the_latest_version_once_it_has_a_policy(resolver):
+    """dlq replay's re-framing: value-framed and header-framed records of a version without a policy
+    pass once re-framed under a later version that has one; while none has, there is nothing to do."""
+    gw, _ = make_gateway(resolver)
+    resolver.client.register_schema(SUBJECT, Schema(json.dumps(v2_document(with_policy=False)), "JSON"))
+    ev = {**EVENTS[1], "billing_email": "ada@example.org"}
+    in_value = json_serializer(resolver.client)(ev, ctx())
+    headers: list = []
+    in_header = json_serializer(resolver.client, **{"schema.id.serializer": header_schema_id_serializer})(
+        ev, ctx(headers))
+    refused = gw.process([*recs([in_value]), RawRecord("clicks.raw", 0, 1, in_header, None, headers)])
+    assert [orjson.loads(d)["reason"] for d in refused.dead_letters] == ["policy_missing"] * 2
+    assert resolver.reframe(in_value, []) is None and resolver.reframe(in_header, headers) is None
+    assert resolver.reframe(orjson.dumps(ev), []) is None  # not framed
+    resolver.client.register_schema(SUBJECT, Schema(json.dumps(v2_document(with_policy=True)), "JSON"))
+    v3 = resolver.client.get_latest_version(SUBJECT).schema_id
+    (value, same), (payload, moved) = resolver.reframe(in_value, []), resolver.reframe(in_header, headers)
+    assert value == b"\x00" + struct.pack(">I", v3) + in_value[5:] and same == []
+    assert payload == in_header and moved == [("__value_schema_id", b"\x00" + struct.pack(">I", v3))]
+    passed = gw.process([*recs([value]), RawRecord("clicks.raw", 0, 1, payload, None, moved)])
+    assert not passed.dead_letters and len(passed.protected) == 2
+
+
+def test_unframed_drops_a_frame_and_leaves_plain_json_alone():
+    from stream.gateway.framing import unframed
+
+    body = orjson.dumps(EVENTS[0])
+    assert unframed(b"\x00\x00\x00\x00\x07" + body) == body
+    assert unframed(body) == body and unframed(None) is None and unframed(b"") == b""
+
+
+def test_output_framing_registers_once_and_refuses_to_start_without_a_registry(resolver):
+    from stream.apps.engine import GatewayEngine
+    from stream.config import Settings
+    from stream.errors import ConfigError
+
+    head = resolver.register_output("clicks.protected-value")
+    assert head == resolver.register_output("clicks.protected-value")  # idempotent: same id on a restart
+    registered = resolver.client.get_latest_version("clicks.protected-value")
+    assert head == b"\x00" + struct.pack(">I", registered.schema_id)
+    gw, _ = make_gateway(None)
+    engine = GatewayEngine(Settings(gateway_frame_output=True, schema_registry_url=""), gw,
+                           bootstrap="127.0.0.1:1", metrics=object())
+    with pytest.raises(ConfigError, match="SCHEMA_REGISTRY_URL"):
+        engine.start()  # before anything is consumed (and before the broker is asked anything)
+    assert engine.frame is None
+
+
 def test_avro_round_trip_of_the_shipped_schema():
     doc = schema_document("clickstream-event.v1")
     shipped = json.loads((__import__("stream.schema", fromlist=["_schemas_dir"])._schemas_dir()

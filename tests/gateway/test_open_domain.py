@@ -17,44 +17,53 @@ from tests.gateway.test_framing import SUBJECT, ctx, json_serializer, make_gatew
 
 
 def open_document() -> dict:
-    doc = copy.deepcopy(schema_document("clickstream-event.v1"))
+    """The shipped v1: its category is open (the listed values in x-privacy.domain, no enum)."""
+    return copy.deepcopy(schema_document("clickstream-event.v1"))
+
+
+def closed_document() -> dict:
+    """v1 with category closed again (the listed values as its enum): a producer's older version."""
+    doc = open_document()
     category = doc["properties"]["category"]
-    # the listed values move to x-privacy.domain: a producer's serializer accepts any value
-    category["x-privacy"] = {"policy": "ldp", "open": True, "domain": category.pop("enum")}
+    category["enum"] = category["x-privacy"].pop("domain")
+    del category["x-privacy"]["open"]
     return doc
 
 
 def test_an_open_domain_passes_new_values_and_closed_ones_still_refuse():
-    schema = EventSchema("clickstream-event.v1", open_document())
+    schema = load_schema("clickstream-event.v1")
+    assert "enum" not in schema_document("clickstream-event.v1")["properties"]["category"]  # serializers pass it
     ev = next(iter(ClickstreamGenerator(seed=2).events(1)))
     fashion = {**ev, "category": "fashion"}
     assert schema.is_valid(fashion) and schema.check(fashion) is None
     assert not schema.is_valid({**ev, "category": "x" * 65})  # bounded even when open
-    assert not load_schema("clickstream-event.v1").is_valid(fashion)  # v1's category stays closed
+    assert not EventSchema("clickstream-event.v1", closed_document()).is_valid(fashion)
     assert not schema.is_valid({**ev, "device": "fridge"})  # other enums stay closed
 
 
 def test_open_domain_values_count_in_other():
-    policy = LdpPolicy.from_schema(EventSchema("clickstream-event.v1", open_document()), 2.0)
+    policy = LdpPolicy.from_schema(load_schema("clickstream-event.v1"), 2.0)
     cat = next(a for a in policy.attributes if a.name == "category")
-    assert cat.domain[-2:] == (OTHER_VALUE, "_none") or OTHER_VALUE in cat.domain
+    assert cat.domain[-2:] == (OTHER_VALUE, "_none") and cat.k == 32  # 30 listed + _other + _none
     assert cat.index_of("fashion") == cat.domain.index(OTHER_VALUE)
     assert cat.index_of("books") == cat.domain.index("books")
 
 
-def test_a_registered_version_opening_the_domain_stops_dead_letters():
+def test_a_registered_version_that_closes_the_domain_dead_letters_new_values():
+    """The registered version decides: a producer framing with a closed version has "fashion"
+    refused (schema_violation), the same events framed with the shipped (open) v1 pass."""
     resolver = SchemaResolver.from_url("mock://open-domain", load_schema("clickstream-event.v1"))
     gw, _ = make_gateway(resolver)
     rng = random.Random(4)
     evs = [{**e, "category": "fashion" if rng.random() < 0.3 else e.get("category", "books")}
            for e in ClickstreamGenerator(seed=9).events(200)]
     n_fashion = sum(e["category"] == "fashion" for e in evs)
-    before = gw.process(recs([json_serializer(resolver.client, validate=False)(e, ctx()) for e in evs]))
-    assert before.reasons == {"schema_violation": n_fashion}
-    resolver.client.register_schema(SUBJECT, Schema(json.dumps(open_document()), "JSON"))
-    after = gw.process(recs([json_serializer(resolver.client)(e, ctx()) for e in evs]))
-    assert not after.dead_letters and len(after.protected) == 200
-    assert sum(orjson.loads(v)["category"] == "fashion" for _, v in after.protected) == n_fashion
+    opened = gw.process(recs([json_serializer(resolver.client)(e, ctx()) for e in evs]))
+    assert not opened.dead_letters and len(opened.protected) == 200
+    assert sum(orjson.loads(v)["category"] == "fashion" for _, v in opened.protected) == n_fashion
+    resolver.client.register_schema(SUBJECT, Schema(json.dumps(closed_document()), "JSON"))
+    closed = gw.process(recs([json_serializer(resolver.client, validate=False)(e, ctx()) for e in evs]))
+    assert closed.reasons == {"schema_violation": n_fashion}
 
 
 def test_estimates_show_other_and_it_covers_the_truth():
@@ -70,7 +79,7 @@ def test_estimates_show_other_and_it_covers_the_truth():
     from stream.ldp.privatizer import Privatizer, ProtectedRecord
     from tests.support.clock import Clock
 
-    schema = EventSchema("clickstream-event.v1", open_document())
+    schema = load_schema("clickstream-event.v1")
     policy = LdpPolicy.from_schema(schema, 2.0)
     rng = random.Random(12)
     events = []

@@ -48,7 +48,8 @@ def test_policy_from_the_shipped_schema() -> None:
     names = [a.name for a in policy.attributes]
     assert names == ["event_type", "category", "price", "device", "country"]
     cat = policy.by_name["category"]
-    assert cat.domain[-1] == NONE_VALUE and cat.optional and cat.k == 31
+    # an open catalog: its 30 listed values, _other (values outside them) and _none (absent)
+    assert cat.domain[-2:] == ("_other", NONE_VALUE) and cat.optional and cat.k == 32
     # two rounds everywhere: eps_inf = 1 (the memo's price), eps_1 = 0.5 per report;
     # L-GRR iff k < 3 e^eps_1 + 2 (= 6.95), else L-OSUE; numbers: L-Duchi
     for a in policy.attributes:

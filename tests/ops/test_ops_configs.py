@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 import yaml
 
-from stream.apps.registry import web_port
+from stream.apps.registry import web_listen, web_port
 from stream.config import Settings
 from stream.ops.metrics import SERIES, exposed_names
 
@@ -104,7 +104,6 @@ def test_compose_workers(compose: dict[str, Any], worker: str) -> None:
         assert env["STREAMGATE_REDIS_PASSWORD_FILE"] == f"/run/secrets/redis_{worker}"
         assert compose["secrets"][f"redis_{worker}"]["file"] == f"./.secrets/redis/{worker}.password"
         assert "redis" in svc["networks"]
-    assert env["STREAMGATE_WEB_BIND"] == "0.0.0.0"
     assert "STREAMGATE_MASTER_KEY" not in env  # never a key in the repository
     assert "STREAMGATE_MASTER_KEY_FILE" not in env  # no worker holds the master keyring
     assert env["STREAMGATE_KEY_FILE"] == f"/run/secrets/key_{worker}"  # its own role credential only
@@ -113,7 +112,8 @@ def test_compose_workers(compose: dict[str, Any], worker: str) -> None:
     assert compose["secrets"][f"key_{worker}"]["file"] == f"./.secrets/roles/{worker}.json"
     assert env["STREAMGATE_KAFKA_SASL_USERNAME"] == worker
     assert env["STREAMGATE_KAFKA_SASL_PASSWORD_FILE"] == f"/run/secrets/kafka_{worker}"
-    port = int(env["STREAMGATE_WEB_PORT"])
+    bind, port = web_listen(Settings(web_port=env["STREAMGATE_WEB_PORT"]), worker)
+    assert bind == "0.0.0.0"  # reachable from Prometheus on the compose network
     assert port == web_port(Settings(web_port=None), worker)  # the same port as the worker's default
     assert str(port) in svc["expose"]
     replicas = svc.get("deploy", {}).get("replicas", 1)
@@ -222,7 +222,7 @@ def test_dockerfile_installs_the_package_without_keys() -> None:
     for var in ("STREAMGATE_MASTER_KEY=", "STREAMGATE_MASTER_KEY "):
         assert var not in text
     assert "USER " in text  # not root
-    assert "STREAMGATE_WEB_BIND=0.0.0.0" in text
+    assert "STREAMGATE_WEB_PORT=0.0.0.0: " in text  # every worker's default port, on every address
 
 
 # --------------------------------------------------------------------------- prometheus
@@ -242,7 +242,7 @@ def test_prometheus_scrapes_every_worker(compose: dict[str, Any]) -> None:
             assert job.get("metrics_path", "/metrics") == "/metrics"
     for worker in WORKERS:
         assert worker in targets, f"prometheus does not scrape {worker}"
-        assert targets[worker] == _env(compose["services"][worker])["STREAMGATE_WEB_PORT"]
+        assert targets[worker] == _env(compose["services"][worker])["STREAMGATE_WEB_PORT"].rpartition(":")[2]
     for host in targets:
         assert host in compose["services"] or host == "localhost", f"scrape target {host} is no compose service"
     # the rule files Prometheus loads are the ones compose mounts
