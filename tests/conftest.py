@@ -1,8 +1,8 @@
 """Registers the project-wide fixtures of ``tests/support/fixtures.py``, and spreads the suite over
-pytest-xdist workers (``-n 4 --dist loadgroup`` in pyproject.toml, docs/testing.md):
+pytest-xdist workers (``-n 4`` in pyproject.toml, docs/testing.md):
 
-* the tests of a module that share a module-scoped fixture (a gateway run, a demo, a Monte Carlo
-  table) form one ``xdist_group``, so the fixture is built once, on one worker;
+* the tests of a module with a module-scoped fixture (a gateway run, a demo, a Monte Carlo table)
+  are one unit of work, so the fixture is built once, on one worker; other tests are spread one by one;
 * under xdist the ``slow`` tests are queued first, so the longest ones do not start last;
 * Hypothesis has no per-example deadline and no too-slow health check (wall-clock checks that a
   loaded machine fails; what the tests assert is unchanged).
@@ -12,8 +12,12 @@ pytest-xdist workers (``-n 4 --dist loadgroup`` in pyproject.toml, docs/testing.
 
 from __future__ import annotations
 
+import functools
 import os
+import re
 import tempfile
+from pathlib import Path
+from typing import Any
 
 import pytest
 from hypothesis import HealthCheck, settings
@@ -61,12 +65,29 @@ __all__ = [
 ]
 
 
-@pytest.hookimpl(tryfirst=True)  # before xdist's own hook reads the xdist_group marks
+@functools.cache
+def _has_module_fixture(module: str) -> bool:
+    path = Path(__file__).resolve().parents[1] / module
+    return path.suffix == ".py" and path.is_file() and _MODULE_FIXTURE.search(path.read_text()) is not None
+
+
+_MODULE_FIXTURE = re.compile(r"""@pytest\.fixture\([^)]*scope=["']module["']""")
+
+
+def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
+    """Load scheduling by test, except that the tests of a module with a module-scoped fixture are one
+    unit (one worker, the fixture built once). (xdist's own ``--dist loadgroup`` renames node ids in a
+    way pytest 9.2 ignores, so the grouping is done here, from the node ids the controller sees.)"""
+    from xdist.scheduler import LoadScopeScheduling
+
+    class ModuleFixtureScheduling(LoadScopeScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            module = nodeid.split("::", 1)[0]
+            return module if _has_module_fixture(module) else nodeid
+
+    return ModuleFixtureScheduling(config, log)
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    for item in items:
-        info = getattr(item, "_fixtureinfo", None)
-        defs = info.name2fixturedefs.values() if info is not None else ()
-        if any(d.scope == "module" for fds in defs for d in fds):
-            item.add_marker(pytest.mark.xdist_group(item.nodeid.split("::", 1)[0]))
     if os.environ.get("PYTEST_XDIST_WORKER"):  # every worker sorts alike: their collections must agree
         items.sort(key=lambda item: item.get_closest_marker("slow") is None)
