@@ -74,6 +74,7 @@ def _has_module_fixture(module: str) -> bool:
 _MODULE_FIXTURE = re.compile(r"""@pytest\.fixture\([^)]*scope=["']module["']""")
 
 
+@pytest.hookimpl(optionalhook=True)  # an xdist hook: `-p no:xdist` must still work
 def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
     """Load scheduling by test, except that the tests of a module with a module-scoped fixture are one
     unit (one worker, the fixture built once). (xdist's own ``--dist loadgroup`` renames node ids in a
