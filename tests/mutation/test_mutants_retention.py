@@ -96,7 +96,7 @@ def _run(root: Path, node_ids: list[str], stack_addresses) -> subprocess.Complet
     env = {**os.environ, "PYTHONPATH": str(root), "STREAMGATE_KAFKA_BOOTSTRAP": stack_addresses.kafka_bootstrap,
            "STREAMGATE_REDIS_URL": stack_addresses.redis_url}
     return subprocess.run([sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider", "--tb=line",
-                           *node_ids], cwd=root, env=env, capture_output=True, text=True, timeout=600)
+                           "-n", "0", *node_ids], cwd=root, env=env, capture_output=True, text=True, timeout=600)
 
 
 def test_the_killing_tests_pass_on_the_unmutated_copy(tmp_path: Path, stack_addresses) -> None:

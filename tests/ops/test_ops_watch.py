@@ -164,8 +164,14 @@ def test_ops_watch_live_view_renders_and_stops_on_interrupt(live: Live) -> None:
 
     from tests.support.gateway_worker import cli
 
-    proc = subprocess.Popen(cli("ops", "watch", "--interval", "0.5"), env=dict(live.w.env, COLUMNS="160"),
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    # as typed in a terminal, where Ctrl-C interrupts: the tests may run with SIGINT ignored (started in the
+    # background or by nohup), and an ignored SIGINT is inherited across exec (a handler is not)
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        proc = subprocess.Popen(cli("ops", "watch", "--interval", "0.5"), env=dict(live.w.env, COLUMNS="160"),
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    finally:
+        signal.signal(signal.SIGINT, previous)
     try:
         time.sleep(4)  # let it read and refresh a few times (nothing is asserted about timing)
         proc.send_signal(signal.SIGINT)

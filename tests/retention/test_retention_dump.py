@@ -130,7 +130,11 @@ def dead_letter_opened(dl: dict, keys: list[bytes]) -> bool:
 
 
 @pytest.mark.slow
-def test_after_erasure_no_captured_byte_is_anywhere_and_raw_aes_opens_nothing(settings) -> None:
+def test_after_erasure_no_captured_byte_is_anywhere_and_raw_aes_opens_nothing(settings, own_broker) -> None:
+    """On a broker of its own, so the adversary's dump of every topic is the whole broker the workers
+    wrote to, not also the records of every test before it on the session's broker (which made the
+    dump and the raw-AES trial of every dumped 32-byte string take minutes)."""
+    settings = settings.model_copy(update={"kafka_bootstrap": own_broker.bootstrap})
     t = settings.topics
     bootstrap = settings.kafka_bootstrap
     ensure_topics(bootstrap, [t.raw, t.protected, t.dlq, t.erasure, t.audit], partitions=2)
