@@ -446,6 +446,19 @@ class Settings(BaseSettings):
 
         return DevStack(self.state_dir).require_running().redis_url
 
+    def redis_users_dir(self) -> Path | None:
+        """The directory of ACL users' passwords (one file per role, named after it) the workers log in
+        with: ``redis_password_file`` when it is a directory, else the running dev stack's when
+        ``redis_url`` is unset; None: one user (the URL's, ``redis_password_file``'s)."""
+        if self.redis_password_file is not None:
+            return self.redis_password_file if self.redis_password_file.is_dir() else None
+        if self.redis_url:
+            return None
+        from stream.dev.stack import DevStack
+
+        info = DevStack(self.state_dir).status()
+        return info.redis_users if info is not None else None
+
 
 def settings_markdown() -> str:
     """docs/settings.md: every setting, its environment variable, default and description."""

@@ -205,17 +205,9 @@ def operator_client(settings: Settings) -> RedisClient:
 
 
 def role_users_dir(settings: Settings) -> Path | None:
-    """The directory of ACL users' passwords (one file per role, named after it) the workers of
-    ``settings`` log in with: ``redis_password_file`` when it is a directory, else the running dev
-    stack's when ``redis_url`` is unset; None: one user (the URL's, ``redis_password_file``'s)."""
-    if settings.redis_password_file is not None:
-        return settings.redis_password_file if settings.redis_password_file.is_dir() else None
-    if settings.redis_url:
-        return None
-    from stream.dev.stack import DevStack
-
-    info = DevStack(settings.state_dir).status()
-    return info.redis_users if info is not None else None
+    """The directory of ACL users' passwords the workers of ``settings`` log in with
+    (:meth:`stream.config.Settings.redis_users_dir`: it owns the one lookup of the dev stack)."""
+    return settings.redis_users_dir()
 
 
 def no_retry() -> Retry:
