@@ -30,8 +30,10 @@ def test_bench_learn_federated_small(settings_factory: Callable[..., Settings]) 
     fed = run.phases["federated"]
     assert fed.version >= 1 and fed.settle_seconds is not None
     assert math.isfinite(run.auc_gap) and run.ratio > 0
-    # the default joint naive Bayes merges by adding sums: the federated model is the single one (issue 22)
-    assert abs(run.auc_gap) < 1e-9, run.auc_gap
+    # the default joint naive Bayes merges by adding sums: the federated model is the single one (issue 22) up
+    # to the order of float additions, which the iterative random-effects fit can turn into a flipped near-tie
+    # (one such flip, 2e-5, was seen); the issue's bound is 0.01
+    assert abs(run.auc_gap) < 1e-3, run.auc_gap
     text = format_federated(runs)
     assert "AUC single" in text and "0.01 target" in text
     assert any("global version" in line for line in said)
