@@ -179,31 +179,13 @@ def encrypt_value(key: DataKey, value: Any, *, schema_id: str, field_path: str,
     return header + _b2a(body, newline=False).translate(_TO_URLSAFE).rstrip(b"=").decode("ascii")
 
 
-def encrypt_fields(key: DataKey, doc: dict[str, Any], fields: tuple[tuple[str, tuple[int, ...] | None], ...],
-                   *, schema_id: str) -> None:
+Fields = tuple[tuple[str, tuple[int, ...] | None], ...]
+
+
+def encrypt_fields(key: DataKey, doc: dict[str, Any], fields: Fields, *, schema_id: str) -> None:
     """``doc[name] = encrypt_value(key, doc[name], schema_id=schema_id, field_path=name, pad=pad)`` for
     each ``(name, pad)`` of ``fields`` present and not null: the same ciphertexts, one call per event."""
-    header, tail = _key_parts(key)
-    encrypt = key.aead.encrypt
-    for name, pad in fields:
-        value = doc.get(name)
-        if value is None:
-            continue
-        try:
-            plaintext = _dumps(value)
-        except orjson.JSONEncodeError:
-            raise TypeError(f"value of field {name!r} is not JSON-serializable") from None
-        if pad:
-            plaintext = pad_plaintext(plaintext, pad)
-        head = _aad_heads.get((schema_id, name))
-        if head is None:
-            head = _aad_head(schema_id, name)
-        nonce = _urandom(_NONCE_BYTES)
-        doc[name] = header + _b2a(nonce + encrypt(nonce, plaintext, head + tail), newline=False).translate(
-            _TO_URLSAFE).rstrip(b"=").decode("ascii")
-
-
-Fields = tuple[tuple[str, tuple[int, ...] | None], ...]
+    encrypt_many([(key, doc, fields)], schema_id=schema_id)
 
 
 def encrypt_many(jobs: list[tuple[DataKey, dict[str, Any], Fields]], *, schema_id: str) -> None:
