@@ -11,7 +11,6 @@ duplicates, seconds to recover) are printed with ``-s`` and kept in docs/benchma
 from __future__ import annotations
 
 import gc
-import threading
 import time
 from collections import Counter
 from collections.abc import Callable
@@ -34,7 +33,7 @@ from stream.engine import StreamEngine
 from stream.gateway.core import RawRecord
 from stream.kafka import ensure_topics
 from stream.synth import ClickstreamGenerator
-from tests.support.kafka import read_topic, running_in_thread, wait_for
+from tests.support.kafka import read_topic, running_in_thread, start_in_thread, wait_for
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -530,17 +529,7 @@ def test_held_out_broker_restart_recovers_or_exits(recreate_after, settings_fact
     ensure_topics(own_broker.bootstrap, [t.raw, t.protected, t.dlq], partitions=4)
     before, after = h.inputs(s, 300, 5), h.inputs(s, 1000, 6)
     engine = h.make(s)
-    errors: list[BaseException] = []
-    stop = threading.Event()
-
-    def target() -> None:
-        try:
-            engine.run(stop)
-        except BaseException as exc:
-            errors.append(exc)
-
-    th = threading.Thread(target=target, daemon=True)
-    th.start()
+    stop, th, errors = start_in_thread(engine)
     try:
         publish(own_broker.bootstrap, t.raw, [v for _, v in before])
         _done(h, s, before, [engine])
@@ -612,17 +601,7 @@ def test_exactly_once_a_crash_between_produce_and_commit_repeats_only_the_aborte
         raise _Crash("killed between produce and commit")
 
     first._transact = transact  # type: ignore[method-assign]
-    stop = threading.Event()
-    errors: list[BaseException] = []
-
-    def target() -> None:
-        try:
-            first.run(stop)
-        except BaseException as exc:
-            errors.append(exc)
-
-    th = threading.Thread(target=target, daemon=True)
-    th.start()
+    _stop, th, errors = start_in_thread(first)
     th.join(120)
     assert not th.is_alive() and len(errors) == 1 and isinstance(errors[0], _Crash)
     assert produced_uncommitted and produced_uncommitted[0] > 0

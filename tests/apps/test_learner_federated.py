@@ -25,7 +25,7 @@ from stream.errors import ModelUpdateError
 from stream.kafka import ensure_topics, producer_config
 from stream.learn.federated import ModelUpdate, Parameters
 from stream.learn.snapshot import ModelSnapshot
-from tests.support.kafka import Rec, read_topic, running_in_thread, wait_for
+from tests.support.kafka import Rec, read_topic, running_in_thread, start_in_thread, wait_for
 from tests.support.learner_examples import make_examples
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -229,17 +229,7 @@ def test_an_aggregator_that_dies_takes_its_learner_down(settings_factory, unique
         raise RuntimeError("aggregator bug")
 
     engine.aggregator.process = boom  # type: ignore[method-assign]
-    errors: list[BaseException] = []
-    stop = threading.Event()
-
-    def run() -> None:
-        try:
-            engine.run(stop)
-        except BaseException as exc:
-            errors.append(exc)
-
-    t = threading.Thread(target=run, daemon=True)
-    t.start()
+    stop, t, errors = start_in_thread(engine)
     t.join(90)
     stop.set()
     assert not t.is_alive()

@@ -61,22 +61,28 @@ def read_topic(bootstrap: str, topic: str, *, expect: int | None = None, idle: f
         c.close()
 
 
-@contextmanager
-def running_in_thread(engine: Any, what: str = "engine") -> Iterator[Any]:
-    """Run ``engine.run(stop)`` in a background thread for the duration of the block; on exit
-    stop it, join it, and fail the test if it crashed. The thread and its errors are attached
-    to the engine as ``thread`` / ``errors``."""
+def start_in_thread(engine: Any) -> tuple[threading.Event, threading.Thread, list[BaseException]]:
+    """Start ``engine.run(stop)`` in a daemon thread: (stop, the thread, the exceptions it raised)."""
     stop = threading.Event()
     errors: list[BaseException] = []
 
     def target() -> None:
         try:
             engine.run(stop)
-        except BaseException as exc:  # reported when the block ends
+        except BaseException as exc:  # the caller decides what an error means
             errors.append(exc)
 
     t = threading.Thread(target=target, daemon=True)
     t.start()
+    return stop, t, errors
+
+
+@contextmanager
+def running_in_thread(engine: Any, what: str = "engine") -> Iterator[Any]:
+    """Run ``engine.run(stop)`` in a background thread for the duration of the block; on exit
+    stop it, join it, and fail the test if it crashed. The thread and its errors are attached
+    to the engine as ``thread`` / ``errors``."""
+    stop, t, errors = start_in_thread(engine)
     engine.thread = t
     engine.errors = errors
     try:
