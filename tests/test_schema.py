@@ -201,12 +201,20 @@ def _one_pass_agrees(payload: bytes, schema: EventSchema = _FULL) -> bool:
     return False
 
 
+# format edges (newlines, case, leap days, prefixes) for the one-pass decoder
+_FORMAT_EDGES = ["10.0.0.1\n", "::1\n", "::ffff:10.0.0.1", "1.2.3", "a@b.co\n", "a..b@c.de", "2026-02-29T00:00:00Z",
+                 "2028-02-29T00:00:00Z", "2026-11-26T10:00:00Z\n", "2026-11-26t10:00:00z",
+                 "6F1C2E4A-1B2C-4D5E-8F90-123456789ABC", "6f1c2e4a1b2c4d5e8f90123456789abc",
+                 "x6f1c2e4a-1b2c-4d5e-8f90-123456789abc"]
+
+
 def test_the_one_pass_decoder_agrees_on_every_property_edge():
     accepted = sum(_one_pass_agrees(orjson.dumps(ev)) for ev in _BASE)
     assert accepted == len(_BASE)  # the generator's events all take the fast path
     for base in _BASE[:3]:
         for prop in _props:
-            for edge in [*_EDGES, 1 << 63, (1 << 63) - 1, 1 << 64 - 1, -(1 << 63), 5.0, "é" * 64, "\U0001f600" * 65]:
+            for edge in [*_EDGES, *_FORMAT_EDGES, 1 << 63, (1 << 63) - 1, 1 << 64 - 1, -(1 << 63), 5.0, "é" * 64,
+                         "\U0001f600" * 65]:
                 _one_pass_agrees(orjson.dumps({**base, prop: edge}))
                 _one_pass_agrees(orjson.dumps({**base, prop: edge}), _FAST)
 
