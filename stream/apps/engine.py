@@ -26,7 +26,7 @@ from confluent_kafka.admin import AdminClient, ConfigResource
 from stream.config import Settings
 from stream.engine import Out, Record, Result, StreamEngine
 from stream.errors import ConfigError
-from stream.gateway.core import BatchResult, Gateway, RawRecord
+from stream.gateway.core import BatchResult, Gateway
 from stream.kafka import admin_config
 from stream.registry import RegistryUnavailableError
 
@@ -125,8 +125,7 @@ class GatewayEngine(StreamEngine):
             st.first_event_at = now
         st.consumed += len(records)
         try:
-            result = self.gateway.process([RawRecord(r.topic, r.partition, r.offset, r.value, r.timestamp_ms,
-                                                     r.headers, r.key) for r in records])
+            result = self.gateway.process(records)
         except self.hold_on:
             st.consumed -= len(records)  # counted again on the retry
             st.fail_closed_retries += 1

@@ -84,6 +84,7 @@ _urandom = os.urandom
 _dumps = orjson.dumps
 _b2a = binascii.b2a_base64
 _aad_heads: dict[tuple[str, str], bytes] = {}
+_pad_tables: dict[tuple[int, ...], list[bytes]] = {}  # buckets -> _pad_table
 _pad_tails: dict[int, bytes] = {}  # zeros -> 0x80 || 0x00 * zeros (one concatenation per padded value)
 
 
@@ -144,6 +145,23 @@ def pad_plaintext(plaintext: bytes, buckets: tuple[int, ...]) -> bytes:
     return plaintext + tail
 
 
+def _pad_table(buckets: tuple[int, ...] | None) -> list[bytes] | None:
+    """``table[n]``: what :func:`pad_plaintext` appends to ``n`` bytes, for ``n`` below the largest
+    bucket (empty beyond 4 KiB buckets: :func:`pad_plaintext` then pads each value); None: no padding."""
+    if not buckets:
+        return None
+    if buckets[-1] > 4096:
+        return []
+    table = _pad_tables.get(buckets)
+    if table is None:
+        table = [pad_plaintext(b"\x00" * n, buckets)[n:] for n in range(buckets[-1])]
+        table = [_pad_tails.setdefault(len(t) - 1, t) for t in table]  # one object per tail length
+        if len(_pad_tables) >= 64:
+            _pad_tables.clear()
+        _pad_tables[buckets] = table
+    return table
+
+
 def unpad_plaintext(padded: bytes) -> bytes:
     """Inverse of :func:`pad_plaintext`; unpadded JSON (never ending in 0x80/0x00) is returned as is."""
     if not padded or padded[-1] not in (0x00, 0x80):
@@ -194,26 +212,30 @@ def encrypt_many(jobs: list[tuple[DataKey, dict[str, Any], Fields]], *, schema_i
     slice used once; the pool lives in this call only, so no state survives a fork or a batch)."""
     left = sum(len(fields) for _, _, fields in jobs)  # most nonces this batch can need
     pool, at, end = b"", 0, 0
+    plans: dict[int, list[tuple[str, list[bytes] | None, tuple[int, ...], bytes]]] = {}
     for key, doc, fields in jobs:
+        plan = plans.get(id(fields))
+        if plan is None:
+            plan = plans[id(fields)] = [(name, _pad_table(pad), pad or (), _aad_heads.get((schema_id, name))
+                                         or _aad_head(schema_id, name)) for name, pad in fields]
         header, tail = _key_parts(key)
         encrypt = key.aead.encrypt
-        for name, pad in fields:
-            left -= 1
+        for name, tails, pad, head in plan:
             value = doc.get(name)
             if value is None:
+                left -= 1
                 continue
             try:
                 plaintext = _dumps(value)
             except orjson.JSONEncodeError:
                 raise TypeError(f"value of field {name!r} is not JSON-serializable") from None
-            if pad:
-                plaintext = pad_plaintext(plaintext, pad)
-            head = _aad_heads.get((schema_id, name))
-            if head is None:
-                head = _aad_head(schema_id, name)
+            if tails is not None:
+                n = len(plaintext)
+                plaintext = plaintext + tails[n] if n < len(tails) else pad_plaintext(plaintext, pad)
             if at == end:
-                pool, at = _urandom(_NONCE_BYTES * min(left + 1, _NONCE_BLOCK)), 0
+                pool, at = _urandom(_NONCE_BYTES * min(left, _NONCE_BLOCK)), 0
                 end = len(pool)
+            left -= 1
             nonce = pool[at:at + _NONCE_BYTES]
             at += _NONCE_BYTES
             doc[name] = header + _b2a(nonce + encrypt(nonce, plaintext, head + tail), newline=False).translate(

@@ -29,7 +29,7 @@ from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple, Protocol
 
 import orjson
 
@@ -48,6 +48,7 @@ __all__ = [
     "QUARANTINE_SUBJECT",
     "BatchResult",
     "Gateway",
+    "InputRecord",
     "RawRecord",
     "is_envelope",
     "lenient_json",
@@ -60,6 +61,26 @@ DLQ_SCHEMA = "dlq-record.v1"
 #: Reserved subject of the per-epoch quarantine key that seals dead letters without a parseable
 #: person. It cannot collide with a person: person subjects are tokens ("tk1_..." / "tk2_...").
 QUARANTINE_SUBJECT = "_quarantine"
+
+
+class InputRecord(Protocol):
+    """What the core reads of a consumed record: :class:`RawRecord`, or the engine's own record
+    (``stream.engine.contract.Record``, passed as it is: no copy per record)."""
+
+    @property
+    def topic(self) -> str: ...
+    @property
+    def partition(self) -> int: ...
+    @property
+    def offset(self) -> int: ...
+    @property
+    def value(self) -> bytes | None: ...
+    @property
+    def timestamp_ms(self) -> int | None: ...
+    @property
+    def headers(self) -> Sequence[tuple[str, bytes | None]] | None: ...
+    @property
+    def key(self) -> bytes | None: ...
 
 
 class RawRecord(NamedTuple):
@@ -322,7 +343,7 @@ class Gateway:
         return rejection if rejection is not None else Rejection(Reason.SCHEMA_VIOLATION)
 
     # -- the batch ----------------------------------------------------------------
-    def process(self, records: Sequence[RawRecord]) -> BatchResult:
+    def process(self, records: Sequence[InputRecord]) -> BatchResult:
         """Protect a batch. Raises KeyUnavailableError (and returns nothing) if keys can't be had.
         With a key-store guard (``deks.guard``) the batch is returned only if Redis kept its
         identity from before to after it (:mod:`stream.crypto.keystore`); otherwise redone."""
@@ -331,7 +352,7 @@ class Gateway:
             return self._process(records)
         return guard.run(lambda: self._process(records))
 
-    def _process(self, records: Sequence[RawRecord]) -> BatchResult:
+    def _process(self, records: Sequence[InputRecord]) -> BatchResult:
         now = self.clock()
         epoch = self.deks.epoch_of(now)
         decode = self._decode
@@ -385,7 +406,7 @@ class Gateway:
                     result.reasons[d.reason.value] += 1
         return result
 
-    def _carry_headers(self, records: Sequence[RawRecord], decoded: list[Any], result: BatchResult) -> None:
+    def _carry_headers(self, records: Sequence[InputRecord], decoded: list[Any], result: BatchResult) -> None:
         allowed, j = self.pass_headers, 0
         for rec, d in zip(records, decoded, strict=True):
             if isinstance(d, Rejection):
@@ -456,7 +477,7 @@ class Gateway:
             out.pop(name, None)
         return out
 
-    def _dead_letter(self, rec: RawRecord, why: Rejection, key: DataKey | None, rejected_at: str) -> bytes:
+    def _dead_letter(self, rec: InputRecord, why: Rejection, key: DataKey | None, rejected_at: str) -> bytes:
         sealed = digest = None
         if why.reason is Reason.TOO_LARGE:
             # never the raw bytes of an oversized record: a keyed digest, its size and where it was
@@ -498,7 +519,7 @@ class Gateway:
         return orjson.dumps(record)
 
     @staticmethod
-    def _meta(rec: RawRecord) -> str | None:
+    def _meta(rec: InputRecord) -> str | None:
         """The record's key and headers (JSON, bytes base64'd) when it had any that fit the bound."""
         b64 = base64.b64encode
         key = rec.key if rec.key is not None and len(rec.key) <= MAX_META_BYTES else None

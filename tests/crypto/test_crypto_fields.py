@@ -117,6 +117,18 @@ def test_encrypt_many_is_encrypt_fields_per_event_with_unique_nonces() -> None:
         decrypt_value(bob, jobs[1][1]["email"], schema_id=SCHEMA, field_path="email")
 
 
+@pytest.mark.parametrize("pad", [(32, 64, 128), (48,), (8192,)])
+def test_encrypt_many_pads_every_length_as_pad_plaintext_does(pad) -> None:
+    """Every plaintext length around and beyond the buckets (the batch path pads from a table; the
+    last bucket's multiples and buckets over 4 KiB take pad_plaintext)."""
+    docs = [{"v": "x" * n} for n in range(0, 300)]
+    jobs = [(KEY, dict(d), (("v", pad),)) for d in docs]
+    encrypt_many(jobs, schema_id=SCHEMA)
+    for (_, out, _), doc in zip(jobs, docs, strict=True):
+        assert decrypt_value(KEY, out["v"], schema_id=SCHEMA, field_path="v") == doc["v"]
+        assert len(out["v"]) == len(encrypt_value(KEY, doc["v"], schema_id=SCHEMA, field_path="v", pad=pad))
+
+
 def test_none_stays_none() -> None:
     assert encrypt_value(KEY, None, schema_id=SCHEMA, field_path="email") is None
     assert decrypt_value(KEY, None, schema_id=SCHEMA, field_path="email") is None
