@@ -8,7 +8,9 @@ process each, one after the other:
     ``json`` (the plain passthrough the target is stated against) and with ``orjson``
     (the gateway's own codec: the stricter comparison);
 (b) the gateway engine: consume -> validate -> tokenize -> encrypt (keys from
-    Redis) -> produce to protected/DLQ, commit per batch.
+    Redis) -> produce to protected/DLQ, commit per batch;
+(c) with ``engine_floor``: the same engine around a core that passes each record through
+    (what the engine itself costs: delivery tracking, holds, commits).
 
 The figure is events/s from the first consumed record to the last delivered one; beside it,
 each leg's CPU (this process, every thread, from ``/proc``) as events per CPU-second and as
@@ -22,7 +24,7 @@ import random
 import threading
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -35,7 +37,7 @@ from stream.bench.procs import Sizing, SizingMeter
 from stream.components import build_gateway
 from stream.config import Settings, TopicNames
 from stream.faults import make_invalid
-from stream.gateway.core import RawRecord
+from stream.gateway.core import BatchResult, InputRecord, RawRecord
 from stream.kafka import consumer_config, ensure_topics, produce, producer_config
 from stream.synth import ClickstreamGenerator
 
@@ -51,11 +53,11 @@ class BenchResult:
     core_rate: float
     protected: int
     dead_lettered: int
-    sizing: dict[str, Sizing] = field(default_factory=dict)  # "json", "orjson", "gateway"
+    sizing: dict[str, Sizing] = field(default_factory=dict)  # "json", "orjson", "gateway"[, "engine alone"]
 
-    def cpu_ratio(self, baseline: str) -> float:
-        """Gateway events per CPU-second over the passthrough's (steadier than wall clock under load)."""
-        return self.sizing["gateway"].events_per_cpu_s / self.sizing[baseline].events_per_cpu_s
+    def cpu_ratio(self, baseline: str, leg: str = "gateway") -> float:
+        """A leg's events per CPU-second over the passthrough's (steadier than wall clock under load)."""
+        return self.sizing[leg].events_per_cpu_s / self.sizing[baseline].events_per_cpu_s
 
     @property
     def ratio(self) -> float:
@@ -130,12 +132,18 @@ def _core_rate(settings: Settings, payloads: list[bytes]) -> float:
     return len(records) / (time.perf_counter() - t0)
 
 
+def _pass_through_core(records: Sequence[InputRecord]) -> BatchResult:
+    """The engine-floor leg's core: every record's value out as it came in (no decode, no keys)."""
+    return BatchResult(protected=[(rec.key or b"", rec.value or b"") for rec in records])
+
+
 def run_gateway_bench(
     settings: Settings,
     *,
     events: int = 100_000,
     invalid_rate: float = 0.01,
     seed: int = 7,
+    engine_floor: bool = False,
     say: Callable[[str], None] = print,
 ) -> BenchResult:
     bootstrap = settings.kafka_bootstrap_or_dev()
@@ -149,7 +157,8 @@ def run_gateway_bench(
     settings = settings.model_copy(
         update={"topics": topics, "group_prefix": f"bench-gw-{run}", "redis_key_prefix": f"sgbench-{run}"}
     )
-    ensure_topics(bootstrap, [topics.raw, topics.protected, topics.dlq, pass_out, pass_out2], partitions=1)
+    ensure_topics(bootstrap, [topics.raw, topics.protected, topics.dlq, pass_out, pass_out2, f"bench.floor.{run}"],
+                  partitions=1)
 
     say(f"generating {events:,} events ({invalid_rate:.0%} invalid) ...")
     rng = random.Random(seed)
@@ -176,6 +185,15 @@ def run_gateway_bench(
     sizing["gateway"] = meter.stop("gateway", events, size)
     gw_rate = stats.rate()
     say(f"    gateway:     {gw_rate:,.0f} events/s")
+    if engine_floor:
+        say("(c) the engine alone: a core that passes each record through ...")
+        idle = build_gateway(settings)
+        idle.process = _pass_through_core  # type: ignore[method-assign]
+        floor = GatewayEngine(settings.model_copy(update={"group_prefix": f"bench-floor-{run}", "topics": TopicNames(
+            raw=topics.raw, protected=f"bench.floor.{run}", dlq=topics.dlq)}), idle, bootstrap=bootstrap)
+        meter = SizingMeter()
+        floor.run(threading.Event(), max_events=events)
+        sizing["engine alone"] = meter.stop("engine alone", events, size)
     core_rate = _core_rate(settings, payloads)
     return BenchResult(events, pass_rate, pass2_rate, gw_rate, core_rate, stats.protected, stats.dead_lettered,
                        sizing)
