@@ -13,8 +13,9 @@ process each, one after the other:
     (what the engine itself costs: delivery tracking, holds, commits).
 
 The figure is events/s from the first consumed record to the last delivered one; beside it,
-each leg's CPU (this process, every thread, from ``/proc``) as events per CPU-second and as
-millicores per MB/s of input and per 1k events/s (:class:`stream.bench.procs.Sizing`).
+each leg's CPU (this process, every thread, from ``/proc``, from the leg's first record to its
+end: start-up and group joins are not counted) as events per CPU-second and as millicores per
+MB/s of input and per 1k events/s (:class:`stream.bench.procs.Sizing`).
 """
 
 from __future__ import annotations
@@ -73,7 +74,8 @@ def _json_dumps(value: Any) -> bytes:
 
 
 def _passthrough(
-    bootstrap: str, src: str, dst: str, n: int, batch: int, session_timeout_ms: int, codec: str = "json"
+    bootstrap: str, src: str, dst: str, n: int, batch: int, session_timeout_ms: int, codec: str = "json",
+    on_first: Callable[[], None] = lambda: None,
 ) -> float:
     """The plainest fast loop: batch consume, decode + encode, produce; librdkafka auto-commits
     and batches sends in the background; one flush at the end. (No delivery-before-commit
@@ -99,6 +101,7 @@ def _passthrough(
             if not msgs:
                 continue
             if t0 is None:
+                on_first()
                 t0 = time.perf_counter()
             for m in msgs:
                 if m.error() is not None:
@@ -130,6 +133,22 @@ def _core_rate(settings: Settings, payloads: list[bytes]) -> float:
     for i in range(0, len(records), 2000):
         gw.process(records[i : i + 2000])
     return len(records) / (time.perf_counter() - t0)
+
+
+def _metered(process: Callable[[Sequence[InputRecord]], BatchResult],
+             meter: SizingMeter) -> Callable[[Sequence[InputRecord]], BatchResult]:
+    """``process``, restarting ``meter`` at its first batch (the engine's start-up is not counted,
+    as the passthroughs' is not: every leg's CPU runs from its first record)."""
+    started = False
+
+    def first_batch_restarts(records: Sequence[InputRecord]) -> BatchResult:
+        nonlocal started
+        if not started:
+            started = True
+            meter.restart()
+        return process(records)
+
+    return first_batch_restarts
 
 
 def _pass_through_core(records: Sequence[InputRecord]) -> BatchResult:
@@ -170,28 +189,30 @@ def run_gateway_bench(
     args = (events, settings.batch_max_events, settings.session_timeout_ms)
     size, sizing = sum(map(len, payloads)), {}
     meter = SizingMeter()
-    pass_rate = _passthrough(bootstrap, topics.raw, pass_out, *args, codec="json")
+    pass_rate = _passthrough(bootstrap, topics.raw, pass_out, *args, codec="json", on_first=meter.restart)
     sizing["json"] = meter.stop("passthrough (json)", events, size)
     say(f"    passthrough (json):   {pass_rate:,.0f} events/s")
     meter = SizingMeter()
-    pass2_rate = _passthrough(bootstrap, topics.raw, pass_out2, *args, codec="orjson")
+    pass2_rate = _passthrough(bootstrap, topics.raw, pass_out2, *args, codec="orjson", on_first=meter.restart)
     sizing["orjson"] = meter.stop("passthrough (orjson)", events, size)
     say(f"    passthrough (orjson): {pass2_rate:,.0f} events/s")
 
     say("(b) gateway engine ...")
-    engine = GatewayEngine(settings, build_gateway(settings), bootstrap=bootstrap)
     meter = SizingMeter()
+    gateway = build_gateway(settings)
+    gateway.process = _metered(gateway.process, meter)  # type: ignore[method-assign,assignment]
+    engine = GatewayEngine(settings, gateway, bootstrap=bootstrap)
     stats = engine.run(threading.Event(), max_events=events)
     sizing["gateway"] = meter.stop("gateway", events, size)
     gw_rate = stats.rate()
     say(f"    gateway:     {gw_rate:,.0f} events/s")
     if engine_floor:
         say("(c) the engine alone: a core that passes each record through ...")
+        meter = SizingMeter()
         idle = build_gateway(settings)
-        idle.process = _pass_through_core  # type: ignore[method-assign]
+        idle.process = _metered(_pass_through_core, meter)  # type: ignore[method-assign,assignment]
         floor = GatewayEngine(settings.model_copy(update={"group_prefix": f"bench-floor-{run}", "topics": TopicNames(
             raw=topics.raw, protected=f"bench.floor.{run}", dlq=topics.dlq)}), idle, bootstrap=bootstrap)
-        meter = SizingMeter()
         floor.run(threading.Event(), max_events=events)
         sizing["engine alone"] = meter.stop("engine alone", events, size)
     core_rate = _core_rate(settings, payloads)

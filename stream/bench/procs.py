@@ -401,6 +401,10 @@ class SizingMeter:
         self.pid = pid or os.getpid()
         self._t0, self._c0 = time.monotonic(), _proc_cpu(self.pid) or 0.0
 
+    def restart(self) -> None:
+        """Count from now (a leg's first record: start-up is not steady-state work)."""
+        self._t0, self._c0 = time.monotonic(), _proc_cpu(self.pid) or 0.0
+
     def stop(self, label: str, events: int, input_bytes: int) -> Sizing:
         cpu = (_proc_cpu(self.pid) or self._c0) - self._c0
         return Sizing(label, events, input_bytes, cpu, time.monotonic() - self._t0)
