@@ -506,17 +506,18 @@ def bench() -> None:
 @click.option("--invalid-rate", type=float, default=0.01, show_default=True)
 @click.option("--framed", is_flag=True, help="Instead: the gateway on Schema Registry-framed input (JSON Schema, "
               "Avro) against the same events as plain JSON.")
-@click.option("--rounds", type=int, default=3, show_default=True, help="With --framed: rounds of the three legs.")
+@click.option("--rounds", type=int, default=None, help="Rounds of the legs (default 1; with --framed 3); the "
+              "figures are the median round's.")
 @click.option("--engine-floor", is_flag=True, help="Also run the engine around a core that passes records through: "
               "what the engine itself costs, as a ratio to the passthroughs.")
-def bench_gateway(events: int, invalid_rate: float, framed: bool, rounds: int, engine_floor: bool) -> None:
+def bench_gateway(events: int, invalid_rate: float, framed: bool, rounds: int | None, engine_floor: bool) -> None:
     """Gateway events/s vs a plain confluent-kafka JSON passthrough on the same broker and events."""
     from stream.bench.gateway import run_framing_bench, run_gateway_bench
     from stream.bench.procs import sizing_lines
 
     if framed:
         with bench_settings(_settings()) as s:
-            fr = run_framing_bench(s, events=events, rounds=rounds, say=click.echo)
+            fr = run_framing_bench(s, events=events, rounds=rounds or 3, say=click.echo)
         click.echo("")
         click.echo("medians over rounds; ratios to plain JSON of the same round (target >= 0.90); CPU: this process's")
         for leg in fr.rates:
@@ -525,7 +526,8 @@ def bench_gateway(events: int, invalid_rate: float, framed: bool, rounds: int, e
                        f"{fr.core_rates[leg]:>9,.0f} events/CPU-s (ratio {fr.core_rates[leg] / fr.core_rates['plain']:.3f})")
         return
     with bench_settings(_settings()) as s:
-        r = run_gateway_bench(s, events=events, invalid_rate=invalid_rate, engine_floor=engine_floor, say=click.echo)
+        r = run_gateway_bench(s, events=events, invalid_rate=invalid_rate, engine_floor=engine_floor,
+                              rounds=rounds or 1, say=click.echo)
     click.echo("")
     click.echo(f"person tokens          {'tk2' if s.pseudonym_tokens else 'tk1'} (STREAMGATE_PSEUDONYM_TOKENS); "
                f"padding as the schema says")
@@ -540,6 +542,9 @@ def bench_gateway(events: int, invalid_rate: float, framed: bool, rounds: int, e
     if "engine alone" in r.sizing:
         click.echo(f"CPU ratio of the engine alone (a pass-through core): {r.cpu_ratio('json', 'engine alone'):.2f} "
                    f"(json), {r.cpu_ratio('orjson', 'engine alone'):.2f} (orjson)")
+    if len(r.rounds) > 1:
+        click.echo(f"CPU ratios of the {len(r.rounds)} rounds (orjson): "
+                   + ", ".join(f"{o:.2f}" for _, o in r.rounds) + "; the figures above are the median round's")
     click.echo(f"pure core alone (no Kafka): {r.core_rate:,.0f} events/s")
     click.echo(sizing_lines(*r.sizing.values()))
 

@@ -55,6 +55,7 @@ class BenchResult:
     protected: int
     dead_lettered: int
     sizing: dict[str, Sizing] = field(default_factory=dict)  # "json", "orjson", "gateway"[, "engine alone"]
+    rounds: list[tuple[float, float]] = field(default_factory=list)  # every round's CPU ratios (json, orjson)
 
     def cpu_ratio(self, baseline: str, leg: str = "gateway") -> float:
         """A leg's events per CPU-second over the passthrough's (steadier than wall clock under load)."""
@@ -163,8 +164,11 @@ def run_gateway_bench(
     invalid_rate: float = 0.01,
     seed: int = 7,
     engine_floor: bool = False,
+    rounds: int = 1,
     say: Callable[[str], None] = print,
 ) -> BenchResult:
+    """``rounds`` of the legs, one after the other; the result is the round of the median CPU
+    ratio to the orjson passthrough, with every round's CPU ratios in ``rounds``."""
     bootstrap = settings.kafka_bootstrap_or_dev()
     run = uuid.uuid4().hex[:8]
     topics = TopicNames(
@@ -173,11 +177,10 @@ def run_gateway_bench(
         dlq=f"bench.dlq.{run}",
     )
     pass_out, pass_out2 = f"bench.passthrough.{run}", f"bench.passthrough-orjson.{run}"
-    settings = settings.model_copy(
-        update={"topics": topics, "group_prefix": f"bench-gw-{run}", "redis_key_prefix": f"sgbench-{run}"}
-    )
-    ensure_topics(bootstrap, [topics.raw, topics.protected, topics.dlq, pass_out, pass_out2, f"bench.floor.{run}"],
-                  partitions=1)
+    settings = settings.model_copy(update={"topics": topics})
+    ensure_topics(bootstrap, [topics.raw, topics.protected, topics.dlq,
+                              *(f"{t}.{i}" for t in (pass_out, pass_out2) for i in range(rounds)),
+                              *(f"bench.floor.{run}-{i}" for i in range(rounds) if engine_floor)], partitions=1)
 
     say(f"generating {events:,} events ({invalid_rate:.0%} invalid) ...")
     rng = random.Random(seed)
@@ -185,39 +188,52 @@ def run_gateway_bench(
     for ev in ClickstreamGenerator(seed=seed).events(events):
         payloads.append(make_invalid(ev, rng)[1] if rng.random() < invalid_rate else orjson.dumps(ev))
     publish(bootstrap, topics.raw, payloads)
-    say(f"published to {topics.raw}; (a) passthrough ...")
+    say(f"published to {topics.raw}")
     args = (events, settings.batch_max_events, settings.session_timeout_ms)
-    size, sizing = sum(map(len, payloads)), {}
-    meter = SizingMeter()
-    pass_rate = _passthrough(bootstrap, topics.raw, pass_out, *args, codec="json", on_first=meter.restart)
-    sizing["json"] = meter.stop("passthrough (json)", events, size)
-    say(f"    passthrough (json):   {pass_rate:,.0f} events/s")
-    meter = SizingMeter()
-    pass2_rate = _passthrough(bootstrap, topics.raw, pass_out2, *args, codec="orjson", on_first=meter.restart)
-    sizing["orjson"] = meter.stop("passthrough (orjson)", events, size)
-    say(f"    passthrough (orjson): {pass2_rate:,.0f} events/s")
-
-    say("(b) gateway engine ...")
-    meter = SizingMeter()
-    gateway = build_gateway(settings)
-    gateway.process = _metered(gateway.process, meter)  # type: ignore[method-assign,assignment]
-    engine = GatewayEngine(settings, gateway, bootstrap=bootstrap)
-    stats = engine.run(threading.Event(), max_events=events)
-    sizing["gateway"] = meter.stop("gateway", events, size)
-    gw_rate = stats.rate()
-    say(f"    gateway:     {gw_rate:,.0f} events/s")
-    if engine_floor:
-        say("(c) the engine alone: a core that passes each record through ...")
+    size = sum(map(len, payloads))
+    results: list[BenchResult] = []
+    for i in range(rounds):
+        tag = f"{run}-{i}"
+        say(f"round {i + 1} of {rounds}: (a) passthrough ..." if rounds > 1 else "(a) passthrough ...")
+        sizing: dict[str, Sizing] = {}
         meter = SizingMeter()
-        idle = build_gateway(settings)
-        idle.process = _metered(_pass_through_core, meter)  # type: ignore[method-assign,assignment]
-        floor = GatewayEngine(settings.model_copy(update={"group_prefix": f"bench-floor-{run}", "topics": TopicNames(
-            raw=topics.raw, protected=f"bench.floor.{run}", dlq=topics.dlq)}), idle, bootstrap=bootstrap)
-        floor.run(threading.Event(), max_events=events)
-        sizing["engine alone"] = meter.stop("engine alone", events, size)
-    core_rate = _core_rate(settings, payloads)
-    return BenchResult(events, pass_rate, pass2_rate, gw_rate, core_rate, stats.protected, stats.dead_lettered,
-                       sizing)
+        pass_rate = _passthrough(bootstrap, topics.raw, f"{pass_out}.{i}", *args, codec="json",
+                                 on_first=meter.restart)
+        sizing["json"] = meter.stop("passthrough (json)", events, size)
+        say(f"    passthrough (json):   {pass_rate:,.0f} events/s")
+        meter = SizingMeter()
+        pass2_rate = _passthrough(bootstrap, topics.raw, f"{pass_out2}.{i}", *args, codec="orjson",
+                                  on_first=meter.restart)
+        sizing["orjson"] = meter.stop("passthrough (orjson)", events, size)
+        say(f"    passthrough (orjson): {pass2_rate:,.0f} events/s")
+
+        say("(b) gateway engine ...")  # every round a new group and new people (a fresh key prefix)
+        leg = settings.model_copy(update={"group_prefix": f"bench-gw-{tag}", "redis_key_prefix": f"sgbench-{tag}"})
+        meter = SizingMeter()
+        gateway = build_gateway(leg)
+        gateway.process = _metered(gateway.process, meter)  # type: ignore[method-assign,assignment]
+        stats = GatewayEngine(leg, gateway, bootstrap=bootstrap).run(threading.Event(), max_events=events)
+        sizing["gateway"] = meter.stop("gateway", events, size)
+        gw_rate = stats.rate()
+        say(f"    gateway:     {gw_rate:,.0f} events/s")
+        if engine_floor:
+            say("(c) the engine alone: a core that passes each record through ...")
+            meter = SizingMeter()
+            idle = build_gateway(leg)
+            idle.process = _metered(_pass_through_core, meter)  # type: ignore[method-assign,assignment]
+            floor = leg.model_copy(update={"group_prefix": f"bench-floor-{tag}", "topics": TopicNames(
+                raw=topics.raw, protected=f"bench.floor.{tag}", dlq=topics.dlq)})
+            GatewayEngine(floor, idle, bootstrap=bootstrap).run(threading.Event(), max_events=events)
+            sizing["engine alone"] = meter.stop("engine alone", events, size)
+        r = BenchResult(events, pass_rate, pass2_rate, gw_rate, 0.0, stats.protected, stats.dead_lettered, sizing)
+        results.append(r)
+        if rounds > 1:
+            say(f"    round {i + 1}: CPU ratio {r.cpu_ratio('json'):.2f} (json), {r.cpu_ratio('orjson'):.2f} (orjson)")
+    # the round of the median CPU ratio to orjson (its sizing lines are one round's)
+    median = sorted(results, key=lambda r: r.cpu_ratio("orjson"))[len(results) // 2]
+    median.core_rate = _core_rate(settings.model_copy(update={"redis_key_prefix": f"sgbench-{run}-0"}), payloads)
+    median.rounds = [(r.cpu_ratio("json"), r.cpu_ratio("orjson")) for r in results]
+    return median
 
 
 @dataclass

@@ -35,9 +35,10 @@ def test_the_meter_counts_this_process_cpu() -> None:
 def test_bench_gateway_small_prints_sizing(settings_factory: Callable[..., Settings]) -> None:
     from stream.bench.gateway import run_gateway_bench
 
-    r = run_gateway_bench(settings_factory(), events=2000, engine_floor=True, say=lambda _s: None)
+    r = run_gateway_bench(settings_factory(), events=2000, engine_floor=True, rounds=2, say=lambda _s: None)
     assert r.protected + r.dead_lettered == 2000
     assert set(r.sizing) == {"json", "orjson", "gateway", "engine alone"}
     for s in r.sizing.values():
         assert s.events == 2000 and s.input_bytes > 2000 * 100 and s.cpu_seconds > 0
     assert r.cpu_ratio("json") > 0 and r.cpu_ratio("orjson") > 0 and r.cpu_ratio("orjson", "engine alone") > 0
+    assert len(r.rounds) == 2 and (r.cpu_ratio("json"), r.cpu_ratio("orjson")) in r.rounds
