@@ -86,6 +86,7 @@ __all__ = [
     "role_users_dir",
     "shard_tag",
     "shred_channel",
+    "slot_groups",
     "slot_tag",
 ]
 
@@ -376,6 +377,17 @@ def mget(client: RedisClient, names: Sequence[str]) -> list[Any]:
     if isinstance(client, RedisCluster):
         return list(client.mget_nonatomic(list(names)))
     return list(client.mget(list(names)))
+
+
+def slot_groups(client: RedisClient, names: Sequence[str]) -> list[list[int]]:
+    """Indices of ``names``, grouped so that the keys of a group share a hash slot (a script may take
+    them all): one group on one server, one per slot on a cluster."""
+    if not isinstance(client, RedisCluster):
+        return [list(range(len(names)))] if names else []
+    groups: dict[int, list[int]] = {}
+    for i, name in enumerate(names):
+        groups.setdefault(key_slot(name.encode("utf-8")), []).append(i)
+    return list(groups.values())
 
 
 def eval_many(client: RedisClient, script: Script, calls: Iterable[tuple[Sequence[str], Sequence[Any]]]) -> list[Any]:

@@ -238,7 +238,7 @@ class Pseudonyms:
                 fresh = [i for i in todo if create or values[i] not in known]
                 if fresh:
                     self._reserve(len(fresh))
-                    cands.update((i, self.keys.new_value(values[i], keys[i])) for i in fresh)
+                    cands.update(zip(fresh, self.keys.new_values([(values[i], keys[i]) for i in fresh]), strict=True))
                 sub = [(keys[i], marks[i], lookups[i], cands.get(i, ("", b""))) for i in todo]
                 stored = self._ensure_cluster(sub, expire_at) if self.cluster else self._ensure_one_server(sub, expire_at)
                 left = []
