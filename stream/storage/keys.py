@@ -129,7 +129,8 @@ class RedisKeyStore:
     def get_many(self, refs: Sequence[tuple[str, int]]) -> list[bytes | None]:
         if not refs:
             return []
-        names = [self.key_name(check_subject(s), check_epoch(e)) for s, e in refs]
+        prefix = self.prefix
+        names = [dek_key(prefix, check_subject(s), check_epoch(e)) for s, e in refs]
         try:
             values = mget(self._client, names)
         except REDIS_ERRORS as exc:
@@ -141,10 +142,11 @@ class RedisKeyStore:
             return []
         index: dict[str, dict[str, bytes]] = {}
         names: list[str] = []
+        prefix, shard_keys, shards = self.prefix, self._shard_keys, self.shards
         for subject, epoch, _value, expire_at in items:
             member = self.deadline_member(check_subject(subject), check_epoch(epoch))
-            index.setdefault(self.deadlines_key(subject), {})[member] = b"%d" % expire_at
-            names.append(self.key_name(subject, epoch))
+            index.setdefault(shard_keys[deadline_shard(subject, shards)], {})[member] = b"%d" % expire_at
+            names.append(dek_key(prefix, subject, epoch))
         # one script call per hash slot and deadline (a batch's keys share one deadline)
         parts: list[list[int]] = []
         calls: list[tuple[list[str], list[bytes | int]]] = []
