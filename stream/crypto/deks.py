@@ -71,6 +71,7 @@ __all__ = [
     "KeyStore",
     "MemoryKeyStore",
     "check_epoch",
+    "check_refs",
     "check_subject",
 ]
 
@@ -96,6 +97,16 @@ def check_epoch(epoch: int) -> int:
     if type(epoch) is not int or epoch < 0:
         raise ValueError("epoch must be a non-negative int")
     return epoch
+
+
+def check_refs(refs: Iterable[tuple[str, int]]) -> None:
+    """:func:`check_subject` and :func:`check_epoch` of each ``(subject, epoch)``, in one loop."""
+    match = _SUBJECT_RE.fullmatch
+    for subject, epoch in refs:
+        if type(subject) is not str or match(subject) is None:
+            check_subject(subject)
+        if type(epoch) is not int or epoch < 0:
+            check_epoch(epoch)
 
 
 def _lp(*parts: bytes) -> bytes:
@@ -321,14 +332,14 @@ class DekProvider:
         if todo:
             # Cached subjects were checked when their key was loaded; check the rest before they
             # reach the store (a raw identifier must never become a Redis key name).
-            for subject in todo:
-                check_subject(subject)
+            check_refs((subject, epoch) for subject in todo)
             loaded = self._load_or_create(todo, epoch)
             if self.guard is not None:
                 self.guard.note_loaded()
             with self._lock:
+                put = self._put
                 for key in loaded.values():
-                    self._put(key, now)
+                    put(key, now)
             found.update(loaded)
         return {s: found[s] for s in wanted}
 
@@ -516,7 +527,8 @@ class DekProvider:
         items: list[tuple[bytes, bytes]] = []
         for i, subject in enumerate(subjects):
             start = i * step
-            person = _lp1(subject.encode("ascii")) + epoch_lp
+            raw_subject = subject.encode("ascii")
+            person = len(raw_subject).to_bytes(4, "big") + raw_subject + epoch_lp
             if tag is None:
                 key_id = rand[start + _KEY_BYTES : start + step].hex().encode("ascii")
             else:

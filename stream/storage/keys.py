@@ -41,7 +41,7 @@ from typing import Any
 import redis
 from redis.cluster import RedisCluster
 
-from stream.crypto.deks import check_epoch, check_subject
+from stream.crypto.deks import check_refs
 from stream.crypto.keystore import IdentityProbe, Probe, StoreIdentity
 from stream.crypto.kms import WRAP_REFUSE_AT, WRAP_WARN_AT, WrapCounter
 from stream.errors import KeyUnavailableError
@@ -129,8 +129,9 @@ class RedisKeyStore:
     def get_many(self, refs: Sequence[tuple[str, int]]) -> list[bytes | None]:
         if not refs:
             return []
+        check_refs(refs)
         prefix = self.prefix
-        names = [dek_key(prefix, check_subject(s), check_epoch(e)) for s, e in refs]
+        names = [dek_key(prefix, s, e) for s, e in refs]
         try:
             values = mget(self._client, names)
         except REDIS_ERRORS as exc:
@@ -142,9 +143,10 @@ class RedisKeyStore:
             return []
         index: dict[str, dict[str, bytes]] = {}
         names: list[str] = []
+        check_refs((subject, epoch) for subject, epoch, _value, _expire_at in items)
         prefix, shard_keys, shards = self.prefix, self._shard_keys, self.shards
         for subject, epoch, _value, expire_at in items:
-            member = self.deadline_member(check_subject(subject), check_epoch(epoch))
+            member = self.deadline_member(subject, epoch)
             index.setdefault(shard_keys[deadline_shard(subject, shards)], {})[member] = b"%d" % expire_at
             names.append(dek_key(prefix, subject, epoch))
         # one script call per hash slot and deadline (a batch's keys share one deadline)
