@@ -86,6 +86,7 @@ __all__ = [
     "role_users_dir",
     "shard_tag",
     "shred_channel",
+    "slot_groups",
     "slot_tag",
 ]
 
@@ -275,7 +276,7 @@ def pending_key(prefix: str, shard: int) -> str:
 # --- key names (the layout in the module docstring; built here only) ---------------------------
 def dek_key(prefix: str, subject: str, epoch: int | str) -> str:
     """The wrapped data key of ``(subject, epoch)``."""
-    return f"{prefix}:dek:{person_tag(subject)}:{epoch}"
+    return f"{prefix}:dek:{{{subject}}}:{epoch}"  # (person_tag, inline: once per key of a batch)
 
 
 def memo_key(prefix: str, subject: str, epoch: int | str) -> str:
@@ -376,6 +377,17 @@ def mget(client: RedisClient, names: Sequence[str]) -> list[Any]:
     if isinstance(client, RedisCluster):
         return list(client.mget_nonatomic(list(names)))
     return list(client.mget(list(names)))
+
+
+def slot_groups(client: RedisClient, names: Sequence[str]) -> list[list[int]]:
+    """Indices of ``names``, grouped so that the keys of a group share a hash slot (a script may take
+    them all): one group on one server, one per slot on a cluster."""
+    if not isinstance(client, RedisCluster):
+        return [list(range(len(names)))] if names else []
+    groups: dict[int, list[int]] = {}
+    for i, name in enumerate(names):
+        groups.setdefault(key_slot(name.encode("utf-8")), []).append(i)
+    return list(groups.values())
 
 
 def eval_many(client: RedisClient, script: Script, calls: Iterable[tuple[Sequence[str], Sequence[Any]]]) -> list[Any]:

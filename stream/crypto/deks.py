@@ -47,8 +47,8 @@ raises :class:`KeyShreddedError`, a reference that was never genuine a plain
 from __future__ import annotations
 
 import hmac
+import os
 import re
-import secrets
 import threading
 import time
 from collections import OrderedDict
@@ -56,10 +56,12 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple, Protocol, runtime_checkable
 
+from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from cryptography.hazmat.primitives.hmac import HMAC
 
 from stream.crypto.keystore import KeyStoreGuard
-from stream.crypto.kms import KMS, LocalKMS, WrapCounter
+from stream.crypto.kms import KMS, LocalKMS, WrapCounter, wrap_all
 from stream.errors import DecryptError, KeyShreddedError, KeyUnavailableError
 
 __all__ = [
@@ -69,6 +71,7 @@ __all__ = [
     "KeyStore",
     "MemoryKeyStore",
     "check_epoch",
+    "check_refs",
     "check_subject",
 ]
 
@@ -96,13 +99,38 @@ def check_epoch(epoch: int) -> int:
     return epoch
 
 
+def check_refs(refs: Iterable[tuple[str, int]]) -> None:
+    """:func:`check_subject` and :func:`check_epoch` of each ``(subject, epoch)``, in one loop."""
+    match = _SUBJECT_RE.fullmatch
+    for subject, epoch in refs:
+        if type(subject) is not str or match(subject) is None:
+            check_subject(subject)
+        if type(epoch) is not int or epoch < 0:
+            check_epoch(epoch)
+
+
 def _lp(*parts: bytes) -> bytes:
     """Length-prefixed concatenation: an unambiguous encoding of a tuple of byte strings."""
     return b"".join(len(p).to_bytes(4, "big") + p for p in parts)
 
 
+_WRAP_HEAD = _lp(_WRAP_LABEL)
+_ID_HEAD = _lp(_ID_LABEL)
+_KEY_BYTES = 32
+_ID_BYTES = 8  # random bytes of a key id without an id key; with one, the first 4 of them
+
+
+def _lp1(part: bytes) -> bytes:
+    return len(part).to_bytes(4, "big") + part
+
+
 def _wrap_aad(subject: str, epoch: int, key_id: str) -> bytes:
-    return _lp(_WRAP_LABEL, subject.encode("ascii"), str(epoch).encode("ascii"), key_id.encode("ascii"))
+    return _wrap_aad_of(_lp1(subject.encode("ascii")) + _lp1(str(epoch).encode("ascii")), key_id.encode("ascii"))
+
+
+# The wrap's associated data, lp(label, subject, epoch, key_id), from lp(subject) + lp(epoch) (``person``).
+def _wrap_aad_of(person: bytes, key_id: bytes) -> bytes:
+    return _WRAP_HEAD + person + _lp1(key_id)
 
 
 @dataclass(frozen=True)
@@ -255,6 +283,8 @@ class DekProvider:
         if key_id_key is None and isinstance(kms, LocalKMS):
             key_id_key = kms.keyring.derive(_ID_KEY_PURPOSE)
         self._id_key = key_id_key
+        # keyed state built once, copied per key id (the pads are not re-hashed)
+        self._id_mac = None if key_id_key is None else HMAC(key_id_key, hashes.SHA256())
         self.guard = guard
         if guard is not None:
             guard.on_reset(self.invalidate)
@@ -302,14 +332,14 @@ class DekProvider:
         if todo:
             # Cached subjects were checked when their key was loaded; check the rest before they
             # reach the store (a raw identifier must never become a Redis key name).
-            for subject in todo:
-                check_subject(subject)
+            check_refs((subject, epoch) for subject in todo)
             loaded = self._load_or_create(todo, epoch)
             if self.guard is not None:
                 self.guard.note_loaded()
             with self._lock:
+                put = self._put
                 for key in loaded.values():
-                    self._put(key, now)
+                    put(key, now)
             found.update(loaded)
         return {s: found[s] for s in wanted}
 
@@ -426,17 +456,15 @@ class DekProvider:
     def _load_or_create(self, subjects: list[str], epoch: int) -> dict[str, DataKey]:
         values = self._get([(s, epoch) for s in subjects])
         loaded: dict[str, DataKey] = {}
-        fresh: list[tuple[DataKey, bytes]] = []
         missing = sum(v is None for v in values)
         if missing and self.wrap_counter is not None:
             # counted before any wrap (one INCRBY per block); beyond the KEK's limit nothing is wrapped
             self._reserve(self.wrap_counter, str(getattr(self._kms, "primary_id", "kms")), missing)
         for subject, value in zip(subjects, values, strict=True):
-            if value is None:
-                fresh.append(self._new_key(subject, epoch))
-            else:
+            if value is not None:
                 loaded[subject] = self._open(subject, epoch, value)
-        if fresh:
+        if missing:
+            fresh = self._new_keys([s for s, v in zip(subjects, values, strict=True) if v is None], epoch)
             expire_at = self.expire_at(epoch)
             items = [(key.subject, epoch, value, expire_at) for key, value in fresh]
             try:
@@ -466,15 +494,15 @@ class DekProvider:
             self._wraps_left[kek] = left + need - n
 
     def _id_tag(self, subject: str, epoch: int, nonce_hex: str) -> str:
-        assert self._id_key is not None
-        msg = _lp(_ID_LABEL, subject.encode("ascii"), str(epoch).encode("ascii"), nonce_hex.encode("ascii"))
-        return hmac.digest(self._id_key, msg, "sha256")[:4].hex()
+        person = _lp1(subject.encode("ascii")) + _lp1(str(epoch).encode("ascii"))
+        return self._tag(person, nonce_hex.encode("ascii")).decode("ascii")
 
-    def _new_key_id(self, subject: str, epoch: int) -> str:
-        if self._id_key is None:
-            return secrets.token_hex(8)
-        nonce_hex = secrets.token_hex(4)
-        return nonce_hex + self._id_tag(subject, epoch, nonce_hex)
+    def _tag(self, person: bytes, nonce_hex: bytes) -> bytes:
+        """HMAC-SHA256(id key, lp(label, subject, epoch, nonce_hex))[:4] in hex, from lp(subject) + lp(epoch)."""
+        assert self._id_mac is not None
+        mac = self._id_mac.copy()
+        mac.update(_ID_HEAD + person + _lp1(nonce_hex))
+        return mac.finalize()[:4].hex().encode("ascii")
 
     def _gone(self, subject: str, epoch: int, key_id: str) -> DecryptError:
         """The error for a key that is not (or no longer) stored: shredded, unless the id is not genuine."""
@@ -488,12 +516,30 @@ class DekProvider:
                 return DecryptError()
         return KeyShreddedError()
 
-    def _new_key(self, subject: str, epoch: int) -> tuple[DataKey, bytes]:
-        raw = AESGCM.generate_key(bit_length=256)
-        key_id = self._new_key_id(subject, epoch)
-        blob = self._kms.wrap(raw, _wrap_aad(subject, epoch, key_id))
-        value = _VALUE_VERSION + b"." + key_id.encode("ascii") + b"." + blob
-        return DataKey(subject, epoch, key_id, AESGCM(raw)), value
+    def _new_keys(self, subjects: list[str], epoch: int) -> list[tuple[DataKey, bytes]]:
+        """A new key of each subject and its stored value. One random draw for the batch: per key 32 bytes
+        of key and 8 for its id (4 with an id key), each slice used once."""
+        step = _KEY_BYTES + _ID_BYTES
+        rand = os.urandom(step * len(subjects))
+        tag = self._tag if self._id_mac is not None else None
+        epoch_lp = _lp1(str(epoch).encode("ascii"))
+        ids: list[bytes] = []
+        items: list[tuple[bytes, bytes]] = []
+        for i, subject in enumerate(subjects):
+            start = i * step
+            raw_subject = subject.encode("ascii")
+            person = len(raw_subject).to_bytes(4, "big") + raw_subject + epoch_lp
+            if tag is None:
+                key_id = rand[start + _KEY_BYTES : start + step].hex().encode("ascii")
+            else:
+                nonce_hex = rand[start + _KEY_BYTES : start + _KEY_BYTES + 4].hex().encode("ascii")
+                key_id = nonce_hex + tag(person, nonce_hex)
+            ids.append(key_id)
+            items.append((rand[start : start + _KEY_BYTES], _wrap_aad_of(person, key_id)))
+        blobs = wrap_all(self._kms, items)
+        return [(DataKey(subject, epoch, key_id.decode("ascii"), AESGCM(raw)),
+                 _VALUE_VERSION + b"." + key_id + b"." + blob)
+                for subject, key_id, (raw, _aad), blob in zip(subjects, ids, items, blobs, strict=True)]
 
     def _open(self, subject: str, epoch: int, value: bytes) -> DataKey:
         """Parse and unwrap a stored value. A value that cannot be opened makes the key unusable, not shredded."""

@@ -42,6 +42,7 @@ import abc
 import logging
 import os
 import threading
+from collections.abc import Sequence
 from typing import Protocol, runtime_checkable
 
 from cryptography.exceptions import InvalidTag
@@ -50,7 +51,7 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from stream.crypto.keyring import WRAP_PURPOSE, Keyring
 from stream.errors import DecryptError, KeyUnavailableError
 
-__all__ = ["KMS", "KekUsageExceededError", "LocalKMS", "MemoryWrapCounter", "WrapCounter"]
+__all__ = ["KMS", "KekUsageExceededError", "LocalKMS", "MemoryWrapCounter", "WrapCounter", "wrap_all"]
 
 log = logging.getLogger("streamgate.kms")
 
@@ -100,6 +101,21 @@ class LocalKMS:
         nonce = os.urandom(_NONCE_BYTES)
         return header + nonce + self._ciphers[header].encrypt(nonce, plaintext_key, _AAD_LABEL + header + aad)
 
+    def wrap_many(self, items: Sequence[tuple[bytes, bytes]]) -> list[bytes]:
+        """:meth:`wrap` of each ``(plaintext_key, aad)``: the same blobs, their nonces slices of one
+        random draw (each slice used once)."""
+        header = self._primary_header
+        encrypt = self._ciphers[header].encrypt
+        label = _AAD_LABEL + header
+        nonces = os.urandom(_NONCE_BYTES * len(items))
+        out: list[bytes] = []
+        for i, (plaintext_key, aad) in enumerate(items):
+            if not isinstance(plaintext_key, bytes) or not plaintext_key:
+                raise TypeError("plaintext_key must be non-empty bytes")
+            nonce = nonces[i * _NONCE_BYTES : (i + 1) * _NONCE_BYTES]
+            out.append(header + nonce + encrypt(nonce, plaintext_key, label + aad))
+        return out
+
     def unwrap(self, blob: bytes, aad: bytes) -> bytes:
         """Unwrap with whichever KEK the blob names. Opaque :class:`DecryptError` on any failure."""
         try:
@@ -121,6 +137,14 @@ class LocalKMS:
 
     def __repr__(self) -> str:
         return f"LocalKMS({self.keyring!r})"
+
+
+def wrap_all(kms: KMS, items: Sequence[tuple[bytes, bytes]]) -> list[bytes]:
+    """``kms.wrap`` of each ``(plaintext_key, aad)``, in one call where the KMS has ``wrap_many``."""
+    many = getattr(kms, "wrap_many", None)
+    if many is not None:
+        return list(many(items))
+    return [kms.wrap(key, aad) for key, aad in items]
 
 
 def _header(key_id: str) -> bytes:

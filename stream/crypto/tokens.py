@@ -41,7 +41,6 @@ memoizes recent values in a bounded LRU since the same people recur.
 from __future__ import annotations
 
 import binascii
-import hmac
 import os
 import re
 import threading
@@ -53,6 +52,7 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.hmac import HMAC
 
 from stream.crypto.keyring import PSEUDONYM_PURPOSES, Keyring
+from stream.crypto.kms import wrap_all
 from stream.errors import DecryptError, KeyUnavailableError
 
 if TYPE_CHECKING:
@@ -74,6 +74,9 @@ _WRAP_LABEL = b"streamgate/v1/pseudonym"
 
 def _lp(*parts: bytes) -> bytes:
     return b"".join(len(p).to_bytes(4, "big") + p for p in parts)
+
+
+_AAD_HEAD = _lp(_WRAP_LABEL)
 
 
 class PersonTokens(Protocol):
@@ -190,20 +193,23 @@ class PseudonymKeys:
     secret, and the stored value that carries both. ``kms`` wraps and opens secrets (the gateway);
     without it only :meth:`parse` and the derivations work (the shredder). Pure; thread-safe."""
 
-    __slots__ = ("_lookup_key", "_token_mac", "domain", "kms")
+    __slots__ = ("_lookup_mac", "_token_mac", "domain", "kms")
 
     def __init__(self, keyring: Keyring, domain: str, kms: KMS | None = None) -> None:
         lookup_purpose, token_purpose = PSEUDONYM_PURPOSES
         self.domain = domain
         self.kms = kms
-        self._lookup_key = keyring.derive(lookup_purpose + domain)
+        # keyed states built once, copied per call (the pads are not re-hashed)
+        self._lookup_mac = HMAC(keyring.derive(lookup_purpose + domain), hashes.SHA256())
         self._token_mac = HMAC(keyring.derive(token_purpose + domain), hashes.SHA256())
 
     def lookup_id(self, value: str) -> str:
         """``L``: how the store finds a person's secret from the user_id alone."""
         if type(value) is not str:
             raise TypeError(f"token value must be str, not {type(value).__name__}")
-        return hmac.digest(self._lookup_key, value.encode("utf-8"), "sha256")[:16].hex()
+        ctx = self._lookup_mac.copy()
+        ctx.update(value.encode("utf-8"))
+        return ctx.finalize()[:16].hex()
 
     def token_from(self, secret: bytes, value: str) -> str:
         """The ``tk2`` token of ``value`` under the person's secret (needs the keyring as well)."""
@@ -214,7 +220,8 @@ class PseudonymKeys:
 
     @staticmethod
     def _aad(key_name: str, token: str) -> bytes:
-        return _lp(_WRAP_LABEL, key_name.encode("utf-8"), token.encode("ascii"))
+        name, tok = key_name.encode("utf-8"), token.encode("ascii")
+        return _AAD_HEAD + len(name).to_bytes(4, "big") + name + len(tok).to_bytes(4, "big") + tok
 
     def _kms(self) -> KMS:
         if self.kms is None:
@@ -224,10 +231,18 @@ class PseudonymKeys:
     def new_value(self, value: str, key_name: str) -> tuple[str, bytes]:
         """A candidate for a new person stored at ``key_name``: ``(token, stored value)`` under a
         fresh random secret, wrapped by the KEK and bound to ``key_name`` and the token."""
-        secret = os.urandom(_SECRET_BYTES)
-        token = self.token_from(secret, value)
-        blob = self._kms().wrap(secret, self._aad(key_name, token))
-        return token, b"3." + token.encode("ascii") + b"." + blob
+        return self.new_values([(value, key_name)])[0]
+
+    def new_values(self, people: Sequence[tuple[str, str]]) -> list[tuple[str, bytes]]:
+        """:meth:`new_value` of each ``(value, key_name)``: the secrets are slices of one random
+        draw (each used once), wrapped in one call."""
+        kms = self._kms()
+        rand = os.urandom(_SECRET_BYTES * len(people))
+        drawn = [rand[i * _SECRET_BYTES : (i + 1) * _SECRET_BYTES] for i in range(len(people))]
+        tokens = [self.token_from(secret, value) for secret, (value, _) in zip(drawn, people, strict=True)]
+        blobs = wrap_all(kms, [(secret, self._aad(key_name, token))
+                               for secret, token, (_, key_name) in zip(drawn, tokens, people, strict=True)])
+        return [(token, b"3." + token.encode("ascii") + b"." + blob) for token, blob in zip(tokens, blobs, strict=True)]
 
     @staticmethod
     def parse(raw: Any) -> str:

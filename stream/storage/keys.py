@@ -14,10 +14,12 @@ lets the shredder act even when Redis expiry notifications are missed; ZADD NX
 keeps the first deadline recorded for a key. It is sharded (``shard = crc32(subject)
 mod shards``) so that no single sorted set takes every write.
 
-Creation (:meth:`RedisKeyStore.create_many`): on one server the whole batch (deadline entries,
-SET NX, GET) is one MULTI/EXEC. On a cluster the deadline entries are written first (one
-pipeline), then SET NX and GET (another): a key may be indexed without existing (the shredder's
-receipt then says ``expired_before_shred``), never exist without being indexed.
+Creation (:meth:`RedisKeyStore.create_many`): the deadline entries, then a script that runs
+SET NX EXAT and GET for each key (one call per hash slot: :func:`stream.redisdb.slot_groups`).
+On one server all of it is one MULTI/EXEC (one script call). On a cluster the deadline entries
+are written first (one pipeline), then the scripts (another): a key may be indexed without
+existing (the shredder's receipt then says ``expired_before_shred``), never exist without being
+indexed.
 
 Key-store identity (:class:`RedisIdentityProbe`, :class:`ClusterIdentityProbe`; the guard is
 :class:`stream.crypto.keystore.KeyStoreGuard`): a marker ``<prefix>:keystore`` (one per master
@@ -39,7 +41,7 @@ from typing import Any
 import redis
 from redis.cluster import RedisCluster
 
-from stream.crypto.deks import check_epoch, check_subject
+from stream.crypto.deks import check_refs
 from stream.crypto.keystore import IdentityProbe, Probe, StoreIdentity
 from stream.crypto.kms import WRAP_REFUSE_AT, WRAP_WARN_AT, WrapCounter
 from stream.errors import KeyUnavailableError
@@ -50,10 +52,12 @@ from stream.redisdb import (
     deadline_shard,
     deadlines_key,
     dek_key,
+    eval_many,
     is_cluster,
     kek_wraps_key,
     keystore_key,
     mget,
+    slot_groups,
 )
 
 __all__ = ["ClusterIdentityProbe", "RedisIdentityProbe", "RedisKeyStore", "RedisWrapCounter", "identity_probe"]
@@ -63,6 +67,22 @@ log = logging.getLogger("streamgate.keystore")
 #: A batch that loaded or created data keys waits (WAITAOF, Redis >= 7.2 with AOF) at most this long for
 #: Redis to fsync them before it is emitted; not confirmed = batch held. Below the 2 s socket timeout.
 WAITAOF_TIMEOUT_MS = 1000
+
+
+#: KEYS: data keys (of one hash slot); ARGV[1]: their expire_at, then one value per key. Each: SET NX EXAT,
+#: then GET: 1 if the value stored afterwards is ours, else that value (a concurrent creator's; nil if it
+#: expired on creation).
+_CREATE_LUA = r"""
+local exat = ARGV[1]
+local out = {}
+for i = 1, #KEYS do
+  local ours = ARGV[i + 1]
+  redis.call('SET', KEYS[i], ours, 'NX', 'EXAT', exat)
+  local v = redis.call('GET', KEYS[i])
+  if v == ours then out[i] = 1 else out[i] = v end
+end
+return out
+"""
 
 
 class RedisKeyStore:
@@ -83,6 +103,8 @@ class RedisKeyStore:
         self.prefix = check_prefix(prefix)
         self.shards = int(shards)
         self.cluster = is_cluster(client)
+        self._create = client.register_script(_CREATE_LUA)
+        self._shard_keys = [deadlines_key(self.prefix, shard) for shard in range(self.shards)]
 
     def key_name(self, subject: str, epoch: int) -> str:
         """Redis key holding the wrapped DEK of ``(subject, epoch)``."""
@@ -90,7 +112,7 @@ class RedisKeyStore:
 
     def deadlines_key(self, subject: str) -> str:
         """The deadline-index shard of ``subject``."""
-        return deadlines_key(self.prefix, deadline_shard(subject, self.shards))
+        return self._shard_keys[deadline_shard(subject, self.shards)]
 
     @staticmethod
     def deadline_member(subject: str, epoch: int) -> str:
@@ -107,7 +129,9 @@ class RedisKeyStore:
     def get_many(self, refs: Sequence[tuple[str, int]]) -> list[bytes | None]:
         if not refs:
             return []
-        names = [self.key_name(check_subject(s), check_epoch(e)) for s, e in refs]
+        check_refs(refs)
+        prefix = self.prefix
+        names = [dek_key(prefix, s, e) for s, e in refs]
         try:
             values = mget(self._client, names)
         except REDIS_ERRORS as exc:
@@ -117,10 +141,24 @@ class RedisKeyStore:
     def create_many(self, items: Sequence[tuple[str, int, bytes, int]]) -> list[bytes]:
         if not items:
             return []
-        index: dict[str, dict[str, int]] = {}
+        index: dict[str, dict[str, bytes]] = {}
+        names: list[str] = []
+        check_refs((subject, epoch) for subject, epoch, _value, _expire_at in items)
+        prefix, shard_keys, shards = self.prefix, self._shard_keys, self.shards
         for subject, epoch, _value, expire_at in items:
-            member = self.deadline_member(check_subject(subject), check_epoch(epoch))
-            index.setdefault(self.deadlines_key(subject), {})[member] = int(expire_at)
+            member = self.deadline_member(subject, epoch)
+            index.setdefault(shard_keys[deadline_shard(subject, shards)], {})[member] = b"%d" % expire_at
+            names.append(dek_key(prefix, subject, epoch))
+        # one script call per hash slot and deadline (a batch's keys share one deadline)
+        parts: list[list[int]] = []
+        calls: list[tuple[list[str], list[bytes | int]]] = []
+        for group in slot_groups(self._client, names):
+            by_deadline: dict[int, list[int]] = {}
+            for i in group:
+                by_deadline.setdefault(int(items[i][3]), []).append(i)
+            for expire_at, part in by_deadline.items():
+                parts.append(part)
+                calls.append(([names[i] for i in part], [expire_at, *(items[i][2] for i in part)]))
         try:
             pipe = self._client.pipeline(transaction=not self.cluster)
             for shard_key, members in index.items():
@@ -128,15 +166,30 @@ class RedisKeyStore:
             if self.cluster:
                 pipe.execute()  # indexed before created (the shards are in other slots than the keys)
                 pipe = self._client.pipeline(transaction=False)
-            command = pipe.execute_command  # (pipe.set's argument helpers cost more than the round trip)
-            for subject, epoch, value, expire_at in items:
-                name = self.key_name(subject, epoch)
-                command("SET", name, value, "NX", "EXAT", int(expire_at))
-                command("GET", name)
-            results = pipe.execute()
+            for keys, args in calls:
+                # EVALSHA through execute_command: routed by its keys on a cluster (see eval_many)
+                pipe.execute_command("EVALSHA", self._create.sha, len(keys), *keys, *args)
+            results = pipe.execute(raise_on_error=False)
+            replies = results[len(results) - len(calls) :]
+            for r in results[: len(results) - len(calls)]:
+                if isinstance(r, Exception):
+                    raise r
+            lost = [j for j, r in enumerate(replies) if isinstance(r, redis.exceptions.NoScriptError)]
+            if lost:  # a server without the script (new or restarted): indexed already, create again
+                again = eval_many(self._client, self._create, [calls[j] for j in lost])
+                for j, r in zip(lost, again, strict=True):
+                    replies[j] = r
+            for r in replies:
+                if isinstance(r, Exception):
+                    raise r
         except REDIS_ERRORS as exc:
             raise _unavailable(exc) from None
-        stored = results[len(results) - 2 * len(items) + 1 :: 2]
+        stored: list[Any] = [None] * len(items)
+        for part, reply in zip(parts, replies, strict=True):
+            if not isinstance(reply, list) or len(reply) != len(part):
+                raise KeyUnavailableError("data key store returned a malformed answer")
+            for i, value in zip(part, reply, strict=True):
+                stored[i] = items[i][2] if value == 1 else value
         if any(v is None for v in stored):
             # Only possible when expire_at is already in the past by the server's clock.
             raise KeyUnavailableError("data key expired on creation (its retention deadline has passed)")

@@ -226,9 +226,10 @@ class Pseudonyms:
         are created if absent; the ``known`` ones (cached, stale) are read and extended without a
         candidate, and created in a second pass only if their secret is gone. So re-checks wrap
         nothing; a person first seen by this process costs one wrap even if stored already."""
-        lookups = [self.keys.lookup_id(v) for v in values]
-        keys = [self.pid_key(lookup) for lookup in lookups]
-        marks = [self.perased_key(lookup) for lookup in lookups]
+        lookup_id, prefix = self.keys.lookup_id, self.prefix
+        lookups = [lookup_id(v) for v in values]
+        keys = [pid_key(prefix, lookup) for lookup in lookups]
+        marks = [perased_key(prefix, lookup) for lookup in lookups]
         raws: list[Any] = [None] * len(values)
         found: list[Any] = [""] * len(values)
         cands: dict[int, tuple[str, bytes]] = {}
@@ -238,7 +239,7 @@ class Pseudonyms:
                 fresh = [i for i in todo if create or values[i] not in known]
                 if fresh:
                     self._reserve(len(fresh))
-                    cands.update((i, self.keys.new_value(values[i], keys[i])) for i in fresh)
+                    cands.update(zip(fresh, self.keys.new_values([(values[i], keys[i]) for i in fresh]), strict=True))
                 sub = [(keys[i], marks[i], lookups[i], cands.get(i, ("", b""))) for i in todo]
                 stored = self._ensure_cluster(sub, expire_at) if self.cluster else self._ensure_one_server(sub, expire_at)
                 left = []

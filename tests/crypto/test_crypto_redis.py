@@ -76,6 +76,24 @@ def test_layout_set_nx_exat_and_deadline_index(redis_client: RedisClient, redis_
 
 
 @pytest.mark.integration
+def test_create_after_the_server_lost_its_script_and_a_deadline_already_past(redis_client: RedisClient,
+                                                                               redis_prefix: str) -> None:
+    store = RedisKeyStore(redis_client, prefix=redis_prefix)
+    redis_client.script_flush()  # a restarted server: the create script is loaded again
+    now = int(time.time())
+    subjects = [f"tk1_p{i:02d}" for i in range(40)]  # many hash slots on a cluster
+    assert store.create_many([(s, 5, s.encode(), now + 3600) for s in subjects]) == [s.encode() for s in subjects]
+    assert all(redis_client.zscore(store.deadlines_key(s), f"{s}:5") == now + 3600 for s in subjects)
+    # ours and a concurrent creator's in one call; two deadlines in one call
+    assert store.create_many([(subjects[0], 5, b"late", now + 3600), ("tk1_new", 6, b"v", now + 7200)]) == [
+        subjects[0].encode(), b"v"]
+    assert redis_client.expiretime(store.key_name("tk1_new", 6)) == now + 7200
+    with pytest.raises(KeyUnavailableError, match="expired on creation"):
+        store.create_many([("tk1_gone", 5, b"v", now - 10)])
+    assert redis_client.get(store.key_name("tk1_gone", 5)) is None
+
+
+@pytest.mark.integration
 def test_provider_layout_and_shred(redis_client: RedisClient, redis_prefix: str) -> None:
     client, prefix = redis_client, redis_prefix
     p = make_provider(client, prefix, LocalKMS(Keyring.generate()), max_staleness_seconds=0)

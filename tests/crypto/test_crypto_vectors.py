@@ -19,7 +19,7 @@ from stream.crypto.deks import DataKey, DekProvider, MemoryKeyStore
 from stream.crypto.fields import decrypt_value, encrypt_value, parse_ciphertext
 from stream.crypto.keyring import Keyring, key_fingerprint
 from stream.crypto.kms import LocalKMS
-from stream.crypto.tokens import Tokenizer
+from stream.crypto.tokens import PseudonymKeys, Tokenizer
 
 KEK = bytes(range(32))
 KEK_B64 = "AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8="
@@ -171,3 +171,43 @@ def test_stored_dek_vector_unwraps_and_opens_the_ciphertext_vector() -> None:
     store.create_many([(SUBJECT, EPOCH, STORED_DEK_VECTOR, provider.expire_at(EPOCH))])
     key = provider.key_for_decrypt(SUBJECT, EPOCH, KEY_ID)
     assert decrypt_value(key, CIPHERTEXT_VECTOR, schema_id=SCHEMA, field_path="email") == VALUE
+
+
+def test_keys_and_tk2_values_made_a_batch_at_a_time_match_the_documented_spelling() -> None:
+    # Key ids, their tags, the wrap and the tk2 lookup ids, token and wrapped secret: each checked
+    # with stdlib HMAC/HKDF and AES-GCM, independent of the batch code that builds them.
+    ring = Keyring([("root", KEK, None)])
+    wrap_key = hkdf_sha256(KEK, b"streamgate/v1/dek-wrap")
+    kek_header = b"\x01\x04root"
+    clock = EPOCH * 86400.0 + 5
+    provider = DekProvider(MemoryKeyStore(clock=lambda: clock), LocalKMS(ring), epoch_seconds=86400,
+                           retention_seconds=86400, max_staleness_seconds=30, max_entries=100, clock=lambda: clock)
+    subjects = [f"tk1_person{i}" for i in range(5)]
+    id_key = hkdf_sha256(KEK, b"streamgate/v1/dek-id")
+    made = provider._new_keys(subjects, EPOCH)
+    nonces = set()
+    for subject, (key, value) in zip(subjects, made, strict=True):
+        kid = key.key_id.encode()
+        tag = hmac.new(id_key, lp(b"streamgate/v1/dek-id", subject.encode(), b"20000", kid[:8]), hashlib.sha256)
+        assert kid[8:] == tag.digest()[:4].hex().encode()
+        version, stored_id, blob = value.split(b".", 2)
+        assert (version, stored_id, blob[:6]) == (b"1", kid, kek_header)
+        nonces.add(blob[6:18])
+        aad = b"streamgate/v1/dek-wrap\x00" + kek_header + lp(b"streamgate/v1/dek", subject.encode(), b"20000", kid)
+        raw = AESGCM(wrap_key).decrypt(blob[6:18], blob[18:], aad)
+        probe = key.aead.encrypt(b"\0" * 12, b"x", b"")
+        assert AESGCM(raw).decrypt(b"\0" * 12, probe, b"") == b"x"  # the key in the DataKey is the wrapped one
+    assert len(nonces) == len(subjects) and len({k.key_id for k, _ in made}) == len(subjects)
+
+    keys = PseudonymKeys(ring, "user", LocalKMS(ring))
+    lookup_key = hkdf_sha256(KEK, b"streamgate/v1/pseudonym-lookup/user")
+    token_key = hkdf_sha256(KEK, b"streamgate/v1/token2/user")
+    people = [(f"user-{i}", f"sg:pid:{{{i}}}") for i in range(5)]
+    for (value, name), (token, stored) in zip(people, keys.new_values(people), strict=True):
+        assert keys.lookup_id(value) == hmac.new(lookup_key, value.encode(), hashlib.sha256).digest()[:16].hex()
+        head, tok, blob = stored.split(b".", 2)
+        assert (head, tok) == (b"3", token.encode())
+        aad = b"streamgate/v1/dek-wrap\x00" + kek_header + lp(b"streamgate/v1/pseudonym", name.encode(), tok)
+        secret = AESGCM(wrap_key).decrypt(blob[6:18], blob[18:], aad)
+        mac = hmac.new(token_key, secret + value.encode(), hashlib.sha256).digest()
+        assert token == "tk2_" + base64.urlsafe_b64encode(mac).decode()[:22]

@@ -55,8 +55,8 @@ MUTANTS = [
         "test_after_erasure_nobody_can_link_the_retained_token_to_the_user_id[single]",
     )),
     Mutant("one global data key", (
-        ("stream/crypto/deks.py", "        raw = AESGCM.generate_key(bit_length=256)\n        key_id = ",
-         "        raw = b'\\x42' * 32\n        key_id = "),
+        ("stream/crypto/deks.py", "items.append((rand[start : start + _KEY_BYTES], ",
+         "items.append((b'\\x42' * 32, "),
     ), (
         "tests/gateway/test_core.py::test_round_trip_tokens_and_per_person_ciphertexts",
         "tests/retention/test_retention_dump.py::"
@@ -74,8 +74,8 @@ MUTANTS = [
         "tests/gateway/test_core.py::test_tamper_move_and_flip_all_fail_with_the_one_error",
     )),
     Mutant("wrapped data keys bound to nothing (no AAD)", (
-        ("stream/crypto/deks.py", "def _wrap_aad(subject: str, epoch: int, key_id: str) -> bytes:\n    return ",
-         "def _wrap_aad(subject: str, epoch: int, key_id: str) -> bytes:\n    return b'' and "),
+        ("stream/crypto/deks.py", "def _wrap_aad_of(person: bytes, key_id: bytes) -> bytes:\n    return ",
+         "def _wrap_aad_of(person: bytes, key_id: bytes) -> bytes:\n    return b'' and "),
     ), (
         "tests/crypto/test_crypto_deks.py::test_unwrappable_stored_key_fails_closed",
     )),

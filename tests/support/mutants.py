@@ -15,8 +15,10 @@ class OneGlobalKeyProvider(DekProvider):
 
     GLOBAL = AESGCM.generate_key(bit_length=256)
 
-    def _new_key(self, subject: str, epoch: int) -> tuple[DataKey, bytes]:
-        key_id = self._new_key_id(subject, epoch)
-        blob = self._kms.wrap(self.GLOBAL, _wrap_aad(subject, epoch, key_id))
-        value = _VALUE_VERSION + b"." + key_id.encode("ascii") + b"." + blob
-        return DataKey(subject, epoch, key_id, AESGCM(self.GLOBAL)), value
+    def _new_keys(self, subjects: list[str], epoch: int) -> list[tuple[DataKey, bytes]]:
+        out = []
+        for key, _value in super()._new_keys(subjects, epoch):  # (genuine key ids)
+            blob = self._kms.wrap(self.GLOBAL, _wrap_aad(key.subject, epoch, key.key_id))
+            value = _VALUE_VERSION + b"." + key.key_id.encode("ascii") + b"." + blob
+            out.append((DataKey(key.subject, epoch, key.key_id, AESGCM(self.GLOBAL)), value))
+        return out
