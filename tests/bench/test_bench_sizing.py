@@ -42,3 +42,15 @@ def test_bench_gateway_small_prints_sizing(settings_factory: Callable[..., Setti
         assert s.events == 2000 and s.input_bytes > 2000 * 100 and s.cpu_seconds > 0
     assert r.cpu_ratio("json") > 0 and r.cpu_ratio("orjson") > 0 and r.cpu_ratio("orjson", "engine alone") > 0
     assert len(r.rounds) == 2 and (r.cpu_ratio("json"), r.cpu_ratio("orjson")) in r.rounds
+
+
+@pytest.mark.slow
+def test_the_ablation_runs_each_variant_and_puts_the_encryption_back(settings_factory: Callable[..., Settings]) -> None:
+    import stream.gateway.core as gateway_core
+    from stream.bench.ablate import run_ablation
+
+    encrypt_many = gateway_core.encrypt_many
+    ratios = run_ablation(settings_factory(), events=5000, rounds=1, variants=("noenc", "null"), say=lambda _s: None)
+    assert set(ratios) == {"noenc", "null"}
+    assert all(len(r) == 1 and 0 < r[0] < math.inf for r in ratios.values()), ratios
+    assert gateway_core.encrypt_many is encrypt_many
