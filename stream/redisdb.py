@@ -276,7 +276,7 @@ def pending_key(prefix: str, shard: int) -> str:
 # --- key names (the layout in the module docstring; built here only) ---------------------------
 def dek_key(prefix: str, subject: str, epoch: int | str) -> str:
     """The wrapped data key of ``(subject, epoch)``."""
-    return f"{prefix}:dek:{{{subject}}}:{epoch}"  # (person_tag, inline: once per key of a batch)
+    return f"{prefix}:dek:{person_tag(subject)}:{epoch}"
 
 
 def memo_key(prefix: str, subject: str, epoch: int | str) -> str:

@@ -120,17 +120,18 @@ _KEY_BYTES = 32
 _ID_BYTES = 8  # random bytes of a key id without an id key; with one, the first 4 of them
 
 
-def _lp1(part: bytes) -> bytes:
-    return len(part).to_bytes(4, "big") + part
+def _person(subject: str, epoch: int) -> bytes:
+    """``lp(subject, epoch)``: the part of a wrap's and a key id's associated data that names the key."""
+    return _lp(subject.encode("ascii"), str(epoch).encode("ascii"))
 
 
 def _wrap_aad(subject: str, epoch: int, key_id: str) -> bytes:
-    return _wrap_aad_of(_lp1(subject.encode("ascii")) + _lp1(str(epoch).encode("ascii")), key_id.encode("ascii"))
+    return _wrap_aad_of(_person(subject, epoch), key_id.encode("ascii"))
 
 
-# The wrap's associated data, lp(label, subject, epoch, key_id), from lp(subject) + lp(epoch) (``person``).
+# The wrap's associated data, lp(label, subject, epoch, key_id), from lp(subject, epoch) (``person``).
 def _wrap_aad_of(person: bytes, key_id: bytes) -> bytes:
-    return _WRAP_HEAD + person + _lp1(key_id)
+    return _WRAP_HEAD + person + _lp(key_id)
 
 
 @dataclass(frozen=True)
@@ -494,14 +495,13 @@ class DekProvider:
             self._wraps_left[kek] = left + need - n
 
     def _id_tag(self, subject: str, epoch: int, nonce_hex: str) -> str:
-        person = _lp1(subject.encode("ascii")) + _lp1(str(epoch).encode("ascii"))
-        return self._tag(person, nonce_hex.encode("ascii")).decode("ascii")
+        return self._tag(_person(subject, epoch), nonce_hex.encode("ascii")).decode("ascii")
 
     def _tag(self, person: bytes, nonce_hex: bytes) -> bytes:
         """HMAC-SHA256(id key, lp(label, subject, epoch, nonce_hex))[:4] in hex, from lp(subject) + lp(epoch)."""
         assert self._id_mac is not None
         mac = self._id_mac.copy()
-        mac.update(_ID_HEAD + person + _lp1(nonce_hex))
+        mac.update(_ID_HEAD + person + _lp(nonce_hex))
         return mac.finalize()[:4].hex().encode("ascii")
 
     def _gone(self, subject: str, epoch: int, key_id: str) -> DecryptError:
@@ -522,13 +522,11 @@ class DekProvider:
         step = _KEY_BYTES + _ID_BYTES
         rand = os.urandom(step * len(subjects))
         tag = self._tag if self._id_mac is not None else None
-        epoch_lp = _lp1(str(epoch).encode("ascii"))
         ids: list[bytes] = []
         items: list[tuple[bytes, bytes]] = []
         for i, subject in enumerate(subjects):
             start = i * step
-            raw_subject = subject.encode("ascii")
-            person = len(raw_subject).to_bytes(4, "big") + raw_subject + epoch_lp
+            person = _person(subject, epoch)
             if tag is None:
                 key_id = rand[start + _KEY_BYTES : start + step].hex().encode("ascii")
             else:

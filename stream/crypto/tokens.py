@@ -220,8 +220,7 @@ class PseudonymKeys:
 
     @staticmethod
     def _aad(key_name: str, token: str) -> bytes:
-        name, tok = key_name.encode("utf-8"), token.encode("ascii")
-        return _AAD_HEAD + len(name).to_bytes(4, "big") + name + len(tok).to_bytes(4, "big") + tok
+        return _AAD_HEAD + _lp(key_name.encode("utf-8"), token.encode("ascii"))
 
     def _kms(self) -> KMS:
         if self.kms is None:
