@@ -76,9 +76,7 @@ def test_replay_twice_publishes_each_dead_letter_once_with_its_key(settings_fact
         stats = engine.stats
 
     assert stats.protected == 80 and stats.dead_lettered == 70, stats.as_dict()
-    protected = [orjson.loads(r.value) for r in read_topic(kafka_bootstrap, t.protected, expect=80)]
-    ids = Counter(ev["event_id"] for ev in protected)
-    assert set(ids) == {e["event_id"] for e in events[:80]} and max(ids.values()) == 1
+    protected = _protected_once(kafka_bootstrap, t.protected, {e["event_id"] for e in events[:80]})
     assert all(ev["utm_campaign"] == "autumn" for ev in protected if ev["event_id"] in {e["event_id"] for e in framed})
     raw = read_topic(kafka_bootstrap, t.raw, expect=150)
     assert len(raw) == 150  # 90 produced + 60 replayed, once each
@@ -90,6 +88,14 @@ def test_replay_twice_publishes_each_dead_letter_once_with_its_key(settings_fact
         assert r.key == by_id[ev["event_id"]]["user_id"].encode()  # the original key
         seen[ev["event_id"]] += 1
     assert set(seen.values()) == {2}  # the original and one replay of each
+
+
+def _protected_once(bootstrap: str, topic: str, event_ids: set[str]) -> list[dict]:
+    """The protected events: each of ``event_ids`` exactly once, nothing else."""
+    protected = [orjson.loads(r.value) for r in read_topic(bootstrap, topic, expect=len(event_ids))]
+    ids = Counter(ev["event_id"] for ev in protected)
+    assert set(ids) == event_ids and max(ids.values()) == 1
+    return protected
 
 
 def _avro_version(*, with_policy: bool, campaign: bool) -> str:
@@ -143,9 +149,7 @@ def test_policy_missing_dead_letters_replay_under_the_version_that_adds_the_poli
         stats = engine.stats
 
     assert stats.protected == 80 and stats.dead_lettered == 80, stats.as_dict()
-    protected = [orjson.loads(r.value) for r in read_topic(kafka_bootstrap, t.protected, expect=80)]
-    ids = Counter(ev["event_id"] for ev in protected)
-    assert set(ids) == {e["event_id"] for e in events} and max(ids.values()) == 1
+    protected = _protected_once(kafka_bootstrap, t.protected, {e["event_id"] for e in events})
     assert all(ev["billing_email"].startswith("sg1.") for ev in protected)
     blob = b"".join(r.value or b"" for r in read_topic(kafka_bootstrap, t.protected, expect=80))
     assert b"@example.org" not in blob
