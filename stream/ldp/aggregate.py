@@ -76,7 +76,9 @@ class WindowState:
 
     @property
     def n_people(self) -> int:
-        return len(self.people) + self.restored_people
+        """Distinct people, at least: after a restore, whoever reports again may be someone counted
+        before, so the larger of the two counts, never their sum."""
+        return max(len(self.people), self.restored_people)
 
 
 def _iso(ms: int) -> str:

@@ -124,11 +124,30 @@ def test_a_window_of_too_few_people_is_withheld() -> None:
     (rec,) = agg.records(win)
     assert rec["n"] == 3 and rec["estimand"] == "e"
     restored = WindowAggregator(POLICY, window_seconds=60, clock=Clock(0.0), min_people=3)
-    agg.add([AttributeReport(t0 + 120_000, "device", 1, 5), AttributeReport(t0 + 120_001, "device", 1, 6)])
+    agg.add([AttributeReport(t0 + 120_000, "device", 1, p) for p in (4, 5, 6)])
     restored.restore(agg.state())
     restored.add([AttributeReport(t0 + 120_002, "device", 1, 9)])
     (win,) = restored.drain()
     assert win.n_people == 3 and len(restored.records(win)) == 1  # the count of people survives a restore
+
+
+def test_people_who_report_again_after_a_restore_are_not_counted_twice() -> None:
+    """Who reported before a restore is not persisted (only how many), and whoever reports after it may be
+    one of them: five people before and the same five after are five, not ten - the window is withheld."""
+    t0 = 60_000 * 100
+    before = WindowAggregator(POLICY, window_seconds=60, clock=Clock(0.0), min_people=10)
+    before.add([AttributeReport(t0 + i, "device", 1, p) for i, p in enumerate(range(5))])
+    after = WindowAggregator(POLICY, window_seconds=60, clock=Clock(0.0), min_people=10)
+    after.restore(before.state())
+    after.add([AttributeReport(t0 + 10 + i, "device", 1, p) for i, p in enumerate(range(5))])
+    (win,) = after.drain()
+    assert win.n_people == 5 and after.records(win) == [] and after.withheld == 1
+    # ten people after the restore are enough on their own
+    again = WindowAggregator(POLICY, window_seconds=60, clock=Clock(0.0), min_people=10)
+    again.restore(before.state())
+    again.add([AttributeReport(t0 + 10 + i, "device", 1, p) for i, p in enumerate(range(10))])
+    (win,) = again.drain()
+    assert win.n_people == 10 and len(again.records(win)) == 1
 
 
 def test_a_noise_free_support_gives_back_the_truth_exactly() -> None:
