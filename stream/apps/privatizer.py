@@ -355,7 +355,7 @@ class PrivatizerEngine(StreamEngine):
         for tp, part in self.parts.items():
             wins = part.aggregator.drain()
             if wins:
-                outs.extend(self._estimates(wins))
+                outs.extend(self._estimates(tp, wins))
                 outs.append(self._partial(tp, part, closed=wins))
         ex = self._examples(final="shutdown")
         if ex is not None:
@@ -369,7 +369,7 @@ class PrivatizerEngine(StreamEngine):
         for tp, part in self.parts.items():
             wins = part.aggregator.due()
             if wins:
-                outs.extend(self._estimates(wins))
+                outs.extend(self._estimates(tp, wins))
                 outs.append(self._partial(tp, part, closed=wins))
         ex = self._examples()
         if ex is not None:
@@ -413,7 +413,7 @@ class PrivatizerEngine(StreamEngine):
             part.next_offset = max(part.next_offset, recs[-1].offset + 1)
             wins = part.aggregator.due()
             if wins:
-                outs.extend(self._estimates(wins))
+                outs.extend(self._estimates(tp, wins))
                 outs.append(self._partial(tp, part, closed=wins))
             elif len(part.people_since) >= self.min_people:
                 outs.append(self._partial(tp, part))
@@ -471,12 +471,15 @@ class PrivatizerEngine(StreamEngine):
         self._unreleased.clear()
         return [Out(features, v, None, hour_ms) for v in values]
 
-    def _estimates(self, windows: list[Any]) -> list[Out]:
+    def _estimates(self, tp: tuple[str, int], windows: list[Any]) -> list[Out]:
+        """The windows' records; ``worker`` names the process and the input partition: records of one
+        window from several partitions are distinct sources, which readers add up."""
         topic = self.settings.topics.frequencies
         outs: list[Out] = []
         agg = next(iter(self.parts.values())).aggregator if self.parts else self._aggregator()
+        source = f"{self.worker_id}/p{tp[1]}"
         for win in windows:
-            recs = agg.records(win, worker=self.worker_id)
+            recs = agg.records(win, worker=source)
             for rec in recs:
                 outs.append(Out(topic, orjson.dumps(rec), rec["attribute"].encode()))
             if recs:

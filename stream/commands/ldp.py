@@ -188,17 +188,17 @@ def register(cli: click.Group) -> None:
         from rich.live import Live
 
         from stream.kafka import TopicReader, reachable_bootstrap
-        from stream.ldp.aggregate import merge_records
+        from stream.ldp.aggregate import latest_per_source, merge_records
         from stream.ldp.policy import LdpPolicy
         from stream.schema import load_schema
 
         settings = _settings()
         policy = LdpPolicy.from_schema(load_schema(settings.schema_name), settings.ldp_epsilon)
-        # latest record per (worker, attribute, window)
-        seen: dict[tuple[str, str, int], dict[str, Any]] = {}
+        seen: list[Mapping[str, Any]] = []
 
         def view() -> list[dict[str, Any]]:
-            recs = list(seen.values())
+            seen[:] = latest_per_source(seen)  # (bounded by sources x attributes x windows)
+            recs = list(seen)
             if not total and recs:
                 latest = max(int(r["window"]["start_ms"]) for r in recs)
                 recs = [r for r in recs if int(r["window"]["start_ms"]) == latest]
@@ -217,11 +217,11 @@ def register(cli: click.Group) -> None:
                 for m in msgs:
                     try:
                         rec = orjson.loads(m.value() or b"")
-                        key = (str(rec.get("worker")), str(rec["attribute"]), int(rec["window"]["start_ms"]))
-                    except (orjson.JSONDecodeError, KeyError, TypeError, ValueError):
+                    except orjson.JSONDecodeError:
                         continue
-                    seen[key] = rec
-                    got = True
+                    if isinstance(rec, dict):
+                        seen.append(rec)
+                        got = True
                 if got and live is not None:
                     live.update(render_estimates(view(), top=top), refresh=True)
         except KeyboardInterrupt:

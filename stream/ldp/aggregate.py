@@ -47,7 +47,8 @@ from stream.ldp.policy import LdpAttribute, LdpPolicy
 from stream.ldp.postprocess import project_simplex
 from stream.ldp.privatizer import AttributeReport
 
-__all__ = ["ESTIMATE_SCHEMA", "MIN_PEOPLE", "WindowAggregator", "WindowState", "estimate_record", "merge_records"]
+__all__ = ["ESTIMATE_SCHEMA", "MIN_PEOPLE", "WindowAggregator", "WindowState", "estimate_record", "latest_per_source",
+           "merge_records"]
 
 ESTIMATE_SCHEMA = "frequency-estimate.v1"
 
@@ -146,6 +147,20 @@ def _numeric_std_error(attr: LdpAttribute, n: int, mean: float) -> float:
     t = float(attr.numeric.to_unit(min(attr.hi, max(attr.lo, mean))))
     var_unit = float(attr.numeric.variance_unit(t))
     return math.sqrt(max(var_unit, 0.0) * half * half / n)
+
+
+def latest_per_source(records: Iterable[Mapping[str, Any]]) -> list[Mapping[str, Any]]:
+    """The last record per (``worker``, attribute, window start), in the order first seen: a window its
+    source published again replaces the earlier record; records of other sources (another process, or
+    another input partition of the same one) are kept to be added up."""
+    latest: dict[tuple[str, str, int], Mapping[str, Any]] = {}
+    for r in records:
+        try:
+            key = (str(r.get("worker")), str(r["attribute"]), int(r["window"]["start_ms"]))
+        except (KeyError, TypeError, ValueError):
+            continue
+        latest[key] = r
+    return list(latest.values())
 
 
 def merge_records(policy: LdpPolicy, records: Iterable[Mapping[str, Any]]) -> list[dict[str, Any]]:

@@ -19,7 +19,7 @@ from stream.components import build_gateway
 from stream.config import Settings
 from stream.gateway.core import RawRecord
 from stream.kafka import ensure_topics
-from stream.ldp.aggregate import merge_records
+from stream.ldp.aggregate import latest_per_source, merge_records
 from stream.schema import output_validator
 from stream.synth import ClickstreamGenerator
 from tests.support.fixtures import OwnRedis
@@ -85,6 +85,11 @@ def test_privatizer_end_to_end(settings_factory, redis_client: redis.Redis) -> N
     assert {r.key for r in freq} <= {b"event_type", b"category", b"price", b"device", b"country"}
     merged = {r["attribute"]: r for r in merge_records(engine.privatizer.policy, recs)}
     assert merged["event_type"]["n"] == N  # a cap of 1000: every event is within its person's budget
+    # one process, two input partitions: two sources, which `streamgate estimates` adds up, not dedupes
+    assert len({r["worker"] for r in recs}) == 2
+    (shown,) = [r for r in merge_records(engine.privatizer.policy, latest_per_source(recs))
+                if r["attribute"] == "event_type"]
+    assert shown["n"] == N
     # the person-epoch's joint-nb example (1.0) is paid first: (1000 - 1) / 2.5 reports per person
     assert "first 399 events" in merged["event_type"]["estimand"]
     truth = Counter(e["event_type"] for e in events)

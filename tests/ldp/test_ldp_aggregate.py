@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from stream.crypto.keyring import Keyring
-from stream.ldp.aggregate import WindowAggregator, estimate_record, merge_records
+from stream.ldp.aggregate import WindowAggregator, estimate_record, latest_per_source, merge_records
 from stream.ldp.policy import NONE_VALUE, LdpPolicy
 from stream.ldp.privatizer import AttributeReport, ProtectedRecord
 from stream.schema import load_schema, output_validator
@@ -165,3 +165,14 @@ def test_a_noise_free_support_gives_back_the_truth_exactly() -> None:
         rec = estimate_record(attr, n=n, support=support, total=None, start_ms=0, end_ms=3_600_000)
         est = np.array([v["estimate"] for v in rec["values"]])
         assert np.allclose(est, f, atol=2e-6), (attr.name, est - f)
+
+
+def test_latest_per_source_replaces_a_republished_window_and_keeps_other_sources() -> None:
+    """What `streamgate estimates` adds up: a window published again by its source replaces the earlier
+    record; the same window from another partition or process is another source."""
+    def rec(worker: str, n: int, start: int = 0) -> dict:
+        return {"worker": worker, "attribute": "device", "window": {"start_ms": start}, "n": n}
+
+    got = latest_per_source([rec("h-1/p0", 5), rec("h-1/p1", 7), rec("h-1/p0", 6), rec("h-2/p0", 3),
+                             rec("h-1/p0", 4, start=60_000), {"worker": "h-1/p0", "attribute": "device"}])
+    assert [(r["worker"], r["n"]) for r in got] == [("h-1/p0", 6), ("h-1/p1", 7), ("h-2/p0", 3), ("h-1/p0", 4)]
