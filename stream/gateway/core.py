@@ -121,6 +121,9 @@ _META_SUFFIX = "#meta"
 #: Most bytes of key and headers together a dead letter keeps (sealed) for replay: within the
 #: 4 KiB that stream.apps.engine.dead_letter_bound allows beside the sealed value.
 MAX_META_BYTES = 1024
+#: Most bytes of the encoded key and headers (JSON, base64'd values), whatever their number and shape:
+#: empty or escaped headers cost JSON bytes that ``MAX_META_BYTES`` does not count.
+MAX_META_JSON = 2048
 _INT64 = 1 << 63
 
 
@@ -520,7 +523,8 @@ class Gateway:
 
     @staticmethod
     def _meta(rec: InputRecord) -> str | None:
-        """The record's key and headers (JSON, bytes base64'd) when it had any that fit the bound."""
+        """The record's key and headers (JSON, bytes base64'd) when they fit the bounds; headers that do not
+        are left out, the key kept."""
         b64 = base64.b64encode
         key = rec.key if rec.key is not None and len(rec.key) <= MAX_META_BYTES else None
         room = MAX_META_BYTES - len(key or b"")
@@ -529,7 +533,13 @@ class Gateway:
             headers = [(k, None if v is None else b64(v).decode()) for k, v in rec.headers]
         if key is None and not headers:
             return None
-        return orjson.dumps({"k": None if key is None else b64(key).decode(), "h": headers}).decode()
+        k = None if key is None else b64(key).decode()
+        text = orjson.dumps({"k": k, "h": headers})
+        if len(text) > MAX_META_JSON:  # (the key alone always fits: 1,368 base64 characters at most)
+            if key is None:
+                return None
+            text = orjson.dumps({"k": k, "h": []})
+        return text.decode()
 
     def digest(self, value: bytes) -> str:
         """A keyed digest of ``value`` (HMAC-SHA256 under the ``dlq-digest`` purpose key): it

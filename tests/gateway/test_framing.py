@@ -359,6 +359,27 @@ def test_dead_letters_keep_the_key_and_headers_sealed_within_the_bound():
     assert b"user-1" not in result.dead_letters[0] and b"traceparent" not in result.dead_letters[0]
 
 
+@pytest.mark.parametrize(("headers", "key"), [
+    ([("", b"")] * 100_000, b"k" * 1024),  # 200 KB on the wire, no header bytes counted by MAX_META_BYTES
+    ([("", None)] * 100_000, None),
+    ([("\x00" * 100, b"")] * 10, b"k"),  # 1,000 characters, which JSON escapes to 6,000 bytes
+    ([("€" * 1000, b"v")], b"k"),  # three bytes per character in UTF-8
+], ids=["empty", "null", "escaped", "utf8"])
+def test_dead_letters_fit_their_bound_whatever_the_headers(headers: list, key: bytes | None) -> None:
+    from stream.apps.engine import dead_letter_bound
+    from stream.gateway.core import MAX_META_JSON, unseal_dead_letter_meta
+
+    gw, deks = make_gateway()
+    value = b"{bad " + b"x" * (64 * 1024 - 5)  # the largest input the gateway seals
+    result = gw.process([RawRecord("clicks.raw", 0, 0, value, None, headers, key)])
+    (dl,) = result.dead_letters
+    assert len(dl) <= dead_letter_bound(64 * 1024)
+    assert unseal_dead_letter_meta(orjson.loads(dl), deks) == (key, [])  # the key kept for replay
+    fits = [("a" * 10, b"b" * 10)] * 20
+    meta = gw._meta(RawRecord("clicks.raw", 0, 1, b"{bad", None, fits, None))
+    assert meta is not None and len(meta.encode()) <= MAX_META_JSON and len(orjson.loads(meta)["h"]) == 20
+
+
 def test_a_registry_that_does_not_answer_holds_the_batch():
     """Fail closed: nothing of the batch is returned (the engine holds it and retries: hold_on)."""
     from stream.apps.engine import GatewayEngine
