@@ -68,7 +68,8 @@ def explain_lines(settings: Any, policy: Any) -> list[str]:
         + "estimate population frequencies",
         f"analytics.frequencies and analytics.partials: windows and partial-window records are published only with "
         f"at least {people} people; ops.metrics: report counts per release, and the per-person epsilon histogram "
-        "of a finished epoch only, with two-sided geometric noise (epsilon 1)",
+        "of a finished epoch only, with two-sided geometric noise on every bin, P(k) proportional to "
+        "exp(-|k|/2) (epsilon 1 for the whole histogram: one person moves between two bins, sensitivity 2)",
     ]
     if joint:
         out.append(f"labelled examples: joint-nb (STREAMGATE_LEARN_MODEL); one private-example.v2 per person and epoch "

@@ -34,6 +34,10 @@ KILLERS = {
     "partials written for every batch": "tests/ldp/test_ldp_published.py::test_a_batch_of_one_person_writes_no_partial_record",
     "the ε histogram is published exact":
         "tests/ldp/test_ldp_spend.py::test_only_a_noised_histogram_of_a_finished_epoch_is_published",
+    "the ε histogram's noise 2x weaker (sensitivity 1, not 2)":
+        "tests/ldp/test_ldp_spend.py::test_published_noise_follows_the_two_sided_geometric_law_of_epsilon_1",
+    "after a restore, people who report again are counted twice":
+        _AGG + "test_people_who_report_again_after_a_restore_are_not_counted_twice",
 }
 
 
