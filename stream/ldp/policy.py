@@ -144,6 +144,13 @@ def _domain(name: str, spec: Mapping[str, Any], opts: Mapping[str, Any]) -> tupl
         raw, ood = [*raw, OTHER_VALUE] if OTHER_VALUE not in raw else list(raw), OTHER_VALUE
     if ood is not None and ood not in raw:
         raise SchemaPolicyError(f"ldp property {name!r}: out_of_domain must be one of its domain values")
+    enum = spec.get("enum")
+    if ood is None and not (isinstance(enum, list) and {v for v in enum if v is not None} <= set(raw)):
+        # a value the schema admits but the domain does not list would go unreported, and its event would
+        # cost less: each person's "first c events" would no longer be the population the estimates name
+        raise SchemaPolicyError(f"ldp property {name!r}: the schema admits values outside its domain; set "
+                                "x-privacy out_of_domain (one of the domain's values) or open: true, or give the "
+                                "property an enum within the domain")
     return list(raw), ood
 
 

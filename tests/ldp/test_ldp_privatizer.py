@@ -76,6 +76,22 @@ def test_bad_ldp_policies_are_refused(patch: dict) -> None:
         LdpPolicy.from_schema(EventSchema("patched", doc), 1.0)
 
 
+def test_a_domain_narrower_than_the_schema_is_refused() -> None:
+    """Values the schema admits but the domain does not list would go unreported and cost less, so "each
+    person's first c events" would not be the population the estimates name: refused, unless they map."""
+    doc = schema_document("clickstream-event.v1")
+    doc["properties"]["device"]["x-privacy"] = {"policy": "ldp", "domain": ["desktop", "mobile"]}  # enum has 4
+    with pytest.raises(SchemaPolicyError, match="admits values outside its domain"):
+        LdpPolicy.from_schema(EventSchema("patched", doc), 1.0)
+    del doc["properties"]["device"]["enum"]  # any string
+    doc["properties"]["device"]["x-privacy"]["domain"] = ["desktop", "mobile", "tablet", "other"]
+    with pytest.raises(SchemaPolicyError, match="admits values outside its domain"):
+        LdpPolicy.from_schema(EventSchema("patched", doc), 1.0)
+    doc["properties"]["device"]["x-privacy"]["out_of_domain"] = "other"
+    device = LdpPolicy.from_schema(EventSchema("patched", doc), 1.0).by_name["device"]
+    assert device.index_of("tv") == device.index_of("other")
+
+
 def test_bad_numeric_bounds_are_refused() -> None:
     doc = schema_document("clickstream-event.v1")
     doc["properties"]["price"]["x-privacy"]["bounds"] = [10, 10]
