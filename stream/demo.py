@@ -265,9 +265,9 @@ def run_demo(settings: Settings, *, events: int = 20_000, invalid_rate: float = 
                           f"privatizer (pid {pv.pid}, :{pv_port}), learner (pid {ln.pid}, :{ln_port}), "
                           f"shredder (pid {sh.pid}, :{sh_port})")
             valid, sample, protected_sample = _drive(console, s, outputs, gw, gateway_log, events, invalid_rate, seed)
-            if live is not None:
-                live.set_truth(_console_truth(s, valid, run_id))
             examples = _privacy_summary(console, s, pv, privatizer_log, valid, since_ms)
+            if live is not None:  # the truth of the whole run, once the privatizer published every window
+                live.set_truth(_console_truth(s, valid, run_id))
             _learning_summary(console, s, ln, learner_log, valid, examples)
             if sample is not None and protected_sample is not None:
                 _erasure_check(console, s, sample, protected_sample, run_id, since_ms)

@@ -53,7 +53,7 @@ function time(t) {
 }
 
 // ---------------------------------------------------------------- charts
-// series: [{cls, points: [[x, y], ...]}]; opts: band [[x, lo, hi]], hline, marks [x], y0 (lowest y shown),
+// series: [{cls, points: [[x, y], ...]}]; opts: band [[x, lo, hi]], marks [x], y0 (lowest y shown),
 // yrange [lo, hi] (fixed), yfmt. Drawn at the box's pixel width, so text keeps its size.
 function lineChart(box, series, opts = {}) {
   const W = Math.max(320, Math.round(box.clientWidth || 640)), H = 220, L = 64, R = 12, T = 12, B = 28;
@@ -61,7 +61,6 @@ function lineChart(box, series, opts = {}) {
   const band = opts.band || [];
   const xs = pts.map((p) => p[0]).concat(band.map((b) => b[0]));
   const ys = pts.map((p) => p[1]).concat(band.flatMap((b) => [b[1], b[2]]));
-  if (opts.hline !== undefined && opts.hline !== null) ys.push(opts.hline);
   const root = svg("svg", { width: W, height: H, viewBox: `0 0 ${W} ${H}`, class: "plot", role: "img" });
   if (!xs.length) {
     root.append(svg("text", { x: W / 2, y: H / 2, class: "empty", "text-anchor": "middle" }, "no data yet"));
@@ -99,9 +98,6 @@ function lineChart(box, series, opts = {}) {
     } else {
       root.append(svg("polygon", { points: up.concat(down).join(" "), class: "band" }));
     }
-  }
-  if (opts.hline !== undefined && opts.hline !== null) {
-    root.append(svg("line", { x1: L, x2: W - R, y1: sy(opts.hline), y2: sy(opts.hline), class: "truth-line" }));
   }
   for (const m of opts.marks || []) {
     if (m >= x0 && m <= x1) root.append(svg("line", { x1: sx(m), x2: sx(m), y1: T, y2: H - B, class: "mark" }));
@@ -211,7 +207,7 @@ function renderEstimates(e) {
     const pts = num.series.filter((w) => w.mean !== null && w.mean !== undefined);
     const mid = (w) => (w.start_ms + w.end_ms) / 2000;
     lineChart($("#mean-chart"), [{ cls: "s-mean", points: pts.map((w) => [mid(w), w.mean]) }],
-      { band: pts.map((w) => [mid(w), w.ci95[0], w.ci95[1]]), hline: num.merged ? num.merged.truth : null, yfmt: f1 });
+      { band: pts.map((w) => [mid(w), w.ci95[0], w.ci95[1]]), yfmt: f1 });  // no truth line: the truth is of the whole run
     const m = num.merged;
     $("#mean-merged").replaceChildren(...(m && m.mean !== null && m.mean !== undefined ? [
       "all windows: mean ", el("span", { class: "num-mean", "data-attr": num.name }, f2(m.mean)), " ",
