@@ -265,8 +265,8 @@ def run_demo(settings: Settings, *, events: int = 20_000, invalid_rate: float = 
                           f"privatizer (pid {pv.pid}, :{pv_port}), learner (pid {ln.pid}, :{ln_port}), "
                           f"shredder (pid {sh.pid}, :{sh_port})")
             valid, sample, protected_sample = _drive(console, s, outputs, gw, gateway_log, events, invalid_rate, seed)
-            examples = _privacy_summary(console, s, pv, privatizer_log, valid, since_ms)
-            if live is not None:  # the truth of the whole run, once the privatizer published every window
+            examples, truth_holds = _privacy_summary(console, s, pv, privatizer_log, valid, since_ms)
+            if live is not None and truth_holds:  # the whole run's truth, once every window is published
                 live.set_truth(_console_truth(s, valid, run_id))
             _learning_summary(console, s, ln, learner_log, valid, examples)
             if sample is not None and protected_sample is not None:
@@ -301,11 +301,11 @@ def _start_console(console: Console, s: Settings, bootstrap: str, since_ms: int,
     return live
 
 
-def _truth(s: Settings, valid: list[dict[str, Any]]) -> tuple[dict[str, dict[str, float]], float]:
+def _truth(s: Settings, valid: list[dict[str, Any]]) -> tuple[dict[str, dict[str, float]], float, int]:
     """The truth of what the estimates estimate, computed from the clear events alone: per categorical
     attribute the frequency of each value, and the mean price (absent = 0), among each person's first c
     valid events (c = the person cap / a report's epsilons: the events the privatizer can release; the
-    demo runs within one epoch)."""
+    demo runs within one epoch), and how many events that is."""
     from stream.ldp.policy import NONE_VALUE, LdpPolicy
     from stream.ldp.privatizer import reports_per_person
     from stream.schema import load_schema
@@ -336,13 +336,13 @@ def _truth(s: Settings, valid: list[dict[str, Any]]) -> tuple[dict[str, dict[str
         truth[attr.name] = {k: c / n for k, c in counts.items()}
         truth[attr.name].setdefault(NONE_VALUE, 0.0)
     true_mean = sum(policy.by_name["price"].clamp(ev.get("price")) for ev in within) / n
-    return truth, true_mean
+    return truth, true_mean, len(within)
 
 
 def _console_truth(s: Settings, valid: list[dict[str, Any]], run_id: str) -> Truth:
     from stream.console import Truth
 
-    freqs, mean = _truth(s, valid)
+    freqs, mean, _n = _truth(s, valid)
     return Truth(frequencies=freqs, means={"price": mean}, events=len(valid), label=f"demo {run_id}")
 
 
@@ -378,10 +378,10 @@ def _read_since(bootstrap: str, topic: str, since_ms: int, *, idle: float) -> li
 
 
 def _privacy_summary(console: Console, s: Settings, pv: subprocess.Popen[bytes], log: Path,
-                     valid: list[dict[str, Any]], since_ms: int) -> int:
+                     valid: list[dict[str, Any]], since_ms: int) -> tuple[int, bool]:
     """Wait for the privatizer (feature reports, then the labelled examples of the ended sessions),
     stop it (it publishes its open windows), then show estimated vs true. Returns the number of
-    labelled examples it emitted."""
+    labelled examples it emitted, and whether the truth names the events it reported."""
     from stream.commands.ldp import render_estimates
     from stream.ldp.aggregate import merge_records
     from stream.ldp.policy import LdpPolicy
@@ -428,12 +428,18 @@ def _privacy_summary(console: Console, s: Settings, pv: subprocess.Popen[bytes],
     table.add_row("estimate records -> " + t.frequencies, f"{len(freq):,}")
     console.print(table)
     merged = merge_records(policy, freq)
-    truth, true_mean = _truth(s, valid)
+    truth, true_mean, n_within = _truth(s, valid)
     shown = [r for r in merged if r["attribute"] in ("event_type", "category", "price")]
-    console.print(render_estimates(shown, top=6, truth=truth))
-    console.print(f"true mean price (absent = 0) of the same events: {true_mean:,.2f}   "
-                  "(estimates come from randomized reports only; `streamgate estimates --total` shows them any time)")
-    return int(stats.get("examples", 0))
+    same = n_within == n_features
+    console.print(render_estimates(shown, top=6, truth=truth if same else None))
+    if same:
+        console.print(f"true mean price (absent = 0) of the same events: {true_mean:,.2f}   (estimates come from "
+                      "randomized reports only; `streamgate estimates --total` shows them any time)")
+    else:  # e.g. a reused Redis whose ledgers already charged these people today, or a run across midnight UTC
+        console.print(f"[yellow]no truth shown: the privatizer reported {n_features:,} events, but each person's "
+                      f"first events within the cap in this run are {n_within:,}, so the estimates name another "
+                      "population (people charged before this run, or a new epoch)[/]")
+    return int(stats.get("examples", 0)), same
 
 
 def _learning_summary(console: Console, s: Settings, ln: subprocess.Popen[bytes], log: Path,
