@@ -4,15 +4,16 @@ For each dataset, epsilon and seed one private stream is built with the producti
 path and several models learn from it side by side (same stream, paired comparison):
 
 * **synthetic** - :class:`stream.synth.ClickstreamGenerator` events go through the pure
-  privatizer (:class:`stream.ldp.privatizer.Privatizer`, two rounds, an in-memory memo store),
-  the session labeler (:class:`stream.ldp.labels.SessionLabeler`) and the label's two-round
-  randomized response; each ``private-example.v1`` record is parsed with
+  privatizer (:class:`stream.ldp.privatizer.Privatizer`, fresh noise per report, an in-memory ledger),
+  the session labeler (:class:`stream.ldp.labels.SessionLabeler`) and the label's randomized
+  response; each ``private-example.v1`` record is parsed with
   :meth:`PrivateExample.from_json` exactly as the learner worker does. The clean label of
   every example is the generator's :meth:`~stream.synth.ClickstreamGenerator.session_label`
   (the bench keeps the session id next to the stub, in process; it is never in a record).
   ``epsilon`` is the **person budget** per epoch (``STREAMGATE_LDP_PERSON_EPSILON``): the ledger's
-  cap, with every memo (5 attributes and the label) priced ``epsilon /`` :data:`PERSON_SHARES`, so a
-  person's first event takes 6 shares and two more new values fit; past the cap, stand-ins.
+  cap, with each of the 5 attributes and the label priced ``epsilon /`` :data:`PERSON_SHARES` (a report
+  pays half of that each), so a person releases their first 2 events of the epoch; events past the cap
+  are not released, but still count for their session's label.
 * **phishing** - River's bundled Phishing dataset (1,250 labelled pages, 9 features in
   [0, 1]) as a public sanity check: every page is one person, each feature reported with
   the numeric mechanism (HM on [0, 1]) at ``epsilon``, the label by randomized response.
@@ -77,7 +78,7 @@ __all__ = [
 ]
 
 EPSILONS: tuple[float, ...] = (0.5, 1.0, 2.0, 4.0, 8.0, math.inf)
-#: synthetic runs: a memo (of any attribute or the label) costs the person budget / PERSON_SHARES
+#: synthetic runs: each attribute's and the label's epsilon is the person budget / PERSON_SHARES
 PERSON_SHARES = 8
 #: epsilon = inf runs through the same pipeline at this epsilon (the settings' maximum)
 NONPRIVATE_EPSILON = 20.0

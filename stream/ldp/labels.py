@@ -15,6 +15,10 @@ event's *already privatized* feature report (never a clear value: the body of it
 ``private-feature.v1`` report) in a :class:`SessionLabeler` until the session has been idle
 for ``gap``; then every example of the session is released with the session's label,
 which the privatizer randomizes (binary randomized response, memoized) before emitting.
+The label comes from *every* event of the session: an event past the person's cap has no
+report and no example, but the labeler still sees it (a body-less stub: activity and whether
+it is the purchase), else a session whose purchase fell past the cap - purchases end sessions -
+would label its released examples negative.
 Every session is released ``gap`` after its last event **whatever its label**, so the
 release time of an example says nothing about its label (releasing purchases at once
 would: an observer linking an example to the person's earlier feature reports - memoized
@@ -48,7 +52,8 @@ class ExampleStub(NamedTuple):
     """One event's privatized features waiting for its session's label. ``session`` and
     ``subject`` are tokens used only inside the privatizer (session grouping, the label's memo
     and budget); they never leave it. ``body``: randomized responses only - for ``private-example.v1``
-    the report's ``"features":{...}`` part (plus ``,"hour_of_week":h``); for joint examples
+    the report's ``"features":{...}`` part (plus ``,"hour_of_week":h``), or empty for an event past
+    the person's cap (no report, no example: it only feeds its session's label); for joint examples
     (:mod:`stream.ldp.examples`) the two candidate ``private-example.v2`` records (label 0, label 1)
     and whether the person-epoch's example is paid for, newline-separated."""
 
@@ -92,12 +97,18 @@ class SessionLabeler:
 
     def add(self, stubs: Iterable[ExampleStub]) -> None:
         """Hold the stubs of a batch (any order within the batch). Advances the watermark to the
-        newest timestamp seen; call :meth:`release` to get the sessions that ended."""
+        newest timestamp seen; call :meth:`release` to get the sessions that ended. A stub without a
+        ``body`` (an event the person's ledger could not pay for) is never held or released: it only
+        keeps its session open and makes it positive if it is a purchase (if the session is held)."""
         sessions = self._sessions
         cap = self.max_per_session
+        unheld: list[ExampleStub] = []  # body-less stubs of sessions not held (yet: any order in the batch)
         for stub in stubs:
             s = sessions.get(stub.session)
             if s is None:
+                if not stub.body:
+                    unheld.append(stub)
+                    continue
                 s = sessions[stub.session] = _Session(stub.ts_ms)
             else:
                 sessions.move_to_end(stub.session)
@@ -107,11 +118,22 @@ class SessionLabeler:
                 self.watermark_ms = stub.ts_ms
             if stub.purchase:
                 s.purchased = True
+            if not stub.body:
+                continue
             if len(s.stubs) >= cap:
                 self.dropped["session_cap"] += 1
                 continue
             s.stubs.append(stub)
             self.pending += 1
+        for stub in unheld:
+            if stub.ts_ms > self.watermark_ms:
+                self.watermark_ms = stub.ts_ms
+            s = sessions.get(stub.session)
+            if s is not None:
+                if stub.ts_ms > s.last_ms:
+                    s.last_ms = stub.ts_ms
+                if stub.purchase:
+                    s.purchased = True
         while self.pending > self.max_pending and sessions:
             _sid, old = sessions.popitem(last=False)
             self.pending -= len(old.stubs)

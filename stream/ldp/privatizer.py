@@ -99,7 +99,8 @@ class PrivatizeResult:
     memo_resolved: int = 0  # ledger charges sent to the store
     fully_suppressed: int = 0  # same as over_budget (older name)
     skipped: Counter[str] = field(default_factory=Counter)  # reason -> records not reported
-    # with labelled examples on: one stub per reported event (its report body, waiting for the label);
+    # with labelled examples on: one stub per reported event (its report body, waiting for the label), then one
+    # body-less stub per unreleased event with a session (label input only: SessionLabeler never emits it);
     # joint-nb: one stub per event of a paid person-epoch (its two candidate reports)
     examples: list[ExampleStub] = field(default_factory=list)
 
@@ -495,6 +496,12 @@ class Privatizer:
         res.memo_resolved = len(charges) + len(joint_charges)
         kept = [r for r, ok in zip(rows, paid, strict=True) if ok]
         res.over_budget = res.fully_suppressed = len(rows) - len(kept)
+        # per-event examples: an unreleased event still belongs to its session, so the labeler must see it
+        # (its activity, and whether it is the purchase) - as a body-less stub: no report, no example, no charge
+        unreleased: list[ExampleStub] = []
+        if examples and res.over_budget:
+            unreleased = [ExampleStub(r[3][0], r[3][1], r[3][2], r[3][3], b"", r[0])
+                          for r, ok in zip(rows, paid, strict=True) if not ok and r[3] is not None]
         # pass 3: fresh independent noise, vectorized per attribute
         nspec = len(specs)
         cols: list[list[Any]] = [[] for _ in range(nspec)]
@@ -537,6 +544,8 @@ class Privatizer:
             res.people.append(person)
             if meta is not None:  # labelled examples: the example hook (stream.ldp.labels)
                 res.examples.append(ExampleStub(meta[0], meta[1], meta[2], meta[3], body, ts_ms))
+        if unreleased:
+            res.examples.extend(unreleased)
         if joint is not None:  # issue 22: the joint examples' stubs (of paid person-epochs only)
             res.examples = joint.stubs(joint_rows)
         return res
@@ -559,6 +568,9 @@ class Privatizer:
         es, rs = self.epoch_seconds, self.retention_seconds
         kept: list[tuple[ExampleStub, bool]] = []
         for stub, label in items:
+            if not stub.body:  # an unreleased event's stub: never paid for, never emitted
+                res.skipped["unreleased"] += 1
+                continue
             if (stub.epoch + 1) * es + rs <= now:
                 res.skipped["retention_ended"] += 1
                 continue

@@ -184,7 +184,9 @@ def test_the_label_is_charged_with_its_feature_report_within_the_cap() -> None:
     keyring = Keyring.generate()
     events = [{**e, "user_id": "one-person"} for e in ClickstreamGenerator(seed=5, n_users=50).events(40)]
     res = priv.process(protected_records(events, keyring))
-    assert len(res.reports) == len(res.examples) == priv.per_person == 6_000_000 // cost < 40
+    held = [st for st in res.examples if st.body]
+    assert len(res.reports) == len(held) == priv.per_person == 6_000_000 // cost < 40
+    assert len(res.examples) == 40  # the events past the cap: body-less stubs, label input only
     assert res.epsilon_spent[LABEL_NAME] == pytest.approx(priv.per_person * 0.5)
     (spent,) = store.ledgers.values()
     assert spent == priv.per_person * cost <= 6_000_000
@@ -214,3 +216,39 @@ def test_forget_drops_one_persons_held_examples() -> None:
     assert lab.pending == 1 and lab.sessions == 1 and lab.dropped == Counter({"erased": 2})
     lab.advance(10_000)
     assert [(s.subject, label) for s, label in lab.release()] == [("tk1_b", False)]
+
+
+def test_a_purchase_past_the_cap_still_labels_the_sessions_released_examples(keyring: Keyring) -> None:
+    """The cap binds (6 events, 4 reports a day): the session's purchase is not released, yet it is the
+    session's label - every released example of it is positive before the randomization. Nothing more is
+    charged or reported: the unreleased events give body-less stubs the labeler never emits."""
+    store = MemoryMemoStore()
+    priv = make_privatizer(budget=12.0, label_epsilon=1.0, store=store, seed=4)
+    assert priv.per_person == 4
+    types = ["page_view", "search", "product_view", "add_to_cart", "checkout", "purchase"]
+    base = next(iter(ClickstreamGenerator(seed=2, n_users=5).events(1)))
+    events = [{**base, "user_id": "u1", "session_id": "s1", "event_type": t} for t in types]
+    t0 = EPOCH * 86_400_000 + 43_200_000  # mid-epoch: the 6 events fall in one epoch
+    records = [ProtectedRecord(r.value, t0 + 1000 * i) for i, r in enumerate(protected_records(events, keyring))]
+    res = priv.process(records)
+    assert len(res.reports) == 4 and res.over_budget == 2
+    lab = SessionLabeler(gap_ms=60_000)
+    lab.add(res.examples)
+    assert lab.pending == 4
+    items = lab.release_all()
+    assert len(items) == 4 and [label for _s, label in items] == [True] * 4
+    (spent,) = store.ledgers.values()
+    assert spent == 4 * priv.report_cost_micro
+    out = priv.label_examples(items)
+    assert len(out.examples) == 4 and out.epsilon_spent == 0.0 and store.ledgers == {next(iter(store.ledgers)): spent}
+
+
+def test_body_less_stubs_feed_held_sessions_only_and_are_never_released() -> None:
+    lab = SessionLabeler(gap_ms=1000)
+    past_cap = ExampleStub("s1", "tk1_person", 0, True, b"", 900)  # a purchase past the cap, first in the batch
+    lab.add([past_cap, stub("s1", 0), ExampleStub("s2", "tk1_person", 0, True, b"", 950)])
+    assert lab.pending == 1 and lab.sessions == 1 and lab.watermark_ms == 950  # s2: nothing held, nothing kept
+    lab.advance(1899)
+    assert lab.release() == []  # the unreleased event keeps s1 open
+    lab.advance(1900)
+    assert [(s.ts_ms, label) for s, label in lab.release()] == [(0, True)]
