@@ -73,6 +73,13 @@ MUTANTS = [
     Mutant("after a restore, people who report again are counted twice", "stream/ldp/aggregate.py",
            "        return max(len(self.people), self.restored_people)",
            "        return len(self.people) + self.restored_people"),
+    Mutant("one attribute memoized per person: price reuses one response per (person, value)",
+           "stream/ldp/privatizer.py",
+           '                parts.append(prefixes[si] + texts[si][j] + b"}")',
+           '                tv = self.__dict__.setdefault("_memo", {}).setdefault((lid, si, _value), '
+           '(texts[si][j], values[si][j])) if names[si] == "price" else (texts[si][j], values[si][j]); '
+           'parts.append(prefixes[si] + tv[0] + b"}"); '
+           'attr_reports.append((ts_ms, names[si], tv[1], person)); continue'),
     Mutant("the ε histogram is published exact", "stream/ldp/privatizer.py",
            "        counts = [max(0, c + self._geometric()) for c in exact[\"counts\"]]",
            "        counts = list(exact[\"counts\"])"),
