@@ -25,6 +25,7 @@ from confluent_kafka import Consumer, KafkaError, KafkaException, Producer, Topi
 from stream.config import Settings
 from stream.engine.contract import EngineFatalError, Out
 from stream.engine.health import Progress
+from stream.engine.holds import Retry
 from stream.engine.produce import RateLimitedLog, Sink, error_name
 from stream.engine.supervisor import Outage, RecoveryBudget, Resubscriber
 from stream.errors import StreamgateError
@@ -100,6 +101,11 @@ class Clients:
         self.budget = RecoveryBudget(settings.max_client_recoveries)
         self.outage = Outage()
         self.resubscriber = Resubscriber(settings.session_timeout_ms / 1000)
+        # a failed rewind's fallback: the lowest offset a recovery dropped per partition, not sought
+        # yet (those partitions paused); retried with backoff (:meth:`seek_dropped`)
+        self.unsought: dict[TP, int] = {}
+        self.seek_retry = Retry(settings.retry_backoff_seconds, settings.retry_backoff_max_seconds)
+        self._seek_at = float("-inf")
 
     # -- state ----------------------------------------------------------------------------------
     @property
@@ -192,6 +198,7 @@ class Clients:
         """Close the consumer (its revoke delivers nothing) and drop the producer."""
         consumer, self.consumer = self.consumer, None
         self.producer, self.sink = None, None
+        self.unsought = {}  # a new consumer starts from the committed offsets
         if consumer is not None:
             self.closing = True
             try:
@@ -224,13 +231,17 @@ class Clients:
         if over:
             raise EngineFatalError(f"{self.worker.name}: Kafka client failed {recent} times in 120 s, last: {why}")
 
-    def recreate(self, failed: ClientFailed, *, rewound: Callable[[], None]) -> None:
+    def recreate(self, failed: ClientFailed, *, rewound: Callable[[], None],
+                 dropped: dict[TP, int] | None = None) -> None:
         """Recreate the failed clients and resume from the committed offsets (the caller spent the
-        budget and dropped what was uncommitted). A failed producer alone is replaced and the
-        consumer rewound (its group membership kept; ``rewound`` then runs); otherwise both are
-        recreated. ``keep_consumer`` (the broker came back): the consumer is never closed, even
-        when it cannot be rewound yet (see :meth:`broker_back`). The worker's ``reset`` runs
-        before the new clients exist."""
+        budget and dropped what was uncommitted: ``dropped``, the lowest offset it dropped per
+        partition). A failed producer alone is replaced and the consumer rewound (its group
+        membership kept; ``rewound`` then runs); otherwise both are recreated. ``keep_consumer``
+        (the broker came back): the consumer is never closed (see :meth:`broker_back`); when it
+        cannot be rewound (the coordinator still loading), it kept its membership and would carry
+        on from its position, past the dropped records: each partition is sought back to its
+        lowest dropped record instead (:meth:`seek_dropped`). The worker's ``reset`` runs before
+        the new clients exist."""
         what = "the producer" if failed.producer_only else "the clients"
         self.log.error(f"fatal Kafka client error: recreating {what}, resuming from committed offsets",
                        extra={"error": str(failed), "recoveries": self.recoveries})
@@ -244,10 +255,16 @@ class Clients:
             try:
                 if self.rewind_to_committed():
                     rewound()
+                self.resume_unsought()  # rewound to the committed offsets: at or before them
             except (KafkaException, SystemError) as exc:  # cannot rewind: start the consumer afresh too
                 if failed.keep_consumer:
-                    self.log.warning("rewind failed: the group's rejoin starts from the committed offsets",
-                                     extra={"error": error_name(exc)})
+                    self.log.warning("rewind failed: seeking to the records the recovery dropped",
+                                     extra={"error": error_name(exc), "partitions": len(dropped or {})})
+                    for tp, offset in (dropped or {}).items():
+                        self.unsought[tp] = min(offset, self.unsought.get(tp, offset))
+                    self._seek_at = float("-inf")
+                    self.seek_dropped()
+                    rewound()
                 else:
                     self.log.warning("rewind failed: recreating the consumer too", extra={"error": error_name(exc)})
                     self.close()
@@ -256,6 +273,45 @@ class Clients:
             self.close()
             self.worker.reset()
             self.connect()
+
+    def seek_dropped(self) -> None:
+        """Seek each partition of ``unsought`` to the lowest record a recovery dropped (a seek needs
+        no coordinator; those records were never committed: at-least-once). A failed seek leaves
+        them paused (nothing past the dropped records is read) and is retried with backoff, each
+        try logged and counted (``seek_retry.retries``); readiness says so meanwhile. A partition
+        no longer assigned is left out: its next owner starts from the committed offset."""
+        consumer = self.consumer
+        assert consumer is not None
+        if time.monotonic() >= self._seek_at:
+            try:
+                assigned = {(tp.topic, tp.partition) for tp in consumer.assignment()}
+                for tp, offset in list(self.unsought.items()):
+                    if tp in assigned:
+                        consumer.seek(TopicPartition(*tp, offset))
+                        consumer.resume([TopicPartition(*tp)])
+                    del self.unsought[tp]
+            except KafkaException as exc:
+                delay = self.seek_retry.failed()
+                self._seek_at = time.monotonic() + delay
+                with contextlib.suppress(KafkaException):  # local; fails only for a partition not assigned
+                    consumer.pause([TopicPartition(*tp) for tp in self.unsought])
+                self.log.warning("seek to the records a recovery dropped failed: partitions paused, retrying",
+                                 extra={"error": error_name(exc), "partitions": sorted(p for _, p in self.unsought),
+                                        "retries": self.seek_retry.retries, "retry_in_s": round(delay, 2)})
+        if self.unsought:  # every round: a batch of other partitions clears ``problem``
+            self.progress.problem = (f"{len(self.unsought)} partitions paused at records a recovery dropped: "
+                                     f"seek failed {self.seek_retry.retries} times, retrying")
+        elif self.seek_retry.attempt:
+            self.seek_retry.passed()
+            self.progress.problem = None
+
+    def resume_unsought(self) -> None:
+        """The consumer was rewound to the committed offsets: no seek is left to do."""
+        if self.unsought and self.consumer is not None:
+            with contextlib.suppress(KafkaException):
+                self.consumer.resume([TopicPartition(*tp) for tp in self.unsought])
+        self.unsought = {}
+        self.seek_retry.passed()
 
     @contextlib.contextmanager
     def paused(self) -> Iterator[Consumer]:
@@ -270,9 +326,10 @@ class Clients:
             yield consumer
         finally:
             self.waiting = False
-            with contextlib.suppress(KafkaException):
-                if consumer.assignment():
-                    consumer.resume(consumer.assignment())
+            with contextlib.suppress(KafkaException):  # not those still to be sought back
+                rest = [tp for tp in consumer.assignment() if (tp.topic, tp.partition) not in self.unsought]
+                if rest:
+                    consumer.resume(rest)
 
     # -- the broker, the group ----------------------------------------------------------------------
     def broker_back(self) -> None:
@@ -285,6 +342,8 @@ class Clients:
         (no member of the group, not even a new process, joined again; see the held-out case in
         tests/apps/test_conformance.py). A consumer whose session expired rejoins by itself, and a
         new assignment starts from the committed offsets."""
+        if self.unsought:
+            self.seek_dropped()
         outage = self.outage
         now = time.monotonic()
         if not outage.probe_due(now):

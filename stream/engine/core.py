@@ -275,7 +275,9 @@ class StreamEngine:
             return
         hold.passed()
         self.progress.problem = None
-        self._emit(result, hold.next_offsets(hold.records), records=len(hold))
+        ticket = self._emit(result, hold.next_offsets(hold.records), records=len(hold))
+        if ticket is not None:
+            ticket.starts = hold.first_offsets(hold.records)
         if self.metrics is not None:
             self.metrics.observe_batch(time.perf_counter() - started, len(hold))
         hold.clear()
@@ -466,10 +468,17 @@ class StreamEngine:
         client supervisor recreate the clients (:meth:`Clients.recreate`)."""
         self.clients.spend(str(failed))
         self.progress.problem = f"recovering from a fatal client error: {failed}"
+        # the lowest offset dropped per partition: where to seek if the rewind to committed fails
+        dropped = self.hold.first_offsets(self.hold.records)
+        for t in self._queue.tickets:
+            for tp, offset in t.starts.items():
+                if tp in t.offsets and offset < dropped.get(tp, offset + 1):
+                    dropped[tp] = offset
         self.hold.clear()
         self._queue.drop_inflight()
-        self.clients.recreate(failed, rewound=self._queue.reset_positions)
-        self.progress.problem = None
+        self.clients.recreate(failed, rewound=self._queue.reset_positions, dropped=dropped)
+        if not self.clients.unsought:  # else the seek's retry reports it
+            self.progress.problem = None
         self.progress.moved()
 
     # -- rebalance callbacks -------------------------------------------------------------------
@@ -503,6 +512,8 @@ class StreamEngine:
 
     def _forget(self, tps: list[TP]) -> None:
         self.assigned.difference_update(tps)
+        for tp in tps:  # a new assignment starts from the committed offset: no seek left to do
+            self.clients.unsought.pop(tp, None)
         self._queue.forget(tps)
         self.hold.forget(tps)
 

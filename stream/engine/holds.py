@@ -69,6 +69,16 @@ class Hold(Retry):
         self.records = []
 
     @staticmethod
+    def first_offsets(records: list[Record]) -> dict[TP, int]:
+        """The lowest offset of ``records`` per partition."""
+        first: dict[TP, int] = {}
+        for r in records:
+            key = (r.topic, r.partition)
+            if r.offset < first.get(key, r.offset + 1):
+                first[key] = r.offset
+        return first
+
+    @staticmethod
     def next_offsets(records: list[Record]) -> dict[TP, int]:
         """Offsets to commit once ``records`` are done: last offset + 1 per partition."""
         nxt: dict[TP, int] = {}

@@ -102,13 +102,14 @@ class RateLimitedLog:
 class Ticket:
     """One result in flight: its outputs' delivery and the offsets they free for commit."""
 
-    __slots__ = ("checkpoint", "defer", "offsets", "on_delivered", "outputs", "pending", "records", "sink")
+    __slots__ = ("checkpoint", "defer", "offsets", "on_delivered", "outputs", "pending", "records", "sink", "starts")
 
     def __init__(self, sink: Sink, offsets: dict[tuple[str, int], int], outputs: list[Out], *,
                  defer: bool = False, checkpoint: bool = False,
                  on_delivered: Callable[[], None] | None = None, records: int = 0) -> None:
         self.sink = sink
         self.records = records  # input records whose offsets this ticket frees
+        self.starts: dict[tuple[str, int], int] = {}  # their lowest offsets (a recovery that drops them)
         self.offsets = offsets
         self.outputs = outputs
         self.pending = len(outputs)
