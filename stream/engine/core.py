@@ -30,6 +30,7 @@ import contextlib
 import logging
 import threading
 import time
+from collections import Counter
 from collections.abc import Callable
 from typing import Any, ClassVar
 
@@ -52,6 +53,8 @@ __all__ = ["EngineFatalError", "NotDeliveredError", "StreamEngine", "instance_id
 LAG_INTERVAL_SECONDS = 1.0
 #: The name of the offset commits' failure streak (:meth:`Progress.failed`, the not-ready reason).
 COMMITS = "offset commits"
+#: The name of the periodic work's failure streak.
+TICKS = "periodic work"
 
 
 class StreamEngine:
@@ -95,8 +98,10 @@ class StreamEngine:
                                rebalance=(self._on_assign, self._on_revoke, self._on_lost),
                                on_retry=self._count_retry, on_replaced=self._count_replaced,
                                on_closed=self._on_closed, on_commit=self._on_commit,
+                               on_recovery=lambda: self._count("recovery"),
                                stopping=lambda: self._stop is not None and self._stop.is_set())
         self.commit_failures = 0  # offset commits refused or failed (each retried)
+        self.retries: Counter[str] = Counter()  # failures retried, by cause (the metric's tallies)
 
     # == hooks (override) ======================================================================
     def topics(self) -> list[str]:
@@ -270,6 +275,7 @@ class StreamEngine:
         except self.hold_on as exc:
             if self.metrics is not None and isinstance(exc, KeyUnavailableError):
                 self.metrics.redis_error()
+            self._count("hold")
             delay, self.progress.problem = hold.failed_with(exc)
             self._rlog(logging.WARNING, "hold", "dependency unavailable: batch held (not emitted, not "
                        "committed), retrying", held=len(hold), retry_in_s=round(delay, 2),
@@ -308,12 +314,16 @@ class StreamEngine:
         except self.hold_on as exc:
             if self.metrics is not None and isinstance(exc, KeyUnavailableError):
                 self.metrics.redis_error()
+            self._count("tick")
+            # not ready once it failed for longer than stall_seconds (a shredder that cannot shred)
+            self.progress.failed(TICKS, str(exc) or type(exc).__name__)
             delay = retry.failed()
             self._rlog(logging.WARNING, "tick", f"{self.name} periodic work failed, retrying",
                        error=str(exc), retry_in_s=round(delay, 2))
             self._next_tick = time.monotonic() + delay
             return
         retry.passed()
+        self.progress.succeeded(TICKS)
         assert self.tick_interval is not None
         self._next_tick = time.monotonic() + self.tick_interval
         if result is not None and (result.outputs or result.checkpoint):
@@ -449,8 +459,7 @@ class StreamEngine:
         failed for longer than ``stall_seconds`` without a success."""
         self._queue.refused({tp: o for tp, o in offsets.items() if tp in self.assigned})
         self.commit_failures += 1
-        if self.metrics is not None:
-            self.metrics.engine_retry("commit")
+        self._count("commit")
         self.progress.failed(COMMITS, why)
         self._rlog(logging.WARNING, "commit", "offset commit failed: offsets kept, retried by the next commit",
                    error=why, partitions=len(offsets), count=self.commit_failures)
@@ -468,6 +477,13 @@ class StreamEngine:
     def _count_retry(self, n: int) -> None:
         if self.metrics is not None:
             self.metrics.produce_retry(n)
+        self._count("produce", n)
+
+    def _count(self, cause: str, n: int = 1) -> None:
+        """A failure the engine retries: ``streamgate_engine_retries_total{cause}`` and ``retries``."""
+        self.retries[cause] += n
+        if self.metrics is not None:
+            self.metrics.engine_retry(cause, n)
 
     def _count_replaced(self, out: Out, error: str) -> None:
         self.replaced += 1
