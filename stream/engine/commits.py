@@ -146,7 +146,8 @@ class CommitQueue:
     def done(self, offsets: dict[TP, int]) -> None:
         """The broker confirmed the commit of ``offsets``."""
         for tp, o in offsets.items():
-            self.committed[tp] = o
+            if o > self.committed.get(tp, -1):  # a late answer never takes a newer commit back
+                self.committed[tp] = o
             if self.sent.get(tp, o) <= o:
                 self.sent.pop(tp, None)
 
