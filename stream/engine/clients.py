@@ -78,7 +78,9 @@ class Clients:
     def __init__(self, worker: Worker, settings: Settings, bootstrap: str, *, log: logging.Logger,
                  progress: Progress, rebalance: tuple[Rebalance, Rebalance, Rebalance],
                  on_retry: Callable[[int], None], on_replaced: Callable[[Out, str], None],
-                 on_closed: Callable[[], None], stopping: Callable[[], bool]) -> None:
+                 on_closed: Callable[[], None], stopping: Callable[[], bool],
+                 on_commit: Callable[[KafkaError | None, list[TopicPartition]], None] | None = None,
+                 on_recovery: Callable[[], None] | None = None) -> None:
         self.worker = worker
         self.settings = settings
         self.bootstrap = bootstrap
@@ -90,6 +92,8 @@ class Clients:
         self._on_replaced = on_replaced
         self._on_closed = on_closed
         self._stopping = stopping
+        self._on_commit = on_commit
+        self._on_recovery = on_recovery
         self.consumer: Consumer | None = None
         self.producer: Producer | None = None
         self.sink: Sink | None = None
@@ -171,6 +175,8 @@ class Clients:
                                 **{"client.id": w.client_id(), "error_cb": self.on_consumer_error,
                                    "topic.metadata.refresh.interval.ms": 10_000},
                                 **w.extra_consumer_config(), **w.consumer_overrides)
+        if self._on_commit is not None:  # the answers to asynchronous commits (served by consume)
+            cconf["on_commit"] = self._on_commit
         self.consumer = Consumer(cconf)
         self.new_producer()
         self.resubscriber.start(time.monotonic())
@@ -228,6 +234,8 @@ class Clients:
         """Count a recovery; more than ``max_client_recoveries`` in 120 s: :class:`EngineFatalError`."""
         recent, over = self.budget.spend(time.monotonic())
         self.recoveries += 1
+        if self._on_recovery is not None:  # streamgate_engine_retries_total{cause="recovery"}
+            self._on_recovery()
         if over:
             raise EngineFatalError(f"{self.worker.name}: Kafka client failed {recent} times in 120 s, last: {why}")
 

@@ -4,6 +4,12 @@ A result's offsets may be committed once its outputs and every earlier result's 
 a ``defer`` result also waits for a later delivered ``checkpoint`` (the learner's snapshots).
 Freed offsets are committed throttled (:meth:`CommitQueue.due`).
 
+A commit counts as done only once the broker confirmed it (the consumer's ``on_commit`` callback,
+or a synchronous commit's answer): until then its offsets are ``sent``. A commit refused, or one
+whose call raised, puts its offsets back as pending (:meth:`CommitQueue.refused`) unless a newer
+offset of that partition is pending, sent or committed, and the next due commit retries them. A
+synchronous commit (a rebalance, the shutdown) also re-commits what was sent and not confirmed.
+
 A partition whose every record read was released may be committed at the consumer's position,
 past the commit markers of a transactional producer (control records the consumer never
 delivers): otherwise the committed offset stays one short of the log end and external lag
@@ -28,6 +34,7 @@ class CommitQueue:
         self.tickets: deque[Ticket] = deque()
         self.committed: dict[TP, int] = {}  # what this member last committed, per partition
         self.pending: dict[TP, int] = {}  # freed, not committed yet (commit throttling)
+        self.sent: dict[TP, int] = {}  # committed asynchronously, not confirmed by the broker yet
         self.commit_at = time.monotonic() if now is None else now  # the last commit
         self.committed_records = 0  # released_records at the last commit
         self.released_records = 0  # input records freed by released tickets (ever)
@@ -90,7 +97,7 @@ class CommitQueue:
         busy.update(tp for t in self.tickets for tp in t.offsets)
         for tp in [tp for tp in self.positions if tp not in busy]:
             position = self.positions.pop(tp)
-            last = self.pending.get(tp, self.committed.get(tp))
+            last = self.pending.get(tp, self.sent.get(tp, self.committed.get(tp)))
             if last is not None and position > last:
                 self.pending[tp] = position
 
@@ -98,11 +105,13 @@ class CommitQueue:
         """The clients failed: results in flight are gone, and what was read is read again."""
         self.tickets.clear()
         self.pending.clear()
+        self.sent.clear()
         self.positions.clear()
 
     def reset_positions(self) -> None:
         """The consumer was rewound or closed: nothing is known committed, no position stands."""
         self.committed.clear()
+        self.sent.clear()
         self.positions.clear()
 
     def due(self, now: float, *, sync: bool, interval: float, max_records: int) -> dict[TP, int] | None:
@@ -110,32 +119,61 @@ class CommitQueue:
         ``max_records`` records were freed since the last commit, whichever comes first; at once
         when ``sync`` (a rebalance, the shutdown) or a checkpoint was freed (what it covers is
         durable: a crash must not re-learn it). A crash re-delivers at most what was freed since
-        the last commit."""
-        if not self.pending:
+        the last commit. ``sync`` also returns what was sent and not confirmed yet (a commit in
+        flight when the consumer closes, or one whose answer never came)."""
+        if not self.pending and not (sync and self.sent):
             return None
         if not (sync or self.released_checkpoint or now - self.commit_at >= interval
                 or self.released_records - self.committed_records >= max_records):
             return None
         todo, self.pending = self.pending, {}
+        if sync:
+            todo = {**self.sent, **todo}
         self.commit_at, self.committed_records = now, self.released_records
         return todo
 
-    def to_commit(self, offsets: dict[TP, int], assigned: Iterable[TP]) -> dict[TP, int]:
-        """The offsets worth a commit: of partitions still assigned, and not committed already."""
+    def to_commit(self, offsets: dict[TP, int], assigned: Iterable[TP], *, sync: bool = False) -> dict[TP, int]:
+        """The offsets worth a commit: of partitions still assigned, not committed already and
+        (unless ``sync``: a synchronous commit makes sure) not sent and waiting for its answer."""
         held = set(assigned)
-        return {tp: o for tp, o in offsets.items() if tp in held and self.committed.get(tp) != o}
+        return {tp: o for tp, o in offsets.items()
+                if tp in held and self.committed.get(tp) != o and (sync or self.sent.get(tp) != o)}
+
+    def sending(self, offsets: dict[TP, int]) -> None:
+        """An asynchronous commit of ``offsets`` was sent: done once the broker confirms it."""
+        self.sent.update(offsets)
 
     def done(self, offsets: dict[TP, int]) -> None:
-        self.committed.update(offsets)
+        """The broker confirmed the commit of ``offsets``."""
+        for tp, o in offsets.items():
+            if o > self.committed.get(tp, -1):  # a late answer never takes a newer commit back
+                self.committed[tp] = o
+            if self.sent.get(tp, o) <= o:
+                self.sent.pop(tp, None)
+
+    def refused(self, offsets: dict[TP, int]) -> dict[TP, int]:
+        """The commit of ``offsets`` failed: back into ``pending`` (retried by the next due
+        commit) unless a newer offset of the partition is pending, sent or committed. Returns
+        what was put back."""
+        back: dict[TP, int] = {}
+        for tp, o in offsets.items():
+            if self.sent.get(tp) == o:
+                del self.sent[tp]
+            newest = max(self.pending.get(tp, -1), self.sent.get(tp, -1), self.committed.get(tp, -1))
+            if o > newest:
+                self.pending[tp] = back[tp] = o
+        return back
 
     def forget(self, tps: Iterable[TP]) -> None:
         for tp in tps:
             self.committed.pop(tp, None)
             self.pending.pop(tp, None)
+            self.sent.pop(tp, None)
             self.positions.pop(tp, None)
 
     def clear(self) -> None:
         self.tickets.clear()
         self.committed.clear()
         self.pending.clear()
+        self.sent.clear()
         self.positions.clear()

@@ -30,6 +30,7 @@ import contextlib
 import logging
 import threading
 import time
+from collections import Counter
 from collections.abc import Callable
 from typing import Any, ClassVar
 
@@ -50,6 +51,10 @@ __all__ = ["EngineFatalError", "NotDeliveredError", "StreamEngine", "instance_id
 
 #: How often lag is refreshed (cheap, but not per batch).
 LAG_INTERVAL_SECONDS = 1.0
+#: The name of the offset commits' failure streak (:meth:`Progress.failed`, the not-ready reason).
+COMMITS = "offset commits"
+#: The name of the periodic work's failure streak.
+TICKS = "periodic work"
 
 
 class StreamEngine:
@@ -92,8 +97,11 @@ class StreamEngine:
         self.clients = Clients(self, settings, self.bootstrap, log=self.log, progress=self.progress,
                                rebalance=(self._on_assign, self._on_revoke, self._on_lost),
                                on_retry=self._count_retry, on_replaced=self._count_replaced,
-                               on_closed=self._on_closed,
+                               on_closed=self._on_closed, on_commit=self._on_commit,
+                               on_recovery=lambda: self._count("recovery"),
                                stopping=lambda: self._stop is not None and self._stop.is_set())
+        self.commit_failures = 0  # offset commits refused or failed (each retried)
+        self.retries: Counter[str] = Counter()  # failures retried, by cause (the metric's tallies)
 
     # == hooks (override) ======================================================================
     def topics(self) -> list[str]:
@@ -267,6 +275,7 @@ class StreamEngine:
         except self.hold_on as exc:
             if self.metrics is not None and isinstance(exc, KeyUnavailableError):
                 self.metrics.redis_error()
+            self._count("hold")
             delay, self.progress.problem = hold.failed_with(exc)
             self._rlog(logging.WARNING, "hold", "dependency unavailable: batch held (not emitted, not "
                        "committed), retrying", held=len(hold), retry_in_s=round(delay, 2),
@@ -307,12 +316,16 @@ class StreamEngine:
         except self.hold_on as exc:
             if self.metrics is not None and isinstance(exc, KeyUnavailableError):
                 self.metrics.redis_error()
+            self._count("tick")
+            # not ready once it failed for longer than stall_seconds (a shredder that cannot shred)
+            self.progress.failed(TICKS, str(exc) or type(exc).__name__)
             delay = retry.failed()
             self._rlog(logging.WARNING, "tick", f"{self.name} periodic work failed, retrying",
                        error=str(exc), retry_in_s=round(delay, 2))
             self._next_tick = time.monotonic() + delay
             return
         retry.passed()
+        self.progress.succeeded(TICKS)
         assert self.tick_interval is not None
         self._next_tick = time.monotonic() + self.tick_interval
         if result is not None and (result.outputs or result.checkpoint):
@@ -389,21 +402,69 @@ class StreamEngine:
             self._commit(todo, sync=sync)
 
     def _commit(self, offsets: dict[TP, int], *, sync: bool) -> None:
+        """Commit ``offsets``; done once the broker confirms it (an asynchronous commit's answer
+        comes to :meth:`_on_commit`), else back to pending and retried (:meth:`_commit_failed`)."""
         q = self._queue
-        todo = q.to_commit(offsets, self.assigned)
+        todo = q.to_commit(offsets, self.assigned, sync=sync)
         consumer = self.clients.consumer
         if not todo or consumer is None:
             return
         tps = [TopicPartition(t, p, o) for (t, p), o in todo.items()]
         try:
             if sync:
-                consumer.commit(offsets=tps, asynchronous=False)
+                answer = consumer.commit(offsets=tps, asynchronous=False)
             else:
+                q.sending(todo)
                 consumer.commit(offsets=tps, asynchronous=True)
-        except KafkaException as exc:  # taken by a rebalance: the new owner re-reads (at-least-once)
-            self._rlog(logging.WARNING, "commit", "offset commit failed", error=error_name(exc))
+        except KafkaException as exc:  # e.g. a rebalance in progress: retried by the next commit
+            self._commit_failed(todo, error_name(exc))
             return
-        q.done(todo)
+        if sync:
+            self._committed(None, answer or tps)
+
+    def _on_commit(self, err: KafkaError | None, partitions: list[TopicPartition]) -> None:
+        """librdkafka's answer to an asynchronous commit (called from ``consume``): nothing may
+        escape into it."""
+        try:
+            self._committed(err, partitions)
+        except Exception as exc:
+            self._rlog(logging.ERROR, "on_commit", "offset commit answer not handled",
+                       error=f"{type(exc).__name__}: {exc}")
+
+    def _committed(self, err: KafkaError | None, partitions: list[TopicPartition]) -> None:
+        """A commit's answer: per partition, done or (refused) back to pending."""
+        ok: dict[TP, int] = {}
+        failed: dict[TP, int] = {}
+        why = error_name(err) if err is not None else None
+        # a request-level error fails every partition; else (librdkafka sets ``err`` to the first
+        # partition's error too) each partition's own error says
+        per_partition = any(tp.error is not None for tp in partitions)
+        for tp in partitions:
+            if tp.offset < 0:
+                continue
+            e = tp.error if per_partition else err
+            if e is None:
+                ok[(tp.topic, tp.partition)] = tp.offset
+            else:
+                failed[(tp.topic, tp.partition)] = tp.offset
+                why = why or error_name(e)
+        if ok:
+            self._queue.done(ok)
+        if failed:
+            self._commit_failed(failed, why or "commit failed")
+        elif ok:
+            self.progress.succeeded(COMMITS)
+
+    def _commit_failed(self, offsets: dict[TP, int], why: str) -> None:
+        """A commit refused or failed: its offsets (of partitions still held) go back to pending,
+        retried by the next due commit; counted, logged (rate-limited), and not ready once commits
+        failed for longer than ``stall_seconds`` without a success."""
+        self._queue.refused({tp: o for tp, o in offsets.items() if tp in self.assigned})
+        self.commit_failures += 1
+        self._count("commit")
+        self.progress.failed(COMMITS, why)
+        self._rlog(logging.WARNING, "commit", "offset commit failed: offsets kept, retried by the next commit",
+                   error=why, partitions=len(offsets), count=self.commit_failures)
 
     def _drain(self, timeout: float = 30.0) -> bool:
         """Deliver everything in flight and commit it (rebalance, shutdown). True when done."""
@@ -418,6 +479,13 @@ class StreamEngine:
     def _count_retry(self, n: int) -> None:
         if self.metrics is not None:
             self.metrics.produce_retry(n)
+        self._count("produce", n)
+
+    def _count(self, cause: str, n: int = 1) -> None:
+        """A failure the engine retries: ``streamgate_engine_retries_total{cause}`` and ``retries``."""
+        self.retries[cause] += n
+        if self.metrics is not None:
+            self.metrics.engine_retry(cause, n)
 
     def _count_replaced(self, out: Out, error: str) -> None:
         self.replaced += 1

@@ -11,7 +11,11 @@ __all__ = ["Progress"]
 class Progress:
     """A worker is *stalled* when it had work (lag, held or unacknowledged records) and made no
     progress (a commit, a delivered result, or an idle poll with nothing to do) for
-    ``stall_seconds``. ``reason`` says why it is not ready, or None."""
+    ``stall_seconds``. ``reason`` says why it is not ready, or None.
+
+    A retried operation that keeps failing (offset commits, a worker's periodic work) is not
+    ready once it failed for longer than ``stall_seconds`` without a success in between
+    (:meth:`failed` / :meth:`succeeded`), even while records keep moving."""
 
     def __init__(self, stall_seconds: float, clock: Callable[[], float] = time.monotonic) -> None:
         self.stall_seconds = stall_seconds
@@ -24,6 +28,7 @@ class Progress:
         self.stalls = 0
         self._stalled = False
         self.problem: str | None = None  # set by the engine: broker unreachable, recovering, ...
+        self.failing: dict[str, tuple[float, str]] = {}  # what -> (failing since, last error)
 
     def moved(self) -> None:
         self.at = self.moved_at = self.clock()
@@ -45,6 +50,23 @@ class Progress:
         self._stalled = stalled
         return turned
 
+    def failed(self, what: str, error: str) -> None:
+        """``what`` (e.g. ``offset commits``) failed; it fails on until :meth:`succeeded`."""
+        since = self.failing[what][0] if what in self.failing else self.clock()
+        self.failing[what] = (since, error)
+
+    def succeeded(self, what: str) -> None:
+        self.failing.pop(what, None)
+
+    @property
+    def failing_reason(self) -> str | None:
+        """The oldest failure streak longer than ``stall_seconds``, or None."""
+        now = self.clock()
+        for what, (since, error) in sorted(self.failing.items(), key=lambda kv: kv[1][0]):
+            if now - since > self.stall_seconds:
+                return f"{what} failing for {now - since:.0f} s: {error}"
+        return None
+
     @property
     def idle_for(self) -> float:
         return max(0.0, self.clock() - self.at)
@@ -57,6 +79,9 @@ class Progress:
     def reason(self) -> str | None:
         if self.problem:
             return self.problem
+        failing = self.failing_reason
+        if failing is not None:
+            return failing
         if self.stalled:
             return (f"no progress for {self.idle_for:.0f} s with lag {self.lag}, "
                     f"{self.held} records held, {self.inflight} unacknowledged")

@@ -272,6 +272,7 @@ class Sink:
         try:
             self._produce_one(ticket, o)
         except BufferError:
+            self._count_retry(1, "produce queue full: record re-queued", "queue")
             self._redo.append((ticket, o))
         except KafkaException as exc:
             self._refused(ticket, o, exc)
@@ -295,6 +296,7 @@ class Sink:
         elif disposition is Disposition.FATAL:
             self.on_fatal(error_name(exc))
         else:
+            self._count_retry(1, "produce refused: record re-queued", "raised", error=error_name(exc))
             self._redo.append((ticket, o))
 
     # -- delivery reports ---------------------------------------------------------------------

@@ -33,6 +33,11 @@ name                                                  type       labels (besides
 ``streamgate_dek_keys_created_total``                 counter                             data keys created (DekStats.created)
 ``streamgate_redis_errors_total``                     counter                             Redis failures (fail-closed retries of a batch)
 ``streamgate_produce_retries_total``                  counter                             batches re-sent after a produce failure
+``streamgate_engine_retries_total``                   counter    ``cause``                failures the engine retries, by cause: ``commit``
+                                                                                          (an offset commit refused or failed), ``hold`` (a
+                                                                                          batch held: a dependency down), ``tick`` (periodic
+                                                                                          work failed), ``recovery`` (Kafka clients
+                                                                                          recreated), ``produce`` (records re-queued)
 ``streamgate_keys_shredded_total``                    counter    ``reason``               data keys destroyed (``retention`` | ``erasure``)
 ``streamgate_shred_due_keys``                         gauge                               keys past their deadline not yet shredded
 ``streamgate_shred_overdue_seconds``                  gauge                               how far past its deadline the oldest due key is
@@ -59,7 +64,7 @@ It also carries ``ldp_over_budget``: events not reported because the person's le
 
 Labels can never carry a personal value or a token: every label value is checked
 against a fixed set (``worker``, ``topic``, ``reason``, shred ``reason``,
-``dependency``), the field names of the shipped schemas (``attribute``) or the
+``dependency``, ``cause``), the field names of the shipped schemas (``attribute``) or the
 pattern ``[a-z0-9_.-]{1,64}`` with a per-label cap on distinct values
 (``mechanism``, ``model``, ``metric``); values that look like tokens (``tk1_...``)
 or addresses are refused. Anything else raises :class:`ValueError` naming the
@@ -94,6 +99,7 @@ __all__ = [
     "DEPENDENCIES",
     "EVENT_BUCKETS",
     "OUT_TOPICS",
+    "RETRY_CAUSES",
     "SERIES",
     "SHRED_REASONS",
     "WORKERS",
@@ -106,6 +112,7 @@ WORKERS = frozenset(_REGISTRY)
 OUT_TOPICS = frozenset({"protected", "dlq", "features", "frequencies", "snapshots", "audit"})
 SHRED_REASONS = frozenset({"retention", "erasure"})
 DEPENDENCIES = frozenset({"broker", "redis", "kek"})
+RETRY_CAUSES = frozenset({"commit", "hold", "tick", "recovery", "produce"})
 DLQ_REASONS = frozenset(r.value for r in Reason)
 
 BATCH_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
@@ -150,6 +157,8 @@ SERIES: tuple[SeriesSpec, ...] = (
     _s("streamgate_dek_keys_created_total", "counter", (), "Data keys created."),
     _s("streamgate_redis_errors_total", "counter", (), "Redis failures (each one a fail-closed retry)."),
     _s("streamgate_produce_retries_total", "counter", (), "Batches re-sent after a produce failure."),
+    _s("streamgate_engine_retries_total", "counter", ("cause",),
+       "Failures the engine retries (commit | hold | tick | recovery | produce)."),
     _s("streamgate_keys_shredded_total", "counter", ("reason",), "Data keys destroyed (retention | erasure)."),
     _s("streamgate_shred_due_keys", "gauge", (), "Keys past their deadline that are not shredded yet."),
     _s("streamgate_shred_overdue_seconds", "gauge", (), "How far past its deadline the oldest due key is."),
@@ -240,6 +249,7 @@ class WorkerMetrics:
         self.dek = {"hits": 0, "misses": 0, "created": 0}
         self.redis_errors = 0
         self.produce_retries = 0
+        self.retries: Counter[str] = Counter()
         self.shredded: Counter[str] = Counter()
         self.shred_due = 0
         self.shred_overdue = 0.0
@@ -345,6 +355,13 @@ class WorkerMetrics:
         n = self._count(n)
         with self._lock:
             self.produce_retries += n
+
+    def engine_retry(self, cause: str, n: int = 1) -> None:
+        """A failure the engine retries (``streamgate_engine_retries_total{cause}``)."""
+        self._member("cause", cause, RETRY_CAUSES)
+        n = self._count(n)
+        with self._lock:
+            self.retries[cause] += n
 
     def keys_shredded(self, reason: str, n: int = 1) -> None:
         self._member("reason", reason, SHRED_REASONS)
@@ -454,6 +471,7 @@ class WorkerMetrics:
                 "dek_cache": dict(self.dek),
                 "redis_errors": self.redis_errors,
                 "produce_retries": self.produce_retries,
+                "engine_retries": {c: self.retries.get(c, 0) for c in sorted(RETRY_CAUSES)},
                 "keys_shredded": dict(self.shredded),
                 "shred_due": self.shred_due,
                 "shred_overdue_seconds": round(self.shred_overdue, 3),
@@ -497,6 +515,8 @@ class WorkerMetrics:
             add("streamgate_dek_keys_created_total", [], self.dek["created"])
             add("streamgate_redis_errors_total", [], self.redis_errors)
             add("streamgate_produce_retries_total", [], self.produce_retries)
+            for cause in sorted(RETRY_CAUSES):
+                add("streamgate_engine_retries_total", [cause], self.retries.get(cause, 0))
             for reason in sorted(SHRED_REASONS):
                 add("streamgate_keys_shredded_total", [reason], self.shredded.get(reason, 0))
             add("streamgate_shred_due_keys", [], self.shred_due)

@@ -172,3 +172,26 @@ def test_a_short_session_still_waits_five_seconds():
     r = Resubscriber(session_seconds=1.0)
     r.start(0.0)
     assert not r.due(4.9, assigned=False, joined=False) and r.due(5.0, assigned=False, joined=False)
+
+
+def test_a_commit_is_done_only_once_confirmed_and_a_refused_one_is_pending_again_unless_superseded():
+    q = CommitQueue(now=0.0)
+    a, b = ("in", 0), ("in", 1)
+    q.add(ticket({a: 10, b: 5}))
+    q.free()
+    todo = q.due(1.0, sync=False, interval=1.0, max_records=100)
+    assert todo == {a: 10, b: 5}
+    q.sending(todo)
+    assert q.committed == {} and q.to_commit(todo, [a, b]) == {}  # sent: not sent again while awaited
+    q.add(ticket({a: 20}))
+    q.free()  # a newer offset of a is pending
+    assert q.refused(todo) == {b: 5}  # a's 10 is superseded by the pending 20; b's 5 is back
+    assert q.pending == {a: 20, b: 5} and q.sent == {}
+    todo = q.due(2.0, sync=False, interval=1.0, max_records=100)
+    q.sending(todo)
+    q.done({a: 20})  # confirmed per partition
+    assert q.committed == {a: 20} and q.sent == {b: 5}
+    assert q.refused({a: 10}) == {}  # an older refusal never undoes a confirmed commit
+    # the shutdown's synchronous commit re-commits what was sent and not confirmed
+    assert q.due(2.1, sync=True, interval=60.0, max_records=100) == {b: 5}
+    assert q.to_commit({b: 5}, [a, b], sync=True) == {b: 5}

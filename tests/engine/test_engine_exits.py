@@ -73,3 +73,4 @@ def test_more_fatal_client_errors_than_max_client_recoveries_in_120_s_exit(setti
     (error,) = engine.errors  # type: ignore[attr-defined]
     assert isinstance(error, EngineFatalError) and "Kafka client failed 1 times in 120 s" in str(error)
     assert engine.fatal_error == str(error) and not engine.healthy
+    assert engine.metrics.retries["recovery"] == 1  # streamgate_engine_retries_total{cause="recovery"}

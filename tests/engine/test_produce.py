@@ -99,6 +99,20 @@ def test_a_queue_that_stays_full_fails_the_producer_after_the_bound(ts):
 
 
 @pytest.mark.parametrize("ts", [False, True])
+def test_a_re_send_that_meets_a_full_queue_again_is_counted(ts):
+    """Records kept for a later re-send (the stop ended the wait) that meet a full queue again are
+    re-queued and counted each time (streamgate_engine_retries_total{cause="produce"}), not silently."""
+    h = Harness(FakeProducer(buffer_errors=None), stop=True)
+    t = h.ticket(outs(3, ts=ts))
+    h.sink.send(t)
+    before = h.retries
+    h.sink.service()  # the queue is still full
+    assert h.retries == before + 3 and h.sink.retries == h.retries and not t.done
+    h.producer.buffer_errors = 0
+    assert h.sink.flush(5) == 0 and t.done
+
+
+@pytest.mark.parametrize("ts", [False, True])
 def test_a_stop_ends_the_wait_and_keeps_the_records_for_the_flush(ts):
     h = Harness(FakeProducer(buffer_errors=None), stop=True)
     t = h.ticket(outs(3, ts=ts))

@@ -54,3 +54,20 @@ def test_a_problem_is_the_reason_before_a_stall():
     assert p.reason == "broker unreachable for 3 s"
     p.problem = None
     assert p.reason is None
+
+
+def test_an_operation_failing_longer_than_the_stall_bound_is_the_reason_until_it_succeeds():
+    c = Clock()
+    p = Progress(5.0, clock=c)
+    p.failed("offset commits", "REBALANCE_IN_PROGRESS")
+    p.moved()  # records keep moving: still counts as failing
+    c.t += 5.0
+    p.failed("offset commits", "COORDINATOR_NOT_AVAILABLE")
+    assert p.reason is None  # at the bound: not yet
+    c.t += 0.5
+    assert p.reason == "offset commits failing for 6 s: COORDINATOR_NOT_AVAILABLE"
+    p.problem = "broker unreachable for 3 s"
+    assert p.reason == "broker unreachable for 3 s"  # a problem the engine set comes first
+    p.problem = None
+    p.succeeded("offset commits")
+    assert p.reason is None

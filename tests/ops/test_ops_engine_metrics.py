@@ -38,6 +38,7 @@ def test_fail_closed_counts_redis_errors_and_lag(settings_factory: Callable[...,
         wait_for(lambda: metrics.redis_errors >= 3, timeout=90, what="redis errors counted")
         snap = metrics.snapshot()
         assert snap["events_in"] == N and snap["events_out"] == {} and snap["redis_errors"] >= 3
+        assert snap["engine_retries"]["hold"] >= 3  # every held batch is a retry
         assert metrics.batch_hist.total == 0  # no batch completed
         text = generate_latest(metrics.registry).decode()
         assert 'streamgate_redis_errors_total{worker="gateway"}' in text
