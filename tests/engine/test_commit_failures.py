@@ -82,14 +82,21 @@ def _committed(bootstrap: str, group: str, topic: str) -> int:
         c.close()
 
 
+def _topics(s: Any, *, events: bool = True) -> tuple[str, str]:
+    """(bootstrap, the raw topic): the gateway's topics, one partition each, and ``N`` events already
+    in the raw topic unless ``events`` is False."""
+    b = s.kafka_bootstrap_or_dev()
+    ensure_topics(b, [s.topics.raw, s.topics.protected, s.topics.dlq], partitions=1)
+    if events:
+        publish(b, s.topics.raw, list(ClickstreamGenerator(seed=4).events(N)))
+    return b, s.topics.raw
+
+
 @pytest.mark.parametrize("how", ["raise", "refuse"])
 def test_one_failed_commit_is_retried_and_the_committed_offset_reaches_the_log_end(
         settings_factory: Callable[..., Any], monkeypatch: pytest.MonkeyPatch, how: str) -> None:
     s = settings_factory(commit_interval_seconds=0.2)
-    b = s.kafka_bootstrap_or_dev()
-    topic = s.topics.raw
-    ensure_topics(b, [topic, s.topics.protected, s.topics.dlq], partitions=1)
-    publish(b, topic, list(ClickstreamGenerator(seed=4).events(N)))  # before the start: one batch, one commit
+    b, topic = _topics(s)  # the events before the start: one batch, one commit
     failed: list[int] = []
 
     def plan(n: int, offsets: dict[tuple[str, int], int], asynchronous: bool) -> str | None:
@@ -115,10 +122,7 @@ def test_one_failed_commit_is_retried_and_the_committed_offset_reaches_the_log_e
 def test_a_commit_never_confirmed_is_committed_by_the_graceful_stop(
         settings_factory: Callable[..., Any], monkeypatch: pytest.MonkeyPatch) -> None:
     s = settings_factory(commit_interval_seconds=0.2)
-    b = s.kafka_bootstrap_or_dev()
-    topic = s.topics.raw
-    ensure_topics(b, [topic, s.topics.protected, s.topics.dlq], partitions=1)
-    publish(b, topic, list(ClickstreamGenerator(seed=4).events(N)))
+    b, topic = _topics(s)
     dropped: list[int] = []
 
     def plan(n: int, offsets: dict[tuple[str, int], int], asynchronous: bool) -> str | None:
@@ -141,9 +145,7 @@ def test_a_commit_never_confirmed_is_committed_by_the_graceful_stop(
 def test_commits_failing_on_and_on_turn_the_worker_not_ready_counted_until_one_succeeds(
         settings_factory: Callable[..., Any], monkeypatch: pytest.MonkeyPatch, how: str) -> None:
     s = settings_factory(stall_seconds=2.0, watchdog_seconds=300.0, commit_interval_seconds=0.2)
-    b = s.kafka_bootstrap_or_dev()
-    topic = s.topics.raw
-    ensure_topics(b, [topic, s.topics.protected, s.topics.dlq], partitions=1)
+    b, topic = _topics(s, events=False)
     broken = [True]
     monkeypatch.setattr(clients_mod, "Consumer", failing_commits(lambda n, o, a: how if broken[0] else None))
     engine = GatewayEngine(s, build_gateway(s))
