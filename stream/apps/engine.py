@@ -92,6 +92,7 @@ class GatewayEngine(StreamEngine):
         self.gateway = gateway
         self.on_batch = on_batch
         self.stats = EngineStats()
+        self._moved = 0  # protected outputs Kafka refused, replaced by dead letters, not accounted yet
         self.transactional = settings.processing_guarantee == "exactly_once"
         self.frame: bytes | None = None  # the Confluent frame of clicks.protected values (gateway_frame_output)
 
@@ -143,7 +144,10 @@ class GatewayEngine(StreamEngine):
 
     def undeliverable(self, out: Out, error: str) -> Out | None:
         self.stats.replaced += 1
-        self.stats.reasons["too_large"] += 1
+        if out.topic == self.settings.topics.protected:  # a protected record ends as a dead letter:
+            self._moved += 1  # counted so when its result is accounted (always after this call)
+        else:
+            self.stats.reasons["too_large"] += 1
         return Out(self.settings.topics.dlq, self.gateway.compact_dead_letter(out.value, topic=out.topic, error=error))
 
     def result(self) -> EngineStats:
@@ -173,19 +177,23 @@ class GatewayEngine(StreamEngine):
     # -- accounting -----------------------------------------------------------------------------
     def _account(self, result: BatchResult) -> None:
         st = self.stats
-        st.protected += len(result.protected)
-        st.dead_lettered += len(result.dead_letters)
-        st.reasons.update(result.reasons)
+        moved = min(self._moved, len(result.protected))  # (over the in-flight results, the totals add up)
+        self._moved -= moved
+        protected, dead = len(result.protected) - moved, len(result.dead_letters) + moved
+        reasons = result.reasons + Counter(too_large=moved) if moved else result.reasons
+        st.protected += protected
+        st.dead_lettered += dead
+        st.reasons.update(reasons)
         st.batches += 1
         st.last_event_at = time.monotonic()
         st.produce_retries = self.produce_retries
         m = self.metrics
         if m is not None:
-            if result.protected:
-                m.events_out("protected", len(result.protected))
-            if result.dead_letters:
-                m.events_out("dlq", len(result.dead_letters))
-                m.dead_lettered_many(result.reasons)
+            if protected:
+                m.events_out("protected", protected)
+            if dead:
+                m.events_out("dlq", dead)
+                m.dead_lettered_many(reasons)
             ds = self.gateway.deks.stats
             m.set_dek_cache(ds.hits, ds.misses, ds.created)
         if self.on_batch is not None:

@@ -17,6 +17,7 @@ from confluent_kafka.schema_registry.avro import AvroSerializer
 from confluent_kafka.schema_registry.json_schema import JSONSerializer
 from confluent_kafka.serialization import MessageField, SerializationContext
 
+from stream.config import Settings
 from stream.crypto.deks import DekProvider, MemoryKeyStore
 from stream.crypto.keyring import Keyring
 from stream.crypto.kms import LocalKMS
@@ -416,3 +417,31 @@ def test_the_reader_role_unseals_dead_letters_and_shares_the_replay_ledger_key()
     assert unseal_dead_letter(dl, provider(reader)) == raw
     assert unseal_dead_letter_meta(dl, provider(reader)) == (b"key-1", [("traceparent", b"00-ab")])
     assert derive_key(reader.derive("dek-id"), "dlq-replay") == derive_key(keyring.derive("dek-id"), "dlq-replay")
+
+
+def test_a_protected_record_kafka_refuses_is_counted_as_the_dead_letter_it_becomes():
+    """Counts that add up: a protected output Kafka refuses for good is replaced by a compact dead letter
+    (``undeliverable``, called before its result's delivery is accounted): it counts as dead-lettered
+    (too_large), in the worker's stats and metrics, and no longer as protected."""
+    from stream.apps.engine import GatewayEngine
+    from stream.engine.contract import Record
+    from stream.ops.metrics import WorkerMetrics
+
+    gw, _ = make_gateway(None)
+    metrics = WorkerMetrics("gateway")
+    s = Settings(schema_registry_url="")
+    engine = GatewayEngine(s, gw, bootstrap="127.0.0.1:1", metrics=metrics)
+    events = [orjson.dumps(e) for e in ClickstreamGenerator(seed=3).events(3)]
+    result = engine.process([Record("clicks.raw", 0, i, v) for i, v in enumerate([*events, b"{bad"])])
+    protected = [o for o in result.outputs if o.topic == s.topics.protected]
+    assert len(protected) == 3
+    replacement = engine.undeliverable(protected[0], "MSG_SIZE_TOO_LARGE")
+    assert replacement is not None and replacement.topic == s.topics.dlq
+    assert result.on_delivered is not None
+    result.on_delivered()
+    st = engine.stats
+    assert (st.protected, st.dead_lettered, st.replaced) == (2, 2, 1)
+    assert st.reasons == {"too_large": 1, "not_json": 1}
+    snap = metrics.snapshot()
+    assert snap["events_out"] == {"protected": 2, "dlq": 2}
+    assert snap["dlq"]["too_large"] == 1 and snap["dlq"]["not_json"] == 1
