@@ -286,7 +286,7 @@ class Clients:
         """Seek each partition of ``unsought`` to the lowest record a recovery dropped (a seek needs
         no coordinator; those records were never committed: at-least-once). A failed seek leaves
         them paused (nothing past the dropped records is read) and is retried with backoff, each
-        try logged and counted (``seek_retry.retries``); readiness says so meanwhile. A partition
+        try logged and counted (``seek_retry.retries``, and as a ``recovery`` retry); readiness says so meanwhile. A partition
         no longer assigned is left out: its next owner starts from the committed offset."""
         consumer = self.consumer
         assert consumer is not None
@@ -301,6 +301,8 @@ class Clients:
             except KafkaException as exc:
                 delay = self.seek_retry.failed()
                 self._seek_at = time.monotonic() + delay
+                if self._on_recovery is not None:  # part of the recovery: streamgate_engine_retries_total{cause="recovery"}
+                    self._on_recovery()
                 with contextlib.suppress(KafkaException):  # local; fails only for a partition not assigned
                     consumer.pause([TopicPartition(*tp) for tp in self.unsought])
                 self.log.warning("seek to the records a recovery dropped failed: partitions paused, retrying",

@@ -120,6 +120,7 @@ def test_records_a_comeback_dropped_are_read_again_when_the_rewind_fails(setting
                   f"ready={engine.ready}")
         wait_for(lambda: engine.ready, what="ready again")
         assert LoadingCoordinator.seeks_failed == seek_failures == engine.clients.seek_retry.retries
+        assert engine.retries["recovery"] == engine.clients.recoveries + seek_failures  # each one counted
         # between failed seeks the worker says why it is not ready (the first one: still recovering)
         assert all("paused at records a recovery dropped" in (r or "") for r in LoadingCoordinator.reasons[1:])
     committed, end = _committed_and_end(b, s.consumer_group, s.topics.raw)
