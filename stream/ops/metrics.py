@@ -37,7 +37,8 @@ name                                                  type       labels (besides
                                                                                           (an offset commit refused or failed), ``hold`` (a
                                                                                           batch held: a dependency down), ``tick`` (periodic
                                                                                           work failed), ``recovery`` (Kafka clients
-                                                                                          recreated), ``produce`` (records re-queued)
+                                                                                          recreated, or a seek back to dropped records
+                                                                                          failed), ``produce`` (records re-queued)
 ``streamgate_keys_shredded_total``                    counter    ``reason``               data keys destroyed (``retention`` | ``erasure``)
 ``streamgate_shred_due_keys``                         gauge                               keys past their deadline not yet shredded
 ``streamgate_shred_overdue_seconds``                  gauge                               how far past its deadline the oldest due key is
