@@ -284,9 +284,10 @@ class StreamEngine:
             return
         hold.passed()
         self.progress.problem = None
-        ticket = self._emit(result, hold.next_offsets(hold.records), records=len(hold))
+        starts, offsets = hold.bounds(hold.records)
+        ticket = self._emit(result, offsets, records=len(hold))
         if ticket is not None:
-            ticket.starts = hold.first_offsets(hold.records)
+            ticket.starts = starts
         if self.metrics is not None:
             self.metrics.observe_batch(time.perf_counter() - started, len(hold))
         hold.clear()
@@ -537,7 +538,7 @@ class StreamEngine:
         self.clients.spend(str(failed))
         self.progress.problem = f"recovering from a fatal client error: {failed}"
         # the lowest offset dropped per partition: where to seek if the rewind to committed fails
-        dropped = self.hold.first_offsets(self.hold.records)
+        dropped = self.hold.bounds(self.hold.records)[0]
         for t in self._queue.tickets:
             for tp, offset in t.starts.items():
                 if tp in t.offsets and offset < dropped.get(tp, offset + 1):

@@ -69,21 +69,21 @@ class Hold(Retry):
         self.records = []
 
     @staticmethod
-    def first_offsets(records: list[Record]) -> dict[TP, int]:
-        """The lowest offset of ``records`` per partition."""
+    def bounds(records: list[Record]) -> tuple[dict[TP, int], dict[TP, int]]:
+        """Per partition of ``records``: the lowest offset (where a recovery that drops them seeks
+        back to) and the offset to commit once they are done (last offset + 1). One pass: every batch."""
         first: dict[TP, int] = {}
+        nxt: dict[TP, int] = {}
         for r in records:
             key = (r.topic, r.partition)
-            if r.offset < first.get(key, r.offset + 1):
-                first[key] = r.offset
-        return first
+            o = r.offset
+            if o >= nxt.get(key, -1):
+                nxt[key] = o + 1
+            if o < first.get(key, o + 1):
+                first[key] = o
+        return first, nxt
 
     @staticmethod
     def next_offsets(records: list[Record]) -> dict[TP, int]:
         """Offsets to commit once ``records`` are done: last offset + 1 per partition."""
-        nxt: dict[TP, int] = {}
-        for r in records:
-            key = (r.topic, r.partition)
-            if r.offset >= nxt.get(key, -1):
-                nxt[key] = r.offset + 1
-        return nxt
+        return Hold.bounds(records)[1]
