@@ -100,7 +100,6 @@ class StreamEngine:
                                on_closed=self._on_closed, on_commit=self._on_commit,
                                on_recovery=lambda: self._count("recovery"),
                                stopping=lambda: self._stop is not None and self._stop.is_set())
-        self.commit_failures = 0  # offset commits refused or failed (each retried)
         self.retries: Counter[str] = Counter()  # failures retried, by cause (the metric's tallies)
 
     # == hooks (override) ======================================================================
@@ -461,11 +460,10 @@ class StreamEngine:
         retried by the next due commit; counted, logged (rate-limited), and not ready once commits
         failed for longer than ``stall_seconds`` without a success."""
         self._queue.refused({tp: o for tp, o in offsets.items() if tp in self.assigned})
-        self.commit_failures += 1
         self._count("commit")
         self.progress.failed(COMMITS, why)
         self._rlog(logging.WARNING, "commit", "offset commit failed: offsets kept, retried by the next commit",
-                   error=why, partitions=len(offsets), count=self.commit_failures)
+                   error=why, partitions=len(offsets), count=self.retries["commit"])
 
     def _drain(self, timeout: float = 30.0) -> bool:
         """Deliver everything in flight and commit it (rebalance, shutdown). True when done."""
