@@ -112,12 +112,7 @@ class SessionLabeler:
                 s = sessions[stub.session] = _Session(stub.ts_ms)
             else:
                 sessions.move_to_end(stub.session)
-            if stub.ts_ms > s.last_ms:
-                s.last_ms = stub.ts_ms
-            if stub.ts_ms > self.watermark_ms:
-                self.watermark_ms = stub.ts_ms
-            if stub.purchase:
-                s.purchased = True
+            self._touch(s, stub)
             if not stub.body:
                 continue
             if len(s.stubs) >= cap:
@@ -126,18 +121,21 @@ class SessionLabeler:
             s.stubs.append(stub)
             self.pending += 1
         for stub in unheld:
-            if stub.ts_ms > self.watermark_ms:
-                self.watermark_ms = stub.ts_ms
-            s = sessions.get(stub.session)
-            if s is not None:
-                if stub.ts_ms > s.last_ms:
-                    s.last_ms = stub.ts_ms
-                if stub.purchase:
-                    s.purchased = True
+            self._touch(sessions.get(stub.session), stub)
         while self.pending > self.max_pending and sessions:
             _sid, old = sessions.popitem(last=False)
             self.pending -= len(old.stubs)
             self.dropped["capacity"] += len(old.stubs)
+
+    def _touch(self, s: _Session | None, stub: ExampleStub) -> None:
+        """The stub's activity: the watermark, and its session's last event and purchase (if held)."""
+        if stub.ts_ms > self.watermark_ms:
+            self.watermark_ms = stub.ts_ms
+        if s is not None:
+            if stub.ts_ms > s.last_ms:
+                s.last_ms = stub.ts_ms
+            if stub.purchase:
+                s.purchased = True
 
     def advance(self, watermark_ms: int) -> None:
         """Move the watermark forward (e.g. by the wall-clock time the stream has been idle)."""
