@@ -288,13 +288,24 @@ def test_privacy_budget_and_a_verified_erasure_receipt(page: Any, demo: Run) -> 
     assert over > 0  # the demo's people have more events than their cap pays for
     _wait(page, lambda: _text(page, '[data-k="over_budget"]') == f"{over:,}", "the events not released")
     assert _text(page, '[data-k="keys_shredded"]') == f"{sum(sh['keys_shredded'].values()):,}"
-    bars = [int(e.text) for e in page.find_elements("css selector", "#hist g[data-bin] text.count")]
     hist = pv.get("ldp_person_epsilon")  # published only for a finished epoch
+
+    def histogram_shown() -> bool:  # read afresh: every refresh re-renders the histogram (stale elements)
+        from selenium.common.exceptions import StaleElementReferenceException
+
+        try:
+            bars = [int(e.text) for e in page.find_elements("css selector", "#hist g[data-bin] text.count")]
+        except StaleElementReferenceException:
+            return False
+        if hist is None:
+            return bars == [] and _text(page, "#hist-empty") == "no finished epoch yet"
+        return bars == hist["counts"]
+
+    _wait(page, histogram_shown, "the ε histogram (or why there is none)")
     if hist is None:
-        assert bars == [] and _text(page, "#hist-empty") == "no finished epoch yet"
         assert "finished epoch" in _text(page, "#hist-note")
     else:
-        assert bars == hist["counts"] and sum(bars) == hist["people"] > 0
+        assert sum(hist["counts"]) == hist["people"] > 0
     _shoot(page, "privacy")
 
 
