@@ -114,9 +114,13 @@ def test_two_learners_train_their_partitions_and_adopt_the_fedavg_global_model(s
     s = _settings(settings_factory, unique_id)
     n = 6000
     _forge_updates(s)
-    publish(s.kafka_bootstrap_or_dev(), s.topics.features, make_examples(n, seed=31).records)
     a, b = FederatedLearnerEngine(s), FederatedLearnerEngine(s)
     with running_in_thread(a, "learner a"), running_in_thread(b, "learner b"):
+        # Publish once the group has settled: examples published earlier can all go to whichever
+        # learner joins first, before the second one's join splits the partitions.
+        wait_for(lambda: bool(a.assigned) and bool(b.assigned) and not (a.assigned & b.assigned)
+                 and len(a.assigned | b.assigned) == 4, timeout=60, what="the four partitions split between a and b")
+        publish(s.kafka_bootstrap_or_dev(), s.topics.features, make_examples(n, seed=31).records)
         def settled() -> bool:
             gs = [e.aggregator.version for e in (a, b) if e.aggregator is not None and e.aggregator.aggregating]
             return (a.stats.consumed + b.stats.consumed >= n and len(gs) == 1
