@@ -383,7 +383,7 @@ def _privacy_summary(console: Console, s: Settings, pv: subprocess.Popen[bytes],
     stop it (it publishes its open windows), then show estimated vs true. Returns the number of
     labelled examples it emitted, and whether the truth names the events it reported."""
     from stream.commands.ldp import render_estimates
-    from stream.ldp.aggregate import merge_records
+    from stream.ldp.aggregate import latest_per_source, merge_records
     from stream.ldp.policy import LdpPolicy
     from stream.schema import load_schema
 
@@ -414,7 +414,7 @@ def _privacy_summary(console: Console, s: Settings, pv: subprocess.Popen[bytes],
         stats = _healthz_stats(pv, "privatizer") or {}
         _stop(pv)  # graceful: publishes the windows still open
     freq = [orjson.loads(v) for v in _read_since(bootstrap, t.frequencies, since_ms, idle=3.0)]
-    freq = [r for r in freq if int(r.get("window", {}).get("end_ms", 0)) >= since_ms]
+    freq = latest_per_source(r for r in freq if int(r.get("window", {}).get("end_ms", 0)) >= since_ms)
     n_features = stats.get("reports", 0)
     table = Table(title="local differential privacy (privatizer)", show_header=False)
     table.add_row("feature reports -> " + t.features, f"{n_features:,}  (no key, no token, no identifier, "

@@ -326,12 +326,15 @@ class PrivatizerEngine(StreamEngine):
         """Restore the open windows of these partitions from the partials topic (crash recovery)."""
         wanted = {self._partial_key(tp): tp for tp in partitions}
         for key, doc in read_partials(self.bootstrap, self.settings.topics.partials, set(wanted)).items():
-            tp = wanted[key]
-            part = self._part(tp)
-            part.aggregator.restore(doc.get("state", {}))
-            part.next_offset = int(doc.get("next_offset", 0))
-            part.written = (part.next_offset, doc.get("state", {}))
-            log.info("windows restored", extra={"partition": tp[1], "windows": len(part.aggregator.windows)})
+            self.restore(wanted[key], doc)
+
+    def restore(self, tp: tuple[str, int], doc: dict[str, Any]) -> None:
+        """Continue partition ``tp``'s open windows from its partial-window record ``doc``."""
+        part = self._part(tp)
+        part.aggregator.restore(doc.get("state", {}))
+        part.next_offset = int(doc.get("next_offset", 0))
+        part.written = (part.next_offset, doc.get("state", {}))
+        log.info("windows restored", extra={"partition": tp[1], "windows": len(part.aggregator.windows)})
 
     def revoked(self, partitions: list[tuple[str, int]]) -> Result | None:
         # the open windows stay in the partials topic for the next owner; examples: see _examples
@@ -472,14 +475,16 @@ class PrivatizerEngine(StreamEngine):
         return [Out(features, v, None, hour_ms) for v in values]
 
     def _estimates(self, tp: tuple[str, int], windows: list[Any]) -> list[Out]:
-        """The windows' records; ``worker`` names the process and the input partition: records of one
-        window from several partitions are distinct sources, which readers add up."""
+        """The windows' records; ``worker`` names the process and the input partition, ``source`` the
+        group and the input partition: records of one window from several partitions are distinct
+        sources, which readers add up; the same window of one source again (a restart after a crash
+        between the records and their partial write) replaces the earlier one."""
         topic = self.settings.topics.frequencies
         outs: list[Out] = []
         agg = next(iter(self.parts.values())).aggregator if self.parts else self._aggregator()
-        source = f"{self.worker_id}/p{tp[1]}"
+        worker, source = f"{self.worker_id}/p{tp[1]}", f"{self.group()}/{tp[0]}/{tp[1]}"
         for win in windows:
-            recs = agg.records(win, worker=source)
+            recs = agg.records(win, worker=worker, source=source)
             for rec in recs:
                 outs.append(Out(topic, orjson.dumps(rec), rec["attribute"].encode()))
             if recs:

@@ -80,6 +80,10 @@ MUTANTS = [
            '(texts[si][j], values[si][j])) if names[si] == "price" else (texts[si][j], values[si][j]); '
            'parts.append(prefixes[si] + tv[0] + b"}"); '
            'attr_reports.append((ts_ms, names[si], tv[1], person)); continue'),
+    Mutant("a window's source names the process: one published again after a crash counts twice",
+           "stream/apps/privatizer.py",
+           '        worker, source = f"{self.worker_id}/p{tp[1]}", f"{self.group()}/{tp[0]}/{tp[1]}"',
+           '        worker = source = f"{self.worker_id}/p{tp[1]}"'),
     Mutant("the ε histogram is published exact", "stream/ldp/privatizer.py",
            "        counts = [max(0, c + self._geometric()) for c in exact[\"counts\"]]",
            "        counts = list(exact[\"counts\"])"),

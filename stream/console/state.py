@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from stream.ldp.aggregate import ESTIMATE_SCHEMA, merge_records
+from stream.ldp.aggregate import ESTIMATE_SCHEMA, merge_records, source_of
 from stream.ldp.policy import LdpPolicy
 from stream.ops.live import RateWindow, examples_learned, in_unit, liveness, not_live_reason, out_parts
 from stream.ops.watch import safe_reason
@@ -192,7 +192,8 @@ class ConsoleState:
     _instances: OrderedDict[tuple[str, str, int], _Instance] = field(default_factory=OrderedDict)  # LRU order
     _by_worker: dict[str, dict[tuple[str, str, int], _Instance]] = field(default_factory=dict)
     _series: OrderedDict[str, deque[dict[str, float]]] = field(default_factory=OrderedDict)  # LRU order
-    _windows: dict[str, OrderedDict[int, list[dict[str, Any]]]] = field(default_factory=dict)
+    #: attribute -> window start -> source -> its latest record (a window published again replaces)
+    _windows: dict[str, OrderedDict[int, dict[str, dict[str, Any]]]] = field(default_factory=dict)
     _audit: Counter[tuple[str, str]] = field(default_factory=Counter)
     _receipts: deque[dict[str, Any]] = field(default_factory=deque)
     _seen_receipts: OrderedDict[str, None] = field(default_factory=OrderedDict)
@@ -258,7 +259,8 @@ class ConsoleState:
         if end < self.since_ms:
             return
         windows = self._windows.setdefault(rec["attribute"], OrderedDict())
-        windows.setdefault(start, []).append(rec)
+        windows.setdefault(start, {})[source_of(rec)] = rec
+        self._window_views.pop((rec["attribute"], start), None)
         if len(windows) > self.windows_kept:
             for old in sorted(windows)[: len(windows) - self.windows_kept]:
                 del windows[old]
@@ -461,7 +463,7 @@ class ConsoleState:
             starts = sorted(windows)
             entry: dict[str, Any] = {"name": attr.name, "kind": attr.kind, "mechanism": attr.mechanism,
                                      "eps_inf": attr.epsilon,
-                                     "merged": merged_view(self.policy, [r for s in starts for r in windows[s]], self.truth)}
+                                     "merged": merged_view(self.policy, [r for s in starts for r in windows[s].values()], self.truth)}
             if attr.kind == "categorical":
                 entry["windows"] = [v for s in starts[-self.windows_shown:]
                                     if (v := self._window_view(attr.name, s)) is not None]
@@ -472,9 +474,9 @@ class ConsoleState:
 
     def _window_view(self, attribute: str, start: int) -> dict[str, Any] | None:
         """One window's merged view, computed again only when a record of it arrived."""
-        records = self._windows[attribute][start]
+        records = list(self._windows[attribute][start].values())
         cached = self._window_views.get((attribute, start))
-        if cached is None or cached[0] != len(records):
+        if cached is None:
             cached = (len(records), merged_view(self.policy, records))
             self._window_views[(attribute, start)] = cached
         return cached[1]

@@ -26,7 +26,8 @@ record is withheld (counted in ``withheld``), so no record describes one or two 
 
 Records also carry ``support`` and ``n``, so estimates of several privatizer
 instances (each sees its own partitions) or windows merge exactly by summing
-(``streamgate estimates`` does). A window closes when the newest record seen
+(``streamgate estimates`` does, keeping the latest record per ``source`` and window:
+:func:`latest_per_source`). A window closes when the newest record seen
 is ``grace_seconds`` past its end, or when nothing arrived for a while and the
 clock is past it (idle close); records of an already closed window are
 counted as ``late`` and not estimated (their feature reports are emitted).
@@ -48,7 +49,7 @@ from stream.ldp.postprocess import project_simplex
 from stream.ldp.privatizer import AttributeReport
 
 __all__ = ["ESTIMATE_SCHEMA", "MIN_PEOPLE", "WindowAggregator", "WindowState", "estimate_record", "latest_per_source",
-           "merge_records"]
+           "merge_records", "source_of"]
 
 ESTIMATE_SCHEMA = "frequency-estimate.v1"
 
@@ -88,7 +89,7 @@ def _iso(ms: int) -> str:
 
 def estimate_record(attr: LdpAttribute, *, n: int, support: Sequence[int] | np.ndarray | None, total: float | None,
                     start_ms: int, end_ms: int, worker: str | None = None, estimand: str | None = None,
-                    max_reports_per_memo: int | None = None) -> dict[str, Any]:
+                    max_reports_per_memo: int | None = None, source: str | None = None) -> dict[str, Any]:
     """The ``analytics.frequencies`` record of one attribute for one window (or a merge of windows).
     ``max_reports_per_memo`` is accepted for older callers and ignored (reports are independent)."""
     del max_reports_per_memo
@@ -105,6 +106,8 @@ def estimate_record(attr: LdpAttribute, *, n: int, support: Sequence[int] | np.n
         rec["estimand"] = estimand
     if worker is not None:
         rec["worker"] = worker
+    if source is not None:
+        rec["source"] = source
     if attr.oracle is not None:
         counts = np.asarray(support if support is not None else np.zeros(attr.k), dtype=np.int64)
         rec["support"] = [int(c) for c in counts]
@@ -149,14 +152,21 @@ def _numeric_std_error(attr: LdpAttribute, n: int, mean: float) -> float:
     return math.sqrt(max(var_unit, 0.0) * half * half / n)
 
 
+def source_of(rec: Mapping[str, Any]) -> str:
+    """What publishes a window once: ``source`` (the consumer group and input partition), else the
+    ``worker`` of records written before it."""
+    return str(rec.get("source") or rec.get("worker"))
+
+
 def latest_per_source(records: Iterable[Mapping[str, Any]]) -> list[Mapping[str, Any]]:
-    """The last record per (``worker``, attribute, window start), in the order first seen: a window its
-    source published again replaces the earlier record; records of other sources (another process, or
-    another input partition of the same one) are kept to be added up."""
+    """The last record per (source, attribute, window start), in the order first seen: a window
+    published again for the same input partition (a restart after a crash that came between the window's
+    records and its partial write) replaces the earlier record, whichever process wrote it; records of
+    other partitions are kept to be added up."""
     latest: dict[tuple[str, str, int], Mapping[str, Any]] = {}
     for r in records:
         try:
-            key = (str(r.get("worker")), str(r["attribute"]), int(r["window"]["start_ms"]))
+            key = (source_of(r), str(r["attribute"]), int(r["window"]["start_ms"]))
         except (KeyError, TypeError, ValueError):
             continue
         latest[key] = r
@@ -271,7 +281,7 @@ class WindowAggregator:
             self.closed_before_ms = max(self.closed_before_ms, out[-1].end_ms)
         return out
 
-    def records(self, win: WindowState, worker: str | None = None) -> list[dict[str, Any]]:
+    def records(self, win: WindowState, worker: str | None = None, source: str | None = None) -> list[dict[str, Any]]:
         """The window's estimate records; none if it holds fewer than ``min_people`` people (withheld)."""
         if win.n_people < self.min_people:
             self.withheld += 1
@@ -283,7 +293,7 @@ class WindowAggregator:
                 continue
             out.append(estimate_record(attr, n=acc.n, support=acc.support, total=acc.total,
                                        start_ms=win.start_ms, end_ms=win.end_ms, worker=worker,
-                                       estimand=self.estimand))
+                                       estimand=self.estimand, source=source))
         return out
 
     # -- crash recovery: the open windows as a plain value ------------------------------------

@@ -81,30 +81,35 @@ def test_rates_of_a_restarted_counter_are_zero() -> None:
 
 
 def freq(policy: LdpPolicy, attr: str, start_s: float, support: list[int] | None = None, n: int = 0,
-         total: float | None = None) -> dict[str, Any]:
+         total: float | None = None, source: str = "g/clicks.protected/0", worker: str = "h-1/p0") -> dict[str, Any]:
     a = policy.by_name[attr]
     start = int(start_s * 1000)
-    return estimate_record(a, n=n, support=support, total=total, start_ms=start, end_ms=start + 60_000, worker="w")
+    return estimate_record(a, n=n, support=support, total=total, start_ms=start, end_ms=start + 60_000,
+                           worker=worker, source=source)
 
 
 def test_estimates_merge_windows_and_partitions_like_the_estimates_command(policy: LdpPolicy) -> None:
     st = ConsoleState(policy)
     k = policy.by_name["event_type"].k
     recs = [freq(policy, "event_type", T0, [40 + i for i in range(k)], n=200),
-            freq(policy, "event_type", T0, [30] * k, n=150),  # another partition, same window
+            freq(policy, "event_type", T0, [30] * k, n=150, source="g/clicks.protected/1", worker="h-1/p1"),
             freq(policy, "event_type", T0 + 60, [50] * k, n=210)]
-    for r in recs:
+    # the first window of partition 0 published again by the process restarted after a crash (it
+    # replaces the one before: both counted would double that partition's reports)
+    again = freq(policy, "event_type", T0, [20 + i for i in range(k)], n=100, worker="h-2/p0")
+    for r in [*recs, again]:
         st.add_frequency(orjson.loads(orjson.dumps(r)))
+    recs[0] = again
     st.set_truth(Truth(frequencies={"event_type": {"page_view": 0.5}}, means={"price": 99.0}, events=10))
     est = st.view(T0)["estimates"]
     (entry,) = est["attributes"]
     expected = merge_records(policy, recs)[0]
     merged = entry["merged"]
-    assert merged["n"] == 560 and merged["windows"] == 2
+    assert merged["n"] == 460 and merged["windows"] == 2
     row = next(v for v in merged["values"] if v[0] == "page_view")
     want = next(v for v in expected["values"] if v["value"] == "page_view")
     assert row[1:5] == [want["projected"], want["estimate"], *want["ci95"]] and row[5] == 0.5
-    assert [w["n"] for w in entry["windows"]] == [350, 210]  # per window: its partitions merged
+    assert [w["n"] for w in entry["windows"]] == [250, 210]  # per window: its partitions merged
     assert all(v[5] is None for w in entry["windows"] for v in w["values"])  # the truth is of the whole run
     assert est["truth"]["events"] == 10
 
@@ -217,9 +222,12 @@ def test_a_window_view_follows_a_late_partition(policy: LdpPolicy) -> None:
     st = ConsoleState(policy)
     st.add_frequency(freq(policy, "price", T0, n=100, total=10_000.0))
     assert st.view(T0)["estimates"]["attributes"][0]["series"][0]["n"] == 100
-    st.add_frequency(freq(policy, "price", T0, n=50, total=2_000.0))  # another partition of that window
+    st.add_frequency(freq(policy, "price", T0, n=50, total=2_000.0, source="g/clicks.protected/1"))  # another partition
     (window,) = st.view(T0)["estimates"]["attributes"][0]["series"]
     assert window["n"] == 150 and window["mean"] == 80.0
+    st.add_frequency(freq(policy, "price", T0, n=40, total=2_000.0, worker="h-2/p0"))  # partition 0 again
+    (window,) = st.view(T0)["estimates"]["attributes"][0]["series"]
+    assert window["n"] == 90 and window["mean"] == pytest.approx(4_000.0 / 90, abs=1e-6)
 
 
 def test_instances_of_restarted_workers_are_forgotten(policy: LdpPolicy) -> None:

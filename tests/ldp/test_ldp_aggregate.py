@@ -168,11 +168,16 @@ def test_a_noise_free_support_gives_back_the_truth_exactly() -> None:
 
 
 def test_latest_per_source_replaces_a_republished_window_and_keeps_other_sources() -> None:
-    """What `streamgate estimates` adds up: a window published again by its source replaces the earlier
-    record; the same window from another partition or process is another source."""
-    def rec(worker: str, n: int, start: int = 0) -> dict:
-        return {"worker": worker, "attribute": "device", "window": {"start_ms": start}, "n": n}
+    """What `streamgate estimates` adds up: a window published again for the same input partition
+    replaces the earlier record, whichever process wrote it; the same window from another partition is
+    another source. Records without ``source`` (older privatizers) are told apart by ``worker``."""
+    def rec(worker: str, n: int, start: int = 0, source: str | None = None) -> dict:
+        r = {"worker": worker, "attribute": "device", "window": {"start_ms": start}, "n": n}
+        return r if source is None else {**r, "source": source}
 
     got = latest_per_source([rec("h-1/p0", 5), rec("h-1/p1", 7), rec("h-1/p0", 6), rec("h-2/p0", 3),
                              rec("h-1/p0", 4, start=60_000), {"worker": "h-1/p0", "attribute": "device"}])
     assert [(r["worker"], r["n"]) for r in got] == [("h-1/p0", 6), ("h-1/p1", 7), ("h-2/p0", 3), ("h-1/p0", 4)]
+    got = latest_per_source([rec("h-1/p0", 5, source="g/t/0"), rec("h-1/p1", 7, source="g/t/1"),
+                             rec("h-2/p0", 6, source="g/t/0")])  # h-1 crashed, h-2 published p0's window again
+    assert [(r["worker"], r["n"]) for r in got] == [("h-2/p0", 6), ("h-1/p1", 7)]
