@@ -78,3 +78,35 @@ def test_a_window_published_again_after_a_crash_is_counted_once() -> None:
         console.add_frequency(r)
     view = console.view(time.time())["estimates"]["attributes"]
     assert {a["name"]: a["merged"]["n"] for a in view} == want
+
+
+def test_after_a_graceful_stop_the_window_it_published_is_closed_for_the_next_owner() -> None:
+    """A graceful stop publishes the open windows as they are and writes them closed in its partial;
+    the next owner restores that, so the rest of such a window's records are late (counted, not
+    estimated) and the window is never published a second time for that partition, which readers
+    would otherwise have to add rather than replace."""
+    settings = Settings(kafka_bootstrap="127.0.0.1:9", learn_examples=False, ldp_window_seconds=WINDOW_MS / 1000)
+    t = settings.topics
+    keyring = Keyring.generate()
+    store = MemoryLedgerStore()
+    start = (int(time.time() * 1000) // WINDOW_MS - 60) * WINDOW_MS
+    values = [v for _k, v in protect([_event(i, f"p{i}") for i in range(2 * PEOPLE + 1)], keyring)]
+    recs = [Record(t.protected, 0, i, v, start + 1_000 + i) for i, v in enumerate(values[:2 * PEOPLE])]
+    closer = Record(t.protected, 0, 2 * PEOPLE, values[2 * PEOPLE], start + 600_000)
+
+    first = _engine(settings, store, "host-1")
+    first.process(recs[:PEOPLE])
+    fin = first.finish()
+    assert fin is not None
+    published = [o for o in fin.outputs if o.topic == t.frequencies]
+    (partial,) = [o for o in fin.outputs if o.topic == t.partials]
+    assert published
+
+    second = _engine(settings, store, "host-2")
+    second.restore((t.protected, 0), orjson.loads(partial.value or b""))
+    out = second.process(recs[PEOPLE:]).outputs + second.process([closer]).outputs
+    fin2 = second.finish()
+    out += fin2.outputs if fin2 is not None else []
+    again = [orjson.loads(o.value or b"") for o in out if o.topic == t.frequencies]
+    assert not [r for r in again if r["window"]["start_ms"] == start]
+    assert second.stats.late == PEOPLE * len({r["attribute"] for r in map(orjson.loads, (o.value for o in published))})
