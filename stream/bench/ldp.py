@@ -32,6 +32,7 @@ import time
 from collections import defaultdict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import orjson
@@ -412,15 +413,27 @@ def _truth_by_window(policy: object, events: Sequence[tuple[int, dict]], window_
     return acc
 
 
+def _sum_truths(slots: Sequence[dict[str, object]]) -> dict[str, object]:
+    """The truth of several windows' union: counts and sums added."""
+    out: dict[str, object] = {}
+    for slot in slots:
+        for k, v in slot.items():
+            out[k] = v if k not in out else out[k] + v  # type: ignore[operator]
+    return out
+
+
 def coverage_table(make: Callable[[int], tuple[object, object]], *, windows: int = 500,
                    events_per_window: int = 2000, profiles: Sequence[str] = ("light", "heavy"),
                    per_person: Callable[[object], int | None] = lambda priv: None, truth: str = "budget",
-                   seed: int = 0, batch: int = 500, say: Callable[[str], object] = print) -> list[CoverageRow]:
+                   seed: int = 0, batch: int = 500, merge_windows: int = 1,
+                   say: Callable[[str], object] = print) -> list[CoverageRow]:
     """Run synthetic streams through a production privatizer and window aggregator (``make(epoch_seconds)``
     returns both; each window is its own epoch) and count how often the published 95 % intervals cover the
     truth they name, computed independently from the clear stream (:func:`capped_population` with
-    ``per_person(privatizer)`` events per person and epoch)."""
-    from stream.ldp.aggregate import WindowAggregator
+    ``per_person(privatizer)`` events per person and epoch). ``merge_windows`` > 1: the intervals are those
+    of every ``merge_windows`` consecutive windows' records merged as ``streamgate estimates --total`` and the
+    console merge them (:func:`stream.ldp.aggregate.merge_records`), against the truth of their union."""
+    from stream.ldp.aggregate import WindowAggregator, merge_records
 
     rows: list[CoverageRow] = []
     es = COVERAGE_WINDOW_SECONDS
@@ -441,14 +454,19 @@ def coverage_table(make: Callable[[int], tuple[object, object]], *, windows: int
         cap = per_person(priv)
         truth_events = capped_population(stream, cap if truth == "budget" else None, es)
         tw = _truth_by_window(policy, truth_events, es * 1000)
+        units: list[tuple[list[dict[str, Any]], dict[str, object]]] = []  # (records, their truth)
+        for j in range(0, len(wins) - merge_windows + 1, merge_windows):
+            block = [w for w in wins[j : j + merge_windows] if w.start_ms in tw]
+            if len(block) < merge_windows:
+                continue
+            recs = [r for w in block for r in agg.records(w)]
+            units.append((recs if merge_windows == 1 else merge_records(policy, recs),
+                          _sum_truths([tw[w.start_ms] for w in block])))
         stats: dict[str, list[float]] = {}
         tops: dict[str, list[float]] = {}
         ns: dict[str, list[int]] = {}
-        for win in wins:
-            t = tw.get(win.start_ms)
-            if t is None:
-                continue
-            for rec in agg.records(win):
+        for unit_records, t in units:
+            for rec in unit_records:
                 a = policy.by_name[rec["attribute"]]
                 mech = rec["mechanism"]
                 z2 = stats.setdefault(mech, [])
@@ -472,7 +490,7 @@ def coverage_table(make: Callable[[int], tuple[object, object]], *, windows: int
             zs = np.asarray(z)
             arr = zs**2
             top_z = np.asarray(tops.get(mech, [np.nan]))
-            row = CoverageRow(mech, profile, truth, len(wins), len(arr), int(np.sum(arr <= 1.96**2)),
+            row = CoverageRow(mech, profile, truth, len(units), len(arr), int(np.sum(arr <= 1.96**2)),
                               float(np.mean(ns[mech])), float(np.mean(arr)), float(np.mean(zs)),
                               float(np.mean(np.abs(top_z) <= 1.96)), float(np.mean(top_z)))
             rows.append(row)

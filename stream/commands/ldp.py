@@ -258,8 +258,12 @@ def register(cli: click.Group) -> None:
                   "the truth of their estimand (no broker needed).")
     @click.option("--windows", type=int, default=500, show_default=True, help="Windows per profile (--coverage).")
     @click.option("--events-per-window", type=int, default=2000, show_default=True, help="Events per window (--coverage).")
+    @click.option("--merge-windows", type=click.IntRange(min=1), default=1, show_default=True,
+                  help="With --coverage: the intervals of every N consecutive windows merged as `estimates --total` "
+                  "and the console merge them, against the truth of their union.")
     def bench_ldp(n: int, trials: int | None, events: int, skip_accuracy: bool, skip_throughput: bool,
-                  n_longitudinal: int, seed: int, coverage: bool, windows: int, events_per_window: int) -> None:
+                  n_longitudinal: int, seed: int, coverage: bool, windows: int, events_per_window: int,
+                  merge_windows: int) -> None:
         """Estimator variance (empirical vs closed form) for GRR/OUE/OLH, PM/HM and the two-round
         L-GRR/L-OSUE/L-Duchi, privatizer events/s vs a plain JSON passthrough on the same broker, and
         (--coverage) the coverage of the published intervals."""
@@ -273,9 +277,10 @@ def register(cli: click.Group) -> None:
 
             click.echo(f"coverage: {windows} windows x {events_per_window:,} events per profile, default schema and "
                        "cap, each window its own epoch; truth = each person's first c events of the epoch, from the "
-                       "clear stream")
+                       "clear stream" + (f"; every {merge_windows} windows merged" if merge_windows > 1 else ""))
             cov_rows = coverage_table(production_pair, windows=windows, events_per_window=events_per_window,
-                                      per_person=production_per_person, seed=seed, say=click.echo)
+                                      per_person=production_per_person, seed=seed, merge_windows=merge_windows,
+                                      say=click.echo)
             click.echo(format_coverage(cov_rows))
             return
         if not skip_accuracy:

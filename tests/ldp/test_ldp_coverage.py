@@ -36,6 +36,26 @@ def test_intervals_cover_the_named_truth(rows: list, mechanism: str, profile: st
     assert abs(row.top_mean_z) < 0.2, row
 
 
+@pytest.fixture(scope="module")
+def merged_rows() -> list:
+    return coverage_table(production_pair, windows=240, events_per_window=500, per_person=production_per_person,
+                          seed=12, merge_windows=3, say=lambda s: None)
+
+
+@pytest.mark.parametrize("profile", ["light", "heavy"])
+@pytest.mark.parametrize("mechanism", ["GRR", "OUE", "Duchi"])
+def test_merged_windows_cover_the_truth_of_their_union(merged_rows: list, mechanism: str, profile: str) -> None:
+    """What ``streamgate estimates --total`` and the console's merged view publish: three windows' records
+    merged (supports and sums added, the std error at the merged n), against the union's truth."""
+    (row,) = [r for r in merged_rows if r.mechanism == mechanism and r.profile == profile]
+    assert row.windows == 80 and row.intervals >= 80
+    assert row.coverage >= 0.90, row
+    # Duchi's std error is an upper bound (docs/benchmarks.md): its intervals may be wide, never narrow
+    assert (0.5 if mechanism == "Duchi" else 0.7) < row.mean_z2 < 1.35, row
+    # 80 merged intervals per row: 0.2 is 1.8 std errors of the mean z, 0.3 is 2.7
+    assert abs(row.mean_z) < (0.3 if mechanism == "Duchi" else 0.2), row
+
+
 def test_the_truth_refuses_values_outside_the_schema() -> None:
     """A value no gateway passes is never reported (and its event costs less): a truth counting it would name
     another population than the estimate's, so the harness refuses it instead of reporting a bias."""
