@@ -338,36 +338,51 @@ class CoverageRow:
         return self.covered / self.intervals if self.intervals else math.nan
 
 
+def _persona(rng: np.random.Generator, uid: str, lo: int, hi: int) -> dict[str, Any]:
+    heavy = hi >= 25
+    return {"uid": uid, "lo": lo, "hi": hi,
+            "device": _DEVICES[int(rng.choice(4, p=[0.5, 0.3, 0.15, 0.05] if not heavy else [0.1, 0.2, 0.3, 0.4]))],
+            "country": _COUNTRIES[int(rng.integers(0, 10 if not heavy else 3))],
+            "fav": _CATEGORIES[int(rng.integers(0, 8 if not heavy else 2))],
+            "level": float(rng.lognormal(3.5 if not heavy else 5.0, 0.6)),
+            "tp": [0.3, 0.35, 0.15, 0.1, 0.1] if not heavy else [0.75, 0.15, 0.05, 0.02, 0.03]}
+
+
 def coverage_stream(profile: str, windows: int, events_per_window: int, seed: int, t0_s: int,
-                    window_seconds: int = COVERAGE_WINDOW_SECONDS) -> list[tuple[int, dict]]:
+                    window_seconds: int = COVERAGE_WINDOW_SECONDS, pool: int | None = None) -> list[tuple[int, dict]]:
     """(timestamp ms, clear event) of a synthetic stream whose people repeat per ``profile``: each person has
     a fixed device and country, a favourite category and a price level; heavy repeaters browse more (their
-    events are mostly page views), so capping a person changes the frequencies."""
+    events are mostly page views), so capping a person changes the frequencies. ``pool``: the people of every
+    window are drawn from that many (so they come back in later windows, and a cap over several windows
+    binds); else each window has people of its own."""
     rng = np.random.default_rng([seed, 7])
     shares = PROFILES[profile]
+    classes = [s[0] for s in shares]
+    people: list[dict[str, Any]] = []
+    if pool is not None:
+        for i in range(pool):
+            _share, lo, hi = shares[int(rng.choice(len(shares), p=classes))]
+            people.append(_persona(rng, f"cov-{seed}-{i + 1}", lo, hi))
     out: list[tuple[int, dict]] = []
     pid = 0
     for w in range(windows):
         n = 0
         evs: list[tuple[int, dict]] = []
         while n < events_per_window:
-            cls = int(rng.choice(len(shares), p=[s[0] for s in shares]))
-            _share, lo, hi = shares[cls]
-            k = int(rng.integers(lo, hi + 1))
-            heavy = hi >= 25
-            pid += 1
-            uid = f"cov-{seed}-{pid}"
-            device = _DEVICES[int(rng.choice(4, p=[0.5, 0.3, 0.15, 0.05] if not heavy else [0.1, 0.2, 0.3, 0.4]))]
-            country = _COUNTRIES[int(rng.integers(0, 10 if not heavy else 3))]
-            fav = _CATEGORIES[int(rng.integers(0, 8 if not heavy else 2))]
-            level = float(rng.lognormal(3.5 if not heavy else 5.0, 0.6))
-            tp = [0.3, 0.35, 0.15, 0.1, 0.1] if not heavy else [0.75, 0.15, 0.05, 0.02, 0.03]
+            if pool is None:  # (the draws in the order of the documented runs)
+                _share, lo, hi = shares[int(rng.choice(len(shares), p=classes))]
+                k = int(rng.integers(lo, hi + 1))
+                pid += 1
+                who = _persona(rng, f"cov-{seed}-{pid}", lo, hi)
+            else:
+                who = people[int(rng.integers(0, pool))]
+                k = int(rng.integers(who["lo"], who["hi"] + 1))
             for _ in range(k):
-                et = _TYPES[int(rng.choice(5, p=tp))]
-                ev: dict = {"user_id": uid, "event_type": et, "device": device, "country": country}
+                et = _TYPES[int(rng.choice(5, p=who["tp"]))]
+                ev: dict = {"user_id": who["uid"], "event_type": et, "device": who["device"], "country": who["country"]}
                 if et in ("product_view", "add_to_cart", "purchase"):
-                    ev["category"] = fav if rng.random() < 0.7 else _CATEGORIES[int(rng.integers(0, 8))]
-                    ev["price"] = round(level * float(rng.lognormal(0.0, 0.3)), 2)
+                    ev["category"] = who["fav"] if rng.random() < 0.7 else _CATEGORIES[int(rng.integers(0, 8))]
+                    ev["price"] = round(who["level"] * float(rng.lognormal(0.0, 0.3)), 2)
                 ts = (t0_s + w * window_seconds) * 1000 + int(rng.integers(0, window_seconds * 1000 - 1))
                 evs.append((ts, ev))
             n += k
@@ -422,26 +437,29 @@ def _sum_truths(slots: Sequence[dict[str, object]]) -> dict[str, object]:
     return out
 
 
-def coverage_table(make: Callable[[int], tuple[object, object]], *, windows: int = 500,
+def coverage_table(make: Callable[..., tuple[object, object]], *, windows: int = 500,
                    events_per_window: int = 2000, profiles: Sequence[str] = ("light", "heavy"),
                    per_person: Callable[[object], int | None] = lambda priv: None, truth: str = "budget",
-                   seed: int = 0, batch: int = 500, merge_windows: int = 1,
-                   say: Callable[[str], object] = print) -> list[CoverageRow]:
+                   seed: int = 0, batch: int = 500, merge_windows: int = 1, epoch_windows: int = 1,
+                   pool: int | None = None, say: Callable[[str], object] = print) -> list[CoverageRow]:
     """Run synthetic streams through a production privatizer and window aggregator (``make(epoch_seconds)``
     returns both; each window is its own epoch) and count how often the published 95 % intervals cover the
     truth they name, computed independently from the clear stream (:func:`capped_population` with
     ``per_person(privatizer)`` events per person and epoch). ``merge_windows`` > 1: the intervals are those
     of every ``merge_windows`` consecutive windows' records merged as ``streamgate estimates --total`` and the
-    console merge them (:func:`stream.ldp.aggregate.merge_records`), against the truth of their union."""
+    console merge them (:func:`stream.ldp.aggregate.merge_records`), against the truth of their union.
+    ``epoch_windows`` > 1: an epoch (the cap's period) spans that many windows, and with ``pool`` people come
+    back in later windows of their epoch, so the cap set by earlier windows decides later windows' truth."""
     from stream.ldp.aggregate import WindowAggregator, merge_records
 
     rows: list[CoverageRow] = []
     es = COVERAGE_WINDOW_SECONDS
     for pi, profile in enumerate(profiles):
         t_start = time.perf_counter()
-        t0_s = (int(time.time()) // es - windows - 2) * es
-        stream = coverage_stream(profile, windows, events_per_window, seed + pi, t0_s, es)
-        priv, agg = make(es)
+        epoch = es * epoch_windows
+        t0_s = (int(time.time()) // epoch - -(-windows // epoch_windows) - 2) * epoch  # epochs whole
+        stream = coverage_stream(profile, windows, events_per_window, seed + pi, t0_s, es, pool=pool)
+        priv, agg = make(epoch) if epoch_windows == 1 else make(epoch, window_seconds=es)
         assert isinstance(agg, WindowAggregator)
         policy = agg.policy
         records = [(ts, orjson.dumps({"_schema": policy.schema_name, **ev})) for ts, ev in stream]
@@ -452,7 +470,7 @@ def coverage_table(make: Callable[[int], tuple[object, object]], *, windows: int
             agg.add(res.attribute_reports)
         wins = agg.drain()
         cap = per_person(priv)
-        truth_events = capped_population(stream, cap if truth == "budget" else None, es)
+        truth_events = capped_population(stream, cap if truth == "budget" else None, epoch)
         tw = _truth_by_window(policy, truth_events, es * 1000)
         units: list[tuple[list[dict[str, Any]], dict[str, object]]] = []  # (records, their truth)
         for j in range(0, len(wins) - merge_windows + 1, merge_windows):
@@ -578,9 +596,9 @@ def grouping_auc(groups_same: Sequence[Sequence[dict]], groups_strangers: Sequen
 
 
 def production_pair(epoch_seconds: int, *, person_epsilon: float = 12.0, epsilon: float = 1.0, seed: int = 0,
-                    min_people: int = 1) -> tuple[object, object]:
+                    min_people: int = 1, window_seconds: int | None = None) -> tuple[object, object]:
     """The production privatizer (in-memory ledger store, seeded ChaCha20) and window aggregator on the
-    shipped schema, each window its own epoch (what :func:`coverage_table` runs)."""
+    shipped schema, by default each window its own epoch (what :func:`coverage_table` runs)."""
     import os
 
     from stream.ldp.aggregate import WindowAggregator
@@ -595,7 +613,8 @@ def production_pair(epoch_seconds: int, *, person_epsilon: float = 12.0, epsilon
     priv = Privatizer(policy, MemoryLedgerStore(), memo_key=os.urandom(32), subject_field=schema.subject_field,
                       budget_epsilon=person_epsilon, epoch_seconds=epoch_seconds, retention_seconds=10**9,
                       rng=ChaChaRandom(seed), shuffle_seed=seed)
-    agg = WindowAggregator(policy, window_seconds=epoch_seconds, min_people=min_people, estimand=priv.estimand())
+    agg = WindowAggregator(policy, window_seconds=window_seconds or epoch_seconds, min_people=min_people,
+                           estimand=priv.estimand())
     return priv, agg
 
 

@@ -261,9 +261,14 @@ def register(cli: click.Group) -> None:
     @click.option("--merge-windows", type=click.IntRange(min=1), default=1, show_default=True,
                   help="With --coverage: the intervals of every N consecutive windows merged as `estimates --total` "
                   "and the console merge them, against the truth of their union.")
+    @click.option("--epoch-windows", type=click.IntRange(min=1), default=1, show_default=True,
+                  help="With --coverage: windows per epoch (the person cap's period); 1: each window its own epoch.")
+    @click.option("--pool", type=click.IntRange(min=1), default=None,
+                  help="With --coverage: draw every window's people from this many, so they come back in later "
+                  "windows (default: new people in each window).")
     def bench_ldp(n: int, trials: int | None, events: int, skip_accuracy: bool, skip_throughput: bool,
                   n_longitudinal: int, seed: int, coverage: bool, windows: int, events_per_window: int,
-                  merge_windows: int) -> None:
+                  merge_windows: int, epoch_windows: int, pool: int | None) -> None:
         """Estimator variance (empirical vs closed form) for GRR/OUE/OLH, PM/HM and the two-round
         L-GRR/L-OSUE/L-Duchi, privatizer events/s vs a plain JSON passthrough on the same broker, and
         (--coverage) the coverage of the published intervals."""
@@ -275,12 +280,14 @@ def register(cli: click.Group) -> None:
                 production_per_person,
             )
 
+            epochs = f"{epoch_windows} windows per epoch" if epoch_windows > 1 else "each window its own epoch"
             click.echo(f"coverage: {windows} windows x {events_per_window:,} events per profile, default schema and "
-                       "cap, each window its own epoch; truth = each person's first c events of the epoch, from the "
-                       "clear stream" + (f"; every {merge_windows} windows merged" if merge_windows > 1 else ""))
+                       f"cap, {epochs}; truth = each person's first c events of the epoch, from the clear stream"
+                       + (f"; every {merge_windows} windows merged" if merge_windows > 1 else "")
+                       + (f"; people drawn from {pool:,}" if pool else ""))
             cov_rows = coverage_table(production_pair, windows=windows, events_per_window=events_per_window,
                                       per_person=production_per_person, seed=seed, merge_windows=merge_windows,
-                                      say=click.echo)
+                                      epoch_windows=epoch_windows, pool=pool, say=click.echo)
             click.echo(format_coverage(cov_rows))
             return
         if not skip_accuracy:
