@@ -83,6 +83,15 @@ def _crash(engine: FederatedLearnerEngine) -> None:
         e._shutdown = e.clients.close  # type: ignore[method-assign]
 
 
+def _settled(a: FederatedLearnerEngine, b: FederatedLearnerEngine) -> bool:
+    """Both groups settled with both members: the four partitions split between the learners, both
+    aggregators joined and exactly one aggregating (until then the aggregation can move)."""
+    ga, gb = a.aggregator, b.aggregator
+    return (bool(a.assigned) and bool(b.assigned) and not (a.assigned & b.assigned)
+            and len(a.assigned | b.assigned) == 4 and ga is not None and gb is not None
+            and ga.joined and gb.joined and ga.aggregating != gb.aggregating)
+
+
 def _check_fedavg(s: Settings, globals_: list[ModelSnapshot], updates: list[tuple[Rec, ModelUpdate]]) -> None:
     """Every global version is the previous one plus sum_i n_i * delta_i / sum_i n_i over the senders
     of the updates between the two versions' update offsets (a sender's updates summed) - computed
@@ -113,13 +122,13 @@ def _check_fedavg(s: Settings, globals_: list[ModelSnapshot], updates: list[tupl
 def test_two_learners_train_their_partitions_and_adopt_the_fedavg_global_model(settings_factory, unique_id) -> None:
     s = _settings(settings_factory, unique_id)
     n = 6000
-    _forge_updates(s)
     a, b = FederatedLearnerEngine(s), FederatedLearnerEngine(s)
     with running_in_thread(a, "learner a"), running_in_thread(b, "learner b"):
-        # Publish once the group has settled: examples published earlier can all go to whichever
-        # learner joins first, before the second one's join splits the partitions.
-        wait_for(lambda: bool(a.assigned) and bool(b.assigned) and not (a.assigned & b.assigned)
-                 and len(a.assigned | b.assigned) == 4, timeout=60, what="the four partitions split between a and b")
+        # Publish once both groups have settled: examples published earlier can all go to whichever
+        # learner joins first, and forged updates read by the first aggregator are not counted by the
+        # one that takes over when the second joins.
+        wait_for(lambda: _settled(a, b), timeout=90, what="the partitions split and one aggregator")
+        _forge_updates(s)
         publish(s.kafka_bootstrap_or_dev(), s.topics.features, make_examples(n, seed=31).records)
         def settled() -> bool:
             gs = [e.aggregator.version for e in (a, b) if e.aggregator is not None and e.aggregator.aggregating]
@@ -160,13 +169,16 @@ def test_the_other_instance_takes_over_aggregation_when_the_aggregator_goes(sett
     s = _settings(settings_factory, unique_id)
     n = 12_000
     records = make_examples(n, seed=32).records
-    publish(s.kafka_bootstrap_or_dev(), s.topics.features, records[:8000])
     a, b = FederatedLearnerEngine(s), FederatedLearnerEngine(s)
     stops = {id(a): threading.Event(), id(b): threading.Event()}
     threads = {id(e): threading.Thread(target=e.run, args=(stops[id(e)],), daemon=True) for e in (a, b)}
     for t in threads.values():
         t.start()
     try:
+        # Publish once both groups have settled: a version published by the first aggregator before
+        # the second one joins and takes the aggregation over would be counted as the survivor's.
+        wait_for(lambda: _settled(a, b), timeout=90, what="the partitions split and one aggregator")
+        publish(s.kafka_bootstrap_or_dev(), s.topics.features, records[:8000])
         wait_for(lambda: a.version > 0 and b.version > 0 and a.assigned and b.assigned
                  and a.stats.consumed + b.stats.consumed >= 2000, timeout=90,
                  what="two learners, a global version adopted by both")
