@@ -47,7 +47,8 @@ class Reporting(FederatedLearnerEngine):
         sys.stdout.write(json.dumps({
             "t": time.monotonic(), "instance": self.instance, "learned": self.stats.learned,
             "uncovered": self._uncovered, "published": self.stats.update_examples, "assigned": len(self.assigned),
-            "aggregating": bool(agg is not None and agg.aggregating), "version": self.version}) + "\\n")
+            "aggregating": bool(agg is not None and agg.aggregating),
+            "aggregator_joined": bool(agg is not None and agg.joined), "version": self.version}) + "\\n")
         sys.stdout.flush()
 
     def process(self, records):
@@ -146,7 +147,10 @@ def test_sigkill_of_the_aggregating_learner_mid_stream(settings_factory, unique_
             for ln in learners:
                 assert ln.proc.poll() is None, f"a learner exited:\n{ln.tail()}"
             lasts = [ln.last() for ln in learners]
-            return all(x.get("assigned") for x in lasts) and sum(bool(x.get("aggregating")) for x in lasts) == 1
+            # both aggregators joined too: before the second one joins, the aggregation can still move
+            # to it after the first one published versions (the survivor's first version then predates the kill)
+            return (all(x.get("assigned") and x.get("aggregator_joined") for x in lasts)
+                    and sum(bool(x.get("aggregating")) for x in lasts) == 1)
         wait_for(both_running, timeout=90, what="two learners, one aggregating")
         producer.start()
         wait_for(lambda: sent >= N // 3 and any(v.federation["aggregator"] for _t, v in watch.seen), timeout=90,
