@@ -375,7 +375,8 @@ def test_rebalance_mid_stream_loses_nothing(worker, settings_factory, unique_id)
     a = h.make(s)
     with running_in_thread(a, f"{worker} a"):
         _send(h, bootstrap, s, [v for _, v in sent[:400]])
-        time.sleep(2.0)
+        # mid-stream: a's join can take longer than a fixed pause, and b joining with it moves nothing
+        wait_for(lambda: a.consumed > 0, what="a consuming before b joins")
         b = h.make(s)
         got_partitions: list[int] = []
         hook = b.assigned_partitions
