@@ -168,12 +168,26 @@ def _wait(driver: Any, predicate: Callable[[], bool], what: str, timeout: float 
 
 
 def _text(driver: Any, css: str) -> str:
+    return _read(driver, css, lambda e: str(e.text).strip(), "")
+
+
+def _attr(driver: Any, css: str, name: str) -> str | None:
+    return _read(driver, css, lambda e: e.get_attribute(name), None)
+
+
+def _read(driver: Any, css: str, read: Callable[[Any], Any], missing: Any) -> Any:
+    """``read`` of the element now matching ``css`` (``missing`` if none): each refresh re-renders the
+    tables and bars, so an element found can be replaced before it is read: then the new one is read."""
     from selenium.common.exceptions import NoSuchElementException, StaleElementReferenceException
 
-    try:
-        return str(driver.find_element("css selector", css).text).strip()
-    except (NoSuchElementException, StaleElementReferenceException):
-        return ""
+    for _ in range(10):
+        try:
+            return read(driver.find_element("css selector", css))
+        except NoSuchElementException:
+            return missing
+        except StaleElementReferenceException:
+            continue
+    return missing
 
 
 def _show(driver: Any, view: str) -> None:
@@ -280,7 +294,7 @@ def test_privacy_budget_and_a_verified_erasure_receipt(page: Any, demo: Run) -> 
     row = f'#receipts tr[data-request="{receipt["request_id"]}"]'
     _wait(page, lambda: _text(page, f"{row} .status") == "completed", "the erasure receipt")
     assert _text(page, f"{row} .keys") == f"{receipt['keys_shredded']:,}" and receipt["keys_shredded"] >= 1
-    assert page.find_element("css selector", f"{row} .sig span").get_attribute("data-verified") == "true"
+    assert _attr(page, f"{row} .sig span", "data-verified") == "true"
     assert "✓ verified" in _text(page, f"{row} .sig")
     assert receipt["receipt_id"][:16] in _text(page, row)
     assert receipt["subject"] not in page.page_source  # the person's token is not shown
@@ -318,7 +332,7 @@ def test_model_snapshots_with_their_signatures(page: Any, demo: Run) -> None:
     _wait(page, lambda: _text(page, f"{row} .examples") == f"{newest['examples_seen']:,}", "the newest snapshot")
     assert _text(page, f"{row} .auc") == f"{newest['metrics']['roc_auc']:.3f}"
     assert _text(page, f"{row} .loss") == f"{newest['metrics']['log_loss']:.3f}"
-    assert page.find_element("css selector", f"{row} .sig span").get_attribute("data-verified") == "true"
+    assert _attr(page, f"{row} .sig span", "data-verified") == "true"
     assert page.find_elements("css selector", "#auc-chart svg circle")
     _shoot(page, "model")
 
@@ -353,7 +367,7 @@ def test_a_quiet_demo_after_its_run(page: Any, demo: Run) -> None:
     _show(page, "pipeline")
     for worker in ("privatizer", "learner"):
         row = f'#workers tr[data-worker="{worker}"]'
-        _wait(page, lambda row=row: page.find_element("css selector", row).get_attribute("data-status") == "stopped",
+        _wait(page, lambda row=row: _attr(page, row, "data-status") == "stopped",
               f"the {worker} shown as stopped")
         assert _text(page, f'{row} [data-col="ready"]') == "stopped (graceful shutdown)"
         assert _text(page, f'{row} [data-col="rate_in"]') == _text(page, f'{row} [data-col="rate_out"]') == "0.0"
