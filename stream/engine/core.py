@@ -459,11 +459,21 @@ class StreamEngine:
         """A commit refused or failed: its offsets (of partitions still held) go back to pending,
         retried by the next due commit; counted, logged (rate-limited), and not ready once commits
         failed for longer than ``stall_seconds`` without a success."""
-        self._queue.refused({tp: o for tp, o in offsets.items() if tp in self.assigned})
+        back = self._queue.refused({tp: o for tp, o in offsets.items() if tp in self.assigned})
+        if not back:  # partitions gone, or a newer offset already pending, sent or committed
+            self._rlog(logging.INFO, "commit-stale", "offset commit refused: nothing to retry (partitions no longer "
+                       "assigned, or a newer commit supersedes it)", error=why, partitions=len(offsets))
+            self._commits_settled()
+            return
         self._count("commit")
         self.progress.failed(COMMITS, why)
         self._rlog(logging.WARNING, "commit", "offset commit failed: offsets kept, retried by the next commit",
-                   error=why, partitions=len(offsets), count=self.retries["commit"])
+                   error=why, partitions=len(back), count=self.retries["commit"])
+
+    def _commits_settled(self) -> None:
+        """Nothing left to commit or waiting for an answer: no commit failure stands any more."""
+        if not self._queue.pending and not self._queue.sent:
+            self.progress.succeeded(COMMITS)
 
     def _drain(self, timeout: float = 30.0) -> bool:
         """Deliver everything in flight and commit it (rebalance, shutdown). True when done."""
@@ -583,12 +593,14 @@ class StreamEngine:
             self.clients.unsought.pop(tp, None)
         self._queue.forget(tps)
         self.hold.forget(tps)
+        self._commits_settled()
 
     def _on_closed(self) -> None:
         """The consumer was closed: no assignment, nothing of it left to commit."""
         self.assigned.clear()
         self._queue.reset_positions()
         self._queue.pending.clear()
+        self._commits_settled()
         self.joined = False
 
     def _shutdown(self) -> None:
