@@ -150,6 +150,11 @@ class GatewayEngine(StreamEngine):
             self.stats.reasons["too_large"] += 1
         return Out(self.settings.topics.dlq, self.gateway.compact_dead_letter(out.value, topic=out.topic, error=error))
 
+    def reset(self) -> None:
+        """The clients were recreated: the results the replaced records were counted for are gone
+        (their input is read again), so are those counts."""
+        self._moved = 0
+
     def result(self) -> EngineStats:
         self.stats.produce_retries = self.produce_retries
         return self.stats

@@ -445,3 +445,26 @@ def test_a_protected_record_kafka_refuses_is_counted_as_the_dead_letter_it_becom
     snap = metrics.snapshot()
     assert snap["events_out"] == {"protected": 2, "dlq": 2}
     assert snap["dlq"]["too_large"] == 1 and snap["dlq"]["not_json"] == 1
+
+
+def test_a_replaced_protected_record_of_a_result_a_recovery_dropped_is_not_counted_on_the_next():
+    """The result whose protected record was replaced never delivers (a fatal error or an aborted
+    transaction drops it; its input is read again): the next result's counts are its own."""
+    from stream.apps.engine import GatewayEngine
+    from stream.engine.contract import Record
+    from stream.ops.metrics import WorkerMetrics
+
+    gw, _ = make_gateway(None)
+    metrics = WorkerMetrics("gateway")
+    s = Settings(schema_registry_url="")
+    engine = GatewayEngine(s, gw, bootstrap="127.0.0.1:1", metrics=metrics)
+    records = [Record("clicks.raw", 0, i, orjson.dumps(e)) for i, e in enumerate(ClickstreamGenerator(seed=4).events(3))]
+    dropped = engine.process(records)
+    engine.undeliverable(next(o for o in dropped.outputs if o.topic == s.topics.protected), "MSG_SIZE_TOO_LARGE")
+    engine.reset()  # the clients were recreated: that result is gone, its records are read again
+    again = engine.process(records)
+    assert again.on_delivered is not None
+    again.on_delivered()
+    st = engine.stats
+    assert (st.protected, st.dead_lettered) == (3, 0) and not st.reasons
+    assert metrics.snapshot()["events_out"] == {"protected": 3}
