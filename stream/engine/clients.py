@@ -240,7 +240,7 @@ class Clients:
             raise EngineFatalError(f"{self.worker.name}: Kafka client failed {recent} times in 120 s, last: {why}")
 
     def recreate(self, failed: ClientFailed, *, rewound: Callable[[], None],
-                 dropped: dict[TP, int] | None = None) -> None:
+                 dropped: dict[TP, int] | None = None, sought: Callable[[], None] | None = None) -> None:
         """Recreate the failed clients and resume from the committed offsets (the caller spent the
         budget and dropped what was uncommitted: ``dropped``, the lowest offset it dropped per
         partition). A failed producer alone is replaced and the consumer rewound (its group
@@ -248,8 +248,9 @@ class Clients:
         (the broker came back): the consumer is never closed (see :meth:`broker_back`); when it
         cannot be rewound (the coordinator still loading), it kept its membership and would carry
         on from its position, past the dropped records: each partition is sought back to its
-        lowest dropped record instead (:meth:`seek_dropped`). The worker's ``reset`` runs before
-        the new clients exist."""
+        lowest dropped record instead (:meth:`seek_dropped`), and ``sought`` runs (else ``rewound``):
+        what was delivered below those records is not read again. The worker's ``reset`` runs
+        before the new clients exist."""
         what = "the producer" if failed.producer_only else "the clients"
         self.log.error(f"fatal Kafka client error: recreating {what}, resuming from committed offsets",
                        extra={"error": str(failed), "recoveries": self.recoveries})
@@ -272,7 +273,7 @@ class Clients:
                         self.unsought[tp] = min(offset, self.unsought.get(tp, offset))
                     self._seek_at = float("-inf")
                     self.seek_dropped()
-                    rewound()
+                    (sought or rewound)()
                 else:
                     self.log.warning("rewind failed: recreating the consumer too", extra={"error": error_name(exc)})
                     self.close()

@@ -552,8 +552,18 @@ class StreamEngine:
                 if tp in t.offsets and offset < dropped.get(tp, offset + 1):
                     dropped[tp] = offset
         self.hold.clear()
-        self._queue.drop_inflight()
-        self.clients.recreate(failed, rewound=self._queue.reset_positions, dropped=dropped)
+        q = self._queue
+        # offsets of results delivered and not committed yet (confirmed or not): still owed a commit
+        # when the consumer carries on past them (the rewind failed and it seeks to ``dropped``)
+        delivered = {tp: max(o, q.pending.get(tp, o)) for tp, o in q.sent.items()}
+        delivered.update({tp: o for tp, o in q.pending.items() if tp not in delivered})
+        q.drop_inflight()
+
+        def sought() -> None:
+            q.reset_positions()
+            q.pending.update(delivered)
+
+        self.clients.recreate(failed, rewound=q.reset_positions, dropped=dropped, sought=sought)
         if not self.clients.unsought:  # else the seek's retry reports it
             self.progress.problem = None
         self.progress.moved()

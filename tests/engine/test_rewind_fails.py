@@ -147,8 +147,22 @@ def test_a_recovery_seeks_back_to_the_lowest_record_held_or_in_flight(monkeypatc
     e._process_held(threading.Event())  # in flight: no delivery report served yet
     assert e._queue.inflight == 4
     e.hold.records = [Record("in", 0, 13, b"a"), Record("in", 2, 7, b"c")]  # held
+    # results delivered before, not committed: partition 0 up to 10 (sent, unanswered), 3 up to 40
+    e._queue.sending({("in", 0): 10})
+    e._queue.pending.update({("in", 3): 40})
     seen: dict[Any, int] = {}
-    monkeypatch.setattr(e.clients, "recreate", lambda failed, *, rewound, dropped: seen.update(dropped))
+    calls: list[Any] = []
+
+    def recreate(failed: Any, *, rewound: Any, dropped: Any, sought: Any) -> None:
+        seen.update(dropped)
+        calls.append((rewound, sought))
+
+    monkeypatch.setattr(e.clients, "recreate", recreate)
     e._recover(ClientFailed("the broker is back", keep_consumer=True))
     assert seen == {("in", 0): 10, ("in", 1): 5, ("in", 2): 7}
-    assert not e.hold.records and not e._queue.tickets
+    assert not e.hold.records and not e._queue.tickets and not e._queue.pending
+    (rewound, sought), = calls
+    rewound()  # rewound to the committed offsets: everything after them is read again, nothing owed
+    assert not e._queue.pending
+    sought()  # sought to the dropped records: what was delivered below them is still owed its commit
+    assert e._queue.pending == {("in", 0): 10, ("in", 3): 40}
