@@ -430,15 +430,21 @@ def _privacy_summary(console: Console, s: Settings, pv: subprocess.Popen[bytes],
     merged = merge_records(policy, freq)
     truth, true_mean, n_within = _truth(s, valid)
     shown = [r for r in merged if r["attribute"] in ("event_type", "category", "price")]
-    same = n_within == n_features
+    # every report carries event_type: its merged n is how many reports the published windows hold
+    estimated = next((int(r["n"]) for r in merged if r["attribute"] == "event_type"), 0)
+    same = n_within == n_features == estimated
     console.print(render_estimates(shown, top=6, truth=truth if same else None))
     if same:
         console.print(f"true mean price (absent = 0) of the same events: {true_mean:,.2f}   (estimates come from "
                       "randomized reports only; `streamgate estimates --total` shows them any time)")
-    else:  # e.g. a reused Redis whose ledgers already charged these people today, or a run across midnight UTC
+    elif n_within != n_features:  # e.g. a reused Redis whose ledgers already charged these people today, or a run across midnight UTC
         console.print(f"[yellow]no truth shown: the privatizer reported {n_features:,} events, but each person's "
                       f"first events within the cap in this run are {n_within:,}, so the estimates name another "
                       "population (people charged before this run, or a new epoch)[/]")
+    else:
+        console.print(f"[yellow]no truth shown: the published windows hold {estimated:,} of the {n_features:,} "
+                      "reports (a window of too few people is withheld, a late record is not estimated), so the "
+                      "estimates name a smaller population than the truth would[/]")
     return int(stats.get("examples", 0)), same
 
 

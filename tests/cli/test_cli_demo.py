@@ -82,7 +82,10 @@ def test_demo_from_nothing(tmp_path: Path, demo_env: dict[str, str]) -> None:
     assert 0 < n_features <= protected
     # one-round reports at the demo's per-report epsilon (2 = its schema epsilon 4 / 2)
     assert re.search(r"event_type\s+\((GRR|OUE), eps=2(\.0)?, n=", out) and re.search(r"category\s+\(OUE, eps=2", out)
-    assert "page_view" in out and "true" in out
+    # the truth is shown (its population is the estimates': every report in a published window)
+    assert "page_view" in out and "true mean price (absent = 0) of the same events" in out, out
+    n_event_type = int(re.search(r"event_type\s+\(\w+, eps=[\d.]+, n=([\d,]+)", out)[1].replace(",", ""))  # type: ignore[index]
+    assert n_event_type == n_features
     erased = [line for line in out.splitlines() if "the same event now reads" in line]
     assert len(erased) == 1 and "✓" in erased[0] and "[shredded]" in erased[0], out
     assert "erasure receipt on ops.audit: status completed" in out
