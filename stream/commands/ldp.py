@@ -77,12 +77,14 @@ def explain_lines(settings: Any, policy: Any) -> list[str]:
                    f"together at epsilon {joint_eps:g}, prepaid on the person's ledger at their first event of the "
                    f"epoch (before that batch's feature reports; an unpaid person-epoch gives none), released through "
                    f"the same buffer, shuffled across people; which person-epochs paid or sent is kept in this process "
-                   f"only, never in a store; a session ends after {settings.learn_session_gap_seconds:g} s of quiet; at most "
+                   f"only, never in a store; a session ends after {settings.learn_session_gap_seconds:g} s of quiet (its "
+                   f"events past the cap count too: an example's release time can show activity past the cap); at most "
                    f"{LEARN_MAX_PENDING:,} examples held")
     elif settings.learn_examples:
         out.append(f"labelled examples: on (logistic, per event); label session_purchase by randomized response (epsilon "
                    f"{acc.per_report['session_purchase']:g} per example, prepaid with its feature report from the same "
-                   f"person ledger); a session ends after {settings.learn_session_gap_seconds:g} s of quiet; at most "
+                   f"person ledger); a session ends after {settings.learn_session_gap_seconds:g} s of quiet (its events "
+                   f"past the cap count too: an example's release time can show activity past the cap); at most "
                    f"{LEARN_MAX_PENDING:,} examples held")
     else:
         out.append("labelled examples: off (STREAMGATE_LEARN_EXAMPLES=false)")
