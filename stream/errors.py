@@ -21,6 +21,7 @@ __all__ = [
     "SchemaPolicyError",
     "SnapshotError",
     "StreamgateError",
+    "SubjectErasedError",
     "TopicMissingError",
     "TopicReadError",
 ]
@@ -83,6 +84,16 @@ class KeyUnavailableError(StreamgateError):
     The gateway fails closed on this error: the event is not emitted and not
     acknowledged; it is retried when the dependency returns.
     """
+
+
+class SubjectErasedError(KeyUnavailableError):
+    """No data key is created for a token whose person was erased (the erasure's marker): the batch
+    is held and protected again under the person's next token. ``subjects``: the erased tokens (in
+    process only; the message names none)."""
+
+    def __init__(self, subjects: list[str]) -> None:
+        super().__init__(f"data key refused: {len(subjects)} person token(s) erased meanwhile")
+        self.subjects = subjects
 
 
 class LegacyPseudonymError(KeyUnavailableError):

@@ -7,6 +7,7 @@ Key layout (``<prefix>`` is ``STREAMGATE_REDIS_KEY_PREFIX``; braces are literal 
     <prefix>:memo:{<token>}:<epoch>             LDP memo hash                slot of the person
     <prefix>:budget:{<token>}:<epoch>           old per-attribute budgets    slot of the person
     <prefix>:ptok:{<token>}                     tk2 token -> lookup id       slot of the person
+    <prefix>:gone:{<token>}                     erased token: no key created slot of the person
     <prefix>:ledger:{<slot tag>}:<ledger id>    epsilon ledger (no token)    slot of the person
     <prefix>:pid:{<lookup id>}                  tk2 secret, found by user_id slot of the lookup id
     <prefix>:perased:{<lookup id>}              erased marker (an epoch)     slot of the lookup id (with pid)
@@ -65,6 +66,7 @@ __all__ = [
     "erasure_floor_key",
     "erasure_key",
     "eval_many",
+    "gone_key",
     "is_cluster",
     "kek_wraps_key",
     "key_patterns",
@@ -279,6 +281,11 @@ def dek_key(prefix: str, subject: str, epoch: int | str) -> str:
     return f"{prefix}:dek:{person_tag(subject)}:{epoch}"
 
 
+def gone_key(prefix: str, subject: str) -> str:
+    """The marker of an erased token: no data key is created for it any more (in the person's slot)."""
+    return f"{prefix}:gone:{person_tag(subject)}"
+
+
 def memo_key(prefix: str, subject: str, epoch: int | str) -> str:
     """The LDP memo hash of ``(subject, epoch)``."""
     return f"{prefix}:memo:{person_tag(subject)}:{epoch}"
@@ -361,7 +368,8 @@ def key_patterns(prefix: str) -> dict[str, str]:
     """Glob patterns (Redis ACL ``~`` rules) of every kind of key above, by kind (stream.storage.acl)."""
     return {
         "dek": dek_key(prefix, "*", "*"), "memo": memo_key(prefix, "*", "*"), "budget": budget_key(prefix, "*", "*"),
-        "ptok": ptok_key(prefix, "*"), "ledger": f"{prefix}:ledger:*", "pid": pid_key(prefix, "*"),
+        "ptok": ptok_key(prefix, "*"), "gone": gone_key(prefix, "*"), "ledger": f"{prefix}:ledger:*",
+        "pid": pid_key(prefix, "*"),
         "perased": perased_key(prefix, "*"), "deadlines": f"{prefix}:deadlines:*",
         "pending": f"{prefix}:shredder:pending:*", "erasure": erasure_key(prefix, "*"),
         "erasure-floor": erasure_floor_key(prefix), "kek-wraps": kek_wraps_key(prefix, "*"),

@@ -45,7 +45,7 @@ from stream.engine.health import Progress
 from stream.engine.holds import Hold, Retry
 from stream.engine.produce import RateLimitedLog, Ticket, error_name
 from stream.engine.supervisor import Watchdog
-from stream.errors import KeyUnavailableError
+from stream.errors import KeyUnavailableError, SubjectErasedError
 
 __all__ = ["EngineFatalError", "NotDeliveredError", "StreamEngine", "instance_id"]
 
@@ -272,7 +272,15 @@ class StreamEngine:
         try:
             result = self.process(hold.records)
         except self.hold_on as exc:
-            if self.metrics is not None and isinstance(exc, KeyUnavailableError):
+            if isinstance(exc, SubjectErasedError) and hold.attempt == 0:
+                # people erased since their tokens were memoized: the worker forgot those tokens, so the
+                # batch is redone at once (under their next tokens); no dependency is down
+                self._count("erased")
+                hold.attempt = 1  # a second refusal in a row takes the held path below
+                self._rlog(logging.INFO, "erased", "batch redone: people it names were erased meanwhile",
+                           held=len(hold), count=self.retries["erased"])
+                return
+            if self.metrics is not None and isinstance(exc, KeyUnavailableError) and not isinstance(exc, SubjectErasedError):
                 self.metrics.redis_error()
             self._count("hold")
             delay, self.progress.problem = hold.failed_with(exc)

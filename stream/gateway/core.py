@@ -36,7 +36,7 @@ import orjson
 from stream.crypto.deks import DataKey, DekProvider
 from stream.crypto.fields import decrypt_value, encrypt_fields, encrypt_many, encrypt_value, parse_ciphertext
 from stream.crypto.tokens import Tokenizer
-from stream.errors import DecryptError
+from stream.errors import DecryptError, SubjectErasedError
 from stream.gateway.framing import VALUE_SCHEMA_ID_HEADER, Resolved, decode_avro
 from stream.schema import EventSchema, Reason, Rejection
 
@@ -395,7 +395,13 @@ class Gateway:
             if len(rejected_subjects) < len(decoded) - len(events):
                 need_key.add(QUARANTINE_SUBJECT)
 
-        keys: dict[str, DataKey] = self.deks.keys_for(need_key, epoch) if need_key else {}
+        try:
+            keys: dict[str, DataKey] = self.deks.keys_for(need_key, epoch) if need_key else {}
+        except SubjectErasedError as exc:  # erased since they were tokenized: held, and on the retry
+            for subject in exc.subjects:  # the person's next token (their tk2 secret is gone)
+                self.tokenizer.forget(subject)
+                self.deks.invalidate(subject)
+            raise
         result = BatchResult(keys_requested=len(need_key))
         self._protect_all(accepted, subjects, keys, result.protected)
         if self.pass_headers:

@@ -38,7 +38,9 @@ name                                                  type       labels (besides
                                                                                           batch held: a dependency down), ``tick`` (periodic
                                                                                           work failed), ``recovery`` (Kafka clients
                                                                                           recreated, or a seek back to dropped records
-                                                                                          failed), ``produce`` (records re-queued)
+                                                                                          failed), ``produce`` (records re-queued),
+                                                                                          ``erased`` (a batch redone at once: people it
+                                                                                          names were erased since it was tokenized)
 ``streamgate_keys_shredded_total``                    counter    ``reason``               data keys destroyed (``retention`` | ``erasure``)
 ``streamgate_shred_due_keys``                         gauge                               keys past their deadline not yet shredded
 ``streamgate_shred_overdue_seconds``                  gauge                               how far past its deadline the oldest due key is
@@ -113,7 +115,7 @@ WORKERS = frozenset(_REGISTRY)
 OUT_TOPICS = frozenset({"protected", "dlq", "features", "frequencies", "snapshots", "audit"})
 SHRED_REASONS = frozenset({"retention", "erasure"})
 DEPENDENCIES = frozenset({"broker", "redis", "kek"})
-RETRY_CAUSES = frozenset({"commit", "hold", "tick", "recovery", "produce"})
+RETRY_CAUSES = frozenset({"commit", "hold", "tick", "recovery", "produce", "erased"})
 DLQ_REASONS = frozenset(r.value for r in Reason)
 
 BATCH_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)

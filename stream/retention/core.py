@@ -373,7 +373,8 @@ class ShredStore(Protocol):
     def erase_subject(self, subject: str, epochs: Sequence[int], *, request_id: str, at: float, worker: str,
                       lease_until: float, record_ttl: int, digest: str = "",
                       erased: tuple[int, int] | None = None) -> tuple[ErasureRecord, bool]:
-        """Claim and destroy every key of ``subject`` (indexed ones and ``epochs``) and its pseudonym
+        """Mark ``subject`` erased first (no data key is created for it from then on, for ``record_ttl``
+        seconds), then claim and destroy every key of ``subject`` (indexed ones and ``epochs``) and its pseudonym
         secret, leaving the erased marker ``erased`` = (epoch, expire_at) where there was one (never
         lowered), and store the erasure record last; if a record for ``request_id`` exists, touch
         nothing and return it. Re-running an interrupted request completes it. Returns ``(record, created)``."""

@@ -53,7 +53,7 @@ _LEDGER_ROLES = frozenset({"gateway", "privatizer"})
 # role -> (key kinds (stream.redisdb.key_patterns) with %R/%W/%RW permission; extra commands; may publish)
 _SPEC: dict[str, tuple[tuple[tuple[str, str], ...], tuple[str, ...], bool]] = {
     "gateway": (
-        (("RW", "dek"), ("W", "deadlines"), ("RW", "pid"), ("RW", "ptok"), ("RW", "perased"),
+        (("RW", "dek"), ("W", "deadlines"), ("RW", "pid"), ("RW", "ptok"), ("RW", "perased"), ("RW", "gone"),
          ("RW", "kek-wraps"), ("R", "pwrapped"), ("RW", "keystore")),
         ("+get", "+mget", "+set", "+expireat", "+zadd", "+incrby", "+hget", "+hset", "+hsetnx", "+hincrbyfloat",
          "+waitaof", *_SUB),
@@ -65,7 +65,7 @@ _SPEC: dict[str, tuple[tuple[tuple[str, str], ...], tuple[str, ...], bool]] = {
         False,
     ),
     "shredder": (
-        (("RW", "dek"), ("RW", "memo"), ("RW", "budget"), ("RW", "pid"), ("RW", "ptok"),
+        (("RW", "dek"), ("RW", "memo"), ("RW", "budget"), ("RW", "pid"), ("RW", "ptok"), ("RW", "gone"),
          ("RW", "perased"), ("RW", "deadlines"), ("RW", "pending"), ("RW", "erasure"),
          ("RW", "erasure-floor"), ("RW", "keystore")),
         ("+get", "+mget", "+set", "+del", "+unlink", "+exists", "+expireat", "+zscore", "+zrem", "+zrange",

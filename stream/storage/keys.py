@@ -6,6 +6,7 @@ names from :mod:`stream.redisdb`)::
 
     <prefix>:dek:{<subject>}:<epoch>     string  stored value, EXPIREAT = expire_at   (SET NX EXAT)
     <prefix>:deadlines:{shard-NN}        zset    member "<subject>:<epoch>", score = expire_at (ZADD NX)
+    <prefix>:gone:{<subject>}            string  the erasure's marker: no key is created for the token
 
 ``expire_at = (epoch + 1) * epoch_seconds + retention_seconds`` (unix seconds).
 Subjects are person tokens (``[A-Za-z0-9_.=-]``, never ``:``), so a deadline
@@ -44,7 +45,7 @@ from redis.cluster import RedisCluster
 from stream.crypto.deks import check_refs
 from stream.crypto.keystore import IdentityProbe, Probe, StoreIdentity
 from stream.crypto.kms import WRAP_REFUSE_AT, WRAP_WARN_AT, WrapCounter
-from stream.errors import KeyUnavailableError
+from stream.errors import KeyUnavailableError, SubjectErasedError
 from stream.redisdb import (
     REDIS_ERRORS,
     RedisClient,
@@ -53,6 +54,7 @@ from stream.redisdb import (
     deadlines_key,
     dek_key,
     eval_many,
+    gone_key,
     is_cluster,
     kek_wraps_key,
     keystore_key,
@@ -69,17 +71,22 @@ log = logging.getLogger("streamgate.keystore")
 WAITAOF_TIMEOUT_MS = 1000
 
 
-#: KEYS: data keys (of one hash slot); ARGV[1]: their expire_at, then one value per key. Each: SET NX EXAT,
-#: then GET: 1 if the value stored afterwards is ours, else that value (a concurrent creator's; nil if it
-#: expired on creation).
+#: KEYS: (data key, its person's erased marker) pairs (of one hash slot); ARGV[1]: their expire_at, then one
+#: value per key. Each: 0 if the person's token was erased (no key is created for it), else SET NX EXAT, then
+#: GET: 1 if the value stored afterwards is ours, else that value (a concurrent creator's; nil if it expired
+#: on creation).
 _CREATE_LUA = r"""
 local exat = ARGV[1]
 local out = {}
-for i = 1, #KEYS do
-  local ours = ARGV[i + 1]
-  redis.call('SET', KEYS[i], ours, 'NX', 'EXAT', exat)
-  local v = redis.call('GET', KEYS[i])
-  if v == ours then out[i] = 1 else out[i] = v end
+for i = 1, #KEYS / 2 do
+  if redis.call('GET', KEYS[2 * i]) then  -- (GET: the gateway's ACL user has no EXISTS)
+    out[i] = 0
+  else
+    local ours = ARGV[i + 1]
+    redis.call('SET', KEYS[2 * i - 1], ours, 'NX', 'EXAT', exat)
+    local v = redis.call('GET', KEYS[2 * i - 1])
+    if v == ours then out[i] = 1 else out[i] = v end
+  end
 end
 return out
 """
@@ -158,7 +165,8 @@ class RedisKeyStore:
                 by_deadline.setdefault(int(items[i][3]), []).append(i)
             for expire_at, part in by_deadline.items():
                 parts.append(part)
-                calls.append(([names[i] for i in part], [expire_at, *(items[i][2] for i in part)]))
+                keys = [k for i in part for k in (names[i], gone_key(prefix, items[i][0]))]
+                calls.append((keys, [expire_at, *(items[i][2] for i in part)]))
         try:
             pipe = self._client.pipeline(transaction=not self.cluster)
             for shard_key, members in index.items():
@@ -185,11 +193,16 @@ class RedisKeyStore:
         except REDIS_ERRORS as exc:
             raise _unavailable(exc) from None
         stored: list[Any] = [None] * len(items)
+        erased: list[str] = []
         for part, reply in zip(parts, replies, strict=True):
             if not isinstance(reply, list) or len(reply) != len(part):
                 raise KeyUnavailableError("data key store returned a malformed answer")
             for i, value in zip(part, reply, strict=True):
+                if value == 0:
+                    erased.append(items[i][0])
                 stored[i] = items[i][2] if value == 1 else value
+        if erased:
+            raise SubjectErasedError(sorted(set(erased)))
         if any(v is None for v in stored):
             # Only possible when expire_at is already in the past by the server's clock.
             raise KeyUnavailableError("data key expired on creation (its retention deadline has passed)")

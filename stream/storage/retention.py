@@ -8,6 +8,8 @@
     <prefix>:shredder:pending:{shard-NN}    hash: the receipt outbox of that shard (see stream.retention.core)
     <prefix>:erasure:<request_id>           string: the record of a processed erasure request (EX = retention)
     <prefix>:ptok:{<token>} / pid:{<L>}     the person's tk2 secret (stream.storage.pseudonyms): deleted by the erasure
+    <prefix>:gone:{<token>}                 set first by the erasure (EX = retention): no data key is created for
+                                            the token after it (stream.storage.keys)
     <prefix>:perased:{<L>}                  written with the pid's deletion: the erasure's epoch (stream.ldp.ledger),
                                             no token; in the slot of pid:{<L>}
     <prefix>:shredded                       pub/sub channel: "<subject>:<epoch>" or "<subject>:*"
@@ -53,6 +55,7 @@ from stream.redisdb import (
     erasure_floor_key,
     erasure_key,
     eval_many,
+    gone_key,
     is_cluster,
     memo_key,
     pending_key,
@@ -317,6 +320,10 @@ class RedisShredStore:
         existing = self._call(self.client.get, record_key)
         if existing is not None:
             return ErasureRecord.decode(existing), False
+        # first the marker: from here on no data key is created for the token (a gateway's batch tokenized
+        # before the erasure is refused and protected again under the person's next token), so the keys
+        # read below are all there will be
+        self._call(self.client.set, gone_key(self.prefix, subject), b"1", ex=int(record_ttl))
         members = sorted(set(self.subject_members(subject)) | {f"{subject}:{e}" for e in epochs})
         shard = self.shard_of(subject)
         ptok = ptok_key(self.prefix, subject)

@@ -24,7 +24,7 @@ from stream.schema import output_validator
 from stream.storage.retention import RedisShredStore
 from stream.synth import ClickstreamGenerator
 from tests.support.fixtures import admin_client
-from tests.support.shred import Clock, key_name, signed_request
+from tests.support.shred import Clock, key_name, redis_keys_of, signed_request
 from tests.support.shred import reader as shred_reader
 
 pytestmark = pytest.mark.integration
@@ -307,3 +307,91 @@ def test_a_gateway_that_missed_the_shred_message_keeps_the_old_token_for_at_most
     fresh, ev = token_now(2)
     assert fresh != old and fresh.startswith("tk2_")
     assert reader.decrypt(ev)["user_id"] == fresh
+
+
+def test_a_batch_tokenized_before_an_erasure_is_protected_under_the_next_token(settings) -> None:
+    """A gateway's batch tokenized before the erasure asks for its key after it (its token memo kept the old
+    token, its key cache did not): no key is created for the erased token (the erasure's marker); the batch
+    is held (a KeyUnavailableError), the old token forgotten, and the retry protects it under the person's
+    next token. Nothing is ever readable under the erased token."""
+    from stream.errors import KeyUnavailableError, SubjectErasedError
+
+    clock = Clock(T0)
+    gw = build_gateway(settings, clock=clock)  # no invalidation listener
+    rec = RawRecord("clicks.raw", 0, 0, orjson.dumps(event("usr_inflight")), None)
+    old = gw.process([rec]).protected[0][0].decode()
+    shredder(settings, clock).erase(old, "req-inflight")
+    gw.deks.invalidate(old)  # its key cache entry went stale; the token memo did not
+    with pytest.raises(SubjectErasedError) as refused:
+        gw.process([rec])
+    assert isinstance(refused.value, KeyUnavailableError) and refused.value.subjects == [old]
+    assert old not in str(refused.value)  # the message names no token
+    assert redis_keys_of(admin_client(settings), settings.redis_key_prefix, old) == []
+    key, value = gw.process([rec]).protected[0]  # the engine's retry of the held batch
+    new = key.decode()
+    assert new != old and new.startswith("tk2_")
+    assert shred_reader(settings, clock).decrypt(orjson.loads(value))["user_id"] == new
+    assert redis_keys_of(admin_client(settings), settings.redis_key_prefix, old) == []
+
+
+def test_a_key_created_while_the_erasure_reads_the_keys_is_refused(settings, monkeypatch) -> None:
+    """The race: a gateway creates the person's key of a new epoch after the erasure read which keys exist
+    and before it destroyed them. Without the marker that key outlived the erasure (unindexed, readable);
+    with it the creation is refused and nothing of the person is left."""
+    from stream.errors import SubjectErasedError
+
+    clock = Clock(T0)
+    gw = build_gateway(settings, clock=clock)
+    rec = RawRecord("clicks.raw", 0, 0, orjson.dumps(event("usr_race")), None)
+    token = gw.process([rec]).protected[0][0].decode()
+    epoch = int(T0 // E)
+    raced: list[BaseException] = []
+    real_read = RedisShredStore._read
+
+    def read_then_race(self, members):
+        found = real_read(self, members)
+        try:  # the gateway's next epoch, created now
+            gw.deks.keys_for([token], epoch + 1)
+        except SubjectErasedError as exc:
+            raised.append(exc)
+        else:
+            raced.append(AssertionError("created"))
+        return found
+
+    raised: list[BaseException] = []
+    monkeypatch.setattr(RedisShredStore, "_read", read_then_race)
+    shredder(settings, clock).erase(token, "req-race")
+    assert len(raised) == 1 and not raced
+    assert redis_keys_of(admin_client(settings), settings.redis_key_prefix, token) == []
+
+
+def test_the_engine_redoes_a_batch_naming_an_erased_person_at_once_without_a_redis_error(settings) -> None:
+    """The gateway engine's side of the refusal: the batch is redone at once (counted as
+    ``streamgate_engine_retries_total{cause="erased"}``), not held as if Redis were down (no Redis error
+    counted: that would page whoever watches StreamgateRedisErrors for an ordinary erasure)."""
+    import threading
+
+    from stream.apps.engine import GatewayEngine
+    from stream.engine.contract import Record
+    from stream.engine.produce import Sink
+    from tests.engine.fakes import FakeProducer
+
+    clock = Clock(T0)
+    gw = build_gateway(settings, clock=clock)
+    engine = GatewayEngine(settings, gw, bootstrap="127.0.0.1:1")
+    engine.clients.sink = Sink(FakeProducer(), undeliverable=lambda o, err: None, on_retry=lambda n: None,  # type: ignore[arg-type]
+                               on_fatal=lambda why: None, on_replaced=lambda o, err: None)
+    value = orjson.dumps(event("usr_engine"))
+    old = gw.process([RawRecord("clicks.raw", 0, 0, value, None)]).protected[0][0].decode()
+    shredder(settings, clock).erase(old, "req-engine")
+    gw.deks.invalidate(old)
+    engine.hold.records = [Record("clicks.raw", 0, 1, value)]
+    engine._process_held(threading.Event())  # refused: redone, not held
+    assert engine.retries["erased"] == 1 and engine.retries["hold"] == 0 and len(engine.hold) == 1
+    engine._process_held(threading.Event())
+    assert not engine.hold.records and engine._queue.inflight == 1
+    (ticket,) = engine._queue.tickets
+    (out,) = ticket.outputs
+    assert out.key is not None and out.key.decode() not in ("", old)
+    snap = engine.metrics.snapshot()
+    assert snap["redis_errors"] == 0 and snap["engine_retries"]["erased"] == 1
