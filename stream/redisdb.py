@@ -14,6 +14,7 @@ Key layout (``<prefix>`` is ``STREAMGATE_REDIS_KEY_PREFIX``; braces are literal 
     <prefix>:deadlines:{shard-NN}               deadline index shard         one slot per shard
     <prefix>:shredder:pending:{shard-NN}        the shredder's outbox shard  same slot as its index shard
     <prefix>:erasure:<request id>               erasure record               anywhere (one key)
+    <prefix>:erasing:<request id>               whom a begun erasure erases  anywhere (one key)
     <prefix>:erasure-floor                      since when erasure records are kept (unix s)  anywhere
     <prefix>:pseudonyms-wrapped                 since when every tk2 secret is wrapped: no more "2."  anywhere
     <prefix>:kek-wraps:<kek id>                 wrap counter                 anywhere (one key)
@@ -63,6 +64,7 @@ __all__ = [
     "deadline_shard",
     "deadlines_key",
     "dek_key",
+    "erasing_key",
     "erasure_floor_key",
     "erasure_key",
     "eval_many",
@@ -333,6 +335,11 @@ def erasure_key(prefix: str, request_id: str) -> str:
     return f"{prefix}:erasure:{request_id}"
 
 
+def erasing_key(prefix: str, request_id: str) -> str:
+    """Which person an erasure request began to erase (written before anything is destroyed)."""
+    return f"{prefix}:erasing:{request_id}"
+
+
 def erasure_floor_key(prefix: str) -> str:
     """Since when this store has kept erasure records (set if absent: a new or emptied store)."""
     return f"{prefix}:erasure-floor"
@@ -372,6 +379,7 @@ def key_patterns(prefix: str) -> dict[str, str]:
         "pid": pid_key(prefix, "*"),
         "perased": perased_key(prefix, "*"), "deadlines": f"{prefix}:deadlines:*",
         "pending": f"{prefix}:shredder:pending:*", "erasure": erasure_key(prefix, "*"),
+        "erasing": erasing_key(prefix, "*"),
         "erasure-floor": erasure_floor_key(prefix), "kek-wraps": kek_wraps_key(prefix, "*"),
         "pwrapped": pseudonyms_wrapped_key(prefix),
         "replayed": replayed_key(prefix, "*"), "keystore": keystore_key(prefix) + "*",

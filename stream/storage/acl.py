@@ -67,7 +67,7 @@ _SPEC: dict[str, tuple[tuple[tuple[str, str], ...], tuple[str, ...], bool]] = {
     "shredder": (
         (("RW", "dek"), ("RW", "memo"), ("RW", "budget"), ("RW", "pid"), ("RW", "ptok"), ("RW", "gone"),
          ("RW", "perased"), ("RW", "deadlines"), ("RW", "pending"), ("RW", "erasure"),
-         ("RW", "erasure-floor"), ("RW", "keystore")),
+         ("RW", "erasing"), ("RW", "erasure-floor"), ("RW", "keystore")),
         ("+get", "+mget", "+set", "+del", "+unlink", "+exists", "+expireat", "+zscore", "+zrem", "+zrange",
          "+zrangebyscore", "+zcount", "+zcard", "+zscan", "+hget", "+hset", "+hsetnx", "+hdel", "+hgetall", "+hlen",
          "+hscan", "+publish", *_SUB),

@@ -7,6 +7,7 @@
     <prefix>:deadlines:{shard-NN}           zset member "<subject>:<epoch>", score = expire_at
     <prefix>:shredder:pending:{shard-NN}    hash: the receipt outbox of that shard (see stream.retention.core)
     <prefix>:erasure:<request_id>           string: the record of a processed erasure request (EX = retention)
+    <prefix>:erasing:<request_id>           string: whom the request erases, written before anything is destroyed
     <prefix>:ptok:{<token>} / pid:{<L>}     the person's tk2 secret (stream.storage.pseudonyms): deleted by the erasure
     <prefix>:gone:{<token>}                 set first by the erasure (EX = retention): no data key is created for
                                             the token after it (stream.storage.keys)
@@ -43,6 +44,8 @@ import logging
 from collections.abc import Sequence
 from typing import Any
 
+import orjson
+
 from stream.errors import KeyUnavailableError
 from stream.redisdb import (
     REDIS_ERRORS,
@@ -52,6 +55,7 @@ from stream.redisdb import (
     deadline_shard,
     deadlines_key,
     dek_key,
+    erasing_key,
     erasure_floor_key,
     erasure_key,
     eval_many,
@@ -65,7 +69,7 @@ from stream.redisdb import (
     ptok_key,
     shred_channel,
 )
-from stream.retention.core import ErasureRecord, PendingShred
+from stream.retention.core import ErasureConflictError, ErasureRecord, PendingShred
 
 __all__ = ["RedisShredStore", "channel_name"]
 
@@ -320,6 +324,7 @@ class RedisShredStore:
         existing = self._call(self.client.get, record_key)
         if existing is not None:
             return ErasureRecord.decode(existing), False
+        subject = self._begin(request_id, subject, digest, record_ttl)
         # first the marker: from here on no data key is created for the token (a gateway's batch tokenized
         # before the erasure is refused and protected again under the person's next token), so the keys
         # read below are all there will be
@@ -347,6 +352,22 @@ class RedisShredStore:
             return ErasureRecord.decode(self._call(self.client.get, record_key)), False
         self.publish(f"{subject}:*")
         return ErasureRecord.decode(record), True
+
+    def _begin(self, request_id: str, subject: str, digest: str, record_ttl: int) -> str:
+        """Whom request ``request_id`` erases: ``subject``, written before anything is destroyed; or, for a
+        request begun before and interrupted (a crash after the person's tk2 secret was deleted, so that a
+        redelivery by user_id no longer finds their token), the person it began with."""
+        key = erasing_key(self.prefix, request_id)
+        mine = orjson.dumps({"subject": subject, "digest": digest})
+
+        def begin(pipe: Any) -> None:
+            pipe.set(key, mine, nx=True, ex=int(record_ttl))
+            pipe.get(key)
+
+        begun = orjson.loads(self._pipe(begin)[-1])
+        if digest and begun.get("digest") and begun["digest"] != digest:
+            raise ErasureConflictError("request_id was already used for another person's erasure")
+        return str(begun["subject"])
 
     def erasure_floor(self, now: float) -> float:
         """Since when this store has kept erasure records (``<prefix>:erasure-floor``, SET NX ``now``)."""

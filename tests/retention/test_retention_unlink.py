@@ -395,3 +395,42 @@ def test_the_engine_redoes_a_batch_naming_an_erased_person_at_once_without_a_red
     assert out.key is not None and out.key.decode() not in ("", old)
     snap = engine.metrics.snapshot()
     assert snap["redis_errors"] == 0 and snap["engine_retries"]["erased"] == 1
+
+
+def test_an_erasure_by_user_id_redelivered_after_a_crash_still_names_the_person(tk2, monkeypatch) -> None:
+    """The shredder dies after it deleted the person's tk2 secret and before it stored the erasure's record
+    (nothing committed). The redelivered request can no longer find the person's token from the user_id; it
+    takes the person from what the first attempt wrote before it destroyed anything, so the summary receipt
+    and the tombstones name the person's real token (not a made-up one nobody has)."""
+    from redis.exceptions import ConnectionError as RedisConnectionError
+
+    from stream.errors import KeyUnavailableError
+    from stream.retention.core import MemorySink
+
+    clock = Clock(T0)
+    gw = build_gateway(tk2, clock=clock)
+    token = gw.process([RawRecord("clicks.raw", 0, 0, orjson.dumps(event("usr_crash")), None)]).protected[0][0].decode()
+    request = signed_request(tk2, "req-crash", user_id="usr_crash")
+
+    first = ShredderEngine(tk2, clock=clock)
+    first.shredder.sink = MemorySink()
+    real_hscan = first.shredder.store.client.hscan_iter
+
+    def crash(*a, **kw):
+        raise RedisConnectionError("the process died here (injected)")
+
+    monkeypatch.setattr(first.shredder.store.client, "hscan_iter", crash)  # right after the secret went
+    with pytest.raises(KeyUnavailableError):
+        first._erase_one(request, "t/0/0")
+    monkeypatch.setattr(first.shredder.store.client, "hscan_iter", real_hscan)
+    assert build_pseudonyms(tk2).lookup("usr_crash") is None  # the secret is gone already
+
+    again = ShredderEngine(tk2, clock=clock)  # the restarted shredder; the request is read again
+    again.shredder.sink = sink = MemorySink()
+    again.tombstone_topics = again.shredder.tombstone_topics = ["analytics.partials"]
+    again._erase_one(request, "t/0/0")
+    (summary,) = [r for r in sink.receipts if r["kind"] == "erasure" and "keys_shredded" in r]  # the request's
+    assert summary["subject"] == token, summary
+    assert summary["keys_shredded"] == 1
+    assert sink.tombstones == [("analytics.partials", token.encode())]
+    assert redis_keys_of(admin_client(tk2), tk2.redis_key_prefix, token) == []
