@@ -29,10 +29,10 @@ already; the restart changes ``run_id``, so later batches are safe, but those
 events are not. When a batch loaded or created keys, the end probe therefore
 also rewrites the marker (a write of ours) and sends ``WAITAOF 1 0 <timeout>`` (Redis >= 7.2,
 Valkey): every write before it - whoever made it - is fsynced to the AOF before
-the batch is returned. Not confirmed in time: the batch is held and the wait is
-asked again. Unsupported (older server, AOF off): noted once in the log and
-skipped until the identity changes. Replicas are not waited for (a failover is
-caught by the identity instead).
+the batch is returned. Not confirmed in time: counted (``unconfirmed``), logged
+(rate-limited) and asked again, up to ``max_attempts`` times, then the batch is held.
+Unsupported (older server, AOF off): noted once in the log and skipped until the identity
+changes. Replicas are not waited for (a failover is caught by the identity instead).
 
 Redis Cluster (:class:`stream.storage.keys.ClusterIdentityProbe`): a master that loses data loses only its
 slots, so the identity is that of every master - the same probe on each, with a marker
@@ -46,6 +46,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Callable
 from typing import NamedTuple, Protocol, TypeVar
 
@@ -88,11 +89,14 @@ class IdentityProbe(Protocol):
 class KeyStoreGuard:
     """Tracks the key store's identity and drops every registered cache when it changes.
 
-    ``resets`` counts identity changes seen (export it as a metric); ``checks`` counts probes.
+    ``resets`` counts identity changes seen (export it as a metric); ``checks`` counts probes;
+    ``unconfirmed`` counts fsyncs not confirmed in time (each one asked again or the batch held),
+    logged at most once per ``log_interval`` seconds of ``clock``.
     Thread-safe; meant to be checked once per batch via :meth:`run`.
     """
 
-    def __init__(self, probe: IdentityProbe, *, max_attempts: int = 3) -> None:
+    def __init__(self, probe: IdentityProbe, *, max_attempts: int = 3, log_interval: float = 10.0,
+                 clock: Callable[[], float] = time.monotonic) -> None:
         if max_attempts < 1:
             raise ValueError("max_attempts must be >= 1")
         self.probe = probe
@@ -100,6 +104,10 @@ class KeyStoreGuard:
         self.identity: StoreIdentity | None = None
         self.resets = 0
         self.checks = 0
+        self.unconfirmed = 0
+        self.log_interval = log_interval
+        self._clock = clock
+        self._unconfirmed_logged: tuple[float, int] = (float("-inf"), 0)  # last logged at, suppressed since
         self._callbacks: list[Callable[[], None]] = []
         self._loads = 0  # note_loaded calls so far
         self._durable_upto = 0  # ... of which the last confirmed durable
@@ -131,6 +139,7 @@ class KeyStoreGuard:
                 self._reset(known.differs(answer.identity))
                 return False
             if answer.durable is False:
+                self._note_unconfirmed()
                 return False
             self._durable_upto = loads
             return True
@@ -164,6 +173,20 @@ class KeyStoreGuard:
                 break
         raise KeyUnavailableError("key store changed or unconfirmed during the batch; batch held")
 
+    def _note_unconfirmed(self) -> None:
+        self.unconfirmed += 1
+        now = self._clock()
+        at, suppressed = self._unconfirmed_logged
+        if now - at < self.log_interval:
+            self._unconfirmed_logged = (at, suppressed + 1)
+            return
+        self._unconfirmed_logged = (now, 0)
+        extra = {"count": self.unconfirmed}  # allow-listed keys (stream.ops.logging): the total so far
+        if suppressed:
+            extra["suppressed"] = suppressed
+        log.warning("key store: fsync (WAITAOF) of loaded keys not confirmed in time: asked again, "
+                    "the batch is held after %d tries", self.max_attempts, extra=extra)
+
     def _reset(self, reason: str) -> None:
         self.resets += 1
         self._durable_upto = self._loads  # nothing loaded so far survives the reset in any cache
@@ -179,4 +202,5 @@ class KeyStoreGuard:
         )
 
     def __repr__(self) -> str:
-        return f"KeyStoreGuard(resets={self.resets}, checks={self.checks}, probe={self.probe!r})"
+        return (f"KeyStoreGuard(resets={self.resets}, checks={self.checks}, unconfirmed={self.unconfirmed}, "
+                f"probe={self.probe!r})")

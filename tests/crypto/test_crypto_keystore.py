@@ -152,6 +152,35 @@ def test_durability_never_confirmed_fails_closed_and_stays_pending() -> None:
     assert probe.asked_durable[-1] is True
 
 
+def test_each_unconfirmed_fsync_is_counted_and_logged_rate_limited(caplog: pytest.LogCaptureFixture) -> None:
+    """The guard asks again when WAITAOF is not confirmed in time: every such answer is counted
+    (``unconfirmed``) and logged, once per ``log_interval`` with the count suppressed since."""
+    now = [0.0]
+    probe = FakeProbe()
+    guard = KeyStoreGuard(probe, log_interval=10.0, clock=lambda: now[0])
+    guard.run(lambda: None)
+
+    def unconfirmed_logs() -> list[logging.LogRecord]:
+        return [r for r in caplog.records if r.name == "streamgate.keystore" and "WAITAOF" in r.getMessage()]
+
+    with caplog.at_level(logging.WARNING, logger="streamgate.keystore"):
+        probe.fsync = [False, False, True]  # two tries time out, the third confirms
+        assert guard.run(lambda: guard.note_loaded() or "out") == "out"
+        assert guard.unconfirmed == 2 and guard.resets == 0  # the 2nd is counted, its log rate-limited
+        assert [r.count for r in unconfirmed_logs()] == [1]  # type: ignore[attr-defined]
+        assert not hasattr(unconfirmed_logs()[0], "suppressed")
+        now[0] += 10.0
+        probe.fsync = [False] * guard.max_attempts  # never confirmed: held after max_attempts tries
+        with pytest.raises(KeyUnavailableError):
+            guard.run(guard.note_loaded)
+    assert guard.unconfirmed == 2 + guard.max_attempts
+    logs = unconfirmed_logs()
+    assert [r.count for r in logs] == [1, 3]  # type: ignore[attr-defined]
+    assert logs[1].suppressed == 1  # type: ignore[attr-defined]
+    assert logs[1].levelno == logging.WARNING and "held after 3 tries" in logs[1].getMessage()
+    assert "unconfirmed=5" in repr(guard)
+
+
 def test_unsupported_durability_does_not_hold_batches() -> None:
     guard, probe, _ = make_guard()
     probe.fsync = [None]
