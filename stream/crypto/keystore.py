@@ -37,9 +37,12 @@ changes. Replicas are not waited for (a failover is caught by the identity inste
 Redis Cluster (:class:`stream.storage.keys.ClusterIdentityProbe`): a master that loses data loses only its
 slots, so the identity is that of every master - the same probe on each, with a marker
 ``{prefix}:keystore:{<slot tag>}`` in a slot the master owns - joined in slot order. A
-master restarting, failing over or losing its marker, and any change of which masters own
-the slots (a resharding too), changes the identity: every cache is dropped (conservative).
-One round trip per master per probe; WAITAOF is asked of every master.
+master restarting, failing over or losing its marker, a master added to or gone from the
+slot map, and a marker's slot moving to another master (a resharding too) change the
+identity: every cache is dropped (conservative). A slot moved with its keys between masters
+that stay loses nothing and changes nothing. The masters are those of redis-py's slot map at
+each probe, also after a MOVED patched it in place. One round trip per master per probe;
+WAITAOF is asked of every master.
 """
 
 from __future__ import annotations

@@ -124,6 +124,59 @@ def test_cluster_identity_changes_when_one_master_restarts_empty(tmp_path: Path)
         cluster.stop()
 
 
+@pytest.mark.slow  # starts a cluster of its own
+def test_cluster_probe_follows_slots_that_redis_py_moves_in_place(tmp_path: Path) -> None:
+    """On a MOVED redis-py patches its slot map in place (``NodesManager.move_slot``: the same dict)
+    and refreshes it whole only every ``reinitialize_steps`` MOVED. A slot resharded to a new master
+    must be probed from the next check: the identity gains that master (caches dropped), and that
+    master restarting empty is then seen. A slot moved between known masters changes nothing."""
+    cluster = OwnCluster(tmp_path)
+    cluster.start()
+    client = connect(cluster.url, cluster=True)
+    try:
+        probe = ClusterIdentityProbe(client, "sgks")
+        guard = KeyStoreGuard(probe)
+        assert guard.check() and guard.check() and guard.resets == 0
+        slots = client.nodes_manager.slots_cache
+        masters = [name for name, _ in probe._masters()]
+        markers = probe.marker_keys
+        key = "sgks:moved:{a}"
+        slot = client.keyslot(key)
+        assert slot not in {client.keyslot(m) for m in markers}  # a slot with no marker
+        client.set(key, b"v")
+        port_of = {n.port: n.name for n in client.get_primaries()}
+
+        def moved_to(to: int) -> str:
+            """Move the slot to node ``to``; redis-py learns it from the MOVED of the next command."""
+            cluster.move_slot(slot, to)
+            assert client.get(key) == b"v"
+            assert client.nodes_manager.slots_cache is slots  # patched in place, not refreshed
+            return str(slots[slot][0].name)
+
+        # between two known masters: the same masters, the same markers, the same identity
+        other = next(i for i, p in enumerate(cluster.ports) if port_of[p] != slots[slot][0].name)
+        assert moved_to(other) == port_of[cluster.ports[other]]
+        assert guard.check() and guard.resets == 0
+        assert [name for name, _ in probe._masters()] == masters and probe.marker_keys == markers
+
+        # to a master added by the resharding: probed from the next check, the identity changes
+        new = cluster.add_node()
+        new_name = moved_to(new)
+        assert new_name.endswith(f":{cluster.ports[new]}") and new_name not in masters
+        assert [name for name, _ in probe._masters()] == [*masters, new_name]
+        assert not guard.check() and guard.resets == 1  # a new master: every cache dropped
+        assert guard.check() and guard.resets == 1
+        before = guard.identity
+        cluster.restart_node(new)  # the new master loses its data: seen like any other master's loss
+        assert not retrying(guard.check) and guard.resets == 2
+        assert before is not None and guard.identity is not None
+        assert [m != n for m, n in zip(before.marker.split(","), guard.identity.marker.split(","),
+                                        strict=True)] == [False, False, False, True]
+    finally:
+        client.close()
+        cluster.stop()
+
+
 def test_probe_sees_restarts_with_and_without_data(own_redis: OwnRedis) -> None:
     client = redis.Redis.from_url(own_redis.url)
     probe = RedisIdentityProbe(client, "sgks")

@@ -105,6 +105,63 @@ class OwnCluster:
             for node in nodes:
                 node.close()
 
+    def add_node(self, timeout: float = 60.0) -> int:
+        """Start one more node, joined to the cluster with no slots (a master to reshard to); its index."""
+        i = len(self.ports)
+        self.ports.append(free_port())
+        self.bus_ports.append(free_port())
+        self.procs.append(subprocess.Popen(self._argv(i), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+        deadline = time.monotonic() + timeout
+        nodes = [redis.Redis(port=p, socket_connect_timeout=0.5, decode_responses=True) for p in self.ports]
+        try:
+            self._wait(lambda: bool(nodes[i].ping()), deadline, "the added node did not start")
+            nodes[i].execute_command("CLUSTER MEET", "127.0.0.1", self.ports[0], self.bus_ports[0])
+            def joined() -> bool:
+                infos = [n.cluster("info") for n in nodes]
+                return all(i["cluster_state"] == "ok" and int(i["cluster_known_nodes"]) == len(nodes) for i in infos)
+
+            self._wait(joined, deadline, "the added node did not join")
+        finally:
+            for node in nodes:
+                node.close()
+        return i
+
+    def move_slot(self, slot: int, to: int, timeout: float = 60.0) -> None:
+        """Move ``slot`` and its keys to node ``to`` as a resharding does (SETSLOT IMPORTING and
+        MIGRATING, MIGRATE, SETSLOT NODE on every node); returns once every node names its new owner."""
+        nodes = [redis.Redis(port=p, socket_connect_timeout=0.5, decode_responses=True) for p in self.ports]
+        try:
+            ids = [n.execute_command("CLUSTER MYID") for n in nodes]
+            owner = next(i for i, n in enumerate(nodes) if slot in self._owned(n, ids[i]))
+            src, dst = nodes[owner], nodes[to]
+            dst.execute_command("CLUSTER SETSLOT", slot, "IMPORTING", ids[owner])
+            src.execute_command("CLUSTER SETSLOT", slot, "MIGRATING", ids[to])
+            while keys := src.execute_command("CLUSTER GETKEYSINSLOT", slot, 100):
+                src.execute_command("MIGRATE", "127.0.0.1", self.ports[to], "", 0, 5000, "KEYS", *keys)
+            for i in [to, owner, *(j for j in range(len(nodes)) if j not in (to, owner))]:
+                nodes[i].execute_command("CLUSTER SETSLOT", slot, "NODE", ids[to])
+            deadline = time.monotonic() + timeout
+            self._wait(lambda: all(self._slot_owner(n, slot) == self.ports[to] for n in nodes), deadline,
+                       "the nodes did not agree on the moved slot's owner")
+        finally:
+            for node in nodes:
+                node.close()
+
+    @staticmethod
+    def _owned(node: redis.Redis, node_id: str) -> set[int]:
+        owned: set[int] = set()
+        for start, end, *rest in node.execute_command("CLUSTER SLOTS"):
+            if rest and rest[0][2] == node_id:
+                owned.update(range(int(start), int(end) + 1))
+        return owned
+
+    @staticmethod
+    def _slot_owner(node: redis.Redis, slot: int) -> int | None:
+        for start, end, primary, *_ in node.execute_command("CLUSTER SLOTS"):
+            if int(start) <= slot <= int(end):
+                return int(primary[1])
+        return None
+
     def stop(self) -> None:
         for proc in self.procs:
             proc.terminate()
