@@ -464,9 +464,11 @@ class PrivatizerEngine(StreamEngine):
         if m is not None:
             m.events_out("features", len(values))
             for res in self._unreleased:
-                for name, n in res.reported.items():
+                # every attribute reported or charged: the label's ε (LABEL_NAME) is charged (prepaid) with the
+                # feature reports of a batch, its examples are counted when they are labelled
+                for name in res.reported.keys() | res.epsilon_spent.keys():
                     attr = self.privatizer.policy.by_name.get(name)
-                    m.ldp_reports(name, attr.mechanism if attr is not None else "GRR", n,
+                    m.ldp_reports(name, attr.mechanism if attr is not None else "GRR", res.reported.get(name, 0),
                                   res.epsilon_spent.get(name, 0.0))
             hist = self.privatizer.spend.published()
             if hist is not None:
@@ -500,7 +502,7 @@ class PrivatizerEngine(StreamEngine):
         self.stats.add(res)
         if res.over_budget and self.metrics is not None:
             self.metrics.ldp_over_budget(res.over_budget)
-        if res.reported:
+        if res.reported or res.epsilon_spent:
             self._unreleased.append(res)
         if self.on_batch is not None:
             self.on_batch(self.stats, res, time.perf_counter() - t0)
