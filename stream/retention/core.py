@@ -65,7 +65,7 @@ from stream.crypto.signing import (
     sign,
     verify,
 )
-from stream.errors import StreamgateError
+from stream.errors import KeyUnavailableError, StreamgateError
 from stream.retention.receipts import erasure_receipt, key_receipt, rejection_receipt, sign_receipt
 
 __all__ = [
@@ -366,6 +366,11 @@ class ShredStore(Protocol):
         """Since when the store has kept erasure records: set to ``now`` if absent (a new or emptied store)."""
         ...
 
+    def sync(self) -> None:
+        """Make what was destroyed so far durable before a receipt says so (Redis with AOF: WAITAOF);
+        raise :class:`~stream.errors.KeyUnavailableError` when the store does not confirm it in time."""
+        ...
+
     def claim_due(self, now: float, limit: int, *, at: float, worker: str, lease_until: float) -> list[PendingShred]:
         """Claim (exclusively: one winner per member) and destroy up to ``limit`` members with deadline <= ``now``."""
         ...
@@ -433,11 +438,19 @@ class MemoryShredStore:
         self.pending_entries: dict[str, bytes] = {}
         self.erasures: dict[str, bytes] = {}
         self.published: list[str] = []
+        self.syncs = 0  # sync() calls
+        self.fail_sync = 0  # the next sync() calls that raise (tests)
         self._lock = threading.Lock()
 
     def erasure_floor(self, now: float) -> float:
         with self._lock:
             return float(self.erasures.setdefault("\0floor", str(float(now)).encode()))
+
+    def sync(self) -> None:
+        self.syncs += 1
+        if self.fail_sync:
+            self.fail_sync -= 1
+            raise KeyUnavailableError("deletes not confirmed durable (injected)")
 
     # test helpers
     def add_key(self, subject: str, epoch: int, key_id: str, expire_at: int, *, ldp: bool = True) -> None:
@@ -577,6 +590,7 @@ class Shredder:
                 tombstones: Sequence[tuple[str, bytes]] = ()) -> int:
         receipts = self._signed([e.receipt() for e in entries] + list(extra))
         if receipts or tombstones:
+            self.store.sync()  # what the receipts say was destroyed is durable before they go
             self.sink.deliver(receipts, tombstones)
         self.store.done(entries)
         self.stats.receipts += len(receipts)

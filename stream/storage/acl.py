@@ -70,7 +70,7 @@ _SPEC: dict[str, tuple[tuple[tuple[str, str], ...], tuple[str, ...], bool]] = {
          ("RW", "erasing"), ("RW", "erasure-floor"), ("RW", "keystore")),
         ("+get", "+mget", "+set", "+del", "+unlink", "+exists", "+expireat", "+zscore", "+zrem", "+zrange",
          "+zrangebyscore", "+zcount", "+zcard", "+zscan", "+hget", "+hset", "+hsetnx", "+hdel", "+hgetall", "+hlen",
-         "+hscan", "+publish", *_SUB),
+         "+hscan", "+publish", "+waitaof", *_SUB),
         True,
     ),
     "reader": (

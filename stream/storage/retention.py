@@ -70,6 +70,7 @@ from stream.redisdb import (
     shred_channel,
 )
 from stream.retention.core import ErasureConflictError, ErasureRecord, PendingShred
+from stream.storage.keys import WAITAOF_TIMEOUT_MS, identity_probe
 
 __all__ = ["RedisShredStore", "channel_name"]
 
@@ -175,6 +176,8 @@ class RedisShredStore:
         self._destroy = client.register_script(_DESTROY)
         self._unlink = client.register_script(_UNLINK)
         self._take_over = client.register_script(_TAKE_OVER)
+        # the durability barrier before receipts (sync): the key-store probe's write, then WAITAOF
+        self._durable = identity_probe(client, self.prefix, waitaof_timeout_ms=WAITAOF_TIMEOUT_MS)
         self._cursor = 0  # the shard a scan starts at (rotates: no shard waits behind the others)
         self._pending_in: dict[str, str] = {}  # outbox field -> the hash it was read from
 
@@ -368,6 +371,13 @@ class RedisShredStore:
         if digest and begun.get("digest") and begun["digest"] != digest:
             raise ErasureConflictError("request_id was already used for another person's erasure")
         return str(begun["subject"])
+
+    def sync(self) -> None:
+        """WAITAOF after a write of ours on every master (the key-store probe): once it is fsynced, so is every
+        earlier delete. A Redis without AOF or WAITAOF (before 7.2) has nothing to wait for."""
+        if self._durable.probe(True).durable is False:
+            raise KeyUnavailableError("the key store did not confirm the shredder's deletes on disk in time: "
+                                      "receipts held")
 
     def erasure_floor(self, now: float) -> float:
         """Since when this store has kept erasure records (``<prefix>:erasure-floor``, SET NX ``now``)."""

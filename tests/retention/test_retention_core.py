@@ -109,6 +109,30 @@ def test_failed_delivery_leaves_the_outbox_and_a_restart_finishes_it_with_the_sa
     assert {r["subject"] for r in sink2.receipts} == {"tokA", "tokB"}
 
 
+def test_no_receipt_goes_out_before_the_store_confirmed_the_deletes_durable() -> None:
+    """A receipt (and the erasure's commit after it) says keys are gone: the store must have made the deletes
+    durable first (Redis: WAITAOF). Not confirmed: nothing is delivered, the outbox keeps the entries, and
+    the retry (the engine's hold or tick retry) delivers them once it is."""
+    from stream.errors import KeyUnavailableError
+
+    clock = Clock(0)
+    shredder, store, sink = make(clock, batch=10)
+    seed(store, ["tokA", "tokB"], [1])
+    clock.t = expire_at(1)
+    store.fail_sync = 1
+    with pytest.raises(KeyUnavailableError):
+        shredder.shred_due()
+    assert sink.receipts == [] and len(store.pending()) == 2 and store.syncs == 1
+    assert shredder.recover() == 2 and store.syncs == 2
+    assert {r["subject"] for r in sink.receipts} == {"tokA", "tokB"}
+    store.fail_sync = 1
+    with pytest.raises(KeyUnavailableError):
+        shredder.erase("tokC", "req-sync")
+    assert sink.receipts and all(r.get("request_id") != "req-sync" for r in sink.receipts)
+    outcome = shredder.erase("tokC", "req-sync")  # the redelivered request
+    assert outcome.repeated and [r["request_id"] for r in sink.receipts if r.get("request_id") == "req-sync"]
+
+
 def test_other_instances_take_over_only_after_the_lease() -> None:
     clock = Clock(0)
     a, store, sink_a = make(clock, worker="a", lease_seconds=30)
