@@ -11,7 +11,7 @@ import click
 from stream.commands.common import bench_settings
 from stream.commands.common import settings as _settings
 
-__all__ = ["explain_lines", "register", "render_estimates"]
+__all__ = ["explain_lines", "register", "render_estimates", "skipped_lines"]
 
 
 def explain_lines(settings: Any, policy: Any) -> list[str]:
@@ -145,6 +145,55 @@ def render_estimates(records: Sequence[Mapping[str, Any]], *, top: int = 10, tru
     return Group(*tables)
 
 
+def _is_estimate(rec: Any) -> bool:
+    """A record :func:`stream.ldp.aggregate.merge_records` can read: attribute, window bounds, n."""
+    if not isinstance(rec, dict):
+        return False
+    win = rec.get("window")
+    return (isinstance(rec.get("attribute"), str) and isinstance(win, dict)
+            and all(type(win.get(k)) is int for k in ("start_ms", "end_ms")) and type(rec.get("n")) is int)
+
+
+def skipped_lines(settings: Any, schema: Any, policy: Any, records: Sequence[Mapping[str, Any]]) -> list[str]:
+    """One line per attribute and cause for the records :func:`stream.ldp.aggregate.merge_records` skips
+    under ``policy``: how many, their parameters and the policy's, and the STREAMGATE_LDP_EPSILON that
+    reads them when one does."""
+    from stream.errors import SchemaPolicyError
+    from stream.ldp.aggregate import param_mismatch
+    from stream.ldp.policy import IRR_FRACTION, LdpPolicy
+
+    groups: dict[tuple[str, str], list[Mapping[str, Any]]] = {}
+    for rec in records:
+        name = str(rec.get("attribute"))
+        attr = policy.by_name.get(name)
+        why = (f"schema {policy.schema_name} (STREAMGATE_SCHEMA_NAME) has no ldp attribute {name}" if attr is None
+               else param_mismatch(attr, rec))
+        if why is not None:
+            groups.setdefault((name, why), []).append(rec)
+    out = []
+    for (name, why), recs in groups.items():
+        line = f"skipped {len(recs):,} record(s) of attribute {name}: "
+        if name not in policy.by_name:
+            out.append(line + why)
+            continue
+        line += f"written with {why}"
+        opts = schema.fields[name].options
+        if "epsilon" not in opts and "epsilon_1" not in opts:
+            line += f" (STREAMGATE_LDP_EPSILON={settings.ldp_epsilon:g})"
+        eps = recs[0].get("eps")
+        fix = None
+        if isinstance(eps, int | float) and not isinstance(eps, bool) and eps > 0:
+            try:
+                cand = LdpPolicy.from_schema(schema, eps / IRR_FRACTION)
+            except SchemaPolicyError:
+                cand = None
+            if cand is not None and param_mismatch(cand.by_name[name], recs[0]) is None:
+                fix = eps / IRR_FRACTION
+        out.append(line + (f"; set STREAMGATE_LDP_EPSILON={fix:g} to read them" if fix is not None else
+                           "; no STREAMGATE_LDP_EPSILON reads them (another schema version or x-privacy wrote them)"))
+    return out
+
+
 def register(cli: click.Group) -> None:
     """Add this area's commands to the ``streamgate`` group."""
 
@@ -185,10 +234,20 @@ def register(cli: click.Group) -> None:
                   help="Without --follow: read to the end, then on for this many seconds.")
     def estimates(follow: bool, total: bool, top: int, as_json: bool, idle_timeout: float) -> None:
         """Tail analytics.frequencies as a readable table: per attribute, the latest window
-        (merged over privatizer instances) or, with --total, everything read so far."""
+        (merged over privatizer instances) or, with --total, everything read so far.
+
+        Records written under other mechanism parameters than this policy's (another
+        STREAMGATE_LDP_EPSILON, e.g. `streamgate demo`'s 4) cannot be merged: they are skipped and
+        counted on stderr, per attribute, with why and the setting that reads them (with --json too:
+        stdout holds estimate records only).
+
+        Exit 0: estimates shown. Exit 3: nothing to show (no estimate record read, or every record
+        read was skipped). Exit 1: an error (e.g. the topic does not exist yet).
+        """
         import orjson
-        from rich.console import Console
+        from rich.console import Console, Group
         from rich.live import Live
+        from rich.text import Text
 
         from stream.kafka import TopicReader, reachable_bootstrap
         from stream.ldp.aggregate import latest_per_source, merge_records
@@ -196,16 +255,21 @@ def register(cli: click.Group) -> None:
         from stream.schema import load_schema
 
         settings = _settings()
-        policy = LdpPolicy.from_schema(load_schema(settings.schema_name), settings.ldp_epsilon)
+        schema = load_schema(settings.schema_name)
+        policy = LdpPolicy.from_schema(schema, settings.ldp_epsilon)
         seen: list[Mapping[str, Any]] = []
+        malformed = 0
 
-        def view() -> list[dict[str, Any]]:
+        def view() -> tuple[list[dict[str, Any]], list[str]]:
             seen[:] = latest_per_source(seen)  # (bounded by sources x attributes x windows)
             recs = list(seen)
             if not total and recs:
                 latest = max(int(r["window"]["start_ms"]) for r in recs)
                 recs = [r for r in recs if int(r["window"]["start_ms"]) == latest]
-            return merge_records(policy, recs)
+            return merge_records(policy, recs), skipped_lines(settings, schema, policy, recs)
+
+        def shown(merged: list[dict[str, Any]], notes: list[str]) -> Any:
+            return Group(render_estimates(merged, top=top), *(Text(n, style="yellow") for n in notes))
 
         console = Console()
         live = Live(render_estimates([], top=top), console=console, auto_refresh=False) if follow and not as_json else None
@@ -221,27 +285,38 @@ def register(cli: click.Group) -> None:
                     try:
                         rec = orjson.loads(m.value() or b"")
                     except orjson.JSONDecodeError:
+                        rec = None
+                    if not _is_estimate(rec):
+                        malformed += 1
                         continue
-                    if isinstance(rec, dict):
-                        seen.append(rec)
-                        got = True
+                    seen.append(rec)
+                    got = True
                 if got and live is not None:
-                    live.update(render_estimates(view(), top=top), refresh=True)
+                    live.update(shown(*view()), refresh=True)
         except KeyboardInterrupt:
             pass
         finally:
             if live is not None:
                 live.stop()
             reader.close()
+        if malformed:
+            click.echo(f"skipped {malformed:,} record(s) of {settings.topics.frequencies}: not an estimate record "
+                       "(not a JSON object with attribute, window start_ms/end_ms and n)", err=True)
         if not seen:
             click.echo("no estimates yet (is the privatizer running? windows close "
                        f"{settings.ldp_window_seconds:g} s + grace after their start)", err=True)
             sys.exit(3)
+        merged, notes = view()
         if as_json:
-            for rec in view():
+            for rec in merged:
                 click.echo(orjson.dumps(rec).decode())
         elif not follow:
-            console.print(render_estimates(view(), top=top))
+            console.print(render_estimates(merged, top=top))
+        for note in notes:
+            click.echo(note, err=True)
+        if not merged:
+            click.echo("no estimate shown: every estimate record read was skipped (above)", err=True)
+            sys.exit(3)
 
     bench = cli.commands.get("bench")
     assert isinstance(bench, click.Group)

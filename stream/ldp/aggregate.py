@@ -49,7 +49,7 @@ from stream.ldp.postprocess import project_simplex
 from stream.ldp.privatizer import AttributeReport
 
 __all__ = ["ESTIMATE_SCHEMA", "MIN_PEOPLE", "WindowAggregator", "WindowState", "estimate_record", "latest_per_source",
-           "merge_records", "source_of"]
+           "merge_records", "param_mismatch", "source_of"]
 
 ESTIMATE_SCHEMA = "frequency-estimate.v1"
 
@@ -175,7 +175,8 @@ def latest_per_source(records: Iterable[Mapping[str, Any]]) -> list[Mapping[str,
 
 def merge_records(policy: LdpPolicy, records: Iterable[Mapping[str, Any]]) -> list[dict[str, Any]]:
     """Merge estimate records (several windows and/or workers) per attribute by summing n and
-    support (or sums); records whose mechanism parameters differ from the policy's are skipped.
+    support (or sums); records whose mechanism parameters differ from the policy's are skipped
+    (:func:`param_mismatch` says why; ``streamgate estimates`` reports them).
     The merged estimand is the union of the records' populations (it names theirs when they agree)."""
     grouped: dict[str, list[Mapping[str, Any]]] = {}
     for r in records:
@@ -202,11 +203,30 @@ def merge_records(policy: LdpPolicy, records: Iterable[Mapping[str, Any]]) -> li
 
 
 def _same_params(attr: LdpAttribute, rec: Mapping[str, Any]) -> bool:
-    if rec.get("mechanism") != attr.mechanism or not math.isclose(float(rec.get("eps", -1)), attr.epsilon_1):
-        return False
+    return param_mismatch(attr, rec) is None
+
+
+def param_mismatch(attr: LdpAttribute, rec: Mapping[str, Any]) -> str | None:
+    """Why :func:`merge_records` skips ``rec`` under ``attr``: its mechanism parameters and the policy's
+    where they differ (e.g. ``"eps=2; this policy's: eps=0.5"``); None if they agree."""
+    theirs: list[str] = []
+    ours: list[str] = []
+    if rec.get("mechanism") != attr.mechanism:
+        theirs.append(f"mechanism {rec.get('mechanism')}")
+        ours.append(f"mechanism {attr.mechanism}")
+    eps = rec.get("eps")
+    if isinstance(eps, bool) or not isinstance(eps, int | float) or not math.isclose(float(eps), attr.epsilon_1):
+        theirs.append(f"eps={eps:g}" if isinstance(eps, int | float) and not isinstance(eps, bool) else f"eps={eps}")
+        ours.append(f"eps={attr.epsilon_1:g}")
     if attr.oracle is not None:
-        return rec.get("k") == attr.k and len(rec.get("support", ())) == attr.k
-    return rec.get("lo") == attr.lo and rec.get("hi") == attr.hi
+        support = rec.get("support")
+        if rec.get("k") != attr.k or not isinstance(support, list) or len(support) != attr.k:
+            theirs.append(f"k={rec.get('k')}" if isinstance(support, list) else "no support counts")
+            ours.append(f"k={attr.k}")
+    elif rec.get("lo") != attr.lo or rec.get("hi") != attr.hi:
+        theirs.append(f"bounds [{rec.get('lo')}, {rec.get('hi')}]")
+        ours.append(f"bounds [{attr.lo:g}, {attr.hi:g}]")
+    return f"{', '.join(theirs)}; this policy's: {', '.join(ours)}" if theirs else None
 
 
 class WindowAggregator:
