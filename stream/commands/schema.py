@@ -29,10 +29,7 @@ def check_schema(path: Path, *, subject: str | None, compatibility: str, url: st
     from stream.schema import EventSchema, load_schema
 
     s = _settings()
-    text = path.read_text(encoding="utf-8")
-    doc = json.loads(text)
-    kind = "AVRO" if path.suffix == ".avsc" or doc.get("type") == "record" else "JSON"
-    candidate = json_schema_from_avro(doc) if kind == "AVRO" else doc
+    kind, candidate = _read_candidate(path)
     problems = [f"policy: property {n!r} has no x-privacy (its events would be dead-lettered as policy_missing)"
                 for n in policy_gaps(candidate)]
     notes: list[str] = []
@@ -62,6 +59,43 @@ def check_schema(path: Path, *, subject: str | None, compatibility: str, url: st
     if added:
         notes.append("adds " + ", ".join(f"{n} ({_policy(candidate['properties'][n])})" for n in added))
     return problems, notes
+
+
+def _read_candidate(path: Path) -> tuple[str, dict]:
+    """("JSON" | "AVRO", the JSON Schema document) of the file at ``path``; :class:`SchemaPolicyError`
+    naming the file and what is wrong when it is no schema document."""
+    from stream.errors import SchemaPolicyError
+    from stream.registry import json_schema_from_avro
+
+    try:
+        doc = json.loads(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError as exc:
+        raise SchemaPolicyError(f"{path}: not UTF-8 text (an invalid byte at offset {exc.start})") from None
+    except json.JSONDecodeError as exc:
+        raise SchemaPolicyError(f"{path}: not valid JSON ({exc.msg} at line {exc.lineno} column {exc.colno})") from None
+    if not isinstance(doc, dict):
+        raise SchemaPolicyError(f"{path}: not a schema: the document is a JSON {_json_type(doc)}, not an object")
+    kind = "AVRO" if path.suffix == ".avsc" or doc.get("type") == "record" else "JSON"
+    if kind == "AVRO":
+        try:
+            doc = json_schema_from_avro(doc)
+        except SchemaPolicyError as exc:
+            raise SchemaPolicyError(f"{path}: {exc}") from None
+        except (KeyError, TypeError, AttributeError) as exc:  # a field without name or type, fields not a list, ...
+            raise SchemaPolicyError(f"{path}: not a valid Avro record schema ({type(exc).__name__} {exc})") from None
+    props = doc.get("properties", {})
+    if not isinstance(props, dict):
+        raise SchemaPolicyError(f"{path}: not a schema: its properties are a JSON {_json_type(props)}, not an object")
+    for name, spec in props.items():
+        if not isinstance(spec, dict):
+            raise SchemaPolicyError(f"{path}: property {name!r} is a JSON {_json_type(spec)}, not an object "
+                                    "(every property needs its x-privacy policy)")
+    return kind, doc
+
+
+def _json_type(value: object) -> str:
+    return {dict: "object", list: "array", str: "string", bool: "boolean", type(None): "null"}.get(
+        type(value), "number")
 
 
 def _policy(spec: dict) -> str:
