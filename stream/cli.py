@@ -365,11 +365,14 @@ def dlq() -> None:
 @click.option("--idle-timeout", type=float, default=3.0, show_default=True,
               help="Read to the end of the topic, then on for this many seconds.")
 def dlq_inspect(max_records: int, unseal: bool, idle_timeout: float) -> None:
-    """Print DLQ records (reason, source, size), optionally unsealing the original bytes."""
+    """Print DLQ records (reason, source, size), optionally unsealing the original bytes.
 
-    import orjson
-
+    A record of the topic that is no dead letter prints "malformed record at PARTITION@OFFSET: why";
+    with --unseal, a dead letter whose key was shredded (retention or erasure) prints
+    "original: (shredded)". Both count towards --max; the listing goes on.
+    """
     from stream.components import build_dek_provider
+    from stream.errors import DecryptError, KeyShreddedError
     from stream.gateway.core import unseal_dead_letter
     from stream.kafka import TopicReader, reachable_bootstrap
 
@@ -378,17 +381,40 @@ def dlq_inspect(max_records: int, unseal: bool, idle_timeout: float) -> None:
     shown = 0
     with TopicReader(reachable_bootstrap(settings), settings.topics.dlq, linger=idle_timeout) as consumer:
         for m in consumer:
-            rec = orjson.loads(m.value() or b"")
-            src = rec["source"]
-            line = f"{rec['reason']:<17} {src['topic']}[{src['partition']}]@{src['offset']} size={rec['size']}"
-            if rec.get("path"):
-                line += f" path={rec['path']} rule={rec.get('rule')}"
-            click.echo(line)
-            if deks is not None:
-                click.echo(f"    original: {unseal_dead_letter(rec, deks)!r}")
+            rec, line = _dead_letter_line(m.value())
+            click.echo(line if rec is not None else f"malformed record at {m.partition()}@{m.offset()}: {line}")
+            if deks is not None and rec is not None:
+                try:
+                    original = repr(unseal_dead_letter(rec, deks))
+                except KeyShreddedError:
+                    original = "(shredded)"
+                except DecryptError:
+                    original = "(could not be decrypted)"
+                click.echo(f"    original: {original}")
             shown += 1
             if shown >= max_records:
                 break
+
+
+def _dead_letter_line(value: bytes | None) -> tuple[dict[str, Any] | None, str]:
+    """(the dead letter, its listing line), or (None, why the record is no dead letter)."""
+    import orjson
+
+    try:
+        rec = orjson.loads(value or b"")
+    except orjson.JSONDecodeError:
+        return None, "not JSON"
+    if not isinstance(rec, dict):
+        return None, "not a JSON object"
+    src = rec.get("source")
+    if not isinstance(src, dict) or not {"topic", "partition", "offset"} <= src.keys():
+        return None, "no source (topic, partition, offset)"
+    if not isinstance(rec.get("reason"), str):
+        return None, "no reason"
+    line = f"{rec['reason']:<17} {src['topic']}[{src['partition']}]@{src['offset']} size={rec.get('size')}"
+    if rec.get("path"):
+        line += f" path={rec['path']} rule={rec.get('rule')}"
+    return rec, line
 
 
 @dlq.command("replay")
