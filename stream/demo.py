@@ -436,7 +436,7 @@ def _privacy_summary(console: Console, s: Settings, pv: subprocess.Popen[bytes],
     console.print(render_estimates(shown, top=6, truth=truth if same else None))
     if same:
         console.print(f"true mean price (absent = 0) of the same events: {true_mean:,.2f}   (estimates come from "
-                      f"randomized reports only; `STREAMGATE_LDP_EPSILON={s.ldp_epsilon:g} streamgate estimates --total` shows them any time)")
+                      f"randomized reports only; `STREAMGATE_LDP_EPSILON={s.ldp_epsilon:g} streamgate estimates --total` shows them while this stack runs)")
     elif n_within != n_features:  # e.g. a reused Redis whose ledgers already charged these people today, or a run across midnight UTC
         console.print(f"[yellow]no truth shown: the privatizer reported {n_features:,} events, but each person's "
                       f"first events within the cap in this run are {n_within:,}, so the estimates name another "
