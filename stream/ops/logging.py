@@ -56,6 +56,9 @@ ALLOWED_EXTRA = frozenset({
     "at", "request_id", "repeated", "assigned", "epsilon_spent", "erasures_committed", "estimates_published",
     "fully_suppressed", "late", "memo_hits", "memo_resolved", "reported", "skipped", "ticks", "tombstone_topics",
     "windows_published",
+    # engine, key store and learner events
+    "changed", "keystore_resets", "recoveries", "resubscribes", "retries", "instance", "version", "why",
+    "kek_id", "limit", "wraps",
 })
 #: Strings an extra or ``%`` argument may be: no quotes, braces, ``@``, backslashes or control characters.
 SAFE_STR = re.compile(r"[A-Za-z0-9 _.,:;/=+()\[\]<>#%!?|*~-]{0,200}")
