@@ -47,7 +47,9 @@ name                                                  type       labels (besides
 ``streamgate_ldp_reports_total``                      counter    ``attribute``,           LDP reports emitted, by schema attribute and
                                                                  ``mechanism``            mechanism
 ``streamgate_ldp_epsilon_spent_total``                counter    ``attribute``            sum of epsilon spent by those reports
-``streamgate_ldp_suppressed_total``                   counter    ``attribute``            reports suppressed: the person's budget was spent
+``streamgate_ldp_suppressed_total``                   counter    ``attribute``            never incremented (no stand-ins since the memo
+                                                                                          design went): declared, with no sample, for
+                                                                                          older readers; see ``over_budget``
 ``streamgate_ldp_over_budget_total``                  counter                             events not reported: the person's ledger was at its cap
 ``streamgate_model_metric``                           gauge      ``model``, ``metric``    the learner's model: ``roc_auc``, ``log_loss``, ``examples_seen``, ``drifts``
 ``streamgate_ready``                                  gauge                               1 when ``/readyz`` last answered ready
@@ -168,7 +170,7 @@ SERIES: tuple[SeriesSpec, ...] = (
     _s("streamgate_ldp_reports_total", "counter", ("attribute", "mechanism"), "LDP reports emitted."),
     _s("streamgate_ldp_epsilon_spent_total", "counter", ("attribute",), "Sum of epsilon spent by LDP reports."),
     _s("streamgate_ldp_suppressed_total", "counter", ("attribute",),
-       "LDP reports suppressed because the person's budget was spent."),
+       "Never incremented (kept for older readers): see streamgate_ldp_over_budget_total."),
     _s("streamgate_ldp_over_budget_total", "counter", (),
        "Events not reported because the person's ledger was at its cap."),
     _s("streamgate_model_metric", "gauge", ("model", "metric"), "Online model quality metrics."),
@@ -387,6 +389,8 @@ class WorkerMetrics:
             self.epsilon[attribute] = self.epsilon.get(attribute, 0.0) + max(0.0, float(epsilon_spent))
 
     def ldp_suppressed(self, attribute: str, n: int = 1) -> None:
+        """Unused by the workers (an event past the cap is dropped whole: :meth:`ldp_over_budget`); kept
+        because ``ops watch`` and the console still read the snapshot's ``suppressed`` per attribute."""
         attribute = self._attribute(attribute)
         n = self._count(n)
         with self._lock:
