@@ -46,7 +46,9 @@ name                                                  type       labels (besides
 ``streamgate_shred_overdue_seconds``                  gauge                               how far past its deadline the oldest due key is
 ``streamgate_ldp_reports_total``                      counter    ``attribute``,           LDP reports emitted, by schema attribute and
                                                                  ``mechanism``            mechanism
-``streamgate_ldp_epsilon_spent_total``                counter    ``attribute``            sum of epsilon spent by those reports
+``streamgate_ldp_epsilon_spent_total``                counter    ``attribute``            sum of epsilon charged for those reports (and,
+                                                                                          as ``session_purchase``, the examples' prepaid
+                                                                                          label epsilon)
 ``streamgate_ldp_suppressed_total``                   counter    ``attribute``            never incremented (no stand-ins since the memo
                                                                                           design went): declared, with no sample, for
                                                                                           older readers; see ``over_budget``
