@@ -324,7 +324,21 @@ def test_alert_unit_tests_cover_the_required_alerts() -> None:
         assert doc["rule_files"] == ["../streamgate.yml"] or all((f.parent / p).is_file() for p in doc["rule_files"])
         tested |= {a["alertname"] for t in doc["tests"] for a in t.get("alert_rule_test", [])}
     assert {"StreamgateConsumerLagHigh", "StreamgateDeadLetterRateHigh", "StreamgateRedisErrors",
-            "StreamgateShredderBehind", "StreamgateBudgetExhaustion"} <= tested
+            "StreamgateShredderBehind", "StreamgateBudgetExhaustion", "StreamgateWorkerAbsent",
+            "StreamgateScrapeFailing"} <= tested
+
+
+def test_a_worker_without_series_is_alerted_for_every_compose_worker(
+        rules: list[dict[str, Any]], compose: dict[str, Any]) -> None:
+    """A dead worker has no series (streamgate_ready == 0 cannot fire): the absence rule names each worker
+    compose runs, by the series every worker exports, and the scrape rule covers every streamgate job."""
+    absent = next(r for r in rules if r["alert"] == "StreamgateWorkerAbsent")
+    named = re.findall(r'absent_over_time\(streamgate_ready\{worker="([a-z]+)"\}\[\d+m\]\)', absent["expr"])
+    assert sorted(named) == sorted(WORKERS) and set(WORKERS) <= set(compose["services"])
+    assert any(s.name == "streamgate_ready" and s.labels == ("worker",) for s in SERIES)
+    scrape = next(r for r in rules if r["alert"] == "StreamgateScrapeFailing")
+    jobs = {job["job_name"] for job in _yaml(OPS / "prometheus.yml")["scrape_configs"]}
+    assert 'job=~"streamgate-.+"' in scrape["expr"] and {f"streamgate-{w}" for w in WORKERS} <= jobs
 
 
 # --------------------------------------------------------------------------- grafana
