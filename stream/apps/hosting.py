@@ -106,10 +106,23 @@ class EngineService(Service):
     def ready(self) -> bool:
         return self.healthy and self.engine is not None and self.engine.ready
 
+    def failure(self) -> str | None:
+        """Why the engine failed, fit to publish (None while it did not): the error's class and
+        its message for a streamgate error (values never in it: an engine's fatal error is its
+        not-ready reason), else the engine's not-ready reason (another error's message is
+        withheld, as in the logs: :mod:`stream.ops.logging`)."""
+        exc = self.failed
+        if exc is None:
+            return None
+        if isinstance(exc, StreamgateError):
+            return f"{type(exc).__name__}: {exc}"
+        why = getattr(self.engine, "not_ready_reason", None)
+        return f"{type(exc).__name__} (message withheld)" + (f"; {why}" if isinstance(why, str) and why else "")
+
     def reason(self) -> str | None:
         """Why the worker is not alive or not ready (the engine's own words), or None."""
         if self.failed is not None:
-            return f"{self.name} stopped: {self.failed}"
+            return f"{self.name} stopped: {self.failure()}"
         engine = self.engine
         if engine is None:
             return f"{self.name} is starting"
@@ -148,6 +161,7 @@ def worker_app(
         details=lambda: details(service.engine) if service.engine is not None else {},
         ready=lambda: service.engine is not None and service.engine.ready,
         reason=service.reason,
+        failure=service.failure,
     )
     if ops.service is not None:
         service.after_stop = ops.service.publish_stopping

@@ -26,8 +26,15 @@ from typing import Any
 
 from stream.ldp.aggregate import ESTIMATE_SCHEMA, merge_records, source_of
 from stream.ldp.policy import LdpPolicy
-from stream.ops.live import RateWindow, examples_learned, in_unit, liveness, not_live_reason, out_parts
-from stream.ops.watch import safe_reason
+from stream.ops.live import (
+    RateWindow,
+    examples_learned,
+    in_unit,
+    liveness,
+    not_live_reason,
+    out_parts,
+    published_reason,
+)
 
 __all__ = ["RECEIPT_KINDS", "ConsoleState", "Truth", "merged_view", "own_rates", "rates_between", "sum_counts"]
 
@@ -421,9 +428,7 @@ class ConsoleState:
                 ready = bool(s.get("ready")) and status == "live"
                 reason = not_live_reason(s, now)
                 if not ready and reason is None:
-                    raw = s.get("reason")
-                    kept = safe_reason(raw) if isinstance(raw, str) else None
-                    reason = kept if kept == raw else ("other" if isinstance(raw, str) else None)
+                    reason = published_reason(s)
                 row = {
                     "worker": worker, "pid": _int(s.get("pid")), "age_s": round(max(0.0, now - _num(s.get("ts"))), 1),
                     "status": status, "events_in": _int(s.get("events_in")), "in_unit": in_unit(worker),

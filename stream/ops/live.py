@@ -6,9 +6,11 @@ Pure (no Kafka, no clock of its own: ``now`` is passed in), shared by the consol
 show the same thing.
 
 * **Liveness.** A snapshot with ``state == "stopping"`` is the last one of a graceful stop: the
-  instance is ``stopped``. One whose newest snapshot is older than :data:`STALE_INTERVALS`
-  publishing intervals (its own ``interval_s``, else :data:`DEFAULT_INTERVAL`) is ``stale``
-  (crashed, killed, or cut off). Either way it is not ready and its rates are 0.
+  instance is ``stopped``. One with ``state == "failed"`` is from a worker whose engine failed
+  (it exits non-zero): ``failed``, with the published reason. One whose newest snapshot is older
+  than :data:`STALE_INTERVALS` publishing intervals (its own ``interval_s``, else
+  :data:`DEFAULT_INTERVAL`) is ``stale`` (crashed, killed, or cut off). Any of these is not
+  ready and its rates are 0.
 * **Rates** (:class:`RateWindow`): from the cumulative counters, over the last
   :data:`RATE_WINDOW` seconds of the instance's snapshots; a worker that runs idle publishes
   snapshots with the same counters, so its rates fall to 0 one window after the last record.
@@ -22,12 +24,13 @@ show the same thing.
 from __future__ import annotations
 
 import math
+import re
 from collections import deque
 from collections.abc import Mapping
 from typing import Any
 
 __all__ = ["DEFAULT_INTERVAL", "RATE_WINDOW", "STALE_INTERVALS", "RateWindow", "in_unit", "interval_of",
-           "liveness", "not_live_reason", "out_parts"]
+           "liveness", "not_live_reason", "out_parts", "published_reason", "safe_reason"]
 
 STALE_INTERVALS = 3
 DEFAULT_INTERVAL = 10.0  # Settings.metrics_interval_seconds' default, for snapshots that do not say theirs
@@ -40,6 +43,34 @@ _IN_UNITS = {"gateway": "events", "privatizer": "events", "learner": "records",
 #: what the records a worker writes to each logical topic are
 _OUT_UNITS = {"protected": "protected events", "dlq": "dead letters", "frequencies": "estimates",
               "snapshots": "model snapshots", "audit": "audit records"}
+
+
+_TOKENISH = re.compile(r"tk\d+_")
+_REASON = re.compile(r"[A-Za-z0-9 _.,:;/=+()<>#%|~-]{1,200}")
+_REASON_DROP = re.compile(r"[^A-Za-z0-9 _.,:;/=+()<>#%|~-]")
+_REASON_MAX = 200
+
+
+def safe_reason(value: Any) -> str | None:
+    """A not-ready reason fit to publish and print: one line of safe characters (others
+    removed), at most 200 characters, no person token; ``None`` for nothing, ``other`` for a
+    reason that mentions a token."""
+    if not isinstance(value, str):
+        return None
+    text = _REASON_DROP.sub("", " ".join(value.split()))[:_REASON_MAX].strip()
+    if not text:
+        return None
+    return "other" if _TOKENISH.search(value) or not _REASON.fullmatch(text) else text
+
+
+def published_reason(snap: Mapping[str, Any]) -> str | None:
+    """The snapshot's ``reason`` as it may be shown: exactly as published if :func:`safe_reason`
+    keeps it so, else ``other``; None when it has none."""
+    raw = snap.get("reason")
+    if not isinstance(raw, str):
+        return None
+    kept = safe_reason(raw)
+    return kept if kept == raw else "other"
 
 
 def _num(value: Any) -> float | None:
@@ -59,10 +90,12 @@ def interval_of(snap: Mapping[str, Any]) -> float:
 
 
 def liveness(snap: Mapping[str, Any], now: float) -> str:
-    """``stopped`` (its last snapshot was a graceful stop's), ``stale`` (nothing for more than
-    :data:`STALE_INTERVALS` intervals) or ``live``."""
+    """``stopped`` (its last snapshot was a graceful stop's), ``failed`` (its engine failed),
+    ``stale`` (nothing for more than :data:`STALE_INTERVALS` intervals) or ``live``."""
     if snap.get("state") == "stopping":
         return "stopped"
+    if snap.get("state") == "failed":
+        return "failed"
     ts = _num(snap.get("ts"))
     if ts is None or now - ts > STALE_INTERVALS * interval_of(snap):
         return "stale"
@@ -74,6 +107,8 @@ def not_live_reason(snap: Mapping[str, Any], now: float) -> str | None:
     status = liveness(snap, now)
     if status == "stopped":
         return "stopped (graceful shutdown)"
+    if status == "failed":
+        return f"failed: {published_reason(snap) or 'no reason given'}"
     if status == "stale":
         age = now - (_num(snap.get("ts")) or 0.0)
         return (f"no snapshot for {age:.0f} s (more than {STALE_INTERVALS} intervals of "

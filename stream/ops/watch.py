@@ -36,7 +36,16 @@ from confluent_kafka import Message
 
 from stream.config import Settings
 from stream.kafka import ReadMode, TopicReader
-from stream.ops.live import RateWindow, examples_learned, in_unit, liveness, not_live_reason, out_parts
+from stream.ops.live import (
+    RateWindow,
+    examples_learned,
+    in_unit,
+    liveness,
+    not_live_reason,
+    out_parts,
+    published_reason,
+    safe_reason,
+)
 
 __all__ = ["INSTANCES_KEPT", "NAMES_KEPT", "WatchState", "feed", "safe_reason", "watch_reader"]
 
@@ -44,21 +53,6 @@ log = logging.getLogger("streamgate.ops.watch")
 
 _NAME = re.compile(r"[a-z0-9_.-]{1,64}")
 _TOKENISH = re.compile(r"tk\d+_")
-_REASON = re.compile(r"[A-Za-z0-9 _.,:;/=+()<>#%|~-]{1,200}")
-_REASON_DROP = re.compile(r"[^A-Za-z0-9 _.,:;/=+()<>#%|~-]")
-_REASON_MAX = 200
-
-
-def safe_reason(value: Any) -> str | None:
-    """A not-ready reason fit to publish and print: one line of safe characters (others
-    removed), at most 200 characters, no person token; ``None`` for nothing, ``other`` for a
-    reason that mentions a token."""
-    if not isinstance(value, str):
-        return None
-    text = _REASON_DROP.sub("", " ".join(value.split()))[:_REASON_MAX].strip()
-    if not text:
-        return None
-    return "other" if _TOKENISH.search(value) or not _REASON.fullmatch(text) else text
 _WORKER_ORDER = {"gateway": 0, "privatizer": 1, "learner": 2, "shredder": 3}
 _LIVE_SECONDS = 60.0  # instances this much older than their worker's newest one are gone (a restart)
 _ZERO = {"in": 0.0, "out": 0.0, "dlq": 0.0}
@@ -101,10 +95,8 @@ def _counts(value: Any) -> dict[str, int]:
 def _reason_of(snap: dict[str, Any]) -> str | None:
     """Why a worker was not ready: its published reason (printed only if it is a safe line,
     exactly as :func:`safe_reason` keeps it), else the failed checks by name."""
-    raw = snap.get("reason")
-    if isinstance(raw, str):
-        kept = safe_reason(raw)
-        return kept if kept == raw else "other"
+    if isinstance(snap.get("reason"), str):
+        return published_reason(snap)
     checks = snap.get("checks")
     if isinstance(checks, dict):
         failed = sorted({_name(k) for k, v in checks.items() if v is False})

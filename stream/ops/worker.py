@@ -20,9 +20,11 @@ readiness (``ready``, ``reason``, ``checks``) to ``settings.topics.metrics`` (ke
 every ``settings.metrics_interval_seconds``. A graceful stop publishes a last snapshot with
 ``state`` ``stopping``, ``ready`` false and the reason ``stopping (graceful shutdown)``: when the
 publisher stops, and again (:meth:`OpsService.publish_stopping`, called by the hosting once the
-engine ended) with the counts of the engine's final flush. Consumers show an instance whose newest
-snapshot is a stopping one, or is older than 3 intervals, as not ready with rates at 0
-(:mod:`stream.ops.live`).
+engine ended) with the counts of the engine's final flush. Once the worker's engine failed
+(``failure()`` returns why), every snapshot, the last ones included, has ``state`` ``failed``,
+``ready`` false and that reason (the error class and the engine's reason, no event values).
+Consumers show an instance whose newest snapshot is a stopping or failed one, or is older than
+3 intervals, as not ready with rates at 0 (:mod:`stream.ops.live`).
 
 One function decides readiness: :meth:`OpsHandle.status`. ``/readyz``, the snapshot
 (so ``streamgate ops watch``) and the ``streamgate_ready`` gauge all take its answer;
@@ -54,8 +56,8 @@ from stream.config import Settings
 from stream.crypto.keyring import Keyring
 from stream.errors import ProduceTimeoutError
 from stream.kafka import client_config, ensure_topics, produce
+from stream.ops.live import safe_reason
 from stream.ops.metrics import WorkerMetrics
-from stream.ops.watch import safe_reason
 from stream.redisdb import client_for
 
 __all__ = ["STOPPING_REASON", "OpsHandle", "OpsService", "Readiness", "install_ops", "snapshot_record"]
@@ -84,20 +86,24 @@ STOPPING_REASON = "stopping (graceful shutdown)"
 
 
 def snapshot_record(metrics: WorkerMetrics, worker: str, status: Readiness | None = None, *,
-                    interval: float | None = None, stopping: bool = False,
+                    interval: float | None = None, stopping: bool = False, failure: str | None = None,
                     details: dict[str, Any] | None = None) -> dict[str, Any]:
     """The ``ops.metrics`` record: the snapshot plus who and when, ``status`` (readiness), the
     publishing ``interval`` and ``state``; ``stopping``: the last one of a graceful stop (not
-    ready). ``details`` (the ``/healthz`` counters): a federated learner's instance name and
-    whether it aggregates are kept (``instance``, ``aggregator``)."""
+    ready); ``failure``: why the worker's engine failed (``state`` ``failed``, not ready, whether
+    stopping or not). ``details`` (the ``/healthz`` counters): a federated learner's instance name
+    and whether it aggregates are kept (``instance``, ``aggregator``)."""
     snap = metrics.snapshot()
+    state = "failed" if failure is not None else "stopping" if stopping else "running"
     snap.update({"worker": worker, "host": socket.gethostname(), "pid": os.getpid(), "ts": round(time.time(), 3),
-                 "state": "stopping" if stopping else "running"})
+                 "state": state})
     if interval is not None:
         snap["interval_s"] = float(interval)
     if status is not None:
         snap.update({"ready": status.ready, "reason": status.reason, "checks": dict(status.checks)})
-    if stopping:
+    if failure is not None:
+        snap.update({"ready": False, "reason": safe_reason(failure) or "other"})
+    elif stopping:
         snap.update({"ready": False, "reason": STOPPING_REASON})
     snap.update(_roles(details))
     return snap
@@ -132,6 +138,7 @@ class OpsHandle:
     reason_fn: Callable[[], str | None] | None = None
     cache_seconds: float = 3.0
     service: OpsService | None = None
+    failure_fn: Callable[[], str | None] | None = None
     _checked_at: float = field(default=float("-inf"), repr=False)
     _problems: dict[str, str | None] = field(default_factory=dict, repr=False)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
@@ -182,6 +189,17 @@ class OpsHandle:
         """(ready, checks) of :meth:`status`."""
         st = self.status()
         return st.ready, st.checks
+
+    def failure(self) -> str | None:
+        """Why the worker's engine failed (``failure()`` of :func:`install_ops`), or None."""
+        if self.failure_fn is None:
+            return None
+        try:
+            text = self.failure_fn()
+        except Exception:  # a broken callable must not stop the snapshots
+            log.warning("failure callable failed", exc_info=True)
+            return None
+        return text if isinstance(text, str) and text.strip() else None
 
     def _own_reason(self) -> str | None:
         if self.reason_fn is None:
@@ -288,8 +306,9 @@ class OpsService(Service):
     def _publish(self, producer: Producer, *, stopping: bool = False) -> None:
         h = self.handle
         status: Readiness | None = None
+        failure = h.failure()
         try:
-            if stopping:  # not ready, whatever the dependencies say: no checks to wait for
+            if stopping or failure is not None:  # not ready, whatever the dependencies say: no checks to wait for
                 h.metrics.set_ready(False)
             else:
                 status = h.status()  # the same answer /readyz gives now
@@ -301,7 +320,7 @@ class OpsService(Service):
                 details = h.details()
         with self._lock:
             record = snapshot_record(h.metrics, h.worker, status, interval=h.settings.metrics_interval_seconds,
-                                     stopping=stopping, details=details)
+                                     stopping=stopping, failure=failure, details=details)
         try:
             produce(producer, h.settings.topics.metrics, orjson.dumps(record), h.worker.encode(),
                     on_delivery=self._delivered, timeout=min(5.0, h.settings.metrics_interval_seconds),
@@ -327,14 +346,17 @@ def install_ops(
     ready: Callable[[], bool] | None = None,
     publish: bool = True,
     reason: Callable[[], str | None] | None = None,
+    failure: Callable[[], str | None] | None = None,
 ) -> OpsHandle:
     """Add ``/metrics``, ``/healthz``, ``/readyz`` and the snapshot publisher to ``app``
     (call before the worker starts). ``publish=False`` skips the publisher (tests).
     ``reason()``: asked when ``alive()`` or ``ready()`` is false, why (one short line,
-    no event values), e.g. ``"fatal client error: ..."``; ``None`` = a generic reason."""
+    no event values), e.g. ``"fatal client error: ..."``; ``None`` = a generic reason.
+    ``failure()``: why the worker's engine failed (one short line, no event values), None while
+    it did not: the snapshots then say ``failed``, not ``running`` or ``stopping``."""
     if worker != metrics.worker:
         raise ValueError("install_ops: worker and metrics.worker differ")
-    handle = OpsHandle(settings, worker, metrics, alive, ready, details, reason)
+    handle = OpsHandle(settings, worker, metrics, alive, ready, details, reason, failure_fn=failure)
 
     @app.page("/metrics")
     async def metrics_page(web: Any, request: Any) -> Any:

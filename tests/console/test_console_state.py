@@ -306,6 +306,21 @@ def test_a_stopped_gateway_takes_the_rates_chart_to_0(policy: LdpPolicy) -> None
     assert p["workers"][0]["status"] == "stopped" and not p["workers"][0]["ready"]
 
 
+def test_a_failed_instance_shows_failed_with_its_reason_not_a_graceful_stop(policy: LdpPolicy) -> None:
+    why = "EngineFatalError: gateway: watchdog: not ready and no progress for 61 s: batch held"
+    st = ConsoleState(policy)
+    st.add_metrics(gateway_snap(T0, events=0, protected=0, dlq={}))
+    st.add_metrics(gateway_snap(T0 + 10, events=500, protected=500, dlq={}))
+    m = WorkerMetrics("gateway")
+    m.events_in(500)
+    last = snapshot_record(m, "gateway", interval=10.0, stopping=True, failure=why)
+    last.update({"ts": T0 + 11, "pid": 1, "host": "h"})
+    st.add_metrics(last)
+    (gw,) = st.view(T0 + 12)["pipeline"]["workers"]
+    assert (gw["status"], gw["ready"], gw["reason"]) == ("failed", False, f"failed: {why}")
+    assert gw["rates"] == dict.fromkeys(gw["rates"], 0.0)
+
+
 def test_counts_say_what_they_count_and_add_up_across_the_pipeline(policy: LdpPolicy) -> None:
     """The learner reads feature reports and examples; the privatizer's writes to the features topic
     split into the two, so the learner's records in are the privatizer's two kinds added up."""

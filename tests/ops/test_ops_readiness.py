@@ -179,6 +179,41 @@ def test_a_stopping_snapshot_is_not_ready_and_says_why() -> None:
     assert (running["state"], running["ready"]) == ("running", True) and "instance" not in running
 
 
+WATCHDOG_WHY = ("EngineFatalError: gateway: watchdog: not ready and no progress for 61 s "
+                "(bound STREAMGATE_WATCHDOG_SECONDS=60): batch held")
+
+
+def test_a_failed_workers_snapshots_say_failed_with_a_safe_reason() -> None:
+    """A worker whose engine failed is not shown as a graceful stop: its snapshots (the last ones of
+    its shutdown too) say ``failed`` with why; a reason naming a token is not published."""
+    m = WorkerMetrics("gateway")
+    for stopping in (False, True):
+        rec = snapshot_record(m, "gateway", Readiness(True, {"alive": True}), interval=10.0, stopping=stopping,
+                              failure=WATCHDOG_WHY)
+        assert (rec["state"], rec["ready"], rec["reason"]) == ("failed", False, WATCHDOG_WHY)
+    assert snapshot_record(m, "gateway", stopping=True, failure="ValueError: tk1_abc")["reason"] == "other"
+    assert snapshot_record(m, "gateway", stopping=True)["state"] == "stopping"
+
+
+def test_the_hosting_hands_the_engines_failure_to_the_publisher(settings_factory: Factory) -> None:
+    """``worker_app`` wires :meth:`EngineService.failure` into the ops handle: the error's class and
+    a streamgate error's message (the engine's fatal reason); another error's message is withheld."""
+    from types import SimpleNamespace
+
+    from stream.apps.hosting import worker_app
+    from stream.engine.contract import EngineFatalError
+
+    app = worker_app(settings_factory(), "gateway", lambda m: SimpleNamespace(ready=True), lambda e: {})
+    svc, ops = app.streamgate_service, app.streamgate_ops
+    assert ops.failure() is None
+    svc.engine = SimpleNamespace(ready=False, not_ready_reason="waiting for the consumer group")
+    svc.failed = EngineFatalError(WATCHDOG_WHY.removeprefix("EngineFatalError: "))
+    assert ops.failure() == WATCHDOG_WHY
+    svc.failed = ValueError("not JSON: {'email': 'someone@example.org'}")
+    assert ops.failure() == "ValueError (message withheld); waiting for the consumer group"
+    assert "example.org" not in (svc.reason() or "")
+
+
 @pytest.mark.integration
 def test_a_graceful_stop_publishes_a_last_stopping_snapshot(kafka_bootstrap: str, redis_url: str,
                                                             tmp_path: Path) -> None:
@@ -207,6 +242,34 @@ def test_a_graceful_stop_publishes_a_last_stopping_snapshot(kafka_bootstrap: str
         st.add_metrics(r.value)
     (row,) = st.worker_rows(now=last["ts"] + 0.5)
     assert (row["status"], row["ready"], row["in_rate"], row["out_rate"]) == ("stopped", False, 0.0, 0.0)
+
+
+@pytest.mark.integration
+def test_a_gateway_that_hits_its_watchdog_publishes_failed_not_a_graceful_stop(kafka_bootstrap: str,
+                                                                                tmp_path: Path) -> None:
+    """Redis unreachable with events to protect: the batch is held, the watchdog ends the worker
+    (exit 1), and its snapshots say ``failed`` with the watchdog's line, never ``stopping``."""
+    from stream.apps.produce import publish
+    from stream.synth import ClickstreamGenerator
+    from tests.support.kafka import read_topic
+
+    dead_redis = f"redis://127.0.0.1:{free_port()}/0"
+    with gateway_worker(kafka_bootstrap, dead_redis, tmp_path, wait_ready=False,
+                        STREAMGATE_WATCHDOG_SECONDS="8") as w:
+        assert publish(w.bootstrap, w.topics.raw, list(ClickstreamGenerator(seed=4).events(20))) == 20
+        w.proc.wait(120)
+        assert w.proc.returncode == 1, w.tail()
+    records = read_topic(kafka_bootstrap, w.topics.metrics, idle=2.0)
+    snaps = sorted((orjson.loads(r.value) for r in records), key=lambda s: s["ts"])
+    last = snaps[-1]
+    assert (last["state"], last["ready"]) == ("failed", False), last
+    assert last["reason"].startswith("EngineFatalError: gateway: watchdog: not ready and no progress"), last
+    assert all(s["state"] != "stopping" for s in snaps)
+    st = WatchState()
+    for r in records:
+        st.add_metrics(r.value)
+    (row,) = st.worker_rows(now=last["ts"] + 0.5)
+    assert (row["status"], row["ready"], row["reason"]) == ("failed", False, f"failed: {last['reason']}")
 
 
 def test_a_federated_learners_snapshot_names_its_instance_and_whether_it_aggregates() -> None:

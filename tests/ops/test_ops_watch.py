@@ -212,6 +212,20 @@ def test_watch_shows_stopped_and_silent_instances_not_ready_with_rates_at_0() ->
     assert "    not ready: stopped (graceful shutdown)\n" in out
 
 
+def test_watch_shows_a_failed_instance_as_failed_not_as_a_graceful_stop() -> None:
+    why = "EngineFatalError: gateway: watchdog: not ready and no progress for 61 s: batch held"
+    st = WatchState()
+    st.add_metrics(_snap("gateway", 0.0, pid=1, events_in=0))
+    st.add_metrics(_snap("gateway", 10.0, pid=1, events_in=1000))
+    st.add_metrics(_snap("gateway", 11.0, pid=1, events_in=1000, state="failed", ready=False, reason=why))
+    (gw,) = st.worker_rows(now=12.0)
+    assert (gw["status"], gw["ready"], gw["in_rate"], gw["reason"]) == ("failed", False, 0.0, f"failed: {why}")
+    out = st.render_plain(now=12.0)
+    assert f"    not ready: failed: {why}\n" in out and "status=failed" in out and "graceful" not in out
+    st.add_metrics(_snap("shredder", 11.0, pid=2, events_in=0, state="failed", ready=False, reason="x tk1_abc"))
+    assert st.worker_rows(now=12.0)[1]["reason"] == "failed: other"
+
+
 def test_watch_has_a_row_per_federated_learner_and_names_the_aggregator() -> None:
     st = WatchState()
     models = {"m1": {"examples_seen": 5000.0, "global_version": 7.0}}

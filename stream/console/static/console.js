@@ -146,7 +146,7 @@ function renderPipeline(p) {
     const shown = w.status === "live" ? "not ready" : w.status;
     return el("tr", { "data-worker": w.worker, "data-status": w.status },
       el("td", {}, name), el("td", {}, w.pid),
-      el("td", { class: w.ready ? "ok" : "bad", "data-col": "ready" }, w.ready ? "ready" : w.status === "stopped" && w.reason ? w.reason : `${shown}${w.reason ? ": " + w.reason : ""}`),
+      el("td", { class: w.ready ? "ok" : "bad", "data-col": "ready" }, w.ready ? "ready" : (w.status === "stopped" || w.status === "failed") && w.reason ? w.reason : `${shown}${w.reason ? ": " + w.reason : ""}`),
       el("td", { "data-k": "lag" }, int(w.lag)), el("td", { "data-col": "in" }, ins), el("td", { "data-col": "out" }, parts(w.out)),
       el("td", { "data-col": "rate_in" }, f1(w.rates.in)), el("td", { "data-col": "rate_out" }, f1(w.rates.out)),
       el("td", {}, `${f1(Math.max(0, now - (state.now - w.age_s)))} s`));
