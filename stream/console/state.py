@@ -12,6 +12,10 @@ recently seen one forgotten with its instances and series), ``names_kept`` model
 ``instances_kept`` instances (the least recently updated one forgotten), and ``names_kept`` audit
 rows and unsigned kinds (counts beyond them folded into ``other``, so totals stay true). A snapshot
 costs work in its worker's instances only (instances are indexed by worker).
+
+The pipeline totals add up across restarts: an instance forgotten (gone from the live window, or
+beyond ``instances_kept``) leaves its final counts in its worker's totals; one whose counters went
+back (the same host and pid, a restarted container's pid 1) is a new instance, the old one retired.
 """
 
 from __future__ import annotations
@@ -106,6 +110,19 @@ def _counters(snap: Mapping[str, Any]) -> dict[str, int]:
             "dlq": out.get("dlq", 0), "features": out.get("features", 0)}
 
 
+def _totals(snap: Mapping[str, Any]) -> dict[str, int]:
+    """An instance's cumulative counts the pipeline totals add up: ``events_in``, ``out.<topic>``
+    and ``dlq.<reason>``."""
+    out = {"events_in": _int(snap.get("events_in"))}
+    out.update({f"out.{k}": v for k, v in _counts(snap.get("events_out")).items()})
+    out.update({f"dlq.{k}": v for k, v in _counts(snap.get("dlq")).items()})
+    return out
+
+
+def _went_back(old: Mapping[str, int], new: Mapping[str, int]) -> bool:
+    return any(new.get(k, 0) < v for k, v in old.items())
+
+
 def rates_between(prev: Mapping[str, Any], cur: Mapping[str, Any]) -> dict[str, float]:
     """Per-second rates of one worker instance between two of its snapshots (from the cumulative
     counters, so a missed snapshot does not matter); 0 for a counter that went back (a restart)."""
@@ -197,6 +214,10 @@ class ConsoleState:
     records: Counter[str] = field(default_factory=Counter)
     malformed: int = 0
     _instances: OrderedDict[tuple[str, str, int], _Instance] = field(default_factory=OrderedDict)  # LRU order
+    #: per worker, the final counts of its instances no longer kept (gone, or restarted with the same pid)
+    _retired: dict[str, Counter[str]] = field(default_factory=dict)
+    #: instances whose final counts are in ``_retired``: (ts, counts) of their last snapshot (LRU order)
+    _retired_keys: OrderedDict[tuple[str, str, int], tuple[float, dict[str, int]]] = field(default_factory=OrderedDict)
     _by_worker: dict[str, dict[tuple[str, str, int], _Instance]] = field(default_factory=dict)
     _series: OrderedDict[str, deque[dict[str, float]]] = field(default_factory=OrderedDict)  # LRU order
     #: attribute -> window start -> source -> its latest record (a window published again replaces)
@@ -236,6 +257,16 @@ class ConsoleState:
         prev = self._instances.get(key)
         if prev is not None and ts <= _num(prev.snap.get("ts")):
             return  # a re-delivered or older snapshot
+        if prev is not None and _went_back(_totals(prev.snap), _totals(snap)):
+            self._retire(key)  # the same host and pid, counting from 0: a new process
+            prev = None
+        elif prev is None and key in self._retired_keys:
+            gone_at, counts = self._retired_keys[key]
+            if ts <= gone_at:
+                return  # a late snapshot of an instance whose final counts are kept
+            if not _went_back(counts, _totals(snap)):  # the same process, back after a silence
+                del self._retired_keys[key]
+                self._retired[worker].subtract(counts)
         window = prev.window if prev is not None else RateWindow(self.rate_window)
         window.add(ts, _counters(snap))
         rates = window.rates() or own_rates(snap)
@@ -366,9 +397,21 @@ class ConsoleState:
         mine[key] = inst
         newest = max(_num(i.snap.get("ts")) for i in mine.values())
         for k in [k for k, i in mine.items() if newest - _num(i.snap.get("ts")) > self.live_seconds]:
-            self._drop_instance(k)
+            self._retire(k)
         while len(self._instances) > self.instances_kept:
-            self._drop_instance(next(iter(self._instances)))
+            self._retire(next(iter(self._instances)))
+
+    def _retire(self, key: tuple[str, str, int]) -> None:
+        """Forget an instance, its final counts kept in its worker's totals."""
+        inst = self._instances.get(key)
+        if inst is not None:
+            counts = _totals(inst.snap)
+            self._retired.setdefault(key[0], Counter()).update(counts)
+            self._retired_keys[key] = (_num(inst.snap.get("ts")), counts)
+            self._retired_keys.move_to_end(key)
+            while len(self._retired_keys) > self.instances_kept:
+                self._retired_keys.popitem(last=False)
+        self._drop_instance(key)
 
     def _drop_instance(self, key: tuple[str, str, int]) -> None:
         self._instances.pop(key, None)
@@ -384,8 +427,11 @@ class ConsoleState:
         others = [w for w in self._series if w not in _WORKER_ORDER]  # LRU order, at most names_kept + 1
         for w in others[: max(0, len(others) - self.names_kept)]:
             del self._series[w]
+            self._retired.pop(w, None)
             for k in list(self._by_worker.get(w, {})):
                 self._drop_instance(k)
+            for k in [k for k in self._retired_keys if k[0] == w]:
+                del self._retired_keys[k]
 
     def _row(self, row: tuple[str, str]) -> tuple[str, str]:
         """An audit row, or beyond ``names_kept`` rows its fold: ``(kind, other)`` for a receipt or
@@ -443,17 +489,19 @@ class ConsoleState:
                     row["aggregating"] = bool(agg.get("aggregating")) if isinstance(agg, dict) else None
                 rows.append(row)
         gateways = self._live("gateway")
-        out = sum_counts(_counts(i.snap.get("events_out")) for i in gateways)
+        totals = Counter(self._retired.get("gateway", Counter()))
+        for i in gateways:
+            totals.update(_totals(i.snap))
         series = list(self._series.get("gateway", ()))
         current = {"ts": round(now, 3), **{k: round(sum(i.rates_at(now)[k] for i in gateways), 2) for k in _RATE_KEYS}}
         if series and all(liveness(i.snap, now) != "live" for i in gateways) and series[-1]["ts"] < now:
             series.append(current)  # the chart falls to 0 once no gateway is live
         return {
             "workers": rows,
-            "events_in": sum(_int(i.snap.get("events_in")) for i in gateways),
-            "protected": out.get("protected", 0),
-            "dead_lettered": out.get("dlq", 0),
-            "dlq_by_reason": dict(sorted(sum_counts(_counts(i.snap.get("dlq")) for i in gateways).items(),
+            "events_in": totals["events_in"],
+            "protected": totals["out.protected"],
+            "dead_lettered": totals["out.dlq"],
+            "dlq_by_reason": dict(sorted(((k[4:], n) for k, n in totals.items() if k.startswith("dlq.") and n),
                                          key=lambda kv: (-kv[1], kv[0]))),
             "rates": current if gateways else None,
             "series": series,

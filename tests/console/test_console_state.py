@@ -54,14 +54,14 @@ def test_gateway_totals_rates_reasons_and_readiness(policy: LdpPolicy) -> None:
     assert row["worker"] == "gateway" and row["lag"] == 7 and row["ready"] and row["age_s"] == 2.0
 
 
-def test_instances_add_up_and_gone_ones_drop_out(policy: LdpPolicy) -> None:
+def test_instances_add_up_and_gone_ones_leave_the_rows_not_the_totals(policy: LdpPolicy) -> None:
     st = ConsoleState(policy, live_seconds=60)
     st.add_metrics(gateway_snap(T0, pid=1, events=10, protected=10, dlq={}))
     st.add_metrics(gateway_snap(T0 + 1000, pid=2, events=5, protected=4, dlq={"empty": 1},
                                 ready=False, reason="no progress for 45 s with lag 3100"))
     st.add_metrics(gateway_snap(T0 + 1001, pid=3, events=7, protected=7, dlq={}))
     p = st.view(T0 + 1002)["pipeline"]
-    assert p["events_in"] == 12 and [r["pid"] for r in p["workers"]] == [2, 3]  # pid 1 is long gone
+    assert p["events_in"] == 22 and [r["pid"] for r in p["workers"]] == [2, 3]  # pid 1 is long gone
     assert p["workers"][0]["reason"] == "no progress for 45 s with lag 3100"
 
 
@@ -234,8 +234,8 @@ def test_instances_of_restarted_workers_are_forgotten(policy: LdpPolicy) -> None
     st = ConsoleState(policy, live_seconds=60)
     for pid in range(200):  # a worker restarted 200 times, an hour apart
         st.add_metrics(gateway_snap(T0 + 3600 * pid, pid=pid, events=pid, protected=pid, dlq={}))
-    assert len(st._instances) <= 65
-    assert st.view(T0 + 3600 * 199)["pipeline"]["events_in"] == 199
+    assert len(st._instances) <= 65 and len(st._retired_keys) <= st.instances_kept
+    assert st.view(T0 + 3600 * 199)["pipeline"]["events_in"] == sum(range(200))  # their counts stay
 
 
 # --------------------------------------------------------------------------- what ops sees is current
@@ -304,6 +304,37 @@ def test_a_stopped_gateway_takes_the_rates_chart_to_0(policy: LdpPolicy) -> None
     assert p["series"][-2]["in"] == 0.0  # the stopping snapshot's point
     assert p["series"][-1]["ts"] == T0 + 12 and p["series"][-1]["in"] == 0.0 and p["rates"]["in"] == 0.0
     assert p["workers"][0]["status"] == "stopped" and not p["workers"][0]["ready"]
+
+
+def test_the_pipeline_totals_add_up_across_gateway_restarts(policy: LdpPolicy) -> None:
+    """A gateway that stopped (or went silent) and is gone from the live window keeps its final counts
+    in the totals; the same host and pid counting from 0 again is a new process; a live instance, or
+    one back after a silence, is counted once."""
+    st = ConsoleState(policy, live_seconds=60.0)
+
+    def totals(now: float) -> tuple[int, int, int, dict[str, int]]:
+        p = st.view(now)["pipeline"]
+        return p["events_in"], p["protected"], p["dead_lettered"], p["dlq_by_reason"]
+
+    st.add_metrics(gateway_snap(T0, pid=1, events=0, protected=0, dlq={}))
+    st.add_metrics(gateway_snap(T0 + 10, pid=1, events=1000, protected=995, dlq={"schema_violation": 5}))
+    stop = gateway_snap(T0 + 11, pid=1, events=1000, protected=995, dlq={"schema_violation": 5})
+    stop["state"] = "stopping"
+    st.add_metrics(stop)
+    st.add_metrics(gateway_snap(T0 + 130, pid=2, events=5, protected=5, dlq={}))  # restarted, 2 min later
+    assert totals(T0 + 131) == (1005, 1000, 5, {"schema_violation": 5})
+    st.add_metrics(gateway_snap(T0 + 140, pid=2, events=10, protected=9, dlq={"not_json": 1}))  # live: once
+    assert totals(T0 + 141) == (1010, 1004, 6, {"not_json": 1, "schema_violation": 5})
+    # the same host and pid (a container's pid 1) from 0 again: a new process, the old counts kept
+    st.add_metrics(gateway_snap(T0 + 150, pid=2, events=3, protected=3, dlq={}))
+    assert totals(T0 + 151) == (1013, 1007, 6, {"not_json": 1, "schema_violation": 5})
+    # a second gateway, silent for longer than the live window, then back (the same process): once
+    st.add_metrics(gateway_snap(T0 + 150, pid=3, events=100, protected=100, dlq={}))
+    st.add_metrics(gateway_snap(T0 + 220, pid=2, events=20, protected=20, dlq={}))
+    assert totals(T0 + 221) == (1010 + 100 + 20, 1004 + 100 + 20, 6, {"not_json": 1, "schema_violation": 5})
+    st.add_metrics(gateway_snap(T0 + 150, pid=3, events=100, protected=100, dlq={}))  # re-delivered: ignored
+    st.add_metrics(gateway_snap(T0 + 225, pid=3, events=150, protected=150, dlq={}))
+    assert totals(T0 + 226) == (1010 + 150 + 20, 1004 + 150 + 20, 6, {"not_json": 1, "schema_violation": 5})
 
 
 def test_a_failed_instance_shows_failed_with_its_reason_not_a_graceful_stop(policy: LdpPolicy) -> None:
