@@ -14,6 +14,8 @@ show the same thing.
 * **Rates** (:class:`RateWindow`): from the cumulative counters, over the last
   :data:`RATE_WINDOW` seconds of the instance's snapshots; a worker that runs idle publishes
   snapshots with the same counters, so its rates fall to 0 one window after the last record.
+  Counters that went back (a restart with the same host and pid) start the window again: the
+  snapshot's own rates until the next one.
 * **Units** (:func:`in_unit`, :func:`out_parts`): every count is named by what it counts. The
   features topic carries two kinds of records, a feature report per event and a labelled example
   per event of a session that ended, so the privatizer's writes there and the learner's reads are
@@ -118,7 +120,9 @@ def not_live_reason(snap: Mapping[str, Any], now: float) -> str | None:
 
 class RateWindow:
     """One instance's cumulative counters at its snapshot times; :meth:`rates` over the last
-    ``window`` seconds of them (a counter that went back, a restart, counts as 0)."""
+    ``window`` seconds of them. A counter that went back is a restart (the same host and pid, e.g. a
+    container's pid 1): the window starts again from that snapshot, so until the next one there
+    are no rates (None: the caller takes the snapshot's own)."""
 
     def __init__(self, window: float = RATE_WINDOW) -> None:
         self.window = window
@@ -127,6 +131,8 @@ class RateWindow:
     def add(self, ts: float, counters: Mapping[str, int]) -> None:
         if self.points and ts <= self.points[-1][0]:
             return
+        if self.points and any(counters.get(k, 0) < v for k, v in self.points[-1][1].items()):
+            self.points.clear()  # a restart: differences with the old process mean nothing
         self.points.append((ts, dict(counters)))
         # keep the points of the window and the newest one before it (the window's base)
         while len(self.points) > 2 and self.points[1][0] <= ts - self.window:

@@ -337,6 +337,19 @@ def test_the_pipeline_totals_add_up_across_gateway_restarts(policy: LdpPolicy) -
     assert totals(T0 + 226) == (1010 + 150 + 20, 1004 + 150 + 20, 6, {"not_json": 1, "schema_violation": 5})
 
 
+def test_a_restart_with_the_same_host_and_pid_shows_its_own_rates(policy: LdpPolicy) -> None:
+    st = ConsoleState(policy)
+    for i in range(4):  # 100 events/s
+        st.add_metrics(gateway_snap(T0 + 10 * i, events=1000 * i, protected=1000 * i, dlq={}))
+    again = gateway_snap(T0 + 35, events=40, protected=40, dlq={})
+    again["rates"] = {"in": 8.0, "out": 8.0, "dlq": 0.0}
+    st.add_metrics(again)
+    p = st.view(T0 + 36)["pipeline"]
+    assert p["workers"][0]["rates"]["in"] == 8.0 and p["rates"]["in"] == 8.0 and p["events_in"] == 3040
+    st.add_metrics(gateway_snap(T0 + 45, events=240, protected=240, dlq={}))
+    assert st.view(T0 + 46)["pipeline"]["workers"][0]["rates"]["in"] == 20.0
+
+
 def test_a_failed_instance_shows_failed_with_its_reason_not_a_graceful_stop(policy: LdpPolicy) -> None:
     why = "EngineFatalError: gateway: watchdog: not ready and no progress for 61 s: batch held"
     st = ConsoleState(policy)

@@ -212,6 +212,19 @@ def test_watch_shows_stopped_and_silent_instances_not_ready_with_rates_at_0() ->
     assert "    not ready: stopped (graceful shutdown)\n" in out
 
 
+def test_a_restart_with_the_same_host_and_pid_shows_its_own_rates_not_0() -> None:
+    """A container restarted keeps its hostname and pid 1: its counters go back. The rate window
+    starts again, so the restarted process shows its snapshot's own rates, then its window's."""
+    st = WatchState()
+    for i in range(4):  # 100 events/s
+        st.add_metrics(_snap("gateway", 10.0 * i, pid=1, events_in=1000 * i, rates={"in": 100.0}))
+    st.add_metrics(_snap("gateway", 35.0, pid=1, events_in=40, rates={"in": 8.0, "out": 8.0, "dlq": 0.0}))
+    (gw,) = st.worker_rows(now=36.0)
+    assert (gw["in_rate"], gw["out_rate"], gw["events_in"]) == (8.0, 8.0, 40)
+    st.add_metrics(_snap("gateway", 45.0, pid=1, events_in=240))
+    assert st.worker_rows(now=46.0)[0]["in_rate"] == 20.0
+
+
 def test_watch_shows_a_failed_instance_as_failed_not_as_a_graceful_stop() -> None:
     why = "EngineFatalError: gateway: watchdog: not ready and no progress for 61 s: batch held"
     st = WatchState()
