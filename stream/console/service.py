@@ -55,8 +55,7 @@ class ConsoleService:
         self.bootstrap = bootstrap or settings.kafka_bootstrap_or_dev()
         policy = LdpPolicy.from_schema(load_schema(settings.schema_name), settings.ldp_epsilon)
         self.lock = threading.Lock()
-        self.state = ConsoleState(policy, since_ms=since_ms,
-                                  live_seconds=max(30.0, 6 * settings.metrics_interval_seconds))
+        self.state = ConsoleState(policy, since_ms=since_ms)  # instances kept as ops watch keeps them
         self.reader = TopicReader(self.bootstrap, settings.topics, self.state, self.lock,
                                   verifiers=verifiers if verifiers is not None else Verifiers.from_settings(settings))
         self._stop = threading.Event()

@@ -34,6 +34,7 @@ from stream.ops.live import (
     RateWindow,
     examples_learned,
     in_unit,
+    live_window,
     liveness,
     not_live_reason,
     out_parts,
@@ -201,7 +202,9 @@ class ConsoleState:
 
     policy: LdpPolicy
     since_ms: int = 0  # records older than this are ignored
-    live_seconds: float = 60.0  # instances whose newest snapshot is this much older than their worker's are gone
+    #: instances whose newest snapshot is this much older than their worker's are gone; None: each
+    #: instance's :func:`stream.ops.live.live_window` (as ``ops watch``)
+    live_seconds: float | None = None
     rate_window: float = 30.0  # seconds of snapshots the rates are computed over
     history: int = 360  # points kept per time series
     windows_kept: int = 240  # estimate windows kept per attribute
@@ -396,7 +399,7 @@ class ConsoleState:
         mine = self._by_worker.setdefault(key[0], {})
         mine[key] = inst
         newest = max(_num(i.snap.get("ts")) for i in mine.values())
-        for k in [k for k, i in mine.items() if newest - _num(i.snap.get("ts")) > self.live_seconds]:
+        for k in [k for k, i in mine.items() if newest - _num(i.snap.get("ts")) > self._window(i)]:
             self._retire(k)
         while len(self._instances) > self.instances_kept:
             self._retire(next(iter(self._instances)))
@@ -446,7 +449,10 @@ class ConsoleState:
         if not mine:
             return []
         newest = max(_num(i.snap.get("ts")) for i in mine)
-        return [i for i in mine if newest - _num(i.snap.get("ts")) <= self.live_seconds]
+        return [i for i in mine if newest - _num(i.snap.get("ts")) <= self._window(i)]
+
+    def _window(self, inst: _Instance) -> float:
+        return self.live_seconds if self.live_seconds is not None else live_window(inst.snap)
 
     def workers(self) -> list[str]:
         return sorted(self._by_worker, key=lambda w: (_WORKER_ORDER.get(w, 9), w))

@@ -31,10 +31,13 @@ from collections import deque
 from collections.abc import Mapping
 from typing import Any
 
-__all__ = ["DEFAULT_INTERVAL", "RATE_WINDOW", "STALE_INTERVALS", "RateWindow", "in_unit", "interval_of",
-           "liveness", "not_live_reason", "out_parts", "published_reason", "safe_reason"]
+__all__ = ["DEFAULT_INTERVAL", "LIVE_INTERVALS", "LIVE_MIN_SECONDS", "RATE_WINDOW", "STALE_INTERVALS", "RateWindow",
+           "in_unit", "interval_of", "live_window", "liveness", "not_live_reason", "out_parts", "published_reason",
+           "safe_reason"]
 
 STALE_INTERVALS = 3
+LIVE_INTERVALS = 6  # an instance this many intervals older than its worker's newest is gone (see live_window)
+LIVE_MIN_SECONDS = 30.0
 DEFAULT_INTERVAL = 10.0  # Settings.metrics_interval_seconds' default, for snapshots that do not say theirs
 RATE_WINDOW = 30.0
 LABEL_ATTRIBUTE = "session_purchase"  # stream.ldp.labels.LABEL_NAME: one label report per example
@@ -89,6 +92,13 @@ def interval_of(snap: Mapping[str, Any]) -> float:
     """The publishing interval the snapshot says its worker has (seconds), else the default."""
     v = _num(snap.get("interval_s"))
     return v if v is not None and v > 0 else DEFAULT_INTERVAL
+
+
+def live_window(snap: Mapping[str, Any]) -> float:
+    """How much older than its worker's newest snapshot an instance's newest may be and still be
+    shown: ``max(30 s, 6 intervals)`` (its own ``interval_s``); older, it is gone (left behind by
+    a restart). ``ops watch`` and the console both keep the instances this says."""
+    return max(LIVE_MIN_SECONDS, LIVE_INTERVALS * interval_of(snap))
 
 
 def liveness(snap: Mapping[str, Any], now: float) -> str:

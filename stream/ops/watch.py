@@ -40,6 +40,7 @@ from stream.ops.live import (
     RateWindow,
     examples_learned,
     in_unit,
+    live_window,
     liveness,
     not_live_reason,
     out_parts,
@@ -54,7 +55,6 @@ log = logging.getLogger("streamgate.ops.watch")
 _NAME = re.compile(r"[a-z0-9_.-]{1,64}")
 _TOKENISH = re.compile(r"tk\d+_")
 _WORKER_ORDER = {"gateway": 0, "privatizer": 1, "learner": 2, "shredder": 3}
-_LIVE_SECONDS = 60.0  # instances this much older than their worker's newest one are gone (a restart)
 _ZERO = {"in": 0.0, "out": 0.0, "dlq": 0.0}
 INSTANCES_KEPT = 256  # worker instances kept (the least recently updated one forgotten)
 NAMES_KEPT = 32  # dead-letter reasons and audit rows counted by name; the rest as ``other``
@@ -148,10 +148,11 @@ class WatchState:
         return out
 
     def _live(self) -> list[tuple[str, _Instance]]:
-        """The instances not left behind by a restart (within a minute of their worker's newest)."""
+        """The instances not left behind by a restart (:func:`stream.ops.live.live_window` of their
+        worker's newest)."""
         newest = {w: _num(s.get("ts")) for w, s in self.workers.items()}
         return sorted(((w, i) for (w, _h, _p), i in self.instances.items()
-                       if newest[w] - _num(i.snap.get("ts")) <= _LIVE_SECONDS),
+                       if newest[w] - _num(i.snap.get("ts")) <= live_window(i.snap)),
                       key=lambda wi: (_WORKER_ORDER.get(wi[0], 9), wi[0], str(wi[1].snap.get("instance") or ""),
                                       _int(wi[1].snap.get("pid"))))
 

@@ -350,6 +350,24 @@ def test_a_restart_with_the_same_host_and_pid_shows_its_own_rates(policy: LdpPol
     assert st.view(T0 + 46)["pipeline"]["workers"][0]["rates"]["in"] == 20.0
 
 
+@pytest.mark.parametrize(("interval", "gap", "shown"), [(1.0, 40.0, [2]), (20.0, 100.0, [1, 2]), (10.0, 59.0, [1, 2])])
+def test_ops_watch_and_the_console_show_the_same_instances(policy: LdpPolicy, interval: float, gap: float,
+                                                           shown: list[int]) -> None:
+    """An instance older than max(30 s, 6 intervals) than its worker's newest is gone, in both views
+    (the interval: the snapshots' own)."""
+    from stream.ops.watch import WatchState
+
+    console, watch = ConsoleState(policy), WatchState()
+    for ts, pid in ((T0, 1), (T0 + gap, 2)):
+        snap = gateway_snap(ts, pid=pid, events=10, protected=10, dlq={})
+        snap["interval_s"] = interval
+        console.add_metrics(snap)
+        watch.add_metrics(orjson.dumps(snap))
+    now = T0 + gap + 0.5
+    assert [r["pid"] for r in console.view(now)["pipeline"]["workers"]] == shown
+    assert [i.snap["pid"] for _w, i in watch._live()] == shown
+
+
 def test_a_failed_instance_shows_failed_with_its_reason_not_a_graceful_stop(policy: LdpPolicy) -> None:
     why = "EngineFatalError: gateway: watchdog: not ready and no progress for 61 s: batch held"
     st = ConsoleState(policy)
