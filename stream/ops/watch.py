@@ -92,6 +92,15 @@ def _counts(value: Any) -> dict[str, int]:
     return dict(out)
 
 
+#: model metrics that are counts: printed as integers
+_COUNT_METRICS = frozenset({"examples_seen", "drifts", "global_version", "version", "pending"})
+
+
+def _metric_text(metric: str, value: Any) -> str:
+    v = _num(value)
+    return str(int(v)) if metric in _COUNT_METRICS and v.is_integer() else f"{v:.4f}"
+
+
 def _reason_of(snap: dict[str, Any]) -> str | None:
     """Why a worker was not ready: its published reason (printed only if it is a safe line,
     exactly as :func:`safe_reason` keeps it), else the failed checks by name."""
@@ -228,31 +237,44 @@ class WatchState:
             })
         return rows
 
-    def ldp_rows(self) -> list[tuple[str, str, int, float, int]]:
-        """(worker, attribute, reports, epsilon spent, suppressed)."""
-        rows: list[tuple[str, str, int, float, int]] = []
-        for worker, inst in self._live():
-            s = inst.snap
-            ldp = s.get("ldp")
+    def ldp_rows(self) -> list[tuple[str, int, float, int]]:
+        """(attribute, reports, epsilon spent, suppressed), added up over the instances shown (as the
+        console adds them)."""
+        acc: dict[str, list[Any]] = {}
+        for _worker, inst in self._live():
+            ldp = inst.snap.get("ldp")
             if not isinstance(ldp, dict):
                 continue
-            for attr, row in sorted(ldp.items()):
+            for attr, row in ldp.items():
                 if isinstance(row, dict):
-                    rows.append((worker, _name(attr), _int(row.get("reports")), _num(row.get("epsilon_spent")),
-                                 _int(row.get("suppressed"))))
-        return rows
+                    a = acc.setdefault(_name(attr), [0, 0.0, 0])
+                    a[0] += _int(row.get("reports"))
+                    a[1] = round(a[1] + _num(row.get("epsilon_spent")), 6)
+                    a[2] += _int(row.get("suppressed"))
+        return [(attr, n, eps, sup) for attr, (n, eps, sup) in sorted(acc.items())]
 
-    def model_rows(self) -> list[tuple[str, str, str, float]]:
-        """(worker, model, metric, value)."""
-        rows: list[tuple[str, str, str, float]] = []
+    def over_budget(self) -> int | None:
+        """Events not reported because the person's ledger was at its cap (``ldp_over_budget``), added
+        up over the privatizers shown; None when no snapshot shown carries it."""
+        counts = [_int(inst.snap.get("ldp_over_budget")) for w, inst in self._live()
+                  if w == "privatizer" and "ldp_over_budget" in inst.snap]
+        return sum(counts) if counts else None
+
+    def model_rows(self) -> list[tuple[str, str, list[tuple[str, str]]]]:
+        """(instance label, model, [(metric, value as text)]): one row per learner instance and model
+        (a federation's learners each have theirs; counts printed as integers)."""
+        rows: list[tuple[str, str, list[tuple[str, str]]]] = []
         for worker, inst in self._live():
             s = inst.snap
             models = s.get("models")
             if not isinstance(models, dict):
                 continue
+            instance = s.get("instance")
+            label = f"{worker} {_name(instance)}" if instance is not None else f"{worker} pid {_int(s.get('pid'))}"
             for model, metrics in sorted(models.items()):
                 if isinstance(metrics, dict):
-                    rows.extend((worker, _name(model), _name(k), _num(v)) for k, v in sorted(metrics.items()))
+                    rows.append((label, _name(model), [(_name(k), _metric_text(_name(k), v))
+                                                       for k, v in sorted(metrics.items())]))
         return rows
 
     # --- rendering ----------------------------------------------------------------------
@@ -303,15 +325,17 @@ class WatchState:
         lines += ["", f"audit topic: {sum(self.audit.values())} records (receipts and drift records)"]
         lines += [f"  {kind:<17} {reason:<12} {n}"
                   for (kind, reason), n in sorted(self.audit.items(), key=lambda kv: (-kv[1], kv[0]))]
-        ldp = self.ldp_rows()
-        if ldp:
-            lines += ["", "privacy budget (attribute: reports, epsilon spent, suppressed)"]
-            lines += [f"  {attr:<17} reports={n} epsilon_spent={eps:.3f} suppressed={sup}"
-                      for _w, attr, n, eps, sup in ldp]
+        ldp, over = self.ldp_rows(), self.over_budget()
+        if ldp or over:
+            lines += ["", "privacy budget (attribute: reports, epsilon spent, suppressed; all instances added up)"]
+            lines += [f"  {attr:<17} reports={n} epsilon_spent={eps:.3f} suppressed={sup}" for attr, n, eps, sup in ldp]
+            if over is not None:
+                lines.append(f"  not reported: over_budget={over} (events of people whose ledger was at its cap)")
         models = self.model_rows()
         if models:
-            lines += ["", "models"]
-            lines += [f"  {model:<17} {metric}={value:.4f}" for _w, model, metric, value in models]
+            lines += ["", "models (per learner instance)"]
+            lines += [f"  {model:<17} {label}: " + " ".join(f"{k}={v}" for k, v in metrics)
+                      for label, model, metrics in models]
         if self.malformed:
             lines += ["", f"({self.malformed} records could not be parsed)"]
         return "\n".join(lines) + "\n"
@@ -347,21 +371,23 @@ class WatchState:
         for (kind, reason), n in self.audit.most_common(12):
             a.add_row(kind, reason, f"{n:,}")
         parts: list[Any] = [t, d, a]
-        ldp = self.ldp_rows()
-        if ldp:
-            b = Table(title="privacy budget", expand=True)
+        ldp, over = self.ldp_rows(), self.over_budget()
+        if ldp or over:
+            title = "privacy budget" + (f" (not reported, ledger at its cap: {over:,})" if over is not None else "")
+            b = Table(title=title, expand=True)
             for col in ("attribute", "reports", "epsilon spent", "suppressed"):
                 b.add_column(col, justify="left" if col == "attribute" else "right")
-            for _w, attr, n, eps, sup in ldp:
+            for attr, n, eps, sup in ldp:
                 b.add_row(attr, f"{n:,}", f"{eps:,.2f}", f"{sup:,}")
             parts.append(b)
         models = self.model_rows()
         if models:
             m = Table(title="models", expand=True)
-            for col in ("model", "metric", "value"):
+            for col in ("instance", "model", "metric", "value"):
                 m.add_column(col)
-            for _w, model, metric, value in models:
-                m.add_row(model, metric, f"{value:.4f}")
+            for label, model, metrics in models:
+                for metric, value in metrics:
+                    m.add_row(label, model, metric, value)
             parts.append(m)
         return Group(*parts)
 

@@ -133,7 +133,7 @@ def test_watch_state_never_prints_record_content() -> None:
     assert ("key_shredded", "other") in st.audit
     assert "in=2.5/s" in out and "events_in=5" in out
     assert "device            reports=4 epsilon_spent=2.000 suppressed=1" in out
-    assert "ctr               auc=0.7500" in out
+    assert "ctr               gateway pid 0: auc=0.7500" in out
 
 
 def test_watch_state_keeps_the_latest_snapshot_per_worker() -> None:
@@ -237,6 +237,30 @@ def test_watch_shows_a_failed_instance_as_failed_not_as_a_graceful_stop() -> Non
     assert f"    not ready: failed: {why}\n" in out and "status=failed" in out and "graceful" not in out
     st.add_metrics(_snap("shredder", 11.0, pid=2, events_in=0, state="failed", ready=False, reason="x tk1_abc"))
     assert st.worker_rows(now=12.0)[1]["reason"] == "failed: other"
+
+
+def test_the_privacy_and_model_sections_add_up_instances_and_print_counts_as_integers() -> None:
+    """Two privatizers: one row per attribute, added up (as the console adds them), with the events
+    not reported at the person's cap; two learners: a labelled row each, counts as integers."""
+    st = WatchState()
+    for pid, (n, eps, sup, over) in ((1, (100, 1.5, 2, 4)), (2, (50, 0.5, 3, 8))):
+        st.add_metrics(_snap("privatizer", 100.0, pid=pid, events_in=n, ldp_over_budget=over,
+                             ldp={"device": {"reports": n, "epsilon_spent": eps, "suppressed": sup}}))
+    for pid, instance in ((3, "a1"), (4, "b2")):
+        st.add_metrics(_snap("learner", 100.0, pid=pid, events_in=425, instance=instance,
+                             models={"m1": {"examples_seen": 425.0, "roc_auc": 0.8123, "drifts": 0.0}}))
+    out = st.render_plain(now=101.0)
+    assert "  device            reports=150 epsilon_spent=2.000 suppressed=5\n" in out
+    assert "  not reported: over_budget=12 (events of people whose ledger was at its cap)\n" in out
+    assert "  m1                learner a1: drifts=0 examples_seen=425 roc_auc=0.8123\n" in out
+    assert "  m1                learner b2: drifts=0 examples_seen=425 roc_auc=0.8123\n" in out
+    assert "425.0000" not in out and out.count("reports=") == 1
+    from rich.console import Console
+
+    console = Console(record=True, width=200)
+    console.print(st.render_rich(now=101.0))
+    text = console.export_text()
+    assert "not reported, ledger at its cap: 12" in text and "learner a1" in text and "425.0000" not in text
 
 
 def test_watch_has_a_row_per_federated_learner_and_names_the_aggregator() -> None:
