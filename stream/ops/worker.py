@@ -295,8 +295,9 @@ class OpsService(Service):
             producer.flush(5)
 
     def publish_stopping(self) -> None:
-        """One more ``stopping`` snapshot (blocking, flushed): the hosting calls it once the
-        engine ended, so the last snapshot has the counts of the engine's final flush."""
+        """One more ``stopping`` snapshot (``failed`` once the engine failed; blocking, flushed):
+        the hosting calls it once the engine ended, so the last snapshot has the counts of the
+        engine's final flush."""
         producer = self._producer
         if producer is None or (self._thread is not None and self._thread.is_alive()):
             return  # not started, or the publisher still runs: its own last snapshot comes after this
