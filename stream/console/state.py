@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from stream.ldp.aggregate import ESTIMATE_SCHEMA, merge_records, source_of
+from stream.ldp.aggregate import ESTIMATE_SCHEMA, merge_records, param_mismatch, source_of
 from stream.ldp.policy import LdpPolicy
 from stream.ops.live import (
     RateWindow,
@@ -233,6 +233,8 @@ class ConsoleState:
     _drifts: deque[dict[str, Any]] = field(default_factory=deque)
     _models: OrderedDict[str, deque[dict[str, Any]]] = field(default_factory=OrderedDict)  # LRU order
     _window_views: dict[tuple[str, int], tuple[int, dict[str, Any] | None]] = field(default_factory=dict)
+    #: (attribute, why) -> estimate records skipped: written under other mechanism parameters than the policy's
+    _skipped: Counter[tuple[str, str]] = field(default_factory=Counter)
 
     def __post_init__(self) -> None:
         self._receipts = deque(maxlen=self.receipts_kept)
@@ -298,6 +300,12 @@ class ConsoleState:
             self.malformed_record()
             return
         if end < self.since_ms:
+            return
+        why = param_mismatch(self.policy.by_name[rec["attribute"]], rec)
+        if why is not None:  # written under other parameters: cannot be merged with this policy's, shown why
+            self._skipped[(rec["attribute"], why)] += 1
+            self.records["frequencies"] += 1
+            self.version += 1
             return
         windows = self._windows.setdefault(rec["attribute"], OrderedDict())
         windows.setdefault(start, {})[source_of(rec)] = rec
@@ -529,7 +537,9 @@ class ConsoleState:
             else:
                 entry["series"] = [v for s in starts if (v := self._window_view(attr.name, s)) is not None]
             attrs.append(entry)
-        return {"attributes": attrs, "truth": self.truth.as_dict() if self.truth is not None else None}
+        skipped = [{"attribute": a, "why": why, "records": n} for (a, why), n in sorted(self._skipped.items())]
+        return {"attributes": attrs, "truth": self.truth.as_dict() if self.truth is not None else None,
+                "skipped": skipped}
 
     def _window_view(self, attribute: str, start: int) -> dict[str, Any] | None:
         """One window's merged view, computed again only when a record of it arrived."""

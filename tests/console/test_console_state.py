@@ -421,3 +421,22 @@ def test_drift_records_verify_with_the_learners_key_and_unsigned_ones_are_not_un
     p = st.view(T0)
     assert p["privacy"]["unverified"] == 0 and p["privacy"]["unsigned"] == {"drift": 1}
     assert [(d["verified"], d["signed"]) for d in p["model"]["drifts"]] == [(True, True), (None, False)]
+
+
+def test_estimates_written_under_other_parameters_are_counted_and_said_not_dropped(policy: LdpPolicy) -> None:
+    """A record of another epsilon (the demo's 4 read at the default) cannot be merged with this policy's:
+    the view says how many and why, instead of showing nothing (or an empty attribute) in silence."""
+    from stream.ldp.policy import LdpPolicy as Policy
+
+    other = Policy.from_schema(load_schema("clickstream-event.v1"), policy.by_name["event_type"].epsilon_1 * 4)
+    k = other.by_name["event_type"].k
+    rec = estimate_record(other.by_name["event_type"], n=100, support=[10] * k, total=None,
+                          start_ms=int(T0 * 1000), end_ms=int(T0 * 1000) + 60_000, worker="h-1/p0")
+    st = ConsoleState(policy)
+    st.add_frequency(orjson.loads(orjson.dumps(rec)))
+    st.add_frequency(orjson.loads(orjson.dumps(rec)))
+    est = st.view(T0)["estimates"]
+    assert est["attributes"] == []
+    (skipped,) = est["skipped"]
+    assert skipped["attribute"] == "event_type" and skipped["records"] == 2
+    assert "this policy's" in skipped["why"] and "eps=" in skipped["why"]

@@ -193,8 +193,11 @@ function renderEstimates(e) {
   wsel.value = ui.window;
   const view = !a ? null : ui.window === "merged" ? a.merged : a.windows.find((w) => String(w.start_ms) === ui.window);
   const truthKnown = ui.window === "merged" && !!(e.truth && e.truth.frequencies && e.truth.frequencies[ui.attr]);
-  $("#window-info").textContent = view ? `n = ${int(view.n)} reports` + (view.windows > 1 ? `, ${view.windows} windows` : "") +
-    (a ? ` · ${a.mechanism}, ε∞ = ${a.eps_inf}` : "") : "no estimates yet (the first window closes after it ends)";
+  const skipped = (e.skipped || []).filter((k) => !a || k.attribute === ui.attr);
+  $("#window-info").textContent = (view ? `n = ${int(view.n)} reports` + (view.windows > 1 ? `, ${view.windows} windows` : "") +
+    (a ? ` · ${a.mechanism}, ε∞ = ${a.eps_inf}` : "") : "no estimates yet (the first window closes after it ends)") +
+    skipped.map((k) => ` · ${int(k.records)} records of ${k.attribute} skipped: written with ${k.why}` +
+      " (start the console with the settings they were written with)").join("");
   $("#legend").replaceChildren(el("span", { class: "key est" }, "projected"), el("span", { class: "key whisker" }, "95 % interval"),
     el("span", { class: "key estmark" }, "unbiased estimate"), el("span", { id: "scale" }), ...(truthKnown ? [el("span", { class: "key truthmark" }, `true (${e.truth.label})`)] : []));
   const xmax = view ? Math.min(1, Math.max(0.05, ...view.values.flatMap((v) => [v[1], v[4], truthKnown && v[5] ? v[5] : 0]))) : 1;
