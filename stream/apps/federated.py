@@ -30,6 +30,7 @@ import socket
 import threading
 import time
 import uuid
+from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, ClassVar
@@ -58,6 +59,10 @@ __all__ = ["AggregatorEngine", "AggregatorStats", "FederatedLearnerEngine", "Fed
            "aggregator_group", "highest_version", "instance_name", "newest_verified"]
 
 log = logging.getLogger("streamgate.learner")
+
+#: Senders whose last merged update seq a global version carries (the most recent ones: a restarted
+#: learner is a new sender, so the oldest entries are of processes long gone)
+MAX_SENDERS = 1024
 
 
 def aggregator_group(settings: Settings) -> str:
@@ -159,6 +164,7 @@ class AggregatorStats:
     unverified: int = 0  # updates refused (signature, format): never merged
     other_model: int = 0  # updates of another model name
     already_merged: int = 0  # re-read after a failover, covered by the newest global version: skipped
+    repeated: int = 0  # a sender's update seen again at another offset (a re-send, a replay): not merged again
     stale: int = 0  # merged updates based on an older global version than the one they went into
     published: int = 0  # global versions delivered
     takeovers: int = 0  # times this instance became the aggregator (state loaded from the newest version)
@@ -191,6 +197,8 @@ class AggregatorEngine(StreamEngine):
         self.params = Parameters({})
         self.model: PropensityModel | JointNaiveBayes | None = None
         self.frontier: dict[int, int] = {}  # updates partition -> next offset not yet merged or skipped
+        #: sender -> the highest seq merged (or in the open round), most recent last: each update once
+        self.seqs: OrderedDict[str, int] = OrderedDict()
         self.epsilon: dict[str, Any] = {}
         self._sender_metrics: dict[str, dict[str, float]] = {}
         self._rlog_agg = RateLimitedLog(self.log)
@@ -264,6 +272,15 @@ class AggregatorEngine(StreamEngine):
             if update.model != self.model_name:
                 st.other_model += 1
                 continue
+            if update.seq <= self.seqs.get(update.sender, 0):
+                st.repeated += 1
+                self._rlog_agg(logging.WARNING, "repeated", "model update seen before (its sender and seq): not merged "
+                               "again", partition=r.partition, offset=r.offset, count=st.repeated)
+                continue
+            self.seqs[update.sender] = update.seq
+            self.seqs.move_to_end(update.sender)
+            while len(self.seqs) > MAX_SENDERS:
+                self.seqs.popitem(last=False)
             self.round.add(update, now)
         result = Result(defer=bool(self.round.pending))
         if self.round.due(now):
@@ -287,6 +304,7 @@ class AggregatorEngine(StreamEngine):
         self.round.clear()
         self._sender_metrics.clear()
         self.frontier = {}
+        self.seqs = OrderedDict()
         if snap is None:
             self.model, self.version, self.examples_seen, self.epsilon = fresh_model(s), 0, 0, {}
         else:
@@ -297,6 +315,10 @@ class AggregatorEngine(StreamEngine):
             if isinstance(offsets, dict):
                 self.frontier = {int(p): int(o) for p, o in offsets.items()
                                  if str(p).isdigit() and isinstance(o, int) and not isinstance(o, bool)}
+            seqs = fed.get("seqs")
+            if isinstance(seqs, dict):
+                self.seqs = OrderedDict((str(k), int(v)) for k, v in seqs.items()
+                                        if isinstance(v, int) and not isinstance(v, bool))
         self.params = Parameters(*self.model.parameters())
         self.loaded = True
         self.stats.takeovers += 1
@@ -329,6 +351,7 @@ class AggregatorEngine(StreamEngine):
             "version": self.version, "aggregator": self.instance, "updates_topic": self.settings.topics.updates,
             "next_offsets": {str(p): o for p, o in sorted(self.frontier.items())},
             "merged_updates": len(updates), "merged_examples": n, "senders": senders, "stale_updates": stale,
+            "seqs": dict(self.seqs),  # (in merge order: the next aggregator keeps the most recent senders)
         }
         snap = ModelSnapshot(name=self.model_name, created_at=_rfc3339(self.clock()), examples_seen=self.examples_seen,
                              metrics=metrics, epsilon=self.epsilon, model=model, federation=federation)
