@@ -420,10 +420,16 @@ class FederatedLearnerEngine(LearnerEngine):
     # -- lifecycle ---------------------------------------------------------------------------
     def stopped(self) -> None:
         super().stopped()
-        self._stop_aggregator()
+        alive = self._stop_aggregator()
         if self._feed is not None:
             self._feed.close()
             self._feed = None
+        if self.fatal_error is None and (self._agg_error is not None or alive):
+            # the aggregator failed (or hung) while the learner was stopping: the worker must not exit 0
+            why = f"its aggregator stopped: {self._agg_error}" if self._agg_error is not None else \
+                "its aggregator did not stop within 60 s"
+            self.fatal_error = f"learner: {why}"
+            raise EngineFatalError(self.fatal_error)
 
     def start(self) -> None:
         super().start()
@@ -442,11 +448,15 @@ class FederatedLearnerEngine(LearnerEngine):
             self._agg_error = exc
             log.error("aggregator stopped", extra={"error": f"{type(exc).__name__}: {exc}"})
 
-    def _stop_aggregator(self) -> None:
+    def _stop_aggregator(self) -> bool:
+        """Stop the aggregator thread; True if it is still running after a minute."""
         self._agg_stop.set()
+        alive = False
         if self._agg_thread is not None:
             self._agg_thread.join(60)
+            alive = self._agg_thread.is_alive()
             self._agg_thread = None
+        return alive
 
     def _anchor_to_resumed(self) -> None:
         assert self.model is not None

@@ -92,6 +92,7 @@ from stream.crypto.signing import signing_key, verify_key
 from stream.engine import Out, Record, Result, StreamEngine
 from stream.errors import (
     BrokerUnreachableError,
+    ConfigError,
     InvalidExampleError,
     SnapshotError,
     StreamgateError,
@@ -488,6 +489,12 @@ class LearnerEngine(StreamEngine):
                 log.warning("snapshot ignored: it names another model", extra={"model": self.model_name})
                 continue
             s = self.settings
+            kind = JointNaiveBayes if s.learn_model == "joint-nb" else PropensityModel
+            if not isinstance(snap.model, kind):  # it would skip every example it reads, and stay ready
+                raise ConfigError(
+                    f"the newest snapshot of model {self.model_name!r} holds a {type(snap.model).__name__}, but "
+                    f"STREAMGATE_LEARN_MODEL={s.learn_model}: it could learn nothing from the examples it reads; "
+                    "start a new model under another STREAMGATE_LEARN_MODEL_NAME, or set the kind it was trained as")
             if (snap.model.correction, snap.model.debias) != (s.learn_correction, s.learn_debias):
                 log.warning("the snapshot's model was trained with other learn_correction/learn_debias settings: "
                             "it keeps its own (start a new model name to change them)", extra={"model": self.model_name})

@@ -96,7 +96,8 @@ def register(cli: click.Group) -> None:
         """Run the learner worker (Faust): features.private -> models.snapshots (+ drift on ops.audit).
 
         Learns the purchase-propensity model online from the privatizer's labelled examples
-        (private-example.v1; feature reports are skipped), with progressive validation, ADWIN drift
+        (STREAMGATE_LEARN_MODEL: joint-nb from private-example.v2, the default, or logistic from
+        private-example.v1; feature reports are skipped), with progressive validation, ADWIN drift
         detection and signed snapshots every STREAMGATE_LEARN_PUBLISH_EVERY examples / _INTERVAL_SECONDS;
         resumes from its latest snapshot. /healthz, /readyz and /metrics on port 6069.
 
