@@ -79,6 +79,15 @@ def _lp(*parts: bytes) -> bytes:
 _AAD_HEAD = _lp(_WRAP_LABEL)
 
 
+def _utf8(value: str) -> bytes:
+    """``value`` as UTF-8; a lone surrogate (from a lenient JSON parser) is a ValueError that, unlike
+    UnicodeEncodeError, quotes no character of the identifier."""
+    try:
+        return value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ValueError("token value is not valid Unicode (a lone surrogate)") from None
+
+
 class PersonTokens(Protocol):
     """Person tokens of one domain that need a store (``tk2``: :class:`stream.storage.pseudonyms.Pseudonyms`)."""
 
@@ -132,7 +141,7 @@ class Tokenizer:
             # The message names the type only, never the value (it is an identifier).
             raise TypeError(f"token value must be str, not {type(value).__name__}")
         ctx = mac.copy()
-        ctx.update(value.encode("utf-8"))
+        ctx.update(_utf8(value))
         return TOKEN_PREFIX + binascii.b2a_base64(ctx.finalize(), newline=False)[:_TOKEN_CHARS].translate(
             _TO_URLSAFE
         ).decode("ascii")
@@ -208,13 +217,13 @@ class PseudonymKeys:
         if type(value) is not str:
             raise TypeError(f"token value must be str, not {type(value).__name__}")
         ctx = self._lookup_mac.copy()
-        ctx.update(value.encode("utf-8"))
+        ctx.update(_utf8(value))
         return ctx.finalize()[:16].hex()
 
     def token_from(self, secret: bytes, value: str) -> str:
         """The ``tk2`` token of ``value`` under the person's secret (needs the keyring as well)."""
         ctx = self._token_mac.copy()
-        ctx.update(secret + value.encode("utf-8"))
+        ctx.update(secret + _utf8(value))
         return PSEUDONYM_PREFIX + binascii.b2a_base64(ctx.finalize(), newline=False)[:_TOKEN_CHARS].translate(
             _TO_URLSAFE).decode("ascii")
 

@@ -166,7 +166,8 @@ def why_not_json(payload: bytes) -> Rejection:
 
 def lenient_json(payload: bytes) -> Any:
     """``payload`` parsed as far as possible (BOM skipped, out-of-range numbers kept): for naming
-    the person of a rejected record, never for passing it."""
+    the person of a rejected record, never for passing it. Its strings may hold lone surrogates
+    (``"\\udc00"``, which orjson refuses): they do not encode to UTF-8."""
     if payload.startswith(_BOM):
         payload = payload[3:]
     try:
@@ -450,6 +451,10 @@ class Gateway:
             doc = doc["payload"]
         uid = doc.get(self.subject_field) if isinstance(doc, dict) else None
         if type(uid) is not str or not 0 < len(uid) <= self._subject_max_len:
+            return None
+        try:  # the fallback parser keeps lone surrogates ("\udc00"): no person, quarantine
+            uid.encode("utf-8")
+        except UnicodeEncodeError:
             return None
         return uid
 
