@@ -173,6 +173,12 @@ def _parse_policy(name: str, spec: Mapping[str, Any]) -> FieldPolicy:
                 f"property {name!r}: an ldp property needs a domain (enum, x-privacy.domain) or minimum/maximum bounds"
             )
     token_domain = str(raw.get("domain_name", name)) if policy == "token" else None
+    if policy == "token" and spec.get("type") not in ("string", ["string"]):
+        # a null or a number would fail the whole batch at tokenizing (its type, not the record, is wrong)
+        raise SchemaPolicyError(
+            f"property {name!r}: a token property must be a non-null string (\"type\": \"string\"), "
+            f"not {spec.get('type')!r}"
+        )
     pad = _parse_pad(name, policy, raw.get("pad"))
     return FieldPolicy(name=name, policy=policy, subject=subject, token_domain=token_domain, options=options,
                        pad=pad)

@@ -36,7 +36,7 @@ import orjson
 from stream.crypto.deks import DataKey, DekProvider
 from stream.crypto.fields import decrypt_value, encrypt_fields, encrypt_many, encrypt_value, parse_ciphertext
 from stream.crypto.tokens import Tokenizer
-from stream.errors import DecryptError, SubjectErasedError
+from stream.errors import DecryptError, SchemaPolicyError, SubjectErasedError
 from stream.gateway.framing import VALUE_SCHEMA_ID_HEADER, Resolved, decode_avro
 from stream.schema import EventSchema, Reason, Rejection
 
@@ -201,14 +201,21 @@ class _Plan:
 
     @classmethod
     def of(cls, schema: EventSchema) -> _Plan:
+        """Raises SchemaPolicyError if a token property shares the person's token domain: its tokens
+        would be the person's (and tk2 person tokens need the batch's key deadline)."""
         props = schema.document.get("properties", {})
         encrypt = tuple(schema.fields_with("encrypt"))
+        other_tokens = tuple((p.name, p.token_domain or p.name) for p in schema.fields.values()
+                             if p.policy == "token" and p.name != schema.subject_field)
+        for name, domain in other_tokens:
+            if domain == schema.subject_domain:
+                raise SchemaPolicyError(f"schema {schema.name!r}: token property {name!r} has the subject's "
+                                        f"token domain {domain!r}; a token property needs another domain")
         return cls(
             schema=schema,
             is_valid=schema.is_valid,
             decode_valid=schema.decode_valid,
-            other_tokens=tuple((p.name, p.token_domain or p.name) for p in schema.fields.values()
-                               if p.policy == "token" and p.name != schema.subject_field),
+            other_tokens=other_tokens,
             encrypt_fields=encrypt,
             pads={n: schema.fields[n].pad for n in encrypt},
             sealed=tuple((n, schema.fields[n].pad) for n in encrypt),
@@ -247,7 +254,7 @@ class Gateway:
         self._is_valid = schema.is_valid
         #: Schema Registry framing (magic byte 0/1, ``__value_schema_id``); None = plain JSON only
         self.resolver = resolver
-        self._plans: dict[int, _Plan] = {}  # id(Resolved) -> its plan
+        self._plans: dict[int, _Plan | Rejection] = {}  # id(Resolved) -> its plan (or its refusal)
         self.pass_headers = frozenset(h.lower() for h in pass_headers)
         self._out_head = b'{"_schema":' + orjson.dumps(self.schema_id) + b","
 
@@ -283,11 +290,16 @@ class Gateway:
             return resolver.by_guid(frame[1:])
         return Rejection(Reason.BAD_FRAMING)
 
-    def _plan_of(self, resolved: Resolved) -> _Plan:
+    def _plan_of(self, resolved: Resolved) -> _Plan | Rejection:
+        """The plan of a registered version, or why none applies (cached either way)."""
         plan = self._plans.get(id(resolved))
         if plan is None:
             assert resolved.schema is not None
-            plan = self._plans[id(resolved)] = _Plan.of(resolved.schema)
+            try:
+                plan = _Plan.of(resolved.schema)
+            except SchemaPolicyError:
+                plan = Rejection(Reason.UNSUPPORTED_SCHEMA, rule="SchemaPolicyError")  # as the registry words it
+            self._plans[id(resolved)] = plan
         return plan
 
     @staticmethod
@@ -318,7 +330,10 @@ class Gateway:
                 return resolved
             if resolved.refusal is not None:
                 return resolved.refusal
-            plan = self._plan_of(resolved)
+            got = self._plan_of(resolved)
+            if isinstance(got, Rejection):
+                return got
+            plan = got
             avro = resolved if resolved.kind == "AVRO" else None
         if avro is not None:
             try:
@@ -373,7 +388,7 @@ class Gateway:
         for plan in plans.values():
             mine = events if len(plans) == 1 else [e for e, p in accepted if p is plan]
             for name, domain in plan.other_tokens:
-                present = [e for e in mine if name in e]
+                present = [e for e in mine if e.get(name) is not None]  # (the schema makes it a string)
                 for e, tok in zip(present, tokenize(domain, [e[name] for e in present]), strict=True):
                     e[name] = tok
         need_key: set[str] = set()
