@@ -29,6 +29,7 @@ from stream.gateway.framing import (
     json_schema_from_avro,
     lineage_subject,
     policy_gaps,
+    policy_weakenings,
 )
 from stream.schema import EventSchema, Reason, Rejection
 
@@ -44,6 +45,7 @@ __all__ = [
     "json_schema_from_avro",
     "lineage_subject",
     "policy_gaps",
+    "policy_weakenings",
 ]
 
 
@@ -147,6 +149,10 @@ class SchemaResolver:
         if schema.subject_field != self.base.subject_field or schema.subject_domain != self.base.subject_domain:
             return Resolved(kind, None, Rejection(Reason.UNSUPPORTED_SCHEMA, path=schema.subject_field,
                                                   rule="subject"), avro)
+        weakened = policy_weakenings(self.base, schema)
+        if weakened:  # a version never lowers the base's protection (its events keep the base's name)
+            prop, rule, _ = weakened[0]
+            return Resolved(kind, None, Rejection(Reason.UNSUPPORTED_SCHEMA, path=prop, rule=rule), avro)
         reader = compile_avro_reader(json.loads(text)) if kind == "AVRO" else None
         return Resolved(kind, schema, None, avro, reader)
 

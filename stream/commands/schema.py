@@ -25,6 +25,7 @@ def check_schema(path: Path, *, subject: str | None, compatibility: str, url: st
         json_schema_from_avro,
         lineage_subject,
         policy_gaps,
+        policy_weakenings,
     )
     from stream.schema import EventSchema, load_schema
 
@@ -33,12 +34,15 @@ def check_schema(path: Path, *, subject: str | None, compatibility: str, url: st
     problems = [f"policy: property {n!r} has no x-privacy (its events would be dead-lettered as policy_missing)"
                 for n in policy_gaps(candidate)]
     notes: list[str] = []
+    base = load_schema(s.schema_name)
     if not problems:
         try:
-            EventSchema(s.schema_name, candidate)
+            checked = EventSchema(s.schema_name, candidate)
         except SchemaPolicyError as exc:
             problems.append(f"schema: {exc}")
-    base = load_schema(s.schema_name)
+        else:
+            problems += [f"policy: property {n!r} weakens {s.schema_name}: {why} (the gateway refuses this version: "
+                         f"unsupported_schema, rule {rule})" for n, rule, why in policy_weakenings(base, checked)]
     resolver = SchemaResolver.from_url(url or s.schema_registry_url or "mock://streamgate-check", base)
     subject = subject or lineage_subject(s.schema_name) + ("-avro" if kind == "AVRO" else "")
     try:

@@ -18,13 +18,14 @@ from __future__ import annotations
 
 import io
 import struct
+import unicodedata
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from stream.errors import SchemaPolicyError, StreamgateError
-from stream.schema import EventSchema, Rejection, _schemas_dir
+from stream.schema import POLICIES, EventSchema, Rejection, _schemas_dir
 
 __all__ = [
     "VALUE_SCHEMA_ID_HEADER",
@@ -34,6 +35,7 @@ __all__ = [
     "json_schema_from_avro",
     "lineage_subject",
     "policy_gaps",
+    "policy_weakenings",
     "unframed",
 ]
 
@@ -79,6 +81,38 @@ def policy_gaps(document: Mapping[str, Any]) -> list[str]:
     """Properties of a JSON Schema document that carry no x-privacy (they never pass)."""
     return [n for n, s in (document.get("properties") or {}).items()
             if not isinstance(s, Mapping) or "x-privacy" not in s]
+
+
+#: Policies a base property's policy may become in a registered version (anything else weakens it).
+_NOT_WEAKER = {"encrypt": {"encrypt", "drop"}, "token": {"token", "encrypt", "drop"}, "drop": {"drop"},
+               "ldp": {"ldp", "token", "encrypt", "drop"}, "clear": set(POLICIES)}
+
+
+def _fold(name: str) -> str:
+    return unicodedata.normalize("NFKC", name).casefold()
+
+
+def policy_weakenings(base: EventSchema, new: EventSchema) -> list[tuple[str, str, str]]:
+    """(property, rule, why) for each way ``new`` weakens ``base``'s policy: a base property whose
+    policy becomes weaker (encrypt -> token/clear/ldp, token -> clear/ldp, drop -> kept, ldp -> clear),
+    loses its padding or its token domain, or a new property whose name case-folds to a sensitive
+    base property (``Email`` beside ``email``). Empty: every base property is as protected."""
+    out: list[tuple[str, str, str]] = []
+    for name, b in base.fields.items():
+        n = new.fields.get(name)
+        if n is None:
+            continue  # removed: its events carry an unknown field and are refused
+        if n.policy not in _NOT_WEAKER[b.policy]:
+            out.append((name, "policyWeakened", f"{b.policy} -> {n.policy}"))
+        elif b.policy == n.policy == "token" and n.token_domain != b.token_domain:
+            out.append((name, "tokenDomain", f"token domain {b.token_domain!r} -> {n.token_domain!r}"))
+        elif b.policy == n.policy == "encrypt" and b.pad is not None and n.pad is None:
+            out.append((name, "padRemoved", "encrypt loses its padding"))
+    sensitive = {_fold(n): n for n in base.sensitive_fields}
+    for name in new.fields:
+        if name not in base.fields and _fold(name) in sensitive:
+            out.append((name, "caseVariant", f"a case variant of the sensitive property {sensitive[_fold(name)]!r}"))
+    return out
 
 
 def _avro_field_type(t: Any) -> tuple[Any, bool]:

@@ -1,0 +1,100 @@
+"""A registered version never weakens the base schema's x-privacy policy, nor fetches a remote ``$ref``."""
+
+from __future__ import annotations
+
+import copy
+import json
+
+import orjson
+import pytest
+from click.testing import CliRunner
+from confluent_kafka.schema_registry import Schema
+
+from stream.cli import cli
+from stream.gateway.core import unseal_dead_letter
+from stream.registry import SchemaResolver
+from stream.schema import output_validator, schema_document
+from tests.gateway.test_framing import EVENTS, SCHEMA, SUBJECT, ctx, json_serializer, make_gateway, recs
+
+
+def _v2(change) -> dict:
+    doc = copy.deepcopy(schema_document("clickstream-event.v1"))
+    doc["title"] = "clickstream-event.v2"
+    change(doc["properties"])
+    return doc
+
+
+def _set(name, policy):
+    def change(props):
+        props[name]["x-privacy"] = policy
+    return change
+
+
+def _add(name, spec):
+    def change(props):
+        props[name] = spec
+    return change
+
+
+WEAKENINGS = {
+    "encrypt_to_clear": (_set("email", "clear"), "email", "policyWeakened"),
+    "encrypt_to_token": (_set("email", "token"), "email", "policyWeakened"),
+    "token_to_clear": (_set("session_id", "clear"), "session_id", "policyWeakened"),
+    "drop_to_clear": (_set("referrer", "clear"), "referrer", "policyWeakened"),
+    "token_domain": (_set("session_id", {"policy": "token", "domain_name": "user_id"}), "session_id", "tokenDomain"),
+    "pad_removed": (_set("email", "encrypt"), "email", "padRemoved"),
+    "case_variant": (_add("Email", {"type": ["string", "null"], "maxLength": 254, "x-privacy": "clear"}),
+                     "Email", "caseVariant"),
+}
+
+
+@pytest.fixture
+def resolver() -> SchemaResolver:
+    return SchemaResolver.from_url("mock://test-registry-policy", SCHEMA)
+
+
+@pytest.mark.parametrize("case", list(WEAKENINGS))
+def test_a_version_that_weakens_a_base_policy_is_refused_and_its_records_sealed(resolver, case):
+    change, prop, rule = WEAKENINGS[case]
+    gw, deks = make_gateway(resolver)
+    sid = resolver.client.register_schema(SUBJECT, Schema(json.dumps(_v2(change)), "JSON"))
+    ev = {**EVENTS[0], "email": "alice@example.com", "session_id": "sess-alice", "referrer": "https://r.example/"}
+    if case == "case_variant":
+        ev["Email"] = "alice@example.com"
+    framed = json_serializer(resolver.client)(ev, ctx())
+    assert framed[1:5] == sid.to_bytes(4, "big")  # framed with the new version
+    result = gw.process(recs([framed]))
+    assert not result.protected
+    [dl] = [orjson.loads(d) for d in result.dead_letters]
+    assert (dl["reason"], dl["path"], dl["rule"]) == ("unsupported_schema", prop, rule)
+    assert output_validator("dlq-record.v1")(dl) == []
+    assert b"alice@" not in result.dead_letters[0] and b"sess-alice" not in result.dead_letters[0]
+    assert unseal_dead_letter(dl, deks) == framed
+
+
+@pytest.mark.parametrize("change", [
+    _set("email", {"policy": "encrypt", "pad": [256]}),  # other buckets: still padded
+    _set("email", "drop"),  # stronger
+    _set("event_type", "token"),  # ldp -> token: stronger
+    _add("Referrer_Host", {"type": "string", "x-privacy": "clear"}),  # not a case variant
+    _add("EVENT_ID", {"type": "string", "x-privacy": "clear"}),  # case variant of a clear property
+])
+def test_additive_or_stronger_versions_still_apply(resolver, change):
+    got = resolver.resolve(json.dumps(_v2(change)), "JSON")
+    assert got.refusal is None and got.schema is not None
+
+
+@pytest.fixture
+def _mock_registry(monkeypatch):
+    monkeypatch.setenv("STREAMGATE_SCHEMA_REGISTRY_URL", "mock://schema-check-policy")
+
+
+@pytest.mark.usefixtures("_mock_registry")
+@pytest.mark.parametrize("case", list(WEAKENINGS))
+def test_schema_check_reports_the_weakening_before_it_is_registered(tmp_path, case):
+    change, prop, rule = WEAKENINGS[case]
+    path = tmp_path / "candidate.json"
+    path.write_text(json.dumps(_v2(change)))
+    res = CliRunner().invoke(cli, ["schema", "check", str(path), "--compatibility", "NONE"])
+    assert res.exit_code == 1, res.output
+    assert f"property {prop!r} weakens clickstream-event.v1" in res.output and f"rule {rule}" in res.output
