@@ -31,7 +31,7 @@ from stream.gateway.framing import (
     policy_gaps,
     policy_weakenings,
 )
-from stream.schema import EventSchema, Reason, Rejection
+from stream.schema import EventSchema, Reason, Rejection, remote_refs
 
 __all__ = [
     "VALUE_SCHEMA_ID_HEADER",
@@ -141,6 +141,9 @@ class SchemaResolver:
             gaps = policy_gaps(doc)
             if gaps:
                 return Resolved(kind, None, Rejection(Reason.POLICY_MISSING, path=gaps[0], rule="x-privacy"), avro)
+            remote = remote_refs(doc)
+            if remote:  # nothing a registered version names is ever fetched
+                return Resolved(kind, None, Rejection(Reason.UNSUPPORTED_SCHEMA, path=remote[0][0], rule="ref"), avro)
             schema = EventSchema(self.base.name, doc)
         except (SchemaPolicyError, ValueError, TypeError, KeyError) as exc:
             return Resolved(kind, None, Rejection(Reason.UNSUPPORTED_SCHEMA, rule=type(exc).__name__))

@@ -55,6 +55,7 @@ __all__ = [
     "available_schemas",
     "load_schema",
     "output_validator",
+    "remote_refs",
     "schema_document",
 ]
 
@@ -184,6 +185,57 @@ def _parse_policy(name: str, spec: Mapping[str, Any]) -> FieldPolicy:
                        pad=pad)
 
 
+#: Keywords whose values are data, not subschemas: a "$ref" in them is never resolved.
+_DATA_KEYWORDS = frozenset({"enum", "const", "default", "examples", "x-privacy"})
+_REF_KEYWORDS = ("$ref", "$dynamicRef", "$recursiveRef")
+
+
+def remote_refs(document: Any) -> list[tuple[str | None, str]]:
+    """(top-level property or None, what) for every reference that could leave the document: a
+    ``$ref`` not starting with ``#``, a nested ``$id``/``id`` (it moves where ``#`` refs resolve),
+    a root ``$id`` with a fragment. Empty: every reference is local."""
+    out: list[tuple[str | None, str]] = []
+    root = document.get("$id", document.get("id")) if isinstance(document, Mapping) else None
+    if isinstance(root, str) and "#" in root:
+        out.append((None, "$id with a fragment"))
+
+    def walk(node: Any, prop: str | None, depth: int) -> None:
+        if isinstance(node, list):
+            for item in node:
+                walk(item, prop, depth + 1)
+        elif isinstance(node, Mapping):
+            for k in _REF_KEYWORDS:
+                ref = node.get(k)
+                if isinstance(ref, str) and not ref.startswith("#"):
+                    out.append((prop, k))
+            if depth and any(isinstance(node.get(k), str) for k in ("$id", "id")):
+                out.append((prop, "$id"))
+            for k, v in node.items():
+                if k in _DATA_KEYWORDS:
+                    continue
+                walk(v, k if depth == 1 and prop is None else prop, depth + 1)
+
+    walk(document, None, 0)
+    return [(p if p in (document.get("properties") or {}) else None, w) for p, w in out]
+
+
+class _NoRemoteRefs(dict[str, Callable[[str], Any]]):
+    """fastjsonschema ``handlers`` for every URI scheme: each refuses (no fetch, whatever the ref)."""
+
+    def __contains__(self, scheme: object) -> bool:
+        return True
+
+    def __missing__(self, scheme: str) -> Callable[[str], Any]:
+        return self._refuse
+
+    @staticmethod
+    def _refuse(uri: str) -> Any:
+        raise SchemaPolicyError("a remote $ref is never fetched: an input schema's references must be local (#...)")
+
+
+_NO_REMOTE_REFS = _NoRemoteRefs()
+
+
 class EventSchema:
     """A loaded, checked input schema: its validator and its privacy policy."""
 
@@ -198,6 +250,11 @@ class EventSchema:
             raise SchemaPolicyError(
                 f"schema {name!r} must describe an object with additionalProperties: false (unknown fields never pass)"
             )
+        remote = remote_refs(document)
+        if remote:
+            where = f"property {remote[0][0]!r}" if remote[0][0] else "the document"
+            raise SchemaPolicyError(f"schema {name!r}: {where} has a non-local {remote[0][1]} "
+                                    "(references must be local, #...: nothing is fetched)")
         props = document.get("properties") or {}
         if not props:
             raise SchemaPolicyError(f"schema {name!r} declares no properties")
@@ -225,7 +282,8 @@ class EventSchema:
         # The general validator names the failing rule of a rejected event; the hot path asks a
         # predicate compiled for our keyword subset (same verdicts; see stream.fastcheck).
         self._explain = fastjsonschema.compile(
-            dict(check_doc), formats=_CUSTOM_FORMATS, use_default=False, detailed_exceptions=True
+            dict(check_doc), handlers=_NO_REMOTE_REFS, formats=_CUSTOM_FORMATS, use_default=False,
+            detailed_exceptions=True,
         )
         self.is_valid: Callable[[Any], bool] = compile_predicate(check_doc, _CUSTOM_FORMATS) or self._explains_valid
         #: JSON bytes -> the valid event in one pass, or None: then orjson and ``is_valid`` decide

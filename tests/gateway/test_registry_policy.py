@@ -98,3 +98,90 @@ def test_schema_check_reports_the_weakening_before_it_is_registered(tmp_path, ca
     res = CliRunner().invoke(cli, ["schema", "check", str(path), "--compatibility", "NONE"])
     assert res.exit_code == 1, res.output
     assert f"property {prop!r} weakens clickstream-event.v1" in res.output and f"rule {rule}" in res.output
+
+
+# -- remote $ref: nothing is ever fetched --------------------------------------------------------
+
+
+@pytest.fixture
+def http_server():
+    """A real local HTTP server that serves a string schema and records every request it sees."""
+    import http.server
+    import threading
+
+    seen: list[str] = []
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):
+            seen.append(self.path)
+            body = b'{"type": "string"}'
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}", seen
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join()
+
+
+def _remote(base: str, how: str) -> dict:
+    ref = {"$ref": f"{base}/email.json"}
+    if how == "nested_id":  # a "#" ref under a nested $id resolves against that (remote) id
+        ref = {"$id": f"{base}/", "$ref": "#/$defs/s"}
+    elif how == "relative":  # relative to the root $id (https://streamgate.dev/...)
+        ref = {"$ref": "email.json"}
+    return _v2(lambda props: props["email"].update(ref))
+
+
+@pytest.mark.parametrize("how", ["absolute", "nested_id", "relative"])
+def test_a_version_with_a_remote_ref_is_refused_and_nothing_is_fetched(resolver, http_server, how):
+    base, seen = http_server
+    gw, deks = make_gateway(resolver)
+    doc = _remote(base, how)
+    sid = resolver.client.register_schema(SUBJECT, Schema(json.dumps(doc), "JSON"))
+    # framed by hand: the serializer would resolve the schema's $refs itself (client side)
+    framed = b"\x00" + sid.to_bytes(4, "big") + orjson.dumps({**EVENTS[0], "email": "a@b.example"})
+    result = gw.process(recs([framed]))
+    assert seen == []
+    assert not result.protected
+    [dl] = [orjson.loads(d) for d in result.dead_letters]
+    assert (dl["reason"], dl["path"], dl["rule"]) == ("unsupported_schema", "email", "ref")
+    assert unseal_dead_letter(dl, deks) == framed
+
+
+def test_the_validator_fetches_nothing_even_when_the_ref_check_is_skipped(http_server, monkeypatch):
+    from stream import schema as schema_module
+    from stream.errors import SchemaPolicyError
+
+    base, seen = http_server
+    monkeypatch.setattr(schema_module, "remote_refs", lambda _doc: [], raising=False)
+    with pytest.raises(SchemaPolicyError, match="remote"):
+        schema_module.EventSchema("clickstream-event.v1", _remote(base, "absolute"))
+    assert seen == []
+
+
+@pytest.mark.usefixtures("_mock_registry")
+def test_schema_check_and_load_refuse_a_remote_ref_without_fetching(tmp_path, http_server):
+    from stream.errors import SchemaPolicyError
+    from stream.schema import EventSchema
+
+    base, seen = http_server
+    path = tmp_path / "candidate.json"
+    path.write_text(json.dumps(_remote(base, "absolute")))
+    res = CliRunner().invoke(cli, ["schema", "check", str(path), "--compatibility", "NONE"])
+    assert res.exit_code == 1, res.output
+    assert "property 'email' has a non-local $ref" in res.output
+    with pytest.raises(SchemaPolicyError, match="non-local"):
+        EventSchema("clickstream-event.v1", _remote(base, "nested_id"))
+    assert seen == []
