@@ -21,6 +21,7 @@ from stream.gateway.framing import (
     VALUE_SCHEMA_ID_HEADER,
     RegistryUnavailableError,
     Resolved,
+    UnsupportedAvroError,
     _registered_documents,
     avro_from_json_schema,
     compatibility_problems,
@@ -146,7 +147,8 @@ class SchemaResolver:
                 return Resolved(kind, None, Rejection(Reason.UNSUPPORTED_SCHEMA, path=remote[0][0], rule="ref"), avro)
             schema = EventSchema(self.base.name, doc)
         except (SchemaPolicyError, ValueError, TypeError, KeyError) as exc:
-            return Resolved(kind, None, Rejection(Reason.UNSUPPORTED_SCHEMA, rule=type(exc).__name__))
+            rule = exc.rule if isinstance(exc, UnsupportedAvroError) else type(exc).__name__
+            return Resolved(kind, None, Rejection(Reason.UNSUPPORTED_SCHEMA, rule=rule))
         except Exception as exc:  # fastavro's SchemaParseException and friends
             return Resolved(kind, None, Rejection(Reason.UNSUPPORTED_SCHEMA, rule=type(exc).__name__))
         if schema.subject_field != self.base.subject_field or schema.subject_domain != self.base.subject_domain:

@@ -31,6 +31,7 @@ __all__ = [
     "VALUE_SCHEMA_ID_HEADER",
     "RegistryUnavailableError",
     "Resolved",
+    "UnsupportedAvroError",
     "avro_from_json_schema",
     "json_schema_from_avro",
     "lineage_subject",
@@ -47,6 +48,14 @@ NEGATIVE_TTL_SECONDS = 5.0
 _AVRO_TYPES = {"string": "string", "boolean": "boolean", "int": "integer", "long": "integer",
                "float": "number", "double": "number", "null": "null"}
 _JSON_TO_AVRO = {"string": "string", "boolean": "boolean", "integer": "long", "number": "double"}
+
+
+class UnsupportedAvroError(SchemaPolicyError):
+    """An Avro feature the gateway does not apply; ``rule`` names it in the refusal (letters only)."""
+
+    def __init__(self, message: str, *, rule: str) -> None:
+        super().__init__(message)
+        self.rule = rule
 
 
 class RegistryUnavailableError(StreamgateError):
@@ -128,8 +137,9 @@ def _avro_field_type(t: Any) -> tuple[Any, bool]:
             return {"type": "string", "enum": list(t["symbols"])}, False
         if t.get("type") == "record":
             return json_schema_from_avro(t), False
-        if t.get("logicalType") and t.get("type") in _AVRO_TYPES:
-            return {"type": _AVRO_TYPES[t["type"]]}, False
+        if "logicalType" in t:  # fastavro would decode it to datetime/UUID/Decimal: no JSON type validates that
+            raise UnsupportedAvroError(f"Avro logical type {t['logicalType']!r} is not supported in an input schema",
+                                       rule="logicalType")
         raise SchemaPolicyError(f"Avro type {t.get('type')!r} is not supported in an input schema")
     if t not in _AVRO_TYPES:
         raise SchemaPolicyError(f"Avro type {t!r} is not supported in an input schema")

@@ -185,3 +185,47 @@ def test_schema_check_and_load_refuse_a_remote_ref_without_fetching(tmp_path, ht
     with pytest.raises(SchemaPolicyError, match="non-local"):
         EventSchema("clickstream-event.v1", _remote(base, "nested_id"))
     assert seen == []
+
+
+# -- Avro logical types --------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("logical", [
+    {"type": "long", "logicalType": "timestamp-millis"},
+    ["null", {"type": "string", "logicalType": "uuid"}],
+])
+def test_an_avro_version_with_a_logical_type_is_refused_as_unsupported_not_every_record_a_violation(resolver, logical):
+    import io
+
+    import fastavro
+
+    from stream.registry import avro_from_json_schema
+
+    avro = avro_from_json_schema(schema_document("clickstream-event.v1"), name="ClickstreamEvent")
+    avro["fields"].append({"name": "seen_at", "type": logical, "x-privacy": "clear",
+                           **({"default": None} if isinstance(logical, list) else {})})
+    sid = resolver.client.register_schema(SUBJECT + "-avro", Schema(json.dumps(avro), "AVRO"))
+    ev = {k: v for k, v in EVENTS[0].items() if v is not None}
+    value = "6f1c2e44-6f0e-4f43-9e55-7e4b1d2f0a10" if isinstance(logical, list) else 1_800_000_000_000
+    out = io.BytesIO()
+    fastavro.schemaless_writer(out, fastavro.parse_schema(avro), {**ev, "seen_at": value})
+    framed = b"\x00" + sid.to_bytes(4, "big") + out.getvalue()
+    gw, deks = make_gateway(resolver)
+    result = gw.process(recs([framed]))
+    [dl] = [orjson.loads(d) for d in result.dead_letters]
+    assert (dl["reason"], dl["rule"]) == ("unsupported_schema", "logicalType")
+    assert output_validator("dlq-record.v1")(dl) == []
+    assert unseal_dead_letter(dl, deks) == framed
+
+
+@pytest.mark.usefixtures("_mock_registry")
+def test_schema_check_names_an_avro_logical_type(tmp_path):
+    from stream.registry import avro_from_json_schema
+
+    avro = avro_from_json_schema(schema_document("clickstream-event.v1"), name="ClickstreamEvent")
+    avro["fields"].append({"name": "seen_at", "type": {"type": "long", "logicalType": "timestamp-millis"},
+                           "x-privacy": "clear"})
+    path = tmp_path / "candidate.avsc"
+    path.write_text(json.dumps(avro))
+    res = CliRunner().invoke(cli, ["schema", "check", str(path)])
+    assert res.exit_code != 0 and "logical type 'timestamp-millis' is not supported" in res.output, res.output
