@@ -30,6 +30,13 @@ def _set(name, policy):
     return change
 
 
+def _set_typed(name, policy, type_):
+    def change(props):
+        props[name]["x-privacy"] = policy
+        props[name]["type"] = type_
+    return change
+
+
 def _add(name, spec):
     def change(props):
         props[name] = spec
@@ -38,7 +45,8 @@ def _add(name, spec):
 
 WEAKENINGS = {
     "encrypt_to_clear": (_set("email", "clear"), "email", "policyWeakened"),
-    "encrypt_to_token": (_set("email", "token"), "email", "policyWeakened"),
+    # (a token property must be a non-null string: the lowered email is made one, so only its policy differs)
+    "encrypt_to_token": (_set_typed("email", "token", "string"), "email", "policyWeakened"),
     "token_to_clear": (_set("session_id", "clear"), "session_id", "policyWeakened"),
     "drop_to_clear": (_set("referrer", "clear"), "referrer", "policyWeakened"),
     "token_domain": (_set("session_id", {"policy": "token", "domain_name": "user_id"}), "session_id", "tokenDomain"),
