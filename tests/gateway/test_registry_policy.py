@@ -80,6 +80,18 @@ def test_a_version_that_weakens_a_base_policy_is_refused_and_its_records_sealed(
     assert unseal_dead_letter(dl, deks) == framed
 
 
+def test_a_version_with_a_property_without_policy_dead_letters_in_the_dlq_record_form(resolver):
+    """policy_missing: its dead letter names the keyword that is missing, in the form dlq-record.v1 allows."""
+    gw, deks = make_gateway(resolver)
+    resolver.client.register_schema(SUBJECT, Schema(json.dumps(_v2(_add("utm_campaign", {"type": "string"}))), "JSON"))
+    framed = json_serializer(resolver.client)({**EVENTS[0], "utm_campaign": "winter"}, ctx())
+    result = gw.process(recs([framed]))
+    [dl] = [orjson.loads(d) for d in result.dead_letters]
+    assert (dl["reason"], dl["path"], dl["rule"]) == ("policy_missing", "utm_campaign", "x-privacy")
+    assert output_validator("dlq-record.v1")(dl) == []
+    assert unseal_dead_letter(dl, deks) == framed
+
+
 @pytest.mark.parametrize("change", [
     _set("email", {"policy": "encrypt", "pad": [256]}),  # other buckets: still padded
     _set("email", "drop"),  # stronger
