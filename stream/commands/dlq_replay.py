@@ -56,6 +56,7 @@ class ReplayStats:
     undecryptable: int = 0
     reframed: int = 0  # policy_missing: re-framed under the subject's latest version
     still_refused: int = 0  # policy_missing with no newer version that applies: not replayed
+    undecodable: int = 0  # a dead letter whose fields or payload do not parse: skipped, the run goes on
     reasons: Counter[str] = field(default_factory=Counter)
 
 
@@ -73,6 +74,17 @@ def event_id_of(value: bytes) -> str | None:
         doc = doc["payload"]
     eid = doc.get("event_id") if isinstance(doc, dict) else None
     return eid if type(eid) is str and 0 < len(eid) <= 256 else None
+
+
+# what a malformed dead letter raises (a missing field, a payload that does not decode); the
+# registry's and Redis's errors are none of these and end the run
+_UNDECODABLE = (KeyError, TypeError, ValueError, IndexError, AttributeError, EOFError, UnicodeError)
+
+
+def _undecodable(st: ReplayStats, rec: dict[str, Any], exc: BaseException) -> None:
+    st.undecodable += 1
+    log.warning("dlq replay: dead letter skipped, it does not decode (%s: %s)", type(exc).__name__, str(exc)[:200],
+                extra={"reason": str(rec.get("reason"))[:64]})
 
 
 def _rejected_at(rec: dict[str, Any]) -> float | None:
@@ -115,7 +127,8 @@ def replay_dead_letters(
                 continue
             if not isinstance(rec, dict) or rec.get("_schema") != "dlq-record.v1":
                 continue
-            src = rec.get("source") or {}
+            src = rec.get("source")
+            src = src if isinstance(src, dict) else {}
             at = _rejected_at(rec)
             if reasons and rec.get("reason") not in reasons:
                 continue
@@ -138,9 +151,13 @@ def replay_dead_letters(
             except DecryptError:
                 st.undecryptable += 1
                 continue
+            except _UNDECODABLE as exc:  # no `source`, a sealed field of the wrong type, bad base64
+                _undecodable(st, rec, exc)
+                continue
             assert value is not None
             eid = event_id_of(value)
-            ident = eid.encode() if eid is not None else b"bytes:" + value
+            # surrogatepass: an id with a lone surrogate still has a digest (valid ids: the same bytes)
+            ident = eid.encode("utf-8", "surrogatepass") if eid is not None else b"bytes:" + value
             digest = base64.urlsafe_b64encode(hmac.digest(ledger_key, ident, "sha256")[:18]).decode()
             ledger = replayed_key(ledger_prefix, digest)
             done = redis.get(ledger)
@@ -148,7 +165,11 @@ def replay_dead_letters(
                 st.already += 1
                 continue
             if reframe is not None and rec.get("reason") == "policy_missing":
-                fresh = reframe(value, list(headers))
+                try:
+                    fresh = reframe(value, list(headers))
+                except _UNDECODABLE as exc:  # a payload that does not decode under its version
+                    _undecodable(st, rec, exc)
+                    continue
                 if fresh is None:
                     st.still_refused += 1
                     continue

@@ -1,0 +1,89 @@
+"""``streamgate dlq replay`` on malformed dead letters, failing produces, concurrent runs and a
+gateway that refuses the replayed copy again (real broker and Redis): nothing lost, nothing sent twice."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import orjson
+import pytest
+from confluent_kafka import Producer
+from confluent_kafka.schema_registry import Schema
+from confluent_kafka.serialization import MessageField, SerializationContext
+
+from stream.commands.dlq_replay import ReplayStats, replay_dead_letters
+from stream.components import build_dek_provider, build_gateway, redis_client
+from stream.crypto.keyring import Keyring, derive_key
+from stream.gateway.core import RawRecord
+from stream.kafka import ensure_topics, producer_config
+from stream.synth import ClickstreamGenerator
+from tests.apps.test_dlq_replay import _avro_version
+from tests.gateway.test_framing import SUBJECT, avro_serializer
+from tests.support.kafka import read_topic
+
+pytestmark = [pytest.mark.integration]
+
+
+def _invalid(i: int, **fields: Any) -> bytes:
+    """An event the gateway dead-letters (a device outside the schema's enum)."""
+    ev = next(iter(ClickstreamGenerator(seed=300 + i).events(1)))
+    return orjson.dumps({**ev, "device": "toaster", **fields})
+
+
+def _dead_letters(gateway: Any, values: list[bytes]) -> list[bytes]:
+    result = gateway.process([RawRecord("clicks.raw", 0, i, v, None) for i, v in enumerate(values)])
+    assert len(result.dead_letters) == len(values)
+    return list(result.dead_letters)
+
+
+def _replay(settings: Any, dead_letters: list[bytes], *, producer: Producer | None = None,
+            wrap: Callable[[Callable[..., None]], Callable[..., None]] | None = None,
+            redis: Any = None, reframe: Any = None) -> ReplayStats:
+    """:func:`replay_dead_letters` wired as ``run_replay`` wires it, reading ``dead_letters``."""
+    keyring = Keyring.from_settings(settings)
+    producer = producer or Producer(producer_config(settings.kafka_bootstrap))
+    failed: list[str] = []
+
+    def produce(value: bytes, key: bytes | None, headers: list[tuple[str, bytes | None]]) -> None:
+        producer.produce(settings.topics.raw, value, key, headers=list(headers) or None,
+                         on_delivery=lambda err, _m: err is not None and failed.append(str(err)))
+
+    def flush() -> int:
+        return producer.flush(60) + len(failed)
+
+    return replay_dead_letters(
+        dlq_records=lambda: iter(dead_letters), deks=build_dek_provider(settings, keyring, role="reader"),
+        redis=redis or redis_client(settings, "reader"), ledger_prefix=settings.redis_key_prefix,
+        ledger_key=derive_key(keyring.derive("dek-id"), "dlq-replay"),
+        produce=wrap(produce) if wrap else produce, flush=flush, reframe=reframe)
+
+
+def test_malformed_dead_letters_are_counted_and_the_run_goes_on(settings_factory, kafka_bootstrap):
+    """A dead letter without ``source``, a ``policy_missing`` Avro payload that does not decode
+    under its version: each counted ``undecodable``; an ``event_id`` with a lone surrogate is
+    replayed like any other; the good dead letters around them are replayed."""
+    settings = settings_factory()
+    t = settings.topics
+    ensure_topics(kafka_bootstrap, [t.raw], partitions=1)
+    gateway = build_gateway(settings)
+    resolver = gateway.resolver
+    assert resolver is not None
+    good = [_invalid(i) for i in range(3)]
+    surrogate = _invalid(3, event_id="SURROGATE").replace(b'"SURROGATE"', b'"\\ud800-lone"')
+    dls = _dead_letters(gateway, [*good, surrogate])
+    no_source = orjson.loads(dls[1])
+    del no_source["source"]
+
+    avro = avro_serializer(resolver.client)
+    resolver.client.register_schema(SUBJECT + "-avro", Schema(_avro_version(with_policy=False, campaign=False), "AVRO"))
+    ev = {**next(iter(ClickstreamGenerator(seed=399).events(1))), "billing_email": "bill@example.org"}
+    framed = avro(ev, SerializationContext(t.raw, MessageField.VALUE))
+    truncated = gateway.process([RawRecord("clicks.raw", 0, 9, framed[:-12], None)]).dead_letters
+    assert [orjson.loads(d)["reason"] for d in truncated] == ["policy_missing"]
+    resolver.client.register_schema(SUBJECT + "-avro", Schema(_avro_version(with_policy=True, campaign=True), "AVRO"))
+
+    st = _replay(settings, [dls[0], orjson.dumps(no_source), truncated[0], dls[2], dls[3]], reframe=resolver.reframe)
+    assert (st.matched, st.undecodable, st.replayed) == (5, 2, 3), st
+    raw = {r.value for r in read_topic(kafka_bootstrap, t.raw, expect=3)}
+    assert raw == {good[0], good[2], surrogate}
