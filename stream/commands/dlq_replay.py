@@ -7,7 +7,8 @@ their original key and headers (``sealed_meta``). Records without one (``too_lar
 digest was kept; a person erased since) are counted, never guessed.
 
 Idempotent by ``event_id``: a Redis ledger (``<prefix>:replayed:<hmac(event_id)>``, kept for the
-retention period; a keyed digest, never the id) records when each event was replayed. A dead
+retention period; a keyed digest, never the id) records when each event was replayed, claimed
+atomically (``SET NX``) before it is produced, so concurrent runs publish it once. A dead
 letter rejected before that time was already replayed and is skipped; one rejected after it is
 the replayed copy refused again, and is eligible once more. A record without a readable
 ``event_id`` is keyed by the digest of its bytes.
@@ -87,6 +88,48 @@ def _undecodable(st: ReplayStats, rec: dict[str, Any], exc: BaseException) -> No
                 extra={"reason": str(rec.get("reason"))[:64]})
 
 
+def _replayed_since(done: bytes | str | None, at: float | None) -> bool:
+    """Whether a ledger value ``done`` (when the event was last replayed) covers a dead letter
+    rejected at ``at``: rejected before it (or at an unknown time, never replayed twice)."""
+    return done is not None and (at is None or at <= float(done))
+
+
+@dataclass(frozen=True)
+class _Claim:
+    ledger: str
+    key: str  # the key this run set with NX: the ledger, or the re-claim of its earlier value
+    previous: bytes | str | None  # the ledger's value before a re-claim
+
+
+def _claim(redis: Any, ledger: str, done: bytes | str | None, at: float | None, now: str, ttl: int) -> _Claim | None:
+    """Claim ``ledger`` for this run atomically (``SET NX``; no script: the reader role has only
+    GET/SET/DEL), or None when another run holds it. A replayed copy refused again (``done`` before
+    ``at``) is re-claimed by ``SET NX`` on ``<ledger>.<done>``: one run per earlier claim wins."""
+    for _ in range(2):
+        if done is None:
+            if redis.set(ledger, now, ex=ttl, nx=True):
+                return _Claim(ledger, ledger, None)
+        else:
+            text = done.decode() if isinstance(done, bytes) else done
+            gen = f"{ledger}.{text}"
+            if redis.set(gen, now, ex=ttl, nx=True):
+                redis.set(ledger, now, ex=ttl)
+                return _Claim(ledger, gen, done)
+        done = redis.get(ledger)  # lost the race: claimed for this dead letter, or moved on before it
+        if _replayed_since(done, at):
+            return None
+    return None
+
+
+def _release(redis: Any, claim: _Claim, ttl: int) -> None:
+    """Undo :func:`_claim` (the record was not delivered): the next run replays it."""
+    if claim.previous is None:
+        redis.delete(claim.ledger)
+    else:
+        redis.set(claim.ledger, claim.previous, ex=ttl)
+        redis.delete(claim.key)
+
+
 def _rejected_at(rec: dict[str, Any]) -> float | None:
     try:
         return datetime.fromisoformat(str(rec.get("rejected_at")).replace("Z", "+00:00")).timestamp()
@@ -116,7 +159,7 @@ def replay_dead_letters(
     through ``produce(value, key, headers)``; ``flush()`` returns the records not delivered.
     ``reframe``: how a ``policy_missing`` record is framed anew (None: replayed as it came)."""
     st = ReplayStats()
-    claimed: list[str] = []
+    claimed: list[_Claim] = []
     started = clock()
     try:
         for raw in dlq_records():
@@ -161,7 +204,7 @@ def replay_dead_letters(
             digest = base64.urlsafe_b64encode(hmac.digest(ledger_key, ident, "sha256")[:18]).decode()
             ledger = replayed_key(ledger_prefix, digest)
             done = redis.get(ledger)
-            if done is not None and at is not None and at <= float(done):
+            if _replayed_since(done, at):
                 st.already += 1
                 continue
             if reframe is not None and rec.get("reason") == "policy_missing":
@@ -180,21 +223,24 @@ def replay_dead_letters(
                 st.reasons[str(rec.get("reason"))] += 1
                 continue
             # claim before producing: a second run (or a crash and re-run) never sends it twice
-            redis.set(ledger, repr(started), ex=ttl_seconds)
-            claimed.append(ledger)
+            claim = _claim(redis, ledger, done, at, repr(started), ttl_seconds)
+            if claim is None:  # a concurrent run claimed it between the GET and here
+                st.already += 1
+                continue
+            claimed.append(claim)
             produce(value, key, headers)
             st.replayed += 1
             st.reasons[str(rec.get("reason"))] += 1
     except BaseException:  # the registry or Redis failed mid-run: what was sent is delivered, or unclaimed
         if not dry_run and claimed and flush():
-            for ledger in claimed:
-                redis.delete(ledger)
+            for claim in claimed:
+                _release(redis, claim, ttl_seconds)
         raise
     if not dry_run and claimed:
         undelivered = flush()
         if undelivered:
-            for ledger in claimed:  # unknown which: release every claim of this run and say so
-                redis.delete(ledger)
+            for claim in claimed:  # unknown which: release every claim of this run and say so
+                _release(redis, claim, ttl_seconds)
             raise StreamgateError(f"{undelivered} replayed records were not delivered; this run's claims were "
                                   "released: run the replay again")
     log.info("dlq replay: %s", st)

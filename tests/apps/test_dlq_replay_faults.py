@@ -3,7 +3,9 @@ gateway that refuses the replayed copy again (real broker and Redis): nothing lo
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import orjson
@@ -20,6 +22,7 @@ from stream.kafka import ensure_topics, producer_config
 from stream.synth import ClickstreamGenerator
 from tests.apps.test_dlq_replay import _avro_version
 from tests.gateway.test_framing import SUBJECT, avro_serializer
+from tests.support.fixtures import admin_client
 from tests.support.kafka import read_topic
 
 pytestmark = [pytest.mark.integration]
@@ -87,3 +90,52 @@ def test_malformed_dead_letters_are_counted_and_the_run_goes_on(settings_factory
     assert (st.matched, st.undecodable, st.replayed) == (5, 2, 3), st
     raw = {r.value for r in read_topic(kafka_bootstrap, t.raw, expect=3)}
     assert raw == {good[0], good[2], surrogate}
+
+
+class _Lockstep:
+    """A real Redis client whose first GET of each key waits for the other run's: both runs read
+    the ledger entry before either claims it (the widest race of two concurrent replays)."""
+
+    def __init__(self, client: Any, barrier: threading.Barrier) -> None:
+        self.client, self.barrier, self.seen = client, barrier, set()
+
+    def get(self, key: str) -> Any:
+        value = self.client.get(key)
+        if key not in self.seen:
+            self.seen.add(key)
+            self.barrier.wait()
+        return value
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.client, name)
+
+
+def test_concurrent_runs_publish_each_dead_letter_once(settings_factory, kafka_bootstrap):
+    """Two runs read the ledger in lockstep: each dead letter is claimed (``SET NX``) and published
+    by one of them only, on a fresh ledger and when re-claiming a copy refused after an earlier replay."""
+    settings = settings_factory()
+    t = settings.topics
+    ensure_topics(kafka_bootstrap, [t.raw], partitions=1)
+    originals = [_invalid(i) for i in range(3)]
+    dls = _dead_letters(build_gateway(settings), originals)
+
+    def both() -> list[ReplayStats]:
+        barrier = threading.Barrier(2, timeout=60)
+        with ThreadPoolExecutor(2) as pool:
+            runs = [pool.submit(_replay, settings, dls, redis=_Lockstep(redis_client(settings, "reader"), barrier))
+                    for _ in range(2)]
+            return [r.result() for r in runs]
+
+    first = both()
+    assert sum(s.replayed for s in first) == 3 and sum(s.already for s in first) == 3, first
+    assert sorted(r.value for r in read_topic(kafka_bootstrap, t.raw, expect=3)) == sorted(originals)
+
+    admin = admin_client(settings)
+    ledger = sorted(k for k in admin.scan_iter(f"{settings.redis_key_prefix}:replayed:*"))
+    assert len(ledger) == 3
+    for k in ledger:  # replayed long before these dead letters were rejected: each is eligible once more
+        admin.set(k, "1.0", ex=3600)
+    again = both()
+    assert sum(s.replayed for s in again) == 3 and sum(s.already for s in again) == 3, again
+    raw = [r.value for r in read_topic(kafka_bootstrap, t.raw, expect=6)]
+    assert sorted(raw) == sorted(originals * 2)
