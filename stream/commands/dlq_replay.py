@@ -34,13 +34,15 @@ from typing import Any
 import orjson
 
 from stream.crypto.deks import DekProvider
-from stream.errors import DecryptError, KeyShreddedError, StreamgateError
+from stream.errors import DecryptError, KeyShreddedError, ProduceTimeoutError, StreamgateError
 from stream.gateway.core import is_envelope, lenient_json, unseal_dead_letter, unseal_dead_letter_meta
 from stream.redisdb import replayed_key
 
-__all__ = ["ReplayStats", "event_id_of", "replay_dead_letters"]
+__all__ = ["ReplayIncompleteError", "ReplayStats", "event_id_of", "replay_dead_letters"]
 
 Headers = list[tuple[str, bytes | None]]
+#: ``produce(value, key, headers, on_delivery)``: ``on_delivery(error)`` once the broker answered (None: stored)
+Produce = Callable[[bytes, bytes | None, Headers, Callable[[str | None], None]], None]
 Reframe = Callable[[bytes, Headers], tuple[bytes, Headers] | None]
 
 log = logging.getLogger(__name__)
@@ -58,7 +60,28 @@ class ReplayStats:
     reframed: int = 0  # policy_missing: re-framed under the subject's latest version
     still_refused: int = 0  # policy_missing with no newer version that applies: not replayed
     undecodable: int = 0  # a dead letter whose fields or payload do not parse: skipped, the run goes on
+    unsent: int = 0  # produce raised or the broker did not acknowledge it: claim released, replayed next run
     reasons: Counter[str] = field(default_factory=Counter)
+
+
+class ReplayIncompleteError(StreamgateError):
+    """Some claimed dead letters were not sent or not acknowledged: their claims were released
+    (the next run replays them); ``stats`` counts them as ``unsent``."""
+
+    def __init__(self, message: str, stats: ReplayStats) -> None:
+        super().__init__(message)
+        self.stats = stats
+
+
+@dataclass
+class _Sent:
+    claim: _Claim
+    reason: str
+    error: str | None = None
+    acked: bool = False
+
+    def on_delivery(self, error: str | None) -> None:
+        self.error, self.acked = error, error is None
 
 
 def event_id_of(value: bytes) -> str | None:
@@ -144,7 +167,7 @@ def replay_dead_letters(
     redis: Any,
     ledger_prefix: str,
     ledger_key: bytes,
-    produce: Callable[[bytes, bytes | None, list[tuple[str, bytes | None]]], None],
+    produce: Produce,
     flush: Callable[[], int],
     reasons: Collection[str] = (),
     since: float | None = None,
@@ -156,10 +179,13 @@ def replay_dead_letters(
     reframe: Reframe | None = None,
 ) -> ReplayStats:
     """Replay the matching dead letters of ``dlq_records()`` (an iterable of DLQ record values)
-    through ``produce(value, key, headers)``; ``flush()`` returns the records not delivered.
+    through ``produce`` (:data:`Produce`); ``flush()`` waits for the broker's answers. A record
+    that ``produce`` raised for, or the broker did not acknowledge, has its claim released and is
+    counted ``unsent``; then :class:`ReplayIncompleteError` says so (after the whole run, unless
+    produce timed out on a full queue or was interrupted: that ends the run at once).
     ``reframe``: how a ``policy_missing`` record is framed anew (None: replayed as it came)."""
     st = ReplayStats()
-    claimed: list[_Claim] = []
+    sent: list[_Sent] = []
     started = clock()
     try:
         for raw in dlq_records():
@@ -227,24 +253,48 @@ def replay_dead_letters(
             if claim is None:  # a concurrent run claimed it between the GET and here
                 st.already += 1
                 continue
-            claimed.append(claim)
-            produce(value, key, headers)
+            one = _Sent(claim, str(rec.get("reason")))
+            try:
+                produce(value, key, headers, one.on_delivery)
+            except BaseException as exc:  # too large, queue full for too long, Ctrl-C: not sent
+                _release(redis, claim, ttl_seconds)
+                st.unsent += 1
+                log.warning("dlq replay: a dead letter could not be sent (%s: %s); its claim was released",
+                            type(exc).__name__, str(exc)[:200])
+                if not isinstance(exc, Exception) or isinstance(exc, ProduceTimeoutError):
+                    raise
+                continue
+            sent.append(one)
             st.replayed += 1
-            st.reasons[str(rec.get("reason"))] += 1
-    except BaseException:  # the registry or Redis failed mid-run: what was sent is delivered, or unclaimed
-        if not dry_run and claimed and flush():
-            for claim in claimed:
-                _release(redis, claim, ttl_seconds)
+            st.reasons[one.reason] += 1
+    except BaseException:  # interrupted, or the registry or Redis failed: what was sent is delivered, or unclaimed
+        if sent:
+            _settle(sent, flush, redis, st, ttl_seconds)
         raise
-    if not dry_run and claimed:
-        undelivered = flush()
-        if undelivered:
-            for claim in claimed:  # unknown which: release every claim of this run and say so
-                _release(redis, claim, ttl_seconds)
-            raise StreamgateError(f"{undelivered} replayed records were not delivered; this run's claims were "
-                                  "released: run the replay again")
+    if sent:
+        _settle(sent, flush, redis, st, ttl_seconds)
+    if st.unsent:
+        raise ReplayIncompleteError(f"{st.unsent} dead letters were not sent or not acknowledged; their claims "
+                                    f"were released: run the replay again ({st})", st)
     log.info("dlq replay: %s", st)
     return st
+
+
+def _settle(sent: list[_Sent], flush: Callable[[], int], redis: Any, st: ReplayStats, ttl: int) -> None:
+    """Wait for the broker's answers; release the claim of every record it did not acknowledge."""
+    try:
+        flush()
+    finally:
+        for one in sent:
+            if not one.acked:
+                _release(redis, one.claim, ttl)
+                st.unsent += 1
+                st.replayed -= 1
+                st.reasons[one.reason] -= 1
+                log.warning("dlq replay: a dead letter was not acknowledged (%s); its claim was released",
+                            one.error or "no answer")
+        st.reasons += Counter()  # drop the zero counts
+        sent.clear()
 
 
 def run_replay(settings: Any, *, reasons: Collection[str] = (), since: float | None = None,
@@ -264,24 +314,18 @@ def run_replay(settings: Any, *, reasons: Collection[str] = (), since: float | N
     deks = build_dek_provider(settings, keyring, role="reader")
     redis = redis_client(settings, "reader")
     producer = Producer(producer_config(bootstrap))
-    failed: list[str] = []
     if resolver is None and settings.schema_registry_url:
         from stream.registry import SchemaResolver
         from stream.schema import load_schema
 
         resolver = SchemaResolver.from_url(settings.schema_registry_url, load_schema(settings.schema_name))
 
-    def on_delivery(err: Any, _msg: Any) -> None:
-        if err is not None:
-            failed.append(str(err))
-
-    def produce(value: bytes, key: bytes | None, headers: list[tuple[str, bytes | None]]) -> None:
+    def produce(value: bytes, key: bytes | None, headers: Headers, done: Callable[[str | None], None]) -> None:
         produce_one(producer, settings.topics.raw, value, key, headers=list(headers) or None,
-                    on_delivery=on_delivery, logger=log)
+                    on_delivery=lambda err, _msg: done(None if err is None else str(err)), logger=log)
 
     def flush() -> int:
-        left = producer.flush(60)
-        return left + len(failed)
+        return int(producer.flush(60))
 
     def records() -> Any:
         with TopicReader(bootstrap, settings.topics.dlq, linger=idle_timeout) as reader:

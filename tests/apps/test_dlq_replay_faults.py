@@ -14,7 +14,7 @@ from confluent_kafka import Producer
 from confluent_kafka.schema_registry import Schema
 from confluent_kafka.serialization import MessageField, SerializationContext
 
-from stream.commands.dlq_replay import ReplayStats, replay_dead_letters
+from stream.commands.dlq_replay import ReplayIncompleteError, ReplayStats, replay_dead_letters
 from stream.components import build_dek_provider, build_gateway, redis_client
 from stream.crypto.keyring import Keyring, derive_key
 from stream.gateway.core import RawRecord
@@ -46,14 +46,14 @@ def _replay(settings: Any, dead_letters: list[bytes], *, producer: Producer | No
     """:func:`replay_dead_letters` wired as ``run_replay`` wires it, reading ``dead_letters``."""
     keyring = Keyring.from_settings(settings)
     producer = producer or Producer(producer_config(settings.kafka_bootstrap))
-    failed: list[str] = []
 
-    def produce(value: bytes, key: bytes | None, headers: list[tuple[str, bytes | None]]) -> None:
+    def produce(value: bytes, key: bytes | None, headers: list[tuple[str, bytes | None]],
+                done: Callable[[str | None], None] = lambda _err: None) -> None:
         producer.produce(settings.topics.raw, value, key, headers=list(headers) or None,
-                         on_delivery=lambda err, _m: err is not None and failed.append(str(err)))
+                         on_delivery=lambda err, _m: done(None if err is None else str(err)))
 
     def flush() -> int:
-        return producer.flush(60) + len(failed)
+        return int(producer.flush(60))
 
     return replay_dead_letters(
         dlq_records=lambda: iter(dead_letters), deks=build_dek_provider(settings, keyring, role="reader"),
@@ -139,3 +139,50 @@ def test_concurrent_runs_publish_each_dead_letter_once(settings_factory, kafka_b
     assert sum(s.replayed for s in again) == 3 and sum(s.already for s in again) == 3, again
     raw = [r.value for r in read_topic(kafka_bootstrap, t.raw, expect=6)]
     assert sorted(raw) == sorted(originals * 2)
+
+
+def test_a_record_produce_raised_for_is_released_and_replayed_by_the_next_run(settings_factory, kafka_bootstrap):
+    """The producer refuses a record too large for it (``produce`` raises after the claim): the run
+    goes on, then says so (:class:`ReplayIncompleteError`, ``unsent``); the record's claim was
+    released, so the next run replays it (and only it)."""
+    settings = settings_factory()
+    t = settings.topics
+    ensure_topics(kafka_bootstrap, [t.raw], partitions=1)
+    originals = [_invalid(0), _invalid(1, page_title="x" * 4000), _invalid(2)]
+    dls = _dead_letters(build_gateway(settings), originals)
+    small = Producer(producer_config(kafka_bootstrap, **{"message.max.bytes": 2000}))
+    with pytest.raises(ReplayIncompleteError, match="1 dead letters were not sent") as err:
+        _replay(settings, dls, producer=small)
+    assert (err.value.stats.replayed, err.value.stats.unsent) == (2, 1), err.value.stats
+    st = _replay(settings, dls)
+    assert (st.replayed, st.already, st.unsent) == (1, 2, 0), st
+    raw = [r.value for r in read_topic(kafka_bootstrap, t.raw, expect=3)]
+    assert sorted(raw) == sorted(originals)
+
+
+def test_an_interrupted_run_releases_the_claim_of_the_record_it_did_not_send(settings_factory, kafka_bootstrap):
+    """Ctrl-C inside ``produce`` (after the claim): the interrupt ends the run; the records sent
+    before it are delivered and stay claimed, the interrupted one is released: the next run
+    replays it and the rest, nothing twice."""
+    settings = settings_factory()
+    t = settings.topics
+    ensure_topics(kafka_bootstrap, [t.raw], partitions=1)
+    originals = [_invalid(i) for i in range(4)]
+    dls = _dead_letters(build_gateway(settings), originals)
+
+    def interrupt_second(produce: Callable[..., None]) -> Callable[..., None]:
+        calls = [0]
+
+        def wrapped(*args: Any) -> None:
+            calls[0] += 1
+            if calls[0] == 2:
+                raise KeyboardInterrupt
+            produce(*args)
+        return wrapped
+
+    with pytest.raises(KeyboardInterrupt):
+        _replay(settings, dls, wrap=interrupt_second)
+    st = _replay(settings, dls)
+    assert (st.replayed, st.already) == (3, 1), st
+    raw = [r.value for r in read_topic(kafka_bootstrap, t.raw, expect=4)]
+    assert sorted(raw) == sorted(originals)
