@@ -10,8 +10,9 @@ Idempotent by ``event_id``: a Redis ledger (``<prefix>:replayed:<hmac(event_id)>
 retention period; a keyed digest, never the id) records when each event was replayed, claimed
 atomically (``SET NX``) before it is produced, so concurrent runs publish it once. A dead
 letter rejected before that time was already replayed and is skipped; one rejected after it is
-the replayed copy refused again, and is eligible once more. A record without a readable
-``event_id`` is keyed by the digest of its bytes.
+the replayed copy refused again, and is eligible once more, in a later run: a run skips the dead
+letters rejected after it started (``during_run``; it reads on while the gateway refuses its
+copies). A record without a readable ``event_id`` is keyed by the digest of its bytes.
 
 A ``policy_missing`` dead letter names a version that will never pass (a registered version is
 immutable): it is re-framed under the latest version of its subject (:meth:`SchemaResolver.reframe`)
@@ -60,6 +61,7 @@ class ReplayStats:
     reframed: int = 0  # policy_missing: re-framed under the subject's latest version
     still_refused: int = 0  # policy_missing with no newer version that applies: not replayed
     undecodable: int = 0  # a dead letter whose fields or payload do not parse: skipped, the run goes on
+    during_run: int = 0  # rejected after this run started (its own replayed copies refused again): next run
     unsent: int = 0  # produce raised or the broker did not acknowledge it: claim released, replayed next run
     reasons: Counter[str] = field(default_factory=Counter)
 
@@ -206,6 +208,9 @@ def replay_dead_letters(
             if (since is not None or until is not None) and at is None:
                 continue
             if (since is not None and at is not None and at < since) or (until is not None and at is not None and at > until):
+                continue
+            if at is not None and at >= started:  # never replay this run's own copies refused again
+                st.during_run += 1
                 continue
             st.matched += 1
             if rec.get("sealed") is None:

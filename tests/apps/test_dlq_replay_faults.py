@@ -14,7 +14,8 @@ from confluent_kafka import Producer
 from confluent_kafka.schema_registry import Schema
 from confluent_kafka.serialization import MessageField, SerializationContext
 
-from stream.commands.dlq_replay import ReplayIncompleteError, ReplayStats, replay_dead_letters
+from stream.apps.engine import GatewayEngine
+from stream.commands.dlq_replay import ReplayIncompleteError, ReplayStats, replay_dead_letters, run_replay
 from stream.components import build_dek_provider, build_gateway, redis_client
 from stream.crypto.keyring import Keyring, derive_key
 from stream.gateway.core import RawRecord
@@ -23,7 +24,7 @@ from stream.synth import ClickstreamGenerator
 from tests.apps.test_dlq_replay import _avro_version
 from tests.gateway.test_framing import SUBJECT, avro_serializer
 from tests.support.fixtures import admin_client
-from tests.support.kafka import read_topic
+from tests.support.kafka import read_topic, running_in_thread, wait_for
 
 pytestmark = [pytest.mark.integration]
 
@@ -186,3 +187,26 @@ def test_an_interrupted_run_releases_the_claim_of_the_record_it_did_not_send(set
     assert (st.replayed, st.already) == (3, 1), st
     raw = [r.value for r in read_topic(kafka_bootstrap, t.raw, expect=4)]
     assert sorted(raw) == sorted(originals)
+
+
+def test_a_copy_the_gateway_refuses_again_is_not_replayed_by_the_same_run(settings_factory, kafka_bootstrap):
+    """A dead letter whose cause is not fixed: the gateway refuses the replayed copy again while the
+    run still reads ``clicks.dlq`` (its idle timeout): that new dead letter, rejected after the run
+    started, is skipped (``during_run``), not replayed again and again. The next run replays it once."""
+    settings = settings_factory(batch_max_events=10)
+    t = settings.topics
+    ensure_topics(kafka_bootstrap, [t.raw, t.protected, t.dlq], partitions=1)
+    broken = b"{not json, still broken"
+    p = Producer(producer_config(kafka_bootstrap))
+    p.produce(t.raw, broken, b"k")
+    assert p.flush(30) == 0
+    with running_in_thread(GatewayEngine(settings, build_gateway(settings))) as engine:
+        wait_for(lambda: engine.stats.dead_lettered >= 1, timeout=120, what="the dead letter")
+        st = run_replay(settings, idle_timeout=8.0)  # reads on long after the gateway refused the copy
+        wait_for(lambda: engine.stats.dead_lettered >= 2, timeout=120, what="the copy refused again")
+        assert (st.replayed, st.during_run) == (1, 1), st
+        nxt = run_replay(settings, idle_timeout=0.5)
+        assert (nxt.replayed, nxt.already) == (1, 1), nxt
+        wait_for(lambda: engine.stats.dead_lettered >= 3, timeout=120, what="the second copy refused")
+    raw = [r.value for r in read_topic(kafka_bootstrap, t.raw, expect=3)]
+    assert raw == [broken] * 3  # the original, one replay per run
