@@ -437,6 +437,9 @@ def dlq_replay(reasons: tuple[str, ...], since: str | None, until_: str | None, 
     click.echo(f"{'would replay' if dry_run else 'replayed'} {st.replayed} of {st.matched} matching dead letters "
                f"({st.scanned} scanned); already replayed {st.already}, not sealed {st.not_sealed}, "
                f"erased {st.erased}, undecryptable {st.undecryptable}")
+    if st.undecodable or st.during_run:
+        click.echo(f"{st.undecodable} not readable as dead letters (skipped); {st.during_run} rejected again during "
+                   "this run (the next run replays them)")
     if st.reframed or st.still_refused:
         click.echo(f"policy_missing: {st.reframed} re-framed under the subject's latest version, "
                    f"{st.still_refused} not replayed (no newer version with a policy for every property)")
