@@ -550,22 +550,26 @@ class Gateway:
     @staticmethod
     def _meta(rec: InputRecord) -> str | None:
         """The record's key and headers (JSON, bytes base64'd) when they fit the bounds; headers that do not
-        are left out, the key kept."""
+        are left out, the key and the Schema Registry id header (``__value_schema_id``: without it a replay
+        could not re-frame the record) kept."""
         b64 = base64.b64encode
         key = rec.key if rec.key is not None and len(rec.key) <= MAX_META_BYTES else None
         room = MAX_META_BYTES - len(key or b"")
-        headers: list[tuple[str, str | None]] = []
-        if rec.headers and sum(len(k) + len(v or b"") for k, v in rec.headers) <= room:
-            headers = [(k, None if v is None else b64(v).decode()) for k, v in rec.headers]
-        if key is None and not headers:
-            return None
         k = None if key is None else b64(key).decode()
-        text = orjson.dumps({"k": k, "h": headers})
-        if len(text) > MAX_META_JSON:  # (the key alone always fits: 1,368 base64 characters at most)
-            if key is None:
+
+        def pack(kept: Sequence[tuple[str, bytes | None]]) -> bytes | None:
+            if sum(len(name) + len(v or b"") for name, v in kept) > room:
                 return None
-            text = orjson.dumps({"k": k, "h": []})
-        return text.decode()
+            text = orjson.dumps({"k": k, "h": [(name, None if v is None else b64(v).decode()) for name, v in kept]})
+            return text if len(text) <= MAX_META_JSON else None
+
+        every = list(rec.headers or ())
+        ids = [(name, v) for name, v in every if name == VALUE_SCHEMA_ID_HEADER][:1]
+        for kept in (every, ids, []) if every else ([],):
+            text = pack(kept)
+            if text is not None and (kept or key is not None):
+                return text.decode()
+        return None  # (the key alone always fits: 1,368 base64 characters at most)
 
     def digest(self, value: bytes) -> str:
         """A keyed digest of ``value`` (HMAC-SHA256 under the ``dlq-digest`` purpose key): it

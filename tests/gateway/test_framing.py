@@ -360,6 +360,21 @@ def test_dead_letters_keep_the_key_and_headers_sealed_within_the_bound():
     assert b"user-1" not in result.dead_letters[0] and b"traceparent" not in result.dead_letters[0]
 
 
+def test_headers_beyond_the_bound_keep_the_schema_id_header_for_replay():
+    """Headers too large to seal are left out, but not ``__value_schema_id``: without it `dlq replay` would
+    re-publish the payload without its frame, to be judged against the base schema (never fixable)."""
+    from stream.gateway.core import MAX_META_BYTES, unseal_dead_letter_meta
+    from stream.gateway.framing import VALUE_SCHEMA_ID_HEADER
+
+    gw, deks = make_gateway()
+    guid = b"\x01" + bytes(range(16))
+    headers = [("big", b"y" * MAX_META_BYTES), (VALUE_SCHEMA_ID_HEADER, guid), ("traceparent", b"00-ab")]
+    result = gw.process([RawRecord("clicks.raw", 0, 0, b"{bad", None, headers, b"user-1"),
+                         RawRecord("clicks.raw", 0, 1, b"{bad", None, headers, None)])
+    metas = [unseal_dead_letter_meta(orjson.loads(d), deks) for d in result.dead_letters]
+    assert metas == [(b"user-1", [(VALUE_SCHEMA_ID_HEADER, guid)]), (None, [(VALUE_SCHEMA_ID_HEADER, guid)])]
+
+
 @pytest.mark.parametrize(("headers", "key"), [
     ([("", b"")] * 100_000, b"k" * 1024),  # 200 KB on the wire, no header bytes counted by MAX_META_BYTES
     ([("", None)] * 100_000, None),
