@@ -165,6 +165,7 @@ class AggregatorStats:
     other_model: int = 0  # updates of another model name
     already_merged: int = 0  # re-read after a failover, covered by the newest global version: skipped
     repeated: int = 0  # a sender's update seen again at another offset (a re-send, a replay): not merged again
+    other_kind: int = 0  # updates of another model class under this name (a misconfigured learner): not merged
     stale: int = 0  # merged updates based on an older global version than the one they went into
     published: int = 0  # global versions delivered
     takeovers: int = 0  # times this instance became the aggregator (state loaded from the newest version)
@@ -271,6 +272,11 @@ class AggregatorEngine(StreamEngine):
                 continue
             if update.model != self.model_name:
                 st.other_model += 1
+                continue
+            if update.kind and self.model is not None and update.kind != type(self.model).__name__:
+                st.other_kind += 1  # another model class under this name: its parameters mean something else
+                self._rlog_agg(logging.WARNING, "kind", "model update of another model kind: not merged",
+                               kind=update.kind, model=self.model_name, count=st.other_kind)
                 continue
             if update.seq <= self.seqs.get(update.sender, 0):
                 st.repeated += 1
@@ -491,7 +497,7 @@ class FederatedLearnerEngine(LearnerEngine):
         update = ModelUpdate(model=self.model_name, sender=self.instance, seq=self._seq, base_version=self.version,
                              examples=self._uncovered, delta=delta, created_at=_rfc3339(self.clock()),
                              epsilon={"label": eps["label"], "features": eps["features"]},
-                             metrics=self.current_metrics())
+                             metrics=self.current_metrics(), kind=type(self.model).__name__)
         value = update.to_bytes(self.key)
         n, seq = self._uncovered, self._seq
         self.anchor = current
@@ -527,6 +533,10 @@ class FederatedLearnerEngine(LearnerEngine):
     def adopt(self, snap: ModelSnapshot) -> None:
         """Take the global version's parameters, keeping the local steps not yet published."""
         assert self.model is not None
+        if type(snap.model) is not type(self.model):  # another model kind under this name: not ours to take
+            raise EngineFatalError(
+                f"learner: global version {snap.version} of {self.model_name!r} holds a {type(snap.model).__name__}, "
+                f"this learner a {type(self.model).__name__} (STREAMGATE_LEARN_MODEL differs between the learners)")
         glob = Parameters(*snap.model.parameters())
         new = adopt(glob, Parameters(*self.model.parameters()), self.anchor)
         self.model.set_parameters(new.weights, new.intercept)

@@ -120,6 +120,8 @@ class ModelUpdate:
     created_at: str
     epsilon: dict[str, Any] = field(default_factory=dict)
     metrics: dict[str, float] = field(default_factory=dict)
+    #: the sender's model class (``JointNaiveBayes``, ``PropensityModel``): merged only into a global model of it
+    kind: str = ""
 
     def to_bytes(self, key: Ed25519PrivateKey) -> bytes:
         if not isinstance(key, Ed25519PrivateKey):
@@ -131,6 +133,8 @@ class ModelUpdate:
             "epsilon": self.epsilon, "metrics": {k: (v if math.isfinite(v) else None) for k, v in self.metrics.items()},
             "key_id": public_key_id(key),
         }
+        if self.kind:
+            header["kind"] = self.kind
         head = orjson.dumps(header, option=orjson.OPT_SORT_KEYS)
         body = _MAGIC + _LEN.pack(len(head)) + head
         return body + sign(key, _CONTEXT, body)
@@ -178,6 +182,7 @@ class ModelUpdate:
             created_at=str(h.get("created_at")),
             epsilon=eps if isinstance(eps, dict) else {},
             metrics={str(k): float(v) for k, v in metrics.items() if _finite(v)} if isinstance(metrics, dict) else {},
+            kind=h["kind"] if isinstance(h.get("kind"), str) else "",
         )
 
 

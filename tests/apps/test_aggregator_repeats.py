@@ -55,3 +55,39 @@ def test_an_update_seen_twice_is_merged_once_and_a_takeover_keeps_refusing_it(mo
     assert again.version == 2 and again.examples_seen == 20 and again.stats.repeated == 2
     assert again.seqs == {"learner-a": 2}
     assert fresh_model(settings) is not None
+
+
+def test_an_update_of_another_model_kind_is_not_merged(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A logistic learner's update under a joint naive Bayes model's name (learners configured differently):
+    its parameters mean something else, so it is counted and never merged; an update of the same kind is."""
+    settings = Settings(kafka_bootstrap="127.0.0.1:1", learn_federated=True, learn_model="joint-nb")
+    key = snapshot_key(settings, Keyring.generate())
+    monkeypatch.setattr(federated, "read_snapshot_records", lambda *a, **kw: [])
+    agg = _engine(settings, key)
+
+    def update(seq: int, kind: str) -> bytes:
+        return ModelUpdate(settings.learn_model_name, "learner-a", seq, 0, 10, Parameters({"N:event_type": 10.0}, 0.0),
+                           "2026-12-06T12:00:00.000Z", kind=kind).to_bytes(key)
+
+    agg.process([_rec(0, update(1, "PropensityModel"), settings)])
+    assert agg.stats.other_kind == 1 and agg.version == 0 and agg.examples_seen == 0
+    agg.process([_rec(1, update(2, "JointNaiveBayes"), settings)])
+    assert agg.version == 1 and agg.examples_seen == 10
+    assert type(agg.model).__name__ == "JointNaiveBayes"
+
+
+def test_a_learner_refuses_a_global_version_of_another_model_kind() -> None:
+    from stream.apps.federated import FederatedLearnerEngine
+    from stream.engine import EngineFatalError
+    from stream.learn.snapshot import ModelSnapshot
+
+    keyring = Keyring.generate()
+    joint = Settings(kafka_bootstrap="127.0.0.1:1", learn_federated=True, learn_model="joint-nb")
+    learner = FederatedLearnerEngine(joint, bootstrap="127.0.0.1:1", keyring=keyring)
+    learner.model = fresh_model(joint)
+    learner.anchor = Parameters(*learner.model.parameters())
+    logistic = Settings(kafka_bootstrap="127.0.0.1:1", learn_model="logistic")
+    snap = ModelSnapshot(name=joint.learn_model_name, created_at="2026-12-06T12:00:00.000Z", examples_seen=10,
+                         metrics={}, epsilon={}, model=fresh_model(logistic), federation={"version": 3})
+    with pytest.raises(EngineFatalError, match="holds a PropensityModel, this learner a JointNaiveBayes"):
+        learner.adopt(snap)
