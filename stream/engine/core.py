@@ -272,7 +272,8 @@ class StreamEngine:
         try:
             result = self.process(hold.records)
         except self.hold_on as exc:
-            if isinstance(exc, SubjectErasedError) and hold.attempt == 0:
+            erased = isinstance(exc, SubjectErasedError)  # no dependency is down: not a Redis error either way
+            if erased and hold.attempt == 0:
                 # people erased since their tokens were memoized: the worker forgot those tokens, so the
                 # batch is redone at once (under their next tokens); no dependency is down
                 self._count("erased")
@@ -280,7 +281,7 @@ class StreamEngine:
                 self._rlog(logging.INFO, "erased", "batch redone: people it names were erased meanwhile",
                            held=len(hold), count=self.retries["erased"])
                 return
-            if self.metrics is not None and isinstance(exc, KeyUnavailableError) and not isinstance(exc, SubjectErasedError):
+            if self.metrics is not None and isinstance(exc, KeyUnavailableError) and not erased:
                 self.metrics.redis_error()
             self._count("hold")
             delay, self.progress.problem = hold.failed_with(exc)
