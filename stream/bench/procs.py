@@ -395,18 +395,22 @@ class Sizing:
 
 
 class SizingMeter:
-    """CPU of one process (default: this one, every thread) from :meth:`__init__` to :meth:`stop`."""
+    """CPU of one process (default: this one, every thread) from :meth:`__init__` to :meth:`stop`. This
+    process's is read from its CPU clock (ns: a short leg is not rounded to the /proc 10 ms ticks)."""
 
     def __init__(self, pid: int | None = None) -> None:
         self.pid = pid or os.getpid()
-        self._t0, self._c0 = time.monotonic(), _proc_cpu(self.pid) or 0.0
+        self._t0, self._c0 = time.monotonic(), self._cpu() or 0.0
+
+    def _cpu(self) -> float | None:
+        return time.process_time() if self.pid == os.getpid() else _proc_cpu(self.pid)
 
     def restart(self) -> None:
         """Count from now (a leg's first record: start-up is not steady-state work)."""
-        self._t0, self._c0 = time.monotonic(), _proc_cpu(self.pid) or 0.0
+        self._t0, self._c0 = time.monotonic(), self._cpu() or 0.0
 
     def stop(self, label: str, events: int, input_bytes: int) -> Sizing:
-        cpu = (_proc_cpu(self.pid) or self._c0) - self._c0
+        cpu = (self._cpu() or self._c0) - self._c0
         return Sizing(label, events, input_bytes, cpu, time.monotonic() - self._t0)
 
 

@@ -38,11 +38,8 @@ def test_bench_gateway_small_prints_sizing(settings_factory: Callable[..., Setti
     r = run_gateway_bench(settings_factory(), events=2000, engine_floor=True, rounds=2, say=lambda _s: None)
     assert r.protected + r.dead_lettered == 2000
     assert set(r.sizing) == {"json", "orjson", "gateway", "engine alone"}
-    # process CPU is counted in clock ticks (10 ms): a passthrough leg of 2,000 events can take less (one
-    # CI run read 0.0 for a 14 ms orjson leg); the gateway's leg (~50 ms of CPU here) cannot
     for s in r.sizing.values():
-        assert s.events == 2000 and s.input_bytes > 2000 * 100 and s.cpu_seconds >= 0 and s.wall_seconds > 0
-    assert r.sizing["gateway"].cpu_seconds > 0
+        assert s.events == 2000 and s.input_bytes > 2000 * 100 and s.cpu_seconds > 0
     assert r.cpu_ratio("json") > 0 and r.cpu_ratio("orjson") > 0 and r.cpu_ratio("orjson", "engine alone") > 0
     assert len(r.rounds) == 2 and (r.cpu_ratio("json"), r.cpu_ratio("orjson")) in r.rounds
 
